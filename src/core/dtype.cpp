@@ -1,0 +1,98 @@
+#include "core/dtype.h"
+
+#include <cmath>
+
+namespace mamba2 {
+
+size_t dtype_size(DType dtype) { return dtype == DType::F32 ? 4 : 2; }
+
+std::string_view dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+  }
+  return "?";
+}
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ff;
+  uint32_t u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    u = sign | ((exp + 112) << 23) | (mant << 13);
+  } else {
+    // Subnormal (or zero): value is mant * 2^-24, exact in fp32.
+    float f = std::ldexp(float(mant), -24);
+    std::memcpy(&u, &f, 4);
+    u |= sign;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return sign | 0x7e00;               // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00;              // rounds to inf
+  if (abs < 0x38800000u) {                                   // subnormal half or zero
+    float a;
+    std::memcpy(&a, &abs, 4);
+    return sign | uint16_t(std::nearbyint(a * 16777216.0f)); // a / 2^-24, ties to even
+  }
+  uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u);            // round to nearest even
+  return sign | uint16_t((r - 0x38000000u) >> 13);
+}
+
+void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
+  const auto* bytes = static_cast<const unsigned char*>(src);
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t b;
+        std::memcpy(&b, bytes + 2 * i, 2);
+        dst[i] = bf16_to_f32(b);
+      }
+      return;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t b;
+        std::memcpy(&b, bytes + 2 * i, 2);
+        dst[i] = f16_to_f32(b);
+      }
+      return;
+  }
+}
+
+void convert_from_f32(DType dtype, const float* src, void* dst, size_t n) {
+  auto* bytes = static_cast<unsigned char*>(dst);
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t b = f32_to_bf16(src[i]);
+        std::memcpy(bytes + 2 * i, &b, 2);
+      }
+      return;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t b = f32_to_f16(src[i]);
+        std::memcpy(bytes + 2 * i, &b, 2);
+      }
+      return;
+  }
+}
+
+}  // namespace mamba2
