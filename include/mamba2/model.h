@@ -1,0 +1,47 @@
+// The Mamba2 language model: load once, then chunked prefill and recurrent decode over
+// batches of independent sequences.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "mamba2/config.h"
+
+namespace mamba2 {
+
+struct ModelWeights;   // src/model/weights.h
+class InferenceState;  // src/model/inference_state.h
+
+// Per-sequence recurrent state, O(1) in the sequence length: per layer the last d_conv-1 inputs
+// of the conv and the (nheads, headdim, d_state) SSM state, fp32.
+std::shared_ptr<InferenceState> make_state(const ModelConfig& config, int64_t batch);
+
+class Model {
+ public:
+  // Reads config.json and the weights of a model folder (either layout).
+  static Model load(const std::filesystem::path& dir);
+  Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return *weights_; }
+  int64_t vocab() const { return config_.vocab_padded(); }  // logits columns
+
+  // Chunked prefill of sequences packed back to back in `ids` (`lengths` sum to ids.size()),
+  // each from a zero state. Sequence i leaves its final state in slot i of `state` when given.
+  // logits: (ids.size(), vocab) when all_positions, else (lengths.size(), vocab) for the last
+  // position of each sequence.
+  void prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
+               bool all_positions, std::vector<float>& logits) const;
+
+  // One token for each slot in `slots` of `state`; logits (slots.size(), vocab).
+  void decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+              std::vector<float>& logits) const;
+
+ private:
+  ModelConfig config_;
+  std::shared_ptr<const ModelWeights> weights_;
+};
+
+}  // namespace mamba2

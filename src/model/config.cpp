@@ -1,0 +1,287 @@
+#include "mamba2/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "mamba2/error.h"
+
+namespace mamba2 {
+
+using nlohmann::json;
+
+int64_t ModelConfig::vocab_padded() const {
+  const int64_t m = pad_vocab_size_multiple;
+  return (vocab_size + m - 1) / m * m;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  const int64_t per_layer = d_model + d_in_proj() * d_model + conv_dim() * d_conv + conv_dim() +
+                            3 * nheads() + d_inner() + d_model * d_inner();
+  return vocab_padded() * d_model * (tie_embeddings ? 1 : 2) + n_layer * per_layer + d_model;
+}
+
+void ModelConfig::validate(const std::string& source) const {
+  auto positive = [&](const char* name, int64_t v) {
+    if (v <= 0) fail("[config] {}: {} must be positive, got {}", source, name, v);
+  };
+  positive("d_model", d_model);
+  positive("n_layer", n_layer);
+  positive("vocab_size", vocab_size);
+  positive("pad_vocab_size_multiple", pad_vocab_size_multiple);
+  positive("d_state", d_state);
+  positive("d_conv", d_conv);
+  positive("expand", expand);
+  positive("headdim", headdim);
+  positive("ngroups", ngroups);
+  positive("chunk_size", chunk_size);
+  if (d_inner() % headdim != 0)
+    fail("[config] {}: d_inner {} is not a multiple of headdim {}", source, d_inner(), headdim);
+  if (nheads() % ngroups != 0)
+    fail("[config] {}: nheads {} is not a multiple of ngroups {}", source, nheads(), ngroups);
+  if (!(dt_limit_min >= 0.0) || !(dt_limit_max > dt_limit_min))
+    fail("[config] {}: dt_limit ({}, {}) is not a valid range", source, dt_limit_min, dt_limit_max);
+  if (!(norm_eps > 0.0)) fail("[config] {}: norm epsilon must be positive, got {}", source, norm_eps);
+  // Guards the size arithmetic against absurd values before anything is allocated.
+  if (d_model > (1 << 20) || n_layer > 4096 || vocab_size > (1 << 24) || d_state > 4096 ||
+      d_conv > 64 || expand > 64 || chunk_size > (1 << 16))
+    fail("[config] {}: a dimension is out of the supported range", source);
+}
+
+namespace {
+
+double limit_value(const json& v, const std::string& where) {
+  if (v.is_number()) return v.get<double>();
+  if (v.is_string() && (v == "inf" || v == "Infinity")) return std::numeric_limits<double>::infinity();
+  if (v.is_null()) return std::numeric_limits<double>::infinity();  // json.dumps(inf) is not JSON
+  fail("[config] {}: dt limit value {} is not a number", where, v.dump());
+}
+
+template <class T>
+T get_as(const json& obj, const char* key, const std::string& where) {
+  try {
+    return obj.at(key).get<T>();
+  } catch (const json::exception&) {
+    fail("[config] {}: '{}' has the wrong type or is missing (value {})", where, key,
+         obj.contains(key) ? obj.at(key).dump() : "absent");
+  }
+}
+
+template <class T>
+void read_opt(const json& obj, const char* key, T& out, const std::string& where) {
+  if (obj.contains(key) && !obj.at(key).is_null()) out = get_as<T>(obj, key, where);
+}
+
+void require(bool ok, const std::string& where, const char* key, const json& value, const char* why) {
+  if (!ok) fail("[config] {}: unsupported value {} for '{}' ({})", where, value.dump(), key, why);
+}
+
+ModelConfig parse_official(const json& j, const std::string& where) {
+  static const std::set<std::string> known_top = {
+      "d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx",
+      "attn_cfg", "rms_norm", "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple",
+      "tie_embeddings"};
+  static const std::set<std::string> known_ssm = {
+      "layer", "d_state", "d_conv", "expand", "headdim", "d_ssm", "ngroups", "A_init_range",
+      "D_has_hdim", "rmsnorm", "norm_before_gate", "dt_min", "dt_max", "dt_init_floor",
+      "dt_limit", "bias", "conv_bias", "chunk_size", "use_mem_eff_path", "conv_init"};
+  for (const auto& [key, value] : j.items())
+    if (!known_top.count(key)) fail("[config] {}: unknown key '{}'", where, key);
+  ModelConfig c;
+  c.layout = CheckpointLayout::Official;
+  c.d_model = get_as<int64_t>(j, "d_model", where);
+  c.n_layer = get_as<int64_t>(j, "n_layer", where);
+  c.vocab_size = get_as<int64_t>(j, "vocab_size", where);
+  read_opt(j, "pad_vocab_size_multiple", c.pad_vocab_size_multiple, where);
+  read_opt(j, "tie_embeddings", c.tie_embeddings, where);
+  if (j.contains("d_intermediate"))
+    require(j["d_intermediate"] == 0, where, "d_intermediate", j["d_intermediate"], "MLP blocks are not supported");
+  if (j.contains("attn_layer_idx"))
+    require(j["attn_layer_idx"].is_array() && j["attn_layer_idx"].empty(), where, "attn_layer_idx",
+            j["attn_layer_idx"], "attention layers are not supported");
+  if (j.contains("rms_norm"))
+    require(j["rms_norm"] == true, where, "rms_norm", j["rms_norm"], "only RMSNorm is supported");
+
+  json ssm = j.value("ssm_cfg", json::object());
+  if (!ssm.is_object()) fail("[config] {}: 'ssm_cfg' must be an object", where);
+  const std::string ssm_where = where + " ssm_cfg";
+  for (const auto& [key, value] : ssm.items())
+    if (!known_ssm.count(key)) fail("[config] {}: unknown key '{}'", ssm_where, key);
+  if (!ssm.contains("layer") || ssm["layer"] != "Mamba2")
+    fail("[config] {}: 'layer' must be \"Mamba2\" (got {})", ssm_where,
+         ssm.contains("layer") ? ssm["layer"].dump() : "nothing: the default is Mamba1");
+  read_opt(ssm, "d_state", c.d_state, ssm_where);
+  read_opt(ssm, "d_conv", c.d_conv, ssm_where);
+  read_opt(ssm, "expand", c.expand, ssm_where);
+  read_opt(ssm, "headdim", c.headdim, ssm_where);
+  read_opt(ssm, "ngroups", c.ngroups, ssm_where);
+  read_opt(ssm, "chunk_size", c.chunk_size, ssm_where);
+  read_opt(ssm, "dt_min", c.dt_min, ssm_where);
+  read_opt(ssm, "dt_max", c.dt_max, ssm_where);
+  read_opt(ssm, "dt_init_floor", c.dt_init_floor, ssm_where);
+  if (ssm.contains("d_ssm") && !ssm["d_ssm"].is_null())
+    require(ssm["d_ssm"] == c.expand * c.d_model, ssm_where, "d_ssm", ssm["d_ssm"], "must equal d_inner");
+  auto flag = [&](const char* key, bool supported_value, const char* why) {
+    if (ssm.contains(key)) require(ssm[key] == supported_value, ssm_where, key, ssm[key], why);
+  };
+  flag("D_has_hdim", false, "only per-head D is supported");
+  flag("rmsnorm", true, "the gated RMSNorm is required");
+  flag("norm_before_gate", false, "only gate-then-norm is supported");
+  flag("bias", false, "projection biases are not supported");
+  flag("conv_bias", true, "the conv bias is required");
+  if (ssm.contains("A_init_range")) {
+    const json& r = ssm["A_init_range"];
+    if (!r.is_array() || r.size() != 2 || !r[0].is_number() || !r[1].is_number())
+      fail("[config] {}: 'A_init_range' must be [lo, hi]", ssm_where);
+    c.A_init_min = r[0].get<double>();
+    c.A_init_max = r[1].get<double>();
+  }
+  if (ssm.contains("dt_limit")) {
+    const json& r = ssm["dt_limit"];
+    if (!r.is_array() || r.size() != 2) fail("[config] {}: 'dt_limit' must be [lo, hi]", ssm_where);
+    c.dt_limit_min = limit_value(r[0], ssm_where);
+    c.dt_limit_max = limit_value(r[1], ssm_where);
+  }
+  return c;
+}
+
+ModelConfig parse_hf(const json& j, const std::string& where) {
+  ModelConfig c;
+  c.layout = CheckpointLayout::HuggingFace;
+  if (j.contains("model_type") && j["model_type"] != "mamba2")
+    fail("[config] {}: model_type {} is not \"mamba2\"", where, j["model_type"].dump());
+  c.d_model = get_as<int64_t>(j, "hidden_size", where);
+  c.n_layer = get_as<int64_t>(j, "num_hidden_layers", where);
+  c.vocab_size = get_as<int64_t>(j, "vocab_size", where);
+  c.pad_vocab_size_multiple = 1;  // the HF embedding has exactly vocab_size rows
+  read_opt(j, "state_size", c.d_state, where);
+  read_opt(j, "head_dim", c.headdim, where);
+  read_opt(j, "n_groups", c.ngroups, where);
+  read_opt(j, "expand", c.expand, where);
+  read_opt(j, "conv_kernel", c.d_conv, where);
+  read_opt(j, "chunk_size", c.chunk_size, where);
+  read_opt(j, "layer_norm_epsilon", c.norm_eps, where);
+  read_opt(j, "tie_word_embeddings", c.tie_embeddings, where);
+  read_opt(j, "time_step_min", c.dt_min, where);
+  read_opt(j, "time_step_max", c.dt_max, where);
+  read_opt(j, "time_step_floor", c.dt_init_floor, where);
+  if (j.contains("num_heads") && !j["num_heads"].is_null()) {
+    const int64_t nh = get_as<int64_t>(j, "num_heads", where);
+    if (nh * c.headdim != c.expand * c.d_model)
+      fail("[config] {}: num_heads {} × head_dim {} != expand {} × hidden_size {}", where, nh, c.headdim,
+           c.expand, c.d_model);
+  }
+  auto flag = [&](const char* key, const json& supported_value, const char* why) {
+    if (j.contains(key)) require(j[key] == supported_value, where, key, j[key], why);
+  };
+  flag("use_bias", false, "projection biases are not supported");
+  flag("use_conv_bias", true, "the conv bias is required");
+  flag("rms_norm", true, "only RMSNorm is supported");
+  flag("hidden_act", "silu", "only SiLU is supported");
+  flag("norm_before_gate", false, "only gate-then-norm is supported");
+  if (j.contains("time_step_limit")) {
+    const json& r = j["time_step_limit"];
+    if (!r.is_array() || r.size() != 2) fail("[config] {}: 'time_step_limit' must be [lo, hi]", where);
+    c.dt_limit_min = limit_value(r[0], where);
+    c.dt_limit_max = limit_value(r[1], where);
+  }
+  return c;
+}
+
+}  // namespace
+
+ModelConfig load_config(const std::filesystem::path& path) {
+  const std::string where = path.string();
+  std::ifstream in(path);
+  if (!in) fail("[config] cannot open {}", where);
+  json j;
+  try {
+    // Python's json.dumps writes Infinity for float('inf'); accept it like Python does.
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (const char* token : {"-Infinity", "Infinity", "NaN"}) {
+      for (size_t pos; (pos = text.find(token)) != std::string::npos;)
+        text.replace(pos, std::strlen(token), token[0] == 'I' ? "\"inf\"" : (token[0] == 'N' ? "null" : "\"-inf\""));
+    }
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("[config] {}: invalid JSON: {}", where, e.what());
+  }
+  if (!j.is_object()) fail("[config] {}: top level is not an object", where);
+  ModelConfig c;
+  if (j.contains("d_model") || j.contains("ssm_cfg")) {
+    c = parse_official(j, where);
+  } else if (j.contains("hidden_size")) {
+    if (j.contains("architectures")) {
+      const json& a = j["architectures"];
+      if (!a.is_array() || std::find(a.begin(), a.end(), "Mamba2ForCausalLM") == a.end())
+        fail("[config] {}: architectures {} does not name Mamba2ForCausalLM", where, a.dump());
+    }
+    c = parse_hf(j, where);
+  } else {
+    fail("[config] {}: neither an official mamba_ssm config (d_model, ssm_cfg) nor a Hugging Face "
+         "Mamba2 config (hidden_size)", where);
+  }
+  c.validate(where);
+  return c;
+}
+
+std::string config_to_hf_json(const ModelConfig& c) {
+  json j = {
+      {"architectures", {"Mamba2ForCausalLM"}},
+      {"model_type", "mamba2"},
+      {"hidden_size", c.d_model},
+      {"num_hidden_layers", c.n_layer},
+      {"vocab_size", c.vocab_padded()},
+      {"state_size", c.d_state},
+      {"head_dim", c.headdim},
+      {"num_heads", c.nheads()},
+      {"n_groups", c.ngroups},
+      {"expand", c.expand},
+      {"conv_kernel", c.d_conv},
+      {"chunk_size", c.chunk_size},
+      {"layer_norm_epsilon", c.norm_eps},
+      {"tie_word_embeddings", c.tie_embeddings},
+      {"use_bias", false},
+      {"use_conv_bias", true},
+      {"rms_norm", true},
+      {"residual_in_fp32", true},
+      {"hidden_act", "silu"},
+      {"time_step_min", c.dt_min},
+      {"time_step_max", c.dt_max},
+      {"time_step_floor", c.dt_init_floor},
+      {"time_step_limit", {c.dt_limit_min, std::isinf(c.dt_limit_max) ? json("inf") : json(c.dt_limit_max)}},
+  };
+  return j.dump(2) + "\n";
+}
+
+ModelConfig preset_config(const std::string& name) {
+  struct Size { const char* name; int64_t d_model, n_layer; };
+  static const Size sizes[] = {{"130m", 768, 24}, {"370m", 1024, 48}, {"780m", 1536, 48},
+                               {"1.3b", 2048, 48}, {"2.7b", 2560, 64}};
+  for (const auto& s : sizes) {
+    if (name == s.name) {
+      ModelConfig c;
+      c.layout = CheckpointLayout::HuggingFace;
+      c.d_model = s.d_model;
+      c.n_layer = s.n_layer;
+      return c;
+    }
+  }
+  fail("[config] unknown preset '{}' (choose 130m, 370m, 780m, 1.3b or 2.7b)", name);
+}
+
+std::string config_summary(const ModelConfig& c) {
+  return fmt::format(
+      "layout: {}\nd_model: {}\nn_layer: {}\nvocab_size: {} (padded {})\nd_inner: {}\nnheads: {}\nheaddim: {}\n"
+      "d_state: {}\nngroups: {}\nd_conv: {}\nchunk_size: {}\ndt_limit: ({}, {})\nnorm_eps: {}\n"
+      "tie_embeddings: {}\nparameters: {}\n",
+      c.layout == CheckpointLayout::Official ? "official (mamba_ssm)" : "hugging face (Mamba2ForCausalLM)",
+      c.d_model, c.n_layer, c.vocab_size, c.vocab_padded(), c.d_inner(), c.nheads(), c.headdim, c.d_state,
+      c.ngroups, c.d_conv, c.chunk_size, c.dt_limit_min, c.dt_limit_max, c.norm_eps, c.tie_embeddings,
+      c.parameter_count());
+}
+
+}  // namespace mamba2

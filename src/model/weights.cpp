@@ -1,0 +1,175 @@
+#include "model/weights.h"
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "io/safetensors.h"
+#include "io/torch_checkpoint.h"
+#include "mamba2/error.h"
+
+namespace mamba2 {
+
+namespace {
+
+class Loader {
+ public:
+  Loader(const TensorArchive& archive) : archive_(archive) {}
+
+  // Accepts the first of `names` present; checks the element count against `shape`.
+  Tensor take(std::initializer_list<std::string> names, const Shape& shape, const Shape& stored_shape) {
+    const StoredTensor* t = nullptr;
+    for (const auto& n : names) {
+      if ((t = archive_.find(n))) break;
+    }
+    if (!t) {
+      std::string files;
+      for (const auto& f : archive_.files()) files += (files.empty() ? "" : ", ") + f;
+      fail("[weights] tensor '{}' is missing from {}", *names.begin(), files.empty() ? "the checkpoint" : files);
+    }
+    if (t->shape != stored_shape)
+      fail("[weights] tensor '{}' in {} has shape {}, expected {}", t->name, t->file, t->shape_str(),
+           shape_str(stored_shape));
+    used_.insert(t->name);
+    Tensor out = Tensor::empty(shape);
+    convert_to_f32(t->dtype, t->data, out.data(), size_t(out.numel()));
+    return out;
+  }
+  Tensor take(const std::string& name, const Shape& shape) { return take({name}, shape, shape); }
+
+  void check_all_used() const {
+    for (const auto& [name, t] : archive_.tensors())
+      if (!used_.count(name))
+        fail("[weights] unexpected tensor '{}' {} in {} (does config.json match the weights?)", name,
+             t.shape_str(), t.file);
+  }
+  void mark_used(const std::string& name) { used_.insert(name); }
+
+ private:
+  const TensorArchive& archive_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+ModelWeights load_weights(const TensorArchive& archive, const ModelConfig& c) {
+  Loader ld(archive);
+  ModelWeights w;
+  const int64_t V = c.vocab_padded(), D = c.d_model;
+  w.embedding = ld.take({"backbone.embedding.weight", "backbone.embeddings.weight"}, {V, D}, {V, D});
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    const std::string p = fmt::format("backbone.layers.{}.", i);
+    LayerWeights l;
+    l.norm = ld.take(p + "norm.weight", {D});
+    l.in_proj = ld.take(p + "mixer.in_proj.weight", {c.d_in_proj(), D});
+    l.conv_w = ld.take({p + "mixer.conv1d.weight"}, {c.conv_dim(), c.d_conv}, {c.conv_dim(), 1, c.d_conv});
+    l.conv_b = ld.take(p + "mixer.conv1d.bias", {c.conv_dim()});
+    l.dt_bias = ld.take(p + "mixer.dt_bias", {c.nheads()});
+    l.A_log = ld.take(p + "mixer.A_log", {c.nheads()});
+    l.D = ld.take(p + "mixer.D", {c.nheads()});
+    l.gate_norm = ld.take(p + "mixer.norm.weight", {c.d_inner()});
+    l.out_proj = ld.take(p + "mixer.out_proj.weight", {D, c.d_inner()});
+    w.layers.push_back(std::move(l));
+  }
+  w.norm_f = ld.take("backbone.norm_f.weight", {D});
+  if (c.tie_embeddings) {
+    // A tied head may still be saved (official checkpoints do); it must then be the embedding.
+    if (const StoredTensor* head = archive.find("lm_head.weight")) {
+      if (head->shape != Shape{V, D})
+        fail("[weights] tensor 'lm_head.weight' in {} has shape {}, expected {}", head->file, head->shape_str(),
+             shape_str({V, D}));
+      ld.mark_used(head->name);
+    }
+    w.lm_head = w.embedding;
+  } else {
+    w.lm_head = ld.take("lm_head.weight", {V, D});
+  }
+  ld.check_all_used();
+  return w;
+}
+
+TensorArchive open_checkpoint(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  if (fs::exists(dir / "model.safetensors.index.json")) return read_safetensors_index(dir / "model.safetensors.index.json");
+  if (fs::exists(dir / "model.safetensors")) return read_safetensors(dir / "model.safetensors");
+  if (fs::exists(dir / "pytorch_model.bin")) return read_torch_checkpoint(dir / "pytorch_model.bin");
+  fail("[weights] {} holds no model.safetensors, model.safetensors.index.json or pytorch_model.bin", dir.string());
+}
+
+ModelWeights init_weights(const ModelConfig& c, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto fill_uniform = [&](Tensor& t, double lo, double hi) {
+    std::uniform_real_distribution<double> u(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = float(u(rng));
+  };
+  auto fill_const = [](Tensor& t, float v) { std::fill(t.data(), t.data() + t.numel(), v); };
+  const int64_t V = c.vocab_padded(), D = c.d_model, H = c.nheads();
+  ModelWeights w;
+  w.embedding = Tensor::empty({V, D});
+  {
+    std::normal_distribution<double> n(0.0, 0.02);
+    for (int64_t i = 0; i < w.embedding.numel(); ++i) w.embedding.data()[i] = float(n(rng));
+  }
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    LayerWeights l;
+    l.norm = Tensor::empty({D});
+    fill_const(l.norm, 1.0f);
+    // nn.Linear's default: U(±1/sqrt(fan_in)); out_proj is then rescaled by 1/sqrt(n_layer).
+    l.in_proj = Tensor::empty({c.d_in_proj(), D});
+    fill_uniform(l.in_proj, -1.0 / std::sqrt(double(D)), 1.0 / std::sqrt(double(D)));
+    // Depthwise conv: fan_in = d_conv.
+    const double conv_bound = 1.0 / std::sqrt(double(c.d_conv));
+    l.conv_w = Tensor::empty({c.conv_dim(), c.d_conv});
+    fill_uniform(l.conv_w, -conv_bound, conv_bound);
+    l.conv_b = Tensor::empty({c.conv_dim()});
+    fill_uniform(l.conv_b, -conv_bound, conv_bound);
+    l.dt_bias = Tensor::empty({H});
+    l.A_log = Tensor::empty({H});
+    std::uniform_real_distribution<double> u01(0.0, 1.0);
+    for (int64_t h = 0; h < H; ++h) {
+      double dt = std::exp(u01(rng) * (std::log(c.dt_max) - std::log(c.dt_min)) + std::log(c.dt_min));
+      dt = std::max(dt, c.dt_init_floor);
+      l.dt_bias.data()[h] = float(dt + std::log(-std::expm1(-dt)));  // inverse softplus
+    }
+    for (int64_t h = 0; h < H; ++h)
+      l.A_log.data()[h] = float(std::log(c.A_init_min + u01(rng) * (c.A_init_max - c.A_init_min)));
+    l.D = Tensor::empty({H});
+    fill_const(l.D, 1.0f);
+    l.gate_norm = Tensor::empty({c.d_inner()});
+    fill_const(l.gate_norm, 1.0f);
+    l.out_proj = Tensor::empty({D, c.d_inner()});
+    const double out_bound = 1.0 / std::sqrt(double(c.d_inner()));
+    fill_uniform(l.out_proj, -out_bound, out_bound);
+    const float rescale = float(1.0 / std::sqrt(double(c.n_layer)));
+    for (int64_t k = 0; k < l.out_proj.numel(); ++k) l.out_proj.data()[k] *= rescale;
+    w.layers.push_back(std::move(l));
+  }
+  w.norm_f = Tensor::empty({D});
+  fill_const(w.norm_f, 1.0f);
+  w.lm_head = w.embedding;
+  return w;
+}
+
+std::vector<NamedTensor> hf_named_tensors(const ModelWeights& w, const ModelConfig& c) {
+  std::vector<NamedTensor> out;
+  auto add = [&](std::string name, const Tensor& t) { out.push_back({std::move(name), &t, t.shape()}); };
+  add("backbone.embeddings.weight", w.embedding);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LayerWeights& l = w.layers[i];
+    const std::string p = fmt::format("backbone.layers.{}.", i);
+    add(p + "norm.weight", l.norm);
+    add(p + "mixer.in_proj.weight", l.in_proj);
+    out.push_back({p + "mixer.conv1d.weight", &l.conv_w, {c.conv_dim(), 1, c.d_conv}});
+    add(p + "mixer.conv1d.bias", l.conv_b);
+    add(p + "mixer.dt_bias", l.dt_bias);
+    add(p + "mixer.A_log", l.A_log);
+    add(p + "mixer.D", l.D);
+    add(p + "mixer.norm.weight", l.gate_norm);
+    add(p + "mixer.out_proj.weight", l.out_proj);
+  }
+  add("backbone.norm_f.weight", w.norm_f);
+  if (!c.tie_embeddings) add("lm_head.weight", w.lm_head);
+  return out;
+}
+
+}  // namespace mamba2

@@ -1,0 +1,51 @@
+// Named weight structs of the Mamba2 LM, fp32 on the compute device, and their loading
+// from a checkpoint archive (shape-checked, converted from the stored dtype).
+#pragma once
+#include <filesystem>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/tensor_archive.h"
+#include "mamba2/config.h"
+
+namespace mamba2 {
+
+struct LayerWeights {
+  Tensor norm;       // (d_model) pre-mixer RMSNorm
+  Tensor in_proj;    // (d_in_proj, d_model): rows z | xBC | dt
+  Tensor conv_w;     // (conv_dim, d_conv) depthwise taps, stored (conv_dim, 1, d_conv)
+  Tensor conv_b;     // (conv_dim)
+  Tensor dt_bias;    // (nheads)
+  Tensor A_log;      // (nheads)
+  Tensor D;          // (nheads)
+  Tensor gate_norm;  // (d_inner) gated RMSNorm weight
+  Tensor out_proj;   // (d_model, d_inner)
+};
+
+struct ModelWeights {
+  Tensor embedding;  // (vocab_padded, d_model)
+  std::vector<LayerWeights> layers;
+  Tensor norm_f;     // (d_model)
+  Tensor lm_head;    // (vocab_padded, d_model); shares the embedding's buffer when tied
+};
+
+// Every tensor the model needs must be present with the right shape, and nothing else
+// may be (an unexpected name means the config and the weights disagree).
+ModelWeights load_weights(const TensorArchive& archive, const ModelConfig& config);
+
+// Opens the weight files of a model folder: model.safetensors.index.json, model.safetensors
+// or pytorch_model.bin, in that order.
+TensorArchive open_checkpoint(const std::filesystem::path& model_dir);
+
+// The official initialisation (mamba_ssm), deterministic for a seed.
+ModelWeights init_weights(const ModelConfig& config, uint64_t seed);
+
+// Tensor names and values in the Hugging Face layout, for writing.
+struct NamedTensor {
+  std::string name;
+  const Tensor* tensor;
+  Shape stored_shape;  // conv1d.weight is stored (conv_dim, 1, d_conv)
+};
+std::vector<NamedTensor> hf_named_tensors(const ModelWeights& weights, const ModelConfig& config);
+
+}  // namespace mamba2

@@ -1,0 +1,25 @@
+#include "cpu/kernels.h"
+#include "ops/check.h"
+#include "ops/ops.h"
+
+namespace mamba2::ops {
+
+void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps) {
+  const int64_t n = residual.rows, d = residual.cols;
+  check_len("rmsnorm", "weight", w, d);
+  check_shape("rmsnorm", "out", out, n, d);
+  if (h.data) check_shape("rmsnorm", "h", h, n, d);
+  if (residual.ld != d || out.ld != d || (h.data && h.ld != d)) fail("[rmsnorm] operands must be contiguous");
+  cpu::add_rmsnorm_forward(residual.data, h.data, w.data(), out.data, n, d, eps);
+}
+
+void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps) {
+  const int64_t n = y.rows, d = y.cols;
+  check_shape("gated_rmsnorm", "z", z, n, d);
+  check_shape("gated_rmsnorm", "out", out, n, d);
+  check_len("gated_rmsnorm", "weight", w, d);
+  if (ngroups <= 0 || d % ngroups != 0) fail("[gated_rmsnorm] {} channels do not split into {} groups", d, ngroups);
+  cpu::gated_rmsnorm_forward(y.data, y.ld, z.data, z.ld, w.data(), out.data, out.ld, n, d, ngroups, eps);
+}
+
+}  // namespace mamba2::ops

@@ -1,0 +1,87 @@
+// logits: the logits at every position of one or more sequences, as a float32 .npy.
+#include <algorithm>
+
+#include "commands.h"
+#include "io/npy.h"
+#include "mamba2/error.h"
+#include "mamba2/model.h"
+#include "model/inference_state.h"
+
+namespace mamba2::cli {
+
+namespace {
+
+// Every position through the recurrent step, all sequences advancing together.
+std::vector<float> decode_all(const Model& model, const std::vector<int32_t>& ids, const std::vector<int64_t>& lengths) {
+  const int64_t V = model.vocab();
+  std::vector<int64_t> offsets(lengths.size());
+  int64_t max_len = 0, total = 0;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    offsets[s] = total;
+    total += lengths[s];
+    max_len = std::max(max_len, lengths[s]);
+  }
+  std::vector<float> out(size_t(total * V)), step_logits;
+  auto state = make_state(model.config(), int64_t(lengths.size()));
+  for (int64_t t = 0; t < max_len; ++t) {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> slots;
+    for (size_t s = 0; s < lengths.size(); ++s) {
+      if (t < lengths[s]) {
+        tokens.push_back(ids[size_t(offsets[s] + t)]);
+        slots.push_back(int64_t(s));
+      }
+    }
+    model.decode(tokens, slots, *state, step_logits);
+    for (size_t i = 0; i < slots.size(); ++i)
+      std::copy_n(step_logits.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
+  }
+  return out;
+}
+
+}  // namespace
+
+void add_logits(CLI::App& app) {
+  auto* sub = app.add_subcommand("logits", "Write the logits at every position as a float32 .npy (rows in input order)");
+  struct Opts {
+    std::string model, ids, lengths, mode = "prefill", out;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  sub->add_option("--model", o->model, "Model folder")->required();
+  sub->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
+  sub->add_option("--lengths", o->lengths, "Split --ids into independent sequences of these lengths (one batch)");
+  sub->add_option("--mode", o->mode, "prefill (chunked scan) or decode (one token at a time)")
+      ->check(CLI::IsMember({"prefill", "decode"}))
+      ->capture_default_str();
+  sub->add_option("--out", o->out, "Output .npy file")->required();
+  sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  on_run(sub, [o] {
+    set_threads(o->threads);
+    const std::vector<int64_t> raw_ids = parse_int_list(o->ids, "--ids");
+    std::vector<int64_t> lengths = o->lengths.empty() ? std::vector<int64_t>{int64_t(raw_ids.size())}
+                                                      : parse_int_list(o->lengths, "--lengths");
+    int64_t total = 0;
+    for (int64_t len : lengths) {
+      if (len <= 0) fail("[cli] --lengths: every length must be positive, got {}", len);
+      total += len;
+    }
+    if (total != int64_t(raw_ids.size()))
+      fail("[cli] --lengths sum to {} but --ids has {} ids", total, raw_ids.size());
+    const Model model = Model::load(o->model);
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < raw_ids.size(); ++i) {
+      if (raw_ids[i] < 0 || raw_ids[i] >= model.vocab())
+        fail("[cli] --ids: id {} at position {} is out of range [0, {})", raw_ids[i], i, model.vocab());
+      ids.push_back(int32_t(raw_ids[i]));
+    }
+    std::vector<float> logits;
+    if (o->mode == "decode")
+      logits = decode_all(model, ids, lengths);
+    else
+      model.prefill(ids, lengths, nullptr, true, logits);
+    write_npy(o->out, logits.data(), {total, model.vocab()});
+  });
+}
+
+}  // namespace mamba2::cli

@@ -1,0 +1,19 @@
+// The subcommands; each add_* registers its flags and the action run_selected() will call.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace mamba2::cli {
+
+void add_init(CLI::App& app);
+void add_info(CLI::App& app);
+void add_logits(CLI::App& app);
+void add_bench(CLI::App& app);
+void run_selected(CLI::App& app);
+
+// Registers the action of a subcommand (called by the add_* functions).
+void on_run(CLI::App* sub, std::function<void()> action);
+// Parses "5,17,3" into integers; names the flag in errors.
+std::vector<int64_t> parse_int_list(const std::string& text, const char* flag);
+void set_threads(int threads);
+
+}  // namespace mamba2::cli

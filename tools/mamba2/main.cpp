@@ -1,0 +1,33 @@
+// mamba2: the command-line program. Every mamba2::Error (and any other exception) is caught
+// here, printed as one line on stderr, and turned into exit code 1; bad flags exit with 2.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "mamba2/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mamba2: Mamba2 language models in C++ (inference on the CPU)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "mamba2 0.1.0");
+  mamba2::cli::add_init(app);
+  mamba2::cli::add_info(app);
+  mamba2::cli::add_logits(app);
+  mamba2::cli::add_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    mamba2::cli::run_selected(app);
+  } catch (const mamba2::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
