@@ -45,7 +45,7 @@ void add_logits(CLI::App& app) {
   auto* sub = app.add_subcommand("logits", "Write the logits at every position as a float32 .npy (rows in input order)");
   struct Opts {
     std::string model, ids, lengths, mode = "prefill", out;
-    int threads = 0;
+    int threads = 0, top = 0;
   };
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder")->required();
@@ -54,10 +54,12 @@ void add_logits(CLI::App& app) {
   sub->add_option("--mode", o->mode, "prefill (chunked scan) or decode (one token at a time)")
       ->check(CLI::IsMember({"prefill", "decode"}))
       ->capture_default_str();
-  sub->add_option("--out", o->out, "Output .npy file")->required();
+  sub->add_option("--out", o->out, "Output .npy file");
+  sub->add_option("--top", o->top, "Print the top K tokens at the last position of each sequence");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
   on_run(sub, [o] {
     set_threads(o->threads);
+    if (o->out.empty() && o->top <= 0) fail("[cli] logits needs --out F.npy and/or --top K");
     const std::vector<int64_t> raw_ids = parse_int_list(o->ids, "--ids");
     std::vector<int64_t> lengths = o->lengths.empty() ? std::vector<int64_t>{int64_t(raw_ids.size())}
                                                       : parse_int_list(o->lengths, "--lengths");
@@ -80,7 +82,20 @@ void add_logits(CLI::App& app) {
       logits = decode_all(model, ids, lengths);
     else
       model.prefill(ids, lengths, nullptr, true, logits);
-    write_npy(o->out, logits.data(), {total, model.vocab()});
+    if (!o->out.empty()) write_npy(o->out, logits.data(), {total, model.vocab()});
+    int64_t end = 0;
+    for (size_t s = 0; o->top > 0 && s < lengths.size(); ++s) {
+      end += lengths[s];
+      const float* row = logits.data() + (end - 1) * model.vocab();
+      std::vector<int64_t> order(size_t(model.vocab()));
+      for (int64_t v = 0; v < model.vocab(); ++v) order[size_t(v)] = v;
+      const int64_t k = std::min<int64_t>(o->top, model.vocab());
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int64_t a, int64_t b) { return row[a] > row[b]; });
+      fmt::print("sequence {} (length {}), top {} next tokens:", s, lengths[s], k);
+      for (int64_t i = 0; i < k; ++i) fmt::print(" {}:{:.4f}", order[size_t(i)], row[order[size_t(i)]]);
+      fmt::print("\n");
+    }
   });
 }
 

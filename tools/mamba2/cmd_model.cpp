@@ -74,7 +74,8 @@ void add_info(CLI::App& app) {
   sub->add_option("--model", *dir, "Model folder")->required();
   on_run(sub, [dir] {
     const ModelConfig c = load_config(fs::path(*dir) / "config.json");
-    const TensorArchive archive = open_checkpoint(*dir);
+    const auto archive_ptr = std::make_shared<const TensorArchive>(open_checkpoint(*dir));
+    const TensorArchive& archive = *archive_ptr;
     fmt::print("{}", config_summary(c));
     std::map<std::string, int64_t> by_dtype;
     int64_t stored = 0;
@@ -86,7 +87,7 @@ void add_info(CLI::App& app) {
     for (const auto& f : archive.files()) fmt::print(" {}", f);
     fmt::print("\ntensors: {} ({} stored values)\n", archive.tensors().size(), stored);
     for (const auto& [dt, n] : by_dtype) fmt::print("dtype {}: {} values\n", dt, n);
-    load_weights(archive, c);  // checks names and shapes
+    load_weights(archive_ptr, c);  // checks names and shapes
     fmt::print("weights: all tensors present with the expected shapes\n");
   });
 }
