@@ -35,6 +35,14 @@ Tensor Tensor::empty(Shape shape, Device device) {
   return t;
 }
 
+Tensor Tensor::borrow(const float* data, Shape shape, std::shared_ptr<const void> owner) {
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.storage_ = std::shared_ptr<float>(std::const_pointer_cast<void>(std::move(owner)), const_cast<float*>(data));
+  t.data_ = t.storage_.get();
+  return t;
+}
+
 Tensor Tensor::zeros(Shape shape, Device device) {
   Tensor t = empty(std::move(shape), device);
   if (t.nbytes()) std::memset(t.data_, 0, t.nbytes());

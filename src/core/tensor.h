@@ -21,6 +21,8 @@ class Tensor {
   // Uninitialised, 64-byte aligned.
   static Tensor empty(Shape shape, Device device = Device::CPU);
   static Tensor zeros(Shape shape, Device device = Device::CPU);
+  // A view of memory owned by `owner` (e.g. a read-only file mapping): never written through.
+  static Tensor borrow(const float* data, Shape shape, std::shared_ptr<const void> owner);
 
   float* data() { return data_; }
   const float* data() const { return data_; }

@@ -24,8 +24,8 @@ std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch) 
 Model Model::load(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir)) fail("[model] {} is not a folder", dir.string());
   ModelConfig config = load_config(dir / "config.json");
-  TensorArchive archive = open_checkpoint(dir);
-  return Model(config, std::make_shared<const ModelWeights>(load_weights(archive, config)));
+  auto archive = std::make_shared<const TensorArchive>(open_checkpoint(dir));
+  return Model(config, std::make_shared<const ModelWeights>(load_weights(std::move(archive), config)));
 }
 
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights)

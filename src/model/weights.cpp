@@ -1,6 +1,7 @@
 #include "model/weights.h"
 
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <set>
 
@@ -14,7 +15,7 @@ namespace {
 
 class Loader {
  public:
-  Loader(const TensorArchive& archive) : archive_(archive) {}
+  explicit Loader(std::shared_ptr<const TensorArchive> archive) : archive_(*archive), owner_(std::move(archive)) {}
 
   // Accepts the first of `names` present; checks the element count against `shape`.
   Tensor take(std::initializer_list<std::string> names, const Shape& shape, const Shape& stored_shape) {
@@ -31,6 +32,8 @@ class Loader {
       fail("[weights] tensor '{}' in {} has shape {}, expected {}", t->name, t->file, t->shape_str(),
            shape_str(stored_shape));
     used_.insert(t->name);
+    if (t->dtype == DType::F32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0)
+      return Tensor::borrow(reinterpret_cast<const float*>(t->data), shape, owner_);
     Tensor out = Tensor::empty(shape);
     convert_to_f32(t->dtype, t->data, out.data(), size_t(out.numel()));
     return out;
@@ -47,13 +50,15 @@ class Loader {
 
  private:
   const TensorArchive& archive_;
+  std::shared_ptr<const TensorArchive> owner_;
   std::set<std::string> used_;
 };
 
 }  // namespace
 
-ModelWeights load_weights(const TensorArchive& archive, const ModelConfig& c) {
-  Loader ld(archive);
+ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, const ModelConfig& c) {
+  const TensorArchive& archive = *archive_ptr;
+  Loader ld(std::move(archive_ptr));
   ModelWeights w;
   const int64_t V = c.vocab_padded(), D = c.d_model;
   w.embedding = ld.take({"backbone.embedding.weight", "backbone.embeddings.weight"}, {V, D}, {V, D});

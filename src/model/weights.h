@@ -30,8 +30,9 @@ struct ModelWeights {
 };
 
 // Every tensor the model needs must be present with the right shape, and nothing else
-// may be (an unexpected name means the config and the weights disagree).
-ModelWeights load_weights(const TensorArchive& archive, const ModelConfig& config);
+// may be (an unexpected name means the config and the weights disagree). fp32 tensors are used
+// in place (the archive's mappings stay alive with them); other dtypes are converted to fp32.
+ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const ModelConfig& config);
 
 // Opens the weight files of a model folder: model.safetensors.index.json, model.safetensors
 // or pytorch_model.bin, in that order.
