@@ -133,6 +133,12 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   const ModelWeights& w = *weights_;
   const int64_t nb = int64_t(tokens.size());
   if (int64_t(slots.size()) != nb) fail("[model] {} slots for {} tokens", slots.size(), nb);
+  std::vector<bool> seen(size_t(state.batch));
+  for (int64_t s : slots) {
+    if (s < 0 || s >= state.batch) fail("[model] slot {} outside the state's {} sequences", s, state.batch);
+    if (seen[size_t(s)]) fail("[model] slot {} appears twice in one decode step", s);
+    seen[size_t(s)] = true;
+  }
 
   Tensor residual = Tensor::empty({nb, c.d_model});
   Tensor h = Tensor::empty({nb, c.d_model});
