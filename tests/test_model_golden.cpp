@@ -1,0 +1,146 @@
+// Golden logits (float64 oracle, scripts/make_golden.py) against prefill, decode and the CLI.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "io/npy.h"
+#include "mamba2/model.h"
+#include "model/inference_state.h"
+#include "test_support.h"
+
+namespace mamba2 {
+namespace {
+
+namespace fs = std::filesystem;
+using test::rel_l2;
+
+struct GoldenCase {
+  fs::path dir;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> lengths;
+  NpyArray logits;
+};
+
+GoldenCase load_case(const std::string& name) {
+  GoldenCase g;
+  g.dir = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / name;
+  const auto j = nlohmann::json::parse(test::read_text(g.dir / "case.json"));
+  g.ids = j.at("ids").get<std::vector<int32_t>>();
+  g.lengths = j.at("lengths").get<std::vector<int64_t>>();
+  g.logits = read_npy(g.dir / "logits.npy");
+  return g;
+}
+
+// Every position through decode, all sequences advancing together in their slots.
+std::vector<float> decode_all(const Model& m, const GoldenCase& g) {
+  const int64_t V = m.vocab();
+  std::vector<int64_t> offsets;
+  int64_t total = 0, max_len = 0;
+  for (int64_t L : g.lengths) {
+    offsets.push_back(total);
+    total += L;
+    max_len = std::max(max_len, L);
+  }
+  std::vector<float> out(size_t(total * V), std::nanf("")), step;
+  auto state = make_state(m.config(), int64_t(g.lengths.size()));
+  for (int64_t t = 0; t < max_len; ++t) {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> slots;
+    for (size_t s = 0; s < g.lengths.size(); ++s)
+      if (t < g.lengths[s]) {
+        tokens.push_back(g.ids[size_t(offsets[s] + t)]);
+        slots.push_back(int64_t(s));
+      }
+    m.decode(tokens, slots, *state, step);
+    EXPECT_EQ(step.size(), slots.size() * size_t(V));
+    for (size_t i = 0; i < slots.size(); ++i)
+      std::copy_n(step.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
+  }
+  return out;
+}
+
+// fp32 compute vs the float64 oracle: relative L2 ≤ 1e-4 per sequence (README tolerance contract).
+constexpr double kGoldenTol = 1e-4;
+
+template <class T>
+void expect_matches_golden(const GoldenCase& g, const T* ours, int64_t V, const std::string& what) {
+  ASSERT_EQ(g.logits.shape.size(), 2u);
+  ASSERT_EQ(g.logits.shape[1], V);
+  int64_t row = 0;
+  for (size_t s = 0; s < g.lengths.size(); ++s) {
+    const size_t off = size_t(row * V), n = size_t(g.lengths[s] * V);
+    const double err = rel_l2(ours + off, g.logits.data.data() + off, n);
+    EXPECT_LE(err, kGoldenTol) << what << ": sequence " << s << " (length " << g.lengths[s] << ")";
+    row += g.lengths[s];
+  }
+}
+
+class ModelGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModelGolden, PrefillBatchedMatchesOracle) {
+  const GoldenCase g = load_case(GetParam());
+  const Model m = Model::load(g.dir / "model");
+  ASSERT_EQ(g.logits.shape[0], int64_t(g.ids.size()));
+  std::vector<float> logits;
+  m.prefill(g.ids, g.lengths, nullptr, true, logits);
+  ASSERT_EQ(logits.size(), g.ids.size() * size_t(m.vocab()));
+  expect_matches_golden(g, logits.data(), m.vocab(), "prefill");
+}
+
+TEST_P(ModelGolden, DecodeWithSlotsMatchesOracle) {
+  const GoldenCase g = load_case(GetParam());
+  const Model m = Model::load(g.dir / "model");
+  const std::vector<float> logits = decode_all(m, g);
+  expect_matches_golden(g, logits.data(), m.vocab(), "decode");
+}
+
+TEST_P(ModelGolden, PrefillLastPositionsMatchOracle) {
+  const GoldenCase g = load_case(GetParam());
+  const Model m = Model::load(g.dir / "model");
+  const int64_t V = m.vocab();
+  std::vector<float> last;
+  m.prefill(g.ids, g.lengths, nullptr, false, last);
+  ASSERT_EQ(last.size(), g.lengths.size() * size_t(V));
+  int64_t end = 0;
+  for (size_t s = 0; s < g.lengths.size(); ++s) {
+    end += g.lengths[s];
+    // Same fp32 vs float64 contract, on the last row of each sequence.
+    EXPECT_LE(rel_l2(last.data() + s * size_t(V), g.logits.data.data() + (end - 1) * V, size_t(V)), kGoldenTol)
+        << "sequence " << s;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ModelGolden, ModelGolden,
+                         ::testing::Values("official_fp32", "hf_fp32_g2_dtlimit", "hf_bf16_sharded",
+                                           "official_fp16_g4"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+std::string join(const auto& v) {
+  std::string s;
+  for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s;
+}
+
+TEST(ModelGoldenCli, LogitsPrefillAndDecodeMatchOracle) {
+  for (const std::string name : {"hf_fp32_g2_dtlimit", "official_fp16_g4"}) {
+    const GoldenCase g = load_case(name);
+    for (const std::string mode : {"prefill", "decode"}) {
+      SCOPED_TRACE(name + " " + mode);
+      test::TempDir tmp;
+      const fs::path out = tmp / "logits.npy";
+      const test::CliResult r = test::run_cli(
+          "logits --model " + test::shell_quote((g.dir / "model").string()) + " --ids " + join(g.ids) +
+          " --lengths " + join(g.lengths) + " --mode " + mode + " --out " + test::shell_quote(out.string()));
+      ASSERT_TRUE(r.exited && r.code == 0) << r.err;
+      const NpyArray got = read_npy(out);
+      int64_t total = 0;
+      for (int64_t L : g.lengths) total += L;
+      const int64_t V = load_config(g.dir / "model" / "config.json").vocab_padded();
+      ASSERT_EQ(got.shape, (std::vector<int64_t>{total, V}));
+      expect_matches_golden(g, got.data.data(), g.logits.shape[1], "cli " + mode);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mamba2
