@@ -35,6 +35,15 @@ Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights)
 
 namespace {
 
+// A state made for another model would be read out of bounds: its layers and widths must match.
+void check_state(const InferenceState& state, const ModelConfig& c) {
+  const int64_t conv_width = (c.d_conv - 1) * c.conv_dim(), ssm_width = c.nheads() * c.headdim * c.d_state;
+  bool ok = int64_t(state.conv.size()) == c.n_layer && int64_t(state.ssm.size()) == c.n_layer;
+  for (size_t i = 0; ok && i < state.conv.size(); ++i)
+    ok = state.conv[i].shape() == Shape{state.batch, conv_width} && state.ssm[i].shape() == Shape{state.batch, ssm_width};
+  if (!ok) fail("[model] the inference state was made for another model configuration");
+}
+
 ops::SsdWeights ssd_weights(const LayerWeights& l, const ModelConfig& c) {
   return {l.dt_bias, l.A_log, l.D, c.headdim, c.ngroups, c.d_state, c.dt_limit_min, c.dt_limit_max};
 }
@@ -76,7 +85,10 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
     total += len;
   }
   if (total != T) fail("[model] lengths sum to {} but {} ids were given", total, T);
-  if (state && state->batch < nseq) fail("[model] state holds {} sequences, {} given", state->batch, nseq);
+  if (state) {
+    check_state(*state, c);
+    if (state->batch < nseq) fail("[model] state holds {} sequences, {} given", state->batch, nseq);
+  }
 
   Tensor residual = Tensor::empty({T, c.d_model});   // (T, D) fp32 residual stream
   Tensor h = Tensor::empty({T, c.d_model});          // (T, D) block output
@@ -133,6 +145,7 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   const ModelWeights& w = *weights_;
   const int64_t nb = int64_t(tokens.size());
   if (int64_t(slots.size()) != nb) fail("[model] {} slots for {} tokens", slots.size(), nb);
+  check_state(state, c);
   std::vector<bool> seen(size_t(state.batch));
   for (int64_t s : slots) {
     if (s < 0 || s >= state.batch) fail("[model] slot {} outside the state's {} sequences", s, state.batch);
