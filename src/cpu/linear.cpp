@@ -24,35 +24,33 @@ inline float hsum(v16 v) {
   return s;
 }
 
-// y[i, r0..r0+R) for rows i0..i0+MI of x: R×MI accumulators stay in registers while W's rows
-// stream through once.
-template <int R, int MI>
-void block(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t r0, int64_t k) {
-  v16 acc[R][MI] = {};
+// One row of W against MI rows of x, with U independent accumulators per x row so that the FMA
+// chains overlap (U·MI = 8 chains). The row is one sequential stream, which is what the
+// hardware prefetcher follows best when W comes from DRAM.
+template <int MI, int U>
+void row_dot(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t k) {
+  v16 acc[U][MI] = {};
   int64_t j = 0;
-  for (; j + 16 <= k; j += 16) {
-    v16 xv[MI];
-    for (int i = 0; i < MI; ++i) xv[i] = load16(x + i * ldx + j);
-    for (int r = 0; r < R; ++r) {
-      const v16 wv = load16(W + (r0 + r) * k + j);
-      for (int i = 0; i < MI; ++i) acc[r][i] += wv * xv[i];
+  for (; j + 16 * U <= k; j += 16 * U) {
+    for (int u = 0; u < U; ++u) {
+      const v16 wv = load16(w + j + 16 * u);
+      for (int i = 0; i < MI; ++i) acc[u][i] += wv * load16(x + i * ldx + j + 16 * u);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    for (int i = 0; i < MI; ++i) {
-      float s = hsum(acc[r][i]);
-      for (int64_t jj = j; jj < k; ++jj) s += W[(r0 + r) * k + jj] * x[i * ldx + jj];
-      y[i * ldy + r0 + r] = s;
-    }
+  for (int i = 0; i < MI; ++i) {
+    v16 total = acc[0][i];
+    for (int u = 1; u < U; ++u) total += acc[u][i];
+    float s = hsum(total);
+    for (int64_t jj = j; jj < k; ++jj) s += w[jj] * x[i * ldx + jj];
+    y[i * ldy] = s;
   }
 }
 
 template <int MI>
 void rows_band(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
                int64_t k) {
-  int64_t r = r_begin;
-  for (; r + 4 <= r_end; r += 4) block<4, MI>(x, ldx, W, y, ldy, r, k);
-  for (; r < r_end; ++r) block<1, MI>(x, ldx, W, y, ldy, r, k);
+  constexpr int U = MI >= 8 ? 1 : 8 / MI;
+  for (int64_t r = r_begin; r < r_end; ++r) row_dot<MI, U>(x, ldx, W + r * k, y + r, ldy, k);
 }
 
 // Few rows of x (decode): bound by reading W once. Each thread streams a band of W's rows.
