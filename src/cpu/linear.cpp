@@ -1,5 +1,7 @@
 #include <cblas.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/kernels.h"
@@ -56,10 +58,11 @@ void rows_band(const float* x, int64_t ldx, const float* W, float* y, int64_t ld
 // Few rows of x (decode): bound by reading W once. Each thread streams a band of W's rows.
 void linear_few_rows(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                      int64_t k) {
-  constexpr int64_t kBand = 64;
+  // About four bands per thread, so that many cores share even the narrow out_proj.
+  const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 4, 64);
 #pragma omp parallel for schedule(static)
-  for (int64_t b0 = 0; b0 < n; b0 += kBand) {
-    const int64_t b1 = b0 + kBand < n ? b0 + kBand : n;
+  for (int64_t b0 = 0; b0 < n; b0 += band) {
+    const int64_t b1 = std::min(b0 + band, n);
     int64_t i = 0;
     for (; i + 4 <= m; i += 4) rows_band<4>(x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
     for (; i + 2 <= m; i += 2) rows_band<2>(x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);

@@ -72,6 +72,42 @@ void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView
   ops::linear(MatView::of(normed), w.lm_head, {logits.data(), residual.rows, c.vocab_padded(), c.vocab_padded()});
 }
 
+// Activations of `rows` tokens, reused by every layer.
+struct Activations {
+  Tensor residual;  // (rows, d_model) fp32 residual stream
+  Tensor h;         // (rows, d_model) block output
+  Tensor u;         // (rows, d_model) normed block input
+  Tensor zxbcdt;    // (rows, d_in_proj)
+  Tensor xbc;       // (rows, conv_dim) after conv + SiLU
+  Tensor y;         // (rows, d_inner) scan output, then gated-normed in place
+  Activations(int64_t rows, const ModelConfig& c)
+      : residual(Tensor::empty({rows, c.d_model})),
+        h(Tensor::empty({rows, c.d_model})),
+        u(Tensor::empty({rows, c.d_model})),
+        zxbcdt(Tensor::empty({rows, c.d_in_proj()})),
+        xbc(Tensor::empty({rows, c.conv_dim()})),
+        y(Tensor::empty({rows, c.d_inner()})) {}
+};
+
+// The layer stack: residual add + RMSNorm + in_proj, then `mixer(layer, weights, projections)`,
+// which fills a.xbc and a.y (the conv and the scan, in their prefill or decode form), then the
+// gated RMSNorm and out_proj. Leaves the last block's output in a.h for the head.
+template <class Mixer>
+void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
+                Mixer&& mixer) {
+  ops::embedding(w.embedding, ids, MatView::of(a.residual));
+  for (int64_t li = 0; li < c.n_layer; ++li) {
+    const LayerWeights& l = w.layers[size_t(li)];
+    ops::add_rmsnorm(MatView::of(a.residual), li == 0 ? MatView{} : MatView::of(a.h), l.norm, MatView::of(a.u),
+                     float(c.norm_eps));
+    ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt));
+    const Projections pr = split(MatView::of(a.zxbcdt), c);
+    mixer(size_t(li), l, pr);
+    ops::gated_rmsnorm(MatView::of(a.y), pr.z, l.gate_norm, MatView::of(a.y), c.ngroups, float(c.norm_eps));
+    ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h));
+  }
+}
+
 }  // namespace
 
 void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
@@ -90,42 +126,26 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
     if (state->batch < nseq) fail("[model] state holds {} sequences, {} given", state->batch, nseq);
   }
 
-  Tensor residual = Tensor::empty({T, c.d_model});   // (T, D) fp32 residual stream
-  Tensor h = Tensor::empty({T, c.d_model});          // (T, D) block output
-  Tensor u = Tensor::empty({T, c.d_model});          // (T, D) normed input
-  Tensor zxbcdt = Tensor::empty({T, c.d_in_proj()}); // (T, d_in_proj)
-  Tensor xbc = Tensor::empty({T, c.conv_dim()});     // (T, conv_dim) after conv + SiLU
-  Tensor y = Tensor::empty({T, c.d_inner()});        // (T, d_inner)
+  Activations a(T, c);
   Tensor scratch_conv = Tensor::empty({c.d_conv - 1, c.conv_dim()});
   Tensor scratch_ssm = Tensor::empty({c.nheads(), c.headdim * c.d_state});
-
-  ops::embedding(w.embedding, ids, MatView::of(residual));
-  for (int64_t li = 0; li < c.n_layer; ++li) {
-    const LayerWeights& l = w.layers[size_t(li)];
-    ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u),
-                     float(c.norm_eps));
-    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt));
-    const Projections pr = split(MatView::of(zxbcdt), c);
+  run_layers(w, c, ids, a, [&](size_t li, const LayerWeights& l, const Projections& pr) {
     int64_t t0 = 0;
     for (int64_t s = 0; s < nseq; ++s) {
       const int64_t L = lengths[size_t(s)];
-      MatView conv_state = state ? state->conv_states(size_t(li)).rows_slice(s, 1) : MatView::of(scratch_conv);
-      MatView ssm_state = state ? state->ssm_states(size_t(li)).rows_slice(s, 1) : MatView::of(scratch_ssm);
-      conv_state = {conv_state.data, c.d_conv - 1, c.conv_dim(), c.conv_dim(), conv_state.device};
-      ssm_state = {ssm_state.data, c.nheads(), c.headdim * c.d_state, c.headdim * c.d_state, ssm_state.device};
-      ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, MatView::of(xbc).rows_slice(t0, L),
-                         conv_state);
-      std::fill(ssm_state.data, ssm_state.data + ssm_state.rows * ssm_state.cols, 0.0f);
-      const ConvOut co = split_conv(MatView::of(xbc).rows_slice(t0, L), c);
-      ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt.rows_slice(t0, L), MatView::of(y).rows_slice(t0, L),
-                    ssm_state, c.chunk_size);
+      float* conv_state = state ? state->conv_states(li).row(s) : scratch_conv.data();
+      float* ssm_state = state ? state->ssm_states(li).row(s) : scratch_ssm.data();
+      std::fill_n(ssm_state, scratch_ssm.numel(), 0.0f);
+      ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, MatView::of(a.xbc).rows_slice(t0, L),
+                         {conv_state, c.d_conv - 1, c.conv_dim(), c.conv_dim()});
+      const ConvOut co = split_conv(MatView::of(a.xbc).rows_slice(t0, L), c);
+      ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt.rows_slice(t0, L), MatView::of(a.y).rows_slice(t0, L),
+                    {ssm_state, c.nheads(), c.headdim * c.d_state, c.headdim * c.d_state}, c.chunk_size);
       t0 += L;
     }
-    ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(y), c.ngroups, float(c.norm_eps));
-    ops::linear(MatView::of(y), l.out_proj, MatView::of(h));
-  }
+  });
   if (all_positions) {
-    head(w, c, MatView::of(residual), MatView::of(h), logits);
+    head(w, c, MatView::of(a.residual), MatView::of(a.h), logits);
     return;
   }
   // Only the last position of each sequence goes through the head.
@@ -133,8 +153,8 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
   int64_t end = 0;
   for (int64_t s = 0; s < nseq; ++s) {
     end += lengths[size_t(s)];
-    std::copy_n(residual.data() + (end - 1) * c.d_model, c.d_model, last_res.data() + s * c.d_model);
-    std::copy_n(h.data() + (end - 1) * c.d_model, c.d_model, last_h.data() + s * c.d_model);
+    std::copy_n(a.residual.data() + (end - 1) * c.d_model, c.d_model, last_res.data() + s * c.d_model);
+    std::copy_n(a.h.data() + (end - 1) * c.d_model, c.d_model, last_h.data() + s * c.d_model);
   }
   head(w, c, MatView::of(last_res), MatView::of(last_h), logits);
 }
@@ -153,27 +173,13 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
     seen[size_t(s)] = true;
   }
 
-  Tensor residual = Tensor::empty({nb, c.d_model});
-  Tensor h = Tensor::empty({nb, c.d_model});
-  Tensor u = Tensor::empty({nb, c.d_model});
-  Tensor zxbcdt = Tensor::empty({nb, c.d_in_proj()});
-  Tensor xbc = Tensor::empty({nb, c.conv_dim()});
-  Tensor y = Tensor::empty({nb, c.d_inner()});
-
-  ops::embedding(w.embedding, tokens, MatView::of(residual));
-  for (int64_t li = 0; li < c.n_layer; ++li) {
-    const LayerWeights& l = w.layers[size_t(li)];
-    ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u),
-                     float(c.norm_eps));
-    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt));
-    const Projections pr = split(MatView::of(zxbcdt), c);
-    ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(xbc), state.conv_states(size_t(li)), slots);
-    const ConvOut co = split_conv(MatView::of(xbc), c);
-    ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(y), state.ssm_states(size_t(li)), slots);
-    ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(y), c.ngroups, float(c.norm_eps));
-    ops::linear(MatView::of(y), l.out_proj, MatView::of(h));
-  }
-  head(w, c, MatView::of(residual), MatView::of(h), logits);
+  Activations a(nb, c);
+  run_layers(w, c, tokens, a, [&](size_t li, const LayerWeights& l, const Projections& pr) {
+    ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), slots);
+    const ConvOut co = split_conv(MatView::of(a.xbc), c);
+    ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), slots);
+  });
+  head(w, c, MatView::of(a.residual), MatView::of(a.h), logits);
 }
 
 }  // namespace mamba2
