@@ -35,8 +35,8 @@ void copy_golden_model(const std::string& name, const fs::path& dst) {
   fs::copy(kGolden / name / "model", dst, fs::copy_options::recursive);
 }
 
-nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(test::read_text(p)); }
-void write_json(const fs::path& p, const nlohmann::json& j) { test::write_text(p, j.dump(2)); }
+nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(test::read_file(p)); }
+void write_json(const fs::path& p, const nlohmann::json& j) { test::write_file(p, j.dump(2)); }
 
 ModelConfig small_config() {
   ModelConfig c;
@@ -63,7 +63,7 @@ void write_model(const fs::path& dir, const std::function<void(std::vector<Tenso
   }
   fs::create_directories(dir);
   write_safetensors(dir / "model.safetensors", t);
-  test::write_text(dir / "config.json", config_to_hf_json(c));
+  test::write_file(dir / "config.json", config_to_hf_json(c));
 }
 
 std::string logits_args(const fs::path& model, const fs::path& out, const std::string& ids = "1,2,3") {
@@ -88,7 +88,7 @@ TEST(CliModelErrors, MissingModelFolder) {
 TEST(CliModelErrors, InvalidJsonConfig) {
   TempDir tmp;
   copy_golden_model("official_fp32", tmp / "m");
-  test::write_text(tmp / "m" / "config.json", "{\"d_model\": 64, \"n_layer\": ");
+  test::write_file(tmp / "m" / "config.json", "{\"d_model\": 64, \"n_layer\": ");
   expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"config.json", "JSON"});
 }
 
@@ -201,14 +201,14 @@ TEST_F(CliLogitsErrors, OutIntoMissingFolder) {
 }
 
 TEST_F(CliLogitsErrors, FailedRunLeavesExistingOutUntouched) {
-  test::write_text(out, "sentinel");
+  test::write_file(out, "sentinel");
   const auto before = fs::last_write_time(out);
   expect_failure(run_cli(logits_args(model, out, "5,999999")), 1, {"999999"});
-  EXPECT_EQ(test::read_text(out), "sentinel");
+  EXPECT_EQ(test::read_file(out), "sentinel");
   EXPECT_EQ(fs::last_write_time(out), before);
   // A model that fails to load must not touch it either.
   expect_failure(run_cli(logits_args(tmp / "missing", out)), 1, {"missing"});
-  EXPECT_EQ(test::read_text(out), "sentinel");
+  EXPECT_EQ(test::read_file(out), "sentinel");
   // No temporary file is left beside it.
   int entries = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(tmp.path())) ++entries;
@@ -237,11 +237,11 @@ TEST(CliInit, ExistingModelNeedsForce) {
   TempDir tmp;
   const fs::path dir = tmp / "m";
   write_model(dir);
-  const std::string cfg = test::read_text(dir / "config.json"), st = test::read_text(dir / "model.safetensors");
+  const std::string cfg = test::read_file(dir / "config.json"), st = test::read_file(dir / "model.safetensors");
   const auto t_cfg = fs::last_write_time(dir / "config.json"), t_st = fs::last_write_time(dir / "model.safetensors");
   expect_failure(run_cli("init --preset 130m --d-model 64 --n-layer 2 --out " + q(dir)), 1, {"--force"});
-  EXPECT_EQ(test::read_text(dir / "config.json"), cfg);
-  EXPECT_EQ(test::read_text(dir / "model.safetensors"), st);
+  EXPECT_EQ(test::read_file(dir / "config.json"), cfg);
+  EXPECT_EQ(test::read_file(dir / "model.safetensors"), st);
   EXPECT_EQ(fs::last_write_time(dir / "config.json"), t_cfg);
   EXPECT_EQ(fs::last_write_time(dir / "model.safetensors"), t_st);
   // With --force it is replaced by a loadable model.

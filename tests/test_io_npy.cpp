@@ -1,41 +1,24 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 
 #include "io/npy.h"
 #include "mamba2/error.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
+using mamba2::test::read_file;
+using mamba2::test::write_file;
 using mamba2::Error;
 
 namespace {
 
 const fs::path kDir = fs::path(MAMBA2_FIXTURES_DIR) / "io";
 
-fs::path scratch(const std::string& name) {
-  fs::path dir = fs::path(::testing::TempDir()) / "io_npy";
-  fs::create_directories(dir);
-  return dir / name;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(bytes.size()));
-}
+fs::path scratch(const std::string& name) { return mamba2::test::scratch_path("io_npy", name); }
 
 std::string error_of(const fs::path& p) {
-  try {
-    mamba2::read_npy(p);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+  return mamba2::test::error_message([&] { mamba2::read_npy(p); });
 }
 
 // A version 1.0 file with the given header text (padded as NumPy does) and data bytes.
@@ -52,7 +35,7 @@ TEST(NpyTest, RoundTripsShapes) {
   for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 3}, {6}, {1, 2, 3}, {}, {0, 4}}) {
     auto p = scratch("rt.npy");
     mamba2::write_npy(p, v.data(), shape);
-    const std::string bytes = read_bytes(p);
+    const std::string bytes = read_file(p);
     ASSERT_GE(bytes.size(), 10u);
     EXPECT_EQ(bytes.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
     const size_t header_len = uint8_t(bytes[8]) | size_t(uint8_t(bytes[9])) << 8;
@@ -69,9 +52,9 @@ TEST(NpyTest, RoundTripsShapes) {
   }
   auto p = scratch("shape.npy");
   mamba2::write_npy(p, v.data(), {6});
-  EXPECT_NE(read_bytes(p).find("'shape': (6,)"), std::string::npos);
+  EXPECT_NE(read_file(p).find("'shape': (6,)"), std::string::npos);
   mamba2::write_npy(p, v.data(), {});
-  EXPECT_NE(read_bytes(p).find("'shape': ()"), std::string::npos);
+  EXPECT_NE(read_file(p).find("'shape': ()"), std::string::npos);
 }
 
 TEST(NpyTest, ReadsNumpyWrittenFiles) {
@@ -89,14 +72,14 @@ TEST(NpyTest, RefusesUnsupportedLayouts) {
   EXPECT_NE(err.find("[npy]"), std::string::npos) << err;
   EXPECT_NE(err.find("'<i8'"), std::string::npos) << err;
   auto p = scratch("bad.npy");
-  write_bytes(p, make_npy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, 0)));
+  write_file(p, make_npy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, 0)));
   EXPECT_NE(error_of(p).find("'>f4'"), std::string::npos);
 }
 
 TEST(NpyTest, RejectsCorruptFiles) {
   auto p = scratch("corrupt.npy");
   auto err_for = [&](const std::string& bytes) {
-    write_bytes(p, bytes);
+    write_file(p, bytes);
     return error_of(p);
   };
   const std::string ok = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1), }";
@@ -117,7 +100,7 @@ TEST(NpyTest, RejectsCorruptFiles) {
 
   const std::string full = make_npy(ok, std::string(8, 0));
   for (size_t n = 0; n < full.size(); ++n) {
-    write_bytes(p, full.substr(0, n));
+    write_file(p, full.substr(0, n));
     EXPECT_THROW(mamba2::read_npy(p), Error) << "length " << n;
   }
 }

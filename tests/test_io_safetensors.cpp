@@ -1,33 +1,21 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 #include "mamba2/error.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
+using mamba2::test::read_file;
+using mamba2::test::write_file;
 using mamba2::DType;
 using mamba2::Error;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path dir = fs::path(::testing::TempDir()) / "io_safetensors";
-  fs::create_directories(dir);
-  return dir / name;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(bytes.size()));
-}
+fs::path scratch(const std::string& name) { return mamba2::test::scratch_path("io_safetensors", name); }
 
 // A safetensors file from a raw header string and data section.
 std::string make_file(const std::string& header, const std::string& data, uint64_t len_override = 0) {
@@ -38,17 +26,12 @@ std::string make_file(const std::string& header, const std::string& data, uint64
 }
 
 std::string error_of(const fs::path& p) {
-  try {
-    mamba2::read_safetensors(p);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+  return mamba2::test::error_message([&] { mamba2::read_safetensors(p); });
 }
 
 std::string error_of_bytes(const std::string& bytes) {
   auto p = scratch("crafted.safetensors");
-  write_bytes(p, bytes);
+  write_file(p, bytes);
   return error_of(p);
 }
 
@@ -99,7 +82,7 @@ TEST(SafetensorsTest, WritesSortedPaddedHeader) {
   auto p = scratch("layout.safetensors");
   const float v[2] = {1, 2};
   mamba2::write_safetensors(p, {{"b", DType::F32, {2}, v}, {"a", DType::F16, {1}, v}}, {{"k", "v"}});
-  const std::string bytes = read_bytes(p);
+  const std::string bytes = read_file(p);
   uint64_t len = 0;
   std::memcpy(&len, bytes.data(), 8);
   EXPECT_EQ(len % 8, 0u);
@@ -117,11 +100,11 @@ TEST(SafetensorsTest, FailedWriteLeavesOriginalUntouched) {
   auto p = scratch("keep.safetensors");
   const float v[2] = {1, 2};
   mamba2::write_safetensors(p, {{"x", DType::F32, {2}, v}});
-  const std::string before = read_bytes(p);
+  const std::string before = read_file(p);
   EXPECT_THROW(mamba2::write_safetensors(p, {{"x", DType::F32, {2}, v}, {"x", DType::F32, {2}, v}}), Error);
   EXPECT_THROW(mamba2::write_safetensors(p, {{"y", DType::F32, {-1}, v}}), Error);
   EXPECT_THROW(mamba2::write_safetensors(p, {{"y", DType::F32, {2}, nullptr}}), Error);
-  EXPECT_EQ(read_bytes(p), before);
+  EXPECT_EQ(read_file(p), before);
   for (const auto& e : fs::directory_iterator(p.parent_path()))
     EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
   EXPECT_THROW(mamba2::write_safetensors(scratch("no_such_dir") / "x.safetensors", {{"x", DType::F32, {2}, v}}),
@@ -132,10 +115,10 @@ TEST(SafetensorsTest, EveryTruncationIsAnError) {
   auto p = scratch("full.safetensors");
   const float v[6] = {1, 2, 3, 4, 5, 6};
   mamba2::write_safetensors(p, {{"a", DType::BF16, {2, 3}, v}, {"b", DType::F32, {6}, v}});
-  const std::string bytes = read_bytes(p);
+  const std::string bytes = read_file(p);
   auto t = scratch("trunc.safetensors");
   for (size_t n = 0; n < bytes.size(); ++n) {
-    write_bytes(t, bytes.substr(0, n));
+    write_file(t, bytes.substr(0, n));
     EXPECT_THROW(mamba2::read_safetensors(t), Error) << "length " << n;
   }
 }
@@ -200,7 +183,7 @@ TEST(SafetensorsTest, RefusesUnsupportedDtypesNamingTensor) {
 
 TEST(SafetensorsTest, SkipsMetadataAndAcceptsEmptyTensors) {
   auto p = scratch("meta.safetensors");
-  write_bytes(p, make_file(R"({"__metadata__":{"format":"pt"},"e":{"dtype":"BF16","shape":[0,4],"data_offsets":[0,0]},)"
+  write_file(p, make_file(R"({"__metadata__":{"format":"pt"},"e":{"dtype":"BF16","shape":[0,4],"data_offsets":[0,0]},)"
                            R"("s":{"dtype":"F16","shape":[],"data_offsets":[0,2]}})",
                            std::string("\x00\x3c", 2)));
   auto ar = mamba2::read_safetensors(p);
@@ -217,7 +200,7 @@ TEST(SafetensorsTest, ReadsShardedIndex) {
   mamba2::write_safetensors(dir / "model-00001-of-00002.safetensors", {{"a", DType::F32, {2}, a}});
   mamba2::write_safetensors(dir / "model-00002-of-00002.safetensors",
                             {{"b", DType::BF16, {3}, b}, {"c", DType::F32, {1}, a}});
-  write_bytes(dir / "model.safetensors.index.json",
+  write_file(dir / "model.safetensors.index.json",
               R"({"metadata":{"total_size":18},"weight_map":{"a":"model-00001-of-00002.safetensors",)"
               R"("b":"model-00002-of-00002.safetensors","c":"model-00002-of-00002.safetensors"}})");
   auto ar = mamba2::read_safetensors_index(dir / "model.safetensors.index.json");
@@ -236,13 +219,8 @@ TEST(SafetensorsTest, IndexErrorsNameTheProblem) {
   const float a[2] = {1, 2};
   mamba2::write_safetensors(dir / "s1.safetensors", {{"a", DType::F32, {2}, a}});
   auto index_error = [&](const std::string& json) {
-    write_bytes(dir / "index.json", json);
-    try {
-      mamba2::read_safetensors_index(dir / "index.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no error)");
+    write_file(dir / "index.json", json);
+    return mamba2::test::error_message([&] { mamba2::read_safetensors_index(dir / "index.json"); });
   };
   auto err = index_error(R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
   EXPECT_NE(err.find("s2.safetensors"), std::string::npos) << err;

@@ -1,14 +1,15 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "io/torch_checkpoint.h"
 #include "mamba2/error.h"
+#include "test_files.h"
 
 namespace fs = std::filesystem;
+using mamba2::test::read_file;
+using mamba2::test::write_file;
 using mamba2::Error;
 using namespace std::string_literals;
 
@@ -16,28 +17,10 @@ namespace {
 
 const fs::path kDir = fs::path(MAMBA2_FIXTURES_DIR) / "io";
 
-fs::path scratch(const std::string& name) {
-  fs::path dir = fs::path(::testing::TempDir()) / "io_torch";
-  fs::create_directories(dir);
-  return dir / name;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), std::streamsize(bytes.size()));
-}
+fs::path scratch(const std::string& name) { return mamba2::test::scratch_path("io_torch", name); }
 
 std::string error_of(const fs::path& p) {
-  try {
-    mamba2::read_torch_checkpoint(p);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
+  return mamba2::test::error_message([&] { mamba2::read_torch_checkpoint(p); });
 }
 
 std::string le(uint64_t v, int n) {
@@ -68,7 +51,7 @@ std::string pickle_error(const std::string& pickle, const std::vector<std::pair<
   auto entries = extra;
   entries.emplace_back("archive/data.pkl", pickle);
   auto p = scratch("crafted.pt");
-  write_bytes(p, make_zip(entries));
+  write_file(p, make_zip(entries));
   return error_of(p);
 }
 
@@ -92,7 +75,7 @@ void expect_matches(const mamba2::TensorArchive& ar, const nlohmann::json& expec
 }
 
 nlohmann::json expected(const char* which) {
-  return nlohmann::json::parse(read_bytes(kDir / "expected.json"))[which];
+  return nlohmann::json::parse(read_file(kDir / "expected.json"))[which];
 }
 
 }  // namespace
@@ -187,11 +170,11 @@ TEST(TorchCheckpointTest, RejectsMalformedPickles) {
 TEST(TorchCheckpointTest, RejectsNonZipAndBrokenZips) {
   EXPECT_NE(error_of(kDir / "f8.npy").find("legacy torch serialization"), std::string::npos);
   auto p = scratch("nopkl.pt");
-  write_bytes(p, make_zip({{"archive/version", "3"}}));
+  write_file(p, make_zip({{"archive/version", "3"}}));
   EXPECT_NE(error_of(p).find("no data.pkl"), std::string::npos);
-  write_bytes(p, make_zip({{"archive/data.pkl", "\x80\x02}."}}, 8));
+  write_file(p, make_zip({{"archive/data.pkl", "\x80\x02}."}}, 8));
   EXPECT_NE(error_of(p).find("'archive/data.pkl' is compressed"), std::string::npos);
-  write_bytes(p, make_zip({{"archive/data.pkl", "\x80\x02}."}}));
+  write_file(p, make_zip({{"archive/data.pkl", "\x80\x02}."}}));
   EXPECT_EQ(error_of(p), "(no error)");
 }
 
@@ -206,9 +189,9 @@ TEST(TorchCheckpointTest, EveryTruncationIsAnError) {
 
 TEST(TorchCheckpointTest, CorruptBytesNeverCrash) {
   for (const char* name : {"state.pt", "zip64.pt"}) {
-    const std::string bytes = read_bytes(kDir / name);
+    const std::string bytes = read_file(kDir / name);
     auto p = scratch("flip.pt");
-    write_bytes(p, bytes);
+    write_file(p, bytes);
     std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
     auto put = [&](size_t i, char c) {
       f.seekp(std::streamoff(i));

@@ -24,7 +24,7 @@ struct GoldenCase {
 GoldenCase load_case(const std::string& name) {
   GoldenCase g;
   g.dir = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / name;
-  const auto j = nlohmann::json::parse(test::read_text(g.dir / "case.json"));
+  const auto j = nlohmann::json::parse(test::read_file(g.dir / "case.json"));
   g.ids = j.at("ids").get<std::vector<int32_t>>();
   g.lengths = j.at("lengths").get<std::vector<int64_t>>();
   g.logits = read_npy(g.dir / "logits.npy");

@@ -1,25 +1,22 @@
 // Helpers shared by the model and CLI tests: a float64 per-token reference of the Mamba2 LM
 // written from DESIGN.md §1 (plain loops, independent of src/cpu and src/ops), weight
-// perturbation, error metrics, temporary folders and running the CLI binary.
+// perturbation, error metrics and running the CLI binary. File helpers (reads, writes, temp
+// folders) are in test_files.h.
 #pragma once
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <random>
 #include <span>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "mamba2/config.h"
 #include "model/weights.h"
+#include "test_files.h"
 
 namespace mamba2::test {
 
@@ -185,41 +182,6 @@ inline std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) 
   return ids;
 }
 
-// A fresh folder under the system temp folder, removed with the object.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = std::filesystem::temp_directory_path() /
-            ("mamba2_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& s) const { return path_ / s; }
-
- private:
-  std::filesystem::path path_;
-};
-
-inline std::string read_text(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-inline void write_text(const std::filesystem::path& p, const std::string& s) {
-  std::ofstream f(p, std::ios::binary);
-  f << s;
-}
-
 inline std::string shell_quote(const std::string& s) {
   std::string out = "'";
   for (char ch : s) {
@@ -244,8 +206,8 @@ inline CliResult run_cli(const std::string& args) {
   CliResult r;
   r.exited = status != -1 && WIFEXITED(status);
   r.code = r.exited ? WEXITSTATUS(status) : -1;
-  r.out = read_text(tmp / "out");
-  r.err = read_text(tmp / "err");
+  r.out = read_file(tmp / "out");
+  r.err = read_file(tmp / "err");
   return r;
 }
 
