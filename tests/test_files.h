@@ -29,7 +29,9 @@ inline void write_file(const std::filesystem::path& p, const std::string& bytes)
 // `name` inside the folder `suite` under ::testing::TempDir() (the folder is created; the file
 // is not).
 inline std::filesystem::path scratch_path(const std::string& suite, const std::string& name) {
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / suite;
+  // ctest runs tests as parallel processes: each process gets its own folder.
+  std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / (suite + "_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   return dir / name;
 }
