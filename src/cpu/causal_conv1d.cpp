@@ -34,6 +34,7 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] += wj[c] * xi[c];
     }
+#pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = silu(o[c]);
   }
   for (int64_t j = 0; j < K - 1; ++j) {
@@ -63,6 +64,7 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] += wj[c] * sj[c];
     }
+#pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = silu(o[c]);
     if (K > 1) {
       std::memmove(s, s + C, size_t((K - 2) * C) * sizeof(float));

@@ -7,8 +7,6 @@
 
 namespace mamba2::cpu {
 
-inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
-
 // exp(x) for x ≤ 0 in a form the compiler vectorises (libm's expf is a scalar call): Cody-Waite
 // reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial, ≤ 2 ulp; 0 below -87.
 inline float exp_nonpos(float x) {
@@ -26,6 +24,13 @@ inline float exp_nonpos(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return x < -87.0f ? 0.0f : p * scale;
+}
+
+// silu(v) = v·sigmoid(v), through e = exp(-|v|) ∈ (0, 1] so that it vectorises and never overflows.
+inline float silu(float v) {
+  const float e = exp_nonpos(-std::fabs(v));
+  const float r = 1.0f / (1.0f + e);
+  return v * (v >= 0.0f ? r : e * r);
 }
 
 // softplus as torch.nn.functional.softplus (threshold 20), then the dt_limit clamp.

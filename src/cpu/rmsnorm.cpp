@@ -36,6 +36,7 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
     for (int64_t g = 0; g < ngroups; ++g) {
       const int64_t c0 = g * gs;
       float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
       for (int64_t i = c0; i < c0 + gs; ++i) {
         const float v = yt[i] * silu(zt[i]);
         o[i] = v;
