@@ -252,8 +252,13 @@ std::string config_to_hf_json(const ModelConfig& c) {
       {"time_step_min", c.dt_min},
       {"time_step_max", c.dt_max},
       {"time_step_floor", c.dt_init_floor},
-      {"time_step_limit", {c.dt_limit_min, std::isinf(c.dt_limit_max) ? json("inf") : json(c.dt_limit_max)}},
   };
+  // JSON has no infinity (Python writes a bare Infinity): the default (0, inf) is left out, as
+  // transformers then takes it; a finite limit is written as two numbers.
+  if (c.has_dt_limit()) {
+    if (std::isinf(c.dt_limit_max)) fail("[config] dt_limit ({}, inf) cannot be written as JSON", c.dt_limit_min);
+    j["time_step_limit"] = {c.dt_limit_min, c.dt_limit_max};
+  }
   return j.dump(2) + "\n";
 }
 
