@@ -126,6 +126,30 @@ TEST_P(ModelEquivalence, PrefillThenDecodeMatchesRecurrence) {
   }
 }
 
+TEST_P(ModelEquivalence, PrefillContinuesFromState) {
+  // Prefill in pieces through one state == the recurrence over the whole sequence. Pieces
+  // shorter than d_conv-1 make the conv read inputs from both the old state and the piece.
+  const int64_t L = 2 * Q + 9;
+  const auto ids = test::random_ids(L, config.vocab_size, 17);
+  const std::vector<double> ref = reference(ids);
+  const std::vector<int64_t> pieces{1, 2, Q - 1, 1, Q + 4};  // sums to 2Q + 7
+  auto state = make_state(config, 1);
+  std::vector<float> all, part;
+  int64_t t = 0;
+  for (int64_t n : pieces) {
+    model->prefill(std::span(ids).subspan(size_t(t), size_t(n)), std::vector<int64_t>{n}, state.get(), true, part);
+    all.insert(all.end(), part.begin(), part.end());
+    t += n;
+  }
+  const std::vector<int64_t> slot{0};
+  for (; t < L; ++t) {
+    model->decode(std::span(ids).subspan(size_t(t), 1), slot, *state, part);
+    all.insert(all.end(), part.begin(), part.end());
+  }
+  ASSERT_EQ(all.size(), ref.size());
+  EXPECT_LE(rel_l2(all.data(), ref.data(), all.size()), kRefTol);
+}
+
 TEST_P(ModelEquivalence, BatchedPrefillHandsEachSequenceItsSlot) {
   // Two sequences prefilled together into slots 0 and 1 of a 3-slot state, then decoded in
   // reversed slot order; slot 2 is never touched and must stay zero.

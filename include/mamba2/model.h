@@ -28,10 +28,11 @@ class Model {
   const ModelWeights& weights() const { return *weights_; }
   int64_t vocab() const { return config_.vocab_padded(); }  // logits columns
 
-  // Chunked prefill of sequences packed back to back in `ids` (`lengths` sum to ids.size()),
-  // each from a zero state. Sequence i leaves its final state in slot i of `state` when given.
-  // logits: (ids.size(), vocab) when all_positions, else (lengths.size(), vocab) for the last
-  // position of each sequence.
+  // Chunked prefill of sequences packed back to back in `ids` (`lengths` sum to ids.size()).
+  // With a state, sequence i continues from slot i (a fresh state is all zeros, i.e. a new
+  // sequence) and leaves its final state there, ready for decode or a further prefill; without
+  // one, every sequence starts from zeros. logits: (ids.size(), vocab) when all_positions, else
+  // (lengths.size(), vocab) for the last position of each sequence.
   void prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
                bool all_positions, std::vector<float>& logits) const;
 

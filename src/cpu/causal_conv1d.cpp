@@ -21,15 +21,16 @@ std::vector<float> taps_by_position(const float* w, int64_t C, int64_t K) {
 void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, float* out,
                            int64_t ldo, float* state, int64_t L, int64_t C, int64_t K) {
   const std::vector<float> wt = taps_by_position(w, C, K);
+  // Input row at position src (negative: from the state).
+  auto input = [&](const float* old_state, int64_t src) { return src < 0 ? old_state + (K - 1 + src) * C : in + src * ldin; };
+  const std::vector<float> old_state(state, state + (K - 1) * C);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < L; ++t) {
     float* o = out + t * ldo;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = bias[c];
     for (int64_t j = 0; j < K; ++j) {
-      const int64_t src = t - (K - 1) + j;
-      if (src < 0) continue;
-      const float* xi = in + src * ldin;
+      const float* xi = input(old_state.data(), t - (K - 1) + j);
       const float* wj = wt.data() + j * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) o[c] += wj[c] * xi[c];
@@ -37,14 +38,8 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = silu(o[c]);
   }
-  for (int64_t j = 0; j < K - 1; ++j) {
-    const int64_t src = L - (K - 1) + j;
-    float* s = state + j * C;
-    if (src < 0)
-      std::memset(s, 0, size_t(C) * sizeof(float));
-    else
-      std::memcpy(s, in + src * ldin, size_t(C) * sizeof(float));
-  }
+  for (int64_t j = 0; j < K - 1; ++j)
+    std::memcpy(state + j * C, input(old_state.data(), L - (K - 1) + j), size_t(C) * sizeof(float));
 }
 
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,

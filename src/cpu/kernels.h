@@ -24,8 +24,9 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
 void linear_forward(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                     int64_t k);
 
-// out[t, c] = silu(bias[c] + Σ_j w[c, j] · in[t - (K-1) + j, c]), zeros before t = 0;
-// state ← the last K-1 inputs (K-1, C), zero-padded in front for short sequences.
+// out[t, c] = silu(bias[c] + Σ_j w[c, j] · in[t - (K-1) + j, c]), where inputs before t = 0 come
+// from `state` (the K-1 inputs that preceded, oldest first; zeros for a fresh sequence);
+// state ← the last K-1 inputs of (state, in).
 //   in (L, C) ld ldin; w (C, K); bias (C); out (L, C) ld ldo; state (K-1, C)
 void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, float* out,
                            int64_t ldo, float* state, int64_t L, int64_t C, int64_t K);

@@ -135,7 +135,10 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
       const int64_t L = lengths[size_t(s)];
       float* conv_state = state ? state->conv_states(li).row(s) : scratch_conv.data();
       float* ssm_state = state ? state->ssm_states(li).row(s) : scratch_ssm.data();
-      std::fill_n(ssm_state, scratch_ssm.numel(), 0.0f);
+      if (!state) {
+        std::fill_n(conv_state, scratch_conv.numel(), 0.0f);
+        std::fill_n(ssm_state, scratch_ssm.numel(), 0.0f);
+      }
       ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, MatView::of(a.xbc).rows_slice(t0, L),
                          {conv_state, c.d_conv - 1, c.conv_dim(), c.conv_dim()});
       const ConvOut co = split_conv(MatView::of(a.xbc).rows_slice(t0, L), c);
