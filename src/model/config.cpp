@@ -177,11 +177,11 @@ ModelConfig parse_hf(const json& j, const std::string& where) {
   auto flag = [&](const char* key, const json& supported_value, const char* why) {
     if (j.contains(key)) require(j[key] == supported_value, where, key, j[key], why);
   };
+  // rms_norm and norm_before_gate are not read: transformers' Mamba2 ignores them too (its
+  // mixer always gates, then applies RMSNorm), and its config defaults norm_before_gate to true.
   flag("use_bias", false, "projection biases are not supported");
   flag("use_conv_bias", true, "the conv bias is required");
-  flag("rms_norm", true, "only RMSNorm is supported");
   flag("hidden_act", "silu", "only SiLU is supported");
-  flag("norm_before_gate", false, "only gate-then-norm is supported");
   if (j.contains("time_step_limit")) {
     const json& r = j["time_step_limit"];
     if (!r.is_array() || r.size() != 2) fail("[config] {}: 'time_step_limit' must be [lo, hi]", where);
