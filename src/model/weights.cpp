@@ -151,7 +151,13 @@ ModelWeights init_weights(const ModelConfig& c, uint64_t seed) {
   }
   w.norm_f = Tensor::empty({D});
   fill_const(w.norm_f, 1.0f);
-  w.lm_head = w.embedding;
+  if (c.tie_embeddings) {
+    w.lm_head = w.embedding;
+  } else {
+    // An untied head is an nn.Linear left at its default init.
+    w.lm_head = Tensor::empty({V, D});
+    fill_uniform(w.lm_head, -1.0 / std::sqrt(double(D)), 1.0 / std::sqrt(double(D)));
+  }
   return w;
 }
 
