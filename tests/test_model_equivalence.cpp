@@ -150,6 +150,32 @@ TEST_P(ModelEquivalence, PrefillContinuesFromState) {
   EXPECT_LE(rel_l2(all.data(), ref.data(), all.size()), kRefTol);
 }
 
+TEST_P(ModelEquivalence, PrefillInBoundedRoundsEqualsOnePass) {
+  // Last-position prefill split into rounds of at most 7 tokens (pieces of 1 to 7 tokens, the
+  // sequences finishing in different rounds) == one pass, for logits and the states left behind.
+  const std::vector<int64_t> lengths{5, 1, 2 * Q + 3, Q};
+  const int64_t T = std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
+  const auto ids = test::random_ids(T, config.vocab_size, 23);
+  auto one_state = make_state(config, 4), rounds_state = make_state(config, 4);
+  std::vector<float> one, rounds, rounds_no_state;
+  model->prefill(ids, lengths, one_state.get(), false, one);
+  Model segmented(config, weights);
+  segmented.set_max_prefill_tokens(7);
+  segmented.prefill(ids, lengths, rounds_state.get(), false, rounds);
+  segmented.prefill(ids, lengths, nullptr, false, rounds_no_state);
+  ASSERT_EQ(rounds.size(), size_t(4 * V));
+  EXPECT_LE(rel_l2(rounds.data(), one.data(), one.size()), kSameCodeTol);
+  EXPECT_EQ(rounds, rounds_no_state);
+  for (int64_t li = 0; li < config.n_layer; ++li) {
+    EXPECT_LE(rel_l2(rounds_state->ssm[size_t(li)].data(), one_state->ssm[size_t(li)].data(),
+                     size_t(one_state->ssm[size_t(li)].numel())),
+              kSameCodeTol);
+    EXPECT_LE(rel_l2(rounds_state->conv[size_t(li)].data(), one_state->conv[size_t(li)].data(),
+                     size_t(one_state->conv[size_t(li)].numel())),
+              kSameCodeTol);
+  }
+}
+
 TEST_P(ModelEquivalence, BatchedPrefillHandsEachSequenceItsSlot) {
   // Two sequences prefilled together into slots 0 and 1 of a 3-slot state, then decoded in
   // reversed slot order; slot 2 is never touched and must stay zero.

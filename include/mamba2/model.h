@@ -36,13 +36,23 @@ class Model {
   void prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
                bool all_positions, std::vector<float>& logits) const;
 
+  // When only the last positions' logits are asked for, prefill runs in rounds of at most this
+  // many tokens, the state carrying each sequence from one round to the next, so that activation
+  // memory is bounded whatever the prompt length. Default 8192.
+  void set_max_prefill_tokens(int64_t tokens);
+
   // One token for each slot in `slots` of `state`; logits (slots.size(), vocab).
   void decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
               std::vector<float>& logits) const;
 
  private:
+  // One pass over packed sequences; sequence i uses slot slots[i] of `state` (or zeros).
+  void prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> lengths, std::span<const int64_t> slots,
+                    InferenceState* state, bool all_positions, std::vector<float>& logits) const;
+
   ModelConfig config_;
   std::shared_ptr<const ModelWeights> weights_;
+  int64_t max_prefill_tokens_ = 8192;
 };
 
 }  // namespace mamba2

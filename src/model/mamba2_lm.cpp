@@ -110,10 +110,13 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
 
 }  // namespace
 
+void Model::set_max_prefill_tokens(int64_t tokens) {
+  if (tokens <= 0) fail("[model] max prefill tokens must be positive, got {}", tokens);
+  max_prefill_tokens_ = tokens;
+}
+
 void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
                     bool all_positions, std::vector<float>& logits) const {
-  const ModelConfig& c = config_;
-  const ModelWeights& w = *weights_;
   const int64_t T = int64_t(ids.size()), nseq = int64_t(lengths.size());
   int64_t total = 0;
   for (int64_t len : lengths) {
@@ -122,10 +125,55 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
   }
   if (total != T) fail("[model] lengths sum to {} but {} ids were given", total, T);
   if (state) {
-    check_state(*state, c);
+    check_state(*state, config_);
     if (state->batch < nseq) fail("[model] state holds {} sequences, {} given", state->batch, nseq);
   }
+  std::vector<int64_t> slots(static_cast<size_t>(nseq));
+  for (int64_t s = 0; s < nseq; ++s) slots[size_t(s)] = s;
+  if (all_positions || T <= max_prefill_tokens_) {
+    prefill_pass(ids, lengths, state ? std::span<const int64_t>(slots) : std::span<const int64_t>(), state,
+                 all_positions, logits);
+    return;
+  }
+  // Rounds: each active sequence contributes its next piece; the state carries it across rounds.
+  std::shared_ptr<InferenceState> own;
+  if (!state) {
+    own = make_state(config_, nseq);
+    state = own.get();
+  }
+  const int64_t V = vocab();
+  logits.assign(size_t(nseq * V), 0.0f);
+  std::vector<int64_t> start(static_cast<size_t>(nseq)), done(static_cast<size_t>(nseq), 0);
+  for (int64_t s = 1; s < nseq; ++s) start[size_t(s)] = start[size_t(s - 1)] + lengths[size_t(s - 1)];
+  std::vector<float> round_logits;
+  for (;;) {
+    std::vector<int64_t> active;
+    for (int64_t s = 0; s < nseq; ++s)
+      if (done[size_t(s)] < lengths[size_t(s)]) active.push_back(s);
+    if (active.empty()) break;
+    const int64_t piece = std::max<int64_t>(1, max_prefill_tokens_ / int64_t(active.size()));
+    std::vector<int32_t> round_ids;
+    std::vector<int64_t> round_lengths;
+    for (int64_t s : active) {
+      const int64_t n = std::min(piece, lengths[size_t(s)] - done[size_t(s)]);
+      const auto first = ids.begin() + start[size_t(s)] + done[size_t(s)];
+      round_ids.insert(round_ids.end(), first, first + n);
+      round_lengths.push_back(n);
+      done[size_t(s)] += n;
+    }
+    prefill_pass(round_ids, round_lengths, active, state, false, round_logits);
+    for (size_t i = 0; i < active.size(); ++i)
+      if (done[size_t(active[i])] == lengths[size_t(active[i])])
+        std::copy_n(round_logits.data() + int64_t(i) * V, V, logits.data() + active[i] * V);
+  }
+}
 
+void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> lengths,
+                         std::span<const int64_t> slots, InferenceState* state, bool all_positions,
+                         std::vector<float>& logits) const {
+  const ModelConfig& c = config_;
+  const ModelWeights& w = *weights_;
+  const int64_t T = int64_t(ids.size()), nseq = int64_t(lengths.size());
   Activations a(T, c);
   Tensor scratch_conv = Tensor::empty({c.d_conv - 1, c.conv_dim()});
   Tensor scratch_ssm = Tensor::empty({c.nheads(), c.headdim * c.d_state});
@@ -133,8 +181,8 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
     int64_t t0 = 0;
     for (int64_t s = 0; s < nseq; ++s) {
       const int64_t L = lengths[size_t(s)];
-      float* conv_state = state ? state->conv_states(li).row(s) : scratch_conv.data();
-      float* ssm_state = state ? state->ssm_states(li).row(s) : scratch_ssm.data();
+      float* conv_state = state ? state->conv_states(li).row(slots[size_t(s)]) : scratch_conv.data();
+      float* ssm_state = state ? state->ssm_states(li).row(slots[size_t(s)]) : scratch_ssm.data();
       if (!state) {
         std::fill_n(conv_state, scratch_conv.numel(), 0.0f);
         std::fill_n(ssm_state, scratch_ssm.numel(), 0.0f);
