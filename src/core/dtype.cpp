@@ -58,6 +58,7 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
       std::memcpy(dst, src, n * 4);
       return;
     case DType::BF16:
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
       for (size_t i = 0; i < n; ++i) {
         uint16_t b;
         std::memcpy(&b, bytes + 2 * i, 2);
@@ -65,6 +66,7 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
       }
       return;
     case DType::F16:
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
       for (size_t i = 0; i < n; ++i) {
         uint16_t b;
         std::memcpy(&b, bytes + 2 * i, 2);
