@@ -51,6 +51,20 @@ uint16_t f32_to_f16(float f) {
   return sign | uint16_t((r - 0x38000000u) >> 13);
 }
 
+namespace {
+
+template <class ToF32>
+void halves_to_f32(const unsigned char* bytes, float* dst, size_t n, ToF32 to_f32) {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t b;
+    std::memcpy(&b, bytes + 2 * i, 2);
+    dst[i] = to_f32(b);
+  }
+}
+
+}  // namespace
+
 void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
   const auto* bytes = static_cast<const unsigned char*>(src);
   switch (dtype) {
@@ -58,20 +72,10 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
       std::memcpy(dst, src, n * 4);
       return;
     case DType::BF16:
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t b;
-        std::memcpy(&b, bytes + 2 * i, 2);
-        dst[i] = bf16_to_f32(b);
-      }
+      halves_to_f32(bytes, dst, n, bf16_to_f32);
       return;
     case DType::F16:
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t b;
-        std::memcpy(&b, bytes + 2 * i, 2);
-        dst[i] = f16_to_f32(b);
-      }
+      halves_to_f32(bytes, dst, n, f16_to_f32);
       return;
   }
 }

@@ -56,8 +56,17 @@ namespace {
 double limit_value(const json& v, const std::string& where) {
   if (v.is_number()) return v.get<double>();
   if (v.is_string() && (v == "inf" || v == "Infinity")) return std::numeric_limits<double>::infinity();
-  if (v.is_null()) return std::numeric_limits<double>::infinity();  // json.dumps(inf) is not JSON
+  if (v.is_null()) return std::numeric_limits<double>::infinity();  // JSON writers that map inf to null
   fail("[config] {}: dt limit value {} is not a number", where, v.dump());
+}
+
+// dt_limit (official) or time_step_limit (HF): [lo, hi], hi possibly infinite.
+void read_dt_limit(const json& obj, const char* key, ModelConfig& c, const std::string& where) {
+  if (!obj.contains(key)) return;
+  const json& r = obj[key];
+  if (!r.is_array() || r.size() != 2) fail("[config] {}: '{}' must be [lo, hi]", where, key);
+  c.dt_limit_min = limit_value(r[0], where);
+  c.dt_limit_max = limit_value(r[1], where);
 }
 
 template <class T>
@@ -139,12 +148,7 @@ ModelConfig parse_official(const json& j, const std::string& where) {
     c.A_init_min = r[0].get<double>();
     c.A_init_max = r[1].get<double>();
   }
-  if (ssm.contains("dt_limit")) {
-    const json& r = ssm["dt_limit"];
-    if (!r.is_array() || r.size() != 2) fail("[config] {}: 'dt_limit' must be [lo, hi]", ssm_where);
-    c.dt_limit_min = limit_value(r[0], ssm_where);
-    c.dt_limit_max = limit_value(r[1], ssm_where);
-  }
+  read_dt_limit(ssm, "dt_limit", c, ssm_where);
   return c;
 }
 
@@ -182,12 +186,7 @@ ModelConfig parse_hf(const json& j, const std::string& where) {
   flag("use_bias", false, "projection biases are not supported");
   flag("use_conv_bias", true, "the conv bias is required");
   flag("hidden_act", "silu", "only SiLU is supported");
-  if (j.contains("time_step_limit")) {
-    const json& r = j["time_step_limit"];
-    if (!r.is_array() || r.size() != 2) fail("[config] {}: 'time_step_limit' must be [lo, hi]", where);
-    c.dt_limit_min = limit_value(r[0], where);
-    c.dt_limit_max = limit_value(r[1], where);
-  }
+  read_dt_limit(j, "time_step_limit", c, where);
   return c;
 }
 
@@ -203,7 +202,7 @@ ModelConfig load_config(const std::filesystem::path& path) {
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     for (const char* token : {"-Infinity", "Infinity", "NaN"}) {
       for (size_t pos; (pos = text.find(token)) != std::string::npos;)
-        text.replace(pos, std::strlen(token), token[0] == 'I' ? "\"inf\"" : (token[0] == 'N' ? "null" : "\"-inf\""));
+        text.replace(pos, std::strlen(token), token[0] == 'I' ? "\"inf\"" : (token[0] == 'N' ? "\"nan\"" : "\"-inf\""));
     }
     j = json::parse(text);
   } catch (const json::parse_error& e) {
