@@ -117,7 +117,10 @@ INSTANTIATE_TEST_SUITE_P(ModelGolden, ModelGolden,
 
 std::string join(const auto& v) {
   std::string s;
-  for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  for (auto x : v) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(x);
+  }
   return s;
 }
 
