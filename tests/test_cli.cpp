@@ -194,6 +194,10 @@ TEST_F(CliLogitsErrors, UnknownFlag) {
   expect_failure(run_cli(logits_args(model, out) + " --frobnicate 3"), 2, {"--frobnicate"});
 }
 
+TEST(CliCommands, UnknownCommandIsNamed) {
+  expect_failure(run_cli("frobnicate --model x"), 2, {"unknown command 'frobnicate'"});
+}
+
 TEST_F(CliLogitsErrors, OutIntoMissingFolder) {
   const fs::path bad = tmp / "no_such_dir" / "out.npy";
   expect_failure(run_cli(logits_args(model, bad)), 1, {"no_such_dir"});
