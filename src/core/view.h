@@ -1,6 +1,7 @@
 // A row-major matrix view with a row stride, so that ops can address column slices of a wider
 // buffer (z | xBC | dt of in_proj's output) without copies.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "core/tensor.h"
