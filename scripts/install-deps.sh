@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and the tests need. Idempotent; uses sudo when not root.
 set -euo pipefail
-pkgs=(build-essential cmake ninja-build pkg-config
-      libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
-      libgtest-dev libbenchmark-dev python3 python3-numpy)
+# The Python oracles in scripts/ (torch, transformers) are not needed to build or test.
+pkgs=(build-essential cmake ninja-build
+      libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
