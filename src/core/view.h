@@ -13,7 +13,11 @@ struct MatView {
   int64_t rows = 0, cols = 0, ld = 0;
   Device device = Device::CPU;
 
-  static MatView of(Tensor& t) { return {t.data(), t.dim(0), t.numel() / std::max<int64_t>(t.dim(0), 1), t.numel() / std::max<int64_t>(t.dim(0), 1), t.device()}; }
+  // A tensor as (dim 0, everything else), contiguous.
+  static MatView of(Tensor& t) {
+    const int64_t cols = t.numel() / std::max<int64_t>(t.dim(0), 1);
+    return {t.data(), t.dim(0), cols, cols, t.device()};
+  }
   MatView cols_slice(int64_t begin, int64_t count) const { return {data + begin, rows, count, ld, device}; }
   MatView rows_slice(int64_t begin, int64_t count) const { return {data + begin * ld, count, cols, ld, device}; }
   float* row(int64_t r) const { return data + r * ld; }

@@ -64,7 +64,7 @@ ConvOut split_conv(MatView xbc, const ModelConfig& c) {
   return {xbc.cols_slice(0, c.d_inner()), xbc.cols_slice(c.d_inner(), gn), xbc.cols_slice(c.d_inner() + gn, gn)};
 }
 
-// Final norm and tied head over `rows` of the residual stream.
+// Final norm and the head (tied or not) over `rows` of the residual stream.
 void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView h, std::vector<float>& logits) {
   Tensor normed = Tensor::empty({residual.rows, c.d_model});
   ops::add_rmsnorm(residual, h, w.norm_f, MatView::of(normed), float(c.norm_eps));
