@@ -36,9 +36,10 @@ class Model {
   void prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
                bool all_positions, std::vector<float>& logits) const;
 
-  // When only the last positions' logits are asked for, prefill runs in rounds of at most this
-  // many tokens, the state carrying each sequence from one round to the next, so that activation
-  // memory is bounded whatever the prompt length. Default 8192.
+  // When only the last positions' logits are asked for, prefill runs in rounds of about this
+  // many tokens (whole chunks of each sequence, at least one chunk each), the state carrying each
+  // sequence from one round to the next, so that activation memory is bounded whatever the
+  // prompt length. Default 8192.
   void set_max_prefill_tokens(int64_t tokens);
 
   // One token for each slot in `slots` of `state`; logits (slots.size(), vocab).

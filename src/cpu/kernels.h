@@ -21,8 +21,11 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
                            int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
 
 // y = x @ Wᵀ                                               x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
-void linear_forward(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
-                    int64_t k);
+// gemm: BLAS, for many rows. streaming: W read once as one sequential stream per row, for a few
+// rows (decode). Each sums every y element in an order that does not depend on m.
+void linear_gemm(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
+void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                      int64_t k);
 
 // out[t, c] = silu(bias[c] + Σ_j w[c, j] · in[t - (K-1) + j, c]), where inputs before t = 0 come
 // from `state` (the K-1 inputs that preceded, oldest first; zeros for a fresh sequence);

@@ -27,9 +27,12 @@ inline float hsum(v16 v) {
 }
 
 // One row of W against MI rows of x, with U independent accumulators per x row so that the FMA
-// chains overlap (U·MI = 8 chains). The row is one sequential stream, which is what the
-// hardware prefetcher follows best when W comes from DRAM.
-template <int MI, int U>
+// chains overlap. The row is one sequential stream, which is what the hardware prefetcher
+// follows best when W comes from DRAM. U is the same for every MI, so each y element is summed
+// in the same order however many rows share the call: a sequence's logits do not depend on the
+// batch it decodes in.
+constexpr int U = 2;
+template <int MI>
 void row_dot(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t k) {
   v16 acc[U][MI] = {};
   int64_t j = 0;
@@ -51,12 +54,12 @@ void row_dot(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
 template <int MI>
 void rows_band(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
                int64_t k) {
-  constexpr int U = MI >= 8 ? 1 : 8 / MI;
-  for (int64_t r = r_begin; r < r_end; ++r) row_dot<MI, U>(x, ldx, W + r * k, y + r, ldy, k);
+  for (int64_t r = r_begin; r < r_end; ++r) row_dot<MI>(x, ldx, W + r * k, y + r, ldy, k);
 }
 
-// Few rows of x (decode): bound by reading W once. Each thread streams a band of W's rows.
-void linear_few_rows(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+// Bound by reading W once. Each thread streams a band of W's rows; the band stays in cache
+// while every row of x passes over it.
+void linear_rows(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                      int64_t k) {
   // About four bands per thread, so that many cores share even the narrow out_proj.
   const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 4, 64);
@@ -72,13 +75,13 @@ void linear_few_rows(const float* x, int64_t ldx, const float* W, float* y, int6
 
 }  // namespace
 
-void linear_forward(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
-                    int64_t k) {
+void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                      int64_t k) {
+  if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
+}
+
+void linear_gemm(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
-  if (m <= 8) {
-    linear_few_rows(x, ldx, W, y, ldy, m, n, k);
-    return;
-  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x, int(ldx), W, int(k), 0.0f, y,
               int(ldy));
 }

@@ -65,11 +65,13 @@ ConvOut split_conv(MatView xbc, const ModelConfig& c) {
 }
 
 // Final norm and the head (tied or not) over `rows` of the residual stream.
-void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView h, std::vector<float>& logits) {
+void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView h, ops::LinearKernel kernel,
+          std::vector<float>& logits) {
   Tensor normed = Tensor::empty({residual.rows, c.d_model});
   ops::add_rmsnorm(residual, h, w.norm_f, MatView::of(normed), float(c.norm_eps));
   logits.resize(size_t(residual.rows * c.vocab_padded()));
-  ops::linear(MatView::of(normed), w.lm_head, {logits.data(), residual.rows, c.vocab_padded(), c.vocab_padded()});
+  ops::linear(MatView::of(normed), w.lm_head, {logits.data(), residual.rows, c.vocab_padded(), c.vocab_padded()},
+              kernel);
 }
 
 // Activations of `rows` tokens, reused by every layer.
@@ -94,17 +96,17 @@ struct Activations {
 // gated RMSNorm and out_proj. Leaves the last block's output in a.h for the head.
 template <class Mixer>
 void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
-                Mixer&& mixer) {
+                ops::LinearKernel kernel, Mixer&& mixer) {
   ops::embedding(w.embedding, ids, MatView::of(a.residual));
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     ops::add_rmsnorm(MatView::of(a.residual), li == 0 ? MatView{} : MatView::of(a.h), l.norm, MatView::of(a.u),
                      float(c.norm_eps));
-    ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt));
+    ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt), kernel);
     const Projections pr = split(MatView::of(a.zxbcdt), c);
     mixer(size_t(li), l, pr);
     ops::gated_rmsnorm(MatView::of(a.y), pr.z, l.gate_norm, MatView::of(a.y), c.ngroups, float(c.norm_eps));
-    ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h));
+    ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h), kernel);
   }
 }
 
@@ -151,7 +153,9 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
     for (int64_t s = 0; s < nseq; ++s)
       if (done[size_t(s)] < lengths[size_t(s)]) active.push_back(s);
     if (active.empty()) break;
-    const int64_t piece = std::max<int64_t>(1, max_prefill_tokens_ / int64_t(active.size()));
+    // Whole chunks, so that the chunk boundaries (and so the rounding) are those of one pass.
+    const int64_t share = max_prefill_tokens_ / int64_t(active.size());
+    const int64_t piece = std::max<int64_t>(config_.chunk_size, share / config_.chunk_size * config_.chunk_size);
     std::vector<int32_t> round_ids;
     std::vector<int64_t> round_lengths;
     for (int64_t s : active) {
@@ -177,7 +181,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   Activations a(T, c);
   Tensor scratch_conv = Tensor::empty({c.d_conv - 1, c.conv_dim()});
   Tensor scratch_ssm = Tensor::empty({c.nheads(), c.headdim * c.d_state});
-  run_layers(w, c, ids, a, [&](size_t li, const LayerWeights& l, const Projections& pr) {
+  run_layers(w, c, ids, a, ops::LinearKernel::Gemm, [&](size_t li, const LayerWeights& l, const Projections& pr) {
     int64_t t0 = 0;
     for (int64_t s = 0; s < nseq; ++s) {
       const int64_t L = lengths[size_t(s)];
@@ -196,7 +200,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     }
   });
   if (all_positions) {
-    head(w, c, MatView::of(a.residual), MatView::of(a.h), logits);
+    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Gemm, logits);
     return;
   }
   // Only the last position of each sequence goes through the head.
@@ -207,7 +211,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     std::copy_n(a.residual.data() + (end - 1) * c.d_model, c.d_model, last_res.data() + s * c.d_model);
     std::copy_n(a.h.data() + (end - 1) * c.d_model, c.d_model, last_h.data() + s * c.d_model);
   }
-  head(w, c, MatView::of(last_res), MatView::of(last_h), logits);
+  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Gemm, logits);
 }
 
 void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
@@ -225,12 +229,12 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   }
 
   Activations a(nb, c);
-  run_layers(w, c, tokens, a, [&](size_t li, const LayerWeights& l, const Projections& pr) {
+  run_layers(w, c, tokens, a, ops::LinearKernel::Streaming, [&](size_t li, const LayerWeights& l, const Projections& pr) {
     ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), slots);
     const ConvOut co = split_conv(MatView::of(a.xbc), c);
     ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), slots);
   });
-  head(w, c, MatView::of(a.residual), MatView::of(a.h), logits);
+  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Streaming, logits);
 }
 
 }  // namespace mamba2

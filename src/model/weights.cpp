@@ -5,6 +5,7 @@
 #include <random>
 #include <set>
 
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
 #include "mamba2/error.h"
@@ -181,6 +182,19 @@ std::vector<NamedTensor> hf_named_tensors(const ModelWeights& w, const ModelConf
   add("backbone.norm_f.weight", w.norm_f);
   if (!c.tie_embeddings) add("lm_head.weight", w.lm_head);
   return out;
+}
+
+void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype) {
+  std::vector<TensorToWrite> tensors;
+  for (const auto& nt : hf_named_tensors(weights, config))
+    tensors.push_back({nt.name, dtype, nt.stored_shape, nt.tensor->data()});
+  write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
+  ModelConfig written = config;
+  written.vocab_size = config.vocab_padded();  // the HF layout stores the padded size
+  const std::string json = config_to_hf_json(written);
+  AtomicFile f(dir / "config.json", "[model]");
+  f.write(json.data(), json.size());
+  f.commit();
 }
 
 }  // namespace mamba2

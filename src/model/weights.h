@@ -49,4 +49,8 @@ struct NamedTensor {
 };
 std::vector<NamedTensor> hf_named_tensors(const ModelWeights& weights, const ModelConfig& config);
 
+// Writes config.json and model.safetensors (Hugging Face layout, `dtype`) into `dir`, each file
+// replaced atomically.
+void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype);
+
 }  // namespace mamba2

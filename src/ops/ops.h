@@ -17,8 +17,11 @@ void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, floa
 // rmsnorm: out = rmsnorm per group (y * silu(z)) * w.
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps);
 
-// linear: y = x @ Wᵀ, W (n, k).
-void linear(MatView x, const Tensor& W, MatView y);
+// linear: y = x @ Wᵀ, W (n, k). Prefill uses Gemm (many rows per sequence), decode Streaming
+// (one row per sequence, bound by reading W). The kernel is chosen by the caller, not by the
+// row count, so that a sequence's results do not depend on the batch it runs in.
+enum class LinearKernel { Gemm, Streaming };
+void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
 
 // causal_conv1d: depthwise causal conv + bias + SiLU over one sequence; state ← last K-1 inputs.
 void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView state);

@@ -1,9 +1,7 @@
 // init and info: make a randomly initialised model, describe a model folder.
 #include <filesystem>
-#include <fstream>
 
 #include "commands.h"
-#include "io/safetensors.h"
 #include "mamba2/error.h"
 #include "model/weights.h"
 
@@ -51,19 +49,7 @@ void add_init(CLI::App& app) {
     if (!o->force && (fs::exists(dir / "config.json") || fs::exists(dir / "model.safetensors")))
       fail("[init] {} already holds a model; pass --force to replace it", dir.string());
     fs::create_directories(dir);
-    const ModelWeights w = init_weights(c, o->seed);
-    std::vector<TensorToWrite> tensors;
-    for (const auto& nt : hf_named_tensors(w, c)) tensors.push_back({nt.name, dtype, nt.stored_shape, nt.tensor->data()});
-    write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
-    ModelConfig written = c;
-    written.vocab_size = c.vocab_padded();  // the HF layout stores the padded size
-    const fs::path cfg = dir / "config.json", tmp = dir / "config.json.tmp";
-    {
-      std::ofstream f(tmp);
-      f << config_to_hf_json(written);
-      if (!f) fail("[init] cannot write {}", tmp.string());
-    }
-    fs::rename(tmp, cfg);
+    save_model(dir, c, init_weights(c, o->seed), dtype);
     fmt::print("wrote {} ({} parameters, {}) to {}\n", o->preset, c.parameter_count(), o->dtype, dir.string());
   });
 }

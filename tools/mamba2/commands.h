@@ -8,6 +8,7 @@ void add_init(CLI::App& app);
 void add_info(CLI::App& app);
 void add_logits(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_generate(CLI::App& app);
 void run_selected(CLI::App& app);
 
 // Registers the action of a subcommand (called by the add_* functions).
@@ -15,5 +16,7 @@ void on_run(CLI::App* sub, std::function<void()> action);
 // Parses "5,17,3" into integers; names the flag in errors.
 std::vector<int64_t> parse_int_list(const std::string& text, const char* flag);
 void set_threads(int threads);
+// The process's peak resident memory so far.
+double peak_rss_mib();
 
 }  // namespace mamba2::cli

@@ -1,4 +1,5 @@
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <charconv>
 #include <map>
@@ -41,6 +42,12 @@ std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
 void set_threads(int threads) {
   if (threads < 0) fail("[cli] --threads must be positive, got {}", threads);
   if (threads > 0) omp_set_num_threads(threads);
+}
+
+double peak_rss_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
 }
 
 }  // namespace mamba2::cli

@@ -1,0 +1,115 @@
+#include "generate/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "mamba2/error.h"
+
+namespace mamba2 {
+
+Sampler::Sampler(const SamplingParams& params, int64_t vocab)
+    : params_(params), vocab_(vocab), seen_(size_t(vocab)), rng_(params.seed) {
+  const SamplingParams& p = params;
+  if (vocab <= 0) fail("[sampling] the vocabulary is empty");
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature))
+    fail("[sampling] temperature must be ≥ 0, got {}", p.temperature);
+  if (p.top_k < 0) fail("[sampling] top_k must be ≥ 0 (0 turns it off), got {}", p.top_k);
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) fail("[sampling] top_p must be in (0, 1], got {}", p.top_p);
+  if (!(p.min_p >= 0.0f && p.min_p < 1.0f)) fail("[sampling] min_p must be in [0, 1), got {}", p.min_p);
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
+    fail("[sampling] repetition_penalty must be > 0, got {}", p.repetition_penalty);
+}
+
+void Sampler::observe(int32_t token) {
+  if (token >= 0 && token < vocab_) seen_[size_t(token)] = 1;
+}
+
+void Sampler::filter(std::span<const float> logits) {
+  if (int64_t(logits.size()) < vocab_) fail("[sampling] {} logits for a vocabulary of {}", logits.size(), vocab_);
+  scores_.assign(logits.begin(), logits.begin() + vocab_);
+  const float penalty = params_.repetition_penalty;
+  if (penalty != 1.0f)
+    for (int64_t i = 0; i < vocab_; ++i)
+      if (seen_[size_t(i)]) scores_[size_t(i)] = scores_[size_t(i)] < 0 ? scores_[size_t(i)] * penalty : scores_[size_t(i)] / penalty;
+  const float temperature = params_.temperature;
+  for (float& s : scores_) s /= temperature;
+
+  // top-k: everything below the k-th largest score goes (ties with it stay, as in HF).
+  kept_.clear();
+  if (params_.top_k > 0 && params_.top_k < vocab_) {
+    std::vector<float> sorted = scores_;
+    std::nth_element(sorted.begin(), sorted.begin() + (params_.top_k - 1), sorted.end(), std::greater<float>());
+    const float kth = sorted[size_t(params_.top_k - 1)];
+    for (int64_t i = 0; i < vocab_; ++i)
+      if (scores_[size_t(i)] >= kth) kept_.push_back({scores_[size_t(i)], int32_t(i)});
+  } else {
+    for (int64_t i = 0; i < vocab_; ++i) kept_.push_back({scores_[size_t(i)], int32_t(i)});
+  }
+  std::sort(kept_.begin(), kept_.end(),
+            [](const Candidate& a, const Candidate& b) { return a.score > b.score || (a.score == b.score && a.id < b.id); });
+
+  // Unnormalised probabilities relative to the most likely token, in double.
+  const double top = kept_.front().score;
+  probs_.resize(kept_.size());
+  double total = 0.0;
+  for (size_t i = 0; i < kept_.size(); ++i) total += probs_[i] = std::exp(double(kept_[i].score) - top);
+
+  // top-p: from the least likely up, drop tokens while the dropped mass stays ≤ 1 - top_p.
+  size_t n = kept_.size();
+  if (params_.top_p < 1.0f) {
+    double dropped = 0.0;
+    while (n > 1) {
+      dropped += probs_[n - 1] / total;
+      if (dropped > 1.0 - double(params_.top_p)) break;
+      total -= probs_[--n];
+    }
+  }
+  // min-p: drop tokens less likely than min_p times the most likely one (whose weight is 1).
+  if (params_.min_p > 0.0f)
+    while (n > 1 && probs_[n - 1] < double(params_.min_p)) total -= probs_[--n];
+  kept_.resize(n);
+  probs_.resize(n);
+  total = 0.0;
+  for (double p : probs_) total += p;
+  for (double& p : probs_) p /= total;
+}
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  if (params_.temperature == 0.0f) {
+    if (int64_t(logits.size()) < vocab_) fail("[sampling] {} logits for a vocabulary of {}", logits.size(), vocab_);
+    const float penalty = params_.repetition_penalty;
+    int32_t best = 0;
+    float best_score = -INFINITY;
+    for (int64_t i = 0; i < vocab_; ++i) {
+      float s = logits[size_t(i)];
+      if (seen_[size_t(i)] && penalty != 1.0f) s = s < 0 ? s * penalty : s / penalty;
+      if (s > best_score || i == 0) {
+        best_score = s;
+        best = int32_t(i);
+      }
+    }
+    return best;
+  }
+  filter(logits);
+  // 53 random bits → a double in [0, 1), the same on every platform.
+  const double u = double(rng_() >> 11) * 0x1.0p-53;
+  double cumulative = 0.0;
+  for (size_t i = 0; i < kept_.size(); ++i) {
+    cumulative += probs_[i];
+    if (u < cumulative) return kept_[i].id;
+  }
+  return kept_.back().id;
+}
+
+std::vector<double> Sampler::distribution(std::span<const float> logits) {
+  std::vector<double> out(size_t(vocab_), 0.0);
+  if (params_.temperature == 0.0f) {
+    out[size_t(sample(logits))] = 1.0;
+    return out;
+  }
+  filter(logits);
+  for (size_t i = 0; i < kept_.size(); ++i) out[size_t(kept_[i].id)] = probs_[i];
+  return out;
+}
+
+}  // namespace mamba2

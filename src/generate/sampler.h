@@ -1,0 +1,43 @@
+// Per-sequence token sampling (SamplingParams in mamba2/generate.h): the filters, in Hugging
+// Face's order, over one row of logits, then a draw from a generator seeded per sequence.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "mamba2/generate.h"
+
+namespace mamba2 {
+
+class Sampler {
+ public:
+  // Only ids below `vocab` are candidates (the model's logits may be padded past the tokenizer).
+  Sampler(const SamplingParams& params, int64_t vocab);
+
+  // A token of the prompt or of the generation: the repetition penalty applies to it from now on.
+  void observe(int32_t token);
+
+  int32_t sample(std::span<const float> logits);
+
+  // The probabilities sample() draws from (0 for filtered tokens), for tests; (vocab).
+  std::vector<double> distribution(std::span<const float> logits);
+
+ private:
+  struct Candidate {
+    float score;
+    int32_t id;
+  };
+  // The surviving candidates, most likely first, and their probabilities (same order).
+  void filter(std::span<const float> logits);
+
+  SamplingParams params_;
+  int64_t vocab_;
+  std::vector<uint8_t> seen_;  // (vocab) tokens of prompt + generation; O(vocab), not O(length)
+  std::mt19937_64 rng_;
+  std::vector<float> scores_;
+  std::vector<Candidate> kept_;
+  std::vector<double> probs_;
+};
+
+}  // namespace mamba2
