@@ -61,12 +61,12 @@ void Sampler::filter(std::span<const float> logits) {
     while (n > 1) {
       dropped += probs_[n - 1] / total;
       if (dropped > 1.0 - double(params_.top_p)) break;
-      total -= probs_[--n];
+      --n;
     }
   }
   // min-p: drop tokens less likely than min_p times the most likely one (whose weight is 1).
   if (params_.min_p > 0.0f)
-    while (n > 1 && probs_[n - 1] < double(params_.min_p)) total -= probs_[--n];
+    while (n > 1 && probs_[n - 1] < double(params_.min_p)) --n;
   kept_.resize(n);
   probs_.resize(n);
   total = 0.0;

@@ -89,12 +89,7 @@ void add_generate(CLI::App& app) {
     GenerationParams params = o->params;
     params.stop = o->stop;
     if (o->greedy) params.sampling.temperature = 0.0f;
-    if (o->seed) {
-      params.sampling.seed = *o->seed;
-    } else {
-      params.sampling.seed = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
-      std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(params.sampling.seed));
-    }
+    params.sampling.seed = o->seed ? *o->seed : (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
     const std::vector<std::string> prompts =
         o->prompts_file.empty() ? std::vector<std::string>{o->prompt} : read_prompts(o->prompts_file);
     const std::filesystem::path tokenizer_path =
@@ -104,6 +99,7 @@ void add_generate(CLI::App& app) {
     const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
     const Model model = Model::load(o->model);
     const Generator generator(model, tokenizer);
+    if (!o->seed) std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(params.sampling.seed));
 
     const bool json = o->output == "json" || !o->prompts_file.empty();
     struct Collected {
