@@ -150,6 +150,13 @@ TEST_F(Generate, BatchOfDifferentLengthsEqualsEachPromptAlone) {
       EXPECT_EQ(batch[i].text, alone[0].text) << "prompt " << i << " seed " << seed;
     }
   }
+  // A prefill in bounded rounds (whole chunks of each sequence per round) changes nothing either.
+  const GenerationParams p = sampled(13, 16);
+  const auto whole = run(prompts, p);
+  model_->set_max_prefill_tokens(40);
+  const auto rounds = run(prompts, p);
+  model_->set_max_prefill_tokens(8192);
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(rounds[i].tokens, whole[i].tokens) << "prompt " << i;
   // Greedy and the default filters too.
   GenerationParams g;
   g.max_new_tokens = 16;
