@@ -1,4 +1,6 @@
-// Small numeric helpers shared by the CPU kernels.
+// Small numeric helpers shared by the CPU kernels. The float versions are the fast ones inference
+// uses; the double overloads (plain libm) serve the kernels instantiated in double for the
+// gradient checks. The derivatives used by the backward passes follow.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -25,6 +27,7 @@ inline float exp_nonpos(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return x < -87.0f ? 0.0f : p * scale;
 }
+inline double exp_nonpos(double x) { return std::exp(x); }
 
 // silu(v) = v·sigmoid(v), through e = exp(-|v|) ∈ (0, 1] so that it vectorises and never overflows.
 inline float silu(float v) {
@@ -32,12 +35,37 @@ inline float silu(float v) {
   const float r = 1.0f / (1.0f + e);
   return v * (v >= 0.0f ? r : e * r);
 }
+inline double silu(double v) { return v / (1.0 + std::exp(-v)); }
 
 // softplus as torch.nn.functional.softplus (threshold 20), then the dt_limit clamp.
 inline float dt_activation(float raw, float bias, float lo, float hi) {
   const float v = raw + bias;
   const float sp = v > 20.0f ? v : std::log1p(std::exp(v));
   return std::clamp(sp, lo, hi);
+}
+inline double dt_activation(double raw, double bias, double lo, double hi) {
+  const double v = raw + bias;
+  const double sp = v > 20.0 ? v : std::log1p(std::exp(v));
+  return std::clamp(sp, lo, hi);
+}
+
+// silu'(v) = s·(1 + v·(1 - s)), s = sigmoid(v), with the same exp(-|v|) form.
+template <class T>
+inline T silu_grad(T v) {
+  const T e = exp_nonpos(-std::fabs(v));
+  const T r = T(1) / (T(1) + e);
+  const T s = v >= T(0) ? r : e * r;
+  return s * (T(1) + v * (T(1) - s));
+}
+
+// d dt / d raw of dt_activation: softplus' = sigmoid (1 above the threshold), times 0 where the
+// clamp binds (as torch.clamp: the gradient passes where lo ≤ softplus ≤ hi).
+template <class T>
+inline T dt_activation_grad(T raw, T bias, T lo, T hi) {
+  const T v = raw + bias;
+  const T sp = v > T(20) ? v : std::log1p(std::exp(v));
+  if (sp < lo || sp > hi) return T(0);
+  return v > T(20) ? T(1) : T(1) / (T(1) + std::exp(-v));
 }
 
 }  // namespace mamba2::cpu

@@ -2,62 +2,131 @@
 // stride in elements, so a kernel can read a column slice of a wider buffer (z | xBC | dt of
 // in_proj's output) without copying. Front ends in src/ops check shapes before calling these.
 // Threads: OpenMP inside each kernel; BLAS calls made inside a parallel region run on one thread.
+//
+// The kernels training needs are templates over the scalar type T, instantiated for float (the
+// engine) and double (the gradient checks); the decode-only kernels are float. Each *_backward
+// sits next to its forward in the file of the same stem: parameter gradients ACCUMULATE (+=),
+// activation gradients OVERWRITE.
 #pragma once
 #include <cstdint>
 
 namespace mamba2::cpu {
 
 // out[t] = table[ids[t]]                                   table (vocab, d), out (n, d)
-void embedding_forward(const float* table, int64_t d, const int32_t* ids, int64_t n, float* out);
+template <class T>
+void embedding_forward(const T* table, int64_t d, const int32_t* ids, int64_t n, T* out);
+// d_table[ids[t]] += d_out[t]                              d_out (n, d), d_table (vocab, d)
+template <class T>
+void embedding_backward(const int32_t* ids, int64_t n, const T* d_out, T* d_table, int64_t d);
 
 // residual += h (h may be null: residual is then taken as is); out = rmsnorm(residual) * w.
 //   residual, h, out (n, d); w (d)
-void add_rmsnorm_forward(float* residual, const float* h, const float* w, float* out, int64_t n, int64_t d,
-                         float eps);
+template <class T>
+void add_rmsnorm_forward(T* residual, const T* h, const T* w, T* out, int64_t n, int64_t d, T eps);
+// residual: the updated residual (after the add); d_out: gradient of out. d_residual: on entry the
+// gradient of the updated residual from its later uses, on exit that of the residual before the
+// add (which is also that of h). d_w += .
+template <class T>
+void add_rmsnorm_backward(const T* residual, const T* w, const T* d_out, T* d_residual, T* d_w, int64_t n, int64_t d,
+                          T eps);
 
 // out = rmsnorm_per_group(y * silu(z)) * w, groups of d / ngroups channels.
 //   y (n, d) ld ldy; z (n, d) ld ldz; out (n, d) ld ldo (may alias y)
-void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, float* out,
-                           int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
+template <class T>
+void gated_rmsnorm_forward(const T* y, int64_t ldy, const T* z, int64_t ldz, const T* w, T* out, int64_t ldo,
+                           int64_t n, int64_t d, int64_t ngroups, T eps);
+// d_y, d_z (overwritten; must not overlap d_out) and d_w (+=) from d_out.
+template <class T>
+void gated_rmsnorm_backward(const T* y, int64_t ldy, const T* z, int64_t ldz, const T* w, const T* d_out,
+                            int64_t ldd, T* d_y, int64_t lddy, T* d_z, int64_t lddz, T* d_w, int64_t n, int64_t d,
+                            int64_t ngroups, T eps);
 
 // y = x @ Wᵀ                                               x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
 // gemm: BLAS, for many rows. streaming: W read once as one sequential stream per row, for a few
 // rows (decode). Each sums every y element in an order that does not depend on m.
-void linear_gemm(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
+template <class T>
+void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k);
+// d_x = d_y @ W (skipped when d_x is null); d_W += d_yᵀ @ x.   d_y (m, n) ld lddy; d_x (m, k) ld lddx
+template <class T>
+void linear_backward(const T* x, int64_t ldx, const T* W, const T* d_y, int64_t lddy, T* d_x, int64_t lddx, T* d_W,
+                     int64_t m, int64_t n, int64_t k);
 
 // out[t, c] = silu(bias[c] + Σ_j w[c, j] · in[t - (K-1) + j, c]), where inputs before t = 0 come
 // from `state` (the K-1 inputs that preceded, oldest first; zeros for a fresh sequence);
 // state ← the last K-1 inputs of (state, in).
 //   in (L, C) ld ldin; w (C, K); bias (C); out (L, C) ld ldo; state (K-1, C)
-void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, float* out,
-                           int64_t ldo, float* state, int64_t L, int64_t C, int64_t K);
+template <class T>
+void causal_conv1d_forward(const T* in, int64_t ldin, const T* w, const T* bias, T* out, int64_t ldo, T* state,
+                           int64_t L, int64_t C, int64_t K);
+// Gradient of out w.r.t. in (d_in, overwritten), w and bias (+=), for the forward from `state`
+// (the K-1 preceding inputs, not modified; null: zeros, a fresh sequence).
+//   d_out (L, C) ld lddo; d_in (L, C) ld lddi; d_w (C, K); d_bias (C)
+template <class T>
+void causal_conv1d_backward(const T* in, int64_t ldin, const T* w, const T* bias, const T* state, const T* d_out,
+                            int64_t lddo, T* d_in, int64_t lddi, T* d_w, T* d_bias, int64_t L, int64_t C, int64_t K);
 
 // One token per sequence: out[b] from state[b] and x[b], then state[b] shifts in x[b].
 //   x (nb, C) ld ldx; state[b] at states + slot[b] * (K-1) * C; out (nb, C) ld ldo
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
                         float* states, const int64_t* slots, int64_t nb, int64_t C, int64_t K);
 
-struct SsdParams {
+template <class T>
+struct SsdParamsT {
   int64_t nheads, headdim, ngroups, d_state;
-  const float* dt_bias;  // (nheads)
-  const float* A_log;    // (nheads)
-  const float* D;        // (nheads)
-  float dt_min, dt_max;  // clamp range; (0, inf) when no limit
+  const T* dt_bias;  // (nheads)
+  const T* A_log;    // (nheads)
+  const T* D;        // (nheads)
+  T dt_min, dt_max;  // clamp range; (0, inf) when no limit
 };
+using SsdParams = SsdParamsT<float>;
 
 // Chunked SSD scan of one sequence of L tokens, from `state` (nheads, headdim, d_state), which
 // receives the final state. Every exponent is a difference of in-chunk cumulative sums (≤ 0).
 //   x (L, nheads·headdim) ld ldx; B, C (L, ngroups·d_state) ld ldb, ldc; dt_raw (L, nheads) ld lddt
 //   y (L, nheads·headdim) ld ldy
-void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb,
-                      const float* C, int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy,
-                      float* state, int64_t L, int64_t chunk_size);
+template <class T>
+void ssd_scan_forward(const SsdParamsT<T>& p, const T* x, int64_t ldx, const T* B, int64_t ldb, const T* C,
+                      int64_t ldc, const T* dt_raw, int64_t lddt, T* y, int64_t ldy, T* state, int64_t L,
+                      int64_t chunk_size);
+
+// Gradients of the chunked scan, chunk by chunk in reverse, carrying the state gradient.
+//   Inputs: those of the forward, with state0 the INITIAL state (null: zeros); d_y (L, nheads·headdim);
+//   d_state_final (nheads, headdim, d_state), the gradient of the final state (null: zeros).
+//   Outputs (overwritten): d_x, d_B, d_C, d_dt_raw (shapes of x, B, C, dt_raw) and d_state0 (null:
+//   not wanted). Accumulated: d_dt_bias, d_A_log, d_D (nheads).
+template <class T>
+struct SsdGradsT {
+  T* d_x;  // (L, nheads·headdim) ld lddx
+  int64_t lddx;
+  T* d_B;  // (L, ngroups·d_state) ld lddb
+  int64_t lddb;
+  T* d_C;  // (L, ngroups·d_state) ld lddc
+  int64_t lddc;
+  T* d_dt_raw;  // (L, nheads) ld ldddt
+  int64_t ldddt;
+  T* d_state0;  // (nheads, headdim, d_state) or null
+  T* d_dt_bias;  // (nheads) each
+  T* d_A_log;
+  T* d_D;
+};
+template <class T>
+void ssd_scan_backward(const SsdParamsT<T>& p, const T* x, int64_t ldx, const T* B, int64_t ldb, const T* C,
+                       int64_t ldc, const T* dt_raw, int64_t lddt, const T* state0, const T* d_y, int64_t lddy,
+                       const T* d_state_final, const SsdGradsT<T>& g, int64_t L, int64_t chunk_size);
 
 // One token per sequence (recurrent decode); state[b] at states + slot[b] · nheads·headdim·d_state.
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
               const int64_t* slots, int64_t nb);
+
+// Softmax cross-entropy of n rows of V logits against targets (each in [0, V)), row by row with
+// the max subtracted and the exp-sum in double. Returns Σ_rows (logsumexp - logit[target]); when
+// d_logits is not null it receives scale · (softmax - onehot(target)) (it may alias logits).
+//   logits (n, V) ld ldl; d_logits (n, V) ld lddl
+template <class T>
+double cross_entropy(const T* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V, T* d_logits,
+                     int64_t lddl, T scale);
 
 }  // namespace mamba2::cpu

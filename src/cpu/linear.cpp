@@ -1,9 +1,11 @@
-#include <cblas.h>
+// y = x @ Wᵀ: BLAS for many rows (templated, also the backward), a streaming kernel for decode
+// (float). Backward: d_x = d_y @ W overwrites, d_W += d_yᵀ @ x accumulates.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/blas.h"
 #include "cpu/kernels.h"
 
 namespace mamba2::cpu {
@@ -80,10 +82,29 @@ void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int
   if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
 }
 
-void linear_gemm(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k) {
+template <class T>
+void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, x, int(ldx), W, int(k), 0.0f, y,
-              int(ldy));
+  gemm(CblasNoTrans, CblasTrans, m, n, k, T(1), x, ldx, W, k, T(0), y, ldy);
 }
+
+template <class T>
+void linear_backward(const T* x, int64_t ldx, const T* W, const T* d_y, int64_t lddy, T* d_x, int64_t lddx, T* d_W,
+                     int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || k == 0) return;
+  if (n == 0) {
+    for (int64_t i = 0; d_x && i < m; ++i) std::fill_n(d_x + i * lddx, k, T(0));
+    return;
+  }
+  if (d_x) gemm(CblasNoTrans, CblasNoTrans, m, k, n, T(1), d_y, lddy, W, k, T(0), d_x, lddx);
+  gemm(CblasTrans, CblasNoTrans, n, k, m, T(1), d_y, lddy, x, ldx, T(1), d_W, k);
+}
+
+template void linear_gemm<float>(const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+template void linear_gemm<double>(const double*, int64_t, const double*, double*, int64_t, int64_t, int64_t, int64_t);
+template void linear_backward<float>(const float*, int64_t, const float*, const float*, int64_t, float*, int64_t,
+                                     float*, int64_t, int64_t, int64_t);
+template void linear_backward<double>(const double*, int64_t, const double*, const double*, int64_t, double*, int64_t,
+                                      double*, int64_t, int64_t, int64_t);
 
 }  // namespace mamba2::cpu

@@ -36,4 +36,23 @@ void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView 
                           K);
 }
 
+void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
+                            MatView d_in, Tensor& d_w, Tensor& d_bias) {
+  const int64_t L = in.rows, C = in.cols;
+  check_weights(w, bias, C);
+  const int64_t K = w.dim(1);
+  check_shape("causal_conv1d", "in", in, L, C);
+  check_shape("causal_conv1d", "d_out", d_out, L, C);
+  check_shape("causal_conv1d", "d_in", d_in, L, C);
+  if (d_w.shape() != w.shape())
+    fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
+  check_len("causal_conv1d", "d_bias", d_bias, C);
+  if (state.data) {
+    check_shape("causal_conv1d", "state", state, K - 1, C);
+    if (state.ld != C) fail("[causal_conv1d] state must be contiguous");
+  }
+  cpu::causal_conv1d_backward(in.data, in.ld, w.data(), bias.data(), state.data, d_out.data, d_out.ld, d_in.data,
+                              d_in.ld, d_w.data(), d_bias.data(), L, C, K);
+}
+
 }  // namespace mamba2::ops

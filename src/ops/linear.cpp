@@ -16,4 +16,17 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
     cpu::linear_gemm(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k);
 }
 
+void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {
+  if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
+  const int64_t n = W.dim(0), k = W.dim(1), m = x.rows;
+  check_shape("linear", "x", x, m, k);
+  check_shape("linear", "d_y", d_y, m, n);
+  if (d_x.data) check_shape("linear", "d_x", d_x, m, k);
+  if (d_W.shape() != W.shape())
+    fail("[linear] d_W is {}, expected {}", shape_str(d_W.shape()), shape_str(W.shape()));
+  check_cpu("linear", W.device());
+  check_cpu("linear", d_W.device());
+  cpu::linear_backward(x.data, x.ld, W.data(), d_y.data, d_y.ld, d_x.data, d_x.ld, d_W.data(), m, n, k);
+}
+
 }  // namespace mamba2::ops

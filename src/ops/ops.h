@@ -1,5 +1,7 @@
 // Op front ends: check shapes and devices, name the op in every error, dispatch to the kernel of
 // the tensor's device (src/cpu/<stem>.cpp). One section per op; the stems match the kernel files.
+// Each *_backward follows its forward: parameter gradients (Tensor&) ACCUMULATE (+=), activation
+// gradients (MatView) OVERWRITE.
 #pragma once
 #include <cstdint>
 #include <span>
@@ -11,23 +13,39 @@ namespace mamba2::ops {
 
 // embedding: out (n, d) = table[ids]; every id must be a row of the table.
 void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out);
+// embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
+void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
 // rmsnorm: residual += h (h.data may be null); out = rmsnorm(residual) * w.
 void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps);
 // rmsnorm: out = rmsnorm per group (y * silu(z)) * w.
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps);
+// rmsnorm backward. residual: the updated residual (after the add); d_out: the gradient of out.
+// d_residual holds on entry the gradient of the updated residual from its later uses (zeros if
+// none) and on exit that of the residual before the add, which is also that of h. d_w += .
+void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatView d_residual, Tensor& d_w,
+                          float eps);
+// gated_rmsnorm backward: d_y, d_z overwritten (neither may overlap d_out); d_w += .
+void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
+                            Tensor& d_w, int64_t ngroups, float eps);
 
 // linear: y = x @ Wᵀ, W (n, k). Prefill uses Gemm (many rows per sequence), decode Streaming
 // (one row per sequence, bound by reading W). The kernel is chosen by the caller, not by the
 // row count, so that a sequence's results do not depend on the batch it runs in.
 enum class LinearKernel { Gemm, Streaming };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
+// linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
+void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
 
 // causal_conv1d: depthwise causal conv + bias + SiLU over one sequence; state ← last K-1 inputs.
 void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView state);
 // causal_conv1d: one token for each sequence; states (batch, (K-1)·C) indexed by slots.
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
                         std::span<const int64_t> slots);
+// causal_conv1d backward for the forward over `in` from `state` (the K-1 preceding inputs, not
+// modified; an empty view: zeros, a fresh sequence): d_in overwritten; d_w, d_bias += .
+void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
+                            MatView d_in, Tensor& d_w, Tensor& d_bias);
 
 struct SsdWeights {
   const Tensor& dt_bias;  // (nheads)
@@ -42,5 +60,20 @@ void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
 // ssd_scan: one token per sequence; states (batch, nheads·headdim·d_state) indexed by slots.
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               std::span<const int64_t> slots);
+struct SsdGrads {
+  MatView x, B, C, dt;  // overwritten; shapes of the inputs
+  MatView state0;       // overwritten when its data is set: (nheads, headdim·d_state)
+  Tensor& dt_bias;      // accumulated (nheads)
+  Tensor& A_log;
+  Tensor& D;
+};
+// ssd_scan backward, chunked like the forward: the scan from `state0` (not modified; an empty
+// view: zeros) given d_y and d_state_final, the gradient of the final state (empty: zeros).
+void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView state0, MatView d_y,
+                       MatView d_state_final, const SsdGrads& grads, int64_t chunk_size);
+
+// cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
+// when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).
+double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale);
 
 }  // namespace mamba2::ops
