@@ -63,6 +63,7 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
   ModelWeights w;
   const int64_t V = c.vocab_padded(), D = c.d_model;
   w.embedding = ld.take({"backbone.embedding.weight", "backbone.embeddings.weight"}, {V, D}, {V, D});
+  if (archive.find("backbone.embedding.weight")) w.embedding_name = "backbone.embedding.weight";
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const std::string p = fmt::format("backbone.layers.{}.", i);
     LayerWeights l;
@@ -181,6 +182,12 @@ std::vector<NamedTensor> hf_named_tensors(const ModelWeights& w, const ModelConf
   }
   add("backbone.norm_f.weight", w.norm_f);
   if (!c.tie_embeddings) add("lm_head.weight", w.lm_head);
+  return out;
+}
+
+std::vector<NamedTensor> checkpoint_named_tensors(const ModelWeights& w, const ModelConfig& c) {
+  std::vector<NamedTensor> out = hf_named_tensors(w, c);
+  out.front().name = w.embedding_name;
   return out;
 }
 

@@ -2,6 +2,7 @@
 // from a checkpoint archive (shape-checked, converted from the stored dtype).
 #pragma once
 #include <filesystem>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -27,6 +28,8 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   Tensor norm_f;     // (d_model)
   Tensor lm_head;    // (vocab_padded, d_model); shares the embedding's buffer when tied
+  // The embedding's name in the checkpoint it came from (official: backbone.embedding.weight).
+  std::string embedding_name = "backbone.embeddings.weight";
 };
 
 // Every tensor the model needs must be present with the right shape, and nothing else
@@ -48,6 +51,9 @@ struct NamedTensor {
   Shape stored_shape;  // conv1d.weight is stored (conv_dim, 1, d_conv)
 };
 std::vector<NamedTensor> hf_named_tensors(const ModelWeights& weights, const ModelConfig& config);
+// The same, named as in the checkpoint the weights were loaded from (the embedding's name as
+// found there); a tied head is the embedding, listed once.
+std::vector<NamedTensor> checkpoint_named_tensors(const ModelWeights& weights, const ModelConfig& config);
 
 // Writes config.json and model.safetensors (Hugging Face layout, `dtype`) into `dir`, each file
 // replaced atomically.

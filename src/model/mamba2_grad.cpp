@@ -1,0 +1,256 @@
+// The LM's training pass in terms of the ops: a forward over packed sequences that keeps what the
+// backward needs, the loss through the tied (or untied) head in row blocks, and the backward
+// through the layers in reverse. The residual stream's gradient lives in one buffer: the
+// gradient of residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each
+// layer's RMSNorm adds its part in place (ops::add_rmsnorm_backward).
+#include "model/mamba2_grad.h"
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "mamba2/error.h"
+#include "ops/ops.h"
+
+namespace mamba2 {
+
+namespace {
+
+// The logits of this many entries (rows × padded vocab) at most are alive at once.
+constexpr int64_t kHeadBlockElements = int64_t(1) << 23;
+
+ops::SsdWeights ssd_weights(const LayerWeights& l, const ModelConfig& c) {
+  return {l.dt_bias, l.A_log, l.D, c.headdim, c.ngroups, c.d_state, c.dt_limit_min, c.dt_limit_max};
+}
+
+// Column slices of in_proj's output (z | xBC | dt) and of the conv's output (x | B | C).
+struct Proj {
+  MatView z, xBC, dt;
+};
+Proj split_proj(MatView m, const ModelConfig& c) {
+  return {m.cols_slice(0, c.d_inner()), m.cols_slice(c.d_inner(), c.conv_dim()),
+          m.cols_slice(c.d_inner() + c.conv_dim(), c.nheads())};
+}
+struct Xbc {
+  MatView x, B, C;
+};
+Xbc split_xbc(MatView m, const ModelConfig& c) {
+  const int64_t gn = c.ngroups * c.d_state;
+  return {m.cols_slice(0, c.d_inner()), m.cols_slice(c.d_inner(), gn), m.cols_slice(c.d_inner() + gn, gn)};
+}
+
+void copy(const Tensor& from, Tensor& to) { std::memcpy(to.data(), from.data(), from.nbytes()); }
+
+// The packed batch: sequence starts, and the rows that predict (all but each sequence's last)
+// with their targets.
+struct Batch {
+  std::span<const int32_t> ids;
+  std::vector<int64_t> starts, lengths;
+  std::vector<int64_t> pred_rows;
+  std::vector<int32_t> targets;
+};
+
+Batch make_batch(std::span<const int32_t> ids, std::span<const int64_t> lengths) {
+  int64_t total = 0;
+  for (int64_t len : lengths) {
+    if (len <= 0) fail("[model] sequence lengths must be positive, got {}", len);
+    total += len;
+  }
+  if (total != int64_t(ids.size())) fail("[model] lengths sum to {} but {} ids were given", total, ids.size());
+  Batch b{ids, {}, {lengths.begin(), lengths.end()}, {}, {}};
+  int64_t start = 0;
+  for (int64_t len : lengths) {
+    b.starts.push_back(start);
+    for (int64_t t = start; t + 1 < start + len; ++t) {
+      b.pred_rows.push_back(t);
+      b.targets.push_back(ids[size_t(t + 1)]);
+    }
+    start += len;
+  }
+  if (b.pred_rows.empty())
+    fail("[model] no positions to predict: every sequence has length 1 (a sequence of length L predicts L-1 tokens)");
+  return b;
+}
+
+// What the backward reads: per layer the residual after its add, in_proj's output and the scan
+// output; the final residual (after the last add) and its norm.
+struct Saved {
+  std::vector<Tensor> residual, zxbcdt, y;
+  Tensor residual_f, normed_f;
+};
+
+// The conv and the scan of every sequence from a zero state (as prefill without a state).
+void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, const Proj& pr, MatView xbc,
+                   std::optional<MatView> y) {
+  Tensor conv_state = Tensor::empty({c.d_conv - 1, c.conv_dim()});
+  Tensor ssm_state = Tensor::empty({c.nheads(), c.headdim * c.d_state});
+  for (size_t s = 0; s < b.lengths.size(); ++s) {
+    const int64_t t0 = b.starts[s], L = b.lengths[s];
+    std::fill_n(conv_state.data(), conv_state.numel(), 0.0f);
+    ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, xbc.rows_slice(t0, L), MatView::of(conv_state));
+    if (!y) continue;
+    std::fill_n(ssm_state.data(), ssm_state.numel(), 0.0f);
+    const Xbc v = split_xbc(xbc.rows_slice(t0, L), c);
+    ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt.rows_slice(t0, L), y->rows_slice(t0, L),
+                  MatView::of(ssm_state), c.chunk_size);
+  }
+}
+
+void check_gradients(const Gradients& g, const ModelWeights& w) {
+  bool ok = g.layers.size() == w.layers.size() && g.embedding.shape() == w.embedding.shape() &&
+            g.norm_f.shape() == w.norm_f.shape() && g.lm_head.shape() == w.lm_head.shape() &&
+            (g.lm_head.data() == g.embedding.data()) == (w.lm_head.data() == w.embedding.data());
+  for (size_t i = 0; ok && i < w.layers.size(); ++i) {
+    const LayerWeights &a = g.layers[i], &b = w.layers[i];
+    ok = a.norm.shape() == b.norm.shape() && a.in_proj.shape() == b.in_proj.shape() &&
+         a.conv_w.shape() == b.conv_w.shape() && a.conv_b.shape() == b.conv_b.shape() &&
+         a.dt_bias.shape() == b.dt_bias.shape() && a.A_log.shape() == b.A_log.shape() && a.D.shape() == b.D.shape() &&
+         a.gate_norm.shape() == b.gate_norm.shape() && a.out_proj.shape() == b.out_proj.shape();
+  }
+  if (!ok) fail("[model] the gradients were made for another model (shapes or tying differ)");
+}
+
+// The training pass. Without grads: the loss only (nothing is kept per layer).
+double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
+           Gradients* g) {
+  c.validate("model");
+  const Batch b = make_batch(ids, lengths);
+  if (g) check_gradients(*g, w);
+  const int64_t T = int64_t(ids.size()), D = c.d_model, V = c.vocab_padded(), n_layer = c.n_layer;
+  const float eps = float(c.norm_eps);
+
+  // Forward.
+  Saved sv;
+  Tensor residual = Tensor::empty({T, D}), h = Tensor::empty({T, D}), u = Tensor::empty({T, D});
+  Tensor xbc = Tensor::empty({T, c.conv_dim()}), gated = Tensor::empty({T, c.d_inner()});
+  Tensor zxbcdt_one, y_one;
+  if (!g) {
+    zxbcdt_one = Tensor::empty({T, c.d_in_proj()});
+    y_one = Tensor::empty({T, c.d_inner()});
+  }
+  ops::embedding(w.embedding, ids, MatView::of(residual));
+  for (int64_t li = 0; li < n_layer; ++li) {
+    const LayerWeights& l = w.layers[size_t(li)];
+    ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
+    Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}) : zxbcdt_one;
+    Tensor y = g ? Tensor::empty({T, c.d_inner()}) : y_one;
+    if (g) {
+      sv.residual.push_back(Tensor::empty({T, D}));
+      copy(residual, sv.residual.back());
+    }
+    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Gemm);
+    const Proj pr = split_proj(MatView::of(zxbcdt), c);
+    mixer_forward(c, l, b, pr, MatView::of(xbc), MatView::of(y));
+    ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
+    ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Gemm);
+    if (g) {
+      sv.zxbcdt.push_back(zxbcdt);
+      sv.y.push_back(y);
+    }
+  }
+  sv.normed_f = Tensor::empty({T, D});
+  ops::add_rmsnorm(MatView::of(residual), MatView::of(h), w.norm_f, MatView::of(sv.normed_f), eps);
+  sv.residual_f = residual;
+
+  // Head and loss over the predicting rows, in blocks; d_normed_f gets the head's gradient.
+  const int64_t npred = int64_t(b.pred_rows.size());
+  const float scale = float(1.0 / double(npred));
+  const int64_t block = std::clamp<int64_t>(kHeadBlockElements / std::max<int64_t>(V, 1), 1, npred);
+  Tensor rows = Tensor::empty({block, D}), logits = Tensor::empty({block, V}), d_rows = Tensor::empty({block, D});
+  Tensor d_normed_f;
+  if (g) d_normed_f = Tensor::zeros({T, D});
+  double loss_sum = 0.0;
+  for (int64_t r0 = 0; r0 < npred; r0 += block) {
+    const int64_t n = std::min(block, npred - r0);
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(rows.data() + i * D, sv.normed_f.data() + b.pred_rows[size_t(r0 + i)] * D, size_t(D) * sizeof(float));
+    const MatView x = MatView::of(rows).rows_slice(0, n), lg = MatView::of(logits).rows_slice(0, n);
+    ops::linear(x, w.lm_head, lg, ops::LinearKernel::Gemm);
+    const std::span<const int32_t> tg(b.targets.data() + r0, size_t(n));
+    loss_sum += ops::cross_entropy(lg, tg, g ? lg : MatView{}, scale);
+    if (!g) continue;
+    const MatView dx = MatView::of(d_rows).rows_slice(0, n);
+    ops::linear_backward(x, w.lm_head, lg, dx, g->lm_head);
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(d_normed_f.data() + b.pred_rows[size_t(r0 + i)] * D, d_rows.data() + i * D, size_t(D) * sizeof(float));
+  }
+  const double loss = loss_sum / double(npred);
+  if (!g) return loss;
+
+  // Backward. d_res: the gradient of the residual stream at the current depth.
+  Tensor d_res = Tensor::zeros({T, D});
+  ops::add_rmsnorm_backward(MatView::of(sv.residual_f), w.norm_f, MatView::of(d_normed_f), MatView::of(d_res),
+                            g->norm_f, eps);
+  Tensor d_gated = Tensor::empty({T, c.d_inner()}), d_y = Tensor::empty({T, c.d_inner()});
+  Tensor d_xbc = Tensor::empty({T, c.conv_dim()}), d_zxbcdt = Tensor::empty({T, c.d_in_proj()});
+  Tensor d_u = Tensor::empty({T, D});
+  for (int64_t li = n_layer - 1; li >= 0; --li) {
+    const LayerWeights& l = w.layers[size_t(li)];
+    LayerWeights& gl = g->layers[size_t(li)];
+    const MatView res = MatView::of(sv.residual[size_t(li)]), y = MatView::of(sv.y[size_t(li)]);
+    const Proj pr = split_proj(MatView::of(sv.zxbcdt[size_t(li)]), c);
+    const Proj dpr = split_proj(MatView::of(d_zxbcdt), c);
+    // Recomputed: the normed input, the conv output and the gated norm's output.
+    ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
+    mixer_forward(c, l, b, pr, MatView::of(xbc), std::nullopt);
+    ops::gated_rmsnorm(y, pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
+
+    ops::linear_backward(MatView::of(gated), l.out_proj, MatView::of(d_res), MatView::of(d_gated), gl.out_proj);
+    ops::gated_rmsnorm_backward(y, pr.z, l.gate_norm, MatView::of(d_gated), MatView::of(d_y), dpr.z, gl.gate_norm,
+                                c.ngroups, eps);
+    const ops::SsdWeights sw = ssd_weights(l, c);
+    for (size_t s = 0; s < b.lengths.size(); ++s) {
+      const int64_t t0 = b.starts[s], L = b.lengths[s];
+      const Xbc v = split_xbc(MatView::of(xbc).rows_slice(t0, L), c);
+      const Xbc dv = split_xbc(MatView::of(d_xbc).rows_slice(t0, L), c);
+      const ops::SsdGrads sg{dv.x, dv.B, dv.C, dpr.dt.rows_slice(t0, L), MatView{}, gl.dt_bias, gl.A_log, gl.D};
+      ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt.rows_slice(t0, L), MatView{}, MatView::of(d_y).rows_slice(t0, L),
+                             MatView{}, sg, c.chunk_size);
+      ops::causal_conv1d_backward(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, MatView{},
+                                  MatView::of(d_xbc).rows_slice(t0, L), dpr.xBC.rows_slice(t0, L), gl.conv_w,
+                                  gl.conv_b);
+    }
+    ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);
+    ops::add_rmsnorm_backward(res, l.norm, MatView::of(d_u), MatView::of(d_res), gl.norm, eps);
+  }
+  ops::embedding_backward(ids, MatView::of(d_res), g->embedding);
+  return loss;
+}
+
+}  // namespace
+
+Gradients make_gradients(const ModelWeights& w) {
+  auto like = [](const Tensor& t) { return Tensor::zeros(t.shape()); };
+  Gradients g;
+  g.embedding = like(w.embedding);
+  for (const LayerWeights& l : w.layers)
+    g.layers.push_back({like(l.norm), like(l.in_proj), like(l.conv_w), like(l.conv_b), like(l.dt_bias), like(l.A_log),
+                        like(l.D), like(l.gate_norm), like(l.out_proj)});
+  g.norm_f = like(w.norm_f);
+  g.lm_head = w.lm_head.data() == w.embedding.data() ? g.embedding : like(w.lm_head);
+  g.embedding_name = w.embedding_name;
+  return g;
+}
+
+void zero_gradients(Gradients& g) {
+  auto zero = [](Tensor& t) { std::fill_n(t.data(), t.numel(), 0.0f); };
+  zero(g.embedding);
+  for (LayerWeights& l : g.layers)
+    for (Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm, &l.out_proj})
+      zero(*t);
+  zero(g.norm_f);
+  zero(g.lm_head);
+}
+
+double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
+               std::span<const int64_t> lengths) {
+  return run(config, weights, ids, lengths, nullptr);
+}
+
+double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
+                        std::span<const int64_t> lengths, Gradients& grads) {
+  return run(config, weights, ids, lengths, &grads);
+}
+
+}  // namespace mamba2

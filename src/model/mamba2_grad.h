@@ -1,0 +1,36 @@
+// Training forward and backward of the Mamba2 LM (DESIGN.md §1): the mean next-token
+// cross-entropy of a batch of packed sequences and the gradient of every parameter.
+#pragma once
+#include <cstdint>
+#include <span>
+
+#include "mamba2/config.h"
+#include "model/weights.h"
+
+namespace mamba2 {
+
+// The gradient of every parameter, in the shapes of ModelWeights (conv_w as (conv_dim, d_conv)),
+// fp32. With tied embeddings lm_head shares the embedding's buffer, as in the weights, so the
+// head's part and the lookup's part add into one gradient; an untied head has its own.
+using Gradients = ModelWeights;
+
+// Zeros shaped (and tied) like `weights`, carrying their checkpoint names.
+Gradients make_gradients(const ModelWeights& weights);
+void zero_gradients(Gradients& grads);
+
+// The mean next-token cross-entropy over the padded vocabulary of sequences packed back to back
+// in `ids` (`lengths` sum to ids.size()), each from a zero state as in Model::prefill without a
+// state. Every position but the last of a sequence predicts the next id, so a sequence of length
+// L contributes L-1 predictions (none for L = 1); the mean is over all predictions of all
+// sequences, and it is an error if there are none.
+double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
+               std::span<const int64_t> lengths);
+
+// The same loss (returned, bit-identical to lm_loss) and its gradient, ADDED to `grads`
+// (parameter gradients accumulate; zero them for the gradient of this batch alone). The SSD
+// backward runs chunked like the forward; activations kept per layer: the residual stream,
+// in_proj's output and the scan output (the rest is recomputed).
+double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
+                        std::span<const int64_t> lengths, Gradients& grads);
+
+}  // namespace mamba2
