@@ -1,0 +1,58 @@
+// grad: the training loss of a batch of sequences and the gradient of every parameter, written as
+// fp32 safetensors: "loss" (a 0-d scalar) and "grad.<name>" named and shaped as in the checkpoint.
+#include "commands.h"
+#include "io/safetensors.h"
+#include "mamba2/error.h"
+#include "mamba2/model.h"
+#include "model/mamba2_grad.h"
+
+namespace mamba2::cli {
+
+void add_grad(CLI::App& app) {
+  auto* sub = app.add_subcommand(
+      "grad", "Write the mean next-token cross-entropy and the gradient of every parameter (fp32 .safetensors)");
+  struct Opts {
+    std::string model, ids, lengths, out;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  sub->add_option("--model", o->model, "Model folder")->required();
+  sub->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
+  sub->add_option("--lengths", o->lengths,
+                  "Split --ids into independent sequences of these lengths (each from a zero state)");
+  sub->add_option("--out", o->out, "Output .safetensors: 'loss' (0-d) and 'grad.<parameter name>'")->required();
+  sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  on_run(sub, [o] {
+    set_threads(o->threads);
+    const std::vector<int64_t> raw_ids = parse_int_list(o->ids, "--ids");
+    const std::vector<int64_t> lengths = o->lengths.empty() ? std::vector<int64_t>{int64_t(raw_ids.size())}
+                                                            : parse_int_list(o->lengths, "--lengths");
+    int64_t total = 0, predicted = 0;
+    for (int64_t len : lengths) {
+      if (len <= 0) fail("[cli] --lengths: every length must be positive, got {}", len);
+      total += len;
+      predicted += len - 1;
+    }
+    if (total != int64_t(raw_ids.size())) fail("[cli] --lengths sum to {} but --ids has {} ids", total, raw_ids.size());
+    if (predicted == 0)
+      fail("[cli] no positions to predict: every sequence has length 1 (a sequence of length L predicts L-1 tokens)");
+    const Model model = Model::load(o->model);
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < raw_ids.size(); ++i) {
+      if (raw_ids[i] < 0 || raw_ids[i] >= model.vocab())
+        fail("[cli] --ids: id {} at position {} is out of range [0, {})", raw_ids[i], i, model.vocab());
+      ids.push_back(int32_t(raw_ids[i]));
+    }
+    Gradients grads = make_gradients(model.weights());
+    const double loss = lm_loss_and_grad(model.config(), model.weights(), ids, lengths, grads);
+    const float loss32 = float(loss);
+    std::vector<TensorToWrite> tensors{{"loss", DType::F32, {}, &loss32}};
+    for (const NamedTensor& nt : checkpoint_named_tensors(grads, model.config()))
+      tensors.push_back({"grad." + nt.name, DType::F32, nt.stored_shape, nt.tensor->data()});
+    write_safetensors(o->out, tensors, {{"format", "pt"}});
+    fmt::print("loss {:.6f} (mean over {} predicted positions); {} gradients written to {}\n", loss, predicted,
+               tensors.size() - 1, o->out);
+  });
+}
+
+}  // namespace mamba2::cli
