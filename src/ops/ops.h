@@ -29,9 +29,10 @@ void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatV
 void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
                             Tensor& d_w, int64_t ngroups, float eps);
 
-// linear: y = x @ Wᵀ, W (n, k). Prefill uses Gemm (many rows per sequence), decode Streaming
-// (one row per sequence, bound by reading W). The kernel is chosen by the caller, not by the
-// row count, so that a sequence's results do not depend on the batch it runs in.
+// linear: y = x @ Wᵀ, W (n, k). Prefill uses Gemm (many rows per sequence; BLAS for weights
+// of a million elements or more), decode Streaming (one row per sequence, bound by reading W).
+// The kernel is chosen by the caller and the weight's size, never by the row count, so that a
+// sequence's results do not depend on the batch it runs in.
 enum class LinearKernel { Gemm, Streaming };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
