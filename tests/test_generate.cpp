@@ -25,7 +25,7 @@ const std::string kTokenizer = MAMBA2_FIXTURES_DIR "/tokenizer/gpt-neox-20b.json
 
 ModelConfig small_config() {
   ModelConfig c = preset_config("130m");
-  c.d_model = 64;
+  c.d_model = 32;
   c.n_layer = 2;
   c.d_state = 16;
   c.headdim = 16;
@@ -39,7 +39,7 @@ ModelConfig small_config() {
 
 // Model folders with the tokenizer beside them: `model` (perturbed official init, so that
 // logits are far from uniform), `flat` (final norm weight 0, so all logits are 0 and greedy
-// picks id 0, <|endoftext|>) and `tied` (tied head).
+// picks id 0, <|endoftext|>).
 class Generate : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -51,11 +51,6 @@ class Generate : public ::testing::Test {
       if (std::string(name) == "flat") std::fill_n(w.norm_f.data(), w.norm_f.numel(), 0.0f);
       save(name, c, w);
     }
-    ModelConfig tied = c;
-    tied.tie_embeddings = true;
-    ModelWeights tw = init_weights(tied, 5);
-    test::perturb_weights(tw, 6);
-    save("tied", tied, tw);
     model_ = new Model(Model::load(dir_->path() / "model"));
     tokenizer_ = new Tokenizer(Tokenizer::load(kTokenizer));
   }
@@ -284,13 +279,21 @@ double peak_mib(const std::string& err) {
   return at == std::string::npos ? -1 : std::stod(err.substr(at + 12));
 }
 
-// The state is O(1) and nothing is kept per generated token: 4000 tokens peak within 3 MiB of 40.
+// The state is O(1) and nothing is kept per generated token: 2000 tokens peak within 3 MiB of 40.
 // The tied model reads its whole (memory-mapped) embedding in the first step; with an untied
 // head, each new token would map one more embedding row and resident memory would grow.
 TEST_F(Generate, MemoryDoesNotGrowWithGeneratedTokens) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer keeps freed memory in quarantine: resident memory is not the program's";
+#endif
+  ModelConfig tied = small_config();
+  tied.tie_embeddings = true;
+  ModelWeights w = init_weights(tied, 5);
+  test::perturb_weights(w, 6);
+  save("tied", tied, w);
   const std::string common = "generate --model " + test::shell_quote((dir_->path() / "tied").string()) +
                              " --prompt Hello --seed 1 --ignore-eos --no-echo --threads 1 -n ";
-  const auto few = test::run_cli(common + "40"), many = test::run_cli(common + "4000");
+  const auto few = test::run_cli(common + "40"), many = test::run_cli(common + "2000");
   ASSERT_EQ(few.code, 0) << few.err;
   ASSERT_EQ(many.code, 0) << many.err;
   EXPECT_GT(peak_mib(few.err), 0);

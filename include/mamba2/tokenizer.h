@@ -46,4 +46,15 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
+// Training a byte-level BPE tokenizer (GPT-2 split pattern, NFC, the 256 byte symbols, then
+// merges of the most frequent adjacent pair, ties to the lower pair of ids) on text files, each
+// read once and only its word counts kept.
+struct BpeTrainOptions {
+  int64_t vocab_size = 4096;  // special tokens + 256 bytes + merges
+  int64_t min_frequency = 2;  // a pair seen fewer times is not merged
+  std::vector<std::string> special_tokens = {"<|endoftext|>"};
+};
+// The tokenizer.json text (loadable here and by Hugging Face `tokenizers`).
+std::string train_bpe(const std::vector<std::filesystem::path>& files, const BpeTrainOptions& options);
+
 }  // namespace mamba2

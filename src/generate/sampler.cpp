@@ -35,42 +35,49 @@ void Sampler::filter(std::span<const float> logits) {
   for (float& s : scores_) s /= temperature;
 
   // top-k: everything below the k-th largest score goes (ties with it stay, as in HF).
-  kept_.clear();
+  float floor = -INFINITY;
   if (params_.top_k > 0 && params_.top_k < vocab_) {
-    std::vector<float> sorted = scores_;
-    std::nth_element(sorted.begin(), sorted.begin() + (params_.top_k - 1), sorted.end(), std::greater<float>());
-    const float kth = sorted[size_t(params_.top_k - 1)];
-    for (int64_t i = 0; i < vocab_; ++i)
-      if (scores_[size_t(i)] >= kth) kept_.push_back({scores_[size_t(i)], int32_t(i)});
-  } else {
-    for (int64_t i = 0; i < vocab_; ++i) kept_.push_back({scores_[size_t(i)], int32_t(i)});
+    sorted_ = scores_;
+    std::nth_element(sorted_.begin(), sorted_.begin() + (params_.top_k - 1), sorted_.end(), std::greater<float>());
+    floor = sorted_[size_t(params_.top_k - 1)];
   }
-  std::sort(kept_.begin(), kept_.end(),
-            [](const Candidate& a, const Candidate& b) { return a.score > b.score || (a.score == b.score && a.id < b.id); });
+  kept_.clear();
+  float top = -INFINITY;
+  for (int64_t i = 0; i < vocab_; ++i)
+    if (scores_[size_t(i)] >= floor) {
+      kept_.push_back({scores_[size_t(i)], int32_t(i)});
+      top = std::max(top, scores_[size_t(i)]);
+    }
 
-  // Unnormalised probabilities relative to the most likely token, in double.
-  const double top = kept_.front().score;
-  probs_.resize(kept_.size());
-  double total = 0.0;
-  for (size_t i = 0; i < kept_.size(); ++i) total += probs_[i] = std::exp(double(kept_[i].score) - top);
-
-  // top-p: from the least likely up, drop tokens while the dropped mass stays ≤ 1 - top_p.
-  size_t n = kept_.size();
-  if (params_.top_p < 1.0f) {
+  // top-p: from the least likely up, drop tokens while the dropped mass stays ≤ 1 - top_p. Only
+  // this filter needs the candidates in order; the others are thresholds.
+  if (params_.top_p < 1.0f && kept_.size() > 1) {
+    std::vector<Candidate> order = kept_;
+    std::sort(order.begin(), order.end(),
+              [](const Candidate& a, const Candidate& b) { return a.score > b.score || (a.score == b.score && a.id < b.id); });
+    double total = 0.0;
+    for (const Candidate& c : order) total += std::exp(double(c.score) - top);
+    size_t n = order.size();
     double dropped = 0.0;
     while (n > 1) {
-      dropped += probs_[n - 1] / total;
+      dropped += std::exp(double(order[n - 1].score) - top) / total;
       if (dropped > 1.0 - double(params_.top_p)) break;
       --n;
     }
+    // Ties with the last kept score but after it in id order go too, as they would in HF's
+    // sorted order: keep exactly the first n of `order`.
+    std::vector<uint8_t> keep(size_t(vocab_), 0);
+    for (size_t i = 0; i < n; ++i) keep[size_t(order[i].id)] = 1;
+    std::erase_if(kept_, [&](const Candidate& c) { return !keep[size_t(c.id)]; });
   }
-  // min-p: drop tokens less likely than min_p times the most likely one (whose weight is 1).
+  // min-p: drop tokens less likely than min_p times the most likely one.
   if (params_.min_p > 0.0f)
-    while (n > 1 && probs_[n - 1] < double(params_.min_p)) --n;
-  kept_.resize(n);
-  probs_.resize(n);
-  total = 0.0;
-  for (double p : probs_) total += p;
+    std::erase_if(kept_, [&](const Candidate& c) { return std::exp(double(c.score) - top) < double(params_.min_p); });
+
+  // Probabilities of what remains, in id order, in double.
+  probs_.resize(kept_.size());
+  double total = 0.0;
+  for (size_t i = 0; i < kept_.size(); ++i) total += probs_[i] = std::exp(double(kept_[i].score) - top);
   for (double& p : probs_) p /= total;
 }
 

@@ -28,14 +28,14 @@ class Sampler {
     float score;
     int32_t id;
   };
-  // The surviving candidates, most likely first, and their probabilities (same order).
+  // The surviving candidates in id order and their probabilities (same order).
   void filter(std::span<const float> logits);
 
   SamplingParams params_;
   int64_t vocab_;
   std::vector<uint8_t> seen_;  // (vocab) tokens of prompt + generation; O(vocab), not O(length)
   std::mt19937_64 rng_;
-  std::vector<float> scores_;
+  std::vector<float> scores_, sorted_;
   std::vector<Candidate> kept_;
   std::vector<double> probs_;
 };

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   mamba2::cli::add_info(app);
   mamba2::cli::add_logits(app);
   mamba2::cli::add_generate(app);
+  mamba2::cli::add_train_tokenizer(app);
   mamba2::cli::add_tokenize(app);
   mamba2::cli::add_detokenize(app);
   mamba2::cli::add_grad(app);
@@ -22,7 +23,7 @@ int main(int argc, char** argv) {
   // CLI11 reports an unknown command only as "A subcommand is required"; name it instead.
   const auto known = app.get_subcommands([&](CLI::App* sub) { return argc > 1 && sub->check_name(argv[1]); });
   if (argc > 1 && argv[1][0] != '-' && known.empty()) {
-    std::fprintf(stderr, "error: [cli] unknown command '%s' (commands: init, info, logits, generate, tokenize, detokenize, grad, bench; see --help)\n",
+    std::fprintf(stderr, "error: [cli] unknown command '%s' (commands: init, info, logits, generate, tokenize, detokenize, train-tokenizer, grad, bench; see --help)\n",
                  argv[1]);
     return 2;
   }
