@@ -164,7 +164,7 @@ TEST_F(Generate, BatchOfDifferentLengthsEqualsEachPromptAlone) {
 // number of rows, for the streaming kernel and for BLAS at the weight sizes it is used for
 // (n·k ≥ 2^20: a 130m in_proj is 3352 × 768). Bitwise, at several row counts and offsets.
 TEST(LinearRows, DoNotDependOnTheRowCount) {
-  for (const auto kernel : {ops::LinearKernel::Gemm, ops::LinearKernel::Streaming}) {
+  for (const auto kernel : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode}) {
     for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {1536, 768}, {296, 64}}) {
       const int64_t M = 70;
       Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k}), ref = Tensor::empty({M, n});

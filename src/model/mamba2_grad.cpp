@@ -139,11 +139,11 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       sv.residual.push_back(Tensor::empty({T, D}));
       copy(residual, sv.residual.back());
     }
-    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Gemm);
+    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training);
     const Proj pr = split_proj(MatView::of(zxbcdt), c);
     mixer_forward(c, l, b, pr, MatView::of(xbc), MatView::of(y));
     ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
-    ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Gemm);
+    ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
     if (g) {
       sv.zxbcdt.push_back(zxbcdt);
       sv.y.push_back(y);
@@ -166,7 +166,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     for (int64_t i = 0; i < n; ++i)
       std::memcpy(rows.data() + i * D, sv.normed_f.data() + b.pred_rows[size_t(r0 + i)] * D, size_t(D) * sizeof(float));
     const MatView x = MatView::of(rows).rows_slice(0, n), lg = MatView::of(logits).rows_slice(0, n);
-    ops::linear(x, w.lm_head, lg, ops::LinearKernel::Gemm);
+    ops::linear(x, w.lm_head, lg, ops::LinearKernel::Training);
     const std::span<const int32_t> tg(b.targets.data() + r0, size_t(n));
     loss_sum += ops::cross_entropy(lg, tg, g ? lg : MatView{}, scale);
     if (!g) continue;

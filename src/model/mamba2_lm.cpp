@@ -181,7 +181,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   Activations a(T, c);
   Tensor scratch_conv = Tensor::empty({c.d_conv - 1, c.conv_dim()});
   Tensor scratch_ssm = Tensor::empty({c.nheads(), c.headdim * c.d_state});
-  run_layers(w, c, ids, a, ops::LinearKernel::Gemm, [&](size_t li, const LayerWeights& l, const Projections& pr) {
+  run_layers(w, c, ids, a, ops::LinearKernel::Prefill, [&](size_t li, const LayerWeights& l, const Projections& pr) {
     int64_t t0 = 0;
     for (int64_t s = 0; s < nseq; ++s) {
       const int64_t L = lengths[size_t(s)];
@@ -200,7 +200,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     }
   });
   if (all_positions) {
-    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Gemm, logits);
+    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, logits);
     return;
   }
   // Only the last position of each sequence goes through the head.
@@ -211,7 +211,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     std::copy_n(a.residual.data() + (end - 1) * c.d_model, c.d_model, last_res.data() + s * c.d_model);
     std::copy_n(a.h.data() + (end - 1) * c.d_model, c.d_model, last_h.data() + s * c.d_model);
   }
-  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Gemm, logits);
+  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Prefill, logits);
 }
 
 void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
@@ -229,12 +229,12 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   }
 
   Activations a(nb, c);
-  run_layers(w, c, tokens, a, ops::LinearKernel::Streaming, [&](size_t li, const LayerWeights& l, const Projections& pr) {
+  run_layers(w, c, tokens, a, ops::LinearKernel::Decode, [&](size_t li, const LayerWeights& l, const Projections& pr) {
     ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), slots);
     const ConvOut co = split_conv(MatView::of(a.xbc), c);
     ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), slots);
   });
-  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Streaming, logits);
+  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, logits);
 }
 
 }  // namespace mamba2

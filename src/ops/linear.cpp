@@ -10,11 +10,10 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   check_shape("linear", "x", x, x.rows, k);
   check_shape("linear", "y", y, x.rows, n);
   check_cpu("linear", W.device());
-  // Below about a million weights OpenBLAS switches to small-matrix kernels whose rounding
-  // depends on the row count, which would make a sequence's logits depend on its batch; above,
-  // its blocked kernels sum each element in a fixed order (tests/test_generate.cpp checks it).
   constexpr int64_t kBlasMinWeights = int64_t(1) << 20;
-  if (kernel == LinearKernel::Streaming || n * k < kBlasMinWeights)
+  const bool streaming =
+      kernel == LinearKernel::Decode || (kernel == LinearKernel::Prefill && n * k < kBlasMinWeights);
+  if (streaming)
     cpu::linear_streaming(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k);
   else
     cpu::linear_gemm(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k);

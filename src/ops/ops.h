@@ -29,11 +29,13 @@ void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatV
 void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
                             Tensor& d_w, int64_t ngroups, float eps);
 
-// linear: y = x @ Wᵀ, W (n, k). Prefill uses Gemm (many rows per sequence; BLAS for weights
-// of a million elements or more), decode Streaming (one row per sequence, bound by reading W).
-// The kernel is chosen by the caller and the weight's size, never by the row count, so that a
-// sequence's results do not depend on the batch it runs in.
-enum class LinearKernel { Gemm, Streaming };
+// linear: y = x @ Wᵀ, W (n, k). The caller says what the rows are, never the row count, so that
+// in inference a sequence's results do not depend on the batch it runs in:
+//   Prefill   many rows per sequence: BLAS for weights of 2^20 elements or more, else Decode's
+//             kernel (OpenBLAS's small-matrix kernels round differently by row count);
+//   Decode    one row per sequence: W streamed once, each row summed in a fixed order;
+//   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
+enum class LinearKernel { Prefill, Decode, Training };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
@@ -76,5 +78,19 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).
 double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale);
+
+// adamw: one torch.optim.AdamW step of a parameter (fp32 moments m, v updated in place), from the
+// gradient times grad_scale. Decoupled weight decay p ← p·(1 − lr·weight_decay) (0: none);
+// step is the 1-based count of updates, for the bias corrections 1 − β^step.
+struct AdamW {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  int64_t step = 1;
+  double grad_scale = 1.0;
+};
+void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& hyper);
+// sum_squares: Σ t² in double, the same for any thread count (global-norm clipping).
+double sum_squares(const Tensor& t);
+// scale: t ← s·t.
+void scale(Tensor& t, double s);
 
 }  // namespace mamba2::ops
