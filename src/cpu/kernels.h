@@ -129,4 +129,25 @@ template <class T>
 double cross_entropy(const T* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V, T* d_logits,
                      int64_t lddl, T scale);
 
+// AdamW (torch.optim.AdamW): the coefficients of one step, computed by the caller in double.
+// Every element: decoupled weight decay p·decay, the moment updates from g = grad·grad_scale
+// (clipping and accumulation weights folded in), then p −= step_size · m / (sqrt(v)·inv_sqrt_bc2 + eps).
+template <class T>
+struct AdamWScalars {
+  T beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
+  T decay;         // 1 − lr·weight_decay
+  T step_size;     // lr / (1 − β1^step)
+  T inv_sqrt_bc2;  // 1 / sqrt(1 − β2^step)
+  T grad_scale;
+};
+//   param, m, v (n) updated in place; grad (n)
+template <class T>
+void adamw_step(T* param, const T* grad, T* m, T* v, int64_t n, const AdamWScalars<T>& s);
+// Σ x² in double, in fixed blocks summed in order (the same result for any thread count).
+template <class T>
+double sum_squares(const T* x, int64_t n);
+// x ← s·x (the weighting of accumulated micro-batch gradients)
+template <class T>
+void scale_inplace(T* x, int64_t n, T s);
+
 }  // namespace mamba2::cpu

@@ -1,0 +1,47 @@
+#include <cmath>
+
+#include "cpu/kernels.h"
+#include "ops/check.h"
+#include "ops/ops.h"
+
+namespace mamba2::ops {
+
+void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& h) {
+  const int64_t n = param.numel();
+  check_len("adamw", "grad", grad, n);
+  check_len("adamw", "m", m, n);
+  check_len("adamw", "v", v, n);
+  check_cpu("adamw", param.device());
+  if (h.step < 1) fail("[adamw] step must be at least 1 (bias correction), got {}", h.step);
+  if (!(h.lr >= 0.0) || !std::isfinite(h.lr)) fail("[adamw] lr must be finite and non-negative, got {}", h.lr);
+  if (!(h.beta1 >= 0.0 && h.beta1 < 1.0)) fail("[adamw] beta1 must be in [0, 1), got {}", h.beta1);
+  if (!(h.beta2 >= 0.0 && h.beta2 < 1.0)) fail("[adamw] beta2 must be in [0, 1), got {}", h.beta2);
+  if (!(h.eps > 0.0)) fail("[adamw] eps must be positive, got {}", h.eps);
+  if (!(h.weight_decay >= 0.0)) fail("[adamw] weight_decay must be non-negative, got {}", h.weight_decay);
+  if (!std::isfinite(h.grad_scale)) fail("[adamw] grad_scale must be finite, got {}", h.grad_scale);
+  // In double, then rounded once: 1 − β and 1 − β^t lose digits when formed in fp32 (β2 = 0.999
+  // is 0.99900001 in fp32, so 1 − β2 would be off by 1.3e-5).
+  const double bc1 = 1.0 - std::pow(h.beta1, double(h.step)), bc2 = 1.0 - std::pow(h.beta2, double(h.step));
+  const cpu::AdamWScalars<float> s{float(h.beta1),
+                                   float(1.0 - h.beta1),
+                                   float(h.beta2),
+                                   float(1.0 - h.beta2),
+                                   float(h.eps),
+                                   float(1.0 - h.lr * h.weight_decay),
+                                   float(h.lr / bc1),
+                                   float(1.0 / std::sqrt(bc2)),
+                                   float(h.grad_scale)};
+  cpu::adamw_step(param.data(), grad.data(), m.data(), v.data(), n, s);
+}
+
+double sum_squares(const Tensor& t) {
+  check_cpu("sum_squares", t.device());
+  return cpu::sum_squares(t.data(), t.numel());
+}
+
+void scale(Tensor& t, double s) {
+  check_cpu("scale", t.device());
+  cpu::scale_inplace(t.data(), t.numel(), float(s));
+}
+
+}  // namespace mamba2::ops
