@@ -13,6 +13,8 @@ void add_train_tokenizer(CLI::App& app);
 void add_grad(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_detokenize(CLI::App& app);
+void add_train(CLI::App& app);
+void add_eval(CLI::App& app);
 void run_selected(CLI::App& app);
 
 // Registers the action of a subcommand (called by the add_* functions).

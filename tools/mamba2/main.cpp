@@ -20,10 +20,12 @@ int main(int argc, char** argv) {
   mamba2::cli::add_detokenize(app);
   mamba2::cli::add_grad(app);
   mamba2::cli::add_bench(app);
+  mamba2::cli::add_train(app);
+  mamba2::cli::add_eval(app);
   // CLI11 reports an unknown command only as "A subcommand is required"; name it instead.
   const auto known = app.get_subcommands([&](CLI::App* sub) { return argc > 1 && sub->check_name(argv[1]); });
   if (argc > 1 && argv[1][0] != '-' && known.empty()) {
-    std::fprintf(stderr, "error: [cli] unknown command '%s' (commands: init, info, logits, generate, tokenize, detokenize, train-tokenizer, grad, bench; see --help)\n",
+    std::fprintf(stderr, "error: [cli] unknown command '%s' (commands: init, info, logits, generate, tokenize, detokenize, train-tokenizer, grad, bench, train, eval; see --help)\n",
                  argv[1]);
     return 2;
   }

@@ -1,0 +1,115 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "io/atomic_file.h"
+#include "mamba2/error.h"
+
+namespace mamba2::training {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kFiles[] = {"config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors",
+                                  "trainer_state.json"};
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  AtomicFile f(path, "[checkpoint]");
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+// step-N folders under checkpoints/, by N.
+std::vector<std::pair<int64_t, fs::path>> step_folders(const fs::path& dir) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind("step-", 0) != 0) continue;
+    try {
+      size_t used = 0;
+      const int64_t n = std::stoll(name.substr(5), &used);
+      if (used == name.size() - 5) out.emplace_back(n, e.path());
+    } catch (const std::exception&) {
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+fs::path save_checkpoint(const fs::path& out, int64_t step, const CheckpointFiles& files, int64_t keep,
+                         const std::function<void(const std::string&)>& after) {
+  const fs::path dir = out / "checkpoints", tmp = dir / fmt::format(".tmp-step-{}", step),
+                 final_dir = dir / fmt::format("step-{}", step);
+  auto stage = [&](const char* name) {
+    if (after) after(name);
+  };
+  fs::create_directories(dir);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_model(tmp, *files.config, *files.weights, DType::F32);
+  stage("model");
+  {
+    std::ifstream in(files.tokenizer_json, std::ios::binary);
+    if (!in) fail("[checkpoint] cannot read {}", files.tokenizer_json.string());
+    write_text(tmp / "tokenizer.json", std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+  stage("tokenizer");
+  files.optimizer->save(tmp / "optimizer.safetensors");
+  stage("optimizer");
+  write_text(tmp / "trainer_state.json", files.trainer_state_json);
+  stage("state");
+  fsync_dir(tmp);
+  // A folder of this step left by an earlier run that went further, then resumed from before it.
+  if (fs::exists(final_dir)) {
+    if (latest_checkpoint(out) == final_dir) fail("[checkpoint] {} is the latest checkpoint already", final_dir.string());
+    fs::remove_all(final_dir);
+  }
+  fs::rename(tmp, final_dir);
+  fsync_dir(dir);
+  stage("renamed");
+  write_text(out / "latest", fmt::format("checkpoints/step-{}\n", step));
+  if (keep > 0) {
+    const auto folders = step_folders(dir);
+    for (size_t i = 0; i + size_t(keep) < folders.size(); ++i)
+      if (folders[i].second != final_dir) fs::remove_all(folders[i].second);
+  }
+  return final_dir;
+}
+
+fs::path latest_checkpoint(const fs::path& out) {
+  const fs::path latest = out / "latest";
+  if (!fs::exists(latest)) return {};
+  std::ifstream in(latest);
+  std::string rel;
+  std::getline(in, rel);
+  if (rel.empty()) fail("[checkpoint] {} is empty", latest.string());
+  const fs::path dir = out / rel;
+  for (const char* f : kFiles)
+    if (!fs::is_regular_file(dir / f))
+      fail("[checkpoint] {} names {}, which has no {}", latest.string(), dir.string(), f);
+  return dir;
+}
+
+void remove_partial_checkpoints(const fs::path& out) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(out / "checkpoints", ec))
+    if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
+}
+
+}  // namespace mamba2::training

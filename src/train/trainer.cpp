@@ -1,0 +1,472 @@
+// The training loop: set-up (tokenizer, model, tokenized data, optimiser, or all of it from the
+// latest checkpoint), then per step grad_accum micro-batches of batch_size rows, the gradient
+// weighted to the mean over every predicted position of the step, global-norm clipping, one AdamW
+// update, metrics, periodic evaluation and checkpoints.
+//
+// Determinism: the model init comes from `seed`; the data order from an mt19937_64 seeded by it,
+// which draws the key of each epoch's row permutation. The checkpoint holds the weights, the
+// moments, the step, the data position (epoch, index in the epoch, epoch key) and the generator's
+// state, so a resumed run takes the same rows and makes the same arithmetic as an uninterrupted
+// one (the kernels give the same bits for the same thread count).
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "io/atomic_file.h"
+#include "mamba2/error.h"
+#include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
+#include "mamba2/train.h"
+#include "model/mamba2_grad.h"
+#include "model/weights.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/optimizer.h"
+
+namespace mamba2 {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace training;
+
+namespace {
+
+constexpr const char* kStateFormat = "mamba2-trainer-state";
+// Settings a resumed run must share with the checkpoint's: they define the model and the rows.
+constexpr const char* kFixedOnResume[] = {"model",      "init_from",  "tokenizer", "train", "val", "val_fraction",
+                                          "seq_len",    "batch_size", "grad_accum", "seed"};
+
+fs::path absolute_path(const fs::path& p) { return p.empty() ? p : fs::absolute(p).lexically_normal(); }
+
+TrainConfig absolute_paths(TrainConfig c) {
+  c.out = absolute_path(c.out);
+  c.init_from = absolute_path(c.init_from);
+  c.tokenizer = absolute_path(c.tokenizer);
+  for (auto& p : c.train) p = absolute_path(p);
+  for (auto& p : c.val) p = absolute_path(p);
+  return c;
+}
+
+Tensor copy_of(const Tensor& t) {
+  Tensor o = Tensor::empty(t.shape());
+  std::memcpy(o.data(), t.data(), t.nbytes());
+  return o;
+}
+
+// Owned, writable fp32 weights (a loaded model borrows read-only file mappings); tying kept.
+ModelWeights clone_weights(const ModelWeights& w) {
+  ModelWeights o;
+  o.embedding = copy_of(w.embedding);
+  for (const LayerWeights& l : w.layers)
+    o.layers.push_back({copy_of(l.norm), copy_of(l.in_proj), copy_of(l.conv_w), copy_of(l.conv_b), copy_of(l.dt_bias),
+                        copy_of(l.A_log), copy_of(l.D), copy_of(l.gate_norm), copy_of(l.out_proj)});
+  o.norm_f = copy_of(w.norm_f);
+  o.lm_head = w.lm_head.data() == w.embedding.data() ? o.embedding : copy_of(w.lm_head);
+  return o;
+}
+
+ModelConfig model_config(const TrainModelSpec& m, const Tokenizer& tok) {
+  ModelConfig c = preset_config(m.preset);
+  auto set = [](int64_t& field, int64_t v) {
+    if (v > 0) field = v;
+  };
+  set(c.d_model, m.d_model);
+  set(c.n_layer, m.n_layer);
+  set(c.d_state, m.d_state);
+  set(c.headdim, m.headdim);
+  set(c.ngroups, m.ngroups);
+  set(c.chunk_size, m.chunk_size);
+  set(c.expand, m.expand);
+  set(c.d_conv, m.d_conv);
+  set(c.pad_vocab_size_multiple, m.pad_vocab_size_multiple);
+  c.vocab_size = m.vocab_size > 0 ? m.vocab_size : tok.vocab_size();
+  if (m.tie_embeddings) c.tie_embeddings = *m.tie_embeddings;
+  c.validate("train config: model");
+  return c;
+}
+
+void copy_text_file(const fs::path& from, const fs::path& to) {
+  std::ifstream in(from, std::ios::binary);
+  if (!in) fail("[train] cannot read {}", from.string());
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  AtomicFile f(to, "[train]");
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+DType dtype_of(const std::string& s) {
+  return s == "bf16" ? DType::BF16 : s == "f16" ? DType::F16 : DType::F32;
+}
+
+// Where the trainer stands: what a checkpoint must hold besides weights and moments.
+struct State {
+  int64_t step = 0;
+  int64_t epoch = 0;
+  uint64_t index = 0;      // rows of this epoch already taken
+  uint64_t epoch_key = 0;  // key of this epoch's permutation
+  std::mt19937_64 rng;     // draws the epoch keys
+  int64_t tokens_seen = 0;
+  std::optional<double> best_val_loss;
+};
+
+std::string rng_text(const std::mt19937_64& rng) {
+  std::ostringstream s;
+  s << rng;
+  return s.str();
+}
+
+class Trainer {
+ public:
+  Trainer(const TrainConfig& config, const TrainCallbacks& cb) : cfg_(absolute_paths(config)), cb_(cb) {}
+  TrainResult run();
+
+ private:
+  void log(const std::string& s) const {
+    if (cb_.on_message) cb_.on_message(s);
+  }
+  void setup();
+  void prepare_data();
+  void resume_from(const fs::path& dir);
+  int64_t next_row();
+  EvalInfo evaluate_val();
+  std::string state_json() const;
+  void save(int64_t keep);
+  void write_final();
+  void append_metrics(const json& line);
+
+  TrainConfig cfg_;
+  TrainCallbacks cb_;
+  fs::path tokenizer_path_;
+  std::optional<Tokenizer> tok_;
+  ModelConfig mc_;
+  ModelWeights w_;
+  std::optional<Gradients> g_;
+  std::optional<AdamWOptimizer> opt_;
+  std::optional<TokenCorpus> train_corpus_, val_corpus_;
+  CorpusRange train_range_, val_range_;
+  bool has_val_ = false;
+  int64_t rows_per_epoch_ = 0, max_steps_ = 0;
+  double min_lr_ = 0.0;
+  State st_;
+  int64_t last_saved_step_ = -1;
+};
+
+void Trainer::setup() {
+  validate_train_config(cfg_);
+  if (cfg_.threads > 0) omp_set_num_threads(cfg_.threads);
+  fs::create_directories(cfg_.out);
+  remove_partial_checkpoints(cfg_.out);
+  const fs::path latest = latest_checkpoint(cfg_.out);
+  if (!cfg_.resume && !latest.empty())
+    fail("[train] {} already holds a run (latest checkpoint {}); pass --resume to continue it, or choose another --out",
+         cfg_.out.string(), latest.string());
+  if (cfg_.resume && latest.empty())
+    fail("[train] --resume: {} holds no checkpoint ({} is missing)", cfg_.out.string(), (cfg_.out / "latest").string());
+
+  tokenizer_path_ = cfg_.tokenizer.empty() ? cfg_.init_from / "tokenizer.json" : cfg_.tokenizer;
+  tok_.emplace(Tokenizer::load(tokenizer_path_));
+
+  // The model: from the checkpoint when resuming, else from init_from or the preset's init.
+  if (!cfg_.init_from.empty()) {
+    const Model m = Model::load(cfg_.init_from);
+    mc_ = m.config();
+    if (latest.empty()) w_ = clone_weights(m.weights());
+  } else {
+    mc_ = model_config(*cfg_.model, *tok_);
+    if (latest.empty()) w_ = init_weights(mc_, cfg_.seed);
+  }
+  mc_.layout = CheckpointLayout::HuggingFace;
+  if (tok_->vocab_size() > mc_.vocab_padded())
+    fail("[train] the tokenizer {} has {} ids but the model only {} embedding rows", tokenizer_path_.string(),
+         tok_->vocab_size(), mc_.vocab_padded());
+  min_lr_ = cfg_.min_lr ? *cfg_.min_lr : cfg_.lr / 10.0;
+
+  prepare_data();
+  const int64_t rows_per_step = cfg_.batch_size * cfg_.grad_accum;
+  max_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps
+                                  : std::max<int64_t>(1, int64_t(std::ceil(cfg_.epochs * double(rows_per_epoch_) /
+                                                                           double(rows_per_step))));
+  st_.rng.seed(cfg_.seed ^ 0x6d616d6261322d64ull);  // "mamba2-d": the data order's own stream
+  st_.epoch_key = st_.rng();
+
+  if (!latest.empty()) {
+    resume_from(latest);
+  } else {
+    g_.emplace(make_gradients(w_));
+    opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
+    AtomicFile f(cfg_.out / "metrics.jsonl", "[train]");
+    f.commit();
+  }
+}
+
+void Trainer::prepare_data() {
+  const uint64_t tok_hash = hash_file(tokenizer_path_);
+  const fs::path data_dir = cfg_.out / "data";
+  prepare_corpus(*tok_, tok_hash, expand_sources(cfg_.train, "train"), data_dir, "train",
+                 [&](const std::string& s) { log(s); });
+  train_corpus_.emplace(TokenCorpus::open(data_dir, "train"));
+  train_range_ = {&*train_corpus_, 0, train_corpus_->size()};
+  if (!cfg_.val.empty()) {
+    prepare_corpus(*tok_, tok_hash, expand_sources(cfg_.val, "val"), data_dir, "val", [&](const std::string& s) { log(s); });
+    val_corpus_.emplace(TokenCorpus::open(data_dir, "val"));
+    val_range_ = {&*val_corpus_, 0, val_corpus_->size()};
+    has_val_ = true;
+  } else if (cfg_.val_fraction > 0.0) {
+    const int64_t n = train_corpus_->size();
+    const int64_t cut = n - std::llround(cfg_.val_fraction * double(n));
+    val_range_ = {&*train_corpus_, cut, n};
+    train_range_.end = cut;
+    has_val_ = true;
+  }
+  rows_per_epoch_ = train_range_.rows(cfg_.seq_len);
+  if (rows_per_epoch_ == 0)
+    fail("[train] the training split has {} tokens, fewer than seq_len {}", train_range_.end - train_range_.begin,
+         cfg_.seq_len);
+  if (has_val_ && val_range_.rows(cfg_.seq_len) == 0)
+    fail("[train] the validation split ({}) has {} tokens, fewer than seq_len {}",
+         cfg_.val.empty() ? "val_fraction" : "val", val_range_.end - val_range_.begin, cfg_.seq_len);
+  log(fmt::format("data: {} training rows of {} tokens per epoch{}", rows_per_epoch_, cfg_.seq_len,
+                  has_val_ ? fmt::format(", {} validation rows", val_range_.rows(cfg_.seq_len)) : ", no validation"));
+}
+
+void Trainer::resume_from(const fs::path& dir) {
+  const fs::path state_path = dir / "trainer_state.json";
+  json s;
+  try {
+    std::ifstream in(state_path);
+    s = json::parse(in);
+    if (s.at("format") != kStateFormat) fail("[train] {} is not a trainer state", state_path.string());
+  } catch (const json::exception& e) {
+    fail("[train] {}: {}", state_path.string(), e.what());
+  }
+  const json saved = json::parse(train_config_to_json(parse_train_config(s.at("config").dump(), state_path.string()))),
+             now = json::parse(train_config_to_json(cfg_));
+  for (const char* k : kFixedOnResume) {
+    const json a = saved.contains(k) ? saved[k] : json(), b = now.contains(k) ? now[k] : json();
+    if (a != b)
+      fail("[train] --resume: '{}' is {} in the run's checkpoint but {} now; it must not change (start a new --out)", k,
+           a.dump(), b.dump());
+  }
+  if (s.at("train_fingerprint") != train_corpus_->fingerprint() ||
+      s.at("val_fingerprint") != (val_corpus_ ? val_corpus_->fingerprint() : std::string()))
+    fail("[train] --resume: the training or validation data changed since {} (the files or the tokenizer differ)",
+         dir.string());
+
+  auto archive = std::make_shared<const TensorArchive>(open_checkpoint(dir));
+  w_ = clone_weights(load_weights(archive, mc_));
+  g_.emplace(make_gradients(w_));
+  opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
+  st_.step = s.at("step").get<int64_t>();
+  opt_->load(dir / "optimizer.safetensors", st_.step);
+  st_.epoch = s.at("epoch").get<int64_t>();
+  st_.index = s.at("index").get<uint64_t>();
+  st_.epoch_key = s.at("epoch_key").get<uint64_t>();
+  std::istringstream rs(s.at("rng").get<std::string>());
+  rs >> st_.rng;
+  if (!rs) fail("[train] {}: the RNG state cannot be read", state_path.string());
+  st_.tokens_seen = s.at("tokens_seen").get<int64_t>();
+  if (!s.at("best_val_loss").is_null()) st_.best_val_loss = s.at("best_val_loss").get<double>();
+  if (st_.index > uint64_t(rows_per_epoch_))
+    fail("[train] {}: data position {} is past the epoch's {} rows", state_path.string(), st_.index, rows_per_epoch_);
+  last_saved_step_ = st_.step;
+
+  // Metrics past the checkpoint belong to the interrupted continuation: drop them.
+  std::ifstream in(cfg_.out / "metrics.jsonl");
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      if (json::parse(line).at("step").get<int64_t>() > st_.step) continue;
+    } catch (const json::exception&) {
+      continue;
+    }
+    kept += line + "\n";
+  }
+  AtomicFile f(cfg_.out / "metrics.jsonl", "[train]");
+  f.write(kept.data(), kept.size());
+  f.commit();
+  log(fmt::format("resumed from {} at step {} (epoch {}, row {} of {})", dir.string(), st_.step, st_.epoch, st_.index,
+                  rows_per_epoch_));
+}
+
+int64_t Trainer::next_row() {
+  if (st_.index == uint64_t(rows_per_epoch_)) {
+    ++st_.epoch;
+    st_.index = 0;
+    st_.epoch_key = st_.rng();
+  }
+  return int64_t(Permutation(uint64_t(rows_per_epoch_), st_.epoch_key)(st_.index++));
+}
+
+EvalInfo Trainer::evaluate_val() {
+  EvalInfo e;
+  e.step = st_.step;
+  const int64_t total = val_range_.rows(cfg_.seq_len);
+  const int64_t n = cfg_.eval_rows > 0 ? std::min(cfg_.eval_rows, total) : total;
+  double nats = 0.0;
+  int64_t bytes = 0;
+  for (int64_t r0 = 0; r0 < n; r0 += cfg_.batch_size) {
+    Batch b;
+    for (int64_t r = r0; r < std::min(n, r0 + cfg_.batch_size); ++r) val_range_.append_row(cfg_.seq_len, r, b, &*tok_);
+    if (b.predictions == 0) continue;
+    nats += lm_loss(mc_, w_, b.ids, b.lengths) * double(b.predictions);
+    e.predictions += b.predictions;
+    bytes += b.target_bytes;
+  }
+  e.rows = n;
+  e.val_loss = e.predictions ? nats / double(e.predictions) : std::nan("");
+  e.val_bpb = bytes ? nats / std::log(2.0) / double(bytes) : std::nan("");
+  return e;
+}
+
+std::string Trainer::state_json() const {
+  json s = {{"format", kStateFormat},
+            {"version", 1},
+            {"step", st_.step},
+            {"max_steps", max_steps_},
+            {"epoch", st_.epoch},
+            {"index", st_.index},
+            {"rows_per_epoch", rows_per_epoch_},
+            {"epoch_key", st_.epoch_key},
+            {"rng", rng_text(st_.rng)},
+            {"tokens_seen", st_.tokens_seen},
+            {"best_val_loss", st_.best_val_loss ? json(*st_.best_val_loss) : json(nullptr)},
+            {"train_fingerprint", train_corpus_->fingerprint()},
+            {"val_fingerprint", val_corpus_ ? val_corpus_->fingerprint() : std::string()},
+            {"config", json::parse(train_config_to_json(cfg_))}};
+  return s.dump(2) + "\n";
+}
+
+void Trainer::save(int64_t keep) {
+  const CheckpointFiles files{&mc_, &w_, &*opt_, tokenizer_path_, state_json()};
+  const fs::path dir = save_checkpoint(cfg_.out, st_.step, files, keep);
+  last_saved_step_ = st_.step;
+  log(fmt::format("saved checkpoint {}", dir.string()));
+}
+
+void Trainer::write_final() {
+  const fs::path final_dir = cfg_.out / "final", tmp = cfg_.out / ".final.tmp";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_model(tmp, mc_, w_, dtype_of(cfg_.dtype));
+  copy_text_file(tokenizer_path_, tmp / "tokenizer.json");
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  log(fmt::format("wrote the final model to {}", final_dir.string()));
+}
+
+void Trainer::append_metrics(const json& line) {
+  std::ofstream f(cfg_.out / "metrics.jsonl", std::ios::app);
+  f << line.dump() << "\n";
+  if (!f) fail("[train] cannot write {}", (cfg_.out / "metrics.jsonl").string());
+}
+
+TrainResult Trainer::run() {
+  setup();
+  TrainResult result;
+  result.step = st_.step;
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  int64_t steps_here = 0, tokens_here = 0;
+  double step_seconds = 0.0;
+  log(fmt::format("training {} parameters for {} steps ({} rows of {} tokens per step), from step {}",
+                  mc_.parameter_count(), max_steps_, cfg_.batch_size * cfg_.grad_accum, cfg_.seq_len, st_.step));
+
+  while (st_.step < max_steps_) {
+    const auto t0 = clock::now();
+    // The step's rows, then the weighting: each lm_loss_and_grad call adds the gradient of its
+    // own mean; holding the sum scaled by 1/n of the latest micro-batch, a rescale by
+    // n_prev / n_next before each call and n_last / N at the end give the mean over all N.
+    std::vector<Batch> micro(size_t(cfg_.grad_accum));
+    int64_t N = 0;
+    for (Batch& b : micro) {
+      for (int64_t r = 0; r < cfg_.batch_size; ++r) train_range_.append_row(cfg_.seq_len, next_row(), b);
+      N += b.predictions;
+    }
+    if (N == 0) fail("[train] step {}: its rows have no positions to predict (documents of one token?)", st_.step + 1);
+    zero_gradients(*g_);
+    double loss_sum = 0.0;
+    int64_t prev = 0;
+    for (const Batch& b : micro) {
+      if (b.predictions == 0) continue;
+      if (prev > 0 && prev != b.predictions) opt_->scale_grads(double(prev) / double(b.predictions));
+      loss_sum += lm_loss_and_grad(mc_, w_, b.ids, b.lengths, *g_) * double(b.predictions);
+      prev = b.predictions;
+    }
+    const double factor = double(prev) / double(N);
+    const double loss = loss_sum / double(N);
+    const double norm = std::sqrt(opt_->grad_sum_squares()) * factor;
+    if (!std::isfinite(loss) || !std::isfinite(norm))
+      fail("[train] step {}: the loss ({}) or the gradient norm ({}) is not finite; the weights were not updated "
+           "(a lower lr or grad_clip may help)",
+           st_.step + 1, loss, norm);
+    const double lr = schedule_lr(st_.step, max_steps_, cfg_.warmup_steps, cfg_.lr, min_lr_, cfg_.schedule);
+    opt_->step(lr, factor * clip_coefficient(norm, cfg_.grad_clip));
+    ++st_.step;
+    const int64_t tokens = cfg_.batch_size * cfg_.grad_accum * cfg_.seq_len;
+    st_.tokens_seen += tokens;
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    ++steps_here;
+    step_seconds += dt;
+    tokens_here += tokens;
+    const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
+
+    StepInfo info;
+    info.step = st_.step;
+    info.max_steps = max_steps_;
+    info.epoch = st_.epoch;
+    info.loss = loss;
+    info.lr = lr;
+    info.grad_norm = norm;
+    info.tokens = tokens;
+    info.tokens_per_s = dt > 0 ? double(tokens) / dt : 0.0;
+    info.elapsed_s = elapsed;
+    info.eta_s = elapsed / double(steps_here) * double(max_steps_ - st_.step);
+    json line = {{"step", st_.step},   {"epoch", st_.epoch}, {"loss", loss},
+                 {"lr", lr},           {"grad_norm", norm},  {"tokens", st_.tokens_seen},
+                 {"tokens_per_s", info.tokens_per_s}, {"elapsed_s", elapsed}};
+    result.step = st_.step;
+    result.last_loss = loss;
+
+    const bool last = st_.step == max_steps_;
+    if (has_val_ && ((cfg_.eval_interval > 0 && st_.step % cfg_.eval_interval == 0) || last)) {
+      const EvalInfo e = evaluate_val();
+      line["val_loss"] = std::isfinite(e.val_loss) ? json(e.val_loss) : json(nullptr);
+      line["val_bpb"] = std::isfinite(e.val_bpb) ? json(e.val_bpb) : json(nullptr);
+      if (std::isfinite(e.val_loss) && (!st_.best_val_loss || e.val_loss < *st_.best_val_loss))
+        st_.best_val_loss = e.val_loss;
+      result.last_val_loss = e.val_loss;
+      if (cb_.on_eval) cb_.on_eval(e);
+    }
+    append_metrics(line);
+    const StepAction action = cb_.on_step ? cb_.on_step(info) : StepAction::Continue;
+    if (action == StepAction::Stop) break;
+    if ((cfg_.checkpoint_interval > 0 && st_.step % cfg_.checkpoint_interval == 0) || last ||
+        action == StepAction::SaveAndStop)
+      save(cfg_.keep_checkpoints);
+    if (action == StepAction::SaveAndStop) break;
+  }
+  if (st_.step == max_steps_) {
+    if (last_saved_step_ != st_.step) save(cfg_.keep_checkpoints);
+    write_final();
+    result.finished = true;
+    result.final_dir = cfg_.out / "final";
+  }
+  result.tokens_per_s = step_seconds > 0 ? double(tokens_here) / step_seconds : 0.0;
+  return result;
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
+  Trainer t(config, callbacks);
+  return t.run();
+}
+
+}  // namespace mamba2

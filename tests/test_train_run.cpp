@@ -1,0 +1,455 @@
+// Training end to end on a tiny model and corpus: the loss goes down, gradient accumulation equals
+// a bigger batch, a run stopped and resumed equals an uninterrupted one bit for bit, a crash in
+// the middle of a save leaves the previous checkpoint as the latest, the final folder loads; the
+// evaluation of a text against lm_loss; config errors; the CLI.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
+#include "mamba2/train.h"
+#include "model/mamba2_grad.h"
+#include "test_support.h"
+#include "train/checkpoint.h"
+
+namespace mamba2 {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kTinyEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-bpe.json";     // EOS "</s>"
+const std::string kTinyNoEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-split.json";  // no EOS token
+
+// Documents of simple sentences over a small vocabulary: easy to learn.
+void write_corpus(const fs::path& dir, int docs, int sentences, uint32_t seed = 1) {
+  fs::create_directories(dir);
+  const char* subj[] = {"the cat", "a dog", "my friend", "the old man", "a bird"};
+  const char* verb[] = {"sat on", "ran to", "looked at", "jumped over", "found"};
+  const char* obj[] = {"the mat.", "the park.", "a red ball.", "the tall tree.", "his hat."};
+  std::mt19937 rng(seed);
+  for (int d = 0; d < docs; ++d) {
+    std::string text;
+    for (int s = 0; s < sentences; ++s)
+      text += std::string(subj[rng() % 5]) + " " + verb[rng() % 5] + " " + obj[rng() % 5] + (s % 4 == 3 ? "\n" : " ");
+    test::write_file(dir / fmt::format("doc_{:02}.txt", d), text);
+  }
+}
+
+TrainConfig tiny_config(const fs::path& out, const fs::path& corpus, const std::string& tokenizer) {
+  TrainConfig c;
+  c.out = out;
+  c.model.emplace();
+  c.model->d_model = 32;
+  c.model->n_layer = 2;
+  c.model->d_state = 16;
+  c.model->headdim = 16;
+  c.model->chunk_size = 16;
+  c.tokenizer = tokenizer;
+  c.train = {corpus};
+  c.val_fraction = 0.1;
+  c.seq_len = 32;
+  c.batch_size = 2;
+  c.grad_accum = 2;
+  c.max_steps = 12;
+  c.lr = 1e-2;
+  c.warmup_steps = 2;
+  c.eval_interval = 3;
+  c.eval_rows = 0;
+  c.checkpoint_interval = 4;
+  c.keep_checkpoints = 0;
+  return c;
+}
+
+// The metrics lines without the timing fields.
+std::vector<json> metrics(const fs::path& out) {
+  std::vector<json> lines;
+  std::istringstream in(test::read_file(out / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line);
+    j.erase("elapsed_s");
+    j.erase("tokens_per_s");
+    lines.push_back(j);
+  }
+  return lines;
+}
+
+std::vector<float> all_weights(const Model& m) {
+  std::vector<float> v;
+  for (const auto& nt : hf_named_tensors(m.weights(), m.config()))
+    v.insert(v.end(), nt.tensor->data(), nt.tensor->data() + nt.tensor->numel());
+  return v;
+}
+
+TEST(TrainRun, LossGoesDownAndTheFinalModelLoads) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 10, 12);
+  TrainConfig c = tiny_config(tmp / "run", tmp / "corpus", kTinyEos);
+  c.max_steps = 40;
+  c.batch_size = 4;
+  c.grad_accum = 1;
+  c.eval_interval = 20;
+  c.checkpoint_interval = 0;
+  std::vector<std::string> messages;
+  int steps_seen = 0;
+  TrainCallbacks cb;
+  cb.on_message = [&](const std::string& m) { messages.push_back(m); };
+  cb.on_step = [&](const StepInfo& s) {
+    EXPECT_EQ(s.step, ++steps_seen);
+    EXPECT_EQ(s.max_steps, 40);
+    EXPECT_EQ(s.tokens, 4 * 32);
+    return StepAction::Continue;
+  };
+  const TrainResult r = train(c, cb);
+  EXPECT_TRUE(r.finished);
+  EXPECT_EQ(r.step, 40);
+  const std::vector<json> m = metrics(c.out);
+  ASSERT_EQ(m.size(), 40u);
+  const double first = m[0]["loss"], last = m[39]["loss"];
+  // From about ln(720) = 6.6 (uniform) to well under half of it on this repetitive text.
+  EXPECT_GT(first, 5.5);
+  EXPECT_LT(last, 3.0) << "first " << first;
+  std::printf("tiny model, 40 steps: loss %.3f -> %.3f, val_loss %.3f\n", first, last, double(m[39]["val_loss"]));
+  ASSERT_TRUE(m[19].contains("val_loss") && m[39].contains("val_loss"));
+  EXPECT_LT(double(m[39]["val_loss"]), double(m[19]["val_loss"]) + 0.2);
+  EXPECT_LT(double(m[39]["val_loss"]), 3.5);
+  EXPECT_GT(double(m[39]["val_bpb"]), 0.0);
+  EXPECT_FALSE(m[5].contains("val_loss"));
+  // The last step's lr is near min_lr (lr/10), the warmup's first lr/2.
+  EXPECT_NEAR(double(m[0]["lr"]), 5e-3, 1e-12);
+  EXPECT_LT(double(m[39]["lr"]), 1.1e-3);
+
+  // The final folder is a model folder the engine loads, with the tokenizer beside it.
+  const Model model = Model::load(c.out / "final");
+  const Tokenizer tok = Tokenizer::load(c.out / "final" / "tokenizer.json");
+  EXPECT_EQ(model.config().d_model, 32);
+  EXPECT_EQ(model.vocab(), 720);
+  // Its loss on the corpus matches the last training losses.
+  const EvalResult e = evaluate(model, tok, test::read_file(tmp / "corpus" / "doc_03.txt"));
+  EXPECT_LT(e.loss, 3.5);
+  EXPECT_NE(test::read_file(c.out / "latest").find("checkpoints/step-40"), std::string::npos);
+}
+
+// One micro-batch of two rows or two micro-batches of one row: the same gradient (the mean over
+// every predicted position of the step), so the same loss, norm and update up to the fp32
+// summation order. Without an EOS the rows predict different numbers of positions, which the
+// weighting must account for.
+TEST(TrainRun, GradAccumEqualsABiggerBatch) {
+  for (const std::string& tok : {kTinyEos, kTinyNoEos}) {
+    SCOPED_TRACE(tok);
+    test::TempDir tmp;
+    write_corpus(tmp / "corpus", 30, 3);  // short documents: several boundaries per row
+    TrainConfig a = tiny_config(tmp / "a", tmp / "corpus", tok);
+    a.max_steps = 2;
+    a.warmup_steps = 0;
+    a.eval_interval = 0;
+    a.batch_size = 2;
+    a.grad_accum = 1;
+    a.grad_clip = 0.5;  // clipping applies to the weighted gradient
+    TrainConfig b = a;
+    b.out = tmp / "b";
+    b.batch_size = 1;
+    b.grad_accum = 2;
+    train(a);
+    train(b);
+    const auto ma = metrics(a.out), mb = metrics(b.out);
+    ASSERT_EQ(ma.size(), 2u);
+    ASSERT_EQ(mb.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_NEAR(double(ma[i]["loss"]), double(mb[i]["loss"]), 1e-6 * double(ma[i]["loss"]));
+      EXPECT_NEAR(double(ma[i]["grad_norm"]), double(mb[i]["grad_norm"]), 1e-5 * double(ma[i]["grad_norm"]));
+    }
+    const Model wa = Model::load(a.out / "final"), wb = Model::load(b.out / "final");
+    const Model w0 = Model::load(a.out / "checkpoints" / "step-2");
+    std::vector<float> da = all_weights(wa), db = all_weights(wb);
+    // The updates of two steps (lr 1e-2) agree to 1e-4 relative (measured ~1e-6).
+    const std::vector<float> init = [&] {
+      ModelConfig mc = wa.config();
+      ModelWeights w = init_weights(mc, a.seed);
+      std::vector<float> v;
+      for (const auto& nt : hf_named_tensors(w, mc)) v.insert(v.end(), nt.tensor->data(), nt.tensor->data() + nt.tensor->numel());
+      return v;
+    }();
+    for (size_t i = 0; i < da.size(); ++i) {
+      da[i] -= init[i];
+      db[i] -= init[i];
+    }
+    const double err = test::rel_l2(db.data(), da.data(), da.size());
+    EXPECT_LE(err, 1e-4);
+    std::printf("grad accumulation vs batch: update relative L2 %.2e, loss %.17g vs %.17g\n", err,
+                double(ma[0]["loss"]), double(mb[0]["loss"]));
+    EXPECT_EQ(all_weights(w0), all_weights(wa));  // the last checkpoint is the final model
+  }
+}
+
+// Stopped at step 6 (a checkpoint at 4), resumed to 12: the same weights, moments and metrics as
+// the run that never stopped, bit for bit. The run crosses epochs (the RNG draws new keys), uses
+// accumulation and evaluates every 3 steps.
+TEST(TrainRun, ResumeIsExact) {
+  for (const std::string& tok : {kTinyEos, kTinyNoEos}) {
+    SCOPED_TRACE(tok);
+    test::TempDir tmp;
+    write_corpus(tmp / "corpus", 8, 10);
+    const TrainConfig straight = tiny_config(tmp / "straight", tmp / "corpus", tok);
+    train(straight);
+    TrainConfig crashed = straight;
+    crashed.out = tmp / "crashed";
+    TrainCallbacks cb;
+    cb.on_step = [](const StepInfo& s) { return s.step == 6 ? StepAction::Stop : StepAction::Continue; };
+    const TrainResult r1 = train(crashed, cb);
+    EXPECT_FALSE(r1.finished);
+    EXPECT_EQ(r1.step, 6);
+    EXPECT_EQ(metrics(crashed.out).size(), 6u);
+    const json st = json::parse(test::read_file(crashed.out / "checkpoints" / "step-4" / "trainer_state.json"));
+    EXPECT_EQ(st["step"], 4);
+    EXPECT_GE(int64_t(st["rows_per_epoch"]) , 8);
+
+    crashed.resume = true;
+    const TrainResult r2 = train(crashed);
+    EXPECT_TRUE(r2.finished);
+    const auto ms = metrics(straight.out), mc = metrics(crashed.out);
+    ASSERT_EQ(ms.size(), 12u);
+    EXPECT_EQ(ms, mc);
+    EXPECT_GE(int64_t(ms[11]["epoch"]), 1);
+    EXPECT_TRUE(ms[8].contains("val_loss"));
+    for (const char* f : {"final/model.safetensors", "checkpoints/step-12/optimizer.safetensors",
+                          "checkpoints/step-12/model.safetensors", "checkpoints/step-8/model.safetensors"}) {
+      const std::string a = test::read_file(straight.out / f), b = test::read_file(crashed.out / f);
+      EXPECT_GT(a.size(), 1000u) << f;
+      EXPECT_TRUE(a == b) << f;
+    }
+    json a = json::parse(test::read_file(straight.out / "checkpoints/step-12/trainer_state.json"));
+    json b = json::parse(test::read_file(crashed.out / "checkpoints/step-12/trainer_state.json"));
+    a.erase("config");
+    b.erase("config");
+    EXPECT_EQ(a, b);
+  }
+}
+
+TEST(TrainRun, ResumeFromTheRunsOwnConfig) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 8, 10);
+  TrainConfig c = tiny_config(tmp / "run", tmp / "corpus", kTinyEos);
+  c.max_steps = 4;
+  train(c);
+  TrainConfig r = resume_config(c.out);
+  EXPECT_TRUE(r.resume);
+  EXPECT_EQ(r.seq_len, 32);
+  EXPECT_EQ(r.model->d_model, 32);
+  r.max_steps = 6;  // a longer run
+  const TrainResult res = train(r);
+  EXPECT_EQ(res.step, 6);
+  EXPECT_EQ(metrics(c.out).size(), 6u);
+}
+
+TEST(TrainRun, RefusesToMixRuns) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 8, 10);
+  TrainConfig c = tiny_config(tmp / "run", tmp / "corpus", kTinyEos);
+  c.max_steps = 4;
+  c.resume = true;
+  EXPECT_NE(test::error_message([&] { train(c); }).find("holds no checkpoint"), std::string::npos);
+  c.resume = false;
+  train(c);
+  std::string msg = test::error_message([&] { train(c); });
+  EXPECT_NE(msg.find("already holds a run"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--resume"), std::string::npos) << msg;
+  c.resume = true;
+  c.seq_len = 16;
+  msg = test::error_message([&] { train(c); });
+  EXPECT_NE(msg.find("'seq_len' is 32 in the run's checkpoint but 16 now"), std::string::npos) << msg;
+  c.seq_len = 32;
+  test::write_file(tmp / "corpus" / "doc_00.txt", "changed text.");
+  msg = test::error_message([&] { train(c); });
+  EXPECT_NE(msg.find("data changed"), std::string::npos) << msg;
+}
+
+// A save that dies at any stage leaves <out>/latest naming the previous checkpoint, whole; the
+// leftovers are cleared and the run resumes from it.
+TEST(TrainRun, CrashMidSaveKeepsTheLatestCheckpoint) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 8, 10);
+  TrainConfig c = tiny_config(tmp / "run", tmp / "corpus", kTinyEos);
+  c.max_steps = 4;
+  c.checkpoint_interval = 2;
+  TrainCallbacks stop;
+  stop.on_step = [](const StepInfo& s) { return s.step == 3 ? StepAction::Stop : StepAction::Continue; };
+  train(c, stop);
+  const fs::path good = training::latest_checkpoint(c.out);
+  ASSERT_EQ(good, c.out / "checkpoints" / "step-2");
+  const std::string good_weights = test::read_file(good / "model.safetensors");
+
+  const Model m = Model::load(good);
+  ModelWeights w = init_weights(m.config(), 1);
+  Gradients g = make_gradients(w);
+  training::AdamWOptimizer opt(w, g, m.config(), {});
+  const training::CheckpointFiles files{&m.config(), &w, &opt, kTinyEos, "{\"garbage\": true}"};
+  for (const char* stage : {"model", "tokenizer", "optimizer", "state", "renamed"}) {
+    SCOPED_TRACE(stage);
+    const std::string msg = test::error_message([&] {
+      training::save_checkpoint(c.out, 3, files, 0, [&](const std::string& s) {
+        if (s == stage) throw Error("simulated crash");
+      });
+    });
+    EXPECT_EQ(msg, "simulated crash");
+    EXPECT_EQ(training::latest_checkpoint(c.out), good);
+    EXPECT_EQ(test::read_file(good / "model.safetensors"), good_weights);
+    Model::load(good);
+  }
+  // The run resumes from step 2 (a leftover step-3 folder and .tmp folders notwithstanding).
+  EXPECT_TRUE(fs::exists(c.out / "checkpoints" / "step-3"));
+  c.resume = true;
+  const TrainResult r = train(c);
+  EXPECT_TRUE(r.finished);
+  EXPECT_EQ(metrics(c.out).size(), 4u);
+  for (const auto& e : fs::directory_iterator(c.out / "checkpoints"))
+    EXPECT_NE(e.path().filename().string().rfind(".tmp", 0), 0u) << e.path();
+}
+
+// evaluate(): the prefill in pieces carrying the state gives lm_loss's numbers on [EOS] + text
+// (fp32, different summation order: relative 1e-5); bits per byte is nats / ln 2 / bytes.
+TEST(TrainEval, MatchesLmLossAndBitsPerByte) {
+  for (const std::string& path : {kTinyEos, kTinyNoEos}) {
+    SCOPED_TRACE(path);
+    const Tokenizer tok = Tokenizer::load(path);
+    ModelConfig mc = preset_config("130m");
+    mc.d_model = 32;
+    mc.n_layer = 2;
+    mc.d_state = 16;
+    mc.headdim = 16;
+    mc.chunk_size = 16;
+    mc.vocab_size = tok.vocab_size();
+    auto w = std::make_shared<ModelWeights>(init_weights(mc, 5));
+    test::perturb_weights(*w, 6);
+    const Model model(mc, w);
+    const std::string text = "the cat sat on the mat. A dog ran to the park and back again, café! 12345\n"
+                             "the old man looked at the tall tree.";
+    std::vector<int32_t> ids;
+    if (tok.eos_id()) ids.push_back(*tok.eos_id());
+    const auto t = tok.encode(text);
+    ids.insert(ids.end(), t.begin(), t.end());
+    const std::vector<int64_t> lengths = {int64_t(ids.size())};
+    const double ref = lm_loss(mc, *w, ids, lengths);
+    for (int64_t piece : {int64_t(0), int64_t(7), int64_t(16), int64_t(1000)}) {
+      const EvalResult r = evaluate(model, tok, text, piece);
+      EXPECT_EQ(r.tokens, int64_t(t.size()));
+      EXPECT_EQ(r.predictions, int64_t(ids.size()) - 1);
+      EXPECT_EQ(r.bytes, int64_t(text.size()));
+      EXPECT_NEAR(r.loss, ref, 1e-5 * ref) << "piece " << piece;
+      EXPECT_NEAR(r.nats, r.loss * double(r.predictions), 1e-9 * r.nats);
+      EXPECT_DOUBLE_EQ(r.perplexity, std::exp(r.loss));
+      EXPECT_DOUBLE_EQ(r.bits_per_byte, r.nats / std::log(2.0) / double(text.size()));
+    }
+  }
+}
+
+TEST(TrainConfigFile, ParsesKeysAndRefusesUnknownOnes) {
+  const TrainConfig c = parse_train_config(
+      R"({"out": "o", "model": {"preset": "370m", "d_model": 64, "tie_embeddings": false}, "tokenizer": "t.json",
+          "train": "data", "val": ["v1", "v2"], "seq_len": 128, "lr": 1e-3, "min_lr": 0, "seed": 7})",
+      "cfg.json");
+  EXPECT_EQ(c.model->preset, "370m");
+  EXPECT_EQ(c.model->d_model, 64);
+  EXPECT_EQ(c.model->tie_embeddings, false);
+  EXPECT_EQ(c.train, std::vector<fs::path>{"data"});
+  EXPECT_EQ(c.val.size(), 2u);
+  EXPECT_EQ(c.seq_len, 128);
+  EXPECT_EQ(c.min_lr, 0.0);
+  EXPECT_EQ(c.seed, 7u);
+  // Round trip.
+  const TrainConfig d = parse_train_config(train_config_to_json(c), "again");
+  EXPECT_EQ(train_config_to_json(c), train_config_to_json(d));
+
+  auto msg = [](const std::string& text) { return test::error_message([&] { parse_train_config(text, "cfg.json"); }); };
+  EXPECT_NE(msg(R"({"lrr": 1})").find("cfg.json: unknown key 'lrr'"), std::string::npos);
+  EXPECT_NE(msg(R"({"model": {"dmodel": 1}})").find("cfg.json: model: unknown key 'dmodel'"), std::string::npos);
+  EXPECT_NE(msg(R"({"seq_len": 1.5})").find("'seq_len' must be an integer, got 1.5"), std::string::npos);
+  EXPECT_NE(msg(R"({"lr": "fast"})").find("'lr' must be a number"), std::string::npos);
+  EXPECT_NE(msg(R"({"train": [1]})").find("'train' must be a path or a list of paths"), std::string::npos);
+  EXPECT_NE(msg(R"({"seed": -1})").find("'seed' must be a non-negative integer"), std::string::npos);
+  EXPECT_NE(msg("{").find("cfg.json: invalid JSON"), std::string::npos);
+  EXPECT_NE(test::error_message([] { load_train_config("/nonexistent/cfg.json"); }).find("cannot open /nonexistent/cfg.json"),
+            std::string::npos);
+}
+
+TEST(TrainConfigFile, ValidationNamesKeyAndFlag) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 2, 2);
+  const TrainConfig good = tiny_config(tmp / "run", tmp / "corpus", kTinyEos);
+  validate_train_config(good);
+  auto msg = [&](auto change) {
+    TrainConfig c = good;
+    change(c);
+    return test::error_message([&] { validate_train_config(c); });
+  };
+  EXPECT_NE(msg([](TrainConfig& c) { c.lr = -1; }).find("lr (--lr) must be positive, got -1"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.seq_len = 1; }).find("seq_len (--seq-len) must be in [2"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.max_steps = 0; }).find("give max_steps (--max-steps) or epochs"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.schedule = "linear"; }).find("schedule (--schedule) must be"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.min_lr = 1.0; }).find("min_lr (--min-lr) must be in [0, lr"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.beta2 = 1.0; }).find("beta2 (--beta2)"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.dtype = "f8"; }).find("dtype (--dtype)"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.val = {c.train[0]}; }).find("not both"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.out.clear(); }).find("out (--out) is required"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.model.reset(); }).find("no model"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.init_from = "/x"; }).find("not both"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.model->preset = "5b"; }).find("unknown preset '5b'"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.tokenizer = "/missing/tok.json"; }).find("tokenizer (--tokenizer): /missing/tok.json does not exist"),
+            std::string::npos);
+  EXPECT_NE(msg([&](TrainConfig& c) { c.train = {tmp / "nope.txt"}; }).find((tmp / "nope.txt").string() + " does not exist"),
+            std::string::npos);
+  // Data problems surface when the run starts, naming the file.
+  test::write_file(tmp / "corpus" / "bad.txt", "ok \xc3\x28 no");
+  const std::string m = test::error_message([&] { train(good); });
+  EXPECT_NE(m.find("bad.txt is not valid UTF-8 (byte offset 3"), std::string::npos) << m;
+}
+
+TEST(TrainCli, TrainWithConfigAndFlagsThenEval) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 6, 8);
+  const json cfg = {{"model", {{"d_model", 32}, {"n_layer", 1}, {"d_state", 16}, {"headdim", 16}, {"chunk_size", 16}}},
+                    {"tokenizer", kTinyEos},
+                    {"train", (tmp / "corpus").string()},
+                    {"val_fraction", 0.2},
+                    {"seq_len", 32},
+                    {"max_steps", 50},
+                    {"lr", 1e-2}};
+  test::write_file(tmp / "cfg.json", cfg.dump());
+  const std::string out = (tmp / "run").string();
+  auto r = test::run_cli("train --config " + test::shell_quote((tmp / "cfg.json").string()) + " --out " +
+                         test::shell_quote(out) + " --max-steps 3 --log-interval 1 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("trained to step 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("step 3/3 | loss"), std::string::npos) << r.err;  // not a terminal: plain lines
+  EXPECT_NE(r.err.find("val_loss"), std::string::npos) << r.err;
+  EXPECT_EQ(metrics(out).size(), 3u);
+
+  r = test::run_cli("eval --model " + test::shell_quote(out + "/final") + " --text " +
+                    test::shell_quote((tmp / "corpus" / "doc_01.txt").string()) + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json e = json::parse(r.out);
+  EXPECT_EQ(e["bytes"], fs::file_size(tmp / "corpus" / "doc_01.txt"));
+  EXPECT_EQ(e["predictions"], e["tokens"]);  // the EOS start token predicts the first one
+  EXPECT_NEAR(double(e["bits_per_byte"]), double(e["nats"]) / std::log(2.0) / double(e["bytes"]), 1e-12);
+
+  r = test::run_cli("train --config " + test::shell_quote((tmp / "cfg.json").string()) + " --out " +
+                    test::shell_quote((tmp / "run2").string()) + " --lr -1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("lr (--lr) must be positive"), std::string::npos) << r.err;
+  test::write_file(tmp / "bad.json", R"({"learning_rate": 1})");
+  r = test::run_cli("train --config " + test::shell_quote((tmp / "bad.json").string()));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("unknown key 'learning_rate'"), std::string::npos) << r.err;
+  r = test::run_cli("train --resume");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--resume without --config needs --out"), std::string::npos) << r.err;
+  r = test::run_cli("eval --model " + test::shell_quote(out + "/final") + " --text /nonexistent.txt");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--text: cannot open /nonexistent.txt"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace mamba2
