@@ -253,7 +253,15 @@ TEST(TrainRun, RefusesToMixRuns) {
   c.resume = true;
   EXPECT_NE(test::error_message([&] { train(c); }).find("holds no checkpoint"), std::string::npos);
   c.resume = false;
-  train(c);
+  // One run per folder at a time.
+  TrainCallbacks nested;
+  std::string inner;
+  nested.on_step = [&](const StepInfo&) {
+    inner = test::error_message([&] { train(c); });
+    return StepAction::Continue;
+  };
+  train(c, nested);
+  EXPECT_NE(inner.find("another training process is using"), std::string::npos) << inner;
   std::string msg = test::error_message([&] { train(c); });
   EXPECT_NE(msg.find("already holds a run"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--resume"), std::string::npos) << msg;

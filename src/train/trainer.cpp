@@ -8,7 +8,10 @@
 // moments, the step, the data position (epoch, index in the epoch, epoch key) and the generator's
 // state, so a resumed run takes the same rows and makes the same arithmetic as an uninterrupted
 // one (the kernels give the same bits for the same thread count).
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -121,6 +124,27 @@ std::string rng_text(const std::mt19937_64& rng) {
   return s.str();
 }
 
+// An exclusive lock on <out>/.lock for the life of the run: two processes training into one folder
+// would overwrite each other's checkpoints. The kernel drops it when the process ends.
+class RunLock {
+ public:
+  explicit RunLock(const fs::path& out) {
+    const fs::path path = out / ".lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("[train] cannot create {}", path.string());
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      fail("[train] another training process is using {}", out.string());
+    }
+  }
+  ~RunLock() { ::close(fd_); }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 class Trainer {
  public:
   Trainer(const TrainConfig& config, const TrainCallbacks& cb) : cfg_(absolute_paths(config)), cb_(cb) {}
@@ -142,6 +166,7 @@ class Trainer {
 
   TrainConfig cfg_;
   TrainCallbacks cb_;
+  std::optional<RunLock> lock_;
   fs::path tokenizer_path_;
   std::optional<Tokenizer> tok_;
   ModelConfig mc_;
@@ -161,6 +186,7 @@ void Trainer::setup() {
   validate_train_config(cfg_);
   if (cfg_.threads > 0) omp_set_num_threads(cfg_.threads);
   fs::create_directories(cfg_.out);
+  lock_.emplace(cfg_.out);
   remove_partial_checkpoints(cfg_.out);
   const fs::path latest = latest_checkpoint(cfg_.out);
   if (!cfg_.resume && !latest.empty())
@@ -414,6 +440,7 @@ TrainResult Trainer::run() {
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     ++steps_here;
     step_seconds += dt;
+    result.tokens_per_s = double(tokens_here + tokens) / step_seconds;
     tokens_here += tokens;
     const double elapsed = std::chrono::duration<double>(clock::now() - t_start).count();
 
@@ -446,7 +473,7 @@ TrainResult Trainer::run() {
     }
     append_metrics(line);
     const StepAction action = cb_.on_step ? cb_.on_step(info) : StepAction::Continue;
-    if (action == StepAction::Stop) break;
+    if (action == StepAction::Stop) return result;  // as a crash would: nothing more is written
     if ((cfg_.checkpoint_interval > 0 && st_.step % cfg_.checkpoint_interval == 0) || last ||
         action == StepAction::SaveAndStop)
       save(cfg_.keep_checkpoints);
@@ -458,7 +485,6 @@ TrainResult Trainer::run() {
     result.finished = true;
     result.final_dir = cfg_.out / "final";
   }
-  result.tokens_per_s = step_seconds > 0 ? double(tokens_here) / step_seconds : 0.0;
   return result;
 }
 
