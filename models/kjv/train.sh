@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The shipped model, from nothing: corpus, tokenizer, training, evaluation, and the copy into
+# models/kjv/model/. Run from the repository root after building (build/bin/mamba2).
+# Resumable: run it again after an interruption and training continues from the last checkpoint.
+set -euo pipefail
+mamba2=build/bin/mamba2
+models/kjv/prepare.sh build/kjv-data
+mkdir -p build/kjv-run
+[ -f build/kjv-run/tokenizer.json ] ||
+  $mamba2 train-tokenizer --input build/kjv-data/train --vocab-size 4096 --out build/kjv-run/tokenizer.json
+if [ -f build/kjv-run/latest ]; then
+  OMP_WAIT_POLICY=passive $mamba2 train --config models/kjv/recipe.json --resume
+else
+  OMP_WAIT_POLICY=passive $mamba2 train --config models/kjv/recipe.json
+fi
+cat build/kjv-data/val/*.txt > models/kjv/val.txt
+$mamba2 eval --model build/kjv-run/final --text models/kjv/val.txt
+mkdir -p models/kjv/model
+cp build/kjv-run/final/config.json build/kjv-run/final/model.safetensors build/kjv-run/final/tokenizer.json models/kjv/model/
