@@ -12,6 +12,7 @@ Prints the tokens/s (seq_len tokens per step) of each timed step after --warmup 
 DIR is a Hugging Face Mamba2 folder (e.g. `mamba2 init --preset 130m --out DIR`).
 """
 import argparse
+import resource
 import statistics
 import time
 
@@ -51,7 +52,8 @@ def main():
         print(f"step {step + 1} ({tag}): loss {loss.item():.4f}, {dt:.2f} s, {args.seq_len / dt:.1f} tokens/s")
         if step >= args.warmup:
             rates.append(args.seq_len / dt)
-    print(f"median {statistics.median(rates):.1f} tokens/s over {len(rates)} steps")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(f"median {statistics.median(rates):.1f} tokens/s over {len(rates)} steps, peak memory {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

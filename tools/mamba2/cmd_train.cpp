@@ -197,12 +197,13 @@ void add_train(CLI::App& app) {
     std::signal(SIGINT, SIG_DFL);
     clear_bar();
     if (r.finished)
-      fmt::print("trained to step {}: loss {:.4f}{}; {:.1f} tokens/s; final model in {}\n", r.step, r.last_loss,
+      fmt::print("trained to step {}: loss {:.4f}{}; {:.1f} tokens/s, peak memory {:.0f} MiB; final model in {}\n",
+                 r.step, r.last_loss,
                  r.last_val_loss ? fmt::format(", val_loss {:.4f}", *r.last_val_loss) : std::string(), r.tokens_per_s,
-                 r.final_dir.string());
+                 peak_rss_mib(), r.final_dir.string());
     else
-      fmt::print("stopped at step {}: loss {:.4f}; {:.1f} tokens/s; resume with --resume --out {}\n", r.step,
-                 r.last_loss, r.tokens_per_s, cfg.out.string());
+      fmt::print("stopped at step {}: loss {:.4f}; {:.1f} tokens/s, peak memory {:.0f} MiB; resume with --resume --out {}\n",
+                 r.step, r.last_loss, r.tokens_per_s, peak_rss_mib(), cfg.out.string());
   });
 }
 
