@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mamba2/error.h"
+#include "model/mixer_views.h"
 #include "ops/ops.h"
 
 namespace mamba2 {
@@ -19,26 +20,6 @@ namespace {
 
 // The logits of this many entries (rows × padded vocab) at most are alive at once.
 constexpr int64_t kHeadBlockElements = int64_t(1) << 23;
-
-ops::SsdWeights ssd_weights(const LayerWeights& l, const ModelConfig& c) {
-  return {l.dt_bias, l.A_log, l.D, c.headdim, c.ngroups, c.d_state, c.dt_limit_min, c.dt_limit_max};
-}
-
-// Column slices of in_proj's output (z | xBC | dt) and of the conv's output (x | B | C).
-struct Proj {
-  MatView z, xBC, dt;
-};
-Proj split_proj(MatView m, const ModelConfig& c) {
-  return {m.cols_slice(0, c.d_inner()), m.cols_slice(c.d_inner(), c.conv_dim()),
-          m.cols_slice(c.d_inner() + c.conv_dim(), c.nheads())};
-}
-struct Xbc {
-  MatView x, B, C;
-};
-Xbc split_xbc(MatView m, const ModelConfig& c) {
-  const int64_t gn = c.ngroups * c.d_state;
-  return {m.cols_slice(0, c.d_inner()), m.cols_slice(c.d_inner(), gn), m.cols_slice(c.d_inner() + gn, gn)};
-}
 
 void copy(const Tensor& from, Tensor& to) { std::memcpy(to.data(), from.data(), from.nbytes()); }
 
@@ -81,7 +62,7 @@ struct Saved {
 };
 
 // The conv and the scan of every sequence from a zero state (as prefill without a state).
-void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, const Proj& pr, MatView xbc,
+void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, const Projections& pr, MatView xbc,
                    std::optional<MatView> y) {
   Tensor conv_state = Tensor::empty({c.d_conv - 1, c.conv_dim()});
   Tensor ssm_state = Tensor::empty({c.nheads(), c.headdim * c.d_state});
@@ -91,7 +72,7 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, 
     ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, xbc.rows_slice(t0, L), MatView::of(conv_state));
     if (!y) continue;
     std::fill_n(ssm_state.data(), ssm_state.numel(), 0.0f);
-    const Xbc v = split_xbc(xbc.rows_slice(t0, L), c);
+    const ConvOut v = split_conv(xbc.rows_slice(t0, L), c);
     ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt.rows_slice(t0, L), y->rows_slice(t0, L),
                   MatView::of(ssm_state), c.chunk_size);
   }
@@ -140,7 +121,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       copy(residual, sv.residual.back());
     }
     ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training);
-    const Proj pr = split_proj(MatView::of(zxbcdt), c);
+    const Projections pr = split(MatView::of(zxbcdt), c);
     mixer_forward(c, l, b, pr, MatView::of(xbc), MatView::of(y));
     ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
     ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
@@ -189,8 +170,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const LayerWeights& l = w.layers[size_t(li)];
     LayerWeights& gl = g->layers[size_t(li)];
     const MatView res = MatView::of(sv.residual[size_t(li)]), y = MatView::of(sv.y[size_t(li)]);
-    const Proj pr = split_proj(MatView::of(sv.zxbcdt[size_t(li)]), c);
-    const Proj dpr = split_proj(MatView::of(d_zxbcdt), c);
+    const Projections pr = split(MatView::of(sv.zxbcdt[size_t(li)]), c);
+    const Projections dpr = split(MatView::of(d_zxbcdt), c);
     // Recomputed: the normed input, the conv output and the gated norm's output.
     ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
     mixer_forward(c, l, b, pr, MatView::of(xbc), std::nullopt);
@@ -202,8 +183,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const ops::SsdWeights sw = ssd_weights(l, c);
     for (size_t s = 0; s < b.lengths.size(); ++s) {
       const int64_t t0 = b.starts[s], L = b.lengths[s];
-      const Xbc v = split_xbc(MatView::of(xbc).rows_slice(t0, L), c);
-      const Xbc dv = split_xbc(MatView::of(d_xbc).rows_slice(t0, L), c);
+      const ConvOut v = split_conv(MatView::of(xbc).rows_slice(t0, L), c);
+      const ConvOut dv = split_conv(MatView::of(d_xbc).rows_slice(t0, L), c);
       const ops::SsdGrads sg{dv.x, dv.B, dv.C, dpr.dt.rows_slice(t0, L), MatView{}, gl.dt_bias, gl.A_log, gl.D};
       ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt.rows_slice(t0, L), MatView{}, MatView::of(d_y).rows_slice(t0, L),
                              MatView{}, sg, c.chunk_size);

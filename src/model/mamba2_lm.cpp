@@ -5,6 +5,7 @@
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
+#include "model/mixer_views.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -42,26 +43,6 @@ void check_state(const InferenceState& state, const ModelConfig& c) {
   for (size_t i = 0; ok && i < state.conv.size(); ++i)
     ok = state.conv[i].shape() == Shape{state.batch, conv_width} && state.ssm[i].shape() == Shape{state.batch, ssm_width};
   if (!ok) fail("[model] the inference state was made for another model configuration");
-}
-
-ops::SsdWeights ssd_weights(const LayerWeights& l, const ModelConfig& c) {
-  return {l.dt_bias, l.A_log, l.D, c.headdim, c.ngroups, c.d_state, c.dt_limit_min, c.dt_limit_max};
-}
-
-// Column slices of in_proj's output: z | x | B | C | dt.
-struct Projections {
-  MatView z, xBC, dt;
-};
-Projections split(MatView zxbcdt, const ModelConfig& c) {
-  return {zxbcdt.cols_slice(0, c.d_inner()), zxbcdt.cols_slice(c.d_inner(), c.conv_dim()),
-          zxbcdt.cols_slice(c.d_inner() + c.conv_dim(), c.nheads())};
-}
-struct ConvOut {
-  MatView x, B, C;
-};
-ConvOut split_conv(MatView xbc, const ModelConfig& c) {
-  const int64_t gn = c.ngroups * c.d_state;
-  return {xbc.cols_slice(0, c.d_inner()), xbc.cols_slice(c.d_inner(), gn), xbc.cols_slice(c.d_inner() + gn, gn)};
 }
 
 // Final norm and the head (tied or not) over `rows` of the residual stream.
