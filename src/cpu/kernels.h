@@ -42,8 +42,12 @@ void gated_rmsnorm_backward(const T* y, int64_t ldy, const T* z, int64_t ldz, co
                             int64_t ngroups, T eps);
 
 // y = x @ Wᵀ                                               x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
-// gemm: BLAS, for many rows. streaming: W read once as one sequential stream per row, for a few
-// rows (decode). Each sums every y element in an order that does not depend on m.
+// tiled: our blocked GEMM (prefill); every y element one chain of fused multiply-adds over k in
+// order, whatever m, the threads or the instruction set (cpu/simd/tile.h). streaming: W read
+// once as one sequential stream per row, for a few rows (decode); its order does not depend on
+// m either. gemm: BLAS, for training (a row's result may depend on m).
+void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                  int64_t k);
 template <class T>
 void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,

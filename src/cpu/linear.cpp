@@ -1,12 +1,15 @@
-// y = x @ Wᵀ: BLAS for many rows (templated, also the backward), a streaming kernel for decode
-// (float). Backward: d_x = d_y @ W overwrites, d_W += d_yᵀ @ x accumulates.
+// y = x @ Wᵀ: our tiled GEMM for prefill (float), a streaming kernel for decode (float), BLAS for
+// training (templated, also the backward). Backward: d_x = d_y @ W overwrites, d_W += d_yᵀ @ x
+// accumulates.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/blas.h"
 #include "cpu/kernels.h"
+#include "cpu/simd/tile.h"
 
 namespace mamba2::cpu {
 
@@ -75,7 +78,106 @@ void linear_rows(const float* x, int64_t ldx, const float* W, float* y, int64_t 
   }
 }
 
+// The tiled GEMM, as BLAS libraries block theirs (Goto's scheme), with one difference that
+// matters here: every y element is one chain of fused multiply-adds over k in order (see
+// simd/tile.h), so its bits do not depend on the number of rows, the tiling, the thread count
+// or the instruction set. (BLAS kernels pick different code for edge rows and small row
+// counts, so there a row's result depends on how many rows share the call.)
+//
+// Work is cut into blocks of kMc rows of x by kNc rows of W, one per OpenMP iteration; each
+// packs its own panels (A: kMc × kKc, B: kNc × kKc, both within L2) and walks the tiles with
+// the A panel in L1 while B panels stream from L2.
+constexpr int64_t kKc = 256, kMc = 96, kNcMax = 256;
+
+struct Panels {
+  std::vector<float> a, b, edge;
+};
+
+// A panel: rows [r0, r0 + rows) of x, columns [p0, p0 + kc), as ⌈rows/mr⌉ blocks of kc × mr.
+void pack_a(const float* x, int64_t ldx, int64_t rows, int64_t p0, int64_t kc, int mr, float* out) {
+  for (int64_t i0 = 0; i0 < rows; i0 += mr) {
+    const int64_t r = std::min<int64_t>(mr, rows - i0);
+    float* blk = out + i0 * kc;
+    for (int64_t i = 0; i < r; ++i) {
+      const float* src = x + (i0 + i) * ldx + p0;
+      for (int64_t p = 0; p < kc; ++p) blk[p * mr + i] = src[p];
+    }
+  }
+}
+
+// B panel: rows [j0, j0 + cols) of W (columns of y), columns [p0, p0 + kc), as ⌈cols/nr⌉ blocks
+// of kc × nr; columns past the last W row are zeros.
+void pack_b(const float* W, int64_t k, int64_t cols, int64_t p0, int64_t kc, int nr, float* out) {
+  for (int64_t j0 = 0; j0 < cols; j0 += nr) {
+    const int64_t c = std::min<int64_t>(nr, cols - j0);
+    float* blk = out + j0 * kc;
+    for (int64_t j = 0; j < c; ++j) {
+      const float* src = W + (j0 + j) * k + p0;
+      for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = src[p];
+    }
+    for (int64_t j = c; j < nr; ++j)
+      for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = 0.0f;
+  }
+}
+
+void tiled_block(const simd::TileKernel& t, const float* x, int64_t ldx, const float* W, float* y, int64_t ldy,
+                 int64_t rows, int64_t cols, int64_t k, Panels& buf) {
+  const int mr = t.mr, nr = t.nr;
+  buf.a.resize(size_t(kMc + mr) * kKc);
+  buf.b.resize(size_t(kNcMax + nr) * kKc);
+  buf.edge.resize(size_t(mr) * nr);
+  for (int64_t p0 = 0; p0 < k; p0 += kKc) {
+    const int64_t kc = std::min(kKc, k - p0);
+    const bool accumulate = p0 > 0;
+    pack_a(x, ldx, rows, p0, kc, mr, buf.a.data());
+    pack_b(W, k, cols, p0, kc, nr, buf.b.data());
+    for (int64_t i0 = 0; i0 < rows; i0 += mr) {
+      const int r = int(std::min<int64_t>(mr, rows - i0));
+      const float* a = buf.a.data() + i0 * kc;
+      for (int64_t j0 = 0; j0 < cols; j0 += nr) {
+        const float* b = buf.b.data() + j0 * kc;
+        float* c = y + i0 * ldy + j0;
+        const int64_t c_cols = std::min<int64_t>(nr, cols - j0);
+        if (c_cols == nr) {
+          t.rows[r](kc, a, b, c, ldy, accumulate);
+          continue;
+        }
+        // The last columns: through a full-width scratch tile, so nothing past y's row is written.
+        float* e = buf.edge.data();
+        for (int i = 0; i < r; ++i) {
+          if (accumulate) std::copy_n(c + i * ldy, c_cols, e + i * nr);
+          else std::fill_n(e + i * nr, nr, 0.0f);
+        }
+        t.rows[r](kc, a, b, e, nr, accumulate);
+        for (int i = 0; i < r; ++i) std::copy_n(e + i * nr, c_cols, c + i * ldy);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                  int64_t k) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i) std::fill_n(y + i * ldy, n, 0.0f);
+    return;
+  }
+  const simd::TileKernel& t = simd::tile_kernel(simd::active_isa());
+  // Enough column blocks for every thread to have a few blocks even when x has few rows.
+  const int64_t row_blocks = (m + kMc - 1) / kMc;
+  const int64_t want = std::max<int64_t>(1, (4 * omp_get_max_threads() + row_blocks - 1) / row_blocks);
+  const int64_t nc = std::clamp<int64_t>(((n + want - 1) / want + t.nr - 1) / t.nr * t.nr, t.nr, kNcMax);
+  const int64_t col_blocks = (n + nc - 1) / nc;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < row_blocks * col_blocks; ++blk) {
+    thread_local Panels buf;  // kept: OpenMP's threads persist, and these are too big to malloc per call
+    const int64_t i0 = (blk / col_blocks) * kMc, j0 = (blk % col_blocks) * nc;
+    tiled_block(t, x + i0 * ldx, ldx, W + j0 * k, y + i0 * ldy + j0, ldy, std::min(kMc, m - i0),
+                std::min(nc, n - j0), k, buf);
+  }
+}
 
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k) {

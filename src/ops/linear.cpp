@@ -10,13 +10,11 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   check_shape("linear", "x", x, x.rows, k);
   check_shape("linear", "y", y, x.rows, n);
   check_cpu("linear", W.device());
-  constexpr int64_t kBlasMinWeights = int64_t(1) << 20;
-  const bool streaming =
-      kernel == LinearKernel::Decode || (kernel == LinearKernel::Prefill && n * k < kBlasMinWeights);
-  if (streaming)
-    cpu::linear_streaming(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k);
-  else
-    cpu::linear_gemm(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k);
+  switch (kernel) {
+    case LinearKernel::Prefill: cpu::linear_tiled(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k); break;
+    case LinearKernel::Decode: cpu::linear_streaming(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k); break;
+    case LinearKernel::Training: cpu::linear_gemm(x.data, x.ld, W.data(), y.data, y.ld, x.rows, n, k); break;
+  }
 }
 
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {

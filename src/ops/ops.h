@@ -31,8 +31,9 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 
 // linear: y = x @ Wᵀ, W (n, k). The caller says what the rows are, never the row count, so that
 // in inference a sequence's results do not depend on the batch it runs in:
-//   Prefill   many rows per sequence: BLAS for weights of 2^20 elements or more, else Decode's
-//             kernel (OpenBLAS's small-matrix kernels round differently by row count);
+//   Prefill   many rows per sequence: our tiled GEMM, each element one FMA chain over k in
+//             order, so the same bits whatever the rows, threads or instruction set (BLAS
+//             kernels round a row differently by row count, on most CPUs);
 //   Decode    one row per sequence: W streamed once, each row summed in a fixed order;
 //   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
 enum class LinearKernel { Prefill, Decode, Training };
