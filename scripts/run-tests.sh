@@ -1,13 +1,60 @@
 #!/usr/bin/env bash
-# Builds and runs the test suite twice: an optimised build, then one under AddressSanitizer and
-# UndefinedBehaviorSanitizer (bad-input tests must fail cleanly, never touch memory they shouldn't).
+# Builds and runs the test suite on the CPU paths a user's machine may take, whatever CPU this is:
+#  1. optimised build (-march=native): the whole suite, with the best kernels this CPU runs;
+#  2. the kernel and batch-invariance tests again under each OpenBLAS kernel family this CPU can
+#     execute (our own kernels' instruction sets are looped over inside those tests);
+#  3. a portable build (no -march=native) under AddressSanitizer + UndefinedBehaviorSanitizer
+#     (bad-input tests must fail cleanly, never touch memory they shouldn't): the whole suite with
+#     our kernels forced to AVX2 and OpenBLAS to Haswell where the CPU has them, i.e. what an
+#     AVX2-only machine runs; its objects are first checked to hold no AVX-512 instruction outside
+#     the AVX-512 kernel file, which only runs when chosen.
+# It ends by printing which paths were covered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="$(nproc)"
+covered=()
+# kernels_of / blas_of [NAME=value ...] BINARY: the kernels that binary chooses in that environment.
+kernels_of() { env "$@" --version | sed -n 's/^kernels: \([a-z0-9]*\).*/\1/p'; }
+blas_of() { env "$@" --version | sed -n 's/^blas: .*, \([A-Za-z0-9]*\) kernels.*/\1/p'; }
+
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMAMBA2_SANITIZE=ON
+covered+=("optimised build (-march=native), whole suite: our kernels $(kernels_of build/bin/mamba2), OpenBLAS $(blas_of build/bin/mamba2)")
+
+flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+has() { for f in "$@"; do [[ "$flags" == *" $f "* ]] || return 1; done; }
+families=()
+if has avx2 fma; then families+=(Haswell Zen); fi
+if has avx512f avx512bw avx512vl avx512dq avx512cd; then families+=(SkylakeX); fi
+if has avx512f avx512bw avx512vl avx512dq avx512cd avx512_bf16; then families+=(Cooperlake); fi
+filter='LinearTiled.*:LinearRows.*:BatchInvariance.*:ModelEquivalence*:GradOps.*:GradModel*'
+filter+=':Generate.BatchOfDifferentLengthsEqualsEachPromptAlone:Generate.PromptsFileRunsOneBatchLikeSingleRuns'
+for family in "${families[@]}"; do
+  got="$(blas_of OPENBLAS_CORETYPE=$family build/bin/mamba2)"
+  if [ "${got,,}" != "${family,,}" ]; then
+    echo "OPENBLAS_CORETYPE=$family gave OpenBLAS kernels '$got'" >&2
+    exit 1
+  fi
+  echo "== kernel and batch-invariance tests with OpenBLAS's $family kernels"
+  OPENBLAS_CORETYPE=$family OMP_WAIT_POLICY=passive build/bin/mamba2_tests --gtest_filter="$filter" --gtest_brief=1
+  covered+=("optimised build, kernel and batch-invariance tests: OpenBLAS $family kernels; our kernels: every one this CPU runs")
+done
+
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMAMBA2_SANITIZE=ON -DMAMBA2_NATIVE=OFF
 cmake --build build-asan -j"$jobs"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+asan_env=()
+if has avx2 fma; then
+  stray="$(find build-asan/src -name '*.o' ! -name 'tile_avx512.cpp.o' -exec objdump -d --no-show-raw-insn {} + | grep -c zmm || true)"
+  if [ "$stray" != 0 ]; then
+    echo "the portable build has $stray AVX-512 instructions outside tile_avx512.cpp" >&2
+    exit 1
+  fi
+  asan_env=(MAMBA2_ISA=avx2 OPENBLAS_CORETYPE=Haswell)
+fi
+env "${asan_env[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs"
+covered+=("portable build under ASan+UBSan, whole suite: our kernels $(kernels_of "${asan_env[@]}" build-asan/bin/mamba2), OpenBLAS $(blas_of "${asan_env[@]}" build-asan/bin/mamba2)")
+
+echo "== covered on this CPU ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //')):"
+printf '  %s\n' "${covered[@]}"

@@ -254,6 +254,23 @@ TEST(CliInit, ExistingModelNeedsForce) {
   EXPECT_EQ(run_cli("info --model " + q(dir)).code, 0);
 }
 
+// --version names the build's and the chosen kernels' instruction sets; MAMBA2_ISA picks the
+// kernels, and one this CPU cannot run (or an unknown name) is refused before anything runs.
+TEST(CliVersion, NamesTheInstructionSetsAndHonoursMamba2Isa) {
+  const CliResult r = run_cli("--version");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("build: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("kernels: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("blas: OpenBLAS"), std::string::npos) << r.out;
+  const CliResult s = run_cli("--version", "MAMBA2_ISA=scalar");
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_NE(s.out.find("kernels: scalar ("), std::string::npos) << s.out;
+  expect_failure(run_cli("--version", "MAMBA2_ISA=avx9"), 1, {"MAMBA2_ISA=avx9"});
+#if defined(__x86_64__)
+  expect_failure(run_cli("info --model x", "MAMBA2_ISA=neon"), 1, {"MAMBA2_ISA=neon", "does not support"});
+#endif
+}
+
 TEST(CliInit, UnknownPreset) {
   TempDir tmp;
   expect_failure(run_cli("init --preset 9b --out " + q(tmp / "m")), 1, {"9b"});

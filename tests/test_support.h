@@ -197,10 +197,11 @@ struct CliResult {
   std::string out, err;
 };
 
-// Runs the mamba2 binary with the given (already shell-quoted where needed) argument string.
-inline CliResult run_cli(const std::string& args) {
+// Runs the mamba2 binary with the given (already shell-quoted where needed) argument string,
+// and `env` ("NAME=value ...") added to its environment.
+inline CliResult run_cli(const std::string& args, const std::string& env = "") {
   TempDir tmp;
-  const std::string cmd = shell_quote(MAMBA2_CLI) + " " + args + " > " + shell_quote((tmp / "out").string()) +
+  const std::string cmd = (env.empty() ? "" : "env " + env + " ") + shell_quote(MAMBA2_CLI) + " " + args + " > " + shell_quote((tmp / "out").string()) +
                           " 2> " + shell_quote((tmp / "err").string());
   const int status = std::system(cmd.c_str());
   CliResult r;

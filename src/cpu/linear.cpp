@@ -84,56 +84,73 @@ void linear_rows(const float* x, int64_t ldx, const float* W, float* y, int64_t 
 // or the instruction set. (BLAS kernels pick different code for edge rows and small row
 // counts, so there a row's result depends on how many rows share the call.)
 //
-// Work is cut into blocks of kMc rows of x by kNc rows of W, one per OpenMP iteration; each
-// packs its own panels (A: kMc × kKc, B: kNc × kKc, both within L2) and walks the tiles with
-// the A panel in L1 while B panels stream from L2.
-constexpr int64_t kKc = 256, kMc = 96, kNcMax = 256;
+// x is packed once, whole (panels of mr rows, k × mr each). The output is cut into blocks of
+// rows × at most kNcMax columns, one per OpenMP iteration; each packs its B panel (nc × kKc, kept
+// in L2) once per k block and reuses it for all of its rows, walking the tiles with one A
+// micro-panel (mr × kKc) in L1 while B streams from L2.
+constexpr int64_t kKc = 256, kNcMax = 256;
 
-struct Panels {
-  std::vector<float> a, b, edge;
-};
-
-// A panel: rows [r0, r0 + rows) of x, columns [p0, p0 + kc), as ⌈rows/mr⌉ blocks of kc × mr.
-void pack_a(const float* x, int64_t ldx, int64_t rows, int64_t p0, int64_t kc, int mr, float* out) {
-  for (int64_t i0 = 0; i0 < rows; i0 += mr) {
-    const int64_t r = std::min<int64_t>(mr, rows - i0);
-    float* blk = out + i0 * kc;
+// x's rows as ⌈m/mr⌉ panels of k × mr (p-major); rows past m in the last panel are not written.
+void pack_a(const float* x, int64_t ldx, int64_t m, int64_t k, int mr, float* out) {
+  const int64_t panels = (m + mr - 1) / mr;
+#pragma omp for schedule(static)
+  for (int64_t pi = 0; pi < panels; ++pi) {
+    const int64_t i0 = pi * mr, r = std::min<int64_t>(mr, m - i0);
+    float* blk = out + i0 * k;
     for (int64_t i = 0; i < r; ++i) {
-      const float* src = x + (i0 + i) * ldx + p0;
-      for (int64_t p = 0; p < kc; ++p) blk[p * mr + i] = src[p];
+      const float* src = x + (i0 + i) * ldx;
+      for (int64_t p = 0; p < k; ++p) blk[p * mr + i] = src[p];
     }
   }
 }
 
-// B panel: rows [j0, j0 + cols) of W (columns of y), columns [p0, p0 + kc), as ⌈cols/nr⌉ blocks
-// of kc × nr; columns past the last W row are zeros.
+// B panel: rows [0, cols) of W (columns of y), columns [p0, p0 + kc), as ⌈cols/nr⌉ blocks of
+// kc × nr; columns past the last W row are zeros.
 void pack_b(const float* W, int64_t k, int64_t cols, int64_t p0, int64_t kc, int nr, float* out) {
   for (int64_t j0 = 0; j0 < cols; j0 += nr) {
     const int64_t c = std::min<int64_t>(nr, cols - j0);
     float* blk = out + j0 * kc;
-    for (int64_t j = 0; j < c; ++j) {
+    // 8 × 8 blocks: rows read 8 values at a time, the panel written 8 values at a time.
+    int64_t j = 0;
+    for (; j + 8 <= c; j += 8) {
+      const float* src = W + (j0 + j) * k + p0;
+      int64_t p = 0;
+      for (; p + 8 <= kc; p += 8) {
+        float t[8][8];
+        for (int jj = 0; jj < 8; ++jj)
+          for (int pp = 0; pp < 8; ++pp) t[pp][jj] = src[jj * k + p + pp];
+        for (int pp = 0; pp < 8; ++pp)
+          for (int jj = 0; jj < 8; ++jj) blk[(p + pp) * nr + j + jj] = t[pp][jj];
+      }
+      for (; p < kc; ++p)
+        for (int jj = 0; jj < 8; ++jj) blk[p * nr + j + jj] = src[jj * k + p];
+    }
+    for (; j < c; ++j) {
       const float* src = W + (j0 + j) * k + p0;
       for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = src[p];
     }
-    for (int64_t j = c; j < nr; ++j)
+    for (; j < nr; ++j)
       for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = 0.0f;
   }
 }
 
-void tiled_block(const simd::TileKernel& t, const float* x, int64_t ldx, const float* W, float* y, int64_t ldy,
-                 int64_t rows, int64_t cols, int64_t k, Panels& buf) {
+struct Scratch {
+  std::vector<float> b, edge;
+};
+
+// y block (rows × cols) from the packed panels of its rows (ap) and W's rows for its columns.
+void tiled_block(const simd::TileKernel& t, const float* ap, const float* W, float* y, int64_t ldy, int64_t rows,
+                 int64_t cols, int64_t k, Scratch& buf) {
   const int mr = t.mr, nr = t.nr;
-  buf.a.resize(size_t(kMc + mr) * kKc);
   buf.b.resize(size_t(kNcMax + nr) * kKc);
   buf.edge.resize(size_t(mr) * nr);
   for (int64_t p0 = 0; p0 < k; p0 += kKc) {
     const int64_t kc = std::min(kKc, k - p0);
     const bool accumulate = p0 > 0;
-    pack_a(x, ldx, rows, p0, kc, mr, buf.a.data());
     pack_b(W, k, cols, p0, kc, nr, buf.b.data());
     for (int64_t i0 = 0; i0 < rows; i0 += mr) {
       const int r = int(std::min<int64_t>(mr, rows - i0));
-      const float* a = buf.a.data() + i0 * kc;
+      const float* a = ap + i0 * k + p0 * mr;
       for (int64_t j0 = 0; j0 < cols; j0 += nr) {
         const float* b = buf.b.data() + j0 * kc;
         float* c = y + i0 * ldy + j0;
@@ -165,17 +182,28 @@ void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t
     return;
   }
   const simd::TileKernel& t = simd::tile_kernel(simd::active_isa());
-  // Enough column blocks for every thread to have a few blocks even when x has few rows.
-  const int64_t row_blocks = (m + kMc - 1) / kMc;
-  const int64_t want = std::max<int64_t>(1, (4 * omp_get_max_threads() + row_blocks - 1) / row_blocks);
+  // About four blocks per thread: columns first (each column block packs its B panel once per
+  // row block), rows split only when the columns are too few. The blocking never changes the bits.
+  const int64_t want = 4 * omp_get_max_threads();
   const int64_t nc = std::clamp<int64_t>(((n + want - 1) / want + t.nr - 1) / t.nr * t.nr, t.nr, kNcMax);
   const int64_t col_blocks = (n + nc - 1) / nc;
-#pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < row_blocks * col_blocks; ++blk) {
-    thread_local Panels buf;  // kept: OpenMP's threads persist, and these are too big to malloc per call
-    const int64_t i0 = (blk / col_blocks) * kMc, j0 = (blk % col_blocks) * nc;
-    tiled_block(t, x + i0 * ldx, ldx, W + j0 * k, y + i0 * ldy + j0, ldy, std::min(kMc, m - i0),
-                std::min(nc, n - j0), k, buf);
+  const int64_t panels = (m + t.mr - 1) / t.mr;
+  const int64_t row_blocks = std::clamp<int64_t>((want + col_blocks - 1) / col_blocks, 1, (panels + 7) / 8);
+  const int64_t mc = (panels + row_blocks - 1) / row_blocks * t.mr;
+  thread_local std::vector<float> packed_a;  // kept between calls: the caller's thread persists
+  packed_a.resize(size_t(panels * t.mr * k));
+  float* ap = packed_a.data();
+#pragma omp parallel
+  {
+    pack_a(x, ldx, m, k, t.mr, ap);  // ends with the loop's barrier
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < row_blocks * col_blocks; ++blk) {
+      thread_local Scratch buf;  // kept: OpenMP's threads persist, and these are too big to malloc per call
+      const int64_t i0 = (blk / col_blocks) * mc, j0 = (blk % col_blocks) * nc;
+      if (i0 >= m) continue;
+      tiled_block(t, ap + i0 * k, W + j0 * k, y + i0 * ldy + j0, ldy, std::min(mc, m - i0), std::min(nc, n - j0), k,
+                  buf);
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include "commands.h"
 #include "mamba2/error.h"
+#include "mamba2/version.h"
 #include "model/weights.h"
 
 namespace mamba2::cli {
@@ -74,7 +75,7 @@ void add_info(CLI::App& app) {
     fmt::print("\ntensors: {} ({} stored values)\n", archive.tensors().size(), stored);
     for (const auto& [dt, n] : by_dtype) fmt::print("dtype {}: {} values\n", dt, n);
     load_weights(archive_ptr, c);  // checks names and shapes
-    fmt::print("weights: all tensors present with the expected shapes\n");
+    fmt::print("weights: all tensors present with the expected shapes\n{}", version_info());
   });
 }
 

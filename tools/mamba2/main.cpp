@@ -6,11 +6,21 @@
 
 #include "commands.h"
 #include "mamba2/error.h"
+#include "mamba2/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mamba2: Mamba2 language models in C++ (inference on the CPU)"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "mamba2 0.1.0");
+  // Also checks MAMBA2_ISA before anything runs: an instruction set this CPU lacks is an error.
+  std::string version;
+  try {
+    version = mamba2::version_info();
+    version.pop_back();  // CLI11 adds the newline
+  } catch (const mamba2::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  app.set_version_flag("--version", version);
   mamba2::cli::add_init(app);
   mamba2::cli::add_info(app);
   mamba2::cli::add_logits(app);

@@ -14,18 +14,26 @@ constexpr int MR = 6, NR = 16;
 template <int R>
 void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
   __m256 c0[R], c1[R];
-  for (int i = 0; i < R; ++i) {
-    c0[i] = accumulate ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
-    c1[i] = accumulate ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
+  if (accumulate) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      c0[i] = _mm256_loadu_ps(c + i * ldc);
+      c1[i] = _mm256_loadu_ps(c + i * ldc + 8);
+    }
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
   }
   for (int64_t p = 0; p < kc; ++p) {
     const __m256 b0 = _mm256_loadu_ps(b + p * NR), b1 = _mm256_loadu_ps(b + p * NR + 8);
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m256 av = _mm256_broadcast_ss(a + p * MR + i);
       c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
       c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     _mm256_storeu_ps(c + i * ldc, c0[i]);
     _mm256_storeu_ps(c + i * ldc + 8, c1[i]);

@@ -14,18 +14,26 @@ constexpr int MR = 12, NR = 32;
 template <int R>
 void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
   __m512 c0[R], c1[R];
-  for (int i = 0; i < R; ++i) {
-    c0[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
-    c1[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+  if (accumulate) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      c0[i] = _mm512_loadu_ps(c + i * ldc);
+      c1[i] = _mm512_loadu_ps(c + i * ldc + 16);
+    }
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
   }
   for (int64_t p = 0; p < kc; ++p) {
     const __m512 b0 = _mm512_loadu_ps(b + p * NR), b1 = _mm512_loadu_ps(b + p * NR + 16);
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 av = _mm512_set1_ps(a[p * MR + i]);
       c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
       c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     _mm512_storeu_ps(c + i * ldc, c0[i]);
     _mm512_storeu_ps(c + i * ldc + 16, c1[i]);

@@ -1,0 +1,25 @@
+#include "mamba2/version.h"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include "cpu/simd/isa.h"
+
+namespace mamba2 {
+
+std::string version_info() {
+  namespace simd = cpu::simd;
+  std::string avail;
+  for (auto isa : simd::available_isas()) avail += fmt::format("{}{}", avail.empty() ? "" : " ", simd::isa_name(isa));
+  std::string blas = openblas_get_config();
+  while (!blas.empty() && blas.back() == ' ') blas.pop_back();
+  return fmt::format(
+      "mamba2 {}\n"
+      "build: {} ({})\n"
+      "kernels: {} (this CPU runs: {}; MAMBA2_ISA chooses)\n"
+      "blas: {}, {} kernels (SSD chunk products, training; OPENBLAS_CORETYPE chooses)\n",
+      MAMBA2_VERSION, MAMBA2_BUILD_TARGET, simd::compiled_isa_extensions(), simd::isa_name(simd::active_isa()), avail,
+      blas, openblas_get_corename());
+}
+
+}  // namespace mamba2
