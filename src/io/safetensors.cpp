@@ -6,6 +6,7 @@
 #include <set>
 
 #include "io/atomic_file.h"
+#include "core/json.h"
 #include "mamba2/error.h"
 
 namespace mamba2 {
@@ -40,12 +41,7 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file) {
     fail("[safetensors] {}: header length {} exceeds the {} byte limit", fname, header_len, kMaxHeaderBytes);
 
   const char* hdr = reinterpret_cast<const char*>(file.data() + 8);
-  json header;
-  try {
-    header = json::parse(hdr, hdr + header_len);
-  } catch (const json::exception& e) {
-    fail("[safetensors] {}: header is not valid JSON: {}", fname, e.what());
-  }
+  const json header = parse_json(std::string_view(hdr, header_len), "[safetensors] " + fname + ": header");
   if (!header.is_object()) fail("[safetensors] {}: header is not a JSON object", fname);
 
   const unsigned char* data = file.data() + 8 + header_len;
@@ -127,11 +123,7 @@ TensorArchive read_safetensors_index(const fs::path& index_path) {
   {
     MappedFile file(index_path);
     const char* p = reinterpret_cast<const char*>(file.data());
-    try {
-      index = json::parse(p, p + file.size());
-    } catch (const json::exception& e) {
-      fail("[safetensors] {}: index is not valid JSON: {}", iname, e.what());
-    }
+    index = parse_json(std::string_view(p, file.size()), "[safetensors] " + iname + ": index");
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     fail("[safetensors] {}: index has no \"weight_map\" object", iname);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/json.h"
 #include "mamba2/error.h"
 
 namespace mamba2 {
@@ -25,19 +26,17 @@ int64_t ModelConfig::parameter_count() const {
 }
 
 void ModelConfig::validate(const std::string& source) const {
-  auto positive = [&](const char* name, int64_t v) {
-    if (v <= 0) fail("[config] {}: {} must be positive, got {}", source, name, v);
-  };
-  positive("d_model", d_model);
-  positive("n_layer", n_layer);
-  positive("vocab_size", vocab_size);
-  positive("pad_vocab_size_multiple", pad_vocab_size_multiple);
-  positive("d_state", d_state);
-  positive("d_conv", d_conv);
-  positive("expand", expand);
-  positive("headdim", headdim);
-  positive("ngroups", ngroups);
-  positive("chunk_size", chunk_size);
+  // Bounds first: every size computed from these (d_inner, d_in_proj, parameter counts, buffer
+  // sizes) must fit in int64 whatever a file says.
+  struct Dim { const char* name; int64_t value, max; };
+  for (const Dim& d : {Dim{"d_model", d_model, 1 << 20}, Dim{"n_layer", n_layer, 4096},
+                       Dim{"vocab_size", vocab_size, 1 << 24}, Dim{"pad_vocab_size_multiple", pad_vocab_size_multiple, 1 << 16},
+                       Dim{"d_state", d_state, 4096}, Dim{"d_conv", d_conv, 64}, Dim{"expand", expand, 64},
+                       Dim{"headdim", headdim, 1 << 16}, Dim{"ngroups", ngroups, 1024},
+                       Dim{"chunk_size", chunk_size, 1 << 16}}) {
+    if (d.value <= 0) fail("[config] {}: {} must be positive, got {}", source, d.name, d.value);
+    if (d.value > d.max) fail("[config] {}: {} = {} is past the supported maximum {}", source, d.name, d.value, d.max);
+  }
   if (d_inner() % headdim != 0)
     fail("[config] {}: d_inner {} is not a multiple of headdim {}", source, d_inner(), headdim);
   if (nheads() % ngroups != 0)
@@ -45,10 +44,6 @@ void ModelConfig::validate(const std::string& source) const {
   if (!(dt_limit_min >= 0.0) || !(dt_limit_max > dt_limit_min))
     fail("[config] {}: dt_limit ({}, {}) is not a valid range", source, dt_limit_min, dt_limit_max);
   if (!(norm_eps > 0.0)) fail("[config] {}: norm epsilon must be positive, got {}", source, norm_eps);
-  // Guards the size arithmetic against absurd values before anything is allocated.
-  if (d_model > (1 << 20) || n_layer > 4096 || vocab_size > (1 << 24) || d_state > 4096 ||
-      d_conv > 64 || expand > 64 || chunk_size > (1 << 16))
-    fail("[config] {}: a dimension is out of the supported range", source);
 }
 
 namespace {
@@ -57,7 +52,20 @@ double limit_value(const json& v, const std::string& where) {
   if (v.is_number()) return v.get<double>();
   if (v.is_string() && (v == "inf" || v == "Infinity")) return std::numeric_limits<double>::infinity();
   if (v.is_null()) return std::numeric_limits<double>::infinity();  // JSON writers that map inf to null
-  fail("[config] {}: dt limit value {} is not a number", where, v.dump());
+  fail("[config] {}: dt limit value {} is not a number", where, json_excerpt(v));
+}
+
+// An integer-valued key: an integer, or a float with an integral value (some writers emit 2.0),
+// within int64; anything else (32.5, 1e300, "32") is refused by name rather than cast.
+int64_t integer_value(const json& v, const char* key, const std::string& where) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+    fail("[config] {}: '{}' = {} is out of range", where, key, json_excerpt(v));
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.007199254740992e15) return int64_t(d);
+  }
+  fail("[config] {}: '{}' must be an integer, got {}", where, key, json_excerpt(v));
 }
 
 // dt_limit (official) or time_step_limit (HF): [lo, hi], hi possibly infinite.
@@ -71,11 +79,17 @@ void read_dt_limit(const json& obj, const char* key, ModelConfig& c, const std::
 
 template <class T>
 T get_as(const json& obj, const char* key, const std::string& where) {
-  try {
-    return obj.at(key).get<T>();
-  } catch (const json::exception&) {
-    fail("[config] {}: '{}' has the wrong type or is missing (value {})", where, key,
-         obj.contains(key) ? obj.at(key).dump() : "absent");
+  if (!obj.contains(key)) fail("[config] {}: '{}' is missing", where, key);
+  const json& v = obj.at(key);
+  if constexpr (std::is_same_v<T, int64_t>) {
+    return integer_value(v, key, where);
+  } else {
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!v.is_boolean()) fail("[config] {}: '{}' must be true or false, got {}", where, key, json_excerpt(v));
+    } else {
+      if (!v.is_number()) fail("[config] {}: '{}' must be a number, got {}", where, key, json_excerpt(v));
+    }
+    return v.get<T>();
   }
 }
 
@@ -85,7 +99,37 @@ void read_opt(const json& obj, const char* key, T& out, const std::string& where
 }
 
 void require(bool ok, const std::string& where, const char* key, const json& value, const char* why) {
-  if (!ok) fail("[config] {}: unsupported value {} for '{}' ({})", where, value.dump(), key, why);
+  if (!ok) fail("[config] {}: unsupported value {} for '{}' ({})", where, json_excerpt(value), key, why);
+}
+
+// Python's json.dumps writes Infinity, -Infinity and NaN for float('inf') and friends; they
+// become the strings "inf", "-inf" and "nan" (outside string literals), in one pass.
+std::string python_constants_as_strings(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (in_string) {
+      out += ch;
+      if (ch == '\\' && i + 1 < text.size()) out += text[++i];
+      else if (ch == '"') in_string = false;
+      continue;
+    }
+    if (ch == '"') in_string = true;
+    bool replaced = false;
+    for (const auto& [token, as] : {std::pair<std::string_view, std::string_view>{"-Infinity", "\"-inf\""},
+                                    {"Infinity", "\"inf\""}, {"NaN", "\"nan\""}}) {
+      if (std::string_view(text).substr(i, token.size()) == token) {
+        out += as;
+        i += token.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += ch;
+  }
+  return out;
 }
 
 ModelConfig parse_official(const json& j, const std::string& where) {
@@ -121,7 +165,7 @@ ModelConfig parse_official(const json& j, const std::string& where) {
     if (!known_ssm.count(key)) fail("[config] {}: unknown key '{}'", ssm_where, key);
   if (!ssm.contains("layer") || ssm["layer"] != "Mamba2")
     fail("[config] {}: 'layer' must be \"Mamba2\" (got {})", ssm_where,
-         ssm.contains("layer") ? ssm["layer"].dump() : "nothing: the default is Mamba1");
+         ssm.contains("layer") ? json_excerpt(ssm["layer"]) : "nothing: the default is Mamba1");
   read_opt(ssm, "d_state", c.d_state, ssm_where);
   read_opt(ssm, "d_conv", c.d_conv, ssm_where);
   read_opt(ssm, "expand", c.expand, ssm_where);
@@ -131,8 +175,11 @@ ModelConfig parse_official(const json& j, const std::string& where) {
   read_opt(ssm, "dt_min", c.dt_min, ssm_where);
   read_opt(ssm, "dt_max", c.dt_max, ssm_where);
   read_opt(ssm, "dt_init_floor", c.dt_init_floor, ssm_where);
-  if (ssm.contains("d_ssm") && !ssm["d_ssm"].is_null())
-    require(ssm["d_ssm"] == c.expand * c.d_model, ssm_where, "d_ssm", ssm["d_ssm"], "must equal d_inner");
+  if (ssm.contains("d_ssm") && !ssm["d_ssm"].is_null()) {
+    c.validate(ssm_where);  // bounds expand × d_model
+    require(integer_value(ssm["d_ssm"], "d_ssm", ssm_where) == c.d_inner(), ssm_where, "d_ssm", ssm["d_ssm"],
+            "must equal d_inner");
+  }
   auto flag = [&](const char* key, bool supported_value, const char* why) {
     if (ssm.contains(key)) require(ssm[key] == supported_value, ssm_where, key, ssm[key], why);
   };
@@ -156,7 +203,7 @@ ModelConfig parse_hf(const json& j, const std::string& where) {
   ModelConfig c;
   c.layout = CheckpointLayout::HuggingFace;
   if (j.contains("model_type") && j["model_type"] != "mamba2")
-    fail("[config] {}: model_type {} is not \"mamba2\"", where, j["model_type"].dump());
+    fail("[config] {}: model_type {} is not \"mamba2\"", where, json_excerpt(j["model_type"]));
   c.d_model = get_as<int64_t>(j, "hidden_size", where);
   c.n_layer = get_as<int64_t>(j, "num_hidden_layers", where);
   c.vocab_size = get_as<int64_t>(j, "vocab_size", where);
@@ -174,7 +221,9 @@ ModelConfig parse_hf(const json& j, const std::string& where) {
   read_opt(j, "time_step_floor", c.dt_init_floor, where);
   if (j.contains("num_heads") && !j["num_heads"].is_null()) {
     const int64_t nh = get_as<int64_t>(j, "num_heads", where);
-    if (nh * c.headdim != c.expand * c.d_model)
+    c.validate(where);  // bounds head_dim, expand and hidden_size
+    int64_t heads_width = 0;
+    if (__builtin_mul_overflow(nh, c.headdim, &heads_width) || heads_width != c.d_inner())
       fail("[config] {}: num_heads {} × head_dim {} != expand {} × hidden_size {}", where, nh, c.headdim,
            c.expand, c.d_model);
   }
@@ -196,18 +245,8 @@ ModelConfig load_config(const std::filesystem::path& path) {
   const std::string where = path.string();
   std::ifstream in(path);
   if (!in) fail("[config] cannot open {}", where);
-  json j;
-  try {
-    // Python's json.dumps writes Infinity for float('inf'); accept it like Python does.
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    for (const char* token : {"-Infinity", "Infinity", "NaN"}) {
-      for (size_t pos; (pos = text.find(token)) != std::string::npos;)
-        text.replace(pos, std::strlen(token), token[0] == 'I' ? "\"inf\"" : (token[0] == 'N' ? "\"nan\"" : "\"-inf\""));
-    }
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("[config] {}: invalid JSON: {}", where, e.what());
-  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const json j = parse_json(python_constants_as_strings(text), "[config] " + where);
   if (!j.is_object()) fail("[config] {}: top level is not an object", where);
   ModelConfig c;
   if (j.contains("d_model") || j.contains("ssm_cfg")) {
@@ -216,7 +255,7 @@ ModelConfig load_config(const std::filesystem::path& path) {
     if (j.contains("architectures")) {
       const json& a = j["architectures"];
       if (!a.is_array() || std::find(a.begin(), a.end(), "Mamba2ForCausalLM") == a.end())
-        fail("[config] {}: architectures {} does not name Mamba2ForCausalLM", where, a.dump());
+        fail("[config] {}: architectures {} does not name Mamba2ForCausalLM", where, json_excerpt(a));
     }
     c = parse_hf(j, where);
   } else {

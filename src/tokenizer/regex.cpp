@@ -52,7 +52,9 @@ void Regex::CodeDeleter::operator()(pcre2_real_code_8* code) const { pcre2_code_
 Regex::Regex(const std::string& pattern, const std::string& what, bool literal) : what_(what) {
   int error = 0;
   PCRE2_SIZE offset = 0;
-  const uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+  // NEVER_BACKSLASH_C: \C matches one byte, splitting a UTF-8 character, and later matches run with
+  // the UTF check off, which PCRE2 leaves undefined on invalid UTF-8.
+  const uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C | (literal ? PCRE2_LITERAL : 0);
   code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &error, &offset,
                             nullptr));
   if (!code_) fail("[tokenizer] {}: regex does not compile at offset {}: {}", what, offset, pcre2_message(error));

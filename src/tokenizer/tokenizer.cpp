@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "core/utf8.h"
+#include "core/json.h"
 #include "mamba2/error.h"
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
@@ -427,12 +428,7 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   const std::string where = path.string();
   const std::string text = read_file(path);
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::exception& e) {
-    fail("[tokenizer] {}: not valid JSON ({})", where, e.what());
-  }
+  const json root = parse_json(text, "[tokenizer] " + where);
   try {
     auto impl = std::make_unique<Impl>();
     build(root, where, *impl);

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/json.h"
 #include "mamba2/config.h"
 #include "mamba2/error.h"
 #include "mamba2/train.h"
@@ -48,11 +49,12 @@ struct Reader {
     return it == obj.end() ? nullptr : &*it;
   }
   [[noreturn]] void bad(const char* key, const json& v, const char* expected) const {
-    fail("[train-config] {}: '{}' must be {}, got {}", where, key, expected, v.dump());
+    fail("[train-config] {}: '{}' must be {}, got {}", where, key, expected, json_excerpt(v));
   }
   void integer(const char* key, int64_t& out) const {
     if (const json* v = get(key)) {
-      if (!v->is_number_integer()) bad(key, *v, "an integer");
+      if (!v->is_number_integer() || (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)))
+        bad(key, *v, "an integer");
       out = v->get<int64_t>();
     }
   }
@@ -100,7 +102,8 @@ struct Reader {
     }
   }
   void check_known(const auto& keys) const {
-    for (const auto& [k, v] : obj.items()) {
+    for (const auto& item : obj.items()) {
+      const std::string& k = item.key();
       if (std::find_if(std::begin(keys), std::end(keys), [&](const char* x) { return k == x; }) == std::end(keys))
         fail("[train-config] {}: unknown key '{}' (known: {})", where, k, known_list(keys));
     }
@@ -134,11 +137,7 @@ TrainModelSpec parse_model(const json& j, const std::string& where) {
 
 TrainConfig parse_train_config(std::string_view text, const std::string& source) {
   json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("[train-config] {}: invalid JSON: {}", source, e.what());
-  }
+  j = parse_json(text, "[train-config] " + source);
   if (!j.is_object()) fail("[train-config] {}: the top level must be an object", source);
   const Reader r{j, source};
   r.check_known(kKeys);
@@ -316,12 +315,8 @@ TrainConfig resume_config(const fs::path& out) {
   const fs::path dir = training::latest_checkpoint(out);
   if (dir.empty()) fail("[train] --resume: {} holds no checkpoint ({} is missing)", out.string(), (out / "latest").string());
   std::ifstream in(dir / "trainer_state.json");
-  json state;
-  try {
-    state = json::parse(in);
-  } catch (const json::exception& e) {
-    fail("[train] {}: {}", (dir / "trainer_state.json").string(), e.what());
-  }
+  const json state =
+      parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[train] " + (dir / "trainer_state.json").string());
   if (!state.contains("config")) fail("[train] {} holds no config", (dir / "trainer_state.json").string());
   TrainConfig c = parse_train_config(state["config"].dump(), (dir / "trainer_state.json").string() + ": config");
   c.resume = true;

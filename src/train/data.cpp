@@ -10,6 +10,7 @@
 #include "core/utf8.h"
 #include "io/atomic_file.h"
 #include "io/tensor_archive.h"
+#include "core/json.h"
 #include "mamba2/error.h"
 
 namespace mamba2::training {
@@ -172,7 +173,7 @@ bool prepare_corpus(const Tokenizer& tok, uint64_t tokenizer_hash, const std::ve
   if (fs::exists(meta_path)) {
     try {
       std::ifstream in(meta_path);
-      const json m = json::parse(in);
+      const json m = parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[data] " + meta_path.string());
       if (m.at("format") != kFormat || m.at("version") != kVersion) why = "its format changed";
       else if (m.at("tokenizer_hash") != hex(tokenizer_hash)) why = "the tokenizer changed";
       else if (m.at("sources") != jsources) why = "the source files changed";
@@ -248,7 +249,7 @@ TokenCorpus TokenCorpus::open(const fs::path& dir, const std::string& name) {
   try {
     std::ifstream in(meta_path);
     if (!in) fail("[data] cannot open {}", meta_path.string());
-    m = json::parse(in);
+    m = parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[data] " + meta_path.string());
   } catch (const json::exception& e) {
     fail("[data] {}: {}", meta_path.string(), e.what());
   }

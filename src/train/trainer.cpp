@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "io/atomic_file.h"
+#include "core/json.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
@@ -266,7 +267,7 @@ void Trainer::resume_from(const fs::path& dir) {
   json s;
   try {
     std::ifstream in(state_path);
-    s = json::parse(in);
+    s = parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[train] " + state_path.string());
     if (s.at("format") != kStateFormat) fail("[train] {} is not a trainer state", state_path.string());
   } catch (const json::exception& e) {
     fail("[train] {}: {}", state_path.string(), e.what());
@@ -308,8 +309,8 @@ void Trainer::resume_from(const fs::path& dir) {
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     try {
-      if (json::parse(line).at("step").get<int64_t>() > st_.step) continue;
-    } catch (const json::exception&) {
+      if (parse_json(line, "[train] metrics.jsonl").at("step").get<int64_t>() > st_.step) continue;
+    } catch (const std::exception&) {  // a damaged line: not kept
       continue;
     }
     kept += line + "\n";

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "commands.h"
+#include "core/json.h"
 #include "mamba2/error.h"
 #include "mamba2/generate.h"
 #include "mamba2/model.h"
@@ -36,7 +37,7 @@ std::vector<std::string> read_prompts(const std::string& path) {
       prompts.push_back(line);
       continue;
     }
-    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    const nlohmann::json j = parse_json(line, fmt::format("[cli] --prompts-file: {} line {}", path, n));
     if (j.is_string())
       prompts.push_back(j.get<std::string>());
     else if (j.is_object() && j.contains("prompt") && j["prompt"].is_string())

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' seed corpora under fuzz/corpus/<target>/: small valid inputs (and a
+few near-misses) from which libFuzzer mutates. Pure Python, no torch needed; small test fixtures
+are copied where they exist. Run from the repository root: python3 scripts/make_fuzz_seeds.py"""
+import json
+import os
+import shutil
+import struct
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORPUS = os.path.join(ROOT, "fuzz", "corpus")
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+
+def put(target, name, data):
+    d = os.path.join(CORPUS, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def copy(target, src, name=None):
+    put(target, name or os.path.basename(src), open(src, "rb").read())
+
+
+def safetensors(tensors, metadata=None):
+    """tensors: list of (name, dtype, shape, raw bytes)."""
+    header, blobs, off = {}, b"", 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        blobs += raw
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + blobs
+
+
+def main():
+    shutil.rmtree(CORPUS, ignore_errors=True)
+    f32 = struct.pack("<4f", 1.0, -2.0, 0.5, 3.0)
+    put("safetensors", "f32.safetensors", safetensors([("a.weight", "F32", [2, 2], f32)], {"format": "pt"}))
+    put("safetensors", "mixed.safetensors", safetensors([
+        ("x", "BF16", [3], struct.pack("<3H", 0x3F80, 0xC000, 0x7F80)),
+        ("y", "F16", [1, 2], struct.pack("<2H", 0x3C00, 0xFC00)),
+        ("z", "F32", [], struct.pack("<f", 7.0)),
+        ("empty", "F32", [0, 4], b"")]))
+    put("safetensors", "short.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+
+    shards = os.path.join(FIX, "golden", "hf_bf16_sharded", "model", "model.safetensors.index.json")
+    copy("safetensors_index", shards)
+    put("safetensors_index", "two.json", json.dumps({"metadata": {"total_size": 32}, "weight_map": {
+        "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}))
+
+    copy("torch", os.path.join(FIX, "io", "compressed.pt"))
+
+    for d in sorted(os.listdir(os.path.join(FIX, "golden"))):
+        p = os.path.join(FIX, "golden", d, "model", "config.json")
+        if os.path.exists(p):
+            copy("config", p, d + ".json")
+    put("config", "infinity.json", '{"d_model": 64, "n_layer": 2, "vocab_size": 100, "ssm_cfg": '
+        '{"layer": "Mamba2", "dt_limit": [0.0, Infinity], "headdim": 16}}')
+
+    put("train_config", "small.json", json.dumps({
+        "out": "runs/tiny", "model": {"preset": "130m", "d_model": 256, "n_layer": 4},
+        "tokenizer": "tokenizer.json", "train": ["corpus/"], "val_fraction": 0.05, "seq_len": 512,
+        "batch_size": 8, "grad_accum": 1, "max_steps": 2000, "lr": 6e-4, "warmup_steps": 100,
+        "eval_interval": 200, "checkpoint_interval": 500, "schedule": "cosine", "seed": 1}))
+    put("train_config", "init_from.json", json.dumps({
+        "out": "o", "init_from": "m", "train": "a.txt", "val": ["b.txt"], "epochs": 1.5, "dtype": "bf16"}))
+
+    for name in ("tiny-bpe.json", "tiny-split.json", "tiny-unk.json"):
+        copy("tokenizer_load", os.path.join(FIX, "tokenizer", name))
+
+    put("tokenize", "en.txt", "Hello, world! It's 2026; the cat sat on the mat.\n\n\tdef f(x):\n        return x")
+    put("tokenize", "uni.txt", "caf\u00e9 cafe\u0301 \u3053\u3093\u306b\u3061\u306f \U0001F642 \u00c5ngstr\u00f6m <|endoftext|>")
+    put("tokenize", "bad-utf8.bin", b"ok \xc3\x28 \xed\xa0\x80 \xf4\x90\x80\x80")
+
+    for name in ("f4_v2.npy", "f8.npy", "fortran.npy", "i8.npy"):
+        copy("npy", os.path.join(FIX, "io", name))
+
+
+if __name__ == "__main__":
+    main()
