@@ -37,6 +37,24 @@ def safetensors(tensors, metadata=None):
     return struct.pack("<Q", len(h)) + h + blobs
 
 
+def torch_seeds():
+    """Small uncompressed torch.save archives (what pytorch_model.bin is), when torch is here."""
+    try:
+        import io
+        import torch
+    except ImportError:
+        print("torch not found: torch seeds other than the fixture skipped")
+        return
+    sd = {"backbone.embedding.weight": torch.arange(6, dtype=torch.float32).reshape(3, 2),
+          "backbone.layers.0.mixer.A_log": torch.tensor([0.5, -1.0], dtype=torch.bfloat16),
+          "backbone.layers.0.mixer.D": torch.tensor([1.0, 2.0], dtype=torch.float16),
+          "lm_head.weight": torch.arange(6, dtype=torch.float32).reshape(3, 2)[:, :1]}  # a view: offset, stride
+    for name, obj in (("state_dict.bin", sd), ("one.bin", {"w": torch.zeros(1)})):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        put("torch", name, buf.getvalue())
+
+
 def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
     f32 = struct.pack("<4f", 1.0, -2.0, 0.5, 3.0)
@@ -54,6 +72,7 @@ def main():
         "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}))
 
     copy("torch", os.path.join(FIX, "io", "compressed.pt"))
+    torch_seeds()
 
     for d in sorted(os.listdir(os.path.join(FIX, "golden"))):
         p = os.path.join(FIX, "golden", d, "model", "config.json")

@@ -3,11 +3,12 @@
 #  1. optimised build (-march=native): the whole suite, with the best kernels this CPU runs;
 #  2. the kernel and batch-invariance tests again under each OpenBLAS kernel family this CPU can
 #     execute (our own kernels' instruction sets are looped over inside those tests);
-#  3. a portable build (no -march=native) under AddressSanitizer + UndefinedBehaviorSanitizer
-#     (bad-input tests must fail cleanly, never touch memory they shouldn't): the whole suite with
-#     our kernels forced to AVX2 and OpenBLAS to Haswell where the CPU has them, i.e. what an
-#     AVX2-only machine runs; its objects are first checked to hold no AVX-512 instruction outside
-#     the AVX-512 kernel file, which only runs when chosen.
+#  3. a portable build (no -march=native) with clang under AddressSanitizer +
+#     UndefinedBehaviorSanitizer (bad-input tests must fail cleanly, never touch memory they
+#     shouldn't): the whole suite with our kernels forced to AVX2 and OpenBLAS to Haswell where the
+#     CPU has them, i.e. what an AVX2-only machine runs; its objects are first checked to hold no
+#     AVX-512 instruction outside the AVX-512 kernel file, which only runs when chosen;
+#  4. every fuzz target of that build for 10 seconds on its corpus (scripts/fuzz.sh).
 # It ends by printing which paths were covered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ for family in "${families[@]}"; do
   covered+=("optimised build, kernel and batch-invariance tests: OpenBLAS $family kernels; our kernels: every one this CPU runs")
 done
 
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMAMBA2_SANITIZE=ON -DMAMBA2_NATIVE=OFF
+scripts/configure-sanitizer-build.sh build-asan
 cmake --build build-asan -j"$jobs"
 asan_env=()
 if has avx2 fma; then
@@ -52,9 +53,12 @@ if has avx2 fma; then
   fi
   asan_env=(MAMBA2_ISA=avx2 OPENBLAS_CORETYPE=Haswell)
 fi
-env "${asan_env[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+env "${asan_env[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
+  UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j"$jobs"
 covered+=("portable build under ASan+UBSan, whole suite: our kernels $(kernels_of "${asan_env[@]}" build-asan/bin/mamba2), OpenBLAS $(blas_of "${asan_env[@]}" build-asan/bin/mamba2)")
+
+scripts/fuzz.sh 10
+covered+=("fuzz targets under ASan+UBSan, 10 s each: $(ls fuzz/fuzz_*.cpp | wc -l) targets")
 
 echo "== covered on this CPU ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //')):"
 printf '  %s\n' "${covered[@]}"

@@ -66,6 +66,7 @@ void halves_to_f32(const unsigned char* bytes, float* dst, size_t n, ToF32 to_f3
 }  // namespace
 
 void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
+  if (n == 0) return;  // an empty tensor's pointers may be null, which memcpy must not be given
   const auto* bytes = static_cast<const unsigned char*>(src);
   switch (dtype) {
     case DType::F32:
@@ -81,6 +82,7 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
 }
 
 void convert_from_f32(DType dtype, const float* src, void* dst, size_t n) {
+  if (n == 0) return;
   auto* bytes = static_cast<unsigned char*>(dst);
   switch (dtype) {
     case DType::F32:

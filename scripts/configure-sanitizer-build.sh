@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Configures DIR (default build-asan) as the sanitizer build that the tests and the fuzz targets
+# share: clang, AddressSanitizer + UndefinedBehaviorSanitizer at -O1, libFuzzer instrumentation,
+# portable (no -march=native).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmake -S . -B "${1:-build-asan}" -G Ninja -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" \
+  -DCMAKE_CXX_COMPILER=clang++ -DMAMBA2_SANITIZE=ON -DMAMBA2_FUZZ=ON -DMAMBA2_NATIVE=OFF
