@@ -96,6 +96,15 @@ def main():
     put("tokenize", "uni.txt", "caf\u00e9 cafe\u0301 \u3053\u3093\u306b\u3061\u306f \U0001F642 \u00c5ngstr\u00f6m <|endoftext|>")
     put("tokenize", "bad-utf8.bin", b"ok \xc3\x28 \xed\xa0\x80 \xf4\x90\x80\x80")
 
+    for name, ids, docs, width, eos in (("u16.bin", [0, 5, 6, 0, 7, 0], [0, 3], 2, 0),
+                                        ("u32.bin", [70000, 1, 2], [0], 4, None),
+                                        ("empty.bin", [], [], 2, 0)):
+        meta = json.dumps({"format": "mamba2-token-corpus", "version": 1, "tokens": len(ids), "documents": len(docs),
+                           "token_bytes": width, "eos_id": eos, "fingerprint": "0123456789abcdef"}).encode()
+        toks = b"".join(struct.pack("<H" if width == 2 else "<I", i) for i in ids)
+        put("token_corpus", name, struct.pack("<II", len(meta), len(toks)) + meta + toks +
+            b"".join(struct.pack("<Q", d) for d in docs))
+
     for name in ("f4_v2.npy", "f8.npy", "fortran.npy", "i8.npy"):
         copy("npy", os.path.join(FIX, "io", name))
 

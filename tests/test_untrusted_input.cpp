@@ -5,12 +5,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/dtype.h"
 #include "core/json.h"
 #include "io/safetensors.h"
 #include "mamba2/config.h"
 #include "mamba2/tokenizer.h"
 #include "mamba2/train.h"
 #include "test_files.h"
+#include "train/data.h"
 #include "test_support.h"
 
 namespace mamba2 {
@@ -129,6 +131,54 @@ TEST(UntrustedConfig, PythonConstantsOnlyOutsideStrings) {
 TEST(UntrustedTrainConfig, HugeIntegersAreRefusedByName) {
   const std::string m = test::error_message([&] { parse_train_config(R"({"seq_len": 18446744073709551615})", "t.json"); });
   expect_has(m, {"'seq_len' must be an integer"});
+}
+
+TEST(UntrustedSafetensors, EmptyTensorsConvertWithoutTouchingMemory) {
+  // fuzz_safetensors: an empty tensor's null data pointer reached memcpy (UBSan: nonnull).
+  std::vector<float> none;
+  convert_to_f32(DType::F32, nullptr, none.data(), 0);
+  convert_to_f32(DType::BF16, nullptr, none.data(), 0);
+  convert_from_f32(DType::F32, none.data(), nullptr, 0);
+  const std::string header = R"({"e":{"dtype":"F32","shape":[0,4],"data_offsets":[0,0]}})";
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i) file[size_t(i)] = char((header.size() >> (8 * i)) & 0xff);
+  TempDir dir;
+  test::write_file(dir.path() / "e.safetensors", file + header);
+  const TensorArchive a = read_safetensors(dir.path() / "e.safetensors");
+  const StoredTensor* t = a.find("e");
+  ASSERT_NE(t, nullptr);
+  convert_to_f32(t->dtype, t->data, none.data(), size_t(t->numel()));
+}
+
+// A damaged tokenized corpus (DIR/data/train.*): counts validated before they size anything,
+// document starts ascending inside the tokens.
+TEST(UntrustedCorpus, DamagedFilesAreRefusedByName) {
+  TempDir dir;
+  auto write = [&](const std::string& meta, const std::string& tokens, const std::string& docs) {
+    test::write_file(dir.path() / "c.json", meta);
+    test::write_file(dir.path() / "c.tokens", tokens);
+    test::write_file(dir.path() / "c.docs", docs);
+    return test::error_message([&] { training::TokenCorpus::open(dir.path(), "c"); });
+  };
+  auto u64 = [](std::initializer_list<uint64_t> v) {
+    std::string s;
+    for (uint64_t x : v) s.append(reinterpret_cast<const char*>(&x), 8);
+    return s;
+  };
+  const std::string four_ids(8, '\1');  // four uint16 ids
+  auto meta = [](const std::string& tokens, const std::string& docs, const std::string& width = "2") {
+    return R"({"tokens": )" + tokens + R"(, "documents": )" + docs + R"(, "token_bytes": )" + width +
+           R"(, "eos_id": 0, "fingerprint": "f"})";
+  };
+  EXPECT_EQ(write(meta("4", "2"), four_ids, u64({0, 2})), "(no error)");
+  expect_has(write(meta("1e300", "2"), four_ids, u64({0, 2})), {"c.json", "'tokens' must be an integer"});
+  expect_has(write(meta("-4", "2"), four_ids, u64({0, 2})), {"'tokens' must be an integer in [0"});
+  expect_has(write(meta("4", "2", "3"), four_ids, u64({0, 2})), {"token_bytes must be 2 or 4"});
+  expect_has(write(meta("4", "9"), four_ids, u64({0, 2})), {"'documents' must be an integer in [0, 4]"});
+  expect_has(write(meta("4", "2"), four_ids, u64({2, 1})), {"document start 1 (1) is not ascending"});
+  expect_has(write(meta("4", "2"), four_ids, u64({0, 4})), {"document start 1 (4) is not ascending inside the 4 tokens"});
+  expect_has(write(meta("4", "2"), four_ids.substr(2), u64({0, 2})), {"do not have the sizes"});
+  expect_has(write("[1]", four_ids, u64({0, 2})), {"c.json: not a JSON object"});
 }
 
 TEST(UntrustedTokenizer, BackslashCIsRefusedInPatterns) {

@@ -254,21 +254,38 @@ TokenCorpus TokenCorpus::open(const fs::path& dir, const std::string& name) {
     fail("[data] {}: {}", meta_path.string(), e.what());
   }
   TokenCorpus c;
-  try {
-    c.tokens_ = m.at("tokens").get<int64_t>();
-    c.documents_ = m.at("documents").get<int64_t>();
-    c.token_bytes_ = m.at("token_bytes").get<int>();
-    if (!m.at("eos_id").is_null()) c.eos_ = m.at("eos_id").get<int32_t>();
-    c.fingerprint_ = m.at("fingerprint").get<std::string>();
-  } catch (const json::exception& e) {
-    fail("[data] {}: {}", meta_path.string(), e.what());
-  }
-  if (c.token_bytes_ != 2 && c.token_bytes_ != 4) fail("[data] {}: token_bytes must be 2 or 4", meta_path.string());
+  const std::string where = meta_path.string();
+  // Counts must be integers in range before they size anything (the file may be damaged).
+  auto count = [&](const char* key, int64_t lo, int64_t hi) -> int64_t {
+    const auto it = m.find(key);
+    if (it == m.end()) fail("[data] {}: '{}' is missing", where, key);
+    if (!it->is_number_integer() || (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t(hi)) ||
+        it->get<int64_t>() < lo || it->get<int64_t>() > hi)
+      fail("[data] {}: '{}' must be an integer in [{}, {}], got {}", where, key, lo, hi, json_excerpt(*it));
+    return it->get<int64_t>();
+  };
+  if (!m.is_object()) fail("[data] {}: not a JSON object", where);
+  c.tokens_ = count("tokens", 0, int64_t(1) << 48);
+  c.documents_ = count("documents", 0, c.tokens_);
+  c.token_bytes_ = int(count("token_bytes", 2, 4));
+  if (c.token_bytes_ != 2 && c.token_bytes_ != 4) fail("[data] {}: token_bytes must be 2 or 4", where);
+  if (m.contains("eos_id") && !m["eos_id"].is_null()) c.eos_ = int32_t(count("eos_id", 0, INT32_MAX));
+  if (!m.contains("fingerprint") || !m["fingerprint"].is_string()) fail("[data] {}: 'fingerprint' is missing", where);
+  c.fingerprint_ = m["fingerprint"].get<std::string>();
   c.tokens_file_ = std::make_shared<const MappedFile>(dir / (name + ".tokens"));
   c.docs_file_ = std::make_shared<const MappedFile>(dir / (name + ".docs"));
   if (c.tokens_file_->size() != uint64_t(c.tokens_) * uint64_t(c.token_bytes_) ||
       c.docs_file_->size() != uint64_t(c.documents_) * 8)
-    fail("[data] {}: the token files do not have the sizes its metadata gives", meta_path.string());
+    fail("[data] {}: the token files do not have the sizes its metadata gives", where);
+  // Document starts: ascending and inside the token stream, as the row cutting assumes.
+  uint64_t prev = 0;
+  for (int64_t i = 0; i < c.documents_; ++i) {
+    uint64_t v;
+    std::memcpy(&v, c.docs_file_->data() + 8 * i, 8);
+    if (v >= uint64_t(c.tokens_) || (i > 0 && v <= prev))
+      fail("[data] {}: document start {} ({}) is not ascending inside the {} tokens", where, i, v, c.tokens_);
+    prev = v;
+  }
   return c;
 }
 
