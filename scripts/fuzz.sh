@@ -21,7 +21,9 @@ failed=()
 for t in "${targets[@]}"; do
   mkdir -p "$b/fuzz-corpus/$t"
   dict=()
-  case "$t" in config|train_config|safetensors|safetensors_index|tokenizer_load) dict=(-dict=fuzz/json.dict) ;; esac
+  case "$t" in config|train_config|trainer_state|safetensors|safetensors_index|tokenizer_load|token_corpus)
+    dict=(-dict=fuzz/json.dict) ;;
+  esac
   echo "== fuzz_$t for ${secs}s"
   if ! ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

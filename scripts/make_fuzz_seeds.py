@@ -89,6 +89,13 @@ def main():
     put("train_config", "init_from.json", json.dumps({
         "out": "o", "init_from": "m", "train": "a.txt", "val": ["b.txt"], "epochs": 1.5, "dtype": "bf16"}))
 
+    put("trainer_state", "state.json", json.dumps({
+        "format": "mamba2-trainer-state", "version": 1, "step": 12, "max_steps": 100, "epoch": 0, "index": 12,
+        "rows_per_epoch": 40, "epoch_key": 18446744073709551557, "rng": " ".join(str(i) for i in range(313)),
+        "tokens_seen": 6144, "best_val_loss": None, "train_fingerprint": "a1", "val_fingerprint": "",
+        "config": {"out": "runs/x", "model": {"preset": "130m", "d_model": 64, "n_layer": 2},
+                   "train": ["a.txt"], "seq_len": 512, "batch_size": 1, "max_steps": 100, "seed": 1}}, indent=2))
+
     for name in ("tiny-bpe.json", "tiny-split.json", "tiny-unk.json"):
         copy("tokenizer_load", os.path.join(FIX, "tokenizer", name))
 

@@ -12,6 +12,7 @@
 #include "mamba2/tokenizer.h"
 #include "mamba2/train.h"
 #include "test_files.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 #include "test_support.h"
 
@@ -179,6 +180,27 @@ TEST(UntrustedCorpus, DamagedFilesAreRefusedByName) {
   expect_has(write(meta("4", "2"), four_ids, u64({0, 4})), {"document start 1 (4) is not ascending inside the 4 tokens"});
   expect_has(write(meta("4", "2"), four_ids.substr(2), u64({0, 2})), {"do not have the sizes"});
   expect_has(write("[1]", four_ids, u64({0, 2})), {"c.json: not a JSON object"});
+}
+
+// trainer_state.json: its counts were read with get<int64_t>() (1e300 was a UB cast).
+TEST(UntrustedTrainerState, FieldsAreCheckedBeforeUse) {
+  nlohmann::json good = {{"format", training::kTrainerStateFormat}, {"step", 3}, {"epoch", 0}, {"index", 3},
+                         {"epoch_key", 7}, {"rng", "1 2 3"}, {"tokens_seen", 100}, {"best_val_loss", nullptr},
+                         {"train_fingerprint", "a"}, {"val_fingerprint", ""}, {"config", {{"out", "x"}}}};
+  auto error_with = [&](const char* key, const nlohmann::json& v) {
+    nlohmann::json j = good;
+    if (v.is_discarded()) j.erase(key);
+    else j[key] = v;
+    return test::error_message([&] { training::parse_trainer_state(j.dump(), "s.json"); });
+  };
+  EXPECT_EQ(test::error_message([&] { training::parse_trainer_state(good.dump(), "s.json"); }), "(no error)");
+  expect_has(error_with("step", 1e300), {"s.json", "'step' must be an integer"});
+  expect_has(error_with("index", -1), {"'index' must be an integer"});
+  expect_has(error_with("epoch", 2.5), {"'epoch' must be an integer"});
+  expect_has(error_with("rng", 5), {"'rng' must be a string"});
+  expect_has(error_with("config", "x"), {"'config' must be an object"});
+  expect_has(error_with("tokens_seen", nlohmann::json::value_t::discarded), {"'tokens_seen' is missing"});
+  expect_has(error_with("format", "other"), {"s.json is not a trainer state"});
 }
 
 TEST(UntrustedTokenizer, BackslashCIsRefusedInPatterns) {

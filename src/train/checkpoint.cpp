@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 
+#include "core/json.h"
 #include "io/atomic_file.h"
 #include "mamba2/error.h"
 
@@ -110,6 +111,44 @@ void remove_partial_checkpoints(const fs::path& out) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(out / "checkpoints", ec))
     if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
+}
+
+SavedTrainerState parse_trainer_state(std::string_view text, const std::string& where) {
+  const nlohmann::json s = parse_json(text, "[train] " + where);
+  if (!s.is_object() || !s.contains("format") || s["format"] != kTrainerStateFormat)
+    fail("[train] {} is not a trainer state", where);
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    if (!s.contains(key)) fail("[train] {}: '{}' is missing", where, key);
+    return s[key];
+  };
+  auto non_negative = [&](const char* key, uint64_t max) -> uint64_t {
+    const nlohmann::json& v = field(key);
+    if (!v.is_number_unsigned() || v.get<uint64_t>() > max)
+      fail("[train] {}: '{}' must be an integer in [0, {}], got {}", where, key, max, json_excerpt(v));
+    return v.get<uint64_t>();
+  };
+  auto text_of = [&](const char* key) -> std::string {
+    const nlohmann::json& v = field(key);
+    if (!v.is_string()) fail("[train] {}: '{}' must be a string, got {}", where, key, json_excerpt(v));
+    return v.get<std::string>();
+  };
+  SavedTrainerState st;
+  constexpr uint64_t kMaxCount = uint64_t(1) << 62;
+  st.step = int64_t(non_negative("step", kMaxCount));
+  st.epoch = int64_t(non_negative("epoch", kMaxCount));
+  st.index = non_negative("index", kMaxCount);
+  st.epoch_key = non_negative("epoch_key", UINT64_MAX);
+  st.tokens_seen = int64_t(non_negative("tokens_seen", kMaxCount));
+  st.rng = text_of("rng");
+  if (const nlohmann::json& v = field("best_val_loss"); !v.is_null()) {
+    if (!v.is_number()) fail("[train] {}: 'best_val_loss' must be a number or null, got {}", where, json_excerpt(v));
+    st.best_val_loss = v.get<double>();
+  }
+  st.train_fingerprint = text_of("train_fingerprint");
+  st.val_fingerprint = text_of("val_fingerprint");
+  if (!field("config").is_object()) fail("[train] {}: 'config' must be an object", where);
+  st.config_json = s["config"].dump();
+  return st;
 }
 
 }  // namespace mamba2::training

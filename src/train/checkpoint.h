@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "mamba2/config.h"
 #include "model/weights.h"
@@ -36,5 +38,19 @@ std::filesystem::path latest_checkpoint(const std::filesystem::path& out);
 
 // Removes leftovers of interrupted saves (<out>/checkpoints/.tmp-*).
 void remove_partial_checkpoints(const std::filesystem::path& out);
+
+constexpr const char* kTrainerStateFormat = "mamba2-trainer-state";
+
+// trainer_state.json as read back for --resume. The file may be damaged or edited: every field
+// is checked (type and range) and any problem is an error naming `where` and the key.
+struct SavedTrainerState {
+  int64_t step = 0, epoch = 0, tokens_seen = 0;
+  uint64_t index = 0, epoch_key = 0;  // rows of the epoch taken; the epoch permutation's key
+  std::string rng;                    // the std::mt19937_64 state as text
+  std::optional<double> best_val_loss;
+  std::string train_fingerprint, val_fingerprint;
+  std::string config_json;  // the run's train config
+};
+SavedTrainerState parse_trainer_state(std::string_view text, const std::string& where);
 
 }  // namespace mamba2::training

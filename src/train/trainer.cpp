@@ -41,7 +41,6 @@ using namespace training;
 
 namespace {
 
-constexpr const char* kStateFormat = "mamba2-trainer-state";
 // Settings a resumed run must share with the checkpoint's: they define the model and the rows.
 constexpr const char* kFixedOnResume[] = {"model",      "init_from",  "tokenizer", "train", "val", "val_fraction",
                                           "seq_len",    "batch_size", "grad_accum", "seed"};
@@ -264,15 +263,11 @@ void Trainer::prepare_data() {
 
 void Trainer::resume_from(const fs::path& dir) {
   const fs::path state_path = dir / "trainer_state.json";
-  json s;
-  try {
-    std::ifstream in(state_path);
-    s = parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[train] " + state_path.string());
-    if (s.at("format") != kStateFormat) fail("[train] {} is not a trainer state", state_path.string());
-  } catch (const json::exception& e) {
-    fail("[train] {}: {}", state_path.string(), e.what());
-  }
-  const json saved = json::parse(train_config_to_json(parse_train_config(s.at("config").dump(), state_path.string()))),
+  std::ifstream state_in(state_path);
+  if (!state_in) fail("[train] cannot open {}", state_path.string());
+  const SavedTrainerState s =
+      parse_trainer_state(std::string(std::istreambuf_iterator<char>(state_in), {}), state_path.string());
+  const json saved = json::parse(train_config_to_json(parse_train_config(s.config_json, state_path.string()))),
              now = json::parse(train_config_to_json(cfg_));
   for (const char* k : kFixedOnResume) {
     const json a = saved.contains(k) ? saved[k] : json(), b = now.contains(k) ? now[k] : json();
@@ -280,8 +275,8 @@ void Trainer::resume_from(const fs::path& dir) {
       fail("[train] --resume: '{}' is {} in the run's checkpoint but {} now; it must not change (start a new --out)", k,
            a.dump(), b.dump());
   }
-  if (s.at("train_fingerprint") != train_corpus_->fingerprint() ||
-      s.at("val_fingerprint") != (val_corpus_ ? val_corpus_->fingerprint() : std::string()))
+  if (s.train_fingerprint != train_corpus_->fingerprint() ||
+      s.val_fingerprint != (val_corpus_ ? val_corpus_->fingerprint() : std::string()))
     fail("[train] --resume: the training or validation data changed since {} (the files or the tokenizer differ)",
          dir.string());
 
@@ -289,16 +284,16 @@ void Trainer::resume_from(const fs::path& dir) {
   w_ = clone_weights(load_weights(archive, mc_));
   g_.emplace(make_gradients(w_));
   opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
-  st_.step = s.at("step").get<int64_t>();
+  st_.step = s.step;
   opt_->load(dir / "optimizer.safetensors", st_.step);
-  st_.epoch = s.at("epoch").get<int64_t>();
-  st_.index = s.at("index").get<uint64_t>();
-  st_.epoch_key = s.at("epoch_key").get<uint64_t>();
-  std::istringstream rs(s.at("rng").get<std::string>());
+  st_.epoch = s.epoch;
+  st_.index = s.index;
+  st_.epoch_key = s.epoch_key;
+  std::istringstream rs(s.rng);
   rs >> st_.rng;
   if (!rs) fail("[train] {}: the RNG state cannot be read", state_path.string());
-  st_.tokens_seen = s.at("tokens_seen").get<int64_t>();
-  if (!s.at("best_val_loss").is_null()) st_.best_val_loss = s.at("best_val_loss").get<double>();
+  st_.tokens_seen = s.tokens_seen;
+  st_.best_val_loss = s.best_val_loss;
   if (st_.index > uint64_t(rows_per_epoch_))
     fail("[train] {}: data position {} is past the epoch's {} rows", state_path.string(), st_.index, rows_per_epoch_);
   last_saved_step_ = st_.step;
@@ -353,7 +348,7 @@ EvalInfo Trainer::evaluate_val() {
 }
 
 std::string Trainer::state_json() const {
-  json s = {{"format", kStateFormat},
+  json s = {{"format", kTrainerStateFormat},
             {"version", 1},
             {"step", st_.step},
             {"max_steps", max_steps_},
