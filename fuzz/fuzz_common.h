@@ -10,7 +10,10 @@
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "core/dtype.h"
+#include "io/tensor_archive.h"
 #include "mamba2/error.h"
 
 namespace mamba2::fuzz {
@@ -36,6 +39,16 @@ void expect_result_or_error(F&& f) {
   try {
     f();
   } catch (const Error&) {
+  }
+}
+
+// Converts every tensor an archive accepted (up to 2^20 values each) to fp32, so that its byte
+// range is read whole.
+inline void convert_all(const TensorArchive& a) {
+  for (const auto& [name, t] : a.tensors()) {
+    if (t.numel() > (1 << 20)) continue;
+    std::vector<float> out(size_t(t.numel()));
+    convert_to_f32(t.dtype, t.data, out.data(), size_t(t.numel()));
   }
 }
 

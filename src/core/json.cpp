@@ -1,5 +1,8 @@
 #include "core/json.h"
 
+#include <fstream>
+#include <iterator>
+
 #include "mamba2/error.h"
 
 namespace mamba2 {
@@ -16,6 +19,12 @@ nlohmann::json parse_json(std::string_view text, std::string_view where) {
   } catch (const json::exception& e) {
     fail("{}: not valid JSON ({})", where, e.what());
   }
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view prefix) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{} cannot open {}", prefix, path.string());
+  return parse_json(std::string(std::istreambuf_iterator<char>(in), {}), fmt::format("{} {}", prefix, path.string()));
 }
 
 std::string json_excerpt(const nlohmann::json& v, size_t max_chars) {

@@ -151,4 +151,11 @@ SavedTrainerState parse_trainer_state(std::string_view text, const std::string& 
   return st;
 }
 
+SavedTrainerState read_trainer_state(const fs::path& checkpoint_dir) {
+  const fs::path path = checkpoint_dir / "trainer_state.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("[train] cannot open {}", path.string());
+  return parse_trainer_state(std::string(std::istreambuf_iterator<char>(in), {}), path.string());
+}
+
 }  // namespace mamba2::training

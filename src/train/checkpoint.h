@@ -52,5 +52,7 @@ struct SavedTrainerState {
   std::string config_json;  // the run's train config
 };
 SavedTrainerState parse_trainer_state(std::string_view text, const std::string& where);
+// The checkpoint folder's trainer_state.json, read and parsed.
+SavedTrainerState read_trainer_state(const std::filesystem::path& checkpoint_dir);
 
 }  // namespace mamba2::training

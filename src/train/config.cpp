@@ -314,12 +314,8 @@ void validate_train_config(const TrainConfig& c) {
 TrainConfig resume_config(const fs::path& out) {
   const fs::path dir = training::latest_checkpoint(out);
   if (dir.empty()) fail("[train] --resume: {} holds no checkpoint ({} is missing)", out.string(), (out / "latest").string());
-  const fs::path state_path = dir / "trainer_state.json";
-  std::ifstream in(state_path);
-  if (!in) fail("[train] cannot open {}", state_path.string());
-  const training::SavedTrainerState state =
-      training::parse_trainer_state(std::string(std::istreambuf_iterator<char>(in), {}), state_path.string());
-  TrainConfig c = parse_train_config(state.config_json, state_path.string() + ": config");
+  const training::SavedTrainerState state = training::read_trainer_state(dir);
+  TrainConfig c = parse_train_config(state.config_json, (dir / "trainer_state.json").string() + ": config");
   c.resume = true;
   return c;
 }

@@ -172,8 +172,7 @@ bool prepare_corpus(const Tokenizer& tok, uint64_t tokenizer_hash, const std::ve
   std::string why = "no tokenized copy yet";
   if (fs::exists(meta_path)) {
     try {
-      std::ifstream in(meta_path);
-      const json m = parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[data] " + meta_path.string());
+      const json m = read_json_file(meta_path, "[data]");
       if (m.at("format") != kFormat || m.at("version") != kVersion) why = "its format changed";
       else if (m.at("tokenizer_hash") != hex(tokenizer_hash)) why = "the tokenizer changed";
       else if (m.at("sources") != jsources) why = "the source files changed";
@@ -245,14 +244,7 @@ bool prepare_corpus(const Tokenizer& tok, uint64_t tokenizer_hash, const std::ve
 
 TokenCorpus TokenCorpus::open(const fs::path& dir, const std::string& name) {
   const fs::path meta_path = dir / (name + ".json");
-  json m;
-  try {
-    std::ifstream in(meta_path);
-    if (!in) fail("[data] cannot open {}", meta_path.string());
-    m = parse_json(std::string(std::istreambuf_iterator<char>(in), {}), "[data] " + meta_path.string());
-  } catch (const json::exception& e) {
-    fail("[data] {}: {}", meta_path.string(), e.what());
-  }
+  const json m = read_json_file(meta_path, "[data]");
   TokenCorpus c;
   const std::string where = meta_path.string();
   // Counts must be integers in range before they size anything (the file may be damaged).

@@ -263,10 +263,7 @@ void Trainer::prepare_data() {
 
 void Trainer::resume_from(const fs::path& dir) {
   const fs::path state_path = dir / "trainer_state.json";
-  std::ifstream state_in(state_path);
-  if (!state_in) fail("[train] cannot open {}", state_path.string());
-  const SavedTrainerState s =
-      parse_trainer_state(std::string(std::istreambuf_iterator<char>(state_in), {}), state_path.string());
+  const SavedTrainerState s = read_trainer_state(dir);
   const json saved = json::parse(train_config_to_json(parse_train_config(s.config_json, state_path.string()))),
              now = json::parse(train_config_to_json(cfg_));
   for (const char* k : kFixedOnResume) {
