@@ -198,10 +198,13 @@ struct CliResult {
 };
 
 // Runs the mamba2 binary with the given (already shell-quoted where needed) argument string,
-// and `env` ("NAME=value ...") added to its environment.
+// and `env` ("NAME=value ...") added to its environment. The model runs on the CPU unless `env`
+// sets MAMBA2_DEVICE (the default would be the GPU on a machine that has one).
 inline CliResult run_cli(const std::string& args, const std::string& env = "") {
   TempDir tmp;
-  const std::string cmd = (env.empty() ? "" : "env " + env + " ") + shell_quote(MAMBA2_CLI) + " " + args + " > " + shell_quote((tmp / "out").string()) +
+  const std::string full_env = env.find("MAMBA2_DEVICE=") == std::string::npos ? "MAMBA2_DEVICE=cpu " + env : env;
+  const char* cli = std::getenv("MAMBA2_CLI");  // a binary moved elsewhere (run-gpu-tests.sh --bin)
+  const std::string cmd = "env " + full_env + " " + shell_quote(cli && *cli ? cli : MAMBA2_CLI) + " " + args + " > " + shell_quote((tmp / "out").string()) +
                           " 2> " + shell_quote((tmp / "err").string());
   const int status = std::system(cmd.c_str());
   CliResult r;

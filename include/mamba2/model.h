@@ -7,6 +7,8 @@
 #include <span>
 #include <vector>
 
+#include "core/dtype.h"
+#include "core/tensor.h"
 #include "mamba2/config.h"
 
 namespace mamba2 {
@@ -15,16 +17,25 @@ struct ModelWeights;   // src/model/weights.h
 class InferenceState;  // src/model/inference_state.h
 
 // Per-sequence recurrent state, O(1) in the sequence length: per layer the last d_conv-1 inputs
-// of the conv and the (nheads, headdim, d_state) SSM state, fp32.
-std::shared_ptr<InferenceState> make_state(const ModelConfig& config, int64_t batch);
+// of the conv and the (nheads, headdim, d_state) SSM state, fp32 on every device. All zeros: fresh
+// sequences.
+std::shared_ptr<InferenceState> make_state(const ModelConfig& config, int64_t batch, Device device = Device::CPU);
 
 class Model {
  public:
   // Reads config.json and the weights of a model folder (either layout).
   static Model load(const std::filesystem::path& dir);
-  Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights);
+  Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device = Device::CPU,
+        DType dtype = DType::F32);
+  // This model on `device`, its projections and their inputs in `dtype` (the CPU computes in F32
+  // only); everything else, the residual stream and the states, stays fp32.
+  Model to(Device device, DType dtype) const;
 
   const ModelConfig& config() const { return config_; }
+  Device device() const { return device_; }
+  DType dtype() const { return dtype_; }
+  // A state for `batch` sequences on this model's device.
+  std::shared_ptr<InferenceState> new_state(int64_t batch) const { return make_state(config_, batch, device_); }
   const ModelWeights& weights() const { return *weights_; }
   int64_t vocab() const { return config_.vocab_padded(); }  // logits columns
 
@@ -53,6 +64,8 @@ class Model {
 
   ModelConfig config_;
   std::shared_ptr<const ModelWeights> weights_;
+  Device device_ = Device::CPU;
+  DType dtype_ = DType::F32;
   int64_t max_prefill_tokens_ = 8192;
 };
 

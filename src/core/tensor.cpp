@@ -4,9 +4,12 @@
 #include <cstring>
 #include <new>
 
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 
 namespace mamba2 {
+
+std::string_view device_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
 
 std::string shape_str(const Shape& shape) {
   std::string s = "(";
@@ -20,17 +23,22 @@ int64_t shape_numel(const Shape& shape) {
   return n;
 }
 
-Tensor Tensor::empty(Shape shape, Device device) {
+Tensor Tensor::empty(Shape shape, Device device, DType dtype) {
   for (int64_t d : shape)
     if (d < 0) fail("[tensor] negative dimension in shape {}", shape_str(shape));
   Tensor t;
   t.shape_ = std::move(shape);
   t.device_ = device;
+  t.dtype_ = dtype;
   size_t bytes = (t.nbytes() + 63) / 64 * 64;
   if (bytes == 0) return t;
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) fail("[tensor] out of memory allocating {} bytes for {}", bytes, shape_str(t.shape_));
-  t.storage_ = std::shared_ptr<float>(static_cast<float*>(p), [](float* q) { std::free(q); });
+  if (device == Device::CUDA) {
+    t.storage_ = cuda::allocate(bytes, "a tensor");
+  } else {
+    void* p = std::aligned_alloc(64, bytes);
+    if (!p) fail("[tensor] out of memory allocating {} bytes for {}", bytes, shape_str(t.shape_));
+    t.storage_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  }
   t.data_ = t.storage_.get();
   return t;
 }
@@ -38,15 +46,53 @@ Tensor Tensor::empty(Shape shape, Device device) {
 Tensor Tensor::borrow(const float* data, Shape shape, std::shared_ptr<const void> owner) {
   Tensor t;
   t.shape_ = std::move(shape);
-  t.storage_ = std::shared_ptr<float>(std::const_pointer_cast<void>(std::move(owner)), const_cast<float*>(data));
+  t.storage_ = std::shared_ptr<void>(std::const_pointer_cast<void>(std::move(owner)), const_cast<float*>(data));
   t.data_ = t.storage_.get();
   return t;
 }
 
-Tensor Tensor::zeros(Shape shape, Device device) {
-  Tensor t = empty(std::move(shape), device);
-  if (t.nbytes()) std::memset(t.data_, 0, t.nbytes());
+Tensor Tensor::zeros(Shape shape, Device device, DType dtype) {
+  Tensor t = empty(std::move(shape), device, dtype);
+  if (!t.nbytes()) return t;
+  if (device == Device::CUDA)
+    cuda::fill_zero(t.data_, t.nbytes());
+  else
+    std::memset(t.data_, 0, t.nbytes());
   return t;
+}
+
+float* Tensor::f32() {
+  if (dtype_ != DType::F32) fail("[tensor] {} tensor {} read as F32", dtype_name(dtype_), shape_str(shape_));
+  return static_cast<float*>(data_);
+}
+
+Tensor Tensor::to(Device device, DType dtype) const {
+  Tensor host = *this;  // this tensor's bytes on the host
+  if (device_ == Device::CUDA) {
+    host = empty(shape_, Device::CPU, dtype_);
+    cuda::copy_to_host(host.data_, data_, nbytes());
+  }
+  const size_t n = size_t(numel());
+  if (dtype != dtype_) {
+    Tensor f32 = host;
+    if (dtype_ != DType::F32) {
+      f32 = empty(shape_, Device::CPU, DType::F32);
+      convert_to_f32(dtype_, host.data_, static_cast<float*>(f32.data_), n);
+    }
+    host = f32;
+    if (dtype != DType::F32) {
+      host = empty(shape_, Device::CPU, dtype);
+      convert_from_f32(dtype, static_cast<const float*>(f32.data_), host.data_, n);
+    }
+  } else if (device == Device::CPU && device_ == Device::CPU) {
+    host = empty(shape_, Device::CPU, dtype_);
+    if (n) std::memcpy(host.data_, data_, nbytes());
+  }
+  if (device == Device::CPU) return host;
+  Tensor out = empty(shape_, Device::CUDA, dtype);
+  cuda::copy_to_device(out.data_, host.data_, out.nbytes());
+  cuda::synchronize();  // the host buffer may go when this returns
+  return out;
 }
 
 }  // namespace mamba2

@@ -1,15 +1,19 @@
-// Tensor: an fp32 buffer with a shape, on a device. Compute is fp32 everywhere for now; the
-// checkpoint dtypes are converted when weights are loaded (see model/weights.cpp).
+// Tensor: a buffer with a shape, an element type and a device. CPU compute is fp32; on the GPU
+// the projection weights and their inputs may be bf16 or f16 (everything else stays fp32).
 #pragma once
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "core/dtype.h"
 
 namespace mamba2 {
 
-enum class Device { CPU };
+enum class Device { CPU, CUDA };
+std::string_view device_name(Device device);  // "cpu", "cuda"
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);  // "(3352, 768)"
@@ -18,27 +22,37 @@ int64_t shape_numel(const Shape& shape);
 class Tensor {
  public:
   Tensor() = default;
-  // Uninitialised, 64-byte aligned.
-  static Tensor empty(Shape shape, Device device = Device::CPU);
-  static Tensor zeros(Shape shape, Device device = Device::CPU);
-  // A view of memory owned by `owner` (e.g. a read-only file mapping): never written through.
+  // Uninitialised; 64-byte aligned on the CPU, from the stream-ordered pool on the GPU.
+  static Tensor empty(Shape shape, Device device = Device::CPU, DType dtype = DType::F32);
+  static Tensor zeros(Shape shape, Device device = Device::CPU, DType dtype = DType::F32);
+  // A view of fp32 memory owned by `owner` (e.g. a read-only file mapping): never written through.
   static Tensor borrow(const float* data, Shape shape, std::shared_ptr<const void> owner);
 
-  float* data() { return data_; }
-  const float* data() const { return data_; }
+  // The elements as fp32 (fails for another dtype). On the GPU: a device pointer.
+  float* data() { return f32(); }
+  const float* data() const { return const_cast<Tensor*>(this)->f32(); }
+  void* raw() { return data_; }
+  const void* raw() const { return data_; }
   const Shape& shape() const { return shape_; }
   int64_t dim(size_t i) const { return shape_.at(i); }
   size_t rank() const { return shape_.size(); }
   int64_t numel() const { return shape_numel(shape_); }
   Device device() const { return device_; }
+  DType dtype() const { return dtype_; }
   bool defined() const { return data_ != nullptr || numel() == 0; }
-  size_t nbytes() const { return size_t(numel()) * sizeof(float); }
+  size_t nbytes() const { return size_t(numel()) * dtype_size(dtype_); }
+
+  // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even).
+  Tensor to(Device device, DType dtype) const;
 
  private:
-  std::shared_ptr<float> storage_;
-  float* data_ = nullptr;
+  float* f32();
+
+  std::shared_ptr<void> storage_;
+  void* data_ = nullptr;
   Shape shape_;
   Device device_ = Device::CPU;
+  DType dtype_ = DType::F32;
 };
 
 }  // namespace mamba2

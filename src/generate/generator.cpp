@@ -61,7 +61,7 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
     lengths.push_back(int64_t(prompt.size()));
   }
   const int64_t B = int64_t(prompts.size()), V = model_.vocab();
-  auto state = make_state(model_.config(), B);
+  auto state = model_.new_state(B);
   std::vector<float> logits;
   model_.prefill(ids, lengths, state.get(), false, logits);
   if (stats) {

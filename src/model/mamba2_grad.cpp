@@ -64,18 +64,16 @@ struct Saved {
 // The conv and the scan of every sequence from a zero state (as prefill without a state).
 void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, const Projections& pr, MatView xbc,
                    std::optional<MatView> y) {
-  Tensor conv_state = Tensor::empty({c.d_conv - 1, c.conv_dim()});
-  Tensor ssm_state = Tensor::empty({c.nheads(), c.headdim * c.d_state});
-  for (size_t s = 0; s < b.lengths.size(); ++s) {
-    const int64_t t0 = b.starts[s], L = b.lengths[s];
-    std::fill_n(conv_state.data(), conv_state.numel(), 0.0f);
-    ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, xbc.rows_slice(t0, L), MatView::of(conv_state));
-    if (!y) continue;
-    std::fill_n(ssm_state.data(), ssm_state.numel(), 0.0f);
-    const ConvOut v = split_conv(xbc.rows_slice(t0, L), c);
-    ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt.rows_slice(t0, L), y->rows_slice(t0, L),
-                  MatView::of(ssm_state), c.chunk_size);
-  }
+  const int64_t nseq = int64_t(b.lengths.size());
+  std::vector<int64_t> slots(static_cast<size_t>(nseq));
+  for (int64_t s = 0; s < nseq; ++s) slots[size_t(s)] = s;
+  const ops::SeqBatch seqs(b.lengths, slots, c.chunk_size, Device::CPU);
+  Tensor conv_states = Tensor::zeros({nseq, (c.d_conv - 1) * c.conv_dim()});
+  ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs);
+  if (!y) return;
+  Tensor ssm_states = Tensor::zeros({nseq, c.nheads() * c.headdim * c.d_state});
+  const ConvOut v = split_conv(xbc, c);
+  ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs);
 }
 
 void check_gradients(const Gradients& g, const ModelWeights& w) {

@@ -1,7 +1,9 @@
 // The Mamba2 LM forward (DESIGN.md §1) in terms of the ops; prefill and decode share every
 // op but the conv and the scan, which come as a chunked/sequence form and a one-token form.
 #include <algorithm>
+#include <cstring>
 
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
@@ -11,13 +13,13 @@
 
 namespace mamba2 {
 
-std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch) {
+std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch, Device device) {
   if (batch <= 0) fail("[model] a state needs at least one sequence, got {}", batch);
   auto s = std::make_shared<InferenceState>();
   s->batch = batch;
   for (int64_t i = 0; i < c.n_layer; ++i) {
-    s->conv.push_back(Tensor::zeros({batch, (c.d_conv - 1) * c.conv_dim()}));
-    s->ssm.push_back(Tensor::zeros({batch, c.nheads() * c.headdim * c.d_state}));
+    s->conv.push_back(Tensor::zeros({batch, (c.d_conv - 1) * c.conv_dim()}, device));
+    s->ssm.push_back(Tensor::zeros({batch, c.nheads() * c.headdim * c.d_state}, device));
   }
   return s;
 }
@@ -29,47 +31,83 @@ Model Model::load(const std::filesystem::path& dir) {
   return Model(config, std::make_shared<const ModelWeights>(load_weights(std::move(archive), config)));
 }
 
-Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights)
-    : config_(std::move(config)), weights_(std::move(weights)) {
+Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
+    : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
+  if (device == Device::CPU && dtype != DType::F32)
+    fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
+}
+
+Model Model::to(Device device, DType dtype) const {
+  if (device == Device::CPU && dtype != DType::F32)
+    fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
+  if (device == device_ && dtype == dtype_) return *this;
+  return Model(config_, std::make_shared<const ModelWeights>(place_weights(*weights_, device, dtype)), device, dtype);
 }
 
 namespace {
 
+void zero(Tensor& t) {
+  if (t.device() == Device::CUDA)
+    cuda::fill_zero(t.raw(), t.nbytes());
+  else
+    std::memset(t.raw(), 0, t.nbytes());
+}
+
+void copy_bytes(void* dst, const void* src, size_t bytes, Device device) {
+  if (device == Device::CUDA)
+    cuda::copy_on_device(dst, src, bytes);
+  else
+    std::memcpy(dst, src, bytes);
+}
+
 // A state made for another model would be read out of bounds: its layers and widths must match.
-void check_state(const InferenceState& state, const ModelConfig& c) {
+void check_state(const InferenceState& state, const ModelConfig& c, Device device) {
   const int64_t conv_width = (c.d_conv - 1) * c.conv_dim(), ssm_width = c.nheads() * c.headdim * c.d_state;
   bool ok = int64_t(state.conv.size()) == c.n_layer && int64_t(state.ssm.size()) == c.n_layer;
   for (size_t i = 0; ok && i < state.conv.size(); ++i)
     ok = state.conv[i].shape() == Shape{state.batch, conv_width} && state.ssm[i].shape() == Shape{state.batch, ssm_width};
   if (!ok) fail("[model] the inference state was made for another model configuration");
+  if (state.conv.front().device() != device)
+    fail("[model] the inference state is on the {}, the model on the {}", device_name(state.conv.front().device()),
+         device_name(device));
 }
 
-// Final norm and the head (tied or not) over `rows` of the residual stream.
+// Final norm and the head (tied or not) over `rows` of the residual stream; logits to the host.
 void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView h, ops::LinearKernel kernel,
-          std::vector<float>& logits) {
-  Tensor normed = Tensor::empty({residual.rows, c.d_model});
+          DType dtype, std::vector<float>& logits) {
+  const Device dev = residual.device;
+  Tensor normed = Tensor::empty({residual.rows, c.d_model}, dev, dtype);
   ops::add_rmsnorm(residual, h, w.norm_f, MatView::of(normed), float(c.norm_eps));
   logits.resize(size_t(residual.rows * c.vocab_padded()));
-  ops::linear(MatView::of(normed), w.lm_head, {logits.data(), residual.rows, c.vocab_padded(), c.vocab_padded()},
-              kernel);
+  if (dev == Device::CPU) {
+    ops::linear(MatView::of(normed), w.lm_head, {logits.data(), residual.rows, c.vocab_padded(), c.vocab_padded()},
+                kernel);
+    return;
+  }
+  Tensor out = Tensor::empty({residual.rows, c.vocab_padded()}, dev);
+  ops::linear(MatView::of(normed), w.lm_head, MatView::of(out), kernel);
+  cuda::copy_to_host(logits.data(), out.raw(), out.nbytes());
 }
 
-// Activations of `rows` tokens, reused by every layer.
+// Activations of `rows` tokens, reused by every layer. fp32 except the projections' inputs,
+// which are in the compute dtype (on the CPU, fp32: yn is then y, normed in place).
 struct Activations {
   Tensor residual;  // (rows, d_model) fp32 residual stream
   Tensor h;         // (rows, d_model) block output
-  Tensor u;         // (rows, d_model) normed block input
+  Tensor u;         // (rows, d_model) normed block input, compute dtype
   Tensor zxbcdt;    // (rows, d_in_proj)
   Tensor xbc;       // (rows, conv_dim) after conv + SiLU
-  Tensor y;         // (rows, d_inner) scan output, then gated-normed in place
-  Activations(int64_t rows, const ModelConfig& c)
-      : residual(Tensor::empty({rows, c.d_model})),
-        h(Tensor::empty({rows, c.d_model})),
-        u(Tensor::empty({rows, c.d_model})),
-        zxbcdt(Tensor::empty({rows, c.d_in_proj()})),
-        xbc(Tensor::empty({rows, c.conv_dim()})),
-        y(Tensor::empty({rows, c.d_inner()})) {}
+  Tensor y;         // (rows, d_inner) scan output
+  Tensor yn;        // (rows, d_inner) y gated and normed, compute dtype
+  Activations(int64_t rows, const ModelConfig& c, Device dev, DType dtype)
+      : residual(Tensor::empty({rows, c.d_model}, dev)),
+        h(Tensor::empty({rows, c.d_model}, dev)),
+        u(Tensor::empty({rows, c.d_model}, dev, dtype)),
+        zxbcdt(Tensor::empty({rows, c.d_in_proj()}, dev)),
+        xbc(Tensor::empty({rows, c.conv_dim()}, dev)),
+        y(Tensor::empty({rows, c.d_inner()}, dev)),
+        yn(dtype == DType::F32 ? y : Tensor::empty({rows, c.d_inner()}, dev, dtype)) {}
 };
 
 // The layer stack: residual add + RMSNorm + in_proj, then `mixer(layer, weights, projections)`,
@@ -86,8 +124,8 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
     ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt), kernel);
     const Projections pr = split(MatView::of(a.zxbcdt), c);
     mixer(size_t(li), l, pr);
-    ops::gated_rmsnorm(MatView::of(a.y), pr.z, l.gate_norm, MatView::of(a.y), c.ngroups, float(c.norm_eps));
-    ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h), kernel);
+    ops::gated_rmsnorm(MatView::of(a.y), pr.z, l.gate_norm, MatView::of(a.yn), c.ngroups, float(c.norm_eps));
+    ops::linear(MatView::of(a.yn), l.out_proj, MatView::of(a.h), kernel);
   }
 }
 
@@ -108,7 +146,7 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
   }
   if (total != T) fail("[model] lengths sum to {} but {} ids were given", total, T);
   if (state) {
-    check_state(*state, config_);
+    check_state(*state, config_, device_);
     if (state->batch < nseq) fail("[model] state holds {} sequences, {} given", state->batch, nseq);
   }
   std::vector<int64_t> slots(static_cast<size_t>(nseq));
@@ -121,7 +159,7 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
   // Rounds: each active sequence contributes its next piece; the state carries it across rounds.
   std::shared_ptr<InferenceState> own;
   if (!state) {
-    own = make_state(config_, nseq);
+    own = new_state(nseq);
     state = own.get();
   }
   const int64_t V = vocab();
@@ -159,40 +197,46 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   const ModelConfig& c = config_;
   const ModelWeights& w = *weights_;
   const int64_t T = int64_t(ids.size()), nseq = int64_t(lengths.size());
-  Activations a(T, c);
-  Tensor scratch_conv = Tensor::empty({c.d_conv - 1, c.conv_dim()});
-  Tensor scratch_ssm = Tensor::empty({c.nheads(), c.headdim * c.d_state});
+  Activations a(T, c, device_, dtype_);
+  // Without a state every sequence starts from zeros: one layer's worth of zero states, cleared
+  // before each layer.
+  std::vector<int64_t> own_slots;
+  Tensor scratch_conv, scratch_ssm;
+  if (!state) {
+    for (int64_t s = 0; s < nseq; ++s) own_slots.push_back(s);
+    slots = own_slots;
+    scratch_conv = Tensor::empty({nseq, (c.d_conv - 1) * c.conv_dim()}, device_);
+    scratch_ssm = Tensor::empty({nseq, c.nheads() * c.headdim * c.d_state}, device_);
+  }
+  const ops::SeqBatch seqs(lengths, slots, c.chunk_size, device_);
   run_layers(w, c, ids, a, ops::LinearKernel::Prefill, [&](size_t li, const LayerWeights& l, const Projections& pr) {
-    int64_t t0 = 0;
-    for (int64_t s = 0; s < nseq; ++s) {
-      const int64_t L = lengths[size_t(s)];
-      float* conv_state = state ? state->conv_states(li).row(slots[size_t(s)]) : scratch_conv.data();
-      float* ssm_state = state ? state->ssm_states(li).row(slots[size_t(s)]) : scratch_ssm.data();
-      if (!state) {
-        std::fill_n(conv_state, scratch_conv.numel(), 0.0f);
-        std::fill_n(ssm_state, scratch_ssm.numel(), 0.0f);
-      }
-      ops::causal_conv1d(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, MatView::of(a.xbc).rows_slice(t0, L),
-                         {conv_state, c.d_conv - 1, c.conv_dim(), c.conv_dim()});
-      const ConvOut co = split_conv(MatView::of(a.xbc).rows_slice(t0, L), c);
-      ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt.rows_slice(t0, L), MatView::of(a.y).rows_slice(t0, L),
-                    {ssm_state, c.nheads(), c.headdim * c.d_state, c.headdim * c.d_state}, c.chunk_size);
-      t0 += L;
+    MatView conv_states, ssm_states;
+    if (state) {
+      conv_states = state->conv_states(li);
+      ssm_states = state->ssm_states(li);
+    } else {
+      zero(scratch_conv);
+      zero(scratch_ssm);
+      conv_states = MatView::of(scratch_conv);
+      ssm_states = MatView::of(scratch_ssm);
     }
+    ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), conv_states, seqs);
+    const ConvOut co = split_conv(MatView::of(a.xbc), c);
+    ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), ssm_states, seqs);
   });
   if (all_positions) {
-    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, logits);
+    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, dtype_, logits);
     return;
   }
   // Only the last position of each sequence goes through the head.
-  Tensor last_res = Tensor::empty({nseq, c.d_model}), last_h = Tensor::empty({nseq, c.d_model});
-  int64_t end = 0;
+  Tensor last_res = Tensor::empty({nseq, c.d_model}, device_), last_h = Tensor::empty({nseq, c.d_model}, device_);
+  const size_t row_bytes = size_t(c.d_model) * sizeof(float);
   for (int64_t s = 0; s < nseq; ++s) {
-    end += lengths[size_t(s)];
-    std::copy_n(a.residual.data() + (end - 1) * c.d_model, c.d_model, last_res.data() + s * c.d_model);
-    std::copy_n(a.h.data() + (end - 1) * c.d_model, c.d_model, last_h.data() + s * c.d_model);
+    const int64_t last = seqs.starts()[size_t(s) + 1] - 1;
+    copy_bytes(MatView::of(last_res).row(s), MatView::of(a.residual).row(last), row_bytes, device_);
+    copy_bytes(MatView::of(last_h).row(s), MatView::of(a.h).row(last), row_bytes, device_);
   }
-  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Prefill, logits);
+  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Prefill, dtype_, logits);
 }
 
 void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
@@ -201,7 +245,7 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   const ModelWeights& w = *weights_;
   const int64_t nb = int64_t(tokens.size());
   if (int64_t(slots.size()) != nb) fail("[model] {} slots for {} tokens", slots.size(), nb);
-  check_state(state, c);
+  check_state(state, c, device_);
   std::vector<bool> seen(size_t(state.batch));
   for (int64_t s : slots) {
     if (s < 0 || s >= state.batch) fail("[model] slot {} outside the state's {} sequences", s, state.batch);
@@ -209,13 +253,14 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
     seen[size_t(s)] = true;
   }
 
-  Activations a(nb, c);
+  Activations a(nb, c, device_, dtype_);
+  const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, device_);
   run_layers(w, c, tokens, a, ops::LinearKernel::Decode, [&](size_t li, const LayerWeights& l, const Projections& pr) {
-    ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), slots);
+    ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), seqs);
     const ConvOut co = split_conv(MatView::of(a.xbc), c);
-    ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), slots);
+    ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), seqs);
   });
-  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, logits);
+  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, dtype_, logits);
 }
 
 }  // namespace mamba2

@@ -95,6 +95,20 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
   return w;
 }
 
+ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype) {
+  auto f32 = [&](const Tensor& t) { return t.to(device, DType::F32); };
+  auto matrix = [&](const Tensor& t) { return t.to(device, dtype); };
+  ModelWeights out;
+  out.embedding_name = w.embedding_name;
+  out.embedding = matrix(w.embedding);
+  for (const LayerWeights& l : w.layers)
+    out.layers.push_back({f32(l.norm), matrix(l.in_proj), f32(l.conv_w), f32(l.conv_b), f32(l.dt_bias), f32(l.A_log),
+                          f32(l.D), f32(l.gate_norm), matrix(l.out_proj)});
+  out.norm_f = f32(w.norm_f);
+  out.lm_head = w.lm_head.raw() == w.embedding.raw() ? out.embedding : matrix(w.lm_head);
+  return out;
+}
+
 TensorArchive open_checkpoint(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
   if (fs::exists(dir / "model.safetensors.index.json")) return read_safetensors_index(dir / "model.safetensors.index.json");

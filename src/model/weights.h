@@ -37,6 +37,11 @@ struct ModelWeights {
 // in place (the archive's mappings stay alive with them); other dtypes are converted to fp32.
 ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const ModelConfig& config);
 
+// The weights on `device`, converted once: the projection matrices (embedding, in_proj,
+// out_proj, the head) in `dtype`, every other tensor fp32 (norms, conv, dt_bias, A_log, D). A
+// tied head stays one buffer with the embedding.
+ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype);
+
 // Opens the weight files of a model folder: model.safetensors.index.json, model.safetensors
 // or pytorch_model.bin, in that order.
 TensorArchive open_checkpoint(const std::filesystem::path& model_dir);

@@ -1,45 +1,80 @@
 #include "cpu/kernels.h"
+#include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
 
 namespace mamba2::ops {
 
 namespace {
-void check_weights(const Tensor& w, const Tensor& bias, int64_t C) {
+void check_weights(const Tensor& w, const Tensor& bias, int64_t C, Device dev) {
   if (w.rank() != 2 || w.dim(0) != C) fail("[causal_conv1d] weight is {}, expected ({}, K)", shape_str(w.shape()), C);
-  check_len("causal_conv1d", "bias", bias, C);
+  check_len("causal_conv1d", "weight", w, w.numel(), dev);
+  check_len("causal_conv1d", "bias", bias, C, dev);
+}
+
+// The activations and states of a forward over `seqs` (fp32 on either device).
+void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs, int64_t K) {
+  const int64_t T = in.rows, C = in.cols;
+  const Device dev = in.device;
+  check_shape("causal_conv1d", "in", in, T, C, dev);
+  check_shape("causal_conv1d", "out", out, T, C, dev);
+  check_shape("causal_conv1d", "states", states, states.rows, (K - 1) * C, dev);
+  for (const MatView* m : {&in, &out, &states}) check_dtype("causal_conv1d", "an operand", m->dtype, DType::F32);
+  if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
+  if (seqs.tokens() != T) fail("[causal_conv1d] the sequences hold {} tokens, the input {}", seqs.tokens(), T);
+  if (seqs.device() != dev) fail("[causal_conv1d] the sequence batch was made for the {}", device_name(seqs.device()));
+  for (int64_t s : seqs.slots())
+    if (s < 0 || s >= states.rows) fail("[causal_conv1d] slot {} outside the {} states", s, states.rows);
 }
 }  // namespace
 
-void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView state) {
-  const int64_t L = in.rows, C = in.cols;
-  check_weights(w, bias, C);
+void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states,
+                   const SeqBatch& seqs) {
+  const int64_t C = in.cols;
+  check_weights(w, bias, C, in.device);
   const int64_t K = w.dim(1);
-  check_shape("causal_conv1d", "out", out, L, C);
-  check_shape("causal_conv1d", "state", state, K - 1, C);
-  if (state.ld != C) fail("[causal_conv1d] state must be contiguous");
-  cpu::causal_conv1d_forward(in.data, in.ld, w.data(), bias.data(), out.data, out.ld, state.data, L, C, K);
+  check_forward(in, out, states, seqs, K);
+  if (in.device == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    const cuda::PackedSeqs packed{seqs.count(), seqs.tokens(), 0, seqs.device_starts(), nullptr, seqs.device_slots()};
+    cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.data(), out.ld, states.data(), packed, C,
+                                K);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  for (int64_t s = 0; s < seqs.count(); ++s) {
+    const int64_t t0 = seqs.starts()[size_t(s)], L = seqs.lengths()[size_t(s)];
+    cpu::causal_conv1d_forward(in.row(t0), in.ld, w.data(), bias.data(), out.row(t0), out.ld,
+                               states.row(seqs.slots()[size_t(s)]), L, C, K);
+  }
 }
 
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
-                        std::span<const int64_t> slots) {
+                        const SeqBatch& seqs) {
   const int64_t nb = x.rows, C = x.cols;
-  check_weights(w, bias, C);
+  check_weights(w, bias, C, x.device);
   const int64_t K = w.dim(1);
-  check_shape("causal_conv1d", "out", out, nb, C);
-  check_shape("causal_conv1d", "states", states, states.rows, (K - 1) * C);
-  if (int64_t(slots.size()) != nb) fail("[causal_conv1d] {} slots for {} tokens", slots.size(), nb);
-  for (int64_t s : slots)
-    if (s < 0 || s >= states.rows) fail("[causal_conv1d] slot {} outside the {} states", s, states.rows);
-  if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
-  cpu::causal_conv1d_step(x.data, x.ld, w.data(), bias.data(), out.data, out.ld, states.data, slots.data(), nb, C,
-                          K);
+  check_forward(x, out, states, seqs, K);
+  if (seqs.count() != nb) fail("[causal_conv1d] a decode step takes one token per sequence");
+  if (x.device == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::causal_conv1d_step(x.data(), x.ld, w.data(), bias.data(), out.data(), out.ld, states.data(),
+                             seqs.device_slots(), nb, C, K);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::causal_conv1d_step(x.data(), x.ld, w.data(), bias.data(), out.data(), out.ld, states.data(), seqs.slots().data(),
+                          nb, C, K);
 }
 
 void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
                             MatView d_in, Tensor& d_w, Tensor& d_bias) {
   const int64_t L = in.rows, C = in.cols;
-  check_weights(w, bias, C);
+  check_weights(w, bias, C, Device::CPU);
   const int64_t K = w.dim(1);
   check_shape("causal_conv1d", "in", in, L, C);
   check_shape("causal_conv1d", "d_out", d_out, L, C);
@@ -47,11 +82,11 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
   check_len("causal_conv1d", "d_bias", d_bias, C);
-  if (state.data) {
+  if (state.data()) {
     check_shape("causal_conv1d", "state", state, K - 1, C);
     if (state.ld != C) fail("[causal_conv1d] state must be contiguous");
   }
-  cpu::causal_conv1d_backward(in.data, in.ld, w.data(), bias.data(), state.data, d_out.data, d_out.ld, d_in.data,
+  cpu::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), state.data(), d_out.data(), d_out.ld, d_in.data(),
                               d_in.ld, d_w.data(), d_bias.data(), L, C, K);
 }
 

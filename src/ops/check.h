@@ -1,24 +1,38 @@
-// Shape checks shared by the op front ends; messages start with the op name.
+// Shape, device and dtype checks shared by the op front ends; messages start with the op name.
+// An op runs where its main operand is; every other operand must be on that device. CPU kernels
+// compute in fp32 only.
 #pragma once
 #include "core/view.h"
 #include "mamba2/error.h"
 
 namespace mamba2::ops {
 
-inline void check_cpu(const char* op, Device d) {
-  if (d != Device::CPU) fail("[{}] unsupported device", op);
+inline void check_device(const char* op, const char* what, Device got, Device want) {
+  if (got != want) fail("[{}] {} is on the {}, the op runs on the {}", op, what, device_name(got), device_name(want));
 }
 
-inline void check_shape(const char* op, const char* what, const MatView& m, int64_t rows, int64_t cols) {
+// A GPU tensor in a build without the CUDA backend cannot be made; this guards the branch anyway.
+[[noreturn]] inline void no_cuda_backend(const char* op) { fail("[{}] this build has no CUDA backend", op); }
+
+inline void check_cpu(const char* op, Device d) { check_device(op, "an operand", d, Device::CPU); }
+
+inline void check_dtype(const char* op, const char* what, DType got, DType want) {
+  if (got != want) fail("[{}] {} is {}, expected {}", op, what, dtype_name(got), dtype_name(want));
+}
+
+inline void check_shape(const char* op, const char* what, const MatView& m, int64_t rows, int64_t cols,
+                        Device device = Device::CPU) {
   if (m.rows != rows || m.cols != cols)
     fail("[{}] {} is ({}, {}), expected ({}, {})", op, what, m.rows, m.cols, rows, cols);
   if (m.ld < m.cols) fail("[{}] {} has row stride {} < {} columns", op, what, m.ld, m.cols);
-  check_cpu(op, m.device);
+  check_device(op, what, m.device, device);
+  if (device == Device::CPU) check_dtype(op, what, m.dtype, DType::F32);
 }
 
-inline void check_len(const char* op, const char* what, const Tensor& t, int64_t n) {
+inline void check_len(const char* op, const char* what, const Tensor& t, int64_t n, Device device = Device::CPU) {
   if (t.numel() != n) fail("[{}] {} has {} elements, expected {}", op, what, t.numel(), n);
-  check_cpu(op, t.device());
+  check_device(op, what, t.device(), device);
+  check_dtype(op, what, t.dtype(), DType::F32);
 }
 
 }  // namespace mamba2::ops

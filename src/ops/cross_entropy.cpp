@@ -7,17 +7,17 @@ namespace mamba2::ops {
 double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale) {
   const int64_t n = logits.rows, V = logits.cols;
   check_shape("cross_entropy", "logits", logits, int64_t(targets.size()), V);
-  if (d_logits.data) check_shape("cross_entropy", "d_logits", d_logits, n, V);
+  if (d_logits.data()) check_shape("cross_entropy", "d_logits", d_logits, n, V);
   if (n > 0 && V == 0) fail("[cross_entropy] logits have no columns");
   for (size_t r = 0; r < targets.size(); ++r)
     if (targets[r] < 0 || targets[r] >= V)
       fail("[cross_entropy] target {} at row {} is out of range [0, {})", targets[r], r, V);
   // In place (same data and stride) or apart: a partial overlap would be read after being written.
-  const bool same = d_logits.data == logits.data && d_logits.ld == logits.ld;
-  if (d_logits.data && n > 0 && !same && d_logits.data < logits.data + n * logits.ld &&
-      logits.data < d_logits.data + n * d_logits.ld)
+  const bool same = d_logits.data() == logits.data() && d_logits.ld == logits.ld;
+  if (d_logits.data() && n > 0 && !same && d_logits.data() < logits.data() + n * logits.ld &&
+      logits.data() < d_logits.data() + n * d_logits.ld)
     fail("[cross_entropy] d_logits partly overlaps logits");
-  return cpu::cross_entropy(logits.data, logits.ld, targets.data(), n, V, d_logits.data, d_logits.ld, scale);
+  return cpu::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.data(), d_logits.ld, scale);
 }
 
 }  // namespace mamba2::ops

@@ -1,5 +1,8 @@
 // Op front ends: check shapes and devices, name the op in every error, dispatch to the kernel of
-// the tensor's device (src/cpu/<stem>.cpp). One section per op; the stems match the kernel files.
+// the operands' device (src/cpu/<stem>.cpp, src/cuda/<stem>.cu). One section per op; the stems
+// match the kernel files. The inference forwards run on either device; the backwards on the CPU.
+// On the GPU the projections' inputs (the norms' outputs) may be bf16/f16 like the weights;
+// everything else is fp32 on both devices.
 // Each *_backward follows its forward: parameter gradients (Tensor&) ACCUMULATE (+=), activation
 // gradients (MatView) OVERWRITE.
 #pragma once
@@ -8,6 +11,7 @@
 
 #include "core/tensor.h"
 #include "core/view.h"
+#include "ops/seq_batch.h"
 
 namespace mamba2::ops {
 
@@ -16,7 +20,7 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out);
 // embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
-// rmsnorm: residual += h (h.data may be null); out = rmsnorm(residual) * w.
+// rmsnorm: residual += h (h.ptr may be null); out = rmsnorm(residual) * w.
 void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps);
 // rmsnorm: out = rmsnorm per group (y * silu(z)) * w.
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps);
@@ -41,11 +45,13 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
 
-// causal_conv1d: depthwise causal conv + bias + SiLU over one sequence; state ← last K-1 inputs.
-void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView state);
-// causal_conv1d: one token for each sequence; states (batch, (K-1)·C) indexed by slots.
+// causal_conv1d: depthwise causal conv + bias + SiLU over the sequences of `seqs`, packed in `in`;
+// each continues from its row of states ((batch, (K-1)·C), the last K-1 inputs, oldest first) and
+// leaves its own last K-1 inputs there.
+void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states, const SeqBatch& seqs);
+// causal_conv1d: one token for each sequence of `seqs` (a decode batch).
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
-                        std::span<const int64_t> slots);
+                        const SeqBatch& seqs);
 // causal_conv1d backward for the forward over `in` from `state` (the K-1 preceding inputs, not
 // modified; an empty view: zeros, a fresh sequence): d_in overwritten; d_w, d_bias += .
 void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
@@ -58,12 +64,13 @@ struct SsdWeights {
   int64_t headdim, ngroups, d_state;
   double dt_min, dt_max;
 };
-// ssd_scan: chunked scan of one sequence; state (nheads, headdim·d_state) in/out.
-void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView state,
-              int64_t chunk_size);
-// ssd_scan: one token per sequence; states (batch, nheads·headdim·d_state) indexed by slots.
+// ssd_scan: chunked scan (chunks of seqs.chunk_size()) of the sequences of `seqs`, packed; each
+// starts from its row of states (batch, nheads·headdim·d_state) and leaves its final state there.
+void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
+              const SeqBatch& seqs);
+// ssd_scan: one token for each sequence of `seqs` (a decode batch).
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              std::span<const int64_t> slots);
+              const SeqBatch& seqs);
 struct SsdGrads {
   MatView x, B, C, dt;  // overwritten; shapes of the inputs
   MatView state0;       // overwritten when its data is set: (nheads, headdim·d_state)

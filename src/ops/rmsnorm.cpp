@@ -1,4 +1,5 @@
 #include "cpu/kernels.h"
+#include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
 
@@ -6,20 +7,47 @@ namespace mamba2::ops {
 
 void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps) {
   const int64_t n = residual.rows, d = residual.cols;
-  check_len("rmsnorm", "weight", w, d);
-  check_shape("rmsnorm", "out", out, n, d);
-  if (h.data) check_shape("rmsnorm", "h", h, n, d);
-  if (residual.ld != d || out.ld != d || (h.data && h.ld != d)) fail("[rmsnorm] operands must be contiguous");
-  cpu::add_rmsnorm_forward(residual.data, h.data, w.data(), out.data, n, d, eps);
+  const Device dev = residual.device;
+  check_shape("rmsnorm", "residual", residual, n, d, dev);
+  check_dtype("rmsnorm", "residual", residual.dtype, DType::F32);
+  check_len("rmsnorm", "weight", w, d, dev);
+  check_shape("rmsnorm", "out", out, n, d, dev);
+  if (h.ptr) {
+    check_shape("rmsnorm", "h", h, n, d, dev);
+    check_dtype("rmsnorm", "h", h.dtype, DType::F32);
+  }
+  if (residual.ld != d || out.ld != d || (h.ptr && h.ld != d)) fail("[rmsnorm] operands must be contiguous");
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::add_rmsnorm_forward(residual.data(), h.ptr ? h.data() : nullptr, w.data(), out.ptr, out.dtype, n, d, eps);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::add_rmsnorm_forward(residual.data(), h.data(), w.data(), out.data(), n, d, eps);
 }
 
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps) {
   const int64_t n = y.rows, d = y.cols;
-  check_shape("gated_rmsnorm", "z", z, n, d);
-  check_shape("gated_rmsnorm", "out", out, n, d);
-  check_len("gated_rmsnorm", "weight", w, d);
+  const Device dev = y.device;
+  check_shape("gated_rmsnorm", "y", y, n, d, dev);
+  check_shape("gated_rmsnorm", "z", z, n, d, dev);
+  check_dtype("gated_rmsnorm", "y", y.dtype, DType::F32);
+  check_dtype("gated_rmsnorm", "z", z.dtype, DType::F32);
+  check_shape("gated_rmsnorm", "out", out, n, d, dev);
+  check_len("gated_rmsnorm", "weight", w, d, dev);
   if (ngroups <= 0 || d % ngroups != 0) fail("[gated_rmsnorm] {} channels do not split into {} groups", d, ngroups);
-  cpu::gated_rmsnorm_forward(y.data, y.ld, z.data, z.ld, w.data(), out.data, out.ld, n, d, ngroups, eps);
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::gated_rmsnorm_forward(y.data(), y.ld, z.data(), z.ld, w.data(), out.ptr, out.dtype, out.ld, n, d, ngroups,
+                                eps);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::gated_rmsnorm_forward(y.data(), y.ld, z.data(), z.ld, w.data(), out.data(), out.ld, n, d, ngroups, eps);
 }
 
 void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatView d_residual, Tensor& d_w,
@@ -31,7 +59,7 @@ void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatV
   check_shape("rmsnorm", "d_out", d_out, n, d);
   check_shape("rmsnorm", "d_residual", d_residual, n, d);
   if (residual.ld != d || d_out.ld != d || d_residual.ld != d) fail("[rmsnorm] operands must be contiguous");
-  cpu::add_rmsnorm_backward(residual.data, w.data(), d_out.data, d_residual.data, d_w.data(), n, d, eps);
+  cpu::add_rmsnorm_backward(residual.data(), w.data(), d_out.data(), d_residual.data(), d_w.data(), n, d, eps);
 }
 
 void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
@@ -45,8 +73,8 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
   check_len("gated_rmsnorm", "weight", w, d);
   check_len("gated_rmsnorm", "d_weight", d_w, d);
   if (ngroups <= 0 || d % ngroups != 0) fail("[gated_rmsnorm] {} channels do not split into {} groups", d, ngroups);
-  if (d_y.data == d_out.data || d_z.data == d_out.data) fail("[gated_rmsnorm] d_y and d_z must not alias d_out");
-  cpu::gated_rmsnorm_backward(y.data, y.ld, z.data, z.ld, w.data(), d_out.data, d_out.ld, d_y.data, d_y.ld, d_z.data,
+  if (d_y.data() == d_out.data() || d_z.data() == d_out.data()) fail("[gated_rmsnorm] d_y and d_z must not alias d_out");
+  cpu::gated_rmsnorm_backward(y.data(), y.ld, z.data(), z.ld, w.data(), d_out.data(), d_out.ld, d_y.data(), d_y.ld, d_z.data(),
                               d_z.ld, d_w.data(), n, d, ngroups, eps);
 }
 

@@ -1,6 +1,7 @@
 #include <utility>
 
 #include "cpu/kernels.h"
+#include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
 
@@ -8,45 +9,84 @@ namespace mamba2::ops {
 
 namespace {
 
-cpu::SsdParams params(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, int64_t rows) {
+cpu::SsdParams params(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, int64_t rows,
+                      Device dev = Device::CPU) {
   const int64_t H = w.dt_bias.numel();
   if (w.headdim <= 0 || w.ngroups <= 0 || w.d_state <= 0 || H % w.ngroups != 0)
     fail("[ssd_scan] {} heads do not split into {} groups", H, w.ngroups);
-  check_len("ssd_scan", "A_log", w.A_log, H);
-  check_len("ssd_scan", "D", w.D, H);
-  check_shape("ssd_scan", "x", x, rows, H * w.headdim);
-  check_shape("ssd_scan", "B", B, rows, w.ngroups * w.d_state);
-  check_shape("ssd_scan", "C", C, rows, w.ngroups * w.d_state);
-  check_shape("ssd_scan", "dt", dt, rows, H);
+  check_len("ssd_scan", "dt_bias", w.dt_bias, H, dev);
+  check_len("ssd_scan", "A_log", w.A_log, H, dev);
+  check_len("ssd_scan", "D", w.D, H, dev);
+  check_shape("ssd_scan", "x", x, rows, H * w.headdim, dev);
+  check_shape("ssd_scan", "B", B, rows, w.ngroups * w.d_state, dev);
+  check_shape("ssd_scan", "C", C, rows, w.ngroups * w.d_state, dev);
+  check_shape("ssd_scan", "dt", dt, rows, H, dev);
+  for (const MatView* m : {&x, &B, &C, &dt}) check_dtype("ssd_scan", "an input", m->dtype, DType::F32);
   return {H, w.headdim, w.ngroups, w.d_state, w.dt_bias.data(), w.A_log.data(), w.D.data(), float(w.dt_min),
           float(w.dt_max)};
 }
 
+// The output and the states of a forward over `seqs`.
+void check_forward(const cpu::SsdParams& p, MatView x, MatView y, MatView states, const SeqBatch& seqs) {
+  check_shape("ssd_scan", "y", y, x.rows, x.cols, x.device);
+  check_shape("ssd_scan", "states", states, states.rows, p.nheads * p.headdim * p.d_state, x.device);
+  check_dtype("ssd_scan", "y", y.dtype, DType::F32);
+  check_dtype("ssd_scan", "states", states.dtype, DType::F32);
+  if (states.ld != states.cols) fail("[ssd_scan] states must be contiguous");
+  if (seqs.tokens() != x.rows) fail("[ssd_scan] the sequences hold {} tokens, the input {}", seqs.tokens(), x.rows);
+  if (seqs.device() != x.device) fail("[ssd_scan] the sequence batch was made for the {}", device_name(seqs.device()));
+  for (int64_t s : seqs.slots())
+    if (s < 0 || s >= states.rows) fail("[ssd_scan] slot {} outside the {} states", s, states.rows);
+}
+
+#if MAMBA2_HAVE_CUDA
+cuda::SsdParams cuda_params(const cpu::SsdParams& p) {
+  return {p.nheads, p.headdim, p.ngroups, p.d_state, p.dt_bias, p.A_log, p.D, p.dt_min, p.dt_max};
+}
+#endif
+
 }  // namespace
 
-void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView state,
-              int64_t chunk_size) {
-  const auto p = params(w, x, B, C, dt, x.rows);
-  check_shape("ssd_scan", "y", y, x.rows, x.cols);
-  check_shape("ssd_scan", "state", state, p.nheads, p.headdim * p.d_state);
-  if (state.ld != state.cols) fail("[ssd_scan] state must be contiguous");
-  if (chunk_size <= 0) fail("[ssd_scan] chunk_size must be positive, got {}", chunk_size);
+void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
+              const SeqBatch& seqs) {
+  const auto p = params(w, x, B, C, dt, x.rows, x.device);
+  check_forward(p, x, y, states, seqs);
   if (x.rows == 0) return;
-  cpu::ssd_scan_forward(p, x.data, x.ld, B.data, B.ld, C.data, C.ld, dt.data, dt.ld, y.data, y.ld, state.data, x.rows,
-                        chunk_size);
+  if (x.device == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    const int64_t chunks = seqs.chunk_starts().back();
+    const cuda::PackedSeqs packed{seqs.count(), seqs.tokens(), chunks, seqs.device_starts(),
+                                  seqs.device_chunk_starts(), seqs.device_slots()};
+    cuda::ssd_scan_forward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(),
+                           y.ld, states.data(), packed, seqs.chunk_size());
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  for (int64_t s = 0; s < seqs.count(); ++s) {
+    const int64_t t0 = seqs.starts()[size_t(s)], L = seqs.lengths()[size_t(s)];
+    cpu::ssd_scan_forward(p, x.row(t0), x.ld, B.row(t0), B.ld, C.row(t0), C.ld, dt.row(t0), dt.ld, y.row(t0), y.ld,
+                          states.row(seqs.slots()[size_t(s)]), L, seqs.chunk_size());
+  }
 }
 
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              std::span<const int64_t> slots) {
-  const auto p = params(w, x, B, C, dt, x.rows);
-  check_shape("ssd_scan", "y", y, x.rows, x.cols);
-  check_shape("ssd_scan", "states", states, states.rows, p.nheads * p.headdim * p.d_state);
-  if (states.ld != states.cols) fail("[ssd_scan] states must be contiguous");
-  if (int64_t(slots.size()) != x.rows) fail("[ssd_scan] {} slots for {} tokens", slots.size(), x.rows);
-  for (int64_t s : slots)
-    if (s < 0 || s >= states.rows) fail("[ssd_scan] slot {} outside the {} states", s, states.rows);
-  cpu::ssd_step(p, x.data, x.ld, B.data, B.ld, C.data, C.ld, dt.data, dt.ld, y.data, y.ld, states.data,
-                slots.data(), x.rows);
+              const SeqBatch& seqs) {
+  const auto p = params(w, x, B, C, dt, x.rows, x.device);
+  check_forward(p, x, y, states, seqs);
+  if (seqs.count() != x.rows) fail("[ssd_scan] a decode step takes one token per sequence");
+  if (x.device == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::ssd_step(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(), y.ld,
+                   states.data(), seqs.device_slots(), x.rows);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::ssd_step(p, x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(), y.ld, states.data(),
+                seqs.slots().data(), x.rows);
 }
 
 void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView state0, MatView d_y,
@@ -60,7 +100,7 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   check_shape("ssd_scan", "d_C", g.C, L, C.cols);
   check_shape("ssd_scan", "d_dt", g.dt, L, dt.cols);
   for (const auto& [what, m] : {std::pair{"state0", state0}, {"d_state_final", d_state_final}, {"d_state0", g.state0}}) {
-    if (!m.data) continue;
+    if (!m.data()) continue;
     check_shape("ssd_scan", what, m, p.nheads, S);
     if (m.ld != S) fail("[ssd_scan] {} must be contiguous", what);
   }
@@ -69,15 +109,15 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   check_len("ssd_scan", "d_D", g.D, p.nheads);
   if (chunk_size <= 0) fail("[ssd_scan] chunk_size must be positive, got {}", chunk_size);
   if (L == 0) {  // nothing scanned: the final state is the initial one
-    for (int64_t i = 0; g.state0.data && i < p.nheads * S; ++i)
-      g.state0.data[i] = d_state_final.data ? d_state_final.data[i] : 0.0f;
+    for (int64_t i = 0; g.state0.data() && i < p.nheads * S; ++i)
+      g.state0.data()[i] = d_state_final.data() ? d_state_final.data()[i] : 0.0f;
     return;
   }
-  const cpu::SsdGradsT<float> grads{g.x.data,      g.x.ld,         g.B.data,     g.B.ld,       g.C.data,
-                                    g.C.ld,        g.dt.data,      g.dt.ld,      g.state0.data, g.dt_bias.data(),
+  const cpu::SsdGradsT<float> grads{g.x.data(),      g.x.ld,         g.B.data(),     g.B.ld,       g.C.data(),
+                                    g.C.ld,        g.dt.data(),      g.dt.ld,      g.state0.data(), g.dt_bias.data(),
                                     g.A_log.data(), g.D.data()};
-  cpu::ssd_scan_backward(p, x.data, x.ld, B.data, B.ld, C.data, C.ld, dt.data, dt.ld, state0.data, d_y.data, d_y.ld,
-                         d_state_final.data, grads, L, chunk_size);
+  cpu::ssd_scan_backward(p, x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, state0.data(), d_y.data(), d_y.ld,
+                         d_state_final.data(), grads, L, chunk_size);
 }
 
 }  // namespace mamba2::ops

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "cpu/simd/isa.h"
+#include "cuda/runtime.h"
 
 namespace mamba2 {
 
@@ -13,13 +14,20 @@ std::string version_info() {
   for (auto isa : simd::available_isas()) avail += fmt::format("{}{}", avail.empty() ? "" : " ", simd::isa_name(isa));
   std::string blas = openblas_get_config();
   while (!blas.empty() && blas.back() == ' ') blas.pop_back();
+  std::string gpu = "not built (no nvcc at configure time, or -DMAMBA2_CUDA=OFF)";
+  if (cuda::built()) {
+    const int n = cuda::device_count();
+    gpu = n == 0 ? "built; no GPU here (" + cuda::no_gpu_reason() + ")"
+                 : fmt::format("built; {} GPU(s), the first: {}", n, cuda::device_description());
+  }
   return fmt::format(
       "mamba2 {}\n"
       "build: {} ({})\n"
       "kernels: {} (this CPU runs: {}; MAMBA2_ISA chooses)\n"
-      "blas: {}, {} kernels (SSD chunk products, training; OPENBLAS_CORETYPE chooses)\n",
+      "blas: {}, {} kernels (SSD chunk products, training; OPENBLAS_CORETYPE chooses)\n"
+      "cuda: {}\n",
       MAMBA2_VERSION, MAMBA2_BUILD_TARGET, simd::compiled_isa_extensions(), simd::isa_name(simd::active_isa()), avail,
-      blas, openblas_get_corename());
+      blas, openblas_get_corename(), gpu);
 }
 
 }  // namespace mamba2

@@ -38,7 +38,7 @@ EvalResult evaluate(const Model& model, const Tokenizer& tokenizer, std::string_
   const int64_t V = model.vocab(), Q = model.config().chunk_size, n = int64_t(ids.size());
   const int64_t piece =
       piece_tokens > 0 ? piece_tokens : std::max<int64_t>(Q, std::min<int64_t>(8192, kPieceLogits / V) / Q * Q);
-  const auto state = make_state(model.config(), 1);
+  const auto state = model.new_state(1);
   std::vector<float> logits;
   for (int64_t p0 = 0; p0 + 1 < n; p0 += piece) {
     // Positions p0 .. p1-1 predict ids p0+1 .. p1.

@@ -1,13 +1,17 @@
 // bench: prefill and decode throughput and peak memory of a model on this machine.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <random>
 
 #include "commands.h"
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
+#include "ops/ops.h"
 
 namespace mamba2::cli {
 
@@ -17,29 +21,87 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The chunked SSD scan alone on random inputs, `shape` = BxLxHxPxN (ngroups 1, chunks of 256):
+// the median of `repeats` timed runs after a warm-up.
+void bench_ssd(const std::string& shape, Device dev, int64_t repeats) {
+  std::vector<int64_t> d;
+  for (size_t pos = 0; pos <= shape.size();) {
+    size_t end = shape.find('x', pos);
+    if (end == std::string::npos) end = shape.size();
+    d.push_back(parse_int_list(shape.substr(pos, end - pos), "--ssd").at(0));
+    pos = end + 1;
+  }
+  if (d.size() != 5) fail("[bench] --ssd: '{}' is not BxLxHxPxN", shape);
+  for (int64_t v : d)
+    if (v <= 0) fail("[bench] --ssd: '{}' has a dimension that is not positive", shape);
+  const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
+  std::mt19937 rng(1);
+  auto random = [&](Shape s, float lo, float hi) {
+    Tensor t = Tensor::empty(std::move(s));
+    std::uniform_real_distribution<float> u(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = u(rng);
+    return t.to(dev, DType::F32);
+  };
+  Tensor x = random({T, H * P}, -1, 1), B = random({T, N}, -1, 1), C = random({T, N}, -1, 1),
+         dt = random({T, H}, -3, 0), y = Tensor::empty({T, H * P}, dev);
+  Tensor dt_bias = random({H}, -1, 0), A_log = random({H}, 0, 2.7f), D = random({H}, 0, 1);
+  Tensor states = Tensor::zeros({b, H * P * N}, dev);
+  const ops::SsdWeights w{dt_bias, A_log, D, P, 1, N, 0.0, std::numeric_limits<double>::infinity()};
+  std::vector<int64_t> lengths(static_cast<size_t>(b), L), slots(static_cast<size_t>(b));
+  for (int64_t i = 0; i < b; ++i) slots[size_t(i)] = i;
+  const ops::SeqBatch seqs(lengths, slots, 256, dev);
+  auto run = [&] {
+    ops::ssd_scan(w, MatView::of(x), MatView::of(B), MatView::of(C), MatView::of(dt), MatView::of(y),
+                  MatView::of(states), seqs);
+    if (dev == Device::CUDA) cuda::synchronize();
+  };
+  run();
+  std::vector<double> ms;
+  for (int64_t r = 0; r < std::max<int64_t>(repeats, 5); ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    run();
+    ms.push_back(1e3 * seconds_since(t0));
+  }
+  std::sort(ms.begin(), ms.end());
+  fmt::print("ssd scan b{} L{} H{} P{} N{} (fp32 in/out, chunks of 256): {:.3f} ms (median of {})\n", b, L, H, P, N,
+             ms[ms.size() / 2], ms.size());
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "Measure prefill and decode tokens/s and peak memory");
   struct Opts {
     std::string model, prefill = "512,2048", decode_batches = "1,8";
+    std::vector<std::string> ssd;
     int64_t decode_tokens = 64, repeats = 3;
     int threads = 0;
+    Placement placement;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--model", o->model, "Model folder")->required();
+  sub->add_option("--model", o->model, "Model folder");
+  sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();
   sub->add_option("--decode-batch", o->decode_batches, "Decode batch sizes to time")->capture_default_str();
   sub->add_option("--decode-tokens", o->decode_tokens, "Decode steps per measurement")->capture_default_str();
   sub->add_option("--repeats", o->repeats, "Measurements per figure (the best is kept)")->capture_default_str();
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
     if (o->repeats <= 0 || o->decode_tokens <= 0) fail("[bench] --repeats and --decode-tokens must be positive");
+    if (o->model.empty() && o->ssd.empty()) fail("[bench] needs --model DIR and/or --ssd BxLxHxPxN");
+    if (!o->ssd.empty()) {
+      const Device dev = placement_device(o->placement);
+      for (const std::string& shape : o->ssd) bench_ssd(shape, dev, o->repeats);
+    }
+    if (o->model.empty()) return;
     auto t_load = std::chrono::steady_clock::now();
-    const Model model = Model::load(o->model);
-    fmt::print("model {}: {} parameters, loaded in {:.2f} s\n", o->model, model.config().parameter_count(),
-               seconds_since(t_load));
+    const Model model = load_model(o->model, o->placement);
+    fmt::print("model {}: {} parameters, loaded in {:.2f} s, on the {} in {}\n", o->model,
+               model.config().parameter_count(), seconds_since(t_load),
+               model.device() == Device::CUDA ? "GPU " + cuda::device_description() : std::string("CPU"),
+               dtype_name(model.dtype()));
     std::mt19937 rng(0);
     std::uniform_int_distribution<int32_t> tok(0, int32_t(model.config().vocab_size - 1));
     std::vector<float> logits;
@@ -50,12 +112,12 @@ void add_bench(CLI::App& app) {
       const std::vector<int64_t> lengths{len};
       double best = 1e30;
       for (int64_t r = 0; r < o->repeats; ++r) {
-        auto state = make_state(model.config(), 1);
+        auto state = model.new_state(1);
         auto t0 = std::chrono::steady_clock::now();
         model.prefill(ids, lengths, state.get(), false, logits);
         best = std::min(best, seconds_since(t0));
       }
-      fmt::print("prefill 1x{}: {:.1f} tokens/s ({:.3f} s)\n", len, double(len) / best, best);
+      fmt::print("prefill 1x{}: {:.1f} tokens/s ({:.3f} ms; time to first token)\n", len, double(len) / best, 1e3 * best);
     }
     for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch")) {
       if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
@@ -64,7 +126,7 @@ void add_bench(CLI::App& app) {
       std::vector<int32_t> tokens(static_cast<size_t>(batch));
       double best = 1e30;
       for (int64_t r = 0; r < o->repeats; ++r) {
-        auto state = make_state(model.config(), batch);
+        auto state = model.new_state(batch);
         for (auto& t : tokens) t = tok(rng);
         model.decode(tokens, slots, *state, logits);  // warm-up step
         auto t0 = std::chrono::steady_clock::now();
@@ -78,6 +140,8 @@ void add_bench(CLI::App& app) {
                  double(batch * o->decode_tokens) / best, 1e3 * best / double(o->decode_tokens));
     }
     fmt::print("peak memory: {:.0f} MiB\n", peak_rss_mib());
+    if (model.device() == Device::CUDA)
+      fmt::print("peak GPU memory (pool high-water mark): {:.0f} MiB\n", double(cuda::peak_reserved_bytes()) / 1048576.0);
   });
 }
 

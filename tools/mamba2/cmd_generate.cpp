@@ -60,6 +60,7 @@ void add_generate(CLI::App& app) {
     bool greedy = false, no_echo = false;
     int threads = 0;
     std::optional<uint64_t> seed;
+    Placement placement;
   };
   auto o = std::make_shared<Opts>();
   SamplingParams& sp = o->params.sampling;
@@ -84,6 +85,7 @@ void add_generate(CLI::App& app) {
       ->capture_default_str();
   sub->add_flag("--no-echo", o->no_echo, "Text output: do not print the prompt before the generated text");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
     if (o->prompt.empty() == o->prompts_file.empty()) fail("[cli] generate needs --prompt S or --prompts-file F");
@@ -98,7 +100,7 @@ void add_generate(CLI::App& app) {
     if (o->tokenizer.empty() && !std::filesystem::exists(tokenizer_path))
       fail("[cli] no tokenizer.json in {}: give one with --tokenizer", o->model);
     const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
-    const Model model = Model::load(o->model);
+    const Model model = load_model(o->model, o->placement);
     const Generator generator(model, tokenizer);
     if (!o->seed) std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(params.sampling.seed));
 

@@ -22,7 +22,7 @@ std::vector<float> decode_all(const Model& model, const std::vector<int32_t>& id
     max_len = std::max(max_len, lengths[s]);
   }
   std::vector<float> out(size_t(total * V)), step_logits;
-  auto state = make_state(model.config(), int64_t(lengths.size()));
+  auto state = model.new_state(int64_t(lengths.size()));
   for (int64_t t = 0; t < max_len; ++t) {
     std::vector<int32_t> tokens;
     std::vector<int64_t> slots;
@@ -46,6 +46,7 @@ void add_logits(CLI::App& app) {
   struct Opts {
     std::string model, ids, lengths, mode = "prefill", out;
     int threads = 0, top = 0;
+    Placement placement;
   };
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder")->required();
@@ -57,6 +58,7 @@ void add_logits(CLI::App& app) {
   sub->add_option("--out", o->out, "Output .npy file");
   sub->add_option("--top", o->top, "Print the top K tokens at the last position of each sequence");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
     if (o->out.empty() && o->top <= 0) fail("[cli] logits needs --out F.npy and/or --top K");
@@ -70,7 +72,7 @@ void add_logits(CLI::App& app) {
     }
     if (total != int64_t(raw_ids.size()))
       fail("[cli] --lengths sum to {} but --ids has {} ids", total, raw_ids.size());
-    const Model model = Model::load(o->model);
+    const Model model = load_model(o->model, o->placement);
     std::vector<int32_t> ids;
     for (size_t i = 0; i < raw_ids.size(); ++i) {
       if (raw_ids[i] < 0 || raw_ids[i] >= model.vocab())

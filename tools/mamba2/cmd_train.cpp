@@ -213,6 +213,7 @@ void add_eval(CLI::App& app) {
     std::string model, text, tokenizer;
     bool json = false;
     int threads = 0;
+    Placement placement;
   };
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder")->required();
@@ -220,6 +221,7 @@ void add_eval(CLI::App& app) {
   sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the one in the model folder)");
   sub->add_flag("--json", o->json, "Print one JSON object");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
     const fs::path tokenizer_path = o->tokenizer.empty() ? fs::path(o->model) / "tokenizer.json" : fs::path(o->tokenizer);
@@ -231,7 +233,7 @@ void add_eval(CLI::App& app) {
     if (const size_t bad = utf8::first_invalid(text); bad != std::string::npos)
       fail("[cli] --text: {} is not valid UTF-8 (byte offset {})", o->text, bad);
     const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
-    const Model model = Model::load(o->model);
+    const Model model = load_model(o->model, o->placement);
     const EvalResult r = evaluate(model, tokenizer, text);
     if (o->json) {
       const nlohmann::json j = {{"tokens", r.tokens},     {"predictions", r.predictions}, {"bytes", r.bytes},

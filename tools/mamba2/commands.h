@@ -2,6 +2,8 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include "mamba2/model.h"
+
 namespace mamba2::cli {
 
 void add_init(CLI::App& app);
@@ -22,6 +24,18 @@ void on_run(CLI::App* sub, std::function<void()> action);
 // Parses "5,17,3" into integers; names the flag in errors.
 std::vector<int64_t> parse_int_list(const std::string& text, const char* flag);
 void set_threads(int threads);
+
+// --device cpu|cuda[:N] and --dtype f32|bf16|f16 of the commands that run a model.
+struct Placement {
+  std::string device, dtype;
+};
+void add_placement_options(CLI::App* sub, Placement& p);
+// Loads a model folder where `p` says: by default the first GPU when there is one (else the
+// CPU; the MAMBA2_DEVICE environment variable sets another default), in bf16 on the GPU and f32
+// on the CPU.
+Model load_model(const std::string& dir, const Placement& p);
+// The device `p` names (the same default), selected when it is a GPU.
+Device placement_device(const Placement& p);
 // The process's peak resident memory so far.
 double peak_rss_mib();
 

@@ -2,9 +2,11 @@
 #include <sys/resource.h>
 
 #include <charconv>
+#include <cstdlib>
 #include <map>
 
 #include "commands.h"
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 
 namespace mamba2::cli {
@@ -42,6 +44,47 @@ std::vector<int64_t> parse_int_list(const std::string& text, const char* flag) {
 void set_threads(int threads) {
   if (threads < 0) fail("[cli] --threads must be positive, got {}", threads);
   if (threads > 0) omp_set_num_threads(threads);
+}
+
+void add_placement_options(CLI::App* sub, Placement& p) {
+  sub->add_option("--device", p.device, "cpu, cuda or cuda:N (default: the first GPU when there is one)");
+  sub->add_option("--dtype", p.dtype, "f32, bf16 or f16: the projections' weights and inputs (default: bf16 on the "
+                                      "GPU; the CPU computes in f32 only)");
+}
+
+Device placement_device(const Placement& p) {
+  std::string device = p.device;
+  if (device.empty()) {
+    const char* env = std::getenv("MAMBA2_DEVICE");
+    device = env && *env ? env : cuda::device_count() > 0 ? "cuda" : "cpu";
+  }
+  Device dev = Device::CPU;
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (device.size() > 5) {
+      const std::string n = device.substr(5);
+      auto [q, ec] = std::from_chars(n.data(), n.data() + n.size(), index);
+      if (ec != std::errc() || q != n.data() + n.size() || index < 0)
+        fail("[cli] --device: '{}' is not cpu, cuda or cuda:N", device);
+    }
+    cuda::select_device(index);
+    dev = Device::CUDA;
+  } else if (device != "cpu") {
+    fail("[cli] --device: '{}' is not cpu, cuda or cuda:N", device);
+  }
+  return dev;
+}
+
+Model load_model(const std::string& dir, const Placement& p) {
+  const Device dev = placement_device(p);
+  DType dtype = dev == Device::CUDA ? DType::BF16 : DType::F32;
+  if (p.dtype == "f32") dtype = DType::F32;
+  else if (p.dtype == "bf16") dtype = DType::BF16;
+  else if (p.dtype == "f16") dtype = DType::F16;
+  else if (!p.dtype.empty()) fail("[cli] --dtype: '{}' is not f32, bf16 or f16", p.dtype);
+  if (dev == Device::CPU && dtype != DType::F32)
+    fail("[cli] --dtype {}: the CPU computes in f32 only (bf16/f16 run on the GPU)", p.dtype);
+  return Model::load(dir).to(dev, dtype);
 }
 
 double peak_rss_mib() {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU suite on a machine with an NVIDIA GPU (the CPU suite is scripts/run-tests.sh).
+#   scripts/run-gpu-tests.sh              build here (Release, CUDA backend) and run
+#   scripts/run-gpu-tests.sh --bin DIR    run binaries built elsewhere (DIR/mamba2_tests, DIR/mamba2;
+#                                         e.g. the bin/ of scripts/package-portable.sh)
+# Every GPU test must run: a skip (no GPU found) fails this script. Then the whole suite, and
+# compute-sanitizer's memcheck and racecheck over the CUDA kernel tests where the tool works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=""
+if [ "${1:-}" = "--bin" ]; then
+  bin="$2"
+else
+  scripts/install-deps.sh
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build build -j"$(nproc)"
+  bin=build/bin
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$bin/mamba2" --version
+log="$(mktemp)"
+MAMBA2_CLI="$bin/mamba2" "$bin/mamba2_tests" --gtest_filter='Cuda*' 2>&1 | tee "$log"
+if grep -q '^\[  SKIPPED \]' "$log"; then
+  echo "GPU tests were skipped: no usable GPU" >&2
+  exit 1
+fi
+grep -q '^\[  PASSED  \]' "$log" && ! grep -q '^\[  FAILED  \]' "$log"
+echo "== the whole suite"
+"$bin/mamba2_tests" --gtest_brief=1
+if command -v compute-sanitizer > /dev/null; then
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/mamba2_tests" \
+      --gtest_filter='CudaOps.*:CudaSsd*:CudaModel.BatchInvariantBitForBit' --gtest_brief=1
+  done
+fi

@@ -1,0 +1,61 @@
+// Shared by the CUDA kernel files: the engine's stream, error checks that name the op, and
+// element loads/stores of the storage dtypes (compute is fp32 inside every kernel).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace mamba2::cuda {
+
+// Every launch and copy of the engine goes to this stream (one per process and device).
+cudaStream_t stream();
+
+// Throws mamba2::Error (raise.cpp: nvcc cannot compile fmt's compile-time format checks, so the
+// .cu files build their messages with cat() and never include mamba2/error.h).
+[[noreturn]] void raise(const std::string& message);
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+inline void check(cudaError_t err, const char* op) {
+  if (err != cudaSuccess) raise(cat("[", op, "] CUDA error: ", cudaGetErrorString(err), " (", cudaGetErrorName(err), ")"));
+}
+// After a launch: a bad configuration shows here; faults inside the kernel show at the next sync.
+inline void check_launch(const char* op) { check(cudaGetLastError(), op); }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ float load_f32(const float* p) { return *p; }
+__device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float load_f32(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
+
+// silu through e = exp(-|v|) ∈ (0, 1], as the CPU kernels: never overflows.
+__device__ __forceinline__ float silu(float v) {
+  const float e = expf(-fabsf(v));
+  const float r = 1.0f / (1.0f + e);
+  return v * (v >= 0.0f ? r : e * r);
+}
+
+// Calls f with a null pointer of the storage type of `dtype` (to pick a template instance).
+template <class F>
+void with_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F32: f(static_cast<float*>(nullptr)); return;
+    case DType::BF16: f(static_cast<__nv_bfloat16*>(nullptr)); return;
+    case DType::F16: f(static_cast<__half*>(nullptr)); return;
+  }
+}
+
+}  // namespace mamba2::cuda

@@ -1,0 +1,27 @@
+// Embedding gather on the GPU: rows of the table (in its storage dtype) into the fp32 residual.
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+
+namespace mamba2::cuda {
+
+namespace {
+
+template <class T>
+__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out) {
+  const int64_t t = blockIdx.x;
+  const T* row = table + int64_t(ids[t]) * d;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[t * d + j] = load_f32(row + j);
+}
+
+}  // namespace
+
+void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out) {
+  if (n == 0) return;
+  with_dtype(table_dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    embedding_kernel<T><<<unsigned(n), 256, 0, stream()>>>(static_cast<const T*>(table), d, ids, out);
+  });
+  check_launch("embedding");
+}
+
+}  // namespace mamba2::cuda

@@ -1,0 +1,77 @@
+// CUDA kernels: the launchers, with plain device pointers and named dimensions, as in
+// cpu/kernels.h (row-major, `ld*` row strides in elements). Front ends in src/ops check shapes
+// and call these only for tensors on the GPU. Every launch goes to the engine's stream
+// (cuda/common.cuh); scratch memory comes from the stream-ordered pool (cuda/runtime.h).
+//
+// Precision: activations between ops are fp32 (the residual stream, in_proj's output, the conv's
+// and the scan's outputs) except the inputs of the projections, which are in the model's compute
+// dtype (`DType`: f32, bf16 or f16) like the weights. Every kernel computes and accumulates in fp32;
+// conv and SSM states are fp32. No kernel's choice or reduction order depends on the number of
+// rows or sequences it is given (batch invariance).
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace mamba2::cuda {
+
+// Sequences packed back to back, as the kernels see them: device arrays built once per forward.
+struct PackedSeqs {
+  int64_t count = 0;                    // sequences
+  int64_t tokens = 0;                   // Σ lengths
+  int64_t total_chunks = 0;             // Σ ceil(length / chunk_size)
+  const int64_t* starts = nullptr;      // (count + 1) token offsets; starts[count] = the tokens
+  const int64_t* chunk_starts = nullptr;  // (count + 1) cumulative chunk counts
+  const int64_t* slots = nullptr;       // (count) rows of the state buffers
+};
+
+// out[t] (fp32) = table[ids[t]]                 table (vocab, d) in table_dtype; ids (n) on the GPU
+void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out);
+
+// residual += h (h may be null); out = rmsnorm(residual) · w, stored in out_dtype.
+//   residual, h (n, d) fp32; w (d) fp32; out (n, d)
+void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
+                         int64_t d, float eps);
+// out = rmsnorm per group of d/ngroups channels (y · silu(z)) · w, stored in out_dtype.
+//   y (n, d) ld ldy, z (n, d) ld ldz fp32; out (n, d) ld ldo
+void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
+                           DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
+
+// y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32: no TF32).
+//   x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
+// The algorithm is chosen once per (n, k, dtype, kind), never per m, so that a row's bits do not
+// depend on the rows beside it. `decode`: the family picked for a few rows.
+void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
+                    int64_t n, int64_t k, bool decode);
+
+// Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
+// states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
+// inputs there.   in (T, C) ld ldin; w (C, K); bias (C); out (T, C) ld ldo; all fp32
+void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, float* out, int64_t ldo,
+                           float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
+// One token per sequence: out[b] from its state and x[b], then the state shifts in x[b].
+//   x (nb, C) ld ldx; state of b at states + slots[b]·(K-1)·C; out (nb, C) ld ldo
+void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
+                        float* states, const int64_t* slots, int64_t nb, int64_t C, int64_t K);
+
+struct SsdParams {
+  int64_t nheads, headdim, ngroups, d_state;
+  const float* dt_bias;  // (nheads) on the GPU
+  const float* A_log;    // (nheads)
+  const float* D;        // (nheads)
+  float dt_min, dt_max;  // clamp range; (0, inf) when no limit
+};
+// Chunked SSD scan over packed sequences: sequence i's chunks start at its first token; its
+// state (nheads, headdim, d_state) at states + slots[i]·nheads·headdim·d_state is read as the
+// initial state and receives the final one. Every exponent is ≤ 0 (differences of in-chunk
+// cumulative sums). x (T, nheads·headdim) ld ldx; B, C (T, ngroups·d_state); dt_raw (T, nheads);
+// y (T, nheads·headdim) ld ldy; all fp32.
+void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+                      int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
+                      const PackedSeqs& seqs, int64_t chunk_size);
+// One token per sequence (recurrent decode); the state of b at states + slots[b]·nheads·headdim·d_state.
+void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+              int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
+              const int64_t* slots, int64_t nb);
+
+}  // namespace mamba2::cuda

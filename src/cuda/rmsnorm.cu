@@ -1,0 +1,85 @@
+// RMSNorm with the residual add, and the gated grouped RMSNorm, on the GPU: one block per row
+// (per row and group), fp32 sums reduced in a fixed order (thread strides, then a fixed tree), so
+// that a row's result never depends on the other rows of the launch.
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+
+namespace mamba2::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Σ over the block of v, the same order every time; every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float partial[kThreads / 32];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+  __syncthreads();  // partial may be reused by the next call
+  return total;
+}
+
+template <class Out>
+__global__ void add_rmsnorm_kernel(float* residual, const float* h, const float* w, Out* out, int64_t d, float eps) {
+  float* r = residual + int64_t(blockIdx.x) * d;
+  const float* hr = h ? h + int64_t(blockIdx.x) * d : nullptr;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) {
+    float v = r[i];
+    if (hr) {
+      v += hr[i];
+      r[i] = v;
+    }
+    ss += v * v;
+  }
+  const float scale = rsqrtf(block_sum(ss) / float(d) + eps);
+  Out* o = out + int64_t(blockIdx.x) * d;
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) store_f32(o + i, r[i] * scale * w[i]);
+}
+
+// Block (row, group): v = y·silu(z) over the group's gs channels.
+template <class Out>
+__global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
+                                     Out* out, int64_t ldo, int64_t gs, float eps) {
+  const int64_t row = blockIdx.x, c0 = int64_t(blockIdx.y) * gs;
+  const float* yr = y + row * ldy + c0;
+  const float* zr = z + row * ldz + c0;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
+    const float v = yr[i] * silu(zr[i]);
+    ss += v * v;
+  }
+  const float scale = rsqrtf(block_sum(ss) / float(gs) + eps);
+  Out* o = out + row * ldo + c0;
+  for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
+}
+
+}  // namespace
+
+void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
+                         int64_t d, float eps) {
+  if (n == 0) return;
+  with_dtype(out_dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    add_rmsnorm_kernel<T><<<unsigned(n), kThreads, 0, stream()>>>(residual, h, w, static_cast<T*>(out), d, eps);
+  });
+  check_launch("rmsnorm");
+}
+
+void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
+                           DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps) {
+  if (n == 0) return;
+  dim3 grid{unsigned(n), unsigned(ngroups), 1u};
+  with_dtype(out_dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    gated_rmsnorm_kernel<T><<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, static_cast<T*>(out), ldo,
+                                                             d / ngroups, eps);
+  });
+  check_launch("gated_rmsnorm");
+}
+
+}  // namespace mamba2::cuda

@@ -1,0 +1,138 @@
+// The CUDA runtime of the engine: device choice, one stream, the stream-ordered memory pool.
+#include <atomic>
+#include <mutex>
+
+#include "cuda/common.cuh"
+#include "cuda/runtime.h"
+
+namespace mamba2::cuda {
+
+namespace {
+
+struct Runtime {
+  int device = -1;
+  cudaStream_t stream = nullptr;
+  cudaMemPool_t pool = nullptr;
+};
+
+std::mutex g_mutex;
+Runtime g_rt;
+
+void init_device(int index) {
+  check(cudaSetDevice(index), "cuda");
+  // Stream and pool live as long as the process: buffers freed during static destruction
+  // still find them.
+  check(cudaStreamCreateWithFlags(&g_rt.stream, cudaStreamNonBlocking), "cuda");
+  check(cudaDeviceGetDefaultMemPool(&g_rt.pool, index), "cuda");
+  // Keep freed memory in the pool instead of returning it at every synchronisation.
+  uint64_t keep = UINT64_MAX;
+  check(cudaMemPoolSetAttribute(g_rt.pool, cudaMemPoolAttrReleaseThreshold, &keep), "cuda");
+  g_rt.device = index;
+}
+
+Runtime& runtime() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_rt.device < 0) {
+    if (device_count() == 0) raise("[cuda] no CUDA GPU: " + no_gpu_reason());
+    init_device(0);
+  }
+  return g_rt;
+}
+
+}  // namespace
+
+cudaStream_t stream() { return runtime().stream; }
+
+bool built() { return true; }
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error of a machine without a driver
+    return 0;
+  }
+  return n;
+}
+
+std::string no_gpu_reason() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  cudaGetLastError();
+  if (err != cudaSuccess) return cat(cudaGetErrorString(err), " (", cudaGetErrorName(err), ")");
+  return n == 0 ? "the driver shows no GPU" : "";
+}
+
+void select_device(int index) {
+  const int n = device_count();
+  if (index < 0 || index >= n)
+    raise(cat("[cuda] device ", index, " does not exist: this machine has ", n, " CUDA GPU(s)",
+              n == 0 ? " (" + no_gpu_reason() + ")" : ""));
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_rt.device == index) return;
+  if (g_rt.device >= 0) raise(cat("[cuda] GPU ", g_rt.device, " is already in use by this process; one GPU per process"));
+  init_device(index);
+}
+
+int current_device() { return runtime().device; }
+
+std::string device_description() {
+  const int dev = runtime().device;
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, dev), "cuda");
+  std::ostringstream os;
+  os.precision(1);
+  os << prop.name << " (sm_" << prop.major << prop.minor << ", " << prop.multiProcessorCount << " SMs, " << std::fixed
+     << double(prop.totalGlobalMem) / double(1ull << 30) << " GiB)";
+  return os.str();
+}
+
+std::shared_ptr<void> allocate(size_t bytes, const char* what) {
+  Runtime& rt = runtime();
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t err = cudaMallocAsync(&p, bytes, rt.stream);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    raise(cat("[cuda] out of GPU memory: ", bytes >> 20, " MiB asked for ", what, " (", free_b >> 20, " MiB free of ",
+              total_b >> 20, " MiB; ", cudaGetErrorString(err), ")"));
+  }
+  cudaStream_t s = rt.stream;
+  return std::shared_ptr<void>(p, [s](void* q) { cudaFreeAsync(q, s); });
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()), "cuda copy");
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()), "cuda copy");
+  check(cudaStreamSynchronize(stream()), "cuda copy");
+}
+
+void copy_on_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()), "cuda copy");
+}
+
+void fill_zero(void* dst, size_t bytes) {
+  if (bytes) check(cudaMemsetAsync(dst, 0, bytes, stream()), "cuda");
+}
+
+void synchronize() {
+  if (g_rt.device >= 0) check(cudaStreamSynchronize(g_rt.stream), "cuda");
+}
+
+size_t peak_reserved_bytes() {
+  uint64_t v = 0;
+  check(cudaMemPoolGetAttribute(runtime().pool, cudaMemPoolAttrReservedMemHigh, &v), "cuda");
+  return size_t(v);
+}
+
+void reset_peak_reserved() {
+  uint64_t zero = 0;
+  check(cudaMemPoolSetAttribute(runtime().pool, cudaMemPoolAttrReservedMemHigh, &zero), "cuda");
+}
+
+}  // namespace mamba2::cuda

@@ -1,0 +1,33 @@
+// The CUDA runtime as the rest of the engine sees it: plain C++, no CUDA headers, so that CPU code
+// can include it. Built from runtime.cu when the CUDA backend is compiled; without it
+// (runtime_none.cpp) device_count() is 0 and everything else fails with a clear message.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace mamba2::cuda {
+
+bool built();              // this binary has the CUDA backend
+int device_count();        // GPUs the driver shows; 0 without a driver, a GPU or the backend
+std::string no_gpu_reason();  // why device_count() is 0 ("" when it is not)
+// Makes GPU `index` the one every later call uses (fails naming the index and the count).
+void select_device(int index);
+int current_device();
+std::string device_description();  // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)"
+
+// Device memory from a stream-ordered caching pool (cudaMallocAsync on the engine's stream):
+// freeing returns it to the pool in stream order, so a buffer freed right after the launches
+// that use it is safe. Fails with "[cuda] out of GPU memory ... for <what>".
+std::shared_ptr<void> allocate(size_t bytes, const char* what);
+// Copies on the engine's stream; copy_to_host waits for the data.
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_on_device(void* dst, const void* src, size_t bytes);
+void fill_zero(void* dst, size_t bytes);
+void synchronize();
+// The pool's high-water mark of memory reserved from the GPU since the last reset.
+size_t peak_reserved_bytes();
+void reset_peak_reserved();
+
+}  // namespace mamba2::cuda

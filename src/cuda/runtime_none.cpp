@@ -1,0 +1,30 @@
+// The CUDA runtime interface in a build without the CUDA backend: no GPU, and a clear error for
+// anything that would need one.
+#include "cuda/runtime.h"
+
+#include "mamba2/error.h"
+
+namespace mamba2::cuda {
+
+namespace {
+[[noreturn]] void no_backend() {
+  fail("[cuda] this build has no CUDA backend (configure with nvcc on the PATH and -DMAMBA2_CUDA=ON)");
+}
+}  // namespace
+
+bool built() { return false; }
+int device_count() { return 0; }
+std::string no_gpu_reason() { return "this build has no CUDA backend"; }
+void select_device(int) { no_backend(); }
+int current_device() { no_backend(); }
+std::string device_description() { no_backend(); }
+std::shared_ptr<void> allocate(size_t, const char*) { no_backend(); }
+void copy_to_device(void*, const void*, size_t) { no_backend(); }
+void copy_to_host(void*, const void*, size_t) { no_backend(); }
+void copy_on_device(void*, const void*, size_t) { no_backend(); }
+void fill_zero(void*, size_t) { no_backend(); }
+void synchronize() {}
+size_t peak_reserved_bytes() { return 0; }
+void reset_peak_reserved() {}
+
+}  // namespace mamba2::cuda

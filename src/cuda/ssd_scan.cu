@@ -1,0 +1,382 @@
+// Chunked SSD scan (prefill) over packed sequences and the one-token step (decode) on the GPU.
+// The chunked form is the CPU kernel's (cpu/ssd_scan.cpp), in three passes so that the chunks of
+// a sequence run in parallel and only the (P, N) states pass between them in order:
+//   1. chunk_state  (chunk, head, 64×64 state tile): dt, a = in-chunk cumsum of dt·A, and the
+//      chunk's own end-state term S_c = Σ_s exp(a[last]-a[s])·dt[s]·x[s] ⊗ B[s]
+//   2. state_pass   (sequence, head, state elements): chunk by chunk, S_c ← the state at the
+//      chunk's start, state ← exp(a[last])·state + S_c; the last one goes to the sequence's slot
+//   3. chunk_scan   (chunk, head, 64 rows of t): y = exp(a[t])·C[t] S_startᵀ
+//      + (C Bᵀ ∘ exp(a[t]-a[s]) ∘ dt[s], s ≤ t) X + D·x, C Bᵀ a tile at a time in shared memory
+// fp32 SIMT, fp32 accumulation. Every output element is one FMA chain in a fixed order that
+// depends only on its own chunk (and, for the states, on its own sequence's chunks): never on
+// the other sequences of the launch. Offsets are 64-bit.
+// a alone is kept in double, as on the CPU: in fp32, a[t] ~ -400 late in a chunk of a fast-decaying
+// head (dt·A ~ -1.6 per token) is rounded by ~3e-5, an error exp(a[t]-a[s]) carries whole (~1e-5 in
+// the final state). A difference taken in double and rounded to fp32 once costs one DADD per (t, s)
+// pair against N FMAs. Every exponent is ≤ 0: a never increases (see chunk_decay).
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+
+namespace mamba2::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;   // 16×16: thread (ty, tx) owns rows 4·ty.. and columns 4·tx.. of a tile
+constexpr int kTile = 64;       // rows and columns of a block tile
+constexpr int kMaxChunk = 256;  // chunk_decay: 32 lanes × 8 tokens
+constexpr int kMaxHeaddim = 256;
+constexpr int kStride = kTile + 4;  // shared row stride: float4-aligned, rows 4 banks apart
+
+// The chunk with global index c: the last sequence i whose chunks start at or before c (an empty
+// sequence owns none), its first token and its length (≤ Q).
+struct Chunk {
+  int64_t tok0;
+  int len;
+};
+__device__ Chunk find_chunk(const PackedSeqs& s, int64_t c, int64_t Q) {
+  int64_t lo = 0, hi = s.count - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (s.chunk_starts[mid] <= c) lo = mid; else hi = mid - 1;
+  }
+  const int64_t tok0 = s.starts[lo] + (c - s.chunk_starts[lo]) * Q;
+  return {tok0, int(min(Q, s.starts[lo + 1] - tok0))};
+}
+
+// softplus (torch's threshold 20) and the dt_limit clamp, as cpu::dt_activation.
+__device__ __forceinline__ float dt_activation(float raw, float bias, float lo, float hi) {
+  const float v = raw + bias;
+  const float sp = v > 20.0f ? v : log1pf(expf(v));
+  return sp < lo ? lo : (hi < sp ? hi : sp);
+}
+
+// dt and a = inclusive cumsum of dt·A over the chunk's len tokens, into shared memory (len ≤
+// 256). Warp 0, lane l for tokens 8l..8l+7: its partial sums v, then a = e_l + v with
+// e_{l+1} = e_l + v[7] summed in lane order. So a[8l+7] = e_{l+1} bit for bit and each step adds
+// a term ≤ 0: a never increases, and every a[t]-a[s] (s ≤ t) is ≤ 0 as computed.
+__device__ void chunk_decay(const SsdParams& p, const float* dt_raw, int64_t lddt, int h, int64_t tok0, int len,
+                            float* dt, double* a) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const double A = -exp(double(p.A_log[h]));
+    const float bias = p.dt_bias[h];
+    double v[8], sum = 0.0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int t = 8 * lane + i;
+      const float d = t < len ? dt_activation(dt_raw[(tok0 + t) * lddt + h], bias, p.dt_min, p.dt_max) : 0.0f;
+      dt[t] = d;
+      sum += double(d) * A;
+      v[i] = sum;
+    }
+    double e = 0.0;
+    for (int l = 0; l < 31; ++l) {
+      const double total = __shfl_sync(0xffffffffu, sum, l);
+      if (l < lane) e += total;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) a[8 * lane + i] = e + v[i];
+  }
+  __syncthreads();
+}
+
+// acc[r][4j+q] += Σ_k A[k][4·ty+r] · Bm[k][64j + 4·tx + q] for k = 0..K-1 in order: A (K, 64) with
+// row stride kStride and Bm (K, 64·CG) with row stride bstride, both in shared memory.
+template <int K, int CG>
+__device__ __forceinline__ void mma_tile(const float* A, const float* Bm, int bstride, float (&acc)[4][4 * CG]) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const float4 a4 = *reinterpret_cast<const float4*>(A + k * kStride + 4 * ty);
+    const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+    for (int j = 0; j < CG; ++j) {
+      const float4 b4 = *reinterpret_cast<const float4*>(Bm + k * bstride + 64 * j + 4 * tx);
+      const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[r][4 * j + q] = fmaf(av[r], bv[q], acc[r][4 * j + q]);
+    }
+  }
+}
+
+// dst[k][r] = src[r·ld + k] for r < ROWS, k < K (0 outside r < nrows, k < nk): a row-major tile
+// stored k-major for mma_tile. A warp takes 4 rows × 8 columns: whole 32-byte sectors from global
+// memory, and shared banks 4k + r (stride ≡ 4 mod 32), all distinct.
+template <int ROWS, int K>
+__device__ __forceinline__ void load_transposed(float* dst, int stride, const float* src, int64_t ld, int nrows,
+                                                int nk) {
+  constexpr int kRowGroups = ROWS / 4, kGroups = kRowGroups * (K / 8);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int gi = warp; gi < kGroups; gi += kThreads / 32) {
+    const int r = (gi % kRowGroups) * 4 + lane / 8, k = (gi / kRowGroups) * 8 + lane % 8;
+    dst[k * stride + r] = r < nrows && k < nk ? src[r * ld + k] : 0.0f;
+  }
+}
+
+// dst[k][c] = scale[k]·src[k·ld + c] for k < K, c < COLS (0 outside k < nk, c < ncols; scale may
+// be null): a row-major tile kept as it is.
+template <int K, int COLS>
+__device__ __forceinline__ void load_rows(float* dst, int stride, const float* src, int64_t ld, int nk, int ncols,
+                                          const float* scale) {
+  for (int i = threadIdx.x; i < K * COLS; i += kThreads) {
+    const int k = i / COLS, c = i % COLS;
+    float v = 0.0f;
+    if (k < nk && c < ncols) v = scale ? scale[k] * src[k * ld + c] : src[k * ld + c];
+    dst[k * stride + c] = v;
+  }
+}
+
+// Pass 1. Block (chunk, state tile, head); tile y = (row block of P) · ceil(N/64) + column block.
+// Block y = 0 also stores dt and a for passes 2 and 3: (nheads, T) each.
+constexpr int kStateK = 32;
+__global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                               const float* B, int64_t ldb, const float* dt_raw,
+                                                               int64_t lddt, PackedSeqs seqs, int64_t Q,
+                                                               float* dt_out, double* a_out, float* chunk_states) {
+  __shared__ double s_a[kMaxChunk];
+  __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk];
+  __shared__ __align__(16) float As[kStateK * kStride], Bs[kStateK * kStride];
+  const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
+  const int h = blockIdx.z, g = int(h / (H / p.ngroups));
+  const Chunk ch = find_chunk(seqs, c, Q);
+  chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
+  const double a_last = s_a[ch.len - 1];
+  for (int t = threadIdx.x; t < ch.len; t += kThreads) {
+    s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
+    if (blockIdx.y == 0) {
+      dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
+      a_out[h * seqs.tokens + ch.tok0 + t] = s_a[t];
+    }
+  }
+  __syncthreads();
+
+  const int ncol_tiles = int((N + kTile - 1) / kTile);
+  const int p0 = int(blockIdx.y / ncol_tiles) * kTile, n0 = int(blockIdx.y % ncol_tiles) * kTile;
+  const float* xs = x + ch.tok0 * ldx + h * P + p0;
+  const float* bs = B + ch.tok0 * ldb + g * N + n0;
+  float acc[4][4] = {};
+  for (int s0 = 0; s0 < ch.len; s0 += kStateK) {
+    load_rows<kStateK, kTile>(As, kStride, xs + s0 * ldx, ldx, ch.len - s0, int(P - p0), s_w + s0);
+    load_rows<kStateK, kTile>(Bs, kStride, bs + s0 * ldb, ldb, ch.len - s0, int(N - n0), nullptr);
+    __syncthreads();
+    mma_tile<kStateK, 1>(As, Bs, kStride, acc);
+    __syncthreads();
+  }
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  float* out = chunk_states + (c * H + h) * P * N;
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t pp = p0 + 4 * ty + r, n = n0 + 4 * tx + q;
+      if (pp < P && n < N) out[pp * N + n] = acc[r][q];
+    }
+}
+
+// Pass 2. Block (sequence, head, 256 state elements), one element per thread: the sequence's
+// chunks in order.
+__global__ __launch_bounds__(kThreads) void state_pass_kernel(SsdParams p, const double* a, float* chunk_states,
+                                                              float* states, PackedSeqs seqs, int64_t Q) {
+  const int64_t i = blockIdx.x, h = blockIdx.y, PN = p.headdim * p.d_state;
+  const int64_t e = int64_t(blockIdx.z) * kThreads + threadIdx.x;
+  if (e >= PN) return;
+  const int64_t start = seqs.starts[i], end = seqs.starts[i + 1], c0 = seqs.chunk_starts[i];
+  const int64_t nchunks = seqs.chunk_starts[i + 1] - c0;
+  const double* ah = a + h * seqs.tokens;
+  float* final_state = states + (seqs.slots[i] * p.nheads + h) * PN + e;
+  float state = *final_state;
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t last = min(start + (k + 1) * Q, end) - 1;
+    float* own = chunk_states + ((c0 + k) * p.nheads + h) * PN + e;
+    const float s_c = *own;
+    *own = state;
+    state = fmaf(expf(float(ah[last])), state, s_c);
+  }
+  *final_state = state;
+}
+
+// Pass 3. Block (chunk, 64 rows of t, head); CG = ceil(P/64) column groups of 64 in the output.
+// Shared: As holds k-major slices of C (K × 64) or the decayed C Bᵀ tile M[s][t] (64 × 64); Bs
+// slices of the start state, of B or of x.
+template <int CG>
+__global__ __launch_bounds__(kThreads) void chunk_scan_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                              const float* B, int64_t ldb, const float* C,
+                                                              int64_t ldc, float* y, int64_t ldy, const float* dt,
+                                                              const double* a, const float* chunk_states,
+                                                              PackedSeqs seqs, int64_t Q) {
+  constexpr int K = CG > 3 ? 16 : 32;  // inner slice: keeps shared memory under 48 KiB
+  constexpr int kBStride = 64 * CG + 4;
+  __shared__ double s_a[kMaxChunk];
+  __shared__ float s_dt[kMaxChunk];
+  __shared__ __align__(16) float As[kTile * kStride], Bs[K * kBStride];
+  const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
+  const int h = blockIdx.z, g = int(h / (H / p.ngroups)), t0 = blockIdx.y * kTile;
+  const Chunk ch = find_chunk(seqs, c, Q);
+  if (t0 >= ch.len) return;
+  const int rows = min(kTile, ch.len - t0), s_end = t0 + rows;  // this tile needs s < s_end
+  for (int t = threadIdx.x; t < s_end; t += kThreads) {
+    s_dt[t] = dt[h * seqs.tokens + ch.tok0 + t];
+    s_a[t] = a[h * seqs.tokens + ch.tok0 + t];
+  }
+  __syncthreads();
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const float* ct = C + (ch.tok0 + t0) * ldc + g * N;
+
+  // Earlier chunks: exp(a[t]) · C[t] S_startᵀ.
+  float acc[4][4 * CG] = {};
+  const float* s_start = chunk_states + (c * H + h) * P * N;
+  for (int n0 = 0; n0 < N; n0 += K) {
+    load_transposed<kTile, K>(As, kStride, ct + n0, ldc, rows, int(N - n0));
+    load_transposed<kTile * CG, K>(Bs, kBStride, s_start + n0, N, int(P), int(N - n0));
+    __syncthreads();
+    mma_tile<K, CG>(As, Bs, kBStride, acc);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int t = t0 + 4 * ty + r;
+    const float decay = t < ch.len ? expf(float(s_a[t])) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4 * CG; ++j) acc[r][j] *= decay;
+  }
+
+  // This chunk, s-tile by s-tile up to the diagonal one.
+  for (int s0 = 0; s0 <= t0; s0 += kTile) {
+    const float* bs = B + (ch.tok0 + s0) * ldb + g * N;
+    float cb[4][4] = {};
+    for (int n0 = 0; n0 < N; n0 += K) {
+      load_transposed<kTile, K>(As, kStride, ct + n0, ldc, rows, int(N - n0));
+      load_transposed<kTile, K>(Bs, kStride, bs + n0, ldb, ch.len - s0, int(N - n0));
+      __syncthreads();
+      mma_tile<K, 1>(As, Bs, kStride, cb);
+      __syncthreads();
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int s = s0 + 4 * tx + q;
+      float m[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int t = t0 + 4 * ty + r;
+        m[r] = s <= t && t < ch.len ? cb[r][q] * expf(float(s_a[t] - s_a[s])) * s_dt[s] : 0.0f;
+      }
+      *reinterpret_cast<float4*>(As + (4 * tx + q) * kStride + 4 * ty) = make_float4(m[0], m[1], m[2], m[3]);
+    }
+    __syncthreads();
+    const float* xs = x + (ch.tok0 + s0) * ldx + h * P;
+    for (int k0 = 0; k0 < min(kTile, s_end - s0); k0 += K) {
+      load_rows<K, kTile * CG>(Bs, kBStride, xs + k0 * ldx, ldx, s_end - s0 - k0, int(P), nullptr);
+      __syncthreads();
+      mma_tile<K, CG>(As + k0 * kStride, Bs, kBStride, acc);
+      __syncthreads();
+    }
+  }
+
+  const float Dh = p.D[h];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int64_t t = t0 + 4 * ty + r;
+    if (t >= ch.len) continue;
+    const float* xt = x + (ch.tok0 + t) * ldx + h * P;
+    float* yt = y + (ch.tok0 + t) * ldy + h * P;
+#pragma unroll
+    for (int j = 0; j < CG; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int pp = 64 * j + 4 * tx + q;
+        if (pp < P) yt[pp] = fmaf(Dh, xt[pp], acc[r][4 * j + q]);
+      }
+  }
+}
+
+// Block (b, head): warp w takes state rows q = w, w+8, ...; lane l columns n = l, l+32, ...
+// y[q] = Σ_n state[q][n]·C[n] after the update: per lane in order, then a fixed butterfly.
+__global__ __launch_bounds__(kThreads) void step_kernel(SsdParams p, const float* x, int64_t ldx, const float* B,
+                                                        int64_t ldb, const float* C, int64_t ldc, const float* dt_raw,
+                                                        int64_t lddt, float* y, int64_t ldy, float* states,
+                                                        const int64_t* slots) {
+  const int64_t b = blockIdx.x, h = blockIdx.y, P = p.headdim, N = p.d_state;
+  const int64_t g = h / (p.nheads / p.ngroups);
+  const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
+  const float decay = expf(dt * -expf(p.A_log[h]));
+  const float* Bb = B + b * ldb + g * N;
+  const float* Cb = C + b * ldc + g * N;
+  const float* xb = x + b * ldx + h * P;
+  float* s = states + (slots[b] * p.nheads + h) * P * N;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t q = warp; q < P; q += kThreads / 32) {
+    const float dx = dt * xb[q];
+    float* sq = s + q * N;
+    float acc = 0.0f;
+    for (int64_t n = lane; n < N; n += 32) {
+      const float v = sq[n] * decay + dx * Bb[n];
+      sq[n] = v;
+      acc += v * Cb[n];
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) y[b * ldy + h * P + q] = acc + p.D[h] * xb[q];
+  }
+}
+
+void check_params(const SsdParams& p) {
+  if (p.headdim < 1 || p.headdim > kMaxHeaddim)
+    raise(cat("[ssd_scan] headdim ", p.headdim, ": the CUDA kernels take 1 to ", kMaxHeaddim));
+  if (p.d_state < 1 || p.ngroups < 1 || p.nheads % p.ngroups != 0)
+    raise(cat("[ssd_scan] ", p.nheads, " heads in ", p.ngroups, " groups, d_state ", p.d_state, ": not a valid shape"));
+  if (p.nheads < 1 || p.nheads > 65535)
+    raise(cat("[ssd_scan] ", p.nheads, " heads: the CUDA kernels take 1 to 65535 (a grid dimension)"));
+}
+
+}  // namespace
+
+void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+                      int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
+                      const PackedSeqs& seqs, int64_t chunk_size) {
+  check_params(p);
+  if (chunk_size < 1 || chunk_size > kMaxChunk)
+    raise(cat("[ssd_scan] chunk_size ", chunk_size, ": the CUDA kernels take 1 to ", kMaxChunk));
+  if (seqs.tokens == 0) return;
+  const int64_t H = p.nheads, P = p.headdim, N = p.d_state, T = seqs.tokens;
+  const unsigned chunks = unsigned(seqs.total_chunks), heads = unsigned(H);
+  auto dt_buf = allocate(sizeof(float) * size_t(H * T), "ssd_scan scratch");
+  auto a_buf = allocate(sizeof(double) * size_t(H * T), "ssd_scan scratch");
+  auto chunk_states = allocate(sizeof(float) * size_t(seqs.total_chunks * H * P * N), "ssd_scan scratch");
+  float* dt = static_cast<float*>(dt_buf.get());
+  double* a = static_cast<double*>(a_buf.get());
+  float* cs = static_cast<float*>(chunk_states.get());
+
+  const unsigned state_tiles = unsigned(ceil_div(P, kTile) * ceil_div(N, kTile));
+  chunk_state_kernel<<<dim3(chunks, state_tiles, heads), kThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt,
+                                                                                  seqs, chunk_size, dt, a, cs);
+  check_launch("ssd_scan");
+  const unsigned elem_blocks = unsigned(ceil_div(P * N, kThreads));
+  state_pass_kernel<<<dim3(unsigned(seqs.count), heads, elem_blocks), kThreads, 0, stream()>>>(p, a, cs, states, seqs,
+                                                                                               chunk_size);
+  check_launch("ssd_scan");
+  const dim3 grid(chunks, unsigned(ceil_div(chunk_size, kTile)), heads);
+  const auto scan = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, y, ldy, dt, a, cs, seqs, chunk_size);
+  };
+  switch (ceil_div(P, kTile)) {
+    case 1: scan(chunk_scan_kernel<1>); break;
+    case 2: scan(chunk_scan_kernel<2>); break;
+    case 3: scan(chunk_scan_kernel<3>); break;
+    default: scan(chunk_scan_kernel<4>); break;
+  }
+  check_launch("ssd_scan");
+}
+
+void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+              int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
+              const int64_t* slots, int64_t nb) {
+  check_params(p);
+  if (nb == 0) return;
+  step_kernel<<<dim3(unsigned(nb), unsigned(p.nheads)), kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw,
+                                                                                 lddt, y, ldy, states, slots);
+  check_launch("ssd_scan");
+}
+
+}  // namespace mamba2::cuda

@@ -1,0 +1,46 @@
+#include "ops/seq_batch.h"
+
+#include <vector>
+
+#include "cuda/runtime.h"
+#include "mamba2/error.h"
+
+namespace mamba2::ops {
+
+SeqBatch::SeqBatch(std::span<const int64_t> lengths, std::span<const int64_t> slots, int64_t chunk_size,
+                   Device device)
+    : lengths_(lengths.begin(), lengths.end()), slots_(slots.begin(), slots.end()), chunk_size_(chunk_size),
+      device_(device) {
+  if (lengths.size() != slots.size()) fail("[model] {} sequences but {} state slots", lengths.size(), slots.size());
+  if (chunk_size <= 0) fail("[model] chunk_size must be positive, got {}", chunk_size);
+  starts_.push_back(0);
+  chunk_starts_.push_back(0);
+  for (int64_t len : lengths) {
+    if (len <= 0) fail("[model] sequence lengths must be positive, got {}", len);
+    starts_.push_back(starts_.back() + len);
+    chunk_starts_.push_back(chunk_starts_.back() + (len + chunk_size - 1) / chunk_size);
+  }
+  if (device == Device::CUDA) {
+    std::vector<int64_t> all;
+    all.insert(all.end(), starts_.begin(), starts_.end());
+    all.insert(all.end(), chunk_starts_.begin(), chunk_starts_.end());
+    all.insert(all.end(), slots_.begin(), slots_.end());
+    device_arrays_ = cuda::allocate(all.size() * sizeof(int64_t), "sequence offsets");
+    cuda::copy_to_device(device_arrays_.get(), all.data(), all.size() * sizeof(int64_t));
+    cuda::synchronize();  // `all` goes when this returns
+  }
+}
+
+SeqBatch SeqBatch::decode(std::span<const int64_t> slots, Device device) {
+  const std::vector<int64_t> ones(slots.size(), 1);
+  return SeqBatch(ones, slots, 1, device);
+}
+
+const int64_t* SeqBatch::device_ptr(int which) const {
+  if (!device_arrays_) fail("[model] this sequence batch has no GPU copy");
+  const int64_t* base = static_cast<const int64_t*>(device_arrays_.get());
+  const size_t n = lengths_.size();
+  return which == 0 ? base : which == 1 ? base + n + 1 : base + 2 * (n + 1);
+}
+
+}  // namespace mamba2::ops

@@ -1,0 +1,270 @@
+// The model on the GPU: against the CPU (the oracle of the CUDA kernels) and the float64 golden
+// fixtures, batch invariance bit for bit, prefill → decode hand-over, a 1M-token prefill, the
+// CLI's --device/--dtype. Skipped without a GPU, except the flag checks.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "cuda_test_support.h"
+#include "io/npy.h"
+#include "mamba2/model.h"
+#include "model/inference_state.h"
+#include "model/weights.h"
+#include "test_support.h"
+
+namespace mamba2 {
+namespace {
+
+namespace fs = std::filesystem;
+using test::rel_l2;
+
+// GPU fp32 against CPU fp32 on the same weights: two fp32 computations that differ only in
+// summation order (GEMM tiling, block reductions), through 2 layers.
+constexpr double kCpuTol = 1e-5;
+// fp32 against the float64 oracle, as on the CPU (test_model_golden.cpp).
+constexpr double kGoldenTol = 1e-4;
+// bf16/f16 weights and projection inputs, fp32 everywhere else, against mamba_ssm in bf16 on the
+// same fixtures (bench/mamba_ssm_golden.py on the H200, 2026-11-30: relative L2 to float64, worst
+// sequence). The weights' own rounding to bf16 (2⁻⁹) is most of the error of both; with fp32
+// states and residual ours must stay clearly below theirs: at most 3/4 of it. f16 rounds 8×
+// finer: at most a tenth of it.
+double mamba_ssm_bf16_error(const std::string& fixture) {
+  if (fixture == "official_fp32") return 1.19e-2;
+  if (fixture == "hf_fp32_g2_dtlimit") return 1.05e-2;
+  if (fixture == "hf_bf16_sharded") return 6.87e-3;
+  if (fixture == "official_fp16_g4") return 1.12e-2;
+  ADD_FAILURE() << "no mamba_ssm figure for " << fixture;
+  return 0.0;
+}
+
+ModelConfig tiny_config(int64_t chunk = 8) {
+  ModelConfig c;
+  c.d_model = 64;
+  c.n_layer = 2;
+  c.vocab_size = 100;
+  c.d_state = 16;
+  c.headdim = 16;
+  c.ngroups = 2;
+  c.chunk_size = chunk;
+  c.validate("test");
+  return c;
+}
+
+struct Pair {
+  Model cpu, gpu;
+};
+
+Pair tiny_models(DType dtype, int64_t chunk = 8) {
+  const ModelConfig c = tiny_config(chunk);
+  auto w = std::make_shared<ModelWeights>(init_weights(c, 4321));
+  test::perturb_weights(*w, 77);
+  Model cpu(c, w);
+  return {cpu, cpu.to(Device::CUDA, dtype)};
+}
+
+std::vector<float> decode_all(const Model& m, std::span<const int32_t> ids, std::span<const int64_t> lengths) {
+  const int64_t V = m.vocab(), nseq = int64_t(lengths.size());
+  std::vector<int64_t> offsets(lengths.size());
+  int64_t total = 0, max_len = 0;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    offsets[s] = total;
+    total += lengths[s];
+    max_len = std::max(max_len, lengths[s]);
+  }
+  std::vector<float> out(size_t(total * V), std::nanf("")), step;
+  auto state = m.new_state(nseq);
+  for (int64_t t = 0; t < max_len; ++t) {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> slots;
+    for (size_t s = 0; s < lengths.size(); ++s)
+      if (t < lengths[s]) {
+        tokens.push_back(ids[size_t(offsets[s] + t)]);
+        slots.push_back(int64_t(s));
+      }
+    m.decode(tokens, slots, *state, step);
+    for (size_t i = 0; i < slots.size(); ++i)
+      std::copy_n(step.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
+  }
+  return out;
+}
+
+TEST(CudaModel, PrefillAndDecodeMatchTheCpuInF32) {
+  MAMBA2_REQUIRE_GPU();
+  const auto [cpu, gpu] = tiny_models(DType::F32);
+  const std::vector<int64_t> lengths{1, 7, 8, 9, 29};
+  const auto ids = test::random_ids(std::accumulate(lengths.begin(), lengths.end(), int64_t(0)), 100, 3);
+  std::vector<float> want, got;
+  cpu.prefill(ids, lengths, nullptr, true, want);
+  gpu.prefill(ids, lengths, nullptr, true, got);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_LE(rel_l2(got.data(), want.data(), want.size()), kCpuTol) << "prefill";
+  const auto want_d = decode_all(cpu, ids, lengths), got_d = decode_all(gpu, ids, lengths);
+  EXPECT_LE(rel_l2(got_d.data(), want_d.data(), want_d.size()), kCpuTol) << "decode";
+}
+
+// A sequence's logits do not depend on what it is batched with: equal bits, in every dtype.
+TEST(CudaModel, BatchInvariantBitForBit) {
+  MAMBA2_REQUIRE_GPU();
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Model gpu = tiny_models(dt).gpu;
+    const int64_t V = gpu.vocab();
+    const std::vector<int64_t> lengths{1, 5, 2, 33, 1, 11};
+    const int64_t T = std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
+    const auto ids = test::random_ids(T, 100, 5);
+    std::vector<float> batched, alone;
+    gpu.prefill(ids, lengths, nullptr, true, batched);
+    const auto dec_batched = decode_all(gpu, ids, lengths);
+    int64_t t0 = 0;
+    for (int64_t L : lengths) {
+      const std::span<const int32_t> one(ids.data() + t0, size_t(L));
+      const std::vector<int64_t> len1{L};
+      gpu.prefill(one, len1, nullptr, true, alone);
+      EXPECT_EQ(std::memcmp(alone.data(), batched.data() + t0 * V, alone.size() * sizeof(float)), 0)
+          << "prefill, sequence at " << t0;
+      const auto dec_alone = decode_all(gpu, one, len1);
+      EXPECT_EQ(std::memcmp(dec_alone.data(), dec_batched.data() + t0 * V, dec_alone.size() * sizeof(float)), 0)
+          << "decode, sequence at " << t0;
+      t0 += L;
+    }
+  }
+}
+
+TEST(CudaModel, PrefillThenDecodeAgreesWithDecodeFromTheStart) {
+  MAMBA2_REQUIRE_GPU();
+  const Model gpu = tiny_models(DType::F32).gpu;
+  const int64_t V = gpu.vocab(), L = 29;
+  const auto ids = test::random_ids(L, 100, 9);
+  const std::vector<int64_t> lens{L};
+  const auto from_start = decode_all(gpu, ids, lens);
+  for (int64_t k : {1, 7, 8, 17}) {
+    auto state = gpu.new_state(1);
+    std::vector<float> logits, step;
+    gpu.prefill(std::span(ids).first(size_t(k)), std::vector<int64_t>{k}, state.get(), false, logits);
+    std::vector<float> rest;
+    for (int64_t t = k; t < L; ++t) {
+      gpu.decode(std::span(ids).subspan(size_t(t), 1), std::vector<int64_t>{0}, *state, step);
+      rest.insert(rest.end(), step.begin(), step.end());
+    }
+    EXPECT_LE(rel_l2(rest.data(), from_start.data() + k * V, rest.size()), kCpuTol) << "prefill " << k;
+  }
+}
+
+// One pass over a million tokens (64-bit offsets through every kernel) stays finite and agrees
+// with the CPU, which runs it in rounds carried by the state.
+TEST(CudaModel, MillionTokenPrefillMatchesTheCpu) {
+  MAMBA2_REQUIRE_GPU();
+  auto [cpu, gpu] = tiny_models(DType::F32, 256);
+  const int64_t T = int64_t(1) << 20;
+  const auto ids = test::random_ids(T, 100, 21);
+  const std::vector<int64_t> lens{T};
+  gpu.set_max_prefill_tokens(T);
+  std::vector<float> want, got;
+  gpu.prefill(ids, lens, nullptr, false, got);
+  cpu.prefill(ids, lens, nullptr, false, want);
+  ASSERT_TRUE(test::all_finite(got));
+  // fp32 over 10⁶ tokens: the state's rounding grows with the length; 1e-3 as the issue asks.
+  EXPECT_LE(rel_l2(got.data(), want.data(), want.size()), 1e-3);
+}
+
+struct GoldenCase {
+  fs::path dir;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> lengths;
+  NpyArray logits;
+};
+
+GoldenCase load_case(const std::string& name) {
+  GoldenCase g;
+  g.dir = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / name;
+  const auto j = nlohmann::json::parse(test::read_file(g.dir / "case.json"));
+  g.ids = j.at("ids").get<std::vector<int32_t>>();
+  g.lengths = j.at("lengths").get<std::vector<int64_t>>();
+  g.logits = read_npy(g.dir / "logits.npy");
+  return g;
+}
+
+double worst_sequence_error(const GoldenCase& g, const float* ours, int64_t V) {
+  double worst = 0.0;
+  int64_t row = 0;
+  for (int64_t L : g.lengths) {
+    worst = std::max(worst, rel_l2(ours + row * V, g.logits.data.data() + row * V, size_t(L * V)));
+    row += L;
+  }
+  return worst;
+}
+
+class CudaGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaGolden, PrefillAndDecodeMatchTheOracle) {
+  MAMBA2_REQUIRE_GPU();
+  const GoldenCase g = load_case(GetParam());
+  const Model cpu = Model::load(g.dir / "model");
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    const Model gpu = cpu.to(Device::CUDA, dt);
+    const double theirs = mamba_ssm_bf16_error(GetParam());
+    const double tol = dt == DType::F32 ? kGoldenTol : dt == DType::BF16 ? 0.75 * theirs : 0.1 * theirs;
+    std::vector<float> logits;
+    gpu.prefill(g.ids, g.lengths, nullptr, true, logits);
+    const double e_prefill = worst_sequence_error(g, logits.data(), gpu.vocab());
+    const auto dec = decode_all(gpu, g.ids, g.lengths);
+    const double e_decode = worst_sequence_error(g, dec.data(), gpu.vocab());
+    std::printf("[ golden ] %s %s: prefill %.3g, decode %.3g (relative L2 to float64, worst sequence)\n",
+                GetParam().c_str(), std::string(dtype_name(dt)).c_str(), e_prefill, e_decode);
+    EXPECT_LE(e_prefill, tol) << dtype_name(dt);
+    EXPECT_LE(e_decode, tol) << dtype_name(dt);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(CudaGolden, CudaGolden,
+                         ::testing::Values("official_fp32", "hf_fp32_g2_dtlimit", "hf_bf16_sharded",
+                                           "official_fp16_g4"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+std::string join(const auto& v) {
+  std::string s;
+  for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s;
+}
+
+TEST(CudaCli, LogitsOnTheGpuInF32MatchTheOracle) {
+  MAMBA2_REQUIRE_GPU();
+  const GoldenCase g = load_case("hf_fp32_g2_dtlimit");
+  for (const std::string mode : {"prefill", "decode"}) {
+    test::TempDir tmp;
+    const fs::path out = tmp / "logits.npy";
+    const test::CliResult r = test::run_cli("logits --model " + test::shell_quote((g.dir / "model").string()) +
+                                            " --ids " + join(g.ids) + " --lengths " + join(g.lengths) + " --mode " +
+                                            mode + " --device cuda --dtype f32 --out " + test::shell_quote(out.string()));
+    ASSERT_TRUE(r.exited && r.code == 0) << r.err;
+    const NpyArray got = read_npy(out);
+    std::vector<float> f(got.data.begin(), got.data.end());
+    EXPECT_LE(worst_sequence_error(g, f.data(), got.shape[1]), kGoldenTol) << mode;
+  }
+}
+
+// Bad placements fail with one clear line, GPU or not.
+TEST(CudaCli, BadDeviceAndDtypeAreRefused) {
+  const fs::path model = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / "hf_fp32_g2_dtlimit" / "model";
+  const std::string base = "logits --model " + test::shell_quote(model.string()) + " --ids 1,2 --top 1 ";
+  struct Case {
+    std::string flags, message;
+  };
+  const std::vector<Case> cases{
+      {"--device cuda:99", cuda::built() ? "[cuda] device 99 does not exist" : "[cuda] this build has no CUDA backend"},
+      {"--device tpu", "[cli] --device: 'tpu' is not cpu, cuda or cuda:N"},
+      {"--device cuda:x", "[cli] --device: 'cuda:x' is not cpu, cuda or cuda:N"},
+      {"--device cpu --dtype bf16", "the CPU computes in f32 only"},
+      {"--dtype f64", "[cli] --dtype: 'f64' is not f32, bf16 or f16"},
+  };
+  for (const Case& c : cases) {
+    const test::CliResult r = test::run_cli(base + c.flags, "MAMBA2_DEVICE=cpu");
+    EXPECT_TRUE(r.exited && r.code == 1) << c.flags;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.flags << ": " << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace mamba2
