@@ -23,12 +23,14 @@ case "${1:-tests}" in
     mkdir -p "$models"
     "$bin/mamba2" init --preset 130m --dtype bf16 --out "$models/130m" > /dev/null
     {
-      "$bin/mamba2" bench --device cuda --ssd 8x2048x24x64x128 --ssd 2x4096x80x64x128 --repeats 20
+      for dt in bf16 f32; do
+        "$bin/mamba2" bench --device cuda --dtype $dt --ssd 8x2048x24x64x128 --ssd 2x4096x80x64x128 --repeats 20
+      done
       "$bin/mamba2" bench --model "$models/130m" --device cuda --prefill 2048 --decode-batch 1,16,64,256 \
         --decode-tokens 64 --repeats 5
       "$bin/mamba2" bench --model "$models/130m" --device cuda --dtype f32 --prefill 2048 --decode-batch 1,16 \
         --decode-tokens 64 --repeats 3
-      if [ -d .anchors ]; then
+      if [ -d .anchors ] && [ "${ANCHORS:-1}" = 1 ]; then
         PYTHONUNBUFFERED=1 python3 bench/mamba_ssm_golden.py
         PYTHONUNBUFFERED=1 OUT="$out" python3 .anchors/mamba_ssm_gpu.py ${ANCHOR_PARTS:-ssd infer}
       fi

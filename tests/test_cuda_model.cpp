@@ -132,6 +132,21 @@ TEST(CudaModel, BatchInvariantBitForBit) {
   }
 }
 
+// Replaying the captured decode step gives the bits of launching its kernels one by one, also
+// when sequences leave the batch (a new batch size) and slots move.
+TEST(CudaModel, DecodeGraphsGiveTheEagerBits) {
+  MAMBA2_REQUIRE_GPU();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Model graphed = tiny_models(dt).gpu, eager = graphed;
+    eager.set_decode_graphs(false);
+    const std::vector<int64_t> lengths{3, 17, 9, 17};
+    const auto ids = test::random_ids(46, 100, 31);
+    const auto a = decode_all(graphed, ids, lengths), b = decode_all(eager, ids, lengths);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << dtype_name(dt);
+  }
+}
+
 TEST(CudaModel, PrefillThenDecodeAgreesWithDecodeFromTheStart) {
   MAMBA2_REQUIRE_GPU();
   const Model gpu = tiny_models(DType::F32).gpu;
@@ -242,6 +257,40 @@ TEST(CudaCli, LogitsOnTheGpuInF32MatchTheOracle) {
     const NpyArray got = read_npy(out);
     std::vector<float> f(got.data.begin(), got.data.end());
     EXPECT_LE(worst_sequence_error(g, f.data(), got.shape[1]), kGoldenTol) << mode;
+  }
+}
+
+// Greedy text of the shipped model, in f32 on the GPU (the argmax taken there) and on the CPU:
+// the same text, prompts batched as in serving.
+TEST(CudaCli, GreedyTextOnTheGpuEqualsTheCpus) {
+  MAMBA2_REQUIRE_GPU();
+  test::TempDir tmp;
+  test::write_file(tmp / "prompts.txt", "And God said\nIn the beginning\nBlessed are\n");
+  const std::string args = "generate --model " + test::shell_quote(MAMBA2_SOURCE_DIR "/models/kjv/model") +
+                           " --prompts-file " + test::shell_quote((tmp / "prompts.txt").string()) +
+                           " -n 48 --greedy --output json --dtype f32 --device ";
+  const test::CliResult cpu = test::run_cli(args + "cpu"), gpu = test::run_cli(args + "cuda");
+  ASSERT_TRUE(cpu.exited && cpu.code == 0) << cpu.err;
+  ASSERT_TRUE(gpu.exited && gpu.code == 0) << gpu.err;
+  EXPECT_EQ(gpu.out, cpu.out);
+}
+
+TEST(CudaModel, GreedyIdsAreTheArgmaxOfTheLogits) {
+  MAMBA2_REQUIRE_GPU();
+  const Model gpu = tiny_models(DType::BF16).gpu;
+  const std::vector<int64_t> slots{2, 0, 1};
+  auto s1 = gpu.new_state(3), s2 = gpu.new_state(3);
+  std::vector<int32_t> tokens{5, 17, 99}, next;
+  std::vector<float> logits;
+  for (int step = 0; step < 4; ++step) {
+    gpu.decode(tokens, slots, *s1, logits);
+    gpu.decode_greedy(tokens, slots, *s2, 100, next);
+    ASSERT_EQ(next.size(), 3u);
+    for (size_t r = 0; r < 3; ++r) {
+      const float* row = logits.data() + r * size_t(gpu.vocab());
+      EXPECT_EQ(next[r], int32_t(std::max_element(row, row + 100) - row)) << "step " << step << " row " << r;
+    }
+    tokens = next;
   }
 }
 

@@ -2,7 +2,8 @@
 // cpu::ssd_scan_forward<double> run sequence by sequence (lengths around the chunk size, group
 // counts, head and state sizes, shuffled slots in a larger state buffer, the dt_limit clamp), the
 // decode step against cpu::ssd_step, prefill-then-step against a longer prefill, and batch
-// invariance bit for bit. Outputs start as NaN so that an element never written shows.
+// invariance bit for bit; the same for the tensor-core (bf16 and f16) scan against the double
+// oracle on inputs rounded to that type. Outputs start as NaN so that an element never written shows.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -84,6 +85,17 @@ Problem make_problem(int64_t H, int64_t P, int64_t G, int64_t N, int64_t T, uint
   return pb;
 }
 
+// x, B and C rounded to `dtype` (kept in fp32): what the tensor cores see of them, so that the
+// double oracle on the rounded inputs leaves only the kernels' own roundings to measure.
+Problem rounded(Problem pb, DType dtype) {
+  for (std::vector<float>* v : {&pb.x, &pb.B, &pb.C}) {
+    std::vector<uint16_t> bits(v->size());
+    convert_from_f32(dtype, v->data(), bits.data(), v->size());
+    convert_to_f32(dtype, bits.data(), v->data(), v->size());
+  }
+  return pb;
+}
+
 // Rows [t0, t0 + L) of pb's inputs, as a problem of their own.
 Problem rows_of(const Problem& pb, int64_t t0, int64_t L) {
   Problem r = pb;
@@ -124,7 +136,7 @@ struct Result {
 // The CUDA scan over sequences of `lengths` tokens packed from pb's first row; sequence i starts
 // from and ends in row slots[i] of `states`.
 Result gpu_scan(const Problem& pb, const std::vector<int64_t>& lengths, const std::vector<int64_t>& slots,
-                const std::vector<float>& states, int64_t Q) {
+                const std::vector<float>& states, int64_t Q, DType compute = DType::F32) {
   std::vector<int64_t> starts{0}, chunk_starts{0};
   for (int64_t L : lengths) {
     starts.push_back(starts.back() + L);
@@ -142,7 +154,7 @@ Result gpu_scan(const Problem& pb, const std::vector<int64_t>& lengths, const st
                               static_cast<const int64_t*>(d_chunk_starts.get()),
                               static_cast<const int64_t*>(d_slots.get())};
   cuda::ssd_scan_forward(d.params, f32(d.x), pb.ldx(), f32(d.B), pb.ldbc(), f32(d.C), pb.ldbc(), f32(d.dt_raw),
-                         pb.lddt(), f32(y), pb.ldy(), f32(st), seqs, Q);
+                         pb.lddt(), f32(y), pb.ldy(), f32(st), seqs, Q, compute);
   return {download<float>(y, size_t(pb.T * pb.ldy())), download<float>(st, states.size())};
 }
 
@@ -193,15 +205,38 @@ struct ScanCase {
 // Lengths 1, Q-1, Q, Q+1, 2Q+3 and 5: partial, exact and one-token chunks.
 std::vector<int64_t> awkward_lengths(int64_t Q) { return {1, std::max<int64_t>(Q - 1, 1), Q, Q + 1, 2 * Q + 3, 5}; }
 
-void check_scan(const ScanCase& c, uint32_t seed) {
+// The bound on relative L2 error against the double oracle, for y and for the states.
+// f32: fp32 products and sums of at most 256 + N terms, every exp of a difference of chunk-local
+// sums kept in double as on the CPU: a few 1e-7 (the CPU's fp32 result, printed, is of that
+// order). An fp32 a would reach ~1e-5 on the fast-decay case; a wrong term, far more.
+// bf16 / f16 (inputs already rounded): the kernels round three intermediates to the operand type,
+// each element once, with relative error |δ| ≤ u (2⁻⁸ bf16, 2⁻¹¹ f16), of rms ≈ u/√3 and
+// independent from element to element: w∘x in the chunk states, the start state S in C·Sᵀ, and
+// M = C Bᵀ∘decay∘dt in M·X. A sum Σ aᵢ(1 + δᵢ) of random-sign terms is then off by ≈ u/√3 of
+// its size, so a state by ≈ u/√3 and y, which adds the three in quadrature, by ≈ u (D·x, exact,
+// only dilutes it); fp32 accumulation adds ~1e-7. That is ~4e-3 for bf16 and ~5e-4 for f16: the
+// bounds 1e-2 and 2e-3 leave a factor 2.5 to 4, while a wrong or missing term (≥ a few % of y) or
+// an operand truncated instead of rounded (a bias of u/2 per product) still fails.
+double scan_bound(DType compute) {
+  switch (compute) {
+    case DType::F32: return 1e-5;
+    case DType::BF16: return 1e-2;
+    case DType::F16: return 2e-3;
+  }
+  return 0.0;
+}
+
+void check_scan(const ScanCase& c, uint32_t seed, DType compute = DType::F32) {
   const int64_t T = std::accumulate(c.lengths.begin(), c.lengths.end(), int64_t(0));
   Problem pb = make_problem(c.H, c.P, c.G, c.N, T, seed, c.fast_decay);
+  if (compute != DType::F32) pb = rounded(pb, compute);
   pb.dt_min = c.dt_min;
   pb.dt_max = c.dt_max;
   const int64_t rows = int64_t(c.lengths.size()) + 3, S = pb.S();
   const auto slots = shuffled_slots(c.lengths.size(), rows, seed + 1);
   const auto states0 = random_states(rows, S, seed + 2);
-  const Result r = gpu_scan(pb, c.lengths, slots, states0, c.Q);
+  const Result r = gpu_scan(pb, c.lengths, slots, states0, c.Q, compute);
+  const double bound = scan_bound(compute);
 
   int64_t t0 = 0;
   std::vector<bool> used(size_t(rows), false);
@@ -215,12 +250,9 @@ void check_scan(const ScanCase& c, uint32_t seed) {
     const auto y32 = cpu_scan<float>(pb, t0, L, c.Q, st32);
     const auto y = rows_y(pb, r.y, t0, L);
     const float* st = r.states.data() + slot * S;
-    // fp32 products and sums of at most 256 + N terms, every exp of a difference of chunk-local
-    // sums kept in double as on the CPU: a few 1e-7 (the CPU's fp32 result, printed, is of that
-    // order). An fp32 a would reach ~1e-5 on the fast-decay case; a wrong term, far more.
-    EXPECT_LE(rel_l2(y.data(), y_ref.data(), y.size()), 1e-5)
+    EXPECT_LE(rel_l2(y.data(), y_ref.data(), y.size()), bound)
         << "y of sequence " << i << " (L " << L << "); CPU fp32: " << rel_l2(y32.data(), y_ref.data(), y.size());
-    EXPECT_LE(rel_l2(st, st_ref.data(), size_t(S)), 1e-5)
+    EXPECT_LE(rel_l2(st, st_ref.data(), size_t(S)), bound)
         << "state of sequence " << i << " (L " << L << "); CPU fp32: " << rel_l2(st32.data(), st_ref.data(), size_t(S));
     t0 += L;
   }
@@ -234,9 +266,9 @@ void check_scan(const ScanCase& c, uint32_t seed) {
       ASSERT_TRUE(std::isnan(r.y[size_t(t * pb.ldy() + j)])) << "wrote past row " << t;
 }
 
-TEST(CudaSsdScan, MatchesTheCpuScanInDouble) {
-  MAMBA2_REQUIRE_GPU();
-  const std::vector<ScanCase> cases = {
+// Lengths around the chunk size, group counts, head and state sizes; sizes that fill no tile.
+std::vector<ScanCase> scan_cases() {
+  return {
       {.Q = 16, .H = 4, .P = 64, .G = 1, .N = 16, .lengths = awkward_lengths(16)},
       {.Q = 64, .H = 4, .P = 32, .G = 2, .N = 64, .lengths = awkward_lengths(64)},
       {.Q = 256, .H = 4, .P = 64, .G = 4, .N = 128, .lengths = awkward_lengths(256)},
@@ -247,11 +279,40 @@ TEST(CudaSsdScan, MatchesTheCpuScanInDouble) {
       {.Q = 1, .H = 2, .P = 32, .G = 2, .N = 16, .lengths = {3, 1}},
       {.Q = 256, .H = 2, .P = 64, .G = 1, .N = 64, .lengths = {300, 7}, .fast_decay = true},
   };
+}
+
+void check_scan_cases(DType compute) {
   uint32_t seed = 10;
-  for (const ScanCase& c : cases) {
+  for (const ScanCase& c : scan_cases()) {
     SCOPED_TRACE(testing::Message() << "Q " << c.Q << " H " << c.H << " P " << c.P << " G " << c.G << " N " << c.N);
-    check_scan(c, seed += 10);
+    check_scan(c, seed += 10, compute);
   }
+}
+
+TEST(CudaSsdScan, MatchesTheCpuScanInDouble) {
+  MAMBA2_REQUIRE_GPU();
+  check_scan_cases(DType::F32);
+}
+
+TEST(CudaSsdScan, Bf16MatchesTheCpuScanOnRoundedInputs) {
+  MAMBA2_REQUIRE_GPU();
+  check_scan_cases(DType::BF16);
+}
+
+TEST(CudaSsdScan, F16MatchesTheCpuScanOnRoundedInputs) {
+  MAMBA2_REQUIRE_GPU();
+  check_scan_cases(DType::F16);
+}
+
+// The 130m model's shape (24 heads of 64, one group, d_state 128, chunks of 256) at a full
+// prefill and at lengths around the chunk, in every compute dtype.
+TEST(CudaSsdScan, MatchesTheCpuScanAtThe130mShape) {
+  MAMBA2_REQUIRE_GPU();
+  for (const DType compute : {DType::F32, DType::BF16, DType::F16})
+    for (const std::vector<int64_t>& lengths : {std::vector<int64_t>{2048}, {1, 255, 257, 513}}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(compute) << ", " << lengths.size() << " sequences");
+      check_scan({.Q = 256, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = lengths}, 90, compute);
+    }
 }
 
 TEST(CudaSsdScan, MatchesTheCpuScanWithTheDtLimit) {
@@ -263,8 +324,7 @@ TEST(CudaSsdScan, MatchesTheCpuScanWithTheDtLimit) {
 
 // A sequence's outputs and final state are the same bits alone as packed among others, in any
 // slot: nothing in a sequence's arithmetic depends on the rest of the launch.
-TEST(CudaSsdScan, BatchInvariant) {
-  MAMBA2_REQUIRE_GPU();
+void check_batch_invariance(DType compute) {
   const int64_t Q = 64;
   const std::vector<int64_t> lengths = awkward_lengths(Q);
   const int64_t T = std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
@@ -272,18 +332,28 @@ TEST(CudaSsdScan, BatchInvariant) {
   const int64_t rows = int64_t(lengths.size()), S = pb.S();
   const auto slots = shuffled_slots(lengths.size(), rows, 4);
   const auto states0 = random_states(rows, S, 5);
-  const Result packed = gpu_scan(pb, lengths, slots, states0, Q);
+  const Result packed = gpu_scan(pb, lengths, slots, states0, Q, compute);
   int64_t t0 = 0;
   for (size_t i = 0; i < lengths.size(); ++i) {
     const int64_t L = lengths[i];
     const auto row0 = states0.begin() + slots[i] * S;
-    const Result alone = gpu_scan(rows_of(pb, t0, L), {L}, {0}, std::vector<float>(row0, row0 + S), Q);
+    const Result alone = gpu_scan(rows_of(pb, t0, L), {L}, {0}, std::vector<float>(row0, row0 + S), Q, compute);
     const auto y_packed = rows_y(pb, packed.y, t0, L), y_alone = rows_y(pb, alone.y, 0, L);
     EXPECT_EQ(std::memcmp(y_packed.data(), y_alone.data(), sizeof(float) * y_alone.size()), 0) << "y of sequence " << i;
     EXPECT_EQ(std::memcmp(packed.states.data() + slots[i] * S, alone.states.data(), sizeof(float) * size_t(S)), 0)
         << "state of sequence " << i;
     t0 += L;
   }
+}
+
+TEST(CudaSsdScan, BatchInvariant) {
+  MAMBA2_REQUIRE_GPU();
+  check_batch_invariance(DType::F32);
+}
+
+TEST(CudaSsdScan, Bf16BatchInvariant) {
+  MAMBA2_REQUIRE_GPU();
+  check_batch_invariance(DType::BF16);
 }
 
 struct StepResult {
@@ -399,6 +469,8 @@ TEST(CudaSsdScan, RejectsSizesItDoesNotTake) {
   EXPECT_THROW(gpu_scan(pb, {4}, {0}, states, 512), Error);
   const Problem wide = make_problem(1, 512, 1, 16, 2, 42);
   EXPECT_THROW(gpu_scan(wide, {2}, {0}, random_states(1, wide.S(), 43), 64), Error);
+  const Problem big_state = make_problem(1, 16, 1, 512, 2, 44);
+  EXPECT_THROW(gpu_scan(big_state, {2}, {0}, random_states(1, big_state.S(), 45), 64, DType::BF16), Error);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@ namespace mamba2 {
 
 struct ModelWeights;   // src/model/weights.h
 class InferenceState;  // src/model/inference_state.h
+struct DecodeGraphs;   // src/model/mamba2_lm.cpp
 
 // Per-sequence recurrent state, O(1) in the sequence length: per layer the last d_conv-1 inputs
 // of the conv and the (nheads, headdim, d_state) SSM state, fp32 on every device. All zeros: fresh
@@ -56,9 +57,21 @@ class Model {
   // One token for each slot in `slots` of `state`; logits (slots.size(), vocab).
   void decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
               std::vector<float>& logits) const;
+  // decode, then the greedy choice of each row: the argmax over ids [0, vocab) (the first of equal
+  // logits). On the GPU only the ids come back to the host.
+  void decode_greedy(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                     int64_t vocab, std::vector<int32_t>& next) const;
+  // On the GPU a decode step is captured as one CUDA graph per (batch size, state) and replayed
+  // (default on); off, every step launches its kernels one by one. The bits are the same.
+  void set_decode_graphs(bool on);
 
  private:
   // One pass over packed sequences; sequence i uses slot slots[i] of `state` (or zeros).
+  void check_decode(std::span<const int32_t> tokens, std::span<const int64_t> slots,
+                    const InferenceState& state) const;
+  // A decode step on the GPU: the logits and/or the greedy ids over `greedy_cols` columns.
+  void decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                     std::vector<float>* logits, int64_t greedy_cols, std::vector<int32_t>* next) const;
   void prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> lengths, std::span<const int64_t> slots,
                     InferenceState* state, bool all_positions, std::vector<float>& logits) const;
 
@@ -66,6 +79,8 @@ class Model {
   std::shared_ptr<const ModelWeights> weights_;
   Device device_ = Device::CPU;
   DType dtype_ = DType::F32;
+  std::shared_ptr<DecodeGraphs> graphs_;  // shared by copies: keyed by batch size and state
+  bool decode_graphs_ = true;
   int64_t max_prefill_tokens_ = 8192;
 };
 

@@ -154,4 +154,7 @@ double sum_squares(const T* x, int64_t n);
 template <class T>
 void scale_inplace(T* x, int64_t n, T s);
 
+// out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones).   x (n, ld)
+void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);
+
 }  // namespace mamba2::cpu

@@ -39,8 +39,9 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
 
 // y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32: no TF32).
 //   x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
-// The algorithm is chosen once per (n, k, dtype, kind), never per m, so that a row's bits do not
-// depend on the rows beside it. `decode`: the family picked for a few rows.
+// The kernel is chosen once per (n, k, dtype, kind, alignment), never by m, so that a row's bits
+// do not depend on the rows beside it. `decode`: the family for a few rows (f32: our streaming
+// kernel; bf16/f16: cuBLASLt's plan for 16 rows); otherwise cuBLASLt's plan for many rows.
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
 
@@ -65,13 +66,18 @@ struct SsdParams {
 // state (nheads, headdim, d_state) at states + slots[i]·nheads·headdim·d_state is read as the
 // initial state and receives the final one. Every exponent is ≤ 0 (differences of in-chunk
 // cumulative sums). x (T, nheads·headdim) ld ldx; B, C (T, ngroups·d_state); dt_raw (T, nheads);
-// y (T, nheads·headdim) ld ldy; all fp32.
+// y (T, nheads·headdim) ld ldy; all fp32. `compute`: F32 runs the products in fp32 (no TF32);
+// BF16 / F16 on tensor cores, operands rounded to that type, fp32 accumulation (d_state ≤ 256).
+// The decay terms (dt, cumulative sums, exp) and the states are fp32 (the sums double) either way.
 void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
                       int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-                      const PackedSeqs& seqs, int64_t chunk_size);
+                      const PackedSeqs& seqs, int64_t chunk_size, DType compute);
 // One token per sequence (recurrent decode); the state of b at states + slots[b]·nheads·headdim·d_state.
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
               const int64_t* slots, int64_t nb);
+
+// out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
+void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);
 
 }  // namespace mamba2::cuda

@@ -1,10 +1,17 @@
-// Projections on the GPU through cuBLASLt: y (fp32) = x @ Wᵀ with x, W in the compute dtype and
-// fp32 accumulation (f32: CUBLAS_COMPUTE_32F, true fp32, no TF32).
+// Projections on the GPU: y (fp32) = x @ Wᵀ with x, W in the compute dtype and fp32 accumulation
+// (f32: true fp32, no TF32).
 //
-// Batch invariance: cuBLASLt's heuristic picks a kernel by shape, so two row counts may round a
-// row differently. We ask the heuristic once per (n, k, dtype, family) at a fixed row count,
-// force that algorithm to no split-K (no reduction across k pieces) and use it for every m: each
-// output element is then one accumulation over k in the kernel's fixed order, whatever m.
+// Prefill: cuBLASLt. Its heuristic picks a kernel by shape, so two row counts may round a row
+// differently: we ask it once per (n, k, dtype, alignment) at a fixed row count, force that
+// algorithm to no split-K (no reduction across k pieces) and use it for every m. Each output
+// element is then one accumulation over k in the kernel's fixed order, whatever m.
+//
+// Decode (a few rows, one per sequence) in f32: our streaming kernel, a warp per pair of output
+// columns, each lane summing its 8-element slices of k in order, then a fixed shuffle tree, so a
+// row's sum never depends on the other rows (cuBLAS's fp32 kernels for few rows ran 2.7x slower
+// on the H200, 2026-11-30). In bf16/f16 cuBLASLt's plan for a few rows was faster than ours at
+// every batch size measured (1 to 256): decode uses it, chosen at 16 rows and kept for every m,
+// as for prefill. The choice depends on the dtype only, never on m.
 #include <cublasLt.h>
 
 #include <map>
@@ -81,8 +88,7 @@ Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, bool decode, uint32_
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
-  const int64_t m = decode ? kDecodeRows : kPrefillRows;
-  Layouts l(dtype, m, n, k, k, n);
+  Layouts l(dtype, decode ? kDecodeRows : kPrefillRows, n, k, k, n);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -135,11 +141,104 @@ uint32_t alignment(std::initializer_list<uint64_t> values) {
   return a;
 }
 
+constexpr int kWarps = 8;     // per block
+constexpr int kCols = 2;      // output columns per warp
+constexpr int kRows = 4;      // rows of x per pass (W's slices stay in registers across them)
+
+// 8 consecutive elements as fp32; `vec`: one 16-byte load (bf16/f16) or two (fp32).
+template <class T, bool vec>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
+  if constexpr (vec && sizeof(T) == 2) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = load_f32(e + i);
+  } else if constexpr (vec) {
+    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = load_f32(p + i);
+  }
+}
+
+template <class T, bool vec>
+__global__ void __launch_bounds__(kWarps * 32) rows_kernel(const T* x, int64_t ldx, const T* W, float* y, int64_t ldy,
+                                                           int64_t m, int64_t n, int64_t k) {
+  const int lane = threadIdx.x % 32;
+  const int64_t col0 = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * kCols;
+  if (col0 >= n) return;
+  const int64_t k8 = k / 8 * 8;
+  for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+    float acc[kCols][kRows] = {};
+    for (int64_t kk = int64_t(lane) * 8; kk < k8; kk += 256) {
+      float xv[kRows][8];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (r0 + r < m) {
+          load8<T, vec>(x + (r0 + r) * ldx + kk, xv[r]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) xv[r][i] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) {
+        if (col0 + c >= n) break;
+        float wv[8];
+        load8<T, vec>(W + (col0 + c) * k + kk, wv);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[c][r] = fmaf(wv[i], xv[r][i], acc[c][r]);
+      }
+    }
+    for (int64_t kk = k8 + lane; kk < k; kk += 32)  // the last k % 8 elements
+#pragma unroll
+      for (int c = 0; c < kCols; ++c)
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+          if (col0 + c < n && r0 + r < m)
+            acc[c][r] = fmaf(load_f32(W + (col0 + c) * k + kk), load_f32(x + (r0 + r) * ldx + kk), acc[c][r]);
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float v = acc[c][r];
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0 && col0 + c < n && r0 + r < m) y[(r0 + r) * ldy + col0 + c] = v;
+      }
+  }
+}
+
+void linear_rows(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m, int64_t n,
+                 int64_t k) {
+  const uint64_t es = dtype_size(dtype);
+  // 16-byte loads need 16-byte aligned rows; the choice depends on the buffers, never on m.
+  const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 &&
+                   (uint64_t(ldx) * es) % 16 == 0 && (uint64_t(k) * es) % 16 == 0;
+  const unsigned blocks = unsigned(ceil_div(n, int64_t(kWarps) * kCols));
+  with_dtype(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if (vec)
+      rows_kernel<T, true><<<blocks, kWarps * 32, 0, stream()>>>(static_cast<const T*>(x), ldx,
+                                                                  static_cast<const T*>(W), y, ldy, m, n, k);
+    else
+      rows_kernel<T, false><<<blocks, kWarps * 32, 0, stream()>>>(static_cast<const T*>(x), ldx,
+                                                                   static_cast<const T*>(W), y, ldy, m, n, k);
+  });
+  check_launch("linear");
+}
+
 }  // namespace
 
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode) {
   if (m == 0 || n == 0) return;
+  if (decode && dtype == DType::F32) {
+    linear_rows(x, ldx, W, dtype, y, ldy, m, n, k);
+    return;
+  }
   Blas& bl = blas();
   const uint64_t es = dtype_size(dtype);
   // The model's operands are whole pool buffers with row strides of whole vectors: the alignment
@@ -161,7 +260,7 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
                                            &plan->algo, bl.workspace.get(), kWorkspaceBytes, stream());
   if (st != CUBLAS_STATUS_SUCCESS)
     raise(cat("[linear] cuBLASLt matmul (", m, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
-              decode ? "decode" : "prefill", " algorithm, ", align, "-byte aligned): status ", int(st)));
+              decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
 }
 
 }  // namespace mamba2::cuda

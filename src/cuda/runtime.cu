@@ -135,4 +135,31 @@ void reset_peak_reserved() {
   check(cudaMemPoolSetAttribute(runtime().pool, cudaMemPoolAttrReservedMemHigh, &zero), "cuda");
 }
 
+Graph::Graph(const std::function<void()>& body) {
+  cudaStream_t s = stream();
+  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cuda graph");
+  try {
+    body();
+  } catch (...) {
+    cudaGraph_t broken = nullptr;
+    cudaStreamEndCapture(s, &broken);
+    if (broken) cudaGraphDestroy(broken);
+    cudaGetLastError();
+    throw;
+  }
+  cudaGraph_t g = nullptr;
+  check(cudaStreamEndCapture(s, &g), "cuda graph");
+  graph_ = g;
+  cudaGraphExec_t exec = nullptr;
+  check(cudaGraphInstantiate(&exec, g, 0), "cuda graph");
+  exec_ = exec;
+}
+
+Graph::~Graph() {
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+}
+
+void Graph::launch() { check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()), "cuda graph"); }
+
 }  // namespace mamba2::cuda

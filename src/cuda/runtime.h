@@ -3,6 +3,7 @@
 // (runtime_none.cpp) device_count() is 0 and everything else fails with a clear message.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,5 +30,21 @@ void synchronize();
 // The pool's high-water mark of memory reserved from the GPU since the last reset.
 size_t peak_reserved_bytes();
 void reset_peak_reserved();
+
+// The launches `body` makes on the engine's stream, captured once and replayed as one graph: one
+// launch instead of one per kernel (a decode step is ~150 small kernels). `body` must not
+// synchronise, copy from pageable host memory or allocate new memory.
+class Graph {
+ public:
+  explicit Graph(const std::function<void()>& body);
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  void launch();
+
+ private:
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+};
 
 }  // namespace mamba2::cuda

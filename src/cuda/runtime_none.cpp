@@ -26,5 +26,8 @@ void fill_zero(void*, size_t) { no_backend(); }
 void synchronize() {}
 size_t peak_reserved_bytes() { return 0; }
 void reset_peak_reserved() {}
+Graph::Graph(const std::function<void()>&) { no_backend(); }
+Graph::~Graph() = default;
+void Graph::launch() { no_backend(); }
 
 }  // namespace mamba2::cuda

@@ -7,9 +7,10 @@
 //      chunk's start, state ← exp(a[last])·state + S_c; the last one goes to the sequence's slot
 //   3. chunk_scan   (chunk, head, 64 rows of t): y = exp(a[t])·C[t] S_startᵀ
 //      + (C Bᵀ ∘ exp(a[t]-a[s]) ∘ dt[s], s ≤ t) X + D·x, C Bᵀ a tile at a time in shared memory
-// fp32 SIMT, fp32 accumulation. Every output element is one FMA chain in a fixed order that
-// depends only on its own chunk (and, for the states, on its own sequence's chunks): never on
-// the other sequences of the launch. Offsets are 64-bit.
+// fp32 SIMT, fp32 accumulation; in bf16 / f16 compute the products run on tensor cores (below,
+// with C Bᵀ computed once per group in a pass of its own). Every output element is one chain of
+// FMAs (or MMAs) in a fixed order that depends only on its own chunk (and, for the states, on its
+// own sequence's chunks): never on the other sequences of the launch. Offsets are 64-bit.
 // a alone is kept in double, as on the CPU: in fp32, a[t] ~ -400 late in a chunk of a fast-decaying
 // head (dt·A ~ -1.6 per token) is rounded by ~3e-5, an error exp(a[t]-a[s]) carries whole (~1e-5 in
 // the final state). A difference taken in double and rounded to fp32 once costs one DADD per (t, s)
@@ -17,6 +18,8 @@
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
+
+#include <type_traits>
 
 namespace mamba2::cuda {
 
@@ -321,6 +324,337 @@ __global__ __launch_bounds__(kThreads) void step_kernel(SsdParams p, const float
   }
 }
 
+// Tensor-core path (bf16 / f16 operands, fp32 accumulation). The same passes; the four products
+// (C Bᵀ, masked M·X, C·S_startᵀ, (w∘X)ᵀ·B) run as mma.sync m16n8k16 (sm_80+) on operands
+// rounded to T when they are stored in shared memory (M: in registers); dt, a, the decay factors
+// and every accumulator stay as in the fp32 path (a in double, states fp32). A block is 4 warps;
+// warp w owns 16 rows of a 64-row tile and its columns as 8-column fragments.
+// The loop bounds depend on the chunk's length only, so batch invariance holds as above.
+constexpr int kTcThreads = 128;
+constexpr int kTcStride = kTile + 8;  // 144-byte rows: the 8 rows of an ldmatrix phase hit distinct banks
+constexpr int kMaxTcState = 256;      // C's and the state's rows in shared memory: up to 33 KiB each
+
+// Shared-memory row stride of a tile whose K columns are the state's N, padded to whole k-steps.
+__host__ __device__ inline int64_t state_stride(int64_t N) { return (N + 15) / 16 * 16 + 8; }
+
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+// Lane l gets, of 8×8 matrix j (rows addressed by lanes 8j..8j+7), row l/4, columns 2(l%4) and
+// 2(l%4)+1; transposed: column l/4, rows 2(l%4) and 2(l%4)+1.
+__device__ __forceinline__ void ldsm(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(unsigned(__cvta_generic_to_shared(p))));
+}
+__device__ __forceinline__ void ldsm_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(unsigned(__cvta_generic_to_shared(p))));
+}
+
+// d += a·b: a 16×16 (row-major fragment), b 16×8, d 16×8 fp32; lane l holds d's rows l/4 and
+// l/4 + 8, columns 2(l%4) and 2(l%4)+1.
+template <class T>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Fragment addresses of lane l in a tile at `base` with row stride ld (elements), for the k-step
+// at column (row-major operand) or row (transposed operand) k:
+//   a_rows:  A (16 rows × 16 k) stored row-major, rows first
+//   a_cols:  A stored k-major ([k][row]), through ldsm_trans
+//   b_rows:  B for two 8-column fragments stored [n][k] (k contiguous)
+//   b_cols:  B stored [k][n] (n contiguous), through ldsm_trans
+// After ldsm, r[0], r[1] are fragment 0's b0, b1 and r[2], r[3] fragment 1's.
+template <class T>
+__device__ __forceinline__ const T* a_rows(const T* base, int ld, int row0, int k) {
+  const int l = threadIdx.x % 32;
+  return base + (row0 + l % 16) * ld + k + (l / 16) * 8;
+}
+template <class T>
+__device__ __forceinline__ const T* a_cols(const T* base, int ld, int row0, int k) {
+  const int l = threadIdx.x % 32;
+  return base + (k + l % 8 + (l / 16) * 8) * ld + row0 + ((l / 8) % 2) * 8;
+}
+template <class T>
+__device__ __forceinline__ const T* b_rows(const T* base, int ld, int n0, int k) {
+  const int l = threadIdx.x % 32;
+  return base + (n0 + l % 8 + (l / 16) * 8) * ld + k + ((l / 8) % 2) * 8;
+}
+template <class T>
+__device__ __forceinline__ const T* b_cols(const T* base, int ld, int n0, int k) {
+  const int l = threadIdx.x % 32;
+  return base + (k + l % 8 + ((l / 8) % 2) * 8) * ld + n0 + (l / 16) * 8;
+}
+
+// dst[r][c] = T(scale[r]·src[r·ld + c]) for r < 64, c < cols (a multiple of 4): 0 outside
+// r < nrows, c < ncols; scale may be null. 16-byte loads where the rows allow them.
+template <class T>
+__device__ __forceinline__ void load_tile(T* dst, int stride, const float* src, int64_t ld, int cols, int nrows,
+                                          int ncols, const float* scale) {
+  const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && ld % 4 == 0 && ncols % 4 == 0;
+  const int c4s = cols / 4;
+  for (int i = threadIdx.x; i < kTile * c4s; i += kTcThreads) {
+    const int r = i / c4s, c = 4 * (i % c4s);
+    float v[4] = {};
+    if (r < nrows) {
+      const float* row = src + r * ld + c;
+      if (vec) {
+        if (c < ncols) {
+          const float4 q = *reinterpret_cast<const float4*>(row);
+          v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+        }
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v[q] = c + q < ncols ? row[q] : 0.0f;
+      }
+      if (scale) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v[q] *= scale[r];
+      }
+    }
+    *reinterpret_cast<uint2*>(dst + r * stride + c) = make_uint2(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]));
+  }
+}
+
+// Pass 1 on tensor cores. Block (chunk, state tile of 64 rows p × 8·NF columns n, head):
+// S_c[p][n] = Σ_s (w∘X)[s][p]·B[s][n], 64 tokens at a time; warp w the rows p0 + 16w... NF = 16
+// (the whole of d_state 128 in one tile) halves the reads of x and the repeats of chunk_decay.
+template <class T, int NF>
+__global__ __launch_bounds__(kTcThreads) void chunk_state_tc_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                                    const float* B, int64_t ldb, const float* dt_raw,
+                                                                    int64_t lddt, PackedSeqs seqs, int64_t Q,
+                                                                    float* dt_out, double* a_out, float* chunk_states) {
+  __shared__ double s_a[kMaxChunk];
+  __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk];
+  constexpr int kCols = 8 * NF, kBStride = kCols + 8;
+  __shared__ __align__(16) T Xs[kTile * kTcStride], Bs[kTile * kBStride];
+  const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
+  const int h = blockIdx.z, g = int(h / (H / p.ngroups));
+  const Chunk ch = find_chunk(seqs, c, Q);
+  chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
+  const double a_last = s_a[ch.len - 1];
+  for (int t = threadIdx.x; t < ch.len; t += kTcThreads) {
+    s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
+    if (blockIdx.y == 0) {
+      dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
+      a_out[h * seqs.tokens + ch.tok0 + t] = s_a[t];
+    }
+  }
+  __syncthreads();
+
+  const int ncol_tiles = int((N + kCols - 1) / kCols);
+  const int p0 = int(blockIdx.y / ncol_tiles) * kTile, n0 = int(blockIdx.y % ncol_tiles) * kCols;
+  const float* xs = x + ch.tok0 * ldx + h * P + p0;
+  const float* bs = B + ch.tok0 * ldb + g * N + n0;
+  const int warp = threadIdx.x / 32;
+  float acc[NF][4] = {};
+  for (int s0 = 0; s0 < ch.len; s0 += kTile) {
+    const int ns = min(kTile, ch.len - s0);
+    load_tile<T>(Xs, kTcStride, xs + s0 * ldx, ldx, kTile, ns, int(P - p0), s_w + s0);
+    load_tile<T>(Bs, kBStride, bs + s0 * ldb, ldb, kCols, ns, int(N - n0), nullptr);
+    __syncthreads();
+    for (int k = 0; k < ns; k += 16) {
+      uint32_t a[4];
+      ldsm_trans(a, a_cols(Xs, kTcStride, 16 * warp, k));
+#pragma unroll
+      for (int j = 0; j < NF; j += 2) {
+        uint32_t b[4];
+        ldsm_trans(b, b_cols(Bs, kBStride, 8 * j, k));
+        mma<T>(acc[j], a, b[0], b[1]);
+        mma<T>(acc[j + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+  const int lane = threadIdx.x % 32;
+  float* out = chunk_states + (c * H + h) * P * N;
+#pragma unroll
+  for (int j = 0; j < NF; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t pp = p0 + 16 * warp + lane / 4 + 8 * (i / 2), n = n0 + 8 * j + 2 * (lane % 4) + i % 2;
+      if (pp < P && n < N) out[pp * N + n] = acc[j][i];
+    }
+}
+
+// C Bᵀ on tensor cores, once per (chunk, group) for all the group's heads. Block (chunk, tile
+// pair, group): the 64×64 tile of rows t0.. and columns s0.. ≤ t0 (pairs numbered ti(ti+1)/2 + si),
+// into cb (chunks, groups, Qp, Qp) fp32, Qp = Q rounded up to whole tiles. In the diagonal tile
+// warp w computes (and pass 3 reads) only the first w + 1 groups of 16 columns.
+template <class T>
+__global__ __launch_bounds__(kTcThreads) void chunk_cb_tc_kernel(SsdParams p, const float* B, int64_t ldb,
+                                                                 const float* C, int64_t ldc, PackedSeqs seqs,
+                                                                 int64_t Q, int64_t Qp, float* cb) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t c = blockIdx.x, N = p.d_state;
+  const int g = blockIdx.z, ns_ = int(state_stride(N)), nk = ns_ - 8;
+  T* Cs = reinterpret_cast<T*>(smem);
+  T* Bs = Cs + kTile * ns_;
+  int ti = 0;
+  while ((ti + 1) * (ti + 2) / 2 <= int(blockIdx.y)) ++ti;
+  const int t0 = ti * kTile, s0 = (int(blockIdx.y) - ti * (ti + 1) / 2) * kTile;
+  const Chunk ch = find_chunk(seqs, c, Q);
+  if (t0 >= ch.len) return;
+  load_tile<T>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, ch.len - t0, int(N), nullptr);
+  load_tile<T>(Bs, ns_, B + (ch.tok0 + s0) * ldb + g * N, ldb, nk, ch.len - s0, int(N), nullptr);
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = 16 * warp;
+  const int groups = s0 < t0 ? 4 : warp + 1;
+  float acc[8][4] = {};
+  for (int k = 0; k < nk; k += 16) {
+    uint32_t af[4];
+    ldsm(af, a_rows(Cs, ns_, r0, k));
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+      if (j / 2 >= groups) break;
+      uint32_t b[4];
+      ldsm(b, b_rows(Bs, ns_, 8 * j, k));
+      mma<T>(acc[j], af, b[0], b[1]);
+      mma<T>(acc[j + 1], af, b[2], b[3]);
+    }
+  }
+  float* out = cb + ((c * p.ngroups + g) * Qp + t0 + r0 + lane / 4) * Qp + s0 + 2 * (lane % 4);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (j / 2 >= groups) break;
+    *reinterpret_cast<float2*>(out + 8 * j) = make_float2(acc[j][0], acc[j][1]);
+    *reinterpret_cast<float2*>(out + 8 * Qp + 8 * j) = make_float2(acc[j][2], acc[j][3]);
+  }
+}
+
+// Pass 3 on tensor cores. Block (chunk, 64 rows of t × 64 columns of p, head), warp w the rows
+// t0 + 16w..; dynamic shared memory: C's rows [t][n] and the start state [p][n] (N padded to whole
+// k-steps), x's rows [s][p]. C Bᵀ comes from chunk_cb_tc straight into registers in the layout
+// of mma's accumulators, which is that of its A operand: M = (C Bᵀ)∘decay∘dt never touches
+// shared memory.
+template <class T>
+__global__ __launch_bounds__(kTcThreads) void chunk_scan_tc_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                                   const float* C, int64_t ldc, float* y, int64_t ldy,
+                                                                   const float* dt, const double* a,
+                                                                   const float* chunk_states, const float* cb,
+                                                                   PackedSeqs seqs, int64_t Q, int64_t Qp) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ double s_a[kMaxChunk];
+  __shared__ float s_dt[kMaxChunk];
+  const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
+  const int ns_ = int(state_stride(N)), nk = ns_ - 8;
+  T* Cs = reinterpret_cast<T*>(smem);
+  T* Ss = Cs + kTile * ns_;
+  T* Xs = Ss + kTile * ns_;
+  const int ptiles = int((P + kTile - 1) / kTile);
+  const int h = blockIdx.z, g = int(h / (H / p.ngroups));
+  const int t0 = int(blockIdx.y / ptiles) * kTile, p0 = int(blockIdx.y % ptiles) * kTile;
+  const Chunk ch = find_chunk(seqs, c, Q);
+  if (t0 >= ch.len) return;
+  const int rows = min(kTile, ch.len - t0), s_end = t0 + rows;  // this tile needs s < s_end
+  for (int t = threadIdx.x; t < s_end; t += kTcThreads) {
+    s_dt[t] = dt[h * seqs.tokens + ch.tok0 + t];
+    s_a[t] = a[h * seqs.tokens + ch.tok0 + t];
+  }
+  load_tile<T>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, rows, int(N), nullptr);
+  load_tile<T>(Ss, ns_, chunk_states + ((c * H + h) * P + p0) * N, N, nk, int(P - p0), int(N), nullptr);
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r0 = 16 * warp;  // the warp's first row in the tile
+  const int tr[2] = {t0 + r0 + lane / 4, t0 + r0 + lane / 4 + 8};
+  const int last[2] = {tr[0] < ch.len ? tr[0] : -1, tr[1] < ch.len ? tr[1] : -1};  // row t takes s ≤ last
+
+  // Earlier chunks: exp(a[t]) · C[t] S_startᵀ.
+  float acc[8][4] = {};
+  for (int k = 0; k < nk; k += 16) {
+    uint32_t af[4];
+    ldsm(af, a_rows(Cs, ns_, r0, k));
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+      uint32_t b[4];
+      ldsm(b, b_rows(Ss, ns_, 8 * j, k));
+      mma<T>(acc[j], af, b[0], b[1]);
+      mma<T>(acc[j + 1], af, b[2], b[3]);
+    }
+  }
+  double at[2];
+  for (int i = 0; i < 2; ++i) {
+    at[i] = tr[i] < ch.len ? s_a[tr[i]] : 0.0;
+    const float decay = expf(float(at[i]));
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j][2 * i] *= decay, acc[j][2 * i + 1] *= decay;
+  }
+
+  // This chunk, 64 tokens s at a time up to the diagonal tile; in that one, warp w needs only
+  // the first w + 1 groups of 16 (s ≤ t).
+  const float* cbt = cb + ((c * p.ngroups + g) * Qp + tr[0]) * Qp + 2 * (lane % 4);
+  for (int s0 = 0; s0 <= t0; s0 += kTile) {
+    __syncthreads();
+    load_tile<T>(Xs, kTcStride, x + (ch.tok0 + s0) * ldx + h * P + p0, ldx, kTile, s_end - s0, int(P - p0),
+                 nullptr);
+    __syncthreads();
+    const int groups = s0 < t0 ? 4 : warp + 1;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      if (kk >= groups) break;
+      uint32_t m[4];
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        const float* q = cbt + s0 + 16 * kk + 8 * f;
+        const float2 lo = *reinterpret_cast<const float2*>(q), hi = *reinterpret_cast<const float2*>(q + 8 * Qp);
+        const float cbv[4] = {lo.x, lo.y, hi.x, hi.y};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float v[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int s = s0 + 16 * kk + 8 * f + 2 * (lane % 4) + e;
+            v[e] = s <= last[i] ? cbv[2 * i + e] * expf(float(at[i] - s_a[s])) * s_dt[s] : 0.0f;
+          }
+          m[2 * f + i] = pack2<T>(v[0], v[1]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; j += 2) {
+        uint32_t b[4];
+        ldsm_trans(b, b_cols(Xs, kTcStride, 8 * j, 16 * kk));
+        mma<T>(acc[j], m, b[0], b[1]);
+        mma<T>(acc[j + 1], m, b[2], b[3]);
+      }
+    }
+  }
+
+  const float Dh = p.D[h];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t t = tr[i];
+    if (t >= ch.len) continue;
+    const float* xt = x + (ch.tok0 + t) * ldx + h * P;
+    float* yt = y + (ch.tok0 + t) * ldy + h * P;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int pp = p0 + 8 * j + 2 * (lane % 4) + e;
+        if (pp < P) yt[pp] = fmaf(Dh, xt[pp], acc[j][2 * i + e]);
+      }
+  }
+}
+
 void check_params(const SsdParams& p) {
   if (p.headdim < 1 || p.headdim > kMaxHeaddim)
     raise(cat("[ssd_scan] headdim ", p.headdim, ": the CUDA kernels take 1 to ", kMaxHeaddim));
@@ -334,10 +668,12 @@ void check_params(const SsdParams& p) {
 
 void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
                       int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-                      const PackedSeqs& seqs, int64_t chunk_size) {
+                      const PackedSeqs& seqs, int64_t chunk_size, DType compute) {
   check_params(p);
   if (chunk_size < 1 || chunk_size > kMaxChunk)
     raise(cat("[ssd_scan] chunk_size ", chunk_size, ": the CUDA kernels take 1 to ", kMaxChunk));
+  if (compute != DType::F32 && p.d_state > kMaxTcState)
+    raise(cat("[ssd_scan] d_state ", p.d_state, ": the ", dtype_name(compute), " kernels take 1 to ", kMaxTcState));
   if (seqs.tokens == 0) return;
   const int64_t H = p.nheads, P = p.headdim, N = p.d_state, T = seqs.tokens;
   const unsigned chunks = unsigned(seqs.total_chunks), heads = unsigned(H);
@@ -347,26 +683,62 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
   float* dt = static_cast<float*>(dt_buf.get());
   double* a = static_cast<double*>(a_buf.get());
   float* cs = static_cast<float*>(chunk_states.get());
-
   const unsigned state_tiles = unsigned(ceil_div(P, kTile) * ceil_div(N, kTile));
-  chunk_state_kernel<<<dim3(chunks, state_tiles, heads), kThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt,
-                                                                                  seqs, chunk_size, dt, a, cs);
-  check_launch("ssd_scan");
   const unsigned elem_blocks = unsigned(ceil_div(P * N, kThreads));
-  state_pass_kernel<<<dim3(unsigned(seqs.count), heads, elem_blocks), kThreads, 0, stream()>>>(p, a, cs, states, seqs,
-                                                                                               chunk_size);
-  check_launch("ssd_scan");
-  const dim3 grid(chunks, unsigned(ceil_div(chunk_size, kTile)), heads);
-  const auto scan = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, y, ldy, dt, a, cs, seqs, chunk_size);
+  const auto state_pass = [&] {
+    state_pass_kernel<<<dim3(unsigned(seqs.count), heads, elem_blocks), kThreads, 0, stream()>>>(p, a, cs, states,
+                                                                                                 seqs, chunk_size);
+    check_launch("ssd_scan");
   };
-  switch (ceil_div(P, kTile)) {
-    case 1: scan(chunk_scan_kernel<1>); break;
-    case 2: scan(chunk_scan_kernel<2>); break;
-    case 3: scan(chunk_scan_kernel<3>); break;
-    default: scan(chunk_scan_kernel<4>); break;
+
+  if (compute == DType::F32) {
+    chunk_state_kernel<<<dim3(chunks, state_tiles, heads), kThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt,
+                                                                                    seqs, chunk_size, dt, a, cs);
+    check_launch("ssd_scan");
+    state_pass();
+    const dim3 grid(chunks, unsigned(ceil_div(chunk_size, kTile)), heads);
+    const auto scan = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, y, ldy, dt, a, cs, seqs, chunk_size);
+    };
+    switch (ceil_div(P, kTile)) {
+      case 1: scan(chunk_scan_kernel<1>); break;
+      case 2: scan(chunk_scan_kernel<2>); break;
+      case 3: scan(chunk_scan_kernel<3>); break;
+      default: scan(chunk_scan_kernel<4>); break;
+    }
+    check_launch("ssd_scan");
+    return;
   }
-  check_launch("ssd_scan");
+
+  const auto tensor_cores = [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const auto chunk_state = [&](auto kernel, int64_t cols) {
+      const dim3 grid(chunks, unsigned(ceil_div(P, kTile) * ceil_div(N, cols)), heads);
+      kernel<<<grid, kTcThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt, seqs, chunk_size, dt, a, cs);
+    };
+    if (N > 64) chunk_state(chunk_state_tc_kernel<T, 16>, 128);
+    else chunk_state(chunk_state_tc_kernel<T, 8>, 64);
+    check_launch("ssd_scan");
+    state_pass();
+    const int64_t ntiles = ceil_div(chunk_size, kTile), Qp = ntiles * kTile;
+    auto cb_buf = allocate(sizeof(float) * size_t(seqs.total_chunks * p.ngroups * Qp * Qp), "ssd_scan scratch");
+    float* cb = static_cast<float*>(cb_buf.get());
+    const size_t cb_smem = sizeof(T) * size_t(2 * kTile * state_stride(N));
+    check(cudaFuncSetAttribute(chunk_cb_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(cb_smem)),
+          "ssd_scan");
+    chunk_cb_tc_kernel<T><<<dim3(chunks, unsigned(ntiles * (ntiles + 1) / 2), unsigned(p.ngroups)), kTcThreads,
+                            cb_smem, stream()>>>(p, B, ldb, C, ldc, seqs, chunk_size, Qp, cb);
+    check_launch("ssd_scan");
+    const size_t smem = sizeof(T) * size_t(kTile * (2 * state_stride(N) + kTcStride));
+    check(cudaFuncSetAttribute(chunk_scan_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+          "ssd_scan");
+    const dim3 grid(chunks, unsigned(ntiles * ceil_div(P, kTile)), heads);
+    chunk_scan_tc_kernel<T><<<grid, kTcThreads, smem, stream()>>>(p, x, ldx, C, ldc, y, ldy, dt, a, cs, cb, seqs,
+                                                                  chunk_size, Qp);
+    check_launch("ssd_scan");
+  };
+  if (compute == DType::BF16) tensor_cores(static_cast<__nv_bfloat16*>(nullptr));
+  else tensor_cores(static_cast<__half*>(nullptr));
 }
 
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,

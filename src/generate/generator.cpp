@@ -86,6 +86,10 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
   for (int64_t s = 0; s < B; ++s) rows[size_t(s)] = s;
   if (params.max_new_tokens == 0)
     for (int64_t s : rows) finish(s, -1, "", FinishReason::Length);
+  // Plain greedy decoding is picked where the logits are (on the GPU only the ids come back);
+  // the first token, from the prefill's logits, goes through the sampler like any other.
+  const bool model_greedy = params.sampling.temperature == 0.0f && params.sampling.repetition_penalty == 1.0f;
+  std::vector<int32_t> chosen;  // the model's greedy ids of `rows`, when it chose them
   std::vector<int32_t> next_tokens;
   std::vector<int64_t> next_rows;
   while (params.max_new_tokens > 0) {
@@ -94,7 +98,8 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
     for (size_t r = 0; r < rows.size(); ++r) {
       const int64_t s = rows[r];
       Sequence& q = seqs[size_t(s)];
-      const int32_t token = q.sampler.sample(std::span<const float>(logits).subspan(r * size_t(V), size_t(V)));
+      const int32_t token = !chosen.empty() ? chosen[r]
+                                            : q.sampler.sample(std::span<const float>(logits).subspan(r * size_t(V), size_t(V)));
       q.sampler.observe(token);
       ++q.result.generated_tokens;
       if (eos && token == *eos) {
@@ -113,7 +118,10 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
       }
     }
     if (next_rows.empty()) break;
-    model_.decode(next_tokens, next_rows, *state, logits);
+    if (model_greedy)
+      model_.decode_greedy(next_tokens, next_rows, *state, tokenizer_.vocab_size(), chosen);
+    else
+      model_.decode(next_tokens, next_rows, *state, logits);
     rows.swap(next_rows);
   }
   if (stats) {

@@ -2,6 +2,8 @@
 // op but the conv and the scan, which come as a chunked/sequence form and a one-token form.
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "cuda/runtime.h"
 #include "mamba2/error.h"
@@ -32,7 +34,11 @@ Model Model::load(const std::filesystem::path& dir) {
 }
 
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
-    : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      device_(device),
+      dtype_(dtype),
+      graphs_(std::make_shared<DecodeGraphs>()) {
   config_.validate("model");
   if (device == Device::CPU && dtype != DType::F32)
     fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
@@ -73,20 +79,27 @@ void check_state(const InferenceState& state, const ModelConfig& c, Device devic
          device_name(device));
 }
 
-// Final norm and the head (tied or not) over `rows` of the residual stream; logits to the host.
+// Final norm and the head (tied or not) over `rows` of the residual stream, on its device:
+// normed (rows, d_model) in the compute dtype, logits (rows, vocab) fp32.
+void head_into(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView h, ops::LinearKernel kernel,
+               MatView normed, MatView logits) {
+  ops::add_rmsnorm(residual, h, w.norm_f, normed, float(c.norm_eps));
+  ops::linear(normed, w.lm_head, logits, kernel);
+}
+
+// The same, the logits brought to the host.
 void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView h, ops::LinearKernel kernel,
           DType dtype, std::vector<float>& logits) {
   const Device dev = residual.device;
+  const int64_t V = c.vocab_padded();
   Tensor normed = Tensor::empty({residual.rows, c.d_model}, dev, dtype);
-  ops::add_rmsnorm(residual, h, w.norm_f, MatView::of(normed), float(c.norm_eps));
-  logits.resize(size_t(residual.rows * c.vocab_padded()));
+  logits.resize(size_t(residual.rows * V));
   if (dev == Device::CPU) {
-    ops::linear(MatView::of(normed), w.lm_head, {logits.data(), residual.rows, c.vocab_padded(), c.vocab_padded()},
-                kernel);
+    head_into(w, c, residual, h, kernel, MatView::of(normed), {logits.data(), residual.rows, V, V});
     return;
   }
-  Tensor out = Tensor::empty({residual.rows, c.vocab_padded()}, dev);
-  ops::linear(MatView::of(normed), w.lm_head, MatView::of(out), kernel);
+  Tensor out = Tensor::empty({residual.rows, V}, dev);
+  head_into(w, c, residual, h, kernel, MatView::of(normed), MatView::of(out));
   cuda::copy_to_host(logits.data(), out.raw(), out.nbytes());
 }
 
@@ -115,8 +128,8 @@ struct Activations {
 // gated RMSNorm and out_proj. Leaves the last block's output in a.h for the head.
 template <class Mixer>
 void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
-                ops::LinearKernel kernel, Mixer&& mixer) {
-  ops::embedding(w.embedding, ids, MatView::of(a.residual));
+                ops::LinearKernel kernel, Mixer&& mixer, const int32_t* device_ids = nullptr) {
+  ops::embedding(w.embedding, ids, MatView::of(a.residual), device_ids);
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     ops::add_rmsnorm(MatView::of(a.residual), li == 0 ? MatView{} : MatView::of(a.h), l.norm, MatView::of(a.u),
@@ -222,7 +235,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     }
     ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), conv_states, seqs);
     const ConvOut co = split_conv(MatView::of(a.xbc), c);
-    ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), ssm_states, seqs);
+    ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), ssm_states, seqs, dtype_);
   });
   if (all_positions) {
     head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, dtype_, logits);
@@ -239,20 +252,30 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Prefill, dtype_, logits);
 }
 
-void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
-                   std::vector<float>& logits) const {
-  const ModelConfig& c = config_;
-  const ModelWeights& w = *weights_;
+void Model::check_decode(std::span<const int32_t> tokens, std::span<const int64_t> slots,
+                         const InferenceState& state) const {
   const int64_t nb = int64_t(tokens.size());
   if (int64_t(slots.size()) != nb) fail("[model] {} slots for {} tokens", slots.size(), nb);
-  check_state(state, c, device_);
+  check_state(state, config_, device_);
   std::vector<bool> seen(size_t(state.batch));
   for (int64_t s : slots) {
     if (s < 0 || s >= state.batch) fail("[model] slot {} outside the state's {} sequences", s, state.batch);
     if (seen[size_t(s)]) fail("[model] slot {} appears twice in one decode step", s);
     seen[size_t(s)] = true;
   }
+}
 
+void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                   std::vector<float>& logits) const {
+  const ModelConfig& c = config_;
+  const ModelWeights& w = *weights_;
+  const int64_t nb = int64_t(tokens.size());
+  check_decode(tokens, slots, state);
+
+  if (device_ == Device::CUDA) {
+    decode_on_gpu(tokens, slots, state, &logits, 0, nullptr);
+    return;
+  }
   Activations a(nb, c, device_, dtype_);
   const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, device_);
   run_layers(w, c, tokens, a, ops::LinearKernel::Decode, [&](size_t li, const LayerWeights& l, const Projections& pr) {
@@ -261,6 +284,113 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
     ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), seqs);
   });
   head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, dtype_, logits);
+}
+
+// A decode step on the GPU for a batch size and a state: its buffers, and the step captured as
+// one CUDA graph after a first eager run (which also makes cuBLASLt's plans, so the capture
+// allocates nothing). Later steps copy the tokens and slots in, replay the graph and copy the
+// logits out. The entry holds the state's tensors, so their memory (whose addresses the graph
+// has baked in) cannot be reused while it lives.
+struct DecodeStep {
+  std::vector<Tensor> state_tensors;
+  Activations a;
+  Tensor normed, logits;
+  std::shared_ptr<void> ids;   // (nb) int32
+  std::shared_ptr<void> next;  // (nb) int32: the greedy choice of each row
+  int64_t greedy_cols = 0;     // the columns argmax looks at, as captured
+  ops::SeqBatch seqs;
+  std::unique_ptr<cuda::Graph> graph;
+  uint64_t last_use = 0;
+  DecodeStep(const InferenceState& st, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c, DType dtype)
+      : a(nb, c, Device::CUDA, dtype),
+        normed(Tensor::empty({nb, c.d_model}, Device::CUDA, dtype)),
+        logits(Tensor::empty({nb, c.vocab_padded()}, Device::CUDA)),
+        ids(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode token ids")),
+        next(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode greedy ids")),
+        seqs(ops::SeqBatch::decode(slots, Device::CUDA)) {
+    state_tensors.insert(state_tensors.end(), st.conv.begin(), st.conv.end());
+    state_tensors.insert(state_tensors.end(), st.ssm.begin(), st.ssm.end());
+  }
+};
+
+struct DecodeGraphs {
+  static constexpr size_t kMaxEntries = 16;  // (batch size, state) pairs kept; the least recent goes
+  std::mutex mutex;
+  std::map<std::pair<int64_t, const void*>, std::unique_ptr<DecodeStep>> steps;
+  uint64_t clock = 0;
+};
+
+void Model::set_decode_graphs(bool on) { decode_graphs_ = on; }
+
+void Model::decode_greedy(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                          int64_t vocab, std::vector<int32_t>& next) const {
+  if (vocab <= 0 || vocab > config_.vocab_padded())
+    fail("[model] greedy decoding over {} ids of a vocabulary of {}", vocab, config_.vocab_padded());
+  if (device_ == Device::CUDA) {
+    check_decode(tokens, slots, state);
+    decode_on_gpu(tokens, slots, state, nullptr, vocab, &next);
+    return;
+  }
+  std::vector<float> logits;
+  decode(tokens, slots, state, logits);
+  next.resize(tokens.size());
+  ops::argmax({logits.data(), int64_t(tokens.size()), config_.vocab_padded(), config_.vocab_padded()}, vocab,
+              next.data());
+}
+
+void Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                          std::vector<float>* logits, int64_t greedy_cols, std::vector<int32_t>* next) const {
+  const ModelConfig& c = config_;
+  const ModelWeights& w = *weights_;
+  const int64_t nb = int64_t(tokens.size());
+  std::lock_guard<std::mutex> lock(graphs_->mutex);
+  auto& steps = graphs_->steps;
+  const auto key = std::make_pair(nb, state.conv.front().raw());
+  auto it = steps.find(key);
+  if (it == steps.end()) {
+    if (steps.size() >= DecodeGraphs::kMaxEntries) {
+      auto oldest = steps.begin();
+      for (auto e = steps.begin(); e != steps.end(); ++e)
+        if (e->second->last_use < oldest->second->last_use) oldest = e;
+      steps.erase(oldest);
+    }
+    it = steps.emplace(key, std::make_unique<DecodeStep>(state, nb, slots, c, dtype_)).first;
+  }
+  DecodeStep& d = *it->second;
+  d.last_use = ++graphs_->clock;
+  cuda::copy_to_device(d.ids.get(), tokens.data(), tokens.size_bytes());
+  d.seqs.set_decode_slots(slots);
+  const int32_t* device_ids = static_cast<const int32_t*>(d.ids.get());
+  auto body = [&] {
+    run_layers(
+        w, c, tokens, d.a, ops::LinearKernel::Decode,
+        [&](size_t li, const LayerWeights& l, const Projections& pr) {
+          ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(d.a.xbc), state.conv_states(li), d.seqs);
+          const ConvOut co = split_conv(MatView::of(d.a.xbc), c);
+          ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(d.a.y), state.ssm_states(li), d.seqs);
+        },
+        device_ids);
+    head_into(w, c, MatView::of(d.a.residual), MatView::of(d.a.h), ops::LinearKernel::Decode, MatView::of(d.normed),
+              MatView::of(d.logits));
+    ops::argmax(MatView::of(d.logits), d.greedy_cols, static_cast<int32_t*>(d.next.get()));
+  };
+  const int64_t cols = greedy_cols > 0 ? greedy_cols : d.greedy_cols > 0 ? d.greedy_cols : c.vocab_padded();
+  if (cols != d.greedy_cols) d.graph.reset();
+  d.greedy_cols = cols;
+  if (d.graph) {
+    d.graph->launch();
+  } else {
+    body();
+    if (decode_graphs_) d.graph = std::make_unique<cuda::Graph>(body);
+  }
+  if (logits) {
+    logits->resize(size_t(nb * c.vocab_padded()));
+    cuda::copy_to_host(logits->data(), d.logits.raw(), d.logits.nbytes());
+  }
+  if (next) {
+    next->resize(size_t(nb));
+    cuda::copy_to_host(next->data(), d.next.get(), size_t(nb) * sizeof(int32_t));
+  }
 }
 
 }  // namespace mamba2

@@ -6,7 +6,7 @@
 
 namespace mamba2::ops {
 
-void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out) {
+void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids) {
   if (table.rank() != 2) fail("[embedding] table must be 2-D, got {}", shape_str(table.shape()));
   const int64_t vocab = table.dim(0), d = table.dim(1), n = int64_t(ids.size());
   const Device dev = table.device();
@@ -18,6 +18,10 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out) {
       fail("[embedding] token id {} at position {} is out of range [0, {})", ids[t], t, vocab);
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
+    if (device_ids) {
+      cuda::embedding_forward(table.raw(), table.dtype(), d, device_ids, n, out.data());
+      return;
+    }
     auto dev_ids = cuda::allocate(ids.size_bytes(), "token ids");
     cuda::copy_to_device(dev_ids.get(), ids.data(), ids.size_bytes());
     cuda::embedding_forward(table.raw(), table.dtype(), d, static_cast<const int32_t*>(dev_ids.get()), n, out.data());

@@ -15,8 +15,9 @@
 
 namespace mamba2::ops {
 
-// embedding: out (n, d) = table[ids]; every id must be a row of the table.
-void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out);
+// embedding: out (n, d) = table[ids]; every id must be a row of the table. On the GPU the ids are
+// copied there, unless `device_ids` already holds them (a captured decode graph).
+void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids = nullptr);
 // embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
@@ -66,8 +67,10 @@ struct SsdWeights {
 };
 // ssd_scan: chunked scan (chunks of seqs.chunk_size()) of the sequences of `seqs`, packed; each
 // starts from its row of states (batch, nheads·headdim·d_state) and leaves its final state there.
+// `compute`: the operand precision of the GPU scan's matrix products (the model's dtype; bf16 and
+// f16 run them on tensor cores with fp32 accumulation). The CPU scan is fp32 whatever it says.
 void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              const SeqBatch& seqs);
+              const SeqBatch& seqs, DType compute = DType::F32);
 // ssd_scan: one token for each sequence of `seqs` (a decode batch).
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               const SeqBatch& seqs);
@@ -86,6 +89,10 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).
 double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale);
+
+// argmax: out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones), greedy
+// decoding; out (x.rows) on x's device.
+void argmax(MatView x, int64_t cols, int32_t* out);
 
 // adamw: one torch.optim.AdamW step of a parameter (fp32 moments m, v updated in place), from the
 // gradient times grad_scale. Decoupled weight decay p ← p·(1 − lr·weight_decay) (0: none);

@@ -36,6 +36,14 @@ SeqBatch SeqBatch::decode(std::span<const int64_t> slots, Device device) {
   return SeqBatch(ones, slots, 1, device);
 }
 
+void SeqBatch::set_decode_slots(std::span<const int64_t> slots) {
+  if (slots.size() != slots_.size()) fail("[model] {} slots for a decode batch of {}", slots.size(), slots_.size());
+  slots_.assign(slots.begin(), slots.end());
+  if (device_arrays_) {
+    cuda::copy_to_device(const_cast<int64_t*>(device_slots()), slots_.data(), slots_.size() * sizeof(int64_t));
+  }
+}
+
 const int64_t* SeqBatch::device_ptr(int which) const {
   if (!device_arrays_) fail("[model] this sequence batch has no GPU copy");
   const int64_t* base = static_cast<const int64_t*>(device_arrays_.get());

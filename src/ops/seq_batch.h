@@ -18,6 +18,10 @@ class SeqBatch {
   // One token for each slot (a decode step).
   static SeqBatch decode(std::span<const int64_t> slots, Device device);
 
+  // A decode batch reused step after step (a captured decode graph reads the same device
+  // arrays): the same number of sequences, now in these slots.
+  void set_decode_slots(std::span<const int64_t> slots);
+
   int64_t count() const { return int64_t(lengths_.size()); }
   int64_t tokens() const { return starts_.back(); }
   int64_t chunk_size() const { return chunk_size_; }

@@ -48,7 +48,7 @@ cuda::SsdParams cuda_params(const cpu::SsdParams& p) {
 }  // namespace
 
 void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              const SeqBatch& seqs) {
+              const SeqBatch& seqs, DType compute) {
   const auto p = params(w, x, B, C, dt, x.rows, x.device);
   check_forward(p, x, y, states, seqs);
   if (x.rows == 0) return;
@@ -58,7 +58,7 @@ void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
     const cuda::PackedSeqs packed{seqs.count(), seqs.tokens(), chunks, seqs.device_starts(),
                                   seqs.device_chunk_starts(), seqs.device_slots()};
     cuda::ssd_scan_forward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(),
-                           y.ld, states.data(), packed, seqs.chunk_size());
+                           y.ld, states.data(), packed, seqs.chunk_size(), compute);
 #else
     no_cuda_backend(__func__);
 #endif

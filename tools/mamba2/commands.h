@@ -34,8 +34,9 @@ void add_placement_options(CLI::App* sub, Placement& p);
 // CPU; the MAMBA2_DEVICE environment variable sets another default), in bf16 on the GPU and f32
 // on the CPU.
 Model load_model(const std::string& dir, const Placement& p);
-// The device `p` names (the same default), selected when it is a GPU.
+// The device `p` names (the same default), selected when it is a GPU, and the dtype for it.
 Device placement_device(const Placement& p);
+DType placement_dtype(const Placement& p, Device device);
 // The process's peak resident memory so far.
 double peak_rss_mib();
 

@@ -77,6 +77,10 @@ Device placement_device(const Placement& p) {
 
 Model load_model(const std::string& dir, const Placement& p) {
   const Device dev = placement_device(p);
+  return Model::load(dir).to(dev, placement_dtype(p, dev));
+}
+
+DType placement_dtype(const Placement& p, Device dev) {
   DType dtype = dev == Device::CUDA ? DType::BF16 : DType::F32;
   if (p.dtype == "f32") dtype = DType::F32;
   else if (p.dtype == "bf16") dtype = DType::BF16;
@@ -84,7 +88,7 @@ Model load_model(const std::string& dir, const Placement& p) {
   else if (!p.dtype.empty()) fail("[cli] --dtype: '{}' is not f32, bf16 or f16", p.dtype);
   if (dev == Device::CPU && dtype != DType::F32)
     fail("[cli] --dtype {}: the CPU computes in f32 only (bf16/f16 run on the GPU)", p.dtype);
-  return Model::load(dir).to(dev, dtype);
+  return dtype;
 }
 
 double peak_rss_mib() {
