@@ -2,8 +2,10 @@
 # One call on the GPU machine (the device tool), over a checkout that carries the portable build
 # (scripts/package-portable.sh), packed as $PORTABLE (default .devrun/portable.tar.xz, a tar of
 # mamba2-portable/{bin,lib}) and, for the baseline, .anchors/ (shared/anchors/README.md).
-#   bench/gpu_session.sh tests    the GPU suite (scripts/run-gpu-tests.sh --bin dist/bin)
-#   bench/gpu_session.sh bench    mamba2 bench on the GPU beside mamba_ssm, same machine, same run
+#   bench/gpu_session.sh tests     the GPU suite (scripts/run-gpu-tests.sh --bin ...)
+#   bench/gpu_session.sh bench     mamba2 bench on the GPU beside mamba_ssm, same machine, same run
+#                                  (BIG=1 adds the 2.7b preset; ANCHORS=0 skips mamba_ssm)
+#   bench/gpu_session.sh profile   per-kernel times (Nsight Compute) of an SSD scan and a decode step
 # Logs go to $OUT (or /tmp/out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +16,14 @@ mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0
 tar -C /tmp -xJf "${PORTABLE:-.devrun/portable.tar.xz}"
 bin=/tmp/mamba2-portable/bin
+models=/tmp/models
+mkdir -p "$models"
+[ -d "$models/130m" ] || "$bin/mamba2" init --preset 130m --dtype bf16 --out "$models/130m" > /dev/null
 case "${1:-tests}" in
   tests)
     scripts/run-gpu-tests.sh --bin "$bin" 2>&1 | tee "$out/gpu-tests.log"
     ;;
   bench)
-    models=/tmp/models
-    mkdir -p "$models"
-    "$bin/mamba2" init --preset 130m --dtype bf16 --out "$models/130m" > /dev/null
     {
       for dt in bf16 f32; do
         "$bin/mamba2" bench --device cuda --dtype $dt --ssd 8x2048x24x64x128 --ssd 2x4096x80x64x128 --repeats 20
@@ -30,10 +32,36 @@ case "${1:-tests}" in
         --decode-tokens 64 --repeats 5
       "$bin/mamba2" bench --model "$models/130m" --device cuda --dtype f32 --prefill 2048 --decode-batch 1,16 \
         --decode-tokens 64 --repeats 3
+      if [ "${BIG:-0}" = 1 ]; then
+        "$bin/mamba2" init --preset 2.7b --dtype bf16 --out "$models/2.7b" > /dev/null
+        "$bin/mamba2" bench --model "$models/2.7b" --device cuda --prefill 2048 --decode-batch 1,16 \
+          --decode-tokens 32 --repeats 3
+      fi
       if [ -d .anchors ] && [ "${ANCHORS:-1}" = 1 ]; then
         PYTHONUNBUFFERED=1 python3 bench/mamba_ssm_golden.py
         PYTHONUNBUFFERED=1 OUT="$out" python3 .anchors/mamba_ssm_gpu.py ${ANCHOR_PARTS:-ssd infer}
       fi
     } 2>&1 | tee "$out/gpu-bench.log"
+    ;;
+  profile)
+    ncu=(ncu --clock-control none --metrics gpu__time_duration.sum --csv)
+    {
+      # The second SSD call (the first is the warm-up), then one replayed decode step of 130m.
+      "${ncu[@]}" --launch-skip 4 --launch-count 4 "$bin/mamba2" bench --device cuda --ssd 8x2048x24x64x128 --repeats 1
+      "${ncu[@]}" --launch-skip 2000 --launch-count 160 "$bin/mamba2" bench --model "$models/130m" --device cuda \
+        --prefill 16 --decode-batch 1 --decode-tokens 16 --repeats 1
+    } > "$out/profile.csv" 2> "$out/profile.err"
+    python3 - "$out/profile.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10 and r[-3] == "gpu__time_duration.sum"]
+tot = collections.defaultdict(lambda: [0, 0.0])
+for r in rows:
+    name = r[4].split("(")[0].split("<")[0].split("::")[-1][:60]
+    v = float(r[-1].replace(",", ""))
+    scale = 1e-3 if r[-2] == "ns" else (1.0 if r[-2] == "us" else 1e3)
+    tot[name][0] += 1; tot[name][1] += v * scale
+for name, (n, us) in sorted(tot.items(), key=lambda kv: -kv[1][1]):
+    print(f"{name:60s} {n:5d} launches {us:10.1f} us")
+PY
     ;;
 esac

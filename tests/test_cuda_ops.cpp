@@ -157,6 +157,21 @@ TEST(CudaOps, CausalConvPackedMatchesCpu) {
   EXPECT_TRUE(test::same_bits(to_cpu(st_g), st_c));
 }
 
+// Asking for more than the GPU has is one clear error naming the size, not a crash; the pool
+// still serves later allocations.
+TEST(CudaOps, OutOfMemoryIsAClearError) {
+  MAMBA2_REQUIRE_GPU();
+  try {
+    Tensor::empty({int64_t(1) << 40}, Device::CUDA);  // 4 TiB
+    FAIL() << "a 4 TiB allocation succeeded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[cuda] out of GPU memory: 4194304 MiB asked for a tensor"), std::string::npos)
+        << e.what();
+  }
+  Tensor t = Tensor::zeros({1024}, Device::CUDA);
+  EXPECT_EQ(to_cpu(t).data()[1023], 0.0f);
+}
+
 TEST(CudaOps, OperandsOnTheWrongDeviceAreRefused) {
   MAMBA2_REQUIRE_GPU();
   Tensor x = Tensor::zeros({2, 8}), y = Tensor::empty({2, 4}, Device::CUDA);

@@ -277,6 +277,8 @@ std::vector<ScanCase> scan_cases() {
       {.Q = 48, .H = 3, .P = 40, .G = 1, .N = 20, .lengths = {1, 47, 48, 49, 99}},
       {.Q = 32, .H = 1, .P = 256, .G = 1, .N = 32, .lengths = {33, 2}},
       {.Q = 1, .H = 2, .P = 32, .G = 2, .N = 16, .lengths = {3, 1}},
+      // More chunks than the state pass takes in one batch of loads (8): 19 and 3.
+      {.Q = 8, .H = 2, .P = 32, .G = 1, .N = 16, .lengths = {150, 17}},
       {.Q = 256, .H = 2, .P = 64, .G = 1, .N = 64, .lengths = {300, 7}, .fast_decay = true},
   };
 }

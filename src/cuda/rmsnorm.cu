@@ -41,20 +41,51 @@ __global__ void add_rmsnorm_kernel(float* residual, const float* h, const float*
   for (int64_t i = threadIdx.x; i < d; i += kThreads) store_f32(o + i, r[i] * scale * w[i]);
 }
 
-// Block (row, group): v = y·silu(z) over the group's gs channels.
+// Block (row, group): v = y·silu(z) over the group's gs channels, kept in registers between the
+// sum and the output when they fit (gs ≤ kThreads·kHeld), so y and z are read and silu computed
+// once. The sum's order is the same either way: thread i adds channels i, i+kThreads, ... in order.
+constexpr int kHeld = 24;
+
 template <class Out>
 __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
                                      Out* out, int64_t ldo, int64_t gs, float eps) {
   const int64_t row = blockIdx.x, c0 = int64_t(blockIdx.y) * gs;
   const float* yr = y + row * ldy + c0;
   const float* zr = z + row * ldz + c0;
+  Out* o = out + row * ldo + c0;
+  if (gs <= int64_t(kThreads) * kHeld) {
+    float yv[kHeld], zv[kHeld];
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kThreads;
+      if (i < gs) {
+        yv[j] = yr[i];
+        zv[j] = zr[i];
+      }
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kThreads;
+      if (i < gs) {
+        yv[j] *= silu(zv[j]);
+        ss += yv[j] * yv[j];
+      }
+    }
+    const float scale = rsqrtf(block_sum(ss) / float(gs) + eps);
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kThreads;
+      if (i < gs) store_f32(o + i, yv[j] * scale * w[c0 + i]);
+    }
+    return;
+  }
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
     const float v = yr[i] * silu(zr[i]);
     ss += v * v;
   }
   const float scale = rsqrtf(block_sum(ss) / float(gs) + eps);
-  Out* o = out + row * ldo + c0;
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
 }
 

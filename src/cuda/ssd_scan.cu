@@ -180,23 +180,36 @@ __global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, cons
 }
 
 // Pass 2. Block (sequence, head, 256 state elements), one element per thread: the sequence's
-// chunks in order.
+// chunks in order, 8 at a time with all 16 loads issued before the first store (chunk_states is
+// both read and written, so the compiler would not hoist them): one memory round trip per 8
+// chunks instead of two per chunk.
 __global__ __launch_bounds__(kThreads) void state_pass_kernel(SsdParams p, const double* a, float* chunk_states,
                                                               float* states, PackedSeqs seqs, int64_t Q) {
+  constexpr int kAhead = 8;
   const int64_t i = blockIdx.x, h = blockIdx.y, PN = p.headdim * p.d_state;
   const int64_t e = int64_t(blockIdx.z) * kThreads + threadIdx.x;
   if (e >= PN) return;
   const int64_t start = seqs.starts[i], end = seqs.starts[i + 1], c0 = seqs.chunk_starts[i];
-  const int64_t nchunks = seqs.chunk_starts[i + 1] - c0;
+  const int64_t nchunks = seqs.chunk_starts[i + 1] - c0, step = p.nheads * PN;
   const double* ah = a + h * seqs.tokens;
   float* final_state = states + (seqs.slots[i] * p.nheads + h) * PN + e;
+  float* own = chunk_states + (c0 * p.nheads + h) * PN + e;
   float state = *final_state;
-  for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t last = min(start + (k + 1) * Q, end) - 1;
-    float* own = chunk_states + ((c0 + k) * p.nheads + h) * PN + e;
-    const float s_c = *own;
-    *own = state;
-    state = fmaf(expf(float(ah[last])), state, s_c);
+  for (int64_t k0 = 0; k0 < nchunks; k0 += kAhead) {
+    float s_c[kAhead];
+    double a_last[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      const int64_t k = k0 + j;
+      s_c[j] = k < nchunks ? own[k * step] : 0.0f;
+      a_last[j] = k < nchunks ? ah[min(start + (k + 1) * Q, end) - 1] : 0.0;
+    }
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (k0 + j >= nchunks) break;
+      own[(k0 + j) * step] = state;
+      state = fmaf(expf(float(a_last[j])), state, s_c[j]);
+    }
   }
   *final_state = state;
 }
@@ -295,33 +308,51 @@ __global__ __launch_bounds__(kThreads) void chunk_scan_kernel(SsdParams p, const
   }
 }
 
-// Block (b, head): warp w takes state rows q = w, w+8, ...; lane l columns n = l, l+32, ...
-// y[q] = Σ_n state[q][n]·C[n] after the update: per lane in order, then a fixed butterfly.
+// Block (b, head, 8 state rows): warp w takes row q, lane l columns n = l, l+32, ...; each lane
+// issues all its loads before the first use (a decode step is latency-bound: one row per warp
+// spreads a head over P/8 blocks). y[q] = Σ_n state[q][n]·C[n] after the update: per lane in
+// order, then a fixed butterfly.
+constexpr int kStepRows = kThreads / 32;
+constexpr int kStepCols = 8;  // columns per lane held in registers: d_state ≤ 256
+
 __global__ __launch_bounds__(kThreads) void step_kernel(SsdParams p, const float* x, int64_t ldx, const float* B,
                                                         int64_t ldb, const float* C, int64_t ldc, const float* dt_raw,
                                                         int64_t lddt, float* y, int64_t ldy, float* states,
                                                         const int64_t* slots) {
   const int64_t b = blockIdx.x, h = blockIdx.y, P = p.headdim, N = p.d_state;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t q = int64_t(blockIdx.z) * kStepRows + warp;
+  if (q >= P) return;
   const int64_t g = h / (p.nheads / p.ngroups);
-  const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
-  const float decay = expf(dt * -expf(p.A_log[h]));
   const float* Bb = B + b * ldb + g * N;
   const float* Cb = C + b * ldc + g * N;
-  const float* xb = x + b * ldx + h * P;
-  float* s = states + (slots[b] * p.nheads + h) * P * N;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t q = warp; q < P; q += kThreads / 32) {
-    const float dx = dt * xb[q];
-    float* sq = s + q * N;
-    float acc = 0.0f;
-    for (int64_t n = lane; n < N; n += 32) {
-      const float v = sq[n] * decay + dx * Bb[n];
-      sq[n] = v;
-      acc += v * Cb[n];
+  const float xq = x[b * ldx + h * P + q];
+  float* sq = states + (slots[b] * p.nheads + h) * P * N + q * N;
+  float sv[kStepCols], bv[kStepCols], cv[kStepCols];
+#pragma unroll
+  for (int j = 0; j < kStepCols; ++j) {
+    const int64_t n = lane + 32 * j;
+    if (n < N) {
+      sv[j] = sq[n];
+      bv[j] = Bb[n];
+      cv[j] = Cb[n];
     }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (lane == 0) y[b * ldy + h * P + q] = acc + p.D[h] * xb[q];
   }
+  const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
+  const float decay = expf(dt * -expf(p.A_log[h]));
+  const float dx = dt * xq;
+  float acc = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kStepCols; ++j) {
+    const int64_t n = lane + 32 * j;
+    if (n < N) {
+      const float v = sv[j] * decay + dx * bv[j];
+      sq[n] = v;
+      acc += v * cv[j];
+    }
+  }
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) y[b * ldy + h * P + q] = acc + p.D[h] * xq;
 }
 
 // Tensor-core path (bf16 / f16 operands, fp32 accumulation). The same passes; the four products
@@ -406,32 +437,46 @@ __device__ __forceinline__ const T* b_cols(const T* base, int ld, int n0, int k)
 }
 
 // dst[r][c] = T(scale[r]·src[r·ld + c]) for r < 64, c < cols (a multiple of 4): 0 outside
-// r < nrows, c < ncols; scale may be null. 16-byte loads where the rows allow them.
-template <class T>
+// r < nrows, c < ncols; scale may be null. A thread issues BATCH 16-byte loads (4-byte ones where
+// the rows are not 16-byte aligned) before it converts and stores any: the loads come from DRAM or
+// L2, and one round trip per BATCH instead of per load is what keeps these kernels from stalling.
+template <class T, int BATCH>
 __device__ __forceinline__ void load_tile(T* dst, int stride, const float* src, int64_t ld, int cols, int nrows,
                                           int ncols, const float* scale) {
   const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && ld % 4 == 0 && ncols % 4 == 0;
-  const int c4s = cols / 4;
-  for (int i = threadIdx.x; i < kTile * c4s; i += kTcThreads) {
-    const int r = i / c4s, c = 4 * (i % c4s);
-    float v[4] = {};
-    if (r < nrows) {
-      const float* row = src + r * ld + c;
-      if (vec) {
-        if (c < ncols) {
-          const float4 q = *reinterpret_cast<const float4*>(row);
-          v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  const int c4s = cols / 4, total = kTile * c4s;
+  const int dr = kTcThreads / c4s, dc = 4 * (kTcThreads % c4s);  // (r, c) of i + kTcThreads
+  int r = threadIdx.x / c4s, c = 4 * (threadIdx.x % c4s);
+  for (int i0 = threadIdx.x; i0 < total; i0 += BATCH * kTcThreads) {
+    float v[BATCH][4];
+    int rs[BATCH], cs[BATCH];
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u) {
+      rs[u] = r, cs[u] = c;
+      v[u][0] = v[u][1] = v[u][2] = v[u][3] = 0.0f;
+      if (i0 + u * kTcThreads < total && r < nrows) {
+        const float* row = src + r * ld + c;
+        if (vec) {
+          if (c < ncols) {
+            const float4 q = *reinterpret_cast<const float4*>(row);
+            v[u][0] = q.x, v[u][1] = q.y, v[u][2] = q.z, v[u][3] = q.w;
+          }
+        } else {
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (c + q < ncols) v[u][q] = row[q];
         }
-      } else {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) v[q] = c + q < ncols ? row[q] : 0.0f;
       }
-      if (scale) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) v[q] *= scale[r];
-      }
+      c += dc, r += dr;
+      if (c >= cols) c -= cols, ++r;
     }
-    *reinterpret_cast<uint2*>(dst + r * stride + c) = make_uint2(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]));
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u) {
+      if (i0 + u * kTcThreads >= total) break;
+      const float f = scale && rs[u] < nrows ? scale[rs[u]] : 1.0f;
+      *reinterpret_cast<uint2*>(dst + rs[u] * stride + cs[u]) =
+          make_uint2(pack2<T>(f * v[u][0], f * v[u][1]), pack2<T>(f * v[u][2], f * v[u][3]));
+    }
   }
 }
 
@@ -469,8 +514,8 @@ __global__ __launch_bounds__(kTcThreads) void chunk_state_tc_kernel(SsdParams p,
   float acc[NF][4] = {};
   for (int s0 = 0; s0 < ch.len; s0 += kTile) {
     const int ns = min(kTile, ch.len - s0);
-    load_tile<T>(Xs, kTcStride, xs + s0 * ldx, ldx, kTile, ns, int(P - p0), s_w + s0);
-    load_tile<T>(Bs, kBStride, bs + s0 * ldb, ldb, kCols, ns, int(N - n0), nullptr);
+    load_tile<T, 8>(Xs, kTcStride, xs + s0 * ldx, ldx, kTile, ns, int(P - p0), s_w + s0);
+    load_tile<T, 8>(Bs, kBStride, bs + s0 * ldb, ldb, kCols, ns, int(N - n0), nullptr);
     __syncthreads();
     for (int k = 0; k < ns; k += 16) {
       uint32_t a[4];
@@ -514,8 +559,8 @@ __global__ __launch_bounds__(kTcThreads) void chunk_cb_tc_kernel(SsdParams p, co
   const int t0 = ti * kTile, s0 = (int(blockIdx.y) - ti * (ti + 1) / 2) * kTile;
   const Chunk ch = find_chunk(seqs, c, Q);
   if (t0 >= ch.len) return;
-  load_tile<T>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, ch.len - t0, int(N), nullptr);
-  load_tile<T>(Bs, ns_, B + (ch.tok0 + s0) * ldb + g * N, ldb, nk, ch.len - s0, int(N), nullptr);
+  load_tile<T, 16>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, ch.len - t0, int(N), nullptr);
+  load_tile<T, 16>(Bs, ns_, B + (ch.tok0 + s0) * ldb + g * N, ldb, nk, ch.len - s0, int(N), nullptr);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = 16 * warp;
   const int groups = s0 < t0 ? 4 : warp + 1;
@@ -546,12 +591,14 @@ __global__ __launch_bounds__(kTcThreads) void chunk_cb_tc_kernel(SsdParams p, co
 // k-steps), x's rows [s][p]. C Bᵀ comes from chunk_cb_tc straight into registers in the layout
 // of mma's accumulators, which is that of its A operand: M = (C Bᵀ)∘decay∘dt never touches
 // shared memory.
+// At most 128 registers: shared memory (~47 KiB a block at N = 128) allows 4 blocks per SM, and
+// with its loads batched the kernel needs those 16 warps in flight more than it needs registers.
 template <class T>
-__global__ __launch_bounds__(kTcThreads) void chunk_scan_tc_kernel(SsdParams p, const float* x, int64_t ldx,
-                                                                   const float* C, int64_t ldc, float* y, int64_t ldy,
-                                                                   const float* dt, const double* a,
-                                                                   const float* chunk_states, const float* cb,
-                                                                   PackedSeqs seqs, int64_t Q, int64_t Qp) {
+__global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                                      const float* C, int64_t ldc, float* y,
+                                                                      int64_t ldy, const float* dt, const double* a,
+                                                                      const float* chunk_states, const float* cb,
+                                                                      PackedSeqs seqs, int64_t Q, int64_t Qp) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ double s_a[kMaxChunk];
   __shared__ float s_dt[kMaxChunk];
@@ -570,8 +617,8 @@ __global__ __launch_bounds__(kTcThreads) void chunk_scan_tc_kernel(SsdParams p, 
     s_dt[t] = dt[h * seqs.tokens + ch.tok0 + t];
     s_a[t] = a[h * seqs.tokens + ch.tok0 + t];
   }
-  load_tile<T>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, rows, int(N), nullptr);
-  load_tile<T>(Ss, ns_, chunk_states + ((c * H + h) * P + p0) * N, N, nk, int(P - p0), int(N), nullptr);
+  load_tile<T, 16>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, rows, int(N), nullptr);
+  load_tile<T, 16>(Ss, ns_, chunk_states + ((c * H + h) * P + p0) * N, N, nk, int(P - p0), int(N), nullptr);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int r0 = 16 * warp;  // the warp's first row in the tile
@@ -603,31 +650,41 @@ __global__ __launch_bounds__(kTcThreads) void chunk_scan_tc_kernel(SsdParams p, 
   // the first w + 1 groups of 16 (s ≤ t).
   const float* cbt = cb + ((c * p.ngroups + g) * Qp + tr[0]) * Qp + 2 * (lane % 4);
   for (int s0 = 0; s0 <= t0; s0 += kTile) {
-    __syncthreads();
-    load_tile<T>(Xs, kTcStride, x + (ch.tok0 + s0) * ldx + h * P + p0, ldx, kTile, s_end - s0, int(P - p0),
-                 nullptr);
-    __syncthreads();
     const int groups = s0 < t0 ? 4 : warp + 1;
+    // The tile's C Bᵀ values, issued before x's tile so that both loads are in flight together.
+    float2 cbv[4][2][2];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        const float* q = cbt + s0 + 16 * kk + 8 * f;
+        cbv[kk][f][0] = cbv[kk][f][1] = make_float2(0.0f, 0.0f);
+        if (kk < groups) {
+          cbv[kk][f][0] = *reinterpret_cast<const float2*>(q);
+          cbv[kk][f][1] = *reinterpret_cast<const float2*>(q + 8 * Qp);
+        }
+      }
+    __syncthreads();
+    load_tile<T, 4>(Xs, kTcStride, x + (ch.tok0 + s0) * ldx + h * P + p0, ldx, kTile, s_end - s0, int(P - p0),
+                    nullptr);
+    __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if (kk >= groups) break;
       uint32_t m[4];
 #pragma unroll
-      for (int f = 0; f < 2; ++f) {
-        const float* q = cbt + s0 + 16 * kk + 8 * f;
-        const float2 lo = *reinterpret_cast<const float2*>(q), hi = *reinterpret_cast<const float2*>(q + 8 * Qp);
-        const float cbv[4] = {lo.x, lo.y, hi.x, hi.y};
+      for (int f = 0; f < 2; ++f)
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
+          const float cb2[2] = {cbv[kk][f][i].x, cbv[kk][f][i].y};
           float v[2];
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int s = s0 + 16 * kk + 8 * f + 2 * (lane % 4) + e;
-            v[e] = s <= last[i] ? cbv[2 * i + e] * expf(float(at[i] - s_a[s])) * s_dt[s] : 0.0f;
+            v[e] = s <= last[i] ? cb2[e] * expf(float(at[i] - s_a[s])) * s_dt[s] : 0.0f;
           }
           m[2 * f + i] = pack2<T>(v[0], v[1]);
         }
-      }
 #pragma unroll
       for (int j = 0; j < 8; j += 2) {
         uint32_t b[4];
@@ -638,19 +695,29 @@ __global__ __launch_bounds__(kTcThreads) void chunk_scan_tc_kernel(SsdParams p, 
     }
   }
 
+  // D·x from x in fp32: every load before the first store (the compiler must assume y may alias
+  // x, so it would not hoist them): one round trip instead of 32.
   const float Dh = p.D[h];
+  float xv[2][8][2];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t t = tr[i];
-    if (t >= ch.len) continue;
-    const float* xt = x + (ch.tok0 + t) * ldx + h * P;
-    float* yt = y + (ch.tok0 + t) * ldy + h * P;
+  for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int pp = p0 + 8 * j + 2 * (lane % 4) + e;
-        if (pp < P) yt[pp] = fmaf(Dh, xt[pp], acc[j][2 * i + e]);
+        xv[i][j][e] = tr[i] < ch.len && pp < P ? x[(ch.tok0 + tr[i]) * ldx + h * P + pp] : 0.0f;
+      }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    if (tr[i] >= ch.len) continue;
+    float* yt = y + (ch.tok0 + tr[i]) * ldy + h * P;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int pp = p0 + 8 * j + 2 * (lane % 4) + e;
+        if (pp < P) yt[pp] = fmaf(Dh, xv[i][j][e], acc[j][2 * i + e]);
       }
   }
 }
@@ -746,8 +813,9 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
               const int64_t* slots, int64_t nb) {
   check_params(p);
   if (nb == 0) return;
-  step_kernel<<<dim3(unsigned(nb), unsigned(p.nheads)), kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw,
-                                                                                 lddt, y, ldy, states, slots);
+  if (p.d_state > 32 * kStepCols) raise(cat("[ssd_scan] d_state ", p.d_state, ": the decode step takes at most ", 32 * kStepCols));
+  const dim3 grid(unsigned(nb), unsigned(p.nheads), unsigned(ceil_div(p.headdim, kStepRows)));
+  step_kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots);
   check_launch("ssd_scan");
 }
 
