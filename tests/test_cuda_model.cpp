@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "cuda_test_support.h"
+#include "golden_case.h"
 #include "io/npy.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
@@ -18,6 +19,8 @@ namespace mamba2 {
 namespace {
 
 namespace fs = std::filesystem;
+using test::decode_all;
+using test::GoldenCase;
 using test::rel_l2;
 
 // GPU fp32 against CPU fp32 on the same weights: two fp32 computations that differ only in
@@ -62,32 +65,6 @@ Pair tiny_models(DType dtype, int64_t chunk = 8) {
   test::perturb_weights(*w, 77);
   Model cpu(c, w);
   return {cpu, cpu.to(Device::CUDA, dtype)};
-}
-
-std::vector<float> decode_all(const Model& m, std::span<const int32_t> ids, std::span<const int64_t> lengths) {
-  const int64_t V = m.vocab(), nseq = int64_t(lengths.size());
-  std::vector<int64_t> offsets(lengths.size());
-  int64_t total = 0, max_len = 0;
-  for (size_t s = 0; s < lengths.size(); ++s) {
-    offsets[s] = total;
-    total += lengths[s];
-    max_len = std::max(max_len, lengths[s]);
-  }
-  std::vector<float> out(size_t(total * V), std::nanf("")), step;
-  auto state = m.new_state(nseq);
-  for (int64_t t = 0; t < max_len; ++t) {
-    std::vector<int32_t> tokens;
-    std::vector<int64_t> slots;
-    for (size_t s = 0; s < lengths.size(); ++s)
-      if (t < lengths[s]) {
-        tokens.push_back(ids[size_t(offsets[s] + t)]);
-        slots.push_back(int64_t(s));
-      }
-    m.decode(tokens, slots, *state, step);
-    for (size_t i = 0; i < slots.size(); ++i)
-      std::copy_n(step.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
-  }
-  return out;
 }
 
 TEST(CudaModel, PrefillAndDecodeMatchTheCpuInF32) {
@@ -184,22 +161,7 @@ TEST(CudaModel, MillionTokenPrefillMatchesTheCpu) {
   EXPECT_LE(rel_l2(got.data(), want.data(), want.size()), 1e-3);
 }
 
-struct GoldenCase {
-  fs::path dir;
-  std::vector<int32_t> ids;
-  std::vector<int64_t> lengths;
-  NpyArray logits;
-};
-
-GoldenCase load_case(const std::string& name) {
-  GoldenCase g;
-  g.dir = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / name;
-  const auto j = nlohmann::json::parse(test::read_file(g.dir / "case.json"));
-  g.ids = j.at("ids").get<std::vector<int32_t>>();
-  g.lengths = j.at("lengths").get<std::vector<int64_t>>();
-  g.logits = read_npy(g.dir / "logits.npy");
-  return g;
-}
+GoldenCase load_case(const std::string& name) { return test::load_golden_case(name); }
 
 double worst_sequence_error(const GoldenCase& g, const float* ours, int64_t V) {
   double worst = 0.0;

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "golden_case.h"
 #include "io/npy.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
@@ -14,50 +15,12 @@ namespace {
 namespace fs = std::filesystem;
 using test::rel_l2;
 
-struct GoldenCase {
-  fs::path dir;
-  std::vector<int32_t> ids;
-  std::vector<int64_t> lengths;
-  NpyArray logits;
-};
+using test::decode_all;
+using test::GoldenCase;
 
-GoldenCase load_case(const std::string& name) {
-  GoldenCase g;
-  g.dir = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / name;
-  const auto j = nlohmann::json::parse(test::read_file(g.dir / "case.json"));
-  g.ids = j.at("ids").get<std::vector<int32_t>>();
-  g.lengths = j.at("lengths").get<std::vector<int64_t>>();
-  g.logits = read_npy(g.dir / "logits.npy");
-  return g;
-}
+GoldenCase load_case(const std::string& name) { return test::load_golden_case(name); }
 
-// Every position through decode, all sequences advancing together in their slots.
-std::vector<float> decode_all(const Model& m, const GoldenCase& g) {
-  const int64_t V = m.vocab();
-  std::vector<int64_t> offsets;
-  int64_t total = 0, max_len = 0;
-  for (int64_t L : g.lengths) {
-    offsets.push_back(total);
-    total += L;
-    max_len = std::max(max_len, L);
-  }
-  std::vector<float> out(size_t(total * V), std::nanf("")), step;
-  auto state = make_state(m.config(), int64_t(g.lengths.size()));
-  for (int64_t t = 0; t < max_len; ++t) {
-    std::vector<int32_t> tokens;
-    std::vector<int64_t> slots;
-    for (size_t s = 0; s < g.lengths.size(); ++s)
-      if (t < g.lengths[s]) {
-        tokens.push_back(g.ids[size_t(offsets[s] + t)]);
-        slots.push_back(int64_t(s));
-      }
-    m.decode(tokens, slots, *state, step);
-    EXPECT_EQ(step.size(), slots.size() * size_t(V));
-    for (size_t i = 0; i < slots.size(); ++i)
-      std::copy_n(step.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
-  }
-  return out;
-}
+std::vector<float> decode_all(const Model& m, const GoldenCase& g) { return test::decode_all(m, g.ids, g.lengths); }
 
 // fp32 compute vs the float64 oracle: relative L2 ≤ 1e-4 per sequence (README tolerance contract).
 constexpr double kGoldenTol = 1e-4;

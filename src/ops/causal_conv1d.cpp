@@ -21,10 +21,7 @@ void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs
   check_shape("causal_conv1d", "states", states, states.rows, (K - 1) * C, dev);
   for (const MatView* m : {&in, &out, &states}) check_dtype("causal_conv1d", "an operand", m->dtype, DType::F32);
   if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
-  if (seqs.tokens() != T) fail("[causal_conv1d] the sequences hold {} tokens, the input {}", seqs.tokens(), T);
-  if (seqs.device() != dev) fail("[causal_conv1d] the sequence batch was made for the {}", device_name(seqs.device()));
-  for (int64_t s : seqs.slots())
-    if (s < 0 || s >= states.rows) fail("[causal_conv1d] slot {} outside the {} states", s, states.rows);
+  seqs.check("causal_conv1d", T, dev, states.rows);
 }
 }  // namespace
 
@@ -36,9 +33,8 @@ void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out,
   check_forward(in, out, states, seqs, K);
   if (in.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    const cuda::PackedSeqs packed{seqs.count(), seqs.tokens(), 0, seqs.device_starts(), nullptr, seqs.device_slots()};
-    cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.data(), out.ld, states.data(), packed, C,
-                                K);
+    cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.data(), out.ld, states.data(),
+                                seqs.packed(), C, K);
 #else
     no_cuda_backend(__func__);
 #endif

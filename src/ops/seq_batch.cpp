@@ -44,6 +44,13 @@ void SeqBatch::set_decode_slots(std::span<const int64_t> slots) {
   }
 }
 
+void SeqBatch::check(const char* op, int64_t tokens, Device device, int64_t state_rows) const {
+  if (this->tokens() != tokens) fail("[{}] the sequences hold {} tokens, the input {}", op, this->tokens(), tokens);
+  if (device_ != device) fail("[{}] the sequence batch was made for the {}", op, device_name(device_));
+  for (int64_t s : slots_)
+    if (s < 0 || s >= state_rows) fail("[{}] slot {} outside the {} states", op, s, state_rows);
+}
+
 const int64_t* SeqBatch::device_ptr(int which) const {
   if (!device_arrays_) fail("[model] this sequence batch has no GPU copy");
   const int64_t* base = static_cast<const int64_t*>(device_arrays_.get());

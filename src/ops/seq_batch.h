@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "cuda/kernels.h"
 
 namespace mamba2::ops {
 
@@ -30,6 +31,13 @@ class SeqBatch {
   std::span<const int64_t> starts() const { return starts_; }  // count + 1 token offsets
   std::span<const int64_t> chunk_starts() const { return chunk_starts_; }  // count + 1 chunk offsets
   std::span<const int64_t> slots() const { return slots_; }
+  // Fails, naming `op`, unless the batch suits operands of `tokens` rows on `device` and a state
+  // buffer of `state_rows` slots.
+  void check(const char* op, int64_t tokens, Device device, int64_t state_rows) const;
+  // The batch as the CUDA kernels take it (a forward on the GPU only).
+  cuda::PackedSeqs packed() const {
+    return {count(), tokens(), chunk_starts_.back(), device_starts(), device_chunk_starts(), device_slots()};
+  }
   // The same arrays on the GPU (a forward there only).
   const int64_t* device_starts() const { return device_ptr(0); }
   const int64_t* device_chunk_starts() const { return device_ptr(1); }

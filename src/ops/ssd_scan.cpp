@@ -33,10 +33,7 @@ void check_forward(const cpu::SsdParams& p, MatView x, MatView y, MatView states
   check_dtype("ssd_scan", "y", y.dtype, DType::F32);
   check_dtype("ssd_scan", "states", states.dtype, DType::F32);
   if (states.ld != states.cols) fail("[ssd_scan] states must be contiguous");
-  if (seqs.tokens() != x.rows) fail("[ssd_scan] the sequences hold {} tokens, the input {}", seqs.tokens(), x.rows);
-  if (seqs.device() != x.device) fail("[ssd_scan] the sequence batch was made for the {}", device_name(seqs.device()));
-  for (int64_t s : seqs.slots())
-    if (s < 0 || s >= states.rows) fail("[ssd_scan] slot {} outside the {} states", s, states.rows);
+  seqs.check("ssd_scan", x.rows, x.device, states.rows);
 }
 
 #if MAMBA2_HAVE_CUDA
@@ -54,11 +51,8 @@ void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
   if (x.rows == 0) return;
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    const int64_t chunks = seqs.chunk_starts().back();
-    const cuda::PackedSeqs packed{seqs.count(), seqs.tokens(), chunks, seqs.device_starts(),
-                                  seqs.device_chunk_starts(), seqs.device_slots()};
     cuda::ssd_scan_forward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(),
-                           y.ld, states.data(), packed, seqs.chunk_size(), compute);
+                           y.ld, states.data(), seqs.packed(), seqs.chunk_size(), compute);
 #else
     no_cuda_backend(__func__);
 #endif

@@ -1,0 +1,62 @@
+// The golden fixtures (tests/fixtures/golden, made by scripts/make_golden.py): a model, token ids
+// split into sequences, and the float64 logits; and every position of them through decode.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "io/npy.h"
+#include "mamba2/model.h"
+#include "model/inference_state.h"
+#include "test_files.h"
+
+namespace mamba2::test {
+
+struct GoldenCase {
+  std::filesystem::path dir;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> lengths;
+  NpyArray logits;
+};
+
+inline GoldenCase load_golden_case(const std::string& name) {
+  GoldenCase g;
+  g.dir = std::filesystem::path(MAMBA2_FIXTURES_DIR) / "golden" / name;
+  const auto j = nlohmann::json::parse(read_file(g.dir / "case.json"));
+  g.ids = j.at("ids").get<std::vector<int32_t>>();
+  g.lengths = j.at("lengths").get<std::vector<int64_t>>();
+  g.logits = read_npy(g.dir / "logits.npy");
+  return g;
+}
+
+// Every position through decode, all sequences advancing together in their slots (those still
+// running), rows in input order; unwritten rows stay NaN.
+inline std::vector<float> decode_all(const Model& m, std::span<const int32_t> ids, std::span<const int64_t> lengths) {
+  const int64_t V = m.vocab();
+  std::vector<int64_t> offsets(lengths.size());
+  int64_t total = 0, max_len = 0;
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    offsets[s] = total;
+    total += lengths[s];
+    max_len = std::max(max_len, lengths[s]);
+  }
+  std::vector<float> out(size_t(total * V), std::nanf("")), step;
+  auto state = m.new_state(int64_t(lengths.size()));
+  for (int64_t t = 0; t < max_len; ++t) {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> slots;
+    for (size_t s = 0; s < lengths.size(); ++s)
+      if (t < lengths[s]) {
+        tokens.push_back(ids[size_t(offsets[s] + t)]);
+        slots.push_back(int64_t(s));
+      }
+    m.decode(tokens, slots, *state, step);
+    for (size_t i = 0; i < slots.size(); ++i)
+      std::copy_n(step.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
+  }
+  return out;
+}
+
+}  // namespace mamba2::test
