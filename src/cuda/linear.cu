@@ -14,8 +14,10 @@
 // as for prefill. The choice depends on the dtype only, never on m.
 #include <cublasLt.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 #include "cuda/common.cuh"
@@ -50,7 +52,7 @@ struct Plan {
 struct Blas {
   cublasLtHandle_t handle = nullptr;
   std::shared_ptr<void> workspace;
-  std::map<std::tuple<int64_t, int64_t, int, bool, uint32_t>, Plan> plans;
+  std::map<std::tuple<int64_t, int64_t, int, bool, uint32_t, int64_t>, Plan> plans;
   std::mutex mutex;
 };
 
@@ -82,13 +84,25 @@ struct Layouts {
 // Row counts an algorithm must run at to be chosen: it will be used for every m.
 constexpr int64_t kCheckRows[] = {1, 2, 3, 5, 8, 16, 33, 64, 255, 1024, 4096};
 
-Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, bool decode, uint32_t align) {
+// MAMBA2_BATCH_INVARIANT=0 trades batch invariance for the heuristic's own pick at each row
+// count (split-K allowed): a row's bits may then depend on its batch. It exists to measure what
+// invariance costs (bench/RESULTS.md); the default keeps it.
+bool batch_invariant() {
+  static const bool on = [] {
+    const char* e = std::getenv("MAMBA2_BATCH_INVARIANT");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+// rows > 0: the heuristic's first pick at that row count, as is (batch invariance off).
+Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, bool decode, uint32_t align, int64_t rows) {
   Plan plan;
   check_blas(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
-  Layouts l(dtype, decode ? kDecodeRows : kPrefillRows, n, k, k, n);
+  Layouts l(dtype, rows > 0 ? rows : decode ? kDecodeRows : kPrefillRows, n, k, k, n);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -103,6 +117,10 @@ Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, bool decode, uint32_
   check_blas(cublasLtMatmulAlgoGetHeuristic(bl.handle, plan.desc, l.a, l.b, l.c, l.c, pref, kWanted, results, &found),
              "heuristic");
   cublasLtMatmulPreferenceDestroy(pref);
+  if (rows > 0 && found > 0 && results[0].workspaceSize <= kWorkspaceBytes) {
+    plan.algo = results[0].algo;
+    return plan;
+  }
   // The first algorithm that, forced to one k piece and no reduction, runs at every row count.
   for (int i = 0; i < found; ++i) {
     cublasLtMatmulAlgo_t algo = results[i].algo;
@@ -249,9 +267,10 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
   const Plan* plan;
   {
     std::lock_guard<std::mutex> lock(bl.mutex);
-    auto key = std::make_tuple(n, k, int(dtype), decode, align);
+    const int64_t rows = batch_invariant() ? 0 : m;
+    auto key = std::make_tuple(n, k, int(dtype), decode, align, rows);
     auto it = bl.plans.find(key);
-    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, decode, align)).first;
+    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, decode, align, rows)).first;
     plan = &it->second;
   }
   Layouts l(dtype, m, n, k, ldx, ldy);
