@@ -15,7 +15,6 @@ namespace mamba2 {
 
 struct ModelWeights;   // src/model/weights.h
 class InferenceState;  // src/model/inference_state.h
-struct DecodeGraphs;   // src/model/mamba2_lm.cpp
 
 // Per-sequence recurrent state, O(1) in the sequence length: per layer the last d_conv-1 inputs
 // of the conv and the (nheads, headdim, d_state) SSM state, fp32 on every device. All zeros: fresh
@@ -61,8 +60,9 @@ class Model {
   // logits). On the GPU only the ids come back to the host.
   void decode_greedy(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
                      int64_t vocab, std::vector<int32_t>& next) const;
-  // On the GPU a decode step is captured as one CUDA graph per (batch size, state) and replayed
-  // (default on); off, every step launches its kernels one by one. The bits are the same.
+  // On the GPU a decode step is captured as one CUDA graph per (model, batch size), kept with the
+  // state, and replayed (default on); off, every step launches its kernels one by one. The bits
+  // are the same.
   void set_decode_graphs(bool on);
 
  private:
@@ -79,7 +79,6 @@ class Model {
   std::shared_ptr<const ModelWeights> weights_;
   Device device_ = Device::CPU;
   DType dtype_ = DType::F32;
-  std::shared_ptr<DecodeGraphs> graphs_;  // shared by copies: keyed by batch size and state
   bool decode_graphs_ = true;
   int64_t max_prefill_tokens_ = 8192;
 };

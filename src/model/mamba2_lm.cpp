@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <mutex>
+#include <tuple>
 
 #include "cuda/runtime.h"
 #include "mamba2/error.h"
@@ -34,11 +34,7 @@ Model Model::load(const std::filesystem::path& dir) {
 }
 
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
-    : config_(std::move(config)),
-      weights_(std::move(weights)),
-      device_(device),
-      dtype_(dtype),
-      graphs_(std::make_shared<DecodeGraphs>()) {
+    : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
   if (device == Device::CPU && dtype != DType::F32)
     fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
@@ -286,13 +282,14 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, dtype_, logits);
 }
 
-// A decode step on the GPU for a batch size and a state: its buffers, and the step captured as
-// one CUDA graph after a first eager run (which also makes cuBLASLt's plans, so the capture
-// allocates nothing). Later steps copy the tokens and slots in, replay the graph and copy the
-// logits out. The entry holds the state's tensors, so their memory (whose addresses the graph
-// has baked in) cannot be reused while it lives.
+// A decode step on the GPU for a model and a batch size, kept with the state it advances: its
+// buffers, and the step captured as one CUDA graph after a first eager run (which also makes
+// cuBLASLt's plans, so the capture allocates nothing). Later steps copy the tokens and slots in,
+// replay the graph and copy the logits out. The graph has the addresses of the state's buffers
+// and of the weights baked in: it lives with the state (InferenceState::decode_graphs) and holds
+// the weights, so neither can go while it may be replayed.
 struct DecodeStep {
-  std::vector<Tensor> state_tensors;
+  std::shared_ptr<const ModelWeights> weights;
   Activations a;
   Tensor normed, logits;
   std::shared_ptr<void> ids;   // (nb) int32
@@ -301,22 +298,21 @@ struct DecodeStep {
   ops::SeqBatch seqs;
   std::unique_ptr<cuda::Graph> graph;
   uint64_t last_use = 0;
-  DecodeStep(const InferenceState& st, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c, DType dtype)
-      : a(nb, c, Device::CUDA, dtype),
+  DecodeStep(std::shared_ptr<const ModelWeights> w, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c,
+             DType dtype)
+      : weights(std::move(w)),
+        a(nb, c, Device::CUDA, dtype),
         normed(Tensor::empty({nb, c.d_model}, Device::CUDA, dtype)),
         logits(Tensor::empty({nb, c.vocab_padded()}, Device::CUDA)),
         ids(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode token ids")),
         next(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode greedy ids")),
-        seqs(ops::SeqBatch::decode(slots, Device::CUDA)) {
-    state_tensors.insert(state_tensors.end(), st.conv.begin(), st.conv.end());
-    state_tensors.insert(state_tensors.end(), st.ssm.begin(), st.ssm.end());
-  }
+        seqs(ops::SeqBatch::decode(slots, Device::CUDA)) {}
 };
 
+// A state's captured steps by (weights, compute dtype, batch size).
 struct DecodeGraphs {
-  static constexpr size_t kMaxEntries = 16;  // (batch size, state) pairs kept; the least recent goes
-  std::mutex mutex;
-  std::map<std::pair<int64_t, const void*>, std::unique_ptr<DecodeStep>> steps;
+  static constexpr size_t kMaxEntries = 16;  // the least recently used goes beyond this
+  std::map<std::tuple<const ModelWeights*, DType, int64_t>, std::unique_ptr<DecodeStep>> steps;
   uint64_t clock = 0;
 };
 
@@ -343,9 +339,10 @@ void Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64
   const ModelConfig& c = config_;
   const ModelWeights& w = *weights_;
   const int64_t nb = int64_t(tokens.size());
-  std::lock_guard<std::mutex> lock(graphs_->mutex);
-  auto& steps = graphs_->steps;
-  const auto key = std::make_pair(nb, state.conv.front().raw());
+  if (!state.decode_graphs) state.decode_graphs = std::make_shared<DecodeGraphs>();
+  DecodeGraphs& graphs = *state.decode_graphs;
+  auto& steps = graphs.steps;
+  const auto key = std::make_tuple(weights_.get(), dtype_, nb);
   auto it = steps.find(key);
   if (it == steps.end()) {
     if (steps.size() >= DecodeGraphs::kMaxEntries) {
@@ -354,10 +351,10 @@ void Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64
         if (e->second->last_use < oldest->second->last_use) oldest = e;
       steps.erase(oldest);
     }
-    it = steps.emplace(key, std::make_unique<DecodeStep>(state, nb, slots, c, dtype_)).first;
+    it = steps.emplace(key, std::make_unique<DecodeStep>(weights_, nb, slots, c, dtype_)).first;
   }
   DecodeStep& d = *it->second;
-  d.last_use = ++graphs_->clock;
+  d.last_use = ++graphs.clock;
   cuda::copy_to_device(d.ids.get(), tokens.data(), tokens.size_bytes());
   d.seqs.set_decode_slots(slots);
   const int32_t* device_ids = static_cast<const int32_t*>(d.ids.get());
