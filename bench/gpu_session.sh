@@ -52,13 +52,15 @@ case "${1:-tests}" in
         --prefill 16 --decode-batch 1 --decode-tokens 16 --repeats 1
     } > "$out/profile.csv" 2> "$out/profile.err"
     python3 - "$out/profile.csv" <<'PY'
-import csv, sys, collections
+import csv, sys, collections, re
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10 and r[-3] == "gpu__time_duration.sum"]
 tot = collections.defaultdict(lambda: [0, 0.0])
 for r in rows:
-    name = r[4].split("(")[0].split("<")[0].split("::")[-1][:60]
+    # "void mamba2::cuda::(anonymous namespace)::step_kernel<...>(...)": the first name before < or (
+    m = re.search(r"(\w+)\s*[<(]", r[4])
+    name = m.group(1) if m else r[4][:60]
     v = float(r[-1].replace(",", ""))
-    scale = 1e-3 if r[-2] == "ns" else (1.0 if r[-2] == "us" else 1e3)
+    scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0}.get(r[-2], 1e3)
     tot[name][0] += 1; tot[name][1] += v * scale
 for name, (n, us) in sorted(tot.items(), key=lambda kv: -kv[1][1]):
     print(f"{name:60s} {n:5d} launches {us:10.1f} us")

@@ -66,12 +66,14 @@ class Model {
   void set_decode_graphs(bool on);
 
  private:
-  // One pass over packed sequences; sequence i uses slot slots[i] of `state` (or zeros).
+  // The slots of a decode step are distinct rows of a state made for this model.
   void check_decode(std::span<const int32_t> tokens, std::span<const int64_t> slots,
                     const InferenceState& state) const;
   // A decode step on the GPU: the logits and/or the greedy ids over `greedy_cols` columns.
   void decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
                      std::vector<float>* logits, int64_t greedy_cols, std::vector<int32_t>* next) const;
+  // One pass over packed sequences; sequence i uses slot slots[i] of `state` (without a state,
+  // slots are 0..n-1 and every sequence starts from zeros).
   void prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> lengths, std::span<const int64_t> slots,
                     InferenceState* state, bool all_positions, std::vector<float>& logits) const;
 

@@ -15,6 +15,13 @@ std::string_view dtype_name(DType dtype) {
   return "?";
 }
 
+std::optional<DType> parse_dtype(std::string_view name) {
+  if (name == "f32") return DType::F32;
+  if (name == "bf16") return DType::BF16;
+  if (name == "f16") return DType::F16;
+  return std::nullopt;
+}
+
 float f16_to_f32(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16;
   const uint32_t exp = (h >> 10) & 0x1f;

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string_view>
 
 namespace mamba2 {
@@ -11,6 +12,8 @@ enum class DType { F32, F16, BF16 };
 
 size_t dtype_size(DType dtype);
 std::string_view dtype_name(DType dtype);  // "F32", "F16", "BF16" (safetensors spelling)
+// The command-line and config spelling: "f32", "bf16", "f16"; nullopt for anything else.
+std::optional<DType> parse_dtype(std::string_view name);
 
 inline float bf16_to_f32(uint16_t bits) {
   uint32_t u = uint32_t(bits) << 16;

@@ -53,12 +53,16 @@ Tensor Tensor::borrow(const float* data, Shape shape, std::shared_ptr<const void
 
 Tensor Tensor::zeros(Shape shape, Device device, DType dtype) {
   Tensor t = empty(std::move(shape), device, dtype);
-  if (!t.nbytes()) return t;
-  if (device == Device::CUDA)
-    cuda::fill_zero(t.data_, t.nbytes());
-  else
-    std::memset(t.data_, 0, t.nbytes());
+  t.set_zero();
   return t;
+}
+
+void Tensor::set_zero() {
+  if (!nbytes()) return;
+  if (device_ == Device::CUDA)
+    cuda::fill_zero(data_, nbytes());
+  else
+    std::memset(data_, 0, nbytes());
 }
 
 float* Tensor::f32() {

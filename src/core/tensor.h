@@ -42,6 +42,9 @@ class Tensor {
   bool defined() const { return data_ != nullptr || numel() == 0; }
   size_t nbytes() const { return size_t(numel()) * dtype_size(dtype_); }
 
+  // Every element 0, on whichever device.
+  void set_zero();
+
   // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even).
   Tensor to(Device device, DType dtype) const;
 

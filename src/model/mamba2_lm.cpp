@@ -49,13 +49,6 @@ Model Model::to(Device device, DType dtype) const {
 
 namespace {
 
-void zero(Tensor& t) {
-  if (t.device() == Device::CUDA)
-    cuda::fill_zero(t.raw(), t.nbytes());
-  else
-    std::memset(t.raw(), 0, t.nbytes());
-}
-
 void copy_bytes(void* dst, const void* src, size_t bytes, Device device) {
   if (device == Device::CUDA)
     cuda::copy_on_device(dst, src, bytes);
@@ -161,8 +154,7 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
   std::vector<int64_t> slots(static_cast<size_t>(nseq));
   for (int64_t s = 0; s < nseq; ++s) slots[size_t(s)] = s;
   if (all_positions || T <= max_prefill_tokens_) {
-    prefill_pass(ids, lengths, state ? std::span<const int64_t>(slots) : std::span<const int64_t>(), state,
-                 all_positions, logits);
+    prefill_pass(ids, lengths, slots, state, all_positions, logits);
     return;
   }
   // Rounds: each active sequence contributes its next piece; the state carries it across rounds.
@@ -207,13 +199,10 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   const ModelWeights& w = *weights_;
   const int64_t T = int64_t(ids.size()), nseq = int64_t(lengths.size());
   Activations a(T, c, device_, dtype_);
-  // Without a state every sequence starts from zeros: one layer's worth of zero states, cleared
-  // before each layer.
-  std::vector<int64_t> own_slots;
+  // Without a state every sequence starts from zeros (its slot is its index): one layer's worth
+  // of zero states, cleared before each layer.
   Tensor scratch_conv, scratch_ssm;
   if (!state) {
-    for (int64_t s = 0; s < nseq; ++s) own_slots.push_back(s);
-    slots = own_slots;
     scratch_conv = Tensor::empty({nseq, (c.d_conv - 1) * c.conv_dim()}, device_);
     scratch_ssm = Tensor::empty({nseq, c.nheads() * c.headdim * c.d_state}, device_);
   }
@@ -224,8 +213,8 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
       conv_states = state->conv_states(li);
       ssm_states = state->ssm_states(li);
     } else {
-      zero(scratch_conv);
-      zero(scratch_ssm);
+      scratch_conv.set_zero();
+      scratch_ssm.set_zero();
       conv_states = MatView::of(scratch_conv);
       ssm_states = MatView::of(scratch_ssm);
     }

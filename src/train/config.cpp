@@ -296,7 +296,7 @@ void validate_train_config(const TrainConfig& c) {
     bad("checkpoint_interval", fmt::format("must be non-negative, got {}", c.checkpoint_interval));
   if (c.keep_checkpoints < 0)
     bad("keep_checkpoints", fmt::format("must be non-negative (0: keep all), got {}", c.keep_checkpoints));
-  if (c.dtype != "f32" && c.dtype != "bf16" && c.dtype != "f16")
+  if (!parse_dtype(c.dtype))
     bad("dtype", fmt::format("must be f32, bf16 or f16, got \"{}\"", c.dtype));
   if (c.threads < 0) bad("threads", fmt::format("must be non-negative, got {}", c.threads));
   if (c.model) {

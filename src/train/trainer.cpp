@@ -103,10 +103,6 @@ void copy_text_file(const fs::path& from, const fs::path& to) {
   f.commit();
 }
 
-DType dtype_of(const std::string& s) {
-  return s == "bf16" ? DType::BF16 : s == "f16" ? DType::F16 : DType::F32;
-}
-
 // Where the trainer stands: what a checkpoint must hold besides weights and moments.
 struct State {
   int64_t step = 0;
@@ -373,7 +369,7 @@ void Trainer::write_final() {
   const fs::path final_dir = cfg_.out / "final", tmp = cfg_.out / ".final.tmp";
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  save_model(tmp, mc_, w_, dtype_of(cfg_.dtype));
+  save_model(tmp, mc_, w_, *parse_dtype(cfg_.dtype));  // validated with the config
   copy_text_file(tokenizer_path_, tmp / "tokenizer.json");
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);

@@ -41,11 +41,9 @@ void add_init(CLI::App& app) {
     if (o->chunk_size) c.chunk_size = o->chunk_size;
     if (o->vocab_size) c.vocab_size = o->vocab_size;
     c.validate("init flags");
-    DType dtype;
-    if (o->dtype == "f32") dtype = DType::F32;
-    else if (o->dtype == "bf16") dtype = DType::BF16;
-    else if (o->dtype == "f16") dtype = DType::F16;
-    else fail("[init] --dtype must be f32, bf16 or f16, got '{}'", o->dtype);
+    const std::optional<DType> parsed = parse_dtype(o->dtype);
+    if (!parsed) fail("[init] --dtype must be f32, bf16 or f16, got '{}'", o->dtype);
+    const DType dtype = *parsed;
     const fs::path dir = o->out;
     if (!o->force && (fs::exists(dir / "config.json") || fs::exists(dir / "model.safetensors")))
       fail("[init] {} already holds a model; pass --force to replace it", dir.string());

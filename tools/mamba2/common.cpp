@@ -82,10 +82,11 @@ Model load_model(const std::string& dir, const Placement& p) {
 
 DType placement_dtype(const Placement& p, Device dev) {
   DType dtype = dev == Device::CUDA ? DType::BF16 : DType::F32;
-  if (p.dtype == "f32") dtype = DType::F32;
-  else if (p.dtype == "bf16") dtype = DType::BF16;
-  else if (p.dtype == "f16") dtype = DType::F16;
-  else if (!p.dtype.empty()) fail("[cli] --dtype: '{}' is not f32, bf16 or f16", p.dtype);
+  if (!p.dtype.empty()) {
+    const std::optional<DType> parsed = parse_dtype(p.dtype);
+    if (!parsed) fail("[cli] --dtype: '{}' is not f32, bf16 or f16", p.dtype);
+    dtype = *parsed;
+  }
   if (dev == Device::CPU && dtype != DType::F32)
     fail("[cli] --dtype {}: the CPU computes in f32 only (bf16/f16 run on the GPU)", p.dtype);
   return dtype;
