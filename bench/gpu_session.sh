@@ -50,6 +50,11 @@ case "${1:-tests}" in
       "${ncu[@]}" --launch-skip 4 --launch-count 4 "$bin/mamba2" bench --device cuda --ssd 8x2048x24x64x128 --repeats 1
       "${ncu[@]}" --launch-skip 2000 --launch-count 160 "$bin/mamba2" bench --model "$models/130m" --device cuda \
         --prefill 16 --decode-batch 1 --decode-tokens 16 --repeats 1
+      if [ "${BIG:-0}" = 1 ]; then  # one decode step of 2.7b
+        "$bin/mamba2" init --preset 2.7b --dtype bf16 --out "$models/2.7b" > /dev/null
+        "${ncu[@]}" --launch-skip 4000 --launch-count 400 "$bin/mamba2" bench --model "$models/2.7b" --device cuda \
+          --prefill 16 --decode-batch 1 --decode-tokens 16 --repeats 1
+      fi
     } > "$out/profile.csv" 2> "$out/profile.err"
     python3 - "$out/profile.csv" <<'PY'
 import csv, sys, collections, re

@@ -29,12 +29,14 @@ grep -q '^\[  PASSED  \]' "$log" && ! grep -q '^\[  FAILED  \]' "$log"
 echo "== the whole suite"
 "$bin/mamba2_tests" --gtest_brief=1
 if command -v compute-sanitizer > /dev/null; then
-  # racecheck over our kernels only: it reports hazards inside cuBLAS's own kernels (nvjet, seen
-  # on the H200 2026-11-30), which are not ours to fix.
-  for tool in memcheck racecheck; do
-    filter='CudaOps.*:CudaSsd*:CudaModel.BatchInvariantBitForBit'
-    [ "$tool" = racecheck ] && filter='CudaSsd*:CudaOps.*-CudaOps.Linear*'
-    echo "== compute-sanitizer --tool $tool"
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/mamba2_tests" --gtest_filter="$filter" --gtest_brief=1
-  done
+  # The out-of-memory test provokes the API error memcheck reports, on purpose. racecheck skips
+  # the tests that run cuBLAS (Linear*, the model): it reports hazards inside cuBLAS's own
+  # kernels, and excluding those (--kernel-name-exclude) made the tool itself fail (H200,
+  # 2026-11-30). The fused decode projections (our kernels only) are in.
+  filter='CudaOps.*:CudaSsd*:CudaModel.BatchInvariantBitForBit-CudaOps.OutOfMemoryIsAClearError'
+  echo "== compute-sanitizer --tool memcheck"
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/mamba2_tests" --gtest_filter="$filter" --gtest_brief=1
+  echo "== compute-sanitizer --tool racecheck"
+  compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/mamba2_tests" \
+    --gtest_filter='CudaOps.*:CudaSsd*-CudaOps.Linear*:CudaOps.OutOfMemoryIsAClearError' --gtest_brief=1
 fi

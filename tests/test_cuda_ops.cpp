@@ -2,6 +2,8 @@
 // inputs of awkward sizes; batch invariance of the projections. Skipped without a GPU.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "cuda_test_support.h"
@@ -35,9 +37,15 @@ TEST(CudaOps, EmbeddingGathersRowsInEveryDtype) {
     const Tensor ref_table = test::rounded(table, dt);
     Tensor want = Tensor::empty({5, 24});
     ops::embedding(ref_table, ids, MatView::of(want));
-    Tensor got = test::gpu_nan({5, 24});
-    ops::embedding(to_gpu(table, dt), ids, MatView::of(got));
+    Tensor got = test::gpu_nan({5, 24}), sums = test::gpu_nan({5, 1});
+    ops::embedding(to_gpu(table, dt), ids, MatView::of(got), nullptr, MatView::of(sums));
     EXPECT_TRUE(test::same_bits(to_cpu(got), want)) << dtype_name(dt);
+    const Tensor got_sums = to_cpu(sums);  // the first layer's fused norm reads these
+    for (int64_t r = 0; r < 5; ++r) {
+      double ss = 0.0;
+      for (int64_t j = 0; j < 24; ++j) ss += double(want.data()[r * 24 + j]) * want.data()[r * 24 + j];
+      EXPECT_NEAR(got_sums.data()[r], ss, 1e-6 * ss) << dtype_name(dt) << " row " << r;
+    }
   }
 }
 
@@ -83,23 +91,124 @@ TEST(CudaOps, GatedRmsnormMatchesCpu) {
 
 TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
   MAMBA2_REQUIRE_GPU();
-  const int64_t n = 200, k = 72;
-  const Tensor W = random_tensor({n, k}, 7);
-  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
-    for (int64_t m : {1, 3, 64, 257}) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + " m " + std::to_string(m));
-      const Tensor x = random_tensor({m, k}, 8 + uint64_t(m));
-      // The oracle sees the inputs as the GPU does (rounded to the dtype); the products of
-      // bf16/f16 values are exact in fp32, so only the summation order differs.
-      const Tensor Wr = test::rounded(W, dt), xr = test::rounded(x, dt);
-      Tensor want = Tensor::empty({m, n});
-      ops::linear(MatView::of(const_cast<Tensor&>(xr)), Wr, MatView::of(want), ops::LinearKernel::Prefill);
-      for (auto kind : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode}) {
-        Tensor xg = to_gpu(x, dt), got = test::gpu_nan({m, n});
-        ops::linear(MatView::of(xg), to_gpu(W, dt), MatView::of(got), kind);
-        EXPECT_LE(rel(to_cpu(got), want), kF32Tol);
+  // k = 72: whole 16-byte loads with a partial last k-step; k = 77: the element-wise loads.
+  const int64_t n = 200;
+  for (int64_t k : {72, 77}) {
+    for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+      const Tensor W = random_tensor({n, k}, 7);
+      for (int64_t m : {1, 3, 9, 64, 257}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " k " + std::to_string(k) + " m " + std::to_string(m));
+        const Tensor x = random_tensor({m, k}, 8 + uint64_t(m));
+        // The oracle sees the inputs as the GPU does (rounded to the dtype); the products of
+        // bf16/f16 values are exact in fp32, so only the summation order differs.
+        const Tensor Wr = test::rounded(W, dt), xr = test::rounded(x, dt);
+        Tensor want = Tensor::empty({m, n});
+        ops::linear(MatView::of(const_cast<Tensor&>(xr)), Wr, MatView::of(want), ops::LinearKernel::Prefill);
+        for (auto kind : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode}) {
+          Tensor xg = to_gpu(x, dt), got = test::gpu_nan({m, n});
+          ops::linear(MatView::of(xg), to_gpu(W, dt), MatView::of(got), kind);
+          EXPECT_LE(rel(to_cpu(got), want), kF32Tol);
+        }
       }
     }
+  }
+}
+
+// The decode step's fused projections against the unfused computation done here in double: the
+// norm from partial sums of squares (each a quarter of a group's columns), x = src·scale·w
+// rounded to the compute dtype, then the product with W rounded alike.
+TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t n = 40, k = 96, per = 4;
+  const float eps = 1e-5f;
+  for (int64_t groups : {1, 3}) {
+    for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+      for (int64_t m : {1, 5, 70}) {
+        SCOPED_TRACE(testing::Message() << "groups " << groups << " " << dtype_name(dt) << " m " << m);
+        const Tensor src = random_tensor({m, k}, 50 + uint64_t(m), -2.0f, 2.0f), w = random_tensor({k}, 51);
+        const Tensor W = random_tensor({n, k}, 52), res0 = random_tensor({m, n}, 53);
+        const int64_t gs = k / groups;
+        Tensor sums = Tensor::zeros({m, groups * per}), x = Tensor::empty({m, k});
+        for (int64_t r = 0; r < m; ++r) {
+          for (int64_t c = 0; c < k; ++c) {
+            const float v = src.data()[r * k + c];
+            sums.data()[r * groups * per + c / gs * per + c % per] += v * v;
+          }
+          for (int64_t g = 0; g < groups; ++g) {
+            double ss = 0.0;
+            for (int64_t c = g * gs; c < (g + 1) * gs; ++c) ss += double(src.data()[r * k + c]) * src.data()[r * k + c];
+            const double scale = 1.0 / std::sqrt(ss / double(gs) + eps);
+            for (int64_t c = g * gs; c < (g + 1) * gs; ++c)
+              x.data()[r * k + c] = float(double(src.data()[r * k + c]) * scale * w.data()[c]);
+          }
+        }
+        const Tensor xr = test::rounded(x, dt), Wr = test::rounded(W, dt);
+        Tensor want = Tensor::empty({m, n}), want_res = Tensor::empty({m, n});
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t o = 0; o < n; ++o) {
+            double acc = 0.0;
+            for (int64_t c = 0; c < k; ++c) acc += double(xr.data()[r * k + c]) * Wr.data()[o * k + c];
+            want.data()[r * n + o] = float(acc);
+            want_res.data()[r * n + o] = float(acc + res0.data()[r * n + o]);
+          }
+        // fp32: summation order only. bf16/f16: where the fp32 scale's last bit differs from the
+        // double one, an element of x near a rounding boundary may round the other way, by one
+        // unit (2⁻⁸ relative, bf16) of that element: rare, 1e-3 in relative L2 is far above it.
+        const double tol = dt == DType::F32 ? kF32Tol : 1e-3;
+        const Tensor gsrc = to_gpu(src), gw = to_gpu(w), gW = to_gpu(W, dt), gsums = to_gpu(sums);
+        const ops::RowNorm norm{MatView::of(const_cast<Tensor&>(gsums)), groups, gw, eps};
+        Tensor y = test::gpu_nan({m, n});
+        ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y));
+        EXPECT_LE(rel(to_cpu(y), want), tol);
+        // Rows computed alone (a decode batch of one, and of a slice) have the bits they have here.
+        const Tensor got_y = to_cpu(y);
+        for (const auto& [r0, rows] : {std::pair<int64_t, int64_t>{0, 1}, {m - 1, 1}, {m / 2, m - m / 2}}) {
+          Tensor part = test::gpu_nan({rows, n});
+          const ops::RowNorm part_norm{MatView::of(const_cast<Tensor&>(gsums)).rows_slice(r0, rows), groups, gw, eps};
+          ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)).rows_slice(r0, rows), part_norm, gW,
+                             MatView::of(part));
+          EXPECT_EQ(std::memcmp(to_cpu(part).data(), got_y.data() + r0 * n, sizeof(float) * size_t(rows * n)), 0)
+              << "rows " << r0 << " + " << rows;
+        }
+        Tensor res = to_gpu(res0), sums_out = test::gpu_nan({m, ops::residual_sum_count(n)});
+        ops::linear_normed_residual(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(res),
+                                    MatView::of(sums_out));
+        const Tensor got_res = to_cpu(res), got_sums = to_cpu(sums_out);
+        EXPECT_LE(rel(got_res, want_res), tol);
+        for (int64_t r = 0; r < m; ++r) {
+          double want_ss = 0.0, got_ss = 0.0;
+          for (int64_t o = 0; o < n; ++o) want_ss += double(got_res.data()[r * n + o]) * got_res.data()[r * n + o];
+          for (int64_t j = 0; j < got_sums.dim(1); ++j) got_ss += got_sums.data()[r * got_sums.dim(1) + j];
+          EXPECT_NEAR(got_ss, want_ss, 1e-6 * want_ss) << "row " << r;
+        }
+      }
+    }
+  }
+}
+
+// The in projection's fused conv step gives the bits of the projection followed by the conv step
+// op, states included (the same device function on the same values).
+TEST(CudaOps, FusedConvStepGivesTheBitsOfTheConvStepOp) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t k = 64, first = 24, C = 40, n = first + C + 8, K = 4, nb = 3, rows = 5;
+  const std::vector<int64_t> slots{3, 0, 4};
+  const Tensor src = random_tensor({nb, k}, 60), w = random_tensor({k}, 61), W = random_tensor({n, k}, 62);
+  const Tensor sums = random_tensor({nb, 2}, 63, 10.0f, 20.0f), conv_w = random_tensor({C, K}, 64);
+  const Tensor conv_b = random_tensor({C}, 65), states0 = random_tensor({rows, (K - 1) * C}, 66);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const Tensor gsrc = to_gpu(src), gw = to_gpu(w), gW = to_gpu(W, dt), gsums = to_gpu(sums);
+    const Tensor gcw = to_gpu(conv_w), gcb = to_gpu(conv_b);
+    const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, Device::CUDA);
+    const ops::RowNorm norm{MatView::of(const_cast<Tensor&>(gsums)), 1, gw, 1e-5f};
+    Tensor y1 = test::gpu_nan({nb, n}), out1 = test::gpu_nan({nb, C}), st1 = to_gpu(states0);
+    const ops::ConvStepFusion conv{first, gcw, gcb, MatView::of(out1), MatView::of(st1), seqs};
+    ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y1), &conv);
+    Tensor y2 = test::gpu_nan({nb, n}), out2 = test::gpu_nan({nb, C}), st2 = to_gpu(states0);
+    ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y2));
+    ops::causal_conv1d_step(MatView::of(y2).cols_slice(first, C), gcw, gcb, MatView::of(out2), MatView::of(st2), seqs);
+    EXPECT_TRUE(test::same_bits(to_cpu(y1), to_cpu(y2))) << dtype_name(dt);
+    EXPECT_TRUE(test::same_bits(to_cpu(out1), to_cpu(out2))) << dtype_name(dt);
+    EXPECT_TRUE(test::same_bits(to_cpu(st1), to_cpu(st2))) << dtype_name(dt);
   }
 }
 

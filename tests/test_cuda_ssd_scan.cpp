@@ -417,6 +417,61 @@ TEST(CudaSsdStep, MatchesTheCpuStep) {
   }
 }
 
+// The decode step's fusion: y gated by silu(z), and the partial sums of y² per head that the out
+// projection's norm reads, against the CPU step and the gate computed here in double.
+TEST(CudaSsdStep, GatedStepMatchesTheCpuStepTimesSiluZ) {
+  MAMBA2_REQUIRE_GPU();
+  struct Case { int64_t H, P, G, N; };
+  for (const Case c : {Case{4, 64, 1, 128}, Case{3, 40, 3, 20}}) {
+    SCOPED_TRACE(testing::Message() << "H " << c.H << " P " << c.P << " G " << c.G << " N " << c.N);
+    const int64_t nb = 3, rows = 5, HP = c.H * c.P;
+    const Problem pb = make_problem(c.H, c.P, c.G, c.N, nb, 40);
+    const auto slots = shuffled_slots(size_t(nb), rows, 41);
+    const auto states0 = random_states(rows, pb.S(), 42);
+    std::vector<float> z(size_t(nb * HP));
+    std::mt19937 rng(43);
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    for (auto& v : z) v = normal(rng);
+    const int64_t nsums = cuda::ssd_step_sum_count(c.H, c.P), per_head = nsums / c.H;
+    ASSERT_EQ(nsums % c.H, 0);
+
+    const DeviceProblem d(pb);
+    auto d_slots = upload(slots);
+    auto y = upload(std::vector<float>(size_t(nb * pb.ldy()), kNaN));
+    auto st = upload(states0);
+    auto dz = upload(z);
+    auto sums = upload(std::vector<float>(size_t(nb * nsums), kNaN));
+    cuda::ssd_step(d.params, f32(d.x), pb.ldx(), f32(d.B), pb.ldbc(), f32(d.C), pb.ldbc(), f32(d.dt_raw), pb.lddt(),
+                   f32(y), pb.ldy(), f32(st), static_cast<const int64_t*>(d_slots.get()), nb, f32(dz), HP, f32(sums),
+                   nsums);
+    const auto got_y = download<float>(y, size_t(nb * pb.ldy()));
+    const auto got_sums = download<float>(sums, size_t(nb * nsums));
+
+    std::vector<float> y_ref(size_t(nb * pb.ldy()), kNaN), st_ref = states0;
+    const cpu::SsdParams p{pb.H, pb.P, pb.G, pb.N, pb.dt_bias.data(), pb.A_log.data(), pb.D.data(), pb.dt_min,
+                           pb.dt_max};
+    cpu::ssd_step(p, pb.x.data(), pb.ldx(), pb.B.data(), pb.ldbc(), pb.C.data(), pb.ldbc(), pb.dt_raw.data(),
+                  pb.lddt(), y_ref.data(), pb.ldy(), st_ref.data(), slots.data(), nb);
+    std::vector<float> gated, want;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t h = 0; h < c.H; ++h) {
+        double head_sum = 0.0, got_sum = 0.0;
+        for (int64_t q = 0; q < c.P; ++q) {
+          const double zv = z[size_t(b * HP + h * c.P + q)];
+          const double g = double(y_ref[size_t(b * pb.ldy() + h * c.P + q)]) * zv / (1.0 + std::exp(-zv));
+          want.push_back(float(g));
+          gated.push_back(got_y[size_t(b * pb.ldy() + h * c.P + q)]);
+          head_sum += g * g;
+        }
+        for (int64_t j = 0; j < per_head; ++j) got_sum += got_sums[size_t(b * nsums + h * per_head + j)];
+        // A few fp32 roundings over ≤ 40 terms of the same sign.
+        EXPECT_NEAR(got_sum, head_sum, 1e-5 * head_sum) << "row " << b << " head " << h;
+      }
+    // The step's ~1e-7 (MatchesTheCpuStep) plus silu's exp and division: a few more roundings.
+    EXPECT_LE(rel_l2(gated.data(), want.data(), want.size()), 2e-6);
+  }
+}
+
 // Prefill of L tokens then one step equals a prefill of L + 1 tokens, for sequences packed
 // together and stepped as one batch.
 TEST(CudaSsdStep, ContinuesThePrefill) {

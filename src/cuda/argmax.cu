@@ -1,6 +1,6 @@
 // Greedy selection on the GPU: one block per row, each thread the best of its strided columns,
 // then a fixed tree; the larger value wins, equal values the lower index (the CPU's first
-// maximum), so the result never depends on the launch.
+// maximum), so the result never depends on the launch. Launched overlapped (common.cuh).
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 
@@ -15,6 +15,8 @@ __device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi)
 }
 
 __global__ void argmax_kernel(const float* x, int64_t ld, int64_t cols, int32_t* out) {
+  start_next();
+  wait_for_previous();
   const float* row = x + int64_t(blockIdx.x) * ld;
   float bv = row[0];
   int64_t bi = 0;
@@ -42,8 +44,7 @@ __global__ void argmax_kernel(const float* x, int64_t ld, int64_t cols, int32_t*
 
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out) {
   if (n == 0) return;
-  argmax_kernel<<<unsigned(n), kThreads, 0, stream()>>>(x, ld, cols, out);
-  check_launch("argmax");
+  launch_overlapped(argmax_kernel, unsigned(n), kThreads, 0, "argmax", x, ld, cols, out);
 }
 
 }  // namespace mamba2::cuda

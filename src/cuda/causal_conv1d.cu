@@ -1,6 +1,7 @@
 // Depthwise causal conv + bias + SiLU on the GPU over packed sequences (each sequence's window
 // starts at its own first token: the K-1 inputs before it come from its state row), and the
 // one-token decode form. One thread per (token, channel); taps summed in the CPU kernel's order.
+#include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 
@@ -51,18 +52,15 @@ __global__ void conv_state_kernel(const float* in, int64_t ldin, float* states, 
   }
 }
 
+// Launched overlapped (the decode step's chain): nothing is read before the previous kernel ends.
 __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, const float* bias, float* out,
                                  int64_t ldo, float* states, const int64_t* slots, int64_t C, int K) {
+  start_next();
+  wait_for_previous();
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t b = blockIdx.x;
   if (c >= C) return;
-  float* state = states + slots[b] * (K - 1) * C;
-  const float xb = x[b * ldx + c];
-  float acc = bias[c] + w[c * K + K - 1] * xb;
-  for (int j = 0; j < K - 1; ++j) acc += w[c * K + j] * state[j * C + c];
-  out[b * ldo + c] = silu(acc);
-  for (int j = 0; j + 1 < K - 1; ++j) state[j * C + c] = state[(j + 1) * C + c];
-  if (K > 1) state[(K - 2) * C + c] = xb;
+  out[b * ldo + c] = conv_step_channel(x[b * ldx + c], w + c * K, bias[c], states + slots[b] * (K - 1) * C, C, c, K);
 }
 
 void check_taps(int64_t K) {
@@ -88,9 +86,8 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
                         float* states, const int64_t* slots, int64_t nb, int64_t C, int64_t K) {
   check_taps(K);
   if (nb == 0 || C == 0) return;
-  conv_step_kernel<<<dim3(unsigned(nb), unsigned(ceil_div(C, 128))), 128, 0, stream()>>>(x, ldx, w, bias, out, ldo,
-                                                                                         states, slots, C, int(K));
-  check_launch("causal_conv1d");
+  launch_overlapped(conv_step_kernel, dim3(unsigned(nb), unsigned(ceil_div(C, 128))), 128, 0, "causal_conv1d", x, ldx,
+                    w, bias, out, ldo, states, slots, C, int(K));
 }
 
 }  // namespace mamba2::cuda

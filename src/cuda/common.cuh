@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "core/dtype.h"
 
@@ -32,7 +33,7 @@ inline void check(cudaError_t err, const char* op) {
 // After a launch: a bad configuration shows here; faults inside the kernel show at the next sync.
 inline void check_launch(const char* op) { check(cudaGetLastError(), op); }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 __device__ __forceinline__ float load_f32(const float* p) { return *p; }
 __device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
@@ -46,6 +47,53 @@ __device__ __forceinline__ float silu(float v) {
   const float e = expf(-fabsf(v));
   const float r = 1.0f / (1.0f + e);
   return v * (v >= 0.0f ? r : e * r);
+}
+
+// Programmatic dependent launch (sm_90), for the decode step's chain of small kernels: a kernel
+// launched with launch_overlapped may start while the kernel before it in the stream runs — it
+// may read weights (never written during inference) but must call wait_for_previous() before it
+// reads anything else or writes anything. Each such kernel lets its successor start at once
+// (start_next()); the successor's blocks then wait at wait_for_previous() for this grid to
+// complete, with its weight loads already in flight. Both are no-ops on older GPUs and for
+// kernels launched the ordinary way.
+__device__ __forceinline__ void wait_for_previous() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void start_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+template <class... Params, class... Args>
+void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const char* op,
+                       Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream();
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), op);
+}
+
+// Σ over a block of kThreads of v, the same order every time; every thread gets the result.
+template <int kThreads>
+__device__ float block_sum(float v) {
+  __shared__ float partial[kThreads / 32];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+  __syncthreads();  // partial may be reused by the next call
+  return total;
 }
 
 // Calls f with a null pointer of the storage type of `dtype` (to pick a template instance).

@@ -1,4 +1,5 @@
 // Embedding gather on the GPU: rows of the table (in its storage dtype) into the fp32 residual.
+// Launched overlapped (common.cuh).
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 
@@ -6,22 +7,35 @@ namespace mamba2::cuda {
 
 namespace {
 
+constexpr int kThreads = 256;
+
 template <class T>
-__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out) {
+__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out, float* sums) {
+  start_next();
+  wait_for_previous();
   const int64_t t = blockIdx.x;
   const T* row = table + int64_t(ids[t]) * d;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[t * d + j] = load_f32(row + j);
+  float ss = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += kThreads) {
+    const float v = load_f32(row + j);
+    out[t * d + j] = v;
+    ss += v * v;
+  }
+  if (!sums) return;
+  ss = block_sum<kThreads>(ss);
+  if (threadIdx.x == 0) sums[t] = ss;
 }
 
 }  // namespace
 
-void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out) {
+void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
+                       float* sums) {
   if (n == 0) return;
   with_dtype(table_dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    embedding_kernel<T><<<unsigned(n), 256, 0, stream()>>>(static_cast<const T*>(table), d, ids, out);
+    launch_overlapped(embedding_kernel<T>, unsigned(n), kThreads, 0, "embedding", static_cast<const T*>(table), d, ids,
+                      out, sums);
   });
-  check_launch("embedding");
 }
 
 }  // namespace mamba2::cuda

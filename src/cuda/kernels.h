@@ -26,7 +26,9 @@ struct PackedSeqs {
 };
 
 // out[t] (fp32) = table[ids[t]]                 table (vocab, d) in table_dtype; ids (n) on the GPU
-void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out);
+// sums (n), when set, = Σ out[t]² (for the first layer's fused norm).
+void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
+                       float* sums = nullptr);
 
 // residual += h (h may be null); out = rmsnorm(residual) · w, stored in out_dtype.
 //   residual, h (n, d) fp32; w (d) fp32; out (n, d)
@@ -40,10 +42,39 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
 // y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32: no TF32).
 //   x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
 // The kernel is chosen once per (n, k, dtype, kind, alignment), never by m, so that a row's bits
-// do not depend on the rows beside it. `decode`: the family for a few rows (f32: our streaming
-// kernel; bf16/f16: cuBLASLt's plan for 16 rows); otherwise cuBLASLt's plan for many rows.
+// do not depend on the rows beside it. `decode`: our kernels for a few rows (f32 on CUDA cores,
+// bf16/f16 on tensor cores); otherwise cuBLASLt's plan chosen for many rows.
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
+
+// The decode step's fused projections. x = the fp32 rows src normalised on the way in: row r's
+// group g (of `groups` equal column ranges) scaled by rsqrt(Σ_{j<per} sums[r·ld + g·per + j] /
+// (k/groups) + eps), times weight (k), rounded to `dtype` — the partial sums of squares are left
+// by the previous kernel (the residual projection below, the embedding, the gated SSD step).
+// Then y = x Wᵀ (y set), or residual += x Wᵀ (y null) with the partial sums of squares of the
+// updated residual's row r over columns [16b, 16b+16) in sums_out[r·lds + b]: the next norm's.
+constexpr int64_t kMaxNormGroups = 16;
+struct RowNorm {
+  const float* sums;
+  int64_t ld, groups, per;
+  const float* weight;
+  float eps;
+};
+// conv (C > 0): y's columns [first, first + C) (the in projection's xBC) also take the conv step
+// (as causal_conv1d_step: out (m, C) ld ldo, the state of row r at states + slots[r]·(K-1)·C).
+struct ConvStepArgs {
+  int64_t first = 0, C = 0, K = 0;
+  const float* w = nullptr;  // (C, K)
+  const float* bias = nullptr;
+  float* states = nullptr;
+  const int64_t* slots = nullptr;
+  float* out = nullptr;
+  int64_t ldo = 0;
+};
+int64_t residual_sum_count(int64_t n);  // partial sums per row of a residual projection to n columns
+void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
+                          int64_t ldy, float* residual, int64_t ldr, float* sums_out, int64_t lds,
+                          const ConvStepArgs& conv, int64_t m, int64_t n, int64_t k);
 
 // Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
 // states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
@@ -73,9 +104,13 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
                       int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
                       const PackedSeqs& seqs, int64_t chunk_size, DType compute);
 // One token per sequence (recurrent decode); the state of b at states + slots[b]·nheads·headdim·d_state.
+// With z set (the decode step's fusion) y = the step's output · silu(z), z (nb, nheads·headdim) ld
+// ldz, and sums[b·lds + i] (i < ssd_step_sum_count) receive partial sums of y² in head order.
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-              const int64_t* slots, int64_t nb);
+              const int64_t* slots, int64_t nb, const float* z = nullptr, int64_t ldz = 0, float* sums = nullptr,
+              int64_t lds = 0);
+int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

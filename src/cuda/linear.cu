@@ -6,12 +6,10 @@
 // algorithm to no split-K (no reduction across k pieces) and use it for every m. Each output
 // element is then one accumulation over k in the kernel's fixed order, whatever m.
 //
-// Decode (a few rows, one per sequence) in f32: our streaming kernel, a warp per pair of output
-// columns, each lane summing its 8-element slices of k in order, then a fixed shuffle tree, so a
-// row's sum never depends on the other rows (cuBLAS's fp32 kernels for few rows ran 2.7x slower
-// on the H200, 2026-11-30). In bf16/f16 cuBLASLt's plan for a few rows was faster than ours at
-// every batch size measured (1 to 256): decode uses it, chosen at 16 rows and kept for every m,
-// as for prefill. The choice depends on the dtype only, never on m.
+// Decode (a few rows, one per sequence): our own kernels, which stream W once with many loads in
+// flight (cuBLASLt's few-row kernels reached a fraction of the memory bandwidth: 5.9 µs for the
+// 130m in_proj, whose 5 MB take ~1 µs): f32 on CUDA cores, bf16/f16 on tensor cores. In both a
+// row's sum runs in an order fixed by k alone, so no choice depends on m.
 #include <cublasLt.h>
 
 #include <cstdlib>
@@ -20,8 +18,10 @@
 #include <string>
 #include <tuple>
 
+#include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
 #include "cuda/runtime.h"
 
 namespace mamba2::cuda {
@@ -42,7 +42,7 @@ cudaDataType_t cuda_type(DType d) {
 }
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-constexpr int64_t kPrefillRows = 4096, kDecodeRows = 16;  // the row counts the algorithms are chosen at
+constexpr int64_t kPlanRows = 4096;  // the row count the algorithms are chosen at
 
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
@@ -52,7 +52,7 @@ struct Plan {
 struct Blas {
   cublasLtHandle_t handle = nullptr;
   std::shared_ptr<void> workspace;
-  std::map<std::tuple<int64_t, int64_t, int, bool, uint32_t, int64_t>, Plan> plans;
+  std::map<std::tuple<int64_t, int64_t, int, uint32_t, int64_t>, Plan> plans;
   std::mutex mutex;
 };
 
@@ -96,13 +96,13 @@ bool batch_invariant() {
 }
 
 // rows > 0: the heuristic's first pick at that row count, as is (batch invariance off).
-Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, bool decode, uint32_t align, int64_t rows) {
+Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int64_t rows) {
   Plan plan;
   check_blas(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
-  Layouts l(dtype, rows > 0 ? rows : decode ? kDecodeRows : kPrefillRows, n, k, k, n);
+  Layouts l(dtype, rows > 0 ? rows : kPlanRows, n, k, k, n);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -159,93 +159,324 @@ uint32_t alignment(std::initializer_list<uint64_t> values) {
   return a;
 }
 
-constexpr int kWarps = 8;     // per block
-constexpr int kCols = 2;      // output columns per warp
-constexpr int kRows = 4;      // rows of x per pass (W's slices stay in registers across them)
+// The decode kernels' operand x: `Raw` rows in the compute dtype as given; `Normed` fp32 rows
+// normalised on the way in from the producer's partial sums of squares (RowNorm), x = (src·s)·w
+// as the norm kernels compute it, rounded to the compute dtype. A block's scales s for the rows
+// of its pass live in shared memory, one per (row, group).
+struct Raw {
+  const void* x;
+  int64_t ld;
+};
+struct Normed {
+  const float* src;
+  int64_t ld;
+  RowNorm norm;
+  int64_t group_cols;  // k / groups
+};
 
-// 8 consecutive elements as fp32; `vec`: one 16-byte load (bf16/f16) or two (fp32).
-template <class T, bool vec>
-__device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
-  if constexpr (vec && sizeof(T) == 2) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = load_f32(e + i);
-  } else if constexpr (vec) {
-    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  } else {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = load_f32(p + i);
+// The scales of rows row0 .. row0 + rows (those < m): warp w takes (row, group) pairs w, w+warps, ...;
+// lane l sums the group's partials l, l+32, ... in order, then a fixed tree; lane 0's total.
+__device__ void row_scales(const Normed& in, int64_t row0, int rows, int64_t m, int warps, float* scales) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t groups = in.norm.groups, per = in.norm.per;
+  for (int64_t pair = warp; pair < rows * groups; pair += warps) {
+    const int64_t r = row0 + pair / groups, g = pair % groups;
+    float s = 0.0f;
+    if (r < m)
+      for (int64_t j = lane; j < per; j += 32) s += in.norm.sums[r * in.norm.ld + g * per + j];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) scales[pair / groups * kMaxNormGroups + g] = rsqrtf(s / float(in.group_cols) + in.norm.eps);
   }
 }
 
+// 8 elements of x's row r from column kk as fp32, zeros past `avail`; `vec`: 16-byte aligned
+// rows and groups of whole 8-column pieces. `scales`: the row's, by group. On tensor cores the
+// values are rounded to the compute dtype as the operands are packed (pack2), once.
 template <class T, bool vec>
-__global__ void __launch_bounds__(kWarps * 32) rows_kernel(const T* x, int64_t ldx, const T* W, float* y, int64_t ldy,
-                                                           int64_t m, int64_t n, int64_t k) {
-  const int lane = threadIdx.x % 32;
-  const int64_t col0 = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * kCols;
-  if (col0 >= n) return;
-  const int64_t k8 = k / 8 * 8;
+__device__ __forceinline__ void load_x(const Raw& in, int64_t r, int64_t kk, int64_t avail, const float*,
+                                       float (&v)[8]) {
+  const T* p = static_cast<const T*>(in.x) + r * in.ld + kk;
+  if (vec && avail >= 8) {
+    if constexpr (sizeof(T) == 2) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(p);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = load_f32(e + i);
+    } else {
+      const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = i < avail ? load_f32(p + i) : 0.0f;
+}
+template <class T, bool vec>
+__device__ __forceinline__ void load_x(const Normed& in, int64_t r, int64_t kk, int64_t avail, const float* scales,
+                                       float (&v)[8]) {
+  const float* p = in.src + r * in.ld + kk;
+  const float* w = in.norm.weight + kk;
+  if (vec && avail >= 8) {
+    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    const float4 wa = *reinterpret_cast<const float4*>(w), wb = *reinterpret_cast<const float4*>(w + 4);
+    const float s = scales[kk / in.group_cols];
+    v[0] = a.x * s * wa.x, v[1] = a.y * s * wa.y, v[2] = a.z * s * wa.z, v[3] = a.w * s * wa.w;
+    v[4] = b.x * s * wb.x, v[5] = b.y * s * wb.y, v[6] = b.z * s * wb.z, v[7] = b.w * s * wb.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = i < avail ? p[i] * scales[(kk + i) / in.group_cols] * w[i] : 0.0f;
+  }
+}
+
+// Where the result goes: y = x Wᵀ, or residual += x Wᵀ with the partial sums of squares of the
+// updated residual over each 16 columns (sums[r, col / 16]). `conv` (C > 0): y's columns
+// [first, first + C) also take the conv step (the in projection's xBC).
+struct Out {
+  float* y;
+  int64_t ldy;
+  float* residual;
+  int64_t ldr;
+  float* sums;
+  int64_t lds;
+  ConvStepArgs conv;
+};
+
+constexpr int kSumCols = 16;  // the residual sums' unit, and the columns of one mma tile
+
+// Stores results v(row, c) for rows row0 .. row0+rows, columns col0 + c (c < cols, a multiple of
+// 16): `vals` in shared memory as [row][c]; `sq` scratch of the same size. Every thread of the
+// block calls it.
+__device__ void store_block(const Out& out, const float* vals, int64_t row0, int rows, int64_t m, int64_t col0,
+                            int cols, int64_t n, float* sq) {
+  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
+    const int64_t r = row0 + i / cols, col = col0 + i % cols;
+    float v = vals[i];
+    if (r < m && col < n) {
+      if (out.residual) {
+        v += out.residual[r * out.ldr + col];
+        out.residual[r * out.ldr + col] = v;
+      } else {
+        out.y[r * out.ldy + col] = v;
+        const ConvStepArgs& cv = out.conv;
+        const int64_t c = col - cv.first;
+        if (c >= 0 && c < cv.C)
+          cv.out[r * cv.ldo + c] = conv_step_channel(v, cv.w + c * cv.K, cv.bias[c],
+                                                     cv.states + cv.slots[r] * (cv.K - 1) * cv.C, cv.C, c, int(cv.K));
+      }
+    }
+    sq[i] = r < m && col < n ? v * v : 0.0f;
+  }
+  if (!out.residual) return;
+  __syncthreads();
+  for (int i = threadIdx.x; i < rows * (cols / kSumCols); i += blockDim.x) {
+    const int r = i / (cols / kSumCols), t = i % (cols / kSumCols);
+    if (row0 + r >= m || col0 + t * kSumCols >= n) continue;
+    float s = 0.0f;
+    for (int c = 0; c < kSumCols; ++c) s += sq[r * cols + t * kSumCols + c];
+    out.sums[(row0 + r) * out.lds + col0 / kSumCols + t] = s;
+  }
+}
+
+// f32 decode on CUDA cores: warp w of a block takes output columns col0 + 2w, col0 + 2w + 1;
+// each lane sums its 8-element slices of k in order, then a fixed shuffle tree; kRows rows of x
+// per pass share W's slices in registers.
+constexpr int kWarps = 8;
+constexpr int kCols = kSumCols / kWarps;
+constexpr int kRows = 4;
+
+template <class In, bool vec>
+__global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W, Out out, int64_t m, int64_t n,
+                                                           int64_t k) {
+  __shared__ float scales[kRows * kMaxNormGroups], vals[kRows * kSumCols], sq[kRows * kSumCols];
+  start_next();
+  wait_for_previous();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t col0 = int64_t(blockIdx.x) * kSumCols, wcol = col0 + warp * kCols;
   for (int64_t r0 = 0; r0 < m; r0 += kRows) {
+    if constexpr (std::is_same_v<In, Normed>) {
+      row_scales(in, r0, kRows, m, kWarps, scales);
+      __syncthreads();
+    }
     float acc[kCols][kRows] = {};
-    for (int64_t kk = int64_t(lane) * 8; kk < k8; kk += 256) {
+    for (int64_t kk = int64_t(lane) * 8; kk < k && wcol < n; kk += 256) {
       float xv[kRows][8];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r0 + r < m) {
-          load8<T, vec>(x + (r0 + r) * ldx + kk, xv[r]);
-        } else {
-#pragma unroll
-          for (int i = 0; i < 8; ++i) xv[r][i] = 0.0f;
-        }
-      }
+      for (int r = 0; r < kRows; ++r)
+        load_x<float, vec>(in, r0 + r, kk, r0 + r < m ? k - kk : 0, scales + r * kMaxNormGroups, xv[r]);
 #pragma unroll
       for (int c = 0; c < kCols; ++c) {
-        if (col0 + c >= n) break;
         float wv[8];
-        load8<T, vec>(W + (col0 + c) * k + kk, wv);
+        load_x<float, vec>(Raw{W, k}, wcol + c, kk, wcol + c < n ? k - kk : 0, nullptr, wv);
 #pragma unroll
         for (int r = 0; r < kRows; ++r)
 #pragma unroll
           for (int i = 0; i < 8; ++i) acc[c][r] = fmaf(wv[i], xv[r][i], acc[c][r]);
       }
     }
-    for (int64_t kk = k8 + lane; kk < k; kk += 32)  // the last k % 8 elements
-#pragma unroll
-      for (int c = 0; c < kCols; ++c)
-#pragma unroll
-        for (int r = 0; r < kRows; ++r)
-          if (col0 + c < n && r0 + r < m)
-            acc[c][r] = fmaf(load_f32(W + (col0 + c) * k + kk), load_f32(x + (r0 + r) * ldx + kk), acc[c][r]);
 #pragma unroll
     for (int c = 0; c < kCols; ++c)
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         float v = acc[c][r];
         for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (lane == 0 && col0 + c < n && r0 + r < m) y[(r0 + r) * ldy + col0 + c] = v;
+        if (lane == 0) vals[r * kSumCols + warp * kCols + c] = v;
       }
+    __syncthreads();
+    store_block(out, vals, r0, kRows, m, col0, kSumCols, n, sq);
+    __syncthreads();
   }
 }
 
-void linear_rows(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m, int64_t n,
-                 int64_t k) {
+// bf16/f16 decode on tensor cores: a block per MT·16 output columns (MT mma tiles of 16 rows of
+// W), x's rows as mma's N in tiles of 8, NT tiles per pass. k goes in steps of 32; warp w takes
+// steps w, w+8, ... and the 8 warps' partial sums are added in warp order. Lane (g, t) = (l/4,
+// l%4) loads 16 bytes at k0 + 8t of W's rows g and g+8 of each tile and of x's row g of each row
+// tile: the first four elements are the first mma's k = 2t, 2t+1, 2t+8, 2t+9, the last four the
+// second's. Permuting k alike on both operands leaves each dot product as it is. An output's sum
+// runs over the same steps, mma by mma and warp by warp, whatever MT, NT and the other rows and
+// columns are (an mma's outputs are independent dot products), so the variant can follow m and
+// a row's bits still do not depend on its batch. Launched overlapped: the first steps' W loads
+// are issued before waiting for the previous kernel.
+constexpr int kTcWarps = 8;
+
+template <int MT, int NT>
+constexpr size_t tc_smem_bytes() {
+  return sizeof(float) * (size_t(kTcWarps) * MT * NT * 128 + NT * 8 * kMaxNormGroups + NT * 8 * MT * 16);
+}
+
+// W's 8 elements at p as raw 16-bit values; zeros past `avail` (`vec`: avail ≥ 8 or ≤ 0).
+template <bool vec>
+__device__ __forceinline__ uint4 load8_raw(const uint16_t* p, int64_t avail) {
+  if (avail <= 0) return make_uint4(0, 0, 0, 0);
+  if constexpr (vec) {
+    return *reinterpret_cast<const uint4*>(p);
+  } else {
+    uint16_t e[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) e[i] = i < avail ? p[i] : uint16_t(0);
+    return make_uint4(e[0] | uint32_t(e[1]) << 16, e[2] | uint32_t(e[3]) << 16, e[4] | uint32_t(e[5]) << 16,
+                      e[6] | uint32_t(e[7]) << 16);
+  }
+}
+
+template <class T, int MT, int NT, int U, class In, bool vec>
+__global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m,
+                                                                int64_t n, int64_t k) {
+  extern __shared__ float smem[];
+  float* partial = smem;                                  // [warp][MT][NT][lane][4]
+  float* scales = partial + kTcWarps * MT * NT * 128;     // [row][group]
+  float* vals = scales + NT * 8 * kMaxNormGroups;         // [row][MT·16 columns]
+  start_next();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t col0 = int64_t(blockIdx.x) * MT * 16, steps = ceil_div(k, int64_t(32));
+  // W's rows past n read as zeros (avail 0), so every lane runs every mma.
+  auto load_batch = [&](int64_t s0, uint4 (&lo)[U][MT], uint4 (&hi)[U][MT]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int64_t kk = (s0 + int64_t(u) * kTcWarps) * 32 + t * 8, r = col0 + 16 * mt + g;
+        lo[u][mt] = load8_raw<vec>(W + r * k + kk, r < n ? k - kk : 0);
+        hi[u][mt] = load8_raw<vec>(W + (r + 8) * k + kk, r + 8 < n ? k - kk : 0);
+      }
+  };
+  uint4 lo[U][MT], hi[U][MT];
+  load_batch(warp, lo, hi);
+  wait_for_previous();
+  const int64_t row0 = int64_t(blockIdx.y) * NT * 8;
+  {
+    if constexpr (std::is_same_v<In, Normed>) {
+      row_scales(in, row0, NT * 8, m, kTcWarps, scales);
+      __syncthreads();
+    }
+    float acc[MT][NT][4] = {};
+    for (int64_t s0 = warp; s0 < steps; s0 += kTcWarps * U) {
+      if (s0 != warp) load_batch(s0, lo, hi);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t k0 = (s0 + int64_t(u) * kTcWarps) * 32, kk = k0 + t * 8;
+        if (k0 >= k) break;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const int64_t r = row0 + 8 * j + g;
+          float v[8];
+          load_x<T, vec>(in, r, kk, r < m ? k - kk : 0, scales + (8 * j + g) * kMaxNormGroups, v);
+          const uint32_t b0 = pack2<T>(v[0], v[1]), b1 = pack2<T>(v[2], v[3]);
+          const uint32_t b2 = pack2<T>(v[4], v[5]), b3 = pack2<T>(v[6], v[7]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint32_t a1[4] = {lo[u][mt].x, hi[u][mt].x, lo[u][mt].y, hi[u][mt].y};
+            const uint32_t a2[4] = {lo[u][mt].z, hi[u][mt].z, lo[u][mt].w, hi[u][mt].w};
+            mma<T>(acc[mt][j], a1, b0, b1);
+            mma<T>(acc[mt][j], a2, b2, b3);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) partial[(((warp * MT + mt) * NT + j) * 32 + lane) * 4 + e] = acc[mt][j][e];
+    __syncthreads();
+    for (int i = threadIdx.x; i < MT * NT * 128; i += kTcWarps * 32) {
+      const int mt = i / (NT * 128), j = i / 128 % NT, l = i / 4 % 32, e = i % 4;
+      float v = partial[i];
+#pragma unroll
+      for (int w = 1; w < kTcWarps; ++w) v += partial[w * MT * NT * 128 + i];
+      // Accumulator e of lane l: W row l/4 (+8 for e ≥ 2) of tile mt, x row 2(l%4) + e%2 of tile j.
+      const int c = 16 * mt + l / 4 + (e >= 2 ? 8 : 0), r = 8 * j + 2 * (l % 4) + (e & 1);
+      vals[r * MT * 16 + c] = v;
+    }
+    __syncthreads();
+    store_block(out, vals, row0, NT * 8, m, col0, MT * 16, n, partial);
+  }
+}
+
+template <class In>
+void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, const Out& out, int64_t m, int64_t n,
+                   int64_t k) {
   const uint64_t es = dtype_size(dtype);
   // 16-byte loads need 16-byte aligned rows; the choice depends on the buffers, never on m.
-  const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0 &&
-                   (uint64_t(ldx) * es) % 16 == 0 && (uint64_t(k) * es) % 16 == 0;
-  const unsigned blocks = unsigned(ceil_div(n, int64_t(kWarps) * kCols));
-  with_dtype(dtype, [&](auto* tag) {
+  const bool vec = in_aligned && reinterpret_cast<uintptr_t>(W) % 16 == 0 && (uint64_t(k) * es) % 16 == 0 && k % 8 == 0;
+  if (dtype == DType::F32) {
+    const unsigned blocks = unsigned(ceil_div(n, int64_t(kSumCols)));
+    const auto* w = static_cast<const float*>(W);
+    if (vec) launch_overlapped(rows_kernel<In, true>, blocks, kWarps * 32, 0, "linear", in, w, out, m, n, k);
+    else launch_overlapped(rows_kernel<In, false>, blocks, kWarps * 32, 0, "linear", in, w, out, m, n, k);
+    return;
+  }
+  // More rows share each pass over W, and more columns each load of x, as m grows; the bits are
+  // those of any other variant (see tc_rows_kernel).
+  const auto* w = static_cast<const uint16_t*>(W);
+  auto launch = [&](auto* tag, auto mt, auto nt, auto u) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    if (vec)
-      rows_kernel<T, true><<<blocks, kWarps * 32, 0, stream()>>>(static_cast<const T*>(x), ldx,
-                                                                  static_cast<const T*>(W), y, ldy, m, n, k);
-    else
-      rows_kernel<T, false><<<blocks, kWarps * 32, 0, stream()>>>(static_cast<const T*>(x), ldx,
-                                                                   static_cast<const T*>(W), y, ldy, m, n, k);
-  });
-  check_launch("linear");
+    constexpr int MT = decltype(mt)::value, NT = decltype(nt)::value, U = decltype(u)::value;
+    constexpr size_t smem = tc_smem_bytes<MT, NT>();
+    const dim3 grid(unsigned(ceil_div(n, int64_t(MT) * 16)), unsigned(ceil_div(m, int64_t(NT) * 8)));
+    auto* kernel = vec ? tc_rows_kernel<T, MT, NT, U, In, true> : tc_rows_kernel<T, MT, NT, U, In, false>;
+    if (smem > 48 * 1024)
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "linear");
+    launch_overlapped(kernel, grid, kTcWarps * 32, smem, "linear", in, w, out, m, n, k);
+  };
+  // A few rows: one 16-column tile per block, W streaming once, each warp's loads issued 4 steps
+  // of k at a time (10 at a time ran slower in the model's decode on the H200, 2026-11-30). Many
+  // rows: 64 columns share each load of x, 16 rows per block, blocks over the rows.
+  using std::integral_constant;
+  using I = integral_constant<int, 1>;
+  using Four = integral_constant<int, 4>;
+  auto by_rows = [&](auto* tag) {
+    if (m <= 8) launch(tag, I{}, I{}, Four{});
+    else if (m <= 16) launch(tag, I{}, integral_constant<int, 2>{}, Four{});
+    else launch(tag, Four{}, integral_constant<int, 2>{}, I{});
+  };
+  if (dtype == DType::BF16) by_rows(static_cast<__nv_bfloat16*>(nullptr));
+  else by_rows(static_cast<__half*>(nullptr));
+}
+
+bool aligned16(const void* p, int64_t ld, size_t es) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (uint64_t(ld) * es) % 16 == 0;
 }
 
 }  // namespace
@@ -253,8 +484,9 @@ void linear_rows(const void* x, int64_t ldx, const void* W, DType dtype, float* 
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode) {
   if (m == 0 || n == 0) return;
-  if (decode && dtype == DType::F32) {
-    linear_rows(x, ldx, W, dtype, y, ldy, m, n, k);
+  if (decode && batch_invariant()) {
+    launch_decode(Raw{x, ldx}, aligned16(x, ldx, dtype_size(dtype)), W, dtype, Out{y, ldy, nullptr, 0, nullptr, 0, {}},
+                  m, n, k);
     return;
   }
   Blas& bl = blas();
@@ -268,9 +500,9 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
   {
     std::lock_guard<std::mutex> lock(bl.mutex);
     const int64_t rows = batch_invariant() ? 0 : m;
-    auto key = std::make_tuple(n, k, int(dtype), decode, align, rows);
+    auto key = std::make_tuple(n, k, int(dtype), align, rows);
     auto it = bl.plans.find(key);
-    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, decode, align, rows)).first;
+    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, align, rows)).first;
     plan = &it->second;
   }
   Layouts l(dtype, m, n, k, ldx, ldy);
@@ -280,6 +512,25 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
   if (st != CUBLAS_STATUS_SUCCESS)
     raise(cat("[linear] cuBLASLt matmul (", m, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
               decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
+}
+
+}  // namespace mamba2::cuda
+
+namespace mamba2::cuda {
+
+int64_t residual_sum_count(int64_t n) { return ceil_div(n, int64_t(kSumCols)); }
+
+void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
+                          int64_t ldy, float* residual, int64_t ldr, float* sums, int64_t lds, const ConvStepArgs& conv,
+                          int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0) return;
+  if (norm.groups < 1 || norm.groups > kMaxNormGroups || k % norm.groups)
+    raise(cat("[linear] a fused norm takes 1 to ", kMaxNormGroups, " groups dividing the ", k, " columns, got ",
+              norm.groups));
+  const Normed in{src, ld, norm, k / norm.groups};
+  const bool aligned = aligned16(src, ld, 4) && reinterpret_cast<uintptr_t>(norm.weight) % 16 == 0 &&
+                       in.group_cols % 8 == 0;
+  launch_decode(in, aligned, W, dtype, Out{y, ldy, residual, ldr, sums, lds, conv}, m, n, k);
 }
 
 }  // namespace mamba2::cuda

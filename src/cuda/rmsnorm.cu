@@ -10,19 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Σ over the block of v, the same order every time; every thread gets the result.
-__device__ float block_sum(float v) {
-  __shared__ float partial[kThreads / 32];
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
-  __syncthreads();  // partial may be reused by the next call
-  return total;
-}
-
 template <class Out>
 __global__ void add_rmsnorm_kernel(float* residual, const float* h, const float* w, Out* out, int64_t d, float eps) {
   float* r = residual + int64_t(blockIdx.x) * d;
@@ -36,7 +23,7 @@ __global__ void add_rmsnorm_kernel(float* residual, const float* h, const float*
     }
     ss += v * v;
   }
-  const float scale = rsqrtf(block_sum(ss) / float(d) + eps);
+  const float scale = rsqrtf(block_sum<kThreads>(ss) / float(d) + eps);
   Out* o = out + int64_t(blockIdx.x) * d;
   for (int64_t i = threadIdx.x; i < d; i += kThreads) store_f32(o + i, r[i] * scale * w[i]);
 }
@@ -72,7 +59,7 @@ __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z
         ss += yv[j] * yv[j];
       }
     }
-    const float scale = rsqrtf(block_sum(ss) / float(gs) + eps);
+    const float scale = rsqrtf(block_sum<kThreads>(ss) / float(gs) + eps);
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
@@ -85,7 +72,7 @@ __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z
     const float v = yr[i] * silu(zr[i]);
     ss += v * v;
   }
-  const float scale = rsqrtf(block_sum(ss) / float(gs) + eps);
+  const float scale = rsqrtf(block_sum<kThreads>(ss) / float(gs) + eps);
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
 }
 

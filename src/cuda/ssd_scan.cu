@@ -17,6 +17,7 @@
 // pair against N FMAs. Every exponent is ≤ 0: a never increases (see chunk_decay).
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "cuda/mma.cuh"
 #include "cuda/runtime.h"
 
 #include <type_traits>
@@ -311,48 +312,66 @@ __global__ __launch_bounds__(kThreads) void chunk_scan_kernel(SsdParams p, const
 // Block (b, head, 8 state rows): warp w takes row q, lane l columns n = l, l+32, ...; each lane
 // issues all its loads before the first use (a decode step is latency-bound: one row per warp
 // spreads a head over P/8 blocks). y[q] = Σ_n state[q][n]·C[n] after the update: per lane in
-// order, then a fixed butterfly.
+// order, then a fixed butterfly. Gated (the decode step's fusion): y[q]·silu(z[q]), and the
+// block's Σ y² over its rows in warp order for the norm the out projection applies.
 constexpr int kStepRows = kThreads / 32;
 constexpr int kStepCols = 8;  // columns per lane held in registers: d_state ≤ 256
 
 __global__ __launch_bounds__(kThreads) void step_kernel(SsdParams p, const float* x, int64_t ldx, const float* B,
                                                         int64_t ldb, const float* C, int64_t ldc, const float* dt_raw,
                                                         int64_t lddt, float* y, int64_t ldy, float* states,
-                                                        const int64_t* slots) {
+                                                        const int64_t* slots, const float* z, int64_t ldz, float* sums,
+                                                        int64_t lds) {
+  __shared__ float sq[kStepRows];
+  start_next();  // launched overlapped (common.cuh)
+  wait_for_previous();
   const int64_t b = blockIdx.x, h = blockIdx.y, P = p.headdim, N = p.d_state;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t q = int64_t(blockIdx.z) * kStepRows + warp;
-  if (q >= P) return;
-  const int64_t g = h / (p.nheads / p.ngroups);
-  const float* Bb = B + b * ldb + g * N;
-  const float* Cb = C + b * ldc + g * N;
-  const float xq = x[b * ldx + h * P + q];
-  float* sq = states + (slots[b] * p.nheads + h) * P * N + q * N;
-  float sv[kStepCols], bv[kStepCols], cv[kStepCols];
+  float out = 0.0f;
+  if (q < P) {
+    const int64_t g = h / (p.nheads / p.ngroups);
+    const float* Bb = B + b * ldb + g * N;
+    const float* Cb = C + b * ldc + g * N;
+    const float xq = x[b * ldx + h * P + q];
+    float* sq_state = states + (slots[b] * p.nheads + h) * P * N + q * N;
+    float sv[kStepCols], bv[kStepCols], cv[kStepCols];
 #pragma unroll
-  for (int j = 0; j < kStepCols; ++j) {
-    const int64_t n = lane + 32 * j;
-    if (n < N) {
-      sv[j] = sq[n];
-      bv[j] = Bb[n];
-      cv[j] = Cb[n];
+    for (int j = 0; j < kStepCols; ++j) {
+      const int64_t n = lane + 32 * j;
+      if (n < N) {
+        sv[j] = sq_state[n];
+        bv[j] = Bb[n];
+        cv[j] = Cb[n];
+      }
     }
-  }
-  const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
-  const float decay = expf(dt * -expf(p.A_log[h]));
-  const float dx = dt * xq;
-  float acc = 0.0f;
+    const float zq = z ? z[b * ldz + h * P + q] : 0.0f;
+    const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
+    const float decay = expf(dt * -expf(p.A_log[h]));
+    const float dx = dt * xq;
+    float acc = 0.0f;
 #pragma unroll
-  for (int j = 0; j < kStepCols; ++j) {
-    const int64_t n = lane + 32 * j;
-    if (n < N) {
-      const float v = sv[j] * decay + dx * bv[j];
-      sq[n] = v;
-      acc += v * cv[j];
+    for (int j = 0; j < kStepCols; ++j) {
+      const int64_t n = lane + 32 * j;
+      if (n < N) {
+        const float v = sv[j] * decay + dx * bv[j];
+        sq_state[n] = v;
+        acc += v * cv[j];
+      }
     }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    out = acc + p.D[h] * xq;
+    if (z) out *= silu(zq);
+    if (lane == 0) y[b * ldy + h * P + q] = out;
   }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) y[b * ldy + h * P + q] = acc + p.D[h] * xq;
+  if (!sums) return;
+  if (lane == 0) sq[warp] = out * out;  // rows past P: 0
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.0f;
+    for (int w = 0; w < kStepRows; ++w) s += sq[w];
+    sums[b * lds + h * gridDim.z + blockIdx.z] = s;
+  }
 }
 
 // Tensor-core path (bf16 / f16 operands, fp32 accumulation). The same passes; the four products
@@ -368,17 +387,6 @@ constexpr int kMaxTcState = 256;      // C's and the state's rows in shared memo
 // Shared-memory row stride of a tile whose K columns are the state's N, padded to whole k-steps.
 __host__ __device__ inline int64_t state_stride(int64_t N) { return (N + 15) / 16 * 16 + 8; }
 
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
 // Lane l gets, of 8×8 matrix j (rows addressed by lanes 8j..8j+7), row l/4, columns 2(l%4) and
 // 2(l%4)+1; transposed: column l/4, rows 2(l%4) and 2(l%4)+1.
 __device__ __forceinline__ void ldsm(uint32_t (&r)[4], const void* p) {
@@ -390,22 +398,6 @@ __device__ __forceinline__ void ldsm_trans(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(unsigned(__cvta_generic_to_shared(p))));
-}
-
-// d += a·b: a 16×16 (row-major fragment), b 16×8, d 16×8 fp32; lane l holds d's rows l/4 and
-// l/4 + 8, columns 2(l%4) and 2(l%4)+1.
-template <class T>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Fragment addresses of lane l in a tile at `base` with row stride ld (elements), for the k-step
@@ -808,15 +800,17 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
   else tensor_cores(static_cast<__half*>(nullptr));
 }
 
+int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim) { return nheads * ceil_div(headdim, kStepRows); }
+
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-              const int64_t* slots, int64_t nb) {
+              const int64_t* slots, int64_t nb, const float* z, int64_t ldz, float* sums, int64_t lds) {
   check_params(p);
   if (nb == 0) return;
   if (p.d_state > 32 * kStepCols) raise(cat("[ssd_scan] d_state ", p.d_state, ": the decode step takes at most ", 32 * kStepCols));
   const dim3 grid(unsigned(nb), unsigned(p.nheads), unsigned(ceil_div(p.headdim, kStepRows)));
-  step_kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots);
-  check_launch("ssd_scan");
+  launch_overlapped(step_kernel, grid, kThreads, 0, "ssd_scan", p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, y, ldy, states,
+                    slots, z, ldz, sums, lds);
 }
 
 }  // namespace mamba2::cuda

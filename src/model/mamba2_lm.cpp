@@ -117,8 +117,8 @@ struct Activations {
 // gated RMSNorm and out_proj. Leaves the last block's output in a.h for the head.
 template <class Mixer>
 void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
-                ops::LinearKernel kernel, Mixer&& mixer, const int32_t* device_ids = nullptr) {
-  ops::embedding(w.embedding, ids, MatView::of(a.residual), device_ids);
+                ops::LinearKernel kernel, Mixer&& mixer) {
+  ops::embedding(w.embedding, ids, MatView::of(a.residual));
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     ops::add_rmsnorm(MatView::of(a.residual), li == 0 ? MatView{} : MatView::of(a.h), l.norm, MatView::of(a.u),
@@ -242,6 +242,11 @@ void Model::check_decode(std::span<const int32_t> tokens, std::span<const int64_
   const int64_t nb = int64_t(tokens.size());
   if (int64_t(slots.size()) != nb) fail("[model] {} slots for {} tokens", slots.size(), nb);
   check_state(state, config_, device_);
+  // A replayed decode graph reads the embedding at the ids as they are: check them here.
+  const int64_t vocab = weights_->embedding.dim(0);
+  for (size_t t = 0; t < tokens.size(); ++t)
+    if (tokens[t] < 0 || tokens[t] >= vocab)
+      fail("[model] token id {} at position {} is out of range [0, {})", tokens[t], t, vocab);
   std::vector<bool> seen(size_t(state.batch));
   for (int64_t s : slots) {
     if (s < 0 || s >= state.batch) fail("[model] slot {} outside the state's {} sequences", s, state.batch);
@@ -277,25 +282,64 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
 // replay the graph and copy the logits out. The graph has the addresses of the state's buffers
 // and of the weights baked in: it lives with the state (InferenceState::decode_graphs) and holds
 // the weights, so neither can go while it may be replayed.
+//
+// A decode step is latency-bound (a few rows): its layers run fused, three kernels each, launched
+// overlapped (each starts while the one before ends). The norms are applied by the projections
+// on the way in, from partial sums of squares their producers leave (ops::RowNorm): in_proj
+// normalises the residual (sums from the embedding or the previous out_proj) and runs the conv
+// step on its xBC columns, the SSD step gates y by silu(z) and sums y², out_proj normalises that
+// and adds its output to the residual, summing the result's squares.
 struct DecodeStep {
   std::shared_ptr<const ModelWeights> weights;
-  Activations a;
-  Tensor normed, logits;
+  Tensor residual;   // (nb, d_model) fp32
+  Tensor zxbcdt;     // (nb, d_in_proj)
+  Tensor xbc;        // (nb, conv_dim)
+  Tensor y;          // (nb, d_inner) the gated scan output
+  Tensor emb_sums;   // (nb, 1) Σ embedding²
+  Tensor res_sums;   // (nb, residual_sum_count(d_model)) partial Σ residual²
+  Tensor gate_sums;  // (nb, ssd_step_sum_count(nheads, headdim)) partial Σ y²
+  Tensor logits;     // (nb, vocab_padded)
   std::shared_ptr<void> ids;   // (nb) int32
   std::shared_ptr<void> next;  // (nb) int32: the greedy choice of each row
   int64_t greedy_cols = 0;     // the columns argmax looks at, as captured
   ops::SeqBatch seqs;
   std::unique_ptr<cuda::Graph> graph;
   uint64_t last_use = 0;
-  DecodeStep(std::shared_ptr<const ModelWeights> w, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c,
-             DType dtype)
+  DecodeStep(std::shared_ptr<const ModelWeights> w, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c)
       : weights(std::move(w)),
-        a(nb, c, Device::CUDA, dtype),
-        normed(Tensor::empty({nb, c.d_model}, Device::CUDA, dtype)),
+        residual(Tensor::empty({nb, c.d_model}, Device::CUDA)),
+        zxbcdt(Tensor::empty({nb, c.d_in_proj()}, Device::CUDA)),
+        xbc(Tensor::empty({nb, c.conv_dim()}, Device::CUDA)),
+        y(Tensor::empty({nb, c.d_inner()}, Device::CUDA)),
+        emb_sums(Tensor::empty({nb, 1}, Device::CUDA)),
+        res_sums(Tensor::empty({nb, ops::residual_sum_count(c.d_model)}, Device::CUDA)),
+        gate_sums(Tensor::empty({nb, ops::ssd_step_sum_count(c.nheads(), c.headdim)}, Device::CUDA)),
         logits(Tensor::empty({nb, c.vocab_padded()}, Device::CUDA)),
         ids(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode token ids")),
         next(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode greedy ids")),
         seqs(ops::SeqBatch::decode(slots, Device::CUDA)) {}
+
+  void run(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> tokens, InferenceState& state) {
+    const float eps = float(c.norm_eps);
+    ops::embedding(w.embedding, tokens, MatView::of(residual), static_cast<const int32_t*>(ids.get()),
+                   MatView::of(emb_sums));
+    MatView sums = MatView::of(emb_sums);
+    for (int64_t li = 0; li < c.n_layer; ++li) {
+      const LayerWeights& l = w.layers[size_t(li)];
+      const ops::ConvStepFusion conv{c.d_inner(), l.conv_w, l.conv_b, MatView::of(xbc), state.conv_states(size_t(li)),
+                                     seqs};
+      ops::linear_normed(MatView::of(residual), {sums, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv);
+      const Projections pr = split(MatView::of(zxbcdt), c);
+      const ConvOut co = split_conv(MatView::of(xbc), c);
+      ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(y), state.ssm_states(size_t(li)), seqs,
+                    pr.z, MatView::of(gate_sums));
+      ops::linear_normed_residual(MatView::of(y), {MatView::of(gate_sums), c.ngroups, l.gate_norm, eps}, l.out_proj,
+                                  MatView::of(residual), MatView::of(res_sums));
+      sums = MatView::of(res_sums);
+    }
+    ops::linear_normed(MatView::of(residual), {sums, 1, w.norm_f, eps}, w.lm_head, MatView::of(logits));
+    ops::argmax(MatView::of(logits), greedy_cols, static_cast<int32_t*>(next.get()));
+  }
 };
 
 // A state's captured steps by (weights, compute dtype, batch size).
@@ -340,26 +384,13 @@ void Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64
         if (e->second->last_use < oldest->second->last_use) oldest = e;
       steps.erase(oldest);
     }
-    it = steps.emplace(key, std::make_unique<DecodeStep>(weights_, nb, slots, c, dtype_)).first;
+    it = steps.emplace(key, std::make_unique<DecodeStep>(weights_, nb, slots, c)).first;
   }
   DecodeStep& d = *it->second;
   d.last_use = ++graphs.clock;
   cuda::copy_to_device(d.ids.get(), tokens.data(), tokens.size_bytes());
   d.seqs.set_decode_slots(slots);
-  const int32_t* device_ids = static_cast<const int32_t*>(d.ids.get());
-  auto body = [&] {
-    run_layers(
-        w, c, tokens, d.a, ops::LinearKernel::Decode,
-        [&](size_t li, const LayerWeights& l, const Projections& pr) {
-          ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(d.a.xbc), state.conv_states(li), d.seqs);
-          const ConvOut co = split_conv(MatView::of(d.a.xbc), c);
-          ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(d.a.y), state.ssm_states(li), d.seqs);
-        },
-        device_ids);
-    head_into(w, c, MatView::of(d.a.residual), MatView::of(d.a.h), ops::LinearKernel::Decode, MatView::of(d.normed),
-              MatView::of(d.logits));
-    ops::argmax(MatView::of(d.logits), d.greedy_cols, static_cast<int32_t*>(d.next.get()));
-  };
+  auto body = [&] { d.run(w, c, tokens, state); };
   const int64_t cols = greedy_cols > 0 ? greedy_cols : d.greedy_cols > 0 ? d.greedy_cols : c.vocab_padded();
   if (cols != d.greedy_cols) d.graph.reset();
   d.greedy_cols = cols;

@@ -30,6 +30,82 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   }
 }
 
+int64_t residual_sum_count(int64_t n) {
+#if MAMBA2_HAVE_CUDA
+  return cuda::residual_sum_count(n);
+#else
+  (void)n;
+  no_cuda_backend(__func__);
+#endif
+}
+
+namespace {
+
+// The fused decode projection: y = norm(src) @ Wᵀ (y set) or residual += it (sums_out set).
+void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatView y, MatView residual,
+                        MatView sums_out, const ConvStepFusion* conv) {
+  if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
+  const int64_t n = W.dim(0), k = W.dim(1), m = src.rows;
+  const Device dev = W.device();
+  if (dev != Device::CUDA) fail("[linear] the fused decode projections run on the GPU only");
+  check_shape("linear", "src", src, m, k, dev);
+  check_dtype("linear", "src", src.dtype, DType::F32);
+  check_len("linear", "norm weight", norm.weight, k, dev);
+  if (norm.groups <= 0 || k % norm.groups || norm.sums.cols % norm.groups)
+    fail("[linear] {} norm groups do not divide {} columns and {} sums", norm.groups, k, norm.sums.cols);
+  check_shape("linear", "norm sums", norm.sums, m, norm.sums.cols, dev);
+  check_dtype("linear", "norm sums", norm.sums.dtype, DType::F32);
+  if (y.ptr) {
+    check_shape("linear", "y", y, m, n, dev);
+    check_dtype("linear", "y", y.dtype, DType::F32);
+  } else {
+    check_shape("linear", "residual", residual, m, n, dev);
+    check_dtype("linear", "residual", residual.dtype, DType::F32);
+    check_shape("linear", "sums_out", sums_out, m, residual_sum_count(n), dev);
+    check_dtype("linear", "sums_out", sums_out.dtype, DType::F32);
+  }
+#if MAMBA2_HAVE_CUDA
+  cuda::ConvStepArgs cs;
+  if (conv) {
+    if (conv->w.rank() != 2) fail("[linear] conv weight must be 2-D, got {}", shape_str(conv->w.shape()));
+    const int64_t C = conv->w.dim(0), K = conv->w.dim(1);
+    if (K < 1) fail("[linear] the conv has {} taps", K);
+    if (conv->first < 0 || conv->first + C > n)
+      fail("[linear] the conv's {} columns from {} are not within the {} outputs", C, conv->first, n);
+    check_len("linear", "conv weight", conv->w, C * K, dev);
+    check_len("linear", "conv bias", conv->bias, C, dev);
+    check_shape("linear", "conv out", conv->out, m, C, dev);
+    check_dtype("linear", "conv out", conv->out.dtype, DType::F32);
+    check_shape("linear", "conv states", conv->states, conv->states.rows, (K - 1) * C, dev);
+    check_dtype("linear", "conv states", conv->states.dtype, DType::F32);
+    if (conv->states.ld != conv->states.cols) fail("[linear] conv states must be contiguous");
+    conv->seqs.check("linear", m, dev, conv->states.rows);
+    if (conv->seqs.count() != m) fail("[linear] a conv step takes one token per sequence");
+    cs = {conv->first, C, K, conv->w.data(), conv->bias.data(), conv->states.data(), conv->seqs.device_slots(),
+          conv->out.data(), conv->out.ld};
+  }
+  const cuda::RowNorm rn{norm.sums.data(), norm.sums.ld, norm.groups, norm.sums.cols / norm.groups,
+                         norm.weight.data(), norm.eps};
+  cuda::linear_decode_normed(src.data(), src.ld, rn, W.raw(), W.dtype(), y.ptr ? y.data() : nullptr, y.ld,
+                             residual.ptr ? residual.data() : nullptr, residual.ld,
+                             sums_out.ptr ? sums_out.data() : nullptr, sums_out.ld, cs, m, n, k);
+#else
+  no_cuda_backend("linear");
+#endif
+}
+
+}  // namespace
+
+void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y, const ConvStepFusion* conv) {
+  if (!y.ptr) fail("[linear] no output given");
+  linear_normed_into(src, norm, W, y, {}, {}, conv);
+}
+
+void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out) {
+  if (!residual.ptr || !sums_out.ptr) fail("[linear] no residual or sums given");
+  linear_normed_into(src, norm, W, {}, residual, sums_out, nullptr);
+}
+
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1), m = x.rows;

@@ -17,7 +17,9 @@ namespace mamba2::ops {
 
 // embedding: out (n, d) = table[ids]; every id must be a row of the table. On the GPU the ids are
 // copied there, unless `device_ids` already holds them (a captured decode graph).
-void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids = nullptr);
+// `sums`, when given ((n, 1), GPU only), receives Σ out[t]² for the first layer's fused norm.
+void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids = nullptr,
+               MatView sums = {});
 // embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
@@ -43,6 +45,34 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 //   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
 enum class LinearKernel { Prefill, Decode, Training };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
+// The GPU decode step's fused projections (a decode step is latency-bound: each fusion saves a
+// kernel and a pass over the activations). The norm is applied on the way in, from partial sums
+// of squares left by the op before: row r's group g (of `groups` equal column ranges of src) is
+// scaled by rsqrt(Σ sums[r, g·per .. (g+1)·per) / (cols/groups) + eps)·weight, per =
+// sums.cols/groups, and rounded to W's dtype. GPU only; the tests hold them to the unfused ops.
+struct RowNorm {
+  MatView sums;          // (rows, groups·per) fp32
+  int64_t groups;        // 1: RMSNorm; ngroups: the gated grouped norm
+  const Tensor& weight;  // (src.cols) fp32
+  float eps;
+};
+// The in projection's conv step: y's columns [first, first + w.dim(0)) (xBC) also go through
+// causal_conv1d_step into `out`, with the same bits.
+struct ConvStepFusion {
+  int64_t first;
+  const Tensor& w;     // (C, K)
+  const Tensor& bias;  // (C)
+  MatView out;         // (rows, C)
+  MatView states;      // as causal_conv1d_step's
+  const SeqBatch& seqs;
+};
+// linear_normed: y = norm(src) @ Wᵀ (the decode kernel), src fp32.
+void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y,
+                   const ConvStepFusion* conv = nullptr);
+// linear_normed_residual: residual += norm(src) @ Wᵀ; sums_out (rows, residual_sum_count(W.dim(0)))
+// receives partial sums of squares of the updated residual, the next RowNorm's sums.
+void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out);
+int64_t residual_sum_count(int64_t n);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
 
@@ -71,9 +101,13 @@ struct SsdWeights {
 // f16 run them on tensor cores with fp32 accumulation). The CPU scan is fp32 whatever it says.
 void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               const SeqBatch& seqs, DType compute = DType::F32);
-// ssd_scan: one token for each sequence of `seqs` (a decode batch).
+// ssd_scan: one token for each sequence of `seqs` (a decode batch). Gated (z given, GPU only: the
+// decode step's fusion): y = the step's output · silu(z), and gate_sums (rows,
+// ssd_step_sum_count(nheads, headdim)) receives partial sums of y² in head order, the RowNorm
+// sums of the gated norm.
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              const SeqBatch& seqs);
+              const SeqBatch& seqs, MatView z = {}, MatView gate_sums = {});
+int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 struct SsdGrads {
   MatView x, B, C, dt;  // overwritten; shapes of the inputs
   MatView state0;       // overwritten when its data is set: (nheads, headdim·d_state)

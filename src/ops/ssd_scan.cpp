@@ -65,15 +65,32 @@ void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
   }
 }
 
+int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim) {
+#if MAMBA2_HAVE_CUDA
+  return cuda::ssd_step_sum_count(nheads, headdim);
+#else
+  (void)nheads, (void)headdim;
+  no_cuda_backend(__func__);
+#endif
+}
+
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              const SeqBatch& seqs) {
+              const SeqBatch& seqs, MatView z, MatView gate_sums) {
   const auto p = params(w, x, B, C, dt, x.rows, x.device);
   check_forward(p, x, y, states, seqs);
   if (seqs.count() != x.rows) fail("[ssd_scan] a decode step takes one token per sequence");
+  if (z.ptr) {
+    if (x.device != Device::CUDA) fail("[ssd_scan] the gated decode step runs on the GPU only");
+    check_shape("ssd_scan", "z", z, x.rows, x.cols, x.device);
+    check_dtype("ssd_scan", "z", z.dtype, DType::F32);
+    check_shape("ssd_scan", "gate_sums", gate_sums, x.rows, ssd_step_sum_count(p.nheads, p.headdim), x.device);
+    check_dtype("ssd_scan", "gate_sums", gate_sums.dtype, DType::F32);
+  }
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::ssd_step(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(), y.ld,
-                   states.data(), seqs.device_slots(), x.rows);
+                   states.data(), seqs.device_slots(), x.rows, z.ptr ? z.data() : nullptr, z.ld,
+                   z.ptr ? gate_sums.data() : nullptr, gate_sums.ld);
 #else
     no_cuda_backend(__func__);
 #endif

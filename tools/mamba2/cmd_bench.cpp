@@ -21,16 +21,22 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The chunked SSD scan alone on random inputs, `shape` = BxLxHxPxN (ngroups 1, chunks of 256):
-// the median of `repeats` timed runs after a warm-up.
-void bench_ssd(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
+// "AxBxC" as its numbers.
+std::vector<int64_t> parse_dims(const std::string& shape, const char* flag) {
   std::vector<int64_t> d;
   for (size_t pos = 0; pos <= shape.size();) {
     size_t end = shape.find('x', pos);
     if (end == std::string::npos) end = shape.size();
-    d.push_back(parse_int_list(shape.substr(pos, end - pos), "--ssd").at(0));
+    d.push_back(parse_int_list(shape.substr(pos, end - pos), flag).at(0));
     pos = end + 1;
   }
+  return d;
+}
+
+// The chunked SSD scan alone on random inputs, `shape` = BxLxHxPxN (ngroups 1, chunks of 256):
+// the median of `repeats` timed runs after a warm-up.
+void bench_ssd(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
+  const std::vector<int64_t> d = parse_dims(shape, "--ssd");
   if (d.size() != 5) fail("[bench] --ssd: '{}' is not BxLxHxPxN", shape);
   for (int64_t v : d)
     if (v <= 0) fail("[bench] --ssd: '{}' has a dimension that is not positive", shape);
@@ -67,13 +73,55 @@ void bench_ssd(const std::string& shape, Device dev, DType dtype, int64_t repeat
              L, H, P, N, dtype_name(dtype), ms[ms.size() / 2], ms.size());
 }
 
+// The projection alone, `shape` = MxNxK (x (M, K), W (N, K), random): each kernel kind called 200
+// times back to back (queued, so launch overhead hides behind the kernels), cycling over copies
+// of W that together exceed the GPU's L2 cache (each call reads its weights from memory, as in a
+// model's forward); the median over `repeats` of the time per call and the weight bytes per
+// second it makes.
+void bench_linear(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
+  const std::vector<int64_t> d = parse_dims(shape, "--linear");
+  if (d.size() != 3 || d[0] <= 0 || d[1] <= 0 || d[2] <= 0) fail("[bench] --linear: '{}' is not MxNxK", shape);
+  const int64_t m = d[0], n = d[1], k = d[2];
+  std::mt19937 rng(2);
+  auto random = [&](Shape s) {
+    Tensor t = Tensor::empty(std::move(s));
+    std::uniform_real_distribution<float> u(-1, 1);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = u(rng);
+    return t.to(dev, dtype);
+  };
+  Tensor x = random({m, k}), y = Tensor::empty({m, n}, dev);
+  std::vector<Tensor> Ws{random({n, k})};
+  const int64_t bytes = Ws[0].nbytes(), copies = std::clamp<int64_t>((int64_t(512) << 20) / bytes + 1, 1, 64);
+  if (dev == Device::CUDA)
+    while (int64_t(Ws.size()) < copies) Ws.push_back(Ws[0].to(Device::CPU, dtype).to(dev, dtype));
+  constexpr int kCalls = 200;
+  for (auto kind : {ops::LinearKernel::Decode, ops::LinearKernel::Prefill}) {
+    auto run = [&] {
+      for (int i = 0; i < kCalls; ++i) ops::linear(MatView::of(x), Ws[size_t(i) % Ws.size()], MatView::of(y), kind);
+      if (dev == Device::CUDA) cuda::synchronize();
+    };
+    run();
+    std::vector<double> us;
+    for (int64_t r = 0; r < std::max<int64_t>(repeats, 3); ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      run();
+      us.push_back(1e6 * seconds_since(t0) / kCalls);
+    }
+    std::sort(us.begin(), us.end());
+    const double t = us[us.size() / 2];
+    fmt::print("linear {}x{}x{} {} ({} kernel): {:.2f} us per call, weights at {:.0f} GB/s\n", m, n, k,
+               dtype_name(dtype), kind == ops::LinearKernel::Decode ? "decode" : "prefill", t,
+               double(bytes) / t * 1e-3);
+  }
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "Measure prefill and decode tokens/s and peak memory");
   struct Opts {
     std::string model, prefill = "512,2048", decode_batches = "1,8";
-    std::vector<std::string> ssd;
+    std::vector<std::string> ssd, linear;
     int64_t decode_tokens = 64, repeats = 3;
     int threads = 0;
     Placement placement;
@@ -81,6 +129,7 @@ void add_bench(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder");
   sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
+  sub->add_option("--linear", o->linear, "Also time a projection alone on shapes MxNxK (repeatable)");
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();
   sub->add_option("--decode-batch", o->decode_batches, "Decode batch sizes to time")->capture_default_str();
   sub->add_option("--decode-tokens", o->decode_tokens, "Decode steps per measurement")->capture_default_str();
@@ -90,10 +139,13 @@ void add_bench(CLI::App& app) {
   on_run(sub, [o] {
     set_threads(o->threads);
     if (o->repeats <= 0 || o->decode_tokens <= 0) fail("[bench] --repeats and --decode-tokens must be positive");
-    if (o->model.empty() && o->ssd.empty()) fail("[bench] needs --model DIR and/or --ssd BxLxHxPxN");
-    if (!o->ssd.empty()) {
+    if (o->model.empty() && o->ssd.empty() && o->linear.empty())
+      fail("[bench] needs --model DIR, --ssd BxLxHxPxN or --linear MxNxK");
+    if (!o->ssd.empty() || !o->linear.empty()) {
       const Device dev = placement_device(o->placement);
       for (const std::string& shape : o->ssd) bench_ssd(shape, dev, placement_dtype(o->placement, dev), o->repeats);
+      for (const std::string& shape : o->linear)
+        bench_linear(shape, dev, placement_dtype(o->placement, dev), o->repeats);
     }
     if (o->model.empty()) return;
     auto t_load = std::chrono::steady_clock::now();
