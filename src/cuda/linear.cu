@@ -211,6 +211,12 @@ __device__ __forceinline__ void load_x(const Raw& in, int64_t r, int64_t kk, int
 #pragma unroll
   for (int i = 0; i < 8; ++i) v[i] = i < avail ? load_f32(p + i) : 0.0f;
 }
+// The norm group of column kk: no division for the plain RMSNorm (one group), a 32-bit one
+// otherwise (a 64-bit division is a long software sequence, and this runs for every load of x).
+__device__ __forceinline__ int group_of(const Normed& in, int64_t kk) {
+  return in.norm.groups == 1 ? 0 : int(kk) / int(in.group_cols);
+}
+
 template <class T, bool vec>
 __device__ __forceinline__ void load_x(const Normed& in, int64_t r, int64_t kk, int64_t avail, const float* scales,
                                        float (&v)[8]) {
@@ -219,12 +225,12 @@ __device__ __forceinline__ void load_x(const Normed& in, int64_t r, int64_t kk, 
   if (vec && avail >= 8) {
     const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
     const float4 wa = *reinterpret_cast<const float4*>(w), wb = *reinterpret_cast<const float4*>(w + 4);
-    const float s = scales[kk / in.group_cols];
+    const float s = scales[group_of(in, kk)];
     v[0] = a.x * s * wa.x, v[1] = a.y * s * wa.y, v[2] = a.z * s * wa.z, v[3] = a.w * s * wa.w;
     v[4] = b.x * s * wb.x, v[5] = b.y * s * wb.y, v[6] = b.z * s * wb.z, v[7] = b.w * s * wb.w;
   } else {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = i < avail ? p[i] * scales[(kk + i) / in.group_cols] * w[i] : 0.0f;
+    for (int i = 0; i < 8; ++i) v[i] = i < avail ? p[i] * scales[group_of(in, kk + i)] * w[i] : 0.0f;
   }
 }
 

@@ -1,3 +1,5 @@
+#include <cstdint>
+
 #include "cpu/kernels.h"
 #include "cuda/kernels.h"
 #include "ops/check.h"
@@ -51,6 +53,7 @@ void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatVi
   check_shape("linear", "src", src, m, k, dev);
   check_dtype("linear", "src", src.dtype, DType::F32);
   check_len("linear", "norm weight", norm.weight, k, dev);
+  if (k > INT32_MAX) fail("[linear] the fused decode projections take at most 2^31 - 1 columns, got {}", k);
   if (norm.groups <= 0 || k % norm.groups || norm.sums.cols % norm.groups)
     fail("[linear] {} norm groups do not divide {} columns and {} sums", norm.groups, k, norm.sums.cols);
   check_shape("linear", "norm sums", norm.sums, m, norm.sums.cols, dev);
