@@ -115,6 +115,14 @@ def main():
     for name in ("f4_v2.npy", "f8.npy", "fortran.npy", "i8.npy"):
         copy("npy", os.path.join(FIX, "io", name))
 
+    meta = {"format": "mamba2.cpp state", "version": "1", "model": "0123456789abcdef", "dtype": "F32",
+            "device": "cpu", "n_layer": "2", "tokens": "3", "tokens_fnv1a64": "cbf29ce484222325"}
+    rows = [(f"{kind}.{l}", "F32", [n], struct.pack(f"<{n}f", *range(n))) for l in range(2)
+            for kind, n in (("conv", 6), ("ssm", 8))]
+    put("state", "two_layers.safetensors", safetensors(rows, meta))
+    put("state", "wrong_version.safetensors", safetensors(rows, dict(meta, version="2")))
+    put("state", "no_layers.safetensors", safetensors([], dict(meta, n_layer="0")))
+
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@
 #include "mamba2/tokenizer.h"
 #include "model/weights.h"
 #include "test_files.h"
+#include "mamba2/state.h"
 #include "test_support.h"
 
 namespace mamba2 {
@@ -277,6 +278,50 @@ TEST_F(Generate, MemoryDoesNotGrowWithGeneratedTokens) {
   ASSERT_EQ(many.code, 0) << many.err;
   EXPECT_GT(peak_mib(few.err), 0);
   EXPECT_LT(peak_mib(many.err) - peak_mib(few.err), 3.0) << few.err << many.err;
+}
+
+// --save-state keeps the state after the prompt and every generated token; --load-state
+// continues it: the CLI's text is the library's continuing from the snapshot it returned.
+TEST_F(Generate, SavedStatesContinueThroughTheCli) {
+  const std::string first = "The rain in Spain", then = " stays mainly";
+  GenerationParams p = sampled(7, 6);
+  p.keep_states = true;
+  Generator g(*model_, *tokenizer_);
+  const auto r1 = g.generate(std::vector<std::string>{first}, p, nullptr);
+  const StateSnapshot& s1 = r1[0].final_state;
+  EXPECT_EQ(s1.history.count, r1[0].prompt_tokens + 6);
+  GenerationParams p2 = sampled(7, 6);
+  p2.start_states = {s1};
+  const auto want = run({then}, p2)[0].text;
+
+  test::TempDir tmp;
+  const std::string f = test::shell_quote((tmp.path() / "s.safetensors").string());
+  const std::string common = "generate --model " + test::shell_quote(model_dir().string()) +
+                             " --temperature 1 --top-k 0 --top-p 1 --min-p 0 --seed 7 --ignore-eos -n 6 ";
+  const auto a = test::run_cli(common + "--prompt " + test::shell_quote(first) + " --save-state " + f);
+  ASSERT_EQ(a.code, 0) << a.err;
+  const StateSnapshot saved = load_state(tmp.path() / "s.safetensors");
+  EXPECT_EQ(saved.history.hash, s1.history.hash);
+  EXPECT_EQ(saved.ssm, s1.ssm);
+  const auto b = test::run_cli(common + "--no-echo --prompt " + test::shell_quote(then) + " --load-state " + f);
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(b.out, want + "\n");
+
+  // Another model's state, a missing file, a batch.
+  const std::string flat = "generate --model " + test::shell_quote((dir_->path() / "flat").string()) + " -n 2 ";
+  const std::string g2 = test::shell_quote((tmp.path() / "flat.safetensors").string());
+  ASSERT_EQ(test::run_cli(flat + "--prompt hi --save-state " + g2).code, 0);
+  const auto wrong = test::run_cli(common + "--prompt hi --load-state " + g2);
+  EXPECT_EQ(wrong.code, 1);
+  EXPECT_NE(wrong.err.find("[state] the state was made by model"), std::string::npos) << wrong.err;
+  const auto missing = test::run_cli(common + "--prompt hi --load-state /nonexistent/s.safetensors");
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("/nonexistent/s.safetensors"), std::string::npos) << missing.err;
+  const fs::path prompts = tmp.path() / "p.txt";
+  test::write_file(prompts, "a\nb\n");
+  const auto batch = test::run_cli(common + "--prompts-file " + test::shell_quote(prompts.string()) + " --save-state " + f);
+  EXPECT_EQ(batch.code, 1);
+  EXPECT_NE(batch.err.find("take one prompt"), std::string::npos) << batch.err;
 }
 
 TEST_F(Generate, BadInputGivesClearErrors) {

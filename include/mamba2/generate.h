@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "mamba2/state.h"
+
 namespace mamba2 {
 
 class Model;
@@ -30,6 +32,12 @@ struct GenerationParams {
   std::vector<std::string> stop;  // stop when the text contains one (it is not shown)
   bool ignore_eos = false;        // otherwise the tokenizer's end-of-text token stops a sequence
   SamplingParams sampling;
+  // Continue these states (one per prompt; empty: fresh sequences): each prompt is then the text
+  // that follows what its state has consumed.
+  std::vector<StateSnapshot> start_states;
+  // Each result's final_state has then consumed its prompt and every generated token (the last
+  // one too: one more decode step), ready to be continued.
+  bool keep_states = false;
 };
 
 enum class FinishReason { Length, Eos, Stop };
@@ -51,6 +59,7 @@ struct SequenceResult {
   int64_t prompt_tokens = 0;
   int64_t generated_tokens = 0;
   FinishReason reason = FinishReason::Length;
+  StateSnapshot final_state;  // with GenerationParams::keep_states
 };
 
 struct GenerationStats {

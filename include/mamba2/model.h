@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -37,6 +38,10 @@ class Model {
   // A state for `batch` sequences on this model's device.
   std::shared_ptr<InferenceState> new_state(int64_t batch) const { return make_state(config_, batch, device_); }
   const ModelWeights& weights() const { return *weights_; }
+  // 16 hex digits naming these weights and dimensions (a hash of the architecture and of samples
+  // of every tensor, taken when the weights are on the CPU and kept by `to`): state snapshots
+  // carry it, so that a state is never continued by another model.
+  const std::string& fingerprint() const { return fingerprint_; }
   int64_t vocab() const { return config_.vocab_padded(); }  // logits columns
 
   // Chunked prefill of sequences packed back to back in `ids` (`lengths` sum to ids.size()).
@@ -81,6 +86,7 @@ class Model {
   std::shared_ptr<const ModelWeights> weights_;
   Device device_ = Device::CPU;
   DType dtype_ = DType::F32;
+  std::string fingerprint_;
   bool decode_graphs_ = true;
   int64_t max_prefill_tokens_ = 8192;
 };

@@ -9,6 +9,7 @@
 #include "mamba2/generate.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
+#include "mamba2/state.h"
 #include "model/inference_state.h"
 
 namespace mamba2 {
@@ -38,6 +39,8 @@ struct Sequence {
   TextStream text;
   SequenceResult result;
   bool running = true;
+  TokenHistory history;  // what its state has consumed or is about to (the last token)
+  int32_t last = -1;     // the last generated token, not yet consumed by the state
 };
 
 }  // namespace
@@ -47,6 +50,8 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
   if (prompts.empty()) fail("[generate] no prompts given");
   if (params.max_new_tokens < 0) fail("[generate] max_new_tokens must be ≥ 0, got {}", params.max_new_tokens);
   const auto t_prefill = Clock::now();
+  if (!params.start_states.empty() && params.start_states.size() != prompts.size())
+    fail("[generate] {} start states for {} prompts", params.start_states.size(), prompts.size());
   std::vector<int32_t> ids;
   std::vector<int64_t> lengths;
   std::vector<Sequence> seqs;
@@ -54,14 +59,18 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
   for (size_t i = 0; i < prompts.size(); ++i) {
     const std::vector<int32_t> prompt = tokenizer_.encode(prompts[i]);
     if (prompt.empty()) fail("[generate] prompt {} is empty: there is no token to continue from", i);
-    seqs.push_back({Sampler(params.sampling, tokenizer_.vocab_size()), TextStream(params.stop), {}, true});
+    seqs.push_back({Sampler(params.sampling, tokenizer_.vocab_size()), TextStream(params.stop), {}, true, {}, -1});
     for (int32_t t : prompt) seqs.back().sampler.observe(t);
     seqs.back().result.prompt_tokens = int64_t(prompt.size());
+    if (!params.start_states.empty()) seqs.back().history = params.start_states[i].history;
+    seqs.back().history.extend(prompt);
     ids.insert(ids.end(), prompt.begin(), prompt.end());
     lengths.push_back(int64_t(prompt.size()));
   }
   const int64_t B = int64_t(prompts.size()), V = model_.vocab();
   auto state = model_.new_state(B);
+  for (size_t i = 0; i < params.start_states.size(); ++i)
+    restore_state(model_, *state, int64_t(i), params.start_states[i]);
   std::vector<float> logits;
   model_.prefill(ids, lengths, state.get(), false, logits);
   if (stats) {
@@ -102,6 +111,8 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
                                             : q.sampler.sample(std::span<const float>(logits).subspan(r * size_t(V), size_t(V)));
       q.sampler.observe(token);
       ++q.result.generated_tokens;
+      q.history.extend(std::span<const int32_t>(&token, 1));
+      q.last = token;
       if (eos && token == *eos) {
         finish(s, token, "", FinishReason::Eos);
         continue;
@@ -123,6 +134,19 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
     else
       model_.decode(next_tokens, next_rows, *state, logits);
     rows.swap(next_rows);
+  }
+  if (params.keep_states) {
+    // The last generated token of each sequence has not been through the model yet.
+    next_tokens.clear();
+    next_rows.clear();
+    for (int64_t s = 0; s < B; ++s)
+      if (seqs[size_t(s)].last >= 0) {
+        next_tokens.push_back(seqs[size_t(s)].last);
+        next_rows.push_back(s);
+      }
+    if (!next_rows.empty()) model_.decode(next_tokens, next_rows, *state, logits);
+    for (int64_t s = 0; s < B; ++s)
+      seqs[size_t(s)].result.final_state = snapshot_state(model_, *state, s, seqs[size_t(s)].history);
   }
   if (stats) {
     stats->decode_seconds = seconds_since(t_decode);

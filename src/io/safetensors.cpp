@@ -28,8 +28,9 @@ bool parse_dtype(const std::string& s, DType& out) {
   return false;
 }
 
-// Parses the header of a mapped file into tensors pointing into the mapping.
-std::vector<StoredTensor> parse_safetensors(const MappedFile& file) {
+// Parses the header of a mapped file into tensors pointing into the mapping, and the string
+// entries of its __metadata__ into `metadata` when given.
+std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std::string, std::string>* metadata) {
   const std::string fname = file.path().string();
   const size_t size = file.size();
   if (size < 8) fail("[safetensors] {}: file is {} bytes, too short for the header length", fname, size);
@@ -49,7 +50,12 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file) {
   std::vector<StoredTensor> tensors;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") continue;
+    if (name == "__metadata__") {  // the format says strings; other values are skipped, not refused
+      if (metadata && entry.is_object())
+        for (const auto& [key, value] : entry.items())
+          if (value.is_string()) (*metadata)[key] = value.get<std::string>();
+      continue;
+    }
     if (!entry.is_object()) fail("[safetensors] {}: tensor '{}': entry is not an object", fname, name);
     auto dt = entry.find("dtype");
     auto sh = entry.find("shape");
@@ -112,7 +118,7 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file) {
 TensorArchive read_safetensors(const fs::path& path) {
   auto file = std::make_shared<MappedFile>(path);
   TensorArchive archive;
-  for (auto& t : parse_safetensors(*file)) archive.add(std::move(t));
+  for (auto& t : parse_safetensors(*file, &archive.metadata)) archive.add(std::move(t));
   archive.keep_alive(file);
   return archive;
 }
@@ -147,7 +153,7 @@ TensorArchive read_safetensors_index(const fs::path& index_path) {
       fail("[safetensors] {}: shard {} named by the index does not exist", iname, shard_path.string());
     auto file = std::make_shared<MappedFile>(shard_path);
     std::map<std::string, StoredTensor> in_shard;
-    for (auto& t : parse_safetensors(*file)) in_shard.emplace(t.name, std::move(t));
+    for (auto& t : parse_safetensors(*file, nullptr)) in_shard.emplace(t.name, std::move(t));
     for (const auto& name : names) {
       auto it = in_shard.find(name);
       if (it == in_shard.end())

@@ -34,6 +34,8 @@ class TensorArchive {
   const StoredTensor* find(const std::string& name) const;
   const std::map<std::string, StoredTensor>& tensors() const { return tensors_; }
   std::vector<std::string> files() const;  // the distinct files, for `info`
+  // Free-form string metadata of the file (a safetensors header's __metadata__), if any.
+  std::map<std::string, std::string> metadata;
 
  private:
   std::map<std::string, StoredTensor> tensors_;

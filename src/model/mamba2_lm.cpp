@@ -38,13 +38,16 @@ Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, De
   config_.validate("model");
   if (device == Device::CPU && dtype != DType::F32)
     fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
+  if (weights_->embedding.device() == Device::CPU) fingerprint_ = model_fingerprint(config_, *weights_);
 }
 
 Model Model::to(Device device, DType dtype) const {
   if (device == Device::CPU && dtype != DType::F32)
     fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
   if (device == device_ && dtype == dtype_) return *this;
-  return Model(config_, std::make_shared<const ModelWeights>(place_weights(*weights_, device, dtype)), device, dtype);
+  Model m(config_, std::make_shared<const ModelWeights>(place_weights(*weights_, device, dtype)), device, dtype);
+  m.fingerprint_ = fingerprint_;  // the same weights, placed
+  return m;
 }
 
 namespace {

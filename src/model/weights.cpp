@@ -219,3 +219,39 @@ void save_model(const std::filesystem::path& dir, const ModelConfig& config, con
 }
 
 }  // namespace mamba2
+
+namespace mamba2 {
+
+namespace {
+
+// FNV-1a 64 over bytes, continuing from `h`.
+uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+}  // namespace
+
+std::string model_fingerprint(const ModelConfig& c, const ModelWeights& w) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  const std::string arch = fmt::format("mamba2 d_model={} n_layer={} vocab={}/{} d_state={} d_conv={} expand={} "
+                                       "headdim={} ngroups={} chunk={} dt_limit=({},{}) eps={} tied={}",
+                                       c.d_model, c.n_layer, c.vocab_size, c.pad_vocab_size_multiple, c.d_state,
+                                       c.d_conv, c.expand, c.headdim, c.ngroups, c.chunk_size, c.dt_limit_min,
+                                       c.dt_limit_max, c.norm_eps, c.tie_embeddings);
+  h = fnv1a(h, arch.data(), arch.size());
+  for (const NamedTensor& nt : hf_named_tensors(w, c)) {
+    h = fnv1a(h, nt.name.data(), nt.name.size() + 1);
+    const int64_t n = nt.tensor->numel();
+    const float* v = nt.tensor->data();
+    constexpr int64_t kSamples = 1024;
+    for (int64_t i = 0; i < std::min(n, kSamples); ++i) {
+      const int64_t at = n <= kSamples ? i : i * (n / kSamples);
+      h = fnv1a(h, v + at, sizeof(float));
+    }
+  }
+  return fmt::format("{:016x}", h);
+}
+
+}  // namespace mamba2

@@ -60,6 +60,10 @@ std::vector<NamedTensor> hf_named_tensors(const ModelWeights& weights, const Mod
 // found there); a tied head is the embedding, listed once.
 std::vector<NamedTensor> checkpoint_named_tensors(const ModelWeights& weights, const ModelConfig& config);
 
+// A hash (16 hex digits) of the architecture and of up to 1024 evenly spaced values of every
+// tensor, in the Hugging Face layout: what Model::fingerprint() is. Weights on the CPU.
+std::string model_fingerprint(const ModelConfig& config, const ModelWeights& weights);
+
 // Writes config.json and model.safetensors (Hugging Face layout, `dtype`) into `dir`, each file
 // replaced atomically.
 void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype);

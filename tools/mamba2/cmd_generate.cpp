@@ -11,6 +11,7 @@
 #include "mamba2/error.h"
 #include "mamba2/generate.h"
 #include "mamba2/model.h"
+#include "mamba2/state.h"
 #include "mamba2/tokenizer.h"
 
 namespace mamba2::cli {
@@ -54,7 +55,7 @@ std::vector<std::string> read_prompts(const std::string& path) {
 void add_generate(CLI::App& app) {
   auto* sub = app.add_subcommand("generate", "Generate text from a prompt, or from a file of prompts as one batch");
   struct Opts {
-    std::string model, tokenizer, prompt, prompts_file, output = "text";
+    std::string model, tokenizer, prompt, prompts_file, output = "text", load_state, save_state;
     std::vector<std::string> stop;
     GenerationParams params;
     bool greedy = false, no_echo = false;
@@ -84,6 +85,10 @@ void add_generate(CLI::App& app) {
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
   sub->add_flag("--no-echo", o->no_echo, "Text output: do not print the prompt before the generated text");
+  sub->add_option("--load-state", o->load_state,
+                  "Continue the state in this file (from --save-state): the prompt follows what it has seen");
+  sub->add_option("--save-state", o->save_state,
+                  "Save the final state (prompt and every generated token consumed) to this file");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
   add_placement_options(sub, o->placement);
   on_run(sub, [o] {
@@ -95,6 +100,12 @@ void add_generate(CLI::App& app) {
     params.sampling.seed = o->seed ? *o->seed : (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
     const std::vector<std::string> prompts =
         o->prompts_file.empty() ? std::vector<std::string>{o->prompt} : read_prompts(o->prompts_file);
+    if ((!o->load_state.empty() || !o->save_state.empty()) && prompts.size() != 1)
+      fail("[cli] --load-state and --save-state take one prompt (--prompt), not a batch");
+    // Before any work: a bad state file fails fast, and saving never overwrites its own input
+    // half-way (the write is atomic anyway).
+    if (!o->load_state.empty()) params.start_states.push_back(load_state(o->load_state));
+    params.keep_states = !o->save_state.empty();
     const std::filesystem::path tokenizer_path =
         o->tokenizer.empty() ? std::filesystem::path(o->model) / "tokenizer.json" : std::filesystem::path(o->tokenizer);
     if (o->tokenizer.empty() && !std::filesystem::exists(tokenizer_path))
@@ -132,6 +143,7 @@ void add_generate(CLI::App& app) {
         },
         &stats);
     if (!json) write_out("\n");
+    if (!o->save_state.empty()) save_state(o->save_state, results[0].final_state);
     std::fprintf(stderr,
                  "prompt: %lld tokens in %lld sequence(s), %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
                  "peak memory %.0f MiB\n",
