@@ -29,13 +29,13 @@ case "${1:-tests}" in
         "$bin/mamba2" bench --device cuda --dtype $dt --ssd 8x2048x24x64x128 --ssd 2x4096x80x64x128 --repeats 20
       done
       "$bin/mamba2" bench --model "$models/130m" --device cuda --prefill 2048 --decode-batch 1,16,64,256 \
-        --decode-tokens 64 --repeats 5
+        --decode-tokens 64 --repeats 5 --decode-profile
       "$bin/mamba2" bench --model "$models/130m" --device cuda --dtype f32 --prefill 2048 --decode-batch 1,16 \
         --decode-tokens 64 --repeats 3
       if [ "${BIG:-0}" = 1 ]; then
-        "$bin/mamba2" init --preset 2.7b --dtype bf16 --out "$models/2.7b" > /dev/null
+        [ -d "$models/2.7b" ] || "$bin/mamba2" init --preset 2.7b --dtype bf16 --out "$models/2.7b" > /dev/null
         "$bin/mamba2" bench --model "$models/2.7b" --device cuda --prefill 2048 --decode-batch 1,16 \
-          --decode-tokens 32 --repeats 3
+          --decode-tokens 32 --repeats 3 --decode-profile
       fi
       if [ -d .anchors ] && [ "${ANCHORS:-1}" = 1 ]; then
         PYTHONUNBUFFERED=1 python3 bench/mamba_ssm_golden.py
@@ -51,7 +51,7 @@ case "${1:-tests}" in
       "${ncu[@]}" --launch-skip 2000 --launch-count 160 "$bin/mamba2" bench --model "$models/130m" --device cuda \
         --prefill 16 --decode-batch 1 --decode-tokens 16 --repeats 1
       if [ "${BIG:-0}" = 1 ]; then  # one decode step of 2.7b
-        "$bin/mamba2" init --preset 2.7b --dtype bf16 --out "$models/2.7b" > /dev/null
+        [ -d "$models/2.7b" ] || "$bin/mamba2" init --preset 2.7b --dtype bf16 --out "$models/2.7b" > /dev/null
         "${ncu[@]}" --launch-skip 4000 --launch-count 400 "$bin/mamba2" bench --model "$models/2.7b" --device cuda \
           --prefill 16 --decode-batch 1 --decode-tokens 16 --repeats 1
       fi

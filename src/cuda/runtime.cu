@@ -5,6 +5,8 @@
 #include "cuda/common.cuh"
 #include "cuda/runtime.h"
 
+#include <algorithm>
+
 namespace mamba2::cuda {
 
 namespace {
@@ -161,5 +163,51 @@ Graph::~Graph() {
 }
 
 void Graph::launch() { check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()), "cuda graph"); }
+
+namespace {
+
+struct Marks {
+  std::vector<std::pair<std::string, cudaEvent_t>> events;  // the start, then one per mark
+};
+Marks* active_marks = nullptr;  // one timer at a time, on the engine's thread
+
+cudaEvent_t record_event() {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreate(&e), "step timer");
+  check(cudaEventRecord(e, stream()), "step timer");
+  return e;
+}
+
+}  // namespace
+
+StepTimer::StepTimer() {
+  if (active_marks) raise("[cuda] one step timer at a time");
+  active_marks = new Marks;
+  active_marks->events.emplace_back("", record_event());
+}
+
+StepTimer::~StepTimer() {
+  for (auto& [name, e] : active_marks->events) cudaEventDestroy(e);
+  delete active_marks;
+  active_marks = nullptr;
+}
+
+std::vector<std::pair<std::string, double>> StepTimer::totals() {
+  check(cudaStreamSynchronize(stream()), "step timer");
+  std::vector<std::pair<std::string, double>> out;
+  const auto& ev = active_marks->events;
+  for (size_t i = 1; i < ev.size(); ++i) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, ev[i - 1].second, ev[i].second), "step timer");
+    auto it = std::find_if(out.begin(), out.end(), [&](const auto& p) { return p.first == ev[i].first; });
+    if (it == out.end()) out.emplace_back(ev[i].first, double(ms));
+    else it->second += double(ms);
+  }
+  return out;
+}
+
+void mark(const char* name) {
+  if (active_marks) active_marks->events.emplace_back(name, record_event());
+}
 
 }  // namespace mamba2::cuda

@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace mamba2::cuda {
 
@@ -46,5 +48,20 @@ class Graph {
   void* graph_ = nullptr;  // cudaGraph_t
   void* exec_ = nullptr;   // cudaGraphExec_t
 };
+
+// Where the time of a stretch of launches goes: while a StepTimer lives, mark(name) records an
+// event on the engine's stream, and the time from the previous mark (or the timer's start) is
+// added to `name`. Outside one, mark does nothing, so the model can mark its decode step always;
+// the marks break the overlap of launches, so time eager steps with it, not graphs.
+class StepTimer {
+ public:
+  StepTimer();
+  ~StepTimer();
+  StepTimer(const StepTimer&) = delete;
+  StepTimer& operator=(const StepTimer&) = delete;
+  // Waits for the stream; the milliseconds per name, in the order first marked.
+  std::vector<std::pair<std::string, double>> totals();
+};
+void mark(const char* name);
 
 }  // namespace mamba2::cuda

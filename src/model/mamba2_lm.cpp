@@ -326,22 +326,28 @@ struct DecodeStep {
     const float eps = float(c.norm_eps);
     ops::embedding(w.embedding, tokens, MatView::of(residual), static_cast<const int32_t*>(ids.get()),
                    MatView::of(emb_sums));
+    cuda::mark("embedding");
     MatView sums = MatView::of(emb_sums);
     for (int64_t li = 0; li < c.n_layer; ++li) {
       const LayerWeights& l = w.layers[size_t(li)];
       const ops::ConvStepFusion conv{c.d_inner(), l.conv_w, l.conv_b, MatView::of(xbc), state.conv_states(size_t(li)),
                                      seqs};
       ops::linear_normed(MatView::of(residual), {sums, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv);
+      cuda::mark("in_proj + conv step");
       const Projections pr = split(MatView::of(zxbcdt), c);
       const ConvOut co = split_conv(MatView::of(xbc), c);
       ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(y), state.ssm_states(size_t(li)), seqs,
                     pr.z, MatView::of(gate_sums));
+      cuda::mark("ssd step + gate");
       ops::linear_normed_residual(MatView::of(y), {MatView::of(gate_sums), c.ngroups, l.gate_norm, eps}, l.out_proj,
                                   MatView::of(residual), MatView::of(res_sums));
+      cuda::mark("out_proj + residual");
       sums = MatView::of(res_sums);
     }
     ops::linear_normed(MatView::of(residual), {sums, 1, w.norm_f, eps}, w.lm_head, MatView::of(logits));
+    cuda::mark("head");
     ops::argmax(MatView::of(logits), greedy_cols, static_cast<int32_t*>(next.get()));
+    cuda::mark("argmax");
   }
 };
 

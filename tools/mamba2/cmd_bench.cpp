@@ -123,6 +123,7 @@ void add_bench(CLI::App& app) {
     std::string model, prefill = "512,2048", decode_batches = "1,8";
     std::vector<std::string> ssd, linear;
     int64_t decode_tokens = 64, repeats = 3;
+    bool decode_profile = false;
     int threads = 0;
     Placement placement;
   };
@@ -133,6 +134,8 @@ void add_bench(CLI::App& app) {
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();
   sub->add_option("--decode-batch", o->decode_batches, "Decode batch sizes to time")->capture_default_str();
   sub->add_option("--decode-tokens", o->decode_tokens, "Decode steps per measurement")->capture_default_str();
+  sub->add_flag("--decode-profile", o->decode_profile,
+                "GPU: also where an eager decode step's time goes, per part of the layer (summed over layers)");
   sub->add_option("--repeats", o->repeats, "Measurements per figure (the best is kept)")->capture_default_str();
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
   add_placement_options(sub, o->placement);
@@ -200,6 +203,22 @@ void add_bench(CLI::App& app) {
       fmt::print("decode batch {}: {:.1f} tokens/s ({:.3f} ms/step); greedy: {:.1f} tokens/s ({:.3f} ms/step)\n", batch,
                  double(batch) * steps / best, 1e3 * best / steps, double(batch) * steps / best_greedy,
                  1e3 * best_greedy / steps);
+      if (o->decode_profile && model.device() == Device::CUDA) {
+        // The same greedy steps launched one kernel at a time, timed between the model's marks.
+        Model eager = model;
+        eager.set_decode_graphs(false);
+        auto state = eager.new_state(batch);
+        std::vector<int32_t> next = tokens;
+        eager.decode_greedy(tokens, slots, *state, vocab, next);  // warm-up
+        cuda::StepTimer timer;
+        for (int64_t s = 0; s < o->decode_tokens; ++s) eager.decode_greedy(next, slots, *state, vocab, next);
+        const auto totals = timer.totals();
+        double sum = 0;
+        for (const auto& [name, ms] : totals) sum += ms;
+        fmt::print("  eager step, where the time goes ({:.3f} ms/step on the GPU's clock):", sum / steps);
+        for (const auto& [name, ms] : totals) fmt::print(" {} {:.3f} ms ({:.0f}%);", name, ms / steps, 100 * ms / sum);
+        fmt::print("\n");
+      }
     }
     fmt::print("peak memory: {:.0f} MiB\n", peak_rss_mib());
     if (model.device() == Device::CUDA)
