@@ -140,6 +140,30 @@ TEST(State, ForkedSlotsContinueIndependently) {
   EXPECT_NE(error_of([&] { fork_state(*state, 0, 2); }).find("[state] fork into slot 2 outside"), std::string::npos);
 }
 
+// A prefill resumed from the state at a chunk boundary does the arithmetic of one pass: the same
+// logits and final state, bit for bit. Snapshots taken at boundaries are therefore exact prefix
+// caches (the server relies on it).
+TEST(State, PrefillResumedAtAChunkBoundaryGivesTheBitsOfOnePass) {
+  const Model m = small_model(16);
+  const int64_t Q = m.config().chunk_size;
+  std::vector<int32_t> prompt;
+  for (int64_t i = 0; i < 3 * Q + 5; ++i) prompt.push_back(int32_t((i * 37 + 11) % 100));
+  auto one = m.new_state(1);
+  std::vector<float> want, got, ignored;
+  m.prefill(prompt, std::vector<int64_t>{int64_t(prompt.size())}, one.get(), false, want);
+  for (int64_t cut : {Q, 2 * Q, 3 * Q}) {
+    auto resumed = m.new_state(1);
+    const std::span<const int32_t> all(prompt);
+    m.prefill(all.first(size_t(cut)), std::vector<int64_t>{cut}, resumed.get(), false, ignored);
+    m.prefill(all.subspan(size_t(cut)), std::vector<int64_t>{int64_t(prompt.size()) - cut}, resumed.get(), false, got);
+    EXPECT_EQ(got, want) << "cut at " << cut;
+    for (size_t l = 0; l < one->ssm.size(); ++l) {
+      EXPECT_EQ(std::memcmp(resumed->ssm[l].data(), one->ssm[l].data(), size_t(one->ssm[l].nbytes())), 0) << cut;
+      EXPECT_EQ(std::memcmp(resumed->conv[l].data(), one->conv[l].data(), size_t(one->conv[l].nbytes())), 0) << cut;
+    }
+  }
+}
+
 TEST(State, AnotherModelsStateIsRefused) {
   const Model m = small_model(13), other = small_model(14);
   EXPECT_NE(m.fingerprint(), other.fingerprint());

@@ -49,8 +49,9 @@ class Model {
   // sequence) and leaves its final state there, ready for decode or a further prefill; without
   // one, every sequence starts from zeros. logits: (ids.size(), vocab) when all_positions, else
   // (lengths.size(), vocab) for the last position of each sequence.
+  // `slots` (with a state): sequence i continues slot slots[i] instead of slot i.
   void prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
-               bool all_positions, std::vector<float>& logits) const;
+               bool all_positions, std::vector<float>& logits, std::span<const int64_t> slots = {}) const;
 
   // When only the last positions' logits are asked for, prefill runs in rounds of about this
   // many tokens (whole chunks of each sequence, at least one chunk each), the state carrying each

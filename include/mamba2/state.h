@@ -40,6 +40,8 @@ StateSnapshot snapshot_state(const Model& model, const InferenceState& state, in
 void restore_state(const Model& model, InferenceState& state, int64_t slot, const StateSnapshot& snapshot);
 // Slot `to` becomes a copy of slot `from` (both continue independently from there).
 void fork_state(InferenceState& state, int64_t from, int64_t to);
+// Slot `slot` becomes a fresh sequence (zeros).
+void clear_state(InferenceState& state, int64_t slot);
 
 // The file: safetensors with tensors conv.<layer> (d_conv - 1, conv_dim) and ssm.<layer>
 // (nheads, headdim, d_state), F32, and __metadata__ {format: "mamba2.cpp state", version: "1",

@@ -142,7 +142,7 @@ void Model::set_max_prefill_tokens(int64_t tokens) {
 }
 
 void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengths, InferenceState* state,
-                    bool all_positions, std::vector<float>& logits) const {
+                    bool all_positions, std::vector<float>& logits, std::span<const int64_t> given_slots) const {
   const int64_t T = int64_t(ids.size()), nseq = int64_t(lengths.size());
   int64_t total = 0;
   for (int64_t len : lengths) {
@@ -150,12 +150,22 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
     total += len;
   }
   if (total != T) fail("[model] lengths sum to {} but {} ids were given", total, T);
-  if (state) {
-    check_state(*state, config_, device_);
-    if (state->batch < nseq) fail("[model] state holds {} sequences, {} given", state->batch, nseq);
-  }
   std::vector<int64_t> slots(static_cast<size_t>(nseq));
   for (int64_t s = 0; s < nseq; ++s) slots[size_t(s)] = s;
+  if (!given_slots.empty()) {
+    if (!state) fail("[model] prefill slots are slots of a state, and none was given");
+    if (int64_t(given_slots.size()) != nseq) fail("[model] {} slots for {} sequences", given_slots.size(), nseq);
+    slots.assign(given_slots.begin(), given_slots.end());
+  }
+  if (state) {
+    check_state(*state, config_, device_);
+    std::vector<bool> seen(size_t(state->batch));
+    for (int64_t s : slots) {
+      if (s < 0 || s >= state->batch) fail("[model] slot {} outside the state's {} sequences", s, state->batch);
+      if (seen[size_t(s)]) fail("[model] slot {} given to two sequences", s);
+      seen[size_t(s)] = true;
+    }
+  }
   if (all_positions || T <= max_prefill_tokens_) {
     prefill_pass(ids, lengths, slots, state, all_positions, logits);
     return;
@@ -180,15 +190,16 @@ void Model::prefill(std::span<const int32_t> ids, std::span<const int64_t> lengt
     const int64_t share = max_prefill_tokens_ / int64_t(active.size());
     const int64_t piece = std::max<int64_t>(config_.chunk_size, share / config_.chunk_size * config_.chunk_size);
     std::vector<int32_t> round_ids;
-    std::vector<int64_t> round_lengths;
+    std::vector<int64_t> round_lengths, round_slots;
     for (int64_t s : active) {
+      round_slots.push_back(slots[size_t(s)]);
       const int64_t n = std::min(piece, lengths[size_t(s)] - done[size_t(s)]);
       const auto first = ids.begin() + start[size_t(s)] + done[size_t(s)];
       round_ids.insert(round_ids.end(), first, first + n);
       round_lengths.push_back(n);
       done[size_t(s)] += n;
     }
-    prefill_pass(round_ids, round_lengths, active, state, false, round_logits);
+    prefill_pass(round_ids, round_lengths, round_slots, state, false, round_logits);
     for (size_t i = 0; i < active.size(); ++i)
       if (done[size_t(active[i])] == lengths[size_t(active[i])])
         std::copy_n(round_logits.data() + int64_t(i) * V, V, logits.data() + active[i] * V);

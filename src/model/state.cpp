@@ -111,6 +111,16 @@ void fork_state(InferenceState& state, int64_t from, int64_t to) {
     }
 }
 
+void clear_state(InferenceState& state, int64_t slot) {
+  check_slot(state, slot, "clear");
+  std::vector<float> zeros;
+  for (auto* layers : {&state.conv, &state.ssm})
+    for (Tensor& t : *layers) {
+      zeros.assign(size_t(t.dim(1)), 0.0f);
+      copy_row_in(t, slot, zeros);
+    }
+}
+
 void save_state(const std::filesystem::path& path, const StateSnapshot& s) {
   if (s.conv.size() != s.ssm.size()) fail("[state] {}: {} conv and {} ssm layers", path.string(), s.conv.size(), s.ssm.size());
   std::vector<TensorToWrite> tensors;

@@ -11,6 +11,7 @@ void add_info(CLI::App& app);
 void add_logits(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_generate(CLI::App& app);
+void add_serve(CLI::App& app);
 void add_train_tokenizer(CLI::App& app);
 void add_grad(CLI::App& app);
 void add_tokenize(CLI::App& app);

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   mamba2::cli::add_info(app);
   mamba2::cli::add_logits(app);
   mamba2::cli::add_generate(app);
+  mamba2::cli::add_serve(app);
   mamba2::cli::add_train_tokenizer(app);
   mamba2::cli::add_tokenize(app);
   mamba2::cli::add_detokenize(app);

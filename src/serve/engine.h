@@ -1,0 +1,93 @@
+// The serving engine: continuous batching over one model. Requests wait in a bounded queue; at
+// every step the engine admits as many as there are free slots (their prompts prefilled together
+// into their slots), then runs one decode step over every running sequence, so a request joins
+// the running batch at the next step and leaves it as soon as it finishes or is cancelled. Each
+// request samples and detokenizes exactly as Generator does, and the model's kernels give a row
+// the same bits whatever the batch, so a request's text is what `mamba2 generate` gives alone.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mamba2/generate.h"
+
+namespace mamba2 {
+
+class Model;
+class Tokenizer;
+class InferenceState;
+
+struct StreamEvent {
+  std::string text;  // ready to show: whole UTF-8 characters, never the start of a stop string
+  bool finished = false;
+  FinishReason reason = FinishReason::Length;
+};
+
+// One request's output, filled by the engine and read by the connection that asked for it.
+class RequestStream {
+ public:
+  // Waits for the next event; false once the last one (finished) has been read.
+  bool next(StreamEvent& out);
+  // The client went away or gave up: the engine frees the slot at its next step.
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+  int64_t prompt_tokens = 0;
+  std::atomic<int64_t> completion_tokens{0};
+
+ private:
+  friend class Engine;
+  void push(StreamEvent e);
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<StreamEvent> events_;
+  bool ended_ = false;  // the finished event was pushed
+  std::atomic<bool> cancelled_{false};
+};
+
+class Engine {
+ public:
+  struct Limits {
+    int64_t slots = 64;         // sequences decoded together at most
+    int64_t queue = 256;        // requests waiting for a slot at most
+    int64_t prompt_tokens = 32768;
+  };
+  Engine(const Model& model, const Tokenizer& tokenizer, Limits limits);
+  ~Engine();  // stops: waiting and running requests end (reason Length) and their streams close
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request. Throws QueueFull when the queue is at its limit; the prompt must be tokens.
+  struct QueueFull {};
+  std::shared_ptr<RequestStream> submit(std::vector<int32_t> prompt, const GenerationParams& params);
+
+  int64_t waiting() const;
+  int64_t running() const { return running_; }
+  const Limits& limits() const { return limits_; }
+
+ private:
+  struct Job;
+  void run();
+  void admit(std::vector<std::unique_ptr<Job>>& jobs);
+  // Samples the next token of job j from its logits row; false when the job is done.
+  bool advance(Job& j, std::span<const float> logits);
+
+  const Model& model_;
+  const Tokenizer& tokenizer_;
+  Limits limits_;
+  std::shared_ptr<InferenceState> state_;
+  std::vector<std::unique_ptr<Job>> slots_;  // by slot; null: free
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Job>> queue_;
+  bool stop_ = false;
+  std::atomic<int64_t> running_{0};
+  std::thread worker_;
+};
+
+}  // namespace mamba2

@@ -1,0 +1,312 @@
+#include "serve/server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/json.h"
+#include "mamba2/error.h"
+#include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
+
+namespace mamba2 {
+
+namespace {
+
+using nlohmann::json;
+
+// A request we refuse: the status and a message naming what is wrong.
+struct HttpError {
+  int status;
+  std::string message;
+};
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  // Messages may quote the client's bytes: invalid UTF-8 in them is replaced, never a throw.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message) {
+  const char* type = status == 401 ? "authentication_error" : status >= 500 ? "server_error" : "invalid_request_error";
+  send_json(res, status, {{"error", {{"message", message}, {"type", type}, {"code", status}}}});
+}
+
+json parse_body(const httplib::Request& req) {
+  json body;
+  try {
+    body = parse_json(req.body, "[serve] request body");
+  } catch (const Error& e) {
+    throw HttpError{400, e.what()};
+  }
+  if (!body.is_object()) throw HttpError{400, "[serve] the request body must be a JSON object"};
+  return body;
+}
+
+// Optional fields of the body, type-checked: absent or null gives the default.
+template <class T>
+T field(const json& body, const char* key, T fallback) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!it->is_boolean()) throw HttpError{400, fmt::format("[serve] '{}' must be true or false", key)};
+    return it->get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    if (!it->is_number_integer()) throw HttpError{400, fmt::format("[serve] '{}' must be an integer", key)};
+    const auto v = it->get<int64_t>();
+    if (v < 0) throw HttpError{400, fmt::format("[serve] '{}' must not be negative, got {}", key, v)};
+    return T(v);
+  } else {
+    if (!it->is_number()) throw HttpError{400, fmt::format("[serve] '{}' must be a number", key)};
+    return T(it->get<double>());
+  }
+}
+
+const char* finish_reason(FinishReason r) { return r == FinishReason::Length ? "length" : "stop"; }
+
+int64_t now_seconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+struct Server::Impl {
+  const Model& model;
+  const Tokenizer& tokenizer;
+  ServeOptions options;
+  Engine engine;
+  httplib::Server http;
+  std::atomic<int64_t> next_id{0};
+  int bound_port = -1;
+
+  Impl(const Model& m, const Tokenizer& t, ServeOptions o)
+      : model(m), tokenizer(t), options(std::move(o)), engine(m, t, options.limits) {}
+
+  // The prompt (a string, or a list of one string or of token ids) as tokens.
+  std::vector<int32_t> prompt_tokens(const json& body) {
+    auto it = body.find("prompt");
+    if (it == body.end()) throw HttpError{400, "[serve] 'prompt' is missing"};
+    json p = *it;
+    if (p.is_array() && p.size() == 1 && p[0].is_string()) p = p[0];
+    try {
+      if (p.is_string()) return tokenizer.encode(p.get<std::string>());
+    } catch (const Error& e) {
+      throw HttpError{400, e.what()};  // invalid UTF-8, named by the tokenizer
+    }
+    if (p.is_array() && !p.empty() && std::all_of(p.begin(), p.end(), [](const json& v) { return v.is_number_integer(); })) {
+      std::vector<int32_t> ids;
+      for (const json& v : p) {
+        const auto id = v.get<int64_t>();
+        if (id < 0 || id >= tokenizer.vocab_size())
+          throw HttpError{400, fmt::format("[serve] token id {} in 'prompt' is out of range [0, {})", id, tokenizer.vocab_size())};
+        ids.push_back(int32_t(id));
+      }
+      return ids;
+    }
+    throw HttpError{400, "[serve] 'prompt' must be a string, a list of one string, or a list of token ids"};
+  }
+
+  GenerationParams params_of(const json& body) {
+    GenerationParams p;
+    p.max_new_tokens = field<int64_t>(body, "max_tokens", 16);
+    SamplingParams& s = p.sampling;
+    s.temperature = field<float>(body, "temperature", 1.0f);
+    s.top_p = field<float>(body, "top_p", 1.0f);
+    s.top_k = field<int64_t>(body, "top_k", 0);
+    s.min_p = field<float>(body, "min_p", 0.0f);
+    s.repetition_penalty = field<float>(body, "repeat_penalty", field<float>(body, "repetition_penalty", 1.0f));
+    s.seed = field<uint64_t>(body, "seed", (uint64_t(std::random_device{}()) << 32) | std::random_device{}());
+    p.ignore_eos = field<bool>(body, "ignore_eos", false);
+    if (field<int64_t>(body, "n", 1) != 1) throw HttpError{400, "[serve] 'n' must be 1: one completion per request"};
+    if (field<bool>(body, "echo", false)) throw HttpError{400, "[serve] 'echo' is not supported"};
+    if (auto it = body.find("logprobs"); it != body.end() && !it->is_null() && !(it->is_number() && *it == 0))
+      throw HttpError{400, "[serve] 'logprobs' is not supported"};
+    if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
+      if (it->is_string()) {
+        p.stop.push_back(it->get<std::string>());
+      } else if (it->is_array() && std::all_of(it->begin(), it->end(), [](const json& v) { return v.is_string(); })) {
+        for (const json& v : *it) p.stop.push_back(v.get<std::string>());
+      } else {
+        throw HttpError{400, "[serve] 'stop' must be a string or a list of strings"};
+      }
+      for (const auto& stop : p.stop)
+        if (stop.empty()) throw HttpError{400, "[serve] a stop string is empty"};
+    }
+    return p;
+  }
+
+  json completion_chunk(const std::string& id, int64_t created, const std::string& text, const char* reason) {
+    return {{"id", id},
+            {"object", "text_completion"},
+            {"created", created},
+            {"model", options.model_name},
+            {"choices", json::array({{{"text", text},
+                                      {"index", 0},
+                                      {"logprobs", nullptr},
+                                      {"finish_reason", reason ? json(reason) : json(nullptr)}}})}};
+  }
+
+  static json usage(const RequestStream& s) {
+    const int64_t c = s.completion_tokens;
+    return {{"prompt_tokens", s.prompt_tokens},
+            {"completion_tokens", c},
+            {"total_tokens", s.prompt_tokens + c},
+            {"prompt_tokens_details", {{"cached_tokens", 0}}}};
+  }
+
+  void completions(const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_body(req);
+    std::vector<int32_t> prompt = prompt_tokens(body);
+    const GenerationParams params = params_of(body);
+    const bool stream = field<bool>(body, "stream", false);
+    std::shared_ptr<RequestStream> out;
+    try {
+      out = engine.submit(std::move(prompt), params);
+    } catch (const Engine::QueueFull&) {
+      res.set_header("Retry-After", "1");
+      throw HttpError{503, fmt::format("[serve] {} requests are waiting already; try again", engine.limits().queue)};
+    } catch (const Error& e) {
+      throw HttpError{400, e.what()};
+    }
+    const std::string id = fmt::format("cmpl-{}", next_id++);
+    const int64_t created = now_seconds();
+    if (!stream) {
+      std::string text;
+      StreamEvent e;
+      FinishReason reason = FinishReason::Length;
+      while (out->next(e)) {
+        text += e.text;
+        if (e.finished) reason = e.reason;
+      }
+      json j = completion_chunk(id, created, text, finish_reason(reason));
+      j["usage"] = usage(*out);
+      send_json(res, 200, j);
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, out, id, created](size_t, httplib::DataSink& sink) {
+          StreamEvent e;
+          if (!out->next(e)) {
+            sink.done();
+            return true;
+          }
+          json j = completion_chunk(id, created, e.text, e.finished ? finish_reason(e.reason) : nullptr);
+          if (e.finished) j["usage"] = usage(*out);
+          std::string msg = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+          if (e.finished) msg += "data: [DONE]\n\n";
+          if (!sink.write(msg.data(), msg.size())) {
+            out->cancel();
+            return false;
+          }
+          if (e.finished) sink.done();
+          return true;
+        },
+        [out](bool success) {
+          if (!success) out->cancel();  // the client went away: free the slot
+        });
+  }
+
+  void routes() {
+    auto guarded = [this](auto handler) {
+      return [this, handler](const httplib::Request& req, httplib::Response& res) {
+        try {
+          handler(req, res);
+        } catch (const HttpError& e) {
+          std::fprintf(stderr, "[serve] %s %s: %d %s\n", req.method.c_str(), req.path.c_str(), e.status,
+                       e.message.c_str());
+          send_error(res, e.status, e.message);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "[serve] %s %s: 500 %s\n", req.method.c_str(), req.path.c_str(), e.what());
+          send_error(res, 500, e.what());
+        }
+      };
+    };
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (options.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+      if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
+        return httplib::Server::HandlerResponse::Unhandled;
+      send_error(res, 401, "[serve] a valid API key is needed: Authorization: Bearer <key>");
+      return httplib::Server::HandlerResponse::Handled;
+    });
+    http.Get("/health", guarded([](const httplib::Request&, httplib::Response& res) {
+      send_json(res, 200, {{"status", "ok"}});
+    }));
+    http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
+      send_json(res, 200,
+                {{"object", "list"},
+                 {"data", json::array({{{"id", options.model_name}, {"object", "model"}, {"created", 0},
+                                        {"owned_by", "mamba2.cpp"}}})}});
+    }));
+    http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
+      completions(req, res);
+    }));
+    http.Post("/v1/chat/completions", guarded([](const httplib::Request&, httplib::Response&) {
+      throw HttpError{501, "[serve] chat completions are not supported yet: use /v1/completions"};
+    }));
+    http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+      const json body = parse_body(req);
+      auto it = body.find("content");
+      if (it == body.end() || !it->is_string()) throw HttpError{400, "[serve] 'content' must be a string"};
+      std::vector<int32_t> ids;
+      try {
+        ids = tokenizer.encode(it->get<std::string>());
+      } catch (const Error& e) {
+        throw HttpError{400, e.what()};
+      }
+      send_json(res, 200, {{"tokens", ids}});
+    }));
+    http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+      const json body = parse_body(req);
+      auto it = body.find("tokens");
+      if (it == body.end() || !it->is_array()) throw HttpError{400, "[serve] 'tokens' must be a list of token ids"};
+      std::vector<int32_t> ids;
+      for (const json& v : *it) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= tokenizer.vocab_size())
+          throw HttpError{400, fmt::format("[serve] 'tokens' holds {}, not an id in [0, {})", v.dump(),
+                                           tokenizer.vocab_size())};
+        ids.push_back(int32_t(v.get<int64_t>()));
+      }
+      send_json(res, 200, {{"content", tokenizer.decode(ids)}});
+    }));
+    http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (res.status == 404) send_error(res, 404, "[serve] no such endpoint: " + req.method + " " + req.path);
+    });
+    // One pool thread per connection: every slot and queued request can hold one, plus a few
+    // for quick requests (health, tokenize).
+    const size_t threads = size_t(options.limits.slots + options.limits.queue + 8);
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  }
+};
+
+Server::Server(const Model& model, const Tokenizer& tokenizer, ServeOptions options)
+    : impl_(std::make_unique<Impl>(model, tokenizer, std::move(options))) {
+  impl_->routes();
+}
+
+Server::~Server() = default;
+
+void Server::listen() {
+  Impl& s = *impl_;
+  const int port = s.options.port == 0 ? s.http.bind_to_any_port(s.options.host)
+                                       : (s.http.bind_to_port(s.options.host, s.options.port) ? s.options.port : -1);
+  if (port < 0) fail("[serve] cannot listen on {}:{} (in use, or not an address of this machine)", s.options.host,
+                     s.options.port);
+  s.bound_port = port;
+  std::fprintf(stderr, "[serve] listening on http://%s:%d (model %s)\n", s.options.host.c_str(), port,
+               s.options.model_name.c_str());
+  std::fflush(stderr);
+  s.http.listen_after_bind();
+}
+
+int Server::port() const { return impl_->bound_port; }
+
+void Server::stop() { impl_->http.stop(); }
+
+int64_t Server::running() const { return impl_->engine.running(); }
+
+}  // namespace mamba2

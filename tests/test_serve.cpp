@@ -1,0 +1,217 @@
+// The HTTP server through a real client (curl): completions equal Generator's text for the same
+// parameters, streamed or not, alone or with other streams running; bad requests get a 4xx with a
+// message and the server keeps serving; a client that goes away frees its slot.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "mamba2/generate.h"
+#include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
+#include "model/weights.h"
+#include "serve/server.h"
+#include "test_files.h"
+#include "test_support.h"
+
+namespace mamba2 {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// A server on a free port of 127.0.0.1, on its own thread, over a small perturbed model.
+class Serve : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ModelConfig c = preset_config("130m");
+    c.d_model = 32;
+    c.n_layer = 2;
+    c.d_state = 16;
+    c.headdim = 16;
+    c.chunk_size = 16;
+    c.vocab_size = 50277;
+    c.tie_embeddings = false;
+    ModelWeights w = init_weights(c, 3);
+    test::perturb_weights(w, 4);
+    model_ = new Model(c, std::make_shared<const ModelWeights>(std::move(w)));
+    tokenizer_ = new Tokenizer(Tokenizer::load(MAMBA2_FIXTURES_DIR "/tokenizer/gpt-neox-20b.json"));
+    ServeOptions o;
+    o.port = 0;
+    o.model_name = "tiny";
+    o.limits.slots = 8;
+    o.limits.queue = 16;
+    server_ = new Server(*model_, *tokenizer_, o);
+    thread_ = new std::thread([] { server_->listen(); });
+    for (int i = 0; i < 500 && server_->port() < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_GT(server_->port(), 0);
+  }
+  static void TearDownTestSuite() {
+    server_->stop();
+    thread_->join();
+    delete thread_;
+    delete server_;
+    delete tokenizer_;
+    delete model_;
+  }
+
+  struct Reply {
+    int status = 0;
+    std::string body;
+  };
+  // curl, with the body in a file (no shell quoting of JSON); -w appends the status.
+  static Reply curl(const std::string& path, const std::string& body = "", const std::string& extra = "") {
+    test::TempDir tmp;
+    const fs::path in = tmp.path() / "in.json", out = tmp.path() / "out";
+    std::string cmd = "curl -s -N -o " + test::shell_quote(out.string()) + " -w '%{http_code}' " + extra + " ";
+    if (!body.empty()) {
+      test::write_file(in, body);
+      cmd += "-H 'Content-Type: application/json' --data-binary @" + test::shell_quote(in.string()) + " ";
+    }
+    cmd += test::shell_quote("http://127.0.0.1:" + std::to_string(server_->port()) + path);
+    FILE* p = popen(cmd.c_str(), "r");
+    char code[16] = {};
+    const size_t n = fread(code, 1, sizeof(code) - 1, p);
+    pclose(p);
+    return {std::atoi(std::string(code, n).c_str()), test::read_file(out)};
+  }
+  // Generator's text for one prompt and parameters (the reference).
+  static std::string generated(const std::string& prompt, const GenerationParams& p) {
+    Generator g(*model_, *tokenizer_);
+    return g.complete(prompt, p);
+  }
+  // The text of an SSE stream, checking its shape.
+  static std::string stream_text(const std::string& sse, std::string* reason = nullptr) {
+    std::string text;
+    size_t pos = 0;
+    bool done = false;
+    while ((pos = sse.find("data: ", pos)) != std::string::npos) {
+      const size_t end = sse.find("\n\n", pos);
+      const std::string payload = sse.substr(pos + 6, end - pos - 6);
+      pos = end;
+      if (payload == "[DONE]") {
+        done = true;
+        continue;
+      }
+      const json j = json::parse(payload);
+      text += j["choices"][0]["text"].get<std::string>();
+      if (reason && !j["choices"][0]["finish_reason"].is_null()) *reason = j["choices"][0]["finish_reason"];
+    }
+    EXPECT_TRUE(done) << "no [DONE] in the stream";
+    return text;
+  }
+
+  static inline Model* model_ = nullptr;
+  static inline Tokenizer* tokenizer_ = nullptr;
+  static inline Server* server_ = nullptr;
+  static inline std::thread* thread_ = nullptr;
+};
+
+GenerationParams params(uint64_t seed, int64_t n, float temperature) {
+  GenerationParams p;
+  p.max_new_tokens = n;
+  p.ignore_eos = true;
+  p.sampling = {temperature, 0, 1.0f, 0.0f, 1.0f, seed};
+  return p;
+}
+
+std::string request(const std::string& prompt, uint64_t seed, int64_t n, float temperature, bool stream) {
+  return json{{"prompt", prompt},   {"max_tokens", n}, {"temperature", temperature}, {"seed", seed},
+              {"ignore_eos", true}, {"stream", stream}}
+      .dump();
+}
+
+TEST_F(Serve, CompletionsEqualTheGeneratorStreamedOrNot) {
+  for (float t : {0.0f, 1.0f}) {
+    const std::string prompt = "The quick brown fox";
+    const std::string want = generated(prompt, params(5, 12, t));
+    const Reply r = curl("/v1/completions", request(prompt, 5, 12, t, false));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = json::parse(r.body);
+    EXPECT_EQ(j["choices"][0]["text"], want) << "temperature " << t;
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(j["object"], "text_completion");
+    EXPECT_EQ(j["model"], "tiny");
+    EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+    EXPECT_EQ(j["usage"]["prompt_tokens"], int64_t(tokenizer_->encode(prompt).size()));
+    const Reply s = curl("/v1/completions", request(prompt, 5, 12, t, true));
+    ASSERT_EQ(s.status, 200);
+    std::string reason;
+    EXPECT_EQ(stream_text(s.body, &reason), want);
+    EXPECT_EQ(reason, "length");
+  }
+}
+
+// Eight sampled streams at once, each with its own seed: each gets the text it gets alone.
+TEST_F(Serve, ConcurrentStreamsGetTheirTextsAlone) {
+  constexpr int kStreams = 8;
+  std::vector<std::string> got(kStreams), want(kStreams);
+  const std::vector<std::string> prompts{"In the beginning", "Hello", "A longer prompt about the weather in spring",
+                                         "1 2 3", "def f(x):", "Once", "The", "caf\u00e9 au lait"};
+  for (int i = 0; i < kStreams; ++i) want[size_t(i)] = generated(prompts[size_t(i)], params(100 + uint64_t(i), 20, 1.0f));
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i)
+    clients.emplace_back([&, i] {
+      got[size_t(i)] = stream_text(curl("/v1/completions", request(prompts[size_t(i)], 100 + uint64_t(i), 20, 1.0f, true)).body);
+    });
+  for (auto& c : clients) c.join();
+  for (int i = 0; i < kStreams; ++i) EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "stream " << i;
+}
+
+TEST_F(Serve, BadRequestsGetAClearErrorAndTheServerKeepsServing) {
+  struct Bad {
+    std::string path, body;
+    int status;
+    std::string needle;
+  };
+  const std::vector<Bad> cases = {
+      {"/v1/completions", "{bad", 400, "not valid JSON"},
+      {"/v1/completions", "[1]", 400, "must be a JSON object"},
+      {"/v1/completions", R"({"max_tokens": 3})", 400, "'prompt' is missing"},
+      {"/v1/completions", R"({"prompt": 5})", 400, "'prompt' must be a string"},
+      {"/v1/completions", R"({"prompt": "hi", "max_tokens": "a"})", 400, "'max_tokens' must be an integer"},
+      {"/v1/completions", R"({"prompt": "hi", "max_tokens": -1})", 400, "'max_tokens' must not be negative"},
+      {"/v1/completions", R"({"prompt": "hi", "temperature": -1})", 400, "temperature"},
+      {"/v1/completions", R"({"prompt": "hi", "stop": [1]})", 400, "'stop' must be a string"},
+      {"/v1/completions", R"({"prompt": "hi", "n": 2})", 400, "'n' must be 1"},
+      {"/v1/completions", R"({"prompt": ""})", 400, "prompt is empty"},
+      {"/v1/completions", R"({"prompt": [99999999]})", 400, "out of range"},
+      {"/v1/completions", "{\"prompt\": \"a\xff\"}", 400, "JSON"},
+      {"/v1/chat/completions", R"({"messages": []})", 501, "not supported yet"},
+      {"/tokenize", R"({"content": 3})", 400, "'content' must be a string"},
+      {"/detokenize", R"({"tokens": [-1]})", 400, "not an id"},
+  };
+  for (const Bad& b : cases) {
+    const Reply r = curl(b.path, b.body);
+    EXPECT_EQ(r.status, b.status) << b.body << "\n" << r.body;
+    EXPECT_NE(r.body.find(b.needle), std::string::npos) << b.body << "\n" << r.body;
+    EXPECT_NO_THROW((void)json::parse(r.body)["error"]["message"].get<std::string>()) << r.body;
+  }
+  EXPECT_EQ(curl("/nope").status, 404);
+  const Reply h = curl("/health");
+  EXPECT_EQ(h.status, 200);
+  EXPECT_EQ(json::parse(h.body)["status"], "ok");
+  const Reply m = curl("/v1/models");
+  EXPECT_EQ(json::parse(m.body)["data"][0]["id"], "tiny");
+  const Reply t = curl("/tokenize", R"({"content": "Hello world"})");
+  const json ids = json::parse(t.body)["tokens"];
+  EXPECT_EQ(ids.get<std::vector<int32_t>>(), tokenizer_->encode("Hello world"));
+  EXPECT_EQ(json::parse(curl("/detokenize", json{{"tokens", ids}}.dump()).body)["content"], "Hello world");
+}
+
+// A client that stops reading mid-stream: its slot is freed, the engine goes idle.
+TEST_F(Serve, ADisconnectedStreamFreesItsSlot) {
+  const Reply r = curl("/v1/completions", request("Tell me a long story", 1, 1000000, 1.0f, true), "--max-time 1");
+  EXPECT_NE(r.body.find("data: "), std::string::npos) << "it streamed before the client left";
+  bool idle = false;
+  for (int i = 0; i < 500 && !idle; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    idle = curl("/health").status == 200 && server_->running() == 0;
+  }
+  EXPECT_TRUE(idle) << "the abandoned stream still holds its slot";
+}
+
+}  // namespace
+}  // namespace mamba2

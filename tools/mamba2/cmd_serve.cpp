@@ -1,0 +1,66 @@
+// serve: the OpenAI-compatible HTTP server over the continuous-batching engine (src/serve).
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "commands.h"
+#include "mamba2/error.h"
+#include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
+#include "serve/server.h"
+
+namespace mamba2::cli {
+
+namespace {
+Server* running_server = nullptr;
+extern "C" void on_signal(int) {
+  if (running_server) running_server->stop();  // listen() returns; streams in flight end
+}
+}  // namespace
+
+void add_serve(CLI::App& app) {
+  auto* sub = app.add_subcommand("serve", "Serve the model over HTTP (OpenAI-compatible /v1/completions)");
+  struct Opts {
+    std::string model, tokenizer, host = "127.0.0.1", api_key, name;
+    int port = 8080, threads = 0;
+    Engine::Limits limits;
+    Placement placement;
+  };
+  auto o = std::make_shared<Opts>();
+  sub->add_option("--model", o->model, "Model folder")->required();
+  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the one in the model folder)");
+  sub->add_option("--host", o->host, "Address to listen on")->capture_default_str();
+  sub->add_option("--port", o->port, "Port (0: any free one, printed)")->capture_default_str()->check(CLI::Range(0, 65535));
+  sub->add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on every request but /health");
+  sub->add_option("--name", o->name, "The model id clients see (default: the folder's name)");
+  sub->add_option("--slots", o->limits.slots, "Sequences decoded together at most")->capture_default_str();
+  sub->add_option("--queue", o->limits.queue, "Requests waiting for a slot at most (then 503)")->capture_default_str();
+  sub->add_option("--max-prompt-tokens", o->limits.prompt_tokens, "Longest prompt accepted")->capture_default_str();
+  sub->add_option("--threads", o->threads, "Threads (default: all cores)");
+  add_placement_options(sub, o->placement);
+  on_run(sub, [o] {
+    set_threads(o->threads);
+    const std::filesystem::path tokenizer_path =
+        o->tokenizer.empty() ? std::filesystem::path(o->model) / "tokenizer.json" : std::filesystem::path(o->tokenizer);
+    if (o->tokenizer.empty() && !std::filesystem::exists(tokenizer_path))
+      fail("[cli] no tokenizer.json in {}: give one with --tokenizer", o->model);
+    const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+    const Model model = load_model(o->model, o->placement);
+    ServeOptions options;
+    options.host = o->host;
+    options.port = o->port;
+    options.api_key = o->api_key;
+    options.limits = o->limits;
+    options.model_name = o->name.empty() ? std::filesystem::path(o->model).lexically_normal().filename().string() : o->name;
+    if (options.model_name.empty()) options.model_name = "mamba2";
+    Server server(model, tokenizer, options);
+    running_server = &server;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    server.listen();
+    running_server = nullptr;
+    std::fprintf(stderr, "[serve] stopped\n");
+  });
+}
+
+}  // namespace mamba2::cli
