@@ -43,6 +43,8 @@ class Serve : public ::testing::Test {
     o.model_name = "tiny";
     o.limits.slots = 8;
     o.limits.queue = 16;
+    o.limits.prefill_tokens = 32;  // two chunks a step: long prompts go in pieces between decode steps
+    o.limits.cache_bytes = int64_t(64) << 20;
     server_ = new Server(*model_, *tokenizer_, o);
     thread_ = new std::thread([] { server_->listen(); });
     for (int i = 0; i < 500 && server_->port() < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -199,6 +201,37 @@ TEST_F(Serve, BadRequestsGetAClearErrorAndTheServerKeepsServing) {
   const json ids = json::parse(t.body)["tokens"];
   EXPECT_EQ(ids.get<std::vector<int32_t>>(), tokenizer_->encode("Hello world"));
   EXPECT_EQ(json::parse(curl("/detokenize", json{{"tokens", ids}}.dump()).body)["content"], "Hello world");
+}
+
+// A prompt sharing a prefix with an earlier one resumes from the cached state at the longest
+// chunk boundary of the shared part: the text is the one without any cache, `usage` and
+// /metrics report the cached tokens.
+TEST_F(Serve, APrefixCacheHitChangesNoBit) {
+  const std::string history =
+      "In the beginning God created the heaven and the earth. And the earth was without form, and void; and "
+      "darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters. And God "
+      "said, Let there be light: and there was light.";
+  const std::string first = history + " And the Spirit", second = history + " And God said";
+  const int64_t shared = int64_t(tokenizer_->encode(history).size());
+  ASSERT_GT(shared, 2 * model_->config().chunk_size);
+  for (const std::string& prompt : {first, second}) {
+    const std::string want = generated(prompt, params(9, 10, 1.0f));
+    const Reply r = curl("/v1/completions", request(prompt, 9, 10, 1.0f, false));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = json::parse(r.body);
+    EXPECT_EQ(j["choices"][0]["text"], want);
+    const int64_t cached = j["usage"]["prompt_tokens_details"]["cached_tokens"];
+    if (prompt == second) {
+      EXPECT_GT(cached, shared - model_->config().chunk_size) << "the longest boundary of the shared tokens";
+      EXPECT_LE(cached, shared);
+      EXPECT_EQ(cached % model_->config().chunk_size, 0);
+    }
+  }
+  const Reply m = curl("/metrics");
+  EXPECT_EQ(m.status, 200);
+  EXPECT_NE(m.body.find("# TYPE mamba2_prefix_cache_hits_total counter"), std::string::npos) << m.body;
+  EXPECT_EQ(m.body.find("mamba2_prefix_cache_hits_total 0\n"), std::string::npos) << m.body;
+  EXPECT_EQ(m.body.find("mamba2_prefix_cache_cached_tokens_total 0\n"), std::string::npos) << m.body;
 }
 
 // A client that stops reading mid-stream: its slot is freed, the engine goes idle.

@@ -1,5 +1,6 @@
 #include "serve/engine.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "generate/sampler.h"
@@ -40,6 +41,8 @@ struct Engine::Job {
   int64_t generated = 0;
   int32_t last = -1;  // the last token, to be decoded next
   int64_t slot = -1;
+  int64_t done = 0;       // prompt tokens in the slot's state
+  bool decoding = false;  // the prompt is in; tokens are being generated
   Job(std::vector<int32_t> p, const GenerationParams& gp, int64_t vocab)
       : stream(std::make_shared<RequestStream>()),
         prompt(std::move(p)),
@@ -49,10 +52,17 @@ struct Engine::Job {
 };
 
 Engine::Engine(const Model& model, const Tokenizer& tokenizer, Limits limits)
-    : model_(model), tokenizer_(tokenizer), limits_(limits) {
-  if (limits.slots <= 0 || limits.queue < 0 || limits.prompt_tokens <= 0)
-    fail("[serve] slots ({}), queue ({}) and prompt tokens ({}) must be positive", limits.slots, limits.queue,
-         limits.prompt_tokens);
+    : model_(model),
+      tokenizer_(tokenizer),
+      limits_(limits),
+      cache_(limits.cache_bytes, limits.cache_interval > 0 ? limits.cache_interval : model.config().chunk_size) {
+  const int64_t Q = model.config().chunk_size;
+  if (limits.slots <= 0 || limits.queue < 0 || limits.prompt_tokens <= 0 || limits.prefill_tokens <= 0)
+    fail("[serve] slots ({}), queue ({}), prompt tokens ({}) and prefill tokens per step ({}) must be positive",
+         limits.slots, limits.queue, limits.prompt_tokens, limits.prefill_tokens);
+  if (cache_.interval() % Q)
+    fail("[serve] the cache interval {} is not a multiple of the model's chunk size {}", cache_.interval(), Q);
+  limits_.prefill_tokens = std::max(Q, limits.prefill_tokens / Q * Q);
   if (tokenizer.vocab_size() > model.vocab())
     fail("[serve] the tokenizer has {} tokens but the model's vocabulary only {}", tokenizer.vocab_size(),
          model.vocab());
@@ -98,6 +108,7 @@ bool Engine::advance(Job& j, std::span<const float> logits) {
   j.sampler.observe(token);
   ++j.generated;
   ++j.stream->completion_tokens;
+  ++generated_tokens_;
   const auto eos = j.params.ignore_eos ? std::nullopt : tokenizer_.eos_id();
   if (eos && token == *eos) {
     j.stream->push({j.text.finish(), true, FinishReason::Eos});
@@ -118,45 +129,97 @@ bool Engine::advance(Job& j, std::span<const float> logits) {
   return true;
 }
 
-// New jobs into free slots, their prompts prefilled together, then each one's first token.
+// New jobs into free slots, each from the longest cached prefix of its prompt (or zeros).
 void Engine::admit(std::vector<std::unique_ptr<Job>>& jobs) {
-  std::vector<int32_t> ids;
-  std::vector<int64_t> lengths, slots;
-  std::vector<Job*> started;
   size_t next_free = 0;
   for (auto& job : jobs) {
-    if (job->stream->cancelled()) {
-      job->stream->push({"", true, FinishReason::Length});
-      continue;
-    }
-    if (job->params.max_new_tokens == 0) {
+    if (job->stream->cancelled() || job->params.max_new_tokens == 0) {
       job->stream->push({"", true, FinishReason::Length});
       continue;
     }
     while (slots_[next_free]) ++next_free;
     job->slot = int64_t(next_free);
     for (int32_t t : job->prompt) job->sampler.observe(t);
-    clear_state(*state_, job->slot);
-    ids.insert(ids.end(), job->prompt.begin(), job->prompt.end());
-    lengths.push_back(int64_t(job->prompt.size()));
-    slots.push_back(job->slot);
-    started.push_back(job.get());
+    StateSnapshot cached;
+    // At least the last prompt token is prefilled: its logits give the first new token.
+    const int64_t hit = cache_.lookup(job->prompt, int64_t(job->prompt.size()) - 1, cached);
+    if (hit > 0) {
+      restore_state(model_, *state_, job->slot, cached);
+      job->done = hit;
+      job->stream->cached_tokens = hit;
+    } else {
+      clear_state(*state_, job->slot);
+    }
+    ++requests_;
+    prompt_tokens_ += int64_t(job->prompt.size());
     slots_[next_free] = std::move(job);
-  }
-  if (started.empty()) return;
-  std::vector<float> logits;
-  model_.prefill(ids, lengths, state_.get(), false, logits, slots);
-  const size_t V = size_t(model_.vocab());
-  for (size_t i = 0; i < started.size(); ++i) {
-    const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
-    if (!advance(*started[i], row)) slots_[size_t(started[i]->slot)].reset();
   }
 }
 
-void Engine::run() {
+// The next piece of every prompt being prefilled, together: whole chunks up to the next cache
+// boundary (or the prompt's end), within the step's token budget.
+void Engine::prefill_step() {
+  const int64_t Q = model_.config().chunk_size, I = cache_.interval();
+  int64_t budget = limits_.prefill_tokens;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> lengths, slots;
+  std::vector<Job*> jobs;
+  for (auto& s : slots_) {
+    if (!s || s->decoding) continue;
+    Job& j = *s;
+    const int64_t n = int64_t(j.prompt.size());
+    int64_t piece = std::min(n - j.done, (j.done / I + 1) * I - j.done);
+    if (j.done + piece < n) piece = piece / Q * Q;  // ends at a chunk boundary of the prompt
+    if (piece > budget) piece = budget / Q * Q;
+    if (piece <= 0) continue;
+    budget -= piece;
+    ids.insert(ids.end(), j.prompt.begin() + j.done, j.prompt.begin() + j.done + piece);
+    lengths.push_back(piece);
+    slots.push_back(j.slot);
+    jobs.push_back(&j);
+  }
+  if (jobs.empty()) return;
   std::vector<float> logits;
+  model_.prefill(ids, lengths, state_.get(), false, logits, slots);
+  const size_t V = size_t(model_.vocab());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Job& j = *jobs[i];
+    j.done += lengths[i];
+    const std::span<const int32_t> prefix(j.prompt.data(), size_t(j.done));
+    if (cache_.enabled() && j.done % I == 0 && !cache_.contains(prefix)) {
+      TokenHistory h;
+      h.extend(prefix);
+      cache_.insert(prefix, snapshot_state(model_, *state_, j.slot, h));
+    }
+    if (j.done < int64_t(j.prompt.size())) continue;
+    j.decoding = true;
+    const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
+    if (!advance(j, row)) slots_[size_t(j.slot)].reset();
+  }
+}
+
+// One token for every sequence that is generating.
+void Engine::decode_step() {
   std::vector<int32_t> tokens;
   std::vector<int64_t> rows;
+  for (const auto& s : slots_)
+    if (s && s->decoding) {
+      tokens.push_back(s->last);
+      rows.push_back(s->slot);
+    }
+  if (rows.empty()) return;
+  std::vector<float> logits;
+  model_.decode(tokens, rows, *state_, logits);
+  const size_t V = size_t(model_.vocab());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
+    if (!advance(*slots_[size_t(rows[i])], row)) slots_[size_t(rows[i])].reset();
+  }
+}
+
+Engine::Counters Engine::counters() const { return {requests_, prompt_tokens_, generated_tokens_}; }
+
+void Engine::run() {
   for (;;) {
     std::vector<std::unique_ptr<Job>> admitted;
     {
@@ -177,21 +240,8 @@ void Engine::run() {
           s.reset();
         }
       admit(admitted);
-      tokens.clear();
-      rows.clear();
-      for (const auto& s : slots_)
-        if (s) {
-          tokens.push_back(s->last);
-          rows.push_back(s->slot);
-        }
-      if (!rows.empty()) {
-        model_.decode(tokens, rows, *state_, logits);
-        const size_t V = size_t(model_.vocab());
-        for (size_t i = 0; i < rows.size(); ++i) {
-          const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
-          if (!advance(*slots_[size_t(rows[i])], row)) slots_[size_t(rows[i])].reset();
-        }
-      }
+      prefill_step();
+      decode_step();
     } catch (const std::exception& e) {
       // Inputs are checked at submit; a failure here is the engine's: end every running stream.
       std::fprintf(stderr, "[serve] step failed: %s\n", e.what());

@@ -1,9 +1,14 @@
 // The serving engine: continuous batching over one model. Requests wait in a bounded queue; at
-// every step the engine admits as many as there are free slots (their prompts prefilled together
-// into their slots), then runs one decode step over every running sequence, so a request joins
-// the running batch at the next step and leaves it as soon as it finishes or is cancelled. Each
-// request samples and detokenizes exactly as Generator does, and the model's kernels give a row
-// the same bits whatever the batch, so a request's text is what `mamba2 generate` gives alone.
+// every step the engine admits as many as there are free slots, prefills the next pieces of the
+// prompts being prefilled (together, at most `prefill_tokens` a step, each piece ending at a
+// chunk boundary of its prompt or at its end), then runs one decode step over every running
+// sequence. So a request joins the running batch at the next step, a long prompt does not stall
+// the streams already running, and a request leaves as soon as it finishes or is cancelled.
+// The state at every cache boundary of a prompt goes to the prefix cache, and a new prompt
+// resumes from the longest cached prefix. Each request samples and detokenizes exactly as
+// Generator does; pieces at chunk boundaries, cache hits and batching change no bit (the model's
+// kernels give a row the same arithmetic whatever the batch, and a prefill resumed at a chunk
+// boundary that of one pass), so a request's text is what `mamba2 generate` gives it alone.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -16,6 +21,7 @@
 #include <vector>
 
 #include "mamba2/generate.h"
+#include "serve/prefix_cache.h"
 
 namespace mamba2 {
 
@@ -38,6 +44,7 @@ class RequestStream {
   void cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }
   int64_t prompt_tokens = 0;
+  std::atomic<int64_t> cached_tokens{0};  // of the prompt, resumed from the prefix cache
   std::atomic<int64_t> completion_tokens{0};
 
  private:
@@ -53,9 +60,12 @@ class RequestStream {
 class Engine {
  public:
   struct Limits {
-    int64_t slots = 64;         // sequences decoded together at most
-    int64_t queue = 256;        // requests waiting for a slot at most
+    int64_t slots = 64;           // sequences decoded together at most
+    int64_t queue = 256;          // requests waiting for a slot at most
     int64_t prompt_tokens = 32768;
+    int64_t prefill_tokens = 2048;  // prompt tokens prefilled per step (whole chunks; one chunk at least)
+    int64_t cache_bytes = int64_t(1) << 30;  // the prefix cache's budget; 0: off
+    int64_t cache_interval = 0;   // tokens between cached states (a multiple of the chunk size; 0: one chunk)
   };
   Engine(const Model& model, const Tokenizer& tokenizer, Limits limits);
   ~Engine();  // stops: waiting and running requests end (reason Length) and their streams close
@@ -67,13 +77,20 @@ class Engine {
   std::shared_ptr<RequestStream> submit(std::vector<int32_t> prompt, const GenerationParams& params);
 
   int64_t waiting() const;
-  int64_t running() const { return running_; }
+  int64_t running() const { return running_; }  // sequences holding a slot (prefilling or decoding)
   const Limits& limits() const { return limits_; }
+  struct Counters {
+    int64_t requests = 0, prompt_tokens = 0, generated_tokens = 0;
+  };
+  Counters counters() const;
+  PrefixCache::Stats cache_stats() const { return cache_.stats(); }
 
  private:
   struct Job;
   void run();
   void admit(std::vector<std::unique_ptr<Job>>& jobs);
+  void prefill_step();
+  void decode_step();
   // Samples the next token of job j from its logits row; false when the job is done.
   bool advance(Job& j, std::span<const float> logits);
 
@@ -87,6 +104,8 @@ class Engine {
   std::deque<std::unique_ptr<Job>> queue_;
   bool stop_ = false;
   std::atomic<int64_t> running_{0};
+  std::atomic<int64_t> requests_{0}, prompt_tokens_{0}, generated_tokens_{0};
+  PrefixCache cache_;
   std::thread worker_;
 };
 

@@ -154,7 +154,7 @@ struct Server::Impl {
     return {{"prompt_tokens", s.prompt_tokens},
             {"completion_tokens", c},
             {"total_tokens", s.prompt_tokens + c},
-            {"prompt_tokens_details", {{"cached_tokens", 0}}}};
+            {"prompt_tokens_details", {{"cached_tokens", s.cached_tokens.load()}}}};
   }
 
   void completions(const httplib::Request& req, httplib::Response& res) {
@@ -241,6 +241,27 @@ struct Server::Impl {
                 {{"object", "list"},
                  {"data", json::array({{{"id", options.model_name}, {"object", "model"}, {"created", 0},
                                         {"owned_by", "mamba2.cpp"}}})}});
+    }));
+    http.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
+      const Engine::Counters c = engine.counters();
+      const PrefixCache::Stats k = engine.cache_stats();
+      std::string m;
+      auto metric = [&m](const char* name, const char* type, const char* help, int64_t value) {
+        m += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
+      };
+      metric("mamba2_requests_total", "counter", "Completion requests admitted.", c.requests);
+      metric("mamba2_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", c.prompt_tokens);
+      metric("mamba2_generation_tokens_total", "counter", "Tokens generated.", c.generated_tokens);
+      metric("mamba2_requests_running", "gauge", "Requests holding a slot (prefilling or generating).",
+             engine.running());
+      metric("mamba2_requests_waiting", "gauge", "Requests waiting for a slot.", engine.waiting());
+      metric("mamba2_prefix_cache_hits_total", "counter", "Prompts resumed from a cached state.", k.hits);
+      metric("mamba2_prefix_cache_misses_total", "counter", "Prompts with no cached prefix.", k.misses);
+      metric("mamba2_prefix_cache_cached_tokens_total", "counter", "Prompt tokens not recomputed thanks to the cache.",
+             k.cached_tokens);
+      metric("mamba2_prefix_cache_entries", "gauge", "States in the prefix cache.", k.entries);
+      metric("mamba2_prefix_cache_bytes", "gauge", "Bytes of the prefix cache (states and their tokens).", k.bytes);
+      res.set_content(m, "text/plain; version=0.0.4");
     }));
     http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
       completions(req, res);

@@ -36,6 +36,12 @@ void add_serve(CLI::App& app) {
   sub->add_option("--slots", o->limits.slots, "Sequences decoded together at most")->capture_default_str();
   sub->add_option("--queue", o->limits.queue, "Requests waiting for a slot at most (then 503)")->capture_default_str();
   sub->add_option("--max-prompt-tokens", o->limits.prompt_tokens, "Longest prompt accepted")->capture_default_str();
+  sub->add_option("--prefill-tokens", o->limits.prefill_tokens,
+                  "Prompt tokens prefilled per step, between decode steps")->capture_default_str();
+  sub->add_option("--cache-bytes", o->limits.cache_bytes, "Prefix state cache budget in bytes (0: off)")
+      ->capture_default_str();
+  sub->add_option("--cache-interval", o->limits.cache_interval,
+                  "Tokens between cached states, a multiple of the chunk size (default: one chunk)");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
   add_placement_options(sub, o->placement);
   on_run(sub, [o] {
