@@ -21,7 +21,7 @@ failed=()
 for t in "${targets[@]}"; do
   mkdir -p "$b/fuzz-corpus/$t"
   dict=()
-  case "$t" in config|train_config|trainer_state|safetensors|safetensors_index|tokenizer_load|token_corpus|state)
+  case "$t" in config|train_config|trainer_state|safetensors|safetensors_index|tokenizer_load|token_corpus|state|serve_request)
     dict=(-dict=fuzz/json.dict) ;;
   esac
   echo "== fuzz_$t for ${secs}s"

@@ -123,6 +123,13 @@ def main():
     put("state", "wrong_version.safetensors", safetensors(rows, dict(meta, version="2")))
     put("state", "no_layers.safetensors", safetensors([], dict(meta, n_layer="0")))
 
+    put("serve_request", "completion.json", json.dumps({
+        "model": "m", "prompt": "Hello", "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "top_k": 40,
+        "min_p": 0.05, "repeat_penalty": 1.1, "seed": 3, "stop": ["\n", "END"], "stream": True, "ignore_eos": False,
+        "n": 1, "echo": False, "logprobs": None}))
+    put("serve_request", "ids.json", json.dumps({"prompt": [1, 2, 50276], "max_tokens": 0, "stop": "x"}))
+    put("serve_request", "tokenize.json", json.dumps({"content": "caf\u00e9 \U0001F642", "tokens": [0, 5, 50000]}))
+
 
 if __name__ == "__main__":
     main()

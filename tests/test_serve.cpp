@@ -41,8 +41,8 @@ class Serve : public ::testing::Test {
     ServeOptions o;
     o.port = 0;
     o.model_name = "tiny";
-    o.limits.slots = 8;
-    o.limits.queue = 16;
+    o.limits.slots = 16;
+    o.limits.queue = 64;
     o.limits.prefill_tokens = 32;  // two chunks a step: long prompts go in pieces between decode steps
     o.limits.cache_bytes = int64_t(64) << 20;
     server_ = new Server(*model_, *tokenizer_, o);
@@ -146,17 +146,21 @@ TEST_F(Serve, CompletionsEqualTheGeneratorStreamedOrNot) {
   }
 }
 
-// Eight sampled streams at once, each with its own seed: each gets the text it gets alone.
-TEST_F(Serve, ConcurrentStreamsGetTheirTextsAlone) {
-  constexpr int kStreams = 8;
-  std::vector<std::string> got(kStreams), want(kStreams);
-  const std::vector<std::string> prompts{"In the beginning", "Hello", "A longer prompt about the weather in spring",
-                                         "1 2 3", "def f(x):", "Once", "The", "caf\u00e9 au lait"};
-  for (int i = 0; i < kStreams; ++i) want[size_t(i)] = generated(prompts[size_t(i)], params(100 + uint64_t(i), 20, 1.0f));
+// 64 streams at once (16 decoding, the rest queued and joining as slots free up), greedy and
+// sampled with their own seeds, prompts of many lengths: each gets the text it gets alone.
+TEST_F(Serve, SixtyFourConcurrentStreamsGetTheirTextsAlone) {
+  constexpr int kStreams = 64;
+  const std::string words = "In the beginning was the word and the word was with the light of the morning sun ";
+  std::vector<std::string> prompts, got(kStreams), want(kStreams);
+  for (int i = 0; i < kStreams; ++i) prompts.push_back(words.substr(0, size_t(5 + (i * 37) % 75)) + std::to_string(i));
+  auto temperature = [](int i) { return i % 3 == 0 ? 0.0f : 1.0f; };
+  for (int i = 0; i < kStreams; ++i)
+    want[size_t(i)] = generated(prompts[size_t(i)], params(100 + uint64_t(i), 12, temperature(i)));
   std::vector<std::thread> clients;
   for (int i = 0; i < kStreams; ++i)
     clients.emplace_back([&, i] {
-      got[size_t(i)] = stream_text(curl("/v1/completions", request(prompts[size_t(i)], 100 + uint64_t(i), 20, 1.0f, true)).body);
+      got[size_t(i)] = stream_text(
+          curl("/v1/completions", request(prompts[size_t(i)], 100 + uint64_t(i), 12, temperature(i), true)).body);
     });
   for (auto& c : clients) c.join();
   for (int i = 0; i < kStreams; ++i) EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "stream " << i;

@@ -5,24 +5,18 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "core/json.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
+#include "serve/request.h"
 
 namespace mamba2 {
 
 namespace {
 
 using nlohmann::json;
-
-// A request we refuse: the status and a message naming what is wrong.
-struct HttpError {
-  int status;
-  std::string message;
-};
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -33,36 +27,6 @@ void send_json(httplib::Response& res, int status, const json& body) {
 void send_error(httplib::Response& res, int status, const std::string& message) {
   const char* type = status == 401 ? "authentication_error" : status >= 500 ? "server_error" : "invalid_request_error";
   send_json(res, status, {{"error", {{"message", message}, {"type", type}, {"code", status}}}});
-}
-
-json parse_body(const httplib::Request& req) {
-  json body;
-  try {
-    body = parse_json(req.body, "[serve] request body");
-  } catch (const Error& e) {
-    throw HttpError{400, e.what()};
-  }
-  if (!body.is_object()) throw HttpError{400, "[serve] the request body must be a JSON object"};
-  return body;
-}
-
-// Optional fields of the body, type-checked: absent or null gives the default.
-template <class T>
-T field(const json& body, const char* key, T fallback) {
-  auto it = body.find(key);
-  if (it == body.end() || it->is_null()) return fallback;
-  if constexpr (std::is_same_v<T, bool>) {
-    if (!it->is_boolean()) throw HttpError{400, fmt::format("[serve] '{}' must be true or false", key)};
-    return it->get<bool>();
-  } else if constexpr (std::is_integral_v<T>) {
-    if (!it->is_number_integer()) throw HttpError{400, fmt::format("[serve] '{}' must be an integer", key)};
-    const auto v = it->get<int64_t>();
-    if (v < 0) throw HttpError{400, fmt::format("[serve] '{}' must not be negative, got {}", key, v)};
-    return T(v);
-  } else {
-    if (!it->is_number()) throw HttpError{400, fmt::format("[serve] '{}' must be a number", key)};
-    return T(it->get<double>());
-  }
 }
 
 const char* finish_reason(FinishReason r) { return r == FinishReason::Length ? "length" : "stop"; }
@@ -85,59 +49,6 @@ struct Server::Impl {
   Impl(const Model& m, const Tokenizer& t, ServeOptions o)
       : model(m), tokenizer(t), options(std::move(o)), engine(m, t, options.limits) {}
 
-  // The prompt (a string, or a list of one string or of token ids) as tokens.
-  std::vector<int32_t> prompt_tokens(const json& body) {
-    auto it = body.find("prompt");
-    if (it == body.end()) throw HttpError{400, "[serve] 'prompt' is missing"};
-    json p = *it;
-    if (p.is_array() && p.size() == 1 && p[0].is_string()) p = p[0];
-    try {
-      if (p.is_string()) return tokenizer.encode(p.get<std::string>());
-    } catch (const Error& e) {
-      throw HttpError{400, e.what()};  // invalid UTF-8, named by the tokenizer
-    }
-    if (p.is_array() && !p.empty() && std::all_of(p.begin(), p.end(), [](const json& v) { return v.is_number_integer(); })) {
-      std::vector<int32_t> ids;
-      for (const json& v : p) {
-        const auto id = v.get<int64_t>();
-        if (id < 0 || id >= tokenizer.vocab_size())
-          throw HttpError{400, fmt::format("[serve] token id {} in 'prompt' is out of range [0, {})", id, tokenizer.vocab_size())};
-        ids.push_back(int32_t(id));
-      }
-      return ids;
-    }
-    throw HttpError{400, "[serve] 'prompt' must be a string, a list of one string, or a list of token ids"};
-  }
-
-  GenerationParams params_of(const json& body) {
-    GenerationParams p;
-    p.max_new_tokens = field<int64_t>(body, "max_tokens", 16);
-    SamplingParams& s = p.sampling;
-    s.temperature = field<float>(body, "temperature", 1.0f);
-    s.top_p = field<float>(body, "top_p", 1.0f);
-    s.top_k = field<int64_t>(body, "top_k", 0);
-    s.min_p = field<float>(body, "min_p", 0.0f);
-    s.repetition_penalty = field<float>(body, "repeat_penalty", field<float>(body, "repetition_penalty", 1.0f));
-    s.seed = field<uint64_t>(body, "seed", (uint64_t(std::random_device{}()) << 32) | std::random_device{}());
-    p.ignore_eos = field<bool>(body, "ignore_eos", false);
-    if (field<int64_t>(body, "n", 1) != 1) throw HttpError{400, "[serve] 'n' must be 1: one completion per request"};
-    if (field<bool>(body, "echo", false)) throw HttpError{400, "[serve] 'echo' is not supported"};
-    if (auto it = body.find("logprobs"); it != body.end() && !it->is_null() && !(it->is_number() && *it == 0))
-      throw HttpError{400, "[serve] 'logprobs' is not supported"};
-    if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
-      if (it->is_string()) {
-        p.stop.push_back(it->get<std::string>());
-      } else if (it->is_array() && std::all_of(it->begin(), it->end(), [](const json& v) { return v.is_string(); })) {
-        for (const json& v : *it) p.stop.push_back(v.get<std::string>());
-      } else {
-        throw HttpError{400, "[serve] 'stop' must be a string or a list of strings"};
-      }
-      for (const auto& stop : p.stop)
-        if (stop.empty()) throw HttpError{400, "[serve] a stop string is empty"};
-    }
-    return p;
-  }
-
   json completion_chunk(const std::string& id, int64_t created, const std::string& text, const char* reason) {
     return {{"id", id},
             {"object", "text_completion"},
@@ -158,13 +69,11 @@ struct Server::Impl {
   }
 
   void completions(const httplib::Request& req, httplib::Response& res) {
-    const json body = parse_body(req);
-    std::vector<int32_t> prompt = prompt_tokens(body);
-    const GenerationParams params = params_of(body);
-    const bool stream = field<bool>(body, "stream", false);
+    CompletionRequest r = parse_completion_request(req.body, tokenizer);
+    const bool stream = r.stream;
     std::shared_ptr<RequestStream> out;
     try {
-      out = engine.submit(std::move(prompt), params);
+      out = engine.submit(std::move(r.prompt), r.params);
     } catch (const Engine::QueueFull&) {
       res.set_header("Retry-After", "1");
       throw HttpError{503, fmt::format("[serve] {} requests are waiting already; try again", engine.limits().queue)};
@@ -212,8 +121,8 @@ struct Server::Impl {
   }
 
   void routes() {
-    auto guarded = [this](auto handler) {
-      return [this, handler](const httplib::Request& req, httplib::Response& res) {
+    auto guarded = [](auto handler) {
+      return [handler](const httplib::Request& req, httplib::Response& res) {
         try {
           handler(req, res);
         } catch (const HttpError& e) {
@@ -270,32 +179,25 @@ struct Server::Impl {
       throw HttpError{501, "[serve] chat completions are not supported yet: use /v1/completions"};
     }));
     http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      const json body = parse_body(req);
-      auto it = body.find("content");
-      if (it == body.end() || !it->is_string()) throw HttpError{400, "[serve] 'content' must be a string"};
       std::vector<int32_t> ids;
       try {
-        ids = tokenizer.encode(it->get<std::string>());
+        ids = tokenizer.encode(parse_tokenize_request(req.body));
       } catch (const Error& e) {
         throw HttpError{400, e.what()};
       }
       send_json(res, 200, {{"tokens", ids}});
     }));
     http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      const json body = parse_body(req);
-      auto it = body.find("tokens");
-      if (it == body.end() || !it->is_array()) throw HttpError{400, "[serve] 'tokens' must be a list of token ids"};
-      std::vector<int32_t> ids;
-      for (const json& v : *it) {
-        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= tokenizer.vocab_size())
-          throw HttpError{400, fmt::format("[serve] 'tokens' holds {}, not an id in [0, {})", v.dump(),
-                                           tokenizer.vocab_size())};
-        ids.push_back(int32_t(v.get<int64_t>()));
-      }
-      send_json(res, 200, {{"content", tokenizer.decode(ids)}});
+      send_json(res, 200, {{"content", tokenizer.decode(parse_detokenize_request(req.body, tokenizer.vocab_size()))}});
     }));
     http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (res.status == 404) send_error(res, 404, "[serve] no such endpoint: " + req.method + " " + req.path);
+    });
+    // SO_REUSEADDR only: cpp-httplib's default also sets SO_REUSEPORT, with which a second
+    // server on the same port would start and share it silently instead of failing.
+    http.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
     });
     // One pool thread per connection: every slot and queued request can hold one, plus a few
     // for quick requests (health, tokenize).

@@ -1,7 +1,10 @@
 // serve: the OpenAI-compatible HTTP server over the continuous-batching engine (src/serve).
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "commands.h"
 #include "mamba2/error.h"
@@ -12,10 +15,9 @@
 namespace mamba2::cli {
 
 namespace {
-Server* running_server = nullptr;
-extern "C" void on_signal(int) {
-  if (running_server) running_server->stop();  // listen() returns; streams in flight end
-}
+// The handler only sets the flag (async-signal-safe); a watcher thread stops the server.
+std::atomic<bool> stop_requested{false};
+extern "C" void on_signal(int) { stop_requested = true; }
 }  // namespace
 
 void add_serve(CLI::App& app) {
@@ -60,11 +62,22 @@ void add_serve(CLI::App& app) {
     options.model_name = o->name.empty() ? std::filesystem::path(o->model).lexically_normal().filename().string() : o->name;
     if (options.model_name.empty()) options.model_name = "mamba2";
     Server server(model, tokenizer, options);
-    running_server = &server;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    server.listen();
-    running_server = nullptr;
+    std::atomic<bool> done{false};
+    std::thread watcher([&] {
+      while (!stop_requested && !done) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (stop_requested) server.stop();  // listen() returns; the engine ends the streams in flight
+    });
+    try {
+      server.listen();
+    } catch (...) {
+      done = true;
+      watcher.join();
+      throw;
+    }
+    done = true;
+    watcher.join();
     std::fprintf(stderr, "[serve] stopped\n");
   });
 }

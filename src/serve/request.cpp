@@ -1,0 +1,134 @@
+#include "serve/request.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/json.h"
+#include "mamba2/error.h"
+#include "mamba2/tokenizer.h"
+
+namespace mamba2 {
+
+namespace {
+
+using nlohmann::json;
+
+json parse_body(std::string_view text) {
+  json body;
+  try {
+    body = parse_json(text, "[serve] request body");
+  } catch (const Error& e) {
+    throw HttpError{400, e.what()};
+  }
+  if (!body.is_object()) throw HttpError{400, "[serve] the request body must be a JSON object"};
+  return body;
+}
+
+// Optional fields, type- and range-checked before any cast: absent or null gives the default.
+bool flag(const json& body, const char* key, bool fallback) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) throw HttpError{400, fmt::format("[serve] '{}' must be true or false", key)};
+  return it->get<bool>();
+}
+
+uint64_t count(const json& body, const char* key, uint64_t fallback) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return fallback;
+  if (it->is_number_unsigned()) return it->get<uint64_t>();
+  if (it->is_number_integer()) throw HttpError{400, fmt::format("[serve] '{}' must not be negative, got {}", key, it->dump())};
+  throw HttpError{400, fmt::format("[serve] '{}' must be an integer", key)};
+}
+
+float number(const json& body, const char* key, float fallback) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return fallback;
+  if (!it->is_number()) throw HttpError{400, fmt::format("[serve] '{}' must be a number", key)};
+  const double v = it->get<double>();
+  if (!(std::abs(v) <= double(FLT_MAX))) throw HttpError{400, fmt::format("[serve] '{}' is out of range: {}", key, it->dump())};
+  return float(v);
+}
+
+}  // namespace
+
+CompletionRequest parse_completion_request(std::string_view text, const Tokenizer& tokenizer) {
+  const json body = parse_body(text);
+  CompletionRequest r;
+  auto it = body.find("prompt");
+  if (it == body.end()) throw HttpError{400, "[serve] 'prompt' is missing"};
+  json p = *it;
+  if (p.is_array() && p.size() == 1 && p[0].is_string()) p = p[0];
+  if (p.is_string()) {
+    try {
+      r.prompt = tokenizer.encode(p.get<std::string>());
+    } catch (const Error& e) {
+      throw HttpError{400, e.what()};  // invalid UTF-8, named by the tokenizer
+    }
+  } else if (p.is_array() && !p.empty() &&
+             std::all_of(p.begin(), p.end(), [](const json& v) { return v.is_number_integer(); })) {
+    for (const json& v : p) {
+      if (!v.is_number_unsigned() || v.get<uint64_t>() >= uint64_t(tokenizer.vocab_size()))
+        throw HttpError{400, fmt::format("[serve] token id {} in 'prompt' is out of range [0, {})", v.dump(),
+                                         tokenizer.vocab_size())};
+      r.prompt.push_back(int32_t(v.get<uint64_t>()));
+    }
+  } else {
+    throw HttpError{400, "[serve] 'prompt' must be a string, a list of one string, or a list of token ids"};
+  }
+
+  GenerationParams& g = r.params;
+  const uint64_t max_tokens = count(body, "max_tokens", 16);
+  if (max_tokens > uint64_t(INT32_MAX)) throw HttpError{400, fmt::format("[serve] 'max_tokens' {} is too large", max_tokens)};
+  g.max_new_tokens = int64_t(max_tokens);
+  SamplingParams& s = g.sampling;
+  s.temperature = number(body, "temperature", 1.0f);
+  s.top_p = number(body, "top_p", 1.0f);
+  const uint64_t top_k = count(body, "top_k", 0);
+  if (top_k > uint64_t(INT32_MAX)) throw HttpError{400, fmt::format("[serve] 'top_k' {} is too large", top_k)};
+  s.top_k = int64_t(top_k);
+  s.min_p = number(body, "min_p", 0.0f);
+  s.repetition_penalty = number(body, "repeat_penalty", number(body, "repetition_penalty", 1.0f));
+  s.seed = count(body, "seed", (uint64_t(std::random_device{}()) << 32) | std::random_device{}());
+  g.ignore_eos = flag(body, "ignore_eos", false);
+  if (count(body, "n", 1) != 1) throw HttpError{400, "[serve] 'n' must be 1: one completion per request"};
+  if (flag(body, "echo", false)) throw HttpError{400, "[serve] 'echo' is not supported"};
+  if (auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null() && !(lp->is_number() && *lp == 0))
+    throw HttpError{400, "[serve] 'logprobs' is not supported"};
+  if (auto st = body.find("stop"); st != body.end() && !st->is_null()) {
+    if (st->is_string()) {
+      g.stop.push_back(st->get<std::string>());
+    } else if (st->is_array() && std::all_of(st->begin(), st->end(), [](const json& v) { return v.is_string(); })) {
+      for (const json& v : *st) g.stop.push_back(v.get<std::string>());
+    } else {
+      throw HttpError{400, "[serve] 'stop' must be a string or a list of strings"};
+    }
+    for (const auto& stop : g.stop)
+      if (stop.empty()) throw HttpError{400, "[serve] a stop string is empty"};
+  }
+  r.stream = flag(body, "stream", false);
+  return r;
+}
+
+std::string parse_tokenize_request(std::string_view text) {
+  const json body = parse_body(text);
+  auto it = body.find("content");
+  if (it == body.end() || !it->is_string()) throw HttpError{400, "[serve] 'content' must be a string"};
+  return it->get<std::string>();
+}
+
+std::vector<int32_t> parse_detokenize_request(std::string_view text, int32_t vocab) {
+  const json body = parse_body(text);
+  auto it = body.find("tokens");
+  if (it == body.end() || !it->is_array()) throw HttpError{400, "[serve] 'tokens' must be a list of token ids"};
+  std::vector<int32_t> ids;
+  for (const json& v : *it) {
+    if (!v.is_number_unsigned() || v.get<uint64_t>() >= uint64_t(vocab))
+      throw HttpError{400, fmt::format("[serve] 'tokens' holds {}, not an id in [0, {})", v.dump(), vocab)};
+    ids.push_back(int32_t(v.get<uint64_t>()));
+  }
+  return ids;
+}
+
+}  // namespace mamba2
