@@ -238,6 +238,32 @@ TEST_F(Serve, APrefixCacheHitChangesNoBit) {
   EXPECT_EQ(m.body.find("mamba2_prefix_cache_cached_tokens_total 0\n"), std::string::npos) << m.body;
 }
 
+// A session continues where its last request stopped (every generated token consumed): the
+// texts are those of Generator continuing the state it kept, and an unknown session starts fresh.
+TEST_F(Serve, SessionsContinueExactly) {
+  const std::string first = "Once upon a time", then = " and then";
+  GenerationParams p = params(21, 7, 1.0f);
+  p.keep_states = true;
+  Generator g(*model_, *tokenizer_);
+  std::string want1;
+  const auto r1 = g.generate(std::vector<std::string>{first}, p, [&](const TokenEvent& e) { want1 += e.text; });
+  GenerationParams p2 = params(22, 7, 1.0f);
+  p2.start_states = {r1[0].final_state};
+  const std::string want2 = generated(then, p2);
+  auto ask = [&](const std::string& prompt, uint64_t seed, bool stream) {
+    json body = json::parse(request(prompt, seed, 7, 1.0f, stream));
+    body["session"] = "chat-1";
+    const Reply r = curl("/v1/completions", body.dump());
+    EXPECT_EQ(r.status, 200) << r.body;
+    return stream ? stream_text(r.body) : json::parse(r.body)["choices"][0]["text"].get<std::string>();
+  };
+  EXPECT_EQ(ask(first, 21, false), want1);
+  EXPECT_EQ(ask(then, 22, true), want2);
+  const Reply bad = curl("/v1/completions", R"({"prompt": "x", "session": "a b"})");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.body.find("'session' must be"), std::string::npos) << bad.body;
+}
+
 // A client that stops reading mid-stream: its slot is freed, the engine goes idle.
 TEST_F(Serve, ADisconnectedStreamFreesItsSlot) {
   const Reply r = curl("/v1/completions", request("Tell me a long story", 1, 1000000, 1.0f, true), "--max-time 1");

@@ -43,6 +43,9 @@ struct Engine::Job {
   int64_t slot = -1;
   int64_t done = 0;       // prompt tokens in the slot's state
   bool decoding = false;  // the prompt is in; tokens are being generated
+  std::string session;    // kept after the request, when set
+  bool in_session = false;  // the state continues a session: no prefix cache either way
+  bool finishing = false;   // done; one more step consumes the last token for the session
   Job(std::vector<int32_t> p, const GenerationParams& gp, int64_t vocab)
       : stream(std::make_shared<RequestStream>()),
         prompt(std::move(p)),
@@ -80,14 +83,17 @@ Engine::~Engine() {
   worker_.join();
 }
 
-std::shared_ptr<RequestStream> Engine::submit(std::vector<int32_t> prompt, const GenerationParams& params) {
+std::shared_ptr<RequestStream> Engine::submit(std::vector<int32_t> prompt, const GenerationParams& params,
+                                              const std::string& session) {
   if (prompt.empty()) fail("[serve] the prompt is empty: there is no token to continue from");
+  if (!session.empty() && params.max_new_tokens == 0) fail("[serve] a session request must generate at least one token");
   if (int64_t(prompt.size()) > limits_.prompt_tokens)
     fail("[serve] the prompt has {} tokens, more than the limit of {}", prompt.size(), limits_.prompt_tokens);
   if (params.max_new_tokens < 0) fail("[serve] max_tokens must be ≥ 0, got {}", params.max_new_tokens);
   Sampler check(params.sampling, tokenizer_.vocab_size());  // refuses bad sampling values here
   auto job = std::make_unique<Job>(std::move(prompt), params, tokenizer_.vocab_size());
   job->stream->prompt_tokens = int64_t(job->prompt.size());
+  job->session = session;
   auto stream = job->stream;
   {
     std::lock_guard lock(mutex_);
@@ -106,6 +112,7 @@ int64_t Engine::waiting() const {
 bool Engine::advance(Job& j, std::span<const float> logits) {
   const int32_t token = j.sampler.sample(logits);
   j.sampler.observe(token);
+  j.last = token;
   ++j.generated;
   ++j.stream->completion_tokens;
   ++generated_tokens_;
@@ -125,7 +132,6 @@ bool Engine::advance(Job& j, std::span<const float> logits) {
     return false;
   }
   j.stream->push({std::move(text), false, FinishReason::Length});
-  j.last = token;
   return true;
 }
 
@@ -141,9 +147,22 @@ void Engine::admit(std::vector<std::unique_ptr<Job>>& jobs) {
     job->slot = int64_t(next_free);
     for (int32_t t : job->prompt) job->sampler.observe(t);
     StateSnapshot cached;
+    bool resumed = false;
+    if (!job->session.empty()) {
+      std::lock_guard lock(sessions_mutex_);
+      for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+        if (it->first == job->session) {
+          restore_state(model_, *state_, job->slot, it->second);
+          sessions_.splice(sessions_.begin(), sessions_, it);
+          resumed = true;
+          break;
+        }
+    }
+    job->in_session = resumed;
     // At least the last prompt token is prefilled: its logits give the first new token.
-    const int64_t hit = cache_.lookup(job->prompt, int64_t(job->prompt.size()) - 1, cached);
-    if (hit > 0) {
+    const int64_t hit = resumed ? 0 : cache_.lookup(job->prompt, int64_t(job->prompt.size()) - 1, cached);
+    if (resumed) {
+    } else if (hit > 0) {
       restore_state(model_, *state_, job->slot, cached);
       job->done = hit;
       job->stream->cached_tokens = hit;
@@ -186,7 +205,7 @@ void Engine::prefill_step() {
     Job& j = *jobs[i];
     j.done += lengths[i];
     const std::span<const int32_t> prefix(j.prompt.data(), size_t(j.done));
-    if (cache_.enabled() && j.done % I == 0 && !cache_.contains(prefix)) {
+    if (cache_.enabled() && !j.in_session && j.done % I == 0 && !cache_.contains(prefix)) {
       TokenHistory h;
       h.extend(prefix);
       cache_.insert(prefix, snapshot_state(model_, *state_, j.slot, h));
@@ -194,8 +213,34 @@ void Engine::prefill_step() {
     if (j.done < int64_t(j.prompt.size())) continue;
     j.decoding = true;
     const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
-    if (!advance(j, row)) slots_[size_t(j.slot)].reset();
+    if (!advance(j, row)) done_with(j);
   }
+}
+
+// A job whose stream has ended: a session keeps its state once the last token is consumed (the
+// next decode step); otherwise the slot is free now.
+void Engine::done_with(Job& j) {
+  if (!j.session.empty() && !j.stream->cancelled() && !j.finishing) {
+    j.finishing = true;
+    return;
+  }
+  if (j.finishing) {
+    StateSnapshot s = snapshot_state(model_, *state_, j.slot, {});
+    std::lock_guard lock(sessions_mutex_);
+    for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+      if (it->first == j.session) {
+        sessions_.erase(it);
+        break;
+      }
+    sessions_.emplace_front(j.session, std::move(s));
+    while (int64_t(sessions_.size()) > limits_.sessions) sessions_.pop_back();
+  }
+  slots_[size_t(j.slot)].reset();
+}
+
+int64_t Engine::sessions() const {
+  std::lock_guard lock(sessions_mutex_);
+  return int64_t(sessions_.size());
 }
 
 // One token for every sequence that is generating.
@@ -212,8 +257,9 @@ void Engine::decode_step() {
   model_.decode(tokens, rows, *state_, logits);
   const size_t V = size_t(model_.vocab());
   for (size_t i = 0; i < rows.size(); ++i) {
+    Job& j = *slots_[size_t(rows[i])];
     const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
-    if (!advance(*slots_[size_t(rows[i])], row)) slots_[size_t(rows[i])].reset();
+    if (j.finishing || !advance(j, row)) done_with(j);
   }
 }
 
@@ -224,13 +270,25 @@ void Engine::run() {
     std::vector<std::unique_ptr<Job>> admitted;
     {
       std::unique_lock lock(mutex_);
+      // (A queued request waiting for its session's state to be kept has running_ > 0 with it.)
       wake_.wait(lock, [&] { return stop_ || !queue_.empty() || running_ > 0; });
       if (stop_) break;
       int64_t free = 0;
-      for (const auto& s : slots_) free += s ? 0 : 1;
-      while (free-- > 0 && !queue_.empty()) {
-        admitted.push_back(std::move(queue_.front()));
-        queue_.pop_front();
+      std::vector<std::string> busy;  // sessions whose state a slot is still making
+      for (const auto& s : slots_) {
+        free += s ? 0 : 1;
+        if (s && !s->session.empty()) busy.push_back(s->session);
+      }
+      for (auto it = queue_.begin(); free > 0 && it != queue_.end();) {
+        const std::string& session = (*it)->session;
+        if (!session.empty() && std::find(busy.begin(), busy.end(), session) != busy.end()) {
+          ++it;  // waits until that session's state is kept
+          continue;
+        }
+        if (!session.empty()) busy.push_back(session);
+        admitted.push_back(std::move(*it));
+        it = queue_.erase(it);
+        --free;
       }
     }
     try {

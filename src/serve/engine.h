@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -66,6 +67,7 @@ class Engine {
     int64_t prefill_tokens = 2048;  // prompt tokens prefilled per step (whole chunks; one chunk at least)
     int64_t cache_bytes = int64_t(1) << 30;  // the prefix cache's budget; 0: off
     int64_t cache_interval = 0;   // tokens between cached states (a multiple of the chunk size; 0: one chunk)
+    int64_t sessions = 64;        // sessions kept at most, the least recently used going first
   };
   Engine(const Model& model, const Tokenizer& tokenizer, Limits limits);
   ~Engine();  // stops: waiting and running requests end (reason Length) and their streams close
@@ -73,8 +75,14 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Queues a request. Throws QueueFull when the queue is at its limit; the prompt must be tokens.
+  // `session` (optional): the prompt continues that session's state (where its last request
+  // stopped: every token generated consumed), and the session keeps the state this request
+  // leaves; an unknown session starts fresh. Continuing a session gives the bits continuing
+  // the sequence without a pause would.
   struct QueueFull {};
-  std::shared_ptr<RequestStream> submit(std::vector<int32_t> prompt, const GenerationParams& params);
+  std::shared_ptr<RequestStream> submit(std::vector<int32_t> prompt, const GenerationParams& params,
+                                        const std::string& session = "");
+  int64_t sessions() const;
 
   int64_t waiting() const;
   int64_t running() const { return running_; }  // sequences holding a slot (prefilling or decoding)
@@ -91,6 +99,7 @@ class Engine {
   void admit(std::vector<std::unique_ptr<Job>>& jobs);
   void prefill_step();
   void decode_step();
+  void done_with(Job& j);
   // Samples the next token of job j from its logits row; false when the job is done.
   bool advance(Job& j, std::span<const float> logits);
 
@@ -106,6 +115,9 @@ class Engine {
   std::atomic<int64_t> running_{0};
   std::atomic<int64_t> requests_{0}, prompt_tokens_{0}, generated_tokens_{0};
   PrefixCache cache_;
+  // Sessions: id → the state after its last request, most recently used first.
+  mutable std::mutex sessions_mutex_;
+  std::list<std::pair<std::string, StateSnapshot>> sessions_;
   std::thread worker_;
 };
 

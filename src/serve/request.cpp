@@ -1,6 +1,7 @@
 #include "serve/request.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cfloat>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -108,6 +109,13 @@ CompletionRequest parse_completion_request(std::string_view text, const Tokenize
       if (stop.empty()) throw HttpError{400, "[serve] a stop string is empty"};
   }
   r.stream = flag(body, "stream", false);
+  if (auto se = body.find("session"); se != body.end() && !se->is_null()) {
+    const auto ok = [](char c) { return std::isalnum((unsigned char)c) || c == '_' || c == '-' || c == '.'; };
+    const std::string id = se->is_string() ? se->get<std::string>() : "";
+    if (id.empty() || id.size() > 128 || !std::all_of(id.begin(), id.end(), ok))
+      throw HttpError{400, "[serve] 'session' must be 1 to 128 letters, digits, '_', '-' or '.'"};
+    r.session = id;
+  }
   return r;
 }
 

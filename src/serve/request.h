@@ -21,10 +21,13 @@ struct HttpError {
 // max_tokens, temperature, top_p, stop, seed, stream, n = 1, no echo or logprobs) and
 // llama-server's (top_k, min_p, repeat_penalty, ignore_eos). Absent fields take OpenAI's
 // defaults (16 tokens, temperature 1, top_p 1, a random seed); unknown fields are ignored.
+// `session` (ours): 1 to 128 of [A-Za-z0-9_.-]; the prompt continues where that session's last
+// request stopped.
 struct CompletionRequest {
   std::vector<int32_t> prompt;
   GenerationParams params;
   bool stream = false;
+  std::string session;
 };
 CompletionRequest parse_completion_request(std::string_view body, const Tokenizer& tokenizer);
 

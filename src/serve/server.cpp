@@ -73,7 +73,7 @@ struct Server::Impl {
     const bool stream = r.stream;
     std::shared_ptr<RequestStream> out;
     try {
-      out = engine.submit(std::move(r.prompt), r.params);
+      out = engine.submit(std::move(r.prompt), r.params, r.session);
     } catch (const Engine::QueueFull&) {
       res.set_header("Retry-After", "1");
       throw HttpError{503, fmt::format("[serve] {} requests are waiting already; try again", engine.limits().queue)};

@@ -42,6 +42,8 @@ void add_serve(CLI::App& app) {
                   "Prompt tokens prefilled per step, between decode steps")->capture_default_str();
   sub->add_option("--cache-bytes", o->limits.cache_bytes, "Prefix state cache budget in bytes (0: off)")
       ->capture_default_str();
+  sub->add_option("--sessions", o->limits.sessions, "Sessions kept (the least recently used go first)")
+      ->capture_default_str();
   sub->add_option("--cache-interval", o->limits.cache_interval,
                   "Tokens between cached states, a multiple of the chunk size (default: one chunk)");
   sub->add_option("--threads", o->threads, "Threads (default: all cores)");
