@@ -155,12 +155,12 @@ TEST_F(Serve, SixtyFourConcurrentStreamsGetTheirTextsAlone) {
   for (int i = 0; i < kStreams; ++i) prompts.push_back(words.substr(0, size_t(5 + (i * 37) % 75)) + std::to_string(i));
   auto temperature = [](int i) { return i % 3 == 0 ? 0.0f : 1.0f; };
   for (int i = 0; i < kStreams; ++i)
-    want[size_t(i)] = generated(prompts[size_t(i)], params(100 + uint64_t(i), 12, temperature(i)));
+    want[size_t(i)] = generated(prompts[size_t(i)], params(100 + uint64_t(i), 8, temperature(i)));
   std::vector<std::thread> clients;
   for (int i = 0; i < kStreams; ++i)
     clients.emplace_back([&, i] {
       got[size_t(i)] = stream_text(
-          curl("/v1/completions", request(prompts[size_t(i)], 100 + uint64_t(i), 12, temperature(i), true)).body);
+          curl("/v1/completions", request(prompts[size_t(i)], 100 + uint64_t(i), 8, temperature(i), true)).body);
     });
   for (auto& c : clients) c.join();
   for (int i = 0; i < kStreams; ++i) EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << "stream " << i;
