@@ -74,13 +74,15 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, Limits limits)
   worker_ = std::thread([this] { run(); });
 }
 
-Engine::~Engine() {
+Engine::~Engine() { stop(); }
+
+void Engine::stop() {
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
   }
   wake_.notify_all();
-  worker_.join();
+  if (worker_.joinable()) worker_.join();
 }
 
 std::shared_ptr<RequestStream> Engine::submit(std::vector<int32_t> prompt, const GenerationParams& params,
@@ -97,7 +99,7 @@ std::shared_ptr<RequestStream> Engine::submit(std::vector<int32_t> prompt, const
   auto stream = job->stream;
   {
     std::lock_guard lock(mutex_);
-    if (int64_t(queue_.size()) >= limits_.queue) throw QueueFull{};
+    if (stop_ || int64_t(queue_.size()) >= limits_.queue) throw QueueFull{};  // (stopping: nothing runs it)
     queue_.push_back(std::move(job));
   }
   wake_.notify_all();

@@ -70,7 +70,9 @@ class Engine {
     int64_t sessions = 64;        // sessions kept at most, the least recently used going first
   };
   Engine(const Model& model, const Tokenizer& tokenizer, Limits limits);
-  ~Engine();  // stops: waiting and running requests end (reason Length) and their streams close
+  ~Engine();  // stop()
+  // Stops the worker: waiting and running requests end (reason Length), their streams close.
+  void stop();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 

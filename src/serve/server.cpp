@@ -228,7 +228,12 @@ void Server::listen() {
 
 int Server::port() const { return impl_->bound_port; }
 
-void Server::stop() { impl_->http.stop(); }
+// The engine first: it ends every stream, so the connections waiting on them finish and the
+// HTTP pool can join its threads.
+void Server::stop() {
+  impl_->engine.stop();
+  impl_->http.stop();
+}
 
 int64_t Server::running() const { return impl_->engine.running(); }
 

@@ -27,6 +27,7 @@ class Server {
   // Binds (throws naming the address when it cannot), then serves until stop().
   void listen();
   int port() const;  // after listen() has bound
+  // Ends every stream, then stops listening: listen() returns. The server does not serve again.
   void stop();
   int64_t running() const;  // sequences in the engine's decode batch
 
