@@ -161,15 +161,16 @@ void Engine::admit(std::vector<std::unique_ptr<Job>>& jobs) {
         }
     }
     job->in_session = resumed;
-    // At least the last prompt token is prefilled: its logits give the first new token.
-    const int64_t hit = resumed ? 0 : cache_.lookup(job->prompt, int64_t(job->prompt.size()) - 1, cached);
-    if (resumed) {
-    } else if (hit > 0) {
-      restore_state(model_, *state_, job->slot, cached);
-      job->done = hit;
-      job->stream->cached_tokens = hit;
-    } else {
-      clear_state(*state_, job->slot);
+    if (!resumed) {
+      // At least the last prompt token is prefilled: its logits give the first new token.
+      const int64_t hit = cache_.lookup(job->prompt, int64_t(job->prompt.size()) - 1, cached);
+      if (hit > 0) {
+        restore_state(model_, *state_, job->slot, cached);
+        job->done = hit;
+        job->stream->cached_tokens = hit;
+      } else {
+        clear_state(*state_, job->slot);
+      }
     }
     ++requests_;
     prompt_tokens_ += int64_t(job->prompt.size());
