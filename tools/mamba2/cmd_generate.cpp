@@ -106,11 +106,7 @@ void add_generate(CLI::App& app) {
     // half-way (the write is atomic anyway).
     if (!o->load_state.empty()) params.start_states.push_back(load_state(o->load_state));
     params.keep_states = !o->save_state.empty();
-    const std::filesystem::path tokenizer_path =
-        o->tokenizer.empty() ? std::filesystem::path(o->model) / "tokenizer.json" : std::filesystem::path(o->tokenizer);
-    if (o->tokenizer.empty() && !std::filesystem::exists(tokenizer_path))
-      fail("[cli] no tokenizer.json in {}: give one with --tokenizer", o->model);
-    const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+    const Tokenizer tokenizer = load_tokenizer(o->model, o->tokenizer);
     const Model model = load_model(o->model, o->placement);
     const Generator generator(model, tokenizer);
     if (!o->seed) std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(params.sampling.seed));

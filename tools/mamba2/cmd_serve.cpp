@@ -50,11 +50,7 @@ void add_serve(CLI::App& app) {
   add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
-    const std::filesystem::path tokenizer_path =
-        o->tokenizer.empty() ? std::filesystem::path(o->model) / "tokenizer.json" : std::filesystem::path(o->tokenizer);
-    if (o->tokenizer.empty() && !std::filesystem::exists(tokenizer_path))
-      fail("[cli] no tokenizer.json in {}: give one with --tokenizer", o->model);
-    const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+    const Tokenizer tokenizer = load_tokenizer(o->model, o->tokenizer);
     const Model model = load_model(o->model, o->placement);
     ServeOptions options;
     options.host = o->host;

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
 
 namespace mamba2::cli {
 
@@ -35,6 +36,8 @@ void add_placement_options(CLI::App* sub, Placement& p);
 // CPU; the MAMBA2_DEVICE environment variable sets another default), in bf16 on the GPU and f32
 // on the CPU.
 Model load_model(const std::string& dir, const Placement& p);
+// The tokenizer at `path`, or the model folder's tokenizer.json when `path` is empty.
+Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path);
 // The device `p` names (the same default), selected when it is a GPU, and the dtype for it.
 Device placement_device(const Placement& p);
 DType placement_dtype(const Placement& p, Device device);

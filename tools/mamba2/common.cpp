@@ -2,6 +2,7 @@
 #include <sys/resource.h>
 
 #include <charconv>
+#include <filesystem>
 #include <cstdlib>
 #include <map>
 
@@ -73,6 +74,13 @@ Device placement_device(const Placement& p) {
     fail("[cli] --device: '{}' is not cpu, cuda or cuda:N", device);
   }
   return dev;
+}
+
+Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path) {
+  if (!path.empty()) return Tokenizer::load(path);
+  const std::filesystem::path in_model = std::filesystem::path(model_dir) / "tokenizer.json";
+  if (!std::filesystem::exists(in_model)) fail("[cli] no tokenizer.json in {}: give one with --tokenizer", model_dir);
+  return Tokenizer::load(in_model);
 }
 
 Model load_model(const std::string& dir, const Placement& p) {
