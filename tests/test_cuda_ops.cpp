@@ -91,9 +91,10 @@ TEST(CudaOps, GatedRmsnormMatchesCpu) {
 
 TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
   MAMBA2_REQUIRE_GPU();
-  // k = 72: whole 16-byte loads with a partial last k-step; k = 77: the element-wise loads.
+  // k = 72: whole 16-byte loads with a partial last k-step; k = 77: the element-wise loads;
+  // k = 1000, 1001: k split over a cluster of blocks (decode_splits), the last range partial.
   const int64_t n = 200;
-  for (int64_t k : {72, 77}) {
+  for (int64_t k : {72, 77, 1000, 1001}) {
     for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
       const Tensor W = random_tensor({n, k}, 7);
       for (int64_t m : {1, 3, 9, 64, 257}) {
@@ -119,12 +120,13 @@ TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
 // rounded to the compute dtype, then the product with W rounded alike.
 TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
   MAMBA2_REQUIRE_GPU();
-  const int64_t n = 40, k = 96, per = 4;
+  // k = 768: the tensor-core kernel splits k over a cluster of blocks (decode_splits).
+  const int64_t n = 40, per = 4;
   const float eps = 1e-5f;
-  for (int64_t groups : {1, 3}) {
+  for (const auto& [k, groups] : std::vector<std::pair<int64_t, int64_t>>{{96, 1}, {96, 3}, {768, 1}, {768, 3}}) {
     for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
       for (int64_t m : {1, 5, 70}) {
-        SCOPED_TRACE(testing::Message() << "groups " << groups << " " << dtype_name(dt) << " m " << m);
+        SCOPED_TRACE(testing::Message() << "k " << k << " groups " << groups << " " << dtype_name(dt) << " m " << m);
         const Tensor src = random_tensor({m, k}, 50 + uint64_t(m), -2.0f, 2.0f), w = random_tensor({k}, 51);
         const Tensor W = random_tensor({n, k}, 52), res0 = random_tensor({m, n}, 53);
         const int64_t gs = k / groups;
@@ -190,7 +192,7 @@ TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
 // op, states included (the same device function on the same values).
 TEST(CudaOps, FusedConvStepGivesTheBitsOfTheConvStepOp) {
   MAMBA2_REQUIRE_GPU();
-  const int64_t k = 64, first = 24, C = 40, n = first + C + 8, K = 4, nb = 3, rows = 5;
+  const int64_t k = 512, first = 24, C = 40, n = first + C + 8, K = 4, nb = 3, rows = 5;  // k split in 4
   const std::vector<int64_t> slots{3, 0, 4};
   const Tensor src = random_tensor({nb, k}, 60), w = random_tensor({k}, 61), W = random_tensor({n, k}, 62);
   const Tensor sums = random_tensor({nb, 2}, 63, 10.0f, 20.0f), conv_w = random_tensor({C, K}, 64);
@@ -212,25 +214,55 @@ TEST(CudaOps, FusedConvStepGivesTheBitsOfTheConvStepOp) {
   }
 }
 
+// Greedy ids: the GPU's argmax is the CPU's (the first of the largest, a NaN never wins) on rows
+// with ties, NaNs and infinities, of sizes that leave partial groups of four, aligned or not.
+TEST(CudaOps, ArgmaxIsTheCpusFirstLargest) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t rows = 6;
+  for (int64_t cols : {1, 5, 4099, 50280}) {
+    for (int64_t ld : {cols, cols + 1}) {
+      SCOPED_TRACE(testing::Message() << "cols " << cols << " ld " << ld);
+      Tensor x = random_tensor({rows, ld}, 70 + uint64_t(cols));
+      float* d = x.data();
+      const float nan = std::nanf("");
+      d[1 * ld + cols / 3] = 5.0f, d[1 * ld + cols - 1] = 5.0f;  // the largest twice
+      d[2 * ld] = nan;                                            // NaN first: it keeps its place
+      d[3 * ld + cols / 2] = nan, d[3 * ld + cols - 1] = 7.0f;    // a NaN among the rest
+      std::fill(d + 4 * ld, d + 4 * ld + cols, 0.25f);            // all equal
+      d[5 * ld + cols / 2] = INFINITY, d[5 * ld] = -INFINITY;
+      std::vector<int32_t> want(rows), got(rows, -1);
+      ops::argmax(MatView::of(x), cols, want.data());
+      const Tensor xg = to_gpu(x);
+      auto out = cuda::allocate(sizeof(int32_t) * rows, "test");
+      ops::argmax(MatView::of(const_cast<Tensor&>(xg)), cols, static_cast<int32_t*>(out.get()));
+      cuda::copy_to_host(got.data(), out.get(), sizeof(int32_t) * rows);
+      EXPECT_EQ(got, want);
+    }
+  }
+}
+
 // A row's bits must not depend on how many rows are computed with it (batch invariance).
 TEST(CudaOps, LinearRowsDoNotDependOnTheRowCount) {
   MAMBA2_REQUIRE_GPU();
-  const int64_t n = 3352, k = 768, M = 2048;  // the 130m in_proj
-  const Tensor W = random_tensor({n, k}, 9), x = random_tensor({M, k}, 10);
-  for (DType dt : {DType::F32, DType::BF16}) {
-    const Tensor Wg = to_gpu(W, dt), xg = to_gpu(x, dt);
-    for (auto kind : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode}) {
-      Tensor full = Tensor::empty({M, n}, Device::CUDA);
-      ops::linear(MatView::of(const_cast<Tensor&>(xg)), Wg, MatView::of(full), kind);
-      const Tensor ref = to_cpu(full);
-      for (int64_t m : {1, 2, 7, 16, 33, 300, 1000}) {
-        for (int64_t off : {int64_t(0), M - m, int64_t(5)}) {
-          Tensor part = Tensor::empty({m, n}, Device::CUDA);
-          ops::linear(MatView::of(const_cast<Tensor&>(xg)).rows_slice(off, m), Wg, MatView::of(part), kind);
-          const Tensor got = to_cpu(part);
-          EXPECT_EQ(std::memcmp(got.data(), ref.data() + off * n, size_t(m * n) * sizeof(float)), 0)
-              << dtype_name(dt) << (kind == ops::LinearKernel::Decode ? " decode" : " prefill") << " m " << m
-              << " offset " << off;
+  // The 130m in_proj, and its out_proj (k split over a cluster of blocks, decode_splits).
+  const int64_t M = 2048;
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{3352, 768}, {768, 1536}}) {
+    const Tensor W = random_tensor({n, k}, 9), x = random_tensor({M, k}, 10);
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const Tensor Wg = to_gpu(W, dt), xg = to_gpu(x, dt);
+      for (auto kind : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode}) {
+        Tensor full = Tensor::empty({M, n}, Device::CUDA);
+        ops::linear(MatView::of(const_cast<Tensor&>(xg)), Wg, MatView::of(full), kind);
+        const Tensor ref = to_cpu(full);
+        for (int64_t m : {1, 2, 7, 16, 33, 300, 1000}) {
+          for (int64_t off : {int64_t(0), M - m, int64_t(5)}) {
+            Tensor part = Tensor::empty({m, n}, Device::CUDA);
+            ops::linear(MatView::of(const_cast<Tensor&>(xg)).rows_slice(off, m), Wg, MatView::of(part), kind);
+            const Tensor got = to_cpu(part);
+            EXPECT_EQ(std::memcmp(got.data(), ref.data() + off * n, size_t(m * n) * sizeof(float)), 0)
+                << dtype_name(dt) << (kind == ops::LinearKernel::Decode ? " decode" : " prefill") << " m " << m
+                << " offset " << off;
+          }
         }
       }
     }

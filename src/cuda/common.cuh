@@ -66,20 +66,31 @@ __device__ __forceinline__ void start_next() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// `cluster` > 1 (sm_90): the grid's blocks in clusters of that many along x, which may read each
+// other's shared memory (the decode projections' split-k sums).
 template <class... Params, class... Args>
-void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const char* op,
-                       Args&&... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+void launch_overlapped_clustered(unsigned cluster, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 const char* op, Args&&... args) {
+  cudaLaunchAttribute attrs[2]{};
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  attrs[1].id = cudaLaunchAttributeClusterDimension;
+  attrs[1].val.clusterDim.x = cluster;
+  attrs[1].val.clusterDim.y = 1;
+  attrs[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream();
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = cluster > 1 ? 2 : 1;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), op);
+}
+template <class... Params, class... Args>
+void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const char* op,
+                       Args&&... args) {
+  launch_overlapped_clustered(1, kernel, grid, block, smem, op, std::forward<Args>(args)...);
 }
 
 // Σ over a block of kThreads of v, the same order every time; every thread gets the result.

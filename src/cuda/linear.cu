@@ -10,6 +10,7 @@
 // flight (cuBLASLt's few-row kernels reached a fraction of the memory bandwidth: 5.9 µs for the
 // 130m in_proj, whose 5 MB take ~1 µs): f32 on CUDA cores, bf16/f16 on tensor cores. In both a
 // row's sum runs in an order fixed by k alone, so no choice depends on m.
+#include <cooperative_groups.h>
 #include <cublasLt.h>
 
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
@@ -333,15 +335,18 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
   }
 }
 
-// bf16/f16 decode on tensor cores: a block per MT·16 output columns (MT mma tiles of 16 rows of
-// W), x's rows as mma's N in tiles of 8, NT tiles per pass. k goes in steps of 32; warp w takes
-// steps w, w+8, ... and the 8 warps' partial sums are added in warp order. Lane (g, t) = (l/4,
+// bf16/f16 decode on tensor cores: a cluster of `splits` blocks per MT·16 output columns (MT mma
+// tiles of 16 rows of W), x's rows as mma's N in tiles of 8, NT tiles per pass. k goes in steps
+// of 32, cut into `splits` contiguous ranges, one per block of the cluster (more blocks in flight
+// when W has few columns: the 130m out_proj has 48 tiles for 132 SMs); in its range warp w takes
+// steps w, w+8, ... The 8 warps' partial sums are added in warp order, then the blocks' in rank
+// order by the cluster's first block, through distributed shared memory (sm_90). Lane (g, t) = (l/4,
 // l%4) loads 16 bytes at k0 + 8t of W's rows g and g+8 of each tile and of x's row g of each row
 // tile: the first four elements are the first mma's k = 2t, 2t+1, 2t+8, 2t+9, the last four the
 // second's. Permuting k alike on both operands leaves each dot product as it is. An output's sum
 // runs over the same steps, mma by mma and warp by warp, whatever MT, NT and the other rows and
 // columns are (an mma's outputs are independent dot products), so the variant can follow m and
-// a row's bits still do not depend on its batch. Launched overlapped: the first steps' W loads
+// a row's bits still do not depend on its batch (`splits` follows W's shape and the GPU alone). Launched overlapped: the first steps' W loads
 // are issued before waiting for the previous kernel.
 constexpr int kTcWarps = 8;
 
@@ -365,29 +370,54 @@ __device__ __forceinline__ uint4 load8_raw(const uint16_t* p, int64_t avail) {
   }
 }
 
+// The cluster's first block adds the other blocks' vals to its own, in rank order.
+__device__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#endif
+}
+__device__ void add_cluster_sums(float* vals, int count, int splits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  auto cluster = cooperative_groups::this_cluster();
+  cluster.sync();
+  if (cluster.block_rank() != 0) return;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    float v = vals[i];
+    for (int b = 1; b < splits; ++b) v += cluster.map_shared_rank(vals, b)[i];
+    vals[i] = v;
+  }
+  __syncthreads();
+#endif
+}
+
 template <class T, int MT, int NT, int U, class In, bool vec>
 __global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m,
-                                                                int64_t n, int64_t k) {
+                                                                int64_t n, int64_t k, int splits) {
   extern __shared__ float smem[];
   float* partial = smem;                                  // [warp][MT][NT][lane][4]
   float* scales = partial + kTcWarps * MT * NT * 128;     // [row][group]
   float* vals = scales + NT * 8 * kMaxNormGroups;         // [row][MT·16 columns]
   start_next();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t col0 = int64_t(blockIdx.x) * MT * 16, steps = ceil_div(k, int64_t(32));
-  // W's rows past n read as zeros (avail 0), so every lane runs every mma.
+  // A cluster's blocks are consecutive along x, ranked in that order.
+  const int split = int(blockIdx.x % unsigned(splits));
+  const int64_t col0 = int64_t(blockIdx.x / unsigned(splits)) * MT * 16, steps = ceil_div(k, int64_t(32));
+  const int64_t per = ceil_div(steps, int64_t(splits)), first = split * per, last = min(steps, first + per);
+  const int64_t kend = min(k, last * 32);
+  // W's rows past n and k past the block's range read as zeros (avail ≤ 0): every lane runs
+  // every mma.
   auto load_batch = [&](int64_t s0, uint4 (&lo)[U][MT], uint4 (&hi)[U][MT]) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int64_t kk = (s0 + int64_t(u) * kTcWarps) * 32 + t * 8, r = col0 + 16 * mt + g;
-        lo[u][mt] = load8_raw<vec>(W + r * k + kk, r < n ? k - kk : 0);
-        hi[u][mt] = load8_raw<vec>(W + (r + 8) * k + kk, r + 8 < n ? k - kk : 0);
+        lo[u][mt] = load8_raw<vec>(W + r * k + kk, r < n ? kend - kk : 0);
+        hi[u][mt] = load8_raw<vec>(W + (r + 8) * k + kk, r + 8 < n ? kend - kk : 0);
       }
   };
   uint4 lo[U][MT], hi[U][MT];
-  load_batch(warp, lo, hi);
+  load_batch(first + warp, lo, hi);
   wait_for_previous();
   const int64_t row0 = int64_t(blockIdx.y) * NT * 8;
   {
@@ -396,12 +426,12 @@ __global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uin
       __syncthreads();
     }
     float acc[MT][NT][4] = {};
-    for (int64_t s0 = warp; s0 < steps; s0 += kTcWarps * U) {
-      if (s0 != warp) load_batch(s0, lo, hi);
+    for (int64_t s0 = first + warp; s0 < last; s0 += kTcWarps * U) {
+      if (s0 != first + warp) load_batch(s0, lo, hi);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int64_t k0 = (s0 + int64_t(u) * kTcWarps) * 32, kk = k0 + t * 8;
-        if (k0 >= k) break;
+        const int64_t step = s0 + int64_t(u) * kTcWarps, kk = step * 32 + t * 8;
+        if (step >= last) break;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const int64_t r = row0 + 8 * j + g;
@@ -436,8 +466,43 @@ __global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uin
       vals[r * MT * 16 + c] = v;
     }
     __syncthreads();
-    store_block(out, vals, row0, NT * 8, m, col0, MT * 16, n, partial);
+    if (splits > 1) add_cluster_sums(vals, NT * 8 * MT * 16, splits);
+    if (split == 0) store_block(out, vals, row0, NT * 8, m, col0, MT * 16, n, partial);
+    if (splits > 1) cluster_sync();  // the other blocks' vals stay until the first has read them
   }
+}
+
+// How many blocks share each 16 columns of W in the tensor-core decode kernel, from W's shape and
+// the GPU alone (never from m): doubled while the grid stays within 2.5 blocks per SM and each
+// block keeps 4 or more k-steps of 32 (measured on the H200, bench/RESULTS.md: a split pays only
+// where W has few columns and long rows, as the out projections; elsewhere the extra blocks' fixed
+// costs and the cluster's exchange outweigh what more loads in flight bring). MAMBA2_DECODE_SPLITS=1|2|4|8 forces it (to tune; a row's
+// bits follow it). Clusters need sm_90: older GPUs take one block per tile.
+int decode_splits(int64_t tiles, int64_t steps) {
+  static const int forced = [] {
+    const char* e = std::getenv("MAMBA2_DECODE_SPLITS");
+    const int v = e ? std::atoi(e) : 0;
+    return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
+  }();
+  struct Gpu {
+    int major = 0, sms = 0;
+  };
+  static const std::vector<Gpu> gpus = [] {
+    int count = 0;
+    check(cudaGetDeviceCount(&count), "linear");
+    std::vector<Gpu> v{size_t(count), Gpu{}};
+    for (int d = 0; d < count; ++d) {
+      check(cudaDeviceGetAttribute(&v[size_t(d)].major, cudaDevAttrComputeCapabilityMajor, d), "linear");
+      check(cudaDeviceGetAttribute(&v[size_t(d)].sms, cudaDevAttrMultiProcessorCount, d), "linear");
+    }
+    return v;
+  }();
+  const Gpu& gpu = gpus.at(size_t(current_device()));
+  if (gpu.major < 9) return 1;
+  if (forced) return forced;
+  int s = 1;
+  while (s < 8 && 4 * tiles * s <= 5 * int64_t(gpu.sms) && steps >= 8 * int64_t(s)) s *= 2;
+  return s;
 }
 
 template <class In>
@@ -456,15 +521,18 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
   // More rows share each pass over W, and more columns each load of x, as m grows; the bits are
   // those of any other variant (see tc_rows_kernel).
   const auto* w = static_cast<const uint16_t*>(W);
+  const int splits = decode_splits(ceil_div(n, int64_t(16)), ceil_div(k, int64_t(32)));
   auto launch = [&](auto* tag, auto mt, auto nt, auto u) {
     using T = std::remove_pointer_t<decltype(tag)>;
     constexpr int MT = decltype(mt)::value, NT = decltype(nt)::value, U = decltype(u)::value;
     constexpr size_t smem = tc_smem_bytes<MT, NT>();
-    const dim3 grid(unsigned(ceil_div(n, int64_t(MT) * 16)), unsigned(ceil_div(m, int64_t(NT) * 8)));
+    const int64_t tiles = ceil_div(n, int64_t(MT) * 16);
+    const dim3 grid(unsigned(tiles * splits), unsigned(ceil_div(m, int64_t(NT) * 8)));
     auto* kernel = vec ? tc_rows_kernel<T, MT, NT, U, In, true> : tc_rows_kernel<T, MT, NT, U, In, false>;
     if (smem > 48 * 1024)
       check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "linear");
-    launch_overlapped(kernel, grid, kTcWarps * 32, smem, "linear", in, w, out, m, n, k);
+    launch_overlapped_clustered(unsigned(splits), kernel, grid, kTcWarps * 32, smem, "linear", in, w, out, m, n, k,
+                                splits);
   };
   // A few rows: one 16-column tile per block, W streaming once, each warp's loads issued 4 steps
   // of k at a time (10 at a time ran slower in the model's decode on the H200, 2026-11-30). Many

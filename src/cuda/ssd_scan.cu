@@ -309,67 +309,98 @@ __global__ __launch_bounds__(kThreads) void chunk_scan_kernel(SsdParams p, const
   }
 }
 
-// Block (b, head, 8 state rows): warp w takes row q, lane l columns n = l, l+32, ...; each lane
-// issues all its loads before the first use (a decode step is latency-bound: one row per warp
-// spreads a head over P/8 blocks). y[q] = Σ_n state[q][n]·C[n] after the update: per lane in
-// order, then a fixed butterfly. Gated (the decode step's fusion): y[q]·silu(z[q]), and the
-// block's Σ y² over its rows in warp order for the norm the out projection applies.
-constexpr int kStepRows = kThreads / 32;
+// Block (b, head, 8 state rows): warp w of 2 takes rows 4w .. 4w+3, lane l eight columns of each: with
+// 16-byte loads (d_state a multiple of 4) n = 4l .. 4l+3 and 128 more, else n = l, l+32, ...
+// Every load is issued before the first use: the step streams the fp32 states (64 MB a layer of
+// 130m at batch 256), so each warp keeps 2 KB of them in flight. y[q] = Σ_n state[q][n]·C[n]
+// after the update: per lane in column order, then a fixed butterfly. Gated (the decode step's
+// fusion): y[q]·silu(z[q]), and the block's Σ y² (rows in order within a warp, then warps in
+// order) for the norm the out projection applies.
+constexpr int kStepWarps = 2, kStepWarpRows = 4, kStepRows = kStepWarps * kStepWarpRows;
 constexpr int kStepCols = 8;  // columns per lane held in registers: d_state ≤ 256
 
-__global__ __launch_bounds__(kThreads) void step_kernel(SsdParams p, const float* x, int64_t ldx, const float* B,
+template <bool vec>
+__device__ __forceinline__ int64_t step_col(int lane, int j) {
+  return vec ? 128 * (j / 4) + 4 * lane + j % 4 : lane + 32 * j;
+}
+
+// The kStepCols values of row p (n < N) into v; vec: whole float4s.
+template <bool vec>
+__device__ __forceinline__ void load_step_row(const float* p, int64_t N, int lane, float (&v)[kStepCols]) {
+#pragma unroll
+  for (int j = 0; j < kStepCols; j += vec ? 4 : 1) {
+    const int64_t n = step_col<vec>(lane, j);
+    if (n >= N) continue;
+    if constexpr (vec) {
+      const float4 q = *reinterpret_cast<const float4*>(p + n);
+      v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
+    } else {
+      v[j] = p[n];
+    }
+  }
+}
+
+template <bool vec>
+__global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, const float* x, int64_t ldx, const float* B,
                                                         int64_t ldb, const float* C, int64_t ldc, const float* dt_raw,
                                                         int64_t lddt, float* y, int64_t ldy, float* states,
                                                         const int64_t* slots, const float* z, int64_t ldz, float* sums,
                                                         int64_t lds) {
-  __shared__ float sq[kStepRows];
+  __shared__ float sq[kStepWarps];
   start_next();  // launched overlapped (common.cuh)
   wait_for_previous();
   const int64_t b = blockIdx.x, h = blockIdx.y, P = p.headdim, N = p.d_state;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t q = int64_t(blockIdx.z) * kStepRows + warp;
-  float out = 0.0f;
-  if (q < P) {
-    const int64_t g = h / (p.nheads / p.ngroups);
-    const float* Bb = B + b * ldb + g * N;
-    const float* Cb = C + b * ldc + g * N;
-    const float xq = x[b * ldx + h * P + q];
-    float* sq_state = states + (slots[b] * p.nheads + h) * P * N + q * N;
-    float sv[kStepCols], bv[kStepCols], cv[kStepCols];
+  const int64_t q0 = int64_t(blockIdx.z) * kStepRows + warp * kStepWarpRows;
+  const int64_t g = h / (p.nheads / p.ngroups);
+  float* rows = states + (slots[b] * p.nheads + h) * P * N;
+  float sv[kStepWarpRows][kStepCols], bv[kStepCols], cv[kStepCols], xq[kStepWarpRows], zq[kStepWarpRows];
+  load_step_row<vec>(B + b * ldb + g * N, N, lane, bv);
+  load_step_row<vec>(C + b * ldc + g * N, N, lane, cv);
 #pragma unroll
-    for (int j = 0; j < kStepCols; ++j) {
-      const int64_t n = lane + 32 * j;
-      if (n < N) {
-        sv[j] = sq_state[n];
-        bv[j] = Bb[n];
-        cv[j] = Cb[n];
-      }
-    }
-    const float zq = z ? z[b * ldz + h * P + q] : 0.0f;
-    const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
-    const float decay = expf(dt * -expf(p.A_log[h]));
-    const float dx = dt * xq;
+  for (int r = 0; r < kStepWarpRows; ++r) {
+    const int64_t q = q0 + r;
+    if (q >= P) continue;
+    load_step_row<vec>(rows + q * N, N, lane, sv[r]);
+    xq[r] = x[b * ldx + h * P + q];
+    zq[r] = z ? z[b * ldz + h * P + q] : 0.0f;
+  }
+  const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
+  const float decay = expf(dt * -expf(p.A_log[h]));
+  float sum_sq = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kStepWarpRows; ++r) {
+    const int64_t q = q0 + r;
+    if (q >= P) continue;  // the same for the whole warp
+    const float dx = dt * xq[r];
     float acc = 0.0f;
 #pragma unroll
     for (int j = 0; j < kStepCols; ++j) {
-      const int64_t n = lane + 32 * j;
-      if (n < N) {
-        const float v = sv[j] * decay + dx * bv[j];
-        sq_state[n] = v;
-        acc += v * cv[j];
-      }
+      if (step_col<vec>(lane, j) >= N) continue;
+      sv[r][j] = sv[r][j] * decay + dx * bv[j];
+      acc += sv[r][j] * cv[j];
+    }
+#pragma unroll
+    for (int j = 0; j < kStepCols; j += vec ? 4 : 1) {
+      const int64_t n = step_col<vec>(lane, j);
+      if (n >= N) continue;
+      if constexpr (vec)
+        *reinterpret_cast<float4*>(rows + q * N + n) = make_float4(sv[r][j], sv[r][j + 1], sv[r][j + 2], sv[r][j + 3]);
+      else
+        rows[q * N + n] = sv[r][j];
     }
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    out = acc + p.D[h] * xq;
-    if (z) out *= silu(zq);
-    if (lane == 0) y[b * ldy + h * P + q] = out;
+    float out = acc + p.D[h] * xq[r];
+    if (z) out *= silu(zq[r]);
+    if (lane == r) y[b * ldy + h * P + q] = out;
+    sum_sq += out * out;
   }
   if (!sums) return;
-  if (lane == 0) sq[warp] = out * out;  // rows past P: 0
+  if (lane == 0) sq[warp] = sum_sq;  // rows past P: 0
   __syncthreads();
   if (threadIdx.x == 0) {
     float s = 0.0f;
-    for (int w = 0; w < kStepRows; ++w) s += sq[w];
+    for (int w = 0; w < kStepWarps; ++w) s += sq[w];
     sums[b * lds + h * gridDim.z + blockIdx.z] = s;
   }
 }
@@ -809,8 +840,12 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   if (nb == 0) return;
   if (p.d_state > 32 * kStepCols) raise(cat("[ssd_scan] d_state ", p.d_state, ": the decode step takes at most ", 32 * kStepCols));
   const dim3 grid(unsigned(nb), unsigned(p.nheads), unsigned(ceil_div(p.headdim, kStepRows)));
-  launch_overlapped(step_kernel, grid, kThreads, 0, "ssd_scan", p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, y, ldy, states,
-                    slots, z, ldz, sums, lds);
+  // 16-byte loads: whole float4 rows of the states (a pool buffer) and of B and C.
+  const bool vec = p.d_state % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(B) % 16 == 0 && reinterpret_cast<uintptr_t>(C) % 16 == 0 &&
+                   ldb % 4 == 0 && ldc % 4 == 0;
+  launch_overlapped(vec ? step_kernel<true> : step_kernel<false>, grid, kStepWarps * 32, 0, "ssd_scan", p, x, ldx, B, ldb, C,
+                    ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds);
 }
 
 }  // namespace mamba2::cuda
