@@ -24,6 +24,7 @@ run_one() {
   mkdir -p "$b/fuzz-corpus/$t"
   case "$t" in config|train_config|trainer_state|safetensors|safetensors_index|tokenizer_load|token_corpus|state|serve_request)
     dict=(-dict=fuzz/json.dict) ;;
+  chat_template) dict=(-dict=fuzz/chat_template.dict) ;;
   esac
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

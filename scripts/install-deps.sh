@@ -4,7 +4,7 @@ set -euo pipefail
 # The Python oracles in scripts/ (torch, transformers) are not needed to build or test.
 pkgs=(build-essential cmake ninja-build
       libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev
-      pkg-config libpcre2-dev libutf8proc-dev libcpp-httplib-dev curl
+      pkg-config libpcre2-dev libutf8proc-dev libcpp-httplib-dev curl python3-venv
       clang libomp-dev libclang-rt-dev)  # the sanitizer and fuzz build
 missing=()
 for p in "${pkgs[@]}"; do

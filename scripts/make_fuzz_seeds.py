@@ -55,6 +55,16 @@ def torch_seeds():
         put("torch", name, buf.getvalue())
 
 
+def chat_template_seeds():
+    """The whole templates of the chat-template fixtures, and a few that fail."""
+    templates = json.load(open(os.path.join(FIX, "chat_template", "cases.json"), encoding="utf-8"))["templates"]
+    for name, template in templates.items():
+        put("chat_template", name + ".jinja", template)
+    put("chat_template", "syntax_error.jinja", "{% for m in messages %}{{ m.role | upper }")
+    put("chat_template", "deep.jinja", "{{ " + "(" * 70 + "1" + ")" * 70 + " }}")
+    put("chat_template", "loops.jinja", "{% for i in range(9) %}{% for j in range(i) %}{{ j ~ loop.index }}{% endfor %}{% endfor %}")
+
+
 def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
     f32 = struct.pack("<4f", 1.0, -2.0, 0.5, 3.0)
@@ -129,6 +139,8 @@ def main():
         "n": 1, "echo": False, "logprobs": None}))
     put("serve_request", "ids.json", json.dumps({"prompt": [1, 2, 50276], "max_tokens": 0, "stop": "x"}))
     put("serve_request", "tokenize.json", json.dumps({"content": "caf\u00e9 \U0001F642", "tokens": [0, 5, 50000]}))
+
+    chat_template_seeds()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,13 @@ blas_of() { env "$@" --version | sed -n 's/^blas: .*, \([A-Za-z0-9]*\) kernels.*
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
+# The official openai Python package, the server test's second client, from PyPI into a venv;
+# without it (no network) that test skips and says so.
+if ! build/venv/bin/python -c "import openai" 2> /dev/null; then
+  { python3 -m venv build/venv && build/venv/bin/pip install -q --disable-pip-version-check openai; } ||
+    echo "could not install the openai package: Serve.TheOpenAIPackageGetsTheGeneratorsTexts will skip" >&2
+fi
+export MAMBA2_TEST_PYTHON="$PWD/build/venv/bin/python"
 ctest --test-dir build --output-on-failure -j"$jobs"
 covered+=("optimised build (-march=native), whole suite: our kernels $(kernels_of build/bin/mamba2), OpenBLAS $(blas_of build/bin/mamba2)")
 

@@ -5,8 +5,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <thread>
+
+#include <sys/wait.h>
 
 #include "mamba2/generate.h"
 #include "mamba2/model.h"
@@ -21,6 +24,15 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+
+// A ChatML-style template that refuses unknown roles.
+constexpr const char* kChatTemplate =
+    "{% for m in messages %}"
+    "{% if m['role'] not in ['system', 'user', 'assistant'] %}{{ raise_exception('unknown role ' + m['role']) }}"
+    "{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 // A server on a free port of 127.0.0.1, on its own thread, over a small perturbed model.
 class Serve : public ::testing::Test {
@@ -45,6 +57,8 @@ class Serve : public ::testing::Test {
     o.limits.queue = 64;
     o.limits.prefill_tokens = 32;  // two chunks a step: long prompts go in pieces between decode steps
     o.limits.cache_bytes = int64_t(64) << 20;
+    o.chat = std::make_shared<const ChatFormat>(
+        ChatFormat{ChatTemplate::parse(kChatTemplate), "", "<|im_end|>", "the test's template"});
     server_ = new Server(*model_, *tokenizer_, o);
     thread_ = new std::thread([] { server_->listen(); });
     for (int i = 0; i < 500 && server_->port() < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -64,7 +78,8 @@ class Serve : public ::testing::Test {
     std::string body;
   };
   // curl, with the body in a file (no shell quoting of JSON); -w appends the status.
-  static Reply curl(const std::string& path, const std::string& body = "", const std::string& extra = "") {
+  static Reply curl(const std::string& path, const std::string& body = "", const std::string& extra = "",
+                    int port = 0) {
     test::TempDir tmp;
     const fs::path in = tmp.path() / "in.json", out = tmp.path() / "out";
     std::string cmd = "curl -s -N -o " + test::shell_quote(out.string()) + " -w '%{http_code}' " + extra + " ";
@@ -72,7 +87,7 @@ class Serve : public ::testing::Test {
       test::write_file(in, body);
       cmd += "-H 'Content-Type: application/json' --data-binary @" + test::shell_quote(in.string()) + " ";
     }
-    cmd += test::shell_quote("http://127.0.0.1:" + std::to_string(server_->port()) + path);
+    cmd += test::shell_quote("http://127.0.0.1:" + std::to_string(port ? port : server_->port()) + path);
     FILE* p = popen(cmd.c_str(), "r");
     char code[16] = {};
     const size_t n = fread(code, 1, sizeof(code) - 1, p);
@@ -98,7 +113,8 @@ class Serve : public ::testing::Test {
         continue;
       }
       const json j = json::parse(payload);
-      text += j["choices"][0]["text"].get<std::string>();
+      const json& c = j["choices"][0];
+      text += c.contains("text") ? c["text"].get<std::string>() : c["delta"].value("content", std::string());
       if (reason && !j["choices"][0]["finish_reason"].is_null()) *reason = j["choices"][0]["finish_reason"];
     }
     EXPECT_TRUE(done) << "no [DONE] in the stream";
@@ -185,7 +201,13 @@ TEST_F(Serve, BadRequestsGetAClearErrorAndTheServerKeepsServing) {
       {"/v1/completions", R"({"prompt": ""})", 400, "prompt is empty"},
       {"/v1/completions", R"({"prompt": [99999999]})", 400, "out of range"},
       {"/v1/completions", "{\"prompt\": \"a\xff\"}", 400, "JSON"},
-      {"/v1/chat/completions", R"({"messages": []})", 501, "not supported yet"},
+      {"/v1/chat/completions", R"({"messages": []})", 400, "'messages' must be a non-empty list"},
+      {"/v1/chat/completions", R"({"messages": [{"content": "hi"}]})", 400, "messages[0] needs a 'role'"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", 400,
+       "only text parts"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "tool", "content": "x"}]})", 400, "unknown role tool"},
+      {"/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}], "prompt": "y"})", 400,
+       "'prompt' belongs to /v1/completions"},
       {"/tokenize", R"({"content": 3})", 400, "'content' must be a string"},
       {"/detokenize", R"({"tokens": [-1]})", 400, "not an id"},
   };
@@ -205,6 +227,101 @@ TEST_F(Serve, BadRequestsGetAClearErrorAndTheServerKeepsServing) {
   const json ids = json::parse(t.body)["tokens"];
   EXPECT_EQ(ids.get<std::vector<int32_t>>(), tokenizer_->encode("Hello world"));
   EXPECT_EQ(json::parse(curl("/detokenize", json{{"tokens", ids}}.dump()).body)["content"], "Hello world");
+}
+
+// A chat is the completion of the prompt the template writes (spelled out here), streamed or not;
+// the answer opens with the assistant's role.
+TEST_F(Serve, ChatCompletionsCompleteTheTemplatesPrompt) {
+  const std::string prompt =
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a fox.<|im_end|>\n<|im_start|>assistant\n";
+  const json messages = json::array({{{"role", "system"}, {"content", "Be brief."}},
+                                     {{"role", "user"}, {"content", json::array({{{"type", "text"}, {"text", "Name "}},
+                                                                                 {{"type", "text"}, {"text", "a fox."}}})}}});
+  for (float t : {0.0f, 1.0f}) {
+    const std::string want = generated(prompt, params(9, 10, t));
+    json body = {{"messages", messages}, {"max_completion_tokens", 10}, {"temperature", t}, {"seed", 9},
+                 {"ignore_eos", true}};
+    const Reply r = curl("/v1/chat/completions", body.dump());
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = json::parse(r.body);
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+    EXPECT_EQ(j["choices"][0]["message"]["content"], want) << "temperature " << t;
+    EXPECT_EQ(j["usage"]["prompt_tokens"], int64_t(tokenizer_->encode(prompt).size()));
+    body["stream"] = true;
+    const Reply s = curl("/v1/chat/completions", body.dump());
+    ASSERT_EQ(s.status, 200);
+    std::string reason;
+    EXPECT_EQ(stream_text(s.body, &reason), want);
+    EXPECT_EQ(reason, "length");
+    const size_t first = s.body.find("data: ");
+    const json head = json::parse(s.body.substr(first + 6, s.body.find("\n\n", first) - first - 6));
+    EXPECT_EQ(head["object"], "chat.completion.chunk");
+    EXPECT_EQ(head["choices"][0]["delta"]["role"], "assistant");
+  }
+}
+
+// The official openai Python package as the client (scripts/run-tests.sh installs it in a venv
+// and names its python in MAMBA2_TEST_PYTHON): completions and chat, streamed or not, give the
+// Generator's texts and the usage the server counts. Skipped, saying so, without the package.
+TEST_F(Serve, TheOpenAIPackageGetsTheGeneratorsTexts) {
+  const char* env = std::getenv("MAMBA2_TEST_PYTHON");
+  const std::string python = env && *env ? env : "python3";
+  const std::string prompt = "The quick brown fox";
+  const std::string chat_prompt = "<|im_start|>user\nName a fox.<|im_end|>\n<|im_start|>assistant\n";
+  const std::string want = generated(prompt, params(5, 12, 0.0f)), want_chat = generated(chat_prompt, params(9, 10, 0.0f));
+  json cases = json::array();
+  for (bool stream : {false, true}) {
+    cases.push_back({{"api", "completions"},
+                     {"stream", stream},
+                     {"args", {{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0},
+                               {"seed", 5}, {"extra_body", {{"ignore_eos", true}}}}}});
+    cases.push_back({{"api", "chat"},
+                     {"stream", stream},
+                     {"args", {{"model", "tiny"}, {"messages", json::array({{{"role", "user"}, {"content", "Name a fox."}}})},
+                               {"max_completion_tokens", 10}, {"temperature", 0}, {"seed", 9},
+                               {"extra_body", {{"ignore_eos", true}}}}}});
+  }
+  test::TempDir tmp;
+  test::write_file(tmp.path() / "cases.json", cases.dump());
+  const std::string cmd = test::shell_quote(python) + " " +
+                          test::shell_quote(MAMBA2_FIXTURES_DIR "/../clients/openai_client.py") + " " +
+                          test::shell_quote("http://127.0.0.1:" + std::to_string(server_->port()) + "/v1") + " < " +
+                          test::shell_quote((tmp.path() / "cases.json").string()) + " > " +
+                          test::shell_quote((tmp.path() / "out.json").string());
+  const int rc = std::system(cmd.c_str());
+  if (WIFEXITED(rc) && WEXITSTATUS(rc) == 3)
+    GTEST_SKIP() << python << " has no openai package (scripts/run-tests.sh installs it; MAMBA2_TEST_PYTHON names it)";
+  ASSERT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << cmd;
+  const json got = json::parse(test::read_file(tmp.path() / "out.json"));
+  ASSERT_EQ(got.size(), cases.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool chat = cases[i]["api"] == "chat";
+    SCOPED_TRACE(cases[i].dump());
+    EXPECT_EQ(got[i]["text"], chat ? want_chat : want);
+    EXPECT_EQ(got[i]["finish_reason"], "length");
+    EXPECT_EQ(got[i]["usage"]["completion_tokens"], chat ? 10 : 12);
+    EXPECT_EQ(got[i]["usage"]["prompt_tokens"], int64_t(tokenizer_->encode(chat ? chat_prompt : prompt).size()));
+    if (chat) {
+      EXPECT_EQ(got[i]["role"], "assistant");
+    }
+  }
+}
+
+// Without a chat template, chat answers 400 saying what is missing; completions still work.
+TEST_F(Serve, ChatWithoutATemplateIsAClearError) {
+  ServeOptions o;
+  o.port = 0;
+  o.model_name = "bare";
+  Server bare(*model_, *tokenizer_, o);
+  std::thread t([&] { bare.listen(); });
+  for (int i = 0; i < 500 && bare.port() < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const Reply r = curl("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})", "", bare.port());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("need a chat template"), std::string::npos) << r.body;
+  EXPECT_EQ(curl("/v1/completions", request("hi", 1, 2, 0.0f, false), "", bare.port()).status, 200);
+  bare.stop();
+  t.join();
 }
 
 // A prompt sharing a prefix with an earlier one resumes from the cached state at the longest

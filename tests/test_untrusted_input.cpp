@@ -12,6 +12,7 @@
 #include "mamba2/tokenizer.h"
 #include "mamba2/train.h"
 #include "test_files.h"
+#include "tokenizer/chat_template.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "test_support.h"
@@ -211,6 +212,13 @@ TEST(UntrustedTokenizer, BackslashCIsRefusedInPatterns) {
   test::write_file(dir.path() / "t.json", j.dump());
   expect_has(test::error_message([&] { Tokenizer::load(dir.path() / "t.json"); }),
              {"[tokenizer]", "regex does not compile"});
+}
+
+TEST(UntrustedChatTemplate, FiltersOverNewListsKeepThemAlive) {
+  // fuzz_chat_template: selectattr iterated a list made for an undefined value after freeing it.
+  const ChatTemplate t = ChatTemplate::parse("{{ nothing | selectattr('role', 'equalto', 'system') | list }}"
+                                             "{{ 'ab' | reject('equalto', 'a') | list }}");
+  EXPECT_EQ(t.render({{"user", "hi"}}, false, "", ""), "[]['b']");
 }
 
 }  // namespace

@@ -52,6 +52,38 @@ float number(const json& body, const char* key, float fallback) {
   return float(v);
 }
 
+// The sampling and stopping fields both endpoints share.
+void parse_generation(const json& body, uint64_t max_tokens, GenerationParams& g) {
+  if (max_tokens > uint64_t(INT32_MAX)) throw HttpError{400, fmt::format("[serve] 'max_tokens' {} is too large", max_tokens)};
+  g.max_new_tokens = int64_t(max_tokens);
+  SamplingParams& s = g.sampling;
+  s.temperature = number(body, "temperature", 1.0f);
+  s.top_p = number(body, "top_p", 1.0f);
+  const uint64_t top_k = count(body, "top_k", 0);
+  if (top_k > uint64_t(INT32_MAX)) throw HttpError{400, fmt::format("[serve] 'top_k' {} is too large", top_k)};
+  s.top_k = int64_t(top_k);
+  s.min_p = number(body, "min_p", 0.0f);
+  s.repetition_penalty = number(body, "repeat_penalty", number(body, "repetition_penalty", 1.0f));
+  s.seed = count(body, "seed", (uint64_t(std::random_device{}()) << 32) | std::random_device{}());
+  g.ignore_eos = flag(body, "ignore_eos", false);
+  if (count(body, "n", 1) != 1) throw HttpError{400, "[serve] 'n' must be 1: one completion per request"};
+  if (flag(body, "echo", false)) throw HttpError{400, "[serve] 'echo' is not supported"};
+  if (auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null() && !(lp->is_number() && *lp == 0) &&
+      !(lp->is_boolean() && !lp->get<bool>()))
+    throw HttpError{400, "[serve] 'logprobs' is not supported"};
+  if (auto st = body.find("stop"); st != body.end() && !st->is_null()) {
+    if (st->is_string()) {
+      g.stop.push_back(st->get<std::string>());
+    } else if (st->is_array() && std::all_of(st->begin(), st->end(), [](const json& v) { return v.is_string(); })) {
+      for (const json& v : *st) g.stop.push_back(v.get<std::string>());
+    } else {
+      throw HttpError{400, "[serve] 'stop' must be a string or a list of strings"};
+    }
+    for (const auto& stop : g.stop)
+      if (stop.empty()) throw HttpError{400, "[serve] a stop string is empty"};
+  }
+}
+
 }  // namespace
 
 CompletionRequest parse_completion_request(std::string_view text, const Tokenizer& tokenizer) {
@@ -79,35 +111,7 @@ CompletionRequest parse_completion_request(std::string_view text, const Tokenize
     throw HttpError{400, "[serve] 'prompt' must be a string, a list of one string, or a list of token ids"};
   }
 
-  GenerationParams& g = r.params;
-  const uint64_t max_tokens = count(body, "max_tokens", 16);
-  if (max_tokens > uint64_t(INT32_MAX)) throw HttpError{400, fmt::format("[serve] 'max_tokens' {} is too large", max_tokens)};
-  g.max_new_tokens = int64_t(max_tokens);
-  SamplingParams& s = g.sampling;
-  s.temperature = number(body, "temperature", 1.0f);
-  s.top_p = number(body, "top_p", 1.0f);
-  const uint64_t top_k = count(body, "top_k", 0);
-  if (top_k > uint64_t(INT32_MAX)) throw HttpError{400, fmt::format("[serve] 'top_k' {} is too large", top_k)};
-  s.top_k = int64_t(top_k);
-  s.min_p = number(body, "min_p", 0.0f);
-  s.repetition_penalty = number(body, "repeat_penalty", number(body, "repetition_penalty", 1.0f));
-  s.seed = count(body, "seed", (uint64_t(std::random_device{}()) << 32) | std::random_device{}());
-  g.ignore_eos = flag(body, "ignore_eos", false);
-  if (count(body, "n", 1) != 1) throw HttpError{400, "[serve] 'n' must be 1: one completion per request"};
-  if (flag(body, "echo", false)) throw HttpError{400, "[serve] 'echo' is not supported"};
-  if (auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null() && !(lp->is_number() && *lp == 0))
-    throw HttpError{400, "[serve] 'logprobs' is not supported"};
-  if (auto st = body.find("stop"); st != body.end() && !st->is_null()) {
-    if (st->is_string()) {
-      g.stop.push_back(st->get<std::string>());
-    } else if (st->is_array() && std::all_of(st->begin(), st->end(), [](const json& v) { return v.is_string(); })) {
-      for (const json& v : *st) g.stop.push_back(v.get<std::string>());
-    } else {
-      throw HttpError{400, "[serve] 'stop' must be a string or a list of strings"};
-    }
-    for (const auto& stop : g.stop)
-      if (stop.empty()) throw HttpError{400, "[serve] a stop string is empty"};
-  }
+  parse_generation(body, count(body, "max_tokens", 16), r.params);
   r.stream = flag(body, "stream", false);
   if (auto se = body.find("session"); se != body.end() && !se->is_null()) {
     const auto ok = [](char c) { return std::isalnum((unsigned char)c) || c == '_' || c == '-' || c == '.'; };
@@ -116,6 +120,47 @@ CompletionRequest parse_completion_request(std::string_view text, const Tokenize
       throw HttpError{400, "[serve] 'session' must be 1 to 128 letters, digits, '_', '-' or '.'"};
     r.session = id;
   }
+  return r;
+}
+
+ChatRequest parse_chat_request(std::string_view text) {
+  const json body = parse_body(text);
+  ChatRequest r;
+  auto it = body.find("messages");
+  if (it == body.end() || !it->is_array() || it->empty())
+    throw HttpError{400, "[serve] 'messages' must be a non-empty list of {\"role\", \"content\"} objects"};
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    auto role = m.is_object() ? m.find("role") : m.end();
+    if (!m.is_object() || role == m.end() || !role->is_string() || role->get<std::string>().empty())
+      throw HttpError{400, fmt::format("[serve] messages[{}] needs a 'role' string", i)};
+    ChatMessage msg{role->get<std::string>(), ""};
+    auto content = m.find("content");  // absent or null: no text (an assistant turn of tool calls)
+    if (content == m.end() || content->is_null()) {
+      r.messages.push_back(std::move(msg));
+      continue;
+    }
+    if (content->is_string()) {
+      msg.content = content->get<std::string>();
+    } else if (content->is_array()) {
+      for (const json& part : *content) {
+        auto type = part.is_object() ? part.find("type") : part.end();
+        auto t = part.is_object() ? part.find("text") : part.end();
+        if (type == part.end() || *type != "text" || t == part.end() || !t->is_string())
+          throw HttpError{400, fmt::format("[serve] messages[{}].content: only text parts ({{\"type\": \"text\", "
+                                           "\"text\": ...}}) are supported",
+                                           i)};
+        msg.content += t->get<std::string>();
+      }
+    } else {
+      throw HttpError{400, fmt::format("[serve] messages[{}].content must be a string or a list of text parts", i)};
+    }
+    r.messages.push_back(std::move(msg));
+  }
+  for (const char* key : {"prompt", "session"})
+    if (body.contains(key)) throw HttpError{400, fmt::format("[serve] '{}' belongs to /v1/completions, not chat", key)};
+  parse_generation(body, count(body, "max_completion_tokens", count(body, "max_tokens", 512)), r.params);
+  r.stream = flag(body, "stream", false);
   return r;
 }
 

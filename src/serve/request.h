@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "mamba2/generate.h"
+#include "tokenizer/chat_template.h"
 
 namespace mamba2 {
 
@@ -30,6 +31,17 @@ struct CompletionRequest {
   std::string session;
 };
 CompletionRequest parse_completion_request(std::string_view body, const Tokenizer& tokenizer);
+
+// POST /v1/chat/completions: `messages` as OpenAI sends them (role and content; content a string
+// or a list of text parts, concatenated), then the fields of a completion but `prompt`,
+// `session` and `echo`; `max_completion_tokens` or `max_tokens` (default 512: a chat turn
+// usually ends at the template's end-of-turn token well before).
+struct ChatRequest {
+  std::vector<ChatMessage> messages;
+  GenerationParams params;
+  bool stream = false;
+};
+ChatRequest parse_chat_request(std::string_view body);
 
 // POST /tokenize {"content": text} and POST /detokenize {"tokens": [ids]}.
 std::string parse_tokenize_request(std::string_view body);

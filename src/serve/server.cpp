@@ -49,15 +49,25 @@ struct Server::Impl {
   Impl(const Model& m, const Tokenizer& t, ServeOptions o)
       : model(m), tokenizer(t), options(std::move(o)), engine(m, t, options.limits) {}
 
-  json completion_chunk(const std::string& id, int64_t created, const std::string& text, const char* reason) {
-    return {{"id", id},
-            {"object", "text_completion"},
-            {"created", created},
-            {"model", options.model_name},
-            {"choices", json::array({{{"text", text},
-                                      {"index", 0},
-                                      {"logprobs", nullptr},
-                                      {"finish_reason", reason ? json(reason) : json(nullptr)}}})}};
+  // The body of a response or of one streamed event. Chat streams open with the assistant's role
+  // and send the text as deltas; an event with no text sends an empty delta.
+  enum class Api { Completion, Chat };
+  json response(Api api, bool stream, bool first, const std::string& id, int64_t created, const std::string& text,
+                const char* reason) {
+    json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", reason ? json(reason) : json(nullptr)}};
+    if (api == Api::Completion) {
+      choice["text"] = text;
+    } else if (!stream) {
+      choice["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+      json delta = json::object();
+      if (first) delta["role"] = "assistant";
+      if (first || !text.empty()) delta["content"] = text;
+      choice["delta"] = delta;
+    }
+    const char* object = api == Api::Completion ? "text_completion" : stream ? "chat.completion.chunk" : "chat.completion";
+    return {{"id", id}, {"object", object}, {"created", created}, {"model", options.model_name},
+            {"choices", json::array({choice})}};
   }
 
   static json usage(const RequestStream& s) {
@@ -70,17 +80,38 @@ struct Server::Impl {
 
   void completions(const httplib::Request& req, httplib::Response& res) {
     CompletionRequest r = parse_completion_request(req.body, tokenizer);
-    const bool stream = r.stream;
+    respond(Api::Completion, std::move(r.prompt), r.params, r.session, r.stream, res);
+  }
+
+  void chat_completions(const httplib::Request& req, httplib::Response& res) {
+    ChatRequest r = parse_chat_request(req.body);
+    if (!options.chat)
+      throw HttpError{400, "[serve] chat completions need a chat template: the model folder's tokenizer_config.json "
+                           "has no 'chat_template'; start the server with --chat-template FILE, or use /v1/completions"};
+    std::vector<int32_t> prompt;
+    try {
+      prompt = tokenizer.encode(options.chat->prompt(r.messages));
+    } catch (const Error& e) {
+      throw HttpError{400, e.what()};  // the template's raise_exception, or invalid UTF-8 in a message
+    }
+    // The end of a turn as the template writes it ends the answer, when it is not the EOS token
+    // the engine stops at anyway.
+    if (!options.chat->eos_token.empty() && !r.params.ignore_eos) r.params.stop.push_back(options.chat->eos_token);
+    respond(Api::Chat, std::move(prompt), r.params, "", r.stream, res);
+  }
+
+  void respond(Api api, std::vector<int32_t> prompt, const GenerationParams& params, const std::string& session,
+               bool stream, httplib::Response& res) {
     std::shared_ptr<RequestStream> out;
     try {
-      out = engine.submit(std::move(r.prompt), r.params, r.session);
+      out = engine.submit(std::move(prompt), params, session);
     } catch (const Engine::QueueFull&) {
       res.set_header("Retry-After", "1");
       throw HttpError{503, fmt::format("[serve] {} requests are waiting already; try again", engine.limits().queue)};
     } catch (const Error& e) {
       throw HttpError{400, e.what()};
     }
-    const std::string id = fmt::format("cmpl-{}", next_id++);
+    const std::string id = fmt::format("{}-{}", api == Api::Completion ? "cmpl" : "chatcmpl", next_id++);
     const int64_t created = now_seconds();
     if (!stream) {
       std::string text;
@@ -90,21 +121,23 @@ struct Server::Impl {
         text += e.text;
         if (e.finished) reason = e.reason;
       }
-      json j = completion_chunk(id, created, text, finish_reason(reason));
+      json j = response(api, false, true, id, created, text, finish_reason(reason));
       j["usage"] = usage(*out);
       send_json(res, 200, j);
       return;
     }
     res.set_header("Cache-Control", "no-cache");
+    auto first = std::make_shared<bool>(true);
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, out, id, created](size_t, httplib::DataSink& sink) {
+        [this, api, out, id, created, first](size_t, httplib::DataSink& sink) {
           StreamEvent e;
           if (!out->next(e)) {
             sink.done();
             return true;
           }
-          json j = completion_chunk(id, created, e.text, e.finished ? finish_reason(e.reason) : nullptr);
+          json j = response(api, true, *first, id, created, e.text, e.finished ? finish_reason(e.reason) : nullptr);
+          *first = false;
           if (e.finished) j["usage"] = usage(*out);
           std::string msg = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
           if (e.finished) msg += "data: [DONE]\n\n";
@@ -175,8 +208,8 @@ struct Server::Impl {
     http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
       completions(req, res);
     }));
-    http.Post("/v1/chat/completions", guarded([](const httplib::Request&, httplib::Response&) {
-      throw HttpError{501, "[serve] chat completions are not supported yet: use /v1/completions"};
+    http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
+      chat_completions(req, res);
     }));
     http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
       std::vector<int32_t> ids;

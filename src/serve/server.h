@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "serve/chat_format.h"
 #include "serve/engine.h"
 
 namespace mamba2 {
@@ -17,6 +18,7 @@ struct ServeOptions {
   int port = 8080;              // 0: any free port (reported by port())
   std::string model_name;       // the id /v1/models reports and responses carry
   std::string api_key;          // when set, requests need "Authorization: Bearer <key>"
+  std::shared_ptr<const ChatFormat> chat;  // null: /v1/chat/completions answers 400 saying why
   Engine::Limits limits;
 };
 

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include "commands.h"
@@ -21,9 +22,9 @@ extern "C" void on_signal(int) { stop_requested = true; }
 }  // namespace
 
 void add_serve(CLI::App& app) {
-  auto* sub = app.add_subcommand("serve", "Serve the model over HTTP (OpenAI-compatible /v1/completions)");
+  auto* sub = app.add_subcommand("serve", "Serve the model over HTTP (OpenAI-compatible completions and chat)");
   struct Opts {
-    std::string model, tokenizer, host = "127.0.0.1", api_key, name;
+    std::string model, tokenizer, host = "127.0.0.1", api_key, name, chat_template;
     int port = 8080, threads = 0;
     Engine::Limits limits;
     Placement placement;
@@ -35,6 +36,9 @@ void add_serve(CLI::App& app) {
   sub->add_option("--port", o->port, "Port (0: any free one, printed)")->capture_default_str()->check(CLI::Range(0, 65535));
   sub->add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on every request but /health");
   sub->add_option("--name", o->name, "The model id clients see (default: the folder's name)");
+  sub->add_option("--chat-template", o->chat_template,
+                  "A Jinja chat template file for /v1/chat/completions (default: the model folder's "
+                  "tokenizer_config.json chat_template)");
   sub->add_option("--slots", o->limits.slots, "Sequences decoded together at most")->capture_default_str();
   sub->add_option("--queue", o->limits.queue, "Requests waiting for a slot at most (then 503)")->capture_default_str();
   sub->add_option("--max-prompt-tokens", o->limits.prompt_tokens, "Longest prompt accepted")->capture_default_str();
@@ -51,6 +55,7 @@ void add_serve(CLI::App& app) {
   on_run(sub, [o] {
     set_threads(o->threads);
     const Tokenizer tokenizer = load_tokenizer(o->model, o->tokenizer);
+    std::optional<ChatFormat> chat = load_chat_format(o->model, o->chat_template);  // before the model: fail fast
     const Model model = load_model(o->model, o->placement);
     ServeOptions options;
     options.host = o->host;
@@ -59,6 +64,11 @@ void add_serve(CLI::App& app) {
     options.limits = o->limits;
     options.model_name = o->name.empty() ? std::filesystem::path(o->model).lexically_normal().filename().string() : o->name;
     if (options.model_name.empty()) options.model_name = "mamba2";
+    if (chat)
+      options.chat = std::make_shared<const ChatFormat>(std::move(*chat));
+    else
+      std::fprintf(stderr, "[serve] no chat template (tokenizer_config.json has none, no --chat-template): "
+                           "/v1/chat/completions will answer 400\n");
     Server server(model, tokenizer, options);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

@@ -1,0 +1,83 @@
+#include "serve/chat_format.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/json.h"
+#include "mamba2/error.h"
+
+namespace mamba2 {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxTemplateBytes = size_t(1) << 20;
+
+// A special token as tokenizer_config.json writes it: a string, or {"content": string, ...}.
+std::string special_token(const json& config, const char* key, const std::filesystem::path& path) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object()) {
+    auto c = it->find("content");
+    if (c != it->end() && c->is_string()) return c->get<std::string>();
+  }
+  fail("[chat] {}: '{}' must be a string or an object with a 'content' string", path.string(), key);
+}
+
+std::string read_template_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("[chat] cannot open the chat template {}", path.string());
+  std::ostringstream s;
+  s << in.rdbuf();
+  std::string text = s.str();
+  if (text.size() > kMaxTemplateBytes)
+    fail("[chat] {}: the chat template is {} bytes, more than the {} accepted", path.string(), text.size(),
+         kMaxTemplateBytes);
+  return text;
+}
+
+}  // namespace
+
+std::string ChatFormat::prompt(const std::vector<ChatMessage>& messages) const {
+  return tmpl.render(messages, true, bos_token, eos_token);
+}
+
+std::optional<ChatFormat> load_chat_format(const std::filesystem::path& model_dir,
+                                           const std::filesystem::path& template_file) {
+  const std::filesystem::path config_path = model_dir / "tokenizer_config.json";
+  json config = json::object();
+  if (std::filesystem::exists(config_path)) config = read_json_file(config_path, "[chat]");
+  if (!config.is_object()) fail("[chat] {}: not a JSON object", config_path.string());
+  std::string source, text;
+  if (!template_file.empty()) {
+    source = template_file.string();
+    text = read_template_file(template_file);
+  } else if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
+    source = config_path.string() + " (chat_template)";
+    if (it->is_string()) {
+      text = it->get<std::string>();
+    } else if (it->is_array()) {
+      for (const json& named : *it) {
+        if (named.is_object() && named.value("name", json()) == "default" && named.contains("template") &&
+            named["template"].is_string())
+          text = named["template"].get<std::string>();
+      }
+      if (text.empty()) fail("[chat] {}: 'chat_template' is a list without a \"default\" template", config_path.string());
+    } else {
+      fail("[chat] {}: 'chat_template' must be a string or a list of {{name, template}}", config_path.string());
+    }
+  } else {
+    return std::nullopt;
+  }
+  try {
+    return ChatFormat{ChatTemplate::parse(text), special_token(config, "bos_token", config_path),
+                      special_token(config, "eos_token", config_path), source};
+  } catch (const Error& e) {
+    fail("[chat] the chat template of {}: {}", source, e.what());
+  }
+}
+
+}  // namespace mamba2
