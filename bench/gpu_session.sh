@@ -5,6 +5,8 @@
 #   bench/gpu_session.sh tests     the GPU suite (scripts/run-gpu-tests.sh --bin ...)
 #   bench/gpu_session.sh bench     mamba2 bench on the GPU beside mamba_ssm, same machine, same run
 #                                  (BIG=1 adds the 2.7b preset; ANCHORS=0 skips mamba_ssm)
+#   bench/gpu_session.sh serve     mamba2 serve on the GPU: greedy text (miss and cache hit) as
+#                                  generate's, then bench/serve_bench.py
 #   bench/gpu_session.sh profile   per-kernel times (Nsight Compute) of an SSD scan and a decode step
 # Logs go to $OUT (or /tmp/out).
 set -uo pipefail
@@ -42,6 +44,27 @@ case "${1:-tests}" in
         PYTHONUNBUFFERED=1 OUT="$out" python3 .anchors/mamba_ssm_gpu.py ${ANCHOR_PARTS:-ssd infer}
       fi
     } 2>&1 | tee "$out/gpu-bench.log"
+    ;;
+  serve)
+    # The server on the GPU: greedy text through it equals generate's, miss and cache hit; then
+    # bench/serve_bench.py.
+    cp tests/fixtures/tokenizer/gpt-neox-20b.json "$models/130m/tokenizer.json"
+    {
+      prompt="In the beginning God created the heaven and the earth. And the earth was without form, and void"
+      want="$("$bin/mamba2" generate --model "$models/130m" --device cuda --prompt "$prompt" --greedy -n 32 \
+              --ignore-eos --no-echo 2> /dev/null)"
+      "$bin/mamba2" serve --model "$models/130m" --device cuda --port 8181 --slots 64 2> "$out/serve.log" &
+      pid=$!
+      for _ in $(seq 100); do curl -s localhost:8181/health > /dev/null && break; sleep 0.2; done
+      body="{\"prompt\": \"$prompt\", \"max_tokens\": 32, \"temperature\": 0, \"ignore_eos\": true}"
+      for round in miss hit; do
+        got="$(curl -s localhost:8181/v1/completions -d "$body" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["choices"][0]["text"]); print(j["usage"], file=sys.stderr)')"
+        [ "$got" = "$want" ] && echo "server greedy text ($round) equals generate's" || echo "DIFFERS ($round): '$got' vs '$want'"
+      done
+      python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16" --levels 1,8,32,64 --requests 64 \
+        --words 100-300 --max-tokens 64 --long-words 3000 --seed 0 --json "$out/serve_bench.json"
+      kill $pid; wait $pid
+    } 2>&1 | tee "$out/gpu-serve.log"
     ;;
   profile)
     ncu=(ncu --clock-control none --metrics gpu__time_duration.sum --csv)
