@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <fmt/format.h>
 
+#include "cpu/blas.h"
 #include "cpu/simd/isa.h"
 #include "cuda/runtime.h"
 
@@ -12,6 +13,7 @@ std::string version_info() {
   namespace simd = cpu::simd;
   std::string avail;
   for (auto isa : simd::available_isas()) avail += fmt::format("{}{}", avail.empty() ? "" : " ", simd::isa_name(isa));
+  cpu::ensure_blas_core();
   std::string blas = openblas_get_config();
   while (!blas.empty() && blas.back() == ' ') blas.pop_back();
   std::string gpu = "not built (no nvcc at configure time, or -DMAMBA2_CUDA=OFF)";
