@@ -1,7 +1,7 @@
 #include "core/json.h"
 
-#include <fstream>
-#include <iterator>
+#include "core/file.h"
+
 
 #include "mamba2/error.h"
 
@@ -22,9 +22,7 @@ nlohmann::json parse_json(std::string_view text, std::string_view where) {
 }
 
 nlohmann::json read_json_file(const std::filesystem::path& path, std::string_view prefix) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{} cannot open {}", prefix, path.string());
-  return parse_json(std::string(std::istreambuf_iterator<char>(in), {}), fmt::format("{} {}", prefix, path.string()));
+  return parse_json(read_file(path, prefix), fmt::format("{} {}", prefix, path.string()));
 }
 
 std::string json_excerpt(const nlohmann::json& v, size_t max_chars) {

@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/file.h"
 #include "core/json.h"
 #include "mamba2/error.h"
 
@@ -243,9 +243,7 @@ ModelConfig parse_hf(const json& j, const std::string& where) {
 
 ModelConfig load_config(const std::filesystem::path& path) {
   const std::string where = path.string();
-  std::ifstream in(path);
-  if (!in) fail("[config] cannot open {}", where);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = read_file(path, "[config]");
   const json j = parse_json(python_constants_as_strings(text), "[config] " + where);
   if (!j.is_object()) fail("[config] {}: top level is not an object", where);
   ModelConfig c;

@@ -1,9 +1,8 @@
 #include "serve/chat_format.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "core/file.h"
 #include "core/json.h"
 #include "mamba2/error.h"
 
@@ -13,7 +12,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr size_t kMaxTemplateBytes = size_t(1) << 20;
 
 // A special token as tokenizer_config.json writes it: a string, or {"content": string, ...}.
 std::string special_token(const json& config, const char* key, const std::filesystem::path& path) {
@@ -25,18 +23,6 @@ std::string special_token(const json& config, const char* key, const std::filesy
     if (c != it->end() && c->is_string()) return c->get<std::string>();
   }
   fail("[chat] {}: '{}' must be a string or an object with a 'content' string", path.string(), key);
-}
-
-std::string read_template_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("[chat] cannot open the chat template {}", path.string());
-  std::ostringstream s;
-  s << in.rdbuf();
-  std::string text = s.str();
-  if (text.size() > kMaxTemplateBytes)
-    fail("[chat] {}: the chat template is {} bytes, more than the {} accepted", path.string(), text.size(),
-         kMaxTemplateBytes);
-  return text;
 }
 
 }  // namespace
@@ -54,7 +40,7 @@ std::optional<ChatFormat> load_chat_format(const std::filesystem::path& model_di
   std::string source, text;
   if (!template_file.empty()) {
     source = template_file.string();
-    text = read_template_file(template_file);
+    text = read_file(template_file, "[chat] chat template", ChatTemplate::kMaxBytes);
   } else if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
     source = config_path.string() + " (chat_template)";
     if (it->is_string()) {

@@ -2,11 +2,11 @@
 // counts. A max-heap with lazy deletion picks the next pair: an entry whose count no longer
 // matches the current one is stale and skipped.
 #include <cstdint>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <unordered_map>
 
+#include "core/file.h"
 #include "core/utf8.h"
 #include "mamba2/error.h"
 #include "mamba2/tokenizer.h"
@@ -37,9 +37,7 @@ std::unordered_map<std::string, int64_t> count_words(const std::vector<std::file
   std::unordered_map<std::string, int64_t> counts;
   std::string text, normalized, scratch;
   for (const auto& path : files) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("[train_bpe] cannot open {}", path.string());
-    text.assign(std::istreambuf_iterator<char>(in), {});
+    text = read_file(path, "[train_bpe]");
     if (const size_t bad = utf8::first_invalid(text); bad != std::string::npos)
       fail("[train_bpe] {}: invalid UTF-8 at byte {}", path.string(), bad);
     const std::string_view view = tok::nfc(text, normalized) ? std::string_view(normalized) : std::string_view(text);

@@ -28,7 +28,6 @@ namespace mamba2 {
 namespace {
 
 // Limits for templates from anywhere: each is far beyond what a real chat template needs.
-constexpr size_t kMaxTemplateBytes = 1 << 20;
 constexpr int kMaxNesting = 64;        // brackets, blocks, `not`/`-` chains while parsing
 constexpr size_t kMaxNameBytes = 256;  // a variable, attribute, filter or test name
 constexpr int kMaxExprHeight = 256;    // operator and filter chains (a + b + c ...)
@@ -2726,8 +2725,8 @@ struct ChatTemplate::Program {
 ChatTemplate::ChatTemplate(std::shared_ptr<const Program> program) : program_(std::move(program)) {}
 
 ChatTemplate ChatTemplate::parse(std::string_view source) {
-  if (source.size() > kMaxTemplateBytes)
-    fail("[chat] template: {} bytes is over the limit of {} bytes", source.size(), kMaxTemplateBytes);
+  if (source.size() > kMaxBytes)
+    fail("[chat] template: {} bytes is over the limit of {} bytes", source.size(), kMaxBytes);
   if (const size_t bad = utf8::first_invalid(source); bad != std::string_view::npos)
     fail("[chat] template: not valid UTF-8 at byte offset {}", bad);
   // As Jinja2: every line break becomes \n, and one final line break is dropped.

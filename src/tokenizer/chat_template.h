@@ -18,6 +18,8 @@ struct ChatMessage {
 
 class ChatTemplate {
  public:
+  static constexpr size_t kMaxBytes = size_t(1) << 20;  // templates are kilobytes; parse refuses more
+
   // Parses the template once. Bad syntax is an Error "[chat] template: <what> at line L column
   // C", as is a filter or test Jinja2 does not know either (outside an if, as Jinja2 does).
   static ChatTemplate parse(std::string_view source);

@@ -4,13 +4,12 @@
 #include "mamba2/tokenizer.h"
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
-#include "core/utf8.h"
+#include "core/file.h"
 #include "core/json.h"
+#include "core/utf8.h"
 #include "mamba2/error.h"
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
@@ -274,14 +273,6 @@ std::vector<AddedToken> read_added_tokens(const JsonReader& r, const json& root)
   return tokens;
 }
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("[tokenizer] {}: cannot open the file", path.string());
-  std::string text{std::istreambuf_iterator<char>(in), {}};
-  if (in.bad()) fail("[tokenizer] {}: read error", path.string());
-  return text;
-}
-
 void build(const json& root, const std::string& where, TokenizerState& state) {
   const JsonReader r{where};
   if (!root.is_object()) r.bad("the top level", "an object", root);
@@ -427,7 +418,7 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   const std::string where = path.string();
-  const std::string text = read_file(path);
+  const std::string text = read_file(path, "[tokenizer]");
   const json root = parse_json(text, "[tokenizer] " + where);
   try {
     auto impl = std::make_unique<Impl>();

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 
+#include "core/file.h"
 #include "core/json.h"
 #include "io/atomic_file.h"
 #include "mamba2/error.h"
@@ -65,11 +66,7 @@ fs::path save_checkpoint(const fs::path& out, int64_t step, const CheckpointFile
   fs::create_directories(tmp);
   save_model(tmp, *files.config, *files.weights, DType::F32);
   stage("model");
-  {
-    std::ifstream in(files.tokenizer_json, std::ios::binary);
-    if (!in) fail("[checkpoint] cannot read {}", files.tokenizer_json.string());
-    write_text(tmp / "tokenizer.json", std::string(std::istreambuf_iterator<char>(in), {}));
-  }
+  write_text(tmp / "tokenizer.json", read_file(files.tokenizer_json, "[checkpoint]"));
   stage("tokenizer");
   files.optimizer->save(tmp / "optimizer.safetensors");
   stage("optimizer");
@@ -153,9 +150,7 @@ SavedTrainerState parse_trainer_state(std::string_view text, const std::string& 
 
 SavedTrainerState read_trainer_state(const fs::path& checkpoint_dir) {
   const fs::path path = checkpoint_dir / "trainer_state.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("[train] cannot open {}", path.string());
-  return parse_trainer_state(std::string(std::istreambuf_iterator<char>(in), {}), path.string());
+  return parse_trainer_state(read_file(path, "[train]"), path.string());
 }
 
 }  // namespace mamba2::training

@@ -1,9 +1,9 @@
 // The training config: JSON keys named as TrainConfig's fields, CLI flags the same names with
 // dashes. Parsing refuses unknown keys and wrong types naming the key; validation names the key
 // and its flag.
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/file.h"
 #include "core/json.h"
 #include "mamba2/config.h"
 #include "mamba2/error.h"
@@ -178,10 +178,7 @@ TrainConfig parse_train_config(std::string_view text, const std::string& source)
 }
 
 TrainConfig load_train_config(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("[train-config] cannot open {}", path.string());
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return parse_train_config(text, path.string());
+  return parse_train_config(read_file(path, "[train-config]"), path.string());
 }
 
 std::string train_config_to_json(const TrainConfig& c) {

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "io/atomic_file.h"
+#include "core/file.h"
 #include "core/json.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
@@ -95,9 +96,7 @@ ModelConfig model_config(const TrainModelSpec& m, const Tokenizer& tok) {
 }
 
 void copy_text_file(const fs::path& from, const fs::path& to) {
-  std::ifstream in(from, std::ios::binary);
-  if (!in) fail("[train] cannot read {}", from.string());
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string text = read_file(from, "[train]");
   AtomicFile f(to, "[train]");
   f.write(text.data(), text.size());
   f.commit();
