@@ -64,6 +64,13 @@ case "${1:-tests}" in
       python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16" --levels 1,8,32,64 --requests 64 \
         --words 100-300 --max-tokens 64 --long-words 3000 --seed 0 --json "$out/serve_bench.json"
       kill $pid; wait $pid
+      # The long prompt's miss without the prefix cache: one prefill, no state kept on the way.
+      "$bin/mamba2" serve --model "$models/130m" --device cuda --port 8182 --slots 64 --cache-bytes 0 2>> "$out/serve.log" &
+      pid=$!
+      for _ in $(seq 100); do curl -s localhost:8182/health > /dev/null && break; sleep 0.2; done
+      python3 bench/serve_bench.py --url http://127.0.0.1:8182 --label "h200 bf16, no cache" --levels "" --long-words 3000 \
+        --seed 0 --json "$out/serve_bench_nocache.json"
+      kill $pid; wait $pid
     } 2>&1 | tee "$out/gpu-serve.log"
     ;;
   profile)

@@ -129,6 +129,9 @@ def run_level(args, c):
 
 
 def long_prompt_test(args):
+    # A first long prompt of other words, not counted: the server's first long prefill may grow its
+    # buffers, which a server in use has done long before.
+    stream_request(args.url, body_for(args, make_text(random.Random(f"{args.seed}-warm"), args.long_words), 4))
     rng = random.Random(f"{args.seed}-long")
     base = make_text(rng, args.long_words)
     return {name: stream_request(args.url, body_for(args, prompt, 4))
@@ -140,7 +143,7 @@ def main():
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--model", default="default", help="the 'model' field sent")
     ap.add_argument("--label", default="", help="a name for this server in the output")
-    ap.add_argument("--levels", default="1,8,32,64")
+    ap.add_argument("--levels", default="1,8,32,64", help="concurrency levels ('': the long-prompt test only)")
     ap.add_argument("--requests", type=int, default=16, help="requests per level, at least one per client")
     ap.add_argument("--seconds", type=float, default=0, help="instead of --requests: send for this long per level")
     ap.add_argument("--words", default="100-300", help="prompt length range in words")
@@ -155,7 +158,7 @@ def main():
     res = {"label": args.label, "url": args.url, "max_tokens": args.max_tokens, "words": args.words, "levels": []}
     if args.long_words:
         res["long_prompt"] = long_prompt_test(args)
-    for c in (int(x) for x in args.levels.split(",")):
+    for c in (int(x) for x in args.levels.split(",") if x):
         lv = run_level(args, c)
         res["levels"].append(lv)
         print(f"[{args.label}] C={c} from {lv['start_utc']} UTC: {lv['requests']} requests, {lv['errors']} errors, "

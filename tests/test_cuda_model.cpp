@@ -11,6 +11,7 @@
 #include "golden_case.h"
 #include "io/npy.h"
 #include "mamba2/model.h"
+#include "mamba2/state.h"
 #include "model/inference_state.h"
 #include "model/weights.h"
 #include "test_support.h"
@@ -142,6 +143,46 @@ TEST(CudaModel, PrefillThenDecodeAgreesWithDecodeFromTheStart) {
     }
     EXPECT_LE(rel_l2(rest.data(), from_start.data() + k * V, rest.size()), kCpuTol) << "prefill " << k;
   }
+}
+
+// States leave and re-enter slots on the device (the server's prefix cache and sessions) and
+// through the host (snapshots): what continues from them has the bits of never having left.
+TEST(CudaModel, StatesCopiedAndRestoredContinueBitForBit) {
+  MAMBA2_REQUIRE_GPU();
+  const Model gpu = tiny_models(DType::BF16).gpu;
+  const auto ids = test::random_ids(24, 100, 12);
+  const std::vector<int32_t> next{5, 6, 7};
+  // Logits of `next` decoded from slot `slot` of `state`.
+  auto continue_from = [&](InferenceState& state, int64_t slot) {
+    std::vector<float> all, step;
+    for (int32_t t : next) {
+      gpu.decode(std::vector<int32_t>{t}, std::vector<int64_t>{slot}, state, step);
+      all.insert(all.end(), step.begin(), step.end());
+    }
+    return all;
+  };
+  auto state = gpu.new_state(3);
+  std::vector<float> logits;
+  gpu.prefill(ids, std::vector<int64_t>{16, 8}, state.get(), false, logits);
+  auto kept = gpu.new_state(1);
+  copy_state(*state, 0, *kept, 0);
+  const StateSnapshot snap = snapshot_state(gpu, *state, 0, {});
+  const auto want = continue_from(*state, 0);
+  copy_state(*kept, 0, *state, 2);
+  const auto copied = continue_from(*state, 2);
+  clear_state(*state, 0);
+  restore_state(gpu, *state, 0, snap);
+  const auto restored = continue_from(*state, 0);
+  ASSERT_EQ(copied.size(), want.size());
+  EXPECT_EQ(std::memcmp(copied.data(), want.data(), want.size() * sizeof(float)), 0) << "copied on the device";
+  EXPECT_EQ(std::memcmp(restored.data(), want.data(), want.size() * sizeof(float)), 0) << "through the host";
+  // A cleared slot is a fresh sequence: as slot 1's first token alone.
+  clear_state(*state, 1);
+  std::vector<float> fresh, alone;
+  gpu.decode(std::vector<int32_t>{9}, std::vector<int64_t>{1}, *state, fresh);
+  auto one = gpu.new_state(1);
+  gpu.decode(std::vector<int32_t>{9}, std::vector<int64_t>{0}, *one, alone);
+  EXPECT_EQ(std::memcmp(fresh.data(), alone.data(), alone.size() * sizeof(float)), 0) << "cleared";
 }
 
 // One pass over a million tokens (64-bit offsets through every kernel) stays finite and agrees

@@ -122,22 +122,34 @@ TEST(State, ContinuingFromASavedStateGivesTheSameBits) {
               0);
 }
 
-TEST(State, ForkedSlotsContinueIndependently) {
+TEST(State, CopiedSlotsContinueIndependently) {
   const Model m = small_model(12);
   const std::vector<int32_t> prompt{3, 1, 4, 1, 5, 9, 2, 6};
   auto state = m.new_state(2);
   std::vector<float> logits;
   m.prefill(prompt, std::vector<int64_t>{int64_t(prompt.size())}, state.get(), false, logits);
-  fork_state(*state, 0, 1);
+  copy_state(*state, 0, *state, 1);
+  // Out to a state of its own and back into the first slot (the prefix cache's round trip).
+  auto kept = m.new_state(1);
+  copy_state(*state, 0, *kept, 0);
   const auto a = continue_slot(m, *state, 0, {7, 7}, 3);
   const auto b = continue_slot(m, *state, 1, {7, 7}, 3);
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+  copy_state(*kept, 0, *state, 0);
+  const auto c = continue_slot(m, *state, 0, {7, 7}, 3);
+  EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)), 0);
   // Advancing one slot leaves the other as it was.
   std::vector<float> before(size_t(state->ssm[0].dim(1)));
   std::memcpy(before.data(), state->ssm[0].data(), before.size() * sizeof(float));
   m.decode(std::vector<int32_t>{11}, std::vector<int64_t>{1}, *state, logits);
   EXPECT_EQ(std::memcmp(before.data(), state->ssm[0].data(), before.size() * sizeof(float)), 0);
-  EXPECT_NE(error_of([&] { fork_state(*state, 0, 2); }).find("[state] fork into slot 2 outside"), std::string::npos);
+  EXPECT_NE(error_of([&] { copy_state(*state, 0, *state, 2); }).find("[state] copy into slot 2 outside"),
+            std::string::npos);
+  ModelConfig narrower = small_config();
+  narrower.d_state = 8;
+  auto foreign = make_state(narrower, 1);
+  EXPECT_NE(error_of([&] { copy_state(*state, 0, *foreign, 0); }).find("[state] copy between states of other"),
+            std::string::npos);
 }
 
 // A prefill resumed from the state at a chunk boundary does the arithmetic of one pass: the same

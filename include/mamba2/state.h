@@ -38,8 +38,10 @@ StateSnapshot snapshot_state(const Model& model, const InferenceState& state, in
 // Writes the snapshot into slot `slot`; refuses one made by another model (fingerprint) or of
 // other dimensions.
 void restore_state(const Model& model, InferenceState& state, int64_t slot, const StateSnapshot& snapshot);
-// Slot `to` becomes a copy of slot `from` (both continue independently from there).
-void fork_state(InferenceState& state, int64_t from, int64_t to);
+// Slot `to_slot` of `to` becomes a copy of slot `from_slot` of `from` (both continue independently
+// from there): states of one model on one device, copied there (no round trip through the host
+// on the GPU). `from` and `to` may be the same state.
+void copy_state(const InferenceState& from, int64_t from_slot, InferenceState& to, int64_t to_slot);
 // Slot `slot` becomes a fresh sequence (zeros).
 void clear_state(InferenceState& state, int64_t slot);
 

@@ -99,25 +99,37 @@ void restore_state(const Model& model, InferenceState& state, int64_t slot, cons
   }
 }
 
-void fork_state(InferenceState& state, int64_t from, int64_t to) {
-  check_slot(state, from, "fork from");
-  check_slot(state, to, "fork into");
-  if (from == to) return;
-  std::vector<float> row;
-  for (auto* layers : {&state.conv, &state.ssm})
-    for (Tensor& t : *layers) {
-      copy_row_out(t, from, row);
-      copy_row_in(t, to, row);
+void copy_state(const InferenceState& from, int64_t from_slot, InferenceState& to, int64_t to_slot) {
+  check_slot(from, from_slot, "copy from");
+  check_slot(to, to_slot, "copy into");
+  bool same = from.conv.size() == to.conv.size() && from.ssm.size() == to.ssm.size();
+  for (size_t l = 0; same && l < from.conv.size(); ++l)
+    for (auto [a, b] : {std::pair{&from.conv[l], &to.conv[l]}, std::pair{&from.ssm[l], &to.ssm[l]}})
+      same = a->dim(1) == b->dim(1) && a->device() == b->device();
+  if (!same) fail("[state] copy between states of other layers, widths or devices");
+  if (&from == &to && from_slot == to_slot) return;
+  for (size_t l = 0; l < from.conv.size(); ++l)
+    for (auto [a, b] : {std::pair{&from.conv[l], &to.conv[l]}, std::pair{&from.ssm[l], &to.ssm[l]}}) {
+      const size_t row = size_t(a->dim(1)) * sizeof(float);
+      const auto* src = static_cast<const char*>(a->raw()) + size_t(from_slot) * row;
+      auto* dst = static_cast<char*>(b->raw()) + size_t(to_slot) * row;
+      if (a->device() == Device::CUDA)
+        cuda::copy_on_device(dst, src, row);
+      else
+        std::memcpy(dst, src, row);
     }
 }
 
 void clear_state(InferenceState& state, int64_t slot) {
   check_slot(state, slot, "clear");
-  std::vector<float> zeros;
   for (auto* layers : {&state.conv, &state.ssm})
     for (Tensor& t : *layers) {
-      zeros.assign(size_t(t.dim(1)), 0.0f);
-      copy_row_in(t, slot, zeros);
+      const size_t row = size_t(t.dim(1)) * sizeof(float);
+      auto* dst = static_cast<char*>(t.raw()) + size_t(slot) * row;
+      if (t.device() == Device::CUDA)
+        cuda::fill_zero(dst, row);
+      else
+        std::memset(dst, 0, row);
     }
 }
 

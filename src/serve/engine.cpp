@@ -111,8 +111,7 @@ int64_t Engine::waiting() const {
   return int64_t(queue_.size());
 }
 
-bool Engine::advance(Job& j, std::span<const float> logits) {
-  const int32_t token = j.sampler.sample(logits);
+bool Engine::advance(Job& j, int32_t token) {
   j.sampler.observe(token);
   j.last = token;
   ++j.generated;
@@ -148,13 +147,12 @@ void Engine::admit(std::vector<std::unique_ptr<Job>>& jobs) {
     while (slots_[next_free]) ++next_free;
     job->slot = int64_t(next_free);
     for (int32_t t : job->prompt) job->sampler.observe(t);
-    StateSnapshot cached;
     bool resumed = false;
     if (!job->session.empty()) {
       std::lock_guard lock(sessions_mutex_);
       for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
         if (it->first == job->session) {
-          restore_state(model_, *state_, job->slot, it->second);
+          copy_state(*it->second, 0, *state_, job->slot);
           sessions_.splice(sessions_.begin(), sessions_, it);
           resumed = true;
           break;
@@ -163,9 +161,10 @@ void Engine::admit(std::vector<std::unique_ptr<Job>>& jobs) {
     job->in_session = resumed;
     if (!resumed) {
       // At least the last prompt token is prefilled: its logits give the first new token.
+      std::shared_ptr<const InferenceState> cached;
       const int64_t hit = cache_.lookup(job->prompt, int64_t(job->prompt.size()) - 1, cached);
       if (hit > 0) {
-        restore_state(model_, *state_, job->slot, cached);
+        copy_state(*cached, 0, *state_, job->slot);
         job->done = hit;
         job->stream->cached_tokens = hit;
       } else {
@@ -208,15 +207,12 @@ void Engine::prefill_step() {
     Job& j = *jobs[i];
     j.done += lengths[i];
     const std::span<const int32_t> prefix(j.prompt.data(), size_t(j.done));
-    if (cache_.enabled() && !j.in_session && j.done % I == 0 && !cache_.contains(prefix)) {
-      TokenHistory h;
-      h.extend(prefix);
-      cache_.insert(prefix, snapshot_state(model_, *state_, j.slot, h));
-    }
+    if (cache_.enabled() && !j.in_session && j.done % I == 0 && !cache_.contains(prefix))
+      cache_.insert(prefix, kept_state(j.slot));
     if (j.done < int64_t(j.prompt.size())) continue;
     j.decoding = true;
     const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
-    if (!advance(j, row)) done_with(j);
+    if (!advance(j, j.sampler.sample(row))) done_with(j);
   }
 }
 
@@ -228,7 +224,7 @@ void Engine::done_with(Job& j) {
     return;
   }
   if (j.finishing) {
-    StateSnapshot s = snapshot_state(model_, *state_, j.slot, {});
+    std::shared_ptr<const InferenceState> s = kept_state(j.slot);
     std::lock_guard lock(sessions_mutex_);
     for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
       if (it->first == j.session) {
@@ -241,28 +237,46 @@ void Engine::done_with(Job& j) {
   slots_[size_t(j.slot)].reset();
 }
 
+std::shared_ptr<const InferenceState> Engine::kept_state(int64_t slot) const {
+  std::shared_ptr<InferenceState> s = model_.new_state(1);
+  copy_state(*state_, slot, *s, 0);
+  return s;
+}
+
 int64_t Engine::sessions() const {
   std::lock_guard lock(sessions_mutex_);
   return int64_t(sessions_.size());
 }
 
-// One token for every sequence that is generating.
+// One token for every sequence that is generating. When all of them decode plain greedy, the
+// model picks the tokens where the logits are (on the GPU only the ids come back), as generate does.
 void Engine::decode_step() {
   std::vector<int32_t> tokens;
   std::vector<int64_t> rows;
+  bool greedy = true;
   for (const auto& s : slots_)
     if (s && s->decoding) {
       tokens.push_back(s->last);
       rows.push_back(s->slot);
+      const SamplingParams& p = s->params.sampling;
+      greedy = greedy && p.temperature == 0.0f && p.repetition_penalty == 1.0f;
     }
   if (rows.empty()) return;
   std::vector<float> logits;
-  model_.decode(tokens, rows, *state_, logits);
-  const size_t V = size_t(model_.vocab());
+  std::vector<int32_t> chosen;
+  if (greedy)
+    model_.decode_greedy(tokens, rows, *state_, tokenizer_.vocab_size(), chosen);
+  else
+    model_.decode(tokens, rows, *state_, logits);
+  const size_t V = size_t(model_.vocab()), vocab = size_t(tokenizer_.vocab_size());
   for (size_t i = 0; i < rows.size(); ++i) {
     Job& j = *slots_[size_t(rows[i])];
-    const std::span<const float> row(logits.data() + i * V, size_t(tokenizer_.vocab_size()));
-    if (j.finishing || !advance(j, row)) done_with(j);
+    if (j.finishing) {
+      done_with(j);
+      continue;
+    }
+    const int32_t token = greedy ? chosen[i] : j.sampler.sample(std::span<const float>(logits).subspan(i * V, vocab));
+    if (!advance(j, token)) done_with(j);
   }
 }
 

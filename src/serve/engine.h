@@ -102,8 +102,11 @@ class Engine {
   void prefill_step();
   void decode_step();
   void done_with(Job& j);
-  // Samples the next token of job j from its logits row; false when the job is done.
-  bool advance(Job& j, std::span<const float> logits);
+  // Slot `slot` copied into a state of its own (on the model's device), for the cache or a session.
+  std::shared_ptr<const InferenceState> kept_state(int64_t slot) const;
+  // Job j's next token (sampled from its logits row, or the model's greedy choice) goes out;
+  // false when the job is done.
+  bool advance(Job& j, int32_t token);
 
   const Model& model_;
   const Tokenizer& tokenizer_;
@@ -119,7 +122,7 @@ class Engine {
   PrefixCache cache_;
   // Sessions: id → the state after its last request, most recently used first.
   mutable std::mutex sessions_mutex_;
-  std::list<std::pair<std::string, StateSnapshot>> sessions_;
+  std::list<std::pair<std::string, std::shared_ptr<const InferenceState>>> sessions_;
   std::thread worker_;
 };
 

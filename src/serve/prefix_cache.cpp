@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "mamba2/error.h"
+#include "mamba2/state.h"
 
 namespace mamba2 {
 
@@ -18,7 +19,8 @@ const PrefixCache::Entry* PrefixCache::find(std::span<const int32_t> prefix, uin
   return std::equal(e.tokens.begin(), e.tokens.end(), prefix.begin(), prefix.end()) ? &e : nullptr;
 }
 
-int64_t PrefixCache::lookup(std::span<const int32_t> tokens, int64_t max_len, StateSnapshot& out) {
+int64_t PrefixCache::lookup(std::span<const int32_t> tokens, int64_t max_len,
+                            std::shared_ptr<const InferenceState>& out) {
   std::lock_guard lock(mutex_);
   if (!enabled()) return 0;
   // The hash at every boundary, then the longest boundary that is kept.
@@ -53,16 +55,16 @@ bool PrefixCache::contains(std::span<const int32_t> prefix) const {
   return find(prefix, h.hash) != nullptr;
 }
 
-void PrefixCache::insert(std::span<const int32_t> prefix, const StateSnapshot& state) {
+void PrefixCache::insert(std::span<const int32_t> prefix, std::shared_ptr<const InferenceState> state) {
   std::lock_guard lock(mutex_);
   if (!enabled() || prefix.empty() || int64_t(prefix.size()) % interval_) return;
   TokenHistory h;
   h.extend(prefix);
   if (find(prefix, h.hash)) return;
-  Entry e{{prefix.begin(), prefix.end()}, state, 0};
+  Entry e{{prefix.begin(), prefix.end()}, std::move(state), 0};
   e.bytes = int64_t(prefix.size() * sizeof(int32_t));
-  for (const auto* layers : {&state.conv, &state.ssm})
-    for (const auto& row : *layers) e.bytes += int64_t(row.size() * sizeof(float));
+  for (const auto* layers : {&e.state->conv, &e.state->ssm})
+    for (const Tensor& t : *layers) e.bytes += int64_t(t.nbytes());
   if (e.bytes > budget_) return;
   const Key key{int64_t(prefix.size()), h.hash};
   if (auto old = entries_.find(key); old != entries_.end()) {  // another prefix with this hash: replaced

@@ -1,7 +1,9 @@
 // Prefix state cache: states at chunk boundaries of earlier prompts, keyed by the tokens before
 // them. A prefill resumed from the state at a chunk boundary does the arithmetic of one pass
-// (tests/test_state.cpp), so a hit changes no bit of what follows. Entries are kept within a
-// byte budget, the least recently used going first.
+// (tests/test_state.cpp), so a hit changes no bit of what follows. Each state is kept as a state
+// of one sequence on the model's device (GPU memory on the GPU: taking and resuming one is a copy
+// there, never through the host). Entries are kept within a byte budget, the least recently used
+// going first.
 #pragma once
 #include <cstdint>
 #include <list>
@@ -10,7 +12,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "mamba2/state.h"
+#include <memory>
+
+#include "model/inference_state.h"
 
 namespace mamba2 {
 
@@ -22,10 +26,10 @@ class PrefixCache {
   bool enabled() const { return budget_ > 0; }
 
   // The longest cached prefix of `tokens` of at most max_len tokens: its length (0: none), its
-  // state into `out`. Counts a hit or a miss.
-  int64_t lookup(std::span<const int32_t> tokens, int64_t max_len, StateSnapshot& out);
-  // Keeps the state after `prefix` (a whole number of intervals long), unless already kept.
-  void insert(std::span<const int32_t> prefix, const StateSnapshot& state);
+  // state (one sequence, slot 0) into `out`. Counts a hit or a miss.
+  int64_t lookup(std::span<const int32_t> tokens, int64_t max_len, std::shared_ptr<const InferenceState>& out);
+  // Keeps `state` (one sequence) as the state after `prefix` (a whole number of intervals long).
+  void insert(std::span<const int32_t> prefix, std::shared_ptr<const InferenceState> state);
   // Whether the state after `prefix` is kept (no hit counted).
   bool contains(std::span<const int32_t> prefix) const;
 
@@ -37,7 +41,7 @@ class PrefixCache {
  private:
   struct Entry {
     std::vector<int32_t> tokens;
-    StateSnapshot state;
+    std::shared_ptr<const InferenceState> state;
     int64_t bytes = 0;
   };
   using Key = std::pair<int64_t, uint64_t>;  // length, FNV-1a hash of the tokens

@@ -44,7 +44,8 @@ void add_serve(CLI::App& app) {
   sub->add_option("--max-prompt-tokens", o->limits.prompt_tokens, "Longest prompt accepted")->capture_default_str();
   sub->add_option("--prefill-tokens", o->limits.prefill_tokens,
                   "Prompt tokens prefilled per step, between decode steps")->capture_default_str();
-  sub->add_option("--cache-bytes", o->limits.cache_bytes, "Prefix state cache budget in bytes (0: off)")
+  sub->add_option("--cache-bytes", o->limits.cache_bytes,
+                  "Prefix state cache budget in bytes, in the model device's memory (0: off)")
       ->capture_default_str();
   sub->add_option("--sessions", o->limits.sessions, "Sessions kept (the least recently used go first)")
       ->capture_default_str();
