@@ -9,7 +9,7 @@
 #include "mamba2/version.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"mamba2: Mamba2 language models in C++ (inference on the CPU)"};
+  CLI::App app{"mamba2: Mamba2 language models in C++ (CPU and NVIDIA GPUs)"};
   app.require_subcommand(1);
   // Also checks MAMBA2_ISA before anything runs: an instruction set this CPU lacks is an error.
   std::string version;
