@@ -4,7 +4,8 @@ r"""Streaming load generator for any OpenAI-compatible /v1/completions server (s
 For each concurrency C in --levels, C client threads send streaming (SSE) requests back to back:
 ceil(--requests / C) each, at least one (or, with --seconds, until that time has passed). Prompts
 are English-like text from a seeded generator (--words MIN-MAX words each), so every server gets
-the same request set; each request asks for --max-tokens tokens at temperature 0 with ignore_eos.
+the same request set; each request asks for --max-tokens tokens at --temperature (default 0: greedy)
+with ignore_eos.
 
 Per request: TTFT (until the first SSE chunk with non-empty text) and TPOT ((end - first token) /
 (tokens - 1), tokens from the streamed usage.completion_tokens if present, else the number of text
@@ -81,8 +82,11 @@ def stream_request(url, body, timeout=900):
 
 
 def body_for(args, prompt, max_tokens):
-    return {"model": args.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {"model": args.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": args.temperature,
+            "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    if args.temperature > 0:
+        body.update(top_p=0.95, seed=args.seed)
+    return body
 
 
 def pct(xs, p):
@@ -150,6 +154,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--long-words", type=int, default=3000, help="the long-prompt test's length in words (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.0, help="above 0: sampled, with top_p 0.95")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     args.words = tuple(int(x) for x in args.words.split("-"))

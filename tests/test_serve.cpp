@@ -324,6 +324,33 @@ TEST_F(Serve, ChatWithoutATemplateIsAClearError) {
   t.join();
 }
 
+// A server listens before its model is loaded (mamba2 serve binds first): every endpoint answers
+// 503 with Retry-After until the model is there, then serves.
+TEST_F(Serve, AnswersLoadingUntilTheModelIsThere) {
+  ServeOptions o;
+  o.port = 0;
+  o.api_key = "k";
+  Server early(o);
+  early.bind();
+  std::thread t([&] { early.listen(); });
+  for (const char* path : {"/health", "/v1/models"}) {
+    const Reply r = curl(path, "", "-i", early.port());
+    EXPECT_EQ(r.status, 503) << path;
+    EXPECT_NE(r.body.find("Retry-After: 1"), std::string::npos) << r.body;
+    EXPECT_NE(r.body.find("loading the model"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(curl("/v1/completions", request("hi", 1, 2, 0.0f, false), "-H 'Authorization: Bearer k'", early.port()).status,
+            503);
+  EXPECT_EQ(early.running(), 0);
+  early.serve_model(*model_, *tokenizer_);
+  EXPECT_EQ(curl("/health", "", "", early.port()).status, 200);
+  EXPECT_EQ(curl("/v1/completions", request("hi", 1, 2, 0.0f, false), "", early.port()).status, 401);
+  EXPECT_EQ(curl("/v1/completions", request("hi", 1, 2, 0.0f, false), "-H 'Authorization: Bearer k'", early.port()).status,
+            200);
+  early.stop();
+  t.join();
+}
+
 // A prompt sharing a prefix with an earlier one resumes from the cached state at the longest
 // chunk boundary of the shared part: the text is the one without any cache, `usage` and
 // /metrics report the cached tokens.

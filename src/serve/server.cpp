@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "core/json.h"
@@ -25,7 +26,10 @@ void send_json(httplib::Response& res, int status, const json& body) {
 }
 
 void send_error(httplib::Response& res, int status, const std::string& message) {
-  const char* type = status == 401 ? "authentication_error" : status >= 500 ? "server_error" : "invalid_request_error";
+  const char* type = status == 401   ? "authentication_error"
+                     : status == 503 ? "unavailable_error"
+                     : status >= 500 ? "server_error"
+                                     : "invalid_request_error";
   send_json(res, status, {{"error", {{"message", message}, {"type", type}, {"code", status}}}});
 }
 
@@ -38,16 +42,18 @@ int64_t now_seconds() {
 }  // namespace
 
 struct Server::Impl {
-  const Model& model;
-  const Tokenizer& tokenizer;
   ServeOptions options;
-  Engine engine;
+  // Set once by serve_model(), before `loaded`; handlers run only once `loaded` is true.
+  const Tokenizer* tokenizer = nullptr;
+  std::unique_ptr<Engine> engine;
+  std::atomic<bool> loaded{false};
+  std::mutex lifecycle;  // serve_model() against stop()
+  bool stopped = false;
   httplib::Server http;
   std::atomic<int64_t> next_id{0};
   int bound_port = -1;
 
-  Impl(const Model& m, const Tokenizer& t, ServeOptions o)
-      : model(m), tokenizer(t), options(std::move(o)), engine(m, t, options.limits) {}
+  explicit Impl(ServeOptions o) : options(std::move(o)) {}
 
   // The body of a response or of one streamed event. Chat streams open with the assistant's role
   // and send the text as deltas; an event with no text sends an empty delta.
@@ -79,7 +85,7 @@ struct Server::Impl {
   }
 
   void completions(const httplib::Request& req, httplib::Response& res) {
-    CompletionRequest r = parse_completion_request(req.body, tokenizer);
+    CompletionRequest r = parse_completion_request(req.body, *tokenizer);
     respond(Api::Completion, std::move(r.prompt), r.params, r.session, r.stream, res);
   }
 
@@ -90,7 +96,7 @@ struct Server::Impl {
                            "has no 'chat_template'; start the server with --chat-template FILE, or use /v1/completions"};
     std::vector<int32_t> prompt;
     try {
-      prompt = tokenizer.encode(options.chat->prompt(r.messages));
+      prompt = tokenizer->encode(options.chat->prompt(r.messages));
     } catch (const Error& e) {
       throw HttpError{400, e.what()};  // the template's raise_exception, or invalid UTF-8 in a message
     }
@@ -104,10 +110,10 @@ struct Server::Impl {
                bool stream, httplib::Response& res) {
     std::shared_ptr<RequestStream> out;
     try {
-      out = engine.submit(std::move(prompt), params, session);
+      out = engine->submit(std::move(prompt), params, session);
     } catch (const Engine::QueueFull&) {
       res.set_header("Retry-After", "1");
-      throw HttpError{503, fmt::format("[serve] {} requests are waiting already; try again", engine.limits().queue)};
+      throw HttpError{503, fmt::format("[serve] {} requests are waiting already; try again", engine->limits().queue)};
     } catch (const Error& e) {
       throw HttpError{400, e.what()};
     }
@@ -169,6 +175,11 @@ struct Server::Impl {
       };
     };
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (!loaded.load(std::memory_order_acquire)) {
+        res.set_header("Retry-After", "1");
+        send_error(res, 503, "[serve] loading the model");
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (options.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
       if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
         return httplib::Server::HandlerResponse::Unhandled;
@@ -185,8 +196,8 @@ struct Server::Impl {
                                         {"owned_by", "mamba2.cpp"}}})}});
     }));
     http.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& res) {
-      const Engine::Counters c = engine.counters();
-      const PrefixCache::Stats k = engine.cache_stats();
+      const Engine::Counters c = engine->counters();
+      const PrefixCache::Stats k = engine->cache_stats();
       std::string m;
       auto metric = [&m](const char* name, const char* type, const char* help, int64_t value) {
         m += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
@@ -195,8 +206,8 @@ struct Server::Impl {
       metric("mamba2_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", c.prompt_tokens);
       metric("mamba2_generation_tokens_total", "counter", "Tokens generated.", c.generated_tokens);
       metric("mamba2_requests_running", "gauge", "Requests holding a slot (prefilling or generating).",
-             engine.running());
-      metric("mamba2_requests_waiting", "gauge", "Requests waiting for a slot.", engine.waiting());
+             engine->running());
+      metric("mamba2_requests_waiting", "gauge", "Requests waiting for a slot.", engine->waiting());
       metric("mamba2_prefix_cache_hits_total", "counter", "Prompts resumed from a cached state.", k.hits);
       metric("mamba2_prefix_cache_misses_total", "counter", "Prompts with no cached prefix.", k.misses);
       metric("mamba2_prefix_cache_cached_tokens_total", "counter", "Prompt tokens not recomputed thanks to the cache.",
@@ -214,14 +225,14 @@ struct Server::Impl {
     http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
       std::vector<int32_t> ids;
       try {
-        ids = tokenizer.encode(parse_tokenize_request(req.body));
+        ids = tokenizer->encode(parse_tokenize_request(req.body));
       } catch (const Error& e) {
         throw HttpError{400, e.what()};
       }
       send_json(res, 200, {{"tokens", ids}});
     }));
     http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
-      send_json(res, 200, {{"content", tokenizer.decode(parse_detokenize_request(req.body, tokenizer.vocab_size()))}});
+      send_json(res, 200, {{"content", tokenizer->decode(parse_detokenize_request(req.body, tokenizer->vocab_size()))}});
     }));
     http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (res.status == 404) send_error(res, 404, "[serve] no such endpoint: " + req.method + " " + req.path);
@@ -239,15 +250,26 @@ struct Server::Impl {
   }
 };
 
-Server::Server(const Model& model, const Tokenizer& tokenizer, ServeOptions options)
-    : impl_(std::make_unique<Impl>(model, tokenizer, std::move(options))) {
-  impl_->routes();
+Server::Server(ServeOptions options) : impl_(std::make_unique<Impl>(std::move(options))) { impl_->routes(); }
+
+Server::Server(const Model& model, const Tokenizer& tokenizer, ServeOptions options) : Server(std::move(options)) {
+  serve_model(model, tokenizer);
 }
 
 Server::~Server() = default;
 
-void Server::listen() {
+void Server::serve_model(const Model& model, const Tokenizer& tokenizer) {
   Impl& s = *impl_;
+  std::lock_guard lock(s.lifecycle);
+  if (s.stopped || s.loaded) return;
+  s.tokenizer = &tokenizer;
+  s.engine = std::make_unique<Engine>(model, tokenizer, s.options.limits);
+  s.loaded.store(true, std::memory_order_release);
+}
+
+void Server::bind() {
+  Impl& s = *impl_;
+  if (s.bound_port >= 0) return;
   const int port = s.options.port == 0 ? s.http.bind_to_any_port(s.options.host)
                                        : (s.http.bind_to_port(s.options.host, s.options.port) ? s.options.port : -1);
   if (port < 0) fail("[serve] cannot listen on {}:{} (in use, or not an address of this machine)", s.options.host,
@@ -256,7 +278,11 @@ void Server::listen() {
   std::fprintf(stderr, "[serve] listening on http://%s:%d (model %s)\n", s.options.host.c_str(), port,
                s.options.model_name.c_str());
   std::fflush(stderr);
-  s.http.listen_after_bind();
+}
+
+void Server::listen() {
+  bind();
+  impl_->http.listen_after_bind();
 }
 
 int Server::port() const { return impl_->bound_port; }
@@ -264,10 +290,14 @@ int Server::port() const { return impl_->bound_port; }
 // The engine first: it ends every stream, so the connections waiting on them finish and the
 // HTTP pool can join its threads.
 void Server::stop() {
-  impl_->engine.stop();
+  {
+    std::lock_guard lock(impl_->lifecycle);
+    impl_->stopped = true;
+  }
+  if (impl_->engine) impl_->engine->stop();
   impl_->http.stop();
 }
 
-int64_t Server::running() const { return impl_->engine.running(); }
+int64_t Server::running() const { return impl_->loaded ? impl_->engine->running() : 0; }
 
 }  // namespace mamba2

@@ -24,11 +24,18 @@ struct ServeOptions {
 
 class Server {
  public:
-  Server(const Model& model, const Tokenizer& tokenizer, ServeOptions options);
+  // Without a model yet: it can listen while the model loads, every endpoint answering 503
+  // ("loading the model", Retry-After) until serve_model().
+  explicit Server(ServeOptions options);
+  Server(const Model& model, const Tokenizer& tokenizer, ServeOptions options);  // ready at once
   ~Server();
-  // Binds (throws naming the address when it cannot), then serves until stop().
+  // Binds the address; throws naming it when it cannot (before a long model load, in a CLI).
+  void bind();
+  // Binds when bind() has not, then serves until stop().
   void listen();
-  int port() const;  // after listen() has bound
+  int port() const;  // after binding
+  // The model is there: requests go to it from now on. Both must outlive the server.
+  void serve_model(const Model& model, const Tokenizer& tokenizer);
   // Ends every stream, then stops listening: listen() returns. The server does not serve again.
   void stop();
   int64_t running() const;  // sequences in the engine's decode batch

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <exception>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -55,9 +56,9 @@ void add_serve(CLI::App& app) {
   add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
+    // What fails fast comes first; the server listens while the model loads (/health: 503).
     const Tokenizer tokenizer = load_tokenizer(o->model, o->tokenizer);
-    std::optional<ChatFormat> chat = load_chat_format(o->model, o->chat_template);  // before the model: fail fast
-    const Model model = load_model(o->model, o->placement);
+    std::optional<ChatFormat> chat = load_chat_format(o->model, o->chat_template);
     ServeOptions options;
     options.host = o->host;
     options.port = o->port;
@@ -70,7 +71,9 @@ void add_serve(CLI::App& app) {
     else
       std::fprintf(stderr, "[serve] no chat template (tokenizer_config.json has none, no --chat-template): "
                            "/v1/chat/completions will answer 400\n");
-    Server server(model, tokenizer, options);
+    std::optional<Model> model;  // outlives the server, which serves it
+    Server server(options);
+    server.bind();
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     std::atomic<bool> done{false};
@@ -78,15 +81,27 @@ void add_serve(CLI::App& app) {
       while (!stop_requested && !done) std::this_thread::sleep_for(std::chrono::milliseconds(50));
       if (stop_requested) server.stop();  // listen() returns; the engine ends the streams in flight
     });
+    std::exception_ptr listen_error, load_error;
+    std::thread http([&] {
+      try {
+        server.listen();
+      } catch (...) {
+        listen_error = std::current_exception();
+      }
+    });
     try {
-      server.listen();
+      model.emplace(load_model(o->model, o->placement));
+      server.serve_model(*model, tokenizer);
+      std::fprintf(stderr, "[serve] model loaded: serving\n");
     } catch (...) {
-      done = true;
-      watcher.join();
-      throw;
+      load_error = std::current_exception();
+      server.stop();
     }
+    http.join();
     done = true;
     watcher.join();
+    if (load_error) std::rethrow_exception(load_error);
+    if (listen_error) std::rethrow_exception(listen_error);
     std::fprintf(stderr, "[serve] stopped\n");
   });
 }
