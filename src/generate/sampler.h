@@ -30,14 +30,21 @@ class Sampler {
   };
   // The surviving candidates in id order and their probabilities (same order).
   void filter(std::span<const float> logits);
+  void sort_descending(const std::vector<Candidate>& in, std::vector<Candidate>& out);
 
   SamplingParams params_;
   int64_t vocab_;
   std::vector<uint8_t> seen_;  // (vocab) tokens of prompt + generation; O(vocab), not O(length)
   std::mt19937_64 rng_;
   std::vector<float> scores_, sorted_;
-  std::vector<Candidate> kept_;
-  std::vector<double> probs_;
+  struct Keyed {
+    uint32_t key;
+    int32_t index;
+  };
+  std::vector<Candidate> kept_, order_;
+  std::vector<Keyed> keyed_, scratch_;
+  std::vector<double> probs_, weights_;  // weights_: exp(score - top) by id, under top-p
+  std::vector<uint8_t> keep_;
 };
 
 }  // namespace mamba2

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
 
 #include "generate/sampler.h"
 #include "generate/text_stream.h"
@@ -269,14 +270,26 @@ void Engine::decode_step() {
   else
     model_.decode(tokens, rows, *state_, logits);
   const size_t V = size_t(model_.vocab()), vocab = size_t(tokenizer_.vocab_size());
+  if (!greedy) {
+    // Each row draws from its own sampler: in parallel, the same draws as one by one. (An
+    // exception must not leave an OpenMP region: the first is kept and rethrown.)
+    chosen.assign(rows.size(), -1);
+    std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic)
+    for (size_t i = 0; i < rows.size(); ++i) {
+      Job& j = *slots_[size_t(rows[i])];
+      try {
+        if (!j.finishing) chosen[i] = j.sampler.sample(std::span<const float>(logits).subspan(i * V, vocab));
+      } catch (...) {
+#pragma omp critical
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+  }
   for (size_t i = 0; i < rows.size(); ++i) {
     Job& j = *slots_[size_t(rows[i])];
-    if (j.finishing) {
-      done_with(j);
-      continue;
-    }
-    const int32_t token = greedy ? chosen[i] : j.sampler.sample(std::span<const float>(logits).subspan(i * V, vocab));
-    if (!advance(j, token)) done_with(j);
+    if (j.finishing || !advance(j, chosen[i])) done_with(j);
   }
 }
 
