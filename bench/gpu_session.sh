@@ -63,10 +63,11 @@ case "${1:-tests}" in
       done
       python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16" --levels 1,8,32,64 --requests 64 \
         --words 100-300 --max-tokens 64 --long-words 3000 --seed 0 --json "$out/serve_bench.json"
-      # More requests a level (each level above C=1 lasts ~0.3 s with 64), greedy and sampled.
+      # More requests a level (each level above C=1 lasts ~0.3 s with 64), greedy and sampled
+      # (temperature 0.8, top_p 0.95: every token through the host's sampler).
       for t in 0 0.8; do
-        python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16, temperature $t" --levels 1,8,32,64 \
-          --requests 512 --words 100-300 --max-tokens 64 --long-words 0 --seed 1 --temperature $t \
+        timeout 150 python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16, temperature $t" \
+          --levels 1,8,32,64 --requests 256 --words 100-300 --max-tokens 64 --long-words 0 --seed 1 --temperature $t \
           --json "$out/serve_bench_t$t.json"
       done
       kill $pid; wait $pid
