@@ -55,7 +55,7 @@ case "${1:-tests}" in
               --ignore-eos --no-echo 2> /dev/null)"
       "$bin/mamba2" serve --model "$models/130m" --device cuda --port 8181 --slots 64 2> "$out/serve.log" &
       pid=$!
-      for _ in $(seq 100); do curl -s localhost:8181/health > /dev/null && break; sleep 0.2; done
+      for _ in $(seq 100); do curl -sf localhost:8181/health > /dev/null && break; sleep 0.2; done
       body="{\"prompt\": \"$prompt\", \"max_tokens\": 32, \"temperature\": 0, \"ignore_eos\": true}"
       for round in miss hit; do
         got="$(curl -s localhost:8181/v1/completions -d "$body" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["choices"][0]["text"]); print(j["usage"], file=sys.stderr)')"
@@ -74,7 +74,7 @@ case "${1:-tests}" in
       # The long prompt's miss without the prefix cache: one prefill, no state kept on the way.
       "$bin/mamba2" serve --model "$models/130m" --device cuda --port 8182 --slots 64 --cache-bytes 0 2>> "$out/serve.log" &
       pid=$!
-      for _ in $(seq 100); do curl -s localhost:8182/health > /dev/null && break; sleep 0.2; done
+      for _ in $(seq 100); do curl -sf localhost:8182/health > /dev/null && break; sleep 0.2; done
       python3 bench/serve_bench.py --url http://127.0.0.1:8182 --label "h200 bf16, no cache" --levels "" --long-words 3000 \
         --seed 0 --json "$out/serve_bench_nocache.json"
       kill $pid; wait $pid

@@ -158,7 +158,14 @@ def main():
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     args.words = tuple(int(x) for x in args.words.split("-"))
-    stream_request(args.url, body_for(args, "Hello there.", 2))  # warm-up: load pages, start threads
+    for attempt in range(600):  # warm-up (load pages, start threads), once the model is loaded (503 until then)
+        try:
+            stream_request(args.url, body_for(args, "Hello there.", 2))
+            break
+        except RuntimeError as e:
+            if "HTTP 503" not in str(e) or attempt == 599:
+                raise
+            time.sleep(0.5)
 
     res = {"label": args.label, "url": args.url, "max_tokens": args.max_tokens, "words": args.words, "levels": []}
     if args.long_words:

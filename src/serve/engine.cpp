@@ -201,7 +201,7 @@ void Engine::prefill_step() {
     jobs.push_back(&j);
   }
   if (jobs.empty()) return;
-  std::vector<float> logits;
+  std::vector<float>& logits = logits_;
   model_.prefill(ids, lengths, state_.get(), false, logits, slots);
   const size_t V = size_t(model_.vocab());
   for (size_t i = 0; i < jobs.size(); ++i) {
@@ -263,7 +263,7 @@ void Engine::decode_step() {
       greedy = greedy && p.temperature == 0.0f && p.repetition_penalty == 1.0f;
     }
   if (rows.empty()) return;
-  std::vector<float> logits;
+  std::vector<float>& logits = logits_;
   std::vector<int32_t> chosen;
   if (greedy)
     model_.decode_greedy(tokens, rows, *state_, tokenizer_.vocab_size(), chosen);
