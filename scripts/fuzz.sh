@@ -5,7 +5,9 @@
 # finding stops its target and leaves the input in build-asan/findings/; the script then exits
 # non-zero. Each target's libFuzzer output goes to build-asan/fuzz-logs/<target>.log.
 #   scripts/fuzz.sh [SECONDS] [TARGET ...]        (default: 60 seconds, every target)
-#   FUZZ_JOBS=N runs N targets at a time.
+#   FUZZ_JOBS=N runs N targets at a time. FUZZ_TIMEOUT=S: an input running past S seconds is a
+#   finding (default 10; raise it for runs at low priority beside other work, where a starved
+#   process can take that long over an input that runs in a second alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
@@ -29,7 +31,7 @@ run_one() {
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$b/bin/fuzz_$t" "$b/fuzz-corpus/$t" "fuzz/corpus/$t" "${dict[@]}" \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+    -max_total_time="$secs" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
     -artifact_prefix="$b/findings/$t-" > "$b/fuzz-logs/$t.log" 2>&1
 }
 # FUZZ_JOBS targets at a time (default 1; CI runs one per core).
