@@ -30,18 +30,10 @@ constexpr double kCpuTol = 1e-5;
 // fp32 against the float64 oracle, as on the CPU (test_model_golden.cpp).
 constexpr double kGoldenTol = 1e-4;
 // bf16/f16 weights and projection inputs, fp32 everywhere else, against mamba_ssm in bf16 on the
-// same fixtures (bench/mamba_ssm_golden.py on the H200, 2026-11-30: relative L2 to float64, worst
-// sequence). The weights' own rounding to bf16 (2⁻⁹) is most of the error of both; with fp32
-// states and residual ours must stay clearly below theirs: at most 3/4 of it. f16 rounds 8×
-// finer: at most a tenth of it.
-double mamba_ssm_bf16_error(const std::string& fixture) {
-  if (fixture == "official_fp32") return 1.19e-2;
-  if (fixture == "hf_fp32_g2_dtlimit") return 1.05e-2;
-  if (fixture == "hf_bf16_sharded") return 6.87e-3;
-  if (fixture == "official_fp16_g4") return 1.12e-2;
-  ADD_FAILURE() << "no mamba_ssm figure for " << fixture;
-  return 0.0;
-}
+// same fixtures (test::mamba_ssm_bf16_error): the weights' own rounding to bf16 (2⁻⁹) is most of
+// the error of both; with fp32 states and residual ours must stay clearly below theirs: at most
+// 3/4 of it. f16 rounds 8× finer: at most a tenth of it.
+using test::mamba_ssm_bf16_error;
 
 ModelConfig tiny_config(int64_t chunk = 8) {
   ModelConfig c;
@@ -308,7 +300,7 @@ TEST(CudaCli, BadDeviceAndDtypeAreRefused) {
       {"--device cuda:99", cuda::built() ? "[cuda] device 99 does not exist" : "[cuda] this build has no CUDA backend"},
       {"--device tpu", "[cli] --device: 'tpu' is not cpu, cuda or cuda:N"},
       {"--device cuda:x", "[cli] --device: 'cuda:x' is not cpu, cuda or cuda:N"},
-      {"--device cpu --dtype bf16", "the CPU computes in f32 only"},
+      {"--device cpu --dtype f16", "[cli] --dtype f16: the CPU takes f32 or bf16 weights"},
       {"--dtype f64", "[cli] --dtype: 'f64' is not f32, bf16 or f16"},
   };
   for (const Case& c : cases) {

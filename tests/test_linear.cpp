@@ -144,6 +144,41 @@ TEST(LinearRows, DoNotDependOnTheRowCount) {
   }
 }
 
+// bf16 weights (CPU inference): exactly the fp32 kernel on the weights rounded to bf16, both
+// kernels, every instruction set, column counts with and without a tail; training refuses them.
+TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
+  IsaScope scope;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 1001}, {768, 256}}) {
+    const int64_t M = 33;
+    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
+    const auto wv = randn(size_t(n * k), 17), xv = randn(size_t(M * k), 18);
+    std::copy(wv.begin(), wv.end(), W.data());
+    std::copy(xv.begin(), xv.end(), x.data());
+    const Tensor w16 = W.to(Device::CPU, DType::BF16), rounded = w16.to(Device::CPU, DType::F32);
+    std::vector<std::pair<Isa, ops::LinearKernel>> paths;
+    for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
+    paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
+    for (const auto& [isa, kernel] : paths) {
+      cpu::simd::set_isa(isa);
+      for (int64_t m : {int64_t(1), int64_t(3), M}) {
+        Tensor got = Tensor::empty({m, n}), want = Tensor::empty({m, n});
+        ops::linear(MatView::of(x).rows_slice(0, m), w16, MatView::of(got), kernel);
+        ops::linear(MatView::of(x).rows_slice(0, m), rounded, MatView::of(want), kernel);
+        ASSERT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * size_t(m * n)), 0)
+            << cpu::simd::isa_name(isa) << (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode") << " n "
+            << n << " k " << k << " rows " << m;
+      }
+    }
+    Tensor y = Tensor::empty({M, n});
+    try {
+      ops::linear(MatView::of(x), w16, MatView::of(y), ops::LinearKernel::Training);
+      FAIL() << "training on bf16 weights was not refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[linear] weight"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Isa, NamesAreParsedAndBadOnesRefused) {
   EXPECT_EQ(cpu::simd::parse_isa("scalar"), Isa::Scalar);
   EXPECT_EQ(cpu::simd::available_isas().back(), Isa::Scalar);

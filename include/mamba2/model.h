@@ -28,8 +28,9 @@ class Model {
   static Model load(const std::filesystem::path& dir);
   Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device = Device::CPU,
         DType dtype = DType::F32);
-  // This model on `device`, its projections and their inputs in `dtype` (the CPU computes in F32
-  // only); everything else, the residual stream and the states, stays fp32.
+  // This model on `device`, its projections and their inputs in `dtype`; everything else, the
+  // residual stream and the states, stays fp32. On the CPU `dtype` is the weights' (F32 or BF16:
+  // half the bytes read a token) and the arithmetic is fp32, on the weights as stored.
   Model to(Device device, DType dtype) const;
 
   const ModelConfig& config() const { return config_; }
@@ -87,6 +88,8 @@ class Model {
   std::shared_ptr<const ModelWeights> weights_;
   Device device_ = Device::CPU;
   DType dtype_ = DType::F32;
+  // What the projections' inputs are in: the compute dtype on the GPU, fp32 on the CPU.
+  DType activation_dtype() const { return device_ == Device::CPU ? DType::F32 : dtype_; }
   std::string fingerprint_;
   bool decode_graphs_ = true;
   int64_t max_prefill_tokens_ = 8192;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "cpu/kernels.h"
 
 namespace mamba2::cpu {
@@ -11,6 +12,14 @@ template <class T>
 void embedding_forward(const T* table, int64_t d, const int32_t* ids, int64_t n, T* out) {
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; ++t) std::memcpy(out + t * d, table + int64_t(ids[t]) * d, size_t(d) * sizeof(T));
+}
+
+void embedding_forward_bf16(const uint16_t* table, int64_t d, const int32_t* ids, int64_t n, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const uint16_t* row = table + int64_t(ids[t]) * d;
+    for (int64_t c = 0; c < d; ++c) out[t * d + c] = bf16_to_f32(row[c]);
+  }
 }
 
 // Threads own column bands, so repeated ids never race and every sum runs in token order.

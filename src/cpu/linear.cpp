@@ -1,12 +1,16 @@
 // y = x @ Wᵀ: our tiled GEMM for prefill (float), a streaming kernel for decode (float), BLAS for
 // training (templated, also the backward). Backward: d_x = d_y @ W overwrites, d_W += d_yᵀ @ x
-// accumulates.
+// accumulates. The inference kernels also take bf16 weights (uint16_t, the top half of an fp32),
+// widened as they are read: the arithmetic, and so every bit of y, is that of the fp32 kernel on
+// the weights rounded to bf16, at half the bytes read.
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "core/dtype.h"
 #include "cpu/blas.h"
 #include "cpu/kernels.h"
 #include "cpu/simd/tile.h"
@@ -25,6 +29,21 @@ inline v16 load16(const float* p) {
   return v;
 }
 
+// 16 bf16 weights widened to fp32 (exact: shifted into the top half).
+inline v16 load16(const uint16_t* p) {
+  typedef uint16_t u16x16 __attribute__((vector_size(32), aligned(2)));
+  typedef uint32_t u32x16 __attribute__((vector_size(64)));
+  u16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const u32x16 wide = __builtin_convertvector(h, u32x16) << 16;
+  v16 v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+}
+
+inline float weight(float w) { return w; }
+inline float weight(uint16_t w) { return bf16_to_f32(w); }
+
 inline float hsum(v16 v) {
   float s = 0.0f;
   for (int i = 0; i < 16; ++i) s += v[i];
@@ -37,8 +56,8 @@ inline float hsum(v16 v) {
 // in the same order however many rows share the call: a sequence's logits do not depend on the
 // batch it decodes in.
 constexpr int U = 2;
-template <int MI>
-void row_dot(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy, int64_t k) {
+template <int MI, class Wt>
+void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t ldy, int64_t k) {
   v16 acc[U][MI] = {};
   int64_t j = 0;
   for (; j + 16 * U <= k; j += 16 * U) {
@@ -51,21 +70,23 @@ void row_dot(const float* x, int64_t ldx, const float* w, float* y, int64_t ldy,
     v16 total = acc[0][i];
     for (int u = 1; u < U; ++u) total += acc[u][i];
     float s = hsum(total);
-    for (int64_t jj = j; jj < k; ++jj) s += w[jj] * x[i * ldx + jj];
+    // The tail as explicit fused multiply-adds: the same operations for every weight type,
+    // whatever the compiler would contract.
+    for (int64_t jj = j; jj < k; ++jj) s = std::fma(weight(w[jj]), x[i * ldx + jj], s);
     y[i * ldy] = s;
   }
 }
 
-template <int MI>
-void rows_band(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
+template <int MI, class Wt>
+void rows_band(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
                int64_t k) {
   for (int64_t r = r_begin; r < r_end; ++r) row_dot<MI>(x, ldx, W + r * k, y + r, ldy, k);
 }
 
 // Bound by reading W once. Each thread streams a band of W's rows; the band stays in cache
 // while every row of x passes over it.
-void linear_rows(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
-                     int64_t k) {
+template <class Wt>
+void linear_rows(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k) {
   // About four bands per thread, so that many cores share even the narrow out_proj.
   const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 4, 64);
 #pragma omp parallel for schedule(static)
@@ -106,28 +127,29 @@ void pack_a(const float* x, int64_t ldx, int64_t m, int64_t k, int mr, float* ou
 
 // B panel: rows [0, cols) of W (columns of y), columns [p0, p0 + kc), as ⌈cols/nr⌉ blocks of
 // kc × nr; columns past the last W row are zeros.
-void pack_b(const float* W, int64_t k, int64_t cols, int64_t p0, int64_t kc, int nr, float* out) {
+template <class Wt>
+void pack_b(const Wt* W, int64_t k, int64_t cols, int64_t p0, int64_t kc, int nr, float* out) {
   for (int64_t j0 = 0; j0 < cols; j0 += nr) {
     const int64_t c = std::min<int64_t>(nr, cols - j0);
     float* blk = out + j0 * kc;
     // 8 × 8 blocks: rows read 8 values at a time, the panel written 8 values at a time.
     int64_t j = 0;
     for (; j + 8 <= c; j += 8) {
-      const float* src = W + (j0 + j) * k + p0;
+      const Wt* src = W + (j0 + j) * k + p0;
       int64_t p = 0;
       for (; p + 8 <= kc; p += 8) {
         float t[8][8];
         for (int jj = 0; jj < 8; ++jj)
-          for (int pp = 0; pp < 8; ++pp) t[pp][jj] = src[jj * k + p + pp];
+          for (int pp = 0; pp < 8; ++pp) t[pp][jj] = weight(src[jj * k + p + pp]);
         for (int pp = 0; pp < 8; ++pp)
           for (int jj = 0; jj < 8; ++jj) blk[(p + pp) * nr + j + jj] = t[pp][jj];
       }
       for (; p < kc; ++p)
-        for (int jj = 0; jj < 8; ++jj) blk[p * nr + j + jj] = src[jj * k + p];
+        for (int jj = 0; jj < 8; ++jj) blk[p * nr + j + jj] = weight(src[jj * k + p]);
     }
     for (; j < c; ++j) {
-      const float* src = W + (j0 + j) * k + p0;
-      for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = src[p];
+      const Wt* src = W + (j0 + j) * k + p0;
+      for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = weight(src[p]);
     }
     for (; j < nr; ++j)
       for (int64_t p = 0; p < kc; ++p) blk[p * nr + j] = 0.0f;
@@ -139,7 +161,8 @@ struct Scratch {
 };
 
 // y block (rows × cols) from the packed panels of its rows (ap) and W's rows for its columns.
-void tiled_block(const simd::TileKernel& t, const float* ap, const float* W, float* y, int64_t ldy, int64_t rows,
+template <class Wt>
+void tiled_block(const simd::TileKernel& t, const float* ap, const Wt* W, float* y, int64_t ldy, int64_t rows,
                  int64_t cols, int64_t k, Scratch& buf) {
   const int mr = t.mr, nr = t.nr;
   buf.b.resize(size_t(kNcMax + nr) * kKc);
@@ -172,10 +195,8 @@ void tiled_block(const simd::TileKernel& t, const float* ap, const float* W, flo
   }
 }
 
-}  // namespace
-
-void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
-                  int64_t k) {
+template <class Wt>
+void tiled(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i) std::fill_n(y + i * ldy, n, 0.0f);
@@ -207,7 +228,24 @@ void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t
   }
 }
 
+}  // namespace
+
+void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                  int64_t k) {
+  tiled(x, ldx, W, y, ldy, m, n, k);
+}
+
+void linear_tiled(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                  int64_t k) {
+  tiled(x, ldx, W, y, ldy, m, n, k);
+}
+
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                      int64_t k) {
+  if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
+}
+
+void linear_streaming(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k) {
   if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
 }

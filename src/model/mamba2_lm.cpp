@@ -36,14 +36,16 @@ Model Model::load(const std::filesystem::path& dir) {
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
-  if (device == Device::CPU && dtype != DType::F32)
-    fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
-  if (weights_->embedding.device() == Device::CPU) fingerprint_ = model_fingerprint(config_, *weights_);
+  if (device == Device::CPU && dtype == DType::F16)
+    fail("[model] the CPU takes F32 or BF16 weights, not F16");
+  // Of the weights as loaded (fp32 on the host); a placed copy inherits it (to()).
+  if (weights_->embedding.device() == Device::CPU && weights_->embedding.dtype() == DType::F32)
+    fingerprint_ = model_fingerprint(config_, *weights_);
 }
 
 Model Model::to(Device device, DType dtype) const {
-  if (device == Device::CPU && dtype != DType::F32)
-    fail("[model] the CPU computes in F32 only, not {}", dtype_name(dtype));
+  if (device == Device::CPU && dtype == DType::F16)
+    fail("[model] the CPU takes F32 or BF16 weights, not F16");
   if (device == device_ && dtype == dtype_) return *this;
   Model m(config_, std::make_shared<const ModelWeights>(place_weights(*weights_, device, dtype)), device, dtype);
   m.fingerprint_ = fingerprint_;  // the same weights, placed
@@ -212,7 +214,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   const ModelConfig& c = config_;
   const ModelWeights& w = *weights_;
   const int64_t T = int64_t(ids.size()), nseq = int64_t(lengths.size());
-  Activations a(T, c, device_, dtype_);
+  Activations a(T, c, device_, activation_dtype());
   // Without a state every sequence starts from zeros (its slot is its index): one layer's worth
   // of zero states, cleared before each layer.
   Tensor scratch_conv, scratch_ssm;
@@ -234,10 +236,10 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     }
     ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), conv_states, seqs);
     const ConvOut co = split_conv(MatView::of(a.xbc), c);
-    ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), ssm_states, seqs, dtype_);
+    ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), ssm_states, seqs, activation_dtype());
   });
   if (all_positions) {
-    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, dtype_, logits);
+    head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, activation_dtype(), logits);
     return;
   }
   // Only the last position of each sequence goes through the head.
@@ -248,7 +250,7 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     copy_bytes(MatView::of(last_res).row(s), MatView::of(a.residual).row(last), row_bytes, device_);
     copy_bytes(MatView::of(last_h).row(s), MatView::of(a.h).row(last), row_bytes, device_);
   }
-  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Prefill, dtype_, logits);
+  head(w, c, MatView::of(last_res), MatView::of(last_h), ops::LinearKernel::Prefill, activation_dtype(), logits);
 }
 
 void Model::check_decode(std::span<const int32_t> tokens, std::span<const int64_t> slots,
@@ -280,14 +282,14 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
     decode_on_gpu(tokens, slots, state, &logits, 0, nullptr);
     return;
   }
-  Activations a(nb, c, device_, dtype_);
+  Activations a(nb, c, device_, activation_dtype());
   const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, device_);
   run_layers(w, c, tokens, a, ops::LinearKernel::Decode, [&](size_t li, const LayerWeights& l, const Projections& pr) {
     ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), seqs);
     const ConvOut co = split_conv(MatView::of(a.xbc), c);
     ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), seqs);
   });
-  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, dtype_, logits);
+  head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, activation_dtype(), logits);
 }
 
 // A decode step on the GPU for a model and a batch size, kept with the state it advances: its

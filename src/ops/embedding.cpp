@@ -39,6 +39,10 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
 #endif
     return;
   }
+  if (table.dtype() == DType::BF16) {
+    cpu::embedding_forward_bf16(static_cast<const uint16_t*>(table.raw()), d, ids.data(), n, out.data());
+    return;
+  }
   cpu::embedding_forward(table.data(), d, ids.data(), n, out.data());
 }
 

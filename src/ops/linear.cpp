@@ -13,15 +13,25 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   const Device dev = W.device();
   check_shape("linear", "x", x, x.rows, k, dev);
   check_shape("linear", "y", y, x.rows, n, dev);
-  check_dtype("linear", "x", x.dtype, W.dtype());
   check_dtype("linear", "y", y.dtype, DType::F32);
   if (dev == Device::CUDA) {
+    check_dtype("linear", "x", x.dtype, W.dtype());
     if (kernel == LinearKernel::Training) fail("[linear] training on the GPU is not built yet");
 #if MAMBA2_HAVE_CUDA
     cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode);
 #else
     no_cuda_backend(__func__);
 #endif
+    return;
+  }
+  // The CPU computes in fp32; inference may read bf16 weights.
+  check_dtype("linear", "x", x.dtype, DType::F32);
+  if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) {
+    const auto* w16 = static_cast<const uint16_t*>(W.raw());
+    if (kernel == LinearKernel::Prefill)
+      cpu::linear_tiled(x.data(), x.ld, w16, y.data(), y.ld, x.rows, n, k);
+    else
+      cpu::linear_streaming(x.data(), x.ld, w16, y.data(), y.ld, x.rows, n, k);
     return;
   }
   check_dtype("linear", "weight", W.dtype(), DType::F32);

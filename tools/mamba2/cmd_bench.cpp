@@ -83,14 +83,15 @@ void bench_linear(const std::string& shape, Device dev, DType dtype, int64_t rep
   if (d.size() != 3 || d[0] <= 0 || d[1] <= 0 || d[2] <= 0) fail("[bench] --linear: '{}' is not MxNxK", shape);
   const int64_t m = d[0], n = d[1], k = d[2];
   std::mt19937 rng(2);
-  auto random = [&](Shape s) {
+  auto random = [&](Shape s, DType as) {
     Tensor t = Tensor::empty(std::move(s));
     std::uniform_real_distribution<float> u(-1, 1);
     for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = u(rng);
-    return t.to(dev, dtype);
+    return t.to(dev, as);
   };
-  Tensor x = random({m, k}), y = Tensor::empty({m, n}, dev);
-  std::vector<Tensor> Ws{random({n, k})};
+  // The GPU's projection inputs are in the compute dtype, the CPU's in fp32 (whatever the weights').
+  Tensor x = random({m, k}, dev == Device::CPU ? DType::F32 : dtype), y = Tensor::empty({m, n}, dev);
+  std::vector<Tensor> Ws{random({n, k}, dtype)};
   const int64_t bytes = Ws[0].nbytes(), copies = std::clamp<int64_t>((int64_t(512) << 20) / bytes + 1, 1, 64);
   if (dev == Device::CUDA)
     while (int64_t(Ws.size()) < copies) Ws.push_back(Ws[0].to(Device::CPU, dtype).to(dev, dtype));

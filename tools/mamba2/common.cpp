@@ -49,8 +49,9 @@ void set_threads(int threads) {
 
 void add_placement_options(CLI::App* sub, Placement& p) {
   sub->add_option("--device", p.device, "cpu, cuda or cuda:N (default: the first GPU when there is one)");
-  sub->add_option("--dtype", p.dtype, "f32, bf16 or f16: the projections' weights and inputs (default: bf16 on the "
-                                      "GPU; the CPU computes in f32 only)");
+  sub->add_option("--dtype", p.dtype, "f32, bf16 or f16: the projections' weights (and on the GPU their inputs; the "
+                                      "CPU computes in f32 on f32 or bf16 weights). Default: bf16 on the GPU, f32 on "
+                                      "the CPU");
 }
 
 Device placement_device(const Placement& p) {
@@ -95,8 +96,8 @@ DType placement_dtype(const Placement& p, Device dev) {
     if (!parsed) fail("[cli] --dtype: '{}' is not f32, bf16 or f16", p.dtype);
     dtype = *parsed;
   }
-  if (dev == Device::CPU && dtype != DType::F32)
-    fail("[cli] --dtype {}: the CPU computes in f32 only (bf16/f16 run on the GPU)", p.dtype);
+  if (dev == Device::CPU && dtype == DType::F16)
+    fail("[cli] --dtype f16: the CPU takes f32 or bf16 weights (f16 runs on the GPU)");
   return dtype;
 }
 
