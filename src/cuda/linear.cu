@@ -346,8 +346,8 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
 // second's. Permuting k alike on both operands leaves each dot product as it is. An output's sum
 // runs over the same steps, mma by mma and warp by warp, whatever MT, NT and the other rows and
 // columns are (an mma's outputs are independent dot products), so the variant can follow m and
-// a row's bits still do not depend on its batch (`splits` follows W's shape and the GPU alone). Launched overlapped: the first steps' W loads
-// are issued before waiting for the previous kernel.
+// a row's bits still do not depend on its batch (`splits` follows W's shape and the GPU alone).
+// Launched overlapped: the first steps' W loads are issued before waiting for the previous kernel.
 constexpr int kTcWarps = 8;
 
 template <int MT, int NT>
@@ -476,8 +476,9 @@ __global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uin
 // the GPU alone (never from m): doubled while the grid stays within 2.5 blocks per SM and each
 // block keeps 4 or more k-steps of 32 (measured on the H200, bench/RESULTS.md: a split pays only
 // where W has few columns and long rows, as the out projections; elsewhere the extra blocks' fixed
-// costs and the cluster's exchange outweigh what more loads in flight bring). MAMBA2_DECODE_SPLITS=1|2|4|8 forces it (to tune; a row's
-// bits follow it). Clusters need sm_90: older GPUs take one block per tile.
+// costs and the cluster's exchange outweigh what more loads in flight bring).
+// MAMBA2_DECODE_SPLITS=1|2|4|8 forces it (to tune; a row's bits follow it). Clusters need sm_90:
+// older GPUs take one block per tile.
 int decode_splits(int64_t tiles, int64_t steps) {
   static const int forced = [] {
     const char* e = std::getenv("MAMBA2_DECODE_SPLITS");

@@ -838,14 +838,15 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
               const int64_t* slots, int64_t nb, const float* z, int64_t ldz, float* sums, int64_t lds) {
   check_params(p);
   if (nb == 0) return;
-  if (p.d_state > 32 * kStepCols) raise(cat("[ssd_scan] d_state ", p.d_state, ": the decode step takes at most ", 32 * kStepCols));
+  if (p.d_state > 32 * kStepCols)
+    raise(cat("[ssd_scan] d_state ", p.d_state, ": the decode step takes at most ", 32 * kStepCols));
   const dim3 grid(unsigned(nb), unsigned(p.nheads), unsigned(ceil_div(p.headdim, kStepRows)));
   // 16-byte loads: whole float4 rows of the states (a pool buffer) and of B and C.
   const bool vec = p.d_state % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(B) % 16 == 0 && reinterpret_cast<uintptr_t>(C) % 16 == 0 &&
                    ldb % 4 == 0 && ldc % 4 == 0;
-  launch_overlapped(vec ? step_kernel<true> : step_kernel<false>, grid, kStepWarps * 32, 0, "ssd_scan", p, x, ldx, B, ldb, C,
-                    ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds);
+  launch_overlapped(vec ? step_kernel<true> : step_kernel<false>, grid, kStepWarps * 32, 0, "ssd_scan", p, x, ldx, B,
+                    ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds);
 }
 
 }  // namespace mamba2::cuda

@@ -5,10 +5,10 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "core/file.h"
 #include "core/utf8.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
@@ -224,15 +224,10 @@ void add_eval(CLI::App& app) {
   add_placement_options(sub, o->placement);
   on_run(sub, [o] {
     set_threads(o->threads);
-    const fs::path tokenizer_path = o->tokenizer.empty() ? fs::path(o->model) / "tokenizer.json" : fs::path(o->tokenizer);
-    if (o->tokenizer.empty() && !fs::exists(tokenizer_path))
-      fail("[cli] no tokenizer.json in {}: give one with --tokenizer", o->model);
-    std::ifstream in(o->text, std::ios::binary);
-    if (!in) fail("[cli] --text: cannot open {}", o->text);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string text = read_file(o->text, "[cli] --text:");
     if (const size_t bad = utf8::first_invalid(text); bad != std::string::npos)
       fail("[cli] --text: {} is not valid UTF-8 (byte offset {})", o->text, bad);
-    const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+    const Tokenizer tokenizer = load_tokenizer(o->model, o->tokenizer);
     const Model model = load_model(o->model, o->placement);
     const EvalResult r = evaluate(model, tokenizer, text);
     if (o->json) {
