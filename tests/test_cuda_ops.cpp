@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <tuple>
 
 #include "cuda_test_support.h"
 #include "ops/ops.h"
@@ -92,13 +93,15 @@ TEST(CudaOps, GatedRmsnormMatchesCpu) {
 TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
   MAMBA2_REQUIRE_GPU();
   // k = 72: whole 16-byte loads with a partial last k-step; k = 77: the element-wise loads;
-  // k = 1000, 1001: k split over a cluster of blocks (decode_splits), the last range partial.
-  const int64_t n = 200;
-  for (int64_t k : {72, 77, 1000, 1001}) {
+  // k = 1000, 1001: k split over a cluster of blocks (decode_splits), the last range partial;
+  // n = 4800: two 16-column tiles a block at a few rows (decode_tiles_per_block).
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{200, 72}, {200, 77}, {200, 1000}, {200, 1001},
+                                                                     {4800, 72}, {4800, 77}}) {
     for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
       const Tensor W = random_tensor({n, k}, 7);
       for (int64_t m : {1, 3, 9, 64, 257}) {
-        SCOPED_TRACE(std::string(dtype_name(dt)) + " k " + std::to_string(k) + " m " + std::to_string(m));
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " n " + std::to_string(n) + " k " + std::to_string(k) + " m " +
+                     std::to_string(m));
         const Tensor x = random_tensor({m, k}, 8 + uint64_t(m));
         // The oracle sees the inputs as the GPU does (rounded to the dtype); the products of
         // bf16/f16 values are exact in fp32, so only the summation order differs.
@@ -120,13 +123,16 @@ TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
 // rounded to the compute dtype, then the product with W rounded alike.
 TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
   MAMBA2_REQUIRE_GPU();
-  // k = 768: the tensor-core kernel splits k over a cluster of blocks (decode_splits).
-  const int64_t n = 40, per = 4;
+  // k = 768: the tensor-core kernel splits k over a cluster of blocks (decode_splits); n = 4800:
+  // blocks of two 16-column tiles at a few rows (decode_tiles_per_block, a tall W).
+  const int64_t per = 4;
   const float eps = 1e-5f;
-  for (const auto& [k, groups] : std::vector<std::pair<int64_t, int64_t>>{{96, 1}, {96, 3}, {768, 1}, {768, 3}}) {
+  for (const auto& [n, k, groups] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {40, 96, 1}, {40, 96, 3}, {40, 768, 1}, {40, 768, 3}, {4800, 96, 1}, {4800, 768, 3}}) {
     for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
       for (int64_t m : {1, 5, 70}) {
-        SCOPED_TRACE(testing::Message() << "k " << k << " groups " << groups << " " << dtype_name(dt) << " m " << m);
+        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " groups " << groups << " " << dtype_name(dt)
+                                        << " m " << m);
         const Tensor src = random_tensor({m, k}, 50 + uint64_t(m), -2.0f, 2.0f), w = random_tensor({k}, 51);
         const Tensor W = random_tensor({n, k}, 52), res0 = random_tensor({m, n}, 53);
         const int64_t gs = k / groups;
@@ -244,9 +250,10 @@ TEST(CudaOps, ArgmaxIsTheCpusFirstLargest) {
 // A row's bits must not depend on how many rows are computed with it (batch invariance).
 TEST(CudaOps, LinearRowsDoNotDependOnTheRowCount) {
   MAMBA2_REQUIRE_GPU();
-  // The 130m in_proj, and its out_proj (k split over a cluster of blocks, decode_splits).
+  // The 130m in_proj, and its out_proj (k split over a cluster of blocks, decode_splits); the
+  // 2.7b in_proj's rows at a short k (two 16-column tiles a block at a few rows).
   const int64_t M = 2048;
-  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{3352, 768}, {768, 1536}}) {
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{3352, 768}, {768, 1536}, {10576, 256}}) {
     const Tensor W = random_tensor({n, k}, 9), x = random_tensor({M, k}, 10);
     for (DType dt : {DType::F32, DType::BF16}) {
       const Tensor Wg = to_gpu(W, dt), xg = to_gpu(x, dt);
