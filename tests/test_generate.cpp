@@ -21,19 +21,9 @@ namespace {
 namespace fs = std::filesystem;
 const std::string kTokenizer = MAMBA2_FIXTURES_DIR "/tokenizer/gpt-neox-20b.json";
 
-ModelConfig small_config() {
-  ModelConfig c = preset_config("130m");
-  c.d_model = 32;
-  c.n_layer = 2;
-  c.d_state = 16;
-  c.headdim = 16;
-  c.chunk_size = 16;
-  c.vocab_size = 50277;
-  // An untied head: with the tied one, the scaled embedding makes each token its own argmax,
-  // and greedy output would repeat one token.
-  c.tie_embeddings = false;
-  return c;
-}
+// An untied head: with the tied one, the scaled embedding makes each token its own argmax, and
+// greedy output would repeat one token.
+ModelConfig small_config() { return test::small_config(50277, false); }
 
 // Model folders with the tokenizer beside them: `model` (perturbed official init, so that
 // logits are far from uniform), `flat` (final norm weight 0, so all logits are 0 and greedy

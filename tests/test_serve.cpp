@@ -38,14 +38,7 @@ constexpr const char* kChatTemplate =
 class Serve : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ModelConfig c = preset_config("130m");
-    c.d_model = 32;
-    c.n_layer = 2;
-    c.d_state = 16;
-    c.headdim = 16;
-    c.chunk_size = 16;
-    c.vocab_size = 50277;
-    c.tie_embeddings = false;
+    const ModelConfig c = test::small_config(50277, false);
     ModelWeights w = init_weights(c, 3);
     test::perturb_weights(w, 4);
     model_ = new Model(c, std::make_shared<const ModelWeights>(std::move(w)));

@@ -21,16 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ModelConfig small_config() {
-  ModelConfig c = preset_config("130m");
-  c.d_model = 32;
-  c.n_layer = 2;
-  c.d_state = 16;
-  c.headdim = 16;
-  c.chunk_size = 16;
-  c.vocab_size = 100;
-  return c;
-}
+ModelConfig small_config() { return test::small_config(100); }
 
 Model small_model(uint64_t seed) {
   const ModelConfig c = small_config();

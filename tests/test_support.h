@@ -174,6 +174,20 @@ inline void perturb_weights(ModelWeights& w, uint64_t seed) {
   }
 }
 
+// The 130m preset's layout at test size: 2 layers of width 32, 4 heads of 16, d_state 16,
+// chunks of 16 (several chunks in a short prompt).
+inline ModelConfig small_config(int64_t vocab, bool tied = true) {
+  ModelConfig c = preset_config("130m");
+  c.d_model = 32;
+  c.n_layer = 2;
+  c.d_state = 16;
+  c.headdim = 16;
+  c.chunk_size = 16;
+  c.vocab_size = vocab;
+  c.tie_embeddings = tied;
+  return c;
+}
+
 inline std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> d(0, int32_t(vocab - 1));
