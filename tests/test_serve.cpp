@@ -373,6 +373,11 @@ TEST_F(Serve, APrefixCacheHitChangesNoBit) {
   EXPECT_NE(m.body.find("# TYPE mamba2_prefix_cache_hits_total counter"), std::string::npos) << m.body;
   EXPECT_EQ(m.body.find("mamba2_prefix_cache_hits_total 0\n"), std::string::npos) << m.body;
   EXPECT_EQ(m.body.find("mamba2_prefix_cache_cached_tokens_total 0\n"), std::string::npos) << m.body;
+  // State memory: each slot holds one sequence's conv and SSM states of every layer.
+  const ModelConfig& c = model_->config();
+  const int64_t per = 4 * c.n_layer * ((c.d_conv - 1) * c.conv_dim() + c.nheads() * c.headdim * c.d_state);
+  EXPECT_NE(m.body.find("mamba2_slot_state_bytes " + std::to_string(16 * per) + "\n"), std::string::npos) << m.body;
+  EXPECT_NE(m.body.find("# TYPE mamba2_session_state_bytes gauge"), std::string::npos) << m.body;
 }
 
 // A session continues where its last request stopped (every generated token consumed): the

@@ -71,6 +71,8 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, Limits limits)
     fail("[serve] the tokenizer has {} tokens but the model's vocabulary only {}", tokenizer.vocab_size(),
          model.vocab());
   state_ = model_.new_state(limits.slots);
+  for (const auto* layers : {&state_->conv, &state_->ssm})
+    for (const Tensor& t : *layers) sequence_state_bytes_ += int64_t(t.nbytes()) / limits.slots;
   slots_.resize(size_t(limits.slots));
   worker_ = std::thread([this] { run(); });
 }

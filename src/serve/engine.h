@@ -85,6 +85,8 @@ class Engine {
   std::shared_ptr<RequestStream> submit(std::vector<int32_t> prompt, const GenerationParams& params,
                                         const std::string& session = "");
   int64_t sessions() const;
+  // Bytes of one sequence's recurrent state (conv and SSM, every layer), on the model's device.
+  int64_t sequence_state_bytes() const { return sequence_state_bytes_; }
 
   int64_t waiting() const;
   int64_t running() const { return running_; }  // sequences holding a slot (prefilling or decoding)
@@ -112,6 +114,7 @@ class Engine {
   const Tokenizer& tokenizer_;
   Limits limits_;
   std::shared_ptr<InferenceState> state_;
+  int64_t sequence_state_bytes_ = 0;
   std::vector<float> logits_;  // a step's logits, kept: 13 MB at 64 rows, page-faulted in once
   std::vector<std::unique_ptr<Job>> slots_;  // by slot; null: free
   mutable std::mutex mutex_;

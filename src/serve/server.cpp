@@ -214,6 +214,11 @@ struct Server::Impl {
              k.cached_tokens);
       metric("mamba2_prefix_cache_entries", "gauge", "States in the prefix cache.", k.entries);
       metric("mamba2_prefix_cache_bytes", "gauge", "Bytes of the prefix cache (states and their tokens).", k.bytes);
+      const int64_t sessions = engine->sessions(), per = engine->sequence_state_bytes();
+      metric("mamba2_sessions", "gauge", "Sessions whose state is kept.", sessions);
+      metric("mamba2_session_state_bytes", "gauge", "Bytes of the sessions' kept states.", sessions * per);
+      metric("mamba2_slot_state_bytes", "gauge", "Bytes of the running batch's states (every slot).",
+             engine->limits().slots * per);
       res.set_content(m, "text/plain; version=0.0.4");
     }));
     http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
