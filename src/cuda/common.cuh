@@ -11,11 +11,16 @@
 #include <utility>
 
 #include "core/dtype.h"
+#include "cuda/kernels.h"
 
 namespace mamba2::cuda {
 
 // Every launch and copy of the engine goes to this stream (one per process and device).
 cudaStream_t stream();
+// w, or nothing when it is over a quarter of the GPU's L2: warming part of a large projection
+// competes with the running kernel's own weight stream and is evicted by it before use (2.7b
+// decode ran 36% slower with half the L2 warmed, bench/RESULTS.md).
+L2Warm fitting(L2Warm w);
 
 // Throws mamba2::Error (raise.cpp: nvcc cannot compile fmt's compile-time format checks, so the
 // .cu files build their messages with cat() and never include mamba2/error.h).
@@ -66,6 +71,30 @@ __device__ __forceinline__ void start_next() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// Warms the L2 with bytes [ptr, ptr + bytes): each block of the grid issues one bulk prefetch of
+// its share (sm_90; a hint that nothing waits for, and that no result depends on). A decode
+// step's kernels warm the weights of the projection after them while they run, so that its loads
+// hit the L2 instead of waiting on DRAM (L2Warm: cuda/kernels.h).
+__device__ __forceinline__ void warm_l2(const L2Warm& w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (!w.ptr || threadIdx.x + threadIdx.y + threadIdx.z != 0) return;
+  // Whole 16-byte units around the range, as the instruction needs.
+  const uint64_t first = reinterpret_cast<uint64_t>(w.ptr) & ~uint64_t(15);
+  const uint64_t total = (reinterpret_cast<uint64_t>(w.ptr) + w.bytes + 15 - first) & ~uint64_t(15);
+  const uint64_t blocks = uint64_t(gridDim.x) * gridDim.y * gridDim.z;
+  const uint64_t b = (uint64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const uint64_t share = (total / 16 + blocks - 1) / blocks * 16, start = b * share;
+  if (start >= total) return;
+  const uint32_t size = uint32_t(min(share, total - start));
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first + start), "r"(size) : "memory");
+#endif
+}
+// One 128-byte line into the L2 (a hint: a load after wait_for_previous() reads the current
+// value whatever was prefetched).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // `cluster` > 1 (sm_90): the grid's blocks in clusters of that many along x, which may read each
 // other's shared memory (the decode projections' split-k sums).
 template <class... Params, class... Args>

@@ -10,8 +10,9 @@ namespace {
 constexpr int kThreads = 256;
 
 template <class T>
-__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out, float* sums) {
+__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out, float* sums, L2Warm warm) {
   start_next();
+  warm_l2(warm);
   wait_for_previous();
   const int64_t t = blockIdx.x;
   const T* row = table + int64_t(ids[t]) * d;
@@ -29,12 +30,12 @@ __global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, 
 }  // namespace
 
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
-                       float* sums) {
+                       float* sums, const L2Warm& warm) {
   if (n == 0) return;
   with_dtype(table_dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     launch_overlapped(embedding_kernel<T>, unsigned(n), kThreads, 0, "embedding", static_cast<const T*>(table), d, ids,
-                      out, sums);
+                      out, sums, fitting(warm));
   });
 }
 

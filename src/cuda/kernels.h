@@ -25,10 +25,18 @@ struct PackedSeqs {
   const int64_t* slots = nullptr;       // (count) rows of the state buffers
 };
 
+// Bytes a decode kernel warms into the L2 while it runs (common.cuh, warm_l2): the weights of the
+// projection after it. A hint only; no result depends on it. Launchers drop it when it is over a
+// quarter of the L2 (common.cuh, fitting).
+struct L2Warm {
+  const void* ptr = nullptr;
+  uint64_t bytes = 0;
+};
+
 // out[t] (fp32) = table[ids[t]]                 table (vocab, d) in table_dtype; ids (n) on the GPU
 // sums (n), when set, = Σ out[t]² (for the first layer's fused norm).
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
-                       float* sums = nullptr);
+                       float* sums = nullptr, const L2Warm& warm = {});
 
 // residual += h (h may be null); out = rmsnorm(residual) · w, stored in out_dtype.
 //   residual, h (n, d) fp32; w (d) fp32; out (n, d)
@@ -74,7 +82,7 @@ struct ConvStepArgs {
 int64_t residual_sum_count(int64_t n);  // partial sums per row of a residual projection to n columns
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
                           int64_t ldy, float* residual, int64_t ldr, float* sums_out, int64_t lds,
-                          const ConvStepArgs& conv, int64_t m, int64_t n, int64_t k);
+                          const ConvStepArgs& conv, const L2Warm& warm, int64_t m, int64_t n, int64_t k);
 
 // Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
 // states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
@@ -109,7 +117,7 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
               const int64_t* slots, int64_t nb, const float* z = nullptr, int64_t ldz = 0, float* sums = nullptr,
-              int64_t lds = 0);
+              int64_t lds = 0, const L2Warm& warm = {});
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.

@@ -247,6 +247,7 @@ struct Out {
   float* sums;
   int64_t lds;
   ConvStepArgs conv;
+  L2Warm warm;  // warmed while the kernel runs: the next projection's weights
 };
 
 constexpr int kSumCols = 16;  // the residual sums' unit, and the columns of one mma tile
@@ -285,6 +286,22 @@ __device__ void store_block(const Out& out, const float* vals, int64_t row0, int
   }
 }
 
+// Before the wait: the conv states the block's epilogue will read, into the L2 (the slots were
+// copied in before the step's first kernel; a stale line would only cost a miss).
+__device__ void warm_conv_states(const ConvStepArgs& cv, int64_t row0, int rows, int64_t m, int64_t col0, int cols) {
+  if (cv.C == 0 || cv.K < 2) return;
+  const int64_t c0 = max(col0 - cv.first, int64_t(0)), c1 = min(col0 + cols - cv.first, cv.C);
+  if (c0 >= c1) return;
+  const int64_t taps = cv.K - 1;
+  for (int64_t i = threadIdx.x; i < rows * taps; i += blockDim.x) {
+    const int64_t r = row0 + i / taps;
+    if (r >= m) break;
+    const float* p = cv.states + (cv.slots[r] * taps + i % taps) * cv.C;
+    prefetch_l2(p + c0);
+    prefetch_l2(p + c1 - 1);
+  }
+}
+
 // f32 decode on CUDA cores: warp w of a block takes output columns col0 + 2w, col0 + 2w + 1;
 // each lane sums its 8-element slices of k in order, then a fixed shuffle tree; kRows rows of x
 // per pass share W's slices in registers.
@@ -297,6 +314,7 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
                                                            int64_t k) {
   __shared__ float scales[kRows * kMaxNormGroups], vals[kRows * kSumCols], sq[kRows * kSumCols];
   start_next();
+  warm_l2(out.warm);
   wait_for_previous();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t col0 = int64_t(blockIdx.x) * kSumCols, wcol = col0 + warp * kCols;
@@ -391,17 +409,20 @@ __device__ void add_cluster_sums(float* vals, int count, int splits) {
 }
 
 template <class T, int MT, int NT, int U, class In, bool vec>
-__global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m,
+__global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1) tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m,
                                                                 int64_t n, int64_t k, int splits) {
   extern __shared__ float smem[];
   float* partial = smem;                                  // [warp][MT][NT][lane][4]
   float* scales = partial + kTcWarps * MT * NT * 128;     // [row][group]
   float* vals = scales + NT * 8 * kMaxNormGroups;         // [row][MT·16 columns]
   start_next();
+  warm_l2(out.warm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // A cluster's blocks are consecutive along x, ranked in that order.
   const int split = int(blockIdx.x % unsigned(splits));
   const int64_t col0 = int64_t(blockIdx.x / unsigned(splits)) * MT * 16, steps = ceil_div(k, int64_t(32));
+  const int64_t row0 = int64_t(blockIdx.y) * NT * 8;
+
   const int64_t per = ceil_div(steps, int64_t(splits)), first = split * per, last = min(steps, first + per);
   const int64_t kend = min(k, last * 32);
   // W's rows past n and k past the block's range read as zeros (avail ≤ 0): every lane runs
@@ -418,8 +439,9 @@ __global__ void __launch_bounds__(kTcWarps * 32) tc_rows_kernel(In in, const uin
   };
   uint4 lo[U][MT], hi[U][MT];
   load_batch(first + warp, lo, hi);
+  // After the W loads are in flight: warming the conv states reads the slots first.
+  if (split == 0) warm_conv_states(out.conv, row0, NT * 8, m, col0, MT * 16);
   wait_for_previous();
-  const int64_t row0 = int64_t(blockIdx.y) * NT * 8;
   {
     if constexpr (std::is_same_v<In, Normed>) {
       row_scales(in, row0, NT * 8, m, kTcWarps, scales);
@@ -621,7 +643,7 @@ int64_t residual_sum_count(int64_t n) { return ceil_div(n, int64_t(kSumCols)); }
 
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
                           int64_t ldy, float* residual, int64_t ldr, float* sums, int64_t lds, const ConvStepArgs& conv,
-                          int64_t m, int64_t n, int64_t k) {
+                          const L2Warm& warm, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
   if (norm.groups < 1 || norm.groups > kMaxNormGroups || k % norm.groups)
     raise(cat("[linear] a fused norm takes 1 to ", kMaxNormGroups, " groups dividing the ", k, " columns, got ",
@@ -629,7 +651,7 @@ void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, con
   const Normed in{src, ld, norm, k / norm.groups};
   const bool aligned = aligned16(src, ld, 4) && reinterpret_cast<uintptr_t>(norm.weight) % 16 == 0 &&
                        in.group_cols % 8 == 0;
-  launch_decode(in, aligned, W, dtype, Out{y, ldy, residual, ldr, sums, lds, conv}, m, n, k);
+  launch_decode(in, aligned, W, dtype, Out{y, ldy, residual, ldr, sums, lds, conv, fitting(warm)}, m, n, k);
 }
 
 }  // namespace mamba2::cuda

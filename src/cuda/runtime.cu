@@ -1,11 +1,10 @@
 // The CUDA runtime of the engine: device choice, one stream, the stream-ordered memory pool.
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 
 #include "cuda/common.cuh"
 #include "cuda/runtime.h"
-
-#include <algorithm>
 
 namespace mamba2::cuda {
 
@@ -15,6 +14,7 @@ struct Runtime {
   int device = -1;
   cudaStream_t stream = nullptr;
   cudaMemPool_t pool = nullptr;
+  uint64_t l2_bytes = 0;
 };
 
 std::mutex g_mutex;
@@ -29,6 +29,9 @@ void init_device(int index) {
   // Keep freed memory in the pool instead of returning it at every synchronisation.
   uint64_t keep = UINT64_MAX;
   check(cudaMemPoolSetAttribute(g_rt.pool, cudaMemPoolAttrReleaseThreshold, &keep), "cuda");
+  int l2 = 0;
+  check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, index), "cuda");
+  g_rt.l2_bytes = uint64_t(l2);
   g_rt.device = index;
 }
 
@@ -76,6 +79,10 @@ void select_device(int index) {
 }
 
 int current_device() { return runtime().device; }
+
+L2Warm fitting(L2Warm w) {
+  return w.bytes <= runtime().l2_bytes / 4 ? w : L2Warm{};
+}
 
 std::string device_description() {
   const int dev = runtime().device;

@@ -345,15 +345,21 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
                                                         int64_t ldb, const float* C, int64_t ldc, const float* dt_raw,
                                                         int64_t lddt, float* y, int64_t ldy, float* states,
                                                         const int64_t* slots, const float* z, int64_t ldz, float* sums,
-                                                        int64_t lds) {
+                                                        int64_t lds, L2Warm warm) {
   __shared__ float sq[kStepWarps];
   start_next();  // launched overlapped (common.cuh)
-  wait_for_previous();
+  warm_l2(warm);
   const int64_t b = blockIdx.x, h = blockIdx.y, P = p.headdim, N = p.d_state;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t q0 = int64_t(blockIdx.z) * kStepRows + warp * kStepWarpRows;
   const int64_t g = h / (p.nheads / p.ngroups);
+  // Before the wait: the head's parameters (weights), and the state rows into the L2 (the slots
+  // were copied in before the step's first kernel; the loads below come after the wait).
+  const float dt_bias = p.dt_bias[h], A_log = p.A_log[h], D = p.D[h];
   float* rows = states + (slots[b] * p.nheads + h) * P * N;
+  const int64_t warp_floats = (min(q0 + kStepWarpRows, P) - q0) * N;  // the warp's rows, contiguous
+  for (int64_t i = lane * 32; i < warp_floats; i += 32 * 32) prefetch_l2(rows + q0 * N + i);
+  wait_for_previous();
   float sv[kStepWarpRows][kStepCols], bv[kStepCols], cv[kStepCols], xq[kStepWarpRows], zq[kStepWarpRows];
   load_step_row<vec>(B + b * ldb + g * N, N, lane, bv);
   load_step_row<vec>(C + b * ldc + g * N, N, lane, cv);
@@ -365,8 +371,8 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
     xq[r] = x[b * ldx + h * P + q];
     zq[r] = z ? z[b * ldz + h * P + q] : 0.0f;
   }
-  const float dt = dt_activation(dt_raw[b * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
-  const float decay = expf(dt * -expf(p.A_log[h]));
+  const float dt = dt_activation(dt_raw[b * lddt + h], dt_bias, p.dt_min, p.dt_max);
+  const float decay = expf(dt * -expf(A_log));
   float sum_sq = 0.0f;
 #pragma unroll
   for (int r = 0; r < kStepWarpRows; ++r) {
@@ -390,7 +396,7 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
         rows[q * N + n] = sv[r][j];
     }
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    float out = acc + p.D[h] * xq[r];
+    float out = acc + D * xq[r];
     if (z) out *= silu(zq[r]);
     if (lane == r) y[b * ldy + h * P + q] = out;
     sum_sq += out * out;
@@ -835,7 +841,8 @@ int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim) { return nheads * ce
 
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-              const int64_t* slots, int64_t nb, const float* z, int64_t ldz, float* sums, int64_t lds) {
+              const int64_t* slots, int64_t nb, const float* z, int64_t ldz, float* sums, int64_t lds,
+              const L2Warm& warm) {
   check_params(p);
   if (nb == 0) return;
   if (p.d_state > 32 * kStepCols)
@@ -846,7 +853,7 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
                    reinterpret_cast<uintptr_t>(B) % 16 == 0 && reinterpret_cast<uintptr_t>(C) % 16 == 0 &&
                    ldb % 4 == 0 && ldc % 4 == 0;
   launch_overlapped(vec ? step_kernel<true> : step_kernel<false>, grid, kStepWarps * 32, 0, "ssd_scan", p, x, ldx, B,
-                    ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds);
+                    ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds, fitting(warm));
 }
 
 }  // namespace mamba2::cuda

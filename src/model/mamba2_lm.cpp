@@ -300,7 +300,8 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
 // the weights, so neither can go while it may be replayed.
 //
 // A decode step is latency-bound (a few rows): its layers run fused, three kernels each, launched
-// overlapped (each starts while the one before ends). The norms are applied by the projections
+// overlapped (each starts while the one before ends), each warming the L2 with the weights of the
+// projection after it (in_proj: this layer's out_proj; the SSD step: the next in_proj or the head). The norms are applied by the projections
 // on the way in, from partial sums of squares their producers leave (ops::RowNorm): in_proj
 // normalises the residual (sums from the embedding or the previous out_proj) and runs the conv
 // step on its xBC columns, the SSD step gates y by silu(z) and sums y², out_proj normalises that
@@ -338,19 +339,21 @@ struct DecodeStep {
   void run(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> tokens, InferenceState& state) {
     const float eps = float(c.norm_eps);
     ops::embedding(w.embedding, tokens, MatView::of(residual), static_cast<const int32_t*>(ids.get()),
-                   MatView::of(emb_sums));
+                   MatView::of(emb_sums), &w.layers[0].in_proj);
     cuda::mark("embedding");
     MatView sums = MatView::of(emb_sums);
     for (int64_t li = 0; li < c.n_layer; ++li) {
       const LayerWeights& l = w.layers[size_t(li)];
       const ops::ConvStepFusion conv{c.d_inner(), l.conv_w, l.conv_b, MatView::of(xbc), state.conv_states(size_t(li)),
                                      seqs};
-      ops::linear_normed(MatView::of(residual), {sums, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv);
+      const Tensor& next_in = li + 1 < c.n_layer ? w.layers[size_t(li) + 1].in_proj : w.lm_head;
+      ops::linear_normed(MatView::of(residual), {sums, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv,
+                         &l.out_proj);
       cuda::mark("in_proj + conv step");
       const Projections pr = split(MatView::of(zxbcdt), c);
       const ConvOut co = split_conv(MatView::of(xbc), c);
       ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(y), state.ssm_states(size_t(li)), seqs,
-                    pr.z, MatView::of(gate_sums));
+                    pr.z, MatView::of(gate_sums), &next_in);
       cuda::mark("ssd step + gate");
       ops::linear_normed_residual(MatView::of(y), {MatView::of(gate_sums), c.ngroups, l.gate_norm, eps}, l.out_proj,
                                   MatView::of(residual), MatView::of(res_sums));

@@ -3,6 +3,7 @@
 // compute in fp32 only.
 #pragma once
 #include "core/view.h"
+#include "cuda/kernels.h"
 #include "mamba2/error.h"
 
 namespace mamba2::ops {
@@ -33,6 +34,12 @@ inline void check_len(const char* op, const char* what, const Tensor& t, int64_t
   if (t.numel() != n) fail("[{}] {} has {} elements, expected {}", op, what, t.numel(), n);
   check_device(op, what, t.device(), device);
   check_dtype(op, what, t.dtype(), DType::F32);
+}
+
+// A tensor to warm into the GPU's L2 (a hint: nothing for none, or one not on the GPU).
+inline cuda::L2Warm l2_warm(const Tensor* t) {
+  if (!t || t->device() != Device::CUDA) return {};
+  return {t->raw(), uint64_t(t->numel()) * dtype_size(t->dtype())};
 }
 
 }  // namespace mamba2::ops

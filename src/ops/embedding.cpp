@@ -7,7 +7,7 @@
 namespace mamba2::ops {
 
 void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids,
-               MatView sums) {
+               MatView sums, const Tensor* warm) {
   if (table.rank() != 2) fail("[embedding] table must be 2-D, got {}", shape_str(table.shape()));
   const int64_t vocab = table.dim(0), d = table.dim(1), n = int64_t(ids.size());
   const Device dev = table.device();
@@ -26,13 +26,13 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
 #if MAMBA2_HAVE_CUDA
     float* sums_out = sums.ptr ? sums.data() : nullptr;
     if (device_ids) {
-      cuda::embedding_forward(table.raw(), table.dtype(), d, device_ids, n, out.data(), sums_out);
+      cuda::embedding_forward(table.raw(), table.dtype(), d, device_ids, n, out.data(), sums_out, l2_warm(warm));
       return;
     }
     auto dev_ids = cuda::allocate(ids.size_bytes(), "token ids");
     cuda::copy_to_device(dev_ids.get(), ids.data(), ids.size_bytes());
     cuda::embedding_forward(table.raw(), table.dtype(), d, static_cast<const int32_t*>(dev_ids.get()), n, out.data(),
-                            sums_out);
+                            sums_out, l2_warm(warm));
     cuda::synchronize();  // `ids` may go when this returns
 #else
     no_cuda_backend(__func__);

@@ -55,7 +55,7 @@ namespace {
 
 // The fused decode projection: y = norm(src) @ Wᵀ (y set) or residual += it (sums_out set).
 void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatView y, MatView residual,
-                        MatView sums_out, const ConvStepFusion* conv) {
+                        MatView sums_out, const ConvStepFusion* conv, const Tensor* warm) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1), m = src.rows;
   const Device dev = W.device();
@@ -101,7 +101,7 @@ void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatVi
                          norm.weight.data(), norm.eps};
   cuda::linear_decode_normed(src.data(), src.ld, rn, W.raw(), W.dtype(), y.ptr ? y.data() : nullptr, y.ld,
                              residual.ptr ? residual.data() : nullptr, residual.ld,
-                             sums_out.ptr ? sums_out.data() : nullptr, sums_out.ld, cs, m, n, k);
+                             sums_out.ptr ? sums_out.data() : nullptr, sums_out.ld, cs, l2_warm(warm), m, n, k);
 #else
   no_cuda_backend("linear");
 #endif
@@ -109,14 +109,16 @@ void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatVi
 
 }  // namespace
 
-void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y, const ConvStepFusion* conv) {
+void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y, const ConvStepFusion* conv,
+                   const Tensor* warm) {
   if (!y.ptr) fail("[linear] no output given");
-  linear_normed_into(src, norm, W, y, {}, {}, conv);
+  linear_normed_into(src, norm, W, y, {}, {}, conv, warm);
 }
 
-void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out) {
+void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out,
+                            const Tensor* warm) {
   if (!residual.ptr || !sums_out.ptr) fail("[linear] no residual or sums given");
-  linear_normed_into(src, norm, W, {}, residual, sums_out, nullptr);
+  linear_normed_into(src, norm, W, {}, residual, sums_out, nullptr, warm);
 }
 
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {

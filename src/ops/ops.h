@@ -18,8 +18,9 @@ namespace mamba2::ops {
 // embedding: out (n, d) = table[ids]; every id must be a row of the table. On the GPU the ids are
 // copied there, unless `device_ids` already holds them (a captured decode graph).
 // `sums`, when given ((n, 1), GPU only), receives Σ out[t]² for the first layer's fused norm.
+// `warm` (GPU, a hint): a tensor to warm into the GPU's L2 meanwhile (the next projection's weights).
 void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids = nullptr,
-               MatView sums = {});
+               MatView sums = {}, const Tensor* warm = nullptr);
 // embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
@@ -66,12 +67,13 @@ struct ConvStepFusion {
   MatView states;      // as causal_conv1d_step's
   const SeqBatch& seqs;
 };
-// linear_normed: y = norm(src) @ Wᵀ (the decode kernel), src fp32.
+// linear_normed: y = norm(src) @ Wᵀ (the decode kernel), src fp32. `warm`, as embedding's.
 void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y,
-                   const ConvStepFusion* conv = nullptr);
+                   const ConvStepFusion* conv = nullptr, const Tensor* warm = nullptr);
 // linear_normed_residual: residual += norm(src) @ Wᵀ; sums_out (rows, residual_sum_count(W.dim(0)))
 // receives partial sums of squares of the updated residual, the next RowNorm's sums.
-void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out);
+void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out,
+                            const Tensor* warm = nullptr);
 int64_t residual_sum_count(int64_t n);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
@@ -104,9 +106,9 @@ void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
 // ssd_scan: one token for each sequence of `seqs` (a decode batch). Gated (z given, GPU only: the
 // decode step's fusion): y = the step's output · silu(z), and gate_sums (rows,
 // ssd_step_sum_count(nheads, headdim)) receives partial sums of y² in head order, the RowNorm
-// sums of the gated norm.
+// sums of the gated norm. `warm`, as embedding's (ignored on the CPU).
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              const SeqBatch& seqs, MatView z = {}, MatView gate_sums = {});
+              const SeqBatch& seqs, MatView z = {}, MatView gate_sums = {}, const Tensor* warm = nullptr);
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 struct SsdGrads {
   MatView x, B, C, dt;  // overwritten; shapes of the inputs

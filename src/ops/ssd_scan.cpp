@@ -75,7 +75,7 @@ int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim) {
 }
 
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
-              const SeqBatch& seqs, MatView z, MatView gate_sums) {
+              const SeqBatch& seqs, MatView z, MatView gate_sums, const Tensor* warm) {
   const auto p = params(w, x, B, C, dt, x.rows, x.device);
   check_forward(p, x, y, states, seqs);
   if (seqs.count() != x.rows) fail("[ssd_scan] a decode step takes one token per sequence");
@@ -90,7 +90,7 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
 #if MAMBA2_HAVE_CUDA
     cuda::ssd_step(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(), y.ld,
                    states.data(), seqs.device_slots(), x.rows, z.ptr ? z.data() : nullptr, z.ld,
-                   z.ptr ? gate_sums.data() : nullptr, gate_sums.ld);
+                   z.ptr ? gate_sums.data() : nullptr, gate_sums.ld, l2_warm(warm));
 #else
     no_cuda_backend(__func__);
 #endif
