@@ -86,6 +86,8 @@ def body_for(args, prompt, max_tokens):
             "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
     if args.temperature > 0:
         body.update(top_p=0.95, seed=args.seed)
+        if args.top_k > 0:
+            body.update(top_k=args.top_k)
     return body
 
 
@@ -155,6 +157,7 @@ def main():
     ap.add_argument("--long-words", type=int, default=3000, help="the long-prompt test's length in words (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.0, help="above 0: sampled, with top_p 0.95")
+    ap.add_argument("--top-k", type=int, default=0, help="with --temperature: top_k too (0: not sent)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     args.words = tuple(int(x) for x in args.words.split("-"))

@@ -14,6 +14,7 @@
 #include "mamba2/state.h"
 #include "model/inference_state.h"
 #include "model/weights.h"
+#include "ops/ops.h"
 #include "test_support.h"
 
 namespace mamba2 {
@@ -286,6 +287,36 @@ TEST(CudaModel, GreedyIdsAreTheArgmaxOfTheLogits) {
       EXPECT_EQ(next[r], int32_t(std::max_element(row, row + 100) - row)) << "step " << step << " row " << r;
     }
     tokens = next;
+  }
+}
+
+// Sampling candidates from the GPU: those of the step's logits (the CPU's ops::top_k on them),
+// row by row, step after step.
+TEST(CudaModel, CandidatesAreThoseOfTheLogits) {
+  MAMBA2_REQUIRE_GPU();
+  const Model gpu = tiny_models(DType::BF16).gpu;
+  const std::vector<int64_t> slots{2, 0, 1};
+  auto s1 = gpu.new_state(3), s2 = gpu.new_state(3);
+  std::vector<int32_t> tokens{5, 17, 99};
+  const std::vector<int32_t> k{1, 5, 40};
+  const std::vector<float> temperature{1.0f, 0.7f, 1.5f};
+  std::vector<float> logits;
+  DecodeCandidates got;
+  for (int step = 0; step < 4; ++step) {
+    gpu.decode(tokens, slots, *s1, logits);
+    gpu.decode_candidates(tokens, slots, *s2, 100, k, temperature, got);
+    ASSERT_FALSE(got.dense);
+    const int64_t V = gpu.vocab(), cap = got.cap;
+    std::vector<int32_t> ids(size_t(3 * cap)), count(3);
+    std::vector<float> values(size_t(3 * cap));
+    ops::top_k({logits.data(), 3, V, V}, 100, k, temperature, cap, ids.data(), values.data(), count.data());
+    ASSERT_EQ(got.count, count) << "step " << step;
+    for (size_t r = 0; r < 3; ++r)
+      for (int32_t i = 0; i < count[r]; ++i) {
+        ASSERT_EQ(got.ids[r * size_t(cap) + size_t(i)], ids[r * size_t(cap) + size_t(i)]);
+        ASSERT_EQ(got.logits[r * size_t(cap) + size_t(i)], values[r * size_t(cap) + size_t(i)]);
+      }
+    for (size_t r = 0; r < 3; ++r) tokens[r] = got.ids[r * size_t(cap)];
   }
 }
 

@@ -247,6 +247,48 @@ TEST(CudaOps, ArgmaxIsTheCpusFirstLargest) {
   }
 }
 
+// Sampling candidates: the GPU's radix select gives the CPU's sets bit for bit, on rows with ties
+// (a 0.25 grid, values a few ulps apart that the temperature merges, all equal: over cap),
+// infinities, per-row k and temperatures, sizes below and past one thread's share.
+TEST(CudaOps, TopKIsTheCpus) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t rows = 6, cap = 300;
+  for (int64_t cols : {1, 7, 1000, 50280}) {
+    const int64_t ld = cols + 3;
+    SCOPED_TRACE(testing::Message() << "cols " << cols);
+    Tensor x = random_tensor({rows, ld}, 90 + uint64_t(cols));
+    float* d = x.data();
+    for (int64_t c = 0; c < cols; ++c) {
+      d[1 * ld + c] = 0.25f * float(int(d[1 * ld + c] * 40.0f));
+      d[2 * ld + c] = 1.0f + float(c % 5) * 0x1p-22f;
+      d[3 * ld + c] = 0.5f;
+    }
+    d[4 * ld + cols / 2] = INFINITY, d[4 * ld] = -INFINITY;
+    std::vector<int32_t> k{1, 40, int32_t(std::min<int64_t>(cols, 257)), 2, 3, int32_t(cols)};
+    for (int32_t& v : k) v = int32_t(std::min<int64_t>(v, cols));
+    const std::vector<float> temperature{1.0f, 0.7f, 3.0f, 1.0f, 1.3f, 0.9f};
+    std::vector<int32_t> want_ids(rows * cap), want_count(rows), got_ids(rows * cap), got_count(rows);
+    std::vector<float> want_values(rows * cap), got_values(rows * cap);
+    ops::top_k(MatView::of(x), cols, k, temperature, cap, want_ids.data(), want_values.data(), want_count.data());
+    const Tensor xg = to_gpu(x);
+    auto ids = cuda::allocate(sizeof(int32_t) * rows * cap, "test");
+    auto values = cuda::allocate(sizeof(float) * rows * cap, "test");
+    auto count = cuda::allocate(sizeof(int32_t) * rows, "test");
+    ops::top_k(MatView::of(const_cast<Tensor&>(xg)), cols, k, temperature, cap, static_cast<int32_t*>(ids.get()),
+               static_cast<float*>(values.get()), static_cast<int32_t*>(count.get()));
+    cuda::copy_to_host(got_count.data(), count.get(), sizeof(int32_t) * rows);
+    cuda::copy_to_host(got_ids.data(), ids.get(), sizeof(int32_t) * rows * cap);
+    cuda::copy_to_host(got_values.data(), values.get(), sizeof(float) * rows * cap);
+    ASSERT_EQ(got_count, want_count);
+    if (cols >= cap) EXPECT_EQ(got_count[3], -1);  // all equal: every column reaches the cut
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < want_count[size_t(r)]; ++i) {
+        ASSERT_EQ(got_ids[size_t(r * cap + i)], want_ids[size_t(r * cap + i)]) << "row " << r << " at " << i;
+        ASSERT_EQ(got_values[size_t(r * cap + i)], want_values[size_t(r * cap + i)]) << "row " << r << " at " << i;
+      }
+  }
+}
+
 // A row's bits must not depend on how many rows are computed with it (batch invariance).
 TEST(CudaOps, LinearRowsDoNotDependOnTheRowCount) {
   MAMBA2_REQUIRE_GPU();

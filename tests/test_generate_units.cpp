@@ -2,13 +2,17 @@
 // the sampling filters against Hugging Face's logits processors (scripts/make_sampling_fixtures.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "core/utf8.h"
 #include "generate/sampler.h"
 #include "generate/text_stream.h"
+#include "ops/ops.h"
 #include "test_files.h"
 
 namespace mamba2 {
@@ -218,6 +222,91 @@ TEST(Sampler, RejectsBadParameters) {
   EXPECT_NE(make([](SamplingParams& p) { p.min_p = 1; }).find("min_p"), std::string::npos);
   EXPECT_NE(make([](SamplingParams& p) { p.repetition_penalty = 0; }).find("repetition_penalty"), std::string::npos);
   EXPECT_NE(make([](SamplingParams& p) { p.temperature = NAN; }).find("temperature"), std::string::npos);
+}
+
+// Rows of logits with many ties: values on a 0.25 grid, or a few ulps apart (which division by
+// the temperature may merge).
+std::vector<float> tied_logits(std::mt19937& rng, int64_t n, bool ulps) {
+  std::uniform_int_distribution<int> grid(-32, 32), small(0, 6);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = ulps ? std::nextafter(1.0f + float(small(rng)) * 0x1p-22f, 2.0f) : 0.25f * float(grid(rng));
+  return x;
+}
+
+// Model::decode_candidates hands the sampler only the ids at or above the top-k cut: the draws
+// must be the whole row's, draw for draw, and the candidate sets those of the definition (the k-th
+// largest quotient from a full sort, every id reaching it).
+TEST(Sampler, CandidatesGiveTheWholeRowsDraws) {
+  const int64_t vocab = 1000, width = 1008;  // the model's rows are padded past the vocabulary
+  struct Setting {
+    float temperature;
+    int64_t top_k;
+    float top_p, min_p;
+  };
+  const std::vector<Setting> settings{{0.7f, 40, 0.95f, 0.05f}, {1.3f, 5, 1.0f, 0.0f}, {0.9f, 1, 1.0f, 0.0f},
+                                      {3.0f, 999, 0.9f, 0.0f},  {0.0f, 40, 1.0f, 0.0f}, {2.0f, 50, 0.5f, 0.2f}};
+  std::mt19937 rng(3);
+  for (const Setting& st : settings) {
+    SamplingParams p;
+    p.temperature = st.temperature;
+    p.top_k = st.top_k;
+    p.top_p = st.top_p;
+    p.min_p = st.min_p;
+    p.seed = 11;
+    Sampler whole(p, vocab), from_candidates(p, vocab);
+    const int32_t k = int32_t(whole.candidates_k());
+    const float t = whole.candidates_temperature();
+    ASSERT_EQ(k, st.temperature == 0.0f ? 1 : st.top_k);
+    for (int row = 0; row < 60; ++row) {
+      std::vector<float> x = tied_logits(rng, width, row % 2 == 1);
+      std::vector<int32_t> ids(static_cast<size_t>(vocab)), count(1);
+      std::vector<float> values(static_cast<size_t>(vocab));
+      ops::top_k({x.data(), 1, width, width}, vocab, std::vector<int32_t>{k}, std::vector<float>{t}, vocab, ids.data(),
+                 values.data(), count.data());
+      ASSERT_GT(count[0], 0);
+      std::vector<float> q(static_cast<size_t>(vocab));
+      for (int64_t c = 0; c < vocab; ++c) q[size_t(c)] = x[size_t(c)] / t;
+      std::vector<float> sorted = q;
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      std::vector<int32_t> want;
+      for (int64_t c = 0; c < vocab; ++c)
+        if (q[size_t(c)] >= sorted[size_t(k - 1)]) want.push_back(int32_t(c));
+      ids.resize(size_t(count[0]));
+      values.resize(size_t(count[0]));
+      ASSERT_EQ(ids, want) << "temperature " << st.temperature << " row " << row;
+      for (size_t i = 0; i < ids.size(); ++i) ASSERT_EQ(values[i], x[size_t(ids[i])]);
+      ASSERT_EQ(from_candidates.sample(values, ids), whole.sample(x)) << "temperature " << st.temperature << " row " << row;
+    }
+  }
+}
+
+TEST(Sampler, CandidatesAreRefusedWhereTheWholeRowCounts) {
+  SamplingParams p;
+  p.top_k = 0;
+  EXPECT_EQ(Sampler(p, 10).candidates_k(), 0);
+  p.top_k = 10;  // the whole vocabulary: no cut
+  EXPECT_EQ(Sampler(p, 10).candidates_k(), 0);
+  p.top_k = 3;
+  p.repetition_penalty = 1.2f;  // moves tokens across the cut
+  Sampler penalised(p, 10);
+  EXPECT_EQ(penalised.candidates_k(), 0);
+  const std::vector<float> v{1.0f, 2.0f, 3.0f};
+  const std::vector<int32_t> ids{1, 4, 7};
+  EXPECT_NE(test::error_message([&] { penalised.sample(v, ids); }).find("whole row"), std::string::npos);
+  p.repetition_penalty = 1.0f;
+  Sampler plain(p, 10);
+  EXPECT_NE(test::error_message([&] { plain.sample(v, std::vector<int32_t>{4, 1, 7}); }).find("ascend"),
+            std::string::npos);
+  EXPECT_NE(test::error_message([&] { plain.sample(std::vector<float>{1.0f}, std::vector<int32_t>{4}); })
+                .find("1 candidates for top_k = 3"),
+            std::string::npos);
+  // More than cap at the cut: the count says so.
+  const std::vector<float> flat(16, 0.5f);
+  std::vector<int32_t> out_ids(4), count(1);
+  std::vector<float> out_values(4);
+  ops::top_k({const_cast<float*>(flat.data()), 1, 16, 16}, 16, std::vector<int32_t>{1}, std::vector<float>{1.0f}, 4,
+             out_ids.data(), out_values.data(), count.data());
+  EXPECT_EQ(count[0], -1);
 }
 
 }  // namespace

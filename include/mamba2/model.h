@@ -22,6 +22,17 @@ class InferenceState;  // src/model/inference_state.h
 // sequences.
 std::shared_ptr<InferenceState> make_state(const ModelConfig& config, int64_t batch, Device device = Device::CPU);
 
+// Each decoded row's sampling candidates (Model::decode_candidates): row r's ids, ascending, and
+// their logits at ids/logits[r·cap, r·cap + count[r]). When a row had more than cap (ties), `dense`
+// is set and whole_rows holds every row's whole logits (Model::vocab() columns) instead.
+struct DecodeCandidates {
+  int64_t cap = 0;
+  std::vector<int32_t> count, ids;
+  std::vector<float> logits;
+  bool dense = false;
+  std::vector<float> whole_rows;
+};
+
 class Model {
  public:
   // Reads config.json and the weights of a model folder (either layout).
@@ -67,6 +78,12 @@ class Model {
   // logits). On the GPU only the ids come back to the host.
   void decode_greedy(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
                      int64_t vocab, std::vector<int32_t>& next) const;
+  // decode, then only what top-k sampling needs of each row (ops::top_k over ids [0, vocab)): the
+  // ids whose logit / temperature[r] reaches the k[r]-th largest, ties kept, and their logits. On
+  // the GPU only these come back (a few hundred bytes a row instead of the whole logits).
+  void decode_candidates(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                         int64_t vocab, std::span<const int32_t> k, std::span<const float> temperature,
+                         DecodeCandidates& out) const;
   // On the GPU a decode step is captured as one CUDA graph per (model, batch size), kept with the
   // state, and replayed (default on); off, every step launches its kernels one by one. The bits
   // are the same.
@@ -76,8 +93,9 @@ class Model {
   // The slots of a decode step are distinct rows of a state made for this model.
   void check_decode(std::span<const int32_t> tokens, std::span<const int64_t> slots,
                     const InferenceState& state) const;
-  // A decode step on the GPU: the logits and/or the greedy ids over `greedy_cols` columns.
-  void decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+  // A decode step on the GPU: the logits and/or the greedy ids over `greedy_cols` columns; the
+  // step's logits on the GPU, valid until the next step of this batch size.
+  const Tensor& decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
                      std::vector<float>* logits, int64_t greedy_cols, std::vector<int32_t>* next) const;
   // One pass over packed sequences; sequence i uses slot slots[i] of `state` (without a state,
   // slots are 0..n-1 and every sequence starts from zeros).

@@ -164,4 +164,11 @@ void scale_inplace(T* x, int64_t n, T s);
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones).   x (n, ld)
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);
 
+// Row r's columns c < cols with x[r, c] / temperature[r] ≥ the k[r]-th largest of those quotients
+// (ties kept), in column order: their ids and values x[r, c] at ids/values + r·cap, their number in
+// counts[r], or -1 when more than cap (ids and values of the row then unspecified).
+//   x (n, ld); k (n) in [1, cols]; temperature (n) > 0; ids, values (n, cap); counts (n)
+void top_k_rows(const float* x, int64_t ld, int64_t n, int64_t cols, const int32_t* k, const float* temperature,
+                int64_t cap, int32_t* ids, float* values, int32_t* counts);
+
 }  // namespace mamba2::cpu

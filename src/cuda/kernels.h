@@ -123,4 +123,8 @@ int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);
 
+// As cpu::top_k_rows (the same sets, bit for bit); k, temperature, ids, values, counts on the GPU.
+void top_k_rows(const float* x, int64_t ld, int64_t n, int64_t cols, const int32_t* k, const float* temperature,
+                int64_t cap, int32_t* ids, float* values, int32_t* counts);
+
 }  // namespace mamba2::cuda

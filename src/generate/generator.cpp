@@ -98,6 +98,11 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
   // Plain greedy decoding is picked where the logits are (on the GPU only the ids come back);
   // the first token, from the prefill's logits, goes through the sampler like any other.
   const bool model_greedy = params.sampling.temperature == 0.0f && params.sampling.repetition_penalty == 1.0f;
+  // Otherwise, under top-k, only each row's candidates come back from the model.
+  const Sampler sampler_params(params.sampling, tokenizer_.vocab_size());
+  const int32_t candidates_k = int32_t(sampler_params.candidates_k());
+  DecodeCandidates candidates;  // of `rows`, when they came back instead of the logits
+  bool from_candidates = false;
   std::vector<int32_t> chosen;  // the model's greedy ids of `rows`, when it chose them
   std::vector<int32_t> next_tokens;
   std::vector<int64_t> next_rows;
@@ -107,8 +112,9 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
     for (size_t r = 0; r < rows.size(); ++r) {
       const int64_t s = rows[r];
       Sequence& q = seqs[size_t(s)];
-      const int32_t token = !chosen.empty() ? chosen[r]
-                                            : q.sampler.sample(std::span<const float>(logits).subspan(r * size_t(V), size_t(V)));
+      const int32_t token = !chosen.empty()  ? chosen[r]
+                            : from_candidates ? sample_candidates(q.sampler, candidates, r, size_t(V))
+                                              : q.sampler.sample(std::span<const float>(logits).subspan(r * size_t(V), size_t(V)));
       q.sampler.observe(token);
       ++q.result.generated_tokens;
       q.history.extend(std::span<const int32_t>(&token, 1));
@@ -129,10 +135,16 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
       }
     }
     if (next_rows.empty()) break;
-    if (model_greedy)
+    if (model_greedy) {
       model_.decode_greedy(next_tokens, next_rows, *state, tokenizer_.vocab_size(), chosen);
-    else
+    } else if (candidates_k > 0) {
+      const std::vector<int32_t> k(next_rows.size(), candidates_k);
+      const std::vector<float> temperature(next_rows.size(), sampler_params.candidates_temperature());
+      model_.decode_candidates(next_tokens, next_rows, *state, tokenizer_.vocab_size(), k, temperature, candidates);
+      from_candidates = true;
+    } else {
       model_.decode(next_tokens, next_rows, *state, logits);
+    }
     rows.swap(next_rows);
   }
   if (params.keep_states) {

@@ -49,29 +49,32 @@ void Sampler::sort_descending(const std::vector<Candidate>& in, std::vector<Cand
   for (size_t i = 0; i < in.size(); ++i) out[i] = in[size_t(keyed_[i].index)];
 }
 
-void Sampler::filter(std::span<const float> logits) {
-  if (int64_t(logits.size()) < vocab_) fail("[sampling] {} logits for a vocabulary of {}", logits.size(), vocab_);
-  scores_.assign(logits.begin(), logits.begin() + vocab_);
+void Sampler::filter(std::span<const float> logits, std::span<const int32_t> ids) {
+  const size_t n = ids.empty() ? size_t(vocab_) : ids.size();
+  const auto id_of = [&](size_t i) { return ids.empty() ? int32_t(i) : ids[i]; };
+  scores_.assign(logits.begin(), logits.begin() + ptrdiff_t(n));
   const float penalty = params_.repetition_penalty;
   if (penalty != 1.0f)
-    for (int64_t i = 0; i < vocab_; ++i)
-      if (seen_[size_t(i)]) scores_[size_t(i)] = scores_[size_t(i)] < 0 ? scores_[size_t(i)] * penalty : scores_[size_t(i)] / penalty;
+    for (size_t i = 0; i < n; ++i)
+      if (seen_[size_t(id_of(i))]) scores_[i] = scores_[i] < 0 ? scores_[i] * penalty : scores_[i] / penalty;
   const float temperature = params_.temperature;
   for (float& s : scores_) s /= temperature;
 
-  // top-k: everything below the k-th largest score goes (ties with it stay, as in HF).
+  // top-k: everything below the k-th largest score goes (ties with it stay, as in HF). Candidates
+  // hold every token at or above the cut, so its k-th largest is the whole row's.
   float floor = -INFINITY;
   if (params_.top_k > 0 && params_.top_k < vocab_) {
+    if (params_.top_k > int64_t(n)) fail("[sampling] {} candidates for top_k = {}", n, params_.top_k);
     sorted_ = scores_;
     std::nth_element(sorted_.begin(), sorted_.begin() + (params_.top_k - 1), sorted_.end(), std::greater<float>());
     floor = sorted_[size_t(params_.top_k - 1)];
   }
   kept_.clear();
   float top = -INFINITY;
-  for (int64_t i = 0; i < vocab_; ++i)
-    if (scores_[size_t(i)] >= floor) {
-      kept_.push_back({scores_[size_t(i)], int32_t(i)});
-      top = std::max(top, scores_[size_t(i)]);
+  for (size_t i = 0; i < n; ++i)
+    if (scores_[i] >= floor) {
+      kept_.push_back({scores_[i], id_of(i)});
+      top = std::max(top, scores_[i]);
     }
 
   // top-p: from the least likely up, drop tokens while the dropped mass stays ≤ 1 - top_p. Only
@@ -110,22 +113,46 @@ void Sampler::filter(std::span<const float> logits) {
 }
 
 int32_t Sampler::sample(std::span<const float> logits) {
+  if (int64_t(logits.size()) < vocab_) fail("[sampling] {} logits for a vocabulary of {}", logits.size(), vocab_);
+  return draw(logits, {});
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> ids) {
+  if (candidates_k() == 0) fail("[sampling] these parameters need the whole row of logits, not candidates");
+  if (logits.size() != ids.size() || ids.empty())
+    fail("[sampling] {} candidate logits for {} ids", logits.size(), ids.size());
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= vocab_ || (i > 0 && ids[i] <= ids[i - 1]))
+      fail("[sampling] candidate ids must ascend within [0, {}), got {} at {}", vocab_, ids[i], i);
+  return draw(logits, ids);
+}
+
+int64_t Sampler::candidates_k() const {
+  if (params_.repetition_penalty != 1.0f) return 0;
+  if (params_.temperature == 0.0f) return 1;
+  return params_.top_k > 0 && params_.top_k < vocab_ ? params_.top_k : 0;
+}
+
+float Sampler::candidates_temperature() const { return params_.temperature == 0.0f ? 1.0f : params_.temperature; }
+
+int32_t Sampler::draw(std::span<const float> logits, std::span<const int32_t> ids) {
+  const auto id_of = [&](size_t i) { return ids.empty() ? int32_t(i) : ids[i]; };
   if (params_.temperature == 0.0f) {
-    if (int64_t(logits.size()) < vocab_) fail("[sampling] {} logits for a vocabulary of {}", logits.size(), vocab_);
+    const size_t n = ids.empty() ? size_t(vocab_) : ids.size();
     const float penalty = params_.repetition_penalty;
     int32_t best = 0;
     float best_score = -INFINITY;
-    for (int64_t i = 0; i < vocab_; ++i) {
-      float s = logits[size_t(i)];
-      if (seen_[size_t(i)] && penalty != 1.0f) s = s < 0 ? s * penalty : s / penalty;
+    for (size_t i = 0; i < n; ++i) {
+      float s = logits[i];
+      if (seen_[size_t(id_of(i))] && penalty != 1.0f) s = s < 0 ? s * penalty : s / penalty;
       if (s > best_score || i == 0) {
         best_score = s;
-        best = int32_t(i);
+        best = id_of(i);
       }
     }
     return best;
   }
-  filter(logits);
+  filter(logits, ids);
   // 53 random bits → a double in [0, 1), the same on every platform.
   const double u = double(rng_() >> 11) * 0x1.0p-53;
   double cumulative = 0.0;
@@ -142,9 +169,16 @@ std::vector<double> Sampler::distribution(std::span<const float> logits) {
     out[size_t(sample(logits))] = 1.0;
     return out;
   }
-  filter(logits);
+  if (int64_t(logits.size()) < vocab_) fail("[sampling] {} logits for a vocabulary of {}", logits.size(), vocab_);
+  filter(logits, {});
   for (size_t i = 0; i < kept_.size(); ++i) out[size_t(kept_[i].id)] = probs_[i];
   return out;
+}
+
+int32_t sample_candidates(Sampler& sampler, const DecodeCandidates& c, size_t r, size_t row_cols) {
+  if (c.dense) return sampler.sample(std::span<const float>(c.whole_rows).subspan(r * row_cols, row_cols));
+  const size_t at = r * size_t(c.cap), n = size_t(c.count[r]);
+  return sampler.sample(std::span<const float>(c.logits).subspan(at, n), std::span<const int32_t>(c.ids).subspan(at, n));
 }
 
 }  // namespace mamba2

@@ -392,8 +392,53 @@ void Model::decode_greedy(std::span<const int32_t> tokens, std::span<const int64
               next.data());
 }
 
-void Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
-                          std::vector<float>* logits, int64_t greedy_cols, std::vector<int32_t>* next) const {
+void Model::decode_candidates(std::span<const int32_t> tokens, std::span<const int64_t> slots, InferenceState& state,
+                              int64_t vocab, std::span<const int32_t> k, std::span<const float> temperature,
+                              DecodeCandidates& out) const {
+  if (vocab <= 0 || vocab > config_.vocab_padded())
+    fail("[model] sampling candidates over {} ids of a vocabulary of {}", vocab, config_.vocab_padded());
+  const int64_t nb = int64_t(tokens.size());
+  if (int64_t(k.size()) != nb) fail("[model] {} values of k for {} rows", k.size(), nb);
+  // Room for twice the largest k: more only with many ties at the cut, and then the whole rows.
+  const int64_t k_max = k.empty() ? 1 : *std::max_element(k.begin(), k.end());
+  out.cap = std::min(vocab, std::max<int64_t>(256, 2 * k_max));
+  out.count.resize(size_t(nb));
+  out.ids.resize(size_t(nb * out.cap));
+  out.logits.resize(size_t(nb * out.cap));
+  out.dense = false;
+  const auto some_row_overflowed = [&] {
+    return std::find(out.count.begin(), out.count.end(), -1) != out.count.end();
+  };
+  const int64_t V = config_.vocab_padded();
+  if (device_ == Device::CUDA) {
+    check_decode(tokens, slots, state);
+    const Tensor& logits = decode_on_gpu(tokens, slots, state, nullptr, 0, nullptr);
+    auto ids = cuda::allocate(out.ids.size() * sizeof(int32_t), "sampling candidates");
+    auto values = cuda::allocate(out.logits.size() * sizeof(float), "sampling candidates");
+    auto counts = cuda::allocate(out.count.size() * sizeof(int32_t), "sampling candidates");
+    ops::top_k(MatView::of(const_cast<Tensor&>(logits)), vocab, k, temperature, out.cap,
+               static_cast<int32_t*>(ids.get()), static_cast<float*>(values.get()),
+               static_cast<int32_t*>(counts.get()));
+    cuda::copy_to_host(out.count.data(), counts.get(), out.count.size() * sizeof(int32_t));
+    if (some_row_overflowed()) {
+      out.dense = true;
+      out.whole_rows.resize(size_t(nb * V));
+      cuda::copy_to_host(out.whole_rows.data(), logits.raw(), out.whole_rows.size() * sizeof(float));
+      return;
+    }
+    cuda::copy_to_host(out.ids.data(), ids.get(), out.ids.size() * sizeof(int32_t));
+    cuda::copy_to_host(out.logits.data(), values.get(), out.logits.size() * sizeof(float));
+    return;
+  }
+  decode(tokens, slots, state, out.whole_rows);
+  ops::top_k({out.whole_rows.data(), nb, V, V}, vocab, k, temperature, out.cap, out.ids.data(), out.logits.data(),
+             out.count.data());
+  out.dense = some_row_overflowed();
+}
+
+const Tensor& Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64_t> slots,
+                                   InferenceState& state, std::vector<float>* logits, int64_t greedy_cols,
+                                   std::vector<int32_t>* next) const {
   const ModelConfig& c = config_;
   const ModelWeights& w = *weights_;
   const int64_t nb = int64_t(tokens.size());
@@ -433,6 +478,7 @@ void Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<const int64
     next->resize(size_t(nb));
     cuda::copy_to_host(next->data(), d.next.get(), size_t(nb) * sizeof(int32_t));
   }
+  return d.logits;
 }
 
 }  // namespace mamba2

@@ -129,6 +129,13 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
 // argmax: out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones), greedy
 // decoding; out (x.rows) on x's device.
 void argmax(MatView x, int64_t cols, int32_t* out);
+// top_k: sampling's candidates under top-k. Row r's columns c < cols whose x[r, c] / temperature[r]
+// is at least the k[r]-th largest of those quotients (ties with it kept), in column order: ids and
+// values (x itself) at ids/values + r·cap, their number in counts[r], or -1 when more than cap
+// qualify. The same sets, bit for bit, on every device; ids, values (x.rows, cap) and counts
+// (x.rows) on x's device, k and temperature on the host.
+void top_k(MatView x, int64_t cols, std::span<const int32_t> k, std::span<const float> temperature, int64_t cap,
+           int32_t* ids, float* values, int32_t* counts);
 
 // adamw: one torch.optim.AdamW step of a parameter (fp32 moments m, v updated in place), from the
 // gradient times grad_scale. Decoupled weight decay p ← p·(1 − lr·weight_decay) (0: none);

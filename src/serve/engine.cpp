@@ -254,24 +254,31 @@ int64_t Engine::sessions() const {
 // One token for every sequence that is generating. When all of them decode plain greedy, the
 // model picks the tokens where the logits are (on the GPU only the ids come back), as generate does.
 void Engine::decode_step() {
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens, k;
   std::vector<int64_t> rows;
-  bool greedy = true;
+  std::vector<float> temperature;
+  bool greedy = true, by_candidates = true;
   for (const auto& s : slots_)
     if (s && s->decoding) {
       tokens.push_back(s->last);
       rows.push_back(s->slot);
       const SamplingParams& p = s->params.sampling;
       greedy = greedy && p.temperature == 0.0f && p.repetition_penalty == 1.0f;
+      k.push_back(int32_t(s->sampler.candidates_k()));
+      temperature.push_back(s->sampler.candidates_temperature());
+      by_candidates = by_candidates && k.back() > 0;
     }
   if (rows.empty()) return;
   std::vector<float>& logits = logits_;
   std::vector<int32_t> chosen;
+  const int64_t vocab_ids = tokenizer_.vocab_size();
   if (greedy)
-    model_.decode_greedy(tokens, rows, *state_, tokenizer_.vocab_size(), chosen);
+    model_.decode_greedy(tokens, rows, *state_, vocab_ids, chosen);
+  else if (by_candidates)  // only what top-k sampling needs comes back from the GPU
+    model_.decode_candidates(tokens, rows, *state_, vocab_ids, k, temperature, candidates_);
   else
     model_.decode(tokens, rows, *state_, logits);
-  const size_t V = size_t(model_.vocab()), vocab = size_t(tokenizer_.vocab_size());
+  const size_t V = size_t(model_.vocab()), vocab = size_t(vocab_ids);
   if (!greedy) {
     // Each row draws from its own sampler: in parallel, the same draws as one by one. (An
     // exception must not leave an OpenMP region: the first is kept and rethrown.)
@@ -281,7 +288,9 @@ void Engine::decode_step() {
     for (size_t i = 0; i < rows.size(); ++i) {
       Job& j = *slots_[size_t(rows[i])];
       try {
-        if (!j.finishing) chosen[i] = j.sampler.sample(std::span<const float>(logits).subspan(i * V, vocab));
+        if (j.finishing) continue;
+        chosen[i] = by_candidates ? sample_candidates(j.sampler, candidates_, i, V)
+                                  : j.sampler.sample(std::span<const float>(logits).subspan(i * V, vocab));
       } catch (...) {
 #pragma omp critical
         if (!error) error = std::current_exception();

@@ -22,11 +22,11 @@
 #include <vector>
 
 #include "mamba2/generate.h"
+#include "mamba2/model.h"
 #include "serve/prefix_cache.h"
 
 namespace mamba2 {
 
-class Model;
 class Tokenizer;
 class InferenceState;
 
@@ -116,6 +116,7 @@ class Engine {
   std::shared_ptr<InferenceState> state_;
   int64_t sequence_state_bytes_ = 0;
   std::vector<float> logits_;  // a step's logits, kept: 13 MB at 64 rows, page-faulted in once
+  DecodeCandidates candidates_;  // or only its sampling candidates
   std::vector<std::unique_ptr<Job>> slots_;  // by slot; null: free
   mutable std::mutex mutex_;
   std::condition_variable wake_;
