@@ -21,6 +21,16 @@ bin=/tmp/mamba2-portable/bin
 models=/tmp/models
 mkdir -p "$models"
 [ -d "$models/130m" ] || "$bin/mamba2" init --preset 130m --dtype bf16 --out "$models/130m" > /dev/null
+# `mamba2 serve` on the GPU at port $1 with the extra flags after it, its log appended to
+# $out/serve.log; returns once /health answers (the model is loaded). stop_server ends it.
+start_server() {
+  local port="$1"
+  shift
+  "$bin/mamba2" serve --model "$models/130m" --device cuda --port "$port" --slots 64 "$@" 2>> "$out/serve.log" &
+  server_pid=$!
+  for _ in $(seq 100); do curl -sf "localhost:$port/health" > /dev/null && return; sleep 0.2; done
+}
+stop_server() { kill "$server_pid"; wait "$server_pid"; }
 case "${1:-tests}" in
   tests)
     scripts/run-gpu-tests.sh --bin "$bin" 2>&1 | tee "$out/gpu-tests.log"
@@ -53,9 +63,7 @@ case "${1:-tests}" in
       prompt="In the beginning God created the heaven and the earth. And the earth was without form, and void"
       want="$("$bin/mamba2" generate --model "$models/130m" --device cuda --prompt "$prompt" --greedy -n 32 \
               --ignore-eos --no-echo 2> /dev/null)"
-      "$bin/mamba2" serve --model "$models/130m" --device cuda --port 8181 --slots 64 2> "$out/serve.log" &
-      pid=$!
-      for _ in $(seq 100); do curl -sf localhost:8181/health > /dev/null && break; sleep 0.2; done
+      start_server 8181
       body="{\"prompt\": \"$prompt\", \"max_tokens\": 32, \"temperature\": 0, \"ignore_eos\": true}"
       for round in miss hit; do
         got="$(curl -s localhost:8181/v1/completions -d "$body" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["choices"][0]["text"]); print(j["usage"], file=sys.stderr)')"
@@ -63,21 +71,21 @@ case "${1:-tests}" in
       done
       python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16" --levels 1,8,32,64 --requests 64 \
         --words 100-300 --max-tokens 64 --long-words 3000 --seed 0 --json "$out/serve_bench.json"
-      # More requests a level (each level above C=1 lasts ~0.3 s with 64), greedy and sampled
-      # (temperature 0.8, top_p 0.95: every token through the host's sampler).
-      for t in 0 0.8; do
+      # More requests a level (each level above C=1 lasts ~0.3 s with 64), greedy and sampled:
+      # temperature 0.8, top_p 0.95, without top_k (whole rows of logits to the host's sampler) and
+      # with top_k 40 (only each row's candidates come back).
+      for t in 0 0.8 0.8:40; do
         timeout 150 python3 bench/serve_bench.py --url http://127.0.0.1:8181 --label "h200 bf16, temperature $t" \
-          --levels 1,8,32,64 --requests 256 --words 100-300 --max-tokens 64 --long-words 0 --seed 1 --temperature $t \
+          --levels 1,8,32,64 --requests 256 --words 100-300 --max-tokens 64 --long-words 0 --seed 1 \
+          --temperature "${t%%:*}" --top-k "$([ "$t" != "${t#*:}" ] && echo "${t#*:}" || echo 0)" \
           --json "$out/serve_bench_t$t.json"
       done
-      kill $pid; wait $pid
+      stop_server
       # The long prompt's miss without the prefix cache: one prefill, no state kept on the way.
-      "$bin/mamba2" serve --model "$models/130m" --device cuda --port 8182 --slots 64 --cache-bytes 0 2>> "$out/serve.log" &
-      pid=$!
-      for _ in $(seq 100); do curl -sf localhost:8182/health > /dev/null && break; sleep 0.2; done
+      start_server 8182 --cache-bytes 0
       python3 bench/serve_bench.py --url http://127.0.0.1:8182 --label "h200 bf16, no cache" --levels "" --long-words 3000 \
         --seed 0 --json "$out/serve_bench_nocache.json"
-      kill $pid; wait $pid
+      stop_server
     } 2>&1 | tee "$out/gpu-serve.log"
     ;;
   profile)
