@@ -8,6 +8,8 @@
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
+#include "model/weights.h"
+#include "ops/ops.h"
 #include "test_support.h"
 
 namespace mamba2 {
@@ -97,6 +99,40 @@ TEST_F(ModelApi, PrefillRejectsStateOfSmallerModel) {
 TEST_F(ModelApi, DecodeRejectsStateOfSmallerModel) {
   auto other = make_state(small(2, 16), 1);
   EXPECT_ERROR_ISOLATED(m.decode(std::vector<int32_t>{1}, std::vector<int64_t>{0}, *other, logits));
+}
+
+// decode_candidates hands back the rows' top-k candidates (those of decode's logits), or, when a
+// row has more ties at the cut than there is room for, every row's whole logits.
+TEST(ModelCandidates, AreTheLogitsTopKOrWholeRowsOnTies) {
+  const ModelConfig c = test::small_config(1000, false);
+  ModelWeights w = init_weights(c, 5);
+  test::perturb_weights(w, 6);
+  const std::vector<int32_t> tokens{3, 500, 999}, k{1, 5, 40};
+  const std::vector<int64_t> slots{1, 2, 0};
+  const std::vector<float> temperature{1.0f, 0.7f, 1.3f};
+  for (bool flat : {false, true}) {
+    SCOPED_TRACE(flat ? "all logits equal" : "random weights");
+    if (flat) std::fill(w.norm_f.data(), w.norm_f.data() + w.norm_f.numel(), 0.0f);  // every logit 0
+    const Model m(c, std::make_shared<const ModelWeights>(w));
+    auto s1 = m.new_state(3), s2 = m.new_state(3);
+    std::vector<float> logits;
+    DecodeCandidates got;
+    m.decode(tokens, slots, *s1, logits);
+    m.decode_candidates(tokens, slots, *s2, c.vocab_size, k, temperature, got);
+    const int64_t V = m.vocab();
+    EXPECT_EQ(got.dense, flat);
+    if (flat) {
+      EXPECT_EQ(got.whole_rows, logits);
+      continue;
+    }
+    std::vector<int32_t> ids(size_t(3 * got.cap)), count(3);
+    std::vector<float> values(size_t(3 * got.cap));
+    ops::top_k({logits.data(), 3, V, V}, c.vocab_size, k, temperature, got.cap, ids.data(), values.data(),
+               count.data());
+    EXPECT_EQ(got.count, count);
+    EXPECT_EQ(got.ids, ids);
+    EXPECT_EQ(got.logits, values);
+  }
 }
 
 }  // namespace
