@@ -286,8 +286,8 @@ __device__ void store_block(const Out& out, const float* vals, int64_t row0, int
   }
 }
 
-// Before the wait: the conv states the block's epilogue will read, into the L2 (the slots were
-// copied in before the step's first kernel; a stale line would only cost a miss).
+// Before the wait: the conv states the block's epilogue will read, into the L2 (the slots are
+// written only by copies from the host, complete before the step's first kernel starts).
 __device__ void warm_conv_states(const ConvStepArgs& cv, int64_t row0, int rows, int64_t m, int64_t col0, int cols) {
   if (cv.C == 0 || cv.K < 2) return;
   const int64_t c0 = max(col0 - cv.first, int64_t(0)), c1 = min(col0 + cols - cv.first, cv.C);
@@ -408,9 +408,10 @@ __device__ void add_cluster_sums(float* vals, int count, int splits) {
 #endif
 }
 
+// A few rows (NT = 1): 3 blocks an SM, so that ptxas keeps these variants at 80 registers.
 template <class T, int MT, int NT, int U, class In, bool vec>
-__global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1) tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m,
-                                                                int64_t n, int64_t k, int splits) {
+__global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
+    tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m, int64_t n, int64_t k, int splits) {
   extern __shared__ float smem[];
   float* partial = smem;                                  // [warp][MT][NT][lane][4]
   float* scales = partial + kTcWarps * MT * NT * 128;     // [row][group]
@@ -422,7 +423,6 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1) tc_rows_kernel
   const int split = int(blockIdx.x % unsigned(splits));
   const int64_t col0 = int64_t(blockIdx.x / unsigned(splits)) * MT * 16, steps = ceil_div(k, int64_t(32));
   const int64_t row0 = int64_t(blockIdx.y) * NT * 8;
-
   const int64_t per = ceil_div(steps, int64_t(splits)), first = split * per, last = min(steps, first + per);
   const int64_t kend = min(k, last * 32);
   // W's rows past n and k past the block's range read as zeros (avail ≤ 0): every lane runs

@@ -354,7 +354,8 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
   const int64_t q0 = int64_t(blockIdx.z) * kStepRows + warp * kStepWarpRows;
   const int64_t g = h / (p.nheads / p.ngroups);
   // Before the wait: the head's parameters (weights), and the state rows into the L2 (the slots
-  // were copied in before the step's first kernel; the loads below come after the wait).
+  // are written only by copies from the host, complete before the step's first kernel starts;
+  // the states themselves are read after the wait: an earlier step on them may still run).
   const float dt_bias = p.dt_bias[h], A_log = p.A_log[h], D = p.D[h];
   float* rows = states + (slots[b] * p.nheads + h) * P * N;
   const int64_t warp_floats = (min(q0 + kStepWarpRows, P) - q0) * N;  // the warp's rows, contiguous
