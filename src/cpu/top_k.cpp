@@ -10,8 +10,11 @@ namespace mamba2::cpu {
 
 void top_k_rows(const float* x, int64_t ld, int64_t n, int64_t cols, const int32_t* k, const float* temperature,
                 int64_t cap, int32_t* ids, float* values, int32_t* counts) {
-  std::vector<float> q(static_cast<size_t>(cols)), sorted;
+  // Rows in parallel: each row's result is its own, whatever the thread count.
+#pragma omp parallel for schedule(dynamic)
   for (int64_t r = 0; r < n; ++r) {
+    thread_local std::vector<float> q, sorted;
+    q.resize(size_t(cols));
     const float* row = x + r * ld;
     for (int64_t c = 0; c < cols; ++c) q[size_t(c)] = row[c] / temperature[r];
     sorted = q;
