@@ -98,8 +98,9 @@ std::vector<SequenceResult> Generator::generate(std::span<const std::string> pro
   // Plain greedy decoding is picked where the logits are (on the GPU only the ids come back);
   // the first token, from the prefill's logits, goes through the sampler like any other.
   const bool model_greedy = params.sampling.temperature == 0.0f && params.sampling.repetition_penalty == 1.0f;
-  // Otherwise, under top-k, only each row's candidates come back from the model.
-  const Sampler sampler_params(params.sampling, tokenizer_.vocab_size());
+  // Otherwise, under top-k, only each row's candidates come back from the model (every sequence
+  // samples with the same parameters).
+  const Sampler& sampler_params = seqs.front().sampler;
   const int32_t candidates_k = int32_t(sampler_params.candidates_k());
   DecodeCandidates candidates;  // of `rows`, when they came back instead of the logits
   bool from_candidates = false;
