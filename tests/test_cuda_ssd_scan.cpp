@@ -20,6 +20,7 @@
 #include "cuda/runtime.h"
 #include "cuda_test_support.h"
 #include "mamba2/error.h"
+#include "ops/seq_batch.h"
 #include "test_support.h"
 
 // The launchers exist in a build with the CUDA backend only.
@@ -137,22 +138,12 @@ struct Result {
 // from and ends in row slots[i] of `states`.
 Result gpu_scan(const Problem& pb, const std::vector<int64_t>& lengths, const std::vector<int64_t>& slots,
                 const std::vector<float>& states, int64_t Q, DType compute = DType::F32) {
-  std::vector<int64_t> starts{0}, chunk_starts{0};
-  for (int64_t L : lengths) {
-    starts.push_back(starts.back() + L);
-    chunk_starts.push_back(chunk_starts.back() + (L + Q - 1) / Q);
-  }
-  EXPECT_EQ(starts.back(), pb.T);
+  const ops::SeqBatch batch(lengths, slots, Q, Device::CUDA);
+  EXPECT_EQ(batch.tokens(), pb.T);
   const DeviceProblem d(pb);
-  auto d_starts = upload(starts), d_chunk_starts = upload(chunk_starts), d_slots = upload(slots);
   auto y = upload(std::vector<float>(size_t(pb.T * pb.ldy()), kNaN));
   auto st = upload(states);
-  const cuda::PackedSeqs seqs{int64_t(lengths.size()),
-                              pb.T,
-                              chunk_starts.back(),
-                              static_cast<const int64_t*>(d_starts.get()),
-                              static_cast<const int64_t*>(d_chunk_starts.get()),
-                              static_cast<const int64_t*>(d_slots.get())};
+  const cuda::PackedSeqs seqs = batch.packed();
   cuda::ssd_scan_forward(d.params, f32(d.x), pb.ldx(), f32(d.B), pb.ldbc(), f32(d.C), pb.ldbc(), f32(d.dt_raw),
                          pb.lddt(), f32(y), pb.ldy(), f32(st), seqs, Q, compute);
   return {download<float>(y, size_t(pb.T * pb.ldy())), download<float>(st, states.size())};
@@ -317,6 +308,20 @@ TEST(CudaSsdScan, MatchesTheCpuScanAtThe130mShape) {
     }
 }
 
+// Pass 1 hands each chunk's end state to the next chunk's block (a chain of blocks) when many
+// sequences fill the GPU, and walks long sequences in a separate pass: both, with many more
+// blocks than the GPU holds at once (16-token chunks, 24 heads: 3,000 to 8,000 blocks a launch;
+// on an H200 the first case is chained, the second is not), in both kernels.
+TEST(CudaSsdScan, PassesStatesThroughLongChainsOfChunks) {
+  MAMBA2_REQUIRE_GPU();
+  for (const DType compute : {DType::F32, DType::BF16})
+    for (const std::vector<int64_t>& lengths :
+         {std::vector<int64_t>{600, 500, 400, 300, 200, 170, 100, 90}, {4096, 1000, 17}}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(compute) << ", " << lengths.size() << " sequences");
+      check_scan({.Q = 16, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = lengths}, 31, compute);
+    }
+}
+
 TEST(CudaSsdScan, MatchesTheCpuScanWithTheDtLimit) {
   MAMBA2_REQUIRE_GPU();
   check_scan({.Q = 64, .H = 4, .P = 64, .G = 2, .N = 64, .lengths = awkward_lengths(64), .dt_min = 0.001f,
@@ -345,6 +350,30 @@ void check_batch_invariance(DType compute) {
     EXPECT_EQ(std::memcmp(packed.states.data() + slots[i] * S, alone.states.data(), sizeof(float) * size_t(S)), 0)
         << "state of sequence " << i;
     t0 += L;
+  }
+}
+
+// A short sequence alone (a grid the GPU holds at once: the separate state pass) and packed among
+// eight (thousands of blocks: the chain of blocks, on an H200) gives the same bits: the two ways
+// of passing the states do the same operations in the same order.
+TEST(CudaSsdScan, ChainedAndSeparateStatePassesAgreeBitForBit) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t Q = 16;
+  const std::vector<int64_t> lengths{600, 500, 400, 40, 200, 170, 100, 90};
+  const int64_t T = std::accumulate(lengths.begin(), lengths.end(), int64_t(0)), t0 = 1500;
+  const Problem pb = make_problem(24, 64, 1, 128, T, 41);
+  const int64_t S = pb.S(), n = int64_t(lengths.size());
+  const auto states0 = random_states(n, S, 42);
+  std::vector<int64_t> slots(static_cast<size_t>(n));
+  std::iota(slots.begin(), slots.end(), int64_t(0));
+  for (const DType compute : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(compute));
+    const Result packed = gpu_scan(pb, lengths, slots, states0, Q, compute);
+    const auto row3 = states0.begin() + 3 * S;
+    const Result alone = gpu_scan(rows_of(pb, t0, 40), {40}, {0}, std::vector<float>(row3, row3 + S), Q, compute);
+    const auto y_packed = rows_y(pb, packed.y, t0, 40), y_alone = rows_y(pb, alone.y, 0, 40);
+    EXPECT_EQ(std::memcmp(y_packed.data(), y_alone.data(), sizeof(float) * y_alone.size()), 0);
+    EXPECT_EQ(std::memcmp(packed.states.data() + 3 * S, alone.states.data(), sizeof(float) * size_t(S)), 0);
   }
 }
 

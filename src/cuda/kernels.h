@@ -23,6 +23,10 @@ struct PackedSeqs {
   const int64_t* starts = nullptr;      // (count + 1) token offsets; starts[count] = the tokens
   const int64_t* chunk_starts = nullptr;  // (count + 1) cumulative chunk counts
   const int64_t* slots = nullptr;       // (count) rows of the state buffers
+  // (total_chunks) the chunks ordered by their index within their sequence, then by sequence:
+  // every sequence's first chunk, then every second one, ... (the scan's chunks take the state
+  // from the chunk before them, and run in this order).
+  const int64_t* chunk_order = nullptr;
 };
 
 // Bytes a decode kernel warms into the L2 while it runs (common.cuh, warm_l2): the weights of the

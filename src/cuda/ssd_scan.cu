@@ -1,20 +1,28 @@
 // Chunked SSD scan (prefill) over packed sequences and the one-token step (decode) on the GPU.
-// The chunked form is the CPU kernel's (cpu/ssd_scan.cpp), in three passes so that the chunks of
-// a sequence run in parallel and only the (P, N) states pass between them in order:
-//   1. chunk_state  (chunk, head, 64×64 state tile): dt, a = in-chunk cumsum of dt·A, and the
-//      chunk's own end-state term S_c = Σ_s exp(a[last]-a[s])·dt[s]·x[s] ⊗ B[s]
-//   2. state_pass   (sequence, head, state elements): chunk by chunk, S_c ← the state at the
-//      chunk's start, state ← exp(a[last])·state + S_c; the last one goes to the sequence's slot
-//   3. chunk_scan   (chunk, head, 64 rows of t): y = exp(a[t])·C[t] S_startᵀ
+// The chunked form is the CPU kernel's (cpu/ssd_scan.cpp), in two passes so that the chunks of a
+// sequence run in parallel and only the (P, N) states pass between them in order:
+//   1. chunk_state  (chunk, head, state tile): dt, a = in-chunk cumsum of dt·A, and the chunk's
+//      own end-state term S_c = Σ_s exp(a[last]-a[s])·dt[s]·x[s] ⊗ B[s]; then, once the chunk
+//      before it has left the state at this chunk's start (S_start), the state at its end,
+//      exp(a[last])·S_start + S_c, for the chunk after it (or the sequence's slot). Where the
+//      hand-offs of that chain of blocks would not hide behind other work (a grid the GPU holds
+//      at once, or a few long sequences), a separate state pass walks each sequence's chunks in
+//      registers instead, with the same operations in the same order (the same bits).
+//   2. chunk_scan   (chunk, head, 64 rows of t): y = exp(a[t])·C[t] S_startᵀ
 //      + (C Bᵀ ∘ exp(a[t]-a[s]) ∘ dt[s], s ≤ t) X + D·x, C Bᵀ a tile at a time in shared memory
 // fp32 SIMT, fp32 accumulation; in bf16 / f16 compute the products run on tensor cores (below,
 // with C Bᵀ computed once per group in a pass of its own). Every output element is one chain of
 // FMAs (or MMAs) in a fixed order that depends only on its own chunk (and, for the states, on its
-// own sequence's chunks): never on the other sequences of the launch. Offsets are 64-bit.
-// a alone is kept in double, as on the CPU: in fp32, a[t] ~ -400 late in a chunk of a fast-decaying
-// head (dt·A ~ -1.6 per token) is rounded by ~3e-5, an error exp(a[t]-a[s]) carries whole (~1e-5 in
-// the final state). A difference taken in double and rounded to fp32 once costs one DADD per (t, s)
-// pair against N FMAs. Every exponent is ≤ 0: a never increases (see chunk_decay).
+// own sequence's chunks): never on the other sequences of the launch or on timing. Offsets are
+// 64-bit.
+// In fp32 compute a is kept in double, as on the CPU: in fp32, a[t] ~ -400 late in a chunk of a
+// fast-decaying head (dt·A ~ -1.6 per token) is rounded by ~3e-5, an error exp(a[t]-a[s]) carries
+// whole (~1e-5 in the final state). A difference taken in double and rounded to fp32 once costs one
+// DADD per (t, s) pair against N FMAs. On tensor cores, where every decay factor is rounded to the
+// operand type (2⁻⁹ for bf16, 2⁻¹² for f16) after it is formed, pass 2 takes a·log2(e) in fp32:
+// its rounding, |a|·2⁻²⁴ in the exponent, stays below that for |a| < 2¹¹ (f16) or 2¹⁴ (bf16), past
+// which every factor but the nearest tokens' has underflowed. Every exponent is ≤ 0: a never
+// increases (see chunk_decay), and rounding keeps the order.
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/mma.cuh"
@@ -30,6 +38,7 @@ constexpr int kThreads = 256;   // 16×16: thread (ty, tx) owns rows 4·ty.. and
 constexpr int kTile = 64;       // rows and columns of a block tile
 constexpr int kMaxChunk = 256;  // chunk_decay: 32 lanes × 8 tokens
 constexpr int kMaxHeaddim = 256;
+constexpr double kLog2e = 1.4426950408889634;
 constexpr int kStride = kTile + 4;  // shared row stride: float4-aligned, rows 4 banks apart
 
 // The chunk with global index c: the last sequence i whose chunks start at or before c (an empty
@@ -37,6 +46,7 @@ constexpr int kStride = kTile + 4;  // shared row stride: float4-aligned, rows 4
 struct Chunk {
   int64_t tok0;
   int len;
+  int64_t seq;
 };
 __device__ Chunk find_chunk(const PackedSeqs& s, int64_t c, int64_t Q) {
   int64_t lo = 0, hi = s.count - 1;
@@ -45,7 +55,7 @@ __device__ Chunk find_chunk(const PackedSeqs& s, int64_t c, int64_t Q) {
     if (s.chunk_starts[mid] <= c) lo = mid; else hi = mid - 1;
   }
   const int64_t tok0 = s.starts[lo] + (c - s.chunk_starts[lo]) * Q;
-  return {tok0, int(min(Q, s.starts[lo + 1] - tok0))};
+  return {tok0, int(min(Q, s.starts[lo + 1] - tok0)), lo};
 }
 
 // softplus (torch's threshold 20) and the dt_limit clamp, as cpu::dt_activation.
@@ -53,6 +63,115 @@ __device__ __forceinline__ float dt_activation(float raw, float bias, float lo, 
   const float v = raw + bias;
   const float sp = v > 20.0f ? v : log1pf(expf(v));
   return sp < lo ? lo : (hi < sp ? hi : sp);
+}
+
+// 2^v by the SFU (ex2.approx.ftz: relative error ~2⁻²², results below 2⁻¹²⁶ flushed to 0): the
+// tensor-core path's decay factors, rounded to bf16 / f16 right after.
+__device__ __forceinline__ float exp2_approx(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+
+// The chain of states through a sequence's chunks (pass 1). Blocks take tickets in the order
+// they start and the ticket picks the work: chunks in seqs.chunk_order (every sequence's first
+// chunk, then every second one, ...), for each the (head, state tile) units. A block waits only
+// for the block of the chunk before its own (same unit), whose ticket is smaller: that block has
+// started, so it finishes (by induction), and no launch order or residency can deadlock. The
+// order makes the wait short: a chunk's predecessor started a whole chunk index earlier.
+struct Chain {
+  bool chained;                 // false: leave S_c in chunk_states and a[last] in a_last (state_pass)
+  unsigned long long* tickets;  // one counter, zero at launch
+  unsigned* ready;              // (total_chunks, heads, tiles): chunk_states[c] holds the tile's S_start
+                                // (chained only; zero at launch)
+  float* chunk_states;          // (total_chunks, heads, P, N): S_start of every chunk, for pass 2
+  float* states;                // the sequences' slots: initial state in, final state out
+  double* a_last;               // (heads, total_chunks), unchained only
+};
+
+struct Work {
+  int64_t c;
+  int h, tile;
+};
+
+__device__ Work take_work(const Chain& k, const PackedSeqs& s, int64_t heads, int tiles) {
+  __shared__ unsigned long long ticket;
+  if (threadIdx.x == 0) ticket = atomicAdd(k.tickets, 1ull);
+  __syncthreads();
+  const int64_t units = heads * tiles, rank = int64_t(ticket / units), unit = int64_t(ticket % units);
+  return {s.chunk_order[rank], int(unit / tiles), int(unit % tiles)};
+}
+
+__device__ __forceinline__ unsigned load_relaxed(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void store_relaxed(unsigned* p, unsigned v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// The block's share of the chain step for chunk ch (global index c), head h, state tile `tile`
+// (unchained: S_c to chunk_states[c] and a[last] to a_last, for state_pass):
+// S_start from the slot (a sequence's first chunk: also copied to chunk_states[c] for pass 2) or
+// from chunk_states[c] once the chunk before has published it; then exp(a[last])·S_start + S_c to
+// chunk_states[c + 1] (published) or, for the last chunk, to the slot. The thread holds S_c[e] for
+// e = offset(i), i < K (offset -1: none), e an element of the head's P×N state. Every load is
+// issued before the first store, 16 at a time (the compiler must assume the two may alias, and
+// would not hoist them): a round trip to the L2 per 16 elements, not per element.
+template <int K, class Offset>
+__device__ void pass_state(const Chain& k, const SsdParams& p, const PackedSeqs& s, const Chunk& ch, int64_t c, int h,
+                           int tile, int tiles, double a_last, const float (&s_c)[K], Offset offset) {
+  const int64_t H = p.nheads, PN = p.headdim * p.d_state;
+  float* here = k.chunk_states + (c * H + h) * PN;
+  if (!k.chained) {
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      const int64_t e = offset(i);
+      if (e >= 0) here[e] = s_c[i];
+    }
+    if (tile == 0 && threadIdx.x == 0) k.a_last[h * s.total_chunks + c] = a_last;
+    return;
+  }
+  const bool first = c == s.chunk_starts[ch.seq], last = c + 1 == s.chunk_starts[ch.seq + 1];
+  float* slot = k.states + (s.slots[ch.seq] * H + h) * PN;
+  unsigned* flag = k.ready + (c * H + h) * tiles + tile;
+  if (!first) {
+    // A relaxed spin, then one fence: an acquiring load in the loop would invalidate the SM's L1
+    // at every try, under the other blocks' feet. The state itself is read from the L2 (__ldcg).
+    if (threadIdx.x == 0) {
+      while (load_relaxed(flag) == 0) {
+      }
+      __threadfence();
+    }
+    __syncthreads();
+  }
+  const float* from = first ? slot : here;
+  float* to = last ? slot : here + H * PN;
+  constexpr int G = K < 16 ? K : 16;  // loads in flight a thread: more spill S_c's registers
+  const float decay = expf(float(a_last));
+#pragma unroll
+  for (int i0 = 0; i0 < K; i0 += G) {
+    float s0[G];
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      const int64_t e = offset(i0 + i);
+      s0[i] = e >= 0 ? __ldcg(from + e) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      const int64_t e = offset(i0 + i);
+      if (e < 0) continue;
+      if (first) here[e] = s0[i];
+      to[e] = fmaf(decay, s0[i], s_c[i0 + i]);
+    }
+  }
+  if (last) return;
+  __syncthreads();  // then one fence orders the block's stores before the flag (as a grid barrier does)
+  if (threadIdx.x == 0) {
+    __threadfence();
+    store_relaxed(flag + H * tiles, 1u);
+  }
 }
 
 // dt and a = inclusive cumsum of dt·A over the chunk's len tokens, into shared memory (len ≤
@@ -133,32 +252,33 @@ __device__ __forceinline__ void load_rows(float* dst, int stride, const float* s
   }
 }
 
-// Pass 1. Block (chunk, state tile, head); tile y = (row block of P) · ceil(N/64) + column block.
-// Block y = 0 also stores dt and a for passes 2 and 3: (nheads, T) each.
+// Pass 1. Block (chunk, head, state tile) by ticket (Chain); tile = (row block of P) ·
+// ceil(N/64) + column block. Tile 0 also stores dt and a for pass 2: (nheads, T) each.
 constexpr int kStateK = 32;
 __global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, const float* x, int64_t ldx,
                                                                const float* B, int64_t ldb, const float* dt_raw,
                                                                int64_t lddt, PackedSeqs seqs, int64_t Q,
-                                                               float* dt_out, double* a_out, float* chunk_states) {
+                                                               float* dt_out, double* a_out, Chain chain) {
   __shared__ double s_a[kMaxChunk];
   __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk];
   __shared__ __align__(16) float As[kStateK * kStride], Bs[kStateK * kStride];
-  const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
-  const int h = blockIdx.z, g = int(h / (H / p.ngroups));
-  const Chunk ch = find_chunk(seqs, c, Q);
+  const int64_t H = p.nheads, P = p.headdim, N = p.d_state;
+  const int ncol_tiles = int((N + kTile - 1) / kTile), tiles = int((P + kTile - 1) / kTile) * ncol_tiles;
+  const Work w = take_work(chain, seqs, H, tiles);
+  const int h = w.h, g = int(h / (H / p.ngroups));
+  const Chunk ch = find_chunk(seqs, w.c, Q);
   chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
   const double a_last = s_a[ch.len - 1];
   for (int t = threadIdx.x; t < ch.len; t += kThreads) {
     s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
-    if (blockIdx.y == 0) {
+    if (w.tile == 0) {
       dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
       a_out[h * seqs.tokens + ch.tok0 + t] = s_a[t];
     }
   }
   __syncthreads();
 
-  const int ncol_tiles = int((N + kTile - 1) / kTile);
-  const int p0 = int(blockIdx.y / ncol_tiles) * kTile, n0 = int(blockIdx.y % ncol_tiles) * kTile;
+  const int p0 = (w.tile / ncol_tiles) * kTile, n0 = (w.tile % ncol_tiles) * kTile;
   const float* xs = x + ch.tok0 * ldx + h * P + p0;
   const float* bs = B + ch.tok0 * ldb + g * N + n0;
   float acc[4][4] = {};
@@ -170,52 +290,48 @@ __global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, cons
     __syncthreads();
   }
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  float* out = chunk_states + (c * H + h) * P * N;
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t pp = p0 + 4 * ty + r, n = n0 + 4 * tx + q;
-      if (pp < P && n < N) out[pp * N + n] = acc[r][q];
-    }
+  pass_state(chain, p, seqs, ch, w.c, h, w.tile, tiles, a_last, reinterpret_cast<const float(&)[16]>(acc),
+             [&](int i) -> int64_t {
+               const int64_t pp = p0 + 4 * ty + i / 4, n = n0 + 4 * tx + i % 4;
+               return pp < P && n < N ? pp * N + n : -1;
+             });
 }
 
-// Pass 2. Block (sequence, head, 256 state elements), one element per thread: the sequence's
-// chunks in order, 8 at a time with all 16 loads issued before the first store (chunk_states is
-// both read and written, so the compiler would not hoist them): one memory round trip per 8
-// chunks instead of two per chunk.
-__global__ __launch_bounds__(kThreads) void state_pass_kernel(SsdParams p, const double* a, float* chunk_states,
-                                                              float* states, PackedSeqs seqs, int64_t Q) {
+// Pass 1's state step when the grid is not chained (Chain): block (sequence, head, 256 state
+// elements), one element per thread, the sequence's chunks in order as pass_state takes them, 8 at
+// a time with all 16 loads issued before the first store (chunk_states is both read and written,
+// so the compiler would not hoist them): one memory round trip per 8 chunks instead of two per chunk.
+__global__ __launch_bounds__(kThreads) void state_pass_kernel(SsdParams p, const double* a_last, float* chunk_states,
+                                                              float* states, PackedSeqs seqs) {
   constexpr int kAhead = 8;
   const int64_t i = blockIdx.x, h = blockIdx.y, PN = p.headdim * p.d_state;
   const int64_t e = int64_t(blockIdx.z) * kThreads + threadIdx.x;
   if (e >= PN) return;
-  const int64_t start = seqs.starts[i], end = seqs.starts[i + 1], c0 = seqs.chunk_starts[i];
-  const int64_t nchunks = seqs.chunk_starts[i + 1] - c0, step = p.nheads * PN;
-  const double* ah = a + h * seqs.tokens;
+  const int64_t c0 = seqs.chunk_starts[i], nchunks = seqs.chunk_starts[i + 1] - c0, step = p.nheads * PN;
+  const double* ah = a_last + h * seqs.total_chunks + c0;
   float* final_state = states + (seqs.slots[i] * p.nheads + h) * PN + e;
   float* own = chunk_states + (c0 * p.nheads + h) * PN + e;
   float state = *final_state;
   for (int64_t k0 = 0; k0 < nchunks; k0 += kAhead) {
     float s_c[kAhead];
-    double a_last[kAhead];
+    double al[kAhead];
 #pragma unroll
     for (int j = 0; j < kAhead; ++j) {
       const int64_t k = k0 + j;
       s_c[j] = k < nchunks ? own[k * step] : 0.0f;
-      a_last[j] = k < nchunks ? ah[min(start + (k + 1) * Q, end) - 1] : 0.0;
+      al[j] = k < nchunks ? ah[k] : 0.0;
     }
 #pragma unroll
     for (int j = 0; j < kAhead; ++j) {
       if (k0 + j >= nchunks) break;
       own[(k0 + j) * step] = state;
-      state = fmaf(expf(float(a_last[j])), state, s_c[j]);
+      state = fmaf(expf(float(al[j])), state, s_c[j]);
     }
   }
   *final_state = state;
 }
 
-// Pass 3. Block (chunk, 64 rows of t, head); CG = ceil(P/64) column groups of 64 in the output.
+// Pass 2. Block (chunk, 64 rows of t, head); CG = ceil(P/64) column groups of 64 in the output.
 // Shared: As holds k-major slices of C (K × 64) or the decayed C Bᵀ tile M[s][t] (64 × 64); Bs
 // slices of the start state, of B or of x.
 template <int CG>
@@ -466,94 +582,99 @@ __device__ __forceinline__ const T* b_cols(const T* base, int ld, int n0, int k)
   return base + (k + l % 8 + ((l / 8) % 2) * 8) * ld + n0 + (l / 16) * 8;
 }
 
-// dst[r][c] = T(scale[r]·src[r·ld + c]) for r < 64, c < cols (a multiple of 4): 0 outside
-// r < nrows, c < ncols; scale may be null. A thread issues BATCH 16-byte loads (4-byte ones where
+// dst[r][c] = T(scale[r]·src[r·ld + c]) for r < 64, c < cols (a multiple of 4, at most 256):
+// 0 outside r < nrows, c < ncols; scale may be null. Thread i keeps one float4 column, 4·(i % (cols
+// / 4)), and takes rows i / (cols / 4) + k·dr, dr = THREADS / (cols / 4) rows a pass (threads
+// past dr·cols/4 take none): its addresses advance by a constant, so the loop is loads, converts
+// and stores rather than index arithmetic. A thread issues BATCH 16-byte loads (4-byte ones where
 // the rows are not 16-byte aligned) before it converts and stores any: the loads come from DRAM or
 // L2, and one round trip per BATCH instead of per load is what keeps these kernels from stalling.
-template <class T, int BATCH>
+template <class T, int BATCH, int THREADS = kTcThreads>
 __device__ __forceinline__ void load_tile(T* dst, int stride, const float* src, int64_t ld, int cols, int nrows,
                                           int ncols, const float* scale) {
+  const int c4s = cols / 4, dr = THREADS / c4s, r0 = int(threadIdx.x) / c4s, c = 4 * (int(threadIdx.x) % c4s);
+  if (r0 >= dr) return;
   const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && ld % 4 == 0 && ncols % 4 == 0;
-  const int c4s = cols / 4, total = kTile * c4s;
-  const int dr = kTcThreads / c4s, dc = 4 * (kTcThreads % c4s);  // (r, c) of i + kTcThreads
-  int r = threadIdx.x / c4s, c = 4 * (threadIdx.x % c4s);
-  for (int i0 = threadIdx.x; i0 < total; i0 += BATCH * kTcThreads) {
-    float v[BATCH][4];
-    int rs[BATCH], cs[BATCH];
+  const int lim = min(nrows, kTile);
+  const int64_t step = int64_t(dr) * ld;
+  const float* row = src + r0 * ld + c;
+  T* out = dst + r0 * stride + c;
+  for (int r = r0; r < kTile; r += BATCH * dr, row += BATCH * step, out += BATCH * dr * stride) {
+    float4 v[BATCH];
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
-      rs[u] = r, cs[u] = c;
-      v[u][0] = v[u][1] = v[u][2] = v[u][3] = 0.0f;
-      if (i0 + u * kTcThreads < total && r < nrows) {
-        const float* row = src + r * ld + c;
-        if (vec) {
-          if (c < ncols) {
-            const float4 q = *reinterpret_cast<const float4*>(row);
-            v[u][0] = q.x, v[u][1] = q.y, v[u][2] = q.z, v[u][3] = q.w;
-          }
-        } else {
-#pragma unroll
-          for (int q = 0; q < 4; ++q)
-            if (c + q < ncols) v[u][q] = row[q];
-        }
+      v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r + u * dr >= lim || c >= ncols) continue;
+      const float* q = row + u * step;
+      if (vec) {
+        v[u] = *reinterpret_cast<const float4*>(q);
+      } else {
+        v[u].x = q[0];
+        if (c + 1 < ncols) v[u].y = q[1];
+        if (c + 2 < ncols) v[u].z = q[2];
+        if (c + 3 < ncols) v[u].w = q[3];
       }
-      c += dc, r += dr;
-      if (c >= cols) c -= cols, ++r;
     }
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
-      if (i0 + u * kTcThreads >= total) break;
-      const float f = scale && rs[u] < nrows ? scale[rs[u]] : 1.0f;
-      *reinterpret_cast<uint2*>(dst + rs[u] * stride + cs[u]) =
-          make_uint2(pack2<T>(f * v[u][0], f * v[u][1]), pack2<T>(f * v[u][2], f * v[u][3]));
+      const int ru = r + u * dr;
+      if (ru >= kTile) break;
+      const float f = scale && ru < lim ? scale[ru] : 1.0f;
+      *reinterpret_cast<uint2*>(out + u * dr * stride) =
+          make_uint2(pack2<T>(f * v[u].x, f * v[u].y), pack2<T>(f * v[u].z, f * v[u].w));
     }
   }
 }
 
-// Pass 1 on tensor cores. Block (chunk, state tile of 64 rows p × 8·NF columns n, head):
-// S_c[p][n] = Σ_s (w∘X)[s][p]·B[s][n], 64 tokens at a time; warp w the rows p0 + 16w... NF = 16
-// (the whole of d_state 128 in one tile) halves the reads of x and the repeats of chunk_decay.
+// Pass 1 on tensor cores. Block (chunk, head, state tile of 64 rows p × 8·NF columns n) by ticket:
+// S_c[p][n] = Σ_s (w∘X)[s][p]·B[s][n], 64 tokens at a time; warp w the rows p0 + 16(w % 4)... and
+// the (w / 4)th half of the columns. NF = 16 (the whole of d_state 128 in one tile) halves the
+// reads of x and the repeats of chunk_decay; 8 warps keep each thread's share of the chain step at
+// 2·NF elements (two round trips to the L2). Tile 0 stores dt and a·log2(e) (fp32) for pass 2.
+constexpr int kStateThreads = 256;
 template <class T, int NF>
-__global__ __launch_bounds__(kTcThreads) void chunk_state_tc_kernel(SsdParams p, const float* x, int64_t ldx,
-                                                                    const float* B, int64_t ldb, const float* dt_raw,
-                                                                    int64_t lddt, PackedSeqs seqs, int64_t Q,
-                                                                    float* dt_out, double* a_out, float* chunk_states) {
+__global__ __launch_bounds__(kStateThreads, 2) void chunk_state_tc_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                                         const float* B, int64_t ldb,
+                                                                         const float* dt_raw, int64_t lddt,
+                                                                         PackedSeqs seqs, int64_t Q, float* dt_out,
+                                                                         float* a_out, Chain chain) {
   __shared__ double s_a[kMaxChunk];
   __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk];
-  constexpr int kCols = 8 * NF, kBStride = kCols + 8;
+  constexpr int kCols = 8 * NF, kBStride = kCols + 8, FW = NF / 2;  // FW: 8-column fragments a warp
   __shared__ __align__(16) T Xs[kTile * kTcStride], Bs[kTile * kBStride];
-  const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
-  const int h = blockIdx.z, g = int(h / (H / p.ngroups));
-  const Chunk ch = find_chunk(seqs, c, Q);
+  const int64_t H = p.nheads, P = p.headdim, N = p.d_state;
+  const int ncol_tiles = int((N + kCols - 1) / kCols), tiles = int((P + kTile - 1) / kTile) * ncol_tiles;
+  const Work w = take_work(chain, seqs, H, tiles);
+  const int h = w.h, g = int(h / (H / p.ngroups));
+  const Chunk ch = find_chunk(seqs, w.c, Q);
   chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
   const double a_last = s_a[ch.len - 1];
-  for (int t = threadIdx.x; t < ch.len; t += kTcThreads) {
+  for (int t = threadIdx.x; t < ch.len; t += kStateThreads) {
     s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
-    if (blockIdx.y == 0) {
+    if (w.tile == 0) {
       dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
-      a_out[h * seqs.tokens + ch.tok0 + t] = s_a[t];
+      a_out[h * seqs.tokens + ch.tok0 + t] = float(s_a[t] * kLog2e);
     }
   }
   __syncthreads();
 
-  const int ncol_tiles = int((N + kCols - 1) / kCols);
-  const int p0 = int(blockIdx.y / ncol_tiles) * kTile, n0 = int(blockIdx.y % ncol_tiles) * kCols;
+  const int p0 = (w.tile / ncol_tiles) * kTile, n0 = (w.tile % ncol_tiles) * kCols;
   const float* xs = x + ch.tok0 * ldx + h * P + p0;
   const float* bs = B + ch.tok0 * ldb + g * N + n0;
-  const int warp = threadIdx.x / 32;
-  float acc[NF][4] = {};
+  const int warp = threadIdx.x / 32, r0 = 16 * (warp % 4), c0 = 8 * FW * (warp / 4);
+  float acc[FW][4] = {};
   for (int s0 = 0; s0 < ch.len; s0 += kTile) {
     const int ns = min(kTile, ch.len - s0);
-    load_tile<T, 8>(Xs, kTcStride, xs + s0 * ldx, ldx, kTile, ns, int(P - p0), s_w + s0);
-    load_tile<T, 8>(Bs, kBStride, bs + s0 * ldb, ldb, kCols, ns, int(N - n0), nullptr);
+    load_tile<T, 4, kStateThreads>(Xs, kTcStride, xs + s0 * ldx, ldx, kTile, ns, int(P - p0), s_w + s0);
+    load_tile<T, 4, kStateThreads>(Bs, kBStride, bs + s0 * ldb, ldb, kCols, ns, int(N - n0), nullptr);
     __syncthreads();
     for (int k = 0; k < ns; k += 16) {
       uint32_t a[4];
-      ldsm_trans(a, a_cols(Xs, kTcStride, 16 * warp, k));
+      ldsm_trans(a, a_cols(Xs, kTcStride, r0, k));
 #pragma unroll
-      for (int j = 0; j < NF; j += 2) {
+      for (int j = 0; j < FW; j += 2) {
         uint32_t b[4];
-        ldsm_trans(b, b_cols(Bs, kBStride, 8 * j, k));
+        ldsm_trans(b, b_cols(Bs, kBStride, c0 + 8 * j, k));
         mma<T>(acc[j], a, b[0], b[1]);
         mma<T>(acc[j + 1], a, b[2], b[3]);
       }
@@ -561,20 +682,18 @@ __global__ __launch_bounds__(kTcThreads) void chunk_state_tc_kernel(SsdParams p,
     __syncthreads();
   }
   const int lane = threadIdx.x % 32;
-  float* out = chunk_states + (c * H + h) * P * N;
-#pragma unroll
-  for (int j = 0; j < NF; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t pp = p0 + 16 * warp + lane / 4 + 8 * (i / 2), n = n0 + 8 * j + 2 * (lane % 4) + i % 2;
-      if (pp < P && n < N) out[pp * N + n] = acc[j][i];
-    }
+  pass_state(chain, p, seqs, ch, w.c, h, w.tile, tiles, a_last, reinterpret_cast<const float(&)[4 * FW]>(acc),
+             [&](int i) -> int64_t {
+               const int j = i / 4, q = i % 4;
+               const int64_t pp = p0 + r0 + lane / 4 + 8 * (q / 2), n = n0 + c0 + 8 * j + 2 * (lane % 4) + q % 2;
+               return pp < P && n < N ? pp * N + n : -1;
+             });
 }
 
 // C Bᵀ on tensor cores, once per (chunk, group) for all the group's heads. Block (chunk, tile
 // pair, group): the 64×64 tile of rows t0.. and columns s0.. ≤ t0 (pairs numbered ti(ti+1)/2 + si),
 // into cb (chunks, groups, Qp, Qp) fp32, Qp = Q rounded up to whole tiles. In the diagonal tile
-// warp w computes (and pass 3 reads) only the first w + 1 groups of 16 columns.
+// warp w computes (and pass 2 reads) only the first w + 1 groups of 16 columns.
 template <class T>
 __global__ __launch_bounds__(kTcThreads) void chunk_cb_tc_kernel(SsdParams p, const float* B, int64_t ldb,
                                                                  const float* C, int64_t ldc, PackedSeqs seqs,
@@ -616,22 +735,22 @@ __global__ __launch_bounds__(kTcThreads) void chunk_cb_tc_kernel(SsdParams p, co
   }
 }
 
-// Pass 3 on tensor cores. Block (chunk, 64 rows of t × 64 columns of p, head), warp w the rows
+// Pass 2 on tensor cores. Block (chunk, 64 rows of t × 64 columns of p, head), warp w the rows
 // t0 + 16w..; dynamic shared memory: C's rows [t][n] and the start state [p][n] (N padded to whole
-// k-steps), x's rows [s][p]. C Bᵀ comes from chunk_cb_tc straight into registers in the layout
-// of mma's accumulators, which is that of its A operand: M = (C Bᵀ)∘decay∘dt never touches
-// shared memory.
-// At most 128 registers: shared memory (~47 KiB a block at N = 128) allows 4 blocks per SM, and
-// with its loads batched the kernel needs those 16 warps in flight more than it needs registers.
+// k-steps), x's rows [s][p]. C Bᵀ comes from chunk_cb_tc straight into registers in the layout of
+// mma's accumulators, which is that of its A operand: M = (C Bᵀ)∘decay∘dt never touches shared
+// memory. At most 128 registers: shared memory (~47 KiB a block at N = 128) allows 4 blocks per
+// SM, and the kernel needs those 16 warps in flight more than it needs registers (holding the
+// next tile's loads in registers at 3 blocks an SM measured slower: 240 against 223 µs, b8 L2048).
 template <class T>
 __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams p, const float* x, int64_t ldx,
                                                                       const float* C, int64_t ldc, float* y,
-                                                                      int64_t ldy, const float* dt, const double* a,
+                                                                      int64_t ldy, const float* dt, const float* a2,
                                                                       const float* chunk_states, const float* cb,
                                                                       PackedSeqs seqs, int64_t Q, int64_t Qp) {
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ double s_a[kMaxChunk];
-  __shared__ float s_dt[kMaxChunk];
+  __shared__ __align__(8) float s_a[kMaxChunk];  // a·log2(e)
+  __shared__ __align__(8) float s_dt[kMaxChunk];
   const int64_t c = blockIdx.x, H = p.nheads, P = p.headdim, N = p.d_state;
   const int ns_ = int(state_stride(N)), nk = ns_ - 8;
   T* Cs = reinterpret_cast<T*>(smem);
@@ -645,7 +764,7 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
   const int rows = min(kTile, ch.len - t0), s_end = t0 + rows;  // this tile needs s < s_end
   for (int t = threadIdx.x; t < s_end; t += kTcThreads) {
     s_dt[t] = dt[h * seqs.tokens + ch.tok0 + t];
-    s_a[t] = a[h * seqs.tokens + ch.tok0 + t];
+    s_a[t] = a2[h * seqs.tokens + ch.tok0 + t];
   }
   load_tile<T, 16>(Cs, ns_, C + (ch.tok0 + t0) * ldc + g * N, ldc, nk, rows, int(N), nullptr);
   load_tile<T, 16>(Ss, ns_, chunk_states + ((c * H + h) * P + p0) * N, N, nk, int(P - p0), int(N), nullptr);
@@ -668,10 +787,10 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
       mma<T>(acc[j + 1], af, b[2], b[3]);
     }
   }
-  double at[2];
+  float at[2];
   for (int i = 0; i < 2; ++i) {
-    at[i] = tr[i] < ch.len ? s_a[tr[i]] : 0.0;
-    const float decay = expf(float(at[i]));
+    at[i] = tr[i] < ch.len ? s_a[tr[i]] : 0.0f;
+    const float decay = exp2_approx(at[i]);
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j][2 * i] *= decay, acc[j][2 * i + 1] *= decay;
   }
@@ -706,14 +825,11 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
       for (int f = 0; f < 2; ++f)
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          const float cb2[2] = {cbv[kk][f][i].x, cbv[kk][f][i].y};
-          float v[2];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int s = s0 + 16 * kk + 8 * f + 2 * (lane % 4) + e;
-            v[e] = s <= last[i] ? cb2[e] * expf(float(at[i] - s_a[s])) * s_dt[s] : 0.0f;
-          }
-          m[2 * f + i] = pack2<T>(v[0], v[1]);
+          const int s = s0 + 16 * kk + 8 * f + 2 * (lane % 4);  // and s + 1
+          const float2 as = *reinterpret_cast<const float2*>(s_a + s), ds = *reinterpret_cast<const float2*>(s_dt + s);
+          const float v0 = s <= last[i] ? cbv[kk][f][i].x * exp2_approx(at[i] - as.x) * ds.x : 0.0f;
+          const float v1 = s + 1 <= last[i] ? cbv[kk][f][i].y * exp2_approx(at[i] - as.y) * ds.y : 0.0f;
+          m[2 * f + i] = pack2<T>(v0, v1);
         }
 #pragma unroll
       for (int j = 0; j < 8; j += 2) {
@@ -728,7 +844,7 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
   // D·x from x in fp32: every load before the first store (the compiler must assume y may alias
   // x, so it would not hoist them): one round trip instead of 32.
   const float Dh = p.D[h];
-  float xv[2][8][2];
+  float xd[2][8][2];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -736,7 +852,7 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int pp = p0 + 8 * j + 2 * (lane % 4) + e;
-        xv[i][j][e] = tr[i] < ch.len && pp < P ? x[(ch.tok0 + tr[i]) * ldx + h * P + pp] : 0.0f;
+        xd[i][j][e] = tr[i] < ch.len && pp < P ? x[(ch.tok0 + tr[i]) * ldx + h * P + pp] : 0.0f;
       }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -747,7 +863,7 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int pp = p0 + 8 * j + 2 * (lane % 4) + e;
-        if (pp < P) yt[pp] = fmaf(Dh, xv[i][j][e], acc[j][2 * i + e]);
+        if (pp < P) yt[pp] = fmaf(Dh, xd[i][j][e], acc[j][2 * i + e]);
       }
   }
 }
@@ -775,24 +891,50 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
   const int64_t H = p.nheads, P = p.headdim, N = p.d_state, T = seqs.tokens;
   const unsigned chunks = unsigned(seqs.total_chunks), heads = unsigned(H);
   auto dt_buf = allocate(sizeof(float) * size_t(H * T), "ssd_scan scratch");
-  auto a_buf = allocate(sizeof(double) * size_t(H * T), "ssd_scan scratch");
+  auto a_buf = allocate(sizeof(double) * size_t(H * T), "ssd_scan scratch");  // double (f32) or float (else)
   auto chunk_states = allocate(sizeof(float) * size_t(seqs.total_chunks * H * P * N), "ssd_scan scratch");
   float* dt = static_cast<float*>(dt_buf.get());
-  double* a = static_cast<double*>(a_buf.get());
   float* cs = static_cast<float*>(chunk_states.get());
-  const unsigned state_tiles = unsigned(ceil_div(P, kTile) * ceil_div(N, kTile));
-  const unsigned elem_blocks = unsigned(ceil_div(P * N, kThreads));
-  const auto state_pass = [&] {
-    state_pass_kernel<<<dim3(unsigned(seqs.count), heads, elem_blocks), kThreads, 0, stream()>>>(p, a, cs, states,
-                                                                                                 seqs, chunk_size);
+  // Pass 1's grid: one block per (chunk, head, state tile), in ticket order (Chain); chained or
+  // followed by state_pass (the same bits either way).
+  std::shared_ptr<void> chain_buf, a_last_buf;
+  const auto chain = [&](const void* kernel, int threads, int64_t tiles, unsigned& blocks) {
+    const int64_t n = seqs.total_chunks * H * tiles;
+    if (n > int64_t(INT32_MAX)) raise(cat("[ssd_scan] ", n, " blocks in the state pass: more than a grid takes"));
+    blocks = unsigned(n);
+    int per_sm = 0, sms = 0, device = 0;
+    check(cudaGetDevice(&device), "ssd_scan");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "ssd_scan");
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0), "ssd_scan");
+    // The chain pays a hand-off between blocks (a few µs) per chunk, in sequence; hidden when each
+    // chunk index of every sequence fills about a wave of blocks by itself (the blocks of the
+    // next index start as those of this one finish), exposed when many indices run at once (a
+    // few long sequences: the separate pass walks them in registers instead).
+    const int64_t capacity = int64_t(per_sm) * sms, per_index = seqs.count * H * tiles;
+    const bool chained = n > capacity && 2 * per_index >= capacity;
+    const size_t bytes = sizeof(unsigned long long) + sizeof(unsigned) * size_t(chained ? n : 0);
+    chain_buf = allocate(bytes, "ssd_scan scratch");
+    fill_zero(chain_buf.get(), bytes);
+    if (!chained) a_last_buf = allocate(sizeof(double) * size_t(H * seqs.total_chunks), "ssd_scan scratch");
+    auto* tickets = static_cast<unsigned long long*>(chain_buf.get());
+    return Chain{chained, tickets, reinterpret_cast<unsigned*>(tickets + 1), cs, states,
+                 static_cast<double*>(a_last_buf.get())};
+  };
+  const auto state_pass = [&](const Chain& k) {
+    if (k.chained) return;
+    state_pass_kernel<<<dim3(unsigned(seqs.count), heads, unsigned(ceil_div(P * N, kThreads))), kThreads, 0,
+                        stream()>>>(p, k.a_last, cs, states, seqs);
     check_launch("ssd_scan");
   };
 
   if (compute == DType::F32) {
-    chunk_state_kernel<<<dim3(chunks, state_tiles, heads), kThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt,
-                                                                                    seqs, chunk_size, dt, a, cs);
+    double* a = static_cast<double*>(a_buf.get());
+    unsigned blocks = 0;
+    const Chain k = chain(reinterpret_cast<const void*>(chunk_state_kernel), kThreads,
+                          ceil_div(P, kTile) * ceil_div(N, kTile), blocks);
+    chunk_state_kernel<<<blocks, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt, seqs, chunk_size, dt, a, k);
     check_launch("ssd_scan");
-    state_pass();
+    state_pass(k);
     const dim3 grid(chunks, unsigned(ceil_div(chunk_size, kTile)), heads);
     const auto scan = [&](auto kernel) {
       kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, y, ldy, dt, a, cs, seqs, chunk_size);
@@ -809,14 +951,17 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
 
   const auto tensor_cores = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
+    float* a2 = static_cast<float*>(a_buf.get());
     const auto chunk_state = [&](auto kernel, int64_t cols) {
-      const dim3 grid(chunks, unsigned(ceil_div(P, kTile) * ceil_div(N, cols)), heads);
-      kernel<<<grid, kTcThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt, seqs, chunk_size, dt, a, cs);
+      unsigned blocks = 0;
+      const Chain k = chain(reinterpret_cast<const void*>(kernel), kStateThreads,
+                            ceil_div(P, kTile) * ceil_div(N, cols), blocks);
+      kernel<<<blocks, kStateThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt, seqs, chunk_size, dt, a2, k);
+      check_launch("ssd_scan");
+      state_pass(k);
     };
     if (N > 64) chunk_state(chunk_state_tc_kernel<T, 16>, 128);
     else chunk_state(chunk_state_tc_kernel<T, 8>, 64);
-    check_launch("ssd_scan");
-    state_pass();
     const int64_t ntiles = ceil_div(chunk_size, kTile), Qp = ntiles * kTile;
     auto cb_buf = allocate(sizeof(float) * size_t(seqs.total_chunks * p.ngroups * Qp * Qp), "ssd_scan scratch");
     float* cb = static_cast<float*>(cb_buf.get());
@@ -830,7 +975,7 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     check(cudaFuncSetAttribute(chunk_scan_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "ssd_scan");
     const dim3 grid(chunks, unsigned(ntiles * ceil_div(P, kTile)), heads);
-    chunk_scan_tc_kernel<T><<<grid, kTcThreads, smem, stream()>>>(p, x, ldx, C, ldc, y, ldy, dt, a, cs, cb, seqs,
+    chunk_scan_tc_kernel<T><<<grid, kTcThreads, smem, stream()>>>(p, x, ldx, C, ldc, y, ldy, dt, a2, cs, cb, seqs,
                                                                   chunk_size, Qp);
     check_launch("ssd_scan");
   };

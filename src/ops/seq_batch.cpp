@@ -1,5 +1,7 @@
 #include "ops/seq_batch.h"
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "cuda/runtime.h"
@@ -25,6 +27,12 @@ SeqBatch::SeqBatch(std::span<const int64_t> lengths, std::span<const int64_t> sl
     all.insert(all.end(), starts_.begin(), starts_.end());
     all.insert(all.end(), chunk_starts_.begin(), chunk_starts_.end());
     all.insert(all.end(), slots_.begin(), slots_.end());
+    // The chunk order: by index within the sequence, then by sequence (chunk ids grow with it).
+    std::vector<std::pair<int64_t, int64_t>> order;  // (index within the sequence, chunk)
+    for (size_t i = 0; i < lengths_.size(); ++i)
+      for (int64_t c = chunk_starts_[i]; c < chunk_starts_[i + 1]; ++c) order.emplace_back(c - chunk_starts_[i], c);
+    std::sort(order.begin(), order.end());
+    for (const auto& kc : order) all.push_back(kc.second);
     device_arrays_ = cuda::allocate(all.size() * sizeof(int64_t), "sequence offsets");
     cuda::copy_to_device(device_arrays_.get(), all.data(), all.size() * sizeof(int64_t));
     cuda::synchronize();  // `all` goes when this returns
@@ -55,7 +63,8 @@ const int64_t* SeqBatch::device_ptr(int which) const {
   if (!device_arrays_) fail("[model] this sequence batch has no GPU copy");
   const int64_t* base = static_cast<const int64_t*>(device_arrays_.get());
   const size_t n = lengths_.size();
-  return which == 0 ? base : which == 1 ? base + n + 1 : base + 2 * (n + 1);
+  const size_t offsets[] = {0, n + 1, 2 * (n + 1), 3 * n + 2};  // starts | chunk_starts | slots | order
+  return base + offsets[which];
 }
 
 }  // namespace mamba2::ops

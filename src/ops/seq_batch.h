@@ -36,7 +36,8 @@ class SeqBatch {
   void check(const char* op, int64_t tokens, Device device, int64_t state_rows) const;
   // The batch as the CUDA kernels take it (a forward on the GPU only).
   cuda::PackedSeqs packed() const {
-    return {count(), tokens(), chunk_starts_.back(), device_starts(), device_chunk_starts(), device_slots()};
+    return {count(),         tokens(),       chunk_starts_.back(), device_starts(), device_chunk_starts(),
+            device_slots(), device_ptr(3)};
   }
   // The same arrays on the GPU (a forward there only).
   const int64_t* device_starts() const { return device_ptr(0); }
@@ -49,7 +50,7 @@ class SeqBatch {
   std::vector<int64_t> lengths_, starts_, chunk_starts_, slots_;
   int64_t chunk_size_;
   Device device_;
-  std::shared_ptr<void> device_arrays_;  // starts | chunk_starts | slots
+  std::shared_ptr<void> device_arrays_;  // starts | chunk_starts | slots | chunk order (PackedSeqs)
 };
 
 }  // namespace mamba2::ops
