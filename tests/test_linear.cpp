@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -177,6 +178,59 @@ TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
       EXPECT_NE(std::string(e.what()).find("[linear] weight"), std::string::npos) << e.what();
     }
   }
+}
+
+// Q8_0 weights (CPU inference): each block of 32 as llama.cpp's q8_0 (scale max|w|/127 in fp16,
+// values rounded to ±127), recomputed here from the definition; then both kernels exactly the
+// fp32 kernel on the dequantized weights, every instruction set; rows that are not whole blocks
+// and the GPU are refused.
+TEST(LinearQ8, QuantizesAsQ8_0AndIsTheF32KernelOnTheDequantizedWeights) {
+  IsaScope scope;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 992}, {768, 256}}) {
+    const int64_t M = 33;
+    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
+    auto wv = randn(size_t(n * k), 27);
+    const auto xv = randn(size_t(M * k), 28);
+    for (int64_t j = 0; j < 32; ++j) wv[size_t(j)] = 0.0f;  // an all-zero block: scale 0
+    wv[40] = 1e-6f;                                          // a block of one tiny value
+    std::copy(wv.begin(), wv.end(), W.data());
+    std::copy(xv.begin(), xv.end(), x.data());
+    const Tensor q8 = W.to(Device::CPU, DType::Q8_0), deq = q8.to(Device::CPU, DType::F32);
+    ASSERT_EQ(q8.nbytes(), size_t(n * k / 32 * 34));
+    for (int64_t b = 0; b < n * k / 32; ++b) {
+      float amax = 0.0f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(wv[size_t(b * 32 + j)]));
+      const float d = f16_to_f32(f32_to_f16(amax / 127.0f));
+      for (int j = 0; j < 32; ++j) {
+        const float w = wv[size_t(b * 32 + j)];
+        const float want = d > 0.0f ? d * std::clamp(std::round(w / d), -127.0f, 127.0f) : 0.0f;
+        ASSERT_EQ(deq.data()[b * 32 + j], want) << "block " << b << " element " << j;
+        ASSERT_LE(std::fabs(deq.data()[b * 32 + j] - w), 0.5f * d * (1 + 1e-6f)) << "block " << b;
+      }
+    }
+    std::vector<std::pair<Isa, ops::LinearKernel>> paths;
+    for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
+    paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
+    for (const auto& [isa, kernel] : paths) {
+      cpu::simd::set_isa(isa);
+      for (int64_t m : {int64_t(1), int64_t(3), M}) {
+        Tensor got = Tensor::empty({m, n}), want = Tensor::empty({m, n});
+        ops::linear(MatView::of(x).rows_slice(0, m), q8, MatView::of(got), kernel);
+        ops::linear(MatView::of(x).rows_slice(0, m), deq, MatView::of(want), kernel);
+        ASSERT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * size_t(m * n)), 0)
+            << cpu::simd::isa_name(isa) << (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode") << " n "
+            << n << " k " << k << " rows " << m;
+      }
+    }
+  }
+  try {
+    (void)Tensor::zeros({4, 40}).to(Device::CPU, DType::Q8_0);
+    FAIL() << "rows of 40 were quantized";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[tensor] Q8_0 quantizes rows of a multiple of 32"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW((void)Tensor::zeros({4, 64}).to(Device::CUDA, DType::Q8_0), Error);
 }
 
 TEST(Isa, NamesAreParsedAndBadOnesRefused) {

@@ -104,6 +104,40 @@ TEST_P(ModelGolden, Bf16WeightsOnTheCpu) {
   EXPECT_LE(worst, 0.75 * test::mamba_ssm_bf16_error(GetParam()));
 }
 
+// The bound on q8 logits against float64. A q8_0 block's step is max|w|/127, about 2.1σ/127 for
+// the 32 normal weights of a block, so each weight is off by ≈ step/√12 ≈ 4.8e-3σ rms: 4.3× bf16's
+// rounding (2⁻⁹/√3 ≈ 1.1e-3 relative), whose logits are off by 5.4–5.5e-3 here (the bf16 test's
+// print). Errors adding as in the bf16 case put q8 near 2.4e-2; measured 1.4–1.6e-2 (2026-12-01),
+// so 2.5e-2 leaves 1.6×. (The quantizer itself is checked element by element in test_linear.cpp.)
+constexpr double kQ8LogitsBound = 2.5e-2;
+
+// Q8_0 weights on the CPU: exactly the fp32 model on the dequantized weights, prefill and decode;
+// against float64 the error printed and bounded (see the bound's comment).
+TEST_P(ModelGolden, Q8WeightsOnTheCpu) {
+  const GoldenCase g = load_case(GetParam());
+  const Model q8 = Model::load(g.dir / "model").to(Device::CPU, DType::Q8_0);
+  const Model dequantized = q8.to(Device::CPU, DType::F32);
+  ASSERT_EQ(q8.weights().layers[0].in_proj.dtype(), DType::Q8_0);
+  std::vector<float> got, want;
+  q8.prefill(g.ids, g.lengths, nullptr, true, got);
+  dequantized.prefill(g.ids, g.lengths, nullptr, true, want);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "prefill";
+  const std::vector<float> got_d = decode_all(q8, g), want_d = decode_all(dequantized, g);
+  EXPECT_EQ(std::memcmp(got_d.data(), want_d.data(), got_d.size() * sizeof(float)), 0) << "decode";
+  const int64_t V = q8.vocab();
+  int64_t row = 0;
+  double worst = 0;
+  for (size_t s = 0; s < g.lengths.size(); ++s) {
+    const size_t off = size_t(row * V), n = size_t(g.lengths[s] * V);
+    worst = std::max(worst, rel_l2(got.data() + off, g.logits.data.data() + off, n));
+    row += g.lengths[s];
+  }
+  std::printf("[ golden ] %s, q8 weights on the CPU: prefill %.3g (relative L2 to float64, worst sequence)\n",
+              GetParam().c_str(), worst);
+  EXPECT_LE(worst, kQ8LogitsBound);
+}
+
 INSTANTIATE_TEST_SUITE_P(ModelGolden, ModelGolden,
                          ::testing::Values("official_fp32", "hf_fp32_g2_dtlimit", "hf_bf16_sharded",
                                            "official_fp16_g4"),

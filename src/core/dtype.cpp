@@ -1,16 +1,29 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "mamba2/error.h"
 
 namespace mamba2 {
 
-size_t dtype_size(DType dtype) { return dtype == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType dtype) {
+  if (dtype == DType::Q8_0) fail("[dtype] Q8_0 elements come in blocks of 32, not one by one");
+  return dtype == DType::F32 ? 4 : 2;
+}
+
+size_t dtype_bytes(DType dtype, size_t n) {
+  if (dtype != DType::Q8_0) return n * dtype_size(dtype);
+  if (n % kQ8BlockSize) fail("[dtype] Q8_0 takes whole blocks of 32 elements, not {}", n);
+  return n / kQ8BlockSize * sizeof(Q8Block);
+}
 
 std::string_view dtype_name(DType dtype) {
   switch (dtype) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    case DType::Q8_0: return "Q8_0";
   }
   return "?";
 }
@@ -58,6 +71,13 @@ uint16_t f32_to_f16(float f) {
   return sign | uint16_t((r - 0x38000000u) >> 13);
 }
 
+void dequantize_q8(const Q8Block* src, float* dst, size_t blocks) {
+  for (size_t b = 0; b < blocks; ++b) {
+    const float d = f16_to_f32(src[b].d);
+    for (int i = 0; i < kQ8BlockSize; ++i) dst[b * kQ8BlockSize + size_t(i)] = d * float(src[b].q[i]);
+  }
+}
+
 namespace {
 
 template <class ToF32>
@@ -85,6 +105,15 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
     case DType::F16:
       halves_to_f32(bytes, dst, n, f16_to_f32);
       return;
+    case DType::Q8_0: {
+      const size_t blocks = dtype_bytes(dtype, n) / sizeof(Q8Block);
+      const auto* q8 = static_cast<const Q8Block*>(src);
+      constexpr size_t kBatch = 1024;
+#pragma omp parallel for schedule(static) if (blocks > 4 * kBatch)
+      for (size_t b = 0; b < blocks; b += kBatch)
+        dequantize_q8(q8 + b, dst + b * kQ8BlockSize, std::min(kBatch, blocks - b));
+      return;
+    }
   }
 }
 
@@ -107,6 +136,22 @@ void convert_from_f32(DType dtype, const float* src, void* dst, size_t n) {
         std::memcpy(bytes + 2 * i, &b, 2);
       }
       return;
+    case DType::Q8_0: {
+      const size_t blocks = dtype_bytes(dtype, n) / sizeof(Q8Block);
+#pragma omp parallel for schedule(static) if (blocks > (1 << 12))
+      for (size_t b = 0; b < blocks; ++b) {
+        const float* x = src + b * kQ8BlockSize;
+        float amax = 0.0f;
+        for (int i = 0; i < kQ8BlockSize; ++i) amax = std::max(amax, std::fabs(x[i]));
+        Q8Block blk;
+        blk.d = f32_to_f16(amax / 127.0f);
+        const float d = f16_to_f32(blk.d);
+        for (int i = 0; i < kQ8BlockSize; ++i)
+          blk.q[i] = int8_t(d > 0.0f ? std::clamp(std::round(x[i] / d), -127.0f, 127.0f) : 0.0f);
+        std::memcpy(bytes + b * sizeof(Q8Block), &blk, sizeof(blk));
+      }
+      return;
+    }
   }
 }
 

@@ -77,6 +77,11 @@ Tensor Tensor::to(Device device, DType dtype) const {
     cuda::copy_to_host(host.data_, data_, nbytes());
   }
   const size_t n = size_t(numel());
+  if (dtype == DType::Q8_0 && dtype_ != DType::Q8_0) {
+    if (device == Device::CUDA) fail("[tensor] Q8_0 weights are for the CPU");
+    if (shape_.empty() || shape_.back() % kQ8BlockSize)
+      fail("[tensor] Q8_0 quantizes rows of a multiple of {} elements, not {}", kQ8BlockSize, shape_str(shape_));
+  }
   if (dtype != dtype_) {
     Tensor f32 = host;
     if (dtype_ != DType::F32) {

@@ -40,12 +40,13 @@ class Tensor {
   Device device() const { return device_; }
   DType dtype() const { return dtype_; }
   bool defined() const { return data_ != nullptr || numel() == 0; }
-  size_t nbytes() const { return size_t(numel()) * dtype_size(dtype_); }
+  size_t nbytes() const { return dtype_bytes(dtype_, size_t(numel())); }
 
   // Every element 0, on whichever device.
   void set_zero();
 
-  // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even).
+  // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even;
+  // Q8_0, on the CPU only, quantizes each row's blocks of 32: rows a multiple of 32 long).
   Tensor to(Device device, DType dtype) const;
 
  private:

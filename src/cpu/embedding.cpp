@@ -22,6 +22,13 @@ void embedding_forward_bf16(const uint16_t* table, int64_t d, const int32_t* ids
   }
 }
 
+// Each row is d/32 blocks; element d·q as convert_to_f32 gives it.
+void embedding_forward_q8(const Q8Block* table, int64_t d, const int32_t* ids, int64_t n, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t)
+    dequantize_q8(table + int64_t(ids[t]) * (d / kQ8BlockSize), out + t * d, size_t(d / kQ8BlockSize));
+}
+
 // Threads own column bands, so repeated ids never race and every sum runs in token order.
 template <class T>
 void embedding_backward(const int32_t* ids, int64_t n, const T* d_out, T* d_table, int64_t d) {

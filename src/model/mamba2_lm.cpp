@@ -26,6 +26,15 @@ std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch, 
   return s;
 }
 
+namespace {
+
+void check_placement(Device device, DType dtype) {
+  if (device == Device::CPU && dtype == DType::F16) fail("[model] the CPU takes F32, BF16 or Q8_0 weights, not F16");
+  if (device == Device::CUDA && dtype == DType::Q8_0) fail("[model] the GPU takes F32, BF16 or F16 weights, not Q8_0");
+}
+
+}  // namespace
+
 Model Model::load(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir)) fail("[model] {} is not a folder", dir.string());
   ModelConfig config = load_config(dir / "config.json");
@@ -36,16 +45,14 @@ Model Model::load(const std::filesystem::path& dir) {
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
-  if (device == Device::CPU && dtype == DType::F16)
-    fail("[model] the CPU takes F32 or BF16 weights, not F16");
+  check_placement(device, dtype);
   // Of the weights as loaded (fp32 on the host); a placed copy inherits it (to()).
   if (weights_->embedding.device() == Device::CPU && weights_->embedding.dtype() == DType::F32)
     fingerprint_ = model_fingerprint(config_, *weights_);
 }
 
 Model Model::to(Device device, DType dtype) const {
-  if (device == Device::CPU && dtype == DType::F16)
-    fail("[model] the CPU takes F32 or BF16 weights, not F16");
+  check_placement(device, dtype);
   if (device == device_ && dtype == dtype_) return *this;
   Model m(config_, std::make_shared<const ModelWeights>(place_weights(*weights_, device, dtype)), device, dtype);
   m.fingerprint_ = fingerprint_;  // the same weights, placed

@@ -24,16 +24,16 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
 #endif
     return;
   }
-  // The CPU computes in fp32; inference may read bf16 weights.
+  // The CPU computes in fp32; inference may read bf16 or Q8_0 weights.
   check_dtype("linear", "x", x.dtype, DType::F32);
-  if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) {
-    const auto* w16 = static_cast<const uint16_t*>(W.raw());
+  const auto narrow = [&](const auto* w) {
     if (kernel == LinearKernel::Prefill)
-      cpu::linear_tiled(x.data(), x.ld, w16, y.data(), y.ld, x.rows, n, k);
+      cpu::linear_tiled(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
     else
-      cpu::linear_streaming(x.data(), x.ld, w16, y.data(), y.ld, x.rows, n, k);
-    return;
-  }
+      cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
+  };
+  if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
+  if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q8Block*>(W.raw()));
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
     case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
