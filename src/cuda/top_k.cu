@@ -4,6 +4,7 @@
 // match the digits chosen so far), then the columns with q ≥ it are written in column order
 // (each thread a contiguous range, placed by a block-wide prefix sum). Counts are integers, so
 // the result does not depend on the order of the atomics: deterministic, and each row's alone.
+#include "core/float_key.h"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 
@@ -12,17 +13,6 @@ namespace mamba2::cuda {
 namespace {
 
 constexpr int kThreads = 1024;
-
-// Ascending as unsigned, as the floats ascend (-0 and +0 are one value); a NaN lies below all.
-__device__ __forceinline__ uint32_t order_key(float q) {
-  if (q != q) return 0;
-  if (q == 0.0f) q = 0.0f;
-  const uint32_t u = __float_as_uint(q);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ float key_value(uint32_t key) {
-  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
 
 __global__ void __launch_bounds__(kThreads) top_k_kernel(const float* x, int64_t ld, int64_t cols, const int32_t* k,
                                                          const float* temperature, int64_t cap, int32_t* ids,
@@ -42,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) top_k_kernel(const float* x, int64_t
     __syncthreads();
     for (int64_t base = 0; base < cols; base += kThreads) {
       const int64_t c = base + threadIdx.x;
-      const uint32_t key = c < cols ? order_key(row[c] / t) : 0;
+      const uint32_t key = c < cols ? float_order_key(row[c] / t) : 0;
       const bool take = c < cols && (key & mask) == prefix;
       const uint32_t bin = (key >> shift) & 255u;
       // One atomic per group of lanes with the same bin: logits crowd into few bins.
@@ -65,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) top_k_kernel(const float* x, int64_t
     mask |= 255u << shift;
     wanted = rank;
   }
-  const float floor = key_value(prefix);
+  const float floor = float_of_order_key(prefix);
   const int64_t per = (cols + kThreads - 1) / kThreads, c0 = min(cols, int64_t(threadIdx.x) * per),
                 c1 = min(cols, c0 + per);
   int32_t mine = 0;

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
+#include "core/float_key.h"
 #include "mamba2/error.h"
 
 namespace mamba2 {
@@ -31,11 +31,7 @@ void Sampler::sort_descending(const std::vector<Candidate>& in, std::vector<Cand
   keyed_.resize(in.size());
   scratch_.resize(in.size());
   for (size_t i = 0; i < in.size(); ++i) {
-    const float f = in[i].score == 0.0f ? 0.0f : in[i].score;  // -0 and +0 are one score
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof(u));
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // ascending as unsigned
-    keyed_[i] = {~u, int32_t(i)};                     // descending
+    keyed_[i] = {~float_order_key(in[i].score), int32_t(i)};  // descending
   }
   constexpr int kBits = 11;
   for (int shift = 0; shift < 32; shift += kBits) {
