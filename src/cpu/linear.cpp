@@ -64,16 +64,9 @@ inline float half_to_f32(uint16_t h) {
 #endif
 }
 
-// Element j of a row of W, and 16 of them from j (a multiple of 16), as fp32. A Q8_0 row is k/32
-// blocks; 16 int8 values widened and scaled (exact: see core/dtype.h).
-inline float weight_at(const float* w, int64_t j) { return w[j]; }
-inline float weight_at(const uint16_t* w, int64_t j) { return bf16_to_f32(w[j]); }
-inline float weight_at(const Q8Block* w, int64_t j) {
-  const Q8Block& b = w[j / kQ8BlockSize];
-  return half_to_f32(b.d) * float(b.q[j % kQ8BlockSize]);
-}
-inline v16 load16_at(const float* w, int64_t j) { return load16(w + j); }
-inline v16 load16_at(const uint16_t* w, int64_t j) { return load16(w + j); }
+inline float weight(float w) { return w; }
+inline float weight(uint16_t w) { return bf16_to_f32(w); }
+
 // 16 int8 values as fp32: one sign-extension and one conversion where the build has AVX-512 or
 // AVX2 (GCC 12 scalarises the vector-extension form, and vectorises the plain loop 4 lanes wide).
 #pragma GCC diagnostic push
@@ -94,10 +87,6 @@ inline v16 widen16(const int8_t* p) {
   return v;
 }
 #pragma GCC diagnostic pop
-inline v16 load16_at(const Q8Block* w, int64_t j) {
-  const Q8Block& b = w[j / kQ8BlockSize];
-  return widen16(b.q + j % kQ8BlockSize) * half_to_f32(b.d);
-}
 // Row r of W (n, k).
 template <class Wt>
 inline const Wt* w_row(const Wt* W, int64_t r, int64_t k) {
@@ -123,7 +112,7 @@ void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t ldy, in
   int64_t j = 0;
   for (; j + 16 * U <= k; j += 16 * U) {
     for (int u = 0; u < U; ++u) {
-      const v16 wv = load16_at(w, j + 16 * u);
+      const v16 wv = load16(w + j + 16 * u);
       for (int i = 0; i < MI; ++i) acc[u][i] += wv * load16(x + i * ldx + j + 16 * u);
     }
   }
@@ -133,7 +122,7 @@ void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t ldy, in
     float s = hsum(total);
     // The tail as explicit fused multiply-adds: the same operations for every weight type,
     // whatever the compiler would contract.
-    for (int64_t jj = j; jj < k; ++jj) s = std::fma(weight_at(w, jj), x[i * ldx + jj], s);
+    for (int64_t jj = j; jj < k; ++jj) s = std::fma(weight(w[jj]), x[i * ldx + jj], s);
     y[i * ldy] = s;
   }
 }
@@ -212,12 +201,10 @@ void pack_a(const float* x, int64_t ldx, int64_t m, int64_t k, int mr, float* ou
 inline const float* row_segment(const float* row, int64_t p0, int64_t kc, float*) { return row + p0; }
 template <class Wt>
 const float* row_segment(const Wt* row, int64_t p0, int64_t kc, float* tmp) {
-  int64_t p = 0;
-  if constexpr (std::is_same_v<Wt, Q8Block>) {  // whole blocks (p0 and kKc are multiples of 32)
+  if constexpr (std::is_same_v<Wt, Q8Block>)  // whole blocks: p0, kKc and k are multiples of 32
     dequantize_q8(row + p0 / kQ8BlockSize, tmp, size_t(kc / kQ8BlockSize));
-    p = kc / kQ8BlockSize * kQ8BlockSize;
-  }
-  for (; p < kc; ++p) tmp[p] = weight_at(row, p0 + p);
+  else
+    for (int64_t p = 0; p < kc; ++p) tmp[p] = weight(row[p0 + p]);
   return tmp;
 }
 
