@@ -13,6 +13,7 @@
 #include "mamba2/model.h"
 #include "model/inference_state.h"
 #include "test_files.h"
+#include "test_support.h"
 
 namespace mamba2::test {
 
@@ -71,6 +72,17 @@ inline std::vector<float> decode_all(const Model& m, std::span<const int32_t> id
       std::copy_n(step.data() + i * size_t(V), V, out.data() + (offsets[size_t(slots[i])] + t) * V);
   }
   return out;
+}
+
+// The worst sequence's relative L2 of `ours` (g's rows in order, V columns) to the oracle's logits.
+inline double worst_sequence_error(const GoldenCase& g, const float* ours, int64_t V) {
+  double worst = 0.0;
+  int64_t row = 0;
+  for (int64_t L : g.lengths) {
+    worst = std::max(worst, rel_l2(ours + row * V, g.logits.data.data() + row * V, size_t(L * V)));
+    row += L;
+  }
+  return worst;
 }
 
 }  // namespace mamba2::test

@@ -23,6 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using test::decode_all;
 using test::GoldenCase;
+using test::worst_sequence_error;
 using test::rel_l2;
 
 // GPU fp32 against CPU fp32 on the same weights: two fp32 computations that differ only in
@@ -196,16 +197,6 @@ TEST(CudaModel, MillionTokenPrefillMatchesTheCpu) {
 }
 
 GoldenCase load_case(const std::string& name) { return test::load_golden_case(name); }
-
-double worst_sequence_error(const GoldenCase& g, const float* ours, int64_t V) {
-  double worst = 0.0;
-  int64_t row = 0;
-  for (int64_t L : g.lengths) {
-    worst = std::max(worst, rel_l2(ours + row * V, g.logits.data.data() + row * V, size_t(L * V)));
-    row += L;
-  }
-  return worst;
-}
 
 class CudaGolden : public ::testing::TestWithParam<std::string> {};
 

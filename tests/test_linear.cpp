@@ -145,8 +145,36 @@ TEST(LinearRows, DoNotDependOnTheRowCount) {
   }
 }
 
-// bf16 weights (CPU inference): exactly the fp32 kernel on the weights rounded to bf16, both
-// kernels, every instruction set, column counts with and without a tail; training refuses them.
+// Inference on narrow weights (bf16, Q8_0) is exactly the fp32 kernel on `widened` (the weights
+// rounded or dequantized): both kernels, every instruction set, 1, 3 and all of x's rows; training
+// refuses them.
+void expect_widened_kernels(Tensor x, const Tensor& narrow, const Tensor& widened) {  // x: MatView::of wants it mutable
+  const int64_t M = x.dim(0), n = narrow.dim(0), k = narrow.dim(1);
+  std::vector<std::pair<Isa, ops::LinearKernel>> paths;
+  for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
+  paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
+  for (const auto& [isa, kernel] : paths) {
+    cpu::simd::set_isa(isa);
+    for (int64_t m : {int64_t(1), int64_t(3), M}) {
+      Tensor got = Tensor::empty({m, n}), want = Tensor::empty({m, n});
+      ops::linear(MatView::of(x).rows_slice(0, m), narrow, MatView::of(got), kernel);
+      ops::linear(MatView::of(x).rows_slice(0, m), widened, MatView::of(want), kernel);
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * size_t(m * n)), 0)
+          << dtype_name(narrow.dtype()) << " " << cpu::simd::isa_name(isa)
+          << (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode") << " n " << n << " k " << k << " rows "
+          << m;
+    }
+  }
+  Tensor y = Tensor::empty({M, n});
+  try {
+    ops::linear(MatView::of(x), narrow, MatView::of(y), ops::LinearKernel::Training);
+    FAIL() << "training on " << dtype_name(narrow.dtype()) << " weights was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[linear] weight"), std::string::npos) << e.what();
+  }
+}
+
+// bf16 weights (CPU inference): column counts with and without a tail.
 TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
   IsaScope scope;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 1001}, {768, 256}}) {
@@ -155,35 +183,15 @@ TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
     const auto wv = randn(size_t(n * k), 17), xv = randn(size_t(M * k), 18);
     std::copy(wv.begin(), wv.end(), W.data());
     std::copy(xv.begin(), xv.end(), x.data());
-    const Tensor w16 = W.to(Device::CPU, DType::BF16), rounded = w16.to(Device::CPU, DType::F32);
-    std::vector<std::pair<Isa, ops::LinearKernel>> paths;
-    for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
-    paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
-    for (const auto& [isa, kernel] : paths) {
-      cpu::simd::set_isa(isa);
-      for (int64_t m : {int64_t(1), int64_t(3), M}) {
-        Tensor got = Tensor::empty({m, n}), want = Tensor::empty({m, n});
-        ops::linear(MatView::of(x).rows_slice(0, m), w16, MatView::of(got), kernel);
-        ops::linear(MatView::of(x).rows_slice(0, m), rounded, MatView::of(want), kernel);
-        ASSERT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * size_t(m * n)), 0)
-            << cpu::simd::isa_name(isa) << (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode") << " n "
-            << n << " k " << k << " rows " << m;
-      }
-    }
-    Tensor y = Tensor::empty({M, n});
-    try {
-      ops::linear(MatView::of(x), w16, MatView::of(y), ops::LinearKernel::Training);
-      FAIL() << "training on bf16 weights was not refused";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("[linear] weight"), std::string::npos) << e.what();
-    }
+    const Tensor w16 = W.to(Device::CPU, DType::BF16);
+    expect_widened_kernels(x, w16, w16.to(Device::CPU, DType::F32));
   }
 }
 
 // Q8_0 weights (CPU inference): each block of 32 as llama.cpp's q8_0 (scale max|w|/127 in fp16,
-// values rounded to ±127), recomputed here from the definition; then both kernels exactly the
-// fp32 kernel on the dequantized weights, every instruction set; rows that are not whole blocks
-// and the GPU are refused.
+// values rounded to ±127), recomputed here from the definition; then the kernels on the
+// dequantized weights (expect_widened_kernels); rows that are not whole blocks and the GPU are
+// refused.
 TEST(LinearQ8, QuantizesAsQ8_0AndIsTheF32KernelOnTheDequantizedWeights) {
   IsaScope scope;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 992}, {768, 256}}) {
@@ -208,20 +216,7 @@ TEST(LinearQ8, QuantizesAsQ8_0AndIsTheF32KernelOnTheDequantizedWeights) {
         ASSERT_LE(std::fabs(deq.data()[b * 32 + j] - w), 0.5f * d * (1 + 1e-6f)) << "block " << b;
       }
     }
-    std::vector<std::pair<Isa, ops::LinearKernel>> paths;
-    for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
-    paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
-    for (const auto& [isa, kernel] : paths) {
-      cpu::simd::set_isa(isa);
-      for (int64_t m : {int64_t(1), int64_t(3), M}) {
-        Tensor got = Tensor::empty({m, n}), want = Tensor::empty({m, n});
-        ops::linear(MatView::of(x).rows_slice(0, m), q8, MatView::of(got), kernel);
-        ops::linear(MatView::of(x).rows_slice(0, m), deq, MatView::of(want), kernel);
-        ASSERT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * size_t(m * n)), 0)
-            << cpu::simd::isa_name(isa) << (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode") << " n "
-            << n << " k " << k << " rows " << m;
-      }
-    }
+    expect_widened_kernels(x, q8, deq);
   }
   try {
     (void)Tensor::zeros({4, 40}).to(Device::CPU, DType::Q8_0);

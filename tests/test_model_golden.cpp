@@ -74,34 +74,34 @@ TEST_P(ModelGolden, PrefillLastPositionsMatchOracle) {
   }
 }
 
-// bf16 weights on the CPU: the fp32 kernels on the weights rounded to bf16, bit for bit (the
-// model converted back to f32 is that computation through the fp32 kernels, which the tests above
-// hold to the oracle), prefill and decode; and against the float64 oracle, the rounding of the
-// weights (2⁻⁹ relative) is the whole error: at most 3/4 of mamba_ssm's in bf16 on the GPU, which
-// also rounds its activations (test::mamba_ssm_bf16_error).
+// Narrow weights on the CPU (bf16, Q8_0): the model in `dtype` gives bit for bit what the model
+// converted back to f32 gives (the fp32 kernels on the rounded or dequantized weights, which the
+// tests above hold to the oracle), prefill and decode. Returns the worst sequence's relative L2
+// of the prefill logits against the float64 oracle, printed.
+double narrow_weights_error(const GoldenCase& g, DType dtype, const char* name) {
+  const Model narrow = Model::load(g.dir / "model").to(Device::CPU, dtype);
+  const Model widened = narrow.to(Device::CPU, DType::F32);
+  EXPECT_EQ(narrow.weights().layers[0].in_proj.dtype(), dtype);
+  std::vector<float> got, want;
+  narrow.prefill(g.ids, g.lengths, nullptr, true, got);
+  widened.prefill(g.ids, g.lengths, nullptr, true, want);
+  EXPECT_EQ(got.size(), want.size());
+  if (got.size() != want.size()) return 1.0;
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "prefill";
+  const std::vector<float> got_d = decode_all(narrow, g), want_d = decode_all(widened, g);
+  EXPECT_EQ(std::memcmp(got_d.data(), want_d.data(), got_d.size() * sizeof(float)), 0) << "decode";
+  const double worst = test::worst_sequence_error(g, got.data(), narrow.vocab());
+  std::printf("[ golden ] %s, %s weights on the CPU: prefill %.3g (relative L2 to float64, worst sequence)\n",
+              g.dir.filename().c_str(), name, worst);
+  return worst;
+}
+
+// bf16: the rounding of the weights (2⁻⁹ relative) is the whole error against float64: at most
+// 3/4 of mamba_ssm's in bf16 on the GPU, which also rounds its activations
+// (test::mamba_ssm_bf16_error).
 TEST_P(ModelGolden, Bf16WeightsOnTheCpu) {
   const GoldenCase g = load_case(GetParam());
-  const Model bf16 = Model::load(g.dir / "model").to(Device::CPU, DType::BF16);
-  const Model rounded = bf16.to(Device::CPU, DType::F32);
-  ASSERT_EQ(bf16.weights().layers[0].in_proj.dtype(), DType::BF16);
-  std::vector<float> got, want;
-  bf16.prefill(g.ids, g.lengths, nullptr, true, got);
-  rounded.prefill(g.ids, g.lengths, nullptr, true, want);
-  ASSERT_EQ(got.size(), want.size());
-  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "prefill";
-  const std::vector<float> got_d = decode_all(bf16, g), want_d = decode_all(rounded, g);
-  EXPECT_EQ(std::memcmp(got_d.data(), want_d.data(), got_d.size() * sizeof(float)), 0) << "decode";
-  const int64_t V = bf16.vocab();
-  int64_t row = 0;
-  double worst = 0;
-  for (size_t s = 0; s < g.lengths.size(); ++s) {
-    const size_t off = size_t(row * V), n = size_t(g.lengths[s] * V);
-    worst = std::max(worst, rel_l2(got.data() + off, g.logits.data.data() + off, n));
-    row += g.lengths[s];
-  }
-  std::printf("[ golden ] %s, bf16 weights on the CPU: prefill %.3g (relative L2 to float64, worst sequence)\n",
-              GetParam().c_str(), worst);
-  EXPECT_LE(worst, 0.75 * test::mamba_ssm_bf16_error(GetParam()));
+  EXPECT_LE(narrow_weights_error(g, DType::BF16, "bf16"), 0.75 * test::mamba_ssm_bf16_error(GetParam()));
 }
 
 // The bound on q8 logits against float64. A q8_0 block's step is max|w|/127, about 2.1σ/127 for
@@ -111,31 +111,9 @@ TEST_P(ModelGolden, Bf16WeightsOnTheCpu) {
 // so 2.5e-2 leaves 1.6×. (The quantizer itself is checked element by element in test_linear.cpp.)
 constexpr double kQ8LogitsBound = 2.5e-2;
 
-// Q8_0 weights on the CPU: exactly the fp32 model on the dequantized weights, prefill and decode;
-// against float64 the error printed and bounded (see the bound's comment).
 TEST_P(ModelGolden, Q8WeightsOnTheCpu) {
   const GoldenCase g = load_case(GetParam());
-  const Model q8 = Model::load(g.dir / "model").to(Device::CPU, DType::Q8_0);
-  const Model dequantized = q8.to(Device::CPU, DType::F32);
-  ASSERT_EQ(q8.weights().layers[0].in_proj.dtype(), DType::Q8_0);
-  std::vector<float> got, want;
-  q8.prefill(g.ids, g.lengths, nullptr, true, got);
-  dequantized.prefill(g.ids, g.lengths, nullptr, true, want);
-  ASSERT_EQ(got.size(), want.size());
-  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "prefill";
-  const std::vector<float> got_d = decode_all(q8, g), want_d = decode_all(dequantized, g);
-  EXPECT_EQ(std::memcmp(got_d.data(), want_d.data(), got_d.size() * sizeof(float)), 0) << "decode";
-  const int64_t V = q8.vocab();
-  int64_t row = 0;
-  double worst = 0;
-  for (size_t s = 0; s < g.lengths.size(); ++s) {
-    const size_t off = size_t(row * V), n = size_t(g.lengths[s] * V);
-    worst = std::max(worst, rel_l2(got.data() + off, g.logits.data.data() + off, n));
-    row += g.lengths[s];
-  }
-  std::printf("[ golden ] %s, q8 weights on the CPU: prefill %.3g (relative L2 to float64, worst sequence)\n",
-              GetParam().c_str(), worst);
-  EXPECT_LE(worst, kQ8LogitsBound);
+  EXPECT_LE(narrow_weights_error(g, DType::Q8_0, "q8"), kQ8LogitsBound);
 }
 
 INSTANTIATE_TEST_SUITE_P(ModelGolden, ModelGolden,
