@@ -111,9 +111,72 @@ TEST(LinearTiled, CloseToTheDoubleSum) {
     }
 }
 
+// The streaming (decode) kernel's order, as cpu/simd/rows.h defines it: 32 lanes of fma chains
+// over the whole 32-column steps, lanes l and l+16 added, the 16 sums left to right, then the
+// remaining columns as fmas. W here is fp32 (the weights already widened).
+std::vector<float> lane_sums(const std::vector<float>& x, int64_t ldx, const std::vector<float>& W, int64_t m,
+                             int64_t n, int64_t k) {
+  std::vector<float> y(size_t(m * n));
+  const int64_t whole = k / 32 * 32;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float lane[32] = {};
+      for (int64_t p = 0; p < whole; ++p)
+        lane[p % 32] = std::fma(W[size_t(j * k + p)], x[size_t(i * ldx + p)], lane[p % 32]);
+      float s = 0.0f;
+      for (int l = 0; l < 16; ++l) s += lane[l] + lane[l + 16];
+      for (int64_t p = whole; p < k; ++p) s = std::fma(W[size_t(j * k + p)], x[size_t(i * ldx + p)], s);
+      y[size_t(i * n + j)] = s;
+    }
+  return y;
+}
+
+// The decode kernel on fp32, bf16 and Q8_0 weights is that order on the widened weights, bit for
+// bit, under every instruction set here (the scalar file is one of them), for 1–7 rows of x at a
+// row stride wider than k; k with and without a tail (Q8_0: whole blocks only).
+TEST(LinearStreaming, IsTheLaneOrderOnTheWidenedWeightsUnderEveryIsa) {
+  IsaScope scope;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 1}, {37, 31}, {70, 32}, {70, 33}, {45, 100},
+                             {130, 768}, {9, 1536}}) {
+    const int64_t M = 7, ldx = k + 3;
+    Tensor W = Tensor::empty({n, k});
+    const auto wv = randn(size_t(n * k), 41), xv = randn(size_t(M * ldx), 42);
+    std::copy(wv.begin(), wv.end(), W.data());
+    std::vector<DType> types{DType::F32, DType::BF16};
+    if (k % 32 == 0) types.push_back(DType::Q8_0);
+    for (DType dt : types) {
+      const Tensor narrow = W.to(Device::CPU, dt), widened = narrow.to(Device::CPU, DType::F32);
+      const std::vector<float> wide(widened.data(), widened.data() + n * k);
+      const auto want = lane_sums(xv, ldx, wide, M, n, k);
+      for (Isa isa : cpu::simd::available_isas()) {
+        cpu::simd::set_isa(isa);
+        for (int64_t m = 1; m <= M; ++m) {
+          std::vector<float> y(size_t(m * n));
+          if (dt == DType::F32)
+            cpu::linear_streaming(xv.data(), ldx, narrow.data(), y.data(), n, m, n, k);
+          else if (dt == DType::BF16)
+            cpu::linear_streaming(xv.data(), ldx, static_cast<const uint16_t*>(narrow.raw()), y.data(), n, m, n, k);
+          else
+            cpu::linear_streaming(xv.data(), ldx, static_cast<const Q8Block*>(narrow.raw()), y.data(), n, m, n, k);
+          ASSERT_EQ(std::memcmp(y.data(), want.data(), sizeof(float) * y.size()), 0)
+              << dtype_name(dt) << " " << cpu::simd::isa_name(isa) << " n " << n << " k " << k << " rows " << m;
+        }
+      }
+    }
+  }
+}
+
+// Both inference kernels (prefill: tiled, decode: streaming) under every instruction set here.
+std::vector<std::pair<Isa, ops::LinearKernel>> every_path() {
+  std::vector<std::pair<Isa, ops::LinearKernel>> paths;
+  for (Isa isa : cpu::simd::available_isas())
+    for (auto kernel : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode}) paths.emplace_back(isa, kernel);
+  return paths;
+}
+
 // Batch invariance rests on this: each row of an inference linear is summed the same way
 // whatever the number of rows and their offset in the call, bitwise, under every instruction
-// set (prefill) and for the streaming kernel (decode); at the 130m projection sizes and a small one.
+// set, for both kernels; at the 130m projection sizes and a small one.
 TEST(LinearRows, DoNotDependOnTheRowCount) {
   IsaScope scope;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
@@ -122,11 +185,7 @@ TEST(LinearRows, DoNotDependOnTheRowCount) {
     const auto wv = randn(size_t(n * k), 7), xv = randn(size_t(M * k), 8);
     std::copy(wv.begin(), wv.end(), W.data());
     std::copy(xv.begin(), xv.end(), x.data());
-    // Prefill under each instruction set; Decode's kernel does not depend on it.
-    std::vector<std::pair<Isa, ops::LinearKernel>> paths;
-    for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
-    paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
-    for (const auto& [isa, kernel] : paths) {
+    for (const auto& [isa, kernel] : every_path()) {
       cpu::simd::set_isa(isa);
       {
         Tensor ref = Tensor::empty({M, n});
@@ -150,10 +209,7 @@ TEST(LinearRows, DoNotDependOnTheRowCount) {
 // refuses them.
 void expect_widened_kernels(Tensor x, const Tensor& narrow, const Tensor& widened) {  // x: MatView::of wants it mutable
   const int64_t M = x.dim(0), n = narrow.dim(0), k = narrow.dim(1);
-  std::vector<std::pair<Isa, ops::LinearKernel>> paths;
-  for (Isa isa : cpu::simd::available_isas()) paths.emplace_back(isa, ops::LinearKernel::Prefill);
-  paths.emplace_back(cpu::simd::active_isa(), ops::LinearKernel::Decode);
-  for (const auto& [isa, kernel] : paths) {
+  for (const auto& [isa, kernel] : every_path()) {
     cpu::simd::set_isa(isa);
     for (int64_t m : {int64_t(1), int64_t(3), M}) {
       Tensor got = Tensor::empty({m, n}), want = Tensor::empty({m, n});

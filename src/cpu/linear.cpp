@@ -1,13 +1,10 @@
-// y = x @ Wᵀ: our tiled GEMM for prefill (float), a streaming kernel for decode (float), BLAS for
+// y = x @ Wᵀ: our tiled GEMM for prefill (float), a streaming kernel for decode (float, cpu/simd/rows.h), BLAS for
 // training (templated, also the backward). Backward: d_x = d_y @ W overwrites, d_W += d_yᵀ @ x
 // accumulates. The inference kernels also take bf16 weights (uint16_t, the top half of an fp32)
 // and Q8_0 blocks (core/dtype.h), widened as they are read: the arithmetic, and so every bit of
 // y, is that of the fp32 kernel on the weights rounded to bf16 or dequantized, at half or 0.27 of
 // the bytes read.
 #include <omp.h>
-#if defined(__AVX2__) || defined(__AVX512F__) || defined(__F16C__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -18,75 +15,16 @@
 #include "core/dtype.h"
 #include "cpu/blas.h"
 #include "cpu/kernels.h"
+#include "cpu/simd/rows.h"
 #include "cpu/simd/tile.h"
 
 namespace mamba2::cpu {
 
 namespace {
 
-// 16 fp32 lanes through GCC/Clang vector extensions: one AVX-512 register on x86, four NEON
-// registers on arm64; the compiler picks the instructions.
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-// 16 bf16 weights widened to fp32 (exact: each into the top half of its lane). Interleaved with
-// zeros by one two-source shuffle (vpermt2w on AVX-512): GCC made a zero-extend and shift of
-// two 8-lane halves and an insert, which kept the decode kernel from the bandwidth.
-inline v16 load16(const uint16_t* p) {
-  typedef uint16_t u16x16 __attribute__((vector_size(32), aligned(2)));
-  typedef uint16_t u16x32 __attribute__((vector_size(64)));
-  u16x16 h;
-  std::memcpy(&h, p, sizeof(h));
-  const u16x16 zero = {};
-  const u16x32 wide = __builtin_shufflevector(zero, h, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24,
-                                              9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  v16 v;
-  std::memcpy(&v, &wide, sizeof(v));
-  return v;
-}
-
-// fp16 to fp32 inline (a Q8_0 block's scale, once per 32 weights); exact.
-inline float half_to_f32(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t exp = (h >> 10) & 0x1f;
-  if (exp == 0 || exp == 0x1f) return f16_to_f32(h);  // zero, subnormal, inf, NaN
-  const uint32_t u = (uint32_t(h & 0x8000) << 16) | ((exp + 112) << 23) | (uint32_t(h & 0x3ff) << 13);
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
 inline float weight(float w) { return w; }
 inline float weight(uint16_t w) { return bf16_to_f32(w); }
 
-// 16 int8 values as fp32: one sign-extension and one conversion where the build has AVX-512 or
-// AVX2 (GCC 12 scalarises the vector-extension form, and vectorises the plain loop 4 lanes wide).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_undefined_epi32 in the intrinsic
-inline v16 widen16(const int8_t* p) {
-  v16 v;
-#if defined(__AVX512F__)
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  std::memcpy(&v, &f, sizeof(v));
-#elif defined(__AVX2__)
-  const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
-  std::memcpy(&v, &lo, sizeof(lo));
-  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
-#else
-  for (int i = 0; i < 16; ++i) v[i] = float(p[i]);
-#endif
-  return v;
-}
-#pragma GCC diagnostic pop
 // Row r of W (n, k).
 template <class Wt>
 inline const Wt* w_row(const Wt* W, int64_t r, int64_t k) {
@@ -94,78 +32,25 @@ inline const Wt* w_row(const Wt* W, int64_t r, int64_t k) {
 }
 inline const Q8Block* w_row(const Q8Block* W, int64_t r, int64_t k) { return W + r * (k / kQ8BlockSize); }
 
-inline float hsum(v16 v) {
-  float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
-}
-
-// One row of W against MI rows of x, with U independent accumulators per x row so that the FMA
-// chains overlap. The row is one sequential stream, which is what the hardware prefetcher
-// follows best when W comes from DRAM. U is the same for every MI, so each y element is summed
-// in the same order however many rows share the call: a sequence's logits do not depend on the
-// batch it decodes in.
-constexpr int U = 2;
-template <int MI, class Wt>
-void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t ldy, int64_t k) {
-  v16 acc[U][MI] = {};
-  int64_t j = 0;
-  for (; j + 16 * U <= k; j += 16 * U) {
-    for (int u = 0; u < U; ++u) {
-      const v16 wv = load16(w + j + 16 * u);
-      for (int i = 0; i < MI; ++i) acc[u][i] += wv * load16(x + i * ldx + j + 16 * u);
-    }
-  }
-  for (int i = 0; i < MI; ++i) {
-    v16 total = acc[0][i];
-    for (int u = 1; u < U; ++u) total += acc[u][i];
-    float s = hsum(total);
-    // The tail as explicit fused multiply-adds: the same operations for every weight type,
-    // whatever the compiler would contract.
-    for (int64_t jj = j; jj < k; ++jj) s = std::fma(weight(w[jj]), x[i * ldx + jj], s);
-    y[i * ldy] = s;
-  }
-}
-
-// Q8_0 rows (k a multiple of 32) block by block: the scale widened once a block, then the same
-// two accumulators, weights and order as the generic loop above (so the same bits), with no index
-// arithmetic per 16 weights: that kept the generic form at ~19 GB/s, bound by instructions.
-template <int MI>
-void row_dot(const float* x, int64_t ldx, const Q8Block* w, float* y, int64_t ldy, int64_t k) {
-  static_assert(U == 2, "a Q8_0 block is two 16-lane steps");
-  v16 acc[U][MI] = {};
-  const int64_t blocks = k / kQ8BlockSize;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const float d = half_to_f32(w[b].d);
-    const v16 w0 = widen16(w[b].q) * d, w1 = widen16(w[b].q + 16) * d;
-    const float* xb = x + b * kQ8BlockSize;
-    for (int i = 0; i < MI; ++i) {
-      acc[0][i] += w0 * load16(xb + i * ldx);
-      acc[1][i] += w1 * load16(xb + i * ldx + 16);
-    }
-  }
-  for (int i = 0; i < MI; ++i) y[i * ldy] = hsum(acc[0][i] + acc[1][i]);
-}
-
-template <int MI, class Wt>
-void rows_band(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
-               int64_t k) {
-  for (int64_t r = r_begin; r < r_end; ++r) row_dot<MI>(x, ldx, w_row(W, r, k), y + r, ldy, k);
-}
+// The row kernels of each weight type (cpu/simd/rows.h), by the number of x rows: 1, 2, 4.
+const simd::RowsFn<float>* rows_fns(const simd::RowKernels& t, const float*) { return t.f32; }
+const simd::RowsFn<uint16_t>* rows_fns(const simd::RowKernels& t, const uint16_t*) { return t.bf16; }
+const simd::RowsFn<Q8Block>* rows_fns(const simd::RowKernels& t, const Q8Block*) { return t.q8; }
 
 // Bound by reading W once. Each thread streams a band of W's rows; the band stays in cache
 // while every row of x passes over it.
 template <class Wt>
 void linear_rows(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k) {
+  const auto* rows = rows_fns(simd::row_kernels(simd::active_isa()), W);
   // About four bands per thread, so that many cores share even the narrow out_proj.
   const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 4, 64);
 #pragma omp parallel for schedule(static)
   for (int64_t b0 = 0; b0 < n; b0 += band) {
     const int64_t b1 = std::min(b0 + band, n);
     int64_t i = 0;
-    for (; i + 4 <= m; i += 4) rows_band<4>(x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
-    for (; i + 2 <= m; i += 2) rows_band<2>(x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
-    for (; i < m; ++i) rows_band<1>(x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+    for (; i + 4 <= m; i += 4) rows[2](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+    for (; i + 2 <= m; i += 2) rows[1](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+    for (; i < m; ++i) rows[0](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
   }
 }
 

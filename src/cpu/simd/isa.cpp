@@ -2,6 +2,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "mamba2/error.h"
 
@@ -9,12 +12,21 @@ namespace mamba2::cpu::simd {
 
 namespace {
 
+#if defined(__x86_64__)
+// F16C (the row kernels' fp16 scales): CPUID leaf 1, ECX bit 29; GCC 12's __builtin_cpu_supports
+// does not know it.
+bool f16c() {
+  unsigned eax, ebx, ecx, edx;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+#endif
+
 bool supported(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;
 #if defined(__x86_64__)
-    case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Isa::Avx512: return __builtin_cpu_supports("avx512f");
+    case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c();
+    case Isa::Avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && f16c();
 #endif
 #if defined(__aarch64__)
     case Isa::Neon: return true;  // Advanced SIMD (with fused multiply-add) is part of ARMv8-A

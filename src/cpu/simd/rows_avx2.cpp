@@ -1,0 +1,56 @@
+// AVX2 row kernels: two ymm per 16 lanes. Compiled with -mavx2 -mfma -mf16c (see src/CMakeLists.txt).
+#include "cpu/simd/rows.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+namespace mamba2::cpu::simd {
+
+namespace {
+
+struct V {
+  struct R {
+    __m256 lo, hi;
+  };
+  static R zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static R load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+  static __m256 bf16x8(const uint16_t* p) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  static R load(const uint16_t* p) { return {bf16x8(p), bf16x8(p + 8)}; }
+  static __m256 q8x8(const int8_t* p, __m256 d) {
+    const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+  }
+  static R load_q8(const int8_t* p, float d) {
+    const __m256 dv = _mm256_set1_ps(d);
+    return {q8x8(p, dv), q8x8(p + 8, dv)};
+  }
+  static R fma(R a, R b, R c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+  static R add(R a, R b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+  static void store(float* p, R a) {
+    _mm256_storeu_ps(p, a.lo);
+    _mm256_storeu_ps(p + 8, a.hi);
+  }
+  static float half(uint16_t h) { return _cvtsh_ss(h); }
+  static void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
+};
+
+#include "cpu/simd/rows_impl.h"
+
+const RowKernels kKernels = make_row_kernels(Isa::Avx2);
+
+}  // namespace
+
+const RowKernels& row_kernels_avx2() { return kKernels; }
+
+}  // namespace mamba2::cpu::simd
+#else
+namespace mamba2::cpu::simd {
+const RowKernels& row_kernels_avx2() { return row_kernels_scalar(); }
+}  // namespace mamba2::cpu::simd
+#endif

@@ -1,0 +1,51 @@
+// AVX-512 row kernels: one zmm per 16 lanes. Compiled with -mavx512f -mfma -mf16c (see
+// src/CMakeLists.txt); AVX-512F instructions only.
+#include "cpu/simd/rows.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+// GCC 12's AVX-512 conversion intrinsics start from _mm512_undefined_*, which it then reports.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace mamba2::cpu::simd {
+
+namespace {
+
+struct V {
+  using R = __m512;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  // bf16 bits zero-extended into the top half of each lane.
+  static R load(const uint16_t* p) {
+    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  }
+  static R load_q8(const int8_t* p, float d) {
+    const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d));
+  }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static void store(float* p, R a) { _mm512_storeu_ps(p, a); }
+  static float half(uint16_t h) { return _cvtsh_ss(h); }
+  static void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
+};
+
+#include "cpu/simd/rows_impl.h"
+
+const RowKernels kKernels = make_row_kernels(Isa::Avx512);
+
+}  // namespace
+
+const RowKernels& row_kernels_avx512() { return kKernels; }
+
+}  // namespace mamba2::cpu::simd
+#else
+namespace mamba2::cpu::simd {
+const RowKernels& row_kernels_avx512() { return row_kernels_scalar(); }
+}  // namespace mamba2::cpu::simd
+#endif

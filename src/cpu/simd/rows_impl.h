@@ -1,0 +1,84 @@
+// The row kernels' algorithm (cpu/simd/rows.h) over a 16-lane vector type V, included INSIDE the
+// anonymous namespace of each rows_<isa>.cpp after its V: every function here then has internal
+// linkage, so code compiled for one instruction set is never what another file's call reaches.
+// No #include here: the including file has <cmath> and <cstring> and the rows.h declarations.
+//
+// V provides: R (16 fp32 lanes); zero(); load(const float*), load(const uint16_t*) (bf16 bits,
+// widened), load_q8(const int8_t*, float d) (16 values · d); fma(a, b, c) = a·b + c rounded
+// once; add(a, b); store(float*, R); half(uint16_t) (fp16 → fp32); prefetch(const char*).
+
+constexpr int64_t kPrefetchBytes = 4096;  // swept 512–8192 on the 130m's decode: 4 KB and up hold the best
+
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) {
+  const uint32_t u = uint32_t(w) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float lanes_sum(typename V::R a0, typename V::R a1) {
+  float t[16];
+  V::store(t, V::add(a0, a1));
+  float s = 0.0f;
+  for (int l = 0; l < 16; ++l) s += t[l];
+  return s;
+}
+
+template <int MI, class Wt>
+inline void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t ldy, int64_t k) {
+  typename V::R acc0[MI], acc1[MI];
+  for (int i = 0; i < MI; ++i) acc0[i] = acc1[i] = V::zero();
+  int64_t j = 0;
+  for (; j + 32 <= k; j += 32) {
+    const char* ahead = reinterpret_cast<const char*>(w + j) + kPrefetchBytes;
+    V::prefetch(ahead);
+    if constexpr (sizeof(Wt) == 4) V::prefetch(ahead + 64);
+    const typename V::R w0 = V::load(w + j), w1 = V::load(w + j + 16);
+    for (int i = 0; i < MI; ++i) {
+      acc0[i] = V::fma(w0, V::load(x + i * ldx + j), acc0[i]);
+      acc1[i] = V::fma(w1, V::load(x + i * ldx + j + 16), acc1[i]);
+    }
+  }
+  for (int i = 0; i < MI; ++i) {
+    float s = lanes_sum(acc0[i], acc1[i]);
+    for (int64_t jj = j; jj < k; ++jj) s = std::fma(widen(w[jj]), x[i * ldx + jj], s);
+    y[i * ldy] = s;
+  }
+}
+
+// Q8_0: a block is the 32 lanes of one step; its scale widened once.
+template <int MI>
+inline void row_dot(const float* x, int64_t ldx, const Q8Block* w, float* y, int64_t ldy, int64_t k) {
+  typename V::R acc0[MI], acc1[MI];
+  for (int i = 0; i < MI; ++i) acc0[i] = acc1[i] = V::zero();
+  const int64_t blocks = k / kQ8BlockSize;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if ((b & 1) == 0) V::prefetch(reinterpret_cast<const char*>(w + b) + kPrefetchBytes);  // a line per 2 blocks
+    const float d = V::half(w[b].d);
+    const typename V::R w0 = V::load_q8(w[b].q, d), w1 = V::load_q8(w[b].q + 16, d);
+    const float* xb = x + b * kQ8BlockSize;
+    for (int i = 0; i < MI; ++i) {
+      acc0[i] = V::fma(w0, V::load(xb + i * ldx), acc0[i]);
+      acc1[i] = V::fma(w1, V::load(xb + i * ldx + 16), acc1[i]);
+    }
+  }
+  for (int i = 0; i < MI; ++i) y[i * ldy] = lanes_sum(acc0[i], acc1[i]);
+}
+
+inline const float* w_row(const float* W, int64_t r, int64_t k) { return W + r * k; }
+inline const uint16_t* w_row(const uint16_t* W, int64_t r, int64_t k) { return W + r * k; }
+inline const Q8Block* w_row(const Q8Block* W, int64_t r, int64_t k) { return W + r * (k / kQ8BlockSize); }
+
+template <int MI, class Wt>
+void band(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
+          int64_t k) {
+  for (int64_t r = r_begin; r < r_end; ++r) row_dot<MI>(x, ldx, w_row(W, r, k), y + r, ldy, k);
+}
+
+RowKernels make_row_kernels(Isa isa) {
+  return RowKernels{isa,
+                    {band<1, float>, band<2, float>, band<4, float>},
+                    {band<1, uint16_t>, band<2, uint16_t>, band<4, uint16_t>},
+                    {band<1, Q8Block>, band<2, Q8Block>, band<4, Q8Block>}};
+}
