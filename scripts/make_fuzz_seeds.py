@@ -75,6 +75,15 @@ def main():
         ("z", "F32", [], struct.pack("<f", 7.0)),
         ("empty", "F32", [0, 4], b"")]))
     put("safetensors", "short.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    # Block-quantized rows (io/safetensors.h): U8 (rows, k/32, block bytes) under the metadata
+    # that names the format; fp16 scale 1.0 (0x3C00), then the values.
+    q8 = struct.pack("<H", 0x3C00) + bytes(range(32))
+    q4 = struct.pack("<H", 0x3C00) + bytes(range(0, 256, 16))
+    put("safetensors", "q8_0.safetensors", safetensors([
+        ("w", "U8", [2, 1, 34], q8 * 2), ("n", "F32", [2], struct.pack("<2f", 1.0, 2.0))],
+        {"format": "pt", "mamba2.quantization": "q8_0"}))
+    put("safetensors", "q4_0.safetensors", safetensors([("w", "U8", [1, 2, 18], q4 * 2)],
+                                                       {"mamba2.quantization": "q4_0"}))
 
     shards = os.path.join(FIX, "golden", "hf_bf16_sharded", "model", "model.safetensors.index.json")
     copy("safetensors_index", shards)

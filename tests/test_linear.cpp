@@ -131,9 +131,9 @@ std::vector<float> lane_sums(const std::vector<float>& x, int64_t ldx, const std
   return y;
 }
 
-// The decode kernel on fp32, bf16 and Q8_0 weights is that order on the widened weights, bit for
-// bit, under every instruction set here (the scalar file is one of them), for 1–7 rows of x at a
-// row stride wider than k; k with and without a tail (Q8_0: whole blocks only).
+// The decode kernel on fp32, bf16, Q8_0 and Q4_0 weights is that order on the widened weights, bit
+// for bit, under every instruction set here (the scalar file is one of them), for 1–7 rows of x at
+// a row stride wider than k; k with and without a tail (the block formats: whole blocks only).
 TEST(LinearStreaming, IsTheLaneOrderOnTheWidenedWeightsUnderEveryIsa) {
   IsaScope scope;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 1}, {37, 31}, {70, 32}, {70, 33}, {45, 100},
@@ -143,7 +143,7 @@ TEST(LinearStreaming, IsTheLaneOrderOnTheWidenedWeightsUnderEveryIsa) {
     const auto wv = randn(size_t(n * k), 41), xv = randn(size_t(M * ldx), 42);
     std::copy(wv.begin(), wv.end(), W.data());
     std::vector<DType> types{DType::F32, DType::BF16};
-    if (k % 32 == 0) types.push_back(DType::Q8_0);
+    if (k % 32 == 0) types.insert(types.end(), {DType::Q8_0, DType::Q4_0});
     for (DType dt : types) {
       const Tensor narrow = W.to(Device::CPU, dt), widened = narrow.to(Device::CPU, DType::F32);
       const std::vector<float> wide(widened.data(), widened.data() + n * k);
@@ -156,8 +156,10 @@ TEST(LinearStreaming, IsTheLaneOrderOnTheWidenedWeightsUnderEveryIsa) {
             cpu::linear_streaming(xv.data(), ldx, narrow.data(), y.data(), n, m, n, k);
           else if (dt == DType::BF16)
             cpu::linear_streaming(xv.data(), ldx, static_cast<const uint16_t*>(narrow.raw()), y.data(), n, m, n, k);
-          else
+          else if (dt == DType::Q8_0)
             cpu::linear_streaming(xv.data(), ldx, static_cast<const Q8Block*>(narrow.raw()), y.data(), n, m, n, k);
+          else
+            cpu::linear_streaming(xv.data(), ldx, static_cast<const Q4Block*>(narrow.raw()), y.data(), n, m, n, k);
           ASSERT_EQ(std::memcmp(y.data(), want.data(), sizeof(float) * y.size()), 0)
               << dtype_name(dt) << " " << cpu::simd::isa_name(isa) << " n " << n << " k " << k << " rows " << m;
         }
@@ -299,6 +301,70 @@ TEST(Isa, NamesAreParsedAndBadOnesRefused) {
     if (here) EXPECT_EQ(cpu::simd::isa_name(cpu::simd::parse_isa(name)), std::string(name));
     else EXPECT_THROW(cpu::simd::parse_isa(name), Error) << name;
   }
+}
+
+}  // namespace
+}  // namespace mamba2
+
+namespace mamba2 {
+namespace {
+
+// The squared error of llama.cpp's q4_0 rule on one block (ggml's quantize_row_q4_0_ref): d =
+// extreme / −8, q = min(15, trunc(x / d + 8.5)), d stored in fp16.
+double llama_q4_0_error(const float* x) {
+  float extreme = 0.0f;
+  for (int i = 0; i < 32; ++i)
+    if (std::fabs(x[i]) > std::fabs(extreme)) extreme = x[i];
+  const float d = extreme / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f, stored = f16_to_f32(f32_to_f16(d));
+  double err = 0.0;
+  for (int i = 0; i < 32; ++i) {
+    const int q = std::min(15, int(int8_t(x[i] * id + 8.5f)));
+    const double e = double(x[i]) - double(stored) * (q - 8);
+    err += e * e;
+  }
+  return err;
+}
+
+// Q4_0 weights (CPU inference): the block layout read back by hand (element j < 16 in the low
+// nibble of byte j, j ≥ 16 in the high nibble of byte j − 16, value d·(q − 8)) equals the
+// dequantization; every block's squared error is at most that of llama.cpp's q4_0 rule (the
+// search includes its scale, then keeps the best), and over the matrix below 0.95 of it; then the
+// kernels on the dequantized weights (expect_widened_kernels).
+TEST(LinearQ4, BlocksAreQ4_0AtMostLlamasErrorAndTheF32KernelOnTheDequantizedWeights) {
+  IsaScope scope;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 992}, {768, 256}}) {
+    const int64_t M = 33;
+    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
+    auto wv = randn(size_t(n * k), 37);
+    const auto xv = randn(size_t(M * k), 38);
+    for (int64_t j = 0; j < 32; ++j) wv[size_t(j)] = 0.0f;  // an all-zero block: scale 0
+    wv[40] = 1e-6f;                                          // a block of one tiny value
+    std::copy(wv.begin(), wv.end(), W.data());
+    std::copy(xv.begin(), xv.end(), x.data());
+    const Tensor q4 = W.to(Device::CPU, DType::Q4_0), deq = q4.to(Device::CPU, DType::F32);
+    ASSERT_EQ(q4.nbytes(), size_t(n * k / 32 * 18));
+    const auto* blocks = static_cast<const unsigned char*>(q4.raw());
+    double ours = 0.0, llama = 0.0;
+    for (int64_t b = 0; b < n * k / 32; ++b) {
+      const unsigned char* blk = blocks + b * 18;
+      const float d = f16_to_f32(uint16_t(blk[0] | (blk[1] << 8)));
+      double err = 0.0;
+      for (int j = 0; j < 32; ++j) {
+        const int q = j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4;
+        ASSERT_EQ(deq.data()[b * 32 + j], d * float(q - 8)) << "block " << b << " element " << j;
+        const double e = double(wv[size_t(b * 32 + j)]) - double(deq.data()[b * 32 + j]);
+        err += e * e;
+      }
+      const double theirs = llama_q4_0_error(wv.data() + b * 32);
+      ASSERT_LE(err, theirs) << "block " << b;
+      ours += err;
+      llama += theirs;
+    }
+    EXPECT_LT(ours, 0.95 * llama) << "n " << n << " k " << k;  // measured 0.928–0.934 on normal weights
+    expect_widened_kernels(x, q4, deq);
+  }
+  EXPECT_THROW((void)Tensor::zeros({4, 40}).to(Device::CPU, DType::Q4_0), Error);
+  EXPECT_THROW((void)Tensor::zeros({4, 64}).to(Device::CUDA, DType::Q4_0), Error);
 }
 
 }  // namespace

@@ -44,9 +44,14 @@ Tensor Tensor::empty(Shape shape, Device device, DType dtype) {
 }
 
 Tensor Tensor::borrow(const float* data, Shape shape, std::shared_ptr<const void> owner) {
+  return borrow(static_cast<const void*>(data), std::move(shape), DType::F32, std::move(owner));
+}
+
+Tensor Tensor::borrow(const void* data, Shape shape, DType dtype, std::shared_ptr<const void> owner) {
   Tensor t;
   t.shape_ = std::move(shape);
-  t.storage_ = std::shared_ptr<void>(std::const_pointer_cast<void>(std::move(owner)), const_cast<float*>(data));
+  t.dtype_ = dtype;
+  t.storage_ = std::shared_ptr<void>(std::const_pointer_cast<void>(std::move(owner)), const_cast<void*>(data));
   t.data_ = t.storage_.get();
   return t;
 }
@@ -77,10 +82,11 @@ Tensor Tensor::to(Device device, DType dtype) const {
     cuda::copy_to_host(host.data_, data_, nbytes());
   }
   const size_t n = size_t(numel());
-  if (dtype == DType::Q8_0 && dtype_ != DType::Q8_0) {
-    if (device == Device::CUDA) fail("[tensor] Q8_0 weights are for the CPU");
-    if (shape_.empty() || shape_.back() % kQ8BlockSize)
-      fail("[tensor] Q8_0 quantizes rows of a multiple of {} elements, not {}", kQ8BlockSize, shape_str(shape_));
+  if (is_quantized(dtype) && dtype_ != dtype) {
+    if (device == Device::CUDA) fail("[tensor] {} weights are for the CPU", dtype_name(dtype));
+    if (shape_.empty() || shape_.back() % kQuantBlock)
+      fail("[tensor] {} quantizes rows of a multiple of {} elements, not {}", dtype_name(dtype), kQuantBlock,
+           shape_str(shape_));
   }
   if (dtype != dtype_) {
     Tensor f32 = host;

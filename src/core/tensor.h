@@ -27,6 +27,8 @@ class Tensor {
   static Tensor zeros(Shape shape, Device device = Device::CPU, DType dtype = DType::F32);
   // A view of fp32 memory owned by `owner` (e.g. a read-only file mapping): never written through.
   static Tensor borrow(const float* data, Shape shape, std::shared_ptr<const void> owner);
+  // The same for elements of any dtype (a mapped checkpoint's bf16 or block-quantized matrix).
+  static Tensor borrow(const void* data, Shape shape, DType dtype, std::shared_ptr<const void> owner);
 
   // The elements as fp32 (fails for another dtype). On the GPU: a device pointer.
   float* data() { return f32(); }
@@ -46,7 +48,7 @@ class Tensor {
   void set_zero();
 
   // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even;
-  // Q8_0, on the CPU only, quantizes each row's blocks of 32: rows a multiple of 32 long).
+  // Q8_0 and Q4_0, on the CPU only, quantize each row's blocks of 32: rows a multiple of 32 long).
   Tensor to(Device device, DType dtype) const;
 
  private:

@@ -14,19 +14,12 @@ void embedding_forward(const T* table, int64_t d, const int32_t* ids, int64_t n,
   for (int64_t t = 0; t < n; ++t) std::memcpy(out + t * d, table + int64_t(ids[t]) * d, size_t(d) * sizeof(T));
 }
 
-void embedding_forward_bf16(const uint16_t* table, int64_t d, const int32_t* ids, int64_t n, float* out) {
+// A bf16, Q8_0 or Q4_0 table: each looked-up row widened as convert_to_f32 widens it.
+void embedding_forward_narrow(DType dtype, const void* table, int64_t d, const int32_t* ids, int64_t n, float* out) {
+  const size_t row_bytes = dtype_bytes(dtype, size_t(d));
+  const auto* bytes = static_cast<const unsigned char*>(table);
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) {
-    const uint16_t* row = table + int64_t(ids[t]) * d;
-    for (int64_t c = 0; c < d; ++c) out[t * d + c] = bf16_to_f32(row[c]);
-  }
-}
-
-// Each row is d/32 blocks; element d·q as convert_to_f32 gives it.
-void embedding_forward_q8(const Q8Block* table, int64_t d, const int32_t* ids, int64_t n, float* out) {
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t)
-    dequantize_q8(table + int64_t(ids[t]) * (d / kQ8BlockSize), out + t * d, size_t(d / kQ8BlockSize));
+  for (int64_t t = 0; t < n; ++t) convert_to_f32(dtype, bytes + size_t(ids[t]) * row_bytes, out + t * d, size_t(d));
 }
 
 // Threads own column bands, so repeated ids never race and every sum runs in token order.

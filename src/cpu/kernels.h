@@ -17,9 +17,8 @@ namespace mamba2::cpu {
 // out[t] = table[ids[t]]                                   table (vocab, d), out (n, d)
 template <class T>
 void embedding_forward(const T* table, int64_t d, const int32_t* ids, int64_t n, T* out);
-// The same from a bf16 table (uint16_t bits), widened exactly.
-void embedding_forward_bf16(const uint16_t* table, int64_t d, const int32_t* ids, int64_t n, float* out);
-void embedding_forward_q8(const Q8Block* table, int64_t d, const int32_t* ids, int64_t n, float* out);
+// The same from a bf16, Q8_0 or Q4_0 table (rows of d elements in `dtype`), widened exactly.
+void embedding_forward_narrow(DType dtype, const void* table, int64_t d, const int32_t* ids, int64_t n, float* out);
 // d_table[ids[t]] += d_out[t]                              d_out (n, d), d_table (vocab, d)
 template <class T>
 void embedding_backward(const int32_t* ids, int64_t n, const T* d_out, T* d_table, int64_t d);
@@ -51,13 +50,15 @@ void gated_rmsnorm_backward(const T* y, int64_t ldy, const T* z, int64_t ldz, co
 // order, whatever m, the threads or the instruction set (cpu/simd/tile.h). streaming: W read
 // once as one sequential stream per row, for a few rows (decode); its order does not depend on
 // m either. gemm: BLAS, for training (a row's result may depend on m). tiled and streaming also
-// take bf16 weights (uint16_t bits) and Q8_0 blocks (W's rows k/32 blocks each): the fp32
+// take bf16 weights (uint16_t bits) and Q8_0 or Q4_0 blocks (W's rows k/32 blocks each): the fp32
 // arithmetic on the widened or dequantized weights, bit for bit.
 void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                   int64_t k);
 void linear_tiled(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
                   int64_t k);
 void linear_tiled(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                  int64_t k);
+void linear_tiled(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                   int64_t k);
 template <class T>
 void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
@@ -66,6 +67,8 @@ void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int
 void linear_streaming(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                      int64_t k);
+void linear_streaming(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k);
 // d_x = d_y @ W (skipped when d_x is null); d_W += d_yᵀ @ x.   d_y (m, n) ld lddy; d_x (m, k) ld lddx
 template <class T>

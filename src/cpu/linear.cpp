@@ -1,9 +1,9 @@
 // y = x @ Wᵀ: our tiled GEMM for prefill (float), a streaming kernel for decode (float, cpu/simd/rows.h), BLAS for
 // training (templated, also the backward). Backward: d_x = d_y @ W overwrites, d_W += d_yᵀ @ x
 // accumulates. The inference kernels also take bf16 weights (uint16_t, the top half of an fp32)
-// and Q8_0 blocks (core/dtype.h), widened as they are read: the arithmetic, and so every bit of
-// y, is that of the fp32 kernel on the weights rounded to bf16 or dequantized, at half or 0.27 of
-// the bytes read.
+// and Q8_0 or Q4_0 blocks (core/dtype.h), widened as they are read: the arithmetic, and so every
+// bit of y, is that of the fp32 kernel on the weights rounded to bf16 or dequantized, at 0.5, 0.27
+// or 0.14 of the bytes read.
 #include <omp.h>
 
 #include <algorithm>
@@ -30,12 +30,14 @@ template <class Wt>
 inline const Wt* w_row(const Wt* W, int64_t r, int64_t k) {
   return W + r * k;
 }
-inline const Q8Block* w_row(const Q8Block* W, int64_t r, int64_t k) { return W + r * (k / kQ8BlockSize); }
+inline const Q8Block* w_row(const Q8Block* W, int64_t r, int64_t k) { return W + r * (k / kQuantBlock); }
+inline const Q4Block* w_row(const Q4Block* W, int64_t r, int64_t k) { return W + r * (k / kQuantBlock); }
 
 // The row kernels of each weight type (cpu/simd/rows.h), by the number of x rows: 1, 2, 4.
 const simd::RowsFn<float>* rows_fns(const simd::RowKernels& t, const float*) { return t.f32; }
 const simd::RowsFn<uint16_t>* rows_fns(const simd::RowKernels& t, const uint16_t*) { return t.bf16; }
 const simd::RowsFn<Q8Block>* rows_fns(const simd::RowKernels& t, const Q8Block*) { return t.q8; }
+const simd::RowsFn<Q4Block>* rows_fns(const simd::RowKernels& t, const Q4Block*) { return t.q4; }
 
 // Bound by reading W once. Each thread streams a band of W's rows; the band stays in cache
 // while every row of x passes over it.
@@ -87,7 +89,9 @@ inline const float* row_segment(const float* row, int64_t p0, int64_t kc, float*
 template <class Wt>
 const float* row_segment(const Wt* row, int64_t p0, int64_t kc, float* tmp) {
   if constexpr (std::is_same_v<Wt, Q8Block>)  // whole blocks: p0, kKc and k are multiples of 32
-    dequantize_q8(row + p0 / kQ8BlockSize, tmp, size_t(kc / kQ8BlockSize));
+    dequantize_q8(row + p0 / kQuantBlock, tmp, size_t(kc / kQuantBlock));
+  else if constexpr (std::is_same_v<Wt, Q4Block>)
+    dequantize_q4(row + p0 / kQuantBlock, tmp, size_t(kc / kQuantBlock));
   else
     for (int64_t p = 0; p < kc; ++p) tmp[p] = weight(row[p0 + p]);
   return tmp;
@@ -213,12 +217,22 @@ void linear_tiled(const float* x, int64_t ldx, const Q8Block* W, float* y, int64
   tiled(x, ldx, W, y, ldy, m, n, k);
 }
 
+void linear_tiled(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                  int64_t k) {
+  tiled(x, ldx, W, y, ldy, m, n, k);
+}
+
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k) {
   if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
 }
 
 void linear_streaming(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                      int64_t k) {
+  if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
+}
+
+void linear_streaming(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k) {
   if (m > 0 && n > 0) linear_rows(x, ldx, W, y, ldy, m, n, k);
 }

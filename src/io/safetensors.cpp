@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "io/atomic_file.h"
@@ -28,6 +29,19 @@ bool parse_dtype(const std::string& s, DType& out) {
   return false;
 }
 
+// The block format a file's U8 tensors hold (its __metadata__ "mamba2.quantization"), if any.
+std::optional<DType> block_format(const json& header, const std::string& fname) {
+  const auto meta = header.find("__metadata__");
+  if (meta == header.end() || !meta->is_object()) return std::nullopt;
+  const auto q = meta->find(kQuantizationKey);
+  if (q == meta->end()) return std::nullopt;
+  if (q->is_string() && q->get<std::string>() == "q8_0") return DType::Q8_0;
+  if (q->is_string() && q->get<std::string>() == "q4_0") return DType::Q4_0;
+  fail("[safetensors] {}: __metadata__ {} is {}, not \"q8_0\" or \"q4_0\"", fname, kQuantizationKey, q->dump());
+}
+
+size_t block_bytes(DType dtype) { return dtype == DType::Q8_0 ? sizeof(Q8Block) : sizeof(Q4Block); }
+
 // Parses the header of a mapped file into tensors pointing into the mapping, and the string
 // entries of its __metadata__ into `metadata` when given.
 std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std::string, std::string>* metadata) {
@@ -45,6 +59,7 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
   const json header = parse_json(std::string_view(hdr, header_len), "[safetensors] " + fname + ": header");
   if (!header.is_object()) fail("[safetensors] {}: header is not a JSON object", fname);
 
+  const std::optional<DType> blocks = block_format(header, fname);
   const unsigned char* data = file.data() + 8 + header_len;
   const uint64_t data_size = size - 8 - header_len;
   std::vector<StoredTensor> tensors;
@@ -65,9 +80,12 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
     StoredTensor t;
     t.name = name;
     t.file = fname;
-    if (!parse_dtype(dt->get<std::string>(), t.dtype))
-      fail("[safetensors] {}: tensor '{}' has unsupported dtype {} (F32, F16, BF16 are supported)", fname, name,
-           dt->get<std::string>());
+    const bool packed = dt->get<std::string>() == "U8" && blocks;  // rows of blocks, see safetensors.h
+    if (packed)
+      t.dtype = *blocks;
+    else if (!parse_dtype(dt->get<std::string>(), t.dtype))
+      fail("[safetensors] {}: tensor '{}' has unsupported dtype {} (F32, F16, BF16 are supported, and U8 blocks "
+           "in a file whose __metadata__ names their format)", fname, name, dt->get<std::string>());
     if (sh == entry.end() || !sh->is_array()) fail("[safetensors] {}: tensor '{}': missing shape", fname, name);
     uint64_t numel = 1;
     for (const auto& d : *sh) {
@@ -83,9 +101,23 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
       fail("[safetensors] {}: tensor '{}': data_offsets must be two non-negative integers", fname, name);
     const uint64_t begin = (*off)[0].get<uint64_t>();
     const uint64_t end = (*off)[1].get<uint64_t>();
-    uint64_t nbytes = 0;
-    if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes))
+    uint64_t nbytes = numel;
+    if (packed) {
+      // (..., blocks, block bytes) of bytes is (..., blocks · 32) elements.
+      if (t.shape.size() < 2 || uint64_t(t.shape.back()) != block_bytes(t.dtype))
+        fail("[safetensors] {}: tensor '{}' of {} blocks has shape {}: the last dimension must be the block's {} bytes",
+             fname, name, dtype_name(t.dtype), sh->dump(), block_bytes(t.dtype));
+      if (numel > data_size)
+        fail("[safetensors] {}: tensor '{}': shape {} needs more bytes than the data section's {}", fname, name,
+             sh->dump(), data_size);
+      t.shape.pop_back();
+      t.shape.back() *= kQuantBlock;  // blocks · 32 < numel · 2 ≤ the file's size: no overflow
+      if (numel > 0 && begin % 2)
+        fail("[safetensors] {}: tensor '{}': {} blocks must start at an even offset, not {}", fname, name,
+             dtype_name(t.dtype), begin);
+    } else if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes)) {
       fail("[safetensors] {}: tensor '{}': byte size overflows", fname, name);
+    }
     if (begin > end || end > data_size)
       fail("[safetensors] {}: tensor '{}': data_offsets [{}, {}] outside the data section of {} bytes", fname, name,
            begin, end, data_size);
@@ -174,7 +206,17 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
   std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name; });
 
   json header = json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::map<std::string, std::string> meta = metadata;
+  std::optional<DType> blocks;  // the one block format of the file's quantized tensors
+  for (const auto& t : tensors) {
+    if (!is_quantized(t.dtype)) continue;
+    if (blocks && *blocks != t.dtype)
+      fail("[safetensors] {}: one file holds one block format, not both {} and {}", fname, dtype_name(*blocks),
+           dtype_name(t.dtype));
+    blocks = t.dtype;
+  }
+  if (blocks) meta[kQuantizationKey] = *blocks == DType::Q8_0 ? "q8_0" : "q4_0";
+  if (!meta.empty()) header["__metadata__"] = meta;
   uint64_t offset = 0;
   std::vector<uint64_t> counts;
   for (size_t i = 0; i < sorted.size(); ++i) {
@@ -189,9 +231,20 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
     }
     if (numel > 0 && !t.data) fail("[safetensors] {}: tensor '{}' has no data", fname, t.name);
     uint64_t nbytes = 0;
-    if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes) || offset + nbytes < offset)
+    std::vector<int64_t> shape = t.shape;
+    std::string_view dtype = dtype_name(t.dtype);
+    if (is_quantized(t.dtype)) {
+      if (shape.empty() || shape.back() % kQuantBlock)
+        fail("[safetensors] {}: tensor '{}': {} needs rows of a multiple of 32", fname, t.name, dtype);
+      shape.back() /= kQuantBlock;
+      shape.push_back(int64_t(block_bytes(t.dtype)));
+      dtype = "U8";
+      nbytes = numel / kQuantBlock * block_bytes(t.dtype);
+    } else if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes)) {
       fail("[safetensors] {}: tensor '{}' is too large", fname, t.name);
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
+    }
+    if (offset + nbytes < offset) fail("[safetensors] {}: tensor '{}' is too large", fname, t.name);
+    header[t.name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
     counts.push_back(numel);
   }
@@ -215,7 +268,7 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
     for (uint64_t done = 0; done < counts[i]; done += kChunk) {
       const size_t n = size_t(std::min<uint64_t>(kChunk, counts[i] - done));
       convert_from_f32(t.dtype, t.data + done, buf.data(), n);
-      out.write(buf.data(), n * dtype_size(t.dtype));
+      out.write(buf.data(), dtype_bytes(t.dtype, n));
     }
   }
   out.commit();

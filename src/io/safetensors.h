@@ -14,9 +14,17 @@ TensorArchive read_safetensors(const std::filesystem::path& path);
 // Reads every shard named by an index file (weight_map); tensors must be where it says.
 TensorArchive read_safetensors_index(const std::filesystem::path& index_path);
 
+// Block-quantized tensors (Q8_0, Q4_0: core/dtype.h), as `mamba2 quantize` writes them: a tensor
+// of logical shape (..., k) is stored as dtype U8 with shape (..., k / 32, B), its rows of blocks
+// byte for byte as the CPU kernels read them (B = 34 for Q8_0, 18 for Q4_0; the fp16 scale first,
+// little-endian), at an even offset; the file's __metadata__ names the format: "mamba2.quantization":
+// "q8_0" or "q4_0" (one format a file). Readers present such a tensor in its logical shape and
+// block dtype, memory-mapped like the others.
+inline constexpr const char* kQuantizationKey = "mamba2.quantization";
+
 struct TensorToWrite {
   std::string name;
-  DType dtype = DType::F32;       // stored dtype; converted from the fp32 data
+  DType dtype = DType::F32;       // stored dtype; converted from the fp32 data (quantized: rows of 32k)
   std::vector<int64_t> shape;
   const float* data = nullptr;    // product(shape) fp32 values
 };

@@ -17,7 +17,7 @@ struct StoredTensor {
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  const unsigned char* data = nullptr;  // nbytes == numel() * dtype_size(dtype)
+  const unsigned char* data = nullptr;  // nbytes == dtype_bytes(dtype, numel())
   size_t nbytes = 0;
   std::string file;                     // the file it came from, for messages
 

@@ -29,8 +29,10 @@ std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch, 
 namespace {
 
 void check_placement(Device device, DType dtype) {
-  if (device == Device::CPU && dtype == DType::F16) fail("[model] the CPU takes F32, BF16 or Q8_0 weights, not F16");
-  if (device == Device::CUDA && dtype == DType::Q8_0) fail("[model] the GPU takes F32, BF16 or F16 weights, not Q8_0");
+  if (device == Device::CPU && dtype == DType::F16)
+    fail("[model] the CPU takes F32, BF16, Q8_0 or Q4_0 weights, not F16");
+  if (device == Device::CUDA && is_quantized(dtype))
+    fail("[model] the GPU takes F32, BF16 or F16 weights, not {}", dtype_name(dtype));
 }
 
 }  // namespace
@@ -39,15 +41,19 @@ Model Model::load(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir)) fail("[model] {} is not a folder", dir.string());
   ModelConfig config = load_config(dir / "config.json");
   auto archive = std::make_shared<const TensorArchive>(open_checkpoint(dir));
-  return Model(config, std::make_shared<const ModelWeights>(load_weights(std::move(archive), config)));
+  auto weights = std::make_shared<const ModelWeights>(load_weights(std::move(archive), config));
+  const DType dtype = stored_matrix_dtype(*weights);
+  return Model(config, std::move(weights), Device::CPU, dtype);
 }
 
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
   check_placement(device, dtype);
-  // Of the weights as loaded (fp32 on the host); a placed copy inherits it (to()).
-  if (weights_->embedding.device() == Device::CPU && weights_->embedding.dtype() == DType::F32)
+  // Of the weights as loaded (on the host: fp32, or a quantized checkpoint's blocks); a placed copy
+  // inherits it (to()).
+  if (weights_->embedding.device() == Device::CPU &&
+      (weights_->embedding.dtype() == DType::F32 || is_quantized(weights_->embedding.dtype())))
     fingerprint_ = model_fingerprint(config_, *weights_);
 }
 

@@ -1,7 +1,9 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -18,8 +20,10 @@ class Loader {
  public:
   explicit Loader(std::shared_ptr<const TensorArchive> archive) : archive_(*archive), owner_(std::move(archive)) {}
 
-  // Accepts the first of `names` present; checks the element count against `shape`.
-  Tensor take(std::initializer_list<std::string> names, const Shape& shape, const Shape& stored_shape) {
+  // Accepts the first of `names` present; checks the element count against `shape`. Only a
+  // projection matrix (`matrix`) may be stored block-quantized: it is then used in place.
+  Tensor take(std::initializer_list<std::string> names, const Shape& shape, const Shape& stored_shape,
+              bool matrix = false) {
     const StoredTensor* t = nullptr;
     for (const auto& n : names) {
       if ((t = archive_.find(n))) break;
@@ -35,11 +39,24 @@ class Loader {
     used_.insert(t->name);
     if (t->dtype == DType::F32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0)
       return Tensor::borrow(reinterpret_cast<const float*>(t->data), shape, owner_);
+    if (is_quantized(t->dtype)) {
+      if (!matrix)
+        fail("[weights] tensor '{}' in {} is {}: only the projection matrices may be block-quantized", t->name,
+             t->file, dtype_name(t->dtype));
+      if (!blocks_) blocks_ = t->dtype;
+      if (*blocks_ != t->dtype)
+        fail("[weights] tensor '{}' in {} is {}, the other projections {}: one block format a model", t->name,
+             t->file, dtype_name(t->dtype), dtype_name(*blocks_));
+      return Tensor::borrow(t->data, shape, t->dtype, owner_);  // even offsets: the blocks' scales are aligned
+    }
     Tensor out = Tensor::empty(shape);
     convert_to_f32(t->dtype, t->data, out.data(), size_t(out.numel()));
     return out;
   }
   Tensor take(const std::string& name, const Shape& shape) { return take({name}, shape, shape); }
+  Tensor take_matrix(std::initializer_list<std::string> names, const Shape& shape) {
+    return take(names, shape, shape, true);
+  }
 
   void check_all_used() const {
     for (const auto& [name, t] : archive_.tensors())
@@ -53,6 +70,7 @@ class Loader {
   const TensorArchive& archive_;
   std::shared_ptr<const TensorArchive> owner_;
   std::set<std::string> used_;
+  std::optional<DType> blocks_;
 };
 
 }  // namespace
@@ -62,20 +80,20 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
   Loader ld(std::move(archive_ptr));
   ModelWeights w;
   const int64_t V = c.vocab_padded(), D = c.d_model;
-  w.embedding = ld.take({"backbone.embedding.weight", "backbone.embeddings.weight"}, {V, D}, {V, D});
+  w.embedding = ld.take_matrix({"backbone.embedding.weight", "backbone.embeddings.weight"}, {V, D});
   if (archive.find("backbone.embedding.weight")) w.embedding_name = "backbone.embedding.weight";
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const std::string p = fmt::format("backbone.layers.{}.", i);
     LayerWeights l;
     l.norm = ld.take(p + "norm.weight", {D});
-    l.in_proj = ld.take(p + "mixer.in_proj.weight", {c.d_in_proj(), D});
+    l.in_proj = ld.take_matrix({p + "mixer.in_proj.weight"}, {c.d_in_proj(), D});
     l.conv_w = ld.take({p + "mixer.conv1d.weight"}, {c.conv_dim(), c.d_conv}, {c.conv_dim(), 1, c.d_conv});
     l.conv_b = ld.take(p + "mixer.conv1d.bias", {c.conv_dim()});
     l.dt_bias = ld.take(p + "mixer.dt_bias", {c.nheads()});
     l.A_log = ld.take(p + "mixer.A_log", {c.nheads()});
     l.D = ld.take(p + "mixer.D", {c.nheads()});
     l.gate_norm = ld.take(p + "mixer.norm.weight", {c.d_inner()});
-    l.out_proj = ld.take(p + "mixer.out_proj.weight", {D, c.d_inner()});
+    l.out_proj = ld.take_matrix({p + "mixer.out_proj.weight"}, {D, c.d_inner()});
     w.layers.push_back(std::move(l));
   }
   w.norm_f = ld.take("backbone.norm_f.weight", {D});
@@ -89,10 +107,18 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
     }
     w.lm_head = w.embedding;
   } else {
-    w.lm_head = ld.take("lm_head.weight", {V, D});
+    w.lm_head = ld.take_matrix({"lm_head.weight"}, {V, D});
   }
   ld.check_all_used();
   return w;
+}
+
+DType stored_matrix_dtype(const ModelWeights& w) {
+  if (is_quantized(w.embedding.dtype())) return w.embedding.dtype();
+  for (const LayerWeights& l : w.layers)
+    for (const Tensor* t : {&l.in_proj, &l.out_proj})
+      if (is_quantized(t->dtype())) return t->dtype();
+  return is_quantized(w.lm_head.dtype()) ? w.lm_head.dtype() : DType::F32;
 }
 
 ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype) {
@@ -205,10 +231,23 @@ std::vector<NamedTensor> checkpoint_named_tensors(const ModelWeights& w, const M
   return out;
 }
 
-void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype) {
+void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype,
+                std::optional<DType> matrix_dtype) {
+  const ModelWeights* w = &weights;
+  ModelWeights widened;  // fp32 copies, where the weights are held in another dtype
+  const auto named = hf_named_tensors(weights, config);
+  if (std::any_of(named.begin(), named.end(), [](const NamedTensor& nt) { return nt.tensor->dtype() != DType::F32; })) {
+    widened = place_weights(weights, Device::CPU, DType::F32);
+    w = &widened;
+  }
+  std::set<const Tensor*> matrices{&w->embedding, &w->lm_head};
+  for (const LayerWeights& l : w->layers) matrices.insert({&l.in_proj, &l.out_proj});
   std::vector<TensorToWrite> tensors;
-  for (const auto& nt : hf_named_tensors(weights, config))
-    tensors.push_back({nt.name, dtype, nt.stored_shape, nt.tensor->data()});
+  for (const auto& nt : hf_named_tensors(*w, config)) {
+    const bool matrix = matrices.count(nt.tensor) > 0;
+    tensors.push_back({nt.name, matrix_dtype ? (matrix ? *matrix_dtype : DType::F32) : dtype, nt.stored_shape,
+                       nt.tensor->data()});
+  }
   write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
   ModelConfig written = config;
   written.vocab_size = config.vocab_padded();  // the HF layout stores the padded size
@@ -223,6 +262,18 @@ void save_model(const std::filesystem::path& dir, const ModelConfig& config, con
 namespace mamba2 {
 
 namespace {
+
+// Element `at` of a CPU tensor of any dtype, widened as convert_to_f32 widens it (a block format:
+// its block dequantized).
+float element_as_f32(const Tensor& t, int64_t at) {
+  if (t.dtype() == DType::F32) return t.data()[at];
+  const int64_t first = is_quantized(t.dtype()) ? at / kQuantBlock * kQuantBlock : at;
+  const int64_t count = is_quantized(t.dtype()) ? kQuantBlock : 1;
+  float widened[kQuantBlock];
+  convert_to_f32(t.dtype(), static_cast<const unsigned char*>(t.raw()) + dtype_bytes(t.dtype(), size_t(first)),
+                 widened, size_t(count));
+  return widened[at - first];
+}
 
 // FNV-1a 64 over bytes, continuing from `h`.
 uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
@@ -244,11 +295,11 @@ std::string model_fingerprint(const ModelConfig& c, const ModelWeights& w) {
   for (const NamedTensor& nt : hf_named_tensors(w, c)) {
     h = fnv1a(h, nt.name.data(), nt.name.size() + 1);
     const int64_t n = nt.tensor->numel();
-    const float* v = nt.tensor->data();
     constexpr int64_t kSamples = 1024;
     for (int64_t i = 0; i < std::min(n, kSamples); ++i) {
       const int64_t at = n <= kSamples ? i : i * (n / kSamples);
-      h = fnv1a(h, v + at, sizeof(float));
+      const float v = element_as_f32(*nt.tensor, at);
+      h = fnv1a(h, &v, sizeof(float));
     }
   }
   return fmt::format("{:016x}", h);

@@ -1,7 +1,9 @@
-// Named weight structs of the Mamba2 LM, fp32 on the compute device, and their loading
+// Named weight structs of the Mamba2 LM, fp32 on the compute device (the projections may be
+// narrower: see place_weights), and their loading
 // from a checkpoint archive (shape-checked, converted from the stored dtype).
 #pragma once
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,7 +36,8 @@ struct ModelWeights {
 
 // Every tensor the model needs must be present with the right shape, and nothing else
 // may be (an unexpected name means the config and the weights disagree). fp32 tensors are used
-// in place (the archive's mappings stay alive with them); other dtypes are converted to fp32.
+// in place (the archive's mappings stay alive with them), and so are block-quantized projection
+// matrices (Q8_0, Q4_0: `mamba2 quantize`); other dtypes are converted to fp32.
 ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const ModelConfig& config);
 
 // The weights on `device`, converted once: the projection matrices (embedding, in_proj,
@@ -65,7 +68,14 @@ std::vector<NamedTensor> checkpoint_named_tensors(const ModelWeights& weights, c
 std::string model_fingerprint(const ModelConfig& config, const ModelWeights& weights);
 
 // Writes config.json and model.safetensors (Hugging Face layout, `dtype`) into `dir`, each file
-// replaced atomically.
-void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype);
+// replaced atomically. With `matrix_dtype` (`mamba2 quantize`): the projection matrices (embedding,
+// in_proj, out_proj, an untied head) in it — BF16, or Q8_0 / Q4_0 blocks (io/safetensors.h) — and
+// every other tensor (norms, conv, dt_bias, A_log, D) in F32.
+void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype,
+                std::optional<DType> matrix_dtype = std::nullopt);
+
+// The block format of the projection matrices as loaded (a quantized checkpoint's are used in
+// place, memory-mapped), or F32.
+DType stored_matrix_dtype(const ModelWeights& weights);
 
 }  // namespace mamba2

@@ -39,12 +39,8 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
 #endif
     return;
   }
-  if (table.dtype() == DType::BF16) {
-    cpu::embedding_forward_bf16(static_cast<const uint16_t*>(table.raw()), d, ids.data(), n, out.data());
-    return;
-  }
-  if (table.dtype() == DType::Q8_0) {
-    cpu::embedding_forward_q8(static_cast<const Q8Block*>(table.raw()), d, ids.data(), n, out.data());
+  if (table.dtype() == DType::BF16 || is_quantized(table.dtype())) {
+    cpu::embedding_forward_narrow(table.dtype(), table.raw(), d, ids.data(), n, out.data());
     return;
   }
   cpu::embedding_forward(table.data(), d, ids.data(), n, out.data());

@@ -24,7 +24,7 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
 #endif
     return;
   }
-  // The CPU computes in fp32; inference may read bf16 or Q8_0 weights.
+  // The CPU computes in fp32; inference may read bf16, Q8_0 or Q4_0 weights.
   check_dtype("linear", "x", x.dtype, DType::F32);
   const auto narrow = [&](const auto* w) {
     if (kernel == LinearKernel::Prefill)
@@ -34,6 +34,7 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   };
   if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
   if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q8Block*>(W.raw()));
+  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q4Block*>(W.raw()));
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
     case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;

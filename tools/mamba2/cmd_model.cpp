@@ -1,8 +1,10 @@
-// init and info: make a randomly initialised model, describe a model folder.
+// init, quantize and info: make a randomly initialised model, write a model's projections in a
+// narrower format, describe a model folder.
 #include <filesystem>
 
 #include "commands.h"
 #include "mamba2/error.h"
+#include "mamba2/model.h"
 #include "mamba2/version.h"
 #include "model/weights.h"
 
@@ -50,6 +52,49 @@ void add_init(CLI::App& app) {
     fs::create_directories(dir);
     save_model(dir, c, init_weights(c, o->seed), dtype);
     fmt::print("wrote {} ({} parameters, {}) to {}\n", o->preset, c.parameter_count(), o->dtype, dir.string());
+  });
+}
+
+void add_quantize(CLI::App& app) {
+  auto* sub = app.add_subcommand(
+      "quantize", "Write a model with its projection matrices in bf16, q8 or q4 (llama.cpp's q8_0 / q4_0 block layouts) "
+                  "and every other tensor in f32, for CPU inference: loads memory-mapped, runs in that format");
+  struct Opts {
+    std::string model, type, out;
+    bool force = false;
+  };
+  auto o = std::make_shared<Opts>();
+  sub->add_option("--model", o->model, "Model folder to read (any checkpoint layout mamba2 loads)")->required();
+  sub->add_option("--type", o->type, "bf16, q8 or q4")->required();
+  sub->add_option("--out", o->out, "Folder to write (config.json, model.safetensors, the tokenizer files)")->required();
+  sub->add_flag("--force", o->force, "Replace the files of an existing model in --out");
+  on_run(sub, [o] {
+    DType dtype;
+    if (o->type == "bf16") dtype = DType::BF16;
+    else if (o->type == "q8") dtype = DType::Q8_0;
+    else if (o->type == "q4") dtype = DType::Q4_0;
+    else fail("[quantize] --type must be bf16, q8 or q4, got '{}'", o->type);
+    const fs::path in = o->model, out = o->out;
+    std::error_code ec;
+    if (fs::exists(out) && fs::equivalent(in, out, ec))
+      fail("[quantize] --out {} is the --model folder: write the quantized model to another folder", out.string());
+    if (!o->force && (fs::exists(out / "config.json") || fs::exists(out / "model.safetensors")))
+      fail("[quantize] {} already holds a model; pass --force to replace it", out.string());
+    const Model model = Model::load(in);
+    const ModelConfig& c = model.config();
+    if (is_quantized(dtype) && (c.d_model % kQuantBlock || c.d_inner() % kQuantBlock))
+      fail("[quantize] --type {}: blocks of 32 need d_model ({}) and d_inner ({}) to be multiples of 32", o->type,
+           c.d_model, c.d_inner());
+    fs::create_directories(out);
+    save_model(out, c, model.weights(), DType::F32, dtype);
+    // The tokenizer and its chat template travel with the weights, so that the folder runs as is.
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+      if (fs::exists(in / name)) fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
+    const auto mib = [](const fs::path& p) { return double(fs::file_size(p)) / (1 << 20); };
+    double before = 0.0;
+    for (const auto& f : open_checkpoint(in).files()) before += mib(f);
+    fmt::print("wrote {} ({:.1f} MiB of weights, from {:.1f} MiB): projections {}, other tensors F32\n", out.string(),
+               mib(out / "model.safetensors"), before, dtype_name(dtype));
   });
 }
 

@@ -8,6 +8,7 @@
 namespace mamba2::cli {
 
 void add_init(CLI::App& app);
+void add_quantize(CLI::App& app);
 void add_info(CLI::App& app);
 void add_logits(CLI::App& app);
 void add_bench(CLI::App& app);
@@ -34,13 +35,14 @@ struct Placement {
 void add_placement_options(CLI::App* sub, Placement& p);
 // Loads a model folder where `p` says: by default the first GPU when there is one (else the
 // CPU; the MAMBA2_DEVICE environment variable sets another default), in bf16 on the GPU and f32
-// on the CPU.
+// on the CPU (a quantized checkpoint's own format there).
 Model load_model(const std::string& dir, const Placement& p);
 // The tokenizer at `path`, or the model folder's tokenizer.json when `path` is empty.
 Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path);
-// The device `p` names (the same default), selected when it is a GPU, and the dtype for it.
+// The device `p` names (the same default), selected when it is a GPU, and the dtype for it
+// (`stored`: the dtype of the checkpoint's projections as Model::load placed them).
 Device placement_device(const Placement& p);
-DType placement_dtype(const Placement& p, Device device);
+DType placement_dtype(const Placement& p, Device device, DType stored = DType::F32);
 // The process's peak resident memory so far.
 double peak_rss_mib();
 

@@ -49,9 +49,10 @@ void set_threads(int threads) {
 
 void add_placement_options(CLI::App* sub, Placement& p) {
   sub->add_option("--device", p.device, "cpu, cuda or cuda:N (default: the first GPU when there is one)");
-  sub->add_option("--dtype", p.dtype, "f32, bf16, f16 or q8: the projections' weights (and on the GPU their "
-                                      "inputs; the CPU computes in f32 on f32, bf16 or q8 weights: llama.cpp's q8_0 "
-                                      "blocks, quantized at load). Default: bf16 on the GPU, f32 on the CPU");
+  sub->add_option("--dtype", p.dtype, "f32, bf16, f16, q8 or q4: the projections' weights (and on the GPU their "
+                                      "inputs; the CPU computes in f32 on f32, bf16, q8 or q4 weights: llama.cpp's "
+                                      "q8_0 and q4_0 block layouts). Default: bf16 on the GPU; on the CPU f32, or "
+                                      "the format of a quantized checkpoint (mamba2 quantize)");
 }
 
 Device placement_device(const Placement& p) {
@@ -86,22 +87,24 @@ Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path) 
 
 Model load_model(const std::string& dir, const Placement& p) {
   const Device dev = placement_device(p);
-  return Model::load(dir).to(dev, placement_dtype(p, dev));
+  const Model stored = Model::load(dir);
+  return stored.to(dev, placement_dtype(p, dev, stored.dtype()));
 }
 
-DType placement_dtype(const Placement& p, Device dev) {
-  DType dtype = dev == Device::CUDA ? DType::BF16 : DType::F32;
-  if (p.dtype == "q8") {
-    if (dev != Device::CPU) fail("[cli] --dtype q8: 8-bit weights run on the CPU (the GPU takes f32, bf16 or f16)");
-    return DType::Q8_0;
+DType placement_dtype(const Placement& p, Device dev, DType stored) {
+  if (p.dtype == "q8" || p.dtype == "q4") {
+    if (dev != Device::CPU)
+      fail("[cli] --dtype {}: block-quantized weights run on the CPU (the GPU takes f32, bf16 or f16)", p.dtype);
+    return p.dtype == "q8" ? DType::Q8_0 : DType::Q4_0;
   }
+  DType dtype = dev == Device::CUDA ? DType::BF16 : is_quantized(stored) ? stored : DType::F32;
   if (!p.dtype.empty()) {
     const std::optional<DType> parsed = parse_dtype(p.dtype);
-    if (!parsed) fail("[cli] --dtype: '{}' is not f32, bf16, f16 or q8", p.dtype);
+    if (!parsed) fail("[cli] --dtype: '{}' is not f32, bf16, f16, q8 or q4", p.dtype);
     dtype = *parsed;
   }
   if (dev == Device::CPU && dtype == DType::F16)
-    fail("[cli] --dtype f16: the CPU takes f32, bf16 or q8 weights (f16 runs on the GPU)");
+    fail("[cli] --dtype f16: the CPU takes f32, bf16, q8 or q4 weights (f16 runs on the GPU)");
   return dtype;
 }
 

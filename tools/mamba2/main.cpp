@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   }
   app.set_version_flag("--version", version);
   mamba2::cli::add_init(app);
+  mamba2::cli::add_quantize(app);
   mamba2::cli::add_info(app);
   mamba2::cli::add_logits(app);
   mamba2::cli::add_generate(app);

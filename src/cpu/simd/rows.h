@@ -9,9 +9,9 @@
 // set: 32 lanes, lane l taking the products of columns j ≡ l (mod 32) below k rounded down to 32
 // as one fused multiply-add chain in order of j; then (lane l + lane l+16) for l < 16, added
 // left to right; then the remaining columns as fused multiply-adds in order. The scalar file is
-// the reference the vector files equal bit for bit. bf16 weights are widened exactly and Q8_0
-// blocks dequantized exactly (d·q is exact in fp32), so each weight type computes the fp32
-// arithmetic on its widened weights.
+// the reference the vector files equal bit for bit. bf16 weights are widened exactly and Q8_0 and
+// Q4_0 blocks dequantized exactly (a block is one 32-column step; d·q is exact in fp32), so each
+// weight type computes the fp32 arithmetic on its widened weights.
 #pragma once
 #include <cstdint>
 
@@ -26,10 +26,12 @@ using RowsFn = void (*)(const float* x, int64_t ldx, const Wt* W, float* y, int6
 
 struct RowKernels {
   Isa isa;
-  // [0]: one row of x, [1]: two, [2]: four. W is (n, k): floats, bf16 bits, or k/32 Q8_0 blocks a row.
+  // [0]: one row of x, [1]: two, [2]: four. W is (n, k): floats, bf16 bits, or k/32 Q8_0 or Q4_0
+  // blocks a row.
   RowsFn<float> f32[3];
   RowsFn<uint16_t> bf16[3];
   RowsFn<Q8Block> q8[3];
+  RowsFn<Q4Block> q4[3];
 };
 
 // The row kernels of an instruction set (which must be available: see available_isas()).

@@ -28,6 +28,13 @@ struct V {
     const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d));
   }
+  static void load_q4(const uint8_t* qs, float d, R& lo, R& hi) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    const __m512i eight = _mm512_set1_epi32(8);
+    const __m512 dv = _mm512_set1_ps(d);
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, _mm512_set1_epi32(15)), eight)), dv);
+    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight)), dv);
+  }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static void store(float* p, R a) { _mm512_storeu_ps(p, a); }

@@ -4,7 +4,8 @@
 // No #include here: the including file has <cmath> and <cstring> and the rows.h declarations.
 //
 // V provides: R (16 fp32 lanes); zero(); load(const float*), load(const uint16_t*) (bf16 bits,
-// widened), load_q8(const int8_t*, float d) (16 values · d); fma(a, b, c) = a·b + c rounded
+// widened), load_q8(const int8_t*, float d) (16 values · d), load_q4(const uint8_t* qs, float d)
+// ((low nibbles − 8) · d, high nibbles likewise: two R); fma(a, b, c) = a·b + c rounded
 // once; add(a, b); store(float*, R); half(uint16_t) (fp16 → fp32); prefetch(const char*).
 
 constexpr int64_t kPrefetchBytes = 4096;  // swept 512–8192 on the 130m's decode: 4 KB and up hold the best
@@ -47,17 +48,29 @@ inline void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t 
   }
 }
 
-// Q8_0: a block is the 32 lanes of one step; its scale widened once.
-template <int MI>
-inline void row_dot(const float* x, int64_t ldx, const Q8Block* w, float* y, int64_t ldy, int64_t k) {
+// Q8_0 and Q4_0: a block is the 32 lanes of one step; its scale widened once.
+inline void widen_block(const Q8Block& blk, typename V::R& w0, typename V::R& w1) {
+  const float d = V::half(blk.d);
+  w0 = V::load_q8(blk.q, d);
+  w1 = V::load_q8(blk.q + 16, d);
+}
+inline void widen_block(const Q4Block& blk, typename V::R& w0, typename V::R& w1) {
+  V::load_q4(blk.qs, V::half(blk.d), w0, w1);
+}
+
+template <int MI, class Block>
+inline void block_dot(const float* x, int64_t ldx, const Block* w, float* y, int64_t ldy, int64_t k) {
   typename V::R acc0[MI], acc1[MI];
   for (int i = 0; i < MI; ++i) acc0[i] = acc1[i] = V::zero();
-  const int64_t blocks = k / kQ8BlockSize;
+  const int64_t blocks = k / kQuantBlock;
+  // A line a step for Q8_0 (prefetching every 34-byte block is one instruction too many), or
+  // every 64 bytes of Q4_0's 18-byte blocks.
+  constexpr int64_t kEvery = sizeof(Block) > 32 ? 2 : 4;
   for (int64_t b = 0; b < blocks; ++b) {
-    if ((b & 1) == 0) V::prefetch(reinterpret_cast<const char*>(w + b) + kPrefetchBytes);  // a line per 2 blocks
-    const float d = V::half(w[b].d);
-    const typename V::R w0 = V::load_q8(w[b].q, d), w1 = V::load_q8(w[b].q + 16, d);
-    const float* xb = x + b * kQ8BlockSize;
+    if (b % kEvery == 0) V::prefetch(reinterpret_cast<const char*>(w + b) + kPrefetchBytes);
+    typename V::R w0, w1;
+    widen_block(w[b], w0, w1);
+    const float* xb = x + b * kQuantBlock;
     for (int i = 0; i < MI; ++i) {
       acc0[i] = V::fma(w0, V::load(xb + i * ldx), acc0[i]);
       acc1[i] = V::fma(w1, V::load(xb + i * ldx + 16), acc1[i]);
@@ -65,10 +78,19 @@ inline void row_dot(const float* x, int64_t ldx, const Q8Block* w, float* y, int
   }
   for (int i = 0; i < MI; ++i) y[i * ldy] = lanes_sum(acc0[i], acc1[i]);
 }
+template <int MI>
+inline void row_dot(const float* x, int64_t ldx, const Q8Block* w, float* y, int64_t ldy, int64_t k) {
+  block_dot<MI>(x, ldx, w, y, ldy, k);
+}
+template <int MI>
+inline void row_dot(const float* x, int64_t ldx, const Q4Block* w, float* y, int64_t ldy, int64_t k) {
+  block_dot<MI>(x, ldx, w, y, ldy, k);
+}
 
 inline const float* w_row(const float* W, int64_t r, int64_t k) { return W + r * k; }
 inline const uint16_t* w_row(const uint16_t* W, int64_t r, int64_t k) { return W + r * k; }
-inline const Q8Block* w_row(const Q8Block* W, int64_t r, int64_t k) { return W + r * (k / kQ8BlockSize); }
+inline const Q8Block* w_row(const Q8Block* W, int64_t r, int64_t k) { return W + r * (k / kQuantBlock); }
+inline const Q4Block* w_row(const Q4Block* W, int64_t r, int64_t k) { return W + r * (k / kQuantBlock); }
 
 template <int MI, class Wt>
 void band(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
@@ -80,5 +102,6 @@ RowKernels make_row_kernels(Isa isa) {
   return RowKernels{isa,
                     {band<1, float>, band<2, float>, band<4, float>},
                     {band<1, uint16_t>, band<2, uint16_t>, band<4, uint16_t>},
-                    {band<1, Q8Block>, band<2, Q8Block>, band<4, Q8Block>}};
+                    {band<1, Q8Block>, band<2, Q8Block>, band<4, Q8Block>},
+                    {band<1, Q4Block>, band<2, Q4Block>, band<4, Q4Block>}};
 }

@@ -22,11 +22,19 @@ struct V {
     return {{vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(a), 16)), vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(a), 16)),
              vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(b), 16)), vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(b), 16))}};
   }
-  static R load_q8(const int8_t* p, float d) {
-    const int8x16_t q = vld1q_s8(p);
+  static R load_q8(const int8_t* p, float d) { return widen_s8(vld1q_s8(p), d); }
+  static R widen_s8(int8x16_t q, float d) {
     const int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_s8(vget_high_s8(q));
     return {{vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), d), vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo))), d),
              vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), d), vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi))), d)}};
+  }
+  static void load_q4(const uint8_t* qs, float d, R& lo, R& hi) {
+    const uint8x16_t b = vld1q_u8(qs);
+    const int8x16_t eight = vdupq_n_s8(8);
+    const int8x16_t l = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(15))), eight);
+    const int8x16_t h = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight);
+    lo = widen_s8(l, d);
+    hi = widen_s8(h, d);
   }
   static R fma(R a, R b, R c) {
     for (int q = 0; q < 4; ++q) c.v[q] = vfmaq_f32(c.v[q], a.v[q], b.v[q]);

@@ -29,6 +29,12 @@ struct V {
     for (int l = 0; l < 16; ++l) r.v[l] = float(p[l]) * d;
     return r;
   }
+  static void load_q4(const uint8_t* qs, float d, R& lo, R& hi) {
+    for (int l = 0; l < 16; ++l) {
+      lo.v[l] = float(int(qs[l] & 15) - 8) * d;
+      hi.v[l] = float(int(qs[l] >> 4) - 8) * d;
+    }
+  }
   static R fma(R a, R b, R c) {
     for (int l = 0; l < 16; ++l) c.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
     return c;

@@ -1,0 +1,197 @@
+// `mamba2 quantize` and the block-quantized safetensors layout (io/safetensors.h): the file holds
+// the blocks byte for byte as Tensor::to makes them, under the documented header; a quantized
+// model loads them in place and gives bit for bit what quantizing at load time (--dtype) gives;
+// bad files and flags are refused naming what is wrong, and nothing is overwritten.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "io/npy.h"
+#include "io/safetensors.h"
+#include "mamba2/error.h"
+#include "mamba2/model.h"
+#include "model/weights.h"
+#include "test_support.h"
+
+namespace mamba2 {
+namespace {
+
+namespace fs = std::filesystem;
+using test::CliResult;
+using test::run_cli;
+using test::shell_quote;
+using test::TempDir;
+
+const fs::path kGolden = fs::path(MAMBA2_FIXTURES_DIR) / "golden";
+
+std::string q(const fs::path& p) { return shell_quote(p.string()); }
+
+// The header of a safetensors file as JSON, read here by hand (8-byte little-endian length).
+nlohmann::json header_of(const fs::path& file) {
+  const std::string bytes = test::read_file(file);
+  uint64_t len = 0;
+  for (int i = 7; i >= 0; --i) len = (len << 8) | uint8_t(bytes[size_t(i)]);
+  return nlohmann::json::parse(bytes.substr(8, len));
+}
+
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+TEST(QuantizedSafetensors, BlocksAreStoredAsU8RowsOfBlocksAndReadBackInPlace) {
+  TempDir tmp;
+  const int64_t rows = 6, k = 96;
+  const auto w = randn(size_t(rows * k), 1);
+  const auto norm = randn(size_t(k), 2);
+  for (DType dt : {DType::Q8_0, DType::Q4_0}) {
+    const int64_t block_bytes = dt == DType::Q8_0 ? 34 : 18;
+    const fs::path file = tmp / (std::string(dtype_name(dt)) + ".safetensors");
+    write_safetensors(file, {{"m.weight", dt, {rows, k}, w.data()}, {"n.weight", DType::F32, {k}, norm.data()}});
+    const nlohmann::json h = header_of(file);
+    EXPECT_EQ(h["__metadata__"]["mamba2.quantization"], dt == DType::Q8_0 ? "q8_0" : "q4_0");
+    EXPECT_EQ(h["m.weight"]["dtype"], "U8");
+    EXPECT_EQ(h["m.weight"]["shape"], nlohmann::json({rows, k / 32, block_bytes}));
+    EXPECT_EQ(h["n.weight"]["dtype"], "F32");
+
+    const TensorArchive a = read_safetensors(file);
+    const StoredTensor* m = a.find("m.weight");
+    ASSERT_NE(m, nullptr);
+    EXPECT_EQ(m->dtype, dt);
+    EXPECT_EQ(m->shape, (std::vector<int64_t>{rows, k}));
+    Tensor src = Tensor::empty({rows, k});
+    std::copy(w.begin(), w.end(), src.data());
+    const Tensor want = src.to(Device::CPU, dt);
+    ASSERT_EQ(m->nbytes, want.nbytes());
+    EXPECT_EQ(std::memcmp(m->data, want.raw(), want.nbytes()), 0) << dtype_name(dt);
+  }
+  // One block format a file.
+  EXPECT_THROW(write_safetensors(tmp / "mixed.safetensors",
+                                 {{"a", DType::Q8_0, {rows, k}, w.data()}, {"b", DType::Q4_0, {rows, k}, w.data()}}),
+               Error);
+  // Rows that are not whole blocks.
+  EXPECT_THROW(write_safetensors(tmp / "odd.safetensors", {{"a", DType::Q8_0, {2, 40}, w.data()}}), Error);
+}
+
+// A file written by hand: header JSON and data bytes.
+void write_raw(const fs::path& file, const nlohmann::json& header, size_t data_bytes) {
+  std::string text = header.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[size_t(i)] = char(uint64_t(text.size()) >> (8 * i));
+  bytes += text + std::string(data_bytes, '\0');
+  test::write_file(file, bytes);
+}
+
+void expect_refused(const fs::path& file, const std::string& needle) {
+  try {
+    read_safetensors(file);
+    ADD_FAILURE() << "read: " << file;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(QuantizedSafetensors, BadBlockHeadersAreRefused) {
+  TempDir tmp;
+  const nlohmann::json q8 = {{"mamba2.quantization", "q8_0"}};
+  // U8 without the metadata that names the blocks.
+  write_raw(tmp / "a", {{"w", {{"dtype", "U8"}, {"shape", {2, 1, 34}}, {"data_offsets", {0, 68}}}}}, 68);
+  expect_refused(tmp / "a", "unsupported dtype U8");
+  // An unknown block format.
+  write_raw(tmp / "b", {{"__metadata__", {{"mamba2.quantization", "q3_k"}}},
+                        {"w", {{"dtype", "U8"}, {"shape", {2, 1, 34}}, {"data_offsets", {0, 68}}}}}, 68);
+  expect_refused(tmp / "b", "mamba2.quantization");
+  // A last dimension that is not the block's bytes.
+  write_raw(tmp / "c", {{"__metadata__", q8}, {"w", {{"dtype", "U8"}, {"shape", {2, 2, 17}}, {"data_offsets", {0, 68}}}}},
+            68);
+  expect_refused(tmp / "c", "the last dimension must be the block's 34 bytes");
+  // An odd offset (the blocks' fp16 scales would be misaligned).
+  write_raw(tmp / "e", {{"__metadata__", q8},
+                        {"p", {{"dtype", "F16"}, {"shape", {1}}, {"data_offsets", {0, 2}}}},
+                        {"q", {{"dtype", "U8"}, {"shape", {1, 1, 34}}, {"data_offsets", {3, 37}}}}},
+            37);
+  expect_refused(tmp / "e", "even offset");
+  // A shape larger than the file.
+  write_raw(tmp / "f", {{"__metadata__", q8},
+                        {"w", {{"dtype", "U8"}, {"shape", {int64_t(1) << 40, 1, 34}}, {"data_offsets", {0, 68}}}}},
+            68);
+  expect_refused(tmp / "f", "more bytes than the data section");
+}
+
+std::vector<double> logits_of(const fs::path& model, const fs::path& out, const std::string& extra) {
+  const CliResult r = run_cli("logits --model " + q(model) + " --ids 3,1,4,1,5,9,2,6 --out " + q(out) + " " + extra);
+  EXPECT_TRUE(r.exited && r.code == 0) << r.err;
+  return r.code == 0 ? read_npy(out).data : std::vector<double>{};
+}
+
+// The quantized model gives exactly the logits of quantizing at load time (the same blocks, the
+// same kernels), in its own format by default; its projections are the stored blocks in place.
+TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
+  TempDir tmp;
+  const fs::path src = kGolden / "hf_fp32_g2_dtlimit" / "model";
+  for (const std::string type : {"q8", "q4", "bf16"}) {
+    SCOPED_TRACE(type);
+    const fs::path out = tmp / type;
+    const CliResult r = run_cli("quantize --model " + q(src) + " --type " + type + " --out " + q(out));
+    ASSERT_TRUE(r.exited && r.code == 0) << r.err;
+    const nlohmann::json h = header_of(out / "model.safetensors");
+    const std::string matrix = type == "bf16" ? "BF16" : "U8";
+    EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["dtype"], matrix);
+    EXPECT_EQ(h["backbone.layers.0.mixer.out_proj.weight"]["dtype"], matrix);
+    EXPECT_EQ(h["backbone.embeddings.weight"]["dtype"], matrix);
+    for (const char* f32 : {"backbone.layers.0.mixer.A_log", "backbone.layers.0.mixer.D", "backbone.layers.0.mixer.dt_bias",
+                            "backbone.layers.0.mixer.conv1d.weight", "backbone.layers.0.norm.weight", "backbone.norm_f.weight"})
+      EXPECT_EQ(h[f32]["dtype"], "F32") << f32;
+    const std::vector<double> got = logits_of(out, tmp / (type + "_got.npy"), "");
+    const std::vector<double> want = logits_of(src, tmp / (type + "_want.npy"), "--dtype " + type);
+    ASSERT_EQ(got.size(), want.size());
+    ASSERT_FALSE(got.empty());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(double)), 0);
+    if (type != "bf16") {
+      const Model m = Model::load(out);
+      EXPECT_EQ(m.dtype(), type == "q8" ? DType::Q8_0 : DType::Q4_0);
+      EXPECT_EQ(m.weights().layers[1].in_proj.dtype(), m.dtype());
+      EXPECT_EQ(m.to(Device::CPU, m.dtype()).weights().layers[1].in_proj.raw(), m.weights().layers[1].in_proj.raw())
+          << "placing a quantized model in its own format copied it";
+      EXPECT_EQ(m.fingerprint().size(), 16u);
+      // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels.
+      const std::vector<double> widened = logits_of(out, tmp / (type + "_f32.npy"), "--dtype f32");
+      ASSERT_EQ(widened.size(), got.size());
+      EXPECT_EQ(std::memcmp(widened.data(), got.data(), got.size() * sizeof(double)), 0);
+    }
+  }
+}
+
+TEST(CliQuantize, BadRequestsAreRefusedAndNothingIsOverwritten) {
+  TempDir tmp;
+  const fs::path src = kGolden / "hf_fp32_g2_dtlimit" / "model";
+  const fs::path copy = tmp / "copy";
+  fs::copy(src, copy, fs::copy_options::recursive);
+  const std::string before = test::read_file(copy / "model.safetensors");
+  auto refused = [](const CliResult& r, const std::string& needle) {
+    ASSERT_TRUE(r.exited) << r.err;
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  };
+  refused(run_cli("quantize --model " + q(copy) + " --type q2 --out " + q(tmp / "x")), "--type must be bf16, q8 or q4");
+  refused(run_cli("quantize --model " + q(copy) + " --type q8 --out " + q(copy) + " --force"), "is the --model folder");
+  EXPECT_EQ(test::read_file(copy / "model.safetensors"), before);
+  ASSERT_EQ(run_cli("quantize --model " + q(copy) + " --type q8 --out " + q(tmp / "o")).code, 0);
+  const std::string written = test::read_file(tmp / "o" / "model.safetensors");
+  refused(run_cli("quantize --model " + q(copy) + " --type q4 --out " + q(tmp / "o")), "--force");
+  EXPECT_EQ(test::read_file(tmp / "o" / "model.safetensors"), written);
+  // Rows that are not whole blocks: d_model 40 (d_inner 80).
+  const fs::path odd = tmp / "odd";
+  const CliResult init =
+      run_cli("init --preset 130m --d-model 40 --headdim 16 --n-layer 1 --vocab-size 64 --out " + q(odd));
+  ASSERT_EQ(init.code, 0) << init.err;
+  refused(run_cli("quantize --model " + q(odd) + " --type q4 --out " + q(tmp / "odd_q4")), "multiples of 32");
+}
+
+}  // namespace
+}  // namespace mamba2
