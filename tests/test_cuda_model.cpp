@@ -322,8 +322,8 @@ TEST(CudaCli, BadDeviceAndDtypeAreRefused) {
       {"--device cuda:99", cuda::built() ? "[cuda] device 99 does not exist" : "[cuda] this build has no CUDA backend"},
       {"--device tpu", "[cli] --device: 'tpu' is not cpu, cuda or cuda:N"},
       {"--device cuda:x", "[cli] --device: 'cuda:x' is not cpu, cuda or cuda:N"},
-      {"--device cpu --dtype f16", "[cli] --dtype f16: the CPU takes f32, bf16 or q8 weights"},
-      {"--dtype f64", "[cli] --dtype: 'f64' is not f32, bf16, f16 or q8"},
+      {"--device cpu --dtype f16", "[cli] --dtype f16: the CPU takes f32, bf16, q8 or q4 weights"},
+      {"--dtype f64", "[cli] --dtype: 'f64' is not f32, bf16, f16, q8 or q4"},
   };
   for (const Case& c : cases) {
     const test::CliResult r = test::run_cli(base + c.flags, "MAMBA2_DEVICE=cpu");
