@@ -112,8 +112,9 @@ TEST(LinearTiled, CloseToTheDoubleSum) {
 }
 
 // The streaming (decode) kernel's order, as cpu/simd/rows.h defines it: 32 lanes of fma chains
-// over the whole 32-column steps, lanes l and l+16 added, the 16 sums left to right, then the
-// remaining columns as fmas. W here is fp32 (the weights already widened).
+// over the whole 32-column steps, lanes l and l+16 added, the 16 sums halved four times (lane l +
+// lane l+w for w = 8, 4, 2, 1), then the remaining columns as fmas. W here is fp32 (the weights
+// already widened).
 std::vector<float> lane_sums(const std::vector<float>& x, int64_t ldx, const std::vector<float>& W, int64_t m,
                              int64_t n, int64_t k) {
   std::vector<float> y(size_t(m * n));
@@ -123,8 +124,11 @@ std::vector<float> lane_sums(const std::vector<float>& x, int64_t ldx, const std
       float lane[32] = {};
       for (int64_t p = 0; p < whole; ++p)
         lane[p % 32] = std::fma(W[size_t(j * k + p)], x[size_t(i * ldx + p)], lane[p % 32]);
-      float s = 0.0f;
-      for (int l = 0; l < 16; ++l) s += lane[l] + lane[l + 16];
+      float t[16];
+      for (int l = 0; l < 16; ++l) t[l] = lane[l] + lane[l + 16];
+      for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) t[l] += t[l + w];
+      float s = t[0];
       for (int64_t p = whole; p < k; ++p) s = std::fma(W[size_t(j * k + p)], x[size_t(i * ldx + p)], s);
       y[size_t(i * n + j)] = s;
     }

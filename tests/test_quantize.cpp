@@ -69,10 +69,13 @@ TEST(QuantizedSafetensors, BlocksAreStoredAsU8RowsOfBlocksAndReadBackInPlace) {
     ASSERT_EQ(m->nbytes, want.nbytes());
     EXPECT_EQ(std::memcmp(m->data, want.raw(), want.nbytes()), 0) << dtype_name(dt);
   }
-  // One block format a file.
-  EXPECT_THROW(write_safetensors(tmp / "mixed.safetensors",
-                                 {{"a", DType::Q8_0, {rows, k}, w.data()}, {"b", DType::Q4_0, {rows, k}, w.data()}}),
-               Error);
+  // Both formats in one file (a q4 model's embedding is q8): each tensor's block size names its own.
+  write_safetensors(tmp / "mixed.safetensors",
+                    {{"a", DType::Q8_0, {rows, k}, w.data()}, {"b", DType::Q4_0, {rows, k}, w.data()}});
+  EXPECT_EQ(header_of(tmp / "mixed.safetensors")["__metadata__"]["mamba2.quantization"], "q4_0");
+  const TensorArchive mixed = read_safetensors(tmp / "mixed.safetensors");
+  EXPECT_EQ(mixed.find("a")->dtype, DType::Q8_0);
+  EXPECT_EQ(mixed.find("b")->dtype, DType::Q4_0);
   // Rows that are not whole blocks.
   EXPECT_THROW(write_safetensors(tmp / "odd.safetensors", {{"a", DType::Q8_0, {2, 40}, w.data()}}), Error);
 }
@@ -109,7 +112,7 @@ TEST(QuantizedSafetensors, BadBlockHeadersAreRefused) {
   // A last dimension that is not the block's bytes.
   write_raw(tmp / "c", {{"__metadata__", q8}, {"w", {{"dtype", "U8"}, {"shape", {2, 2, 17}}, {"data_offsets", {0, 68}}}}},
             68);
-  expect_refused(tmp / "c", "the last dimension must be the block's 34 bytes");
+  expect_refused(tmp / "c", "the last dimension must be a block's bytes");
   // An odd offset (the blocks' fp16 scales would be misaligned).
   write_raw(tmp / "e", {{"__metadata__", q8},
                         {"p", {{"dtype", "F16"}, {"shape", {1}}, {"data_offsets", {0, 2}}}},
@@ -144,6 +147,10 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
     EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["dtype"], matrix);
     EXPECT_EQ(h["backbone.layers.0.mixer.out_proj.weight"]["dtype"], matrix);
     EXPECT_EQ(h["backbone.embeddings.weight"]["dtype"], matrix);
+    if (type != "bf16") {  // q4 keeps the (tied) embedding and head in q8_0 blocks
+      EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["shape"].back(), type == "q8" ? 34 : 18);
+      EXPECT_EQ(h["backbone.embeddings.weight"]["shape"].back(), 34);
+    }
     for (const char* f32 : {"backbone.layers.0.mixer.A_log", "backbone.layers.0.mixer.D", "backbone.layers.0.mixer.dt_bias",
                             "backbone.layers.0.mixer.conv1d.weight", "backbone.layers.0.norm.weight", "backbone.norm_f.weight"})
       EXPECT_EQ(h[f32]["dtype"], "F32") << f32;
@@ -156,6 +163,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
       const Model m = Model::load(out);
       EXPECT_EQ(m.dtype(), type == "q8" ? DType::Q8_0 : DType::Q4_0);
       EXPECT_EQ(m.weights().layers[1].in_proj.dtype(), m.dtype());
+      EXPECT_EQ(m.weights().embedding.dtype(), DType::Q8_0);
       EXPECT_EQ(m.to(Device::CPU, m.dtype()).weights().layers[1].in_proj.raw(), m.weights().layers[1].in_proj.raw())
           << "placing a quantized model in its own format copied it";
       EXPECT_EQ(m.fingerprint().size(), 16u);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <set>
 
 #include "io/atomic_file.h"
@@ -29,14 +28,13 @@ bool parse_dtype(const std::string& s, DType& out) {
   return false;
 }
 
-// The block format a file's U8 tensors hold (its __metadata__ "mamba2.quantization"), if any.
-std::optional<DType> block_format(const json& header, const std::string& fname) {
+// Whether the file's U8 tensors are rows of blocks: its __metadata__ names a block format.
+bool holds_blocks(const json& header, const std::string& fname) {
   const auto meta = header.find("__metadata__");
-  if (meta == header.end() || !meta->is_object()) return std::nullopt;
+  if (meta == header.end() || !meta->is_object()) return false;
   const auto q = meta->find(kQuantizationKey);
-  if (q == meta->end()) return std::nullopt;
-  if (q->is_string() && q->get<std::string>() == "q8_0") return DType::Q8_0;
-  if (q->is_string() && q->get<std::string>() == "q4_0") return DType::Q4_0;
+  if (q == meta->end()) return false;
+  if (q->is_string() && (q->get<std::string>() == "q8_0" || q->get<std::string>() == "q4_0")) return true;
   fail("[safetensors] {}: __metadata__ {} is {}, not \"q8_0\" or \"q4_0\"", fname, kQuantizationKey, q->dump());
 }
 
@@ -59,7 +57,7 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
   const json header = parse_json(std::string_view(hdr, header_len), "[safetensors] " + fname + ": header");
   if (!header.is_object()) fail("[safetensors] {}: header is not a JSON object", fname);
 
-  const std::optional<DType> blocks = block_format(header, fname);
+  const bool blocks = holds_blocks(header, fname);
   const unsigned char* data = file.data() + 8 + header_len;
   const uint64_t data_size = size - 8 - header_len;
   std::vector<StoredTensor> tensors;
@@ -81,9 +79,15 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
     t.name = name;
     t.file = fname;
     const bool packed = dt->get<std::string>() == "U8" && blocks;  // rows of blocks, see safetensors.h
-    if (packed)
-      t.dtype = *blocks;
-    else if (!parse_dtype(dt->get<std::string>(), t.dtype))
+    if (packed) {
+      // The block's size names its format.
+      const uint64_t last = sh != entry.end() && sh->is_array() && !sh->empty() && sh->back().is_number_unsigned()
+                                ? sh->back().get<uint64_t>() : 0;
+      if (last != sizeof(Q8Block) && last != sizeof(Q4Block))
+        fail("[safetensors] {}: tensor '{}' of blocks has shape {}: the last dimension must be a block's bytes, 34 "
+             "(q8_0) or 18 (q4_0)", fname, name, sh != entry.end() ? sh->dump() : "none");
+      t.dtype = last == sizeof(Q8Block) ? DType::Q8_0 : DType::Q4_0;
+    } else if (!parse_dtype(dt->get<std::string>(), t.dtype))
       fail("[safetensors] {}: tensor '{}' has unsupported dtype {} (F32, F16, BF16 are supported, and U8 blocks "
            "in a file whose __metadata__ names their format)", fname, name, dt->get<std::string>());
     if (sh == entry.end() || !sh->is_array()) fail("[safetensors] {}: tensor '{}': missing shape", fname, name);
@@ -104,9 +108,9 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
     uint64_t nbytes = numel;
     if (packed) {
       // (..., blocks, block bytes) of bytes is (..., blocks · 32) elements.
-      if (t.shape.size() < 2 || uint64_t(t.shape.back()) != block_bytes(t.dtype))
-        fail("[safetensors] {}: tensor '{}' of {} blocks has shape {}: the last dimension must be the block's {} bytes",
-             fname, name, dtype_name(t.dtype), sh->dump(), block_bytes(t.dtype));
+      if (t.shape.size() < 2)
+        fail("[safetensors] {}: tensor '{}' of {} blocks has shape {}: rows of blocks are (..., k/32, {})", fname,
+             name, dtype_name(t.dtype), sh->dump(), block_bytes(t.dtype));
       if (numel > data_size)
         fail("[safetensors] {}: tensor '{}': shape {} needs more bytes than the data section's {}", fname, name,
              sh->dump(), data_size);
@@ -207,15 +211,10 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
 
   json header = json::object();
   std::map<std::string, std::string> meta = metadata;
-  std::optional<DType> blocks;  // the one block format of the file's quantized tensors
-  for (const auto& t : tensors) {
-    if (!is_quantized(t.dtype)) continue;
-    if (blocks && *blocks != t.dtype)
-      fail("[safetensors] {}: one file holds one block format, not both {} and {}", fname, dtype_name(*blocks),
-           dtype_name(t.dtype));
-    blocks = t.dtype;
-  }
-  if (blocks) meta[kQuantizationKey] = *blocks == DType::Q8_0 ? "q8_0" : "q4_0";
+  // The file's nominal format: the narrowest of its block formats.
+  const auto has = [&](DType d) { return std::any_of(tensors.begin(), tensors.end(), [&](auto& t) { return t.dtype == d; }); };
+  if (has(DType::Q4_0)) meta[kQuantizationKey] = "q4_0";
+  else if (has(DType::Q8_0)) meta[kQuantizationKey] = "q8_0";
   if (!meta.empty()) header["__metadata__"] = meta;
   uint64_t offset = 0;
   std::vector<uint64_t> counts;

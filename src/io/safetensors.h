@@ -16,10 +16,11 @@ TensorArchive read_safetensors_index(const std::filesystem::path& index_path);
 
 // Block-quantized tensors (Q8_0, Q4_0: core/dtype.h), as `mamba2 quantize` writes them: a tensor
 // of logical shape (..., k) is stored as dtype U8 with shape (..., k / 32, B), its rows of blocks
-// byte for byte as the CPU kernels read them (B = 34 for Q8_0, 18 for Q4_0; the fp16 scale first,
-// little-endian), at an even offset; the file's __metadata__ names the format: "mamba2.quantization":
-// "q8_0" or "q4_0" (one format a file). Readers present such a tensor in its logical shape and
-// block dtype, memory-mapped like the others.
+// byte for byte as the CPU kernels read them, at an even offset; B names the format: 34 for Q8_0,
+// 18 for Q4_0 (the fp16 scale first, little-endian). U8 tensors are blocks only in a file whose
+// __metadata__ has "mamba2.quantization": "q8_0" or "q4_0" (the file's narrowest format; a q4_0
+// model keeps its embedding and head in q8_0). Readers present such a tensor in its logical shape
+// and block dtype, memory-mapped like the others.
 inline constexpr const char* kQuantizationKey = "mamba2.quantization";
 
 struct TensorToWrite {

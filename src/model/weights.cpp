@@ -43,10 +43,6 @@ class Loader {
       if (!matrix)
         fail("[weights] tensor '{}' in {} is {}: only the projection matrices may be block-quantized", t->name,
              t->file, dtype_name(t->dtype));
-      if (!blocks_) blocks_ = t->dtype;
-      if (*blocks_ != t->dtype)
-        fail("[weights] tensor '{}' in {} is {}, the other projections {}: one block format a model", t->name,
-             t->file, dtype_name(t->dtype), dtype_name(*blocks_));
       return Tensor::borrow(t->data, shape, t->dtype, owner_);  // even offsets: the blocks' scales are aligned
     }
     Tensor out = Tensor::empty(shape);
@@ -70,7 +66,6 @@ class Loader {
   const TensorArchive& archive_;
   std::shared_ptr<const TensorArchive> owner_;
   std::set<std::string> used_;
-  std::optional<DType> blocks_;
 };
 
 }  // namespace
@@ -114,24 +109,27 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
 }
 
 DType stored_matrix_dtype(const ModelWeights& w) {
-  if (is_quantized(w.embedding.dtype())) return w.embedding.dtype();
   for (const LayerWeights& l : w.layers)
     for (const Tensor* t : {&l.in_proj, &l.out_proj})
       if (is_quantized(t->dtype())) return t->dtype();
-  return is_quantized(w.lm_head.dtype()) ? w.lm_head.dtype() : DType::F32;
+  for (const Tensor* t : {&w.embedding, &w.lm_head})
+    if (is_quantized(t->dtype())) return t->dtype();
+  return DType::F32;
 }
+
+DType vocab_matrix_dtype(DType dtype) { return dtype == DType::Q4_0 ? DType::Q8_0 : dtype; }
 
 ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype) {
   auto f32 = [&](const Tensor& t) { return t.to(device, DType::F32); };
   auto matrix = [&](const Tensor& t) { return t.to(device, dtype); };
   ModelWeights out;
   out.embedding_name = w.embedding_name;
-  out.embedding = matrix(w.embedding);
+  out.embedding = w.embedding.to(device, vocab_matrix_dtype(dtype));
   for (const LayerWeights& l : w.layers)
     out.layers.push_back({f32(l.norm), matrix(l.in_proj), f32(l.conv_w), f32(l.conv_b), f32(l.dt_bias), f32(l.A_log),
                           f32(l.D), f32(l.gate_norm), matrix(l.out_proj)});
   out.norm_f = f32(w.norm_f);
-  out.lm_head = w.lm_head.raw() == w.embedding.raw() ? out.embedding : matrix(w.lm_head);
+  out.lm_head = w.lm_head.raw() == w.embedding.raw() ? out.embedding : w.lm_head.to(device, vocab_matrix_dtype(dtype));
   return out;
 }
 
@@ -240,13 +238,14 @@ void save_model(const std::filesystem::path& dir, const ModelConfig& config, con
     widened = place_weights(weights, Device::CPU, DType::F32);
     w = &widened;
   }
-  std::set<const Tensor*> matrices{&w->embedding, &w->lm_head};
-  for (const LayerWeights& l : w->layers) matrices.insert({&l.in_proj, &l.out_proj});
+  std::set<const Tensor*> projections, vocab{&w->embedding, &w->lm_head};
+  for (const LayerWeights& l : w->layers) projections.insert({&l.in_proj, &l.out_proj});
   std::vector<TensorToWrite> tensors;
   for (const auto& nt : hf_named_tensors(*w, config)) {
-    const bool matrix = matrices.count(nt.tensor) > 0;
-    tensors.push_back({nt.name, matrix_dtype ? (matrix ? *matrix_dtype : DType::F32) : dtype, nt.stored_shape,
-                       nt.tensor->data()});
+    DType as = dtype;
+    if (matrix_dtype)
+      as = projections.count(nt.tensor) ? *matrix_dtype : vocab.count(nt.tensor) ? vocab_matrix_dtype(*matrix_dtype) : DType::F32;
+    tensors.push_back({nt.name, as, nt.stored_shape, nt.tensor->data()});
   }
   write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
   ModelConfig written = config;

@@ -42,8 +42,11 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const Mo
 
 // The weights on `device`, converted once: the projection matrices (embedding, in_proj,
 // out_proj, the head) in `dtype`, every other tensor fp32 (norms, conv, dt_bias, A_log, D). A
-// tied head stays one buffer with the embedding.
+// tied head stays one buffer with the embedding. Q4_0 keeps the embedding and head in Q8_0
+// (vocab_matrix_dtype), as llama.cpp's q4_0 files keep their output matrix at 6 bits: 4-bit
+// logits cost more than the whole rest of the model's quantization.
 ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype);
+DType vocab_matrix_dtype(DType dtype);
 
 // Opens the weight files of a model folder: model.safetensors.index.json, model.safetensors
 // or pytorch_model.bin, in that order.
@@ -69,12 +72,13 @@ std::string model_fingerprint(const ModelConfig& config, const ModelWeights& wei
 
 // Writes config.json and model.safetensors (Hugging Face layout, `dtype`) into `dir`, each file
 // replaced atomically. With `matrix_dtype` (`mamba2 quantize`): the projection matrices (embedding,
-// in_proj, out_proj, an untied head) in it — BF16, or Q8_0 / Q4_0 blocks (io/safetensors.h) — and
-// every other tensor (norms, conv, dt_bias, A_log, D) in F32.
+// in_proj, out_proj, an untied head) in it — BF16, or Q8_0 / Q4_0 blocks (io/safetensors.h; the
+// embedding and head as place_weights keeps them) — and every other tensor (norms, conv,
+// dt_bias, A_log, D) in F32.
 void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype,
                 std::optional<DType> matrix_dtype = std::nullopt);
 
-// The block format of the projection matrices as loaded (a quantized checkpoint's are used in
+// The block format of the in/out projections as loaded (a quantized checkpoint's are used in
 // place, memory-mapped), or F32.
 DType stored_matrix_dtype(const ModelWeights& weights);
 

@@ -7,8 +7,9 @@
 // A band computes y[i·ldy + r] = row r of W · row i of x for r in [r_begin, r_end), i < mi rows
 // (mi = 1, 2 or 4), every element summed the same way whatever mi, the band or the instruction
 // set: 32 lanes, lane l taking the products of columns j ≡ l (mod 32) below k rounded down to 32
-// as one fused multiply-add chain in order of j; then (lane l + lane l+16) for l < 16, added
-// left to right; then the remaining columns as fused multiply-adds in order. The scalar file is
+// as one fused multiply-add chain in order of j; then t_l = lane l + lane l+16 for l < 16, halved
+// four times (t_l ← t_l + t_{l+w} for l < w, w = 8, 4, 2, 1); then the remaining columns as fused
+// multiply-adds in order from t_0. The scalar file is
 // the reference the vector files equal bit for bit. bf16 weights are widened exactly and Q8_0 and
 // Q4_0 blocks dequantized exactly (a block is one 32-column step; d·q is exact in fp32), so each
 // weight type computes the fp32 arithmetic on its widened weights.

@@ -30,16 +30,16 @@ struct V {
     const __m256 dv = _mm256_set1_ps(d);
     return {q8x8(p, dv), q8x8(p + 8, dv)};
   }
-  static void q4x8(const uint8_t* qs, __m256 d, __m256& lo, __m256& hi) {
+  // q·d − 8d in one fma is d·(q − 8) exactly (the exact value is representable).
+  static void q4x8(const uint8_t* qs, __m256 d, __m256 minus_8d, __m256& lo, __m256& hi) {
     const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs)));
-    const __m256i eight = _mm256_set1_epi32(8);
-    lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(15)), eight)), d);
-    hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b, 4), eight)), d);
+    lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15))), d, minus_8d);
+    hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), d, minus_8d);
   }
   static void load_q4(const uint8_t* qs, float d, R& lo, R& hi) {
-    const __m256 dv = _mm256_set1_ps(d);
-    q4x8(qs, dv, lo.lo, hi.lo);
-    q4x8(qs + 8, dv, lo.hi, hi.hi);
+    const __m256 dv = _mm256_set1_ps(d), m8d = _mm256_set1_ps(-8.0f * d);
+    q4x8(qs, dv, m8d, lo.lo, hi.lo);
+    q4x8(qs + 8, dv, m8d, lo.hi, hi.hi);
   }
   static R fma(R a, R b, R c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
   static R add(R a, R b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }

@@ -28,12 +28,14 @@ struct V {
     const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d));
   }
+  // The block's 16 values (q − 8)·d (exact) as a table, looked up by each nibble: vpermps reads
+  // only an index's low 4 bits, so the low nibbles need no mask.
   static void load_q4(const uint8_t* qs, float d, R& lo, R& hi) {
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
-    const __m512i eight = _mm512_set1_epi32(8);
-    const __m512 dv = _mm512_set1_ps(d);
-    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, _mm512_set1_epi32(15)), eight)), dv);
-    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight)), dv);
+    const __m512 table = _mm512_mul_ps(
+        _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_ps(d));
+    lo = _mm512_permutexvar_ps(b, table);
+    hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
   }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }

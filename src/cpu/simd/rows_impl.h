@@ -18,12 +18,14 @@ inline float widen(uint16_t w) {
   return f;
 }
 
+// The 16 lanes of a0 + a1 halved four times (lane l + lane l + w, w = 8, 4, 2, 1): four dependent
+// adds instead of sixteen, which the short rows (768 columns: 24 steps) felt.
 inline float lanes_sum(typename V::R a0, typename V::R a1) {
   float t[16];
   V::store(t, V::add(a0, a1));
-  float s = 0.0f;
-  for (int l = 0; l < 16; ++l) s += t[l];
-  return s;
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) t[l] += t[l + w];
+  return t[0];
 }
 
 template <int MI, class Wt>
