@@ -2,7 +2,9 @@
 # Builds and runs the test suite on the CPU paths a user's machine may take, whatever CPU this is:
 #  1. optimised build (-march=native): the whole suite, with the best kernels this CPU runs;
 #  2. the kernel and batch-invariance tests again under each OpenBLAS kernel family this CPU can
-#     execute (our own kernels' instruction sets are looped over inside those tests);
+#     execute (our own kernels' instruction sets are looped over inside those tests); then the
+#     kernel tests on arm64, cross-built and run under qemu-aarch64 (NEON and scalar kernels:
+#     scripts/test-arm64.sh);
 #  3. a portable build (no -march=native) with clang under AddressSanitizer +
 #     UndefinedBehaviorSanitizer (bad-input tests must fail cleanly, never touch memory they
 #     shouldn't): the whole suite with our kernels forced to AVX2 and OpenBLAS to Haswell where the
@@ -51,6 +53,9 @@ for family in "${families[@]}"; do
   OPENBLAS_CORETYPE=$family OMP_WAIT_POLICY=passive build/bin/mamba2_tests --gtest_filter="$filter" --gtest_brief=1
   covered+=("optimised build, kernel and batch-invariance tests: OpenBLAS $family kernels; our kernels: every one this CPU runs")
 done
+
+JOBS="$jobs" scripts/test-arm64.sh
+covered+=("arm64 cross build (Debian's aarch64 toolchain) under qemu-aarch64, kernel tests (tests/test_linear.cpp): our kernels $(cat build-arm64/tested-isas)")
 
 scripts/configure-sanitizer-build.sh build-asan
 cmake --build build-asan -j"$jobs" --target mamba2 mamba2_tests  # (the benchmarks need no sanitizer)
