@@ -10,6 +10,7 @@
 
 // GCC 12's AVX-512 conversion intrinsics start from _mm512_undefined_*, which it then reports.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace mamba2::cpu::simd {
 
@@ -39,7 +40,13 @@ struct V {
   }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static void store(float* p, R a) { _mm512_storeu_ps(p, a); }
+  static float halve(R a) {
+    const __m256 hi8 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), hi8);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+  }
   static float half(uint16_t h) { return _cvtsh_ss(h); }
   static void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
 };

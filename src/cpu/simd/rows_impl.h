@@ -6,7 +6,8 @@
 // V provides: R (16 fp32 lanes); zero(); load(const float*), load(const uint16_t*) (bf16 bits,
 // widened), load_q8(const int8_t*, float d) (16 values · d), load_q4(const uint8_t* qs, float d)
 // ((low nibbles − 8) · d, high nibbles likewise: two R); fma(a, b, c) = a·b + c rounded
-// once; add(a, b); store(float*, R); half(uint16_t) (fp16 → fp32); prefetch(const char*).
+// once; add(a, b); halve(R) (lanes summed as lanes_sum says); half(uint16_t) (fp16 → fp32);
+// prefetch(const char*).
 
 constexpr int64_t kPrefetchBytes = 4096;  // swept 512–8192 on the 130m's decode: 4 KB and up hold the best
 
@@ -19,14 +20,9 @@ inline float widen(uint16_t w) {
 }
 
 // The 16 lanes of a0 + a1 halved four times (lane l + lane l + w, w = 8, 4, 2, 1): four dependent
-// adds instead of sixteen, which the short rows (768 columns: 24 steps) felt.
-inline float lanes_sum(typename V::R a0, typename V::R a1) {
-  float t[16];
-  V::store(t, V::add(a0, a1));
-  for (int w = 8; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) t[l] += t[l + w];
-  return t[0];
-}
+// adds instead of sixteen, which the short rows (768 columns: 24 steps) felt; V::halve does it in
+// registers (through memory, the halves' loads stalled on the store and cost 7–11% at batch 8).
+inline float lanes_sum(typename V::R a0, typename V::R a1) { return V::halve(V::add(a0, a1)); }
 
 template <int MI, class Wt>
 inline void row_dot(const float* x, int64_t ldx, const Wt* w, float* y, int64_t ldy, int64_t k) {

@@ -44,8 +44,10 @@ struct V {
     for (int q = 0; q < 4; ++q) a.v[q] = vaddq_f32(a.v[q], b.v[q]);
     return a;
   }
-  static void store(float* p, R a) {
-    for (int q = 0; q < 4; ++q) vst1q_f32(p + 4 * q, a.v[q]);
+  static float halve(R a) {
+    const float32x4_t s4 = vaddq_f32(vaddq_f32(a.v[0], a.v[2]), vaddq_f32(a.v[1], a.v[3]));
+    const float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
+    return vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
   }
   static float half(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
   static void prefetch(const char* p) { __builtin_prefetch(p); }

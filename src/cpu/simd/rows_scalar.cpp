@@ -43,7 +43,11 @@ struct V {
     for (int l = 0; l < 16; ++l) a.v[l] += b.v[l];
     return a;
   }
-  static void store(float* p, R a) { std::memcpy(p, a.v, sizeof(a.v)); }
+  static float halve(R a) {
+    for (int w = 8; w >= 1; w /= 2)
+      for (int l = 0; l < w; ++l) a.v[l] += a.v[l + w];
+    return a.v[0];
+  }
   static float half(uint16_t h) { return f16_to_f32(h); }
   static void prefetch(const char* p) { __builtin_prefetch(p); }
 };
