@@ -154,10 +154,20 @@ void halves_to_f32(const unsigned char* bytes, float* dst, size_t n, ToF32 to_f3
   }
 }
 
+// n elements (whole blocks of 32) dequantized in batches of blocks, on several threads when many.
+template <class Block>
+void blocks_to_f32(const Block* src, float* dst, size_t n, void (*dequantize)(const Block*, float*, size_t)) {
+  const size_t blocks = n / kQuantBlock;
+  constexpr size_t kBatch = 1024;
+#pragma omp parallel for schedule(static) if (blocks > 4 * kBatch)
+  for (size_t b = 0; b < blocks; b += kBatch) dequantize(src + b, dst + b * kQuantBlock, std::min(kBatch, blocks - b));
+}
+
 }  // namespace
 
 void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
   if (n == 0) return;  // an empty tensor's pointers may be null, which memcpy must not be given
+  if (is_quantized(dtype)) (void)dtype_bytes(dtype, n);  // whole blocks only
   const auto* bytes = static_cast<const unsigned char*>(src);
   switch (dtype) {
     case DType::F32:
@@ -169,24 +179,12 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
     case DType::F16:
       halves_to_f32(bytes, dst, n, f16_to_f32);
       return;
-    case DType::Q8_0: {
-      const size_t blocks = dtype_bytes(dtype, n) / sizeof(Q8Block);
-      const auto* q8 = static_cast<const Q8Block*>(src);
-      constexpr size_t kBatch = 1024;
-#pragma omp parallel for schedule(static) if (blocks > 4 * kBatch)
-      for (size_t b = 0; b < blocks; b += kBatch)
-        dequantize_q8(q8 + b, dst + b * kQ8BlockSize, std::min(kBatch, blocks - b));
+    case DType::Q8_0:
+      blocks_to_f32(static_cast<const Q8Block*>(src), dst, n, dequantize_q8);
       return;
-    }
-    case DType::Q4_0: {
-      const size_t blocks = dtype_bytes(dtype, n) / sizeof(Q4Block);
-      const auto* q4 = static_cast<const Q4Block*>(src);
-      constexpr size_t kBatch = 1024;
-#pragma omp parallel for schedule(static) if (blocks > 4 * kBatch)
-      for (size_t b = 0; b < blocks; b += kBatch)
-        dequantize_q4(q4 + b, dst + b * kQ4BlockSize, std::min(kBatch, blocks - b));
+    case DType::Q4_0:
+      blocks_to_f32(static_cast<const Q4Block*>(src), dst, n, dequantize_q4);
       return;
-    }
   }
 }
 
