@@ -75,14 +75,14 @@ uint16_t f32_to_f16(float f) {
 void dequantize_q8(const Q8Block* src, float* dst, size_t blocks) {
   for (size_t b = 0; b < blocks; ++b) {
     const float d = f16_to_f32(src[b].d);
-    for (int i = 0; i < kQ8BlockSize; ++i) dst[b * kQ8BlockSize + size_t(i)] = d * float(src[b].q[i]);
+    for (int i = 0; i < kQuantBlock; ++i) dst[b * kQuantBlock + size_t(i)] = d * float(src[b].q[i]);
   }
 }
 
 void dequantize_q4(const Q4Block* src, float* dst, size_t blocks) {
   for (size_t b = 0; b < blocks; ++b) {
     const float d = f16_to_f32(src[b].d);
-    float* out = dst + b * kQ4BlockSize;
+    float* out = dst + b * kQuantBlock;
     for (int i = 0; i < 16; ++i) {
       out[i] = d * float(int(src[b].qs[i] & 15) - 8);
       out[i + 16] = d * float(int(src[b].qs[i] >> 4) - 8);
@@ -108,6 +108,17 @@ float q4_with_scale(const float* x, uint16_t h, uint8_t* q) {
 }
 
 }  // namespace
+
+Q8Block quantize_q8_block(const float* x) {
+  float amax = 0.0f;
+  for (int i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+  Q8Block blk;
+  blk.d = f32_to_f16(amax / 127.0f);
+  const float d = f16_to_f32(blk.d);
+  for (int i = 0; i < kQuantBlock; ++i)
+    blk.q[i] = int8_t(d > 0.0f ? std::clamp(std::round(x[i] / d), -127.0f, 127.0f) : 0.0f);
+  return blk;
+}
 
 Q4Block quantize_q4_block(const float* x) {
   float extreme = 0.0f;
@@ -163,6 +174,18 @@ void blocks_to_f32(const Block* src, float* dst, size_t n, void (*dequantize)(co
   for (size_t b = 0; b < blocks; b += kBatch) dequantize(src + b, dst + b * kQuantBlock, std::min(kBatch, blocks - b));
 }
 
+// n fp32 values (whole blocks of 32) quantized block by block, on several threads when many.
+template <class Block>
+void f32_to_blocks(const float* src, void* dst, size_t n, Block (*quantize)(const float*)) {
+  const size_t blocks = n / kQuantBlock;
+  auto* bytes = static_cast<unsigned char*>(dst);
+#pragma omp parallel for schedule(static) if (blocks > (1 << 10))
+  for (size_t b = 0; b < blocks; ++b) {
+    const Block blk = quantize(src + b * kQuantBlock);
+    std::memcpy(bytes + b * sizeof(Block), &blk, sizeof(blk));
+  }
+}
+
 }  // namespace
 
 void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
@@ -190,6 +213,7 @@ void convert_to_f32(DType dtype, const void* src, float* dst, size_t n) {
 
 void convert_from_f32(DType dtype, const float* src, void* dst, size_t n) {
   if (n == 0) return;
+  if (is_quantized(dtype)) (void)dtype_bytes(dtype, n);  // whole blocks only
   auto* bytes = static_cast<unsigned char*>(dst);
   switch (dtype) {
     case DType::F32:
@@ -207,31 +231,12 @@ void convert_from_f32(DType dtype, const float* src, void* dst, size_t n) {
         std::memcpy(bytes + 2 * i, &b, 2);
       }
       return;
-    case DType::Q8_0: {
-      const size_t blocks = dtype_bytes(dtype, n) / sizeof(Q8Block);
-#pragma omp parallel for schedule(static) if (blocks > (1 << 12))
-      for (size_t b = 0; b < blocks; ++b) {
-        const float* x = src + b * kQ8BlockSize;
-        float amax = 0.0f;
-        for (int i = 0; i < kQ8BlockSize; ++i) amax = std::max(amax, std::fabs(x[i]));
-        Q8Block blk;
-        blk.d = f32_to_f16(amax / 127.0f);
-        const float d = f16_to_f32(blk.d);
-        for (int i = 0; i < kQ8BlockSize; ++i)
-          blk.q[i] = int8_t(d > 0.0f ? std::clamp(std::round(x[i] / d), -127.0f, 127.0f) : 0.0f);
-        std::memcpy(bytes + b * sizeof(Q8Block), &blk, sizeof(blk));
-      }
+    case DType::Q8_0:
+      f32_to_blocks(src, dst, n, quantize_q8_block);
       return;
-    }
-    case DType::Q4_0: {
-      const size_t blocks = dtype_bytes(dtype, n) / sizeof(Q4Block);
-#pragma omp parallel for schedule(static) if (blocks > (1 << 10))
-      for (size_t b = 0; b < blocks; ++b) {
-        const Q4Block blk = quantize_q4_block(src + b * kQ4BlockSize);
-        std::memcpy(bytes + b * sizeof(Q4Block), &blk, sizeof(blk));
-      }
+    case DType::Q4_0:
+      f32_to_blocks(src, dst, n, quantize_q4_block);
       return;
-    }
   }
 }
 

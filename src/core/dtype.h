@@ -1,5 +1,5 @@
 // Element types of checkpoint tensors and their conversion to fp32 (all compute is fp32), and the
-// CPU's 8-bit weight format.
+// CPU's block-quantized weight formats (8 and 4 bits).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -22,23 +22,21 @@ namespace mamba2 {
 // weights.
 enum class DType { F32, F16, BF16, Q8_0, Q4_0 };
 
-struct Q8Block {
-  uint16_t d;  // fp16 scale
-  int8_t q[32];
-};
-static_assert(sizeof(Q8Block) == 34);
-constexpr int64_t kQ8BlockSize = 32;
-
-struct Q4Block {
-  uint16_t d;  // fp16 scale
-  uint8_t qs[16];
-};
-static_assert(sizeof(Q4Block) == 18);
-constexpr int64_t kQ4BlockSize = 32;
-
 // Q8_0 or Q4_0: elements come in blocks of 32 (a row's length must be a multiple of it).
 inline bool is_quantized(DType dtype) { return dtype == DType::Q8_0 || dtype == DType::Q4_0; }
 constexpr int64_t kQuantBlock = 32;
+
+struct Q8Block {
+  uint16_t d;  // fp16 scale
+  int8_t q[kQuantBlock];
+};
+static_assert(sizeof(Q8Block) == 34);
+
+struct Q4Block {
+  uint16_t d;  // fp16 scale
+  uint8_t qs[kQuantBlock / 2];
+};
+static_assert(sizeof(Q4Block) == 18);
 
 // Bytes of one element (fails for Q8_0 and Q4_0, whose elements come in blocks) and of n
 // elements (a multiple of 32 for those).
@@ -73,10 +71,11 @@ void dequantize_q4(const Q4Block* src, float* dst, size_t blocks);
 // Converts n elements of `dtype` at `src` (little-endian, any alignment; Q8_0 and Q4_0 2-byte
 // aligned) to fp32.
 void convert_to_f32(DType dtype, const void* src, float* dst, size_t n);
-// Converts n fp32 values to `dtype` at `dst`. Q8_0 (n a multiple of 32): each block's scale is
-// max|x| / 127 rounded to fp16, q = x / d rounded to nearest (ties away), within ±127. Q4_0: see
-// quantize_q4_block.
+// Converts n fp32 values to `dtype` at `dst` (Q8_0, Q4_0: n a multiple of 32, block by block).
 void convert_from_f32(DType dtype, const float* src, void* dst, size_t n);
+// One Q8_0 block of 32 values: scale max|x| / 127 rounded to fp16, q = x / d rounded to nearest
+// (ties away), within ±127.
+Q8Block quantize_q8_block(const float* x);
 // One Q4_0 block of 32 values: among scales d = e / s, e the value of largest magnitude and s in
 // {−8, −7.875, …, −5} ∪ {7, 6.875, …, 4.5}, then the least-squares scale of the best one's q, each
 // rounded to fp16 first and q = x·(1/d) rounded to nearest, + 8, within [0, 15]: the one of least

@@ -38,8 +38,6 @@ bool holds_blocks(const json& header, const std::string& fname) {
   fail("[safetensors] {}: __metadata__ {} is {}, not \"q8_0\" or \"q4_0\"", fname, kQuantizationKey, q->dump());
 }
 
-size_t block_bytes(DType dtype) { return dtype == DType::Q8_0 ? sizeof(Q8Block) : sizeof(Q4Block); }
-
 // Parses the header of a mapped file into tensors pointing into the mapping, and the string
 // entries of its __metadata__ into `metadata` when given.
 std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std::string, std::string>* metadata) {
@@ -110,7 +108,7 @@ std::vector<StoredTensor> parse_safetensors(const MappedFile& file, std::map<std
       // (..., blocks, block bytes) of bytes is (..., blocks · 32) elements.
       if (t.shape.size() < 2)
         fail("[safetensors] {}: tensor '{}' of {} blocks has shape {}: rows of blocks are (..., k/32, {})", fname,
-             name, dtype_name(t.dtype), sh->dump(), block_bytes(t.dtype));
+             name, dtype_name(t.dtype), sh->dump(), dtype_bytes(t.dtype, kQuantBlock));
       if (numel > data_size)
         fail("[safetensors] {}: tensor '{}': shape {} needs more bytes than the data section's {}", fname, name,
              sh->dump(), data_size);
@@ -236,9 +234,9 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
       if (shape.empty() || shape.back() % kQuantBlock)
         fail("[safetensors] {}: tensor '{}': {} needs rows of a multiple of 32", fname, t.name, dtype);
       shape.back() /= kQuantBlock;
-      shape.push_back(int64_t(block_bytes(t.dtype)));
+      shape.push_back(int64_t(dtype_bytes(t.dtype, kQuantBlock)));
       dtype = "U8";
-      nbytes = numel / kQuantBlock * block_bytes(t.dtype);
+      nbytes = dtype_bytes(t.dtype, numel);
     } else if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes)) {
       fail("[safetensors] {}: tensor '{}' is too large", fname, t.name);
     }
