@@ -17,6 +17,10 @@
 
 namespace mamba2::test {
 
+// fp32 compute vs the float64 oracle: relative L2 ≤ 1e-4 per sequence (the README's tolerance
+// contract), on the CPU and on the GPU.
+inline constexpr double kGoldenTol = 1e-4;
+
 struct GoldenCase {
   std::filesystem::path dir;
   std::vector<int32_t> ids;

@@ -14,22 +14,13 @@ namespace {
 namespace fs = std::filesystem;
 using test::CliResult;
 using test::run_cli;
+using test::expect_refusal;
+using test::shell_path;
 using test::shell_quote;
 using test::TempDir;
 
 const fs::path kGolden = fs::path(MAMBA2_FIXTURES_DIR) / "golden";
 
-std::string q(const fs::path& p) { return shell_quote(p.string()); }
-
-// A clean refusal: exit code `code` (not a signal or a sanitizer report) and stderr naming
-// every one of `needles`.
-void expect_failure(const CliResult& r, int code, std::initializer_list<std::string> needles) {
-  ASSERT_TRUE(r.exited) << "killed by a signal; stderr: " << r.err;
-  EXPECT_EQ(r.code, code) << "stderr: " << r.err;
-  EXPECT_EQ(r.err.find("Sanitizer"), std::string::npos) << r.err;
-  EXPECT_EQ(r.err.find("runtime error"), std::string::npos) << r.err;
-  for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "stderr lacks '" << n << "': " << r.err;
-}
 
 void copy_golden_model(const std::string& name, const fs::path& dst) {
   fs::copy(kGolden / name / "model", dst, fs::copy_options::recursive);
@@ -38,7 +29,7 @@ void copy_golden_model(const std::string& name, const fs::path& dst) {
 nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(test::read_file(p)); }
 void write_json(const fs::path& p, const nlohmann::json& j) { test::write_file(p, j.dump(2)); }
 
-ModelConfig small_config() {
+ModelConfig cli_config() {
   ModelConfig c;
   c.d_model = 32;
   c.n_layer = 2;
@@ -51,8 +42,8 @@ ModelConfig small_config() {
 
 // Writes a Hugging Face model folder from init_weights, letting `edit` change the tensor list.
 void write_model(const fs::path& dir, const std::function<void(std::vector<TensorToWrite>&)>& edit = {}) {
-  const ModelConfig c = small_config();
-  static const ModelWeights w = init_weights(small_config(), 3);
+  const ModelConfig c = cli_config();
+  static const ModelWeights w = init_weights(cli_config(), 3);
   static const std::vector<float> extra(64, 0.5f);
   std::vector<TensorToWrite> t;
   for (const auto& nt : hf_named_tensors(w, c)) t.push_back({nt.name, DType::F32, nt.stored_shape, nt.tensor->data()});
@@ -67,7 +58,7 @@ void write_model(const fs::path& dir, const std::function<void(std::vector<Tenso
 }
 
 std::string logits_args(const fs::path& model, const fs::path& out, const std::string& ids = "1,2,3") {
-  return "logits --model " + q(model) + " --ids " + ids + " --out " + q(out);
+  return "logits --model " + shell_path(model) + " --ids " + ids + " --out " + shell_path(out);
 }
 
 TEST(CliModelErrors, ControlModelLoads) {
@@ -81,7 +72,7 @@ TEST(CliModelErrors, ControlModelLoads) {
 TEST(CliModelErrors, MissingModelFolder) {
   TempDir tmp;
   const CliResult r = run_cli(logits_args(tmp / "no_such_model", tmp / "out.npy"));
-  expect_failure(r, 1, {"no_such_model"});
+  expect_refusal(r, 1, {"no_such_model"});
   EXPECT_FALSE(fs::exists(tmp / "out.npy"));
 }
 
@@ -89,7 +80,7 @@ TEST(CliModelErrors, InvalidJsonConfig) {
   TempDir tmp;
   copy_golden_model("official_fp32", tmp / "m");
   test::write_file(tmp / "m" / "config.json", "{\"d_model\": 64, \"n_layer\": ");
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"config.json", "JSON"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"config.json", "JSON"});
 }
 
 TEST(CliModelErrors, UnknownSsmCfgKey) {
@@ -98,7 +89,7 @@ TEST(CliModelErrors, UnknownSsmCfgKey) {
   auto j = read_json(tmp / "m" / "config.json");
   j["ssm_cfg"]["d_stat"] = 16;
   write_json(tmp / "m" / "config.json", j);
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"d_stat"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"d_stat"});
 }
 
 TEST(CliModelErrors, SsmCfgLayerMamba1) {
@@ -107,7 +98,7 @@ TEST(CliModelErrors, SsmCfgLayerMamba1) {
   auto j = read_json(tmp / "m" / "config.json");
   j["ssm_cfg"]["layer"] = "Mamba1";
   write_json(tmp / "m" / "config.json", j);
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"layer", "Mamba1"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"layer", "Mamba1"});
 }
 
 TEST(CliModelErrors, NgroupsNotDividingNheads) {
@@ -116,7 +107,7 @@ TEST(CliModelErrors, NgroupsNotDividingNheads) {
   auto j = read_json(tmp / "m" / "config.json");
   j["ssm_cfg"]["ngroups"] = 3;
   write_json(tmp / "m" / "config.json", j);
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"ngroups", "3"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"ngroups", "3"});
 }
 
 TEST(CliModelErrors, MissingTensor) {
@@ -124,8 +115,8 @@ TEST(CliModelErrors, MissingTensor) {
   write_model(tmp / "m", [](auto& t) {
     std::erase_if(t, [](const TensorToWrite& x) { return x.name == "backbone.layers.1.mixer.D"; });
   });
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"backbone.layers.1.mixer.D", "missing"});
-  expect_failure(run_cli("info --model " + q(tmp / "m")), 1, {"backbone.layers.1.mixer.D"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"backbone.layers.1.mixer.D", "missing"});
+  expect_refusal(run_cli("info --model " + shell_path(tmp / "m")), 1, {"backbone.layers.1.mixer.D"});
 }
 
 TEST(CliModelErrors, WrongShape) {
@@ -137,14 +128,14 @@ TEST(CliModelErrors, WrongShape) {
         x.data = nullptr;  // 5 values from the spare buffer
       }
   });
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1,
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1,
                  {"backbone.layers.0.mixer.A_log", "(5", "(4"});
 }
 
 TEST(CliModelErrors, UnexpectedTensor) {
   TempDir tmp;
   write_model(tmp / "m", [](auto& t) { t.push_back({"backbone.layers.0.mixer.extra_bias", DType::F32, {8}, nullptr}); });
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"backbone.layers.0.mixer.extra_bias"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"backbone.layers.0.mixer.extra_bias"});
 }
 
 TEST(CliModelErrors, TruncatedSafetensors) {
@@ -152,12 +143,12 @@ TEST(CliModelErrors, TruncatedSafetensors) {
   copy_golden_model("hf_fp32_g2_dtlimit", tmp / "m");
   const fs::path st = tmp / "m" / "model.safetensors";
   fs::resize_file(st, fs::file_size(st) / 2);
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"model.safetensors"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"model.safetensors"});
   // Cut inside the header too.
   fs::resize_file(st, 20);
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"model.safetensors"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"model.safetensors"});
   fs::resize_file(st, 3);
-  expect_failure(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"model.safetensors"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"model.safetensors"});
   EXPECT_FALSE(fs::exists(tmp / "out.npy"));
 }
 
@@ -169,49 +160,49 @@ class CliLogitsErrors : public ::testing::Test {
 };
 
 TEST_F(CliLogitsErrors, IdOutOfRange) {
-  expect_failure(run_cli(logits_args(model, out, "5,999999")), 1, {"999999"});
-  expect_failure(run_cli(logits_args(model, out, "5,-1")), 1, {"-1"});
+  expect_refusal(run_cli(logits_args(model, out, "5,999999")), 1, {"999999"});
+  expect_refusal(run_cli(logits_args(model, out, "5,-1")), 1, {"-1"});
   EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(CliLogitsErrors, IdNotAnInteger) {
-  expect_failure(run_cli(logits_args(model, out, shell_quote("1,x"))), 1, {"--ids", "x"});
-  expect_failure(run_cli(logits_args(model, out, shell_quote("1,,2"))), 1, {"--ids"});
+  expect_refusal(run_cli(logits_args(model, out, shell_quote("1,x"))), 1, {"--ids", "x"});
+  expect_refusal(run_cli(logits_args(model, out, shell_quote("1,,2"))), 1, {"--ids"});
   EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(CliLogitsErrors, LengthsNotSummingToIds) {
-  expect_failure(run_cli(logits_args(model, out, "1,2,3") + " --lengths 2,2"), 1, {"--lengths"});
-  expect_failure(run_cli(logits_args(model, out, "1,2,3") + " --lengths 3,0"), 1, {"--lengths"});
+  expect_refusal(run_cli(logits_args(model, out, "1,2,3") + " --lengths 2,2"), 1, {"--lengths"});
+  expect_refusal(run_cli(logits_args(model, out, "1,2,3") + " --lengths 3,0"), 1, {"--lengths"});
   EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(CliLogitsErrors, BogusMode) {
-  expect_failure(run_cli(logits_args(model, out) + " --mode bogus"), 2, {"bogus"});
+  expect_refusal(run_cli(logits_args(model, out) + " --mode bogus"), 2, {"bogus"});
 }
 
 TEST_F(CliLogitsErrors, UnknownFlag) {
-  expect_failure(run_cli(logits_args(model, out) + " --frobnicate 3"), 2, {"--frobnicate"});
+  expect_refusal(run_cli(logits_args(model, out) + " --frobnicate 3"), 2, {"--frobnicate"});
 }
 
 TEST(CliCommands, UnknownCommandIsNamed) {
-  expect_failure(run_cli("frobnicate --model x"), 2, {"unknown command 'frobnicate'"});
+  expect_refusal(run_cli("frobnicate --model x"), 2, {"unknown command 'frobnicate'"});
 }
 
 TEST_F(CliLogitsErrors, OutIntoMissingFolder) {
   const fs::path bad = tmp / "no_such_dir" / "out.npy";
-  expect_failure(run_cli(logits_args(model, bad)), 1, {"no_such_dir"});
+  expect_refusal(run_cli(logits_args(model, bad)), 1, {"no_such_dir"});
   EXPECT_FALSE(fs::exists(tmp / "no_such_dir"));
 }
 
 TEST_F(CliLogitsErrors, FailedRunLeavesExistingOutUntouched) {
   test::write_file(out, "sentinel");
   const auto before = fs::last_write_time(out);
-  expect_failure(run_cli(logits_args(model, out, "5,999999")), 1, {"999999"});
+  expect_refusal(run_cli(logits_args(model, out, "5,999999")), 1, {"999999"});
   EXPECT_EQ(test::read_file(out), "sentinel");
   EXPECT_EQ(fs::last_write_time(out), before);
   // A model that fails to load must not touch it either.
-  expect_failure(run_cli(logits_args(tmp / "missing", out)), 1, {"missing"});
+  expect_refusal(run_cli(logits_args(tmp / "missing", out)), 1, {"missing"});
   EXPECT_EQ(test::read_file(out), "sentinel");
   // No temporary file is left beside it.
   int entries = 0;
@@ -222,13 +213,13 @@ TEST_F(CliLogitsErrors, FailedRunLeavesExistingOutUntouched) {
 TEST(CliInit, InitThenInfo) {
   TempDir tmp;
   const fs::path dir = tmp / "m";
-  const CliResult init = run_cli("init --preset 130m --d-model 64 --n-layer 2 --out " + q(dir));
+  const CliResult init = run_cli("init --preset 130m --d-model 64 --n-layer 2 --out " + shell_path(dir));
   ASSERT_TRUE(init.exited && init.code == 0) << init.err;
   ModelConfig c = preset_config("130m");
   c.d_model = 64;
   c.n_layer = 2;
   const std::string count = std::to_string(c.parameter_count());
-  const CliResult info = run_cli("info --model " + q(dir));
+  const CliResult info = run_cli("info --model " + shell_path(dir));
   ASSERT_TRUE(info.exited && info.code == 0) << info.err;
   EXPECT_NE(info.out.find("parameters"), std::string::npos) << info.out;
   EXPECT_NE(info.out.find(count), std::string::npos) << "expected " << count << " in: " << info.out;
@@ -243,15 +234,15 @@ TEST(CliInit, ExistingModelNeedsForce) {
   write_model(dir);
   const std::string cfg = test::read_file(dir / "config.json"), st = test::read_file(dir / "model.safetensors");
   const auto t_cfg = fs::last_write_time(dir / "config.json"), t_st = fs::last_write_time(dir / "model.safetensors");
-  expect_failure(run_cli("init --preset 130m --d-model 64 --n-layer 2 --out " + q(dir)), 1, {"--force"});
+  expect_refusal(run_cli("init --preset 130m --d-model 64 --n-layer 2 --out " + shell_path(dir)), 1, {"--force"});
   EXPECT_EQ(test::read_file(dir / "config.json"), cfg);
   EXPECT_EQ(test::read_file(dir / "model.safetensors"), st);
   EXPECT_EQ(fs::last_write_time(dir / "config.json"), t_cfg);
   EXPECT_EQ(fs::last_write_time(dir / "model.safetensors"), t_st);
   // With --force it is replaced by a loadable model.
-  const CliResult r = run_cli("init --preset 130m --d-model 64 --n-layer 2 --force --out " + q(dir));
+  const CliResult r = run_cli("init --preset 130m --d-model 64 --n-layer 2 --force --out " + shell_path(dir));
   ASSERT_TRUE(r.exited && r.code == 0) << r.err;
-  EXPECT_EQ(run_cli("info --model " + q(dir)).code, 0);
+  EXPECT_EQ(run_cli("info --model " + shell_path(dir)).code, 0);
 }
 
 // --version names the build's and the chosen kernels' instruction sets; MAMBA2_ISA picks the
@@ -265,15 +256,15 @@ TEST(CliVersion, NamesTheInstructionSetsAndHonoursMamba2Isa) {
   const CliResult s = run_cli("--version", "MAMBA2_ISA=scalar");
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_NE(s.out.find("kernels: scalar ("), std::string::npos) << s.out;
-  expect_failure(run_cli("--version", "MAMBA2_ISA=avx9"), 1, {"MAMBA2_ISA=avx9"});
+  expect_refusal(run_cli("--version", "MAMBA2_ISA=avx9"), 1, {"MAMBA2_ISA=avx9"});
 #if defined(__x86_64__)
-  expect_failure(run_cli("info --model x", "MAMBA2_ISA=neon"), 1, {"MAMBA2_ISA=neon", "does not support"});
+  expect_refusal(run_cli("info --model x", "MAMBA2_ISA=neon"), 1, {"MAMBA2_ISA=neon", "does not support"});
 #endif
 }
 
 TEST(CliInit, UnknownPreset) {
   TempDir tmp;
-  expect_failure(run_cli("init --preset 9b --out " + q(tmp / "m")), 1, {"9b"});
+  expect_refusal(run_cli("init --preset 9b --out " + shell_path(tmp / "m")), 1, {"9b"});
   EXPECT_FALSE(fs::exists(tmp / "m" / "config.json"));
 }
 

@@ -23,14 +23,13 @@ namespace {
 namespace fs = std::filesystem;
 using test::decode_all;
 using test::GoldenCase;
+using test::kGoldenTol;
 using test::worst_sequence_error;
 using test::rel_l2;
 
 // GPU fp32 against CPU fp32 on the same weights: two fp32 computations that differ only in
 // summation order (GEMM tiling, block reductions), through 2 layers.
 constexpr double kCpuTol = 1e-5;
-// fp32 against the float64 oracle, as on the CPU (test_model_golden.cpp).
-constexpr double kGoldenTol = 1e-4;
 // bf16/f16 weights and projection inputs, fp32 everywhere else, against mamba_ssm in bf16 on the
 // same fixtures (test::mamba_ssm_bf16_error): the weights' own rounding to bf16 (2⁻⁹) is most of
 // the error of both; with fp32 states and residual ours must stay clearly below theirs: at most
@@ -196,13 +195,11 @@ TEST(CudaModel, MillionTokenPrefillMatchesTheCpu) {
   EXPECT_LE(rel_l2(got.data(), want.data(), want.size()), 1e-3);
 }
 
-GoldenCase load_case(const std::string& name) { return test::load_golden_case(name); }
-
 class CudaGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaGolden, PrefillAndDecodeMatchTheOracle) {
   MAMBA2_REQUIRE_GPU();
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   const Model cpu = Model::load(g.dir / "model");
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     const Model gpu = cpu.to(Device::CUDA, dt);
@@ -225,20 +222,14 @@ INSTANTIATE_TEST_SUITE_P(CudaGolden, CudaGolden,
                                            "official_fp16_g4"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
-std::string join(const auto& v) {
-  std::string s;
-  for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
-  return s;
-}
-
 TEST(CudaCli, LogitsOnTheGpuInF32MatchTheOracle) {
   MAMBA2_REQUIRE_GPU();
-  const GoldenCase g = load_case("hf_fp32_g2_dtlimit");
+  const GoldenCase g = test::load_golden_case("hf_fp32_g2_dtlimit");
   for (const std::string mode : {"prefill", "decode"}) {
     test::TempDir tmp;
     const fs::path out = tmp / "logits.npy";
     const test::CliResult r = test::run_cli("logits --model " + test::shell_quote((g.dir / "model").string()) +
-                                            " --ids " + join(g.ids) + " --lengths " + join(g.lengths) + " --mode " +
+                                            " --ids " + test::comma_list(g.ids) + " --lengths " + test::comma_list(g.lengths) + " --mode " +
                                             mode + " --device cuda --dtype f32 --out " + test::shell_quote(out.string()));
     ASSERT_TRUE(r.exited && r.code == 0) << r.err;
     const NpyArray got = read_npy(out);

@@ -280,7 +280,9 @@ TEST(CudaOps, TopKIsTheCpus) {
     cuda::copy_to_host(got_ids.data(), ids.get(), sizeof(int32_t) * rows * cap);
     cuda::copy_to_host(got_values.data(), values.get(), sizeof(float) * rows * cap);
     ASSERT_EQ(got_count, want_count);
-    if (cols >= cap) EXPECT_EQ(got_count[3], -1);  // all equal: every column reaches the cut
+    if (cols >= cap) {
+      EXPECT_EQ(got_count[3], -1);  // all equal: every column reaches the cut
+    }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < want_count[size_t(r)]; ++i) {
         ASSERT_EQ(got_ids[size_t(r * cap + i)], want_ids[size_t(r * cap + i)]) << "row " << r << " at " << i;

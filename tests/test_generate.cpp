@@ -23,7 +23,7 @@ const std::string kTokenizer = MAMBA2_FIXTURES_DIR "/tokenizer/gpt-neox-20b.json
 
 // An untied head: with the tied one, the scaled embedding makes each token its own argmax, and
 // greedy output would repeat one token.
-ModelConfig small_config() { return test::small_config(50277, false); }
+ModelConfig generate_config() { return test::small_config(50277, false); }
 
 // Model folders with the tokenizer beside them: `model` (perturbed official init, so that
 // logits are far from uniform), `flat` (final norm weight 0, so all logits are 0 and greedy
@@ -32,7 +32,7 @@ class Generate : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    const ModelConfig c = small_config();
+    const ModelConfig c = generate_config();
     ModelWeights w = init_weights(c, 3);
     test::perturb_weights(w, 4);
     for (const char* name : {"model", "flat"}) {
@@ -256,7 +256,7 @@ TEST_F(Generate, MemoryDoesNotGrowWithGeneratedTokens) {
 #if defined(MAMBA2_TEST_ASAN)
   GTEST_SKIP() << "AddressSanitizer keeps freed memory in quarantine: resident memory is not the program's";
 #endif
-  ModelConfig tied = small_config();
+  ModelConfig tied = generate_config();
   tied.tie_embeddings = true;
   ModelWeights w = init_weights(tied, 5);
   test::perturb_weights(w, 6);

@@ -28,7 +28,7 @@ struct GradCase {
   double loss = 0.0;
 };
 
-GradCase load_case(const std::string& name) {
+GradCase load_grad_case(const std::string& name) {
   GradCase g;
   g.dir = fs::path(MAMBA2_FIXTURES_DIR) / "grad" / name;
   const auto j = nlohmann::json::parse(test::read_file(g.dir / "case.json"));
@@ -62,7 +62,7 @@ void expect_same_grads(const TensorArchive& actual, const TensorArchive& expecte
 class GradFixture : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GradFixture, LossAndGradientsMatchPyTorch) {
-  const GradCase gc = load_case(GetParam());
+  const GradCase gc = load_grad_case(GetParam());
   const Model model = Model::load(gc.dir / "model");
   Gradients g = make_gradients(model.weights());
   const double loss = lm_loss_and_grad(model.config(), model.weights(), gc.ids, gc.lengths, g);
@@ -90,7 +90,7 @@ TEST_P(GradFixture, LossAndGradientsMatchPyTorch) {
 }
 
 TEST_P(GradFixture, CliWritesLossAndNamedGradients) {
-  const GradCase gc = load_case(GetParam());
+  const GradCase gc = load_grad_case(GetParam());
   test::TempDir tmp;
   auto join = [](const auto& v) {
     std::string s;
@@ -119,7 +119,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GradFixture, ::testing::Values("official_tied
 // A batch's gradient is the prediction-weighted mean of its sequences' gradients: packing must not
 // let the conv or the state cross a boundary. Same fp32 code, other summation order: 1e-5.
 TEST(GradModel, PackedBatchIsTheWeightedMeanOfItsSequences) {
-  const GradCase gc = load_case("official_tied_g1");
+  const GradCase gc = load_grad_case("official_tied_g1");
   const Model model = Model::load(gc.dir / "model");
   const ModelConfig& c = model.config();
   Gradients batch = make_gradients(model.weights());
@@ -151,7 +151,7 @@ TEST(GradModel, PackedBatchIsTheWeightedMeanOfItsSequences) {
 }
 
 TEST(GradModel, GradientsAccumulate) {
-  const GradCase gc = load_case("hf_untied_g1");
+  const GradCase gc = load_grad_case("hf_untied_g1");
   const Model model = Model::load(gc.dir / "model");
   Gradients once = make_gradients(model.weights()), twice = make_gradients(model.weights());
   lm_loss_and_grad(model.config(), model.weights(), gc.ids, gc.lengths, once);
@@ -170,7 +170,7 @@ TEST(GradModel, GradientsAccumulate) {
 }
 
 TEST(GradModel, TiedHeadHasOneGradient) {
-  const GradCase tied = load_case("official_tied_g1"), untied = load_case("hf_untied_g1");
+  const GradCase tied = load_grad_case("official_tied_g1"), untied = load_grad_case("hf_untied_g1");
   const Model mt = Model::load(tied.dir / "model"), mu = Model::load(untied.dir / "model");
   const Gradients gt = make_gradients(mt.weights()), gu = make_gradients(mu.weights());
   EXPECT_EQ(gt.lm_head.data(), gt.embedding.data());
@@ -181,7 +181,7 @@ TEST(GradModel, TiedHeadHasOneGradient) {
 }
 
 TEST(GradModel, BadInputIsRefused) {
-  const GradCase gc = load_case("hf_g2_dtlimit");
+  const GradCase gc = load_grad_case("hf_g2_dtlimit");
   const Model model = Model::load(gc.dir / "model");
   const ModelConfig& c = model.config();
   Gradients g = make_gradients(model.weights());
@@ -194,7 +194,7 @@ TEST(GradModel, BadInputIsRefused) {
   EXPECT_NE(msg(ids, {1, 1, 1}).find("no positions to predict"), std::string::npos);
   EXPECT_NE(msg({1, 2, 64}, {3}).find("[embedding] token id 64 at position 2 is out of range"), std::string::npos);
   EXPECT_NE(msg({1, -1}, {2}).find("out of range"), std::string::npos);
-  const GradCase other = load_case("hf_untied_g1");
+  const GradCase other = load_grad_case("hf_untied_g1");
   const Model m2 = Model::load(other.dir / "model");
   Gradients g2 = make_gradients(m2.weights());
   EXPECT_NE(test::error_message([&] { lm_loss_and_grad(c, model.weights(), ids, std::vector<int64_t>{3}, g2); })

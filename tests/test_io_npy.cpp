@@ -13,11 +13,11 @@ using mamba2::Error;
 
 namespace {
 
-const fs::path kDir = fs::path(MAMBA2_FIXTURES_DIR) / "io";
+const fs::path kNpyDir = fs::path(MAMBA2_FIXTURES_DIR) / "io";
 
-fs::path scratch(const std::string& name) { return mamba2::test::scratch_path("io_npy", name); }
+fs::path npy_scratch(const std::string& name) { return mamba2::test::scratch_path("io_npy", name); }
 
-std::string error_of(const fs::path& p) {
+std::string npy_error(const fs::path& p) {
   return mamba2::test::error_message([&] { mamba2::read_npy(p); });
 }
 
@@ -33,7 +33,7 @@ std::string make_npy(std::string header, const std::string& data) {
 TEST(NpyTest, RoundTripsShapes) {
   const std::vector<float> v = {0.5f, -1.25f, 3.0f, 1e-7f, 42.0f, -0.0f};
   for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 3}, {6}, {1, 2, 3}, {}, {0, 4}}) {
-    auto p = scratch("rt.npy");
+    auto p = npy_scratch("rt.npy");
     mamba2::write_npy(p, v.data(), shape);
     const std::string bytes = read_file(p);
     ASSERT_GE(bytes.size(), 10u);
@@ -50,7 +50,7 @@ TEST(NpyTest, RoundTripsShapes) {
     ASSERT_EQ(a.data.size(), n);
     for (size_t i = 0; i < n; ++i) EXPECT_EQ(a.data[i], double(v[i]));
   }
-  auto p = scratch("shape.npy");
+  auto p = npy_scratch("shape.npy");
   mamba2::write_npy(p, v.data(), {6});
   EXPECT_NE(read_file(p).find("'shape': (6,)"), std::string::npos);
   mamba2::write_npy(p, v.data(), {});
@@ -58,29 +58,29 @@ TEST(NpyTest, RoundTripsShapes) {
 }
 
 TEST(NpyTest, ReadsNumpyWrittenFiles) {
-  auto f8 = mamba2::read_npy(kDir / "f8.npy");
+  auto f8 = mamba2::read_npy(kNpyDir / "f8.npy");
   EXPECT_EQ(f8.shape, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(f8.data, (std::vector<double>{-0.5, -0.25, 0.0, 0.25, 0.5, 0.75}));
-  auto v2 = mamba2::read_npy(kDir / "f4_v2.npy");
+  auto v2 = mamba2::read_npy(kNpyDir / "f4_v2.npy");
   EXPECT_EQ(v2.shape, (std::vector<int64_t>{5}));
   EXPECT_EQ(v2.data, (std::vector<double>{0, 1.5, 3, 4.5, 6}));
 }
 
 TEST(NpyTest, RefusesUnsupportedLayouts) {
-  EXPECT_NE(error_of(kDir / "fortran.npy").find("fortran_order"), std::string::npos);
-  auto err = error_of(kDir / "i8.npy");
+  EXPECT_NE(npy_error(kNpyDir / "fortran.npy").find("fortran_order"), std::string::npos);
+  auto err = npy_error(kNpyDir / "i8.npy");
   EXPECT_NE(err.find("[npy]"), std::string::npos) << err;
   EXPECT_NE(err.find("'<i8'"), std::string::npos) << err;
-  auto p = scratch("bad.npy");
+  auto p = npy_scratch("bad.npy");
   write_file(p, make_npy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", std::string(4, 0)));
-  EXPECT_NE(error_of(p).find("'>f4'"), std::string::npos);
+  EXPECT_NE(npy_error(p).find("'>f4'"), std::string::npos);
 }
 
 TEST(NpyTest, RejectsCorruptFiles) {
-  auto p = scratch("corrupt.npy");
+  auto p = npy_scratch("corrupt.npy");
   auto err_for = [&](const std::string& bytes) {
     write_file(p, bytes);
-    return error_of(p);
+    return npy_error(p);
   };
   const std::string ok = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1), }";
   EXPECT_EQ(err_for(make_npy(ok, std::string(8, 0))), "(no error)");

@@ -15,7 +15,7 @@ using mamba2::Error;
 
 namespace {
 
-fs::path scratch(const std::string& name) { return mamba2::test::scratch_path("io_safetensors", name); }
+fs::path st_scratch(const std::string& name) { return mamba2::test::scratch_path("io_safetensors", name); }
 
 // A safetensors file from a raw header string and data section.
 std::string make_file(const std::string& header, const std::string& data, uint64_t len_override = 0) {
@@ -25,14 +25,14 @@ std::string make_file(const std::string& header, const std::string& data, uint64
   return out + header + data;
 }
 
-std::string error_of(const fs::path& p) {
+std::string st_error(const fs::path& p) {
   return mamba2::test::error_message([&] { mamba2::read_safetensors(p); });
 }
 
-std::string error_of_bytes(const std::string& bytes) {
-  auto p = scratch("crafted.safetensors");
+std::string st_error_of_bytes(const std::string& bytes) {
+  auto p = st_scratch("crafted.safetensors");
   write_file(p, bytes);
-  return error_of(p);
+  return st_error(p);
 }
 
 std::vector<uint16_t> halves(const mamba2::StoredTensor& t) {
@@ -46,7 +46,7 @@ const std::vector<float> kValues = {1.0f, -2.5f, 1.0f / 3.0f, 0.1f, 65504.0f, 0.
 }  // namespace
 
 TEST(SafetensorsTest, RoundTripsAllDtypes) {
-  auto p = scratch("round.safetensors");
+  auto p = st_scratch("round.safetensors");
   std::vector<mamba2::TensorToWrite> ts = {
       {"z.f32", DType::F32, {2, 3}, kValues.data()},
       {"a.bf16", DType::BF16, {6}, kValues.data()},
@@ -79,7 +79,7 @@ TEST(SafetensorsTest, RoundTripsAllDtypes) {
 }
 
 TEST(SafetensorsTest, WritesSortedPaddedHeader) {
-  auto p = scratch("layout.safetensors");
+  auto p = st_scratch("layout.safetensors");
   const float v[2] = {1, 2};
   mamba2::write_safetensors(p, {{"b", DType::F32, {2}, v}, {"a", DType::F16, {1}, v}}, {{"k", "v"}});
   const std::string bytes = read_file(p);
@@ -97,7 +97,7 @@ TEST(SafetensorsTest, WritesSortedPaddedHeader) {
 }
 
 TEST(SafetensorsTest, FailedWriteLeavesOriginalUntouched) {
-  auto p = scratch("keep.safetensors");
+  auto p = st_scratch("keep.safetensors");
   const float v[2] = {1, 2};
   mamba2::write_safetensors(p, {{"x", DType::F32, {2}, v}});
   const std::string before = read_file(p);
@@ -107,16 +107,16 @@ TEST(SafetensorsTest, FailedWriteLeavesOriginalUntouched) {
   EXPECT_EQ(read_file(p), before);
   for (const auto& e : fs::directory_iterator(p.parent_path()))
     EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
-  EXPECT_THROW(mamba2::write_safetensors(scratch("no_such_dir") / "x.safetensors", {{"x", DType::F32, {2}, v}}),
+  EXPECT_THROW(mamba2::write_safetensors(st_scratch("no_such_dir") / "x.safetensors", {{"x", DType::F32, {2}, v}}),
                Error);
 }
 
 TEST(SafetensorsTest, EveryTruncationIsAnError) {
-  auto p = scratch("full.safetensors");
+  auto p = st_scratch("full.safetensors");
   const float v[6] = {1, 2, 3, 4, 5, 6};
   mamba2::write_safetensors(p, {{"a", DType::BF16, {2, 3}, v}, {"b", DType::F32, {6}, v}});
   const std::string bytes = read_file(p);
-  auto t = scratch("trunc.safetensors");
+  auto t = st_scratch("trunc.safetensors");
   for (size_t n = 0; n < bytes.size(); ++n) {
     write_file(t, bytes.substr(0, n));
     EXPECT_THROW(mamba2::read_safetensors(t), Error) << "length " << n;
@@ -126,34 +126,34 @@ TEST(SafetensorsTest, EveryTruncationIsAnError) {
 TEST(SafetensorsTest, RejectsCorruptHeaders) {
   const std::string data(8, '\0');
   const std::string ok = R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
-  EXPECT_EQ(error_of_bytes(make_file(ok, data)), "(no error)");
+  EXPECT_EQ(st_error_of_bytes(make_file(ok, data)), "(no error)");
 
-  auto err = error_of_bytes(make_file(R"({"t":{"dtype":"F32",)", data));
+  auto err = st_error_of_bytes(make_file(R"({"t":{"dtype":"F32",)", data));
   EXPECT_NE(err.find("[safetensors]"), std::string::npos) << err;
   EXPECT_NE(err.find("not valid JSON"), std::string::npos) << err;
-  EXPECT_NE(error_of_bytes(make_file("[1,2]", data)).find("not a JSON object"), std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(ok, data, 1000)).find("exceeds the file size"), std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(ok, data, ~uint64_t(0))).find("exceeds the file size"), std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(R"({"t":{"shape":[2],"data_offsets":[0,8]}})", data)).find("'t'"),
+  EXPECT_NE(st_error_of_bytes(make_file("[1,2]", data)).find("not a JSON object"), std::string::npos);
+  EXPECT_NE(st_error_of_bytes(make_file(ok, data, 1000)).find("exceeds the file size"), std::string::npos);
+  EXPECT_NE(st_error_of_bytes(make_file(ok, data, ~uint64_t(0))).find("exceeds the file size"), std::string::npos);
+  EXPECT_NE(st_error_of_bytes(make_file(R"({"t":{"shape":[2],"data_offsets":[0,8]}})", data)).find("'t'"),
             std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data))
+  EXPECT_NE(st_error_of_bytes(make_file(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data))
                 .find("invalid dimension"),
             std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", data))
+  EXPECT_NE(st_error_of_bytes(make_file(R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", data))
                 .find("invalid dimension"),
             std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(
+  EXPECT_NE(st_error_of_bytes(make_file(
                 R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", data))
                 .find("overflows"),
             std::string::npos);
-  EXPECT_NE(error_of_bytes(make_file(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data))
+  EXPECT_NE(st_error_of_bytes(make_file(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data))
                 .find("data_offsets"),
             std::string::npos);
 }
 
 TEST(SafetensorsTest, RejectsBadOffsets) {
   const std::string data(16, '\0');
-  auto err_for = [&](const std::string& header) { return error_of_bytes(make_file(header, data)); };
+  auto err_for = [&](const std::string& header) { return st_error_of_bytes(make_file(header, data)); };
   EXPECT_NE(err_for(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})").find("outside the data"),
             std::string::npos);
   EXPECT_NE(err_for(R"({"t":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})").find("outside the data"),
@@ -173,7 +173,7 @@ TEST(SafetensorsTest, RejectsBadOffsets) {
 
 TEST(SafetensorsTest, RefusesUnsupportedDtypesNamingTensor) {
   for (const std::string dt : {"F64", "I64"}) {
-    auto err = error_of_bytes(
+    auto err = st_error_of_bytes(
         make_file(R"({"layers.0.w":{"dtype":")" + dt + R"(","shape":[2],"data_offsets":[0,16]}})", std::string(16, 0)));
     EXPECT_NE(err.find("'layers.0.w'"), std::string::npos) << err;
     EXPECT_NE(err.find(dt), std::string::npos) << err;
@@ -182,7 +182,7 @@ TEST(SafetensorsTest, RefusesUnsupportedDtypesNamingTensor) {
 }
 
 TEST(SafetensorsTest, SkipsMetadataAndAcceptsEmptyTensors) {
-  auto p = scratch("meta.safetensors");
+  auto p = st_scratch("meta.safetensors");
   write_file(p, make_file(R"({"__metadata__":{"format":"pt"},"e":{"dtype":"BF16","shape":[0,4],"data_offsets":[0,0]},)"
                            R"("s":{"dtype":"F16","shape":[],"data_offsets":[0,2]}})",
                            std::string("\x00\x3c", 2)));
@@ -194,7 +194,7 @@ TEST(SafetensorsTest, SkipsMetadataAndAcceptsEmptyTensors) {
 }
 
 TEST(SafetensorsTest, ReadsShardedIndex) {
-  auto dir = scratch("sharded");
+  auto dir = st_scratch("sharded");
   fs::create_directories(dir);
   const float a[2] = {1, 2}, b[3] = {3, 4, 5};
   mamba2::write_safetensors(dir / "model-00001-of-00002.safetensors", {{"a", DType::F32, {2}, a}});
@@ -214,7 +214,7 @@ TEST(SafetensorsTest, ReadsShardedIndex) {
 }
 
 TEST(SafetensorsTest, IndexErrorsNameTheProblem) {
-  auto dir = scratch("sharded_bad");
+  auto dir = st_scratch("sharded_bad");
   fs::create_directories(dir);
   const float a[2] = {1, 2};
   mamba2::write_safetensors(dir / "s1.safetensors", {{"a", DType::F32, {2}, a}});

@@ -15,11 +15,11 @@ using namespace std::string_literals;
 
 namespace {
 
-const fs::path kDir = fs::path(MAMBA2_FIXTURES_DIR) / "io";
+const fs::path kTorchDir = fs::path(MAMBA2_FIXTURES_DIR) / "io";
 
-fs::path scratch(const std::string& name) { return mamba2::test::scratch_path("io_torch", name); }
+fs::path torch_scratch(const std::string& name) { return mamba2::test::scratch_path("io_torch", name); }
 
-std::string error_of(const fs::path& p) {
+std::string torch_error(const fs::path& p) {
   return mamba2::test::error_message([&] { mamba2::read_torch_checkpoint(p); });
 }
 
@@ -50,9 +50,9 @@ std::string make_zip(const std::vector<std::pair<std::string, std::string>>& ent
 std::string pickle_error(const std::string& pickle, const std::vector<std::pair<std::string, std::string>>& extra = {}) {
   auto entries = extra;
   entries.emplace_back("archive/data.pkl", pickle);
-  auto p = scratch("crafted.pt");
+  auto p = torch_scratch("crafted.pt");
   write_file(p, make_zip(entries));
-  return error_of(p);
+  return torch_error(p);
 }
 
 std::vector<float> values_of(const mamba2::StoredTensor& t) {
@@ -75,19 +75,19 @@ void expect_matches(const mamba2::TensorArchive& ar, const nlohmann::json& expec
 }
 
 nlohmann::json expected(const char* which) {
-  return nlohmann::json::parse(read_file(kDir / "expected.json"))[which];
+  return nlohmann::json::parse(read_file(kTorchDir / "expected.json"))[which];
 }
 
 }  // namespace
 
 TEST(TorchCheckpointTest, ReadsRealStateDict) {
-  auto ar = mamba2::read_torch_checkpoint(kDir / "state.pt");
+  auto ar = mamba2::read_torch_checkpoint(kTorchDir / "state.pt");
   expect_matches(ar, expected("state"));
-  EXPECT_EQ(ar.find("f32")->file, (kDir / "state.pt").string());
+  EXPECT_EQ(ar.find("f32")->file, (kTorchDir / "state.pt").string());
 }
 
 TEST(TorchCheckpointTest, TiedTensorsShareTheMappedStorage) {
-  auto ar = mamba2::read_torch_checkpoint(kDir / "state.pt");
+  auto ar = mamba2::read_torch_checkpoint(kTorchDir / "state.pt");
   const auto* emb = ar.find("embedding.weight");
   const auto* head = ar.find("lm_head.weight");
   ASSERT_TRUE(emb && head);
@@ -97,39 +97,39 @@ TEST(TorchCheckpointTest, TiedTensorsShareTheMappedStorage) {
 }
 
 TEST(TorchCheckpointTest, ReadsZip64Archive) {
-  expect_matches(mamba2::read_torch_checkpoint(kDir / "zip64.pt"), expected("state"));
+  expect_matches(mamba2::read_torch_checkpoint(kTorchDir / "zip64.pt"), expected("state"));
 }
 
 TEST(TorchCheckpointTest, ReadsModuleStateDictAndNestedStateDict) {
-  expect_matches(mamba2::read_torch_checkpoint(kDir / "module.pt"), expected("module"));
-  expect_matches(mamba2::read_torch_checkpoint(kDir / "nested.pt"), expected("module"));
+  expect_matches(mamba2::read_torch_checkpoint(kTorchDir / "module.pt"), expected("module"));
+  expect_matches(mamba2::read_torch_checkpoint(kTorchDir / "nested.pt"), expected("module"));
 }
 
 TEST(TorchCheckpointTest, RefusesLegacyFormat) {
-  auto err = error_of(kDir / "legacy.pt");
+  auto err = torch_error(kTorchDir / "legacy.pt");
   EXPECT_NE(err.find("[torch]"), std::string::npos) << err;
   EXPECT_NE(err.find("legacy torch serialization is not supported"), std::string::npos) << err;
   EXPECT_NE(err.find("_use_new_zipfile_serialization=True"), std::string::npos) << err;
 }
 
 TEST(TorchCheckpointTest, RefusesForbiddenGlobals) {
-  auto err = error_of(kDir / "malicious_global.pt");
+  auto err = torch_error(kTorchDir / "malicious_global.pt");
   EXPECT_NE(err.find("pickle refers to forbidden global 'os.system'"), std::string::npos) << err;
   EXPECT_NE(err.find("malicious_global.pt"), std::string::npos) << err;
-  err = error_of(kDir / "malicious_stack_global.pt");
+  err = torch_error(kTorchDir / "malicious_stack_global.pt");
   EXPECT_NE(err.find("forbidden global 'builtins.eval'"), std::string::npos) << err;
   EXPECT_NE(pickle_error("\x80\x02" "csubprocess\nPopen\n.").find("'subprocess.Popen'"), std::string::npos);
   EXPECT_NE(pickle_error("\x80\x02" "ctorch\nload\n.").find("'torch.load'"), std::string::npos);
 }
 
 TEST(TorchCheckpointTest, RefusesCompressedEntries) {
-  auto err = error_of(kDir / "compressed.pt");
+  auto err = torch_error(kTorchDir / "compressed.pt");
   EXPECT_NE(err.find("compressed"), std::string::npos) << err;
   EXPECT_NE(err.find("'state/"), std::string::npos) << err;
 }
 
 TEST(TorchCheckpointTest, RefusesUnsupportedDtypeNamingTensor) {
-  auto err = error_of(kDir / "int64.pt");
+  auto err = torch_error(kTorchDir / "int64.pt");
   EXPECT_NE(err.find("'steps'"), std::string::npos) << err;
   EXPECT_NE(err.find("LongStorage"), std::string::npos) << err;
 }
@@ -168,19 +168,19 @@ TEST(TorchCheckpointTest, RejectsMalformedPickles) {
 }
 
 TEST(TorchCheckpointTest, RejectsNonZipAndBrokenZips) {
-  EXPECT_NE(error_of(kDir / "f8.npy").find("legacy torch serialization"), std::string::npos);
-  auto p = scratch("nopkl.pt");
+  EXPECT_NE(torch_error(kTorchDir / "f8.npy").find("legacy torch serialization"), std::string::npos);
+  auto p = torch_scratch("nopkl.pt");
   write_file(p, make_zip({{"archive/version", "3"}}));
-  EXPECT_NE(error_of(p).find("no data.pkl"), std::string::npos);
+  EXPECT_NE(torch_error(p).find("no data.pkl"), std::string::npos);
   write_file(p, make_zip({{"archive/data.pkl", "\x80\x02}."}}, 8));
-  EXPECT_NE(error_of(p).find("'archive/data.pkl' is compressed"), std::string::npos);
+  EXPECT_NE(torch_error(p).find("'archive/data.pkl' is compressed"), std::string::npos);
   write_file(p, make_zip({{"archive/data.pkl", "\x80\x02}."}}));
-  EXPECT_EQ(error_of(p), "(no error)");
+  EXPECT_EQ(torch_error(p), "(no error)");
 }
 
 TEST(TorchCheckpointTest, EveryTruncationIsAnError) {
-  auto p = scratch("trunc.pt");
-  fs::copy_file(kDir / "state.pt", p, fs::copy_options::overwrite_existing);
+  auto p = torch_scratch("trunc.pt");
+  fs::copy_file(kTorchDir / "state.pt", p, fs::copy_options::overwrite_existing);
   for (auto n = fs::file_size(p); n-- > 0;) {
     fs::resize_file(p, n);
     EXPECT_THROW(mamba2::read_torch_checkpoint(p), Error) << "length " << n;
@@ -189,8 +189,8 @@ TEST(TorchCheckpointTest, EveryTruncationIsAnError) {
 
 TEST(TorchCheckpointTest, CorruptBytesNeverCrash) {
   for (const char* name : {"state.pt", "zip64.pt"}) {
-    const std::string bytes = read_file(kDir / name);
-    auto p = scratch("flip.pt");
+    const std::string bytes = read_file(kTorchDir / name);
+    auto p = torch_scratch("flip.pt");
     write_file(p, bytes);
     std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
     auto put = [&](size_t i, char c) {

@@ -18,13 +18,10 @@ using test::rel_l2;
 
 using test::decode_all;
 using test::GoldenCase;
-
-GoldenCase load_case(const std::string& name) { return test::load_golden_case(name); }
+using test::kGoldenTol;
 
 std::vector<float> decode_all(const Model& m, const GoldenCase& g) { return test::decode_all(m, g.ids, g.lengths); }
 
-// fp32 compute vs the float64 oracle: relative L2 ≤ 1e-4 per sequence (README tolerance contract).
-constexpr double kGoldenTol = 1e-4;
 
 template <class T>
 void expect_matches_golden(const GoldenCase& g, const T* ours, int64_t V, const std::string& what) {
@@ -42,7 +39,7 @@ void expect_matches_golden(const GoldenCase& g, const T* ours, int64_t V, const 
 class ModelGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ModelGolden, PrefillBatchedMatchesOracle) {
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   const Model m = Model::load(g.dir / "model");
   ASSERT_EQ(g.logits.shape[0], int64_t(g.ids.size()));
   std::vector<float> logits;
@@ -52,14 +49,14 @@ TEST_P(ModelGolden, PrefillBatchedMatchesOracle) {
 }
 
 TEST_P(ModelGolden, DecodeWithSlotsMatchesOracle) {
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   const Model m = Model::load(g.dir / "model");
   const std::vector<float> logits = decode_all(m, g);
   expect_matches_golden(g, logits.data(), m.vocab(), "decode");
 }
 
 TEST_P(ModelGolden, PrefillLastPositionsMatchOracle) {
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   const Model m = Model::load(g.dir / "model");
   const int64_t V = m.vocab();
   std::vector<float> last;
@@ -100,7 +97,7 @@ double narrow_weights_error(const GoldenCase& g, DType dtype, const char* name) 
 // 3/4 of mamba_ssm's in bf16 on the GPU, which also rounds its activations
 // (test::mamba_ssm_bf16_error).
 TEST_P(ModelGolden, Bf16WeightsOnTheCpu) {
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   EXPECT_LE(narrow_weights_error(g, DType::BF16, "bf16"), 0.75 * test::mamba_ssm_bf16_error(GetParam()));
 }
 
@@ -112,7 +109,7 @@ TEST_P(ModelGolden, Bf16WeightsOnTheCpu) {
 constexpr double kQ8LogitsBound = 2.5e-2;
 
 TEST_P(ModelGolden, Q8WeightsOnTheCpu) {
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   EXPECT_LE(narrow_weights_error(g, DType::Q8_0, "q8"), kQ8LogitsBound);
 }
 
@@ -126,7 +123,7 @@ TEST_P(ModelGolden, Q8WeightsOnTheCpu) {
 constexpr double kQ4LogitsBound = 0.3;
 
 TEST_P(ModelGolden, Q4WeightsOnTheCpu) {
-  const GoldenCase g = load_case(GetParam());
+  const GoldenCase g = test::load_golden_case(GetParam());
   EXPECT_LE(narrow_weights_error(g, DType::Q4_0, "q4"), kQ4LogitsBound);
 }
 
@@ -135,25 +132,16 @@ INSTANTIATE_TEST_SUITE_P(ModelGolden, ModelGolden,
                                            "official_fp16_g4"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
-std::string join(const auto& v) {
-  std::string s;
-  for (auto x : v) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(x);
-  }
-  return s;
-}
-
 TEST(ModelGoldenCli, LogitsPrefillAndDecodeMatchOracle) {
   for (const std::string name : {"hf_fp32_g2_dtlimit", "official_fp16_g4"}) {
-    const GoldenCase g = load_case(name);
+    const GoldenCase g = test::load_golden_case(name);
     for (const std::string mode : {"prefill", "decode"}) {
       SCOPED_TRACE(name + " " + mode);
       test::TempDir tmp;
       const fs::path out = tmp / "logits.npy";
       const test::CliResult r = test::run_cli(
-          "logits --model " + test::shell_quote((g.dir / "model").string()) + " --ids " + join(g.ids) +
-          " --lengths " + join(g.lengths) + " --mode " + mode + " --out " + test::shell_quote(out.string()));
+          "logits --model " + test::shell_quote((g.dir / "model").string()) + " --ids " + test::comma_list(g.ids) +
+          " --lengths " + test::comma_list(g.lengths) + " --mode " + mode + " --out " + test::shell_quote(out.string()));
       ASSERT_TRUE(r.exited && r.code == 0) << r.err;
       const NpyArray got = read_npy(out);
       int64_t total = 0;

@@ -13,7 +13,7 @@ using test::rel_l2;
 
 // fp32 engine vs float64 recurrence over 65536 tokens: relative L2 ≤ 1e-4 (decaying heads keep
 // the fp32 state error from accumulating, so the short-sequence contract holds).
-constexpr double kTol = 1e-4;
+constexpr double kLongTol = 1e-4;
 
 TEST(ModelLong, Prefill65536TokensMatchesRecurrence) {
   ModelConfig c;
@@ -49,14 +49,14 @@ TEST(ModelLong, Prefill65536TokensMatchesRecurrence) {
 
   test::RefState st(c);
   const std::vector<double> ref = test::reference_logits(c, *w, ids, st);
-  EXPECT_LE(rel_l2(logits.data(), ref.data(), ref.size()), kTol) << "all 65536 positions";
+  EXPECT_LE(rel_l2(logits.data(), ref.data(), ref.size()), kLongTol) << "all 65536 positions";
   // The tail alone (past 256 chunks of hand-over) must be right too, not just the average.
   const size_t tail = size_t(1024 * V);
-  EXPECT_LE(rel_l2(logits.data() + logits.size() - tail, ref.data() + ref.size() - tail, tail), kTol)
+  EXPECT_LE(rel_l2(logits.data() + logits.size() - tail, ref.data() + ref.size() - tail, tail), kLongTol)
       << "last 1024 positions";
   // Final states after prefill vs the recurrence's (fp32 vs float64).
-  EXPECT_LE(rel_l2(state->ssm[0].data(), st.ssm[0].data(), st.ssm[0].size()), kTol) << "final SSM state";
-  EXPECT_LE(rel_l2(state->conv[0].data(), st.conv[0].data(), st.conv[0].size()), kTol) << "final conv state";
+  EXPECT_LE(rel_l2(state->ssm[0].data(), st.ssm[0].data(), st.ssm[0].size()), kLongTol) << "final SSM state";
+  EXPECT_LE(rel_l2(state->conv[0].data(), st.conv[0].data(), st.conv[0].size()), kLongTol) << "final conv state";
 
   // Continue with decode from the prefilled state: same contract against the recurrence.
   const auto more = test::random_ids(64, c.vocab_size, 78);
@@ -67,7 +67,7 @@ TEST(ModelLong, Prefill65536TokensMatchesRecurrence) {
   }
   const std::vector<double> ref_more = test::reference_logits(c, *w, more, st);
   EXPECT_TRUE(test::all_finite(dec));
-  EXPECT_LE(rel_l2(dec.data(), ref_more.data(), ref_more.size()), kTol) << "decode after a 65536-token prefill";
+  EXPECT_LE(rel_l2(dec.data(), ref_more.data(), ref_more.size()), kLongTol) << "decode after a 65536-token prefill";
 }
 
 }  // namespace

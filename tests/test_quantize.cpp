@@ -20,12 +20,12 @@ namespace {
 namespace fs = std::filesystem;
 using test::CliResult;
 using test::run_cli;
+using test::shell_path;
 using test::shell_quote;
 using test::TempDir;
 
-const fs::path kGolden = fs::path(MAMBA2_FIXTURES_DIR) / "golden";
+const fs::path kGoldenFixtures = fs::path(MAMBA2_FIXTURES_DIR) / "golden";
 
-std::string q(const fs::path& p) { return shell_quote(p.string()); }
 
 // The header of a safetensors file as JSON, read here by hand (8-byte little-endian length).
 nlohmann::json header_of(const fs::path& file) {
@@ -35,7 +35,7 @@ nlohmann::json header_of(const fs::path& file) {
   return nlohmann::json::parse(bytes.substr(8, len));
 }
 
-std::vector<float> randn(size_t n, uint32_t seed) {
+std::vector<float> normal_floats(size_t n, uint32_t seed) {
   std::mt19937 g(seed);
   std::normal_distribution<float> d;
   std::vector<float> v(n);
@@ -46,8 +46,8 @@ std::vector<float> randn(size_t n, uint32_t seed) {
 TEST(QuantizedSafetensors, BlocksAreStoredAsU8RowsOfBlocksAndReadBackInPlace) {
   TempDir tmp;
   const int64_t rows = 6, k = 96;
-  const auto w = randn(size_t(rows * k), 1);
-  const auto norm = randn(size_t(k), 2);
+  const auto w = normal_floats(size_t(rows * k), 1);
+  const auto norm = normal_floats(size_t(k), 2);
   for (DType dt : {DType::Q8_0, DType::Q4_0}) {
     const int64_t block_bytes = dt == DType::Q8_0 ? 34 : 18;
     const fs::path file = tmp / (std::string(dtype_name(dt)) + ".safetensors");
@@ -127,7 +127,7 @@ TEST(QuantizedSafetensors, BadBlockHeadersAreRefused) {
 }
 
 std::vector<double> logits_of(const fs::path& model, const fs::path& out, const std::string& extra) {
-  const CliResult r = run_cli("logits --model " + q(model) + " --ids 3,1,4,1,5,9,2,6 --out " + q(out) + " " + extra);
+  const CliResult r = run_cli("logits --model " + shell_path(model) + " --ids 3,1,4,1,5,9,2,6 --out " + shell_path(out) + " " + extra);
   EXPECT_TRUE(r.exited && r.code == 0) << r.err;
   return r.code == 0 ? read_npy(out).data : std::vector<double>{};
 }
@@ -136,11 +136,11 @@ std::vector<double> logits_of(const fs::path& model, const fs::path& out, const 
 // same kernels), in its own format by default; its projections are the stored blocks in place.
 TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
   TempDir tmp;
-  const fs::path src = kGolden / "hf_fp32_g2_dtlimit" / "model";
+  const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
   for (const std::string type : {"q8", "q4", "bf16"}) {
     SCOPED_TRACE(type);
     const fs::path out = tmp / type;
-    const CliResult r = run_cli("quantize --model " + q(src) + " --type " + type + " --out " + q(out));
+    const CliResult r = run_cli("quantize --model " + shell_path(src) + " --type " + type + " --out " + shell_path(out));
     ASSERT_TRUE(r.exited && r.code == 0) << r.err;
     const nlohmann::json h = header_of(out / "model.safetensors");
     const std::string matrix = type == "bf16" ? "BF16" : "U8";
@@ -177,7 +177,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
 
 TEST(CliQuantize, BadRequestsAreRefusedAndNothingIsOverwritten) {
   TempDir tmp;
-  const fs::path src = kGolden / "hf_fp32_g2_dtlimit" / "model";
+  const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
   const fs::path copy = tmp / "copy";
   fs::copy(src, copy, fs::copy_options::recursive);
   const std::string before = test::read_file(copy / "model.safetensors");
@@ -186,19 +186,19 @@ TEST(CliQuantize, BadRequestsAreRefusedAndNothingIsOverwritten) {
     EXPECT_NE(r.code, 0);
     EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
   };
-  refused(run_cli("quantize --model " + q(copy) + " --type q2 --out " + q(tmp / "x")), "--type must be bf16, q8 or q4");
-  refused(run_cli("quantize --model " + q(copy) + " --type q8 --out " + q(copy) + " --force"), "is the --model folder");
+  refused(run_cli("quantize --model " + shell_path(copy) + " --type q2 --out " + shell_path(tmp / "x")), "--type must be bf16, q8 or q4");
+  refused(run_cli("quantize --model " + shell_path(copy) + " --type q8 --out " + shell_path(copy) + " --force"), "is the --model folder");
   EXPECT_EQ(test::read_file(copy / "model.safetensors"), before);
-  ASSERT_EQ(run_cli("quantize --model " + q(copy) + " --type q8 --out " + q(tmp / "o")).code, 0);
+  ASSERT_EQ(run_cli("quantize --model " + shell_path(copy) + " --type q8 --out " + shell_path(tmp / "o")).code, 0);
   const std::string written = test::read_file(tmp / "o" / "model.safetensors");
-  refused(run_cli("quantize --model " + q(copy) + " --type q4 --out " + q(tmp / "o")), "--force");
+  refused(run_cli("quantize --model " + shell_path(copy) + " --type q4 --out " + shell_path(tmp / "o")), "--force");
   EXPECT_EQ(test::read_file(tmp / "o" / "model.safetensors"), written);
   // Rows that are not whole blocks: d_model 40 (d_inner 80).
   const fs::path odd = tmp / "odd";
   const CliResult init =
-      run_cli("init --preset 130m --d-model 40 --headdim 16 --n-layer 1 --vocab-size 64 --out " + q(odd));
+      run_cli("init --preset 130m --d-model 40 --headdim 16 --n-layer 1 --vocab-size 64 --out " + shell_path(odd));
   ASSERT_EQ(init.code, 0) << init.err;
-  refused(run_cli("quantize --model " + q(odd) + " --type q4 --out " + q(tmp / "odd_q4")), "multiples of 32");
+  refused(run_cli("quantize --model " + shell_path(odd) + " --type q4 --out " + shell_path(tmp / "odd_q4")), "multiples of 32");
 }
 
 }  // namespace

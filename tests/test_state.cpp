@@ -21,23 +21,15 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ModelConfig small_config() { return test::small_config(100); }
+ModelConfig state_config() { return test::small_config(100); }
 
 Model small_model(uint64_t seed) {
-  const ModelConfig c = small_config();
+  const ModelConfig c = state_config();
   ModelWeights w = init_weights(c, seed);
   test::perturb_weights(w, seed + 1);
   return Model(c, std::make_shared<const ModelWeights>(std::move(w)));
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // Prefill `more` into `slot`, then `steps` greedy decode steps: every logit on the way.
 std::vector<float> continue_slot(const Model& m, InferenceState& state, int64_t slot, const std::vector<int32_t>& more,
@@ -134,12 +126,12 @@ TEST(State, CopiedSlotsContinueIndependently) {
   std::memcpy(before.data(), state->ssm[0].data(), before.size() * sizeof(float));
   m.decode(std::vector<int32_t>{11}, std::vector<int64_t>{1}, *state, logits);
   EXPECT_EQ(std::memcmp(before.data(), state->ssm[0].data(), before.size() * sizeof(float)), 0);
-  EXPECT_NE(error_of([&] { copy_state(*state, 0, *state, 2); }).find("[state] copy into slot 2 outside"),
+  EXPECT_NE(test::error_message([&] { copy_state(*state, 0, *state, 2); }).find("[state] copy into slot 2 outside"),
             std::string::npos);
-  ModelConfig narrower = small_config();
+  ModelConfig narrower = state_config();
   narrower.d_state = 8;
   auto foreign = make_state(narrower, 1);
-  EXPECT_NE(error_of([&] { copy_state(*state, 0, *foreign, 0); }).find("[state] copy between states of other"),
+  EXPECT_NE(test::error_message([&] { copy_state(*state, 0, *foreign, 0); }).find("[state] copy between states of other"),
             std::string::npos);
 }
 
@@ -175,9 +167,9 @@ TEST(State, AnotherModelsStateIsRefused) {
   auto state = m.new_state(1);
   const StateSnapshot s = snapshot_state(m, *state, 0, {});
   auto other_state = other.new_state(1);
-  EXPECT_NE(error_of([&] { restore_state(other, *other_state, 0, s); }).find("[state] the state was made by model "),
+  EXPECT_NE(test::error_message([&] { restore_state(other, *other_state, 0, s); }).find("[state] the state was made by model "),
             std::string::npos);
-  EXPECT_NE(error_of([&] { snapshot_state(m, *state, 1, {}); }).find("outside the state's 1 sequences"),
+  EXPECT_NE(test::error_message([&] { snapshot_state(m, *state, 1, {}); }).find("outside the state's 1 sequences"),
             std::string::npos);
 }
 
@@ -188,7 +180,7 @@ TEST(State, CorruptAndForeignFilesAreRefusedNamingTheFile) {
   const StateSnapshot good = snapshot_state(m, *state, 0, {});
   const fs::path p = dir.path() / "bad.safetensors";
   auto expect_error = [&](const std::string& want) {
-    const std::string e = error_of([&] { load_state(p); });
+    const std::string e = test::error_message([&] { load_state(p); });
     EXPECT_NE(e.find(want), std::string::npos) << e;
     EXPECT_NE(e.find(p.string()), std::string::npos) << e;
   };
@@ -233,7 +225,7 @@ TEST(State, CorruptAndForeignFilesAreRefusedNamingTheFile) {
   narrow[0].shape = {3};
   write_safetensors(p, narrow, meta);
   const StateSnapshot s = load_state(p);
-  EXPECT_NE(error_of([&] { restore_state(m, *state, 0, s); }).find("widths do not match"), std::string::npos);
+  EXPECT_NE(test::error_message([&] { restore_state(m, *state, 0, s); }).find("widths do not match"), std::string::npos);
   // Truncated: the safetensors reader names the file.
   write_safetensors(p, tensors, meta);
   fs::resize_file(p, fs::file_size(p) - 5);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <random>
 #include <span>
 #include <string>
@@ -188,6 +189,20 @@ inline ModelConfig small_config(int64_t vocab, bool tied = true) {
   return c;
 }
 
+// The training tests' tokenizers: a tiny BPE with EOS "</s>" and a split-only one without EOS.
+inline const std::string kTinyEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-bpe.json";
+inline const std::string kTinyNoEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-split.json";
+
+// "5,17,3": integers as the CLI's list flags take them.
+std::string comma_list(const auto& v) {
+  std::string s;
+  for (auto x : v) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(x);
+  }
+  return s;
+}
+
 inline std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> d(0, int32_t(vocab - 1));
@@ -204,6 +219,7 @@ inline std::string shell_quote(const std::string& s) {
   }
   return out + "'";
 }
+inline std::string shell_path(const std::filesystem::path& p) { return shell_quote(p.string()); }
 
 struct CliResult {
   bool exited = false;  // false: killed by a signal
@@ -227,6 +243,16 @@ inline CliResult run_cli(const std::string& args, const std::string& env = "") {
   r.out = read_file(tmp / "out");
   r.err = read_file(tmp / "err");
   return r;
+}
+
+// A clean refusal: exit code `code` (not a signal or a sanitizer report) and stderr naming
+// every one of `needles`.
+inline void expect_refusal(const CliResult& r, int code, std::initializer_list<std::string> needles) {
+  ASSERT_TRUE(r.exited) << "killed by a signal; stderr: " << r.err;
+  EXPECT_EQ(r.code, code) << "stderr: " << r.err;
+  EXPECT_EQ(r.err.find("Sanitizer"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("runtime error"), std::string::npos) << r.err;
+  for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "stderr lacks '" << n << "': " << r.err;
 }
 
 }  // namespace mamba2::test

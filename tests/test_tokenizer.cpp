@@ -19,18 +19,18 @@ using json = nlohmann::json;
 using test::error_message;
 using test::TempDir;
 
-const fs::path kDir = fs::path(MAMBA2_FIXTURES_DIR) / "tokenizer";
+const fs::path kTokenizerDir = fs::path(MAMBA2_FIXTURES_DIR) / "tokenizer";
 
 // Loaded once per process: the GPT-NeoX file is 1.3 MB of JSON.
 const Tokenizer& fixture(const std::string& name) {
   static std::map<std::string, Tokenizer> loaded;
   auto it = loaded.find(name);
-  if (it == loaded.end()) it = loaded.emplace(name, Tokenizer::load(kDir / name)).first;
+  if (it == loaded.end()) it = loaded.emplace(name, Tokenizer::load(kTokenizerDir / name)).first;
   return it->second;
 }
 
 const json& parity() {
-  static const json p = json::parse(test::read_file(kDir / "parity.json"));
+  static const json p = json::parse(test::read_file(kTokenizerDir / "parity.json"));
   return p;
 }
 
@@ -152,7 +152,7 @@ TEST(Tokenizer, ConcurrentEncodesAgree) {
 }
 
 TEST(Tokenizer, MovedTokenizerStillWorks) {
-  Tokenizer a = Tokenizer::load(kDir / "tiny-bpe.json");
+  Tokenizer a = Tokenizer::load(kTokenizerDir / "tiny-bpe.json");
   const std::vector<int32_t> ids = a.encode("hello world");
   Tokenizer b = std::move(a);
   EXPECT_EQ(b.encode("hello world"), ids);
@@ -160,7 +160,7 @@ TEST(Tokenizer, MovedTokenizerStillWorks) {
 
 // ---- files it refuses ------------------------------------------------------------------------
 
-json tiny() { return json::parse(test::read_file(kDir / "tiny-bpe.json")); }
+json tiny() { return json::parse(test::read_file(kTokenizerDir / "tiny-bpe.json")); }
 
 // Writes `j` to a temp file and returns the load error ("(no error)" when it loads).
 std::string load_error(const TempDir& dir, const std::string& content) {
@@ -239,13 +239,13 @@ TEST(TokenizerLoad, RefusesSplitStepsItCannotMatchExactly) {
   };
   TempDir dir;
   for (const auto& [edit, needle] : cases) {
-    json j = json::parse(test::read_file(kDir / "tiny-split.json"));
+    json j = json::parse(test::read_file(kTokenizerDir / "tiny-split.json"));
     edit(j["pre_tokenizer"]["pretokenizers"][0]);
     const std::string m = load_error(dir, j.dump());
     EXPECT_NE(m.find(needle), std::string::npos) << m;
     EXPECT_NE(m.find("pre_tokenizer.pretokenizers[0]"), std::string::npos) << m;
   }
-  json j = json::parse(test::read_file(kDir / "tiny-split.json"));
+  json j = json::parse(test::read_file(kTokenizerDir / "tiny-split.json"));
   std::swap(j["pre_tokenizer"]["pretokenizers"][0], j["pre_tokenizer"]["pretokenizers"][1]);
   EXPECT_NE(load_error(dir, j.dump()).find("pre_tokenizer.pretokenizers[0] type 'ByteLevel' is not supported here"),
             std::string::npos);
@@ -253,7 +253,7 @@ TEST(TokenizerLoad, RefusesSplitStepsItCannotMatchExactly) {
 
 TEST(TokenizerLoad, CorruptAndMissingFiles) {
   TempDir dir;
-  const std::string good = test::read_file(kDir / "tiny-bpe.json");
+  const std::string good = test::read_file(kTokenizerDir / "tiny-bpe.json");
   EXPECT_NE(load_error(dir, good.substr(0, good.size() / 2)).find("not valid JSON"), std::string::npos);
   EXPECT_NE(load_error(dir, "").find("not valid JSON"), std::string::npos);
   EXPECT_NE(load_error(dir, "\x89PNG\r\n\x1a\n").find("not valid JSON"), std::string::npos);

@@ -15,13 +15,13 @@ namespace mamba2 {
 namespace {
 
 namespace fs = std::filesystem;
+using test::kTinyEos;
+using test::kTinyNoEos;
 using namespace training;
 
 const std::string kNeox = MAMBA2_FIXTURES_DIR "/tokenizer/gpt-neox-20b.json";
-const std::string kTinyEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-bpe.json";     // EOS "</s>"
-const std::string kTinyNoEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-split.json";  // no EOS token
 
-std::string sample_text() {
+std::string messy_text() {
   std::string t;
   for (int i = 0; i < 60; ++i) {
     t += "Line " + std::to_string(i * 37) + ": the quick brown fox, café naïve — ünïcödé! ";
@@ -40,7 +40,7 @@ std::vector<int32_t> encode_blocks(const Tokenizer& tok, const fs::path& f, size
 
 TEST(TrainData, BlockwiseEncodingEqualsWholeText) {
   test::TempDir tmp;
-  const std::string text = sample_text();
+  const std::string text = messy_text();
   test::write_file(tmp / "doc.txt", text);
   for (const std::string& path : {kNeox, kTinyNoEos}) {
     const Tokenizer tok = Tokenizer::load(path);

@@ -19,10 +19,10 @@ namespace mamba2 {
 namespace {
 
 namespace fs = std::filesystem;
+using test::kTinyEos;
+using test::kTinyNoEos;
 using nlohmann::json;
 
-const std::string kTinyEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-bpe.json";     // EOS "</s>"
-const std::string kTinyNoEos = MAMBA2_FIXTURES_DIR "/tokenizer/tiny-split.json";  // no EOS token
 
 // Documents of simple sentences over a small vocabulary: easy to learn.
 void write_corpus(const fs::path& dir, int docs, int sentences, uint32_t seed = 1) {
