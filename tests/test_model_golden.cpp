@@ -19,6 +19,8 @@ using test::rel_l2;
 using test::decode_all;
 using test::GoldenCase;
 using test::kGoldenTol;
+using test::kQ4LogitsBound;
+using test::kQ8LogitsBound;
 
 std::vector<float> decode_all(const Model& m, const GoldenCase& g) { return test::decode_all(m, g.ids, g.lengths); }
 
@@ -101,26 +103,10 @@ TEST_P(ModelGolden, Bf16WeightsOnTheCpu) {
   EXPECT_LE(narrow_weights_error(g, DType::BF16, "bf16"), 0.75 * test::mamba_ssm_bf16_error(GetParam()));
 }
 
-// The bound on q8 logits against float64. A q8_0 block's step is max|w|/127, about 2.1σ/127 for
-// the 32 normal weights of a block, so each weight is off by ≈ step/√12 ≈ 4.8e-3σ rms: 4.3× bf16's
-// rounding (2⁻⁹/√3 ≈ 1.1e-3 relative), whose logits are off by 5.4–5.5e-3 here (the bf16 test's
-// print). Errors adding as in the bf16 case put q8 near 2.4e-2; measured 1.4–1.6e-2 (2026-12-01),
-// so 2.5e-2 leaves 1.6×. (The quantizer itself is checked element by element in test_linear.cpp.)
-constexpr double kQ8LogitsBound = 2.5e-2;
-
 TEST_P(ModelGolden, Q8WeightsOnTheCpu) {
   const GoldenCase g = test::load_golden_case(GetParam());
   EXPECT_LE(narrow_weights_error(g, DType::Q8_0, "q8"), kQ8LogitsBound);
 }
-
-// q4_0: a block's step d ≈ max|w|/7.5 ≈ 2.1σ/7.5 (the search trims it a little), so each weight
-// is off by ≈ d/√12 ≈ 0.08σ rms, about 17× q8's; errors adding as for q8 would put the logits near
-// 17 × 1.5e-2 ≈ 0.25 of their norm, and with the embedding and head in q4 too they were: 0.22–0.27
-// (2026-12-01). With those two in q8 (place_weights) it is 0.15–0.17 on the four fixtures, so 0.3
-// leaves 1.8×. q4 is for large trained models, not these tiny random ones: the bound tells a working
-// kernel from a broken one (off by ~1 or more); the exact part, the kernels being the fp32 kernels
-// on the dequantized weights, is checked bit for bit in narrow_weights_error.
-constexpr double kQ4LogitsBound = 0.3;
 
 TEST_P(ModelGolden, Q4WeightsOnTheCpu) {
   const GoldenCase g = test::load_golden_case(GetParam());

@@ -35,8 +35,9 @@ struct DecodeCandidates {
 
 class Model {
  public:
-  // Reads config.json and the weights of a model folder (either layout).
-  static Model load(const std::filesystem::path& dir);
+  // Reads config.json and the weights of a model folder (either layout), or a llama.cpp Mamba2
+  // GGUF file (model/gguf_import.h).
+  static Model load(const std::filesystem::path& path);
   Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device = Device::CPU,
         DType dtype = DType::F32);
   // This model on `device`, its projections and their inputs in `dtype`; everything else, the

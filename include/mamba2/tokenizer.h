@@ -15,6 +15,7 @@ namespace mamba2 {
 
 class Tokenizer {
  public:
+  // A tokenizer.json, or the tokenizer in a GGUF file's metadata (tokenizer/gguf_vocab.h).
   static Tokenizer load(const std::filesystem::path& path);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;

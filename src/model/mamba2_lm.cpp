@@ -37,13 +37,19 @@ void check_placement(Device device, DType dtype) {
 
 }  // namespace
 
-Model Model::load(const std::filesystem::path& dir) {
-  if (!std::filesystem::is_directory(dir)) fail("[model] {} is not a folder", dir.string());
-  ModelConfig config = load_config(dir / "config.json");
-  auto archive = std::make_shared<const TensorArchive>(open_checkpoint(dir));
-  auto weights = std::make_shared<const ModelWeights>(load_weights(std::move(archive), config));
+Model Model::load(const std::filesystem::path& path) {
+  Checkpoint ck = open_model(path);
+  auto archive = std::make_shared<const TensorArchive>(std::move(ck.archive));
+  auto weights = std::make_shared<const ModelWeights>(load_weights(std::move(archive), ck.config));
   const DType dtype = stored_matrix_dtype(*weights);
-  return Model(config, std::move(weights), Device::CPU, dtype);
+  // A GGUF file of q8_0/q4_0 matrices may hold others as k-quants, read as fp32 (llama.cpp's q4_0
+  // keeps the embedding in Q6_K): those are placed in the file's format as `mamba2 quantize`
+  // would have written them.
+  const bool mixed = std::any_of(weights->layers.begin(), weights->layers.end(), [&](const LayerWeights& l) {
+    return l.in_proj.dtype() != dtype || l.out_proj.dtype() != dtype;
+  }) || weights->embedding.dtype() != vocab_matrix_dtype(dtype) || weights->lm_head.dtype() != vocab_matrix_dtype(dtype);
+  if (mixed) weights = std::make_shared<const ModelWeights>(place_weights(*weights, Device::CPU, dtype));
+  return Model(ck.config, std::move(weights), Device::CPU, dtype);
 }
 
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)

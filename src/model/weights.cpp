@@ -8,8 +8,10 @@
 #include <set>
 
 #include "io/atomic_file.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "io/torch_checkpoint.h"
+#include "model/gguf_import.h"
 #include "mamba2/error.h"
 
 namespace mamba2 {
@@ -131,6 +133,18 @@ ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype) {
   out.norm_f = f32(w.norm_f);
   out.lm_head = w.lm_head.raw() == w.embedding.raw() ? out.embedding : w.lm_head.to(device, vocab_matrix_dtype(dtype));
   return out;
+}
+
+Checkpoint open_model(const std::filesystem::path& path) {
+  if (std::filesystem::is_regular_file(path) && is_gguf(path)) return import_gguf_model(path);
+  if (!std::filesystem::is_directory(path))
+    fail("[model] {} is neither a model folder nor a GGUF file", path.string());
+  return {load_config(path / "config.json"), open_checkpoint(path)};
+}
+
+std::vector<std::string> model_files(const std::filesystem::path& path) {
+  if (std::filesystem::is_regular_file(path) && is_gguf(path)) return {path.string()};
+  return open_checkpoint(path).files();
 }
 
 TensorArchive open_checkpoint(const std::filesystem::path& dir) {

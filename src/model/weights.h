@@ -48,6 +48,16 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const Mo
 ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype);
 DType vocab_matrix_dtype(DType dtype);
 
+// A model's config and its tensors under their Hugging Face or official names.
+struct Checkpoint {
+  ModelConfig config;
+  TensorArchive archive;
+};
+// A model folder (config.json and its weight files) or a llama.cpp Mamba2 GGUF file
+// (model/gguf_import.h).
+Checkpoint open_model(const std::filesystem::path& path);
+// The files the model's tensors come from.
+std::vector<std::string> model_files(const std::filesystem::path& path);
 // Opens the weight files of a model folder: model.safetensors.index.json, model.safetensors
 // or pytorch_model.bin, in that order.
 TensorArchive open_checkpoint(const std::filesystem::path& model_dir);

@@ -12,6 +12,7 @@
 #include "core/utf8.h"
 #include "mamba2/error.h"
 #include "tokenizer/added_tokens.h"
+#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/unicode.h"
@@ -418,8 +419,8 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::load(const std::filesystem::path& path) {
   const std::string where = path.string();
-  const std::string text = read_file(path, "[tokenizer]");
-  const json root = parse_json(text, "[tokenizer] " + where);
+  const json root = is_gguf(path) ? gguf_tokenizer_json(read_gguf(path, false), "[tokenizer] " + where)
+                                  : parse_json(read_file(path, "[tokenizer]"), "[tokenizer] " + where);
   try {
     auto impl = std::make_unique<Impl>();
     build(root, where, *impl);

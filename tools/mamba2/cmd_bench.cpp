@@ -129,7 +129,7 @@ void add_bench(CLI::App& app) {
     Placement placement;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--model", o->model, "Model folder");
+  sub->add_option("--model", o->model, "Model folder or GGUF file");
   sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
   sub->add_option("--linear", o->linear, "Also time a projection alone on shapes MxNxK (repeatable)");
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();

@@ -65,8 +65,8 @@ void add_generate(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   SamplingParams& sp = o->params.sampling;
-  sub->add_option("--model", o->model, "Model folder")->required();
-  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the one in the model folder)");
+  sub->add_option("--model", o->model, "Model folder or GGUF file")->required();
+  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model folder's, or a GGUF file's own)");
   auto* prompt = sub->add_option("--prompt,-p", o->prompt, "The prompt");
   auto* file = sub->add_option("--prompts-file", o->prompts_file,
                                "Prompts run as one batch: one per line, or JSON strings / {\"prompt\": ...} in .jsonl");

@@ -16,7 +16,7 @@ void add_grad(CLI::App& app) {
     int threads = 0;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--model", o->model, "Model folder")->required();
+  sub->add_option("--model", o->model, "Model folder or GGUF file")->required();
   sub->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
   sub->add_option("--lengths", o->lengths,
                   "Split --ids into independent sequences of these lengths (each from a zero state)");

@@ -49,7 +49,7 @@ void add_logits(CLI::App& app) {
     Placement placement;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--model", o->model, "Model folder")->required();
+  sub->add_option("--model", o->model, "Model folder or GGUF file")->required();
   sub->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
   sub->add_option("--lengths", o->lengths, "Split --ids into independent sequences of these lengths (one batch)");
   sub->add_option("--mode", o->mode, "prefill (chunked scan) or decode (one token at a time)")

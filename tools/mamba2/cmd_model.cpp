@@ -6,7 +6,10 @@
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/version.h"
+#include "io/atomic_file.h"
+#include "io/gguf.h"
 #include "model/weights.h"
+#include "tokenizer/gguf_vocab.h"
 
 namespace mamba2::cli {
 
@@ -64,7 +67,8 @@ void add_quantize(CLI::App& app) {
     bool force = false;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--model", o->model, "Model folder to read (any checkpoint layout mamba2 loads)")->required();
+  sub->add_option("--model", o->model, "Model folder or GGUF file to read (any checkpoint layout mamba2 loads)")
+      ->required();
   sub->add_option("--type", o->type, "bf16, q8 or q4")->required();
   sub->add_option("--out", o->out, "Folder to write (config.json, model.safetensors, the tokenizer files)")->required();
   sub->add_flag("--force", o->force, "Replace the files of an existing model in --out");
@@ -88,11 +92,22 @@ void add_quantize(CLI::App& app) {
     fs::create_directories(out);
     save_model(out, c, model.weights(), DType::F32, dtype);
     // The tokenizer and its chat template travel with the weights, so that the folder runs as is.
-    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
-      if (fs::exists(in / name)) fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
+    // (A GGUF file's tokenizer, when it has one, as the tokenizer.json it stands for.)
+    if (fs::is_regular_file(in)) {
+      const GgufFile g = read_gguf(in, false);
+      if (g.metadata.contains("tokenizer.ggml.model")) {
+        const std::string json = gguf_tokenizer_json(g, "[quantize] " + in.string()).dump(2);
+        AtomicFile f(out / "tokenizer.json", "[quantize]");
+        f.write(json.data(), json.size());
+        f.commit();
+      }
+    } else {
+      for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+        if (fs::exists(in / name)) fs::copy_file(in / name, out / name, fs::copy_options::overwrite_existing);
+    }
     const auto mib = [](const fs::path& p) { return double(fs::file_size(p)) / (1 << 20); };
     double before = 0.0;
-    for (const auto& f : open_checkpoint(in).files()) before += mib(f);
+    for (const auto& f : model_files(in)) before += mib(f);
     fmt::print("wrote {} ({:.1f} MiB of weights, from {:.1f} MiB): projections {}, other tensors F32\n", out.string(),
                mib(out / "model.safetensors"), before, dtype_name(dtype));
   });
@@ -101,10 +116,11 @@ void add_quantize(CLI::App& app) {
 void add_info(CLI::App& app) {
   auto* sub = app.add_subcommand("info", "Print the resolved config, parameter count and tensor dtypes of a model");
   auto dir = std::make_shared<std::string>();
-  sub->add_option("--model", *dir, "Model folder")->required();
+  sub->add_option("--model", *dir, "Model folder or GGUF file")->required();
   on_run(sub, [dir] {
-    const ModelConfig c = load_config(fs::path(*dir) / "config.json");
-    const auto archive_ptr = std::make_shared<const TensorArchive>(open_checkpoint(*dir));
+    Checkpoint ck = open_model(*dir);
+    const ModelConfig c = ck.config;
+    const auto archive_ptr = std::make_shared<const TensorArchive>(std::move(ck.archive));
     const TensorArchive& archive = *archive_ptr;
     fmt::print("{}", config_summary(c));
     std::map<std::string, int64_t> by_dtype;

@@ -31,8 +31,8 @@ void add_serve(CLI::App& app) {
     Placement placement;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--model", o->model, "Model folder")->required();
-  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the one in the model folder)");
+  sub->add_option("--model", o->model, "Model folder or GGUF file")->required();
+  sub->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model folder's, or a GGUF file's own)");
   sub->add_option("--host", o->host, "Address to listen on")->capture_default_str();
   sub->add_option("--port", o->port, "Port (0: any free one, printed)")->capture_default_str()->check(CLI::Range(0, 65535));
   sub->add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' on every request but /health");

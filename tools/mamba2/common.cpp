@@ -80,6 +80,7 @@ Device placement_device(const Placement& p) {
 
 Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path) {
   if (!path.empty()) return Tokenizer::load(path);
+  if (std::filesystem::is_regular_file(model_dir)) return Tokenizer::load(model_dir);  // a GGUF file's own
   const std::filesystem::path in_model = std::filesystem::path(model_dir) / "tokenizer.json";
   if (!std::filesystem::exists(in_model)) fail("[cli] no tokenizer.json in {}: give one with --tokenizer", model_dir);
   return Tokenizer::load(in_model);

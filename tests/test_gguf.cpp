@@ -1,0 +1,306 @@
+// GGUF files (llama.cpp's format). The fixtures were written by llama.cpp's own Python package
+// `gguf` (scripts/make_gguf_fixtures.py): its writer, quantizers and dequantizers are the oracle
+// for the reader; the models are the golden case official_fp32, held to its float64 logits; the
+// GPT-NeoX vocabulary is held to Hugging Face `tokenizers` (tests/fixtures/tokenizer/parity.json).
+// Bad files are refused by name.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "golden_case.h"
+#include "io/gguf.h"
+#include "io/npy.h"
+#include "mamba2/model.h"
+#include "mamba2/tokenizer.h"
+#include "test_support.h"
+#include "tokenizer/unicode.h"
+
+namespace mamba2 {
+namespace {
+
+namespace fs = std::filesystem;
+using test::CliResult;
+using test::GoldenCase;
+using test::kGoldenTol;
+using test::run_cli;
+using test::shell_path;
+using test::TempDir;
+
+const fs::path kGguf = fs::path(MAMBA2_FIXTURES_DIR) / "gguf";
+
+TEST(GgufRead, EveryTypeReadsAsLlamaCppsGgufPackageDequantizesIt) {
+  const GgufFile g = read_gguf(kGguf / "types.gguf");
+  EXPECT_EQ(g.version, 3u);
+  const std::pair<const char*, DType> cases[] = {
+      {"f32", DType::F32},   {"f16", DType::F16},   {"bf16", DType::BF16}, {"q8_0", DType::Q8_0},
+      {"q4_0", DType::Q4_0}, {"q4_k", DType::F32}, {"q5_k", DType::F32}, {"q6_k", DType::F32}};
+  for (const auto& [name, dtype] : cases) {
+    const StoredTensor* t = g.tensors.find(name);
+    ASSERT_NE(t, nullptr) << name;
+    EXPECT_EQ(t->dtype, dtype) << name;  // the k-quants arrive dequantized
+    const NpyArray want = read_npy(kGguf / "types" / (std::string(name) + ".npy"));
+    EXPECT_EQ(t->shape, want.shape) << name;
+    std::vector<float> got(size_t(t->numel()));
+    convert_to_f32(t->dtype, t->data, got.data(), got.size());
+    ASSERT_EQ(got.size(), want.data.size()) << name;
+    int differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) differ += got[i] != float(want.data[i]);
+    EXPECT_EQ(differ, 0) << name << ": elements that are not gguf's dequantization bit for bit";
+  }
+}
+
+// The f32 file gives the golden logits (float64 oracle of the original checkpoint) to the fp32
+// tolerance: A is stored as -exp(A_log) and read back as log(-A), which moves it by an ulp or so.
+TEST(GgufModel, F32FileGivesTheGoldenLogits) {
+  const GoldenCase g = test::load_golden_case("official_fp32");
+  const Model m = Model::load(kGguf / "official_fp32.f32.gguf");
+  EXPECT_EQ(m.dtype(), DType::F32);
+  EXPECT_EQ(m.config().vocab_padded(), Model::load(g.dir / "model").config().vocab_padded());
+  std::vector<float> logits;
+  m.prefill(g.ids, g.lengths, nullptr, true, logits);
+  const double prefill = test::worst_sequence_error(g, logits.data(), m.vocab());
+  const std::vector<float> dec = test::decode_all(m, g.ids, g.lengths);
+  const double decode = test::worst_sequence_error(g, dec.data(), m.vocab());
+  std::printf("[ gguf ] f32: prefill %.3g, decode %.3g (relative L2 to float64, worst sequence)\n", prefill, decode);
+  EXPECT_LE(prefill, kGoldenTol);
+  EXPECT_LE(decode, kGoldenTol);
+}
+
+// q8_0 and q4_0 files run in their format from the mapping: bit for bit the fp32 model on the
+// dequantized weights (which are gguf's: the test above), and within the q8/q4 bounds of the
+// golden tests (golden_case.h).
+TEST(GgufModel, QuantizedFilesRunTheirBlocks) {
+  const GoldenCase g = test::load_golden_case("official_fp32");
+  for (const auto& [file, dtype, bound] : {std::tuple{"official_fp32.q8_0.gguf", DType::Q8_0, test::kQ8LogitsBound},
+                                           std::tuple{"official_fp32.q4_0.gguf", DType::Q4_0, test::kQ4LogitsBound}}) {
+    const Model q = Model::load(kGguf / file);
+    EXPECT_EQ(q.dtype(), dtype) << file;
+    EXPECT_EQ(q.weights().layers[0].in_proj.dtype(), dtype) << file;
+    const Model widened = q.to(Device::CPU, DType::F32);
+    std::vector<float> got, want;
+    q.prefill(g.ids, g.lengths, nullptr, true, got);
+    widened.prefill(g.ids, g.lengths, nullptr, true, want);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << file;
+    const double worst = test::worst_sequence_error(g, got.data(), q.vocab());
+    std::printf("[ gguf ] %s: prefill %.3g (relative L2 to float64, worst sequence)\n", file, worst);
+    EXPECT_LE(worst, bound) << file;
+  }
+}
+
+TEST(GgufTokenizer, GptNeoxVocabularyEncodesAsTokenizersDoesOnNfcText) {
+  const Tokenizer gguf = Tokenizer::load(kGguf / "gpt-neox-20b.vocab.gguf");
+  const Tokenizer json = Tokenizer::load(fs::path(MAMBA2_FIXTURES_DIR) / "tokenizer" / "gpt-neox-20b.json");
+  EXPECT_EQ(gguf.vocab_size(), json.vocab_size());
+  EXPECT_EQ(gguf.eos_id(), json.eos_id());
+  const auto parity = nlohmann::json::parse(test::read_file(fs::path(MAMBA2_FIXTURES_DIR) / "tokenizer" / "parity.json"));
+  int compared = 0, failures = 0;
+  for (const auto& c : parity["files"]["gpt-neox-20b.json"]["encode"]) {
+    const std::string text = c["text"];
+    std::string normalized;
+    if (tok::nfc(text, normalized)) continue;  // GGUF records no normalizer: llama.cpp applies none
+    ++compared;
+    const std::vector<int32_t> ids = gguf.encode(text);
+    EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << c["name"];
+    EXPECT_EQ(gguf.decode(ids), c["decoded"].get<std::string>()) << c["name"];
+    if (ids != c["ids"].get<std::vector<int32_t>>() && ++failures > 10) FAIL() << "stopping after 10 mismatches";
+  }
+  EXPECT_GT(compared, 700);
+}
+
+TEST(GgufCli, InfoLogitsAndQuantizeTakeAGgufFile) {
+  const fs::path f32 = kGguf / "official_fp32.f32.gguf";
+  CliResult r = run_cli("info --model " + shell_path(f32));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("weights: all tensors present"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(f32.string()), std::string::npos) << r.out;
+
+  TempDir tmp;
+  r = run_cli("quantize --model " + shell_path(kGguf / "official_fp32.q8_0.gguf") + " --type q8 --out " +
+              shell_path(tmp / "q8"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The folder holds the file's own blocks: the same logits as the GGUF, bit for bit.
+  const GoldenCase g = test::load_golden_case("official_fp32");
+  std::vector<float> a, b;
+  Model::load(kGguf / "official_fp32.q8_0.gguf").prefill(g.ids, g.lengths, nullptr, true, a);
+  Model::load(tmp / "q8").prefill(g.ids, g.lengths, nullptr, true, b);
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+
+  r = run_cli("logits --model " + shell_path(f32) + " --ids 1,2,3 --top 2");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+}
+
+// ---- bad files: each refused with the file and what is wrong, never a crash ----
+
+std::string bytes_of(const fs::path& p) { return test::read_file(p); }
+
+std::string gguf_error(const std::string& bytes) {
+  const fs::path p = test::scratch_path("gguf", "bad.gguf");
+  test::write_file(p, bytes);
+  return test::error_message([&] { Model::load(p); });
+}
+
+// Replaces the first occurrence of `from` (same length as `to`) in `bytes`.
+std::string patched(std::string bytes, const std::string& from, const std::string& to) {
+  const size_t at = bytes.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  EXPECT_EQ(from.size(), to.size());
+  if (at != std::string::npos) bytes.replace(at, from.size(), to);
+  return bytes;
+}
+
+TEST(GgufBadFiles, HeadersAndCountsAreCheckedAgainstTheFile) {
+  const std::string good = bytes_of(kGguf / "official_fp32.f32.gguf");
+  auto with_u32 = [&](size_t at, uint32_t v) {
+    std::string b = good;
+    std::memcpy(b.data() + at, &v, 4);
+    return b;
+  };
+  auto with_u64 = [&](size_t at, uint64_t v) {
+    std::string b = good;
+    std::memcpy(b.data() + at, &v, 8);
+    return b;
+  };
+  EXPECT_NE(gguf_error("GGUX" + good.substr(4)).find("neither a model folder nor a GGUF file"), std::string::npos);
+  EXPECT_NE(gguf_error(with_u32(4, 1)).find("GGUF version 1"), std::string::npos);
+  EXPECT_NE(gguf_error(with_u32(4, 9)).find("GGUF version 9 is not supported"), std::string::npos);
+  EXPECT_NE(gguf_error(with_u32(4, 0x03000000)).find("big-endian"), std::string::npos);
+  EXPECT_NE(gguf_error(with_u64(8, uint64_t(1) << 60)).find("tensors cannot fit"), std::string::npos);
+  EXPECT_NE(gguf_error(with_u64(16, uint64_t(1) << 60)).find("key/values cannot fit"), std::string::npos);
+  // Cut anywhere: the header, the metadata, the tensor infos, the data.
+  for (size_t len : {size_t(10), size_t(30), size_t(200), good.size() / 20, good.size() / 2, good.size() - 1}) {
+    const std::string e = gguf_error(good.substr(0, len));
+    EXPECT_TRUE(e.find("the file ends inside") != std::string::npos || e.find("runs past the end") != std::string::npos ||
+                e.find("cannot fit") != std::string::npos || e.find("ends before its data") != std::string::npos)
+        << len << ": " << e;
+    EXPECT_NE(e.find("[gguf]"), std::string::npos) << e;
+  }
+}
+
+TEST(GgufBadFiles, ModelsThatAreNotMamba2AreRefusedByName) {
+  const std::string good = bytes_of(kGguf / "official_fp32.f32.gguf");
+  const std::string arch = std::string("\x06\0\0\0\0\0\0\0mamba2", 14);
+  EXPECT_NE(gguf_error(patched(good, arch, std::string("\x06\0\0\0\0\0\0\0llama2", 14)))
+                .find("general.architecture is \"llama2\""),
+            std::string::npos);
+  EXPECT_NE(gguf_error(patched(good, "mamba2.ssm.state_size", "mamba2.ssm.state_sizf"))
+                .find("metadata key mamba2.ssm.state_size is missing"),
+            std::string::npos);
+  EXPECT_NE(gguf_error(patched(good, "blk.1.ssm_a", "blk.1.ssm_b")).find("tensor blk.1.ssm_b is not part of"),
+            std::string::npos);
+  EXPECT_NE(gguf_error(patched(good, "blk.1.ssm_a", "blk.9.ssm_a")).find("tensor blk.9.ssm_a is not part of a 2-layer"),
+            std::string::npos);
+  // A positive A (its sign bit cleared where the file stores head 0 of layer 0).
+  const GgufFile g = read_gguf(kGguf / "official_fp32.f32.gguf");
+  const StoredTensor* a = g.tensors.find("blk.0.ssm_a");
+  ASSERT_NE(a, nullptr);
+  const std::string a_bytes(reinterpret_cast<const char*>(a->data), a->nbytes);
+  std::string positive = a_bytes;
+  positive[3] = char(positive[3] & 0x7f);
+  EXPECT_NE(gguf_error(patched(good, a_bytes, positive)).find("a Mamba2 A is negative"), std::string::npos);
+}
+
+// A GGUF with one metadata key and one tensor, written here to reach the checks a converter's
+// file never trips.
+struct GgufBuilder {
+  std::string b = std::string("GGUF\x03\0\0\0", 8);
+  template <class T>
+  void put(T v) {
+    b.append(reinterpret_cast<const char*>(&v), sizeof(T));
+  }
+  void str(const std::string& s) {
+    put<uint64_t>(s.size());
+    b += s;
+  }
+  // Header with `n_kv` keys and one tensor info.
+  GgufBuilder(uint64_t n_kv) {
+    put<uint64_t>(1);
+    put<uint64_t>(n_kv);
+  }
+  void tensor(std::vector<uint64_t> ne, uint32_t type, uint64_t offset) {
+    str("t");
+    put<uint32_t>(uint32_t(ne.size()));
+    for (uint64_t d : ne) put<uint64_t>(d);
+    put<uint32_t>(type);
+    put<uint64_t>(offset);
+    b.resize((b.size() + 31) / 32 * 32, '\0');
+    b.append(4096, '\0');
+  }
+};
+
+std::string read_error(const std::string& bytes) {
+  const fs::path p = test::scratch_path("gguf", "crafted.gguf");
+  test::write_file(p, bytes);
+  return test::error_message([&] { read_gguf(p); });
+}
+
+TEST(GgufBadFiles, TensorInfosAndValuesAreValidated) {
+  auto plain = [](std::vector<uint64_t> ne, uint32_t type, uint64_t offset) {
+    GgufBuilder g(0);
+    g.tensor(std::move(ne), type, offset);
+    return g.b;
+  };
+  EXPECT_EQ(read_error(plain({64, 2}, 0, 0)), "(no error)");
+  EXPECT_NE(read_error(plain({64, 2}, 3, 0)).find("tensor t is of ggml type Q4_1 (3), which mamba2 does not read"),
+            std::string::npos);
+  EXPECT_NE(read_error(plain({64, 2}, 0, 4)).find("not a multiple of the alignment 32"), std::string::npos);
+  EXPECT_NE(read_error(plain({0, 2}, 0, 0)).find("has a dimension of 0"), std::string::npos);
+  EXPECT_NE(read_error(plain({1, 1, 1, 1, 1}, 0, 0)).find("has 5 dimensions"), std::string::npos);
+  EXPECT_NE(read_error(plain({48, 2}, 8, 0)).find("not whole blocks of 32"), std::string::npos);
+  EXPECT_NE(read_error(plain({1 << 20, 1 << 20}, 0, 0)).find("runs past the end of the file"), std::string::npos);
+
+  GgufBuilder alignment(1);
+  alignment.str("general.alignment");
+  alignment.put<uint32_t>(4);  // u32
+  alignment.put<uint32_t>(3);
+  alignment.tensor({64}, 0, 0);
+  EXPECT_NE(read_error(alignment.b).find("general.alignment is 3, not a power of two"), std::string::npos);
+
+  GgufBuilder nested(1);
+  nested.str("k");
+  nested.put<uint32_t>(9);  // array
+  nested.put<uint32_t>(9);  // of arrays
+  nested.put<uint64_t>(1);
+  EXPECT_NE(read_error(nested.b).find("k is an array of arrays"), std::string::npos);
+
+  GgufBuilder huge(1);
+  huge.str("k");
+  huge.put<uint32_t>(9);
+  huge.put<uint32_t>(8);  // of strings
+  huge.put<uint64_t>(uint64_t(1) << 40);
+  EXPECT_NE(read_error(huge.b).find("claims 1099511627776 elements"), std::string::npos);
+
+  GgufBuilder twice(2);
+  for (int i = 0; i < 2; ++i) {
+    twice.str("k");
+    twice.put<uint32_t>(7);  // bool
+    twice.put<uint8_t>(1);
+  }
+  EXPECT_NE(read_error(twice.b).find("metadata key k appears twice"), std::string::npos);
+
+  GgufBuilder bad_bool(1);
+  bad_bool.str("k");
+  bad_bool.put<uint32_t>(7);
+  bad_bool.put<uint8_t>(2);
+  EXPECT_NE(read_error(bad_bool.b).find("is a bool of value 2"), std::string::npos);
+}
+
+TEST(GgufBadFiles, ATokenizerThatIsNotByteLevelBpeIsRefusedByName) {
+  const std::string vocab = bytes_of(kGguf / "gpt-neox-20b.vocab.gguf");
+  const fs::path p = test::scratch_path("gguf", "vocab.gguf");
+  test::write_file(p, patched(vocab, std::string("\x04\0\0\0\0\0\0\0gpt2", 12), std::string("\x04\0\0\0\0\0\0\0bert", 12)));
+  EXPECT_NE(test::error_message([&] { Tokenizer::load(p); }).find("tokenizer.ggml.model is \"bert\""),
+            std::string::npos);
+  test::write_file(p, patched(vocab, std::string("\x04\0\0\0\0\0\0\0olmo", 12), std::string("\x04\0\0\0\0\0\0\0qwen", 12)));
+  EXPECT_NE(test::error_message([&] { Tokenizer::load(p); }).find("tokenizer.ggml.pre is \"qwen\""),
+            std::string::npos);
+  EXPECT_NE(test::error_message([&] { Tokenizer::load(kGguf / "official_fp32.f32.gguf"); })
+                .find("metadata key tokenizer.ggml.model is missing"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace mamba2
