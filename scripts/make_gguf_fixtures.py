@@ -15,7 +15,7 @@ oracle for our reader.
       A vocabulary-only file (no tensors, as llama.cpp's models/ggml-vocab-*.gguf) from
       tests/fixtures/tokenizer/gpt-neox-20b.json, as the converter writes GPT-NeoX's: tokens
       by id, control tokens for the special added ones, user-defined for the other added ones,
-      the merges, tokenizer.ggml.pre "olmo".
+      the merges, tokenizer.ggml.pre "olmo"; BOS/EOS <|endoftext|> and a small chat template.
   tests/fixtures/gguf/types.gguf + types/<name>.npy
       One tensor of each type the reader takes (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K):
       random floats quantized by `gguf` where it can (Q8_0, Q4_0, BF16), random blocks with sane
@@ -37,6 +37,8 @@ OUT = ROOT / "tests" / "fixtures" / "gguf"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "official_fp32" / "model"
 Q = gguf.GGMLQuantizationType
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def tokenizer_metadata(path):
@@ -150,6 +152,9 @@ def write_types(path, npy_dir):
 def write_vocab(path):
     w = gguf.GGUFWriter(str(path), "mamba2")
     add_tokenizer(w, ROOT / "tests" / "fixtures" / "tokenizer" / "gpt-neox-20b.json", "olmo")
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_chat_template(CHAT_TEMPLATE)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

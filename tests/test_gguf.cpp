@@ -13,6 +13,7 @@
 #include "io/npy.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
+#include "serve/chat_format.h"
 #include "test_support.h"
 #include "tokenizer/unicode.h"
 
@@ -107,6 +108,17 @@ TEST(GgufTokenizer, GptNeoxVocabularyEncodesAsTokenizersDoesOnNfcText) {
     if (ids != c["ids"].get<std::vector<int32_t>>() && ++failures > 10) FAIL() << "stopping after 10 mismatches";
   }
   EXPECT_GT(compared, 700);
+}
+
+// The server's chat prompt from a GGUF file: tokenizer.chat_template with the special tokens that
+// tokenizer.ggml.bos_token_id / eos_token_id name.
+TEST(GgufTokenizer, ChatTemplateAndSpecialTokensComeFromTheMetadata) {
+  const std::optional<ChatFormat> chat = load_chat_format(kGguf / "gpt-neox-20b.vocab.gguf", "");
+  ASSERT_TRUE(chat.has_value());
+  EXPECT_EQ(chat->eos_token, "<|endoftext|>");
+  EXPECT_EQ(chat->bos_token, "<|endoftext|>");
+  EXPECT_EQ(chat->prompt({{"user", "Hi"}}), "<|user|>Hi<|endoftext|><|assistant|>");
+  EXPECT_FALSE(load_chat_format(kGguf / "official_fp32.f32.gguf", "").has_value());  // none in that file
 }
 
 TEST(GgufCli, InfoLogitsAndQuantizeTakeAGgufFile) {

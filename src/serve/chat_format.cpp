@@ -4,6 +4,7 @@
 
 #include "core/file.h"
 #include "core/json.h"
+#include "io/gguf.h"
 #include "mamba2/error.h"
 
 namespace mamba2 {
@@ -25,6 +26,38 @@ std::string special_token(const json& config, const char* key, const std::filesy
   fail("[chat] {}: '{}' must be a string or an object with a 'content' string", path.string(), key);
 }
 
+// A GGUF file's special token: the text of the token whose id the key holds ("" without one).
+std::string gguf_special_token(const GgufFile& g, const char* key) {
+  const auto id = g.metadata.find(key);
+  const auto tokens = g.metadata.find("tokenizer.ggml.tokens");
+  if (id == g.metadata.end() || !id->is_number_unsigned() || tokens == g.metadata.end() || !tokens->is_array() ||
+      id->get<uint64_t>() >= tokens->size() || !(*tokens)[id->get<size_t>()].is_string())
+    return "";
+  return (*tokens)[id->get<size_t>()].get<std::string>();
+}
+
+// A GGUF model's template (tokenizer.chat_template) and special tokens, or `template_file`'s.
+std::optional<ChatFormat> gguf_chat_format(const std::filesystem::path& file, const std::filesystem::path& template_file) {
+  const GgufFile g = read_gguf(file, false);
+  std::string source, text;
+  if (!template_file.empty()) {
+    source = template_file.string();
+    text = read_file(template_file, "[chat] chat template", ChatTemplate::kMaxBytes);
+  } else if (auto it = g.metadata.find("tokenizer.chat_template"); it != g.metadata.end()) {
+    if (!it->is_string()) fail("[chat] {}: tokenizer.chat_template is not a string", file.string());
+    source = file.string() + " (tokenizer.chat_template)";
+    text = it->get<std::string>();
+  } else {
+    return std::nullopt;
+  }
+  try {
+    return ChatFormat{ChatTemplate::parse(text), gguf_special_token(g, "tokenizer.ggml.bos_token_id"),
+                      gguf_special_token(g, "tokenizer.ggml.eos_token_id"), source};
+  } catch (const Error& e) {
+    fail("[chat] the chat template of {}: {}", source, e.what());
+  }
+}
+
 }  // namespace
 
 std::string ChatFormat::prompt(const std::vector<ChatMessage>& messages) const {
@@ -33,6 +66,7 @@ std::string ChatFormat::prompt(const std::vector<ChatMessage>& messages) const {
 
 std::optional<ChatFormat> load_chat_format(const std::filesystem::path& model_dir,
                                            const std::filesystem::path& template_file) {
+  if (std::filesystem::is_regular_file(model_dir) && is_gguf(model_dir)) return gguf_chat_format(model_dir, template_file);
   const std::filesystem::path config_path = model_dir / "tokenizer_config.json";
   json config = json::object();
   if (std::filesystem::exists(config_path)) config = read_json_file(config_path, "[chat]");

@@ -22,7 +22,9 @@ struct ChatFormat {
 // `template_file` when given (the whole file is the template), else the `chat_template` of
 // model_dir/tokenizer_config.json (a string, or a list of {name, template} of which "default" is
 // taken); the special tokens from that tokenizer_config.json when it exists. nullopt when
-// neither has a template. Throws naming the file for one that cannot be read or parsed.
+// neither has a template. A GGUF file for `model_dir`: its tokenizer.chat_template and the
+// tokens of tokenizer.ggml.bos_token_id / eos_token_id. Throws naming the file for one that
+// cannot be read or parsed.
 std::optional<ChatFormat> load_chat_format(const std::filesystem::path& model_dir,
                                            const std::filesystem::path& template_file);
 

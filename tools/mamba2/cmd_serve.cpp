@@ -39,7 +39,7 @@ void add_serve(CLI::App& app) {
   sub->add_option("--name", o->name, "The model id clients see (default: the folder's name)");
   sub->add_option("--chat-template", o->chat_template,
                   "A Jinja chat template file for /v1/chat/completions (default: the model folder's "
-                  "tokenizer_config.json chat_template)");
+                  "tokenizer_config.json chat_template, or a GGUF file's tokenizer.chat_template)");
   sub->add_option("--slots", o->limits.slots, "Sequences decoded together at most")->capture_default_str();
   sub->add_option("--queue", o->limits.queue, "Requests waiting for a slot at most (then 503)")->capture_default_str();
   sub->add_option("--max-prompt-tokens", o->limits.prompt_tokens, "Longest prompt accepted")->capture_default_str();
@@ -69,7 +69,7 @@ void add_serve(CLI::App& app) {
     if (chat)
       options.chat = std::make_shared<const ChatFormat>(std::move(*chat));
     else
-      std::fprintf(stderr, "[serve] no chat template (tokenizer_config.json has none, no --chat-template): "
+      std::fprintf(stderr, "[serve] no chat template (none in tokenizer_config.json or the GGUF file, no --chat-template): "
                            "/v1/chat/completions will answer 400\n");
     std::optional<Model> model;  // outlives the server, which serves it
     Server server(options);
