@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <memory>
 #include <random>
 
 #include "commands.h"
@@ -11,6 +12,7 @@
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "model/inference_state.h"
+#include "model/weights.h"
 #include "ops/ops.h"
 
 namespace mamba2::cli {
@@ -71,6 +73,51 @@ void bench_ssd(const std::string& shape, Device dev, DType dtype, int64_t repeat
   std::sort(ms.begin(), ms.end());
   fmt::print("ssd scan b{} L{} H{} P{} N{} (fp32 in/out, {} products, chunks of 256): {:.3f} ms (median of {})\n", b,
              L, H, P, N, dtype_name(dtype), ms[ms.size() / 2], ms.size());
+}
+
+// How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
+// best of 7 sums over it after a first pass. Measured right before the decode figures it is the
+// floor of, over as many bytes as a step reads: the machine's bandwidth swings between phases, and
+// a working set that fits its last-level cache (260 MiB on some of the development machines) is
+// read from there, as the model's weights then are.
+double read_gbps(double bytes) {
+  const size_t n = std::max<size_t>(size_t(bytes / sizeof(float)), 1 << 16);
+  std::unique_ptr<float[]> buf(new float[n]);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) buf[i] = float(i & 7);
+  double best = 1e30;
+  [[maybe_unused]] volatile float sink = 0.0f;  // the sums are used: not optimised away
+  for (int r = 0; r < 8; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    {
+      // 64 independent sums: vectors of them, several in flight (one chain would bound the rate).
+      float acc[64] = {};
+#pragma omp for schedule(static)
+      for (size_t i = 0; i < n / 64; ++i)
+        for (int j = 0; j < 64; ++j) acc[j] += buf[i * 64 + size_t(j)];
+      for (float a : acc) total += a;
+    }
+    if (r > 0) best = std::min(best, seconds_since(t0));
+    sink = total;
+  }
+  return double(n * sizeof(float)) / best * 1e-9;
+}
+
+// Bytes a decode step of `batch` sequences must move at least on the CPU: every weight the step
+// reads once (the embedding's few rows aside; a tied head is the embedding, read whole), and each
+// sequence's conv and SSM states read and written.
+double decode_step_bytes(const Model& m, int64_t batch) {
+  const ModelWeights& w = m.weights();
+  double bytes = double(w.norm_f.nbytes() + w.lm_head.nbytes());
+  for (const LayerWeights& l : w.layers)
+    for (const Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm,
+                            &l.out_proj})
+      bytes += double(t->nbytes());
+  const ModelConfig& c = m.config();
+  const double state = double(c.n_layer) * double((c.d_conv - 1) * c.conv_dim() + c.nheads() * c.headdim * c.d_state) * 4;
+  return bytes + 2.0 * state * double(batch);
 }
 
 // The projection alone, `shape` = MxNxK (x (M, K), W (N, K), random): each kernel kind called 200
@@ -177,6 +224,7 @@ void add_bench(CLI::App& app) {
     }
     for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch")) {
       if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
+      const double gbps = model.device() == Device::CPU ? read_gbps(decode_step_bytes(model, batch)) : 0.0;
       std::vector<int64_t> slots(static_cast<size_t>(batch));
       for (int64_t i = 0; i < batch; ++i) slots[size_t(i)] = i;
       std::vector<int32_t> tokens(static_cast<size_t>(batch));
@@ -204,6 +252,12 @@ void add_bench(CLI::App& app) {
       fmt::print("decode batch {}: {:.1f} tokens/s ({:.3f} ms/step); greedy: {:.1f} tokens/s ({:.3f} ms/step)\n", batch,
                  double(batch) * steps / best, 1e3 * best / steps, double(batch) * steps / best_greedy,
                  1e3 * best_greedy / steps);
+      if (model.device() == Device::CPU) {
+        const double mb = decode_step_bytes(model, batch) * 1e-6, floor_ms = mb / gbps;
+        fmt::print("  floor: {:.1f} MB a step (weights once, states in and out) at {:.1f} GB/s (that many bytes "
+                   "read just before): {:.3f} ms; the step takes {:.2f}x that\n",
+                   mb, gbps, floor_ms, 1e3 * best / steps / floor_ms);
+      }
       if (o->decode_profile && model.device() == Device::CUDA) {
         // The same greedy steps launched one kernel at a time, timed between the model's marks.
         Model eager = model;
