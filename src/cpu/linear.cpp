@@ -50,6 +50,7 @@ void linear_rows(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy
   for (int64_t b0 = 0; b0 < n; b0 += band) {
     const int64_t b1 = std::min(b0 + band, n);
     int64_t i = 0;
+    for (; i + 8 <= m; i += 8) rows[3](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
     for (; i + 4 <= m; i += 4) rows[2](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
     for (; i + 2 <= m; i += 2) rows[1](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
     for (; i < m; ++i) rows[0](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);

@@ -5,7 +5,7 @@
 // tokens/s with it, 2 threads; bench/RESULTS.md).
 //
 // A band computes y[i·ldy + r] = row r of W · row i of x for r in [r_begin, r_end), i < mi rows
-// (mi = 1, 2 or 4), every element summed the same way whatever mi, the band or the instruction
+// (mi = 1, 2, 4 or 8), every element summed the same way whatever mi, the band or the instruction
 // set: 32 lanes, lane l taking the products of columns j ≡ l (mod 32) below k rounded down to 32
 // as one fused multiply-add chain in order of j; then t_l = lane l + lane l+16 for l < 16, halved
 // four times (t_l ← t_l + t_{l+w} for l < w, w = 8, 4, 2, 1); then the remaining columns as fused
@@ -27,12 +27,12 @@ using RowsFn = void (*)(const float* x, int64_t ldx, const Wt* W, float* y, int6
 
 struct RowKernels {
   Isa isa;
-  // [0]: one row of x, [1]: two, [2]: four. W is (n, k): floats, bf16 bits, or k/32 Q8_0 or Q4_0
-  // blocks a row.
-  RowsFn<float> f32[3];
-  RowsFn<uint16_t> bf16[3];
-  RowsFn<Q8Block> q8[3];
-  RowsFn<Q4Block> q4[3];
+  // [0]: one row of x, [1]: two, [2]: four, [3]: eight. W is (n, k): floats, bf16 bits, or k/32
+  // Q8_0 or Q4_0 blocks a row.
+  RowsFn<float> f32[4];
+  RowsFn<uint16_t> bf16[4];
+  RowsFn<Q8Block> q8[4];
+  RowsFn<Q4Block> q4[4];
 };
 
 // The row kernels of an instruction set (which must be available: see available_isas()).

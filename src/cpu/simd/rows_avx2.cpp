@@ -12,6 +12,7 @@ namespace mamba2::cpu::simd {
 namespace {
 
 struct V {
+  static constexpr bool kEightRows = false;
   struct R {
     __m256 lo, hi;
   };

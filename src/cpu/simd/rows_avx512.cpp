@@ -17,6 +17,7 @@ namespace mamba2::cpu::simd {
 namespace {
 
 struct V {
+  static constexpr bool kEightRows = true;
   using R = __m512;
   static R zero() { return _mm512_setzero_ps(); }
   static R load(const float* p) { return _mm512_loadu_ps(p); }

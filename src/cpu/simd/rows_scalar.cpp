@@ -10,6 +10,7 @@ namespace mamba2::cpu::simd {
 namespace {
 
 struct V {
+  static constexpr bool kEightRows = false;
   struct R {
     float v[16];
   };
