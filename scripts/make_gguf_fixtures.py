@@ -11,6 +11,9 @@ oracle for our reader.
       Q8_0; q4_0: ssm_in/ssm_out Q4_0, the embedding Q8_0 (its rows of 64 cannot be Q6_K
       blocks, which llama-quantize then falls back from). No tokenizer: a byte-level one needs
       more than the model's 112 ids (the tests pass token ids).
+  tests/fixtures/gguf/hf_fp32_g2.f32.gguf
+      The golden case hf_fp32_g2_dtlimit (ngroups 2) likewise, for a weight-by-weight comparison
+      (GGUF cannot say its dt limit, so its logits are not the golden ones).
   tests/fixtures/gguf/gpt-neox-20b.vocab.gguf
       A vocabulary-only file (no tensors, as llama.cpp's models/ggml-vocab-*.gguf) from
       tests/fixtures/tokenizer/gpt-neox-20b.json, as the converter writes GPT-NeoX's: tokens
@@ -67,6 +70,18 @@ def add_tokenizer(w, path, pre):
 def official_state_dict():
     sd = torch.load(GOLDEN / "pytorch_model.bin", map_location="cpu", weights_only=True)
     return {k: v.to(torch.float32).numpy() for k, v in sd.items()}
+
+
+def hf_model(folder):
+    """An HF-layout golden model as the official names and config write_model takes."""
+    from safetensors.numpy import load_file
+    sd = load_file(str(folder / "model.safetensors"))
+    sd["backbone.embedding.weight"] = sd.pop("backbone.embeddings.weight")
+    hf = json.loads((folder / "config.json").read_text())
+    cfg = {"d_model": hf["hidden_size"], "n_layer": hf["num_hidden_layers"],
+           "ssm_cfg": {"expand": hf["expand"], "headdim": hf["head_dim"], "d_conv": hf["conv_kernel"],
+                       "d_state": hf["state_size"], "ngroups": hf["n_groups"]}}
+    return sd, cfg
 
 
 def write_model(path, sd, cfg, matrix_type, embedding_type):
@@ -169,6 +184,9 @@ def main():
     write_model(OUT / "official_fp32.f32.gguf", sd, cfg, Q.F32, Q.F32)
     write_model(OUT / "official_fp32.q8_0.gguf", sd, cfg, Q.Q8_0, Q.Q8_0)
     write_model(OUT / "official_fp32.q4_0.gguf", sd, cfg, Q.Q4_0, Q.Q8_0)
+    # ngroups 2 (the gated norm stored as (2, 64)); GGUF has no dt limit: the test compares weights.
+    sd2, cfg2 = hf_model(ROOT / "tests" / "fixtures" / "golden" / "hf_fp32_g2_dtlimit" / "model")
+    write_model(OUT / "hf_fp32_g2.f32.gguf", sd2, cfg2, Q.F32, Q.F32)
     write_types(OUT / "types.gguf", OUT / "types")
     write_vocab(OUT / "gpt-neox-20b.vocab.gguf")
     for p in sorted(OUT.rglob("*")):

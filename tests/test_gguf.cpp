@@ -5,7 +5,9 @@
 // Bad files are refused by name.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "golden_case.h"
@@ -13,6 +15,7 @@
 #include "io/npy.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
+#include "model/weights.h"
 #include "serve/chat_format.h"
 #include "test_support.h"
 #include "tokenizer/unicode.h"
@@ -66,6 +69,41 @@ TEST(GgufModel, F32FileGivesTheGoldenLogits) {
   std::printf("[ gguf ] f32: prefill %.3g, decode %.3g (relative L2 to float64, worst sequence)\n", prefill, decode);
   EXPECT_LE(prefill, kGoldenTol);
   EXPECT_LE(decode, kGoldenTol);
+}
+
+// ngroups 2 through the GGUF mapping (the gated norm stored as (ngroups, d_inner / ngroups), the
+// conv squeezed, A as -exp(A_log)): every weight is the checkpoint's bit for bit, A_log within a
+// few ulps (log(-A) of the rounded -exp), and the config the same but for the dt limit, which GGUF
+// does not record.
+TEST(GgufModel, GroupedModelHasTheCheckpointsWeights) {
+  const Model ours = Model::load(fs::path(MAMBA2_FIXTURES_DIR) / "golden" / "hf_fp32_g2_dtlimit" / "model");
+  const Model gguf = Model::load(kGguf / "hf_fp32_g2.f32.gguf");
+  const ModelConfig &a = ours.config(), &b = gguf.config();
+  EXPECT_EQ(b.ngroups, 2);
+  EXPECT_EQ(std::tuple(a.d_model, a.n_layer, a.d_state, a.d_conv, a.expand, a.headdim, a.ngroups, a.vocab_padded()),
+            std::tuple(b.d_model, b.n_layer, b.d_state, b.d_conv, b.expand, b.headdim, b.ngroups, b.vocab_padded()));
+  EXPECT_TRUE(a.has_dt_limit());
+  EXPECT_FALSE(b.has_dt_limit());
+  auto same = [](const Tensor& x, const Tensor& y, const char* what, int64_t layer) {
+    ASSERT_EQ(x.numel(), y.numel()) << what << " layer " << layer;
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.nbytes()), 0) << what << " layer " << layer;
+  };
+  same(ours.weights().embedding, gguf.weights().embedding, "embedding", -1);
+  same(ours.weights().norm_f, gguf.weights().norm_f, "norm_f", -1);
+  for (int64_t i = 0; i < a.n_layer; ++i) {
+    const LayerWeights &x = ours.weights().layers[size_t(i)], &y = gguf.weights().layers[size_t(i)];
+    same(x.norm, y.norm, "norm", i);
+    same(x.in_proj, y.in_proj, "in_proj", i);
+    same(x.conv_w, y.conv_w, "conv_w", i);
+    same(x.conv_b, y.conv_b, "conv_b", i);
+    same(x.dt_bias, y.dt_bias, "dt_bias", i);
+    same(x.D, y.D, "D", i);
+    same(x.gate_norm, y.gate_norm, "gate_norm", i);
+    same(x.out_proj, y.out_proj, "out_proj", i);
+    for (int64_t h = 0; h < x.A_log.numel(); ++h)
+      EXPECT_NEAR(y.A_log.data()[h], x.A_log.data()[h], 4e-7 * std::max(1.0f, std::abs(x.A_log.data()[h])))
+          << "A_log layer " << i << " head " << h;
+  }
 }
 
 // q8_0 and q4_0 files run in their format from the mapping: bit for bit the fp32 model on the
