@@ -40,6 +40,12 @@ TEST(GgufRead, EveryTypeReadsAsLlamaCppsGgufPackageDequantizesIt) {
       {"f32", DType::F32},   {"f16", DType::F16},   {"bf16", DType::BF16}, {"q8_0", DType::Q8_0},
       {"q4_0", DType::Q4_0}, {"q4_k", DType::F32}, {"q5_k", DType::F32}, {"q6_k", DType::F32}};
   for (const auto& [name, dtype] : cases) {
+    EXPECT_EQ(g.stored_types.at(name == std::string("q4_k")   ? "Q4_K"
+                                : name == std::string("q5_k") ? "Q5_K"
+                                : name == std::string("q6_k") ? "Q6_K"
+                                                              : std::string(dtype_name(dtype))),
+              1)
+        << name;
     const StoredTensor* t = g.tensors.find(name);
     ASSERT_NE(t, nullptr) << name;
     EXPECT_EQ(t->dtype, dtype) << name;  // the k-quants arrive dequantized
@@ -165,6 +171,10 @@ TEST(GgufCli, InfoLogitsAndQuantizeTakeAGgufFile) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("weights: all tensors present"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(f32.string()), std::string::npos) << r.out;
+  r = run_cli("info --model " + shell_path(kGguf / "official_fp32.q4_0.gguf"));
+  EXPECT_NE(r.out.find("gguf: version 3, 12 metadata keys; tensors stored as F32 15 Q4_0 4 Q8_0 1"),
+            std::string::npos)
+      << r.out;
 
   TempDir tmp;
   r = run_cli("quantize --model " + shell_path(kGguf / "official_fp32.q8_0.gguf") + " --type q8 --out " +
@@ -296,6 +306,11 @@ TEST(GgufBadFiles, TensorInfosAndValuesAreValidated) {
   EXPECT_EQ(read_error(plain({64, 2}, 0, 0)), "(no error)");
   EXPECT_NE(read_error(plain({64, 2}, 3, 0)).find("tensor t is of ggml type Q4_1 (3), which mamba2 does not read"),
             std::string::npos);
+  {  // the metadata of such a file (its tokenizer, `info`) is still read; the type only counted
+    const fs::path p = test::scratch_path("gguf", "q4_1.gguf");
+    test::write_file(p, plain({64, 2}, 3, 0));
+    EXPECT_EQ(read_gguf(p, false).stored_types.at("Q4_1"), 1);
+  }
   EXPECT_NE(read_error(plain({64, 2}, 0, 4)).find("not a multiple of the alignment 32"), std::string::npos);
   EXPECT_NE(read_error(plain({0, 2}, 0, 0)).find("has a dimension of 0"), std::string::npos);
   EXPECT_NE(read_error(plain({1, 1, 1, 1, 1}, 0, 0)).find("has 5 dimensions"), std::string::npos);

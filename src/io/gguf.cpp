@@ -234,7 +234,6 @@ GgufFile read_gguf(const std::filesystem::path& path, bool with_tensors) {
     if (g.metadata.contains(key)) fail("{}: metadata key {} appears twice", where, key);
     g.metadata[key] = read_value(c, type, key);
   }
-  if (!with_tensors) return g;
 
   uint64_t alignment = 32;
   if (auto a = g.metadata.find("general.alignment"); a != g.metadata.end()) {
@@ -270,7 +269,10 @@ GgufFile read_gguf(const std::filesystem::path& path, bool with_tensors) {
     }
     t.shape.assign(ne.rbegin(), ne.rend());
     t.type = c.read<uint32_t>("a tensor's type");
+    t.offset = c.read<uint64_t>("a tensor's offset");
     const auto info = type_info(t.type);
+    ++g.stored_types[info ? info->name : ggml_type_name(t.type)];
+    if (!with_tensors) continue;  // types this reader cannot read are only counted
     if (!info)
       fail("{}: tensor {} is of ggml type {} ({}), which mamba2 does not read (it reads F32, F16, BF16, Q8_0, "
            "Q4_0, Q4_K, Q5_K and Q6_K)",
@@ -279,11 +281,11 @@ GgufFile read_gguf(const std::filesystem::path& path, bool with_tensors) {
       fail("{}: tensor {} is {} with rows of {} elements, not whole blocks of {}", where, t.name, info->name, ne[0],
            info->block);
     t.nbytes = numel / uint64_t(info->block) * info->bytes;
-    t.offset = c.read<uint64_t>("a tensor's offset");
     if (t.offset % alignment != 0)
       fail("{}: tensor {} is at offset {}, not a multiple of the alignment {}", where, t.name, t.offset, alignment);
     infos.push_back(std::move(t));
   }
+  if (!with_tensors) return g;
   const uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
   if (data_start > file->size() && !infos.empty())
     fail("{}: the file ends before its data section (byte {})", where, data_start);

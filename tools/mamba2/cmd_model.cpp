@@ -133,6 +133,14 @@ void add_info(CLI::App& app) {
     for (const auto& f : archive.files()) fmt::print(" {}", f);
     fmt::print("\ntensors: {} ({} stored values)\n", archive.tensors().size(), stored);
     for (const auto& [dt, n] : by_dtype) fmt::print("dtype {}: {} values\n", dt, n);
+    if (fs::is_regular_file(*dir)) {  // a GGUF file: what it says of itself, and its types as stored
+      const GgufFile g = read_gguf(*dir, false);
+      const auto name = g.metadata.find("general.name");
+      fmt::print("gguf: version {}, {} metadata keys{}; tensors stored as", g.version, g.metadata.size(),
+                 name != g.metadata.end() && name->is_string() ? ", general.name " + name->get<std::string>() : "");
+      for (const auto& [type, n] : g.stored_types) fmt::print(" {} {}", type, n);
+      fmt::print(" (k-quants read as F32)\n");
+    }
     load_weights(archive_ptr, c);  // checks names and shapes
     fmt::print("weights: all tensors present with the expected shapes\n{}", version_info());
   });
