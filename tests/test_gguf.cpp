@@ -195,8 +195,6 @@ TEST(GgufCli, InfoLogitsAndQuantizeTakeAGgufFile) {
 
 // ---- bad files: each refused with the file and what is wrong, never a crash ----
 
-std::string bytes_of(const fs::path& p) { return test::read_file(p); }
-
 std::string gguf_error(const std::string& bytes) {
   const fs::path p = test::scratch_path("gguf", "bad.gguf");
   test::write_file(p, bytes);
@@ -213,7 +211,7 @@ std::string patched(std::string bytes, const std::string& from, const std::strin
 }
 
 TEST(GgufBadFiles, HeadersAndCountsAreCheckedAgainstTheFile) {
-  const std::string good = bytes_of(kGguf / "official_fp32.f32.gguf");
+  const std::string good = test::read_file(kGguf / "official_fp32.f32.gguf");
   auto with_u32 = [&](size_t at, uint32_t v) {
     std::string b = good;
     std::memcpy(b.data() + at, &v, 4);
@@ -241,7 +239,7 @@ TEST(GgufBadFiles, HeadersAndCountsAreCheckedAgainstTheFile) {
 }
 
 TEST(GgufBadFiles, ModelsThatAreNotMamba2AreRefusedByName) {
-  const std::string good = bytes_of(kGguf / "official_fp32.f32.gguf");
+  const std::string good = test::read_file(kGguf / "official_fp32.f32.gguf");
   const std::string arch = std::string("\x06\0\0\0\0\0\0\0mamba2", 14);
   EXPECT_NE(gguf_error(patched(good, arch, std::string("\x06\0\0\0\0\0\0\0llama2", 14)))
                 .find("general.architecture is \"llama2\""),
@@ -354,7 +352,7 @@ TEST(GgufBadFiles, TensorInfosAndValuesAreValidated) {
 }
 
 TEST(GgufBadFiles, ATokenizerThatIsNotByteLevelBpeIsRefusedByName) {
-  const std::string vocab = bytes_of(kGguf / "gpt-neox-20b.vocab.gguf");
+  const std::string vocab = test::read_file(kGguf / "gpt-neox-20b.vocab.gguf");
   const fs::path p = test::scratch_path("gguf", "vocab.gguf");
   test::write_file(p, patched(vocab, std::string("\x04\0\0\0\0\0\0\0gpt2", 12), std::string("\x04\0\0\0\0\0\0\0bert", 12)));
   EXPECT_NE(test::error_message([&] { Tokenizer::load(p); }).find("tokenizer.ggml.model is \"bert\""),

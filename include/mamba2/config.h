@@ -33,6 +33,10 @@ struct ModelConfig {
   int64_t nheads() const { return d_inner() / headdim; }
   int64_t conv_dim() const { return d_inner() + 2 * ngroups * d_state; }
   int64_t d_in_proj() const { return 2 * d_inner() + 2 * ngroups * d_state + nheads(); }
+  // A sequence's recurrent state per layer, in fp32 values: the conv window's last K−1 inputs and
+  // the SSM state (H, P, N).
+  int64_t conv_state_width() const { return (d_conv - 1) * conv_dim(); }
+  int64_t ssm_state_width() const { return nheads() * headdim * d_state; }
   // Rows of the embedding and columns of the logits.
   int64_t vocab_padded() const;
   bool has_dt_limit() const {

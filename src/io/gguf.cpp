@@ -3,7 +3,9 @@
 #include <bit>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -23,12 +25,6 @@ enum ValueType : uint32_t {
 enum GgmlType : uint32_t { kGgmlF32 = 0, kGgmlF16 = 1, kGgmlQ4_0 = 2, kGgmlQ8_0 = 8, kGgmlQ4_K = 12,
                            kGgmlQ5_K = 13, kGgmlQ6_K = 14, kGgmlBF16 = 30 };
 
-struct TypeInfo {
-  const char* name;
-  int64_t block;  // elements per block (1: plain)
-  size_t bytes;   // bytes per block
-};
-
 // The names of ggml's types for messages (as llama.cpp's gguf tools print them), by number.
 const char* ggml_type_name(uint32_t t) {
   static const char* names[] = {"F32",  "F16",  "Q4_0", "Q4_1", "(4)",  "(5)",  "Q5_0", "Q5_1", "Q8_0",
@@ -36,20 +32,6 @@ const char* ggml_type_name(uint32_t t) {
                                 "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
                                 "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16"};
   return t < std::size(names) ? names[t] : "unknown";
-}
-
-std::optional<TypeInfo> type_info(uint32_t t) {
-  switch (t) {
-    case kGgmlF32: return TypeInfo{"F32", 1, 4};
-    case kGgmlF16: return TypeInfo{"F16", 1, 2};
-    case kGgmlBF16: return TypeInfo{"BF16", 1, 2};
-    case kGgmlQ8_0: return TypeInfo{"Q8_0", 32, 34};
-    case kGgmlQ4_0: return TypeInfo{"Q4_0", 32, 18};
-    case kGgmlQ4_K: return TypeInfo{"Q4_K", 256, 144};
-    case kGgmlQ5_K: return TypeInfo{"Q5_K", 256, 176};
-    case kGgmlQ6_K: return TypeInfo{"Q6_K", 256, 210};
-    default: return std::nullopt;
-  }
 }
 
 // Bounds-checked little-endian reads over the mapped file.
@@ -201,6 +183,31 @@ void dequantize_q6_k(const unsigned char* b, float* y) {
   }
 }
 
+
+// What the reader does with each ggml type it takes: the file's own blocks in place (F32, F16, BF16,
+// Q8_0, Q4_0), or the k-quants, which no kernel here reads, dequantized to F32 once.
+struct TypeInfo {
+  const char* name;
+  int64_t block;  // elements per block (1: plain)
+  size_t bytes;   // bytes per block
+  DType dtype;    // as read
+  void (*dequantize)(const unsigned char* block, float* out);  // the k-quants' 256 values; else null
+};
+
+std::optional<TypeInfo> type_info(uint32_t t) {
+  switch (t) {
+    case kGgmlF32: return TypeInfo{"F32", 1, sizeof(float), DType::F32, nullptr};
+    case kGgmlF16: return TypeInfo{"F16", 1, sizeof(uint16_t), DType::F16, nullptr};
+    case kGgmlBF16: return TypeInfo{"BF16", 1, sizeof(uint16_t), DType::BF16, nullptr};
+    case kGgmlQ8_0: return TypeInfo{"Q8_0", kQuantBlock, sizeof(Q8Block), DType::Q8_0, nullptr};
+    case kGgmlQ4_0: return TypeInfo{"Q4_0", kQuantBlock, sizeof(Q4Block), DType::Q4_0, nullptr};
+    case kGgmlQ4_K: return TypeInfo{"Q4_K", 256, 144, DType::F32, dequantize_q4_k};
+    case kGgmlQ5_K: return TypeInfo{"Q5_K", 256, 176, DType::F32, dequantize_q5_k};
+    case kGgmlQ6_K: return TypeInfo{"Q6_K", 256, 210, DType::F32, dequantize_q6_k};
+    default: return std::nullopt;
+  }
+}
+
 }  // namespace
 
 bool is_gguf(const std::filesystem::path& path) {
@@ -300,24 +307,17 @@ GgufFile read_gguf(const std::filesystem::path& path, bool with_tensors) {
     s.shape = t.shape;
     s.file = path.string();
     const unsigned char* bytes = file->data() + data_start + t.offset;
-    const auto info = *type_info(t.type);
-    if (info.block == 256) {
-      // A k-quant: dequantized here, once (no kernel reads these blocks).
+    const TypeInfo info = *type_info(t.type);
+    s.dtype = info.dtype;
+    if (info.dequantize) {
       const size_t numel = size_t(s.numel());
       auto buf = std::shared_ptr<float[]>(new float[numel]);
-      void (*dequantize)(const unsigned char*, float*) =
-          t.type == kGgmlQ4_K ? dequantize_q4_k : t.type == kGgmlQ5_K ? dequantize_q5_k : dequantize_q6_k;
-      for (size_t b = 0; b < numel / 256; ++b) dequantize(bytes + b * info.bytes, buf.get() + b * 256);
-      s.dtype = DType::F32;
+      for (size_t b = 0; b < numel / size_t(info.block); ++b)
+        info.dequantize(bytes + b * info.bytes, buf.get() + b * size_t(info.block));
       s.data = reinterpret_cast<const unsigned char*>(buf.get());
       s.nbytes = numel * sizeof(float);
       g.tensors.keep_alive(std::move(buf));
     } else {
-      s.dtype = t.type == kGgmlF32    ? DType::F32
-                : t.type == kGgmlF16  ? DType::F16
-                : t.type == kGgmlBF16 ? DType::BF16
-                : t.type == kGgmlQ8_0 ? DType::Q8_0
-                                      : DType::Q4_0;
       s.nbytes = t.nbytes;
       // Used in place when aligned for its element (an alignment below 4 allows offsets that
       // are not), else copied.

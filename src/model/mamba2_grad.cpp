@@ -68,10 +68,10 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, 
   std::vector<int64_t> slots(static_cast<size_t>(nseq));
   for (int64_t s = 0; s < nseq; ++s) slots[size_t(s)] = s;
   const ops::SeqBatch seqs(b.lengths, slots, c.chunk_size, Device::CPU);
-  Tensor conv_states = Tensor::zeros({nseq, (c.d_conv - 1) * c.conv_dim()});
+  Tensor conv_states = Tensor::zeros({nseq, c.conv_state_width()});
   ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs);
   if (!y) return;
-  Tensor ssm_states = Tensor::zeros({nseq, c.nheads() * c.headdim * c.d_state});
+  Tensor ssm_states = Tensor::zeros({nseq, c.ssm_state_width()});
   const ConvOut v = split_conv(xbc, c);
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs);
 }

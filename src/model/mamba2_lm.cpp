@@ -20,8 +20,8 @@ std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch, 
   auto s = std::make_shared<InferenceState>();
   s->batch = batch;
   for (int64_t i = 0; i < c.n_layer; ++i) {
-    s->conv.push_back(Tensor::zeros({batch, (c.d_conv - 1) * c.conv_dim()}, device));
-    s->ssm.push_back(Tensor::zeros({batch, c.nheads() * c.headdim * c.d_state}, device));
+    s->conv.push_back(Tensor::zeros({batch, c.conv_state_width()}, device));
+    s->ssm.push_back(Tensor::zeros({batch, c.ssm_state_width()}, device));
   }
   return s;
 }
@@ -45,9 +45,11 @@ Model Model::load(const std::filesystem::path& path) {
   // A GGUF file of q8_0/q4_0 matrices may hold others as k-quants, read as fp32 (llama.cpp's q4_0
   // keeps the embedding in Q6_K): those are placed in the file's format as `mamba2 quantize`
   // would have written them.
-  const bool mixed = std::any_of(weights->layers.begin(), weights->layers.end(), [&](const LayerWeights& l) {
-    return l.in_proj.dtype() != dtype || l.out_proj.dtype() != dtype;
-  }) || weights->embedding.dtype() != vocab_matrix_dtype(dtype) || weights->lm_head.dtype() != vocab_matrix_dtype(dtype);
+  const DType vocab = vocab_matrix_dtype(dtype);
+  const bool mixed = weights->embedding.dtype() != vocab || weights->lm_head.dtype() != vocab ||
+                     std::any_of(weights->layers.begin(), weights->layers.end(), [&](const LayerWeights& l) {
+                       return l.in_proj.dtype() != dtype || l.out_proj.dtype() != dtype;
+                     });
   if (mixed) weights = std::make_shared<const ModelWeights>(place_weights(*weights, Device::CPU, dtype));
   return Model(ck.config, std::move(weights), Device::CPU, dtype);
 }
@@ -82,7 +84,7 @@ void copy_bytes(void* dst, const void* src, size_t bytes, Device device) {
 
 // A state made for another model would be read out of bounds: its layers and widths must match.
 void check_state(const InferenceState& state, const ModelConfig& c, Device device) {
-  const int64_t conv_width = (c.d_conv - 1) * c.conv_dim(), ssm_width = c.nheads() * c.headdim * c.d_state;
+  const int64_t conv_width = c.conv_state_width(), ssm_width = c.ssm_state_width();
   bool ok = int64_t(state.conv.size()) == c.n_layer && int64_t(state.ssm.size()) == c.n_layer;
   for (size_t i = 0; ok && i < state.conv.size(); ++i)
     ok = state.conv[i].shape() == Shape{state.batch, conv_width} && state.ssm[i].shape() == Shape{state.batch, ssm_width};
@@ -238,8 +240,8 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
   // of zero states, cleared before each layer.
   Tensor scratch_conv, scratch_ssm;
   if (!state) {
-    scratch_conv = Tensor::empty({nseq, (c.d_conv - 1) * c.conv_dim()}, device_);
-    scratch_ssm = Tensor::empty({nseq, c.nheads() * c.headdim * c.d_state}, device_);
+    scratch_conv = Tensor::empty({nseq, c.conv_state_width()}, device_);
+    scratch_ssm = Tensor::empty({nseq, c.ssm_state_width()}, device_);
   }
   const ops::SeqBatch seqs(lengths, slots, c.chunk_size, device_);
   run_layers(w, c, ids, a, ops::LinearKernel::Prefill, [&](size_t li, const LayerWeights& l, const Projections& pr) {

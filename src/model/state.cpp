@@ -86,7 +86,7 @@ void restore_state(const Model& model, InferenceState& state, int64_t slot, cons
   const ModelConfig& c = model.config();
   if (s.model != model.fingerprint())
     fail("[state] the state was made by model {}, not this one ({})", s.model, model.fingerprint());
-  const size_t conv_width = size_t((c.d_conv - 1) * c.conv_dim()), ssm_width = size_t(c.nheads() * c.headdim * c.d_state);
+  const size_t conv_width = size_t(c.conv_state_width()), ssm_width = size_t(c.ssm_state_width());
   bool ok = int64_t(s.conv.size()) == c.n_layer && int64_t(s.ssm.size()) == c.n_layer &&
             int64_t(state.conv.size()) == c.n_layer;
   for (size_t l = 0; ok && l < s.conv.size(); ++l)

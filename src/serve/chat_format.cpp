@@ -36,28 +36,6 @@ std::string gguf_special_token(const GgufFile& g, const char* key) {
   return (*tokens)[id->get<size_t>()].get<std::string>();
 }
 
-// A GGUF model's template (tokenizer.chat_template) and special tokens, or `template_file`'s.
-std::optional<ChatFormat> gguf_chat_format(const std::filesystem::path& file, const std::filesystem::path& template_file) {
-  const GgufFile g = read_gguf(file, false);
-  std::string source, text;
-  if (!template_file.empty()) {
-    source = template_file.string();
-    text = read_file(template_file, "[chat] chat template", ChatTemplate::kMaxBytes);
-  } else if (auto it = g.metadata.find("tokenizer.chat_template"); it != g.metadata.end()) {
-    if (!it->is_string()) fail("[chat] {}: tokenizer.chat_template is not a string", file.string());
-    source = file.string() + " (tokenizer.chat_template)";
-    text = it->get<std::string>();
-  } else {
-    return std::nullopt;
-  }
-  try {
-    return ChatFormat{ChatTemplate::parse(text), gguf_special_token(g, "tokenizer.ggml.bos_token_id"),
-                      gguf_special_token(g, "tokenizer.ggml.eos_token_id"), source};
-  } catch (const Error& e) {
-    fail("[chat] the chat template of {}: {}", source, e.what());
-  }
-}
-
 }  // namespace
 
 std::string ChatFormat::prompt(const std::vector<ChatMessage>& messages) const {
@@ -66,15 +44,24 @@ std::string ChatFormat::prompt(const std::vector<ChatMessage>& messages) const {
 
 std::optional<ChatFormat> load_chat_format(const std::filesystem::path& model_dir,
                                            const std::filesystem::path& template_file) {
-  if (std::filesystem::is_regular_file(model_dir) && is_gguf(model_dir)) return gguf_chat_format(model_dir, template_file);
-  const std::filesystem::path config_path = model_dir / "tokenizer_config.json";
+  // A GGUF file's metadata, or the folder's tokenizer_config.json: where the template and the
+  // special tokens come from.
+  std::optional<GgufFile> gguf;
+  if (std::filesystem::is_regular_file(model_dir) && is_gguf(model_dir)) gguf = read_gguf(model_dir, false);
+  const std::filesystem::path config_path = gguf ? model_dir : model_dir / "tokenizer_config.json";
   json config = json::object();
-  if (std::filesystem::exists(config_path)) config = read_json_file(config_path, "[chat]");
+  if (!gguf && std::filesystem::exists(config_path)) config = read_json_file(config_path, "[chat]");
   if (!config.is_object()) fail("[chat] {}: not a JSON object", config_path.string());
   std::string source, text;
   if (!template_file.empty()) {
     source = template_file.string();
     text = read_file(template_file, "[chat] chat template", ChatTemplate::kMaxBytes);
+  } else if (gguf) {
+    const auto it = gguf->metadata.find("tokenizer.chat_template");
+    if (it == gguf->metadata.end()) return std::nullopt;
+    if (!it->is_string()) fail("[chat] {}: tokenizer.chat_template is not a string", config_path.string());
+    source = config_path.string() + " (tokenizer.chat_template)";
+    text = it->get<std::string>();
   } else if (auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
     source = config_path.string() + " (chat_template)";
     if (it->is_string()) {
@@ -93,6 +80,9 @@ std::optional<ChatFormat> load_chat_format(const std::filesystem::path& model_di
     return std::nullopt;
   }
   try {
+    if (gguf)
+      return ChatFormat{ChatTemplate::parse(text), gguf_special_token(*gguf, "tokenizer.ggml.bos_token_id"),
+                        gguf_special_token(*gguf, "tokenizer.ggml.eos_token_id"), source};
     return ChatFormat{ChatTemplate::parse(text), special_token(config, "bos_token", config_path),
                       special_token(config, "eos_token", config_path), source};
   } catch (const Error& e) {

@@ -12,8 +12,8 @@
 #include "core/utf8.h"
 #include "mamba2/error.h"
 #include "tokenizer/added_tokens.h"
-#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/bpe.h"
+#include "tokenizer/gguf_vocab.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/unicode.h"
 

@@ -116,7 +116,7 @@ double decode_step_bytes(const Model& m, int64_t batch) {
                             &l.out_proj})
       bytes += double(t->nbytes());
   const ModelConfig& c = m.config();
-  const double state = double(c.n_layer) * double((c.d_conv - 1) * c.conv_dim() + c.nheads() * c.headdim * c.d_state) * 4;
+  const double state = double(c.n_layer * (c.conv_state_width() + c.ssm_state_width())) * sizeof(float);
   return bytes + 2.0 * state * double(batch);
 }
 
@@ -224,7 +224,8 @@ void add_bench(CLI::App& app) {
     }
     for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch")) {
       if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
-      const double gbps = model.device() == Device::CPU ? read_gbps(decode_step_bytes(model, batch)) : 0.0;
+      const double step_bytes = decode_step_bytes(model, batch);
+      const double gbps = model.device() == Device::CPU ? read_gbps(step_bytes) : 0.0;
       std::vector<int64_t> slots(static_cast<size_t>(batch));
       for (int64_t i = 0; i < batch; ++i) slots[size_t(i)] = i;
       std::vector<int32_t> tokens(static_cast<size_t>(batch));
@@ -253,7 +254,7 @@ void add_bench(CLI::App& app) {
                  double(batch) * steps / best, 1e3 * best / steps, double(batch) * steps / best_greedy,
                  1e3 * best_greedy / steps);
       if (model.device() == Device::CPU) {
-        const double mb = decode_step_bytes(model, batch) * 1e-6, floor_ms = mb / gbps;
+        const double mb = step_bytes * 1e-6, floor_ms = mb / gbps;
         fmt::print("  floor: {:.1f} MB a step (weights once, states in and out) at {:.1f} GB/s (that many bytes "
                    "read just before): {:.3f} ms; the step takes {:.2f}x that\n",
                    mb, gbps, floor_ms, 1e3 * best / steps / floor_ms);

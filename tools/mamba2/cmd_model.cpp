@@ -3,11 +3,11 @@
 #include <filesystem>
 
 #include "commands.h"
+#include "io/atomic_file.h"
+#include "io/gguf.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/version.h"
-#include "io/atomic_file.h"
-#include "io/gguf.h"
 #include "model/weights.h"
 #include "tokenizer/gguf_vocab.h"
 

@@ -6,11 +6,11 @@
 // The loops over the MI rows are unrolled by pragma: left as loops (GCC does at MI = 8) the
 // accumulators live in memory, a store and a load around every fma.
 //
-// V provides: kEightRows (whether 16 accumulators R fit its registers); R (16 fp32 lanes); zero(); load(const float*), load(const uint16_t*) (bf16 bits,
-// widened), load_q8(const int8_t*, float d) (16 values · d), load_q4(const uint8_t* qs, float d)
-// ((low nibbles − 8) · d, high nibbles likewise: two R); fma(a, b, c) = a·b + c rounded
-// once; add(a, b); halve(R) (lanes summed as lanes_sum says); half(uint16_t) (fp16 → fp32);
-// prefetch(const char*).
+// V provides: kEightRows (whether 16 accumulators R fit its registers); R (16 fp32 lanes); zero();
+// load(const float*), load(const uint16_t*) (bf16 bits, widened), load_q8(const int8_t*, float d)
+// (16 values · d), load_q4(const uint8_t* qs, float d) ((low nibbles − 8) · d, high nibbles
+// likewise: two R); fma(a, b, c) = a·b + c rounded once; add(a, b); halve(R) (lanes summed as
+// lanes_sum says); half(uint16_t) (fp16 → fp32); prefetch(const char*).
 
 constexpr int64_t kPrefetchBytes = 4096;  // swept 512–8192 on the 130m's decode: 4 KB and up hold the best
 
