@@ -272,6 +272,10 @@ std::vector<ScanCase> scan_cases() {
       // More chunks than the state pass takes in one batch of loads (8): 19 and 3.
       {.Q = 8, .H = 2, .P = 32, .G = 1, .N = 16, .lengths = {150, 17}},
       {.Q = 256, .H = 2, .P = 64, .G = 1, .N = 64, .lengths = {300, 7}, .fast_decay = true},
+      // A state past 128 (the passes in every compute dtype) and one of 128 with a head of 80 (the
+      // one-kernel scan's partial column tile).
+      {.Q = 64, .H = 2, .P = 48, .G = 2, .N = 200, .lengths = {70, 1, 130}},
+      {.Q = 128, .H = 3, .P = 80, .G = 1, .N = 128, .lengths = {129, 64, 3}},
   };
 }
 

@@ -1,6 +1,9 @@
 // Chunked SSD scan (prefill) over packed sequences and the one-token step (decode) on the GPU.
-// The chunked form is the CPU kernel's (cpu/ssd_scan.cpp), in two passes so that the chunks of a
-// sequence run in parallel and only the (P, N) states pass between them in order:
+// In bf16 / f16 compute with d_state ≤ 128 (every published Mamba2 model) one kernel per chunk
+// does it all (ssd_chunk_tc_kernel, below); otherwise (fp32 compute, larger states, or
+// MAMBA2_SSD_PASSES=1, which exists to measure the two against each other) the chunked form is
+// the CPU kernel's (cpu/ssd_scan.cpp), in two passes so that the chunks of a sequence run in
+// parallel and only the (P, N) states pass between them in order:
 //   1. chunk_state  (chunk, head, state tile): dt, a = in-chunk cumsum of dt·A, and the chunk's
 //      own end-state term S_c = Σ_s exp(a[last]-a[s])·dt[s]·x[s] ⊗ B[s]; then, once the chunk
 //      before it has left the state at this chunk's start (S_start), the state at its end,
@@ -28,6 +31,8 @@
 #include "cuda/mma.cuh"
 #include "cuda/runtime.h"
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 namespace mamba2::cuda {
@@ -868,6 +873,335 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
   }
 }
 
+// The tensor-core scan for d_state ≤ 128 (every published Mamba2 model): one kernel per chunk
+// of the sequence (and head, 64 columns p), which walks its chunk 64 tokens (a span) at a time
+// with the (p, n) state in fp32 registers. Phase 1: the chunk's own end-state term S_c from zero
+// over its spans, then the chain of chunks as in pass 1 above (pass_state: the same hand-off,
+// or the separate state pass, with the same bits); phase 2: from the state at the chunk's start,
+// per span (s, t in the span, a the cumsum of dt·A within it, times log2(e)):
+//   y[t] = Σ_{s≤t} (C Bᵀ)[t][s]·2^(a[t]-a[s])·dt[s]·x[s] + 2^a[t]·C[t] Sᵀ + D·x[t]
+//   S    = 2^a[last]·S + Σ_s (2^(a[last]-a[s])·dt[s]·x[s]) ⊗ B[s]
+// So C Bᵀ is a 64×64 triangle per span instead of the chunk's, nothing but the chunk-boundary
+// states goes through global memory, and x is read in fp32 twice (the second from the L2).
+// Operands are rounded as in the passes above (C, B copied to T once by to_operands_kernel; x,
+// w∘x, S, M); every product accumulates in fp32. 8 warps: warp w = (row tile r = w % 4, half
+// h = w / 4): rows t = 16r.. of C Bᵀ (both halves), columns p = 32h.. of M·X, C·Sᵀ and y;
+// state rows p = 16r.., columns n of half h. Every output's sum runs in an order fixed by its
+// own chunk: batch invariance holds whatever else the launch holds.
+constexpr int kSpan = 64;
+constexpr int kSeqThreads = 256;
+constexpr int kXfStride = kTile + 4;  // fp32 x rows in shared memory
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// B and C (fp32, rows of ld) to T, rows of groups·NPAD with zeros past d_state.
+template <class T, int NPAD>
+__global__ void to_operands_kernel(const float* B, int64_t ldb, const float* C, int64_t ldc, int64_t tokens,
+                                   int64_t groups, int64_t N, T* bt, T* ct) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // a pair of columns
+  if (i >= tokens * groups * NPAD / 2) return;
+  const int64_t row = i / (groups * NPAD / 2), rest = i % (groups * NPAD / 2);
+  const int64_t g = rest / (NPAD / 2), n = 2 * (rest % (NPAD / 2));
+  const float* b = B + row * ldb + g * N;
+  const float* c = C + row * ldc + g * N;
+  const float b0 = n < N ? b[n] : 0.0f, b1 = n + 1 < N ? b[n + 1] : 0.0f;
+  const float c0 = n < N ? c[n] : 0.0f, c1 = n + 1 < N ? c[n + 1] : 0.0f;
+  reinterpret_cast<uint32_t*>(bt)[i] = pack2<T>(b0, b1);
+  reinterpret_cast<uint32_t*>(ct)[i] = pack2<T>(c0, c1);
+}
+
+template <int NPAD>
+__host__ __device__ constexpr size_t seq_smem_bytes() {
+  return 2 * (3 * size_t(kSpan) * (NPAD + 8) + 3 * size_t(kSpan) * kTcStride) + 4 * size_t(kSpan) * (kXfStride + 4);
+}
+
+enum class SeqMode { Chained, StateOnly, ScanOnly };
+
+template <class T, int NPAD, SeqMode MODE>
+__global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams p, const float* x, int64_t ldx,
+                                                                      bool x_vec, const T* bt, const T* ct,
+                                                                      const float* dt_raw, int64_t lddt, float* y,
+                                                                      int64_t ldy, PackedSeqs seqs, int64_t Q,
+                                                                      Chain chain) {
+  constexpr int NS = NPAD + 8, NF = NPAD / 16, NKS = NPAD / 16;  // row stride, n fragments a half, k-steps over n
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Cs = reinterpret_cast<T*>(smem);  // [t][n]
+  T* Bs = Cs + kSpan * NS;             // [s][n]
+  T* Ss = Bs + kSpan * NS;             // [p][n]: the state as an operand
+  T* Xt = Ss + kSpan * NS;             // [s][p]: x
+  T* Xw = Xt + kSpan * kTcStride;      // [s][p]: w∘x
+  T* Ms = Xw + kSpan * kTcStride;      // [t][s]: M
+  float* Xf = reinterpret_cast<float*>(Ms + kSpan * kTcStride);  // [s][p]: x in fp32
+  float* s_raw = Xf + kSpan * kXfStride;                           // raw dt
+  float* s_a = s_raw + kSpan;                                      // a·log2(e)
+  float* s_dt = s_a + kSpan;
+  float* s_w = s_dt + kSpan;  // 2^(a[last]-a[s])·dt[s]
+
+  const int64_t H = p.nheads, P = p.headdim, N = p.d_state, G = p.ngroups;
+  const int tiles = int(ceil_div(P, kTile));
+  int64_t c;
+  int h, tile;
+  if constexpr (MODE == SeqMode::ScanOnly) {
+    c = blockIdx.x, h = int(blockIdx.y), tile = int(blockIdx.z);
+  } else {
+    const Work w = take_work(chain, seqs, H, tiles);
+    c = w.c, h = w.h, tile = w.tile;
+  }
+  const Chunk ch = find_chunk(seqs, c, Q);
+  const int64_t g = h / (H / G), p0 = int64_t(tile) * kTile, pcols = min(int64_t(kTile), P - p0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rt = warp % 4, half = warp / 4;
+  const int r0 = 16 * rt;
+  const int sp[2] = {r0 + lane / 4, r0 + lane / 4 + 8};  // the state's rows p (and y's rows t) of the lane
+
+  // Copies of span tok0's B (and C), x and raw dt into shared memory, zeros past the chunk's end.
+  // Thread i copies rows i/16 + 16u (u < 4) at 16-byte column i % 16 of each tile (the rows of B
+  // and C are NPAD/8 ≤ 16 such pieces).
+  const int cr = threadIdx.x / 16, cq = threadIdx.x % 16;
+  const T* bsrc = bt + g * NPAD + 8 * cq;
+  const T* csrc = ct + g * NPAD + 8 * cq;
+  const float* xsrc = x + h * P + p0 + 4 * cq;
+  const int64_t GN = G * NPAD;
+  const auto issue = [&](int64_t tok0, int len, bool with_c) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int r = cr + 16 * u;
+      const bool in = r < len;
+      const int64_t row = tok0 + (in ? r : 0);
+      if (8 * cq < NPAD) {
+        if (with_c) cp_async16(Cs + r * NS + 8 * cq, csrc + row * GN, in ? 16 : 0);
+        cp_async16(Bs + r * NS + 8 * cq, bsrc + row * GN, in ? 16 : 0);
+      }
+      if (x_vec) {
+        const bool xin = in && 4 * cq < pcols;
+        cp_async16(Xf + r * kXfStride + 4 * cq, xsrc + (xin ? row * ldx : tok0 * ldx), xin ? 16 : 0);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool xin = in && 4 * cq + e < pcols;
+          cp_async4(Xf + r * kXfStride + 4 * cq + e, xsrc + (xin ? row * ldx + e : tok0 * ldx), xin ? 4 : 0);
+        }
+      }
+    }
+    if (threadIdx.x < kSpan) {
+      const int r = threadIdx.x;
+      cp_async4(s_raw + r, dt_raw + (tok0 + min(r, len - 1)) * lddt + h, r < len ? 4 : 0);
+    }
+    cp_async_commit();
+  };
+  const float A = -expf(p.A_log[h]), bias = p.dt_bias[h];
+  // After the span's copies have landed: dt, a·log2(e) (an inclusive scan across the warp; every
+  // exponent below is clamped to ≤ 0, so rounding in the scan never makes a factor exceed 1), w;
+  // then x to T (and w∘x). Returns a[last] in natural units.
+  const auto span_prologue = [&](int len, bool with_x) -> float {
+    cp_async_wait_all();
+    __syncthreads();
+    if (warp == 0) {
+      const int t = 2 * lane;
+      const float d0 = t < len ? dt_activation(s_raw[t], bias, p.dt_min, p.dt_max) : 0.0f;
+      const float d1 = t + 1 < len ? dt_activation(s_raw[t + 1], bias, p.dt_min, p.dt_max) : 0.0f;
+      const float v0 = d0 * A;
+      float incl = v0 + d1 * A;
+#pragma unroll
+      for (int off = 1; off < 32; off *= 2) {
+        const float o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      const float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+      s_dt[t] = d0, s_dt[t + 1] = d1;
+      s_a[t] = float(double(lane > 0 ? excl + v0 : v0) * kLog2e);
+      s_a[t + 1] = float(double(incl) * kLog2e);
+    }
+    __syncthreads();
+    const float a2_last = s_a[kSpan - 1];
+    if (threadIdx.x < kSpan)
+      s_w[threadIdx.x] = exp2_approx(fminf(a2_last - s_a[threadIdx.x], 0.0f)) * s_dt[threadIdx.x];
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int r = cr + 16 * u, cc = 4 * cq;
+      const float4 v = *reinterpret_cast<const float4*>(Xf + r * kXfStride + cc);
+      const float wr = s_w[r];
+      if (with_x)
+        *reinterpret_cast<uint2*>(Xt + r * kTcStride + cc) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
+      *reinterpret_cast<uint2*>(Xw + r * kTcStride + cc) =
+          make_uint2(pack2<T>(wr * v.x, wr * v.y), pack2<T>(wr * v.z, wr * v.w));
+    }
+    __syncthreads();
+    return a2_last;
+  };
+  // S = 2^a[last]·S + (w∘X)ᵀ B: rows p = r0.., the half's columns n, 64 tokens as k.
+  float st[NF][4];
+  const auto update_state = [&](float a2_last) {
+    const float decay = exp2_approx(fminf(a2_last, 0.0f));
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[j][e] *= decay;
+#pragma unroll
+    for (int k = 0; k < kSpan; k += 16) {
+      uint32_t a[4];
+      ldsm_trans(a, a_cols(Xw, kTcStride, r0, k));
+#pragma unroll
+      for (int j = 0; j < NF; j += 2) {
+        uint32_t b[4];
+        ldsm_trans(b, b_cols(Bs, NS, NPAD / 2 * half + 8 * j, k));
+        mma<T>(st[j], a, b[0], b[1]);
+        mma<T>(st[j + 1], a, b[2], b[3]);
+      }
+    }
+  };
+  const auto state_offset = [&](int i) -> int64_t {
+    const int j = i / 4, e = i % 4;
+    const int64_t pp = p0 + sp[e / 2], n = NPAD / 2 * half + 8 * j + 2 * (lane % 4) + e % 2;
+    return pp < P && n < N ? pp * N + n : -1;
+  };
+  const int nspans = int(ceil_div(ch.len, kSpan));
+
+  if constexpr (MODE != SeqMode::ScanOnly) {
+    // Phase 1: S_c from zero, and a[last] of the chunk in natural units (the spans' in order).
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[j][e] = 0.0f;
+    double a_chunk = 0.0;
+    issue(ch.tok0, min(kSpan, ch.len), false);
+    for (int s = 0; s < nspans; ++s) {
+      const int len = min(kSpan, ch.len - s * kSpan);
+      const float a2_last = span_prologue(len, false);
+      a_chunk += double(a2_last) / kLog2e;
+      update_state(a2_last);
+      __syncthreads();
+      if (s + 1 < nspans) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false);
+    }
+    pass_state(chain, p, seqs, ch, c, h, tile, tiles, a_chunk, reinterpret_cast<const float(&)[4 * NF]>(st),
+               state_offset);
+    if constexpr (MODE == SeqMode::StateOnly) return;
+    __syncthreads();
+    __threadfence_block();
+  }
+
+  // Phase 2: from the state at the chunk's start (chunk_states[c], as pass 2 reads it).
+  const float* s_start = chain.chunk_states + (c * H + h) * P * N;
+  issue(ch.tok0, min(kSpan, ch.len), true);
+#pragma unroll
+  for (int j = 0; j < NF; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t off = state_offset(4 * j + e);
+      st[j][e] = off >= 0 ? __ldcg(s_start + off) : 0.0f;
+    }
+  const auto state_to_operand = [&] {
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      const int n = NPAD / 2 * half + 8 * j + 2 * (lane % 4);
+      *reinterpret_cast<uint32_t*>(Ss + sp[0] * NS + n) = pack2<T>(st[j][0], st[j][1]);
+      *reinterpret_cast<uint32_t*>(Ss + sp[1] * NS + n) = pack2<T>(st[j][2], st[j][3]);
+    }
+  };
+  state_to_operand();
+  const float Dh = p.D[h];
+  const int pc0 = 32 * half;  // the warp's columns p of y
+  for (int s = 0; s < nspans; ++s) {
+    const int64_t tok0 = ch.tok0 + s * kSpan;
+    const int len = min(kSpan, ch.len - s * kSpan);
+    const float a2_last = span_prologue(len, true);
+    // C Bᵀ (rows r0.., the k-steps q ≤ r of 16 columns s with q % 2 = the warp's half: the two
+    // halves share the triangle) and C·Sᵀ (the half's columns p), C's fragment loaded once.
+    float cb[2][2][4] = {}, cs[4][4] = {};
+#pragma unroll
+    for (int k = 0; k < NKS; ++k) {
+      uint32_t af[4];
+      ldsm(af, a_rows(Cs, NS, r0, 16 * k));
+#pragma unroll
+      for (int li = 0; li < 2; ++li) {
+        const int q = 2 * li + half;
+        if (q > rt) break;
+        uint32_t b[4];
+        ldsm(b, b_rows(Bs, NS, 16 * q, 16 * k));
+        mma<T>(cb[li][0], af, b[0], b[1]);
+        mma<T>(cb[li][1], af, b[2], b[3]);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; j += 2) {
+        uint32_t b[4];
+        ldsm(b, b_rows(Ss, NS, pc0 + 8 * j, 16 * k));
+        mma<T>(cs[j], af, b[0], b[1]);
+        mma<T>(cs[j + 1], af, b[2], b[3]);
+      }
+    }
+    float at[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      at[i] = s_a[sp[i]];
+      const float decay = exp2_approx(fminf(at[i], 0.0f));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cs[j][2 * i] *= decay, cs[j][2 * i + 1] *= decay;
+    }
+    // M = C Bᵀ∘2^(a[t]-a[s])∘dt[s] for s ≤ t (0 above the diagonal), rounded to T, to shared memory.
+#pragma unroll
+    for (int li = 0; li < 2; ++li) {
+      const int q = 2 * li + half;
+      if (q > rt) break;
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        const int s0 = 16 * q + 8 * f + 2 * (lane % 4);  // and s0 + 1
+        const float2 as = *reinterpret_cast<const float2*>(s_a + s0), ds = *reinterpret_cast<const float2*>(s_dt + s0);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const float v0 = s0 <= sp[i] ? cb[li][f][2 * i] * exp2_approx(fminf(at[i] - as.x, 0.0f)) * ds.x : 0.0f;
+          const float v1 =
+              s0 + 1 <= sp[i] ? cb[li][f][2 * i + 1] * exp2_approx(fminf(at[i] - as.y, 0.0f)) * ds.y : 0.0f;
+          *reinterpret_cast<uint32_t*>(Ms + sp[i] * kTcStride + s0) = pack2<T>(v0, v1);
+        }
+      }
+    }
+    __syncthreads();
+    // + M·X over the k-steps q ≤ r.
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (q > rt) break;
+      uint32_t m[4];
+      ldsm(m, a_rows(Ms, kTcStride, r0, 16 * q));
+#pragma unroll
+      for (int j = 0; j < 4; j += 2) {
+        uint32_t b[4];
+        ldsm_trans(b, b_cols(Xt, kTcStride, pc0 + 8 * j, 16 * q));
+        mma<T>(cs[j], m, b[0], b[1]);
+        mma<T>(cs[j + 1], m, b[2], b[3]);
+      }
+    }
+    // y = that + D·x (x in fp32).
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (sp[i] >= len) continue;
+      float* yt = y + (tok0 + sp[i]) * ldy + h * P + p0;
+      const float* xt = Xf + sp[i] * kXfStride;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int cc = pc0 + 8 * j + 2 * (lane % 4);
+        if (cc < pcols) yt[cc] = fmaf(Dh, xt[cc], cs[j][2 * i]);
+        if (cc + 1 < pcols) yt[cc + 1] = fmaf(Dh, xt[cc + 1], cs[j][2 * i + 1]);
+      }
+    }
+    if (s + 1 == nspans) break;
+    update_state(a2_last);
+    __syncthreads();  // every read of this span's tiles and of the state operand is done
+    issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true);
+    state_to_operand();
+  }
+}
+
 void check_params(const SsdParams& p) {
   if (p.headdim < 1 || p.headdim > kMaxHeaddim)
     raise(cat("[ssd_scan] headdim ", p.headdim, ": the CUDA kernels take 1 to ", kMaxHeaddim));
@@ -898,14 +1232,14 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
   // Pass 1's grid: one block per (chunk, head, state tile), in ticket order (Chain); chained or
   // followed by state_pass (the same bits either way).
   std::shared_ptr<void> chain_buf, a_last_buf;
-  const auto chain = [&](const void* kernel, int threads, int64_t tiles, unsigned& blocks) {
+  const auto chain = [&](const void* kernel, int threads, int64_t tiles, unsigned& blocks, size_t smem = 0) {
     const int64_t n = seqs.total_chunks * H * tiles;
     if (n > int64_t(INT32_MAX)) raise(cat("[ssd_scan] ", n, " blocks in the state pass: more than a grid takes"));
     blocks = unsigned(n);
     int per_sm = 0, sms = 0, device = 0;
     check(cudaGetDevice(&device), "ssd_scan");
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "ssd_scan");
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0), "ssd_scan");
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem), "ssd_scan");
     // The chain pays a hand-off between blocks (a few µs) per chunk, in sequence; hidden when each
     // chunk index of every sequence fills about a wave of blocks by itself (the blocks of the
     // next index start as those of this one finish), exposed when many indices run at once (a
@@ -951,6 +1285,45 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
 
   const auto tensor_cores = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
+    const char* passes = std::getenv("MAMBA2_SSD_PASSES");
+    if (N <= 128 && !(passes && std::string(passes) == "1")) {
+      const auto spans = [&](auto npad) {
+        constexpr int NPAD = decltype(npad)::value;
+        const int64_t G = p.ngroups, pairs = seqs.tokens * G * NPAD / 2;
+        auto ops = allocate(2 * sizeof(uint32_t) * size_t(pairs), "ssd_scan scratch");
+        T* bt = static_cast<T*>(ops.get());
+        T* ct = bt + 2 * pairs;
+        to_operands_kernel<T, NPAD><<<unsigned(ceil_div(pairs, 256)), 256, 0, stream()>>>(B, ldb, C, ldc, seqs.tokens,
+                                                                                      G, N, bt, ct);
+        check_launch("ssd_scan");
+        constexpr size_t smem = seq_smem_bytes<NPAD>();
+        auto* chained = ssd_chunk_tc_kernel<T, NPAD, SeqMode::Chained>;
+        auto* state_only = ssd_chunk_tc_kernel<T, NPAD, SeqMode::StateOnly>;
+        auto* scan_only = ssd_chunk_tc_kernel<T, NPAD, SeqMode::ScanOnly>;
+        for (auto* kernel : {chained, state_only, scan_only})
+          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "ssd_scan");
+        const bool x_vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 4 == 0 && P % 4 == 0;
+        unsigned blocks = 0;
+        const int64_t tiles = ceil_div(P, kTile);
+        const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem);
+        if (k.chained) {
+          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
+                                                           chunk_size, k);
+          check_launch("ssd_scan");
+          return;
+        }
+        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
+                                                            chunk_size, k);
+        check_launch("ssd_scan");
+        state_pass(k);
+        scan_only<<<dim3(chunks, heads, unsigned(tiles)), kSeqThreads, smem, stream()>>>(
+            p, x, ldx, x_vec, bt, ct, dt_raw, lddt, y, ldy, seqs, chunk_size, k);
+        check_launch("ssd_scan");
+      };
+      if (N <= 64) spans(std::integral_constant<int, 64>{});
+      else spans(std::integral_constant<int, 128>{});
+      return;
+    }
     float* a2 = static_cast<float*>(a_buf.get());
     const auto chunk_state = [&](auto kernel, int64_t cols) {
       unsigned blocks = 0;
