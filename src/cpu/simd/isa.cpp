@@ -87,7 +87,9 @@ void set_isa(Isa isa) {
 
 bool cpu_has_avx512_vnni() {
 #if defined(__x86_64__)
-  return supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
+  // Asked once per linear call: CPUID (in supported) traps to the hypervisor in a VM, ~1 µs.
+  static const bool has = supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
+  return has;
 #else
   return false;
 #endif

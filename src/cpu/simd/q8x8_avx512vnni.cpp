@@ -31,17 +31,21 @@ inline __m512i flip_bytes() { return _mm512_set1_epi8(char(0x80)); }
 // the order the levels leave lane t = row t in.
 constexpr int G = 16;
 
-inline __m512i sum_lanes(const __m512i p[8]) {
-  __m512i q[4], r[2];
-  for (int i = 0; i < 4; ++i)
-    q[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2 * i], p[2 * i + 1]), _mm512_unpackhi_epi64(p[2 * i], p[2 * i + 1]));
-  for (int i = 0; i < 2; ++i) {
-    const __m512 a = _mm512_castsi512_ps(q[2 * i]), b = _mm512_castsi512_ps(q[2 * i + 1]);
-    r[i] = _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
-                            _mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
-  }
-  return _mm512_add_epi32(_mm512_shuffle_i64x2(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                          _mm512_shuffle_i64x2(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
+// Written out: as loops over arrays GCC kept the partial sums in memory.
+inline __m512i pair_sum64(__m512i a, __m512i b) {
+  return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+inline __m512i pair_sum32(__m512i a, __m512i b) {
+  const __m512 fa = _mm512_castsi512_ps(a), fb = _mm512_castsi512_ps(b);
+  return _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(2, 0, 2, 0))),
+                          _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(3, 1, 3, 1))));
+}
+inline __m512i sum_lanes(__m512i p0, __m512i p1, __m512i p2, __m512i p3, __m512i p4, __m512i p5, __m512i p6,
+                         __m512i p7) {
+  const __m512i r0 = pair_sum32(pair_sum64(p0, p1), pair_sum64(p2, p3));
+  const __m512i r1 = pair_sum32(pair_sum64(p4, p5), pair_sum64(p6, p7));
+  return _mm512_add_epi32(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 template <int MI>
@@ -80,10 +84,13 @@ void rows(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ld
       for (int i = 0; i < MI; ++i) {
         const ActBlock& xb = x[i * ldx + b];
         const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q)));
-        __m512i p[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) p[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu[j], xv);
-        const __m512i sum = _mm512_sub_epi32(sum_lanes(p), _mm512_set1_epi32(128 * xb.sum));
+        const __m512i z = _mm512_setzero_si512();
+        const __m512i sum = _mm512_sub_epi32(
+            sum_lanes(_mm512_dpbusd_epi32(z, wu[0], xv), _mm512_dpbusd_epi32(z, wu[1], xv),
+                      _mm512_dpbusd_epi32(z, wu[2], xv), _mm512_dpbusd_epi32(z, wu[3], xv),
+                      _mm512_dpbusd_epi32(z, wu[4], xv), _mm512_dpbusd_epi32(z, wu[5], xv),
+                      _mm512_dpbusd_epi32(z, wu[6], xv), _mm512_dpbusd_epi32(z, wu[7], xv)),
+            _mm512_set1_epi32(128 * xb.sum));
         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc[i]);
       }
     }

@@ -13,7 +13,8 @@ void quantize_activations(const float* x, int64_t k, ActBlock* out) {
     float amax = 0.0f;
     bool finite = true;
     for (int j = 0; j < kQuantBlock; ++j) {
-      amax = std::fmax(amax, std::fabs(x[j]));
+      const float a = std::fabs(x[j]);
+      amax = a > amax ? a : amax;  // not std::fmax: GCC calls libm for it
       finite = finite && std::isfinite(x[j]);
     }
     blk.sum = 0;
@@ -25,8 +26,8 @@ void quantize_activations(const float* x, int64_t k, ActBlock* out) {
     }
     blk.d = d;
     for (int j = 0; j < kQuantBlock; ++j) {
-      // x / d ≤ 127·(1 + 2^-23)²: it rounds to at most 127, and the clamp only documents that.
-      const float q = std::fmin(127.0f, std::fmax(-127.0f, std::nearbyint(x[j] / d)));
+      // |x / d| ≤ 127·(1 + 2^-23)²: it rounds to at most 127 in magnitude, and the clamp only documents that.
+      const float r = std::nearbyint(x[j] / d), q = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
       blk.q[j] = int8_t(q);
       blk.sum += blk.q[j];
     }
