@@ -112,25 +112,37 @@ TEST(GgufModel, GroupedModelHasTheCheckpointsWeights) {
   }
 }
 
-// q8_0 and q4_0 files run in their format from the mapping: bit for bit the fp32 model on the
-// dequantized weights (which are gguf's: the test above), and within the q8/q4 bounds of the
-// golden tests (golden_case.h).
+// q8_0 and q4_0 files run in their format from the mapping: with fp32 activations bit for bit the
+// fp32 model on the dequantized weights (which are gguf's: the test above); with the default int8
+// activations (their Q8_0 matrices) and the fp32 ones within the bounds of the golden tests
+// (golden_case.h: q8 with int8 activations has its own).
 TEST(GgufModel, QuantizedFilesRunTheirBlocks) {
   const GoldenCase g = test::load_golden_case("official_fp32");
-  for (const auto& [file, dtype, bound] : {std::tuple{"official_fp32.q8_0.gguf", DType::Q8_0, test::kQ8LogitsBound},
-                                           std::tuple{"official_fp32.q4_0.gguf", DType::Q4_0, test::kQ4LogitsBound}}) {
+  for (const auto& [file, dtype, bound, bound8] :
+       {std::tuple{"official_fp32.q8_0.gguf", DType::Q8_0, test::kQ8LogitsBound, test::kQ8Int8LogitsBound},
+        std::tuple{"official_fp32.q4_0.gguf", DType::Q4_0, test::kQ4LogitsBound, test::kQ4LogitsBound}}) {
     const Model q = Model::load(kGguf / file);
     EXPECT_EQ(q.dtype(), dtype) << file;
     EXPECT_EQ(q.weights().layers[0].in_proj.dtype(), dtype) << file;
     const Model widened = q.to(Device::CPU, DType::F32);
-    std::vector<float> got, want;
-    q.prefill(g.ids, g.lengths, nullptr, true, got);
-    widened.prefill(g.ids, g.lengths, nullptr, true, want);
+    std::vector<float> got, want, int8;
+    {
+      const test::Q8ActivationsAs f32_activations(ops::Q8Activations::F32);
+      q.prefill(g.ids, g.lengths, nullptr, true, got);
+      widened.prefill(g.ids, g.lengths, nullptr, true, want);
+    }
+    {
+      const test::Q8ActivationsAs int8_activations(ops::Q8Activations::Int8);
+      q.prefill(g.ids, g.lengths, nullptr, true, int8);
+    }
     ASSERT_EQ(got.size(), want.size());
     EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << file;
     const double worst = test::worst_sequence_error(g, got.data(), q.vocab());
-    std::printf("[ gguf ] %s: prefill %.3g (relative L2 to float64, worst sequence)\n", file, worst);
+    const double worst8 = test::worst_sequence_error(g, int8.data(), q.vocab());
+    std::printf("[ gguf ] %s: prefill %.3g, with int8 activations %.3g (relative L2 to float64, worst sequence)\n",
+                file, worst, worst8);
     EXPECT_LE(worst, bound) << file;
+    EXPECT_LE(worst8, bound8) << file << ", int8 activations";
   }
 }
 

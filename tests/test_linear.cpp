@@ -8,12 +8,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 
 #include "core/tensor.h"
 #include "cpu/kernels.h"
 #include "cpu/simd/isa.h"
+#include "cpu/simd/q8x8.h"
 #include "cpu/simd/tile.h"
 #include "mamba2/error.h"
 #include "ops/ops.h"
@@ -251,11 +254,12 @@ TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
 }
 
 // Q8_0 weights (CPU inference): each block of 32 as llama.cpp's q8_0 (scale max|w|/127 in fp16,
-// values rounded to ±127), recomputed here from the definition; then the kernels on the
-// dequantized weights (expect_widened_kernels); rows that are not whole blocks and the GPU are
-// refused.
+// values rounded to ±127), recomputed here from the definition; then, with fp32 activations, the
+// kernels on the dequantized weights (expect_widened_kernels; the int8 activations' kernels are
+// LinearQ8x8's); rows that are not whole blocks and the GPU are refused.
 TEST(LinearQ8, QuantizesAsQ8_0AndIsTheF32KernelOnTheDequantizedWeights) {
   IsaScope scope;
+  const test::Q8ActivationsAs act(ops::Q8Activations::F32);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 992}, {768, 256}}) {
     const int64_t M = 33;
     Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
@@ -369,6 +373,228 @@ TEST(LinearQ4, BlocksAreQ4_0AtMostLlamasErrorAndTheF32KernelOnTheDequantizedWeig
   }
   EXPECT_THROW((void)Tensor::zeros({4, 40}).to(Device::CPU, DType::Q4_0), Error);
   EXPECT_THROW((void)Tensor::zeros({4, 64}).to(Device::CUDA, DType::Q4_0), Error);
+}
+
+}  // namespace
+}  // namespace mamba2
+
+namespace mamba2 {
+namespace {
+
+// cpu/simd/q8x8.h's definition written out from the math: a block of 32 activations gets d =
+// max|x| / 127 and q = x / d rounded to nearest, ties to even (d NaN and q 0 if the block holds a
+// NaN or an infinity; q 0 if it is all zeros).
+struct QuantizedRow {
+  std::vector<float> d;
+  std::vector<int> q;
+};
+QuantizedRow quantize_by_definition(const float* x, int64_t k) {
+  QuantizedRow r{std::vector<float>(size_t(k / 32)), std::vector<int>(size_t(k), 0)};
+  for (int64_t b = 0; b < k / 32; ++b) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (int j = 0; j < 32; ++j) {
+      finite = finite && std::isfinite(x[b * 32 + j]);
+      if (std::isfinite(x[b * 32 + j])) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+    }
+    const float d = finite ? amax / 127.0f : NAN;
+    r.d[size_t(b)] = d;
+    if (!finite || d == 0.0f) continue;
+    for (int j = 0; j < 32; ++j) {
+      const double v = double(x[b * 32 + j] / d), lo = std::floor(v);
+      r.q[size_t(b * 32 + j)] = int(v - lo > 0.5 || (v - lo == 0.5 && std::fmod(lo, 2.0) != 0.0) ? lo + 1 : lo);
+    }
+  }
+  return r;
+}
+
+struct Q8x8Reference {
+  std::vector<float> chain;     // the definition's fp32 fma chain over the blocks
+  std::vector<double> exact;    // Σ_b dw·dx·isum in double
+  std::vector<double> terms;    // Σ_b |dw·dx·isum|
+  std::vector<double> f32_act;  // Σ w_deq · x in double (activations not quantized)
+  std::vector<double> act_err;  // Σ_b |dw|·Σ_j |wq_j| · dx/2: the most quantizing x can move the sum
+};
+Q8x8Reference q8x8_by_definition(const std::vector<float>& x, int64_t ldx, const Q8Block* W, int64_t m, int64_t n,
+                                 int64_t k) {
+  Q8x8Reference ref;
+  for (auto* v : {&ref.exact, &ref.terms, &ref.f32_act, &ref.act_err}) v->assign(size_t(m * n), 0.0);
+  ref.chain.assign(size_t(m * n), 0.0f);
+  const int64_t nb = k / 32;
+  for (int64_t i = 0; i < m; ++i) {
+    const QuantizedRow xq = quantize_by_definition(x.data() + i * ldx, k);
+    for (int64_t r = 0; r < n; ++r) {
+      float c = 0.0f;
+      const size_t o = size_t(i * n + r);
+      for (int64_t b = 0; b < nb; ++b) {
+        const Q8Block& w = W[r * nb + b];
+        const float dw = f16_to_f32(w.d), dx = xq.d[size_t(b)];
+        int64_t s = 0, wabs = 0;
+        for (int j = 0; j < 32; ++j) {
+          s += int64_t(w.q[j]) * xq.q[size_t(b * 32 + j)];
+          wabs += std::abs(int(w.q[j]));
+          ref.f32_act[o] += double(dw) * w.q[j] * x[size_t(i * ldx + b * 32 + j)];
+        }
+        c = std::fma(float(s), dw * dx, c);
+        ref.exact[o] += double(dw) * double(dx) * double(s);
+        ref.terms[o] += std::fabs(double(dw) * double(dx) * double(s));
+        ref.act_err[o] += double(dw) * double(wabs) * double(dx) / 2;
+      }
+      ref.chain[o] = c;
+    }
+  }
+  return ref;
+}
+
+// The quantized activations: each block by the definition (and so |x − d·q| ≤ d/2 with |q| ≤ 127,
+// its largest magnitude at ±127), Σq carried, non-finite blocks marked NaN.
+TEST(LinearQ8x8, ActivationsAreQuantizedPerBlockOf32) {
+  auto x = randn(32 * 6, 51);
+  for (int j = 0; j < 32; ++j) x[size_t(j)] = 0.0f;  // all zeros: d 0
+  x[40] = 1e-30f;                                    // a block of tiny values
+  for (int j = 64; j < 96; ++j) x[size_t(j)] *= 1e20f;
+  x[100] = NAN;
+  x[140] = -INFINITY;
+  for (int j = 160; j < 192; ++j) x[size_t(j)] = float(j - 176) * 0.5f;  // exact halves: ties
+  std::vector<cpu::simd::ActBlock> blocks(6);
+  cpu::simd::quantize_activations(x.data(), 192, blocks.data());
+  const QuantizedRow want = quantize_by_definition(x.data(), 192);
+  for (int b = 0; b < 6; ++b) {
+    const auto& blk = blocks[size_t(b)];
+    int sum = 0, top = 0;
+    for (int j = 0; j < 32; ++j) {
+      ASSERT_EQ(blk.q[j], want.q[size_t(b * 32 + j)]) << "block " << b << " element " << j;
+      sum += blk.q[j];
+      top = std::max(top, std::abs(int(blk.q[j])));
+      if (std::isfinite(blk.d)) {
+        ASSERT_LE(std::fabs(x[size_t(b * 32 + j)] - blk.d * blk.q[j]), 0.5f * blk.d * (1 + 1e-6f)) << b;
+      }
+    }
+    EXPECT_EQ(blk.sum, sum) << "block " << b;
+    if (b == 3 || b == 4) {
+      EXPECT_TRUE(std::isnan(blk.d)) << "block " << b;
+      EXPECT_EQ(top, 0);
+    } else {
+      EXPECT_EQ(blk.d, want.d[size_t(b)]) << "block " << b;
+      EXPECT_EQ(top, b == 0 ? 0 : 127) << "block " << b;
+    }
+  }
+}
+
+// The kernels against the definition computed here: bit for bit the fp32 fma chain, under every
+// instruction set this CPU runs, prefill (the GEMM where the set has one) and decode alike, for 1–17
+// rows of x at strides wider than the rows; shapes that leave partial row groups (n odd), partial
+// GEMM tiles and column blocks, and k over several of the GEMM's 16-block panels. The chain is also
+// held to two sums in double: the same products (error ≤ (k/32 + 1)·2⁻²⁴·Σ|terms|, fp32
+// accumulation plus the rounded scale product, doubled for slack), and the fp32 activations (the
+// difference ≤ what quantizing x can move it, Σ|w|·dx/2, plus that rounding).
+TEST(LinearQ8x8, EveryIsaIsTheDefinitionBitForBit) {
+  IsaScope scope;
+  std::string covered;
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1, 32}, {37, 64}, {45, 96}, {300, 1056}, {129, 768},
+                             {17, 1536}}) {
+    const int64_t M = 17, ldx = k + 5, ldy = n + 3;
+    Tensor W = Tensor::empty({n, k});
+    const auto wv = randn(size_t(n * k), 61);
+    auto xv = randn(size_t(M * ldx), 62);
+    for (int64_t j = 0; j < std::min<int64_t>(k, 32); ++j) xv[size_t(ldx + j)] = 0.0f;  // row 1: a zero block
+    std::copy(wv.begin(), wv.end(), W.data());
+    const Tensor q8 = W.to(Device::CPU, DType::Q8_0);
+    const auto* blocks = static_cast<const Q8Block*>(q8.raw());
+    const Q8x8Reference ref = q8x8_by_definition(xv, ldx, blocks, M, n, k);
+    for (int64_t o = 0; o < M * n; ++o) {
+      const double u = std::ldexp(1.0, -24), nb = double(k / 32);
+      ASSERT_LE(std::fabs(ref.chain[size_t(o)] - ref.exact[size_t(o)]), 2 * (nb + 1) * u * ref.terms[size_t(o)]) << o;
+      ASSERT_LE(std::fabs(ref.chain[size_t(o)] - ref.f32_act[size_t(o)]),
+                ref.act_err[size_t(o)] * (1 + 1e-6) + 2 * (nb + 1) * u * ref.terms[size_t(o)])
+          << o;
+    }
+    for (Isa isa : cpu::simd::available_isas()) {
+      cpu::simd::set_isa(isa);
+      const std::string name = cpu::simd::q8x8_kernels(isa).name;
+      if (covered.find(name) == std::string::npos) covered += " " + name;
+      for (bool prefill : {true, false})
+        for (int64_t m : {1, 3, 7, 8, 17}) {
+          std::vector<float> y(size_t(m * ldy), -7.0f);
+          cpu::linear_q8x8(xv.data(), ldx, blocks, y.data(), ldy, m, n, k, prefill);
+          for (int64_t i = 0; i < m; ++i) {
+            ASSERT_EQ(std::memcmp(y.data() + i * ldy, ref.chain.data() + i * n, sizeof(float) * size_t(n)), 0)
+                << name << (prefill ? " prefill" : " decode") << " n " << n << " k " << k << " rows " << m << " row "
+                << i;
+            for (int64_t j = n; j < ldy; ++j) ASSERT_EQ(y[size_t(i * ldy + j)], -7.0f) << "wrote past row " << i;
+          }
+        }
+    }
+  }
+  std::printf("[ q8x8 ] kernels tested:%s\n", covered.c_str());
+}
+
+// The VNNI kernels are among those the test above ran, where this CPU has them.
+TEST(LinearQ8x8, VnniKernelsWhereTheCpuHasThem) {
+  if (!cpu::simd::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512_VNNI on this CPU: the VNNI kernels were not run";
+  EXPECT_EQ(std::string(cpu::simd::q8x8_kernels(Isa::Avx512).name), "avx512vnni");
+}
+
+// A NaN or an infinity in a row of x makes that row's outputs NaN (and no other row's), as fp32
+// arithmetic would, on every path.
+TEST(LinearQ8x8, NonFiniteActivationsGiveNaN) {
+  IsaScope scope;
+  const int64_t m = 3, n = 40, k = 64;
+  Tensor W = Tensor::empty({n, k});
+  const auto wv = randn(size_t(n * k), 63);
+  auto xv = randn(size_t(m * k), 64);
+  xv[size_t(k + 5)] = INFINITY;
+  std::copy(wv.begin(), wv.end(), W.data());
+  const Tensor q8 = W.to(Device::CPU, DType::Q8_0);
+  for (Isa isa : cpu::simd::available_isas()) {
+    cpu::simd::set_isa(isa);
+    for (bool prefill : {true, false}) {
+      std::vector<float> y(size_t(m * n));
+      cpu::linear_q8x8(xv.data(), k, static_cast<const Q8Block*>(q8.raw()), y.data(), n, m, n, k, prefill);
+      for (int64_t j = 0; j < n; ++j) {
+        EXPECT_TRUE(std::isfinite(y[size_t(j)]) && std::isfinite(y[size_t(2 * n + j)])) << j;
+        EXPECT_TRUE(std::isnan(y[size_t(n + j)])) << cpu::simd::isa_name(isa) << " " << j;
+      }
+    }
+  }
+}
+
+// Batch invariance through the op, at the 130m projection widths and a small one: each row's bits
+// do not depend on the rows that share the call, under every instruction set; prefill and decode
+// give the same bits (one definition), and so does every instruction set.
+TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
+  IsaScope scope;
+  const test::Q8ActivationsAs act(ops::Q8Activations::Int8);
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
+    const int64_t M = 70;
+    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
+    const auto wv = randn(size_t(n * k), 71), xv = randn(size_t(M * k), 72);
+    std::copy(wv.begin(), wv.end(), W.data());
+    std::copy(xv.begin(), xv.end(), x.data());
+    const Tensor q8 = W.to(Device::CPU, DType::Q8_0);
+    Tensor first = Tensor::empty({M, n});
+    bool have_first = false;
+    for (const auto& [isa, kernel] : every_path()) {
+      cpu::simd::set_isa(isa);
+      const std::string where = std::string(cpu::simd::isa_name(isa)) +
+                                (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode");
+      Tensor ref = Tensor::empty({M, n});
+      ops::linear(MatView::of(x), q8, MatView::of(ref), kernel);
+      if (!have_first) {
+        std::memcpy(first.data(), ref.data(), sizeof(float) * size_t(M * n));
+        have_first = true;
+      }
+      ASSERT_EQ(std::memcmp(ref.data(), first.data(), sizeof(float) * size_t(M * n)), 0) << where << " vs the first";
+      for (int64_t m : {1, 2, 3, 5, 8, 9, 13, 17, 33}) {
+        for (int64_t off : {int64_t(0), int64_t(1), M - m}) {
+          Tensor y = Tensor::empty({m, n});
+          ops::linear(MatView::of(x).rows_slice(off, m), q8, MatView::of(y), kernel);
+          ASSERT_EQ(std::memcmp(y.data(), ref.data() + off * n, sizeof(float) * size_t(m * n)), 0)
+              << where << " n " << n << " k " << k << " rows " << m << " at " << off;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

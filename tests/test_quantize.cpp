@@ -126,8 +126,10 @@ TEST(QuantizedSafetensors, BadBlockHeadersAreRefused) {
   expect_refused(tmp / "f", "more bytes than the data section");
 }
 
-std::vector<double> logits_of(const fs::path& model, const fs::path& out, const std::string& extra) {
-  const CliResult r = run_cli("logits --model " + shell_path(model) + " --ids 3,1,4,1,5,9,2,6 --out " + shell_path(out) + " " + extra);
+std::vector<double> logits_of(const fs::path& model, const fs::path& out, const std::string& extra,
+                              const std::string& env = "") {
+  const CliResult r =
+      run_cli("logits --model " + shell_path(model) + " --ids 3,1,4,1,5,9,2,6 --out " + shell_path(out) + " " + extra, env);
   EXPECT_TRUE(r.exited && r.code == 0) << r.err;
   return r.code == 0 ? read_npy(out).data : std::vector<double>{};
 }
@@ -167,12 +169,35 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
       EXPECT_EQ(m.to(Device::CPU, m.dtype()).weights().layers[1].in_proj.raw(), m.weights().layers[1].in_proj.raw())
           << "placing a quantized model in its own format copied it";
       EXPECT_EQ(m.fingerprint().size(), 16u);
-      // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels.
+      // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels
+      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; the default int8 ones are LinearQ8x8's).
       const std::vector<double> widened = logits_of(out, tmp / (type + "_f32.npy"), "--dtype f32");
+      const std::vector<double> f32_act = logits_of(out, tmp / (type + "_f32act.npy"), "", "MAMBA2_Q8_ACTIVATIONS=f32");
       ASSERT_EQ(widened.size(), got.size());
-      EXPECT_EQ(std::memcmp(widened.data(), got.data(), got.size() * sizeof(double)), 0);
+      ASSERT_EQ(f32_act.size(), got.size());
+      EXPECT_EQ(std::memcmp(widened.data(), f32_act.data(), got.size() * sizeof(double)), 0);
     }
   }
+}
+
+// MAMBA2_Q8_ACTIVATIONS names the Q8_0 activations' path; anything else is refused, naming it.
+TEST(CliQuantize, Q8ActivationsVariableIsCheckedAndChangesTheLogits) {
+  TempDir tmp;
+  const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
+  const std::vector<double> int8 = logits_of(src, tmp / "int8.npy", "--dtype q8", "MAMBA2_Q8_ACTIVATIONS=int8");
+  const std::vector<double> dflt = logits_of(src, tmp / "default.npy", "--dtype q8");
+  const std::vector<double> f32 = logits_of(src, tmp / "f32.npy", "--dtype q8", "MAMBA2_Q8_ACTIVATIONS=f32");
+  ASSERT_FALSE(int8.empty());
+  ASSERT_EQ(int8.size(), dflt.size());
+  ASSERT_EQ(int8.size(), f32.size());
+  EXPECT_EQ(std::memcmp(int8.data(), dflt.data(), int8.size() * sizeof(double)), 0) << "int8 is the default";
+  EXPECT_NE(std::memcmp(int8.data(), f32.data(), int8.size() * sizeof(double)), 0);
+  const CliResult r = run_cli("logits --model " + shell_path(src) + " --dtype q8 --ids 3,1 --out " +
+                                  shell_path(tmp / "x.npy"),
+                              "MAMBA2_Q8_ACTIVATIONS=int4");
+  ASSERT_TRUE(r.exited);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("[linear] MAMBA2_Q8_ACTIVATIONS=int4 is not one of int8, f32"), std::string::npos) << r.err;
 }
 
 TEST(CliQuantize, BadRequestsAreRefusedAndNothingIsOverwritten) {

@@ -15,6 +15,7 @@
 #include "core/dtype.h"
 #include "cpu/blas.h"
 #include "cpu/kernels.h"
+#include "cpu/simd/q8x8.h"
 #include "cpu/simd/rows.h"
 #include "cpu/simd/tile.h"
 
@@ -201,7 +202,81 @@ void tiled(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int6
   }
 }
 
+constexpr int64_t kGemmRows = 8;
+
+// Q8_0 × int8 (cpu/simd/q8x8.h): x's rows quantized once, then the GEMM blocks of the kernel set
+// (prefill, where it has them) or its rows in bands (decode, and prefill without). Each output is
+// the definition's one sum whichever runs, so prefill and decode give a row the same bits.
+void q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
+          bool prefill) {
+  if (m == 0 || n == 0) return;
+  const int64_t nb = k / kQuantBlock;
+  if (nb == 0) {
+    for (int64_t i = 0; i < m; ++i) std::fill_n(y + i * ldy, n, 0.0f);
+    return;
+  }
+  const simd::Q8x8Kernels& t = simd::q8x8_kernels(simd::active_isa());
+  thread_local std::vector<simd::ActBlock> quantized;  // kept between calls: the caller's thread persists
+  quantized.resize(size_t(m * nb));
+  simd::ActBlock* xq = quantized.data();
+  const int64_t want = 4 * omp_get_max_threads();
+  // A GEMM block packs W's panels for its rows: worth it from eight rows on (1×768×1536 to 8×3352×768 timed with `mamba2 bench --linear`).
+  if (prefill && t.gemm && m >= kGemmRows) {
+    // Blocks of rows × at most gemm_cols columns, about four per thread, as tiled() cuts them.
+    const int64_t col_blocks = (n + t.gemm_cols - 1) / t.gemm_cols;
+    const int64_t panels = (m + t.gemm_rows - 1) / t.gemm_rows;
+    const int64_t row_blocks = std::clamp<int64_t>((want + col_blocks - 1) / col_blocks, 1, (panels + 7) / 8);
+    const int64_t mc = (panels + row_blocks - 1) / row_blocks * t.gemm_rows;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m; ++i) simd::quantize_activations(x + i * ldx, k, xq + i * nb);
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < row_blocks * col_blocks; ++blk) {
+        thread_local std::vector<unsigned char> scratch;  // the packed W panels (kernel files allocate nothing)
+        scratch.resize(size_t(t.gemm_scratch_bytes));
+        const int64_t i0 = (blk / col_blocks) * mc, j0 = (blk % col_blocks) * t.gemm_cols;
+        if (i0 >= m) continue;
+        t.gemm(xq + i0 * nb, nb, std::min(mc, m - i0), W + j0 * nb, std::min(t.gemm_cols, n - j0), k,
+               y + i0 * ldy + j0, ldy, scratch.data());
+      }
+    }
+    return;
+  }
+  // Bands of whole 16-row groups (the widest kernel's), about four per thread. A few rows (decode)
+  // each thread quantizes for itself: cheaper than the barrier after sharing the work.
+  const int64_t band = std::clamp<int64_t>(n / want, 16, 64) / 16 * 16;
+  const bool own = m <= 8;
+#pragma omp parallel
+  {
+    thread_local std::vector<simd::ActBlock> mine;
+    simd::ActBlock* xa = xq;
+    if (own) {
+      mine.resize(size_t(m * nb));
+      xa = mine.data();
+      for (int64_t i = 0; i < m; ++i) simd::quantize_activations(x + i * ldx, k, xa + i * nb);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m; ++i) simd::quantize_activations(x + i * ldx, k, xq + i * nb);
+    }
+#pragma omp for schedule(static)
+    for (int64_t b0 = 0; b0 < n; b0 += band) {
+      const int64_t b1 = std::min(b0 + band, n);
+      int64_t i = 0;
+      for (; i + 8 <= m; i += 8) t.rows[3](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i + 4 <= m; i += 4) t.rows[2](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i + 2 <= m; i += 2) t.rows[1](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i < m; ++i) t.rows[0](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
+    }
+  }
+}
+
 }  // namespace
+
+void linear_q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                 int64_t k, bool prefill) {
+  q8x8(x, ldx, W, y, ldy, m, n, k, prefill);
+}
 
 void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                   int64_t k) {

@@ -1,4 +1,7 @@
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "cpu/kernels.h"
 #include "cuda/kernels.h"
@@ -6,6 +9,31 @@
 #include "ops/ops.h"
 
 namespace mamba2::ops {
+
+namespace {
+
+Q8Activations initial_q8_activations() {
+  const char* env = std::getenv("MAMBA2_Q8_ACTIVATIONS");
+  if (!env || !*env || std::string(env) == "int8") return Q8Activations::Int8;
+  if (std::string(env) == "f32") return Q8Activations::F32;
+  fail("[linear] MAMBA2_Q8_ACTIVATIONS={} is not one of int8, f32", env);
+}
+
+std::atomic<int> g_q8_activations{-1};
+
+}  // namespace
+
+Q8Activations q8_activations() {
+  int v = g_q8_activations.load(std::memory_order_acquire);
+  if (v < 0) {
+    v = int(initial_q8_activations());
+    int expected = -1;
+    if (!g_q8_activations.compare_exchange_strong(expected, v)) v = expected;
+  }
+  return Q8Activations(v);
+}
+
+void set_q8_activations(Q8Activations a) { g_q8_activations.store(int(a), std::memory_order_release); }
 
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
@@ -33,7 +61,11 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
   };
   if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
-  if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q8Block*>(W.raw()));
+  if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) {
+    const auto* w = static_cast<const Q8Block*>(W.raw());
+    if (q8_activations() == Q8Activations::F32) return narrow(w);
+    return cpu::linear_q8x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+  }
   if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q4Block*>(W.raw()));
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {

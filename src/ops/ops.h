@@ -46,6 +46,13 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 //   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
 enum class LinearKernel { Prefill, Decode, Training };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
+// Q8_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by integer dot
+// products (Int8: llama.cpp's q8_0 · q8_0, the default), or kept fp32 against the widened weights
+// (F32: bit for bit the fp32 kernels on the dequantized weights). MAMBA2_Q8_ACTIVATIONS=int8|f32
+// chooses at first use; set_q8_activations changes it (tests and benchmarks).
+enum class Q8Activations { Int8, F32 };
+Q8Activations q8_activations();
+void set_q8_activations(Q8Activations a);
 // The GPU decode step's fused projections (a decode step is latency-bound: each fusion saves a
 // kernel and a pass over the activations). The norm is applied on the way in, from partial sums
 // of squares left by the op before: row r's group g (of `groups` equal column ranges of src) is

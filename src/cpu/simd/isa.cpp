@@ -85,6 +85,16 @@ void set_isa(Isa isa) {
   g_isa.store(int(isa), std::memory_order_release);
 }
 
+bool cpu_has_avx512_vnni() {
+#if defined(__x86_64__)
+  // Asked once per linear call: CPUID (in supported) traps to the hypervisor in a VM, ~1 µs.
+  static const bool has = supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
 std::string compiled_isa_extensions() {
   std::string s;
   auto add = [&](const char* name) { s += s.empty() ? name : std::string(" ") + name; };

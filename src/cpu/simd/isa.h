@@ -19,5 +19,7 @@ void set_isa(Isa isa);
 Isa parse_isa(const std::string& name);  // "[isa]" error for an unknown or unsupported name
 // What the compiler was allowed to use for the rest of the code (-march), e.g. "avx512f avx2 fma".
 std::string compiled_isa_extensions();
+// AVX512_VNNI (vpdpbusd) beside AVX-512F: the Q8_0 × int8 kernels' best path (cpu/simd/q8x8.h).
+bool cpu_has_avx512_vnni();
 
 }  // namespace mamba2::cpu::simd
