@@ -20,6 +20,7 @@
 #include "cpu/simd/tile.h"
 #include "mamba2/error.h"
 #include "ops/ops.h"
+#include "test_support.h"
 
 namespace mamba2 {
 namespace {
