@@ -20,7 +20,7 @@
 #include "cpu/simd/tile.h"
 #include "mamba2/error.h"
 #include "ops/ops.h"
-#include "test_support.h"
+#include "q8_activations_as.h"
 
 namespace mamba2 {
 namespace {

@@ -18,16 +18,10 @@
 #include "mamba2/config.h"
 #include "model/weights.h"
 #include "ops/ops.h"
+#include "q8_activations_as.h"
 #include "test_files.h"
 
 namespace mamba2::test {
-
-// Sets how the CPU multiplies Q8_0 weights (ops::Q8Activations) for a scope, then restores it.
-struct Q8ActivationsAs {
-  ops::Q8Activations saved = ops::q8_activations();
-  explicit Q8ActivationsAs(ops::Q8Activations a) { ops::set_q8_activations(a); }
-  ~Q8ActivationsAs() { ops::set_q8_activations(saved); }
-};
 
 // ||a - b|| / ||b|| (b is the reference).
 template <class A, class B>
