@@ -113,7 +113,7 @@ TEST(GgufModel, GroupedModelHasTheCheckpointsWeights) {
 }
 
 // q8_0 and q4_0 files run in their format from the mapping: with fp32 activations bit for bit the
-// fp32 model on the dequantized weights (which are gguf's: the test above); with the default int8
+// fp32 model on the dequantized weights (which are gguf's: the test above); with int8
 // activations (their Q8_0 matrices) and the fp32 ones within the bounds of the golden tests
 // (golden_case.h: q8 with int8 activations has its own).
 TEST(GgufModel, QuantizedFilesRunTheirBlocks) {

@@ -77,7 +77,7 @@ TEST_P(ModelGolden, PrefillLastPositionsMatchOracle) {
 // bit what the model converted back to f32 gives (the fp32 kernels on the rounded or dequantized
 // weights, which the tests above hold to the oracle), prefill and decode. Returns the worst
 // sequence's relative L2 of the prefill logits against the float64 oracle, printed. For models with
-// Q8_0 matrices (q8, and q4's embedding and head) the same error with the default int8 activations
+// Q8_0 matrices (q8, and q4's embedding and head) the same error with int8 activations
 // (whose kernels test_linear.cpp holds to their definition) is printed and held to int8_bound.
 double narrow_weights_error(const GoldenCase& g, DType dtype, const char* name, double int8_bound = 0.0) {
   const Model narrow = Model::load(g.dir / "model").to(Device::CPU, dtype);

@@ -170,7 +170,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
           << "placing a quantized model in its own format copied it";
       EXPECT_EQ(m.fingerprint().size(), 16u);
       // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels
-      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; the default int8 ones are LinearQ8x8's).
+      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; int8 ones are LinearQ8x8's).
       const std::vector<double> widened = logits_of(out, tmp / (type + "_f32.npy"), "--dtype f32");
       const std::vector<double> f32_act = logits_of(out, tmp / (type + "_f32act.npy"), "", "MAMBA2_Q8_ACTIVATIONS=f32");
       ASSERT_EQ(widened.size(), got.size());

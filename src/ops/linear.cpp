@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cpu/kernels.h"
+#include "cpu/simd/q8x8.h"
 #include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
@@ -14,7 +15,9 @@ namespace {
 
 Q8Activations initial_q8_activations() {
   const char* env = std::getenv("MAMBA2_Q8_ACTIVATIONS");
-  if (!env || !*env || std::string(env) == "int8") return Q8Activations::Int8;
+  if (!env || !*env)
+    return cpu::simd::q8x8_kernels(cpu::simd::active_isa()).default_on ? Q8Activations::Int8 : Q8Activations::F32;
+  if (std::string(env) == "int8") return Q8Activations::Int8;
   if (std::string(env) == "f32") return Q8Activations::F32;
   fail("[linear] MAMBA2_Q8_ACTIVATIONS={} is not one of int8, f32", env);
 }

@@ -47,9 +47,10 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 enum class LinearKernel { Prefill, Decode, Training };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
 // Q8_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by integer dot
-// products (Int8: llama.cpp's q8_0 · q8_0, the default), or kept fp32 against the widened weights
-// (F32: bit for bit the fp32 kernels on the dequantized weights). MAMBA2_Q8_ACTIVATIONS=int8|f32
-// chooses at first use; set_q8_activations changes it (tests and benchmarks).
+// products (Int8: llama.cpp's q8_0 · q8_0; the default where its kernels are the faster path,
+// AVX-512 VNNI), or kept fp32 against the widened weights (F32: bit for bit the fp32 kernels on
+// the dequantized weights; the default elsewhere). MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses at first
+// use; set_q8_activations changes it (tests and benchmarks).
 enum class Q8Activations { Int8, F32 };
 Q8Activations q8_activations();
 void set_q8_activations(Q8Activations a);

@@ -40,6 +40,10 @@ using Q8x8GemmFn = void (*)(const ActBlock* x, int64_t ldx, int64_t rows, const 
 
 struct Q8x8Kernels {
   const char* name;
+  // Faster than fp32 activations at every batch on the CPUs measured (bench/RESULTS.md, "q8 ×
+  // int8"): the VNNI kernels. AVX2's are slower at batch 1 and NEON's unmeasured, so there the
+  // fp32-activation path stays the default (ops::q8_activations).
+  bool default_on;
   Q8x8RowsFn rows[4];  // [0]: one row of x, [1]: two, [2]: four, [3]: eight
   Q8x8GemmFn gemm;     // null where the rows kernel is as fast (prefill then goes through rows)
   int64_t gemm_rows, gemm_cols, gemm_scratch_bytes;  // a block's preferred row multiple, most columns

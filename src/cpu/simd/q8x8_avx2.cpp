@@ -68,7 +68,7 @@ void rows(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ld
   }
 }
 
-const Q8x8Kernels kKernels{"avx2", {rows<1>, rows<2>, rows<4>, rows<8>}, nullptr, 0, 0, 0};
+const Q8x8Kernels kKernels{"avx2", false, {rows<1>, rows<2>, rows<4>, rows<8>}, nullptr, 0, 0, 0};
 
 }  // namespace
 

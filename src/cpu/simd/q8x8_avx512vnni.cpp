@@ -211,7 +211,7 @@ void gemm(const ActBlock* x, int64_t ldx, int64_t rows, const Q8Block* W, int64_
   }
 }
 
-const Q8x8Kernels kKernels{"avx512vnni", {rows<1>, rows<2>, rows<4>, rows<8>}, gemm, MR, NC, kScratchBytes};
+const Q8x8Kernels kKernels{"avx512vnni", true, {rows<1>, rows<2>, rows<4>, rows<8>}, gemm, MR, NC, kScratchBytes};
 
 }  // namespace
 
