@@ -7,6 +7,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "cpu/simd/q8x8.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "mamba2/error.h"
@@ -180,18 +181,26 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
   }
 }
 
-// MAMBA2_Q8_ACTIVATIONS names the Q8_0 activations' path; anything else is refused, naming it.
+// MAMBA2_Q8_ACTIVATIONS names the activations' path for Q8_0 and Q4_0 matrices, the default the
+// one the kernels of this CPU's instruction set name (int8 with AVX-512 VNNI); anything else is
+// refused, naming it.
 TEST(CliQuantize, Q8ActivationsVariableIsCheckedAndChangesTheLogits) {
   TempDir tmp;
   const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
-  const std::vector<double> int8 = logits_of(src, tmp / "int8.npy", "--dtype q8", "MAMBA2_Q8_ACTIVATIONS=int8");
-  const std::vector<double> dflt = logits_of(src, tmp / "default.npy", "--dtype q8");
-  const std::vector<double> f32 = logits_of(src, tmp / "f32.npy", "--dtype q8", "MAMBA2_Q8_ACTIVATIONS=f32");
-  ASSERT_FALSE(int8.empty());
-  ASSERT_EQ(int8.size(), dflt.size());
-  ASSERT_EQ(int8.size(), f32.size());
-  EXPECT_EQ(std::memcmp(int8.data(), dflt.data(), int8.size() * sizeof(double)), 0) << "int8 is the default";
-  EXPECT_NE(std::memcmp(int8.data(), f32.data(), int8.size() * sizeof(double)), 0);
+  const bool int8_default = cpu::simd::int8_kernels(cpu::simd::active_isa()).default_on;
+  for (const std::string type : {"q8", "q4"}) {
+    SCOPED_TRACE(type);
+    const std::string dtype = "--dtype " + type;
+    const std::vector<double> int8 = logits_of(src, tmp / "int8.npy", dtype, "MAMBA2_Q8_ACTIVATIONS=int8");
+    const std::vector<double> dflt = logits_of(src, tmp / "default.npy", dtype);
+    const std::vector<double> f32 = logits_of(src, tmp / "f32.npy", dtype, "MAMBA2_Q8_ACTIVATIONS=f32");
+    ASSERT_FALSE(int8.empty());
+    ASSERT_EQ(int8.size(), dflt.size());
+    ASSERT_EQ(int8.size(), f32.size());
+    EXPECT_EQ(std::memcmp((int8_default ? int8 : f32).data(), dflt.data(), int8.size() * sizeof(double)), 0)
+        << (int8_default ? "int8" : "f32") << " is the default";
+    EXPECT_NE(std::memcmp(int8.data(), f32.data(), int8.size() * sizeof(double)), 0);
+  }
   const CliResult r = run_cli("logits --model " + shell_path(src) + " --dtype q8 --ids 3,1 --out " +
                                   shell_path(tmp / "x.npy"),
                               "MAMBA2_Q8_ACTIVATIONS=int4");

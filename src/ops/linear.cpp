@@ -16,7 +16,7 @@ namespace {
 Q8Activations initial_q8_activations() {
   const char* env = std::getenv("MAMBA2_Q8_ACTIVATIONS");
   if (!env || !*env)
-    return cpu::simd::q8x8_kernels(cpu::simd::active_isa()).default_on ? Q8Activations::Int8 : Q8Activations::F32;
+    return cpu::simd::int8_kernels(cpu::simd::active_isa()).default_on ? Q8Activations::Int8 : Q8Activations::F32;
   if (std::string(env) == "int8") return Q8Activations::Int8;
   if (std::string(env) == "f32") return Q8Activations::F32;
   fail("[linear] MAMBA2_Q8_ACTIVATIONS={} is not one of int8, f32", env);
@@ -64,12 +64,17 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
   };
   if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
+  const bool prefill = kernel == LinearKernel::Prefill;
   if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) {
     const auto* w = static_cast<const Q8Block*>(W.raw());
     if (q8_activations() == Q8Activations::F32) return narrow(w);
-    return cpu::linear_q8x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+    return cpu::linear_q8x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
   }
-  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q4Block*>(W.raw()));
+  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) {
+    const auto* w = static_cast<const Q4Block*>(W.raw());
+    if (q8_activations() == Q8Activations::F32) return narrow(w);
+    return cpu::linear_q4x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
+  }
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
     case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;

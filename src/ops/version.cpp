@@ -28,12 +28,12 @@ std::string version_info() {
       "mamba2 {}\n"
       "build: {} ({})\n"
       "kernels: {} (this CPU runs: {}; MAMBA2_ISA chooses)\n"
-      "q8 weights: {} (MAMBA2_Q8_ACTIVATIONS chooses)\n"
+      "q8/q4 weights: {} (MAMBA2_Q8_ACTIVATIONS chooses)\n"
       "blas: {}, {} kernels (SSD chunk products, training; OPENBLAS_CORETYPE chooses)\n"
       "cuda: {}\n",
       MAMBA2_VERSION, MAMBA2_BUILD_TARGET, simd::compiled_isa_extensions(), simd::isa_name(simd::active_isa()), avail,
       ops::q8_activations() == ops::Q8Activations::Int8
-          ? fmt::format("int8 activations, {} kernels", simd::q8x8_kernels(simd::active_isa()).name)
+          ? fmt::format("int8 activations, {} kernels", simd::int8_kernels(simd::active_isa()).name)
           : std::string("fp32 activations"),
       blas, openblas_get_corename(), gpu);
 }
