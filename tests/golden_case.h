@@ -42,6 +42,13 @@ inline constexpr double kQ8Int8LogitsBound = 5e-2;
 // kernel from a broken one (off by ~1 or more); the exact part, the kernels being the fp32 kernels
 // on the dequantized weights, is checked bit for bit in narrow_weights_error.
 inline constexpr double kQ4LogitsBound = 0.3;
+// q4 with the activations quantized too (Q4_0 · int8 and the embedding's and head's Q8_0 · int8):
+// 0.146–0.171 on the four fixtures and 0.172 for official_fp32.q4_0.gguf (2026-12-01), against
+// 0.146–0.170 and 0.173 with fp32 activations: the activations' rounding adds in quadrature to the
+// weights' much larger error, and kQ4LogitsBound holds both. What tells a working int8 path from a
+// broken one is how far it moves the logits from the fp32 activations' on the same weights:
+// 1.75–1.86e-2 for q8 and q4 alike (the same rounding of the same activations), so 3e-2 leaves 1.6×.
+inline constexpr double kInt8ActivationsShiftBound = 3e-2;
 
 struct GoldenCase {
   std::filesystem::path dir;

@@ -181,15 +181,17 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
   }
 }
 
-// MAMBA2_Q8_ACTIVATIONS names the activations' path for Q8_0 and Q4_0 matrices, the default the
-// one the kernels of this CPU's instruction set name (int8 with AVX-512 VNNI); anything else is
-// refused, naming it.
+// MAMBA2_Q8_ACTIVATIONS names the activations' path for Q8_0 and Q4_0 matrices (a q4 model's
+// embedding and head are Q8_0), the default per format the one the kernels of this CPU's
+// instruction set name (both int8 with AVX-512 VNNI; with AVX2 Q4_0 only, so a q4 model's logits
+// are then neither of the two); anything else is refused, naming it.
 TEST(CliQuantize, Q8ActivationsVariableIsCheckedAndChangesTheLogits) {
   TempDir tmp;
   const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
-  const bool int8_default = cpu::simd::int8_kernels(cpu::simd::active_isa()).default_on;
+  const cpu::simd::Int8Kernels& kernels = cpu::simd::int8_kernels(cpu::simd::active_isa());
   for (const std::string type : {"q8", "q4"}) {
     SCOPED_TRACE(type);
+    const bool q8 = kernels.q8.default_on, projections = type == "q8" ? q8 : kernels.q4.default_on;
     const std::string dtype = "--dtype " + type;
     const std::vector<double> int8 = logits_of(src, tmp / "int8.npy", dtype, "MAMBA2_Q8_ACTIVATIONS=int8");
     const std::vector<double> dflt = logits_of(src, tmp / "default.npy", dtype);
@@ -197,9 +199,14 @@ TEST(CliQuantize, Q8ActivationsVariableIsCheckedAndChangesTheLogits) {
     ASSERT_FALSE(int8.empty());
     ASSERT_EQ(int8.size(), dflt.size());
     ASSERT_EQ(int8.size(), f32.size());
-    EXPECT_EQ(std::memcmp((int8_default ? int8 : f32).data(), dflt.data(), int8.size() * sizeof(double)), 0)
-        << (int8_default ? "int8" : "f32") << " is the default";
-    EXPECT_NE(std::memcmp(int8.data(), f32.data(), int8.size() * sizeof(double)), 0);
+    const size_t bytes = int8.size() * sizeof(double);
+    EXPECT_NE(std::memcmp(int8.data(), f32.data(), bytes), 0);
+    if (q8 == projections) {
+      EXPECT_EQ(std::memcmp((q8 ? int8 : f32).data(), dflt.data(), bytes), 0) << (q8 ? "int8" : "f32") << " is the default";
+    } else {
+      EXPECT_NE(std::memcmp(int8.data(), dflt.data(), bytes), 0) << "the head's activations are fp32 by default";
+      EXPECT_NE(std::memcmp(f32.data(), dflt.data(), bytes), 0) << "the projections' activations are int8 by default";
+    }
   }
   const CliResult r = run_cli("logits --model " + shell_path(src) + " --dtype q8 --ids 3,1 --out " +
                                   shell_path(tmp / "x.npy"),

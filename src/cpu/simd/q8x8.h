@@ -45,6 +45,10 @@ using Int8GemmFn = void (*)(const ActBlock* x, int64_t ldx, int64_t rows, const 
 // One weight format's kernels.
 template <class Block>
 struct Int8Set {
+  // Faster than fp32 activations at every batch measured (bench/RESULTS.md, "q8 × int8" and "q4 ×
+  // int8"): the default there (ops::int8_activations). VNNI's for both formats and AVX2's for
+  // Q4_0; AVX2's Q8_0 kernel is slower at batch 1, NEON's are unmeasured.
+  bool default_on;
   Int8RowsFn<Block> rows[4];  // [0]: one row of x, [1]: two, [2]: four, [3]: eight
   Int8GemmFn<Block> gemm;     // null where the rows kernel is as fast (prefill then goes through rows)
   int64_t gemm_rows, gemm_cols, gemm_scratch_bytes;  // a block's preferred row multiple, most columns
@@ -52,10 +56,6 @@ struct Int8Set {
 
 struct Int8Kernels {
   const char* name;
-  // Faster than fp32 activations at every batch on the CPUs measured (bench/RESULTS.md, "q8 ×
-  // int8" and "q4 × int8"): the VNNI kernels. AVX2's are slower at batch 1 and NEON's unmeasured,
-  // so there the fp32-activation path stays the default (ops::q8_activations).
-  bool default_on;
   Int8Set<Q8Block> q8;
   Int8Set<Q4Block> q4;
 };

@@ -242,9 +242,10 @@ void gemm(const ActBlock* x, int64_t ldx, int64_t rows, const Block* W, int64_t 
 
 const Int8Kernels kKernels{
     "avx512vnni",
-    true,
-    {{rows<Q8Block, 1>, rows<Q8Block, 2>, rows<Q8Block, 4>, rows<Q8Block, 8>}, gemm<Q8Block>, MR, NC, kScratchBytes},
-    {{rows<Q4Block, 1>, rows<Q4Block, 2>, rows<Q4Block, 4>, rows<Q4Block, 8>}, gemm<Q4Block>, MR, NC, kScratchBytes}};
+    {true, {rows<Q8Block, 1>, rows<Q8Block, 2>, rows<Q8Block, 4>, rows<Q8Block, 8>}, gemm<Q8Block>, MR, NC,
+     kScratchBytes},
+    {true, {rows<Q4Block, 1>, rows<Q4Block, 2>, rows<Q4Block, 4>, rows<Q4Block, 8>}, gemm<Q4Block>, MR, NC,
+     kScratchBytes}};
 
 }  // namespace
 
