@@ -171,7 +171,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
           << "placing a quantized model in its own format copied it";
       EXPECT_EQ(m.fingerprint().size(), 16u);
       // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels
-      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; int8 ones are LinearQ8x8's).
+      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; int8 ones are LinearQ8x8's and LinearQ4x8's).
       const std::vector<double> widened = logits_of(out, tmp / (type + "_f32.npy"), "--dtype f32");
       const std::vector<double> f32_act = logits_of(out, tmp / (type + "_f32act.npy"), "", "MAMBA2_Q8_ACTIVATIONS=f32");
       ASSERT_EQ(widened.size(), got.size());
@@ -202,7 +202,8 @@ TEST(CliQuantize, Q8ActivationsVariableIsCheckedAndChangesTheLogits) {
     const size_t bytes = int8.size() * sizeof(double);
     EXPECT_NE(std::memcmp(int8.data(), f32.data(), bytes), 0);
     if (q8 == projections) {
-      EXPECT_EQ(std::memcmp((q8 ? int8 : f32).data(), dflt.data(), bytes), 0) << (q8 ? "int8" : "f32") << " is the default";
+      EXPECT_EQ(std::memcmp((q8 ? int8 : f32).data(), dflt.data(), bytes), 0)
+          << (q8 ? "int8" : "f32") << " is the default";
     } else {
       EXPECT_NE(std::memcmp(int8.data(), dflt.data(), bytes), 0) << "the head's activations are fp32 by default";
       EXPECT_NE(std::memcmp(f32.data(), dflt.data(), bytes), 0) << "the projections' activations are int8 by default";

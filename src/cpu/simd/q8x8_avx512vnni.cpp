@@ -1,9 +1,9 @@
 // AVX-512 VNNI Q8_0 and Q4_0 × int8 kernels (cpu/simd/q8x8.h). vpdpbusd multiplies unsigned by
 // signed bytes and adds each four products into an int32 lane; the weights go in as unsigned w + c
 // (Q8_0: w ^ 0x80 = w + 128; Q4_0: its nibbles, q + 8) and c·Σx, which the activations' blocks
-// carry, comes off each block's sum (exact: no int16 stage, no saturation). Compiled with -mavx512f -mavx512vnni -mfma -mf16c (see
-// src/CMakeLists.txt); only leaf functions of intrinsics (no inline code of shared headers, which
-// a machine without AVX-512 could end up calling).
+// carry, comes off each block's sum (exact: no int16 stage, no saturation). Compiled with
+// -mavx512f -mavx512vnni -mfma -mf16c (see src/CMakeLists.txt); only leaf functions of intrinsics
+// (no inline code of shared headers, which a machine without AVX-512 could end up calling).
 #include "cpu/simd/q8x8.h"
 
 #if defined(__x86_64__)
@@ -29,9 +29,9 @@ constexpr int32_t kOffset = std::is_same_v<Block, Q8Block> ? 128 : 8;
 // ---- decode: sixteen rows of W a pass ----
 //
 // Per block, eight vpdpbusd of two rows each (a zmm of two rows' 32 unsigned weights against the
-// activations' block in both halves), then their 8-lane sums reduced exactly in three shuffle-and-add levels to
-// one zmm whose lane t is row t's block sum. Pair p holds rows a and a + 4, a = p < 4 ? p : p + 4:
-// the order the levels leave lane t = row t in.
+// activations' block in both halves), then their 8-lane sums reduced exactly in three
+// shuffle-and-add levels to one zmm whose lane t is row t's block sum. Pair p holds rows a and
+// a + 4, a = p < 4 ? p : p + 4: the order the levels leave lane t = row t in.
 constexpr int G = 16;
 
 // Written out: as loops over arrays GCC kept the partial sums in memory.
@@ -117,10 +117,10 @@ void rows(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy,
 // ---- prefill: a GEMM over W packed per call ----
 //
 // W's rows for a block of columns are packed per 16 blocks of k into panels of 32 columns: for
-// each block and each 4 of its 32 values, the 32 columns' 4 bytes (unsigned, as w + c) side by side, so one
-// vpdpbusd adds 4 products to 16 columns' sums against 4 activation bytes broadcast; after a block's
-// 8 steps each lane holds its column's exact block sum, and the scale multiplies it in as the
-// definition says. A tile is MR rows × 32 columns: 2·MR int32 and 2·MR fp32 accumulators.
+// each block and each 4 of its 32 values, the 32 columns' 4 bytes (unsigned, w + c) side by side,
+// so one vpdpbusd adds 4 products to 16 columns' sums against 4 activation bytes broadcast; after a
+// block's 8 steps each lane holds its column's exact block sum, and the scale multiplies it in as
+// the definition says. A tile is MR rows × 32 columns: 2·MR int32 and 2·MR fp32 accumulators.
 constexpr int MR = 6, NR = 32;
 constexpr int64_t KB = 16, NC = 128;  // blocks of k a panel holds; columns a GEMM block takes
 constexpr int64_t kPanelBlockBytes = 8 * NR * 4;
