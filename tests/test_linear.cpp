@@ -502,8 +502,8 @@ void int8_linear(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_
 }
 
 // The kernels against the definition computed here: bit for bit the fp32 fma chain, under every
-// instruction set this CPU runs, prefill (the GEMM where the set has one) and decode alike, for 1–17
-// rows of x at strides wider than the rows; shapes that leave partial row groups (n odd), partial
+// instruction set this CPU runs, prefill (the GEMM where the set has one, from gemm_min_rows) and
+// decode alike, for 1–40 rows of x at strides wider than the rows; shapes that leave partial row groups (n odd), partial
 // GEMM tiles and column blocks, and k over several of the GEMM's 16-block panels. The chain is also
 // held to two sums in double: the same products (error ≤ (k/32 + 1)·2⁻²⁴·Σ|terms|, fp32
 // accumulation plus the rounded scale product, doubled for slack), and the fp32 activations (the
@@ -515,7 +515,7 @@ void expect_int8_kernels_are_the_definition(DType dtype) {
   std::string covered;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1, 32}, {37, 64}, {45, 96}, {300, 1056}, {129, 768},
                              {17, 1536}}) {
-    const int64_t M = 17, ldx = k + 5, ldy = n + 3;
+    const int64_t M = 40, ldx = k + 5, ldy = n + 3;
     Tensor W = Tensor::empty({n, k});
     auto wv = randn(size_t(n * k), 61);
     if (n * k >= 64)
@@ -540,7 +540,7 @@ void expect_int8_kernels_are_the_definition(DType dtype) {
       const std::string name = cpu::simd::int8_kernels(isa).name;
       if (covered.find(name) == std::string::npos) covered += " " + name;
       for (bool prefill : {true, false})
-        for (int64_t m : {1, 3, 7, 8, 17}) {
+        for (int64_t m : {1, 3, 7, 8, 17, 33, 40}) {
           std::vector<float> y(size_t(m * ldy), -7.0f);
           int8_linear(xv.data(), ldx, blocks, y.data(), ldy, m, n, k, prefill);
           for (int64_t i = 0; i < m; ++i) {

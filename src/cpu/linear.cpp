@@ -202,8 +202,6 @@ void tiled(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int6
   }
 }
 
-constexpr int64_t kGemmRows = 8;
-
 // The int8 kernels of a weight format.
 const simd::Int8Set<Q8Block>& int8_set(const simd::Int8Kernels& t, const Q8Block*) { return t.q8; }
 const simd::Int8Set<Q4Block>& int8_set(const simd::Int8Kernels& t, const Q4Block*) { return t.q4; }
@@ -225,8 +223,7 @@ void int8_linear(const float* x, int64_t ldx, const Block* W, float* y, int64_t 
   quantized.resize(size_t(m * nb));
   simd::ActBlock* xq = quantized.data();
   const int64_t want = 4 * omp_get_max_threads();
-  // A GEMM block packs W's panels for its rows: worth it from eight rows on (1×768×1536 to 8×3352×768 timed with `mamba2 bench --linear`).
-  if (prefill && t.gemm && m >= kGemmRows) {
+  if (prefill && t.gemm && m >= t.gemm_min_rows) {
     // Blocks of rows × at most gemm_cols columns, about four per thread, as tiled() cuts them.
     const int64_t col_blocks = (n + t.gemm_cols - 1) / t.gemm_cols;
     const int64_t panels = (m + t.gemm_rows - 1) / t.gemm_rows;

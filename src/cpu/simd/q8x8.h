@@ -52,6 +52,7 @@ struct Int8Set {
   Int8RowsFn<Block> rows[4];  // [0]: one row of x, [1]: two, [2]: four, [3]: eight
   Int8GemmFn<Block> gemm;     // null where the rows kernel is as fast (prefill then goes through rows)
   int64_t gemm_rows, gemm_cols, gemm_scratch_bytes;  // a block's preferred row multiple, most columns
+  int64_t gemm_min_rows;  // prefill takes the GEMM from this many rows on (it packs W's panels per call)
 };
 
 struct Int8Kernels {

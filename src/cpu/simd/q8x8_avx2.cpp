@@ -120,8 +120,8 @@ void rows_q4(const ActBlock* x, int64_t ldx, const Q4Block* W, float* y, int64_t
 // Q8_0's kernel is 15% slower than fp32 activations at batch 1, Q4_0's faster at every batch
 // (bench/RESULTS.md): int8 by default for Q4_0 only.
 const Int8Kernels kKernels{"avx2",
-                           {false, {rows<1>, rows<2>, rows<4>, rows<8>}, nullptr, 0, 0, 0},
-                           {true, {rows_q4<1>, rows_q4<2>, rows_q4<4>, rows_q4<8>}, nullptr, 0, 0, 0}};
+                           {false, {rows<1>, rows<2>, rows<4>, rows<8>}, nullptr, 0, 0, 0, 0},
+                           {true, {rows_q4<1>, rows_q4<2>, rows_q4<4>, rows_q4<8>}, nullptr, 0, 0, 0, 0}};
 
 }  // namespace
 

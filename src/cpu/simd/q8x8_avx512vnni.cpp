@@ -240,12 +240,17 @@ void gemm(const ActBlock* x, int64_t ldx, int64_t rows, const Block* W, int64_t 
   }
 }
 
+// Prefill takes the GEMM from 20 rows for Q8_0 and from 32 for Q4_0 (whose nibbles cost more to
+// pack): below that the rows kernel was as fast or faster. `mamba2 bench --linear` on 130m's
+// in_proj (3352 × 768), rows kernel against GEMM, µs: 8 rows 160 / 300 (Q8_0), 186 / 421 (Q4_0);
+// 16 rows 368 / 387, 342 / 492; 20 rows (Q8_0) 428 / 412; 24 rows (Q8_0) 529 / 419; 32 rows
+// 719 / 552, 711 / 667; 64 rows (Q4_0) 1,402 / 984.
 const Int8Kernels kKernels{
     "avx512vnni",
     {true, {rows<Q8Block, 1>, rows<Q8Block, 2>, rows<Q8Block, 4>, rows<Q8Block, 8>}, gemm<Q8Block>, MR, NC,
-     kScratchBytes},
+     kScratchBytes, 20},
     {true, {rows<Q4Block, 1>, rows<Q4Block, 2>, rows<Q4Block, 4>, rows<Q4Block, 8>}, gemm<Q4Block>, MR, NC,
-     kScratchBytes}};
+     kScratchBytes, 32}};
 
 }  // namespace
 
