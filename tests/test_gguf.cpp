@@ -114,8 +114,9 @@ TEST(GgufModel, GroupedModelHasTheCheckpointsWeights) {
 
 // q8_0 and q4_0 files run in their format from the mapping: with fp32 activations bit for bit the
 // fp32 model on the dequantized weights (which are gguf's: the test above); with int8
-// activations (their Q8_0 matrices) and the fp32 ones within the bounds of the golden tests
-// (golden_case.h: q8 with int8 activations has its own).
+// activations (Q8_0 · int8, Q4_0 · int8) and the fp32 ones within the bounds of the golden tests
+// (golden_case.h: q8 with int8 activations has its own; the int8 logits also within
+// kInt8ActivationsShiftBound of the fp32 activations').
 TEST(GgufModel, QuantizedFilesRunTheirBlocks) {
   const GoldenCase g = test::load_golden_case("official_fp32");
   for (const auto& [file, dtype, bound, bound8] :
@@ -139,10 +140,12 @@ TEST(GgufModel, QuantizedFilesRunTheirBlocks) {
     EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << file;
     const double worst = test::worst_sequence_error(g, got.data(), q.vocab());
     const double worst8 = test::worst_sequence_error(g, int8.data(), q.vocab());
-    std::printf("[ gguf ] %s: prefill %.3g, with int8 activations %.3g (relative L2 to float64, worst sequence)\n",
-                file, worst, worst8);
+    const double shift = test::rel_l2(int8.data(), got.data(), got.size());
+    std::printf("[ gguf ] %s: prefill %.3g, with int8 activations %.3g (relative L2 to float64, worst sequence; "
+                "%.3g from fp32 activations)\n", file, worst, worst8, shift);
     EXPECT_LE(worst, bound) << file;
     EXPECT_LE(worst8, bound8) << file << ", int8 activations";
+    EXPECT_LE(shift, test::kInt8ActivationsShiftBound) << file << ", int8 activations";
   }
 }
 

@@ -338,9 +338,11 @@ double llama_q4_0_error(const float* x) {
 // nibble of byte j, j ≥ 16 in the high nibble of byte j − 16, value d·(q − 8)) equals the
 // dequantization; every block's squared error is at most that of llama.cpp's q4_0 rule (the
 // search includes its scale, then keeps the best), and over the matrix below 0.95 of it; then the
-// kernels on the dequantized weights (expect_widened_kernels).
+// kernels with fp32 activations on the dequantized weights (expect_widened_kernels; the int8
+// activations' kernels are LinearQ4x8's).
 TEST(LinearQ4, BlocksAreQ4_0AtMostLlamasErrorAndTheF32KernelOnTheDequantizedWeights) {
   IsaScope scope;
+  const test::Q8ActivationsAs act(ops::Q8Activations::F32);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 992}, {768, 256}}) {
     const int64_t M = 33;
     Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
@@ -409,16 +411,22 @@ QuantizedRow quantize_by_definition(const float* x, int64_t k) {
   return r;
 }
 
-struct Q8x8Reference {
+// A weight block's element j as the integer its scale multiplies (q8_0: the int8; q4_0: the nibble
+// − 8, its place in the block as LinearQ4 reads it and holds to the dequantization).
+int weight_int(const Q8Block& w, int j) { return w.q[j]; }
+int weight_int(const Q4Block& w, int j) { return (j < 16 ? w.qs[j] & 15 : w.qs[j - 16] >> 4) - 8; }
+
+struct Int8Reference {
   std::vector<float> chain;     // the definition's fp32 fma chain over the blocks
   std::vector<double> exact;    // Σ_b dw·dx·isum in double
   std::vector<double> terms;    // Σ_b |dw·dx·isum|
   std::vector<double> f32_act;  // Σ w_deq · x in double (activations not quantized)
   std::vector<double> act_err;  // Σ_b |dw|·Σ_j |wq_j| · dx/2: the most quantizing x can move the sum
 };
-Q8x8Reference q8x8_by_definition(const std::vector<float>& x, int64_t ldx, const Q8Block* W, int64_t m, int64_t n,
+template <class Block>
+Int8Reference int8_by_definition(const std::vector<float>& x, int64_t ldx, const Block* W, int64_t m, int64_t n,
                                  int64_t k) {
-  Q8x8Reference ref;
+  Int8Reference ref;
   for (auto* v : {&ref.exact, &ref.terms, &ref.f32_act, &ref.act_err}) v->assign(size_t(m * n), 0.0);
   ref.chain.assign(size_t(m * n), 0.0f);
   const int64_t nb = k / 32;
@@ -428,18 +436,19 @@ Q8x8Reference q8x8_by_definition(const std::vector<float>& x, int64_t ldx, const
       float c = 0.0f;
       const size_t o = size_t(i * n + r);
       for (int64_t b = 0; b < nb; ++b) {
-        const Q8Block& w = W[r * nb + b];
+        const Block& w = W[r * nb + b];
         const float dw = f16_to_f32(w.d), dx = xq.d[size_t(b)];
         int64_t s = 0, wabs = 0;
         for (int j = 0; j < 32; ++j) {
-          s += int64_t(w.q[j]) * xq.q[size_t(b * 32 + j)];
-          wabs += std::abs(int(w.q[j]));
-          ref.f32_act[o] += double(dw) * w.q[j] * x[size_t(i * ldx + b * 32 + j)];
+          const int wq = weight_int(w, j);
+          s += int64_t(wq) * xq.q[size_t(b * 32 + j)];
+          wabs += std::abs(wq);
+          ref.f32_act[o] += double(dw) * wq * x[size_t(i * ldx + b * 32 + j)];
         }
         c = std::fma(float(s), dw * dx, c);
         ref.exact[o] += double(dw) * double(dx) * double(s);
         ref.terms[o] += std::fabs(double(dw) * double(dx) * double(s));
-        ref.act_err[o] += double(dw) * double(wabs) * double(dx) / 2;
+        ref.act_err[o] += std::fabs(double(dw)) * double(wabs) * double(dx) / 2;  // q4_0 scales may be negative
       }
       ref.chain[o] = c;
     }
@@ -482,27 +491,43 @@ TEST(LinearQ8x8, ActivationsAreQuantizedPerBlockOf32) {
   }
 }
 
+// Block's int8-activation kernel (cpu::linear_q8x8 or linear_q4x8).
+void int8_linear(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
+                 bool prefill) {
+  cpu::linear_q8x8(x, ldx, W, y, ldy, m, n, k, prefill);
+}
+void int8_linear(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
+                 bool prefill) {
+  cpu::linear_q4x8(x, ldx, W, y, ldy, m, n, k, prefill);
+}
+
 // The kernels against the definition computed here: bit for bit the fp32 fma chain, under every
-// instruction set this CPU runs, prefill (the GEMM where the set has one) and decode alike, for 1–17
-// rows of x at strides wider than the rows; shapes that leave partial row groups (n odd), partial
+// instruction set this CPU runs, prefill (the GEMM where the set has one, from gemm_min_rows) and
+// decode alike, for 1–40 rows of x at strides wider than the rows; shapes that leave partial row groups (n odd), partial
 // GEMM tiles and column blocks, and k over several of the GEMM's 16-block panels. The chain is also
 // held to two sums in double: the same products (error ≤ (k/32 + 1)·2⁻²⁴·Σ|terms|, fp32
 // accumulation plus the rounded scale product, doubled for slack), and the fp32 activations (the
-// difference ≤ what quantizing x can move it, Σ|w|·dx/2, plus that rounding).
-TEST(LinearQ8x8, EveryIsaIsTheDefinitionBitForBit) {
+// difference ≤ what quantizing x can move it, Σ|w|·dx/2, plus that rounding). The test reads a block's
+// integers as the dequantization does (weight_int, checked here element by element).
+template <class Block>
+void expect_int8_kernels_are_the_definition(DType dtype) {
   IsaScope scope;
   std::string covered;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{1, 32}, {37, 64}, {45, 96}, {300, 1056}, {129, 768},
                              {17, 1536}}) {
-    const int64_t M = 17, ldx = k + 5, ldy = n + 3;
+    const int64_t M = 40, ldx = k + 5, ldy = n + 3;
     Tensor W = Tensor::empty({n, k});
-    const auto wv = randn(size_t(n * k), 61);
+    auto wv = randn(size_t(n * k), 61);
+    if (n * k >= 64)
+      for (int64_t j = 32; j < 64; ++j) wv[size_t(j)] = 0.0f;  // an all-zero weight block: scale 0
     auto xv = randn(size_t(M * ldx), 62);
     for (int64_t j = 0; j < std::min<int64_t>(k, 32); ++j) xv[size_t(ldx + j)] = 0.0f;  // row 1: a zero block
     std::copy(wv.begin(), wv.end(), W.data());
-    const Tensor q8 = W.to(Device::CPU, DType::Q8_0);
-    const auto* blocks = static_cast<const Q8Block*>(q8.raw());
-    const Q8x8Reference ref = q8x8_by_definition(xv, ldx, blocks, M, n, k);
+    const Tensor q = W.to(Device::CPU, dtype), deq = q.to(Device::CPU, DType::F32);
+    const auto* blocks = static_cast<const Block*>(q.raw());
+    for (int64_t e = 0; e < n * k; ++e)  // the reference reads the blocks as the dequantization does
+      ASSERT_EQ(f16_to_f32(blocks[e / 32].d) * float(weight_int(blocks[e / 32], int(e % 32))), deq.data()[e]) << e;
+    const Int8Reference ref = int8_by_definition(xv, ldx, blocks, M, n, k);
     for (int64_t o = 0; o < M * n; ++o) {
       const double u = std::ldexp(1.0, -24), nb = double(k / 32);
       ASSERT_LE(std::fabs(ref.chain[size_t(o)] - ref.exact[size_t(o)]), 2 * (nb + 1) * u * ref.terms[size_t(o)]) << o;
@@ -512,12 +537,12 @@ TEST(LinearQ8x8, EveryIsaIsTheDefinitionBitForBit) {
     }
     for (Isa isa : cpu::simd::available_isas()) {
       cpu::simd::set_isa(isa);
-      const std::string name = cpu::simd::q8x8_kernels(isa).name;
+      const std::string name = cpu::simd::int8_kernels(isa).name;
       if (covered.find(name) == std::string::npos) covered += " " + name;
       for (bool prefill : {true, false})
-        for (int64_t m : {1, 3, 7, 8, 17}) {
+        for (int64_t m : {1, 3, 7, 8, 17, 33, 40}) {
           std::vector<float> y(size_t(m * ldy), -7.0f);
-          cpu::linear_q8x8(xv.data(), ldx, blocks, y.data(), ldy, m, n, k, prefill);
+          int8_linear(xv.data(), ldx, blocks, y.data(), ldy, m, n, k, prefill);
           for (int64_t i = 0; i < m; ++i) {
             ASSERT_EQ(std::memcmp(y.data() + i * ldy, ref.chain.data() + i * n, sizeof(float) * size_t(n)), 0)
                 << name << (prefill ? " prefill" : " decode") << " n " << n << " k " << k << " rows " << m << " row "
@@ -527,18 +552,24 @@ TEST(LinearQ8x8, EveryIsaIsTheDefinitionBitForBit) {
         }
     }
   }
-  std::printf("[ q8x8 ] kernels tested:%s\n", covered.c_str());
+  std::printf("[ %s x int8 ] kernels tested:%s\n", std::string(dtype_name(dtype)).c_str(), covered.c_str());
 }
+
+TEST(LinearQ8x8, EveryIsaIsTheDefinitionBitForBit) { expect_int8_kernels_are_the_definition<Q8Block>(DType::Q8_0); }
+
+// The same for Q4_0 weights (llama.cpp's q4_0 · q8_0).
+TEST(LinearQ4x8, EveryIsaIsTheDefinitionBitForBit) { expect_int8_kernels_are_the_definition<Q4Block>(DType::Q4_0); }
 
 // The VNNI kernels are among those the test above ran, where this CPU has them.
 TEST(LinearQ8x8, VnniKernelsWhereTheCpuHasThem) {
   if (!cpu::simd::cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX512_VNNI on this CPU: the VNNI kernels were not run";
-  EXPECT_EQ(std::string(cpu::simd::q8x8_kernels(Isa::Avx512).name), "avx512vnni");
+  EXPECT_EQ(std::string(cpu::simd::int8_kernels(Isa::Avx512).name), "avx512vnni");
 }
 
 // A NaN or an infinity in a row of x makes that row's outputs NaN (and no other row's), as fp32
 // arithmetic would, on every path.
-TEST(LinearQ8x8, NonFiniteActivationsGiveNaN) {
+template <class Block>
+void expect_non_finite_activations_give_nan(DType dtype) {
   IsaScope scope;
   const int64_t m = 3, n = 40, k = 64;
   Tensor W = Tensor::empty({n, k});
@@ -546,12 +577,12 @@ TEST(LinearQ8x8, NonFiniteActivationsGiveNaN) {
   auto xv = randn(size_t(m * k), 64);
   xv[size_t(k + 5)] = INFINITY;
   std::copy(wv.begin(), wv.end(), W.data());
-  const Tensor q8 = W.to(Device::CPU, DType::Q8_0);
+  const Tensor q = W.to(Device::CPU, dtype);
   for (Isa isa : cpu::simd::available_isas()) {
     cpu::simd::set_isa(isa);
     for (bool prefill : {true, false}) {
       std::vector<float> y(size_t(m * n));
-      cpu::linear_q8x8(xv.data(), k, static_cast<const Q8Block*>(q8.raw()), y.data(), n, m, n, k, prefill);
+      int8_linear(xv.data(), k, static_cast<const Block*>(q.raw()), y.data(), n, m, n, k, prefill);
       for (int64_t j = 0; j < n; ++j) {
         EXPECT_TRUE(std::isfinite(y[size_t(j)]) && std::isfinite(y[size_t(2 * n + j)])) << j;
         EXPECT_TRUE(std::isnan(y[size_t(n + j)])) << cpu::simd::isa_name(isa) << " " << j;
@@ -560,10 +591,15 @@ TEST(LinearQ8x8, NonFiniteActivationsGiveNaN) {
   }
 }
 
-// Batch invariance through the op, at the 130m projection widths and a small one: each row's bits
-// do not depend on the rows that share the call, under every instruction set; prefill and decode
-// give the same bits (one definition), and so does every instruction set.
-TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
+TEST(LinearQ8x8, NonFiniteActivationsGiveNaN) { expect_non_finite_activations_give_nan<Q8Block>(DType::Q8_0); }
+TEST(LinearQ4x8, NonFiniteActivationsGiveNaN) { expect_non_finite_activations_give_nan<Q4Block>(DType::Q4_0); }
+
+// Batch invariance through the op (int8 activations), at the 130m projection widths and a small
+// one: each row's bits do not depend on the rows that share the call, under every instruction set;
+// prefill and decode give the same bits (one definition), and so does every instruction set: those
+// of the kernels the test above holds to the definition.
+template <class Block>
+void expect_int8_rows_do_not_depend_on_the_row_count(DType dtype) {
   IsaScope scope;
   const test::Q8ActivationsAs act(ops::Q8Activations::Int8);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
@@ -572,7 +608,7 @@ TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
     const auto wv = randn(size_t(n * k), 71), xv = randn(size_t(M * k), 72);
     std::copy(wv.begin(), wv.end(), W.data());
     std::copy(xv.begin(), xv.end(), x.data());
-    const Tensor q8 = W.to(Device::CPU, DType::Q8_0);
+    const Tensor q = W.to(Device::CPU, dtype);
     Tensor first = Tensor::empty({M, n});
     bool have_first = false;
     for (const auto& [isa, kernel] : every_path()) {
@@ -580,22 +616,29 @@ TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
       const std::string where = std::string(cpu::simd::isa_name(isa)) +
                                 (kernel == ops::LinearKernel::Prefill ? " prefill" : " decode");
       Tensor ref = Tensor::empty({M, n});
-      ops::linear(MatView::of(x), q8, MatView::of(ref), kernel);
-      if (!have_first) {
-        std::memcpy(first.data(), ref.data(), sizeof(float) * size_t(M * n));
+      ops::linear(MatView::of(x), q, MatView::of(ref), kernel);
+      if (!have_first) {  // the op runs the kernels the definition's test holds
+        int8_linear(x.data(), k, static_cast<const Block*>(q.raw()), first.data(), n, M, n, k, false);
         have_first = true;
       }
       ASSERT_EQ(std::memcmp(ref.data(), first.data(), sizeof(float) * size_t(M * n)), 0) << where << " vs the first";
       for (int64_t m : {1, 2, 3, 5, 8, 9, 13, 17, 33}) {
         for (int64_t off : {int64_t(0), int64_t(1), M - m}) {
           Tensor y = Tensor::empty({m, n});
-          ops::linear(MatView::of(x).rows_slice(off, m), q8, MatView::of(y), kernel);
+          ops::linear(MatView::of(x).rows_slice(off, m), q, MatView::of(y), kernel);
           ASSERT_EQ(std::memcmp(y.data(), ref.data() + off * n, sizeof(float) * size_t(m * n)), 0)
-              << where << " n " << n << " k " << k << " rows " << m << " at " << off;
+              << dtype_name(dtype) << " " << where << " n " << n << " k " << k << " rows " << m << " at " << off;
         }
       }
     }
   }
+}
+
+TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
+  expect_int8_rows_do_not_depend_on_the_row_count<Q8Block>(DType::Q8_0);
+}
+TEST(LinearQ4x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
+  expect_int8_rows_do_not_depend_on_the_row_count<Q4Block>(DType::Q4_0);
 }
 
 }  // namespace

@@ -73,12 +73,13 @@ TEST_P(ModelGolden, PrefillLastPositionsMatchOracle) {
   }
 }
 
-// Narrow weights on the CPU (bf16, Q8_0): with fp32 activations the model in `dtype` gives bit for
+// Narrow weights on the CPU (bf16, Q8_0, Q4_0): with fp32 activations the model in `dtype` gives bit for
 // bit what the model converted back to f32 gives (the fp32 kernels on the rounded or dequantized
 // weights, which the tests above hold to the oracle), prefill and decode. Returns the worst
-// sequence's relative L2 of the prefill logits against the float64 oracle, printed. For models with
-// Q8_0 matrices (q8, and q4's embedding and head) the same error with int8 activations
-// (whose kernels test_linear.cpp holds to their definition) is printed and held to int8_bound.
+// sequence's relative L2 of the prefill logits against the float64 oracle, printed. For q8 and q4
+// (all their matrices Q8_0 or Q4_0) the same error with int8 activations (whose kernels
+// test_linear.cpp holds to their definition) is printed and held to int8_bound, and its distance
+// from the fp32 activations' logits to kInt8ActivationsShiftBound.
 double narrow_weights_error(const GoldenCase& g, DType dtype, const char* name, double int8_bound = 0.0) {
   const Model narrow = Model::load(g.dir / "model").to(Device::CPU, dtype);
   const Model widened = narrow.to(Device::CPU, DType::F32);
@@ -97,11 +98,15 @@ double narrow_weights_error(const GoldenCase& g, DType dtype, const char* name, 
               g.dir.filename().c_str(), name, worst);
   if (narrow.weights().embedding.dtype() == DType::Q8_0) {
     const test::Q8ActivationsAs int8_activations(ops::Q8Activations::Int8);
-    narrow.prefill(g.ids, g.lengths, nullptr, true, got);
-    const double int8 = test::worst_sequence_error(g, got.data(), narrow.vocab());
-    std::printf("[ golden ] %s, %s weights on the CPU, int8 activations: prefill %.3g\n", g.dir.filename().c_str(),
-                name, int8);
+    std::vector<float> int8_logits;
+    narrow.prefill(g.ids, g.lengths, nullptr, true, int8_logits);
+    const double int8 = test::worst_sequence_error(g, int8_logits.data(), narrow.vocab());
+    // What rounding the activations alone moves the logits by, against the same weights.
+    const double shift = rel_l2(int8_logits.data(), got.data(), got.size());
+    std::printf("[ golden ] %s, %s weights on the CPU, int8 activations: prefill %.3g (%.3g from fp32 activations)\n",
+                g.dir.filename().c_str(), name, int8, shift);
     EXPECT_LE(int8, int8_bound) << "int8 activations";
+    EXPECT_LE(shift, test::kInt8ActivationsShiftBound) << "int8 activations against fp32 ones";
   }
   return worst;
 }

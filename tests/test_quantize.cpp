@@ -7,7 +7,6 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "cpu/simd/isa.h"
 #include "cpu/simd/q8x8.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -172,7 +171,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
           << "placing a quantized model in its own format copied it";
       EXPECT_EQ(m.fingerprint().size(), 16u);
       // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels
-      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; int8 ones are LinearQ8x8's).
+      // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; int8 ones are LinearQ8x8's and LinearQ4x8's).
       const std::vector<double> widened = logits_of(out, tmp / (type + "_f32.npy"), "--dtype f32");
       const std::vector<double> f32_act = logits_of(out, tmp / (type + "_f32act.npy"), "", "MAMBA2_Q8_ACTIVATIONS=f32");
       ASSERT_EQ(widened.size(), got.size());
@@ -182,23 +181,34 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
   }
 }
 
-// MAMBA2_Q8_ACTIVATIONS names the Q8_0 activations' path; anything else is refused, naming it.
+// MAMBA2_Q8_ACTIVATIONS names the activations' path for Q8_0 and Q4_0 matrices (a q4 model's
+// embedding and head are Q8_0), the default per format the one the kernels of this CPU's
+// instruction set name (both int8 with AVX-512 VNNI; with AVX2 Q4_0 only, so a q4 model's logits
+// are then neither of the two); anything else is refused, naming it.
 TEST(CliQuantize, Q8ActivationsVariableIsCheckedAndChangesTheLogits) {
   TempDir tmp;
   const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
-  const std::vector<double> int8 = logits_of(src, tmp / "int8.npy", "--dtype q8", "MAMBA2_Q8_ACTIVATIONS=int8");
-  const std::vector<double> dflt = logits_of(src, tmp / "default.npy", "--dtype q8");
-  const std::vector<double> f32 = logits_of(src, tmp / "f32.npy", "--dtype q8", "MAMBA2_Q8_ACTIVATIONS=f32");
-  ASSERT_FALSE(int8.empty());
-  ASSERT_EQ(int8.size(), dflt.size());
-  ASSERT_EQ(int8.size(), f32.size());
-  // The default: int8 where this CPU's kernels are the faster path (the subprocess sees the same
-  // MAMBA2_ISA as this one).
-  const bool int8_default = cpu::simd::q8x8_kernels(cpu::simd::active_isa()).default_on;
-  const std::vector<double>& want = int8_default ? int8 : f32;
-  EXPECT_EQ(std::memcmp(want.data(), dflt.data(), want.size() * sizeof(double)), 0)
-      << (int8_default ? "int8" : "f32") << " is the default here";
-  EXPECT_NE(std::memcmp(int8.data(), f32.data(), int8.size() * sizeof(double)), 0);
+  const cpu::simd::Int8Kernels& kernels = cpu::simd::int8_kernels(cpu::simd::active_isa());
+  for (const std::string type : {"q8", "q4"}) {
+    SCOPED_TRACE(type);
+    const bool q8 = kernels.q8.default_on, projections = type == "q8" ? q8 : kernels.q4.default_on;
+    const std::string dtype = "--dtype " + type;
+    const std::vector<double> int8 = logits_of(src, tmp / "int8.npy", dtype, "MAMBA2_Q8_ACTIVATIONS=int8");
+    const std::vector<double> dflt = logits_of(src, tmp / "default.npy", dtype);
+    const std::vector<double> f32 = logits_of(src, tmp / "f32.npy", dtype, "MAMBA2_Q8_ACTIVATIONS=f32");
+    ASSERT_FALSE(int8.empty());
+    ASSERT_EQ(int8.size(), dflt.size());
+    ASSERT_EQ(int8.size(), f32.size());
+    const size_t bytes = int8.size() * sizeof(double);
+    EXPECT_NE(std::memcmp(int8.data(), f32.data(), bytes), 0);
+    if (q8 == projections) {
+      EXPECT_EQ(std::memcmp((q8 ? int8 : f32).data(), dflt.data(), bytes), 0)
+          << (q8 ? "int8" : "f32") << " is the default";
+    } else {
+      EXPECT_NE(std::memcmp(int8.data(), dflt.data(), bytes), 0) << "the head's activations are fp32 by default";
+      EXPECT_NE(std::memcmp(f32.data(), dflt.data(), bytes), 0) << "the projections' activations are int8 by default";
+    }
+  }
   const CliResult r = run_cli("logits --model " + shell_path(src) + " --dtype q8 --ids 3,1 --out " +
                                   shell_path(tmp / "x.npy"),
                               "MAMBA2_Q8_ACTIVATIONS=int4");

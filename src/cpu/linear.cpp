@@ -202,26 +202,28 @@ void tiled(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int6
   }
 }
 
-constexpr int64_t kGemmRows = 8;
+// The int8 kernels of a weight format.
+const simd::Int8Set<Q8Block>& int8_set(const simd::Int8Kernels& t, const Q8Block*) { return t.q8; }
+const simd::Int8Set<Q4Block>& int8_set(const simd::Int8Kernels& t, const Q4Block*) { return t.q4; }
 
-// Q8_0 × int8 (cpu/simd/q8x8.h): x's rows quantized once, then the GEMM blocks of the kernel set
-// (prefill, where it has them) or its rows in bands (decode, and prefill without). Each output is
-// the definition's one sum whichever runs, so prefill and decode give a row the same bits.
-void q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
-          bool prefill) {
+// Q8_0 or Q4_0 × int8 (cpu/simd/q8x8.h): x's rows quantized once, then the GEMM blocks of the kernel
+// set (prefill, where it has them) or its rows in bands (decode, and prefill without). Each output
+// is the definition's one sum whichever runs, so prefill and decode give a row the same bits.
+template <class Block>
+void int8_linear(const float* x, int64_t ldx, const Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
+                 bool prefill) {
   if (m == 0 || n == 0) return;
   const int64_t nb = k / kQuantBlock;
   if (nb == 0) {
     for (int64_t i = 0; i < m; ++i) std::fill_n(y + i * ldy, n, 0.0f);
     return;
   }
-  const simd::Q8x8Kernels& t = simd::q8x8_kernels(simd::active_isa());
+  const simd::Int8Set<Block>& t = int8_set(simd::int8_kernels(simd::active_isa()), W);
   thread_local std::vector<simd::ActBlock> quantized;  // kept between calls: the caller's thread persists
   quantized.resize(size_t(m * nb));
   simd::ActBlock* xq = quantized.data();
   const int64_t want = 4 * omp_get_max_threads();
-  // A GEMM block packs W's panels for its rows: worth it from eight rows on (1×768×1536 to 8×3352×768 timed with `mamba2 bench --linear`).
-  if (prefill && t.gemm && m >= kGemmRows) {
+  if (prefill && t.gemm && m >= t.gemm_min_rows) {
     // Blocks of rows × at most gemm_cols columns, about four per thread, as tiled() cuts them.
     const int64_t col_blocks = (n + t.gemm_cols - 1) / t.gemm_cols;
     const int64_t panels = (m + t.gemm_rows - 1) / t.gemm_rows;
@@ -275,7 +277,12 @@ void q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, 
 
 void linear_q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill) {
-  q8x8(x, ldx, W, y, ldy, m, n, k, prefill);
+  int8_linear(x, ldx, W, y, ldy, m, n, k, prefill);
+}
+
+void linear_q4x8(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                 int64_t k, bool prefill) {
+  int8_linear(x, ldx, W, y, ldy, m, n, k, prefill);
 }
 
 void linear_tiled(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,

@@ -15,8 +15,7 @@ namespace {
 
 Q8Activations initial_q8_activations() {
   const char* env = std::getenv("MAMBA2_Q8_ACTIVATIONS");
-  if (!env || !*env)
-    return cpu::simd::q8x8_kernels(cpu::simd::active_isa()).default_on ? Q8Activations::Int8 : Q8Activations::F32;
+  if (!env || !*env) return Q8Activations::Default;
   if (std::string(env) == "int8") return Q8Activations::Int8;
   if (std::string(env) == "f32") return Q8Activations::F32;
   fail("[linear] MAMBA2_Q8_ACTIVATIONS={} is not one of int8, f32", env);
@@ -37,6 +36,18 @@ Q8Activations q8_activations() {
 }
 
 void set_q8_activations(Q8Activations a) { g_q8_activations.store(int(a), std::memory_order_release); }
+
+bool int8_activations(DType weights) {
+  switch (q8_activations()) {
+    case Q8Activations::Int8: return true;
+    case Q8Activations::F32: return false;
+    case Q8Activations::Default: break;
+  }
+  const cpu::simd::Int8Kernels& t = cpu::simd::int8_kernels(cpu::simd::active_isa());
+  if (weights == DType::Q8_0) return t.q8.default_on;
+  if (weights == DType::Q4_0) return t.q4.default_on;
+  fail("[linear] int8 activations are for Q8_0 and Q4_0 weights, not {}", dtype_name(weights));
+}
 
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
@@ -64,12 +75,17 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
   };
   if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
+  const bool prefill = kernel == LinearKernel::Prefill;
   if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) {
     const auto* w = static_cast<const Q8Block*>(W.raw());
-    if (q8_activations() == Q8Activations::F32) return narrow(w);
-    return cpu::linear_q8x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+    if (!int8_activations(DType::Q8_0)) return narrow(w);
+    return cpu::linear_q8x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
   }
-  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) return narrow(static_cast<const Q4Block*>(W.raw()));
+  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) {
+    const auto* w = static_cast<const Q4Block*>(W.raw());
+    if (!int8_activations(DType::Q4_0)) return narrow(w);
+    return cpu::linear_q4x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
+  }
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
     case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;

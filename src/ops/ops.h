@@ -46,14 +46,18 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 //   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
 enum class LinearKernel { Prefill, Decode, Training };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
-// Q8_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by integer dot
-// products (Int8: llama.cpp's q8_0 · q8_0; the default where its kernels are the faster path,
-// AVX-512 VNNI), or kept fp32 against the widened weights (F32: bit for bit the fp32 kernels on
-// the dequantized weights; the default elsewhere). MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses at first
-// use; set_q8_activations changes it (tests and benchmarks).
-enum class Q8Activations { Int8, F32 };
+// Q8_0 and Q4_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by
+// integer dot products (Int8: llama.cpp's q8_0 · q8_0 and q4_0 · q8_0), or kept fp32 against the
+// widened weights (F32: bit for bit the fp32 kernels on the dequantized weights). Default: per
+// format, int8 where the instruction set's int8 kernels for it are the faster path
+// (cpu/simd/q8x8.h, Int8Set::default_on: both with AVX-512 VNNI, Q4_0 with AVX2), else fp32.
+// MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses for both at first use; set_q8_activations changes it
+// (tests and benchmarks).
+enum class Q8Activations { Default, Int8, F32 };
 Q8Activations q8_activations();
 void set_q8_activations(Q8Activations a);
+// Whether the CPU multiplies `weights` (Q8_0 or Q4_0) against int8 activations now.
+bool int8_activations(DType weights);
 // The GPU decode step's fused projections (a decode step is latency-bound: each fusion saves a
 // kernel and a pass over the activations). The norm is applied on the way in, from partial sums
 // of squares left by the op before: row r's group g (of `groups` equal column ranges of src) is

@@ -24,17 +24,21 @@ std::string version_info() {
     gpu = n == 0 ? "built; no GPU here (" + cuda::no_gpu_reason() + ")"
                  : fmt::format("built; {} GPU(s), the first: {}", n, cuda::device_description());
   }
+  const auto int8_line = [&] {
+    const bool q8 = ops::int8_activations(DType::Q8_0), q4 = ops::int8_activations(DType::Q4_0);
+    if (!q8 && !q4) return std::string("none (fp32 activations for q8 and q4 weights)");
+    return fmt::format("{} weights, {} kernels", q8 && q4 ? "q8 and q4" : q8 ? "q8" : "q4",
+                       simd::int8_kernels(simd::active_isa()).name);
+  };
   return fmt::format(
       "mamba2 {}\n"
       "build: {} ({})\n"
       "kernels: {} (this CPU runs: {}; MAMBA2_ISA chooses)\n"
-      "q8 weights: {} (MAMBA2_Q8_ACTIVATIONS chooses)\n"
+      "int8 activations: {} (MAMBA2_Q8_ACTIVATIONS chooses)\n"
       "blas: {}, {} kernels (SSD chunk products, training; OPENBLAS_CORETYPE chooses)\n"
       "cuda: {}\n",
       MAMBA2_VERSION, MAMBA2_BUILD_TARGET, simd::compiled_isa_extensions(), simd::isa_name(simd::active_isa()), avail,
-      ops::q8_activations() == ops::Q8Activations::Int8
-          ? fmt::format("int8 activations, {} kernels", simd::q8x8_kernels(simd::active_isa()).name)
-          : std::string("fp32 activations"),
+      int8_line(),
       blas, openblas_get_corename(), gpu);
 }
 

@@ -51,8 +51,9 @@ void add_placement_options(CLI::App* sub, Placement& p) {
   sub->add_option("--device", p.device, "cpu, cuda or cuda:N (default: the first GPU when there is one)");
   sub->add_option("--dtype", p.dtype, "f32, bf16, f16, q8 or q4: the projections' weights (and on the GPU their "
                                       "inputs; the CPU computes in f32 on f32, bf16, q8 or q4 weights: llama.cpp's "
-                                      "q8_0 and q4_0 block layouts, q8_0 against int8 activations on AVX-512 VNNI "
-                                      "CPUs: MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses). Default: bf16 on the GPU; on the CPU f32, or "
+                                      "q8_0 and q4_0 block layouts, against int8 activations where those kernels are "
+                                      "faster: q8_0 and q4_0 on AVX-512 VNNI, q4_0 on AVX2; "
+                                      "MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses). Default: bf16 on the GPU; on the CPU f32, or "
                                       "the format of a quantized checkpoint (mamba2 quantize)");
 }
 

@@ -1,10 +1,12 @@
-// Q8_0 weights times activations quantized to 8 bits (llama.cpp's q8_0 · q8_0): integer dot
-// products instead of widening every weight to fp32. One file per instruction set
-// (q8x8_<isa>.cpp, each compiled for its own target and chosen at run time, as the tiles are).
+// Q8_0 and Q4_0 weights times activations quantized to 8 bits (llama.cpp's q8_0 · q8_0 and
+// q4_0 · q8_0): integer dot products instead of widening every weight to fp32. One file per
+// instruction set (q8x8_<isa>.cpp, each compiled for its own target and chosen at run time, as the
+// tiles are), holding both formats' kernels.
 //
 // An activation row is quantized once per call, in blocks of 32 along k (ActBlock): d = max|x| /
 // 127 in fp32, q = x / d rounded to nearest (ties to even), so |q| ≤ 127. Then, for row i of x and
-// row r of W (n, k), both k/32 blocks:
+// row r of W (n, k), both k/32 blocks, with w.q[j] the weight's integer (q8_0: the int8; q4_0: its
+// nibble − 8, element j < 16 the low nibble of byte j, element j + 16 the high one):
 //   isum_b = Σ_{j<32} w.q[j] · x.q[j]                    (exact in int32: |isum_b| < 2^20)
 //   c_0 = 0,  c_{b+1} = fma(float(isum_b), fl(w.d_b · x.d_b), c_b),  y[i, r] = c_{k/32}
 // with w.d the block's fp16 scale widened. The order is fixed by k alone: every instruction set,
@@ -21,7 +23,7 @@ namespace mamba2::cpu::simd {
 
 struct ActBlock {
   float d;
-  int32_t sum;  // Σ q: the VNNI kernels multiply (w + 128) as unsigned and subtract 128·sum
+  int32_t sum;  // Σ q: kernels that multiply unsigned w + c (q8: c = 128, q4: its nibbles, c = 8) subtract c·sum
   int8_t q[kQuantBlock];
 };
 static_assert(sizeof(ActBlock) == 40);
@@ -31,31 +33,41 @@ void quantize_activations(const float* x, int64_t k, ActBlock* out);
 
 // y[i·ldy + r] for r in [r_begin, r_end) and the i < MI rows of x (MI = 1, 2, 4, 8; row i's blocks
 // at x + i·ldx). W (n, k) as k/32 blocks a row.
-using Q8x8RowsFn = void (*)(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy,
+template <class Block>
+using Int8RowsFn = void (*)(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy,
                             int64_t r_begin, int64_t r_end, int64_t k);
 // The GEMM block of prefill: y (rows, cols) = rows of x · rows [0, cols) of W, cols ≤ gemm_cols,
 // with `scratch` gemm_scratch_bytes of the caller's memory (the kernel files allocate nothing).
-using Q8x8GemmFn = void (*)(const ActBlock* x, int64_t ldx, int64_t rows, const Q8Block* W, int64_t cols,
+template <class Block>
+using Int8GemmFn = void (*)(const ActBlock* x, int64_t ldx, int64_t rows, const Block* W, int64_t cols,
                             int64_t k, float* y, int64_t ldy, void* scratch);
 
-struct Q8x8Kernels {
-  const char* name;
-  // Faster than fp32 activations at every batch on the CPUs measured (bench/RESULTS.md, "q8 ×
-  // int8"): the VNNI kernels. AVX2's are slower at batch 1 and NEON's unmeasured, so there the
-  // fp32-activation path stays the default (ops::q8_activations).
+// One weight format's kernels.
+template <class Block>
+struct Int8Set {
+  // Faster than fp32 activations at every batch measured (bench/RESULTS.md, "q8 × int8" and "q4 ×
+  // int8"): the default there (ops::int8_activations). VNNI's for both formats and AVX2's for
+  // Q4_0; AVX2's Q8_0 kernel is slower at batch 1, NEON's are unmeasured.
   bool default_on;
-  Q8x8RowsFn rows[4];  // [0]: one row of x, [1]: two, [2]: four, [3]: eight
-  Q8x8GemmFn gemm;     // null where the rows kernel is as fast (prefill then goes through rows)
+  Int8RowsFn<Block> rows[4];  // [0]: one row of x, [1]: two, [2]: four, [3]: eight
+  Int8GemmFn<Block> gemm;     // null where the rows kernel is as fast (prefill then goes through rows)
   int64_t gemm_rows, gemm_cols, gemm_scratch_bytes;  // a block's preferred row multiple, most columns
+  int64_t gemm_min_rows;  // prefill takes the GEMM from this many rows on (it packs W's panels per call)
+};
+
+struct Int8Kernels {
+  const char* name;
+  Int8Set<Q8Block> q8;
+  Int8Set<Q4Block> q4;
 };
 
 // The kernels of an instruction set (which must be available): AVX-512 takes the VNNI file where
 // the CPU has AVX512_VNNI, else AVX2's.
-const Q8x8Kernels& q8x8_kernels(Isa isa);
+const Int8Kernels& int8_kernels(Isa isa);
 
-const Q8x8Kernels& q8x8_kernels_scalar();
-const Q8x8Kernels& q8x8_kernels_avx2();
-const Q8x8Kernels& q8x8_kernels_avx512vnni();
-const Q8x8Kernels& q8x8_kernels_neon();
+const Int8Kernels& int8_kernels_scalar();
+const Int8Kernels& int8_kernels_avx2();
+const Int8Kernels& int8_kernels_avx512vnni();
+const Int8Kernels& int8_kernels_neon();
 
 }  // namespace mamba2::cpu::simd

@@ -1,4 +1,4 @@
-// Portable Q8_0 × int8 kernels (cpu/simd/q8x8.h): the definition as plain loops, the reference the
+// Portable Q8_0 and Q4_0 × int8 kernels (cpu/simd/q8x8.h): the definition as plain loops, the reference the
 // vector files equal bit for bit; and the activations' quantization, which every instruction set
 // shares.
 #include <cmath>
@@ -36,18 +36,22 @@ void quantize_activations(const float* x, int64_t k, ActBlock* out) {
 
 namespace {
 
-template <int MI>
-void rows(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
+// Block b's element j as an integer (cpu/simd/q8x8.h).
+inline int weight(const Q8Block& w, int j) { return w.q[j]; }
+inline int weight(const Q4Block& w, int j) { return (j < 16 ? w.qs[j] & 15 : w.qs[j - 16] >> 4) - 8; }
+
+template <class Block, int MI>
+void rows(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
           int64_t k) {
   const int64_t nb = k / kQuantBlock;
   for (int64_t r = r_begin; r < r_end; ++r) {
-    const Q8Block* w = W + r * nb;
+    const Block* w = W + r * nb;
     for (int i = 0; i < MI; ++i) {
       const ActBlock* xi = x + i * ldx;
       float c = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
         int32_t s = 0;
-        for (int j = 0; j < kQuantBlock; ++j) s += int32_t(w[b].q[j]) * xi[b].q[j];
+        for (int j = 0; j < kQuantBlock; ++j) s += weight(w[b], j) * xi[b].q[j];
         c = std::fma(float(s), f16_to_f32(w[b].d) * xi[b].d, c);
       }
       y[i * ldy + r] = c;
@@ -55,20 +59,23 @@ void rows(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ld
   }
 }
 
-const Q8x8Kernels kKernels{"scalar", false, {rows<1>, rows<2>, rows<4>, rows<8>}, nullptr, 0, 0, 0};
+const Int8Kernels kKernels{
+    "scalar",
+    {false, {rows<Q8Block, 1>, rows<Q8Block, 2>, rows<Q8Block, 4>, rows<Q8Block, 8>}, nullptr, 0, 0, 0, 0},
+    {false, {rows<Q4Block, 1>, rows<Q4Block, 2>, rows<Q4Block, 4>, rows<Q4Block, 8>}, nullptr, 0, 0, 0, 0}};
 
 }  // namespace
 
-const Q8x8Kernels& q8x8_kernels_scalar() { return kKernels; }
+const Int8Kernels& int8_kernels_scalar() { return kKernels; }
 
-const Q8x8Kernels& q8x8_kernels(Isa isa) {
+const Int8Kernels& int8_kernels(Isa isa) {
   switch (isa) {
-    case Isa::Avx512: return cpu_has_avx512_vnni() ? q8x8_kernels_avx512vnni() : q8x8_kernels_avx2();
-    case Isa::Avx2: return q8x8_kernels_avx2();
-    case Isa::Neon: return q8x8_kernels_neon();
+    case Isa::Avx512: return cpu_has_avx512_vnni() ? int8_kernels_avx512vnni() : int8_kernels_avx2();
+    case Isa::Avx2: return int8_kernels_avx2();
+    case Isa::Neon: return int8_kernels_neon();
     case Isa::Scalar: break;
   }
-  return q8x8_kernels_scalar();
+  return int8_kernels_scalar();
 }
 
 }  // namespace mamba2::cpu::simd
