@@ -491,16 +491,6 @@ TEST(LinearQ8x8, ActivationsAreQuantizedPerBlockOf32) {
   }
 }
 
-// Block's int8-activation kernel (cpu::linear_q8x8 or linear_q4x8).
-void int8_linear(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
-                 bool prefill) {
-  cpu::linear_q8x8(x, ldx, W, y, ldy, m, n, k, prefill);
-}
-void int8_linear(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
-                 bool prefill) {
-  cpu::linear_q4x8(x, ldx, W, y, ldy, m, n, k, prefill);
-}
-
 // The kernels against the definition computed here: bit for bit the fp32 fma chain, under every
 // instruction set this CPU runs, prefill (the GEMM where the set has one, from gemm_min_rows) and
 // decode alike, for 1–40 rows of x at strides wider than the rows; shapes that leave partial row groups (n odd), partial
@@ -542,7 +532,7 @@ void expect_int8_kernels_are_the_definition(DType dtype) {
       for (bool prefill : {true, false})
         for (int64_t m : {1, 3, 7, 8, 17, 33, 40}) {
           std::vector<float> y(size_t(m * ldy), -7.0f);
-          int8_linear(xv.data(), ldx, blocks, y.data(), ldy, m, n, k, prefill);
+          cpu::linear_int8(xv.data(), ldx, blocks, y.data(), ldy, m, n, k, prefill);
           for (int64_t i = 0; i < m; ++i) {
             ASSERT_EQ(std::memcmp(y.data() + i * ldy, ref.chain.data() + i * n, sizeof(float) * size_t(n)), 0)
                 << name << (prefill ? " prefill" : " decode") << " n " << n << " k " << k << " rows " << m << " row "
@@ -582,7 +572,7 @@ void expect_non_finite_activations_give_nan(DType dtype) {
     cpu::simd::set_isa(isa);
     for (bool prefill : {true, false}) {
       std::vector<float> y(size_t(m * n));
-      int8_linear(xv.data(), k, static_cast<const Block*>(q.raw()), y.data(), n, m, n, k, prefill);
+      cpu::linear_int8(xv.data(), k, static_cast<const Block*>(q.raw()), y.data(), n, m, n, k, prefill);
       for (int64_t j = 0; j < n; ++j) {
         EXPECT_TRUE(std::isfinite(y[size_t(j)]) && std::isfinite(y[size_t(2 * n + j)])) << j;
         EXPECT_TRUE(std::isnan(y[size_t(n + j)])) << cpu::simd::isa_name(isa) << " " << j;
@@ -618,7 +608,7 @@ void expect_int8_rows_do_not_depend_on_the_row_count(DType dtype) {
       Tensor ref = Tensor::empty({M, n});
       ops::linear(MatView::of(x), q, MatView::of(ref), kernel);
       if (!have_first) {  // the op runs the kernels the definition's test holds
-        int8_linear(x.data(), k, static_cast<const Block*>(q.raw()), first.data(), n, M, n, k, false);
+        cpu::linear_int8(x.data(), k, static_cast<const Block*>(q.raw()), first.data(), n, M, n, k, false);
         have_first = true;
       }
       ASSERT_EQ(std::memcmp(ref.data(), first.data(), sizeof(float) * size_t(M * n)), 0) << where << " vs the first";

@@ -63,9 +63,9 @@ void linear_tiled(const float* x, int64_t ldx, const Q4Block* W, float* y, int64
 // Q8_0 or Q4_0 weights × x's rows quantized to int8 per block of 32 (cpu/simd/q8x8.h: integer dot
 // products, the blocks' scales applied in k order). prefill: the GEMM kernel where the instruction
 // set has one; the bits are the same either way, and for any m.
-void linear_q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+void linear_int8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill);
-void linear_q4x8(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+void linear_int8(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill);
 template <class T>
 void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);

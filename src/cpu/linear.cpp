@@ -275,12 +275,12 @@ void int8_linear(const float* x, int64_t ldx, const Block* W, float* y, int64_t 
 
 }  // namespace
 
-void linear_q8x8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+void linear_int8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill) {
   int8_linear(x, ldx, W, y, ldy, m, n, k, prefill);
 }
 
-void linear_q4x8(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
+void linear_int8(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill) {
   int8_linear(x, ldx, W, y, ldy, m, n, k, prefill);
 }

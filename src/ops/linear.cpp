@@ -75,17 +75,13 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
   };
   if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
-  const bool prefill = kernel == LinearKernel::Prefill;
-  if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) {
-    const auto* w = static_cast<const Q8Block*>(W.raw());
-    if (!int8_activations(DType::Q8_0)) return narrow(w);
-    return cpu::linear_q8x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
-  }
-  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) {
-    const auto* w = static_cast<const Q4Block*>(W.raw());
-    if (!int8_activations(DType::Q4_0)) return narrow(w);
-    return cpu::linear_q4x8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
-  }
+  // Q8_0 and Q4_0: against int8 activations, or fp32 ones as the other narrow formats.
+  const auto blocks = [&](const auto* w) {
+    if (!int8_activations(W.dtype())) return narrow(w);
+    cpu::linear_int8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+  };
+  if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) return blocks(static_cast<const Q8Block*>(W.raw()));
+  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) return blocks(static_cast<const Q4Block*>(W.raw()));
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
     case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
