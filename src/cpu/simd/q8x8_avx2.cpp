@@ -32,29 +32,50 @@ inline void store(const __m256* acc, int mi, float* y, int64_t ldy, int64_t r0, 
   for (int i = 0; i < mi; ++i) _mm256_maskstore_ps(y + i * ldy + r0, mask, acc[i]);
 }
 
-template <int MI>
-void rows(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
+// A block's weights as vpmaddubsw's operands, and its eight int32 lanes against activations xq:
+// Q8_0 as |w| against x · sign w; Q4_0 as its nibbles in element order (low nibbles, then high
+// ones), whose 8·Σx the caller takes off the block's sum (kOffset).
+struct Q8Weights {
+  using Block = Q8Block;
+  static constexpr int kOffset = 0;
+  __m256i q, a;
+  explicit Q8Weights(const Q8Block& w)
+      : q(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.q))), a(_mm256_abs_epi8(q)) {}
+  __m256i dot(__m256i xq, __m256i ones) const {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_sign_epi8(xq, q)), ones);
+  }
+};
+struct Q4Weights {
+  using Block = Q4Block;
+  static constexpr int kOffset = 8;
+  __m256i n;
+  explicit Q4Weights(const Q4Block& w) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
+    n = _mm256_and_si256(_mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xF0), _mm256_set1_epi8(15));
+  }
+  __m256i dot(__m256i xq, __m256i ones) const { return _mm256_madd_epi16(_mm256_maddubs_epi16(n, xq), ones); }
+};
+
+template <class Weights, int MI, class Block = typename Weights::Block>
+void rows(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy, int64_t r_begin, int64_t r_end,
           int64_t k) {
   const int64_t nb = k / kQuantBlock;
+  constexpr int64_t kStep = G * int64_t(sizeof(Block));  // the next eight rows' bytes a block step
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t r0 = r_begin; r0 < r_end; r0 += G) {
     const int cnt = r_end - r0 < G ? int(r_end - r0) : G;
     // Rows past the band repeat its last row: their lanes are computed and never stored.
-    const Q8Block* w[G];
+    const Block* w[G];
     for (int t = 0; t < G; ++t) w[t] = W + (r0 + (t < cnt ? t : cnt - 1)) * nb;
     const char* next = reinterpret_cast<const char*>(W + (r0 + G) * nb);
     __m256 acc[MI];
 #pragma GCC unroll 8
     for (int i = 0; i < MI; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      // The next eight rows (8 · 34 bytes a step) are fetched while these are summed.
-      for (int l = 0; l < 5; ++l) _mm_prefetch(next + (b * 5 + l) * 64, _MM_HINT_T0);
-      __m256i wq[G], wa[G];
-#pragma GCC unroll 8
-      for (int t = 0; t < G; ++t) {
-        wq[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[t][b].q));
-        wa[t] = _mm256_abs_epi8(wq[t]);
-      }
+      // The next eight rows are fetched while these are summed.
+      for (int64_t l = 0; l < kStep; l += 64) _mm_prefetch(next + b * kStep + l, _MM_HINT_T0);
+      const Weights wt[G] = {Weights(w[0][b]), Weights(w[1][b]), Weights(w[2][b]), Weights(w[3][b]),
+                             Weights(w[4][b]), Weights(w[5][b]), Weights(w[6][b]), Weights(w[7][b])};
       const __m256 dw = _mm256_cvtph_ps(_mm_setr_epi16(short(w[0][b].d), short(w[1][b].d), short(w[2][b].d),
                                                        short(w[3][b].d), short(w[4][b].d), short(w[5][b].d),
                                                        short(w[6][b].d), short(w[7][b].d)));
@@ -64,52 +85,9 @@ void rows(const ActBlock* x, int64_t ldx, const Q8Block* W, float* y, int64_t ld
         const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
         __m256i p[G];
 #pragma GCC unroll 8
-        for (int t = 0; t < G; ++t)
-          p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[t], _mm256_sign_epi8(xq, wq[t])), ones);
-        const __m256 s = _mm256_mul_ps(dw, _mm256_set1_ps(xb.d));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_lanes(p)), s, acc[i]);
-      }
-    }
-    store(acc, MI, y, ldy, r0, cnt);
-  }
-}
-
-// Q4_0: a block's 16 bytes as its 32 nibbles in element order (low nibbles, then high ones).
-inline __m256i nibbles(const Q4Block& w) {
-  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs)));
-  return _mm256_and_si256(_mm256_blend_epi32(v, _mm256_srli_epi16(v, 4), 0xF0), _mm256_set1_epi8(15));
-}
-
-template <int MI>
-void rows_q4(const ActBlock* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t r_begin,
-             int64_t r_end, int64_t k) {
-  const int64_t nb = k / kQuantBlock;
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t r0 = r_begin; r0 < r_end; r0 += G) {
-    const int cnt = r_end - r0 < G ? int(r_end - r0) : G;
-    const Q4Block* w[G];
-    for (int t = 0; t < G; ++t) w[t] = W + (r0 + (t < cnt ? t : cnt - 1)) * nb;
-    const char* next = reinterpret_cast<const char*>(W + (r0 + G) * nb);
-    __m256 acc[MI];
-#pragma GCC unroll 8
-    for (int i = 0; i < MI; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      // The next eight rows (8 · 18 bytes a step).
-      for (int l = 0; l < 3; ++l) _mm_prefetch(next + b * G * int64_t(sizeof(Q4Block)) + l * 64, _MM_HINT_T0);
-      __m256i wn[G];
-#pragma GCC unroll 8
-      for (int t = 0; t < G; ++t) wn[t] = nibbles(w[t][b]);
-      const __m256 dw = _mm256_cvtph_ps(_mm_setr_epi16(short(w[0][b].d), short(w[1][b].d), short(w[2][b].d),
-                                                       short(w[3][b].d), short(w[4][b].d), short(w[5][b].d),
-                                                       short(w[6][b].d), short(w[7][b].d)));
-#pragma GCC unroll 8
-      for (int i = 0; i < MI; ++i) {
-        const ActBlock& xb = x[i * ldx + b];
-        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.q));
-        __m256i p[G];
-#pragma GCC unroll 8
-        for (int t = 0; t < G; ++t) p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(wn[t], xq), ones);
-        const __m256i sum = _mm256_sub_epi32(sum_lanes(p), _mm256_set1_epi32(8 * xb.sum));
+        for (int t = 0; t < G; ++t) p[t] = wt[t].dot(xq, ones);
+        __m256i sum = sum_lanes(p);
+        if constexpr (Weights::kOffset != 0) sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(Weights::kOffset * xb.sum));
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(xb.d)), acc[i]);
       }
     }
@@ -120,8 +98,10 @@ void rows_q4(const ActBlock* x, int64_t ldx, const Q4Block* W, float* y, int64_t
 // Q8_0's kernel is 15% slower than fp32 activations at batch 1, Q4_0's faster at every batch
 // (bench/RESULTS.md): int8 by default for Q4_0 only.
 const Int8Kernels kKernels{"avx2",
-                           {false, {rows<1>, rows<2>, rows<4>, rows<8>}, nullptr, 0, 0, 0, 0},
-                           {true, {rows_q4<1>, rows_q4<2>, rows_q4<4>, rows_q4<8>}, nullptr, 0, 0, 0, 0}};
+                           {false, {rows<Q8Weights, 1>, rows<Q8Weights, 2>, rows<Q8Weights, 4>, rows<Q8Weights, 8>},
+                            nullptr, 0, 0, 0, 0},
+                           {true, {rows<Q4Weights, 1>, rows<Q4Weights, 2>, rows<Q4Weights, 4>, rows<Q4Weights, 8>},
+                            nullptr, 0, 0, 0, 0}};
 
 }  // namespace
 
