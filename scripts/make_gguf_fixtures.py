@@ -33,7 +33,6 @@ import shutil
 
 import gguf
 import numpy as np
-import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "gguf"
@@ -58,8 +57,11 @@ def tokenizer_metadata(path):
     return tokens, [types.get(i, NORMAL) for i in range(n)], merges
 
 
-def add_tokenizer(w, path, pre):
+def add_tokenizer(w, path, pre, rows=0):
+    """The tokenizer, its list padded with [PADi] to `rows` ids (a model's embedding rows)."""
     tokens, types, merges = tokenizer_metadata(path)
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), rows)]
+    types += [NORMAL] * (len(tokens) - len(types))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
@@ -68,6 +70,7 @@ def add_tokenizer(w, path, pre):
 
 
 def official_state_dict():
+    import torch
     sd = torch.load(GOLDEN / "pytorch_model.bin", map_location="cpu", weights_only=True)
     return {k: v.to(torch.float32).numpy() for k, v in sd.items()}
 
@@ -84,11 +87,16 @@ def hf_model(folder):
     return sd, cfg
 
 
-def write_model(path, sd, cfg, matrix_type, embedding_type):
+def write_model(path, sd, cfg, matrix_type, embedding_type, tokenizer=None):
+    """tokenizer: a byte-level BPE tokenizer.json to write as GPT-NeoX's (BOS/EOS id 0), or None."""
     d_model, ssm = cfg["d_model"], cfg["ssm_cfg"]
     d_inner = ssm["expand"] * d_model
     nheads = d_inner // ssm["headdim"]
     w = gguf.GGUFWriter(str(path), "mamba2")
+    if tokenizer is not None:
+        add_tokenizer(w, tokenizer, "olmo", sd["backbone.embedding.weight"].shape[0])
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(0)
     w.add_context_length(1 << 20)
     w.add_embedding_length(d_model)
     w.add_feed_forward_length(0)
