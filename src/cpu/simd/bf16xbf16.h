@@ -36,8 +36,8 @@ using Bf16RowsFn = void (*)(const uint16_t* x, int64_t ldx, const uint16_t* W, f
 
 struct Bf16Kernels {
   const char* name;
-  // Faster than fp32 activations at every batch measured (bench/RESULTS.md, "bf16 × bf16"): the
-  // default there (ops::bf16_activations).
+  // Faster than fp32 activations in prefill and at batch 8, as fast at batch 1, which waits on
+  // memory (bench/RESULTS.md, "bf16 × bf16"): the default there (ops::bf16_rounded_activations).
   bool default_on;
   Bf16RowsFn rows[4];     // decode: [0] one row of x, [1] two, [2] four, [3] eight
   Bf16RowsFn prefill8;  // prefill: eight rows of x, blocked for W's band in cache (the same bits)
