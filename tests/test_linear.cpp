@@ -717,6 +717,29 @@ TEST(LinearBf16x16, IsTheDoubleSumWithinTheBoundOfItsOrder) {
   }
 }
 
+// A NaN in a row of x makes that row's outputs NaN and no other row's, in both kernels.
+TEST(LinearBf16x16, NanActivationsStayInTheirRow) {
+  SKIP_WITHOUT_AVX512_BF16();
+  IsaScope scope;
+  cpu::simd::set_isa(Isa::Avx512);
+  const int64_t n = 40, k = 100;
+  for (int64_t m : {3, 11}) {
+    Tensor W = Tensor::empty({n, k});
+    const auto wv = randn(size_t(n * k), 93);
+    auto xv = randn(size_t(m * k), 94);
+    xv[size_t(k + 5)] = NAN;
+    std::copy(wv.begin(), wv.end(), W.data());
+    const Tensor w16 = W.to(Device::CPU, DType::BF16);
+    for (bool prefill : {true, false}) {
+      std::vector<float> y(size_t(m * n));
+      cpu::linear_bf16(xv.data(), k, static_cast<const uint16_t*>(w16.raw()), y.data(), n, m, n, k, prefill);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          EXPECT_EQ(std::isnan(y[size_t(i * n + j)]), i == 1) << (prefill ? "prefill" : "decode") << " " << i << ", " << j;
+    }
+  }
+}
+
 // Batch invariance through the op on the hardware path: each row's bits do not depend on the rows
 // that share the call (count and offset), and prefill (its own kernel, blocked for W in cache)
 // gives decode's bits; at the 130m projection widths, a small one and one with a tail.
