@@ -15,12 +15,13 @@
 
 #include "core/tensor.h"
 #include "cpu/kernels.h"
+#include "cpu/simd/bf16xbf16.h"
 #include "cpu/simd/isa.h"
 #include "cpu/simd/q8x8.h"
 #include "cpu/simd/tile.h"
 #include "mamba2/error.h"
 #include "ops/ops.h"
-#include "q8_activations_as.h"
+#include "activations_as.h"
 
 namespace mamba2 {
 namespace {
@@ -240,9 +241,10 @@ void expect_widened_kernels(Tensor x, const Tensor& narrow, const Tensor& widene
   }
 }
 
-// bf16 weights (CPU inference): column counts with and without a tail.
+// bf16 weights (CPU inference) with fp32 activations: column counts with and without a tail.
 TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
   IsaScope scope;
+  const test::Bf16ActivationsAs act(ops::Bf16Activations::F32);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 1001}, {768, 256}}) {
     const int64_t M = 33;
     Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
@@ -629,6 +631,173 @@ TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
 }
 TEST(LinearQ4x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
   expect_int8_rows_do_not_depend_on_the_row_count<Q4Block>(DType::Q4_0);
+}
+
+// ---- bf16 weights × bf16 activations (cpu/simd/bf16xbf16.h) ----
+
+// Where the CPU has no AVX512_BF16 the kernels do not exist and these tests have nothing to run.
+#define SKIP_WITHOUT_AVX512_BF16()                                                                        \
+  if (!cpu::simd::cpu_has_avx512_bf16()) GTEST_SKIP() << "no AVX512_BF16 on this CPU: the bf16 x bf16 kernels " \
+                                                         "were not run"
+
+// x's rounding: to nearest, ties to even, NaN and infinities kept, zeros after k up to a whole step.
+TEST(LinearBf16x16, ActivationsRoundToNearestEvenAndArePaddedWithZeros) {
+  const float tie_down = 1.0f + std::ldexp(1.0f, -8), tie_up = 1.0f + 3 * std::ldexp(1.0f, -8);
+  const std::vector<float> x{tie_down, tie_up, -tie_up, 1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20), NAN,
+                             INFINITY, -0.0f, 3.4028235e38f};
+  std::vector<uint16_t> out(32, 0xFFFF);
+  cpu::simd::round_activations(x.data(), int64_t(x.size()), out.data());
+  EXPECT_EQ(bf16_to_f32(out[0]), 1.0f);
+  EXPECT_EQ(bf16_to_f32(out[1]), 1.0f + std::ldexp(1.0f, -6));
+  EXPECT_EQ(bf16_to_f32(out[2]), -(1.0f + std::ldexp(1.0f, -6)));
+  EXPECT_EQ(bf16_to_f32(out[3]), 1.0f + std::ldexp(1.0f, -7));
+  EXPECT_TRUE(std::isnan(bf16_to_f32(out[4])));
+  EXPECT_EQ(bf16_to_f32(out[5]), INFINITY);
+  EXPECT_EQ(out[6], 0x8000);
+  EXPECT_EQ(bf16_to_f32(out[7]), INFINITY);  // FLT_MAX lies past the last bf16's half step
+  for (size_t j = x.size(); j < out.size(); ++j) EXPECT_EQ(out[j], 0) << j;
+  EXPECT_EQ(cpu::simd::bf16_padded(1), 32);
+  EXPECT_EQ(cpu::simd::bf16_padded(64), 64);
+}
+
+// The hardware kernels against the exact sum (double) of the products of the bf16 weights and the
+// rounded activations, whatever the CPU does inside an instruction. Each of an output's 16 lanes is
+// a chain of s = ⌈k/32⌉ steps, each adding two exact products (at most two roundings a step), then
+// four levels of the lane tree: the error is at most γ_{2s+4}·Σ|w·x̂| (γ_n = n·2⁻²⁴/(1 − n·2⁻²⁴))
+// for normal numbers. The data are normal: no denormal product or sum that a flush could move.
+// And the distance to the fp32 activations is at most what rounding x moves, 2⁻⁸·Σ|w·x|, plus that.
+// Both kernels (prefill and decode), 1–17 rows of x at a stride wider than k, k with and without a
+// tail, n leaving partial row groups and bands.
+TEST(LinearBf16x16, IsTheDoubleSumWithinTheBoundOfItsOrder) {
+  SKIP_WITHOUT_AVX512_BF16();
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{37, 1}, {37, 31}, {70, 32}, {45, 100}, {130, 768},
+                             {17, 1001}, {9, 1536}}) {
+    const int64_t M = 17, ldx = k + 5, ldy = n + 3, steps = cpu::simd::bf16_padded(k) / 32;
+    Tensor W = Tensor::empty({n, k});
+    const auto wv = randn(size_t(n * k), 81), xv = randn(size_t(M * ldx), 82);
+    std::copy(wv.begin(), wv.end(), W.data());
+    const Tensor w16 = W.to(Device::CPU, DType::BF16);
+    const auto* wb = static_cast<const uint16_t*>(w16.raw());
+    std::vector<double> exact(size_t(M * n)), bound(size_t(M * n)), f32_act(size_t(M * n)), act_err(size_t(M * n));
+    const double u = std::ldexp(1.0, -24), gamma = (2 * steps + 4) * u / (1 - (2 * steps + 4) * u);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t r = 0; r < n; ++r) {
+        double s = 0, a = 0, f = 0, fa = 0;
+        for (int64_t j = 0; j < k; ++j) {
+          const double w = bf16_to_f32(wb[r * k + j]), xr = bf16_to_f32(f32_to_bf16(xv[size_t(i * ldx + j)]));
+          s += w * xr;
+          a += std::fabs(w * xr);
+          f += w * xv[size_t(i * ldx + j)];
+          fa += std::fabs(w * xv[size_t(i * ldx + j)]);
+        }
+        exact[size_t(i * n + r)] = s;
+        bound[size_t(i * n + r)] = gamma * a;
+        f32_act[size_t(i * n + r)] = f;
+        act_err[size_t(i * n + r)] = std::ldexp(fa, -8) + gamma * a;
+      }
+    for (bool prefill : {true, false})
+      for (int64_t m : {1, 2, 3, 4, 7, 8, 9, 16, 17}) {
+        std::vector<float> y(size_t(m * ldy), -7.0f);
+        {
+          IsaScope scope;
+          cpu::simd::set_isa(Isa::Avx512);
+          cpu::linear_bf16(xv.data(), ldx, wb, y.data(), ldy, m, n, k, prefill);
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t r = 0; r < n; ++r) {
+            const size_t o = size_t(i * n + r);
+            ASSERT_LE(std::fabs(y[size_t(i * ldy + r)] - exact[o]), bound[o])
+                << (prefill ? "prefill" : "decode") << " n " << n << " k " << k << " rows " << m << " at " << i << ", "
+                << r;
+            ASSERT_LE(std::fabs(y[size_t(i * ldy + r)] - f32_act[o]), act_err[o]) << i << ", " << r;
+          }
+          for (int64_t j = n; j < ldy; ++j) ASSERT_EQ(y[size_t(i * ldy + j)], -7.0f) << "wrote past row " << i;
+        }
+      }
+  }
+}
+
+// A NaN in a row of x makes that row's outputs NaN and no other row's, in both kernels.
+TEST(LinearBf16x16, NanActivationsStayInTheirRow) {
+  SKIP_WITHOUT_AVX512_BF16();
+  IsaScope scope;
+  cpu::simd::set_isa(Isa::Avx512);
+  const int64_t n = 40, k = 100;
+  for (int64_t m : {3, 11}) {
+    Tensor W = Tensor::empty({n, k});
+    const auto wv = randn(size_t(n * k), 93);
+    auto xv = randn(size_t(m * k), 94);
+    xv[size_t(k + 5)] = NAN;
+    std::copy(wv.begin(), wv.end(), W.data());
+    const Tensor w16 = W.to(Device::CPU, DType::BF16);
+    for (bool prefill : {true, false}) {
+      std::vector<float> y(size_t(m * n));
+      cpu::linear_bf16(xv.data(), k, static_cast<const uint16_t*>(w16.raw()), y.data(), n, m, n, k, prefill);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          EXPECT_EQ(std::isnan(y[size_t(i * n + j)]), i == 1) << (prefill ? "prefill" : "decode") << " " << i << ", " << j;
+    }
+  }
+}
+
+// Batch invariance through the op on the hardware path: each row's bits do not depend on the rows
+// that share the call (count and offset), and prefill (its own kernel, blocked for W in cache)
+// gives decode's bits; at the 130m projection widths, a small one and one with a tail.
+TEST(LinearBf16x16, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
+  SKIP_WITHOUT_AVX512_BF16();
+  IsaScope scope;
+  cpu::simd::set_isa(Isa::Avx512);
+  const test::Bf16ActivationsAs act(ops::Bf16Activations::Bf16);
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}, {100, 1001}}) {
+    const int64_t M = 70;
+    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
+    const auto wv = randn(size_t(n * k), 91), xv = randn(size_t(M * k), 92);
+    std::copy(wv.begin(), wv.end(), W.data());
+    std::copy(xv.begin(), xv.end(), x.data());
+    const Tensor w16 = W.to(Device::CPU, DType::BF16);
+    Tensor ref = Tensor::empty({M, n});
+    ops::linear(MatView::of(x), w16, MatView::of(ref), ops::LinearKernel::Decode);
+    for (auto kernel : {ops::LinearKernel::Prefill, ops::LinearKernel::Decode})
+      for (int64_t m : {1, 2, 3, 5, 8, 9, 13, 17, 33, 70})
+        for (int64_t off : {int64_t(0), int64_t(1), M - m}) {
+          if (off + m > M) continue;
+          Tensor y = Tensor::empty({m, n});
+          ops::linear(MatView::of(x).rows_slice(off, m), w16, MatView::of(y), kernel);
+          ASSERT_EQ(std::memcmp(y.data(), ref.data() + off * n, sizeof(float) * size_t(m * n)), 0)
+              << (kernel == ops::LinearKernel::Prefill ? "prefill" : "decode") << " n " << n << " k " << k << " rows "
+              << m << " at " << off;
+        }
+  }
+}
+
+// The choice: the default follows the kernels (on with AVX512_BF16, off elsewhere and under
+// another instruction set), f32 turns them off, and bf16 where they are missing is refused.
+TEST(LinearBf16x16, ActivationsFollowTheKernelsAndBf16IsRefusedWithout) {
+  IsaScope scope;
+  for (Isa isa : cpu::simd::available_isas()) {
+    cpu::simd::set_isa(isa);
+    const bool has = cpu::simd::bf16_kernels(isa) != nullptr;
+    EXPECT_EQ(has, isa == Isa::Avx512 && cpu::simd::cpu_has_avx512_bf16()) << cpu::simd::isa_name(isa);
+    {
+      const test::Bf16ActivationsAs act(ops::Bf16Activations::Default);
+      EXPECT_EQ(ops::bf16_rounded_activations(), has) << cpu::simd::isa_name(isa);
+    }
+    {
+      const test::Bf16ActivationsAs act(ops::Bf16Activations::F32);
+      EXPECT_FALSE(ops::bf16_rounded_activations());
+    }
+    const test::Bf16ActivationsAs act(ops::Bf16Activations::Bf16);
+    if (has) {
+      EXPECT_TRUE(ops::bf16_rounded_activations());
+      continue;
+    }
+    try {
+      ops::bf16_rounded_activations();
+      FAIL() << "bf16 activations without their kernels were not refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[linear] bf16 activations"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -18,7 +18,7 @@
 #include "mamba2/config.h"
 #include "model/weights.h"
 #include "ops/ops.h"
-#include "q8_activations_as.h"
+#include "activations_as.h"
 #include "test_files.h"
 
 namespace mamba2::test {

@@ -67,6 +67,12 @@ void linear_int8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_
                  int64_t k, bool prefill);
 void linear_int8(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill);
+// bf16 weights × x's rows rounded to bf16 (cpu/simd/bf16xbf16.h: AVX-512 BF16's vdpbf16ps, fp32
+// lanes in an order fixed by k). prefill: the kernel blocked for W in cache; the bits are the
+// same either way, and for any m. Only where simd::bf16_kernels(active_isa()) has kernels
+// ("[linear]" error elsewhere).
+void linear_bf16(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                 int64_t k, bool prefill);
 template <class T>
 void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,

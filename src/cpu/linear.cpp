@@ -3,7 +3,8 @@
 // accumulates. The inference kernels also take bf16 weights (uint16_t, the top half of an fp32)
 // and Q8_0 or Q4_0 blocks (core/dtype.h), widened as they are read: the arithmetic, and so every
 // bit of y, is that of the fp32 kernel on the weights rounded to bf16 or dequantized, at 0.5, 0.27
-// or 0.14 of the bytes read.
+// or 0.14 of the bytes read. linear_bf16 and linear_int8 instead round x to bf16 or int8 and
+// multiply the narrow values themselves (cpu/simd/bf16xbf16.h, q8x8.h).
 #include <omp.h>
 
 #include <algorithm>
@@ -15,9 +16,11 @@
 #include "core/dtype.h"
 #include "cpu/blas.h"
 #include "cpu/kernels.h"
+#include "cpu/simd/bf16xbf16.h"
 #include "cpu/simd/q8x8.h"
 #include "cpu/simd/rows.h"
 #include "cpu/simd/tile.h"
+#include "mamba2/error.h"
 
 namespace mamba2::cpu {
 
@@ -274,6 +277,48 @@ void int8_linear(const float* x, int64_t ldx, const Block* W, float* y, int64_t 
 }
 
 }  // namespace
+
+// bf16 weights × x's rows rounded to bf16 (cpu/simd/bf16xbf16.h): x rounded once, then bands of
+// W's rows as the fp32 row kernels take them, for decode and prefill alike (the kernels read W
+// as stored, so prefill needs no packing: its kernel is a rows kernel blocked for W in cache).
+// Each output is the definition's one sum, so a row's bits do not depend on m or on the kernel.
+void linear_bf16(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
+                 int64_t k, bool prefill) {
+  if (m == 0 || n == 0) return;
+  const simd::Bf16Kernels* t = simd::bf16_kernels(simd::active_isa());
+  if (!t)
+    fail("[linear] bf16 activations: the {} kernels have no bf16 dot products", simd::isa_name(simd::active_isa()));
+  const int64_t kp = simd::bf16_padded(k);
+  const simd::Bf16RowsFn eight = prefill ? t->prefill8 : t->rows[3];
+  // Bands of a multiple of 24 rows (every kernel's rows a pass divide it), about four per thread.
+  const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 24, 48) / 24 * 24;
+  const bool own = m <= 8;  // a few rows (decode): each thread rounds them for itself, no barrier
+  thread_local std::vector<uint16_t> rounded;  // kept between calls: the caller's thread persists
+  if (!own) rounded.resize(size_t(m * kp));
+  uint16_t* const shared = rounded.data();  // the caller's: thread_local names another vector in each thread
+#pragma omp parallel
+  {
+    thread_local std::vector<uint16_t> mine;
+    uint16_t* xa = shared;
+    if (own) {
+      mine.resize(size_t(m * kp));
+      xa = mine.data();
+      for (int64_t i = 0; i < m; ++i) simd::round_activations(x + i * ldx, k, xa + i * kp);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m; ++i) simd::round_activations(x + i * ldx, k, xa + i * kp);
+    }
+#pragma omp for schedule(static)
+    for (int64_t b0 = 0; b0 < n; b0 += band) {
+      const int64_t b1 = std::min(b0 + band, n);
+      int64_t i = 0;
+      for (; i + 8 <= m; i += 8) eight(xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i + 4 <= m; i += 4) t->rows[2](xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i + 2 <= m; i += 2) t->rows[1](xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i < m; ++i) t->rows[0](xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
+    }
+  }
+}
 
 void linear_int8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                  int64_t k, bool prefill) {

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cpu/kernels.h"
+#include "cpu/simd/bf16xbf16.h"
 #include "cpu/simd/q8x8.h"
 #include "cuda/kernels.h"
 #include "ops/check.h"
@@ -22,6 +23,16 @@ Q8Activations initial_q8_activations() {
 }
 
 std::atomic<int> g_q8_activations{-1};
+
+Bf16Activations initial_bf16_activations() {
+  const char* env = std::getenv("MAMBA2_BF16_ACTIVATIONS");
+  if (!env || !*env) return Bf16Activations::Default;
+  if (std::string(env) == "bf16") return Bf16Activations::Bf16;
+  if (std::string(env) == "f32") return Bf16Activations::F32;
+  fail("[linear] MAMBA2_BF16_ACTIVATIONS={} is not one of bf16, f32", env);
+}
+
+std::atomic<int> g_bf16_activations{-1};
 
 }  // namespace
 
@@ -49,6 +60,34 @@ bool int8_activations(DType weights) {
   fail("[linear] int8 activations are for Q8_0 and Q4_0 weights, not {}", dtype_name(weights));
 }
 
+Bf16Activations bf16_activations() {
+  int v = g_bf16_activations.load(std::memory_order_acquire);
+  if (v < 0) {
+    v = int(initial_bf16_activations());
+    int expected = -1;
+    if (!g_bf16_activations.compare_exchange_strong(expected, v)) v = expected;
+  }
+  return Bf16Activations(v);
+}
+
+void set_bf16_activations(Bf16Activations a) { g_bf16_activations.store(int(a), std::memory_order_release); }
+
+bool bf16_rounded_activations() {
+  const cpu::simd::Isa isa = cpu::simd::active_isa();
+  const cpu::simd::Bf16Kernels* t = cpu::simd::bf16_kernels(isa);
+  switch (bf16_activations()) {
+    case Bf16Activations::F32: return false;
+    case Bf16Activations::Bf16:
+      if (!t)
+        fail("[linear] bf16 activations asked for (MAMBA2_BF16_ACTIVATIONS=bf16), but the {} kernels have none: "
+             "they need AVX-512 with AVX512_BF16",
+             cpu::simd::isa_name(isa));
+      return true;
+    case Bf16Activations::Default: break;
+  }
+  return t && t->default_on;
+}
+
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1);
@@ -66,7 +105,8 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
 #endif
     return;
   }
-  // The CPU computes in fp32; inference may read bf16, Q8_0 or Q4_0 weights.
+  // The CPU computes in fp32; inference may read bf16, Q8_0 or Q4_0 weights (and round the
+  // activations to their bf16 or int8 counterparts).
   check_dtype("linear", "x", x.dtype, DType::F32);
   const auto narrow = [&](const auto* w) {
     if (kernel == LinearKernel::Prefill)
@@ -74,7 +114,11 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
     else
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
   };
-  if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) return narrow(static_cast<const uint16_t*>(W.raw()));
+  if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) {
+    const auto* w = static_cast<const uint16_t*>(W.raw());
+    if (!bf16_rounded_activations()) return narrow(w);
+    return cpu::linear_bf16(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+  }
   // Q8_0 and Q4_0: against int8 activations, or fp32 ones as the other narrow formats.
   const auto blocks = [&](const auto* w) {
     if (!int8_activations(W.dtype())) return narrow(w);

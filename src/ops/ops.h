@@ -58,6 +58,18 @@ Q8Activations q8_activations();
 void set_q8_activations(Q8Activations a);
 // Whether the CPU multiplies `weights` (Q8_0 or Q4_0) against int8 activations now.
 bool int8_activations(DType weights);
+// bf16 weights on the CPU: x's rows rounded to bf16 and multiplied by AVX-512 BF16's vdpbf16ps
+// (Bf16, cpu/simd/bf16xbf16.h), or kept fp32 against the widened weights (F32: bit for bit the
+// fp32 kernels on the rounded weights). Default: bf16 where the instruction set in use has those
+// kernels and they are the faster path (Bf16Kernels::default_on: AVX-512 with AVX512_BF16), else
+// fp32. MAMBA2_BF16_ACTIVATIONS=bf16|f32 chooses at first use (bf16 is refused by the linear op
+// where the kernels are missing); set_bf16_activations changes it (tests and benchmarks).
+enum class Bf16Activations { Default, Bf16, F32 };
+Bf16Activations bf16_activations();
+void set_bf16_activations(Bf16Activations a);
+// Whether the CPU multiplies bf16 weights against bf16 activations now ("[linear]" error when
+// Bf16 is asked for where the instruction set in use has no such kernels).
+bool bf16_rounded_activations();
 // The GPU decode step's fused projections (a decode step is latency-bound: each fusion saves a
 // kernel and a pass over the activations). The norm is applied on the way in, from partial sums
 // of squares left by the op before: row r's group g (of `groups` equal column ranges of src) is

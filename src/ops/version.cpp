@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "cpu/blas.h"
+#include "cpu/simd/bf16xbf16.h"
 #include "cpu/simd/isa.h"
 #include "cpu/simd/q8x8.h"
 #include "cuda/runtime.h"
@@ -30,15 +31,25 @@ std::string version_info() {
     return fmt::format("{} weights, {} kernels", q8 && q4 ? "q8 and q4" : q8 ? "q8" : "q4",
                        simd::int8_kernels(simd::active_isa()).name);
   };
+  // Not ops::bf16_rounded_activations: asked for where the kernels are missing it refuses, and the
+  // version is what tells the user so.
+  const auto bf16_line = [&]() -> std::string {
+    const simd::Bf16Kernels* t = simd::bf16_kernels(simd::active_isa());
+    const ops::Bf16Activations a = ops::bf16_activations();
+    if (a == ops::Bf16Activations::Bf16 && !t) return "asked for, but these kernels have none (AVX512_BF16 needed)";
+    const bool on = t && (a == ops::Bf16Activations::Bf16 || (a == ops::Bf16Activations::Default && t->default_on));
+    return on ? fmt::format("bf16 weights, {} kernels", t->name) : "none (fp32 activations for bf16 weights)";
+  };
   return fmt::format(
       "mamba2 {}\n"
       "build: {} ({})\n"
       "kernels: {} (this CPU runs: {}; MAMBA2_ISA chooses)\n"
       "int8 activations: {} (MAMBA2_Q8_ACTIVATIONS chooses)\n"
+      "bf16 activations: {} (MAMBA2_BF16_ACTIVATIONS chooses)\n"
       "blas: {}, {} kernels (SSD chunk products, training; OPENBLAS_CORETYPE chooses)\n"
       "cuda: {}\n",
       MAMBA2_VERSION, MAMBA2_BUILD_TARGET, simd::compiled_isa_extensions(), simd::isa_name(simd::active_isa()), avail,
-      int8_line(),
+      int8_line(), bf16_line(),
       blas, openblas_get_corename(), gpu);
 }
 

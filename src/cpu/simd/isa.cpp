@@ -95,6 +95,16 @@ bool cpu_has_avx512_vnni() {
 #endif
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__)
+  static const bool has =
+      supported(Isa::Avx512) && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
 std::string compiled_isa_extensions() {
   std::string s;
   auto add = [&](const char* name) { s += s.empty() ? name : std::string(" ") + name; };

@@ -21,5 +21,7 @@ Isa parse_isa(const std::string& name);  // "[isa]" error for an unknown or unsu
 std::string compiled_isa_extensions();
 // AVX512_VNNI (vpdpbusd) beside AVX-512F: the Q8_0 × int8 kernels' best path (cpu/simd/q8x8.h).
 bool cpu_has_avx512_vnni();
+// AVX512_BF16 (vdpbf16ps) and AVX512BW beside AVX-512F: the bf16 × bf16 kernels (cpu/simd/bf16xbf16.h).
+bool cpu_has_avx512_bf16();
 
 }  // namespace mamba2::cpu::simd
