@@ -344,6 +344,59 @@ TEST_F(Serve, AnswersLoadingUntilTheModelIsThere) {
   t.join();
 }
 
+// The limits, each answered while the server keeps serving: a prompt over the limit is a 400 naming
+// it; with the one slot busy and the queue full, a request gets 503 with Retry-After; stopping the
+// server ends the running and the queued stream cleanly (finished, [DONE]).
+TEST_F(Serve, LimitsAreClearAnswersAndStopEndsStreamsCleanly) {
+  ServeOptions o;
+  o.port = 0;
+  o.limits.slots = 1;
+  o.limits.queue = 1;
+  o.limits.prompt_tokens = 16;
+  Server small(*model_, *tokenizer_, o);
+  std::thread t([&] { small.listen(); });
+  for (int i = 0; i < 500 && small.port() < 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_GT(small.port(), 0);
+  const int port = small.port();
+  std::string long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt += " word";
+  const Reply over = curl("/v1/completions", request(long_prompt, 1, 2, 0.0f, false), "", port);
+  EXPECT_EQ(over.status, 400) << over.body;
+  EXPECT_NE(over.body.find("more than the limit of 16"), std::string::npos) << over.body;
+
+  // Endless streams (stopped below): one holds the slot, the next waits in the queue.
+  const auto gauge = [&](const std::string& name) {
+    const std::string m = curl("/metrics", "", "", port).body;
+    const size_t at = m.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::atoi(m.c_str() + at + name.size() + 2);
+  };
+  const auto wait_for = [&](const std::string& name, int value) {
+    for (int i = 0; i < 1000 && gauge(name) != value; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return gauge(name) == value;
+  };
+  Reply running, queued;
+  std::thread a([&] { running = curl("/v1/completions", request("In the beginning", 1, 100000000, 0.0f, true), "", port); });
+  ASSERT_TRUE(wait_for("mamba2_requests_running", 1));
+  std::thread b([&] { queued = curl("/v1/completions", request("And God said", 2, 100000000, 0.0f, true), "", port); });
+  ASSERT_TRUE(wait_for("mamba2_requests_waiting", 1));
+  const Reply full = curl("/v1/completions", request("hi", 3, 2, 0.0f, false), "-i", port);
+  EXPECT_EQ(full.status, 503) << full.body;
+  EXPECT_NE(full.body.find("Retry-After: 1"), std::string::npos) << full.body;
+  EXPECT_NE(full.body.find("requests are waiting already"), std::string::npos) << full.body;
+  EXPECT_EQ(curl("/health", "", "", port).status, 200);
+
+  small.stop();
+  t.join();
+  a.join();
+  b.join();
+  for (const Reply* r : {&running, &queued}) {
+    EXPECT_EQ(r->status, 200);
+    std::string reason;
+    (void)stream_text(r->body, &reason);  // checks the [DONE]
+    EXPECT_FALSE(reason.empty()) << "the stream ended without a finish_reason";
+  }
+}
+
 // A prompt sharing a prefix with an earlier one resumes from the cached state at the longest
 // chunk boundary of the shared part: the text is the one without any cache, `usage` and
 // /metrics report the cached tokens.
