@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <mutex>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "core/json.h"
@@ -51,6 +52,9 @@ struct Server::Impl {
   bool stopped = false;
   httplib::Server http;
   std::atomic<int64_t> next_id{0};
+  // Streamed responses still writing: stop() lets them send their last events before the HTTP
+  // server stops (httplib ends a chunked response mid-way once it is stopping).
+  std::atomic<int64_t> open_streams{0};
   int bound_port = -1;
 
   explicit Impl(ServeOptions o) : options(std::move(o)) {}
@@ -134,6 +138,7 @@ struct Server::Impl {
     }
     res.set_header("Cache-Control", "no-cache");
     auto first = std::make_shared<bool>(true);
+    ++open_streams;
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, api, out, id, created, first](size_t, httplib::DataSink& sink) {
@@ -154,8 +159,9 @@ struct Server::Impl {
           if (e.finished) sink.done();
           return true;
         },
-        [out](bool success) {
+        [this, out](bool success) {
           if (!success) out->cancel();  // the client went away: free the slot
+          --open_streams;
         });
   }
 
@@ -292,14 +298,17 @@ void Server::listen() {
 
 int Server::port() const { return impl_->bound_port; }
 
-// The engine first: it ends every stream, so the connections waiting on them finish and the
-// HTTP pool can join its threads.
+// The engine first: it ends every stream (queued ones too); then the streamed responses send
+// those last events (finish_reason, [DONE]) — for a few seconds at most, a client that reads
+// nothing does not hold the shutdown — and the HTTP pool can join its threads.
 void Server::stop() {
   {
     std::lock_guard lock(impl_->lifecycle);
     impl_->stopped = true;
   }
   if (impl_->engine) impl_->engine->stop();
+  for (int i = 0; i < 500 && impl_->open_streams.load() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   impl_->http.stop();
 }
 
