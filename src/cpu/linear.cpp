@@ -212,6 +212,41 @@ const simd::Int8Set<Q4Block>& int8_set(const simd::Int8Kernels& t, const Q4Block
 // Q8_0 or Q4_0 × int8 (cpu/simd/q8x8.h): x's rows quantized once, then the GEMM blocks of the kernel
 // set (prefill, where it has them) or its rows in bands (decode, and prefill without). Each output
 // is the definition's one sum whichever runs, so prefill and decode give a row the same bits.
+// The rows kernels of narrow activations (int8 blocks, bf16) over bands of W's rows: each row of x
+// converted once (convert(row, out): `stride` values of A), then rows[3], [2], [1], [0] on 8, 4, 2
+// and 1 rows of x at a time, `band` rows of W a task. A few rows (decode) each thread converts for
+// itself: cheaper than the barrier after sharing the work; more share it, in `shared` (the
+// caller's thread's buffer, sized here).
+template <class A, class Wt, class Fn, class Convert>
+void banded_rows(const float* x, int64_t ldx, int64_t m, int64_t stride, std::vector<A>& shared, Convert convert,
+                 const Fn (&rows)[4], const Wt* W, float* y, int64_t ldy, int64_t n, int64_t k, int64_t band) {
+  const bool own = m <= 8;
+  if (!own) shared.resize(size_t(m * stride));
+  A* const common = shared.data();  // a thread_local vector names another one in each thread
+#pragma omp parallel
+  {
+    thread_local std::vector<A> mine;
+    A* xa = common;
+    if (own) {
+      mine.resize(size_t(m * stride));
+      xa = mine.data();
+      for (int64_t i = 0; i < m; ++i) convert(x + i * ldx, xa + i * stride);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m; ++i) convert(x + i * ldx, xa + i * stride);
+    }
+#pragma omp for schedule(static)
+    for (int64_t b0 = 0; b0 < n; b0 += band) {
+      const int64_t b1 = std::min(b0 + band, n);
+      int64_t i = 0;
+      for (; i + 8 <= m; i += 8) rows[3](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i + 4 <= m; i += 4) rows[2](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i + 2 <= m; i += 2) rows[1](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
+      for (; i < m; ++i) rows[0](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
+    }
+  }
+}
+
 template <class Block>
 void int8_linear(const float* x, int64_t ldx, const Block* W, float* y, int64_t ldy, int64_t m, int64_t n, int64_t k,
                  bool prefill) {
@@ -248,32 +283,11 @@ void int8_linear(const float* x, int64_t ldx, const Block* W, float* y, int64_t 
     }
     return;
   }
-  // Bands of whole 16-row groups (the widest kernel's), about four per thread. A few rows (decode)
-  // each thread quantizes for itself: cheaper than the barrier after sharing the work.
+  // Bands of whole 16-row groups (the widest kernel's), about four per thread.
   const int64_t band = std::clamp<int64_t>(n / want, 16, 64) / 16 * 16;
-  const bool own = m <= 8;
-#pragma omp parallel
-  {
-    thread_local std::vector<simd::ActBlock> mine;
-    simd::ActBlock* xa = xq;
-    if (own) {
-      mine.resize(size_t(m * nb));
-      xa = mine.data();
-      for (int64_t i = 0; i < m; ++i) simd::quantize_activations(x + i * ldx, k, xa + i * nb);
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < m; ++i) simd::quantize_activations(x + i * ldx, k, xq + i * nb);
-    }
-#pragma omp for schedule(static)
-    for (int64_t b0 = 0; b0 < n; b0 += band) {
-      const int64_t b1 = std::min(b0 + band, n);
-      int64_t i = 0;
-      for (; i + 8 <= m; i += 8) t.rows[3](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i + 4 <= m; i += 4) t.rows[2](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i + 2 <= m; i += 2) t.rows[1](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i < m; ++i) t.rows[0](xa + i * nb, nb, W, y + i * ldy, ldy, b0, b1, k);
-    }
-  }
+  banded_rows(
+      x, ldx, m, nb, quantized, [k](const float* row, simd::ActBlock* out) { simd::quantize_activations(row, k, out); },
+      t.rows, W, y, ldy, n, k, band);
 }
 
 }  // namespace
@@ -289,35 +303,13 @@ void linear_bf16(const float* x, int64_t ldx, const uint16_t* W, float* y, int64
   if (!t)
     fail("[linear] bf16 activations: the {} kernels have no bf16 dot products", simd::isa_name(simd::active_isa()));
   const int64_t kp = simd::bf16_padded(k);
-  const simd::Bf16RowsFn eight = prefill ? t->prefill8 : t->rows[3];
+  const simd::Bf16RowsFn rows[4] = {t->rows[0], t->rows[1], t->rows[2], prefill ? t->prefill8 : t->rows[3]};
   // Bands of a multiple of 24 rows (every kernel's rows a pass divide it), about four per thread.
   const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 24, 48) / 24 * 24;
-  const bool own = m <= 8;  // a few rows (decode): each thread rounds them for itself, no barrier
   thread_local std::vector<uint16_t> rounded;  // kept between calls: the caller's thread persists
-  if (!own) rounded.resize(size_t(m * kp));
-  uint16_t* const shared = rounded.data();  // the caller's: thread_local names another vector in each thread
-#pragma omp parallel
-  {
-    thread_local std::vector<uint16_t> mine;
-    uint16_t* xa = shared;
-    if (own) {
-      mine.resize(size_t(m * kp));
-      xa = mine.data();
-      for (int64_t i = 0; i < m; ++i) simd::round_activations(x + i * ldx, k, xa + i * kp);
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < m; ++i) simd::round_activations(x + i * ldx, k, xa + i * kp);
-    }
-#pragma omp for schedule(static)
-    for (int64_t b0 = 0; b0 < n; b0 += band) {
-      const int64_t b1 = std::min(b0 + band, n);
-      int64_t i = 0;
-      for (; i + 8 <= m; i += 8) eight(xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i + 4 <= m; i += 4) t->rows[2](xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i + 2 <= m; i += 2) t->rows[1](xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i < m; ++i) t->rows[0](xa + i * kp, kp, W, y + i * ldy, ldy, b0, b1, k);
-    }
-  }
+  banded_rows(
+      x, ldx, m, kp, rounded, [k](const float* row, uint16_t* out) { simd::round_activations(row, k, out); },
+      rows, W, y, ldy, n, k, band);
 }
 
 void linear_int8(const float* x, int64_t ldx, const Q8Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
