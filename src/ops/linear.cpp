@@ -34,17 +34,21 @@ Bf16Activations initial_bf16_activations() {
 
 std::atomic<int> g_bf16_activations{-1};
 
+// The choice held in g (-1: none yet): the environment's, read once at first use, unless set before.
+template <class E>
+E chosen(std::atomic<int>& g, E (*initial)()) {
+  int v = g.load(std::memory_order_acquire);
+  if (v < 0) {
+    v = int(initial());
+    int expected = -1;
+    if (!g.compare_exchange_strong(expected, v)) v = expected;
+  }
+  return E(v);
+}
+
 }  // namespace
 
-Q8Activations q8_activations() {
-  int v = g_q8_activations.load(std::memory_order_acquire);
-  if (v < 0) {
-    v = int(initial_q8_activations());
-    int expected = -1;
-    if (!g_q8_activations.compare_exchange_strong(expected, v)) v = expected;
-  }
-  return Q8Activations(v);
-}
+Q8Activations q8_activations() { return chosen(g_q8_activations, initial_q8_activations); }
 
 void set_q8_activations(Q8Activations a) { g_q8_activations.store(int(a), std::memory_order_release); }
 
@@ -60,15 +64,7 @@ bool int8_activations(DType weights) {
   fail("[linear] int8 activations are for Q8_0 and Q4_0 weights, not {}", dtype_name(weights));
 }
 
-Bf16Activations bf16_activations() {
-  int v = g_bf16_activations.load(std::memory_order_acquire);
-  if (v < 0) {
-    v = int(initial_bf16_activations());
-    int expected = -1;
-    if (!g_bf16_activations.compare_exchange_strong(expected, v)) v = expected;
-  }
-  return Bf16Activations(v);
-}
+Bf16Activations bf16_activations() { return chosen(g_bf16_activations, initial_bf16_activations); }
 
 void set_bf16_activations(Bf16Activations a) { g_bf16_activations.store(int(a), std::memory_order_release); }
 
