@@ -42,6 +42,14 @@ std::vector<float> randn(size_t n, uint32_t seed) {
   return v;
 }
 
+// A (rows, cols) tensor of randn(rows·cols, seed).
+Tensor randn_matrix(int64_t rows, int64_t cols, uint32_t seed) {
+  Tensor t = Tensor::empty({rows, cols});
+  const auto v = randn(size_t(rows * cols), seed);
+  std::copy(v.begin(), v.end(), t.data());
+  return t;
+}
+
 // y[i, j] = fma chain over p = 0..k-1 of x[i, p]·W[j, p], starting from 0.
 std::vector<float> fma_chain(const std::vector<float>& x, int64_t ldx, const std::vector<float>& W, int64_t m,
                              int64_t n, int64_t k) {
@@ -192,10 +200,7 @@ TEST(LinearRows, DoNotDependOnTheRowCount) {
   IsaScope scope;
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
     const int64_t M = 70;
-    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
-    const auto wv = randn(size_t(n * k), 7), xv = randn(size_t(M * k), 8);
-    std::copy(wv.begin(), wv.end(), W.data());
-    std::copy(xv.begin(), xv.end(), x.data());
+    Tensor W = randn_matrix(n, k, 7), x = randn_matrix(M, k, 8);
     for (const auto& [isa, kernel] : every_path()) {
       cpu::simd::set_isa(isa);
       {
@@ -247,10 +252,7 @@ TEST(LinearBf16, IsTheF32KernelOnTheRoundedWeights) {
   const test::Bf16ActivationsAs act(ops::Bf16Activations::F32);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{296, 64}, {200, 1001}, {768, 256}}) {
     const int64_t M = 33;
-    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
-    const auto wv = randn(size_t(n * k), 17), xv = randn(size_t(M * k), 18);
-    std::copy(wv.begin(), wv.end(), W.data());
-    std::copy(xv.begin(), xv.end(), x.data());
+    Tensor W = randn_matrix(n, k, 17), x = randn_matrix(M, k, 18);
     const Tensor w16 = W.to(Device::CPU, DType::BF16);
     expect_widened_kernels(x, w16, w16.to(Device::CPU, DType::F32));
   }
@@ -596,10 +598,7 @@ void expect_int8_rows_do_not_depend_on_the_row_count(DType dtype) {
   const test::Q8ActivationsAs act(ops::Q8Activations::Int8);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
     const int64_t M = 70;
-    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
-    const auto wv = randn(size_t(n * k), 71), xv = randn(size_t(M * k), 72);
-    std::copy(wv.begin(), wv.end(), W.data());
-    std::copy(xv.begin(), xv.end(), x.data());
+    Tensor W = randn_matrix(n, k, 71), x = randn_matrix(M, k, 72);
     const Tensor q = W.to(Device::CPU, dtype);
     Tensor first = Tensor::empty({M, n});
     bool have_first = false;
@@ -750,10 +749,7 @@ TEST(LinearBf16x16, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
   const test::Bf16ActivationsAs act(ops::Bf16Activations::Bf16);
   for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}, {100, 1001}}) {
     const int64_t M = 70;
-    Tensor W = Tensor::empty({n, k}), x = Tensor::empty({M, k});
-    const auto wv = randn(size_t(n * k), 91), xv = randn(size_t(M * k), 92);
-    std::copy(wv.begin(), wv.end(), W.data());
-    std::copy(xv.begin(), xv.end(), x.data());
+    Tensor W = randn_matrix(n, k, 91), x = randn_matrix(M, k, 92);
     const Tensor w16 = W.to(Device::CPU, DType::BF16);
     Tensor ref = Tensor::empty({M, n});
     ops::linear(MatView::of(x), w16, MatView::of(ref), ops::LinearKernel::Decode);
