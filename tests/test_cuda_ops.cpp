@@ -38,15 +38,9 @@ TEST(CudaOps, EmbeddingGathersRowsInEveryDtype) {
     const Tensor ref_table = test::rounded(table, dt);
     Tensor want = Tensor::empty({5, 24});
     ops::embedding(ref_table, ids, MatView::of(want));
-    Tensor got = test::gpu_nan({5, 24}), sums = test::gpu_nan({5, 1});
-    ops::embedding(to_gpu(table, dt), ids, MatView::of(got), nullptr, MatView::of(sums));
+    Tensor got = test::gpu_nan({5, 24});
+    ops::embedding(to_gpu(table, dt), ids, MatView::of(got));
     EXPECT_TRUE(test::same_bits(to_cpu(got), want)) << dtype_name(dt);
-    const Tensor got_sums = to_cpu(sums);  // the first layer's fused norm reads these
-    for (int64_t r = 0; r < 5; ++r) {
-      double ss = 0.0;
-      for (int64_t j = 0; j < 24; ++j) ss += double(want.data()[r * 24 + j]) * want.data()[r * 24 + j];
-      EXPECT_NEAR(got_sums.data()[r], ss, 1e-6 * ss) << dtype_name(dt) << " row " << r;
-    }
   }
 }
 
@@ -118,9 +112,11 @@ TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
   }
 }
 
-// The decode step's fused projections against the unfused computation done here in double: the
-// norm from partial sums of squares (each a quarter of a group's columns), x = src·scale·w
-// rounded to the compute dtype, then the product with W rounded alike.
+// The decode step's fused projections against the unfused computation done here in double, in
+// both forms of the norm (ops::RowNorm). From partial sums of squares (each a quarter of a group's
+// columns): x = src·scale·w rounded to the compute dtype, then the product with W rounded alike.
+// Without sums (one group): x = src·w rounded (the same fp32 product the kernel forms), the product,
+// then times the row's scale.
 TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
   MAMBA2_REQUIRE_GPU();
   // k = 768: the tensor-core kernel splits k over a cluster of blocks (decode_splits); n = 4800:
@@ -128,66 +124,70 @@ TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
   const int64_t per = 4;
   const float eps = 1e-5f;
   for (const auto& [n, k, groups] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {40, 96, 1}, {40, 96, 3}, {40, 768, 1}, {40, 768, 3}, {4800, 96, 1}, {4800, 768, 3}}) {
-    for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
-      for (int64_t m : {1, 5, 70}) {
-        SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " groups " << groups << " " << dtype_name(dt)
-                                        << " m " << m);
-        const Tensor src = random_tensor({m, k}, 50 + uint64_t(m), -2.0f, 2.0f), w = random_tensor({k}, 51);
-        const Tensor W = random_tensor({n, k}, 52), res0 = random_tensor({m, n}, 53);
-        const int64_t gs = k / groups;
-        Tensor sums = Tensor::zeros({m, groups * per}), x = Tensor::empty({m, k});
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t c = 0; c < k; ++c) {
-            const float v = src.data()[r * k + c];
-            sums.data()[r * groups * per + c / gs * per + c % per] += v * v;
+           {40, 96, 1}, {40, 96, 3}, {40, 768, 1}, {40, 768, 3}, {4800, 96, 1}, {4800, 768, 3}, {4800, 768, 1}}) {
+    for (const bool with_sums : {true, false}) {
+      if (!with_sums && groups != 1) continue;
+      for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+        for (int64_t m : {1, 5, 70}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " groups " << groups << " " << dtype_name(dt)
+                                          << " m " << m << (with_sums ? " sums" : " own norm"));
+          const Tensor src = random_tensor({m, k}, 50 + uint64_t(m), -2.0f, 2.0f), w = random_tensor({k}, 51);
+          const Tensor W = random_tensor({n, k}, 52), res0 = random_tensor({m, n}, 53);
+          const int64_t gs = k / groups;
+          Tensor sums = Tensor::zeros({m, groups * per}), x = Tensor::empty({m, k});
+          std::vector<double> row_scale(size_t(m), 1.0);
+          for (int64_t r = 0; r < m; ++r) {
+            for (int64_t c = 0; c < k; ++c) {
+              const float v = src.data()[r * k + c];
+              sums.data()[r * groups * per + c / gs * per + c % per] += v * v;
+            }
+            for (int64_t g = 0; g < groups; ++g) {
+              double ss = 0.0;
+              for (int64_t c = g * gs; c < (g + 1) * gs; ++c)
+                ss += double(src.data()[r * k + c]) * src.data()[r * k + c];
+              const double scale = 1.0 / std::sqrt(ss / double(gs) + eps);
+              for (int64_t c = g * gs; c < (g + 1) * gs; ++c)
+                x.data()[r * k + c] = with_sums ? float(double(src.data()[r * k + c]) * scale * w.data()[c])
+                                                : src.data()[r * k + c] * w.data()[c];
+              if (!with_sums) row_scale[size_t(r)] = scale;
+            }
           }
-          for (int64_t g = 0; g < groups; ++g) {
-            double ss = 0.0;
-            for (int64_t c = g * gs; c < (g + 1) * gs; ++c) ss += double(src.data()[r * k + c]) * src.data()[r * k + c];
-            const double scale = 1.0 / std::sqrt(ss / double(gs) + eps);
-            for (int64_t c = g * gs; c < (g + 1) * gs; ++c)
-              x.data()[r * k + c] = float(double(src.data()[r * k + c]) * scale * w.data()[c]);
+          const Tensor xr = test::rounded(x, dt), Wr = test::rounded(W, dt);
+          Tensor want = Tensor::empty({m, n}), want_res = Tensor::empty({m, n});
+          for (int64_t r = 0; r < m; ++r)
+            for (int64_t o = 0; o < n; ++o) {
+              double acc = 0.0;
+              for (int64_t c = 0; c < k; ++c) acc += double(xr.data()[r * k + c]) * Wr.data()[o * k + c];
+              acc *= row_scale[size_t(r)];
+              want.data()[r * n + o] = float(acc);
+              want_res.data()[r * n + o] = float(acc + res0.data()[r * n + o]);
+            }
+          // fp32: summation order only. bf16/f16 from sums: where the fp32 scale's last bit differs
+          // from the double one, an element of x near a rounding boundary may round the other way, by
+          // one unit (2⁻⁸ relative, bf16) of that element: rare, 1e-3 in relative L2 is far above it.
+          // Without sums x's rounding is the kernel's exactly, and the scale (fp32 sum, rsqrtf: a few
+          // units of 2⁻²⁴) multiplies the sum: summation order and that, as in fp32.
+          const double tol = dt == DType::F32 || !with_sums ? kF32Tol : 1e-3;
+          const Tensor gsrc = to_gpu(src), gw = to_gpu(w), gW = to_gpu(W, dt), gsums = to_gpu(sums);
+          const MatView sums_view = with_sums ? MatView::of(const_cast<Tensor&>(gsums)) : MatView{};
+          const ops::RowNorm norm{sums_view, groups, gw, eps};
+          Tensor y = test::gpu_nan({m, n});
+          ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y));
+          EXPECT_LE(rel(to_cpu(y), want), tol);
+          // Rows computed alone (a decode batch of one, and of a slice) have the bits they have here.
+          const Tensor got_y = to_cpu(y);
+          for (const auto& [r0, rows] : {std::pair<int64_t, int64_t>{0, 1}, {m - 1, 1}, {m / 2, m - m / 2}}) {
+            Tensor part = test::gpu_nan({rows, n});
+            const MatView part_sums = with_sums ? sums_view.rows_slice(r0, rows) : MatView{};
+            const ops::RowNorm part_norm{part_sums, groups, gw, eps};
+            ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)).rows_slice(r0, rows), part_norm, gW,
+                               MatView::of(part));
+            EXPECT_EQ(std::memcmp(to_cpu(part).data(), got_y.data() + r0 * n, sizeof(float) * size_t(rows * n)), 0)
+                << "rows " << r0 << " + " << rows;
           }
-        }
-        const Tensor xr = test::rounded(x, dt), Wr = test::rounded(W, dt);
-        Tensor want = Tensor::empty({m, n}), want_res = Tensor::empty({m, n});
-        for (int64_t r = 0; r < m; ++r)
-          for (int64_t o = 0; o < n; ++o) {
-            double acc = 0.0;
-            for (int64_t c = 0; c < k; ++c) acc += double(xr.data()[r * k + c]) * Wr.data()[o * k + c];
-            want.data()[r * n + o] = float(acc);
-            want_res.data()[r * n + o] = float(acc + res0.data()[r * n + o]);
-          }
-        // fp32: summation order only. bf16/f16: where the fp32 scale's last bit differs from the
-        // double one, an element of x near a rounding boundary may round the other way, by one
-        // unit (2⁻⁸ relative, bf16) of that element: rare, 1e-3 in relative L2 is far above it.
-        const double tol = dt == DType::F32 ? kF32Tol : 1e-3;
-        const Tensor gsrc = to_gpu(src), gw = to_gpu(w), gW = to_gpu(W, dt), gsums = to_gpu(sums);
-        const ops::RowNorm norm{MatView::of(const_cast<Tensor&>(gsums)), groups, gw, eps};
-        Tensor y = test::gpu_nan({m, n});
-        ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y));
-        EXPECT_LE(rel(to_cpu(y), want), tol);
-        // Rows computed alone (a decode batch of one, and of a slice) have the bits they have here.
-        const Tensor got_y = to_cpu(y);
-        for (const auto& [r0, rows] : {std::pair<int64_t, int64_t>{0, 1}, {m - 1, 1}, {m / 2, m - m / 2}}) {
-          Tensor part = test::gpu_nan({rows, n});
-          const ops::RowNorm part_norm{MatView::of(const_cast<Tensor&>(gsums)).rows_slice(r0, rows), groups, gw, eps};
-          ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)).rows_slice(r0, rows), part_norm, gW,
-                             MatView::of(part));
-          EXPECT_EQ(std::memcmp(to_cpu(part).data(), got_y.data() + r0 * n, sizeof(float) * size_t(rows * n)), 0)
-              << "rows " << r0 << " + " << rows;
-        }
-        Tensor res = to_gpu(res0), sums_out = test::gpu_nan({m, ops::residual_sum_count(n)});
-        ops::linear_normed_residual(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(res),
-                                    MatView::of(sums_out));
-        const Tensor got_res = to_cpu(res), got_sums = to_cpu(sums_out);
-        EXPECT_LE(rel(got_res, want_res), tol);
-        for (int64_t r = 0; r < m; ++r) {
-          double want_ss = 0.0, got_ss = 0.0;
-          for (int64_t o = 0; o < n; ++o) want_ss += double(got_res.data()[r * n + o]) * got_res.data()[r * n + o];
-          for (int64_t j = 0; j < got_sums.dim(1); ++j) got_ss += got_sums.data()[r * got_sums.dim(1) + j];
-          EXPECT_NEAR(got_ss, want_ss, 1e-6 * want_ss) << "row " << r;
+          Tensor res = to_gpu(res0);
+          ops::linear_normed_residual(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(res));
+          EXPECT_LE(rel(to_cpu(res), want_res), tol);
         }
       }
     }
@@ -195,28 +195,43 @@ TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
 }
 
 // The in projection's fused conv step gives the bits of the projection followed by the conv step
-// op, states included (the same device function on the same values).
+// op, states included (the same operations on the same values): with either form of the norm,
+// at a few rows (taps and old inputs loaded into registers before the product, up to 4 taps;
+// 6 taps from memory) and at many (from memory).
 TEST(CudaOps, FusedConvStepGivesTheBitsOfTheConvStepOp) {
   MAMBA2_REQUIRE_GPU();
-  const int64_t k = 512, first = 24, C = 40, n = first + C + 8, K = 4, nb = 3, rows = 5;  // k split in 4
-  const std::vector<int64_t> slots{3, 0, 4};
-  const Tensor src = random_tensor({nb, k}, 60), w = random_tensor({k}, 61), W = random_tensor({n, k}, 62);
-  const Tensor sums = random_tensor({nb, 2}, 63, 10.0f, 20.0f), conv_w = random_tensor({C, K}, 64);
-  const Tensor conv_b = random_tensor({C}, 65), states0 = random_tensor({rows, (K - 1) * C}, 66);
-  for (DType dt : {DType::F32, DType::BF16}) {
-    const Tensor gsrc = to_gpu(src), gw = to_gpu(w), gW = to_gpu(W, dt), gsums = to_gpu(sums);
-    const Tensor gcw = to_gpu(conv_w), gcb = to_gpu(conv_b);
-    const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, Device::CUDA);
-    const ops::RowNorm norm{MatView::of(const_cast<Tensor&>(gsums)), 1, gw, 1e-5f};
-    Tensor y1 = test::gpu_nan({nb, n}), out1 = test::gpu_nan({nb, C}), st1 = to_gpu(states0);
-    const ops::ConvStepFusion conv{first, gcw, gcb, MatView::of(out1), MatView::of(st1), seqs};
-    ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y1), &conv);
-    Tensor y2 = test::gpu_nan({nb, n}), out2 = test::gpu_nan({nb, C}), st2 = to_gpu(states0);
-    ops::linear_normed(MatView::of(const_cast<Tensor&>(gsrc)), norm, gW, MatView::of(y2));
-    ops::causal_conv1d_step(MatView::of(y2).cols_slice(first, C), gcw, gcb, MatView::of(out2), MatView::of(st2), seqs);
-    EXPECT_TRUE(test::same_bits(to_cpu(y1), to_cpu(y2))) << dtype_name(dt);
-    EXPECT_TRUE(test::same_bits(to_cpu(out1), to_cpu(out2))) << dtype_name(dt);
-    EXPECT_TRUE(test::same_bits(to_cpu(st1), to_cpu(st2))) << dtype_name(dt);
+  const int64_t k = 512, first = 24, C = 40, n = first + C + 8, rows = 24;
+  const Tensor src = random_tensor({20, k}, 60), w = random_tensor({k}, 61), W = random_tensor({n, k}, 62);
+  const Tensor sums = random_tensor({20, 2}, 63, 10.0f, 20.0f);
+  for (const int64_t K : {4, 6}) {
+    const Tensor conv_w = random_tensor({C, K}, 64), conv_b = random_tensor({C}, 65);
+    const Tensor states0 = random_tensor({rows, (K - 1) * C}, 66);
+    for (const int64_t nb : {3, 20}) {
+      std::vector<int64_t> slots(static_cast<size_t>(nb), 0);  // distinct, out of order
+      for (int64_t i = 0; i < nb; ++i) slots[size_t(i)] = (7 * i + 2) % rows;
+      const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, Device::CUDA);
+      for (const bool with_sums : {true, false}) {
+        for (DType dt : {DType::F32, DType::BF16}) {
+          SCOPED_TRACE(testing::Message() << "K " << K << " nb " << nb << (with_sums ? " sums " : " own norm ")
+                                          << dtype_name(dt));
+          const Tensor gsrc = to_gpu(src), gw = to_gpu(w), gW = to_gpu(W, dt), gsums = to_gpu(sums);
+          const Tensor gcw = to_gpu(conv_w), gcb = to_gpu(conv_b);
+          const MatView x = MatView::of(const_cast<Tensor&>(gsrc)).rows_slice(0, nb);
+          const ops::RowNorm norm{with_sums ? MatView::of(const_cast<Tensor&>(gsums)).rows_slice(0, nb) : MatView{},
+                                  1, gw, 1e-5f};
+          Tensor y1 = test::gpu_nan({nb, n}), out1 = test::gpu_nan({nb, C}), st1 = to_gpu(states0);
+          const ops::ConvStepFusion conv{first, gcw, gcb, MatView::of(out1), MatView::of(st1), seqs};
+          ops::linear_normed(x, norm, gW, MatView::of(y1), &conv);
+          Tensor y2 = test::gpu_nan({nb, n}), out2 = test::gpu_nan({nb, C}), st2 = to_gpu(states0);
+          ops::linear_normed(x, norm, gW, MatView::of(y2));
+          ops::causal_conv1d_step(MatView::of(y2).cols_slice(first, C), gcw, gcb, MatView::of(out2), MatView::of(st2),
+                                  seqs);
+          EXPECT_TRUE(test::same_bits(to_cpu(y1), to_cpu(y2)));
+          EXPECT_TRUE(test::same_bits(to_cpu(out1), to_cpu(out2)));
+          EXPECT_TRUE(test::same_bits(to_cpu(st1), to_cpu(st2)));
+        }
+      }
+    }
   }
 }
 

@@ -16,4 +16,25 @@ __device__ __forceinline__ float conv_step_channel(float x, const float* w, floa
   return silu(acc);
 }
 
+// The same step with the taps w (K ≤ N), the bias and the previous inputs `old` (K-1, oldest
+// first) in registers: the same operations in the same order, so the same bits; the state row
+// still shifts in memory.
+template <int N>
+__device__ __forceinline__ float conv_step_regs(float x, const float (&w)[N], float bias, const float (&old)[N - 1],
+                                                float* state, int64_t C, int64_t c, int K) {
+  float last = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    if (j == K - 1) last = w[j];
+  float acc = bias + last * x;
+#pragma unroll
+  for (int j = 0; j < N - 1; ++j)
+    if (j < K - 1) acc += w[j] * old[j];
+#pragma unroll
+  for (int j = 0; j < N - 2; ++j)
+    if (j + 1 < K - 1) state[j * C + c] = old[j + 1];
+  if (K > 1) state[(K - 2) * C + c] = x;
+  return silu(acc);
+}
+
 }  // namespace mamba2::cuda

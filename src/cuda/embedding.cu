@@ -10,32 +10,24 @@ namespace {
 constexpr int kThreads = 256;
 
 template <class T>
-__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out, float* sums, L2Warm warm) {
+__global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out, L2Warm warm) {
   start_next();
   warm_l2(warm);
   wait_for_previous();
   const int64_t t = blockIdx.x;
   const T* row = table + int64_t(ids[t]) * d;
-  float ss = 0.0f;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-    const float v = load_f32(row + j);
-    out[t * d + j] = v;
-    ss += v * v;
-  }
-  if (!sums) return;
-  ss = block_sum<kThreads>(ss);
-  if (threadIdx.x == 0) sums[t] = ss;
+  for (int64_t j = threadIdx.x; j < d; j += kThreads) out[t * d + j] = load_f32(row + j);
 }
 
 }  // namespace
 
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
-                       float* sums, const L2Warm& warm) {
+                       const L2Warm& warm) {
   if (n == 0) return;
   with_dtype(table_dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     launch_overlapped(embedding_kernel<T>, unsigned(n), kThreads, 0, "embedding", static_cast<const T*>(table), d, ids,
-                      out, sums, fitting(warm));
+                      out, fitting(warm));
   });
 }
 

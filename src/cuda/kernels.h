@@ -38,9 +38,8 @@ struct L2Warm {
 };
 
 // out[t] (fp32) = table[ids[t]]                 table (vocab, d) in table_dtype; ids (n) on the GPU
-// sums (n), when set, = Σ out[t]² (for the first layer's fused norm).
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
-                       float* sums = nullptr, const L2Warm& warm = {});
+                       const L2Warm& warm = {});
 
 // residual += h (h may be null); out = rmsnorm(residual) · w, stored in out_dtype.
 //   residual, h (n, d) fp32; w (d) fp32; out (n, d)
@@ -59,21 +58,22 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
 
-// The decode step's fused projections. x = the fp32 rows src normalised on the way in: row r's
-// group g (of `groups` equal column ranges) scaled by rsqrt(Σ_{j<per} sums[r·ld + g·per + j] /
-// (k/groups) + eps), times weight (k), rounded to `dtype` — the partial sums of squares are left
-// by the previous kernel (the residual projection below, the embedding, the gated SSD step).
-// Then y = x Wᵀ (y set), or residual += x Wᵀ (y null) with the partial sums of squares of the
-// updated residual's row r over columns [16b, 16b+16) in sums_out[r·lds + b]: the next norm's.
+// The decode step's fused projections. x = the fp32 rows src normalised on the way in, times
+// weight (k), rounded to `dtype`: with `sums`, row r's group g (of `groups` equal column ranges)
+// scaled by rsqrt(Σ_{j<per} sums[r·ld + g·per + j] / (k/groups) + eps) — partial sums of squares
+// left by the previous kernel (the gated SSD step); without (groups 1: an RMSNorm), the kernel
+// sums src² itself from the elements it loads and scales the row's products by rsqrt(Σ/k + eps)
+// instead (no wait for a producer). Then y = x Wᵀ (y set), or residual += x Wᵀ (y null).
 constexpr int64_t kMaxNormGroups = 16;
 struct RowNorm {
-  const float* sums;
+  const float* sums;  // null: an RMSNorm whose scale the kernel finds
   int64_t ld, groups, per;
   const float* weight;
   float eps;
 };
 // conv (C > 0): y's columns [first, first + C) (the in projection's xBC) also take the conv step
 // (as causal_conv1d_step: out (m, C) ld ldo, the state of row r at states + slots[r]·(K-1)·C).
+// The states are read before the kernel waits for the one before it, as ssd_step's (below).
 struct ConvStepArgs {
   int64_t first = 0, C = 0, K = 0;
   const float* w = nullptr;  // (C, K)
@@ -83,10 +83,9 @@ struct ConvStepArgs {
   float* out = nullptr;
   int64_t ldo = 0;
 };
-int64_t residual_sum_count(int64_t n);  // partial sums per row of a residual projection to n columns
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
-                          int64_t ldy, float* residual, int64_t ldr, float* sums_out, int64_t lds,
-                          const ConvStepArgs& conv, const L2Warm& warm, int64_t m, int64_t n, int64_t k);
+                          int64_t ldy, float* residual, int64_t ldr, const ConvStepArgs& conv, const L2Warm& warm,
+                          int64_t m, int64_t n, int64_t k);
 
 // Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
 // states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
@@ -117,7 +116,9 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
                       const PackedSeqs& seqs, int64_t chunk_size, DType compute);
 // One token per sequence (recurrent decode); the state of b at states + slots[b]·nheads·headdim·d_state.
 // With z set (the decode step's fusion) y = the step's output · silu(z), z (nb, nheads·headdim) ld
-// ldz, and sums[b·lds + i] (i < ssd_step_sum_count) receive partial sums of y² in head order.
+// ldz, and sums[b·lds + i] (i < ssd_step_sum_count), when set, receive partial sums of y² in head
+// order. Launched overlapped, it reads the states before it waits for the kernel before it: none
+// of the kernels launched overlapped right before it may write them (the decode step's own).
 void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
               int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
               const int64_t* slots, int64_t nb, const float* z = nullptr, int64_t ldz = 0, float* sums = nullptr,

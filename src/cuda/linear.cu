@@ -163,8 +163,13 @@ uint32_t alignment(std::initializer_list<uint64_t> values) {
 
 // The decode kernels' operand x: `Raw` rows in the compute dtype as given; `Normed` fp32 rows
 // normalised on the way in from the producer's partial sums of squares (RowNorm), x = (src·s)·w
-// as the norm kernels compute it, rounded to the compute dtype. A block's scales s for the rows
-// of its pass live in shared memory, one per (row, group).
+// as the norm kernels compute it, rounded to the compute dtype (a block's scales s for the rows
+// of its pass live in shared memory, one per (row, group)); `SelfNormed` fp32 rows under an
+// RMSNorm whose scale the kernel finds itself: x = src·w rounded to the compute dtype, and the
+// row's sum times s = rsqrt(Σ src² / k + eps), Σ src² summed from the very values the block
+// loads for the product (a block whose range of k is the whole row, or the cluster's blocks
+// added in rank order). No wait for a producer's sums before the first product, and no scale in
+// the inner loop: the latency-bound decode step's RMSNorms (one group) take this form.
 struct Raw {
   const void* x;
   int64_t ld;
@@ -174,6 +179,12 @@ struct Normed {
   int64_t ld;
   RowNorm norm;
   int64_t group_cols;  // k / groups
+};
+struct SelfNormed {
+  const float* src;
+  int64_t ld;
+  const float* weight;
+  float eps;
 };
 
 // The scales of rows row0 .. row0 + rows (those < m): warp w takes (row, group) pairs w, w+warps, ...;
@@ -236,54 +247,106 @@ __device__ __forceinline__ void load_x(const Normed& in, int64_t r, int64_t kk, 
   }
 }
 
-// Where the result goes: y = x Wᵀ, or residual += x Wᵀ with the partial sums of squares of the
-// updated residual over each 16 columns (sums[r, col / 16]). `conv` (C > 0): y's columns
+// x = src·w, and Σ src² of the loaded elements added to ss in element order.
+template <class T, bool vec>
+__device__ __forceinline__ void load_x(const SelfNormed& in, int64_t r, int64_t kk, int64_t avail, float (&v)[8],
+                                       float& ss) {
+  const float* p = in.src + r * in.ld + kk;
+  const float* w = in.weight + kk;
+  float a[8], wv[8];
+  if (vec && avail >= 8) {
+    const float4 a0 = *reinterpret_cast<const float4*>(p), a1 = *reinterpret_cast<const float4*>(p + 4);
+    const float4 w0 = *reinterpret_cast<const float4*>(w), w1 = *reinterpret_cast<const float4*>(w + 4);
+    a[0] = a0.x, a[1] = a0.y, a[2] = a0.z, a[3] = a0.w, a[4] = a1.x, a[5] = a1.y, a[6] = a1.z, a[7] = a1.w;
+    wv[0] = w0.x, wv[1] = w0.y, wv[2] = w0.z, wv[3] = w0.w, wv[4] = w1.x, wv[5] = w1.y, wv[6] = w1.z, wv[7] = w1.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) a[i] = i < avail ? p[i] : 0.0f, wv[i] = i < avail ? w[i] : 0.0f;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    v[i] = a[i] * wv[i];
+    ss = fmaf(a[i], a[i], ss);
+  }
+}
+
+// Where the result goes: y = x Wᵀ, or residual += x Wᵀ. `conv` (C > 0): y's columns
 // [first, first + C) also take the conv step (the in projection's xBC).
 struct Out {
   float* y;
   int64_t ldy;
   float* residual;
   int64_t ldr;
-  float* sums;
-  int64_t lds;
   ConvStepArgs conv;
   L2Warm warm;  // warmed while the kernel runs: the next projection's weights
 };
 
-constexpr int kSumCols = 16;  // the residual sums' unit, and the columns of one mma tile
+constexpr int kSumCols = 16;  // the columns of one mma tile
 
-// Stores results v(row, c) for rows row0 .. row0+rows, columns col0 + c (c < cols, a multiple of
-// 16): `vals` in shared memory as [row][c]; `sq` scratch of the same size. Every thread of the
-// block calls it.
-__device__ void store_block(const Out& out, const float* vals, int64_t row0, int rows, int64_t m, int64_t col0,
-                            int cols, int64_t n, float* sq) {
-  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
+// What the thread of an element of the output tile needs from memory besides the product, copied
+// into shared memory while the product runs (tiles of at most one element a thread), slot s of
+// thread i at pre[s·blockDim + i]: the residual (right after the wait), the conv step's taps,
+// bias and the sequence's previous inputs (before it, see preload_conv).
+constexpr int kPreTaps = 4;  // d_conv of every published model
+constexpr int kPreResidual = 0, kPreW = 1, kPreBias = kPreW + kPreTaps, kPreOld = kPreBias + 1;
+constexpr int kPreSlots = kPreOld + kPreTaps - 1;
+
+// A row's RMSNorm scale in SelfNormed form: from Σ src² over k columns.
+__device__ __forceinline__ float self_scale(float sq, int64_t k, float eps) { return rsqrtf(sq / float(k) + eps); }
+
+// Whether the conv step of column col comes from the preloaded slots.
+__device__ __forceinline__ bool conv_preloaded(const ConvStepArgs& cv, int64_t col) {
+  const int64_t c = col - cv.first;
+  return c >= 0 && c < cv.C && cv.K <= kPreTaps;
+}
+
+// Stores results v(row, c) for rows row0 .. row0+rows, columns col0 + c (c < cols): `vals` in
+// shared memory as [row][c], times self_scale(rowsq[row]) where rowsq is given. Element i is
+// thread i % blockDim's; with `pre` (one element a thread at most, its copies complete) its
+// residual and conv inputs come from there.
+__device__ void store_block(const Out& out, const float* vals, const float* rowsq, int64_t k, float eps, int64_t row0,
+                            int rows, int64_t m, int64_t col0, int cols, int64_t n, const float* pre) {
+  const int S = int(blockDim.x);
+  for (int i = threadIdx.x; i < rows * cols; i += S) {
     const int64_t r = row0 + i / cols, col = col0 + i % cols;
+    if (r >= m || col >= n) continue;
     float v = vals[i];
-    if (r < m && col < n) {
-      if (out.residual) {
-        v += out.residual[r * out.ldr + col];
-        out.residual[r * out.ldr + col] = v;
-      } else {
-        out.y[r * out.ldy + col] = v;
-        const ConvStepArgs& cv = out.conv;
-        const int64_t c = col - cv.first;
-        if (c >= 0 && c < cv.C)
-          cv.out[r * cv.ldo + c] = conv_step_channel(v, cv.w + c * cv.K, cv.bias[c],
-                                                     cv.states + cv.slots[r] * (cv.K - 1) * cv.C, cv.C, c, int(cv.K));
-      }
+    if (rowsq) v *= self_scale(rowsq[i / cols], k, eps);
+    if (out.residual) {
+      out.residual[r * out.ldr + col] = v + (pre ? pre[kPreResidual * S + i] : out.residual[r * out.ldr + col]);
+      continue;
     }
-    sq[i] = r < m && col < n ? v * v : 0.0f;
+    out.y[r * out.ldy + col] = v;
+    const ConvStepArgs& cv = out.conv;
+    const int64_t c = col - cv.first;
+    if (c < 0 || c >= cv.C) continue;
+    float* state = cv.states + cv.slots[r] * (cv.K - 1) * cv.C;
+    if (pre && conv_preloaded(cv, col)) {
+      float w[kPreTaps], old[kPreTaps - 1];
+#pragma unroll
+      for (int j = 0; j < kPreTaps; ++j) w[j] = pre[(kPreW + j) * S + i];
+#pragma unroll
+      for (int j = 0; j < kPreTaps - 1; ++j) old[j] = pre[(kPreOld + j) * S + i];
+      cv.out[r * cv.ldo + c] = conv_step_regs(v, w, pre[kPreBias * S + i], old, state, cv.C, c, int(cv.K));
+    } else {
+      cv.out[r * cv.ldo + c] = conv_step_channel(v, cv.w + c * cv.K, cv.bias[c], state, cv.C, c, int(cv.K));
+    }
   }
-  if (!out.residual) return;
-  __syncthreads();
-  for (int i = threadIdx.x; i < rows * (cols / kSumCols); i += blockDim.x) {
-    const int r = i / (cols / kSumCols), t = i % (cols / kSumCols);
-    if (row0 + r >= m || col0 + t * kSumCols >= n) continue;
-    float s = 0.0f;
-    for (int c = 0; c < kSumCols; ++c) s += sq[r * cols + t * kSumCols + c];
-    out.sums[(row0 + r) * out.lds + col0 / kSumCols + t] = s;
-  }
+}
+
+// Before the wait, for the thread's element (row r, column col) of a tile of at most one element a
+// thread: copies of the conv step's taps and bias, and of the sequence's last K-1 inputs. Reading
+// the states before the wait is safe: within a decode step only this projection touches its
+// layer's conv states, and a step begins with the copies of its ids and slots, which wait for all
+// earlier work on the stream (the slots likewise are written only by those copies).
+__device__ void preload_conv(const ConvStepArgs& cv, int64_t r, int64_t col, float* pre) {
+  if (!conv_preloaded(cv, col)) return;
+  const int S = int(blockDim.x), i = int(threadIdx.x), K = int(cv.K);
+  const int64_t c = col - cv.first;
+  const float* state = cv.states + cv.slots[r] * (cv.K - 1) * cv.C;
+  for (int j = 0; j < K; ++j) cp_async4(pre + (kPreW + j) * S + i, cv.w + c * cv.K + j, 4);
+  for (int j = 0; j < K - 1; ++j) cp_async4(pre + (kPreOld + j) * S + i, state + j * cv.C + c, 4);
+  cp_async4(pre + kPreBias * S + i, cv.bias + c, 4);
 }
 
 // Before the wait: the conv states the block's epilogue will read, into the L2 (the slots are
@@ -304,7 +367,8 @@ __device__ void warm_conv_states(const ConvStepArgs& cv, int64_t row0, int rows,
 
 // f32 decode on CUDA cores: warp w of a block takes output columns col0 + 2w, col0 + 2w + 1;
 // each lane sums its 8-element slices of k in order, then a fixed shuffle tree; kRows rows of x
-// per pass share W's slices in registers.
+// per pass share W's slices in registers. SelfNormed: every warp loads whole rows of x, so each
+// finds the rows' Σ src² itself (lane slices in order, the same tree).
 constexpr int kWarps = 8;
 constexpr int kCols = kSumCols / kWarps;
 constexpr int kRows = 4;
@@ -312,7 +376,8 @@ constexpr int kRows = 4;
 template <class In, bool vec>
 __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W, Out out, int64_t m, int64_t n,
                                                            int64_t k) {
-  __shared__ float scales[kRows * kMaxNormGroups], vals[kRows * kSumCols], sq[kRows * kSumCols];
+  constexpr bool self_normed = std::is_same_v<In, SelfNormed>;
+  __shared__ float scales[kRows * kMaxNormGroups], vals[kRows * kSumCols];
   start_next();
   warm_l2(out.warm);
   wait_for_previous();
@@ -323,12 +388,15 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
       row_scales(in, r0, kRows, m, kWarps, scales);
       __syncthreads();
     }
-    float acc[kCols][kRows] = {};
+    float acc[kCols][kRows] = {}, ss[kRows] = {};
     for (int64_t kk = int64_t(lane) * 8; kk < k && wcol < n; kk += 256) {
       float xv[kRows][8];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
-        load_x<float, vec>(in, r0 + r, kk, r0 + r < m ? k - kk : 0, scales + r * kMaxNormGroups, xv[r]);
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t avail = r0 + r < m ? k - kk : 0;
+        if constexpr (self_normed) load_x<float, vec>(in, r0 + r, kk, avail, xv[r], ss[r]);
+        else load_x<float, vec>(in, r0 + r, kk, avail, scales + r * kMaxNormGroups, xv[r]);
+      }
 #pragma unroll
       for (int c = 0; c < kCols; ++c) {
         float wv[8];
@@ -340,15 +408,20 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
       }
     }
 #pragma unroll
-    for (int c = 0; c < kCols; ++c)
+    for (int r = 0; r < kRows; ++r) {
+      if constexpr (self_normed) {
+        for (int off = 16; off > 0; off >>= 1) ss[r] += __shfl_xor_sync(0xffffffffu, ss[r], off);
+      }
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
+      for (int c = 0; c < kCols; ++c) {
         float v = acc[c][r];
         for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if constexpr (self_normed) v *= self_scale(ss[r], k, in.eps);
         if (lane == 0) vals[r * kSumCols + warp * kCols + c] = v;
       }
+    }
     __syncthreads();
-    store_block(out, vals, r0, kRows, m, col0, kSumCols, n, sq);
+    store_block(out, vals, nullptr, k, 0.0f, r0, kRows, m, col0, kSumCols, n, nullptr);
     __syncthreads();
   }
 }
@@ -369,8 +442,13 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
 constexpr int kTcWarps = 8;
 
 template <int MT, int NT>
+__host__ __device__ constexpr bool tc_one_each() {  // at most one output element a thread: inputs preloaded
+  return NT * 8 * MT * 16 <= kTcWarps * 32;
+}
+template <int MT, int NT>
 constexpr size_t tc_smem_bytes() {
-  return sizeof(float) * (size_t(kTcWarps) * MT * NT * 128 + NT * 8 * kMaxNormGroups + NT * 8 * MT * 16);
+  return sizeof(float) * (size_t(kTcWarps) * MT * NT * 128 + NT * 8 * kMaxNormGroups + NT * 8 * MT * 16 + NT * 8 +
+                          (tc_one_each<MT, NT>() ? kPreSlots * kTcWarps * 32 : 0));
 }
 
 // W's 8 elements at p as raw 16-bit values; zeros past `avail` (`vec`: avail ≥ 8 or ≤ 0).
@@ -409,13 +487,20 @@ __device__ void add_cluster_sums(float* vals, int count, int splits) {
 }
 
 // A few rows (NT = 1): 3 blocks an SM, so that ptxas keeps these variants at 80 registers.
+// SelfNormed: lane (g, t)'s Σ src² of row g, over its steps in order, goes to the t = 0 lane
+// (xor 1, then 2), then the warps' are added in order (and the cluster's blocks in rank order,
+// with the sums), so every block of a row finds the same scale.
 template <class T, int MT, int NT, int U, class In, bool vec>
 __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
     tc_rows_kernel(In in, const uint16_t* W, Out out, int64_t m, int64_t n, int64_t k, int splits) {
+  constexpr bool self_normed = std::is_same_v<In, SelfNormed>;
+  constexpr bool one_each = tc_one_each<MT, NT>();
   extern __shared__ float smem[];
   float* partial = smem;                                  // [warp][MT][NT][lane][4]
-  float* scales = partial + kTcWarps * MT * NT * 128;     // [row][group]
+  float* scales = partial + kTcWarps * MT * NT * 128;     // [row][group]; SelfNormed: [warp][row] Σ src²
   float* vals = scales + NT * 8 * kMaxNormGroups;         // [row][MT·16 columns]
+  float* rowsq = vals + NT * 8 * MT * 16;                 // [row] Σ src² (SelfNormed), right after vals
+  float* pre = rowsq + NT * 8;                            // [slot][thread] (one_each)
   start_next();
   warm_l2(out.warm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -439,15 +524,20 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
   };
   uint4 lo[U][MT], hi[U][MT];
   load_batch(first + warp, lo, hi);
-  // After the W loads are in flight: warming the conv states reads the slots first.
-  if (split == 0) warm_conv_states(out.conv, row0, NT * 8, m, col0, MT * 16);
+  // The thread's output element (one_each), and after the W loads are in flight what it needs
+  // of the conv step.
+  const int64_t my_r = row0 + threadIdx.x / (MT * 16), my_col = col0 + threadIdx.x % (MT * 16);
+  const bool mine = one_each && split == 0 && threadIdx.x < NT * 8 * MT * 16 && my_r < m && my_col < n;
+  if (mine && out.conv.C) preload_conv(out.conv, my_r, my_col, pre);
+  if (!one_each && split == 0) warm_conv_states(out.conv, row0, NT * 8, m, col0, MT * 16);
   wait_for_previous();
+  if (mine && out.residual) cp_async4(pre + kPreResidual * kTcWarps * 32 + threadIdx.x, out.residual + my_r * out.ldr + my_col, 4);
   {
     if constexpr (std::is_same_v<In, Normed>) {
       row_scales(in, row0, NT * 8, m, kTcWarps, scales);
       __syncthreads();
     }
-    float acc[MT][NT][4] = {};
+    float acc[MT][NT][4] = {}, ss[NT] = {};
     for (int64_t s0 = first + warp; s0 < last; s0 += kTcWarps * U) {
       if (s0 != first + warp) load_batch(s0, lo, hi);
 #pragma unroll
@@ -456,9 +546,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
         if (step >= last) break;
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          const int64_t r = row0 + 8 * j + g;
+          const int64_t r = row0 + 8 * j + g, avail = r < m ? kend - kk : 0;
           float v[8];
-          load_x<T, vec>(in, r, kk, r < m ? k - kk : 0, scales + (8 * j + g) * kMaxNormGroups, v);
+          if constexpr (self_normed) load_x<T, vec>(in, r, kk, avail, v, ss[j]);
+          else load_x<T, vec>(in, r, kk, avail, scales + (8 * j + g) * kMaxNormGroups, v);
           const uint32_t b0 = pack2<T>(v[0], v[1]), b1 = pack2<T>(v[2], v[3]);
           const uint32_t b2 = pack2<T>(v[4], v[5]), b3 = pack2<T>(v[6], v[7]);
 #pragma unroll
@@ -477,6 +568,14 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
       for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) partial[(((warp * MT + mt) * NT + j) * 32 + lane) * 4 + e] = acc[mt][j][e];
+    if constexpr (self_normed) {
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], 1);
+        ss[j] += __shfl_xor_sync(0xffffffffu, ss[j], 2);
+        if (t == 0) scales[warp * NT * 8 + 8 * j + g] = ss[j];
+      }
+    }
     __syncthreads();
     for (int i = threadIdx.x; i < MT * NT * 128; i += kTcWarps * 32) {
       const int mt = i / (NT * 128), j = i / 128 % NT, l = i / 4 % 32, e = i % 4;
@@ -487,9 +586,22 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
       const int c = 16 * mt + l / 4 + (e >= 2 ? 8 : 0), r = 8 * j + 2 * (l % 4) + (e & 1);
       vals[r * MT * 16 + c] = v;
     }
+    if constexpr (self_normed) {
+      if (threadIdx.x < NT * 8) {
+        float v = scales[threadIdx.x];
+        for (int w = 1; w < kTcWarps; ++w) v += scales[w * NT * 8 + threadIdx.x];
+        rowsq[threadIdx.x] = v;
+      }
+    }
     __syncthreads();
-    if (splits > 1) add_cluster_sums(vals, NT * 8 * MT * 16, splits);
-    if (split == 0) store_block(out, vals, row0, NT * 8, m, col0, MT * 16, n, partial);
+    if (splits > 1) add_cluster_sums(vals, NT * 8 * MT * 16 + (self_normed ? NT * 8 : 0), splits);
+    if (split == 0) {
+      const float* sq = self_normed ? rowsq : nullptr;
+      float eps = 0.0f;
+      if constexpr (self_normed) eps = in.eps;
+      if (one_each) cp_async_wait_all();
+      store_block(out, vals, sq, k, eps, row0, NT * 8, m, col0, MT * 16, n, one_each ? pre : nullptr);
+    }
     if (splits > 1) cluster_sync();  // the other blocks' vals stay until the first has read them
   }
 }
@@ -606,7 +718,7 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
                     int64_t n, int64_t k, bool decode) {
   if (m == 0 || n == 0) return;
   if (decode && batch_invariant()) {
-    launch_decode(Raw{x, ldx}, aligned16(x, ldx, dtype_size(dtype)), W, dtype, Out{y, ldy, nullptr, 0, nullptr, 0, {}},
+    launch_decode(Raw{x, ldx}, aligned16(x, ldx, dtype_size(dtype)), W, dtype, Out{y, ldy, nullptr, 0, {}, {}},
                   m, n, k);
     return;
   }
@@ -639,19 +751,25 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
 
 namespace mamba2::cuda {
 
-int64_t residual_sum_count(int64_t n) { return ceil_div(n, int64_t(kSumCols)); }
-
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
-                          int64_t ldy, float* residual, int64_t ldr, float* sums, int64_t lds, const ConvStepArgs& conv,
-                          const L2Warm& warm, int64_t m, int64_t n, int64_t k) {
+                          int64_t ldy, float* residual, int64_t ldr, const ConvStepArgs& conv, const L2Warm& warm,
+                          int64_t m, int64_t n, int64_t k) {
   if (m == 0 || n == 0) return;
+  const Out out{y, ldy, residual, ldr, conv, fitting(warm)};
+  if (!norm.sums) {
+    if (norm.groups != 1) raise(cat("[linear] a norm without partial sums has one group, got ", norm.groups));
+    const SelfNormed in{src, ld, norm.weight, norm.eps};
+    launch_decode(in, aligned16(src, ld, 4) && reinterpret_cast<uintptr_t>(norm.weight) % 16 == 0, W, dtype, out, m,
+                  n, k);
+    return;
+  }
   if (norm.groups < 1 || norm.groups > kMaxNormGroups || k % norm.groups)
     raise(cat("[linear] a fused norm takes 1 to ", kMaxNormGroups, " groups dividing the ", k, " columns, got ",
               norm.groups));
   const Normed in{src, ld, norm, k / norm.groups};
   const bool aligned = aligned16(src, ld, 4) && reinterpret_cast<uintptr_t>(norm.weight) % 16 == 0 &&
                        in.group_cols % 8 == 0;
-  launch_decode(in, aligned, W, dtype, Out{y, ldy, residual, ldr, sums, lds, conv, fitting(warm)}, m, n, k);
+  launch_decode(in, aligned, W, dtype, out, m, n, k);
 }
 
 }  // namespace mamba2::cuda

@@ -474,22 +474,23 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t q0 = int64_t(blockIdx.z) * kStepRows + warp * kStepWarpRows;
   const int64_t g = h / (p.nheads / p.ngroups);
-  // Before the wait: the head's parameters (weights), and the state rows into the L2 (the slots
-  // are written only by copies from the host, complete before the step's first kernel starts;
-  // the states themselves are read after the wait: an earlier step on them may still run).
+  // Before the wait: the head's parameters (weights) and the state rows. Reading the states
+  // before the wait is safe: within a decode step only this kernel touches its layer's states,
+  // and a step begins with the copies of its ids and slots, which wait for all earlier work on
+  // the stream (the slots likewise are written only by those copies).
   const float dt_bias = p.dt_bias[h], A_log = p.A_log[h], D = p.D[h];
   float* rows = states + (slots[b] * p.nheads + h) * P * N;
-  const int64_t warp_floats = (min(q0 + kStepWarpRows, P) - q0) * N;  // the warp's rows, contiguous
-  for (int64_t i = lane * 32; i < warp_floats; i += 32 * 32) prefetch_l2(rows + q0 * N + i);
-  wait_for_previous();
   float sv[kStepWarpRows][kStepCols], bv[kStepCols], cv[kStepCols], xq[kStepWarpRows], zq[kStepWarpRows];
+#pragma unroll
+  for (int r = 0; r < kStepWarpRows; ++r)
+    if (q0 + r < P) load_step_row<vec>(rows + (q0 + r) * N, N, lane, sv[r]);
+  wait_for_previous();
   load_step_row<vec>(B + b * ldb + g * N, N, lane, bv);
   load_step_row<vec>(C + b * ldc + g * N, N, lane, cv);
 #pragma unroll
   for (int r = 0; r < kStepWarpRows; ++r) {
     const int64_t q = q0 + r;
     if (q >= P) continue;
-    load_step_row<vec>(rows + q * N, N, lane, sv[r]);
     xq[r] = x[b * ldx + h * P + q];
     zq[r] = z ? z[b * ldz + h * P + q] : 0.0f;
   }
@@ -891,19 +892,6 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 constexpr int kSpan = 64;
 constexpr int kSeqThreads = 256;
 constexpr int kXfStride = kTile + 4;  // fp32 x rows in shared memory
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
-               "l"(src), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(unsigned(__cvta_generic_to_shared(dst))),
-               "l"(src), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 // B and C (fp32, rows of ld) to T, rows of groups·NPAD with zeros past d_state.
 template <class T, int NPAD>

@@ -322,20 +322,18 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
 //
 // A decode step is latency-bound (a few rows): its layers run fused, three kernels each, launched
 // overlapped (each starts while the one before ends), each warming the L2 with the weights of the
-// projection after it (in_proj: this layer's out_proj; the SSD step: the next in_proj or the head). The norms are applied by the projections
-// on the way in, from partial sums of squares their producers leave (ops::RowNorm): in_proj
-// normalises the residual (sums from the embedding or the previous out_proj) and runs the conv
-// step on its xBC columns, the SSD step gates y by silu(z) and sums y², out_proj normalises that
-// and adds its output to the residual, summing the result's squares.
+// projection after it (in_proj: this layer's out_proj; the SSD step: the next in_proj or the head).
+// The norms are applied by the projections on the way in (ops::RowNorm): in_proj normalises the
+// residual (the RMSNorm's scale found from the row it loads) and runs the conv step on its xBC
+// columns, the SSD step gates y by silu(z), out_proj normalises that (with more than one group,
+// from the sums of y² the SSD step leaves per group) and adds its output to the residual.
 struct DecodeStep {
   std::shared_ptr<const ModelWeights> weights;
   Tensor residual;   // (nb, d_model) fp32
   Tensor zxbcdt;     // (nb, d_in_proj)
   Tensor xbc;        // (nb, conv_dim)
   Tensor y;          // (nb, d_inner) the gated scan output
-  Tensor emb_sums;   // (nb, 1) Σ embedding²
-  Tensor res_sums;   // (nb, residual_sum_count(d_model)) partial Σ residual²
-  Tensor gate_sums;  // (nb, ssd_step_sum_count(nheads, headdim)) partial Σ y²
+  Tensor gate_sums;  // (nb, ssd_step_sum_count(nheads, headdim)) partial Σ y², with ngroups > 1
   Tensor logits;     // (nb, vocab_padded)
   std::shared_ptr<void> ids;   // (nb) int32
   std::shared_ptr<void> next;  // (nb) int32: the greedy choice of each row
@@ -349,9 +347,8 @@ struct DecodeStep {
         zxbcdt(Tensor::empty({nb, c.d_in_proj()}, Device::CUDA)),
         xbc(Tensor::empty({nb, c.conv_dim()}, Device::CUDA)),
         y(Tensor::empty({nb, c.d_inner()}, Device::CUDA)),
-        emb_sums(Tensor::empty({nb, 1}, Device::CUDA)),
-        res_sums(Tensor::empty({nb, ops::residual_sum_count(c.d_model)}, Device::CUDA)),
-        gate_sums(Tensor::empty({nb, ops::ssd_step_sum_count(c.nheads(), c.headdim)}, Device::CUDA)),
+        gate_sums(c.ngroups > 1 ? Tensor::empty({nb, ops::ssd_step_sum_count(c.nheads(), c.headdim)}, Device::CUDA)
+                                : Tensor()),
         logits(Tensor::empty({nb, c.vocab_padded()}, Device::CUDA)),
         ids(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode token ids")),
         next(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode greedy ids")),
@@ -360,28 +357,27 @@ struct DecodeStep {
   void run(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> tokens, InferenceState& state) {
     const float eps = float(c.norm_eps);
     ops::embedding(w.embedding, tokens, MatView::of(residual), static_cast<const int32_t*>(ids.get()),
-                   MatView::of(emb_sums), &w.layers[0].in_proj);
+                   &w.layers[0].in_proj);
     cuda::mark("embedding");
-    MatView sums = MatView::of(emb_sums);
+    const MatView gsums = c.ngroups > 1 ? MatView::of(gate_sums) : MatView{};
     for (int64_t li = 0; li < c.n_layer; ++li) {
       const LayerWeights& l = w.layers[size_t(li)];
       const ops::ConvStepFusion conv{c.d_inner(), l.conv_w, l.conv_b, MatView::of(xbc), state.conv_states(size_t(li)),
                                      seqs};
       const Tensor& next_in = li + 1 < c.n_layer ? w.layers[size_t(li) + 1].in_proj : w.lm_head;
-      ops::linear_normed(MatView::of(residual), {sums, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv,
+      ops::linear_normed(MatView::of(residual), {{}, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv,
                          &l.out_proj);
       cuda::mark("in_proj + conv step");
       const Projections pr = split(MatView::of(zxbcdt), c);
       const ConvOut co = split_conv(MatView::of(xbc), c);
       ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(y), state.ssm_states(size_t(li)), seqs,
-                    pr.z, MatView::of(gate_sums), &next_in);
+                    pr.z, gsums, &next_in);
       cuda::mark("ssd step + gate");
-      ops::linear_normed_residual(MatView::of(y), {MatView::of(gate_sums), c.ngroups, l.gate_norm, eps}, l.out_proj,
-                                  MatView::of(residual), MatView::of(res_sums));
+      ops::linear_normed_residual(MatView::of(y), {gsums, c.ngroups, l.gate_norm, eps}, l.out_proj,
+                                  MatView::of(residual));
       cuda::mark("out_proj + residual");
-      sums = MatView::of(res_sums);
     }
-    ops::linear_normed(MatView::of(residual), {sums, 1, w.norm_f, eps}, w.lm_head, MatView::of(logits));
+    ops::linear_normed(MatView::of(residual), {{}, 1, w.norm_f, eps}, w.lm_head, MatView::of(logits));
     cuda::mark("head");
     ops::argmax(MatView::of(logits), greedy_cols, static_cast<int32_t*>(next.get()));
     cuda::mark("argmax");

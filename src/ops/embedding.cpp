@@ -7,7 +7,7 @@
 namespace mamba2::ops {
 
 void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids,
-               MatView sums, const Tensor* warm) {
+               const Tensor* warm) {
   if (table.rank() != 2) fail("[embedding] table must be 2-D, got {}", shape_str(table.shape()));
   const int64_t vocab = table.dim(0), d = table.dim(1), n = int64_t(ids.size());
   const Device dev = table.device();
@@ -17,22 +17,16 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
   for (size_t t = 0; t < ids.size(); ++t)
     if (ids[t] < 0 || ids[t] >= vocab)
       fail("[embedding] token id {} at position {} is out of range [0, {})", ids[t], t, vocab);
-  if (sums.ptr) {
-    if (dev != Device::CUDA) fail("[embedding] the fused sums of squares are made on the GPU only");
-    check_shape("embedding", "sums", sums, n, 1, dev);
-    check_dtype("embedding", "sums", sums.dtype, DType::F32);
-  }
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    float* sums_out = sums.ptr ? sums.data() : nullptr;
     if (device_ids) {
-      cuda::embedding_forward(table.raw(), table.dtype(), d, device_ids, n, out.data(), sums_out, l2_warm(warm));
+      cuda::embedding_forward(table.raw(), table.dtype(), d, device_ids, n, out.data(), l2_warm(warm));
       return;
     }
     auto dev_ids = cuda::allocate(ids.size_bytes(), "token ids");
     cuda::copy_to_device(dev_ids.get(), ids.data(), ids.size_bytes());
     cuda::embedding_forward(table.raw(), table.dtype(), d, static_cast<const int32_t*>(dev_ids.get()), n, out.data(),
-                            sums_out, l2_warm(warm));
+                            l2_warm(warm));
     cuda::synchronize();  // `ids` may go when this returns
 #else
     no_cuda_backend(__func__);

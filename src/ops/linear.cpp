@@ -130,20 +130,11 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   }
 }
 
-int64_t residual_sum_count(int64_t n) {
-#if MAMBA2_HAVE_CUDA
-  return cuda::residual_sum_count(n);
-#else
-  (void)n;
-  no_cuda_backend(__func__);
-#endif
-}
-
 namespace {
 
-// The fused decode projection: y = norm(src) @ Wᵀ (y set) or residual += it (sums_out set).
+// The fused decode projection: y = norm(src) @ Wᵀ (y set) or residual += it.
 void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatView y, MatView residual,
-                        MatView sums_out, const ConvStepFusion* conv, const Tensor* warm) {
+                        const ConvStepFusion* conv, const Tensor* warm) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1), m = src.rows;
   const Device dev = W.device();
@@ -152,18 +143,20 @@ void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatVi
   check_dtype("linear", "src", src.dtype, DType::F32);
   check_len("linear", "norm weight", norm.weight, k, dev);
   if (k > INT32_MAX) fail("[linear] the fused decode projections take at most 2^31 - 1 columns, got {}", k);
-  if (norm.groups <= 0 || k % norm.groups || norm.sums.cols % norm.groups)
-    fail("[linear] {} norm groups do not divide {} columns and {} sums", norm.groups, k, norm.sums.cols);
-  check_shape("linear", "norm sums", norm.sums, m, norm.sums.cols, dev);
-  check_dtype("linear", "norm sums", norm.sums.dtype, DType::F32);
+  if (norm.sums.ptr) {
+    if (norm.groups <= 0 || k % norm.groups || norm.sums.cols % norm.groups)
+      fail("[linear] {} norm groups do not divide {} columns and {} sums", norm.groups, k, norm.sums.cols);
+    check_shape("linear", "norm sums", norm.sums, m, norm.sums.cols, dev);
+    check_dtype("linear", "norm sums", norm.sums.dtype, DType::F32);
+  } else if (norm.groups != 1) {
+    fail("[linear] a norm of {} groups needs their partial sums", norm.groups);
+  }
   if (y.ptr) {
     check_shape("linear", "y", y, m, n, dev);
     check_dtype("linear", "y", y.dtype, DType::F32);
   } else {
     check_shape("linear", "residual", residual, m, n, dev);
     check_dtype("linear", "residual", residual.dtype, DType::F32);
-    check_shape("linear", "sums_out", sums_out, m, residual_sum_count(n), dev);
-    check_dtype("linear", "sums_out", sums_out.dtype, DType::F32);
   }
 #if MAMBA2_HAVE_CUDA
   cuda::ConvStepArgs cs;
@@ -185,11 +178,10 @@ void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatVi
     cs = {conv->first, C, K, conv->w.data(), conv->bias.data(), conv->states.data(), conv->seqs.device_slots(),
           conv->out.data(), conv->out.ld};
   }
-  const cuda::RowNorm rn{norm.sums.data(), norm.sums.ld, norm.groups, norm.sums.cols / norm.groups,
-                         norm.weight.data(), norm.eps};
+  const cuda::RowNorm rn{norm.sums.ptr ? norm.sums.data() : nullptr, norm.sums.ld, norm.groups,
+                         norm.sums.cols / norm.groups, norm.weight.data(), norm.eps};
   cuda::linear_decode_normed(src.data(), src.ld, rn, W.raw(), W.dtype(), y.ptr ? y.data() : nullptr, y.ld,
-                             residual.ptr ? residual.data() : nullptr, residual.ld,
-                             sums_out.ptr ? sums_out.data() : nullptr, sums_out.ld, cs, l2_warm(warm), m, n, k);
+                             residual.ptr ? residual.data() : nullptr, residual.ld, cs, l2_warm(warm), m, n, k);
 #else
   no_cuda_backend("linear");
 #endif
@@ -200,13 +192,12 @@ void linear_normed_into(MatView src, const RowNorm& norm, const Tensor& W, MatVi
 void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y, const ConvStepFusion* conv,
                    const Tensor* warm) {
   if (!y.ptr) fail("[linear] no output given");
-  linear_normed_into(src, norm, W, y, {}, {}, conv, warm);
+  linear_normed_into(src, norm, W, y, {}, conv, warm);
 }
 
-void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out,
-                            const Tensor* warm) {
-  if (!residual.ptr || !sums_out.ptr) fail("[linear] no residual or sums given");
-  linear_normed_into(src, norm, W, {}, residual, sums_out, nullptr, warm);
+void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, const Tensor* warm) {
+  if (!residual.ptr) fail("[linear] no residual given");
+  linear_normed_into(src, norm, W, {}, residual, nullptr, warm);
 }
 
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {

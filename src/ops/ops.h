@@ -17,10 +17,9 @@ namespace mamba2::ops {
 
 // embedding: out (n, d) = table[ids]; every id must be a row of the table. On the GPU the ids are
 // copied there, unless `device_ids` already holds them (a captured decode graph).
-// `sums`, when given ((n, 1), GPU only), receives Σ out[t]² for the first layer's fused norm.
 // `warm` (GPU, a hint): a tensor to warm into the GPU's L2 meanwhile (the next projection's weights).
 void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, const int32_t* device_ids = nullptr,
-               MatView sums = {}, const Tensor* warm = nullptr);
+               const Tensor* warm = nullptr);
 // embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
@@ -71,12 +70,14 @@ void set_bf16_activations(Bf16Activations a);
 // Bf16 is asked for where the instruction set in use has no such kernels).
 bool bf16_rounded_activations();
 // The GPU decode step's fused projections (a decode step is latency-bound: each fusion saves a
-// kernel and a pass over the activations). The norm is applied on the way in, from partial sums
-// of squares left by the op before: row r's group g (of `groups` equal column ranges of src) is
-// scaled by rsqrt(Σ sums[r, g·per .. (g+1)·per) / (cols/groups) + eps)·weight, per =
-// sums.cols/groups, and rounded to W's dtype. GPU only; the tests hold them to the unfused ops.
+// kernel and a pass over the activations). The norm is applied on the way in, times weight, the
+// operand rounded to W's dtype. With `sums`: from partial sums of squares left by the op before —
+// row r's group g (of `groups` equal column ranges of src) scaled by rsqrt(Σ sums[r, g·per ..
+// (g+1)·per) / (cols/groups) + eps), per = sums.cols/groups. Without (an RMSNorm, groups 1): the
+// kernel sums src² itself and scales each row's products by rsqrt(Σ/cols + eps), so it waits for
+// no producer's sums. GPU only; the tests hold them to the unfused ops.
 struct RowNorm {
-  MatView sums;          // (rows, groups·per) fp32
+  MatView sums;          // (rows, groups·per) fp32, or none
   int64_t groups;        // 1: RMSNorm; ngroups: the gated grouped norm
   const Tensor& weight;  // (src.cols) fp32
   float eps;
@@ -94,11 +95,9 @@ struct ConvStepFusion {
 // linear_normed: y = norm(src) @ Wᵀ (the decode kernel), src fp32. `warm`, as embedding's.
 void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y,
                    const ConvStepFusion* conv = nullptr, const Tensor* warm = nullptr);
-// linear_normed_residual: residual += norm(src) @ Wᵀ; sums_out (rows, residual_sum_count(W.dim(0)))
-// receives partial sums of squares of the updated residual, the next RowNorm's sums.
-void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, MatView sums_out,
+// linear_normed_residual: residual += norm(src) @ Wᵀ.
+void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual,
                             const Tensor* warm = nullptr);
-int64_t residual_sum_count(int64_t n);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
 
@@ -128,9 +127,9 @@ struct SsdWeights {
 void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               const SeqBatch& seqs, DType compute = DType::F32);
 // ssd_scan: one token for each sequence of `seqs` (a decode batch). Gated (z given, GPU only: the
-// decode step's fusion): y = the step's output · silu(z), and gate_sums (rows,
-// ssd_step_sum_count(nheads, headdim)) receives partial sums of y² in head order, the RowNorm
-// sums of the gated norm. `warm`, as embedding's (ignored on the CPU).
+// decode step's fusion): y = the step's output · silu(z), and gate_sums, when given (rows,
+// ssd_step_sum_count(nheads, headdim)), receives partial sums of y² in head order, the RowNorm
+// sums of a gated norm of several groups. `warm`, as embedding's (ignored on the CPU).
 void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               const SeqBatch& seqs, MatView z = {}, MatView gate_sums = {}, const Tensor* warm = nullptr);
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);

@@ -83,6 +83,9 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
     if (x.device != Device::CUDA) fail("[ssd_scan] the gated decode step runs on the GPU only");
     check_shape("ssd_scan", "z", z, x.rows, x.cols, x.device);
     check_dtype("ssd_scan", "z", z.dtype, DType::F32);
+  }
+  if (gate_sums.ptr) {
+    if (!z.ptr) fail("[ssd_scan] the sums of y² come with the gate");
     check_shape("ssd_scan", "gate_sums", gate_sums, x.rows, ssd_step_sum_count(p.nheads, p.headdim), x.device);
     check_dtype("ssd_scan", "gate_sums", gate_sums.dtype, DType::F32);
   }
@@ -90,7 +93,7 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
 #if MAMBA2_HAVE_CUDA
     cuda::ssd_step(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(), y.ld,
                    states.data(), seqs.device_slots(), x.rows, z.ptr ? z.data() : nullptr, z.ld,
-                   z.ptr ? gate_sums.data() : nullptr, gate_sums.ld, l2_warm(warm));
+                   gate_sums.ptr ? gate_sums.data() : nullptr, gate_sums.ld, l2_warm(warm));
 #else
     no_cuda_backend(__func__);
 #endif
