@@ -120,15 +120,17 @@ TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
 TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
   MAMBA2_REQUIRE_GPU();
   // k = 768: the tensor-core kernel splits k over a cluster of blocks (decode_splits); n = 4800:
-  // blocks of two 16-column tiles at a few rows (decode_tiles_per_block, a tall W).
+  // blocks of two 16-column tiles at a few rows, n = 20000 four (decode_tiles_per_block, a tall
+  // W: on the H200's 132 SMs); m = 1, 5, 12, 70: each kernel variant, whose rows must agree.
   const int64_t per = 4;
   const float eps = 1e-5f;
   for (const auto& [n, k, groups] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {40, 96, 1}, {40, 96, 3}, {40, 768, 1}, {40, 768, 3}, {4800, 96, 1}, {4800, 768, 3}, {4800, 768, 1}}) {
+           {40, 96, 1}, {40, 96, 3}, {40, 768, 1}, {40, 768, 3}, {4800, 96, 1}, {4800, 768, 3}, {4800, 768, 1},
+           {20000, 96, 1}}) {
     for (const bool with_sums : {true, false}) {
       if (!with_sums && groups != 1) continue;
       for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
-        for (int64_t m : {1, 5, 70}) {
+        for (int64_t m : {1, 5, 12, 70}) {
           SCOPED_TRACE(testing::Message() << "n " << n << " k " << k << " groups " << groups << " " << dtype_name(dt)
                                           << " m " << m << (with_sums ? " sums" : " own norm"));
           const Tensor src = random_tensor({m, k}, 50 + uint64_t(m), -2.0f, 2.0f), w = random_tensor({k}, 51);

@@ -17,6 +17,9 @@ namespace mamba2::cuda {
 
 // Every launch and copy of the engine goes to this stream (one per process and device).
 cudaStream_t stream();
+// The device's compute capability (major) and SM count.
+int compute_major();
+int sm_count();
 // w, or nothing when it is over a quarter of the GPU's L2: warming part of a large projection
 // competes with the running kernel's own weight stream and is evicted by it before use (2.7b
 // decode ran 36% slower with half the L2 warmed, bench/RESULTS.md).

@@ -606,25 +606,6 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
   }
 }
 
-// The GPU's compute capability and SM count, read once per device.
-struct Gpu {
-  int major = 0, sms = 0;
-};
-
-const Gpu& this_gpu() {
-  static const std::vector<Gpu> gpus = [] {
-    int count = 0;
-    check(cudaGetDeviceCount(&count), "linear");
-    std::vector<Gpu> v{size_t(count), Gpu{}};
-    for (int d = 0; d < count; ++d) {
-      check(cudaDeviceGetAttribute(&v[size_t(d)].major, cudaDevAttrComputeCapabilityMajor, d), "linear");
-      check(cudaDeviceGetAttribute(&v[size_t(d)].sms, cudaDevAttrMultiProcessorCount, d), "linear");
-    }
-    return v;
-  }();
-  return gpus.at(size_t(current_device()));
-}
-
 // How many blocks share each 16 columns of W in the tensor-core decode kernel, from W's shape and
 // the GPU alone (never from m): doubled while the grid stays within 2.5 blocks per SM and each
 // block keeps 4 or more k-steps of 32 (measured on the H200, bench/RESULTS.md: a split pays only
@@ -638,26 +619,29 @@ int decode_splits(int64_t tiles, int64_t steps) {
     const int v = e ? std::atoi(e) : 0;
     return v == 1 || v == 2 || v == 4 || v == 8 ? v : 0;
   }();
-  const Gpu& gpu = this_gpu();
-  if (gpu.major < 9) return 1;
+  if (compute_major() < 9) return 1;
   if (forced) return forced;
   int s = 1;
-  while (s < 8 && 4 * tiles * s <= 5 * int64_t(gpu.sms) && steps >= 8 * int64_t(s)) s *= 2;
+  while (s < 8 && 4 * tiles * s <= 5 * int64_t(sm_count()) && steps >= 8 * int64_t(s)) s *= 2;
   return s;
 }
 
 // How many 16-column tiles of W a block takes at a few rows: two when one per block would need
 // more than two waves' worth of blocks per SM (the 2.7b in_proj: 661 tiles for 132 SMs, at three
-// blocks an SM), which halves the blocks and the second wave's tail; from W's shape and the GPU
-// alone. MAMBA2_DECODE_TILES=1|2 forces it (to tune; the bits are the same either way).
+// blocks an SM), which halves the blocks and the second wave's tail; four past eight waves' worth
+// (the heads: 3,143 tiles for 130m), where each block's fixed costs (its prologue, the sums'
+// exchange through shared memory) add up over the waves. From W's shape and the GPU alone.
+// MAMBA2_DECODE_TILES=1|2|4 forces it (to tune; the bits are the same either way).
 int decode_tiles_per_block(int64_t tiles, int splits) {
   static const int forced = [] {
     const char* e = std::getenv("MAMBA2_DECODE_TILES");
     const int v = e ? std::atoi(e) : 0;
-    return v == 1 || v == 2 ? v : 0;
+    return v == 1 || v == 2 || v == 4 ? v : 0;
   }();
   if (forced) return forced;
-  return splits == 1 && tiles > 2 * int64_t(this_gpu().sms) ? 2 : 1;
+  if (splits > 1) return 1;
+  const int64_t sms = sm_count();
+  return tiles > 8 * sms ? 4 : tiles > 2 * sms ? 2 : 1;
 }
 
 template <class In>
@@ -689,18 +673,21 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
     launch_overlapped_clustered(unsigned(splits), kernel, grid, kTcWarps * 32, smem, "linear", in, w, out, m, n, k,
                                 splits);
   };
-  // A few rows: one 16-column tile per block (two for a tall W: decode_tiles_per_block), W
-  // streaming once, each warp's loads issued 4 tile-steps of k at a time (10 at a time ran slower
-  // in the model's decode on the H200, 2026-11-30). Many rows: 64 columns share each load of x,
-  // 16 rows per block, blocks over the rows.
+  // A few rows: one 16-column tile per block (two or four for a tall W: decode_tiles_per_block),
+  // W streaming once, each warp's loads issued 4 tile-steps of k at a time (10 at a time ran
+  // slower in the model's decode on the H200, 2026-11-30), fewer steps for more tiles (the same
+  // bytes in flight). Many rows: 64 columns share each load of x, 16 rows per block, blocks over
+  // the rows.
   using std::integral_constant;
   using I = integral_constant<int, 1>;
   using Four = integral_constant<int, 4>;
   using Two = integral_constant<int, 2>;
-  const bool wide = decode_tiles_per_block(ceil_div(n, int64_t(16)), splits) == 2;
+  const int tpb = decode_tiles_per_block(ceil_div(n, int64_t(16)), splits);
   auto by_rows = [&](auto* tag) {
-    if (m <= 8 && wide) launch(tag, Two{}, I{}, Two{});
+    if (m <= 8 && tpb == 4) launch(tag, Four{}, I{}, I{});
+    else if (m <= 8 && tpb == 2) launch(tag, Two{}, I{}, Two{});
     else if (m <= 8) launch(tag, I{}, I{}, Four{});
+    else if (m <= 16 && tpb > 1) launch(tag, Two{}, Two{}, Two{});
     else if (m <= 16) launch(tag, I{}, Two{}, Four{});
     else launch(tag, Four{}, Two{}, I{});
   };

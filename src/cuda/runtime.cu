@@ -15,6 +15,7 @@ struct Runtime {
   cudaStream_t stream = nullptr;
   cudaMemPool_t pool = nullptr;
   uint64_t l2_bytes = 0;
+  int major = 0, sms = 0;  // compute capability, SM count
 };
 
 std::mutex g_mutex;
@@ -32,6 +33,8 @@ void init_device(int index) {
   int l2 = 0;
   check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, index), "cuda");
   g_rt.l2_bytes = uint64_t(l2);
+  check(cudaDeviceGetAttribute(&g_rt.major, cudaDevAttrComputeCapabilityMajor, index), "cuda");
+  check(cudaDeviceGetAttribute(&g_rt.sms, cudaDevAttrMultiProcessorCount, index), "cuda");
   g_rt.device = index;
 }
 
@@ -47,6 +50,8 @@ Runtime& runtime() {
 }  // namespace
 
 cudaStream_t stream() { return runtime().stream; }
+int compute_major() { return runtime().major; }
+int sm_count() { return runtime().sms; }
 
 bool built() { return true; }
 
