@@ -14,7 +14,12 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "cuda/common.cuh"  // the engine's own PDL helpers
+
 namespace {
+
+using mamba2::cuda::start_next;
+using mamba2::cuda::wait_for_previous;
 
 void check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return;
@@ -23,17 +28,6 @@ void check(cudaError_t e, const char* what) {
 }
 
 constexpr int kD = 768, kThreads = 256, kChain = 73;
-
-__device__ __forceinline__ void wait_for_previous() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void start_next() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 
 // One stage: the block reads all of `in`, sums it, and writes its share of `out`.
 __device__ void stage(const float* in, float* out, int block, int blocks) {
