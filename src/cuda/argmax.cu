@@ -29,6 +29,7 @@ __device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi)
 template <bool vec>
 __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* x, int64_t ld, int64_t cols, int64_t span,
                                                           int32_t* out) {
+  TRACE_KERNEL;
   start_next();
   wait_for_previous();
   const float* row = x + int64_t(blockIdx.y) * ld;

@@ -55,6 +55,7 @@ __global__ void conv_state_kernel(const float* in, int64_t ldin, float* states, 
 // Launched overlapped (the decode step's chain): nothing is read before the previous kernel ends.
 __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, const float* bias, float* out,
                                  int64_t ldo, float* states, const int64_t* slots, int64_t C, int K) {
+  TRACE_KERNEL;
   start_next();
   wait_for_previous();
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;

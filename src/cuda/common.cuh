@@ -64,9 +64,67 @@ __device__ __forceinline__ float silu(float v) {
 // (start_next()); the successor's blocks then wait at wait_for_previous() for this grid to
 // complete, with its weight loads already in flight. Both are no-ops on older GPUs and for
 // kernels launched the ordinary way.
+#if MAMBA2_CUDA_TRACE
+// The trace build (-DMAMBA2_CUDA_TRACE=ON; the decode step dumps it to $MAMBA2_TRACE_FILE, read by
+// bench/decode_timeline.py): a kernel that opens with TRACE_KERNEL records, per block, the global
+// timer when it starts, when it passes wait_for_previous() and when its last thread is done, with
+// its grid's id and its SM, into a buffer the runtime hands every .cu file (trace_begin).
+struct TraceBuffer {
+  unsigned long long* records;  // 5 words a block
+  unsigned* count;
+};
+__device__ TraceBuffer g_trace;  // one per .cu file: set by register_trace_buffer's setters
+void register_trace_buffer(void (*set)(const TraceBuffer&));
+namespace {
+const bool trace_registered = (register_trace_buffer([](const TraceBuffer& b) {
+                                 cudaMemcpyToSymbol(g_trace, &b, sizeof b);
+                               }),
+                               true);
+}  // namespace
+constexpr unsigned kTraceRecords = 1u << 20;
+__device__ __forceinline__ unsigned long long global_timer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ unsigned long long* trace_slots() {  // start, waited, end, threads done
+  __shared__ unsigned long long slots[4];
+  return slots;
+}
+struct TraceKernel {
+  __device__ TraceKernel() {
+    if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {
+      unsigned long long* s = trace_slots();
+      s[0] = global_timer(), s[1] = 0, s[2] = 0, s[3] = 0;
+    }
+    __syncthreads();
+  }
+  __device__ ~TraceKernel() {
+    unsigned long long* s = trace_slots();
+    atomicMax(&s[2], global_timer());
+    const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
+    if (atomicAdd(&s[3], 1ull) + 1 != threads || !g_trace.records) return;
+    const unsigned i = atomicAdd(g_trace.count, 1u);
+    if (i >= kTraceRecords) return;
+    unsigned long long grid;
+    unsigned sm;
+    asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    unsigned long long* r = g_trace.records + 5ull * i;
+    r[0] = grid, r[1] = s[0], r[2] = s[1], r[3] = atomicMax(&s[2], 0ull), r[4] = sm;
+  }
+};
+#define TRACE_KERNEL const TraceKernel trace_kernel_
+#else
+#define TRACE_KERNEL static_cast<void>(0)
+#endif
+
 __device__ __forceinline__ void wait_for_previous() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if MAMBA2_CUDA_TRACE
+  if (threadIdx.x + threadIdx.y + threadIdx.z == 0) trace_slots()[1] = global_timer();
 #endif
 }
 __device__ __forceinline__ void start_next() {

@@ -11,6 +11,7 @@ constexpr int kThreads = 256;
 
 template <class T>
 __global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, float* out, L2Warm warm) {
+  TRACE_KERNEL;
   start_next();
   warm_l2(warm);
   wait_for_previous();

@@ -378,6 +378,7 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
                                                            int64_t k) {
   constexpr bool self_normed = std::is_same_v<In, SelfNormed>;
   __shared__ float scales[kRows * kMaxNormGroups], vals[kRows * kSumCols];
+  TRACE_KERNEL;
   start_next();
   warm_l2(out.warm);
   wait_for_previous();
@@ -501,6 +502,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
   float* vals = scales + NT * 8 * kMaxNormGroups;         // [row][MT·16 columns]
   float* rowsq = vals + NT * 8 * MT * 16;                 // [row] Σ src² (SelfNormed), right after vals
   float* pre = rowsq + NT * 8;                            // [slot][thread] (one_each)
+  TRACE_KERNEL;
   start_next();
   warm_l2(out.warm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;

@@ -1,6 +1,7 @@
 // The CUDA runtime of the engine: device choice, one stream, the stream-ordered memory pool.
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <mutex>
 
 #include "cuda/common.cuh"
@@ -223,3 +224,44 @@ void mark(const char* name) {
 }
 
 }  // namespace mamba2::cuda
+
+#if MAMBA2_CUDA_TRACE
+namespace mamba2::cuda {
+
+namespace {
+
+std::vector<void (*)(const TraceBuffer&)>& trace_setters() {
+  static std::vector<void (*)(const TraceBuffer&)> setters;
+  return setters;
+}
+TraceBuffer g_buffer{};
+
+}  // namespace
+
+void register_trace_buffer(void (*set)(const TraceBuffer&)) { trace_setters().push_back(set); }
+
+void trace_begin() {
+  if (!g_buffer.records) {
+    check(cudaMalloc(&g_buffer.records, size_t(kTraceRecords) * 5 * sizeof(unsigned long long)), "trace");
+    check(cudaMalloc(&g_buffer.count, sizeof(unsigned)), "trace");
+    for (auto set : trace_setters()) set(g_buffer);
+  }
+  check(cudaMemsetAsync(g_buffer.count, 0, sizeof(unsigned), stream()), "trace");
+}
+
+void trace_dump(const char* path) {
+  check(cudaStreamSynchronize(stream()), "trace");
+  unsigned n = 0;
+  check(cudaMemcpy(&n, g_buffer.count, sizeof n, cudaMemcpyDeviceToHost), "trace");
+  n = std::min(n, kTraceRecords);
+  std::vector<unsigned long long> r(size_t(n) * 5);
+  check(cudaMemcpy(r.data(), g_buffer.records, r.size() * sizeof(r[0]), cudaMemcpyDeviceToHost), "trace");
+  std::ofstream out(path);
+  out << "grid start waited end sm\n";
+  for (size_t i = 0; i < r.size(); i += 5)
+    out << r[i] << ' ' << r[i + 1] << ' ' << r[i + 2] << ' ' << r[i + 3] << ' ' << r[i + 4] << '\n';
+  if (!out) raise(cat("[cuda] cannot write the trace to ", path));
+}
+
+}  // namespace mamba2::cuda
+#endif

@@ -64,4 +64,12 @@ class StepTimer {
 };
 void mark(const char* name);
 
+#if MAMBA2_CUDA_TRACE
+// The trace build (-DMAMBA2_CUDA_TRACE=ON): trace_begin() empties the kernels' trace buffer;
+// trace_dump(path) waits for the stream and writes what they recorded since, a line a block:
+// grid id, start, passed its wait, end (global timer, ns; 0: no wait), SM.
+void trace_begin();
+void trace_dump(const char* path);
+#endif
+
 }  // namespace mamba2::cuda

@@ -468,6 +468,7 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
                                                         const int64_t* slots, const float* z, int64_t ldz, float* sums,
                                                         int64_t lds, L2Warm warm) {
   __shared__ float sq[kStepWarps];
+  TRACE_KERNEL;
   start_next();  // launched overlapped (common.cuh)
   warm_l2(warm);
   const int64_t b = blockIdx.x, h = blockIdx.y, P = p.headdim, N = p.d_state;

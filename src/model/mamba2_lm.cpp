@@ -1,6 +1,7 @@
 // The Mamba2 LM forward (DESIGN.md §1) in terms of the ops; prefill and decode share every
 // op but the conv and the scan, which come as a chunked/sequence form and a one-token form.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -482,7 +483,15 @@ const Tensor& Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<co
   if (cols != d.greedy_cols) d.graph.reset();
   d.greedy_cols = cols;
   if (d.graph) {
+#if MAMBA2_CUDA_TRACE
+    // The trace build: each replayed step's kernels, the file holding the latest.
+    const char* trace_file = std::getenv("MAMBA2_TRACE_FILE");
+    if (trace_file) cuda::trace_begin();
     d.graph->launch();
+    if (trace_file) cuda::trace_dump(trace_file);
+#else
+    d.graph->launch();
+#endif
   } else {
     body();
     if (decode_graphs_) d.graph = std::make_unique<cuda::Graph>(body);
