@@ -43,6 +43,18 @@ const simd::RowsFn<uint16_t>* rows_fns(const simd::RowKernels& t, const uint16_t
 const simd::RowsFn<Q8Block>* rows_fns(const simd::RowKernels& t, const Q8Block*) { return t.q8; }
 const simd::RowsFn<Q4Block>* rows_fns(const simd::RowKernels& t, const Q4Block*) { return t.q4; }
 
+// The m rows of x over W's rows [b0, b1): rows[3], [2], [1], [0] on 8, 4, 2 and 1 rows at a time
+// (each output's sum is the same whichever, so the split follows m freely).
+template <class Fn, class X, class Wt>
+void rows_over_band(const Fn* rows, const X* x, int64_t ldx, const Wt* W, float* y, int64_t ldy, int64_t m,
+                    int64_t b0, int64_t b1, int64_t k) {
+  int64_t i = 0;
+  for (; i + 8 <= m; i += 8) rows[3](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+  for (; i + 4 <= m; i += 4) rows[2](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+  for (; i + 2 <= m; i += 2) rows[1](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+  for (; i < m; ++i) rows[0](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
+}
+
 // Bound by reading W once. Each thread streams a band of W's rows; the band stays in cache
 // while every row of x passes over it.
 template <class Wt>
@@ -51,14 +63,7 @@ void linear_rows(const float* x, int64_t ldx, const Wt* W, float* y, int64_t ldy
   // About four bands per thread, so that many cores share even the narrow out_proj.
   const int64_t band = std::clamp<int64_t>(n / (4 * omp_get_max_threads()), 4, 64);
 #pragma omp parallel for schedule(static)
-  for (int64_t b0 = 0; b0 < n; b0 += band) {
-    const int64_t b1 = std::min(b0 + band, n);
-    int64_t i = 0;
-    for (; i + 8 <= m; i += 8) rows[3](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
-    for (; i + 4 <= m; i += 4) rows[2](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
-    for (; i + 2 <= m; i += 2) rows[1](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
-    for (; i < m; ++i) rows[0](x + i * ldx, ldx, W, y + i * ldy, ldy, b0, b1, k);
-  }
+  for (int64_t b0 = 0; b0 < n; b0 += band) rows_over_band(rows, x, ldx, W, y, ldy, m, b0, std::min(b0 + band, n), k);
 }
 
 // The tiled GEMM, as BLAS libraries block theirs (Goto's scheme), with one difference that
@@ -213,8 +218,8 @@ const simd::Int8Set<Q4Block>& int8_set(const simd::Int8Kernels& t, const Q4Block
 // set (prefill, where it has them) or its rows in bands (decode, and prefill without). Each output
 // is the definition's one sum whichever runs, so prefill and decode give a row the same bits.
 // The rows kernels of narrow activations (int8 blocks, bf16) over bands of W's rows: each row of x
-// converted once (convert(row, out): `stride` values of A), then rows[3], [2], [1], [0] on 8, 4, 2
-// and 1 rows of x at a time, `band` rows of W a task. A few rows (decode) each thread converts for
+// converted once (convert(row, out): `stride` values of A), then rows_over_band, `band` rows of W a
+// task. A few rows (decode) each thread converts for
 // itself: cheaper than the barrier after sharing the work; more share it, in `shared` (the
 // caller's thread's buffer, sized here).
 template <class A, class Wt, class Fn, class Convert>
@@ -236,14 +241,8 @@ void banded_rows(const float* x, int64_t ldx, int64_t m, int64_t stride, std::ve
       for (int64_t i = 0; i < m; ++i) convert(x + i * ldx, xa + i * stride);
     }
 #pragma omp for schedule(static)
-    for (int64_t b0 = 0; b0 < n; b0 += band) {
-      const int64_t b1 = std::min(b0 + band, n);
-      int64_t i = 0;
-      for (; i + 8 <= m; i += 8) rows[3](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i + 4 <= m; i += 4) rows[2](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i + 2 <= m; i += 2) rows[1](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
-      for (; i < m; ++i) rows[0](xa + i * stride, stride, W, y + i * ldy, ldy, b0, b1, k);
-    }
+    for (int64_t b0 = 0; b0 < n; b0 += band)
+      rows_over_band(rows, xa, stride, W, y, ldy, m, b0, std::min(b0 + band, n), k);
   }
 }
 
