@@ -276,6 +276,8 @@ std::vector<ScanCase> scan_cases() {
       // one-kernel scan's partial column tile).
       {.Q = 64, .H = 2, .P = 48, .G = 2, .N = 200, .lengths = {70, 1, 130}},
       {.Q = 128, .H = 3, .P = 80, .G = 1, .N = 128, .lengths = {129, 64, 3}},
+      // An odd head and state: states and y element by element.
+      {.Q = 64, .H = 2, .P = 33, .G = 1, .N = 17, .lengths = {130, 5, 64}},
   };
 }
 
@@ -325,6 +327,12 @@ TEST(CudaSsdScan, PassesStatesThroughLongChainsOfChunks) {
       SCOPED_TRACE(testing::Message() << dtype_name(compute) << ", " << lengths.size() << " sequences");
       check_scan({.Q = 16, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = lengths}, 31, compute);
     }
+  // An odd head and state (chained): the states and y move element by element instead of in pairs.
+  for (const DType compute : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(testing::Message() << dtype_name(compute) << ", P 33, N 17");
+    check_scan({.Q = 16, .H = 24, .P = 33, .G = 1, .N = 17, .lengths = {600, 500, 400, 300, 200, 170, 100, 90}}, 37,
+               compute);
+  }
 }
 
 TEST(CudaSsdScan, MatchesTheCpuScanWithTheDtLimit) {

@@ -92,6 +92,7 @@ struct Chain {
   float* chunk_states;          // (total_chunks, heads, P, N): S_start of every chunk, for pass 2
   float* states;                // the sequences' slots: initial state in, final state out
   double* a_last;               // (heads, total_chunks), unchained only
+  bool pairs;                   // d_state even and the buffers 8-byte aligned: 8-byte state accesses
 };
 
 struct Work {
@@ -116,25 +117,47 @@ __device__ __forceinline__ void store_relaxed(unsigned* p, unsigned v) {
   asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+// Elements e0 and e1 of a state (offsets, -1: none; pairs: e1 = e0 + 1 whenever e0 ≥ 0, e0 even,
+// the buffer 8-byte aligned) from the L2, 0 where none, and back.
+__device__ __forceinline__ void load_pair(const float* base, int64_t e0, int64_t e1, bool pairs, float& v0,
+                                          float& v1) {
+  if (pairs) {
+    const float2 v = e0 >= 0 ? __ldcg(reinterpret_cast<const float2*>(base + e0)) : make_float2(0.0f, 0.0f);
+    v0 = v.x, v1 = v.y;
+  } else {
+    v0 = e0 >= 0 ? __ldcg(base + e0) : 0.0f;
+    v1 = e1 >= 0 ? __ldcg(base + e1) : 0.0f;
+  }
+}
+__device__ __forceinline__ void store_pair(float* base, int64_t e0, int64_t e1, bool pairs, float v0, float v1) {
+  if (pairs) {
+    if (e0 >= 0) *reinterpret_cast<float2*>(base + e0) = make_float2(v0, v1);
+  } else {
+    if (e0 >= 0) base[e0] = v0;
+    if (e1 >= 0) base[e1] = v1;
+  }
+}
+
 // The block's share of the chain step for chunk ch (global index c), head h, state tile `tile`
 // (unchained: S_c to chunk_states[c] and a[last] to a_last, for state_pass):
 // S_start from the slot (a sequence's first chunk: also copied to chunk_states[c] for pass 2) or
 // from chunk_states[c] once the chunk before has published it; then exp(a[last])·S_start + S_c to
-// chunk_states[c + 1] (published) or, for the last chunk, to the slot. The thread holds S_c[e] for
-// e = offset(i), i < K (offset -1: none), e an element of the head's P×N state. Every load is
-// issued before the first store, 16 at a time (the compiler must assume the two may alias, and
-// would not hoist them): a round trip to the L2 per 16 elements, not per element.
+// chunk_states[c + 1] (published) or, for the last chunk, to the slot; chained, the thread's
+// s_c[i] then holds S_start[offset(i)] (0 where none), as phase 2 of the one-kernel scan starts.
+// The thread holds S_c[e] for e = offset(i), i < K (offset -1: none), e an element of the head's
+// P×N state; elements 2q and 2q+1 are columns n and n+1 of one row, n even, so with k.pairs (N
+// even, 8-byte aligned buffers) they move as one 8-byte access. Every load is issued before the
+// first store, 16 at a time (the compiler must assume the two may alias, and would not hoist
+// them): a round trip to the L2 per 16 elements, not per element.
 template <int K, class Offset>
 __device__ void pass_state(const Chain& k, const SsdParams& p, const PackedSeqs& s, const Chunk& ch, int64_t c, int h,
-                           int tile, int tiles, double a_last, const float (&s_c)[K], Offset offset) {
+                           int tile, int tiles, double a_last, float (&s_c)[K], Offset offset) {
+  static_assert(K % 2 == 0, "pass_state: elements come in pairs");
   const int64_t H = p.nheads, PN = p.headdim * p.d_state;
   float* here = k.chunk_states + (c * H + h) * PN;
   if (!k.chained) {
 #pragma unroll
-    for (int i = 0; i < K; ++i) {
-      const int64_t e = offset(i);
-      if (e >= 0) here[e] = s_c[i];
-    }
+    for (int i = 0; i < K; i += 2) store_pair(here, offset(i), offset(i + 1), k.pairs, s_c[i], s_c[i + 1]);
     if (tile == 0 && threadIdx.x == 0) k.a_last[h * s.total_chunks + c] = a_last;
     return;
   }
@@ -159,16 +182,13 @@ __device__ void pass_state(const Chain& k, const SsdParams& p, const PackedSeqs&
   for (int i0 = 0; i0 < K; i0 += G) {
     float s0[G];
 #pragma unroll
-    for (int i = 0; i < G; ++i) {
-      const int64_t e = offset(i0 + i);
-      s0[i] = e >= 0 ? __ldcg(from + e) : 0.0f;
-    }
+    for (int i = 0; i < G; i += 2) load_pair(from, offset(i0 + i), offset(i0 + i + 1), k.pairs, s0[i], s0[i + 1]);
 #pragma unroll
-    for (int i = 0; i < G; ++i) {
-      const int64_t e = offset(i0 + i);
-      if (e < 0) continue;
-      if (first) here[e] = s0[i];
-      to[e] = fmaf(decay, s0[i], s_c[i0 + i]);
+    for (int i = 0; i < G; i += 2) {
+      const int64_t e0 = offset(i0 + i), e1 = offset(i0 + i + 1);
+      if (first) store_pair(here, e0, e1, k.pairs, s0[i], s0[i + 1]);
+      store_pair(to, e0, e1, k.pairs, fmaf(decay, s0[i], s_c[i0 + i]), fmaf(decay, s0[i + 1], s_c[i0 + i + 1]));
+      s_c[i0 + i] = s0[i], s_c[i0 + i + 1] = s0[i + 1];
     }
   }
   if (last) return;
@@ -295,7 +315,7 @@ __global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, cons
     __syncthreads();
   }
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
-  pass_state(chain, p, seqs, ch, w.c, h, w.tile, tiles, a_last, reinterpret_cast<const float(&)[16]>(acc),
+  pass_state(chain, p, seqs, ch, w.c, h, w.tile, tiles, a_last, reinterpret_cast<float(&)[16]>(acc),
              [&](int i) -> int64_t {
                const int64_t pp = p0 + 4 * ty + i / 4, n = n0 + 4 * tx + i % 4;
                return pp < P && n < N ? pp * N + n : -1;
@@ -689,7 +709,7 @@ __global__ __launch_bounds__(kStateThreads, 2) void chunk_state_tc_kernel(SsdPar
     __syncthreads();
   }
   const int lane = threadIdx.x % 32;
-  pass_state(chain, p, seqs, ch, w.c, h, w.tile, tiles, a_last, reinterpret_cast<const float(&)[4 * FW]>(acc),
+  pass_state(chain, p, seqs, ch, w.c, h, w.tile, tiles, a_last, reinterpret_cast<float(&)[4 * FW]>(acc),
              [&](int i) -> int64_t {
                const int j = i / 4, q = i % 4;
                const int64_t pp = p0 + r0 + lane / 4 + 8 * (q / 2), n = n0 + c0 + 8 * j + 2 * (lane % 4) + q % 2;
@@ -912,14 +932,16 @@ __global__ void to_operands_kernel(const float* B, int64_t ldb, const float* C, 
 
 template <int NPAD>
 __host__ __device__ constexpr size_t seq_smem_bytes() {
-  return 2 * (3 * size_t(kSpan) * (NPAD + 8) + 3 * size_t(kSpan) * kTcStride) + 4 * size_t(kSpan) * (kXfStride + 4);
+  return 2 * (3 * size_t(kSpan) * (NPAD + 8) + 3 * size_t(kSpan) * kTcStride) +
+         4 * (size_t(kSpan) * (kXfStride + 1) + 3 * size_t(kMaxChunk));
 }
 
 enum class SeqMode { Chained, StateOnly, ScanOnly };
 
 template <class T, int NPAD, SeqMode MODE>
 __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams p, const float* x, int64_t ldx,
-                                                                      bool x_vec, const T* bt, const T* ct,
+                                                                      bool x_vec, bool y_vec, const T* bt,
+                                                                      const T* ct,
                                                                       const float* dt_raw, int64_t lddt, float* y,
                                                                       int64_t ldy, PackedSeqs seqs, int64_t Q,
                                                                       Chain chain) {
@@ -932,10 +954,11 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   T* Xw = Xt + kSpan * kTcStride;      // [s][p]: w∘x
   T* Ms = Xw + kSpan * kTcStride;      // [t][s]: M
   float* Xf = reinterpret_cast<float*>(Ms + kSpan * kTcStride);  // [s][p]: x in fp32
-  float* s_raw = Xf + kSpan * kXfStride;                           // raw dt
-  float* s_a = s_raw + kSpan;                                      // a·log2(e)
-  float* s_dt = s_a + kSpan;
-  float* s_w = s_dt + kSpan;  // 2^(a[last]-a[s])·dt[s]
+  float* s_raw = Xf + kSpan * kXfStride;                           // raw dt of a span
+  // Of the whole chunk, span by span (phase 2 of the chained kernel reuses phase 1's):
+  float* s_a = s_raw + kSpan;  // a·log2(e), a the cumsum within the span
+  float* s_dt = s_a + kMaxChunk;
+  float* s_w = s_dt + kMaxChunk;  // 2^(a[last]-a[s])·dt[s], last the span's
 
   const int64_t H = p.nheads, P = p.headdim, N = p.d_state, G = p.ngroups;
   const int tiles = int(ceil_div(P, kTile));
@@ -961,7 +984,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   const T* csrc = ct + g * NPAD + 8 * cq;
   const float* xsrc = x + h * P + p0 + 4 * cq;
   const int64_t GN = G * NPAD;
-  const auto issue = [&](int64_t tok0, int len, bool with_c) {
+  const auto issue = [&](int64_t tok0, int len, bool with_c, bool with_dt) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int r = cr + 16 * u;
@@ -982,52 +1005,54 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
         }
       }
     }
-    if (threadIdx.x < kSpan) {
+    if (with_dt && threadIdx.x < kSpan) {
       const int r = threadIdx.x;
       cp_async4(s_raw + r, dt_raw + (tok0 + min(r, len - 1)) * lddt + h, r < len ? 4 : 0);
     }
     cp_async_commit();
   };
   const float A = -expf(p.A_log[h]), bias = p.dt_bias[h];
-  // After the span's copies have landed: dt, a·log2(e) (an inclusive scan across the warp; every
-  // exponent below is clamped to ≤ 0, so rounding in the scan never makes a factor exceed 1), w;
-  // then x to T (and w∘x). Returns a[last] in natural units.
-  const auto span_prologue = [&](int len, bool with_x) -> float {
+  // After span s's copies have landed: dt, a·log2(e) (an inclusive scan across the warp; every
+  // exponent below is clamped to ≤ 0, so rounding in the scan never makes a factor exceed 1) and
+  // w into the span's part of s_dt, s_a, s_w (unless `scan` is false: phase 1 left them there);
+  // then x to T (and w∘x). Returns a[last]·log2(e) of the span.
+  const auto span_prologue = [&](int s, int len, bool with_x, bool scan) -> float {
+    float *sa = s_a + s * kSpan, *sdt = s_dt + s * kSpan, *sw = s_w + s * kSpan;
     cp_async_wait_all();
     __syncthreads();
-    if (warp == 0) {
-      const int t = 2 * lane;
-      const float d0 = t < len ? dt_activation(s_raw[t], bias, p.dt_min, p.dt_max) : 0.0f;
-      const float d1 = t + 1 < len ? dt_activation(s_raw[t + 1], bias, p.dt_min, p.dt_max) : 0.0f;
-      const float v0 = d0 * A;
-      float incl = v0 + d1 * A;
+    if (scan) {
+      if (warp == 0) {
+        const int t = 2 * lane;
+        const float d0 = t < len ? dt_activation(s_raw[t], bias, p.dt_min, p.dt_max) : 0.0f;
+        const float d1 = t + 1 < len ? dt_activation(s_raw[t + 1], bias, p.dt_min, p.dt_max) : 0.0f;
+        const float v0 = d0 * A;
+        float incl = v0 + d1 * A;
 #pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const float o = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += o;
+        for (int off = 1; off < 32; off *= 2) {
+          const float o = __shfl_up_sync(0xffffffffu, incl, off);
+          if (lane >= off) incl += o;
+        }
+        const float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+        sdt[t] = d0, sdt[t + 1] = d1;
+        sa[t] = float(double(lane > 0 ? excl + v0 : v0) * kLog2e);
+        sa[t + 1] = float(double(incl) * kLog2e);
       }
-      const float excl = __shfl_up_sync(0xffffffffu, incl, 1);
-      s_dt[t] = d0, s_dt[t + 1] = d1;
-      s_a[t] = float(double(lane > 0 ? excl + v0 : v0) * kLog2e);
-      s_a[t + 1] = float(double(incl) * kLog2e);
+      __syncthreads();
+      if (threadIdx.x < kSpan) sw[threadIdx.x] = exp2_approx(fminf(sa[kSpan - 1] - sa[threadIdx.x], 0.0f)) * sdt[threadIdx.x];
+      __syncthreads();
     }
-    __syncthreads();
-    const float a2_last = s_a[kSpan - 1];
-    if (threadIdx.x < kSpan)
-      s_w[threadIdx.x] = exp2_approx(fminf(a2_last - s_a[threadIdx.x], 0.0f)) * s_dt[threadIdx.x];
-    __syncthreads();
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int r = cr + 16 * u, cc = 4 * cq;
       const float4 v = *reinterpret_cast<const float4*>(Xf + r * kXfStride + cc);
-      const float wr = s_w[r];
+      const float wr = sw[r];
       if (with_x)
         *reinterpret_cast<uint2*>(Xt + r * kTcStride + cc) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
       *reinterpret_cast<uint2*>(Xw + r * kTcStride + cc) =
           make_uint2(pack2<T>(wr * v.x, wr * v.y), pack2<T>(wr * v.z, wr * v.w));
     }
     __syncthreads();
-    return a2_last;
+    return sa[kSpan - 1];
   };
   // S = 2^a[last]·S + (w∘X)ᵀ B: rows p = r0.., the half's columns n, 64 tokens as k.
   float st[NF][4];
@@ -1064,32 +1089,31 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[j][e] = 0.0f;
     double a_chunk = 0.0;
-    issue(ch.tok0, min(kSpan, ch.len), false);
+    issue(ch.tok0, min(kSpan, ch.len), false, true);
     for (int s = 0; s < nspans; ++s) {
       const int len = min(kSpan, ch.len - s * kSpan);
-      const float a2_last = span_prologue(len, false);
+      const float a2_last = span_prologue(s, len, false, true);
       a_chunk += double(a2_last) / kLog2e;
       update_state(a2_last);
       __syncthreads();
-      if (s + 1 < nspans) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false);
+      if (s + 1 < nspans) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false, true);
     }
-    pass_state(chain, p, seqs, ch, c, h, tile, tiles, a_chunk, reinterpret_cast<const float(&)[4 * NF]>(st),
+    // Phase 2's first span is copied in during the hand-off; pass_state leaves S_start in st.
+    if constexpr (MODE == SeqMode::Chained) issue(ch.tok0, min(kSpan, ch.len), true, false);
+    pass_state(chain, p, seqs, ch, c, h, tile, tiles, a_chunk, reinterpret_cast<float(&)[4 * NF]>(st),
                state_offset);
     if constexpr (MODE == SeqMode::StateOnly) return;
-    __syncthreads();
-    __threadfence_block();
+  } else {
+    // Phase 2 alone: the state at the chunk's start from chunk_states[c] (state_pass left it there).
+    issue(ch.tok0, min(kSpan, ch.len), true, true);
+    const float* s_start = chain.chunk_states + (c * H + h) * P * N;
+    float(&sv)[4 * NF] = reinterpret_cast<float(&)[4 * NF]>(st);
+#pragma unroll
+    for (int i = 0; i < 4 * NF; i += 2)
+      load_pair(s_start, state_offset(i), state_offset(i + 1), chain.pairs, sv[i], sv[i + 1]);
   }
 
-  // Phase 2: from the state at the chunk's start (chunk_states[c], as pass 2 reads it).
-  const float* s_start = chain.chunk_states + (c * H + h) * P * N;
-  issue(ch.tok0, min(kSpan, ch.len), true);
-#pragma unroll
-  for (int j = 0; j < NF; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t off = state_offset(4 * j + e);
-      st[j][e] = off >= 0 ? __ldcg(s_start + off) : 0.0f;
-    }
+  // Phase 2: from the state at the chunk's start.
   const auto state_to_operand = [&] {
 #pragma unroll
     for (int j = 0; j < NF; ++j) {
@@ -1104,7 +1128,9 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   for (int s = 0; s < nspans; ++s) {
     const int64_t tok0 = ch.tok0 + s * kSpan;
     const int len = min(kSpan, ch.len - s * kSpan);
-    const float a2_last = span_prologue(len, true);
+    constexpr bool scan = MODE != SeqMode::Chained;  // else phase 1 left this span's dt, a and w
+    const float a2_last = span_prologue(s, len, true, scan);
+    const float *sa = s_a + s * kSpan, *sdt = s_dt + s * kSpan;
     // C Bᵀ (rows r0.., the k-steps q ≤ r of 16 columns s with q % 2 = the warp's half: the two
     // halves share the triangle) and C·Sᵀ (the half's columns p), C's fragment loaded once.
     float cb[2][2][4] = {}, cs[4][4] = {};
@@ -1132,7 +1158,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
     float at[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      at[i] = s_a[sp[i]];
+      at[i] = sa[sp[i]];
       const float decay = exp2_approx(fminf(at[i], 0.0f));
 #pragma unroll
       for (int j = 0; j < 4; ++j) cs[j][2 * i] *= decay, cs[j][2 * i + 1] *= decay;
@@ -1145,7 +1171,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int f = 0; f < 2; ++f) {
         const int s0 = 16 * q + 8 * f + 2 * (lane % 4);  // and s0 + 1
-        const float2 as = *reinterpret_cast<const float2*>(s_a + s0), ds = *reinterpret_cast<const float2*>(s_dt + s0);
+        const float2 as = *reinterpret_cast<const float2*>(sa + s0), ds = *reinterpret_cast<const float2*>(sdt + s0);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const float v0 = s0 <= sp[i] ? cb[li][f][2 * i] * exp2_approx(fminf(at[i] - as.x, 0.0f)) * ds.x : 0.0f;
@@ -1179,14 +1205,20 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int cc = pc0 + 8 * j + 2 * (lane % 4);
-        if (cc < pcols) yt[cc] = fmaf(Dh, xt[cc], cs[j][2 * i]);
-        if (cc + 1 < pcols) yt[cc + 1] = fmaf(Dh, xt[cc + 1], cs[j][2 * i + 1]);
+        const float2 xv = *reinterpret_cast<const float2*>(xt + cc);
+        const float y0 = fmaf(Dh, xv.x, cs[j][2 * i]), y1 = fmaf(Dh, xv.y, cs[j][2 * i + 1]);
+        if (y_vec && cc + 1 < pcols) {
+          *reinterpret_cast<float2*>(yt + cc) = make_float2(y0, y1);
+        } else {
+          if (cc < pcols) yt[cc] = y0;
+          if (cc + 1 < pcols) yt[cc + 1] = y1;
+        }
       }
     }
     if (s + 1 == nspans) break;
     update_state(a2_last);
     __syncthreads();  // every read of this span's tiles and of the state operand is done
-    issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true);
+    issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, scan);
     state_to_operand();
   }
 }
@@ -1240,8 +1272,9 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     fill_zero(chain_buf.get(), bytes);
     if (!chained) a_last_buf = allocate(sizeof(double) * size_t(H * seqs.total_chunks), "ssd_scan scratch");
     auto* tickets = static_cast<unsigned long long*>(chain_buf.get());
+    const bool pairs = N % 2 == 0 && reinterpret_cast<uintptr_t>(states) % 8 == 0;
     return Chain{chained, tickets, reinterpret_cast<unsigned*>(tickets + 1), cs, states,
-                 static_cast<double*>(a_last_buf.get())};
+                 static_cast<double*>(a_last_buf.get()), pairs};
   };
   const auto state_pass = [&](const Chain& k) {
     if (k.chained) return;
@@ -1292,21 +1325,22 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
         for (auto* kernel : {chained, state_only, scan_only})
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "ssd_scan");
         const bool x_vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 4 == 0 && P % 4 == 0;
+        const bool y_vec = reinterpret_cast<uintptr_t>(y) % 8 == 0 && ldy % 2 == 0 && P % 2 == 0;
         unsigned blocks = 0;
         const int64_t tiles = ceil_div(P, kTile);
         const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem);
         if (k.chained) {
-          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
+          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
                                                            chunk_size, k);
           check_launch("ssd_scan");
           return;
         }
-        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
+        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
                                                             chunk_size, k);
         check_launch("ssd_scan");
         state_pass(k);
         scan_only<<<dim3(chunks, heads, unsigned(tiles)), kSeqThreads, smem, stream()>>>(
-            p, x, ldx, x_vec, bt, ct, dt_raw, lddt, y, ldy, seqs, chunk_size, k);
+            p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs, chunk_size, k);
         check_launch("ssd_scan");
       };
       if (N <= 64) spans(std::integral_constant<int, 64>{});
