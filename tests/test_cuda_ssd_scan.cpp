@@ -318,7 +318,8 @@ TEST(CudaSsdScan, MatchesTheCpuScanAtThe130mShape) {
 // Pass 1 hands each chunk's end state to the next chunk's block (a chain of blocks) when many
 // sequences fill the GPU, and walks long sequences in a separate pass: both, with many more
 // blocks than the GPU holds at once (16-token chunks, 24 heads: 3,000 to 8,000 blocks a launch;
-// on an H200 the first case is chained, the second is not), in both kernels.
+// on an H200 the first case is chained, the second is chained in bf16 (the one-kernel scan chains
+// from fewer blocks a chunk index) and not in fp32), in both kernels.
 TEST(CudaSsdScan, PassesStatesThroughLongChainsOfChunks) {
   MAMBA2_REQUIRE_GPU();
   for (const DType compute : {DType::F32, DType::BF16})

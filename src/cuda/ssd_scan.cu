@@ -1253,7 +1253,8 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
   // Pass 1's grid: one block per (chunk, head, state tile), in ticket order (Chain); chained or
   // followed by state_pass (the same bits either way).
   std::shared_ptr<void> chain_buf, a_last_buf;
-  const auto chain = [&](const void* kernel, int threads, int64_t tiles, unsigned& blocks, size_t smem = 0) {
+  const auto chain = [&](const void* kernel, int threads, int64_t tiles, unsigned& blocks, size_t smem = 0,
+                         int64_t share = 2) {
     const int64_t n = seqs.total_chunks * H * tiles;
     if (n > int64_t(INT32_MAX)) raise(cat("[ssd_scan] ", n, " blocks in the state pass: more than a grid takes"));
     blocks = unsigned(n);
@@ -1262,11 +1263,14 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "ssd_scan");
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem), "ssd_scan");
     // The chain pays a hand-off between blocks (a few µs) per chunk, in sequence; hidden when each
-    // chunk index of every sequence fills about a wave of blocks by itself (the blocks of the
-    // next index start as those of this one finish), exposed when many indices run at once (a
-    // few long sequences: the separate pass walks them in registers instead).
+    // chunk index of every sequence fills a share of a wave of blocks (the blocks of the next
+    // index start as those of this one finish), exposed when many indices run at once (a few
+    // long sequences of few heads: the separate pass walks them in registers instead). The share:
+    // half a wave for the passes; an eighth for the one-kernel scan, whose separate pass also
+    // reads every tile twice from memory (H200, bench/RESULTS.md: chained, 48 blocks an index
+    // ran 22% faster; 24, a 130m prompt alone, 3% slower).
     const int64_t capacity = int64_t(per_sm) * sms, per_index = seqs.count * H * tiles;
-    const bool chained = n > capacity && 2 * per_index >= capacity;
+    const bool chained = n > capacity && share * per_index >= capacity;
     const size_t bytes = sizeof(unsigned long long) + sizeof(unsigned) * size_t(chained ? n : 0);
     chain_buf = allocate(bytes, "ssd_scan scratch");
     fill_zero(chain_buf.get(), bytes);
@@ -1328,7 +1332,7 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
         const bool y_vec = reinterpret_cast<uintptr_t>(y) % 8 == 0 && ldy % 2 == 0 && P % 2 == 0;
         unsigned blocks = 0;
         const int64_t tiles = ceil_div(P, kTile);
-        const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem);
+        const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem, 8);
         if (k.chained) {
           chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
                                                            chunk_size, k);
