@@ -213,7 +213,7 @@ double scan_bound(DType compute) {
     case DType::F32: return 1e-5;
     case DType::BF16: return 1e-2;
     case DType::F16: return 2e-3;
-    case DType::Q8_0: break;  // not a compute type
+    default: break;  // the weight formats (q8, q4) are not compute types
   }
   return 0.0;
 }
