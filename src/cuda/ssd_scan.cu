@@ -941,10 +941,9 @@ enum class SeqMode { Chained, StateOnly, ScanOnly };
 template <class T, int NPAD, SeqMode MODE>
 __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams p, const float* x, int64_t ldx,
                                                                       bool x_vec, bool y_vec, const T* bt,
-                                                                      const T* ct,
-                                                                      const float* dt_raw, int64_t lddt, float* y,
-                                                                      int64_t ldy, PackedSeqs seqs, int64_t Q,
-                                                                      Chain chain) {
+                                                                      const T* ct, const float* dt_raw, int64_t lddt,
+                                                                      float* y, int64_t ldy, PackedSeqs seqs,
+                                                                      int64_t Q, Chain chain) {
   constexpr int NS = NPAD + 8, NF = NPAD / 16, NKS = NPAD / 16;  // row stride, n fragments a half, k-steps over n
   extern __shared__ __align__(16) unsigned char smem[];
   T* Cs = reinterpret_cast<T*>(smem);  // [t][n]
@@ -1038,7 +1037,8 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
         sa[t + 1] = float(double(incl) * kLog2e);
       }
       __syncthreads();
-      if (threadIdx.x < kSpan) sw[threadIdx.x] = exp2_approx(fminf(sa[kSpan - 1] - sa[threadIdx.x], 0.0f)) * sdt[threadIdx.x];
+      if (threadIdx.x < kSpan)
+        sw[threadIdx.x] = exp2_approx(fminf(sa[kSpan - 1] - sa[threadIdx.x], 0.0f)) * sdt[threadIdx.x];
       __syncthreads();
     }
 #pragma unroll
@@ -1334,13 +1334,13 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
         const int64_t tiles = ceil_div(P, kTile);
         const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem, 8);
         if (k.chained) {
-          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
-                                                           chunk_size, k);
+          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy,
+                                                           seqs, chunk_size, k);
           check_launch("ssd_scan");
           return;
         }
-        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs,
-                                                            chunk_size, k);
+        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy,
+                                                            seqs, chunk_size, k);
         check_launch("ssd_scan");
         state_pass(k);
         scan_only<<<dim3(chunks, heads, unsigned(tiles)), kSeqThreads, smem, stream()>>>(
