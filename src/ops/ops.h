@@ -49,7 +49,7 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
 // integer dot products (Int8: llama.cpp's q8_0 · q8_0 and q4_0 · q8_0), or kept fp32 against the
 // widened weights (F32: bit for bit the fp32 kernels on the dequantized weights). Default: per
 // format, int8 where the instruction set's int8 kernels for it are the faster path
-// (cpu/simd/q8x8.h, Int8Set::default_on: both with AVX-512 VNNI, Q4_0 with AVX2), else fp32.
+// (cpu/simd/q8x8.h, Int8Set::default_on: both with AVX-512 VNNI or AVX2), else fp32.
 // MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses for both at first use; set_q8_activations changes it
 // (tests and benchmarks).
 enum class Q8Activations { Default, Int8, F32 };

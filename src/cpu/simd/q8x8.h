@@ -45,9 +45,9 @@ using Int8GemmFn = void (*)(const ActBlock* x, int64_t ldx, int64_t rows, const 
 // One weight format's kernels.
 template <class Block>
 struct Int8Set {
-  // Faster than fp32 activations at every batch measured (bench/RESULTS.md, "q8 × int8" and "q4 ×
-  // int8"): the default there (ops::int8_activations). VNNI's for both formats and AVX2's for
-  // Q4_0; AVX2's Q8_0 kernel is slower at batch 1, NEON's are unmeasured.
+  // At least as fast as fp32 activations at every batch measured (bench/RESULTS.md, "q8 × int8",
+  // "q4 × int8" and "AVX2's q8 default"): the default there (ops::int8_activations). VNNI's and
+  // AVX2's for both formats; NEON's are unmeasured.
   bool default_on;
   Int8RowsFn<Block> rows[4];  // [0]: one row of x, [1]: two, [2]: four, [3]: eight
   Int8GemmFn<Block> gemm;     // null where the rows kernel is as fast (prefill then goes through rows)

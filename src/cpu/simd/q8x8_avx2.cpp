@@ -95,11 +95,11 @@ void rows(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy,
   }
 }
 
-// Q8_0's kernel measured 15% slower than fp32 activations at batch 1 (1.03× since the prefetch
-// fix: to be re-measured before its default changes), Q4_0's faster at every batch
-// (bench/RESULTS.md): int8 by default for Q4_0 only.
+// Int8 by default for both: Q4_0's kernel is faster at every batch; Q8_0's, once 15% slower at
+// batch 1, has measured as fast as fp32 activations at batch 1 and prefill and 1.2–1.4× at batch 8
+// since the prefetch fix (bench/RESULTS.md, 2026-12-02).
 const Int8Kernels kKernels{"avx2",
-                           {false, {rows<Q8Weights, 1>, rows<Q8Weights, 2>, rows<Q8Weights, 4>, rows<Q8Weights, 8>},
+                           {true, {rows<Q8Weights, 1>, rows<Q8Weights, 2>, rows<Q8Weights, 4>, rows<Q8Weights, 8>},
                             nullptr, 0, 0, 0, 0},
                            {true, {rows<Q4Weights, 1>, rows<Q4Weights, 2>, rows<Q4Weights, 4>, rows<Q4Weights, 8>},
                             nullptr, 0, 0, 0, 0}};
