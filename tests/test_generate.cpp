@@ -100,7 +100,10 @@ TEST_F(Generate, GreedyEqualsTheArgmaxChainOfLogits) {
   const size_t p = all.size();
   all.insert(all.end(), gen.begin(), gen.end());
   std::string ids;
-  for (int32_t t : all) ids += (ids.empty() ? "" : ",") + std::to_string(t);
+  for (int32_t t : all) {
+    if (!ids.empty()) ids += ',';
+    ids += std::to_string(t);
+  }
   const fs::path npy = test::scratch_path("generate", "chain.npy");
   const auto l = test::run_cli("logits --model " + test::shell_quote(model_dir().string()) + " --ids " + ids +
                                " --out " + test::shell_quote(npy.string()));
