@@ -26,9 +26,6 @@ namespace mamba2::cpu {
 
 namespace {
 
-inline float weight(float w) { return w; }
-inline float weight(uint16_t w) { return bf16_to_f32(w); }
-
 // Row r of W (n, k).
 template <class Wt>
 inline const Wt* w_row(const Wt* W, int64_t r, int64_t k) {
@@ -103,7 +100,7 @@ const float* row_segment(const Wt* row, int64_t p0, int64_t kc, float* tmp) {
   else if constexpr (std::is_same_v<Wt, Q4Block>)
     dequantize_q4(row + p0 / kQuantBlock, tmp, size_t(kc / kQuantBlock));
   else
-    for (int64_t p = 0; p < kc; ++p) tmp[p] = weight(row[p0 + p]);
+    for (int64_t p = 0; p < kc; ++p) tmp[p] = bf16_to_f32(row[p0 + p]);
   return tmp;
 }
 

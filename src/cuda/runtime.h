@@ -45,8 +45,9 @@ class Graph {
   void launch();
 
  private:
-  void* graph_ = nullptr;  // cudaGraph_t
-  void* exec_ = nullptr;   // cudaGraphExec_t
+  // Null (and unused) without the CUDA backend.
+  [[maybe_unused]] void* graph_ = nullptr;  // cudaGraph_t
+  [[maybe_unused]] void* exec_ = nullptr;   // cudaGraphExec_t
 };
 
 // Where the time of a stretch of launches goes: while a StepTimer lives, mark(name) records an

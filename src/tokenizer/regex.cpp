@@ -113,11 +113,19 @@ std::string onig_to_pcre2(std::string_view p, const std::string& where) {
       const char d = p[++i];
       switch (d) {
         case 's':
-          out += in_class ? std::string(kOnigSpace) : "[" + std::string(kOnigSpace) + "]";
+          if (in_class) {
+            out += kOnigSpace;
+          } else {
+            out += '[';
+            out += kOnigSpace;
+            out += ']';
+          }
           break;
         case 'S':
           if (in_class) refuse("\\S inside a character class");
-          out += "[^" + std::string(kOnigSpace) + "]";
+          out += "[^";
+          out += kOnigSpace;
+          out += ']';
           break;
         case 'u': {
           const std::string_view hex = p.substr(i + 1, 4);

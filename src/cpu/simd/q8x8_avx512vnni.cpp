@@ -13,8 +13,10 @@
 #include <type_traits>
 
 // GCC 12's AVX-512 conversion intrinsics start from _mm512_undefined_*, which it then reports.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 namespace mamba2::cpu::simd {
 
