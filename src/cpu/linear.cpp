@@ -216,9 +216,8 @@ const simd::Int8Set<Q4Block>& int8_set(const simd::Int8Kernels& t, const Q4Block
 // is the definition's one sum whichever runs, so prefill and decode give a row the same bits.
 // The rows kernels of narrow activations (int8 blocks, bf16) over bands of W's rows: each row of x
 // converted once (convert(row, out): `stride` values of A), then rows_over_band, `band` rows of W a
-// task. A few rows (decode) each thread converts for
-// itself: cheaper than the barrier after sharing the work; more share it, in `shared` (the
-// caller's thread's buffer, sized here).
+// task. A few rows (decode) each thread converts for itself: cheaper than the barrier after
+// sharing the work; more share it, in `shared` (the caller's thread's buffer, sized here).
 template <class A, class Wt, class Fn, class Convert>
 void banded_rows(const float* x, int64_t ldx, int64_t m, int64_t stride, std::vector<A>& shared, Convert convert,
                  const Fn (&rows)[4], const Wt* W, float* y, int64_t ldy, int64_t n, int64_t k, int64_t band) {
