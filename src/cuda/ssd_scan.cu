@@ -1258,9 +1258,7 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     const int64_t n = seqs.total_chunks * H * tiles;
     if (n > int64_t(INT32_MAX)) raise(cat("[ssd_scan] ", n, " blocks in the state pass: more than a grid takes"));
     blocks = unsigned(n);
-    int per_sm = 0, sms = 0, device = 0;
-    check(cudaGetDevice(&device), "ssd_scan");
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "ssd_scan");
+    int per_sm = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem), "ssd_scan");
     // The chain pays a hand-off between blocks (a few µs) per chunk, in sequence; hidden when each
     // chunk index of every sequence fills a share of a wave of blocks (the blocks of the next
@@ -1269,7 +1267,7 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     // half a wave for the passes; an eighth for the one-kernel scan, whose separate pass also
     // reads every tile twice from memory (H200, bench/RESULTS.md: chained, 48 blocks an index
     // ran 22% faster; 24, a 130m prompt alone, 3% slower).
-    const int64_t capacity = int64_t(per_sm) * sms, per_index = seqs.count * H * tiles;
+    const int64_t capacity = int64_t(per_sm) * sm_count(), per_index = seqs.count * H * tiles;
     const bool chained = n > capacity && share * per_index >= capacity;
     const size_t bytes = sizeof(unsigned long long) + sizeof(unsigned) * size_t(chained ? n : 0);
     chain_buf = allocate(bytes, "ssd_scan scratch");
