@@ -119,21 +119,27 @@ struct Shape {
   int per_sm, unroll;
 };
 
-void launch(const Shape& s, int sms, const void* p, int64_t bytes, unsigned* sink, cudaStream_t st) {
+// A launch with programmatic dependent launch allowed, as the engine's decode kernels are.
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), int blocks, cudaStream_t st, Args... args) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = unsigned(s.per_sm * sms);
+  cfg.gridDim = unsigned(blocks);
   cfg.blockDim = 256;
   cfg.stream = st;
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
+  check(cudaLaunchKernelEx(&cfg, kernel, args...), "launch");
+}
+
+void launch_read(const Shape& s, int sms, const void* p, int64_t bytes, unsigned* sink, cudaStream_t st) {
   const auto* q = static_cast<const uint4*>(p);
   const int64_t n = bytes / 16;
-  if (s.unroll == 4) check(cudaLaunchKernelEx(&cfg, read_kernel<4>, q, n, sink), "launch");
-  else if (s.unroll == 8) check(cudaLaunchKernelEx(&cfg, read_kernel<8>, q, n, sink), "launch");
-  else check(cudaLaunchKernelEx(&cfg, read_kernel<16>, q, n, sink), "launch");
+  if (s.unroll == 4) launch_pdl(read_kernel<4>, s.per_sm * sms, st, q, n, sink);
+  else if (s.unroll == 8) launch_pdl(read_kernel<8>, s.per_sm * sms, st, q, n, sink);
+  else launch_pdl(read_kernel<16>, s.per_sm * sms, st, q, n, sink);
 }
 
 // Copies of `bytes` each, cycled: offsets into one allocation of at least `total` bytes.
@@ -149,13 +155,13 @@ struct Pool {
   }
 };
 
-// The best of 5 timings of `reps` launches of a graph of `chain` (bytes of each kernel), in ms.
-double time_chain(const std::vector<int64_t>& chain, const Shape& s, int sms, Pool& pool, unsigned* sink,
-                  cudaStream_t st, int reps) {
+// The launches `capture` issues, as one graph: the best of 5 timings of `reps` replays, in ms a replay.
+template <class F>
+double time_graph(F&& capture, cudaStream_t st, int reps) {
   cudaGraph_t g;
   cudaGraphExec_t ge;
   check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "capture");
-  for (int64_t bytes : chain) launch(s, sms, pool.take(bytes), bytes, sink, st);
+  capture();
   check(cudaStreamEndCapture(st, &g), "capture");
   check(cudaGraphInstantiate(&ge, g, 0), "instantiate");
   cudaEvent_t e0, e1;
@@ -180,48 +186,25 @@ double time_chain(const std::vector<int64_t>& chain, const Shape& s, int sms, Po
   return double(best) / reps;
 }
 
-// Like time_chain for pattern_kernel: `blocks` blocks, W of n × k.
+// A graph of read_kernel launches, one per entry of `chain` (its bytes), in ms.
+double time_chain(const std::vector<int64_t>& chain, const Shape& s, int sms, Pool& pool, unsigned* sink,
+                  cudaStream_t st, int reps) {
+  return time_graph([&] { for (int64_t bytes : chain) launch_read(s, sms, pool.take(bytes), bytes, sink, st); }, st,
+                    reps);
+}
+
+// 32 launches of pattern_kernel over W of n × k with `blocks` blocks, in ms a launch.
 template <int U, Pattern P, bool cached>
 double time_pattern(int64_t n, int64_t k, int blocks, Pool& pool, unsigned* sink, cudaStream_t st) {
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "capture");
-  const int chain = 32;
-  for (int i = 0; i < chain; ++i) {
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = unsigned(blocks);
-    cfg.blockDim = 256;
-    cfg.stream = st;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    const char* w = static_cast<const char*>(pool.take(n * k * 2));
-    check(cudaLaunchKernelEx(&cfg, pattern_kernel<U, P, cached>, w, n, k, sink), "launch");
-  }
-  check(cudaStreamEndCapture(st, &g), "capture");
-  check(cudaGraphInstantiate(&ge, g, 0), "instantiate");
-  cudaEvent_t e0, e1;
-  check(cudaEventCreate(&e0), "event");
-  check(cudaEventCreate(&e1), "event");
-  check(cudaGraphLaunch(ge, st), "graph");
-  check(cudaStreamSynchronize(st), "sync");
-  float best = 1e30f;
-  for (int r = 0; r < 5; ++r) {
-    check(cudaEventRecord(e0, st), "event");
-    for (int i = 0; i < 4; ++i) check(cudaGraphLaunch(ge, st), "graph");
-    check(cudaEventRecord(e1, st), "event");
-    check(cudaEventSynchronize(e1), "event");
-    float ms = 0.0f;
-    check(cudaEventElapsedTime(&ms, e0, e1), "event");
-    best = std::min(best, ms);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  cudaGraphExecDestroy(ge);
-  cudaGraphDestroy(g);
-  return double(best) / 4 / chain;
+  constexpr int kChain = 32;
+  return time_graph(
+             [&] {
+               for (int i = 0; i < kChain; ++i)
+                 launch_pdl(pattern_kernel<U, P, cached>, blocks, st, static_cast<const char*>(pool.take(n * k * 2)),
+                            n, k, sink);
+             },
+             st, 4) /
+         kChain;
 }
 
 }  // namespace
