@@ -8,7 +8,8 @@
 //   1. one matrix size at a time, every grid shape: µs a kernel and TB/s;
 //   2. the projections' access pattern (16-row tiles of mma fragments; pattern_kernel) in variants;
 //   3. a step's chain at the best shape: the 2.7b (64 × in_proj 10576×2560 + out_proj 2560×5120,
-//      then the 50280×2560 head, bf16) and the 130m (24 × 3352×768 + 768×1536, head 50280×768).
+//      then the 50280×2560 head, bf16) and the 130m (24 × 3352×768 + 768×1536, head 50280×768);
+//   4. the decode SSD step's fp32 states read and written in place, a kernel a layer.
 //   build/bin/weight_stream_bench
 #include <cuda_runtime.h>
 
@@ -60,6 +61,27 @@ __global__ void __launch_bounds__(256) read_kernel(const uint4* p, int64_t n, un
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0x9e3779b9u) *sink = acc;  // never true for the zeroed buffers; keeps the loads
+}
+
+// The decode SSD step's state stream without its arithmetic: every 16 bytes read and written back
+// in place (plus one to each word, so that the store is not elided), U loads in flight a thread.
+template <int U>
+__global__ void __launch_bounds__(256) update_kernel(uint4* p, int64_t n) {
+  start_next();
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  wait_for_previous();
+  for (; i + (U - 1) * stride < n; i += U * stride) {
+    uint4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = p[i + u * stride];
+#pragma unroll
+    for (int u = 0; u < U; ++u) p[i + u * stride] = make_uint4(v[u].x + 1, v[u].y + 1, v[u].z + 1, v[u].w + 1);
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = p[i];
+    p[i] = make_uint4(v.x + 1, v.y + 1, v.z + 1, v.w + 1);
+  }
 }
 
 __device__ __forceinline__ uint4 load_cached(const uint4* p) {  // a plain load: allocated in the L1
@@ -291,5 +313,32 @@ int main() {
                   chain.size(), total / 1e6, s.per_sm, s.unroll, ms, total / ms / 1e9);
     }
   }
+
+  // 4. The SSD step's fp32 states, read and written in place by one kernel a layer (each layer its
+  // own slots): 130m (24 heads × 64 × 128 a sequence) at batches 1, 16, 64; 2.7b (80 heads) at 1, 16.
+  const struct {
+    const char* name;
+    int layers, batch;
+    int64_t bytes;  // a layer's states
+  } states[] = {{"130m", 24, 1, 24LL * 64 * 128 * 4},       {"130m", 24, 16, 16LL * 24 * 64 * 128 * 4},
+                {"130m", 24, 64, 64LL * 24 * 64 * 128 * 4}, {"2.7b", 64, 1, 80LL * 64 * 128 * 4},
+                {"2.7b", 64, 16, 16LL * 80 * 64 * 128 * 4}};
+  for (const auto& sv : states)
+    for (const Shape& s : {Shape{4, 4}, Shape{8, 4}, Shape{8, 2}}) {
+      const double ms = time_graph(
+          [&] {
+            for (int l = 0; l < sv.layers; ++l) {
+              auto* p = static_cast<uint4*>(const_cast<void*>(pool.take(sv.bytes)));
+              if (s.unroll == 4) launch_pdl(update_kernel<4>, s.per_sm * sms, st, p, sv.bytes / 16);
+              else launch_pdl(update_kernel<2>, s.per_sm * sms, st, p, sv.bytes / 16);
+            }
+          },
+          st, 3);
+      const double moved = 2.0 * double(sv.bytes) * sv.layers;
+      std::printf("%s batch %d states: %d kernels of %.1f MB read and written, shape %d/%d: %.1f µs a layer "
+                  "(%.2f TB/s read + write)\n",
+                  sv.name, sv.batch, sv.layers, sv.bytes / 1e6, s.per_sm, s.unroll, ms * 1e3 / sv.layers,
+                  moved / ms / 1e9);
+    }
   return 0;
 }
