@@ -189,6 +189,20 @@ TEST(CliCommands, UnknownCommandIsNamed) {
   expect_refusal(run_cli("frobnicate --model x"), 2, {"unknown command 'frobnicate'"});
 }
 
+// bench's shapes and lists are checked whole, before anything runs or loads: a valid --linear shape
+// first does not run before a bad one is refused, nor does a model load before a bad --prefill.
+TEST(CliBench, BadShapesAndListsAreRefusedBeforeAnythingRuns) {
+  for (const char* bad : {"1,5x10x20", "axbxc", "1x2", "1x2x3x4", "1x0x3", "1x-2x3", "1xx3", "x1x2", "1x2x"})
+    expect_refusal(run_cli(std::string("bench --device cpu --linear 1x8x8 --linear ") + bad), 1,
+                   {"--linear", bad});
+  expect_refusal(run_cli("bench --device cpu --ssd 1x64x2x64"), 1, {"--ssd", "BxLxHxPxN"});
+  expect_refusal(run_cli("bench --device cpu --ssd 1x64x0x64x16"), 1, {"--ssd", "not positive"});
+  const CliResult r = run_cli("bench --device cpu --linear 1x8x8 --linear 1x8");
+  EXPECT_EQ(r.out.find("linear 1x8x8"), std::string::npos) << r.out;
+  expect_refusal(run_cli("bench --model no_such_model --prefill 4,x"), 1, {"--prefill", "'x'"});
+  expect_refusal(run_cli("bench --model no_such_model --decode-batch 0"), 1, {"--decode-batch", "positive"});
+}
+
 TEST_F(CliLogitsErrors, OutIntoMissingFolder) {
   const fs::path bad = tmp / "no_such_dir" / "out.npy";
   expect_refusal(run_cli(logits_args(model, bad)), 1, {"no_such_dir"});

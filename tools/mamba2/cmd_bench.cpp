@@ -2,10 +2,12 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <limits>
 #include <memory>
 #include <random>
+#include <string_view>
 
 #include "commands.h"
 #include "cuda/runtime.h"
@@ -23,25 +25,30 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// "AxBxC" as its numbers.
-std::vector<int64_t> parse_dims(const std::string& shape, const char* flag) {
+// `shape` as positive integers separated by 'x', as many as `form` names (e.g. "MxNxK"), or an
+// error naming the flag and the form.
+std::vector<int64_t> parse_dims(const std::string& shape, const char* flag, std::string_view form) {
   std::vector<int64_t> d;
   for (size_t pos = 0; pos <= shape.size();) {
     size_t end = shape.find('x', pos);
     if (end == std::string::npos) end = shape.size();
-    d.push_back(parse_int_list(shape.substr(pos, end - pos), flag).at(0));
+    int64_t v = 0;
+    const auto [p, ec] = std::from_chars(shape.data() + pos, shape.data() + end, v);
+    if (end == pos || ec != std::errc() || p != shape.data() + end) fail("[bench] {}: '{}' is not {}", flag, shape, form);
+    d.push_back(v);
     pos = end + 1;
   }
+  if (d.size() != size_t(std::count(form.begin(), form.end(), 'x')) + 1)
+    fail("[bench] {}: '{}' is not {}", flag, shape, form);
+  for (int64_t v : d)
+    if (v <= 0) fail("[bench] {}: '{}' has a dimension that is not positive", flag, shape);
   return d;
 }
 
 // The chunked SSD scan alone on random inputs, `shape` = BxLxHxPxN (ngroups 1, chunks of 256):
 // the median of `repeats` timed runs after a warm-up.
 void bench_ssd(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
-  const std::vector<int64_t> d = parse_dims(shape, "--ssd");
-  if (d.size() != 5) fail("[bench] --ssd: '{}' is not BxLxHxPxN", shape);
-  for (int64_t v : d)
-    if (v <= 0) fail("[bench] --ssd: '{}' has a dimension that is not positive", shape);
+  const std::vector<int64_t> d = parse_dims(shape, "--ssd", "BxLxHxPxN");
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
   std::mt19937 rng(1);
   auto random = [&](Shape s, float lo, float hi) {
@@ -126,8 +133,7 @@ double decode_step_bytes(const Model& m, int64_t batch) {
 // model's forward); the median over `repeats` of the time per call and the weight bytes per
 // second it makes.
 void bench_linear(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
-  const std::vector<int64_t> d = parse_dims(shape, "--linear");
-  if (d.size() != 3 || d[0] <= 0 || d[1] <= 0 || d[2] <= 0) fail("[bench] --linear: '{}' is not MxNxK", shape);
+  const std::vector<int64_t> d = parse_dims(shape, "--linear", "MxNxK");
   const int64_t m = d[0], n = d[1], k = d[2];
   std::mt19937 rng(2);
   auto random = [&](Shape s, DType as) {
@@ -192,6 +198,13 @@ void add_bench(CLI::App& app) {
     if (o->repeats <= 0 || o->decode_tokens <= 0) fail("[bench] --repeats and --decode-tokens must be positive");
     if (o->model.empty() && o->ssd.empty() && o->linear.empty())
       fail("[bench] needs --model DIR, --ssd BxLxHxPxN or --linear MxNxK");
+    // Every value checked before anything runs or loads.
+    for (const std::string& shape : o->ssd) parse_dims(shape, "--ssd", "BxLxHxPxN");
+    for (const std::string& shape : o->linear) parse_dims(shape, "--linear", "MxNxK");
+    for (int64_t len : parse_int_list(o->prefill, "--prefill"))
+      if (len <= 0) fail("[bench] --prefill lengths must be positive");
+    for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch"))
+      if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
     if (!o->ssd.empty() || !o->linear.empty()) {
       const Device dev = placement_device(o->placement);
       for (const std::string& shape : o->ssd) bench_ssd(shape, dev, placement_dtype(o->placement, dev), o->repeats);
@@ -209,7 +222,6 @@ void add_bench(CLI::App& app) {
     std::uniform_int_distribution<int32_t> tok(0, int32_t(model.config().vocab_size - 1));
     std::vector<float> logits;
     for (int64_t len : parse_int_list(o->prefill, "--prefill")) {
-      if (len <= 0) fail("[bench] --prefill lengths must be positive");
       std::vector<int32_t> ids(static_cast<size_t>(len));
       for (auto& t : ids) t = tok(rng);
       const std::vector<int64_t> lengths{len};
@@ -223,7 +235,6 @@ void add_bench(CLI::App& app) {
       fmt::print("prefill 1x{}: {:.1f} tokens/s ({:.3f} ms; time to first token)\n", len, double(len) / best, 1e3 * best);
     }
     for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch")) {
-      if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
       const double step_bytes = decode_step_bytes(model, batch);
       const double gbps = model.device() == Device::CPU ? read_gbps(step_bytes) : 0.0;
       std::vector<int64_t> slots(static_cast<size_t>(batch));
