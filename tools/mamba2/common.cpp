@@ -52,7 +52,7 @@ void add_placement_options(CLI::App* sub, Placement& p) {
   sub->add_option("--dtype", p.dtype, "f32, bf16, f16, q8 or q4: the projections' weights (and on the GPU their "
                                       "inputs; the CPU computes in f32 on f32, bf16, q8 or q4 weights: llama.cpp's "
                                       "q8_0 and q4_0 block layouts, against int8 activations where those kernels are "
-                                      "faster: q8_0 and q4_0 on AVX-512 VNNI, q4_0 on AVX2; "
+                                      "faster: q8_0 and q4_0 on AVX-512 VNNI and on AVX2; "
                                       "MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses; bf16 against bf16 activations on AVX-512 "
                                       "BF16, MAMBA2_BF16_ACTIVATIONS=bf16|f32 chooses). Default: bf16 on the GPU; on the CPU f32, or "
                                       "the format of a quantized checkpoint (mamba2 quantize)");
