@@ -169,9 +169,9 @@ struct Pool {
   char* base = nullptr;
   int64_t size = 0;
   int64_t next = 0;
-  const void* take(int64_t bytes) {
+  void* take(int64_t bytes) {
     if (next + bytes > size) next = 0;
-    const void* p = base + next;
+    void* p = base + next;
     next += (bytes + 4095) / 4096 * 4096;
     return p;
   }
@@ -328,7 +328,7 @@ int main() {
       const double ms = time_graph(
           [&] {
             for (int l = 0; l < sv.layers; ++l) {
-              auto* p = static_cast<uint4*>(const_cast<void*>(pool.take(sv.bytes)));
+              auto* p = static_cast<uint4*>(pool.take(sv.bytes));
               if (s.unroll == 4) launch_pdl(update_kernel<4>, s.per_sm * sms, st, p, sv.bytes / 16);
               else launch_pdl(update_kernel<2>, s.per_sm * sms, st, p, sv.bytes / 16);
             }

@@ -45,10 +45,9 @@ std::vector<int64_t> parse_dims(const std::string& shape, const char* flag, std:
   return d;
 }
 
-// The chunked SSD scan alone on random inputs, `shape` = BxLxHxPxN (ngroups 1, chunks of 256):
-// the median of `repeats` timed runs after a warm-up.
-void bench_ssd(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
-  const std::vector<int64_t> d = parse_dims(shape, "--ssd", "BxLxHxPxN");
+// The chunked SSD scan alone on random inputs, `d` = BxLxHxPxN (ngroups 1, chunks of 256): the
+// median of `repeats` timed runs after a warm-up.
+void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats) {
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
   std::mt19937 rng(1);
   auto random = [&](Shape s, float lo, float hi) {
@@ -127,13 +126,12 @@ double decode_step_bytes(const Model& m, int64_t batch) {
   return bytes + 2.0 * state * double(batch);
 }
 
-// The projection alone, `shape` = MxNxK (x (M, K), W (N, K), random): each kernel kind called 200
+// The projection alone, `d` = MxNxK (x (M, K), W (N, K), random): each kernel kind called 200
 // times back to back (queued, so launch overhead hides behind the kernels), cycling over copies
 // of W that together exceed the GPU's L2 cache (each call reads its weights from memory, as in a
 // model's forward); the median over `repeats` of the time per call and the weight bytes per
 // second it makes.
-void bench_linear(const std::string& shape, Device dev, DType dtype, int64_t repeats) {
-  const std::vector<int64_t> d = parse_dims(shape, "--linear", "MxNxK");
+void bench_linear(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats) {
   const int64_t m = d[0], n = d[1], k = d[2];
   std::mt19937 rng(2);
   auto random = [&](Shape s, DType as) {
@@ -198,18 +196,20 @@ void add_bench(CLI::App& app) {
     if (o->repeats <= 0 || o->decode_tokens <= 0) fail("[bench] --repeats and --decode-tokens must be positive");
     if (o->model.empty() && o->ssd.empty() && o->linear.empty())
       fail("[bench] needs --model DIR, --ssd BxLxHxPxN or --linear MxNxK");
-    // Every value checked before anything runs or loads.
-    for (const std::string& shape : o->ssd) parse_dims(shape, "--ssd", "BxLxHxPxN");
-    for (const std::string& shape : o->linear) parse_dims(shape, "--linear", "MxNxK");
-    for (int64_t len : parse_int_list(o->prefill, "--prefill"))
+    // Every value parsed and checked before anything runs or loads.
+    std::vector<std::vector<int64_t>> ssd, linear;
+    for (const std::string& shape : o->ssd) ssd.push_back(parse_dims(shape, "--ssd", "BxLxHxPxN"));
+    for (const std::string& shape : o->linear) linear.push_back(parse_dims(shape, "--linear", "MxNxK"));
+    const std::vector<int64_t> prefill = parse_int_list(o->prefill, "--prefill");
+    const std::vector<int64_t> batches = parse_int_list(o->decode_batches, "--decode-batch");
+    for (int64_t len : prefill)
       if (len <= 0) fail("[bench] --prefill lengths must be positive");
-    for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch"))
+    for (int64_t batch : batches)
       if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
-    if (!o->ssd.empty() || !o->linear.empty()) {
+    if (!ssd.empty() || !linear.empty()) {
       const Device dev = placement_device(o->placement);
-      for (const std::string& shape : o->ssd) bench_ssd(shape, dev, placement_dtype(o->placement, dev), o->repeats);
-      for (const std::string& shape : o->linear)
-        bench_linear(shape, dev, placement_dtype(o->placement, dev), o->repeats);
+      for (const auto& d : ssd) bench_ssd(d, dev, placement_dtype(o->placement, dev), o->repeats);
+      for (const auto& d : linear) bench_linear(d, dev, placement_dtype(o->placement, dev), o->repeats);
     }
     if (o->model.empty()) return;
     auto t_load = std::chrono::steady_clock::now();
@@ -221,7 +221,7 @@ void add_bench(CLI::App& app) {
     std::mt19937 rng(0);
     std::uniform_int_distribution<int32_t> tok(0, int32_t(model.config().vocab_size - 1));
     std::vector<float> logits;
-    for (int64_t len : parse_int_list(o->prefill, "--prefill")) {
+    for (int64_t len : prefill) {
       std::vector<int32_t> ids(static_cast<size_t>(len));
       for (auto& t : ids) t = tok(rng);
       const std::vector<int64_t> lengths{len};
@@ -234,7 +234,7 @@ void add_bench(CLI::App& app) {
       }
       fmt::print("prefill 1x{}: {:.1f} tokens/s ({:.3f} ms; time to first token)\n", len, double(len) / best, 1e3 * best);
     }
-    for (int64_t batch : parse_int_list(o->decode_batches, "--decode-batch")) {
+    for (int64_t batch : batches) {
       const double step_bytes = decode_step_bytes(model, batch);
       const double gbps = model.device() == Device::CPU ? read_gbps(step_bytes) : 0.0;
       std::vector<int64_t> slots(static_cast<size_t>(batch));
