@@ -10,7 +10,7 @@
 #     shouldn't): the whole suite with our kernels forced to AVX2 and OpenBLAS to Haswell where the
 #     CPU has them, i.e. what an AVX2-only machine runs; its objects are first checked to hold no
 #     AVX-512 instruction outside the AVX-512 kernel files, which only run when chosen (the
-#     row-count sweeps at the model's widths and two long numeric runs are left to step 1);
+#     row-count sweeps at the model's widths and three long numeric runs are left to step 1);
 #  4. every fuzz target of that build for 5 seconds on its corpus (scripts/fuzz.sh), one per core.
 # It ends by printing which paths were covered.
 set -euo pipefail
@@ -78,12 +78,14 @@ fi
 # CPU-seconds of CI's 15 minutes, and the kernels' edges are checked here by smaller shapes.
 heavy='^(LinearRows\.DoNotDependOnTheRowCount|BatchInvariance\.At130mWidthUnderEveryIsa'
 heavy+='|LinearQ[48]x8\.RowsDoNotDependOnTheRowCountAndPrefillIsDecode'
-# Two long numeric runs go the same way (14 and 8 CPU-seconds under the sanitizer): the batched
-# generation's bits against each prompt alone, and the 65,536-token prefill against the recurrence.
-heavy+='|Generate\.BatchOfDifferentLengthsEqualsEachPromptAlone|ModelLong\.Prefill65536TokensMatchesRecurrence)$'
+# Three long numeric runs go the same way (14, 8 and 11 CPU-seconds under the sanitizer): the
+# batched generation's bits against each prompt alone, the 65,536-token prefill against the
+# recurrence, and the shipped model's bits per byte on its held-out book.
+heavy+='|Generate\.BatchOfDifferentLengthsEqualsEachPromptAlone|ModelLong\.Prefill65536TokensMatchesRecurrence'
+heavy+='|ShippedModel\.HeldOutBookUnderOnePointSixBitsPerByte)$'
 env "${asan_env[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" \
   UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan --output-on-failure -j"$jobs" -E "$heavy"
-covered+=("portable build under ASan+UBSan, whole suite but the 130m-width row-count sweeps and two long numeric runs: our kernels $(kernels_of "${asan_env[@]}" build-asan/bin/mamba2), OpenBLAS $(blas_of "${asan_env[@]}" build-asan/bin/mamba2)")
+covered+=("portable build under ASan+UBSan, whole suite but the 130m-width row-count sweeps and three long numeric runs: our kernels $(kernels_of "${asan_env[@]}" build-asan/bin/mamba2), OpenBLAS $(blas_of "${asan_env[@]}" build-asan/bin/mamba2)")
 
 FUZZ_JOBS="$jobs" scripts/fuzz.sh 5
 covered+=("fuzz targets under ASan+UBSan, 5 s each, $jobs at a time: $(ls fuzz/fuzz_*.cpp | wc -l) targets")
