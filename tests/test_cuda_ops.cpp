@@ -121,12 +121,14 @@ TEST(CudaOps, FusedNormedProjectionsMatchTheUnfusedOps) {
   MAMBA2_REQUIRE_GPU();
   // k = 768: the tensor-core kernel splits k over a cluster of blocks (decode_splits); n = 4800:
   // blocks of two 16-column tiles at a few rows, n = 20000 four (decode_tiles_per_block, a tall
-  // W: on the H200's 132 SMs); m = 1, 5, 12, 70: each kernel variant, whose rows must agree.
+  // W: on the H200's 132 SMs); n = 2200, k = 520: k split two ways over a W of a tile an SM or
+  // more, two tiles a block at 9–16 rows (the 2.7b out_proj's case, a partial last tile and k
+  // range); m = 1, 5, 12, 70: each kernel variant, whose rows must agree.
   const int64_t per = 4;
   const float eps = 1e-5f;
   for (const auto& [n, k, groups] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
            {40, 96, 1}, {40, 96, 3}, {40, 768, 1}, {40, 768, 3}, {4800, 96, 1}, {4800, 768, 3}, {4800, 768, 1},
-           {20000, 96, 1}}) {
+           {20000, 96, 1}, {2200, 520, 1}}) {
     for (const bool with_sums : {true, false}) {
       if (!with_sums && groups != 1) continue;
       for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
