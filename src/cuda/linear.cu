@@ -632,17 +632,19 @@ int decode_splits(int64_t tiles, int64_t steps) {
 // more than two waves' worth of blocks per SM (the 2.7b in_proj: 661 tiles for 132 SMs, at three
 // blocks an SM), which halves the blocks and the second wave's tail; four past eight waves' worth
 // (the heads: 3,143 tiles for 130m), where each block's fixed costs (its prologue, the sums'
-// exchange through shared memory) add up over the waves. From W's shape and the GPU alone.
-// MAMBA2_DECODE_TILES=1|2|4 forces it (to tune; the bits are the same either way).
-int decode_tiles_per_block(int64_t tiles, int splits) {
+// exchange through shared memory) add up over the waves. Where k is split over a cluster, one,
+// except two at 9–16 rows over a W of a tile an SM or more (the 2.7b out_proj at 16 rows: 22.4 →
+// 16.7 µs; the 130m's, 48 tiles, ran its step 2% slower so: bench/RESULTS.md). From W's shape, the
+// row count and the GPU. MAMBA2_DECODE_TILES=1|2|4 forces it (to tune; the bits are the same either way).
+int decode_tiles_per_block(int64_t tiles, int splits, int64_t m) {
   static const int forced = [] {
     const char* e = std::getenv("MAMBA2_DECODE_TILES");
     const int v = e ? std::atoi(e) : 0;
     return v == 1 || v == 2 || v == 4 ? v : 0;
   }();
   if (forced) return forced;
-  if (splits > 1) return 1;
   const int64_t sms = sm_count();
+  if (splits > 1) return m > 8 && m <= 16 && tiles >= sms ? 2 : 1;
   return tiles > 8 * sms ? 4 : tiles > 2 * sms ? 2 : 1;
 }
 
@@ -678,21 +680,18 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
   // A few rows: one 16-column tile per block (two or four for a tall W: decode_tiles_per_block),
   // W streaming once, each warp's loads issued 4 tile-steps of k at a time (10 at a time ran
   // slower in the model's decode on the H200, 2026-11-30), fewer steps for more tiles (the same
-  // bytes in flight). 9–16 rows: two tiles a block also where k is split over a W of a tile an SM
-  // or more (the 2.7b out_proj at 16 rows: 22.4 → 16.7 µs; the 130m's, 48 tiles, ran its step 2%
-  // slower so: bench/RESULTS.md). Many rows: 64 columns share each load of x, 16 rows per block,
-  // blocks over the rows.
+  // bytes in flight). Many rows: 64 columns share each load of x, 16 rows per block, blocks over
+  // the rows.
   using std::integral_constant;
   using I = integral_constant<int, 1>;
   using Four = integral_constant<int, 4>;
   using Two = integral_constant<int, 2>;
-  const int tpb = decode_tiles_per_block(ceil_div(n, int64_t(16)), splits);
-  const bool split_pairs = splits > 1 && ceil_div(n, int64_t(16)) >= sm_count();
+  const int tpb = decode_tiles_per_block(ceil_div(n, int64_t(16)), splits, m);
   auto by_rows = [&](auto* tag) {
     if (m <= 8 && tpb == 4) launch(tag, Four{}, I{}, I{});
     else if (m <= 8 && tpb == 2) launch(tag, Two{}, I{}, Two{});
     else if (m <= 8) launch(tag, I{}, I{}, Four{});
-    else if (m <= 16 && (tpb > 1 || split_pairs)) launch(tag, Two{}, Two{}, Two{});
+    else if (m <= 16 && tpb > 1) launch(tag, Two{}, Two{}, Two{});
     else if (m <= 16) launch(tag, I{}, Two{}, Four{});
     else launch(tag, Four{}, Two{}, I{});
   };
