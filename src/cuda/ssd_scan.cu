@@ -909,7 +909,10 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 // w∘x, S, M); every product accumulates in fp32. 8 warps: warp w = (row tile r = w % 4, half
 // h = w / 4): rows t = 16r.. of C Bᵀ (both halves), columns p = 32h.. of M·X, C·Sᵀ and y;
 // state rows p = 16r.., columns n of half h. Every output's sum runs in an order fixed by its
-// own chunk: batch invariance holds whatever else the launch holds.
+// own chunk: batch invariance holds whatever else the launch holds. The chunk's dt, a and w are
+// found once, with the first span's copies, warp s taking span s (one barrier, not two a span
+// with one warp busy); phase 1's span copies are double-buffered in the tiles it leaves unused
+// (H200: 3-6% off the scan, bench/RESULTS.md).
 constexpr int kSpan = 64;
 constexpr int kSeqThreads = 256;
 constexpr int kXfStride = kTile + 4;  // fp32 x rows in shared memory
@@ -933,7 +936,7 @@ __global__ void to_operands_kernel(const float* B, int64_t ldb, const float* C, 
 template <int NPAD>
 __host__ __device__ constexpr size_t seq_smem_bytes() {
   return 2 * (3 * size_t(kSpan) * (NPAD + 8) + 3 * size_t(kSpan) * kTcStride) +
-         4 * (size_t(kSpan) * (kXfStride + 1) + 3 * size_t(kMaxChunk));
+         4 * (size_t(kSpan) * kXfStride + 4 * size_t(kMaxChunk));
 }
 
 enum class SeqMode { Chained, StateOnly, ScanOnly };
@@ -953,9 +956,9 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   T* Xw = Xt + kSpan * kTcStride;      // [s][p]: w∘x
   T* Ms = Xw + kSpan * kTcStride;      // [t][s]: M
   float* Xf = reinterpret_cast<float*>(Ms + kSpan * kTcStride);  // [s][p]: x in fp32
-  float* s_raw = Xf + kSpan * kXfStride;                           // raw dt of a span
   // Of the whole chunk, span by span (phase 2 of the chained kernel reuses phase 1's):
-  float* s_a = s_raw + kSpan;  // a·log2(e), a the cumsum within the span
+  float* s_raw = Xf + kSpan * kXfStride;  // raw dt
+  float* s_a = s_raw + kMaxChunk;         // a·log2(e), a the cumsum within the span
   float* s_dt = s_a + kMaxChunk;
   float* s_w = s_dt + kMaxChunk;  // 2^(a[last]-a[s])·dt[s], last the span's
 
@@ -983,7 +986,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   const T* csrc = ct + g * NPAD + 8 * cq;
   const float* xsrc = x + h * P + p0 + 4 * cq;
   const int64_t GN = G * NPAD;
-  const auto issue = [&](int64_t tok0, int len, bool with_c, bool with_dt) {
+  const auto issue = [&](int64_t tok0, int len, bool with_c, T* bdst, float* xdst) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int r = cr + 16 * u;
@@ -991,39 +994,44 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
       const int64_t row = tok0 + (in ? r : 0);
       if (8 * cq < NPAD) {
         if (with_c) cp_async16(Cs + r * NS + 8 * cq, csrc + row * GN, in ? 16 : 0);
-        cp_async16(Bs + r * NS + 8 * cq, bsrc + row * GN, in ? 16 : 0);
+        cp_async16(bdst + r * NS + 8 * cq, bsrc + row * GN, in ? 16 : 0);
       }
       if (x_vec) {
         const bool xin = in && 4 * cq < pcols;
-        cp_async16(Xf + r * kXfStride + 4 * cq, xsrc + (xin ? row * ldx : tok0 * ldx), xin ? 16 : 0);
+        cp_async16(xdst + r * kXfStride + 4 * cq, xsrc + (xin ? row * ldx : tok0 * ldx), xin ? 16 : 0);
       } else {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const bool xin = in && 4 * cq + e < pcols;
-          cp_async4(Xf + r * kXfStride + 4 * cq + e, xsrc + (xin ? row * ldx + e : tok0 * ldx), xin ? 4 : 0);
+          cp_async4(xdst + r * kXfStride + 4 * cq + e, xsrc + (xin ? row * ldx + e : tok0 * ldx), xin ? 4 : 0);
         }
       }
     }
-    if (with_dt && threadIdx.x < kSpan) {
-      const int r = threadIdx.x;
-      cp_async4(s_raw + r, dt_raw + (tok0 + min(r, len - 1)) * lddt + h, r < len ? 4 : 0);
-    }
     cp_async_commit();
   };
+  // The chunk's raw dt, in the same group as its first span's copies (kSeqThreads ≥ kMaxChunk).
+  const auto issue_dt = [&] {
+    const int r = threadIdx.x;
+    if (r < kMaxChunk) cp_async4(s_raw + r, dt_raw + (ch.tok0 + min(r, ch.len - 1)) * lddt + h, r < ch.len ? 4 : 0);
+  };
   const float A = -expf(p.A_log[h]), bias = p.dt_bias[h];
-  // After span s's copies have landed: dt, a·log2(e) (an inclusive scan across the warp; every
+  const int nspans = int(ceil_div(ch.len, kSpan));
+  // After span s's copies have landed (with the first span's, `scan_dt`: the chunk's dt): warp s'
+  // takes span s' of the chunk, its dt, a·log2(e) (an inclusive scan across the warp; every
   // exponent below is clamped to ≤ 0, so rounding in the scan never makes a factor exceed 1) and
-  // w into the span's part of s_dt, s_a, s_w (unless `scan` is false: phase 1 left them there);
-  // then x to T (and w∘x). Returns a[last]·log2(e) of the span.
-  const auto span_prologue = [&](int s, int len, bool with_x, bool scan) -> float {
-    float *sa = s_a + s * kSpan, *sdt = s_dt + s * kSpan, *sw = s_w + s * kSpan;
-    cp_async_wait_all();
+  // w into s_dt, s_a, s_w, all spans at once; then span s's x to T (and w∘x). Returns span s's
+  // a[last]·log2(e).
+  const auto span_prologue = [&](int s, int len, bool with_x, bool scan_dt, const float* xf, bool one_ahead) -> float {
+    if (one_ahead) asm volatile("cp.async.wait_group 1;" ::: "memory");
+    else cp_async_wait_all();
     __syncthreads();
-    if (scan) {
-      if (warp == 0) {
-        const int t = 2 * lane;
-        const float d0 = t < len ? dt_activation(s_raw[t], bias, p.dt_min, p.dt_max) : 0.0f;
-        const float d1 = t + 1 < len ? dt_activation(s_raw[t + 1], bias, p.dt_min, p.dt_max) : 0.0f;
+    if (scan_dt) {
+      if (warp < nspans) {
+        const int t = 2 * lane, slen = min(kSpan, ch.len - warp * kSpan);
+        const float* raw = s_raw + warp * kSpan;
+        float *sa = s_a + warp * kSpan, *sdt = s_dt + warp * kSpan, *sw = s_w + warp * kSpan;
+        const float d0 = t < slen ? dt_activation(raw[t], bias, p.dt_min, p.dt_max) : 0.0f;
+        const float d1 = t + 1 < slen ? dt_activation(raw[t + 1], bias, p.dt_min, p.dt_max) : 0.0f;
         const float v0 = d0 * A;
         float incl = v0 + d1 * A;
 #pragma unroll
@@ -1032,19 +1040,20 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
           if (lane >= off) incl += o;
         }
         const float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+        const float a0 = float(double(lane > 0 ? excl + v0 : v0) * kLog2e), a1 = float(double(incl) * kLog2e);
+        const float last = __shfl_sync(0xffffffffu, a1, 31);
         sdt[t] = d0, sdt[t + 1] = d1;
-        sa[t] = float(double(lane > 0 ? excl + v0 : v0) * kLog2e);
-        sa[t + 1] = float(double(incl) * kLog2e);
+        sa[t] = a0, sa[t + 1] = a1;
+        sw[t] = exp2_approx(fminf(last - a0, 0.0f)) * d0;
+        sw[t + 1] = exp2_approx(fminf(last - a1, 0.0f)) * d1;
       }
       __syncthreads();
-      if (threadIdx.x < kSpan)
-        sw[threadIdx.x] = exp2_approx(fminf(sa[kSpan - 1] - sa[threadIdx.x], 0.0f)) * sdt[threadIdx.x];
-      __syncthreads();
     }
+    const float* sw = s_w + s * kSpan;
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int r = cr + 16 * u, cc = 4 * cq;
-      const float4 v = *reinterpret_cast<const float4*>(Xf + r * kXfStride + cc);
+      const float4 v = *reinterpret_cast<const float4*>(xf + r * kXfStride + cc);
       const float wr = sw[r];
       if (with_x)
         *reinterpret_cast<uint2*>(Xt + r * kTcStride + cc) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
@@ -1052,11 +1061,11 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
           make_uint2(pack2<T>(wr * v.x, wr * v.y), pack2<T>(wr * v.z, wr * v.w));
     }
     __syncthreads();
-    return sa[kSpan - 1];
+    return s_a[s * kSpan + kSpan - 1];
   };
   // S = 2^a[last]·S + (w∘X)ᵀ B: rows p = r0.., the half's columns n, 64 tokens as k.
   float st[NF][4];
-  const auto update_state = [&](float a2_last) {
+  const auto update_state = [&](float a2_last, const T* bs) {
     const float decay = exp2_approx(fminf(a2_last, 0.0f));
 #pragma unroll
     for (int j = 0; j < NF; ++j)
@@ -1069,7 +1078,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int j = 0; j < NF; j += 2) {
         uint32_t b[4];
-        ldsm_trans(b, b_cols(Bs, NS, NPAD / 2 * half + 8 * j, k));
+        ldsm_trans(b, b_cols(bs, NS, NPAD / 2 * half + 8 * j, k));
         mma<T>(st[j], a, b[0], b[1]);
         mma<T>(st[j + 1], a, b[2], b[3]);
       }
@@ -1080,7 +1089,6 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
     const int64_t pp = p0 + sp[e / 2], n = NPAD / 2 * half + 8 * j + 2 * (lane % 4) + e % 2;
     return pp < P && n < N ? pp * N + n : -1;
   };
-  const int nspans = int(ceil_div(ch.len, kSpan));
 
   if constexpr (MODE != SeqMode::ScanOnly) {
     // Phase 1: S_c from zero, and a[last] of the chunk in natural units (the spans' in order).
@@ -1089,23 +1097,33 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[j][e] = 0.0f;
     double a_chunk = 0.0;
-    issue(ch.tok0, min(kSpan, ch.len), false, true);
+    // Double-buffered: phase 1 reads neither C, the state operand nor x in T, so span s+1's B
+    // goes to Cs and its x over Ss and Xt (64·(NPAD+8) + 64·kTcStride halves ≥ Xf's floats)
+    // while span s is summed.
+    const auto bbuf = [&](int i) { return i % 2 ? Cs : Bs; };
+    const auto xbuf = [&](int i) { return i % 2 ? reinterpret_cast<float*>(Ss) : Xf; };
+    static_assert(2 * (kSpan * NS + kSpan * kTcStride) >= 4 * kSpan * kXfStride, "x's second buffer");
+    issue_dt();
+    issue(ch.tok0, min(kSpan, ch.len), false, Bs, Xf);
     for (int s = 0; s < nspans; ++s) {
       const int len = min(kSpan, ch.len - s * kSpan);
-      const float a2_last = span_prologue(s, len, false, true);
+      const bool ahead = s + 1 < nspans;
+      if (ahead) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false, bbuf(s + 1),
+                       xbuf(s + 1));
+      const float a2_last = span_prologue(s, len, false, s == 0, xbuf(s), ahead);
       a_chunk += double(a2_last) / kLog2e;
-      update_state(a2_last);
-      __syncthreads();
-      if (s + 1 < nspans) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false, true);
+      update_state(a2_last, bbuf(s));
+      __syncthreads();  // span s's buffers are free for span s+2
     }
     // Phase 2's first span is copied in during the hand-off; pass_state leaves S_start in st.
-    if constexpr (MODE == SeqMode::Chained) issue(ch.tok0, min(kSpan, ch.len), true, false);
+    if constexpr (MODE == SeqMode::Chained) issue(ch.tok0, min(kSpan, ch.len), true, Bs, Xf);
     pass_state(chain, p, seqs, ch, c, h, tile, tiles, a_chunk, reinterpret_cast<float(&)[4 * NF]>(st),
                state_offset);
     if constexpr (MODE == SeqMode::StateOnly) return;
   } else {
     // Phase 2 alone: the state at the chunk's start from chunk_states[c] (state_pass left it there).
-    issue(ch.tok0, min(kSpan, ch.len), true, true);
+    issue_dt();
+    issue(ch.tok0, min(kSpan, ch.len), true, Bs, Xf);
     const float* s_start = chain.chunk_states + (c * H + h) * P * N;
     float(&sv)[4 * NF] = reinterpret_cast<float(&)[4 * NF]>(st);
 #pragma unroll
@@ -1128,8 +1146,8 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   for (int s = 0; s < nspans; ++s) {
     const int64_t tok0 = ch.tok0 + s * kSpan;
     const int len = min(kSpan, ch.len - s * kSpan);
-    constexpr bool scan = MODE != SeqMode::Chained;  // else phase 1 left this span's dt, a and w
-    const float a2_last = span_prologue(s, len, true, scan);
+    // Phase 1 left dt, a and w of every span (ScanOnly: the first span's prologue finds them).
+    const float a2_last = span_prologue(s, len, true, MODE == SeqMode::ScanOnly && s == 0, Xf, false);
     const float *sa = s_a + s * kSpan, *sdt = s_dt + s * kSpan;
     // C Bᵀ (rows r0.., the k-steps q ≤ r of 16 columns s with q % 2 = the warp's half: the two
     // halves share the triangle) and C·Sᵀ (the half's columns p), C's fragment loaded once.
@@ -1216,9 +1234,9 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
       }
     }
     if (s + 1 == nspans) break;
-    update_state(a2_last);
+    update_state(a2_last, Bs);
     __syncthreads();  // every read of this span's tiles and of the state operand is done
-    issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, scan);
+    issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, Bs, Xf);
     state_to_operand();
   }
 }
