@@ -912,7 +912,8 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 // own chunk: batch invariance holds whatever else the launch holds. The chunk's dt, a and w are
 // found once, with the first span's copies, warp s taking span s (one barrier, not two a span
 // with one warp busy); phase 1's span copies are double-buffered in the tiles it leaves unused
-// (H200: 3-6% off the scan, bench/RESULTS.md).
+// and phase 2 copies the next span's tiles once M is stored (the state update moved before that
+// barrier), so they land while M·X and y run (H200: 5-8% off the scan, bench/RESULTS.md).
 constexpr int kSpan = 64;
 constexpr int kSeqThreads = 256;
 constexpr int kXfStride = kTile + 4;  // fp32 x rows in shared memory
@@ -1199,7 +1200,22 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
         }
       }
     }
+    // The thread's x for D·x, and the state past the span (not after the last: the chain has it),
+    // so that once every warp is here C, B, x and the state operand are free for the next span.
+    float2 xd[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        xd[i][j] = *reinterpret_cast<const float2*>(Xf + sp[i] * kXfStride + pc0 + 8 * j + 2 * (lane % 4));
+    const bool more = s + 1 < nspans;
+    if (more) update_state(a2_last, Bs);
     __syncthreads();
+    // The next span's copies land while M·X and y run.
+    if (more) {
+      issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, Bs, Xf);
+      state_to_operand();
+    }
     // + M·X over the k-steps q ≤ r.
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
@@ -1219,11 +1235,10 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
     for (int i = 0; i < 2; ++i) {
       if (sp[i] >= len) continue;
       float* yt = y + (tok0 + sp[i]) * ldy + h * P + p0;
-      const float* xt = Xf + sp[i] * kXfStride;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int cc = pc0 + 8 * j + 2 * (lane % 4);
-        const float2 xv = *reinterpret_cast<const float2*>(xt + cc);
+        const float2 xv = xd[i][j];
         const float y0 = fmaf(Dh, xv.x, cs[j][2 * i]), y1 = fmaf(Dh, xv.y, cs[j][2 * i + 1]);
         if (y_vec && cc + 1 < pcols) {
           *reinterpret_cast<float2*>(yt + cc) = make_float2(y0, y1);
@@ -1233,11 +1248,6 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
         }
       }
     }
-    if (s + 1 == nspans) break;
-    update_state(a2_last, Bs);
-    __syncthreads();  // every read of this span's tiles and of the state operand is done
-    issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, Bs, Xf);
-    state_to_operand();
   }
 }
 
