@@ -136,7 +136,8 @@ std::vector<double> logits_of(const fs::path& model, const fs::path& out, const 
 }
 
 // The quantized model gives exactly the logits of quantizing at load time (the same blocks, the
-// same kernels), q8 and q4 in their own format by default; its projections are the stored blocks in place.
+// same kernels), each in its own format by default (bf16 too: a `mamba2 quantize` folder, unlike
+// an unquantized checkpoint, runs as written); its projections are the stored tensors in place.
 TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
   TempDir tmp;
   const fs::path src = kGoldenFixtures / "hf_fp32_g2_dtlimit" / "model";
@@ -150,6 +151,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
     EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["dtype"], matrix);
     EXPECT_EQ(h["backbone.layers.0.mixer.out_proj.weight"]["dtype"], matrix);
     EXPECT_EQ(h["backbone.embeddings.weight"]["dtype"], matrix);
+    EXPECT_EQ(h["__metadata__"]["mamba2.quantization"], type == "q8" ? "q8_0" : type == "q4" ? "q4_0" : "bf16");
     if (type != "bf16") {  // q4 keeps the (tied) embedding and head in q8_0 blocks
       EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["shape"].back(), type == "q8" ? 34 : 18);
       EXPECT_EQ(h["backbone.embeddings.weight"]["shape"].back(), 34);
@@ -157,21 +159,24 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
     for (const char* f32 : {"backbone.layers.0.mixer.A_log", "backbone.layers.0.mixer.D", "backbone.layers.0.mixer.dt_bias",
                             "backbone.layers.0.mixer.conv1d.weight", "backbone.layers.0.norm.weight", "backbone.norm_f.weight"})
       EXPECT_EQ(h[f32]["dtype"], "F32") << f32;
-    // A bf16 folder, as any unquantized checkpoint, runs in f32 on the CPU unless asked for bf16
-    // (which rounds the activations too where the CPU has AVX512_BF16).
-    const std::vector<double> got = logits_of(out, tmp / (type + "_got.npy"), type == "bf16" ? "--dtype bf16" : "");
+    const std::vector<double> got = logits_of(out, tmp / (type + "_got.npy"), "");
     const std::vector<double> want = logits_of(src, tmp / (type + "_want.npy"), "--dtype " + type);
     ASSERT_EQ(got.size(), want.size());
     ASSERT_FALSE(got.empty());
     EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(double)), 0);
+    const Model m = Model::load(out);
+    const DType format = type == "q8" ? DType::Q8_0 : type == "q4" ? DType::Q4_0 : DType::BF16;
+    EXPECT_EQ(m.dtype(), format);
+    EXPECT_EQ(m.weights().layers[1].in_proj.dtype(), format);
+    EXPECT_EQ(m.weights().embedding.dtype(), type == "bf16" ? DType::BF16 : DType::Q8_0);
+    EXPECT_EQ(m.to(Device::CPU, m.dtype()).weights().layers[1].in_proj.raw(), m.weights().layers[1].in_proj.raw())
+        << "placing a quantized model in its own format copied it";
+    EXPECT_EQ(m.fingerprint().size(), 16u);
+    // Gradients (and training) start from the weights widened to fp32.
+    const CliResult g = run_cli("grad --model " + shell_path(out) + " --ids 3,1,4,1,5 --out " +
+                                shell_path(tmp / (type + "_grad.safetensors")));
+    EXPECT_TRUE(g.exited && g.code == 0) << g.err;
     if (type != "bf16") {
-      const Model m = Model::load(out);
-      EXPECT_EQ(m.dtype(), type == "q8" ? DType::Q8_0 : DType::Q4_0);
-      EXPECT_EQ(m.weights().layers[1].in_proj.dtype(), m.dtype());
-      EXPECT_EQ(m.weights().embedding.dtype(), DType::Q8_0);
-      EXPECT_EQ(m.to(Device::CPU, m.dtype()).weights().layers[1].in_proj.raw(), m.weights().layers[1].in_proj.raw())
-          << "placing a quantized model in its own format copied it";
-      EXPECT_EQ(m.fingerprint().size(), 16u);
       // Asked for f32, it computes on the dequantized weights: the same bits as the blocks' kernels
       // with fp32 activations (MAMBA2_Q8_ACTIVATIONS=f32; int8 ones are LinearQ8x8's and LinearQ4x8's).
       const std::vector<double> widened = logits_of(out, tmp / (type + "_f32.npy"), "--dtype f32");
@@ -181,6 +186,10 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
       EXPECT_EQ(std::memcmp(widened.data(), f32_act.data(), got.size() * sizeof(double)), 0);
     }
   }
+  // An unquantized bf16 checkpoint (no such metadata) still runs in f32 on the CPU by default.
+  const Model hf = Model::load(kGoldenFixtures / "hf_bf16_sharded" / "model");
+  EXPECT_EQ(hf.dtype(), DType::F32);
+  EXPECT_EQ(hf.weights().layers[0].in_proj.dtype(), DType::F32);
 }
 
 // MAMBA2_Q8_ACTIVATIONS names the activations' path for Q8_0 and Q4_0 matrices (a q4 model's

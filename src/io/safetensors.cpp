@@ -28,14 +28,17 @@ bool parse_dtype(const std::string& s, DType& out) {
   return false;
 }
 
-// Whether the file's U8 tensors are rows of blocks: its __metadata__ names a block format.
+// Whether the file's U8 tensors are rows of blocks: its __metadata__ names a block format ("bf16"
+// names none: a bf16 `mamba2 quantize` file).
 bool holds_blocks(const json& header, const std::string& fname) {
   const auto meta = header.find("__metadata__");
   if (meta == header.end() || !meta->is_object()) return false;
   const auto q = meta->find(kQuantizationKey);
   if (q == meta->end()) return false;
   if (q->is_string() && (q->get<std::string>() == "q8_0" || q->get<std::string>() == "q4_0")) return true;
-  fail("[safetensors] {}: __metadata__ {} is {}, not \"q8_0\" or \"q4_0\"", fname, kQuantizationKey, q->dump());
+  if (q->is_string() && q->get<std::string>() == "bf16") return false;
+  fail("[safetensors] {}: __metadata__ {} is {}, not \"q8_0\", \"q4_0\" or \"bf16\"", fname, kQuantizationKey,
+       q->dump());
 }
 
 // Parses the header of a mapped file into tensors pointing into the mapping, and the string

@@ -20,7 +20,8 @@ TensorArchive read_safetensors_index(const std::filesystem::path& index_path);
 // 18 for Q4_0 (the fp16 scale first, little-endian). U8 tensors are blocks only in a file whose
 // __metadata__ has "mamba2.quantization": "q8_0" or "q4_0" (the file's narrowest format; a q4_0
 // model keeps its embedding and head in q8_0). Readers present such a tensor in its logical shape
-// and block dtype, memory-mapped like the others.
+// and block dtype, memory-mapped like the others. "bf16" marks a `mamba2 quantize --type bf16`
+// file: its matrices are plain BF16 tensors, which the model then uses in place, in bf16.
 inline constexpr const char* kQuantizationKey = "mamba2.quantization";
 
 struct TensorToWrite {

@@ -59,10 +59,9 @@ Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, De
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
   check_placement(device, dtype);
-  // Of the weights as loaded (on the host: fp32, or a quantized checkpoint's blocks); a placed copy
-  // inherits it (to()).
-  if (weights_->embedding.device() == Device::CPU &&
-      (weights_->embedding.dtype() == DType::F32 || is_quantized(weights_->embedding.dtype())))
+  // Of the weights as loaded (on the host: fp32, or a quantized checkpoint's blocks or bf16); a
+  // placed copy inherits it (to()).
+  if (weights_->embedding.device() == Device::CPU)
     fingerprint_ = model_fingerprint(config_, *weights_);
 }
 

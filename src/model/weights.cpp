@@ -20,10 +20,15 @@ namespace {
 
 class Loader {
  public:
-  explicit Loader(std::shared_ptr<const TensorArchive> archive) : archive_(*archive), owner_(std::move(archive)) {}
+  explicit Loader(std::shared_ptr<const TensorArchive> archive) : archive_(*archive), owner_(std::move(archive)) {
+    const auto q = archive_.metadata.find(kQuantizationKey);
+    bf16_in_place_ = q != archive_.metadata.end() && q->second == "bf16";
+  }
 
   // Accepts the first of `names` present; checks the element count against `shape`. Only a
-  // projection matrix (`matrix`) may be stored block-quantized: it is then used in place.
+  // projection matrix (`matrix`) may be stored block-quantized: it is then used in place, as are
+  // the BF16 matrices of a file `mamba2 quantize --type bf16` wrote (io/safetensors.h); other
+  // tensors are read as fp32.
   Tensor take(std::initializer_list<std::string> names, const Shape& shape, const Shape& stored_shape,
               bool matrix = false) {
     const StoredTensor* t = nullptr;
@@ -47,6 +52,7 @@ class Loader {
              t->file, dtype_name(t->dtype));
       return Tensor::borrow(t->data, shape, t->dtype, owner_);  // even offsets: the blocks' scales are aligned
     }
+    if (matrix && t->dtype == DType::BF16 && bf16_in_place_) return Tensor::borrow(t->data, shape, t->dtype, owner_);
     Tensor out = Tensor::empty(shape);
     convert_to_f32(t->dtype, t->data, out.data(), size_t(out.numel()));
     return out;
@@ -68,6 +74,7 @@ class Loader {
   const TensorArchive& archive_;
   std::shared_ptr<const TensorArchive> owner_;
   std::set<std::string> used_;
+  bool bf16_in_place_ = false;
 };
 
 }  // namespace
@@ -111,11 +118,12 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
 }
 
 DType stored_matrix_dtype(const ModelWeights& w) {
+  const auto kept = [](DType d) { return is_quantized(d) || d == DType::BF16; };
   for (const LayerWeights& l : w.layers)
     for (const Tensor* t : {&l.in_proj, &l.out_proj})
-      if (is_quantized(t->dtype())) return t->dtype();
+      if (kept(t->dtype())) return t->dtype();
   for (const Tensor* t : {&w.embedding, &w.lm_head})
-    if (is_quantized(t->dtype())) return t->dtype();
+    if (kept(t->dtype())) return t->dtype();
   return DType::F32;
 }
 
@@ -261,7 +269,9 @@ void save_model(const std::filesystem::path& dir, const ModelConfig& config, con
       as = projections.count(nt.tensor) ? *matrix_dtype : vocab.count(nt.tensor) ? vocab_matrix_dtype(*matrix_dtype) : DType::F32;
     tensors.push_back({nt.name, as, nt.stored_shape, nt.tensor->data()});
   }
-  write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
+  std::map<std::string, std::string> meta{{"format", "pt"}};
+  if (matrix_dtype == DType::BF16) meta[kQuantizationKey] = "bf16";  // (block formats: write_safetensors names them)
+  write_safetensors(dir / "model.safetensors", tensors, meta);
   ModelConfig written = config;
   written.vocab_size = config.vocab_padded();  // the HF layout stores the padded size
   const std::string json = config_to_hf_json(written);

@@ -88,8 +88,8 @@ std::string model_fingerprint(const ModelConfig& config, const ModelWeights& wei
 void save_model(const std::filesystem::path& dir, const ModelConfig& config, const ModelWeights& weights, DType dtype,
                 std::optional<DType> matrix_dtype = std::nullopt);
 
-// The block format of the in/out projections as loaded (a quantized checkpoint's are used in
-// place, memory-mapped), or F32.
+// The format of the in/out projections as loaded: a `mamba2 quantize` checkpoint's (Q8_0, Q4_0
+// blocks or BF16, used in place, memory-mapped), or F32.
 DType stored_matrix_dtype(const ModelWeights& weights);
 
 }  // namespace mamba2

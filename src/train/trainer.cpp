@@ -195,7 +195,7 @@ void Trainer::setup() {
 
   // The model: from the checkpoint when resuming, else from init_from or the preset's init.
   if (!cfg_.init_from.empty()) {
-    const Model m = Model::load(cfg_.init_from);
+    const Model m = Model::load(cfg_.init_from).to(Device::CPU, DType::F32);  // a quantized folder's, widened
     mc_ = m.config();
     if (latest.empty()) w_ = clone_weights(m.weights());
   } else {

@@ -36,7 +36,7 @@ void add_grad(CLI::App& app) {
     if (total != int64_t(raw_ids.size())) fail("[cli] --lengths sum to {} but --ids has {} ids", total, raw_ids.size());
     if (predicted == 0)
       fail("[cli] no positions to predict: every sequence has length 1 (a sequence of length L predicts L-1 tokens)");
-    const Model model = Model::load(o->model);
+    const Model model = Model::load(o->model).to(Device::CPU, DType::F32);  // a quantized folder's, widened
     std::vector<int32_t> ids;
     for (size_t i = 0; i < raw_ids.size(); ++i) {
       if (raw_ids[i] < 0 || raw_ids[i] >= model.vocab())

@@ -55,7 +55,7 @@ void add_placement_options(CLI::App* sub, Placement& p) {
                                       "faster: q8_0 and q4_0 on AVX-512 VNNI and on AVX2; "
                                       "MAMBA2_Q8_ACTIVATIONS=int8|f32 chooses; bf16 against bf16 activations on AVX-512 "
                                       "BF16, MAMBA2_BF16_ACTIVATIONS=bf16|f32 chooses). Default: bf16 on the GPU; on the CPU f32, or "
-                                      "the format of a quantized checkpoint (mamba2 quantize)");
+                                      "the format of a mamba2 quantize folder (bf16, q8 or q4)");
 }
 
 Device placement_device(const Placement& p) {
@@ -101,7 +101,7 @@ DType placement_dtype(const Placement& p, Device dev, DType stored) {
       fail("[cli] --dtype {}: block-quantized weights run on the CPU (the GPU takes f32, bf16 or f16)", p.dtype);
     return p.dtype == "q8" ? DType::Q8_0 : DType::Q4_0;
   }
-  DType dtype = dev == Device::CUDA ? DType::BF16 : is_quantized(stored) ? stored : DType::F32;
+  DType dtype = dev == Device::CUDA ? DType::BF16 : stored;  // stored: F32, or a `mamba2 quantize` folder's format
   if (!p.dtype.empty()) {
     const std::optional<DType> parsed = parse_dtype(p.dtype);
     if (!parsed) fail("[cli] --dtype: '{}' is not f32, bf16, f16, q8 or q4", p.dtype);
