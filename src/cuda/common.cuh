@@ -170,6 +170,8 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes)
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// All but the last committed group.
+__device__ __forceinline__ void cp_async_wait_all_but_last() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 // `cluster` > 1 (sm_90): the grid's blocks in clusters of that many along x, which may read each
 // other's shared memory (the decode projections' split-k sums).

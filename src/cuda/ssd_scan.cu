@@ -1022,8 +1022,8 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   // exponent below is clamped to ≤ 0, so rounding in the scan never makes a factor exceed 1) and
   // w into s_dt, s_a, s_w, all spans at once; then span s's x to T (and w∘x). Returns span s's
   // a[last]·log2(e).
-  const auto span_prologue = [&](int s, int len, bool with_x, bool scan_dt, const float* xf, bool one_ahead) -> float {
-    if (one_ahead) asm volatile("cp.async.wait_group 1;" ::: "memory");
+  const auto span_prologue = [&](int s, bool with_x, bool scan_dt, const float* xf, bool one_ahead) -> float {
+    if (one_ahead) cp_async_wait_all_but_last();
     else cp_async_wait_all();
     __syncthreads();
     if (scan_dt) {
@@ -1107,11 +1107,10 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
     issue_dt();
     issue(ch.tok0, min(kSpan, ch.len), false, Bs, Xf);
     for (int s = 0; s < nspans; ++s) {
-      const int len = min(kSpan, ch.len - s * kSpan);
       const bool ahead = s + 1 < nspans;
       if (ahead) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false, bbuf(s + 1),
                        xbuf(s + 1));
-      const float a2_last = span_prologue(s, len, false, s == 0, xbuf(s), ahead);
+      const float a2_last = span_prologue(s, false, s == 0, xbuf(s), ahead);
       a_chunk += double(a2_last) / kLog2e;
       update_state(a2_last, bbuf(s));
       __syncthreads();  // span s's buffers are free for span s+2
@@ -1148,7 +1147,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
     const int64_t tok0 = ch.tok0 + s * kSpan;
     const int len = min(kSpan, ch.len - s * kSpan);
     // Phase 1 left dt, a and w of every span (ScanOnly: the first span's prologue finds them).
-    const float a2_last = span_prologue(s, len, true, MODE == SeqMode::ScanOnly && s == 0, Xf, false);
+    const float a2_last = span_prologue(s, true, MODE == SeqMode::ScanOnly && s == 0, Xf, false);
     const float *sa = s_a + s * kSpan, *sdt = s_dt + s * kSpan;
     // C Bᵀ (rows r0.., the k-steps q ≤ r of 16 columns s with q % 2 = the warp's half: the two
     // halves share the triangle) and C·Sᵀ (the half's columns p), C's fragment loaded once.
