@@ -159,6 +159,11 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
     for (const char* f32 : {"backbone.layers.0.mixer.A_log", "backbone.layers.0.mixer.D", "backbone.layers.0.mixer.dt_bias",
                             "backbone.layers.0.mixer.conv1d.weight", "backbone.layers.0.norm.weight", "backbone.norm_f.weight"})
       EXPECT_EQ(h[f32]["dtype"], "F32") << f32;
+    const CliResult info = run_cli("info --model " + shell_path(out));
+    EXPECT_NE(info.out.find("quantized: " + std::string(type == "q8" ? "q8_0" : type == "q4" ? "q4_0" : "bf16") +
+                            " (mamba2 quantize)"),
+              std::string::npos)
+        << info.out;
     const std::vector<double> got = logits_of(out, tmp / (type + "_got.npy"), "");
     const std::vector<double> want = logits_of(src, tmp / (type + "_want.npy"), "--dtype " + type);
     ASSERT_EQ(got.size(), want.size());

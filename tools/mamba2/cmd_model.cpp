@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "io/atomic_file.h"
 #include "io/gguf.h"
+#include "io/safetensors.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/version.h"
@@ -133,6 +134,9 @@ void add_info(CLI::App& app) {
     for (const auto& f : archive.files()) fmt::print(" {}", f);
     fmt::print("\ntensors: {} ({} stored values)\n", archive.tensors().size(), stored);
     for (const auto& [dt, n] : by_dtype) fmt::print("dtype {}: {} values\n", dt, n);
+    if (const auto q = archive.metadata.find(kQuantizationKey); q != archive.metadata.end())
+      fmt::print("quantized: {} (mamba2 quantize): the CPU runs it in that format unless --dtype says otherwise\n",
+                 q->second);
     if (fs::is_regular_file(*dir)) {  // a GGUF file: what it says of itself, and its types as stored
       const GgufFile g = read_gguf(*dir, false);
       const auto name = g.metadata.find("general.name");
