@@ -151,7 +151,8 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
     EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["dtype"], matrix);
     EXPECT_EQ(h["backbone.layers.0.mixer.out_proj.weight"]["dtype"], matrix);
     EXPECT_EQ(h["backbone.embeddings.weight"]["dtype"], matrix);
-    EXPECT_EQ(h["__metadata__"]["mamba2.quantization"], type == "q8" ? "q8_0" : type == "q4" ? "q4_0" : "bf16");
+    const std::string format_name = type == "q8" ? "q8_0" : type == "q4" ? "q4_0" : "bf16";
+    EXPECT_EQ(h["__metadata__"]["mamba2.quantization"], format_name);
     if (type != "bf16") {  // q4 keeps the (tied) embedding and head in q8_0 blocks
       EXPECT_EQ(h["backbone.layers.0.mixer.in_proj.weight"]["shape"].back(), type == "q8" ? 34 : 18);
       EXPECT_EQ(h["backbone.embeddings.weight"]["shape"].back(), 34);
@@ -160,10 +161,7 @@ TEST(CliQuantize, TheQuantizedModelIsTheModelQuantizedAtLoad) {
                             "backbone.layers.0.mixer.conv1d.weight", "backbone.layers.0.norm.weight", "backbone.norm_f.weight"})
       EXPECT_EQ(h[f32]["dtype"], "F32") << f32;
     const CliResult info = run_cli("info --model " + shell_path(out));
-    EXPECT_NE(info.out.find("quantized: " + std::string(type == "q8" ? "q8_0" : type == "q4" ? "q4_0" : "bf16") +
-                            " (mamba2 quantize)"),
-              std::string::npos)
-        << info.out;
+    EXPECT_NE(info.out.find("quantized: " + format_name + " (mamba2 quantize)"), std::string::npos) << info.out;
     const std::vector<double> got = logits_of(out, tmp / (type + "_got.npy"), "");
     const std::vector<double> want = logits_of(src, tmp / (type + "_want.npy"), "--dtype " + type);
     ASSERT_EQ(got.size(), want.size());

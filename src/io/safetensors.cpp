@@ -35,8 +35,9 @@ bool holds_blocks(const json& header, const std::string& fname) {
   if (meta == header.end() || !meta->is_object()) return false;
   const auto q = meta->find(kQuantizationKey);
   if (q == meta->end()) return false;
-  if (q->is_string() && (q->get<std::string>() == "q8_0" || q->get<std::string>() == "q4_0")) return true;
-  if (q->is_string() && q->get<std::string>() == "bf16") return false;
+  const std::string format = q->is_string() ? q->get<std::string>() : "";
+  if (format == "q8_0" || format == "q4_0") return true;
+  if (format == "bf16") return false;
   fail("[safetensors] {}: __metadata__ {} is {}, not \"q8_0\", \"q4_0\" or \"bf16\"", fname, kQuantizationKey,
        q->dump());
 }
