@@ -1101,8 +1101,11 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
     // Double-buffered: phase 1 reads neither C, the state operand nor x in T, so span s+1's B
     // goes to Cs and its x over Ss and Xt (64·(NPAD+8) + 64·kTcStride halves ≥ Xf's floats)
     // while span s is summed.
-    const auto bbuf = [&](int i) { return i % 2 ? Cs : Bs; };
-    const auto xbuf = [&](int i) { return i % 2 ? reinterpret_cast<float*>(Ss) : Xf; };
+    const auto bbuf = [&](int i) { return Bs - (i % 2) * (kSpan * NS); };  // Cs just before Bs
+    const auto xbuf = [&](int i) {
+      return reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(Xf) -
+                                      (i % 2) * (reinterpret_cast<unsigned char*>(Xf) - reinterpret_cast<unsigned char*>(Ss)));
+    };
     static_assert(2 * (kSpan * NS + kSpan * kTcStride) >= 4 * kSpan * kXfStride, "x's second buffer");
     issue_dt();
     issue(ch.tok0, min(kSpan, ch.len), false, Bs, Xf);
