@@ -30,10 +30,11 @@ using test::rel_l2;
 // GPU fp32 against CPU fp32 on the same weights: two fp32 computations that differ only in
 // summation order (GEMM tiling, block reductions), through 2 layers.
 constexpr double kCpuTol = 1e-5;
-// bf16/f16 weights and projection inputs, fp32 everywhere else, against mamba_ssm in bf16 on the
-// same fixtures (test::mamba_ssm_bf16_error): the weights' own rounding to bf16 (2⁻⁹) is most of
-// the error of both; with fp32 states and residual ours must stay clearly below theirs: at most
-// 3/4 of it. f16 rounds 8× finer: at most a tenth of it.
+// bf16/f16 weights, projection inputs and the SSD scan's inputs (x, B, C from the conv, as
+// mamba_ssm's), fp32 everywhere else, against mamba_ssm in bf16 on the same fixtures
+// (test::mamba_ssm_bf16_error): the weights' own rounding to bf16 (2⁻⁹) is most of the error of
+// both; with fp32 states and residual ours must stay clearly below theirs: at most 3/4 of it. f16
+// rounds 8× finer: at most an eighth of it (the roundings of theirs, at f16's unit roundoff).
 using test::mamba_ssm_bf16_error;
 
 ModelConfig tiny_config(int64_t chunk = 8) {
@@ -204,7 +205,7 @@ TEST_P(CudaGolden, PrefillAndDecodeMatchTheOracle) {
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     const Model gpu = cpu.to(Device::CUDA, dt);
     const double theirs = mamba_ssm_bf16_error(GetParam());
-    const double tol = dt == DType::F32 ? kGoldenTol : dt == DType::BF16 ? 0.75 * theirs : 0.1 * theirs;
+    const double tol = dt == DType::F32 ? kGoldenTol : dt == DType::BF16 ? 0.75 * theirs : theirs / 8;
     std::vector<float> logits;
     gpu.prefill(g.ids, g.lengths, nullptr, true, logits);
     const double e_prefill = worst_sequence_error(g, logits.data(), gpu.vocab());

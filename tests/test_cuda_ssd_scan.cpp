@@ -3,7 +3,9 @@
 // counts, head and state sizes, shuffled slots in a larger state buffer, the dt_limit clamp), the
 // decode step against cpu::ssd_step, prefill-then-step against a longer prefill, and batch
 // invariance bit for bit; the same for the tensor-core (bf16 and f16) scan against the double
-// oracle on inputs rounded to that type. Outputs start as NaN so that an element never written shows.
+// oracle on inputs rounded to that type, given to it in that type (as the model's conv leaves them)
+// in the model's 16-byte layout and in odd ones, and in fp32. Outputs start as NaN so that an
+// element never written shows.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -47,13 +50,15 @@ std::vector<T> download(const std::shared_ptr<void>& d, size_t n) {
 }
 float* f32(const std::shared_ptr<void>& d) { return static_cast<float*>(d.get()); }
 
-// Inputs of T tokens with row strides wider than the rows (column slices, as in the model).
+// Inputs of T tokens with row strides wider than the rows (column slices, as in the model): odd
+// strides, or (aligned) strides of whole 16-byte pieces of bf16 / f16 as the model's.
 struct Problem {
   int64_t H = 0, P = 0, G = 0, N = 0, T = 0;
+  bool aligned = false;
   float dt_min = 0.0f, dt_max = std::numeric_limits<float>::infinity();
   std::vector<float> x, B, C, dt_raw, dt_bias, A_log, D;
-  int64_t ldx() const { return H * P + 3; }
-  int64_t ldbc() const { return G * N + 5; }
+  int64_t ldx() const { return H * P + (aligned ? 8 : 3); }
+  int64_t ldbc() const { return G * N + (aligned ? 8 : 5); }
   int64_t lddt() const { return H + 1; }
   int64_t ldy() const { return H * P + 2; }
   int64_t S() const { return H * P * N; }  // one state row
@@ -61,9 +66,10 @@ struct Problem {
 
 // fast_decay: every head at the init's fastest (dt 0.1 at zero input, A = -16), so that a falls
 // to ~-400 within a chunk of 256.
-Problem make_problem(int64_t H, int64_t P, int64_t G, int64_t N, int64_t T, uint32_t seed, bool fast_decay = false) {
+Problem make_problem(int64_t H, int64_t P, int64_t G, int64_t N, int64_t T, uint32_t seed, bool fast_decay = false,
+                     bool aligned = false) {
   Problem pb;
-  pb.H = H, pb.P = P, pb.G = G, pb.N = N, pb.T = T;
+  pb.H = H, pb.P = P, pb.G = G, pb.N = N, pb.T = T, pb.aligned = aligned;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
   std::uniform_real_distribution<double> u01(0.0, 1.0);
@@ -119,13 +125,21 @@ std::vector<float> random_states(int64_t rows, int64_t S, uint32_t seed) {
   return s;
 }
 
-// The problem's inputs and weights on the GPU.
+// v on the GPU in `dtype` (F32, BF16 or F16).
+std::shared_ptr<void> upload_as(const std::vector<float>& v, DType dtype) {
+  if (dtype == DType::F32) return upload(v);
+  std::vector<uint16_t> bits(v.size());
+  convert_from_f32(dtype, v.data(), bits.data(), v.size());
+  return upload(bits);
+}
+
+// The problem's inputs (x, B and C in `inputs`) and weights on the GPU.
 struct DeviceProblem {
   std::shared_ptr<void> x, B, C, dt_raw, dt_bias, A_log, D;
   cuda::SsdParams params;
-  explicit DeviceProblem(const Problem& pb)
-      : x(upload(pb.x)), B(upload(pb.B)), C(upload(pb.C)), dt_raw(upload(pb.dt_raw)), dt_bias(upload(pb.dt_bias)),
-        A_log(upload(pb.A_log)), D(upload(pb.D)),
+  explicit DeviceProblem(const Problem& pb, DType inputs = DType::F32)
+      : x(upload_as(pb.x, inputs)), B(upload_as(pb.B, inputs)), C(upload_as(pb.C, inputs)), dt_raw(upload(pb.dt_raw)),
+        dt_bias(upload(pb.dt_bias)), A_log(upload(pb.A_log)), D(upload(pb.D)),
         params{pb.H, pb.P, pb.G, pb.N, f32(dt_bias), f32(A_log), f32(D), pb.dt_min, pb.dt_max} {}
 };
 
@@ -135,17 +149,20 @@ struct Result {
 };
 
 // The CUDA scan over sequences of `lengths` tokens packed from pb's first row; sequence i starts
-// from and ends in row slots[i] of `states`.
+// from and ends in row slots[i] of `states`. x, B and C given in `inputs` (by default the compute
+// dtype, as the model gives them).
 Result gpu_scan(const Problem& pb, const std::vector<int64_t>& lengths, const std::vector<int64_t>& slots,
-                const std::vector<float>& states, int64_t Q, DType compute = DType::F32) {
+                const std::vector<float>& states, int64_t Q, DType compute = DType::F32,
+                std::optional<DType> inputs = std::nullopt) {
   const ops::SeqBatch batch(lengths, slots, Q, Device::CUDA);
   EXPECT_EQ(batch.tokens(), pb.T);
-  const DeviceProblem d(pb);
+  const DType in = inputs.value_or(compute);
+  const DeviceProblem d(pb, in);
   auto y = upload(std::vector<float>(size_t(pb.T * pb.ldy()), kNaN));
   auto st = upload(states);
   const cuda::PackedSeqs seqs = batch.packed();
-  cuda::ssd_scan_forward(d.params, f32(d.x), pb.ldx(), f32(d.B), pb.ldbc(), f32(d.C), pb.ldbc(), f32(d.dt_raw),
-                         pb.lddt(), f32(y), pb.ldy(), f32(st), seqs, Q, compute);
+  cuda::ssd_scan_forward(d.params, d.x.get(), pb.ldx(), d.B.get(), pb.ldbc(), d.C.get(), pb.ldbc(), in,
+                         f32(d.dt_raw), pb.lddt(), f32(y), pb.ldy(), f32(st), seqs, Q, compute);
   return {download<float>(y, size_t(pb.T * pb.ldy())), download<float>(st, states.size())};
 }
 
@@ -191,6 +208,7 @@ struct ScanCase {
   std::vector<int64_t> lengths;
   float dt_min = 0.0f, dt_max = std::numeric_limits<float>::infinity();
   bool fast_decay = false;
+  bool aligned = false;  // the model's layout: the tensor-core scan reads bf16 / f16 inputs in place
 };
 
 // Lengths 1, Q-1, Q, Q+1, 2Q+3 and 5: partial, exact and one-token chunks.
@@ -220,7 +238,7 @@ double scan_bound(DType compute) {
 
 void check_scan(const ScanCase& c, uint32_t seed, DType compute = DType::F32) {
   const int64_t T = std::accumulate(c.lengths.begin(), c.lengths.end(), int64_t(0));
-  Problem pb = make_problem(c.H, c.P, c.G, c.N, T, seed, c.fast_decay);
+  Problem pb = make_problem(c.H, c.P, c.G, c.N, T, seed, c.fast_decay, c.aligned);
   if (compute != DType::F32) pb = rounded(pb, compute);
   pb.dt_min = c.dt_min;
   pb.dt_max = c.dt_max;
@@ -264,7 +282,9 @@ std::vector<ScanCase> scan_cases() {
       {.Q = 16, .H = 4, .P = 64, .G = 1, .N = 16, .lengths = awkward_lengths(16)},
       {.Q = 64, .H = 4, .P = 32, .G = 2, .N = 64, .lengths = awkward_lengths(64)},
       {.Q = 256, .H = 4, .P = 64, .G = 4, .N = 128, .lengths = awkward_lengths(256)},
-      {.Q = 64, .H = 2, .P = 128, .G = 1, .N = 128, .lengths = {70, 1, 64}},
+      {.Q = 256, .H = 4, .P = 64, .G = 4, .N = 128, .lengths = awkward_lengths(256), .aligned = true},
+      {.Q = 64, .H = 2, .P = 128, .G = 1, .N = 128, .lengths = {70, 1, 64}, .aligned = true},
+      {.Q = 64, .H = 4, .P = 40, .G = 2, .N = 64, .lengths = {70, 1, 64}, .aligned = true},
       // Sizes that fill no tile: chunk, headdim and state not multiples of 16.
       {.Q = 48, .H = 3, .P = 40, .G = 1, .N = 20, .lengths = {1, 47, 48, 49, 99}},
       {.Q = 32, .H = 1, .P = 256, .G = 1, .N = 32, .lengths = {33, 2}},
@@ -305,13 +325,44 @@ TEST(CudaSsdScan, F16MatchesTheCpuScanOnRoundedInputs) {
 }
 
 // The 130m model's shape (24 heads of 64, one group, d_state 128, chunks of 256) at a full
-// prefill and at lengths around the chunk, in every compute dtype.
+// prefill and at lengths around the chunk, in every compute dtype, in the model's layout.
 TEST(CudaSsdScan, MatchesTheCpuScanAtThe130mShape) {
   MAMBA2_REQUIRE_GPU();
   for (const DType compute : {DType::F32, DType::BF16, DType::F16})
     for (const std::vector<int64_t>& lengths : {std::vector<int64_t>{2048}, {1, 255, 257, 513}}) {
       SCOPED_TRACE(testing::Message() << dtype_name(compute) << ", " << lengths.size() << " sequences");
-      check_scan({.Q = 256, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = lengths}, 90, compute);
+      check_scan({.Q = 256, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = lengths, .aligned = true}, 90, compute);
+    }
+}
+
+// On tensor cores x, B and C given in T (read in place where their rows are whole 16-byte
+// pieces, else copied) and the same values given in fp32 (always copied) give the same bits:
+// every layout reaches the kernel as the same operands.
+TEST(CudaSsdScan, TakesItsOperandsInTheComputeDtypeOrInFp32Alike) {
+  MAMBA2_REQUIRE_GPU();
+  const ScanCase cases[] = {
+      {.Q = 256, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = {300, 1, 40}, .aligned = true},
+      {.Q = 256, .H = 24, .P = 64, .G = 1, .N = 128, .lengths = {300, 1, 40}},
+      {.Q = 64, .H = 4, .P = 40, .G = 2, .N = 64, .lengths = {70, 1, 64}, .aligned = true},
+      {.Q = 64, .H = 2, .P = 33, .G = 1, .N = 17, .lengths = {130, 5}},
+      {.Q = 64, .H = 2, .P = 48, .G = 2, .N = 200, .lengths = {70, 1}, .aligned = true},  // the passes
+  };
+  for (const DType compute : {DType::BF16, DType::F16})
+    for (const ScanCase& c : cases) {
+      SCOPED_TRACE(testing::Message() << dtype_name(compute) << ", P " << c.P << " N " << c.N
+                                      << (c.aligned ? ", aligned" : ""));
+      const int64_t T = std::accumulate(c.lengths.begin(), c.lengths.end(), int64_t(0));
+      const Problem pb = rounded(make_problem(c.H, c.P, c.G, c.N, T, 77, false, c.aligned), compute);
+      const int64_t n = int64_t(c.lengths.size());
+      std::vector<int64_t> slots(static_cast<size_t>(n));
+      std::iota(slots.begin(), slots.end(), int64_t(0));
+      const auto states0 = random_states(n, pb.S(), 78);
+      const Result in_t = gpu_scan(pb, c.lengths, slots, states0, c.Q, compute);
+      const Result in_f32 = gpu_scan(pb, c.lengths, slots, states0, c.Q, compute, DType::F32);
+      EXPECT_EQ(std::memcmp(in_t.states.data(), in_f32.states.data(), sizeof(float) * states0.size()), 0);
+      for (size_t i = 0; i < in_t.y.size(); ++i)
+        if (!(in_t.y[i] == in_f32.y[i] || (std::isnan(in_t.y[i]) && std::isnan(in_f32.y[i]))))
+          FAIL() << "y[" << i << "]: " << in_t.y[i] << " from T inputs, " << in_f32.y[i] << " from fp32";
     }
 }
 
@@ -571,6 +622,9 @@ TEST(CudaSsdScan, RejectsSizesItDoesNotTake) {
   EXPECT_THROW(gpu_scan(wide, {2}, {0}, random_states(1, wide.S(), 43), 64), Error);
   const Problem big_state = make_problem(1, 16, 1, 512, 2, 44);
   EXPECT_THROW(gpu_scan(big_state, {2}, {0}, random_states(1, big_state.S(), 45), 64, DType::BF16), Error);
+  // Inputs in a reduced type other than the compute dtype, or reduced with fp32 products.
+  EXPECT_THROW(gpu_scan(pb, {4}, {0}, states, 64, DType::BF16, DType::F16), Error);
+  EXPECT_THROW(gpu_scan(pb, {4}, {0}, states, 64, DType::F32, DType::BF16), Error);
 }
 
 }  // namespace

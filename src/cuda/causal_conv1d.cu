@@ -21,7 +21,8 @@ __device__ int64_t sequence_of(const int64_t* starts, int64_t count, int64_t t) 
   return lo;
 }
 
-__global__ void conv_kernel(const float* in, int64_t ldin, const float* w, const float* bias, float* out, int64_t ldo,
+template <class Out>
+__global__ void conv_kernel(const float* in, int64_t ldin, const float* w, const float* bias, Out* out, int64_t ldo,
                             const float* states, PackedSeqs seqs, int64_t C, int K) {
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t t = blockIdx.x;
@@ -35,7 +36,7 @@ __global__ void conv_kernel(const float* in, int64_t ldin, const float* w, const
     const float v = src >= start ? in[src * ldin + c] : state[(src - start + (K - 1)) * C + c];
     acc += w[c * K + j] * v;
   }
-  out[t * ldo + c] = silu(acc);
+  store_f32(out + t * ldo + c, silu(acc));
 }
 
 // After the outputs: each state row becomes the last K-1 inputs of (state, sequence), written in
@@ -70,14 +71,20 @@ void check_taps(int64_t K) {
 
 }  // namespace
 
-void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, float* out, int64_t ldo,
-                           float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
+void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
+                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   if (seqs.tokens == 0 || C == 0) return;
   // Tokens and sequences on grid x (up to 2³¹-1), channel blocks on y.
   const unsigned cblocks = unsigned(ceil_div(C, 128));
-  conv_kernel<<<dim3(unsigned(seqs.tokens), cblocks), 128, 0, stream()>>>(in, ldin, w, bias, out, ldo, states, seqs,
-                                                                          C, int(K));
+  const dim3 grid(unsigned(seqs.tokens), cblocks);
+  const auto run = [&](auto* o) { conv_kernel<<<grid, 128, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K)); };
+  switch (out_dtype) {
+    case DType::F32: run(static_cast<float*>(out)); break;
+    case DType::BF16: run(static_cast<__nv_bfloat16*>(out)); break;
+    case DType::F16: run(static_cast<__half*>(out)); break;
+    default: raise(cat("[causal_conv1d] output in ", dtype_name(out_dtype), ": the kernel writes F32, BF16 or F16"));
+  }
   check_launch("causal_conv1d");
   conv_state_kernel<<<dim3(unsigned(seqs.count), cblocks), 128, 0, stream()>>>(in, ldin, states, seqs, C, int(K));
   check_launch("causal_conv1d");

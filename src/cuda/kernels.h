@@ -89,9 +89,10 @@ void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, con
 
 // Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
 // states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
-// inputs there.   in (T, C) ld ldin; w (C, K); bias (C); out (T, C) ld ldo; all fp32
-void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, float* out, int64_t ldo,
-                           float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
+// inputs there.   in (T, C) ld ldin; w (C, K); bias (C); fp32 sums; out (T, C) ld ldo in
+// out_dtype (F32, BF16 or F16: the SSD scan's operands, rounded once here)
+void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
+                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
 // One token per sequence: out[b] from its state and x[b], then the state shifts in x[b].
 //   x (nb, C) ld ldx; state of b at states + slots[b]·(K-1)·C; out (nb, C) ld ldo
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
@@ -107,13 +108,14 @@ struct SsdParams {
 // Chunked SSD scan over packed sequences: sequence i's chunks start at its first token; its
 // state (nheads, headdim, d_state) at states + slots[i]·nheads·headdim·d_state is read as the
 // initial state and receives the final one. Every exponent is ≤ 0 (differences of in-chunk
-// cumulative sums). x (T, nheads·headdim) ld ldx; B, C (T, ngroups·d_state); dt_raw (T, nheads);
-// y (T, nheads·headdim) ld ldy; all fp32. `compute`: F32 runs the products in fp32 (no TF32);
-// BF16 / F16 on tensor cores, operands rounded to that type, fp32 accumulation (d_state ≤ 256).
-// The decay terms (dt, cumulative sums, exp) and the states are fp32 (the sums double) either way.
-void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
-                      int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-                      const PackedSeqs& seqs, int64_t chunk_size, DType compute);
+// cumulative sums). x (T, nheads·headdim) ld ldx; B, C (T, ngroups·d_state), all three in
+// `inputs` (F32, or the compute dtype); dt_raw (T, nheads) and y (T, nheads·headdim) ld ldy in
+// fp32. `compute`: F32 runs the products in fp32 (no TF32); BF16 / F16 on tensor cores, operands
+// rounded to that type (x too where D·x uses it), fp32 accumulation (d_state ≤ 256). The decay
+// terms (dt, cumulative sums, exp) and the states are fp32 (the sums double) either way.
+void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void* B, int64_t ldb, const void* C,
+                      int64_t ldc, DType inputs, const float* dt_raw, int64_t lddt, float* y, int64_t ldy,
+                      float* states, const PackedSeqs& seqs, int64_t chunk_size, DType compute);
 // One token per sequence (recurrent decode); the state of b at states + slots[b]·nheads·headdim·d_state.
 // With z set (the decode step's fusion) y = the step's output · silu(z), z (nb, nheads·headdim) ld
 // ldz, and sums[b·lds + i] (i < ssd_step_sum_count), when set, receive partial sums of y² in head

@@ -1,5 +1,6 @@
 // Tensor-core helpers shared by the CUDA kernel files: mma.sync m16n8k16 (sm_80+) with fp32
-// accumulation on bf16 or f16 operands, and the packing of two fp32 values into one operand register.
+// accumulation on bf16 or f16 operands, and the packing of two fp32 values into one operand register
+// (and back).
 #pragma once
 #include <type_traits>
 
@@ -16,6 +17,13 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&v);
   }
+}
+
+// The two values of a packed pair, lo first.
+template <class T>
+__device__ __forceinline__ float2 unpack2(uint32_t v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+  else return __half22float2(*reinterpret_cast<const __half2*>(&v));
 }
 
 // d += a·b: a 16×16 (row-major fragment), b 16×8, d 16×8 fp32; lane l holds d's rows l/4 and

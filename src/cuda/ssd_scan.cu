@@ -904,10 +904,12 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 //   y[t] = Σ_{s≤t} (C Bᵀ)[t][s]·2^(a[t]-a[s])·dt[s]·x[s] + 2^a[t]·C[t] Sᵀ + D·x[t]
 //   S    = 2^a[last]·S + Σ_s (2^(a[last]-a[s])·dt[s]·x[s]) ⊗ B[s]
 // So C Bᵀ is a 64×64 triangle per span instead of the chunk's, nothing but the chunk-boundary
-// states goes through global memory, and x is read in fp32 twice (the second from the L2).
-// Operands are rounded as in the passes above (C, B copied to T once by to_operands_kernel; x,
-// w∘x, S, M); every product accumulates in fp32. 8 warps: warp w = (row tile r = w % 4, half
-// h = w / 4): rows t = 16r.. of C Bᵀ (both halves), columns p = 32h.. of M·X, C·Sᵀ and y;
+// states goes through global memory, and x is read twice (the second time from the L2).
+// x, B and C come in T, as the conv leaves them in the model (or are rounded to T once by
+// to_operand_kernel when given in fp32 or laid out otherwise); D·x takes x as rounded, as
+// mamba_ssm's kernels do. w∘x, S and M are rounded as in the passes above; every product
+// accumulates in fp32. 8 warps: warp w = (row tile r = w % 4, half h = w / 4): rows t = 16r..
+// of C Bᵀ (both halves), columns p = 32h.. of M·X, C·Sᵀ and y;
 // state rows p = 16r.., columns n of half h. Every output's sum runs in an order fixed by its
 // own chunk: batch invariance holds whatever else the launch holds. The chunk's dt, a and w are
 // found once, with the first span's copies, warp s taking span s (one barrier, not two a span
@@ -916,49 +918,54 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
 // barrier), so they land while M·X and y run (H200: 5-8% off the scan, bench/RESULTS.md).
 constexpr int kSpan = 64;
 constexpr int kSeqThreads = 256;
-constexpr int kXfStride = kTile + 4;  // fp32 x rows in shared memory
 
-// B and C (fp32, rows of ld) to T, rows of groups·NPAD with zeros past d_state.
-template <class T, int NPAD>
-__global__ void to_operands_kernel(const float* B, int64_t ldb, const float* C, int64_t ldc, int64_t tokens,
-                                   int64_t groups, int64_t N, T* bt, T* ct) {
+// Rows of `groups` blocks of `width` values (fp32 or T, row stride ld, block stride `width`) to T,
+// rows of groups·PAD with zeros past `width` in each block: B and C to the scan's operand tiles
+// (blocks of d_state, PAD = NPAD), x to whole 16-byte pieces a head (blocks of headdim, PAD its
+// next multiple of 8).
+template <class T, class In>
+__global__ void to_operand_kernel(const In* src, int64_t ld, int64_t tokens, int64_t groups, int64_t width,
+                                  int64_t pad, T* dst) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // a pair of columns
-  if (i >= tokens * groups * NPAD / 2) return;
-  const int64_t row = i / (groups * NPAD / 2), rest = i % (groups * NPAD / 2);
-  const int64_t g = rest / (NPAD / 2), n = 2 * (rest % (NPAD / 2));
-  const float* b = B + row * ldb + g * N;
-  const float* c = C + row * ldc + g * N;
-  const float b0 = n < N ? b[n] : 0.0f, b1 = n + 1 < N ? b[n + 1] : 0.0f;
-  const float c0 = n < N ? c[n] : 0.0f, c1 = n + 1 < N ? c[n + 1] : 0.0f;
-  reinterpret_cast<uint32_t*>(bt)[i] = pack2<T>(b0, b1);
-  reinterpret_cast<uint32_t*>(ct)[i] = pack2<T>(c0, c1);
+  if (i >= tokens * groups * pad / 2) return;
+  const int64_t row = i / (groups * pad / 2), rest = i % (groups * pad / 2);
+  const int64_t g = rest / (pad / 2), n = 2 * (rest % (pad / 2));
+  const In* e = src + row * ld + g * width;
+  reinterpret_cast<uint32_t*>(dst)[i] =
+      pack2<T>(n < width ? load_f32(e + n) : 0.0f, n + 1 < width ? load_f32(e + n + 1) : 0.0f);
+}
+
+// fp32 copies of T inputs, for the passes (larger states), which read fp32.
+template <class T>
+__global__ void to_f32_kernel(const T* src, int64_t ld, int64_t rows, int64_t cols, float* dst) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < rows * cols) dst[i] = load_f32(src + i / cols * ld + i % cols);
 }
 
 template <int NPAD>
 __host__ __device__ constexpr size_t seq_smem_bytes() {
-  return 2 * (3 * size_t(kSpan) * (NPAD + 8) + 3 * size_t(kSpan) * kTcStride) +
-         4 * (size_t(kSpan) * kXfStride + 4 * size_t(kMaxChunk));
+  return 2 * (3 * size_t(kSpan) * (NPAD + 8) + 3 * size_t(kSpan) * kTcStride) + 4 * (4 * size_t(kMaxChunk));
 }
 
 enum class SeqMode { Chained, StateOnly, ScanOnly };
 
 template <class T, int NPAD, SeqMode MODE>
-__global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams p, const float* x, int64_t ldx,
-                                                                      bool x_vec, bool y_vec, const T* bt,
-                                                                      const T* ct, const float* dt_raw, int64_t lddt,
-                                                                      float* y, int64_t ldy, PackedSeqs seqs,
-                                                                      int64_t Q, Chain chain) {
+__global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams p, const T* x, int64_t ldx,
+                                                                      int64_t xhead, bool y_vec, const T* bt,
+                                                                      int64_t ldb, const T* ct, int64_t ldc,
+                                                                      const float* dt_raw, int64_t lddt, float* y,
+                                                                      int64_t ldy, PackedSeqs seqs, int64_t Q,
+                                                                      Chain chain) {
   constexpr int NS = NPAD + 8, NF = NPAD / 16, NKS = NPAD / 16;  // row stride, n fragments a half, k-steps over n
   extern __shared__ __align__(16) unsigned char smem[];
   T* Cs = reinterpret_cast<T*>(smem);  // [t][n]
   T* Bs = Cs + kSpan * NS;             // [s][n]
   T* Ss = Bs + kSpan * NS;             // [p][n]: the state as an operand
-  T* Xt = Ss + kSpan * NS;             // [s][p]: x
-  T* Xw = Xt + kSpan * kTcStride;      // [s][p]: w∘x
+  T* Xt = Ss + kSpan * NS;             // [s][p]: x, or w∘x (phase 2 alternates the two tiles)
+  T* Xw = Xt + kSpan * kTcStride;      // [s][p]: w∘x, or x
   T* Ms = Xw + kSpan * kTcStride;      // [t][s]: M
-  float* Xf = reinterpret_cast<float*>(Ms + kSpan * kTcStride);  // [s][p]: x in fp32
   // Of the whole chunk, span by span (phase 2 of the chained kernel reuses phase 1's):
-  float* s_raw = Xf + kSpan * kXfStride;  // raw dt
+  float* s_raw = reinterpret_cast<float*>(Ms + kSpan * kTcStride);  // raw dt
   float* s_a = s_raw + kMaxChunk;         // a·log2(e), a the cumsum within the span
   float* s_dt = s_a + kMaxChunk;
   float* s_w = s_dt + kMaxChunk;  // 2^(a[last]-a[s])·dt[s], last the span's
@@ -980,33 +987,29 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   const int sp[2] = {r0 + lane / 4, r0 + lane / 4 + 8};  // the state's rows p (and y's rows t) of the lane
 
   // Copies of span tok0's B (and C), x and raw dt into shared memory, zeros past the chunk's end.
-  // Thread i copies rows i/16 + 16u (u < 4) at 16-byte column i % 16 of each tile (the rows of B
-  // and C are NPAD/8 ≤ 16 such pieces).
-  const int cr = threadIdx.x / 16, cq = threadIdx.x % 16;
+  // Thread i copies rows i/16 + 16u (u < 4) at 16-byte column i % 16 of B and C (their rows are
+  // NPAD/8 ≤ 16 such pieces), and rows i/8 + 32u (u < 2) at piece i % 8 of x (a head's columns
+  // come in whole pieces, zeros past headdim: see to_operand_kernel).
+  const int cr = threadIdx.x / 16, cq = threadIdx.x % 16, xr = threadIdx.x / 8, xq = threadIdx.x % 8;
   const T* bsrc = bt + g * NPAD + 8 * cq;
   const T* csrc = ct + g * NPAD + 8 * cq;
-  const float* xsrc = x + h * P + p0 + 4 * cq;
-  const int64_t GN = G * NPAD;
-  const auto issue = [&](int64_t tok0, int len, bool with_c, T* bdst, float* xdst) {
+  const T* xsrc = x + h * xhead + p0 + 8 * xq;
+  const auto issue = [&](int64_t tok0, int len, bool with_c, T* bdst, T* xdst) {
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int r = cr + 16 * u;
       const bool in = r < len;
       const int64_t row = tok0 + (in ? r : 0);
       if (8 * cq < NPAD) {
-        if (with_c) cp_async16(Cs + r * NS + 8 * cq, csrc + row * GN, in ? 16 : 0);
-        cp_async16(bdst + r * NS + 8 * cq, bsrc + row * GN, in ? 16 : 0);
+        if (with_c) cp_async16(Cs + r * NS + 8 * cq, csrc + row * ldc, in ? 16 : 0);
+        cp_async16(bdst + r * NS + 8 * cq, bsrc + row * ldb, in ? 16 : 0);
       }
-      if (x_vec) {
-        const bool xin = in && 4 * cq < pcols;
-        cp_async16(xdst + r * kXfStride + 4 * cq, xsrc + (xin ? row * ldx : tok0 * ldx), xin ? 16 : 0);
-      } else {
+    }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool xin = in && 4 * cq + e < pcols;
-          cp_async4(xdst + r * kXfStride + 4 * cq + e, xsrc + (xin ? row * ldx + e : tok0 * ldx), xin ? 4 : 0);
-        }
-      }
+    for (int u = 0; u < 2; ++u) {
+      const int r = xr + 32 * u;
+      const bool in = r < len && 8 * xq < pcols;
+      cp_async16(xdst + r * kTcStride + 8 * xq, xsrc + (in ? (tok0 + r) * ldx : tok0 * ldx), in ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -1020,9 +1023,9 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   // After span s's copies have landed (with the first span's, `scan_dt`: the chunk's dt): warp s'
   // takes span s' of the chunk, its dt, a·log2(e) (an inclusive scan across the warp; every
   // exponent below is clamped to ≤ 0, so rounding in the scan never makes a factor exceed 1) and
-  // w into s_dt, s_a, s_w, all spans at once; then span s's x to T (and w∘x). Returns span s's
-  // a[last]·log2(e).
-  const auto span_prologue = [&](int s, bool with_x, bool scan_dt, const float* xf, bool one_ahead) -> float {
+  // w into s_dt, s_a, s_w, all spans at once; then span s's w∘x (from its x in xs) into ws.
+  // Returns span s's a[last]·log2(e).
+  const auto span_prologue = [&](int s, bool scan_dt, const T* xs, T* ws, bool one_ahead) -> float {
     if (one_ahead) cp_async_wait_all_but_last();
     else cp_async_wait_all();
     __syncthreads();
@@ -1054,19 +1057,18 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int r = cr + 16 * u, cc = 4 * cq;
-      const float4 v = *reinterpret_cast<const float4*>(xf + r * kXfStride + cc);
+      const uint2 v = *reinterpret_cast<const uint2*>(xs + r * kTcStride + cc);
+      const float2 lo = unpack2<T>(v.x), hi = unpack2<T>(v.y);
       const float wr = sw[r];
-      if (with_x)
-        *reinterpret_cast<uint2*>(Xt + r * kTcStride + cc) = make_uint2(pack2<T>(v.x, v.y), pack2<T>(v.z, v.w));
-      *reinterpret_cast<uint2*>(Xw + r * kTcStride + cc) =
-          make_uint2(pack2<T>(wr * v.x, wr * v.y), pack2<T>(wr * v.z, wr * v.w));
+      *reinterpret_cast<uint2*>(ws + r * kTcStride + cc) =
+          make_uint2(pack2<T>(wr * lo.x, wr * lo.y), pack2<T>(wr * hi.x, wr * hi.y));
     }
     __syncthreads();
     return s_a[s * kSpan + kSpan - 1];
   };
   // S = 2^a[last]·S + (w∘X)ᵀ B: rows p = r0.., the half's columns n, 64 tokens as k.
   float st[NF][4];
-  const auto update_state = [&](float a2_last, const T* bs) {
+  const auto update_state = [&](float a2_last, const T* bs, const T* ws) {
     const float decay = exp2_approx(fminf(a2_last, 0.0f));
 #pragma unroll
     for (int j = 0; j < NF; ++j)
@@ -1075,7 +1077,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
     for (int k = 0; k < kSpan; k += 16) {
       uint32_t a[4];
-      ldsm_trans(a, a_cols(Xw, kTcStride, r0, k));
+      ldsm_trans(a, a_cols(ws, kTcStride, r0, k));
 #pragma unroll
       for (int j = 0; j < NF; j += 2) {
         uint32_t b[4];
@@ -1098,35 +1100,31 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[j][e] = 0.0f;
     double a_chunk = 0.0;
-    // Double-buffered: phase 1 reads neither C, the state operand nor x in T, so span s+1's B
-    // goes to Cs and its x over Ss and Xt (64·(NPAD+8) + 64·kTcStride halves ≥ Xf's floats)
-    // while span s is summed.
+    // Double-buffered: phase 1 reads neither C nor the state operand, so span s+1's B goes to Cs
+    // and its x to Ss (found by offsets, which keeps ptxas from spilling) while span s is summed.
     const auto bbuf = [&](int i) { return Bs - (i % 2) * (kSpan * NS); };  // Cs just before Bs
-    const auto xbuf = [&](int i) {
-      return reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(Xf) -
-                                      (i % 2) * (reinterpret_cast<unsigned char*>(Xf) - reinterpret_cast<unsigned char*>(Ss)));
-    };
-    static_assert(2 * (kSpan * NS + kSpan * kTcStride) >= 4 * kSpan * kXfStride, "x's second buffer");
+    const auto xbuf = [&](int i) { return Xt - (i % 2) * (kSpan * NS); };  // Ss just before Xt
+    static_assert(NS >= kTcStride, "x's second buffer");
     issue_dt();
-    issue(ch.tok0, min(kSpan, ch.len), false, Bs, Xf);
+    issue(ch.tok0, min(kSpan, ch.len), false, Bs, Xt);
     for (int s = 0; s < nspans; ++s) {
       const bool ahead = s + 1 < nspans;
       if (ahead) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false, bbuf(s + 1),
                        xbuf(s + 1));
-      const float a2_last = span_prologue(s, false, s == 0, xbuf(s), ahead);
+      const float a2_last = span_prologue(s, s == 0, xbuf(s), Xw, ahead);
       a_chunk += double(a2_last) / kLog2e;
-      update_state(a2_last, bbuf(s));
+      update_state(a2_last, bbuf(s), Xw);
       __syncthreads();  // span s's buffers are free for span s+2
     }
     // Phase 2's first span is copied in during the hand-off; pass_state leaves S_start in st.
-    if constexpr (MODE == SeqMode::Chained) issue(ch.tok0, min(kSpan, ch.len), true, Bs, Xf);
+    if constexpr (MODE == SeqMode::Chained) issue(ch.tok0, min(kSpan, ch.len), true, Bs, Xt);
     pass_state(chain, p, seqs, ch, c, h, tile, tiles, a_chunk, reinterpret_cast<float(&)[4 * NF]>(st),
                state_offset);
     if constexpr (MODE == SeqMode::StateOnly) return;
   } else {
     // Phase 2 alone: the state at the chunk's start from chunk_states[c] (state_pass left it there).
     issue_dt();
-    issue(ch.tok0, min(kSpan, ch.len), true, Bs, Xf);
+    issue(ch.tok0, min(kSpan, ch.len), true, Bs, Xt);
     const float* s_start = chain.chunk_states + (c * H + h) * P * N;
     float(&sv)[4 * NF] = reinterpret_cast<float(&)[4 * NF]>(st);
 #pragma unroll
@@ -1149,8 +1147,12 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
   for (int s = 0; s < nspans; ++s) {
     const int64_t tok0 = ch.tok0 + s * kSpan;
     const int len = min(kSpan, ch.len - s * kSpan);
+    // x and w∘x take Xt and Xw in turn: the next span's x lands in this one's w∘x tile, free
+    // once the state is updated, while this one's x still feeds M·X and D·x.
+    T* xs = s % 2 ? Xw : Xt;
+    T* ws = s % 2 ? Xt : Xw;
     // Phase 1 left dt, a and w of every span (ScanOnly: the first span's prologue finds them).
-    const float a2_last = span_prologue(s, true, MODE == SeqMode::ScanOnly && s == 0, Xf, false);
+    const float a2_last = span_prologue(s, MODE == SeqMode::ScanOnly && s == 0, xs, ws, false);
     const float *sa = s_a + s * kSpan, *sdt = s_dt + s * kSpan;
     // C Bᵀ (rows r0.., the k-steps q ≤ r of 16 columns s with q % 2 = the warp's half: the two
     // halves share the triangle) and C·Sᵀ (the half's columns p), C's fragment loaded once.
@@ -1202,20 +1204,14 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
         }
       }
     }
-    // The thread's x for D·x, and the state past the span (not after the last: the chain has it),
-    // so that once every warp is here C, B, x and the state operand are free for the next span.
-    float2 xd[2][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        xd[i][j] = *reinterpret_cast<const float2*>(Xf + sp[i] * kXfStride + pc0 + 8 * j + 2 * (lane % 4));
+    // The state past the span (not after the last: the chain has it), so that once every warp
+    // is here C, B, w∘x and the state operand are free for the next span.
     const bool more = s + 1 < nspans;
-    if (more) update_state(a2_last, Bs);
+    if (more) update_state(a2_last, Bs, ws);
     __syncthreads();
     // The next span's copies land while M·X and y run.
     if (more) {
-      issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, Bs, Xf);
+      issue(tok0 + kSpan, min(kSpan, ch.len - (s + 1) * kSpan), true, Bs, ws);
       state_to_operand();
     }
     // + M·X over the k-steps q ≤ r.
@@ -1227,12 +1223,12 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int j = 0; j < 4; j += 2) {
         uint32_t b[4];
-        ldsm_trans(b, b_cols(Xt, kTcStride, pc0 + 8 * j, 16 * q));
+        ldsm_trans(b, b_cols(xs, kTcStride, pc0 + 8 * j, 16 * q));
         mma<T>(cs[j], m, b[0], b[1]);
         mma<T>(cs[j + 1], m, b[2], b[3]);
       }
     }
-    // y = that + D·x (x in fp32).
+    // y = that + D·x.
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       if (sp[i] >= len) continue;
@@ -1240,7 +1236,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int cc = pc0 + 8 * j + 2 * (lane % 4);
-        const float2 xv = xd[i][j];
+        const float2 xv = unpack2<T>(*reinterpret_cast<const uint32_t*>(xs + sp[i] * kTcStride + cc));
         const float y0 = fmaf(Dh, xv.x, cs[j][2 * i]), y1 = fmaf(Dh, xv.y, cs[j][2 * i + 1]);
         if (y_vec && cc + 1 < pcols) {
           *reinterpret_cast<float2*>(yt + cc) = make_float2(y0, y1);
@@ -1264,10 +1260,13 @@ void check_params(const SsdParams& p) {
 
 }  // namespace
 
-void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
-                      int64_t ldc, const float* dt_raw, int64_t lddt, float* y, int64_t ldy, float* states,
-                      const PackedSeqs& seqs, int64_t chunk_size, DType compute) {
+void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void* B, int64_t ldb, const void* C,
+                      int64_t ldc, DType inputs, const float* dt_raw, int64_t lddt, float* y, int64_t ldy,
+                      float* states, const PackedSeqs& seqs, int64_t chunk_size, DType compute) {
   check_params(p);
+  if (inputs != DType::F32 && inputs != compute)
+    raise(cat("[ssd_scan] x, B and C in ", dtype_name(inputs), ": the ", dtype_name(compute),
+              " scan takes them in fp32 or in ", dtype_name(compute)));
   if (chunk_size < 1 || chunk_size > kMaxChunk)
     raise(cat("[ssd_scan] chunk_size ", chunk_size, ": the CUDA kernels take 1 to ", kMaxChunk));
   if (compute != DType::F32 && p.d_state > kMaxTcState)
@@ -1316,16 +1315,17 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
   };
 
   if (compute == DType::F32) {
+    const float *xf = static_cast<const float*>(x), *bf = static_cast<const float*>(B), *cf = static_cast<const float*>(C);
     double* a = static_cast<double*>(a_buf.get());
     unsigned blocks = 0;
     const Chain k = chain(reinterpret_cast<const void*>(chunk_state_kernel), kThreads,
                           ceil_div(P, kTile) * ceil_div(N, kTile), blocks);
-    chunk_state_kernel<<<blocks, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt, seqs, chunk_size, dt, a, k);
+    chunk_state_kernel<<<blocks, kThreads, 0, stream()>>>(p, xf, ldx, bf, ldb, dt_raw, lddt, seqs, chunk_size, dt, a, k);
     check_launch("ssd_scan");
     state_pass(k);
     const dim3 grid(chunks, unsigned(ceil_div(chunk_size, kTile)), heads);
     const auto scan = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, y, ldy, dt, a, cs, seqs, chunk_size);
+      kernel<<<grid, kThreads, 0, stream()>>>(p, xf, ldx, bf, ldb, cf, ldc, y, ldy, dt, a, cs, seqs, chunk_size);
     };
     switch (ceil_div(P, kTile)) {
       case 1: scan(chunk_scan_kernel<1>); break;
@@ -1337,54 +1337,101 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     return;
   }
 
+  const bool in_t = inputs != DType::F32;
   const auto tensor_cores = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const char* passes = std::getenv("MAMBA2_SSD_PASSES");
     if (N <= 128 && !(passes && std::string(passes) == "1")) {
       const auto spans = [&](auto npad) {
         constexpr int NPAD = decltype(npad)::value;
-        const int64_t G = p.ngroups, pairs = seqs.tokens * G * NPAD / 2;
-        auto ops = allocate(2 * sizeof(uint32_t) * size_t(pairs), "ssd_scan scratch");
-        T* bt = static_cast<T*>(ops.get());
-        T* ct = bt + 2 * pairs;
-        to_operands_kernel<T, NPAD><<<unsigned(ceil_div(pairs, 256)), 256, 0, stream()>>>(B, ldb, C, ldc, seqs.tokens,
-                                                                                      G, N, bt, ct);
-        check_launch("ssd_scan");
+        const int64_t G = p.ngroups;
+        // The operands as the kernel copies them, in 16-byte pieces: the inputs themselves where
+        // they come in T in whole pieces (B and C rows of d_state 64 or 128, heads of x a multiple
+        // of 8 wide: the model's), else copies rounded to T and padded with zeros.
+        const auto whole = [](const void* ptr, int64_t ld) {
+          return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld % 8 == 0;
+        };
+        const bool bc_direct = in_t && N == NPAD && whole(B, ldb) && whole(C, ldc);
+        const bool x_direct = in_t && P % 8 == 0 && whole(x, ldx);
+        const int64_t ppad = (P + 7) / 8 * 8;
+        const size_t copies = (bc_direct ? 0 : 2 * size_t(seqs.tokens * G * NPAD)) +
+                              (x_direct ? 0 : size_t(seqs.tokens * H * ppad));
+        std::shared_ptr<void> copy_buf = copies ? allocate(sizeof(T) * copies, "ssd_scan scratch") : nullptr;
+        T* next = static_cast<T*>(copy_buf.get());
+        const auto to_operand = [&](const void* src, int64_t ld, int64_t groups, int64_t width, int64_t pad) {
+          T* dst = next;
+          next += seqs.tokens * groups * pad;
+          const unsigned blocks = unsigned(ceil_div(seqs.tokens * groups * pad / 2, int64_t(256)));
+          if (in_t)
+            to_operand_kernel<T, T>
+                <<<blocks, 256, 0, stream()>>>(static_cast<const T*>(src), ld, seqs.tokens, groups, width, pad, dst);
+          else
+            to_operand_kernel<T, float><<<blocks, 256, 0, stream()>>>(static_cast<const float*>(src), ld, seqs.tokens,
+                                                                       groups, width, pad, dst);
+          check_launch("ssd_scan");
+          return dst;
+        };
+        const T *bt = static_cast<const T*>(B), *ct = static_cast<const T*>(C), *xt = static_cast<const T*>(x);
+        int64_t ldbt = ldb, ldct = ldc, ldxt = ldx, xhead = P;
+        if (!bc_direct) {
+          bt = to_operand(B, ldb, G, N, NPAD), ct = to_operand(C, ldc, G, N, NPAD);
+          ldbt = ldct = G * NPAD;
+        }
+        if (!x_direct) {
+          xt = to_operand(x, ldx, H, P, ppad);
+          ldxt = H * ppad, xhead = ppad;
+        }
         constexpr size_t smem = seq_smem_bytes<NPAD>();
         auto* chained = ssd_chunk_tc_kernel<T, NPAD, SeqMode::Chained>;
         auto* state_only = ssd_chunk_tc_kernel<T, NPAD, SeqMode::StateOnly>;
         auto* scan_only = ssd_chunk_tc_kernel<T, NPAD, SeqMode::ScanOnly>;
         for (auto* kernel : {chained, state_only, scan_only})
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "ssd_scan");
-        const bool x_vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 4 == 0 && P % 4 == 0;
         const bool y_vec = reinterpret_cast<uintptr_t>(y) % 8 == 0 && ldy % 2 == 0 && P % 2 == 0;
         unsigned blocks = 0;
         const int64_t tiles = ceil_div(P, kTile);
         const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem, 8);
         if (k.chained) {
-          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy,
-                                                           seqs, chunk_size, k);
+          chained<<<blocks, kSeqThreads, smem, stream()>>>(p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw, lddt,
+                                                           y, ldy, seqs, chunk_size, k);
           check_launch("ssd_scan");
           return;
         }
-        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy,
-                                                            seqs, chunk_size, k);
+        state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw,
+                                                            lddt, y, ldy, seqs, chunk_size, k);
         check_launch("ssd_scan");
         state_pass(k);
         scan_only<<<dim3(chunks, heads, unsigned(tiles)), kSeqThreads, smem, stream()>>>(
-            p, x, ldx, x_vec, y_vec, bt, ct, dt_raw, lddt, y, ldy, seqs, chunk_size, k);
+            p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw, lddt, y, ldy, seqs, chunk_size, k);
         check_launch("ssd_scan");
       };
       if (N <= 64) spans(std::integral_constant<int, 64>{});
       else spans(std::integral_constant<int, 128>{});
       return;
     }
+    // The passes read fp32: copies of x, B and C where they come in T.
+    const float *xf = static_cast<const float*>(x), *bf = static_cast<const float*>(B), *cf = static_cast<const float*>(C);
+    int64_t ldxf = ldx, ldbf = ldb, ldcf = ldc;
+    std::shared_ptr<void> widened;
+    if (in_t) {
+      const int64_t HP = H * P, GN = p.ngroups * N, rows = seqs.tokens;
+      widened = allocate(sizeof(float) * size_t(rows * (HP + 2 * GN)), "ssd_scan scratch");
+      float* d = static_cast<float*>(widened.get());
+      const auto widen = [&](const void* src, int64_t ld, int64_t cols, float* dst) {
+        to_f32_kernel<T><<<unsigned(ceil_div(rows * cols, int64_t(256))), 256, 0, stream()>>>(
+            static_cast<const T*>(src), ld, rows, cols, dst);
+        check_launch("ssd_scan");
+      };
+      widen(x, ldx, HP, d), widen(B, ldb, GN, d + rows * HP), widen(C, ldc, GN, d + rows * (HP + GN));
+      xf = d, bf = d + rows * HP, cf = d + rows * (HP + GN);
+      ldxf = HP, ldbf = ldcf = GN;
+    }
     float* a2 = static_cast<float*>(a_buf.get());
     const auto chunk_state = [&](auto kernel, int64_t cols) {
       unsigned blocks = 0;
       const Chain k = chain(reinterpret_cast<const void*>(kernel), kStateThreads,
                             ceil_div(P, kTile) * ceil_div(N, cols), blocks);
-      kernel<<<blocks, kStateThreads, 0, stream()>>>(p, x, ldx, B, ldb, dt_raw, lddt, seqs, chunk_size, dt, a2, k);
+      kernel<<<blocks, kStateThreads, 0, stream()>>>(p, xf, ldxf, bf, ldbf, dt_raw, lddt, seqs, chunk_size, dt, a2, k);
       check_launch("ssd_scan");
       state_pass(k);
     };
@@ -1397,13 +1444,13 @@ void ssd_scan_forward(const SsdParams& p, const float* x, int64_t ldx, const flo
     check(cudaFuncSetAttribute(chunk_cb_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(cb_smem)),
           "ssd_scan");
     chunk_cb_tc_kernel<T><<<dim3(chunks, unsigned(ntiles * (ntiles + 1) / 2), unsigned(p.ngroups)), kTcThreads,
-                            cb_smem, stream()>>>(p, B, ldb, C, ldc, seqs, chunk_size, Qp, cb);
+                            cb_smem, stream()>>>(p, bf, ldbf, cf, ldcf, seqs, chunk_size, Qp, cb);
     check_launch("ssd_scan");
     const size_t smem = sizeof(T) * size_t(kTile * (2 * state_stride(N) + kTcStride));
     check(cudaFuncSetAttribute(chunk_scan_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
           "ssd_scan");
     const dim3 grid(chunks, unsigned(ntiles * ceil_div(P, kTile)), heads);
-    chunk_scan_tc_kernel<T><<<grid, kTcThreads, smem, stream()>>>(p, x, ldx, C, ldc, y, ldy, dt, a2, cs, cb, seqs,
+    chunk_scan_tc_kernel<T><<<grid, kTcThreads, smem, stream()>>>(p, xf, ldxf, cf, ldcf, y, ldy, dt, a2, cs, cb, seqs,
                                                                   chunk_size, Qp);
     check_launch("ssd_scan");
   };

@@ -118,14 +118,15 @@ void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView
   cuda::copy_to_host(logits.data(), out.raw(), out.nbytes());
 }
 
-// Activations of `rows` tokens, reused by every layer. fp32 except the projections' inputs,
-// which are in the compute dtype (on the CPU, fp32: yn is then y, normed in place).
+// Activations of `rows` tokens, reused by every layer. fp32 except the projections' inputs and
+// the conv's output, the SSD scan's operands, which are in the compute dtype (on the CPU, fp32:
+// yn is then y, normed in place).
 struct Activations {
   Tensor residual;  // (rows, d_model) fp32 residual stream
   Tensor h;         // (rows, d_model) block output
   Tensor u;         // (rows, d_model) normed block input, compute dtype
   Tensor zxbcdt;    // (rows, d_in_proj)
-  Tensor xbc;       // (rows, conv_dim) after conv + SiLU
+  Tensor xbc;       // (rows, conv_dim) after conv + SiLU, compute dtype
   Tensor y;         // (rows, d_inner) scan output
   Tensor yn;        // (rows, d_inner) y gated and normed, compute dtype
   Activations(int64_t rows, const ModelConfig& c, Device dev, DType dtype)
@@ -133,7 +134,7 @@ struct Activations {
         h(Tensor::empty({rows, c.d_model}, dev)),
         u(Tensor::empty({rows, c.d_model}, dev, dtype)),
         zxbcdt(Tensor::empty({rows, c.d_in_proj()}, dev)),
-        xbc(Tensor::empty({rows, c.conv_dim()}, dev)),
+        xbc(Tensor::empty({rows, c.conv_dim()}, dev, dtype)),
         y(Tensor::empty({rows, c.d_inner()}, dev)),
         yn(dtype == DType::F32 ? y : Tensor::empty({rows, c.d_inner()}, dev, dtype)) {}
 };

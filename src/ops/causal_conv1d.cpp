@@ -12,14 +12,18 @@ void check_weights(const Tensor& w, const Tensor& bias, int64_t C, Device dev) {
   check_len("causal_conv1d", "bias", bias, C, dev);
 }
 
-// The activations and states of a forward over `seqs` (fp32 on either device).
-void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs, int64_t K) {
+// The activations and states of a forward over `seqs` (fp32 on either device; the prefill's
+// output on the GPU may be bf16 or f16, the SSD scan's operands there).
+void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs, int64_t K,
+                   bool reduced_out = false) {
   const int64_t T = in.rows, C = in.cols;
   const Device dev = in.device;
   check_shape("causal_conv1d", "in", in, T, C, dev);
   check_shape("causal_conv1d", "out", out, T, C, dev);
   check_shape("causal_conv1d", "states", states, states.rows, (K - 1) * C, dev);
-  for (const MatView* m : {&in, &out, &states}) check_dtype("causal_conv1d", "an operand", m->dtype, DType::F32);
+  for (const MatView* m : {&in, &states}) check_dtype("causal_conv1d", "an operand", m->dtype, DType::F32);
+  if (!(reduced_out && dev == Device::CUDA && (out.dtype == DType::BF16 || out.dtype == DType::F16)))
+    check_dtype("causal_conv1d", "out", out.dtype, DType::F32);
   if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
   seqs.check("causal_conv1d", T, dev, states.rows);
 }
@@ -30,10 +34,10 @@ void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out,
   const int64_t C = in.cols;
   check_weights(w, bias, C, in.device);
   const int64_t K = w.dim(1);
-  check_forward(in, out, states, seqs, K);
+  check_forward(in, out, states, seqs, K, true);
   if (in.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.data(), out.ld, states.data(),
+    cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.ptr, out.ld, out.dtype, states.data(),
                                 seqs.packed(), C, K);
 #else
     no_cuda_backend(__func__);

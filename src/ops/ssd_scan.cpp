@@ -21,7 +21,8 @@ cpu::SsdParams params(const SsdWeights& w, MatView x, MatView B, MatView C, MatV
   check_shape("ssd_scan", "B", B, rows, w.ngroups * w.d_state, dev);
   check_shape("ssd_scan", "C", C, rows, w.ngroups * w.d_state, dev);
   check_shape("ssd_scan", "dt", dt, rows, H, dev);
-  for (const MatView* m : {&x, &B, &C, &dt}) check_dtype("ssd_scan", "an input", m->dtype, DType::F32);
+  check_dtype("ssd_scan", "dt", dt.dtype, DType::F32);
+  for (const MatView* m : {&B, &C}) check_dtype("ssd_scan", "B and C", m->dtype, x.dtype);
   return {H, w.headdim, w.ngroups, w.d_state, w.dt_bias.data(), w.A_log.data(), w.D.data(), float(w.dt_min),
           float(w.dt_max)};
 }
@@ -48,10 +49,14 @@ void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
               const SeqBatch& seqs, DType compute) {
   const auto p = params(w, x, B, C, dt, x.rows, x.device);
   check_forward(p, x, y, states, seqs);
+  // x, B and C in fp32, or on the GPU in the compute dtype (as the conv leaves them there).
+  if (x.dtype != DType::F32 && !(x.device == Device::CUDA && x.dtype == compute))
+    fail("[ssd_scan] x, B and C are {}: the {} scan takes them in F32 (on the GPU also in its compute dtype)",
+         dtype_name(x.dtype), dtype_name(compute));
   if (x.rows == 0) return;
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::ssd_scan_forward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, y.data(),
+    cuda::ssd_scan_forward(cuda_params(p), x.ptr, x.ld, B.ptr, B.ld, C.ptr, C.ld, x.dtype, dt.data(), dt.ld, y.data(),
                            y.ld, states.data(), seqs.packed(), seqs.chunk_size(), compute);
 #else
     no_cuda_backend(__func__);
@@ -78,6 +83,7 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
               const SeqBatch& seqs, MatView z, MatView gate_sums, const Tensor* warm) {
   const auto p = params(w, x, B, C, dt, x.rows, x.device);
   check_forward(p, x, y, states, seqs);
+  check_dtype("ssd_scan", "x, B and C of a decode step", x.dtype, DType::F32);
   if (seqs.count() != x.rows) fail("[ssd_scan] a decode step takes one token per sequence");
   if (z.ptr) {
     if (x.device != Device::CUDA) fail("[ssd_scan] the gated decode step runs on the GPU only");

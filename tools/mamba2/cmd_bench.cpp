@@ -46,17 +46,19 @@ std::vector<int64_t> parse_dims(const std::string& shape, const char* flag, std:
 }
 
 // The chunked SSD scan alone on random inputs, `d` = BxLxHxPxN (ngroups 1, chunks of 256): the
-// median of `repeats` timed runs after a warm-up.
+// median of `repeats` timed runs after a warm-up. x, B and C in the dtype the model gives the scan
+// (the compute dtype on the GPU, as mamba_ssm's scan takes them), dt and y in fp32.
 void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats) {
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
+  const DType in = dev == Device::CUDA ? dtype : DType::F32;
   std::mt19937 rng(1);
-  auto random = [&](Shape s, float lo, float hi) {
+  auto random = [&](Shape s, float lo, float hi, DType as = DType::F32) {
     Tensor t = Tensor::empty(std::move(s));
     std::uniform_real_distribution<float> u(lo, hi);
     for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = u(rng);
-    return t.to(dev, DType::F32);
+    return t.to(dev, as);
   };
-  Tensor x = random({T, H * P}, -1, 1), B = random({T, N}, -1, 1), C = random({T, N}, -1, 1),
+  Tensor x = random({T, H * P}, -1, 1, in), B = random({T, N}, -1, 1, in), C = random({T, N}, -1, 1, in),
          dt = random({T, H}, -3, 0), y = Tensor::empty({T, H * P}, dev);
   Tensor dt_bias = random({H}, -1, 0), A_log = random({H}, 0, 2.7f), D = random({H}, 0, 1);
   Tensor states = Tensor::zeros({b, H * P * N}, dev);
@@ -77,8 +79,8 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
     ms.push_back(1e3 * seconds_since(t0));
   }
   std::sort(ms.begin(), ms.end());
-  fmt::print("ssd scan b{} L{} H{} P{} N{} (fp32 in/out, {} products, chunks of 256): {:.3f} ms (median of {})\n", b,
-             L, H, P, N, dtype_name(dtype), ms[ms.size() / 2], ms.size());
+  fmt::print("ssd scan b{} L{} H{} P{} N{} (x, B, C in {}, y fp32, {} products, chunks of 256): {:.3f} ms (median of {})\n",
+             b, L, H, P, N, dtype_name(in), dtype_name(dtype), ms[ms.size() / 2], ms.size());
 }
 
 // How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
