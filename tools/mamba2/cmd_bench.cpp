@@ -50,7 +50,7 @@ std::vector<int64_t> parse_dims(const std::string& shape, const char* flag, std:
 // (the compute dtype on the GPU, as mamba_ssm's scan takes them), dt and y in fp32.
 void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats) {
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
-  const DType in = dev == Device::CUDA ? dtype : DType::F32;
+  const DType in = dev == Device::CUDA ? dtype : DType::F32;  // the CPU's scan is fp32 throughout
   std::mt19937 rng(1);
   auto random = [&](Shape s, float lo, float hi, DType as = DType::F32) {
     Tensor t = Tensor::empty(std::move(s));
@@ -80,7 +80,7 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   }
   std::sort(ms.begin(), ms.end());
   fmt::print("ssd scan b{} L{} H{} P{} N{} (x, B, C in {}, y fp32, {} products, chunks of 256): {:.3f} ms (median of {})\n",
-             b, L, H, P, N, dtype_name(in), dtype_name(dtype), ms[ms.size() / 2], ms.size());
+             b, L, H, P, N, dtype_name(in), dtype_name(in), ms[ms.size() / 2], ms.size());
 }
 
 // How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
