@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
+#include <string>
 #include <tuple>
 
 #include "cuda_test_support.h"
@@ -355,6 +357,16 @@ TEST(CudaOps, CausalConvPackedMatchesCpu) {
                      gpu_seqs);
   EXPECT_LE(rel(to_cpu(out_g), out_c), kF32Tol);
   EXPECT_TRUE(test::same_bits(to_cpu(st_g), st_c)) << "states are copies of inputs";
+  // The same conv into bf16 and f16 (the SSD scan's operands in the model): its fp32 results
+  // rounded once, bit for bit; the states as in fp32.
+  for (const DType dt : {DType::BF16, DType::F16}) {
+    Tensor st16 = to_gpu(states), out16 = Tensor::empty({T, C}, Device::CUDA, dt);
+    ops::causal_conv1d(MatView::of(in_g).cols_slice(3, C), to_gpu(w), to_gpu(b), MatView::of(out16),
+                       MatView::of(st16), gpu_seqs);
+    const Tensor got = out16.to(Device::CPU, dt), want = to_cpu(out_g).to(Device::CPU, dt);
+    EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << dtype_name(dt);
+    EXPECT_TRUE(test::same_bits(to_cpu(st16), st_c)) << dtype_name(dt);
+  }
   // One decode step from those states.
   const Tensor x = random_tensor({4, C}, 15);
   const std::vector<int64_t> step_slots{3, 5, 0, 6};
@@ -366,6 +378,45 @@ TEST(CudaOps, CausalConvPackedMatchesCpu) {
                           ops::SeqBatch::decode(step_slots, Device::CUDA));
   EXPECT_LE(rel(to_cpu(out2_g), out2_c), kF32Tol);
   EXPECT_TRUE(test::same_bits(to_cpu(st_g), st_c));
+}
+
+// The GPU scan takes x, B and C in fp32 or in its compute dtype, the decode step in fp32 only:
+// anything else is one clear error naming the op.
+TEST(CudaOps, ScanInputsInAnotherDtypeAreRefused) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t T = 4, H = 2, P = 8, N = 8;
+  const std::vector<int64_t> lengths{T}, slots{0};
+  const ops::SeqBatch seqs(lengths, slots, 4, Device::CUDA);
+  Tensor dt_bias = Tensor::zeros({H}, Device::CUDA), A_log = Tensor::zeros({H}, Device::CUDA),
+         D = Tensor::zeros({H}, Device::CUDA);
+  const ops::SsdWeights sw{dt_bias, A_log, D, P, 1, N, 0.0, std::numeric_limits<double>::infinity()};
+  Tensor x = Tensor::zeros({T, H * P}, Device::CUDA, DType::BF16), bc = Tensor::zeros({T, N}, Device::CUDA, DType::BF16);
+  Tensor dt = Tensor::zeros({T, H}, Device::CUDA), y = Tensor::zeros({T, H * P}, Device::CUDA),
+         st = Tensor::zeros({1, H * P * N}, Device::CUDA);
+  const auto refused = [&](auto&& call, const std::string& want) {
+    try {
+      call();
+      ADD_FAILURE() << "accepted; wanted: " << want;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  refused([&] { ops::ssd_scan(sw, MatView::of(x), MatView::of(bc), MatView::of(bc), MatView::of(dt), MatView::of(y),
+                              MatView::of(st), seqs, DType::F16); },
+          "[ssd_scan] x, B and C are BF16: the F16 scan takes them in F32");
+  refused([&] { ops::ssd_scan(sw, MatView::of(x), MatView::of(bc), MatView::of(bc), MatView::of(dt), MatView::of(y),
+                              MatView::of(st), seqs, DType::F32); },
+          "[ssd_scan] x, B and C are BF16: the F32 scan takes them in F32");
+  const ops::SeqBatch step = ops::SeqBatch::decode(slots, Device::CUDA);
+  const auto row = [](Tensor& t) { return MatView::of(t).rows_slice(0, 1); };
+  refused([&] { ops::ssd_step(sw, row(x), row(bc), row(bc), row(dt), row(y), MatView::of(st), step); },
+          "[ssd_scan] x, B and C of a decode step is BF16, expected F32");
+  // The scan in bf16 from bf16 inputs runs (zeros in, zeros out over an output of NaN).
+  Tensor y_nan = test::gpu_nan({T, H * P});
+  ops::ssd_scan(sw, MatView::of(x), MatView::of(bc), MatView::of(bc), MatView::of(dt), MatView::of(y_nan),
+                MatView::of(st), seqs, DType::BF16);
+  const Tensor got = to_cpu(y_nan);
+  for (int64_t i = 0; i < got.numel(); ++i) ASSERT_EQ(got.data()[i], 0.0f) << "y[" << i << "]";
 }
 
 // Asking for more than the GPU has is one clear error naming the size, not a crash; the pool

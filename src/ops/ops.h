@@ -103,7 +103,8 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
 
 // causal_conv1d: depthwise causal conv + bias + SiLU over the sequences of `seqs`, packed in `in`;
 // each continues from its row of states ((batch, (K-1)·C), the last K-1 inputs, oldest first) and
-// leaves its own last K-1 inputs there.
+// leaves its own last K-1 inputs there. fp32, but for `out` on the GPU, which may be bf16 or f16
+// (the SSD scan's operands, rounded once from the fp32 sums).
 void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states, const SeqBatch& seqs);
 // causal_conv1d: one token for each sequence of `seqs` (a decode batch).
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
@@ -124,6 +125,7 @@ struct SsdWeights {
 // starts from its row of states (batch, nheads·headdim·d_state) and leaves its final state there.
 // `compute`: the operand precision of the GPU scan's matrix products (the model's dtype; bf16 and
 // f16 run them on tensor cores with fp32 accumulation). The CPU scan is fp32 whatever it says.
+// x, B and C: fp32, or on the GPU in the compute dtype (the conv's output there); dt, y fp32.
 void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               const SeqBatch& seqs, DType compute = DType::F32);
 // ssd_scan: one token for each sequence of `seqs` (a decode batch). Gated (z given, GPU only: the
