@@ -360,9 +360,8 @@ TEST(CudaSsdScan, TakesItsOperandsInTheComputeDtypeOrInFp32Alike) {
       const Result in_t = gpu_scan(pb, c.lengths, slots, states0, c.Q, compute);
       const Result in_f32 = gpu_scan(pb, c.lengths, slots, states0, c.Q, compute, DType::F32);
       EXPECT_EQ(std::memcmp(in_t.states.data(), in_f32.states.data(), sizeof(float) * states0.size()), 0);
-      for (size_t i = 0; i < in_t.y.size(); ++i)
-        if (!(in_t.y[i] == in_f32.y[i] || (std::isnan(in_t.y[i]) && std::isnan(in_f32.y[i]))))
-          FAIL() << "y[" << i << "]: " << in_t.y[i] << " from T inputs, " << in_f32.y[i] << " from fp32";
+      // The padding past each row's outputs is the same NaN in both (never written).
+      EXPECT_EQ(std::memcmp(in_t.y.data(), in_f32.y.data(), sizeof(float) * in_t.y.size()), 0);
     }
 }
 

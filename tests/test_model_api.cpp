@@ -106,39 +106,33 @@ TEST_F(ModelApi, DecodeRejectsStateOfSmallerModel) {
 // Reduced-precision operands on the CPU, whose conv and scan take fp32 only: a clear error naming
 // the op and the operand (the GPU takes the conv's output and the scan's inputs in bf16 / f16).
 TEST(OpsDtypes, ReducedOperandsAreRefusedWhereOnlyFp32IsTaken) {
-  const auto message = [](auto&& call) {
-    try {
-      call();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  using test::error_message;
   const int64_t T = 4, H = 2, P = 8, N = 8, K = 4, Cc = H * P + 2 * N;
   const std::vector<int64_t> lengths{T}, slots{0};
   const ops::SeqBatch seqs(lengths, slots, 4, Device::CPU);
   Tensor in = Tensor::zeros({T, Cc}), w = Tensor::zeros({Cc, K}), b = Tensor::zeros({Cc});
   Tensor conv_states = Tensor::zeros({1, (K - 1) * Cc}), out16 = Tensor::zeros({T, Cc}, Device::CPU, DType::BF16);
-  EXPECT_NE(message([&] { ops::causal_conv1d(MatView::of(in), w, b, MatView::of(out16), MatView::of(conv_states), seqs); })
-                .find("[causal_conv1d] out is BF16, expected F32"),
+  EXPECT_NE(error_message([&] {
+              ops::causal_conv1d(MatView::of(in), w, b, MatView::of(out16), MatView::of(conv_states), seqs);
+            }).find("[causal_conv1d] out is BF16, expected F32"),
             std::string::npos);
   Tensor dt_bias = Tensor::zeros({H}), A_log = Tensor::zeros({H}), D = Tensor::zeros({H});
   const ops::SsdWeights sw{dt_bias, A_log, D, P, 1, N, 0.0, std::numeric_limits<double>::infinity()};
   Tensor x16 = Tensor::zeros({T, H * P}, Device::CPU, DType::BF16), bc16 = Tensor::zeros({T, N}, Device::CPU, DType::BF16);
   Tensor dt = Tensor::zeros({T, H}), y = Tensor::zeros({T, H * P}), ssm_states = Tensor::zeros({1, H * P * N});
-  const std::string scan = message([&] {
+  const std::string scan = error_message([&] {
     ops::ssd_scan(sw, MatView::of(x16), MatView::of(bc16), MatView::of(bc16), MatView::of(dt), MatView::of(y),
                   MatView::of(ssm_states), seqs, DType::BF16);
   });
   EXPECT_NE(scan.find("[ssd_scan] x is BF16, expected F32"), std::string::npos) << scan;
   Tensor x32 = Tensor::zeros({T, H * P});
-  const std::string mixed = message([&] {
+  const std::string mixed = error_message([&] {
     ops::ssd_scan(sw, MatView::of(x32), MatView::of(bc16), MatView::of(bc16), MatView::of(dt), MatView::of(y),
                   MatView::of(ssm_states), seqs);
   });
   EXPECT_NE(mixed.find("[ssd_scan] B is BF16, expected F32"), std::string::npos) << mixed;
   const ops::SeqBatch step_seqs = ops::SeqBatch::decode(slots, Device::CPU);
-  const std::string step = message([&] {
+  const std::string step = error_message([&] {
     ops::ssd_step(sw, MatView::of(x16).rows_slice(0, 1), MatView::of(bc16).rows_slice(0, 1),
                   MatView::of(bc16).rows_slice(0, 1), MatView::of(dt).rows_slice(0, 1), MatView::of(y).rows_slice(0, 1),
                   MatView::of(ssm_states), step_seqs);
