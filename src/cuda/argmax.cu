@@ -116,7 +116,7 @@ void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* o
   if (compute_major() >= 9)
     while (parts < kMaxParts && cols > parts * kPartCols) parts *= 2;
   const int64_t span = ceil_div(ceil_div(cols, int64_t(parts)), int64_t(4)) * 4;  // whole float4s
-  const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ld % 4 == 0;
+  const bool vec = aligned16(x, ld, 4);
   auto* kernel = vec ? argmax_kernel<true> : argmax_kernel<false>;
   constexpr int64_t kMaxRows = 65535;  // a grid's y
   for (int64_t r0 = 0; r0 < n; r0 += kMaxRows) {

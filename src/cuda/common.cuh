@@ -42,6 +42,10 @@ inline void check(cudaError_t err, const char* op) {
 inline void check_launch(const char* op) { check(cudaGetLastError(), op); }
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Whether rows from p, ld elements of es bytes apart, all start on 16 bytes (16-byte loads).
+__host__ __device__ inline bool aligned16(const void* p, int64_t ld, size_t es) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (uint64_t(ld) * es) % 16 == 0;
+}
 
 __device__ __forceinline__ float load_f32(const float* p) { return *p; }
 __device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }

@@ -653,7 +653,7 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
                    int64_t k) {
   const uint64_t es = dtype_size(dtype);
   // 16-byte loads need 16-byte aligned rows; the choice depends on the buffers, never on m.
-  const bool vec = in_aligned && reinterpret_cast<uintptr_t>(W) % 16 == 0 && (uint64_t(k) * es) % 16 == 0 && k % 8 == 0;
+  const bool vec = in_aligned && aligned16(W, k, es) && k % 8 == 0;
   if (dtype == DType::F32) {
     const unsigned blocks = unsigned(ceil_div(n, int64_t(kSumCols)));
     const auto* w = static_cast<const float*>(W);
@@ -697,10 +697,6 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
   };
   if (dtype == DType::BF16) by_rows(static_cast<__nv_bfloat16*>(nullptr));
   else by_rows(static_cast<__half*>(nullptr));
-}
-
-bool aligned16(const void* p, int64_t ld, size_t es) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (uint64_t(ld) * es) % 16 == 0;
 }
 
 }  // namespace

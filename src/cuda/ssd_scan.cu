@@ -621,7 +621,7 @@ __device__ __forceinline__ void load_tile(T* dst, int stride, const float* src, 
                                           int ncols, const float* scale) {
   const int c4s = cols / 4, dr = THREADS / c4s, r0 = int(threadIdx.x) / c4s, c = 4 * (int(threadIdx.x) % c4s);
   if (r0 >= dr) return;
-  const bool vec = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && ld % 4 == 0 && ncols % 4 == 0;
+  const bool vec = aligned16(src, ld, 4) && ncols % 4 == 0;
   const int lim = min(nrows, kTile);
   const int64_t step = int64_t(dr) * ld;
   const float* row = src + r0 * ld + c;
@@ -1348,11 +1348,8 @@ void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void
         // The operands as the kernel copies them, in 16-byte pieces: the inputs themselves where
         // they come in T in whole pieces (B and C rows of d_state 64 or 128, heads of x a multiple
         // of 8 wide: the model's), else copies rounded to T and padded with zeros.
-        const auto whole = [](const void* ptr, int64_t ld) {
-          return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld % 8 == 0;
-        };
-        const bool bc_direct = in_t && N == NPAD && whole(B, ldb) && whole(C, ldc);
-        const bool x_direct = in_t && P % 8 == 0 && whole(x, ldx);
+        const bool bc_direct = in_t && N == NPAD && aligned16(B, ldb, sizeof(T)) && aligned16(C, ldc, sizeof(T));
+        const bool x_direct = in_t && P % 8 == 0 && aligned16(x, ldx, sizeof(T));
         const int64_t ppad = (P + 7) / 8 * 8;
         const size_t copies = (bc_direct ? 0 : 2 * size_t(seqs.tokens * G * NPAD)) +
                               (x_direct ? 0 : size_t(seqs.tokens * H * ppad));
@@ -1470,9 +1467,7 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
     raise(cat("[ssd_scan] d_state ", p.d_state, ": the decode step takes at most ", 32 * kStepCols));
   const dim3 grid(unsigned(nb), unsigned(p.nheads), unsigned(ceil_div(p.headdim, kStepRows)));
   // 16-byte loads: whole float4 rows of the states (a pool buffer) and of B and C.
-  const bool vec = p.d_state % 4 == 0 && reinterpret_cast<uintptr_t>(states) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(B) % 16 == 0 && reinterpret_cast<uintptr_t>(C) % 16 == 0 &&
-                   ldb % 4 == 0 && ldc % 4 == 0;
+  const bool vec = aligned16(states, p.d_state, 4) && aligned16(B, ldb, 4) && aligned16(C, ldc, 4);
   launch_overlapped(vec ? step_kernel<true> : step_kernel<false>, grid, kStepWarps * 32, 0, "ssd_scan", p, x, ldx, B,
                     ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds, fitting(warm));
 }
