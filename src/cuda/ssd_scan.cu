@@ -277,8 +277,42 @@ __device__ __forceinline__ void load_rows(float* dst, int stride, const float* s
   }
 }
 
+// What pass 2 keeps of a: in double (fp32 compute), or a·log2(e) in fp32 (tensor cores).
+__device__ __forceinline__ void store_a(double* out, double a) { *out = a; }
+__device__ __forceinline__ void store_a(float* out, double a) { *out = float(a * kLog2e); }
+
+// The start of pass 1 (both forms): the block's work by ticket (Chain), its chunk, dt and a
+// (chunk_decay) and w[t] = exp(a[last] - a[t])·dt[t] in shared memory; tile 0 also stores dt and
+// a (store_a) for pass 2: (nheads, T) each.
+struct StateWork {
+  Work w;
+  int h, g;
+  Chunk ch;
+  double a_last;
+};
+template <class A>
+__device__ StateWork state_prologue(const SsdParams& p, const float* dt_raw, int64_t lddt, const PackedSeqs& seqs,
+                                    int64_t Q, int tiles, const Chain& chain, float* dt_out, A* a_out, double* s_a,
+                                    float* s_dt, float* s_w) {
+  const int64_t H = p.nheads;
+  const Work w = take_work(chain, seqs, H, tiles);
+  const int h = w.h, g = int(h / (H / p.ngroups));
+  const Chunk ch = find_chunk(seqs, w.c, Q);
+  chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
+  const double a_last = s_a[ch.len - 1];
+  for (int t = threadIdx.x; t < ch.len; t += blockDim.x) {
+    s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
+    if (w.tile == 0) {
+      dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
+      store_a(a_out + h * seqs.tokens + ch.tok0 + t, s_a[t]);
+    }
+  }
+  __syncthreads();
+  return {w, h, g, ch, a_last};
+}
+
 // Pass 1. Block (chunk, head, state tile) by ticket (Chain); tile = (row block of P) ·
-// ceil(N/64) + column block. Tile 0 also stores dt and a for pass 2: (nheads, T) each.
+// ceil(N/64) + column block.
 constexpr int kStateK = 32;
 __global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, const float* x, int64_t ldx,
                                                                const float* B, int64_t ldb, const float* dt_raw,
@@ -287,21 +321,10 @@ __global__ __launch_bounds__(kThreads) void chunk_state_kernel(SsdParams p, cons
   __shared__ double s_a[kMaxChunk];
   __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk];
   __shared__ __align__(16) float As[kStateK * kStride], Bs[kStateK * kStride];
-  const int64_t H = p.nheads, P = p.headdim, N = p.d_state;
+  const int64_t P = p.headdim, N = p.d_state;
   const int ncol_tiles = int((N + kTile - 1) / kTile), tiles = int((P + kTile - 1) / kTile) * ncol_tiles;
-  const Work w = take_work(chain, seqs, H, tiles);
-  const int h = w.h, g = int(h / (H / p.ngroups));
-  const Chunk ch = find_chunk(seqs, w.c, Q);
-  chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
-  const double a_last = s_a[ch.len - 1];
-  for (int t = threadIdx.x; t < ch.len; t += kThreads) {
-    s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
-    if (w.tile == 0) {
-      dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
-      a_out[h * seqs.tokens + ch.tok0 + t] = s_a[t];
-    }
-  }
-  __syncthreads();
+  const auto [w, h, g, ch, a_last] =
+      state_prologue(p, dt_raw, lddt, seqs, Q, tiles, chain, dt_out, a_out, s_a, s_dt, s_w);
 
   const int p0 = (w.tile / ncol_tiles) * kTile, n0 = (w.tile % ncol_tiles) * kTile;
   const float* xs = x + ch.tok0 * ldx + h * P + p0;
@@ -669,21 +692,10 @@ __global__ __launch_bounds__(kStateThreads, 2) void chunk_state_tc_kernel(SsdPar
   __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk];
   constexpr int kCols = 8 * NF, kBStride = kCols + 8, FW = NF / 2;  // FW: 8-column fragments a warp
   __shared__ __align__(16) T Xs[kTile * kTcStride], Bs[kTile * kBStride];
-  const int64_t H = p.nheads, P = p.headdim, N = p.d_state;
+  const int64_t P = p.headdim, N = p.d_state;
   const int ncol_tiles = int((N + kCols - 1) / kCols), tiles = int((P + kTile - 1) / kTile) * ncol_tiles;
-  const Work w = take_work(chain, seqs, H, tiles);
-  const int h = w.h, g = int(h / (H / p.ngroups));
-  const Chunk ch = find_chunk(seqs, w.c, Q);
-  chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
-  const double a_last = s_a[ch.len - 1];
-  for (int t = threadIdx.x; t < ch.len; t += kStateThreads) {
-    s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
-    if (w.tile == 0) {
-      dt_out[h * seqs.tokens + ch.tok0 + t] = s_dt[t];
-      a_out[h * seqs.tokens + ch.tok0 + t] = float(s_a[t] * kLog2e);
-    }
-  }
-  __syncthreads();
+  const auto [w, h, g, ch, a_last] =
+      state_prologue(p, dt_raw, lddt, seqs, Q, tiles, chain, dt_out, a_out, s_a, s_dt, s_w);
 
   const int p0 = (w.tile / ncol_tiles) * kTile, n0 = (w.tile % ncol_tiles) * kCols;
   const float* xs = x + ch.tok0 * ldx + h * P + p0;
