@@ -10,6 +10,9 @@
 #include <tuple>
 
 #include "cuda_test_support.h"
+#if MAMBA2_HAVE_CUDA
+#include "cuda/kernels.h"
+#endif
 #include "ops/ops.h"
 #include "test_support.h"
 
@@ -414,6 +417,30 @@ TEST(CudaOps, ScanInputsInAnotherDtypeAreRefused) {
   const Tensor got = to_cpu(y_nan);
   for (int64_t i = 0; i < got.numel(); ++i) ASSERT_EQ(got.data()[i], 0.0f) << "y[" << i << "]";
 }
+
+#if MAMBA2_HAVE_CUDA
+// The kernels' launchers refuse a dtype they have no instance for (the weight formats) by name,
+// before anything is launched.
+TEST(CudaOps, LaunchersRefuseTheWeightFormatsAsActivations) {
+  MAMBA2_REQUIRE_GPU();
+  const auto refused = [](auto&& call, const std::string& want) {
+    const std::string got = test::error_message(call);
+    EXPECT_NE(got.find(want), std::string::npos) << got;
+  };
+  const ops::SeqBatch seqs(std::vector<int64_t>{4}, std::vector<int64_t>{0}, 4, Device::CUDA);
+  for (const DType dt : {DType::Q8_0, DType::Q4_0}) {
+    const std::string tail = std::string(dtype_name(dt)) + ": the CUDA kernels take F32, BF16 or F16";
+    refused([&] { cuda::add_rmsnorm_forward(nullptr, nullptr, nullptr, nullptr, dt, 1, 8, 1e-5f); },
+            "[rmsnorm] " + tail);
+    refused([&] { cuda::gated_rmsnorm_forward(nullptr, 8, nullptr, 8, nullptr, nullptr, dt, 8, 1, 8, 1, 1e-5f); },
+            "[gated_rmsnorm] " + tail);
+    refused([&] { cuda::embedding_forward(nullptr, dt, 8, nullptr, 1, nullptr); }, "[embedding] " + tail);
+    refused([&] { cuda::causal_conv1d_forward(nullptr, 8, nullptr, nullptr, nullptr, 8, dt, nullptr,
+                                              seqs.packed(), 8, 4); },
+            "[causal_conv1d] " + tail);
+  }
+}
+#endif
 
 // Asking for more than the GPU has is one clear error naming the size, not a crash; the pool
 // still serves later allocations.

@@ -218,14 +218,17 @@ __device__ float block_sum(float v) {
   return total;
 }
 
-// Calls f with a null pointer of the storage type of `dtype` (to pick a template instance).
+// Calls f with a null pointer of the storage type of `dtype` (to pick a template instance); a
+// dtype the kernels do not take (the weight formats q8, q4) is an error of the op `op`.
 template <class F>
-void with_dtype(DType dtype, F&& f) {
+void with_dtype(DType dtype, const char* op, F&& f) {
   switch (dtype) {
     case DType::F32: f(static_cast<float*>(nullptr)); return;
     case DType::BF16: f(static_cast<__nv_bfloat16*>(nullptr)); return;
     case DType::F16: f(static_cast<__half*>(nullptr)); return;
+    default: break;
   }
+  raise(cat("[", op, "] ", dtype_name(dtype), ": the CUDA kernels take F32, BF16 or F16"));
 }
 
 }  // namespace mamba2::cuda

@@ -25,7 +25,7 @@ __global__ void embedding_kernel(const T* table, int64_t d, const int32_t* ids, 
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
                        const L2Warm& warm) {
   if (n == 0) return;
-  with_dtype(table_dtype, [&](auto* tag) {
+  with_dtype(table_dtype, "embedding", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     launch_overlapped(embedding_kernel<T>, unsigned(n), kThreads, 0, "embedding", static_cast<const T*>(table), d, ids,
                       out, fitting(warm));

@@ -81,7 +81,7 @@ __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z
 void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
                          int64_t d, float eps) {
   if (n == 0) return;
-  with_dtype(out_dtype, [&](auto* tag) {
+  with_dtype(out_dtype, "rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     add_rmsnorm_kernel<T><<<unsigned(n), kThreads, 0, stream()>>>(residual, h, w, static_cast<T*>(out), d, eps);
   });
@@ -92,7 +92,7 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
                            DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps) {
   if (n == 0) return;
   dim3 grid{unsigned(n), unsigned(ngroups), 1u};
-  with_dtype(out_dtype, [&](auto* tag) {
+  with_dtype(out_dtype, "gated_rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     gated_rmsnorm_kernel<T><<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, static_cast<T*>(out), ldo,
                                                              d / ngroups, eps);
