@@ -296,6 +296,9 @@ std::vector<ScanCase> scan_cases() {
       // one-kernel scan's partial column tile).
       {.Q = 64, .H = 2, .P = 48, .G = 2, .N = 200, .lengths = {70, 1, 130}},
       {.Q = 128, .H = 3, .P = 80, .G = 1, .N = 128, .lengths = {129, 64, 3}},
+      // A state of 65 to 128 and a head that fill no tile; the 130m shape with a fast decay.
+      {.Q = 64, .H = 3, .P = 40, .G = 1, .N = 100, .lengths = {130, 1, 64}},
+      {.Q = 256, .H = 2, .P = 64, .G = 1, .N = 128, .lengths = {300, 7}, .fast_decay = true},
       // An odd head and state: states and y element by element.
       {.Q = 64, .H = 2, .P = 33, .G = 1, .N = 17, .lengths = {130, 5, 64}},
   };
@@ -395,11 +398,11 @@ TEST(CudaSsdScan, MatchesTheCpuScanWithTheDtLimit) {
 
 // A sequence's outputs and final state are the same bits alone as packed among others, in any
 // slot: nothing in a sequence's arithmetic depends on the rest of the launch.
-void check_batch_invariance(DType compute) {
+void check_batch_invariance(DType compute, int64_t N = 64) {
   const int64_t Q = 64;
   const std::vector<int64_t> lengths = awkward_lengths(Q);
   const int64_t T = std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
-  const Problem pb = make_problem(4, 64, 2, 64, T, 3);
+  const Problem pb = make_problem(4, 64, 2, N, T, 3);
   const int64_t rows = int64_t(lengths.size()), S = pb.S();
   const auto slots = shuffled_slots(lengths.size(), rows, 4);
   const auto states0 = random_states(rows, S, 5);
@@ -449,6 +452,7 @@ TEST(CudaSsdScan, BatchInvariant) {
 TEST(CudaSsdScan, Bf16BatchInvariant) {
   MAMBA2_REQUIRE_GPU();
   check_batch_invariance(DType::BF16);
+  check_batch_invariance(DType::BF16, 128);
 }
 
 struct StepResult {
