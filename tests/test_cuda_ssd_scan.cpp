@@ -296,7 +296,7 @@ std::vector<ScanCase> scan_cases() {
       // one-kernel scan's partial column tile).
       {.Q = 64, .H = 2, .P = 48, .G = 2, .N = 200, .lengths = {70, 1, 130}},
       {.Q = 128, .H = 3, .P = 80, .G = 1, .N = 128, .lengths = {129, 64, 3}},
-      // A state of 65 to 128 and a head that fill no tile; the 130m shape with a fast decay.
+      // A state of 65 to 128 and a head that fill no tile; the 130m head and state, fast decay.
       {.Q = 64, .H = 3, .P = 40, .G = 1, .N = 100, .lengths = {130, 1, 64}},
       {.Q = 256, .H = 2, .P = 64, .G = 1, .N = 128, .lengths = {300, 7}, .fast_decay = true},
       // An odd head and state: states and y element by element.
