@@ -1,9 +1,13 @@
 // Depthwise causal conv + bias + SiLU on the GPU over packed sequences (each sequence's window
 // starts at its own first token: the K-1 inputs before it come from its state row), and the
 // one-token decode form. One thread per (token, channel); taps summed in the CPU kernel's order.
+// Backward over packed sequences from their initial states (zeros where none): d_pre = d_out ∘
+// silu'(pre) (pre recomputed), d_in[s] = Σ_j w[:, j]∘d_pre[s+K-1-j] within the sequence, and the
+// weight and bias gradients summed over tokens in fixed chunks (add_column_partials).
 #include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "cuda/runtime.h"
 
 namespace mamba2::cuda {
 
@@ -65,6 +69,61 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
   out[b * ldo + c] = conv_step_channel(x[b * ldx + c], w + c * K, bias[c], states + slots[b] * (K - 1) * C, C, c, K);
 }
 
+// Tap j's input for token t of sequence s (from `start`): the packed input, or the sequence's
+// initial state (zeros when states is null).
+__device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const float* states, int64_t s,
+                                            int64_t start, int64_t src, int64_t c, int64_t C, int K) {
+  if (src >= start) return in[src * ldin + c];
+  return states ? states[(s * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
+}
+
+__global__ void conv_pre_grad_kernel(const float* in, int64_t ldin, const float* w, const float* bias,
+                                     const float* states, const float* d_out, int64_t lddo, float* d_pre,
+                                     const int64_t* starts, int64_t count, int64_t C, int K) {
+  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, t = blockIdx.x;
+  if (c >= C) return;
+  const int64_t s = sequence_of(starts, count, t), start = starts[s];
+  float pre = bias[c];
+  for (int j = 0; j < K; ++j) pre += w[c * K + j] * conv_input(in, ldin, states, s, start, t - (K - 1) + j, c, C, K);
+  d_pre[t * C + c] = d_out[t * lddo + c] * silu_grad(pre);
+}
+
+__global__ void conv_input_grad_kernel(const float* w, const float* d_pre, float* d_in, int64_t lddi,
+                                       const int64_t* starts, int64_t count, int64_t C, int K) {
+  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, t = blockIdx.x;
+  if (c >= C) return;
+  const int64_t end = starts[sequence_of(starts, count, t) + 1];
+  float acc = 0.0f;
+  for (int j = 0; j < K; ++j) {
+    const int64_t u = t + (K - 1) - j;  // the output tap j of which reads input t
+    if (u < end) acc += w[c * K + j] * d_pre[u * C + c];
+  }
+  d_in[t * lddi + c] = acc;
+}
+
+// Block (channel tile, chunk of kGradRows tokens): partial[chunk][c·K + j] = Σ_t d_pre·input of tap
+// j, partial[chunk][C·K + c] = Σ_t d_pre, in token order, in double.
+__global__ void conv_weight_partials_kernel(const float* in, int64_t ldin, const float* states, const float* d_pre,
+                                            const int64_t* starts, int64_t count, int64_t T, int64_t C, int K,
+                                            double* partial) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (c >= C) return;
+  double acc[kMaxTaps + 1] = {};
+  const int64_t t0 = chunk * kGradRows, t1 = min(T, t0 + kGradRows);
+  int64_t s = sequence_of(starts, count, t0);
+  for (int64_t t = t0; t < t1; ++t) {
+    while (starts[s + 1] <= t) ++s;
+    const double dp = d_pre[t * C + c];
+#pragma unroll
+    for (int j = 0; j < kMaxTaps; ++j)
+      if (j < K) acc[j] += dp * double(conv_input(in, ldin, states, s, starts[s], t - (K - 1) + j, c, C, K));
+    acc[kMaxTaps] += dp;
+  }
+  double* p = partial + chunk * (C * K + C);
+  for (int j = 0; j < K; ++j) p[c * K + j] = acc[j];
+  p[C * K + c] = acc[kMaxTaps];
+}
+
 void check_taps(int64_t K) {
   if (K < 1 || K > kMaxTaps) raise(cat("[causal_conv1d] ", K, " taps: the CUDA kernel takes 1 to ", kMaxTaps));
 }
@@ -91,6 +150,29 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
   if (nb == 0 || C == 0) return;
   launch_overlapped(conv_step_kernel, dim3(unsigned(nb), unsigned(ceil_div(C, 128))), 128, 0, "causal_conv1d", x, ldx,
                     w, bias, out, ldo, states, slots, C, int(K));
+}
+
+void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
+                            const float* d_out, int64_t lddo, float* d_in, int64_t lddi, float* d_w, float* d_bias,
+                            const int64_t* starts, int64_t count, int64_t T, int64_t C, int64_t K) {
+  check_taps(K);
+  if (T == 0 || C == 0) return;
+  auto pre = allocate(size_t(T * C) * sizeof(float), "causal_conv1d gradient");
+  auto* d_pre = static_cast<float*>(pre.get());
+  const dim3 grid(unsigned(T), unsigned(ceil_div(C, 128)));
+  conv_pre_grad_kernel<<<grid, 128, 0, stream()>>>(in, ldin, w, bias, states, d_out, lddo, d_pre, starts, count, C,
+                                                   int(K));
+  check_launch("causal_conv1d");
+  conv_input_grad_kernel<<<grid, 128, 0, stream()>>>(w, d_pre, d_in, lddi, starts, count, C, int(K));
+  check_launch("causal_conv1d");
+  const int64_t chunks = ceil_div(T, kGradRows), ld = C * K + C;
+  auto partial = allocate(size_t(chunks * ld) * sizeof(double), "causal_conv1d gradient partials");
+  auto* p = static_cast<double*>(partial.get());
+  conv_weight_partials_kernel<<<dim3(unsigned(ceil_div(C, 128)), unsigned(chunks)), 128, 0, stream()>>>(
+      in, ldin, states, d_pre, starts, count, T, C, int(K), p);
+  check_launch("causal_conv1d");
+  add_column_partials(p, ld, chunks, C * K, d_w, "causal_conv1d");
+  add_column_partials(p + C * K, ld, chunks, C, d_bias, "causal_conv1d");
 }
 
 }  // namespace mamba2::cuda

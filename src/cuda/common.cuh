@@ -61,6 +61,22 @@ __device__ __forceinline__ float silu(float v) {
   return v * (v >= 0.0f ? r : e * r);
 }
 
+// d silu(v) / dv = s·(1 + v·(1 − s)), s = sigmoid(v), as cpu::silu_grad.
+__device__ __forceinline__ float silu_grad(float v) {
+  const float e = expf(-fabsf(v));
+  const float r = 1.0f / (1.0f + e);
+  const float s = v >= 0.0f ? r : e * r;
+  return s * (1.0f + v * (1.0f - s));
+}
+
+// The parameter gradients' sums over rows (tokens), deterministic without atomics: a kernel
+// leaves the sums of fixed chunks of kGradRows rows, each in row order, in double as
+// partial[chunk·ld + c]; add_column_partials adds the chunks in order and then the total, once
+// rounded, to grad[c] (+=). The chunks follow the row count alone: the same run, the same bits.
+constexpr int64_t kGradRows = 64;
+void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
+                         const char* op);
+
 // Programmatic dependent launch (sm_90), for the decode step's chain of small kernels: a kernel
 // launched with launch_overlapped may start while the kernel before it in the stream runs — it
 // may read weights (never written during inference) but must call wait_for_previous() before it
@@ -204,15 +220,16 @@ void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   launch_overlapped_clustered(1, kernel, grid, block, smem, op, std::forward<Args>(args)...);
 }
 
-// Σ over a block of kThreads of v, the same order every time; every thread gets the result.
-template <int kThreads>
-__device__ float block_sum(float v) {
-  __shared__ float partial[kThreads / 32];
+// Σ over a block of kThreads of v (float or double), the same order every time; every thread
+// gets the result.
+template <int kThreads, class V = float>
+__device__ V block_sum(V v) {
+  __shared__ V partial[kThreads / 32];
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  float total = 0.0f;
+  V total = 0;
   for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
   __syncthreads();  // partial may be reused by the next call
   return total;

@@ -40,6 +40,9 @@ struct L2Warm {
 // out[t] (fp32) = table[ids[t]]                 table (vocab, d) in table_dtype; ids (n) on the GPU
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,
                        const L2Warm& warm = {});
+// d_table[ids[t]] += d_out[t], each table row's additions in position order (the CPU's bits).
+//   ids (n) on the host; d_out (n, d), d_table (vocab, d) fp32
+void embedding_backward(const int32_t* ids, int64_t n, const float* d_out, float* d_table, int64_t d);
 
 // residual += h (h may be null); out = rmsnorm(residual) · w, stored in out_dtype.
 //   residual, h (n, d) fp32; w (d) fp32; out (n, d)
@@ -49,6 +52,13 @@ void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* 
 //   y (n, d) ld ldy, z (n, d) ld ldz fp32; out (n, d) ld ldo
 void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
                            DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
+// The backwards, as cpu::add_rmsnorm_backward and cpu::gated_rmsnorm_backward (fp32; d_w +=, the
+// weight gradient summed over rows in fixed chunks in double: the same bits every run).
+void add_rmsnorm_backward(const float* residual, const float* w, const float* d_out, float* d_residual, float* d_w,
+                          int64_t n, int64_t d, float eps);
+void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
+                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, float* d_z, int64_t lddz,
+                            float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps);
 
 // y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32: no TF32).
 //   x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
@@ -57,6 +67,10 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
 // bf16/f16 on tensor cores); otherwise cuBLASLt's plan chosen for many rows.
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
+// Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x; fp32 (no TF32), cuBLASLt,
+// the same bits every run.   d_y (m, n) ld lddy; d_x (m, k) ld lddx; d_W (n, k)
+void linear_backward(const float* x, int64_t ldx, const float* W, const float* d_y, int64_t lddy, float* d_x,
+                     int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k);
 
 // The decode step's fused projections. x = the fp32 rows src normalised on the way in, times
 // weight (k), rounded to `dtype`: with `sums`, row r's group g (of `groups` equal column ranges)
@@ -97,6 +111,12 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
 //   x (nb, C) ld ldx; state of b at states + slots[b]·(K-1)·C; out (nb, C) ld ldo
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
                         float* states, const int64_t* slots, int64_t nb, int64_t C, int64_t K);
+// Backward over packed sequences (starts (count + 1) on the GPU, T tokens), each from its initial
+// state at states + i·(K-1)·C (null: zeros): d_in (overwritten), d_w and d_bias (+=, summed over
+// tokens in fixed chunks in double), as cpu::causal_conv1d_backward per sequence.
+void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
+                            const float* d_out, int64_t lddo, float* d_in, int64_t lddi, float* d_w, float* d_bias,
+                            const int64_t* starts, int64_t count, int64_t T, int64_t C, int64_t K);
 
 struct SsdParams {
   int64_t nheads, headdim, ngroups, d_state;
@@ -126,6 +146,20 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
               const int64_t* slots, int64_t nb, const float* z = nullptr, int64_t ldz = 0, float* sums = nullptr,
               int64_t lds = 0, const L2Warm& warm = {});
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
+
+// As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits); targets (n)
+// on the host. Returns Σ_rows (logsumexp − logit[target]), added on the host in row order.
+double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V,
+                     float* d_logits, int64_t lddl, float scale);
+
+// As cpu::AdamWScalars<float> and cpu::adamw_step: one AdamW update, element by element.
+struct AdamWScalars {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_sqrt_bc2, grad_scale;
+};
+void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWScalars& s);
+// Σ x² in double over fixed blocks, the blocks' sums added in order (the same bits every run).
+double sum_squares(const float* x, int64_t n);
+void scale_inplace(float* x, int64_t n, float s);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

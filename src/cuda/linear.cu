@@ -734,9 +734,90 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
               decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
 }
 
-}  // namespace mamba2::cuda
+namespace {
 
-namespace mamba2::cuda {
+// Training's products in column-major terms, C (rows × cols) = op(A) · op(B) + beta·C, fp32 in
+// and out with fp32 compute (no TF32). The algorithm is cuBLASLt's first pick for the shape,
+// asked once; split-K is allowed but not its in-place reduction, whose order of the pieces'
+// additions is not fixed, so the same call gives the same bits every time.
+struct GemmKey {
+  bool ta, tb;
+  int64_t rows, cols, inner, lda, ldb, ldc;
+  auto tie() const { return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc); }
+  bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
+};
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+const GemmPlan& gemm_plan(const GemmKey& key) {
+  static std::map<GemmKey, GemmPlan> plans;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  Blas& bl = blas();
+  GemmPlan p;
+  check_blas(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+  const cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  check_blas(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
+  check_blas(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
+  // Stored shapes: A is rows × inner (inner × rows when transposed), B inner × cols (cols × inner).
+  const uint64_t ar = key.ta ? key.inner : key.rows, ac = key.ta ? key.rows : key.inner;
+  const uint64_t br = key.tb ? key.cols : key.inner, bc = key.tb ? key.inner : key.cols;
+  check_blas(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, ar, ac, key.lda), "layout");
+  check_blas(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, br, bc, key.ldb), "layout");
+  check_blas(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(key.rows), uint64_t(key.cols), key.ldc), "layout");
+  cublasLtMatmulPreference_t pref = nullptr;
+  check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  const uint64_t ws = kWorkspaceBytes;
+  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
+                           CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+  check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+             "preference");
+  check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                                  sizeof(schemes)),
+             "preference");
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  check_blas(cublasLtMatmulAlgoGetHeuristic(bl.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found),
+             "heuristic");
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (found == 0)
+    raise(cat("[linear] cuBLASLt has no fp32 algorithm for the backward product (", key.rows, " x ", key.cols, " x ",
+              key.inner, ")"));
+  p.algo = result.algo;
+  return plans.emplace(key, p).first->second;
+}
+
+void gemm(const GemmKey& key, const float* A, const float* B, float* C, float beta) {
+  if (key.rows == 0 || key.cols == 0) return;
+  const GemmPlan& p = gemm_plan(key);
+  Blas& bl = blas();
+  const float one = 1.0f;
+  const cublasStatus_t st = cublasLtMatmul(bl.handle, p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
+                                           bl.workspace.get(), kWorkspaceBytes, stream());
+  if (st != CUBLAS_STATUS_SUCCESS)
+    raise(cat("[linear] cuBLASLt backward product (", key.rows, " x ", key.cols, " x ", key.inner, "): status ",
+              int(st)));
+}
+
+}  // namespace
+
+void linear_backward(const float* x, int64_t ldx, const float* W, const float* d_y, int64_t lddy, float* d_x,
+                     int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || k == 0) return;
+  if (n == 0) {
+    if (d_x) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
+    return;
+  }
+  // Row-major d_x (m, k) = d_y (m, n) · W (n, k) is column-major d_xᵀ (k × m) = Wᵀ (k × n) · d_yᵀ (n × m).
+  if (d_x) gemm({false, false, k, m, n, k, lddy, lddx}, W, d_y, d_x, 0.0f);
+  // Row-major d_W (n, k) += d_yᵀ (n, m) · x (m, k): column-major d_Wᵀ (k × n) += xᵀ (k × m) · d_y (m × n).
+  gemm({false, true, k, n, m, ldx, lddy, k}, x, d_y, d_W, 1.0f);
+}
 
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,
                           int64_t ldy, float* residual, int64_t ldr, const ConvStepArgs& conv, const L2Warm& warm,

@@ -1,8 +1,12 @@
-// RMSNorm with the residual add, and the gated grouped RMSNorm, on the GPU: one block per row
-// (per row and group), fp32 sums reduced in a fixed order (thread strides, then a fixed tree), so
-// that a row's result never depends on the other rows of the launch.
+// RMSNorm with the residual add, and the gated grouped RMSNorm, on the GPU, forward and backward:
+// one block per row (per row and group), fp32 sums reduced in a fixed order (thread strides, then
+// a fixed tree), so that a row's result never depends on the other rows of the launch. The
+// backward's weight gradients are summed over rows in fixed chunks, in double (add_column_partials),
+// as the CPU sums them in row order: with r the normed row, s = 1/sqrt(mean(r²) + eps):
+//   d_r = s·(d_out∘w) − r·s³·Σ(d_out∘w∘r)/d,    d_w += Σ_rows d_out∘r·s
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "cuda/runtime.h"
 
 namespace mamba2::cuda {
 
@@ -76,6 +80,89 @@ __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
 }
 
+// Block per row: d_res += s·go∘w − r·s³·dot/d, and the row's s for the weight gradient.
+__global__ void add_rmsnorm_backward_kernel(const float* residual, const float* w, const float* d_out, float* d_res,
+                                            float* rstd, int64_t d, float eps) {
+  const int64_t row = blockIdx.x;
+  const float* r = residual + row * d;
+  const float* go = d_out + row * d;
+  float* dr = d_res + row * d;
+  float ss = 0.0f, dot = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) {
+    ss += r[i] * r[i];
+    dot += go[i] * w[i] * r[i];
+  }
+  ss = block_sum<kThreads>(ss);
+  dot = block_sum<kThreads>(dot);
+  const float s = rsqrtf(ss / float(d) + eps);
+  const float k = s * s * s * dot / float(d);
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) dr[i] += s * go[i] * w[i] - r[i] * k;
+  if (threadIdx.x == 0) rstd[row] = s;
+}
+
+// Block (column tile, row chunk): partial[chunk][c] = Σ over the chunk's rows in order of
+// d_out·v·s, v = the normed input (gated: y·silu(z)), s its row's (row and group's) scale.
+template <bool gated>
+__global__ void norm_weight_partials_kernel(const float* a, int64_t lda, const float* z, int64_t ldz,
+                                            const float* d_out, int64_t ldd, const float* rstd, int64_t n, int64_t d,
+                                            int64_t ngroups, double* partial) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (c >= d) return;
+  const int64_t r0 = chunk * kGradRows, r1 = min(n, r0 + kGradRows), g = gated ? c / (d / ngroups) : 0;
+  double acc = 0.0;
+  for (int64_t r = r0; r < r1; ++r) {
+    float v = a[r * lda + c];
+    if constexpr (gated) v *= silu(z[r * ldz + c]);
+    acc += double(d_out[r * ldd + c]) * double(v) * double(rstd[r * ngroups + g]);
+  }
+  partial[chunk * d + c] = acc;
+}
+
+// Block (row, group): v = y·silu(z); d_v = s·go∘w − v·s³·dot/gs; d_y = d_v·silu(z), d_z = d_v·y·silu'(z).
+__global__ void gated_rmsnorm_backward_kernel(const float* y, int64_t ldy, const float* z, int64_t ldz,
+                                              const float* w, const float* d_out, int64_t ldd, float* d_y,
+                                              int64_t lddy, float* d_z, int64_t lddz, float* rstd, int64_t gs,
+                                              float eps) {
+  const int64_t row = blockIdx.x, g = blockIdx.y, c0 = g * gs;
+  const float* yr = y + row * ldy + c0;
+  const float* zr = z + row * ldz + c0;
+  const float* go = d_out + row * ldd + c0;
+  const float* wg = w + c0;
+  float ss = 0.0f, dot = 0.0f;
+  for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
+    const float v = yr[i] * silu(zr[i]);
+    ss += v * v;
+    dot += go[i] * wg[i] * v;
+  }
+  ss = block_sum<kThreads>(ss);
+  dot = block_sum<kThreads>(dot);
+  const float s = rsqrtf(ss / float(gs) + eps);
+  const float k = s * s * s * dot / float(gs);
+  float* dy = d_y + row * lddy + c0;
+  float* dz = d_z + row * lddz + c0;
+  for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
+    const float sz = silu(zr[i]);
+    const float dv = s * go[i] * wg[i] - yr[i] * sz * k;
+    dy[i] = dv * sz;
+    dz[i] = dv * yr[i] * silu_grad(zr[i]);
+  }
+  if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
+}
+
+// The weight gradient from the rows' scales: partials by chunk, then their ordered sum.
+template <bool gated>
+void add_norm_weight_grad(const float* a, int64_t lda, const float* z, int64_t ldz, const float* d_out, int64_t ldd,
+                          const float* rstd, int64_t n, int64_t d, int64_t ngroups, float* d_w, const char* op) {
+  const int64_t chunks = ceil_div(n, kGradRows);
+  auto partial = allocate(size_t(chunks * d) * sizeof(double), "norm weight gradient partials");
+  constexpr int kCols = 128;
+  const dim3 grid(unsigned(ceil_div(d, kCols)), unsigned(chunks));
+  norm_weight_partials_kernel<gated><<<grid, kCols, 0, stream()>>>(a, lda, z, ldz, d_out, ldd, rstd, n, d, ngroups,
+                                                                    static_cast<double*>(partial.get()));
+  check_launch(op);
+  add_column_partials(static_cast<const double*>(partial.get()), d, chunks, d, d_w, op);
+}
+
 }  // namespace
 
 void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
@@ -98,6 +185,29 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
                                                              d / ngroups, eps);
   });
   check_launch("gated_rmsnorm");
+}
+
+void add_rmsnorm_backward(const float* residual, const float* w, const float* d_out, float* d_residual, float* d_w,
+                          int64_t n, int64_t d, float eps) {
+  if (n == 0) return;
+  auto rstd = allocate(size_t(n) * sizeof(float), "rmsnorm row scales");
+  auto* s = static_cast<float*>(rstd.get());
+  add_rmsnorm_backward_kernel<<<unsigned(n), kThreads, 0, stream()>>>(residual, w, d_out, d_residual, s, d, eps);
+  check_launch("rmsnorm");
+  add_norm_weight_grad<false>(residual, d, nullptr, 0, d_out, d, s, n, d, 1, d_w, "rmsnorm");
+}
+
+void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
+                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, float* d_z, int64_t lddz,
+                            float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps) {
+  if (n == 0) return;
+  auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
+  auto* s = static_cast<float*>(rstd.get());
+  const dim3 grid{unsigned(n), unsigned(ngroups), 1u};
+  gated_rmsnorm_backward_kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, d_y, lddy, d_z, lddz,
+                                                                 s, d / ngroups, eps);
+  check_launch("gated_rmsnorm");
+  add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
 }
 
 }  // namespace mamba2::cuda

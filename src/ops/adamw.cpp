@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "cpu/kernels.h"
+#include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
 
@@ -8,10 +9,11 @@ namespace mamba2::ops {
 
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& h) {
   const int64_t n = param.numel();
-  check_len("adamw", "grad", grad, n);
-  check_len("adamw", "m", m, n);
-  check_len("adamw", "v", v, n);
-  check_cpu("adamw", param.device());
+  const Device dev = param.device();
+  check_len("adamw", "param", param, n, dev);
+  check_len("adamw", "grad", grad, n, dev);
+  check_len("adamw", "m", m, n, dev);
+  check_len("adamw", "v", v, n, dev);
   if (h.step < 1) fail("[adamw] step must be at least 1 (bias correction), got {}", h.step);
   if (!(h.lr >= 0.0) || !std::isfinite(h.lr)) fail("[adamw] lr must be finite and non-negative, got {}", h.lr);
   if (!(h.beta1 >= 0.0 && h.beta1 < 1.0)) fail("[adamw] beta1 must be in [0, 1), got {}", h.beta1);
@@ -31,16 +33,41 @@ void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW&
                                    float(h.lr / bc1),
                                    float(1.0 / std::sqrt(bc2)),
                                    float(h.grad_scale)};
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    const cuda::AdamWScalars cs{s.beta1, s.one_minus_beta1, s.beta2,        s.one_minus_beta2, s.eps,
+                                s.decay, s.step_size,       s.inv_sqrt_bc2, s.grad_scale};
+    cuda::adamw_step(param.data(), grad.data(), m.data(), v.data(), n, cs);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::adamw_step(param.data(), grad.data(), m.data(), v.data(), n, s);
 }
 
 double sum_squares(const Tensor& t) {
-  check_cpu("sum_squares", t.device());
+  check_dtype("sum_squares", "the tensor", t.dtype(), DType::F32);
+  if (t.device() == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    return cuda::sum_squares(t.data(), t.numel());
+#else
+    no_cuda_backend(__func__);
+#endif
+  }
   return cpu::sum_squares(t.data(), t.numel());
 }
 
 void scale(Tensor& t, double s) {
-  check_cpu("scale", t.device());
+  check_dtype("scale", "the tensor", t.dtype(), DType::F32);
+  if (t.device() == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::scale_inplace(t.data(), t.numel(), float(s));
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::scale_inplace(t.data(), t.numel(), float(s));
 }
 

@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <utility>
+
 #include "cpu/kernels.h"
 #include "cuda/kernels.h"
 #include "ops/check.h"
@@ -74,17 +77,34 @@ void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView 
 void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
                             MatView d_in, Tensor& d_w, Tensor& d_bias) {
   const int64_t L = in.rows, C = in.cols;
-  check_weights(w, bias, C, Device::CPU);
+  const Device dev = in.device;
+  check_weights(w, bias, C, dev);
   const int64_t K = w.dim(1);
-  check_shape("causal_conv1d", "in", in, L, C);
-  check_shape("causal_conv1d", "d_out", d_out, L, C);
-  check_shape("causal_conv1d", "d_in", d_in, L, C);
+  for (auto [m, what] : {std::pair{&in, "in"}, {&d_out, "d_out"}, {&d_in, "d_in"}}) {
+    check_shape("causal_conv1d", what, *m, L, C, dev);
+    check_dtype("causal_conv1d", what, m->dtype, DType::F32);
+  }
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
-  check_len("causal_conv1d", "d_bias", d_bias, C);
-  if (state.data()) {
-    check_shape("causal_conv1d", "state", state, K - 1, C);
+  check_len("causal_conv1d", "d_weight", d_w, w.numel(), dev);
+  check_len("causal_conv1d", "d_bias", d_bias, C, dev);
+  if (state.ptr) {
+    check_shape("causal_conv1d", "state", state, K - 1, C, dev);
+    check_dtype("causal_conv1d", "state", state.dtype, DType::F32);
     if (state.ld != C) fail("[causal_conv1d] state must be contiguous");
+  }
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    if (L == 0) return;
+    const int64_t lengths[] = {L}, slots[] = {0};
+    const SeqBatch one(lengths, slots, std::max<int64_t>(L, 1), Device::CUDA);
+    cuda::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), state.ptr ? state.data() : nullptr,
+                                 d_out.data(), d_out.ld, d_in.data(), d_in.ld, d_w.data(), d_bias.data(),
+                                 one.device_starts(), 1, L, C, K);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
   }
   cpu::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), state.data(), d_out.data(), d_out.ld, d_in.data(),
                               d_in.ld, d_w.data(), d_bias.data(), L, C, K);

@@ -1,4 +1,5 @@
 #include "cpu/kernels.h"
+#include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
 
@@ -6,8 +7,13 @@ namespace mamba2::ops {
 
 double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale) {
   const int64_t n = logits.rows, V = logits.cols;
-  check_shape("cross_entropy", "logits", logits, int64_t(targets.size()), V);
-  if (d_logits.data()) check_shape("cross_entropy", "d_logits", d_logits, n, V);
+  const Device dev = logits.device;
+  check_shape("cross_entropy", "logits", logits, int64_t(targets.size()), V, dev);
+  check_dtype("cross_entropy", "logits", logits.dtype, DType::F32);
+  if (d_logits.ptr) {
+    check_shape("cross_entropy", "d_logits", d_logits, n, V, dev);
+    check_dtype("cross_entropy", "d_logits", d_logits.dtype, DType::F32);
+  }
   if (n > 0 && V == 0) fail("[cross_entropy] logits have no columns");
   for (size_t r = 0; r < targets.size(); ++r)
     if (targets[r] < 0 || targets[r] >= V)
@@ -17,6 +23,14 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
   if (d_logits.data() && n > 0 && !same && d_logits.data() < logits.data() + n * logits.ld &&
       logits.data() < d_logits.data() + n * d_logits.ld)
     fail("[cross_entropy] d_logits partly overlaps logits");
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    return cuda::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.ptr ? d_logits.data() : nullptr,
+                               d_logits.ld, scale);
+#else
+    no_cuda_backend(__func__);
+#endif
+  }
   return cpu::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.data(), d_logits.ld, scale);
 }
 

@@ -43,12 +43,22 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table) {
   if (d_table.rank() != 2) fail("[embedding] d_table must be 2-D, got {}", shape_str(d_table.shape()));
   const int64_t vocab = d_table.dim(0), d = d_table.dim(1);
-  check_cpu("embedding", d_table.device());
-  check_shape("embedding", "d_out", d_out, int64_t(ids.size()), d);
+  const Device dev = d_table.device();
+  check_dtype("embedding", "d_table", d_table.dtype(), DType::F32);
+  check_shape("embedding", "d_out", d_out, int64_t(ids.size()), d, dev);
+  check_dtype("embedding", "d_out", d_out.dtype, DType::F32);
   if (d_out.ld != d) fail("[embedding] d_out must be contiguous");
   for (size_t t = 0; t < ids.size(); ++t)
     if (ids[t] < 0 || ids[t] >= vocab)
       fail("[embedding] token id {} at position {} is out of range [0, {})", ids[t], t, vocab);
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::embedding_backward(ids.data(), int64_t(ids.size()), d_out.data(), d_table.data(), d);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::embedding_backward(ids.data(), int64_t(ids.size()), d_out.data(), d_table.data(), d);
 }
 

@@ -203,13 +203,25 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1), m = x.rows;
-  check_shape("linear", "x", x, m, k);
-  check_shape("linear", "d_y", d_y, m, n);
-  if (d_x.data()) check_shape("linear", "d_x", d_x, m, k);
+  const Device dev = W.device();
+  check_shape("linear", "x", x, m, k, dev);
+  check_shape("linear", "d_y", d_y, m, n, dev);
+  if (d_x.ptr) check_shape("linear", "d_x", d_x, m, k, dev);
   if (d_W.shape() != W.shape())
     fail("[linear] d_W is {}, expected {}", shape_str(d_W.shape()), shape_str(W.shape()));
-  check_cpu("linear", W.device());
-  check_cpu("linear", d_W.device());
+  check_len("linear", "d_W", d_W, W.numel(), dev);
+  check_dtype("linear", "W", W.dtype(), DType::F32);
+  for (const MatView* v : {&x, &d_y, &d_x})
+    if (v->ptr) check_dtype("linear", "an operand", v->dtype, DType::F32);
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::linear_backward(x.data(), x.ld, W.data(), d_y.data(), d_y.ld, d_x.ptr ? d_x.data() : nullptr, d_x.ld,
+                          d_W.data(), m, n, k);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::linear_backward(x.data(), x.ld, W.data(), d_y.data(), d_y.ld, d_x.data(), d_x.ld, d_W.data(), m, n, k);
 }
 

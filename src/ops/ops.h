@@ -1,6 +1,7 @@
 // Op front ends: check shapes and devices, name the op in every error, dispatch to the kernel of
 // the operands' device (src/cpu/<stem>.cpp, src/cuda/<stem>.cu). One section per op; the stems
-// match the kernel files. The inference forwards run on either device; the backwards on the CPU.
+// match the kernel files. Every op runs on either device but the SSD scan's backward (CPU only,
+// for now).
 // On the GPU the projections' inputs (the norms' outputs) may be bf16/f16 like the weights;
 // everything else is fp32 on both devices.
 // Each *_backward follows its forward: parameter gradients (Tensor&) ACCUMULATE (+=), activation

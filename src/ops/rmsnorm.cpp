@@ -1,3 +1,5 @@
+#include <utility>
+
 #include "cpu/kernels.h"
 #include "cuda/kernels.h"
 #include "ops/check.h"
@@ -53,27 +55,46 @@ void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t n
 void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatView d_residual, Tensor& d_w,
                           float eps) {
   const int64_t n = residual.rows, d = residual.cols;
-  check_len("rmsnorm", "weight", w, d);
-  check_len("rmsnorm", "d_weight", d_w, d);
-  check_shape("rmsnorm", "residual", residual, n, d);
-  check_shape("rmsnorm", "d_out", d_out, n, d);
-  check_shape("rmsnorm", "d_residual", d_residual, n, d);
+  const Device dev = residual.device;
+  check_len("rmsnorm", "weight", w, d, dev);
+  check_len("rmsnorm", "d_weight", d_w, d, dev);
+  check_shape("rmsnorm", "residual", residual, n, d, dev);
+  check_shape("rmsnorm", "d_out", d_out, n, d, dev);
+  check_shape("rmsnorm", "d_residual", d_residual, n, d, dev);
+  for (const MatView* m : {&residual, &d_out, &d_residual}) check_dtype("rmsnorm", "an operand", m->dtype, DType::F32);
   if (residual.ld != d || d_out.ld != d || d_residual.ld != d) fail("[rmsnorm] operands must be contiguous");
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::add_rmsnorm_backward(residual.data(), w.data(), d_out.data(), d_residual.data(), d_w.data(), n, d, eps);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::add_rmsnorm_backward(residual.data(), w.data(), d_out.data(), d_residual.data(), d_w.data(), n, d, eps);
 }
 
 void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
                             Tensor& d_w, int64_t ngroups, float eps) {
   const int64_t n = y.rows, d = y.cols;
-  check_shape("gated_rmsnorm", "y", y, n, d);
-  check_shape("gated_rmsnorm", "z", z, n, d);
-  check_shape("gated_rmsnorm", "d_out", d_out, n, d);
-  check_shape("gated_rmsnorm", "d_y", d_y, n, d);
-  check_shape("gated_rmsnorm", "d_z", d_z, n, d);
-  check_len("gated_rmsnorm", "weight", w, d);
-  check_len("gated_rmsnorm", "d_weight", d_w, d);
+  const Device dev = y.device;
+  for (auto [m, what] : {std::pair{&y, "y"}, {&z, "z"}, {&d_out, "d_out"}, {&d_y, "d_y"}, {&d_z, "d_z"}}) {
+    check_shape("gated_rmsnorm", what, *m, n, d, dev);
+    check_dtype("gated_rmsnorm", what, m->dtype, DType::F32);
+  }
+  check_len("gated_rmsnorm", "weight", w, d, dev);
+  check_len("gated_rmsnorm", "d_weight", d_w, d, dev);
   if (ngroups <= 0 || d % ngroups != 0) fail("[gated_rmsnorm] {} channels do not split into {} groups", d, ngroups);
   if (d_y.data() == d_out.data() || d_z.data() == d_out.data()) fail("[gated_rmsnorm] d_y and d_z must not alias d_out");
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::gated_rmsnorm_backward(y.data(), y.ld, z.data(), z.ld, w.data(), d_out.data(), d_out.ld, d_y.data(), d_y.ld,
+                                 d_z.data(), d_z.ld, d_w.data(), n, d, ngroups, eps);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::gated_rmsnorm_backward(y.data(), y.ld, z.data(), z.ld, w.data(), d_out.data(), d_out.ld, d_y.data(), d_y.ld, d_z.data(),
                               d_z.ld, d_w.data(), n, d, ngroups, eps);
 }

@@ -1,0 +1,29 @@
+// The last step of the parameter gradients' sums over rows (common.cuh, kGradRows): the chunks'
+// double partials added in chunk order, the total rounded once and added to the gradient.
+#include "cuda/common.cuh"
+
+namespace mamba2::cuda {
+
+namespace {
+
+__global__ void add_column_partials_kernel(const double* partial, int64_t ld, int64_t chunks, int64_t cols,
+                                           float* grad) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  double s = 0.0;
+  for (int64_t i = 0; i < chunks; ++i) s += partial[i * ld + c];
+  grad[c] += float(s);
+}
+
+}  // namespace
+
+void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
+                         const char* op) {
+  if (cols == 0) return;
+  constexpr int kThreads = 256;
+  add_column_partials_kernel<<<unsigned(ceil_div(cols, kThreads)), kThreads, 0, stream()>>>(partial, ld, chunks,
+                                                                                           cols, grad);
+  check_launch(op);
+}
+
+}  // namespace mamba2::cuda

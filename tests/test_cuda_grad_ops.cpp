@@ -1,0 +1,199 @@
+// The CUDA kernels of training (the backwards, cross-entropy, the optimiser's) through the op
+// front ends, against the CPU kernels on random inputs of awkward sizes (row counts either side
+// of the weight gradients' 64-row chunks, column slices of wider buffers), and the same run twice
+// for the same bits. Skipped without a GPU.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda_test_support.h"
+#include "mamba2/error.h"
+#include "ops/ops.h"
+#include "test_support.h"
+
+namespace mamba2 {
+namespace {
+
+using test::random_tensor;
+using test::same_bits;
+using test::to_cpu;
+using test::to_gpu;
+
+// fp32 on both devices; only the order of the sums differs (block trees and 64-row chunks against
+// SIMD lanes and whole columns; BLAS against cuBLASLt): relative L2 ≤ 1e-5, as the forwards.
+constexpr double kF32Tol = 1e-5;
+
+double rel(const Tensor& got, const Tensor& want) {
+  EXPECT_EQ(got.shape(), want.shape());
+  return test::rel_l2(got.data(), want.data(), size_t(want.numel()));
+}
+
+// A CPU tensor's copy on the GPU, and the GPU tensor's result back: the pair every test compares.
+struct Both {
+  Tensor cpu, gpu;
+  explicit Both(const Tensor& t) : cpu(t.to(Device::CPU, DType::F32)), gpu(to_gpu(t)) {}
+  MatView c() { return MatView::of(cpu); }
+  MatView g() { return MatView::of(gpu); }
+  Tensor back() const { return to_cpu(gpu); }
+};
+
+TEST(CudaGradOps, AddRmsnormBackwardMatchesCpu) {
+  MAMBA2_REQUIRE_GPU();
+  for (int64_t n : {1, 63, 65, 130})
+    for (int64_t d : {1, 48, 769}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " d " + std::to_string(d));
+      Both residual(random_tensor({n, d}, 1, -2.0f, 2.0f)), w(random_tensor({d}, 2)), d_out(random_tensor({n, d}, 3));
+      // Both gradients accumulate: they start from values, the second GPU pair from the same ones.
+      Both d_res(random_tensor({n, d}, 4)), d_w(random_tensor({d}, 5));
+      Both d_res2(random_tensor({n, d}, 4)), d_w2(random_tensor({d}, 5));
+      ops::add_rmsnorm_backward(residual.c(), w.cpu, d_out.c(), d_res.c(), d_w.cpu, 1e-5f);
+      ops::add_rmsnorm_backward(residual.g(), w.gpu, d_out.g(), d_res.g(), d_w.gpu, 1e-5f);
+      ops::add_rmsnorm_backward(residual.g(), w.gpu, d_out.g(), d_res2.g(), d_w2.gpu, 1e-5f);
+      EXPECT_LE(rel(d_res.back(), d_res.cpu), kF32Tol);
+      EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
+      EXPECT_TRUE(same_bits(d_res.back(), d_res2.back()) && same_bits(d_w.back(), d_w2.back())) << "not deterministic";
+    }
+}
+
+TEST(CudaGradOps, GatedRmsnormBackwardMatchesCpu) {
+  MAMBA2_REQUIRE_GPU();
+  for (int64_t groups : {1, 2, 4})
+    for (int64_t n : {3, 64, 129}) {
+      SCOPED_TRACE("groups " + std::to_string(groups) + " n " + std::to_string(n));
+      const int64_t d = 96, ld = 130;  // y and z are column slices of a wider buffer, as in in_proj's output
+      Both buf(random_tensor({n, ld}, 6, -3.0f, 3.0f)), d_out(random_tensor({n, d}, 7));
+      const Tensor w = random_tensor({d}, 8), w_g = to_gpu(w);
+      Both d_y(Tensor::zeros({n, d})), d_z(Tensor::zeros({n, d})), d_w(random_tensor({d}, 9));
+      ops::gated_rmsnorm_backward(buf.c().cols_slice(0, d), buf.c().cols_slice(ld - d, d), w, d_out.c(), d_y.c(),
+                                  d_z.c(), d_w.cpu, groups, 1e-5f);
+      ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(), d_y.g(),
+                                  d_z.g(), d_w.gpu, groups, 1e-5f);
+      EXPECT_LE(rel(d_y.back(), d_y.cpu), kF32Tol);
+      EXPECT_LE(rel(d_z.back(), d_z.cpu), kF32Tol);
+      EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
+    }
+}
+
+TEST(CudaGradOps, EmbeddingBackwardIsTheCpusBitForBit) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t vocab = 37, d = 300;  // more columns than a block's threads
+  const std::vector<int32_t> ids{5, 0, 36, 5, 5, 17, 0, 36, 2};
+  Both d_out(random_tensor({int64_t(ids.size()), d}, 10)), d_table(random_tensor({vocab, d}, 11));
+  ops::embedding_backward(ids, d_out.c(), d_table.cpu);
+  ops::embedding_backward(ids, d_out.g(), d_table.gpu);
+  // Each row's additions in position order on both devices: the same fp32 additions.
+  EXPECT_TRUE(same_bits(d_table.back(), d_table.cpu));
+}
+
+TEST(CudaGradOps, LinearBackwardMatchesCpu) {
+  MAMBA2_REQUIRE_GPU();
+  struct Case {
+    int64_t m, n, k;
+  };
+  for (const Case cs : {Case{1, 17, 130}, Case{33, 7, 65}, Case{130, 96, 48}})
+    for (bool with_dx : {true, false}) {
+      SCOPED_TRACE("m " + std::to_string(cs.m) + " n " + std::to_string(cs.n) + " k " + std::to_string(cs.k));
+      const int64_t ldx = cs.k + 3;  // x a column slice of a wider buffer
+      Both xbuf(random_tensor({cs.m, ldx}, 12)), W(random_tensor({cs.n, cs.k}, 13)), d_y(random_tensor({cs.m, cs.n}, 14));
+      Both d_x(Tensor::zeros({cs.m, cs.k})), d_W(random_tensor({cs.n, cs.k}, 15));
+      Both d_W2(random_tensor({cs.n, cs.k}, 15));
+      ops::linear_backward(xbuf.c().cols_slice(0, cs.k), W.cpu, d_y.c(), with_dx ? d_x.c() : MatView{}, d_W.cpu);
+      ops::linear_backward(xbuf.g().cols_slice(0, cs.k), W.gpu, d_y.g(), with_dx ? d_x.g() : MatView{}, d_W.gpu);
+      ops::linear_backward(xbuf.g().cols_slice(0, cs.k), W.gpu, d_y.g(), MatView{}, d_W2.gpu);
+      if (with_dx) {
+        EXPECT_LE(rel(d_x.back(), d_x.cpu), kF32Tol);
+      }
+      EXPECT_LE(rel(d_W.back(), d_W.cpu), kF32Tol);
+      EXPECT_TRUE(same_bits(d_W.back(), d_W2.back())) << "not deterministic";
+    }
+}
+
+TEST(CudaGradOps, CausalConvBackwardMatchesCpu) {
+  MAMBA2_REQUIRE_GPU();
+  for (int64_t K : {4, 2})
+    for (int64_t L : {1, 3, 64, 65, 200})
+      for (bool with_state : {false, true}) {
+        SCOPED_TRACE("K " + std::to_string(K) + " L " + std::to_string(L) + (with_state ? " state" : ""));
+        const int64_t C = 130, ld = C + 6;
+        Both in(random_tensor({L, ld}, 16, -2.0f, 2.0f)), w(random_tensor({C, K}, 17)), bias(random_tensor({C}, 18));
+        Both state(random_tensor({K - 1, C}, 19)), d_out(random_tensor({L, C}, 20));
+        Both d_in(Tensor::zeros({L, C})), d_w(random_tensor({C, K}, 21)), d_bias(random_tensor({C}, 22));
+        ops::causal_conv1d_backward(in.c().cols_slice(0, C), w.cpu, bias.cpu, with_state ? state.c() : MatView{},
+                                    d_out.c(), d_in.c(), d_w.cpu, d_bias.cpu);
+        ops::causal_conv1d_backward(in.g().cols_slice(0, C), w.gpu, bias.gpu, with_state ? state.g() : MatView{},
+                                    d_out.g(), d_in.g(), d_w.gpu, d_bias.gpu);
+        EXPECT_LE(rel(d_in.back(), d_in.cpu), kF32Tol);
+        EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
+        EXPECT_LE(rel(d_bias.back(), d_bias.cpu), kF32Tol);
+      }
+}
+
+TEST(CudaGradOps, CrossEntropyMatchesCpu) {
+  MAMBA2_REQUIRE_GPU();
+  for (int64_t V : {1, 1000, 50280})
+    for (bool in_place : {false, true}) {
+      SCOPED_TRACE("V " + std::to_string(V) + (in_place ? " in place" : ""));
+      const int64_t n = 5;
+      Both logits(random_tensor({n, V}, 23, -30.0f, 30.0f)), d(Tensor::zeros({n, V}));
+      std::vector<int32_t> targets;
+      for (int64_t r = 0; r < n; ++r) targets.push_back(int32_t((r * 7919) % V));
+      const float scale = 0.125f;
+      const double want = ops::cross_entropy(logits.c(), targets, in_place ? logits.c() : d.c(), scale);
+      const double got = ops::cross_entropy(logits.g(), targets, in_place ? logits.g() : d.g(), scale);
+      // Per row ~30 of logsumexp: the exps (the CPU's polynomial against expf) differ by ulps.
+      EXPECT_NEAR(got, want, 1e-6 * std::abs(want) + 1e-9);
+      const Tensor got_d = in_place ? logits.back() : d.back(), &want_d = in_place ? logits.cpu : d.cpu;
+      if (V == 1) {
+        EXPECT_TRUE(same_bits(got_d, want_d)) << "softmax 1 minus the one-hot 1: zeros";
+      } else {
+        EXPECT_LE(rel(got_d, want_d), kF32Tol);
+      }
+      EXPECT_DOUBLE_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale),
+                       ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale));
+    }
+}
+
+TEST(CudaGradOps, OptimiserKernelsMatchCpu) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t n = 40000;  // three of sum_squares' blocks of 2^14
+  Both p(random_tensor({n}, 25)), g(random_tensor({n}, 26)), m(random_tensor({n}, 27, -0.1f, 0.1f));
+  Both v(random_tensor({n}, 28, 0.0f, 0.01f));
+  const ops::AdamW h{3e-3, 0.9, 0.95, 1e-8, 0.1, 7, 0.5};
+  ops::adamw(p.cpu, g.cpu, m.cpu, v.cpu, h);
+  ops::adamw(p.gpu, g.gpu, m.gpu, v.gpu, h);
+  // The same arithmetic element by element; contractions into FMAs may differ by an ulp.
+  EXPECT_LE(rel(p.back(), p.cpu), 1e-6);
+  EXPECT_LE(rel(m.back(), m.cpu), 1e-6);
+  EXPECT_LE(rel(v.back(), v.cpu), 1e-6);
+  const double want = ops::sum_squares(g.cpu), got = ops::sum_squares(g.gpu);
+  EXPECT_NEAR(got, want, 1e-12 * want);  // double sums of fp32 squares: only their order differs
+  EXPECT_EQ(got, ops::sum_squares(g.gpu));
+  ops::scale(g.cpu, 0.37);
+  ops::scale(g.gpu, 0.37);
+  EXPECT_TRUE(same_bits(g.back(), g.cpu));  // one fp32 product each
+}
+
+TEST(CudaGradOps, OperandsOnTheWrongDeviceAreRefused) {
+  MAMBA2_REQUIRE_GPU();
+  Tensor x = Tensor::zeros({2, 8}), d_y = Tensor::zeros({2, 4}, Device::CUDA);
+  const Tensor W = Tensor::zeros({4, 8}, Device::CUDA);
+  Tensor d_W = Tensor::zeros({4, 8}, Device::CUDA);
+  try {
+    ops::linear_backward(MatView::of(x), W, MatView::of(d_y), MatView{}, d_W);
+    FAIL() << "a CPU input to a GPU weight was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[linear] x is on the cpu"), std::string::npos) << e.what();
+  }
+  Tensor p = Tensor::zeros({8}, Device::CUDA), gr = Tensor::zeros({8}), m = Tensor::zeros({8}, Device::CUDA);
+  Tensor v = Tensor::zeros({8}, Device::CUDA);
+  try {
+    ops::adamw(p, gr, m, v, ops::AdamW{});
+    FAIL() << "a CPU gradient for a GPU parameter was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[adamw] grad is on the cpu"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace mamba2
