@@ -2,9 +2,13 @@
 // front ends, against the CPU kernels on random inputs of awkward sizes (row counts either side
 // of the weight gradients' 64-row chunks, column slices of wider buffers), and the same run twice
 // for the same bits. Skipped without a GPU.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_support.h"
@@ -109,20 +113,26 @@ TEST(CudaGradOps, LinearBackwardMatchesCpu) {
     }
 }
 
+// Packed sequences, each from its slot's state row or from zeros: the batches of a training step.
 TEST(CudaGradOps, CausalConvBackwardMatchesCpu) {
   MAMBA2_REQUIRE_GPU();
+  const std::vector<std::vector<int64_t>> batches{{1}, {3}, {64}, {65}, {200}, {3, 64, 1, 65, 130}};
   for (int64_t K : {4, 2})
-    for (int64_t L : {1, 3, 64, 65, 200})
+    for (const auto& lengths : batches)
       for (bool with_state : {false, true}) {
-        SCOPED_TRACE("K " + std::to_string(K) + " L " + std::to_string(L) + (with_state ? " state" : ""));
-        const int64_t C = 130, ld = C + 6;
-        Both in(random_tensor({L, ld}, 16, -2.0f, 2.0f)), w(random_tensor({C, K}, 17)), bias(random_tensor({C}, 18));
-        Both state(random_tensor({K - 1, C}, 19)), d_out(random_tensor({L, C}, 20));
-        Both d_in(Tensor::zeros({L, C})), d_w(random_tensor({C, K}, 21)), d_bias(random_tensor({C}, 22));
-        ops::causal_conv1d_backward(in.c().cols_slice(0, C), w.cpu, bias.cpu, with_state ? state.c() : MatView{},
-                                    d_out.c(), d_in.c(), d_w.cpu, d_bias.cpu);
-        ops::causal_conv1d_backward(in.g().cols_slice(0, C), w.gpu, bias.gpu, with_state ? state.g() : MatView{},
-                                    d_out.g(), d_in.g(), d_w.gpu, d_bias.gpu);
+        SCOPED_TRACE(fmt::format("K {} lengths {} {}", K, fmt::join(lengths, ","), with_state ? "state" : ""));
+        int64_t T = 0;
+        std::vector<int64_t> slots;
+        for (int64_t len : lengths) T += len, slots.push_back(int64_t(lengths.size() - 1 - slots.size()));
+        const ops::SeqBatch on_cpu(lengths, slots, 1, Device::CPU), on_gpu(lengths, slots, 1, Device::CUDA);
+        const int64_t C = 130, ld = C + 6, nseq = int64_t(lengths.size());
+        Both in(random_tensor({T, ld}, 16, -2.0f, 2.0f)), w(random_tensor({C, K}, 17)), bias(random_tensor({C}, 18));
+        Both states(random_tensor({nseq, (K - 1) * C}, 19)), d_out(random_tensor({T, C}, 20));
+        Both d_in(Tensor::zeros({T, C})), d_w(random_tensor({C, K}, 21)), d_bias(random_tensor({C}, 22));
+        ops::causal_conv1d_backward(in.c().cols_slice(0, C), w.cpu, bias.cpu, with_state ? states.c() : MatView{},
+                                    d_out.c(), d_in.c(), d_w.cpu, d_bias.cpu, on_cpu);
+        ops::causal_conv1d_backward(in.g().cols_slice(0, C), w.gpu, bias.gpu, with_state ? states.g() : MatView{},
+                                    d_out.g(), d_in.g(), d_w.gpu, d_bias.gpu, on_gpu);
         EXPECT_LE(rel(d_in.back(), d_in.cpu), kF32Tol);
         EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
         EXPECT_LE(rel(d_bias.back(), d_bias.cpu), kF32Tol);
@@ -172,6 +182,80 @@ TEST(CudaGradOps, OptimiserKernelsMatchCpu) {
   ops::scale(g.cpu, 0.37);
   ops::scale(g.gpu, 0.37);
   EXPECT_TRUE(same_bits(g.back(), g.cpu));  // one fp32 product each
+}
+
+// The scan's backward from random inputs shaped as the model's (x, B and C column slices of the
+// conv's output), packed sequences each with its slot's state row, against the CPU kernel, and
+// twice for the same bits. The gradients start from random values: the parameters' accumulate,
+// the rest are overwritten.
+struct SsdCase {
+  int64_t H, P, G, N;
+  std::vector<int64_t> lengths;
+  int64_t chunk;
+  bool state, clamp;
+};
+std::string name(const SsdCase& c) {
+  return fmt::format("H{} P{} G{} N{} lengths {} chunk {}{}{}", c.H, c.P, c.G, c.N, fmt::join(c.lengths, ","),
+                     c.chunk, c.state ? " state" : "", c.clamp ? " clamp" : "");
+}
+
+struct SsdRun {
+  Tensor d_xbc, d_dt, d_state0, d_dt_bias, d_A_log, d_D;
+};
+
+SsdRun run_ssd_backward(const SsdCase& c, Device dev) {
+  const int64_t HP = c.H * c.P, GN = c.G * c.N, W = HP + 2 * GN, nseq = int64_t(c.lengths.size());
+  int64_t L = 0;
+  std::vector<int64_t> slots;
+  for (int64_t len : c.lengths) L += len, slots.push_back((int64_t(slots.size()) + 1) % nseq);
+  const ops::SeqBatch seqs(c.lengths, slots, c.chunk, dev);
+  auto on = [&](const Tensor& t) { return t.to(dev, DType::F32); };
+  Tensor xbc = on(random_tensor({L, W}, 40)), dt = on(random_tensor({L, c.H}, 41, -3.0f, 1.0f));
+  Tensor dt_bias = on(random_tensor({c.H}, 42, -1.0f, 0.5f)), A_log = on(random_tensor({c.H}, 43, -1.0f, 1.5f));
+  Tensor D = on(random_tensor({c.H}, 44)), d_y = on(random_tensor({L, HP}, 45));
+  const int64_t S = c.H * c.P * c.N;
+  Tensor state0 = on(random_tensor({nseq, S}, 46)), d_final = on(random_tensor({nseq, S}, 47));
+  SsdRun r{on(random_tensor({L, W}, 48)), on(random_tensor({L, c.H}, 49)), on(random_tensor({nseq, S}, 50)),
+           on(random_tensor({c.H}, 51)),  on(random_tensor({c.H}, 52)),    on(random_tensor({c.H}, 53))};
+  // The clamp binds for part of the tokens: softplus of dt + bias spans ~0.01 to ~2.
+  const ops::SsdWeights w{dt_bias, A_log, D, c.P, c.G, c.N, c.clamp ? 0.05 : 0.0,
+                          c.clamp ? 0.5 : std::numeric_limits<double>::infinity()};
+  const MatView v = MatView::of(xbc), dv = MatView::of(r.d_xbc);
+  const ops::SsdGrads g{dv.cols_slice(0, HP), dv.cols_slice(HP, GN), dv.cols_slice(HP + GN, GN), MatView::of(r.d_dt),
+                        MatView::of(r.d_state0), r.d_dt_bias, r.d_A_log, r.d_D};
+  ops::ssd_scan_backward(w, v.cols_slice(0, HP), v.cols_slice(HP, GN), v.cols_slice(HP + GN, GN), MatView::of(dt),
+                         c.state ? MatView::of(state0) : MatView{}, MatView::of(d_y),
+                         c.state ? MatView::of(d_final) : MatView{}, g, seqs);
+  for (Tensor* t : {&r.d_xbc, &r.d_dt, &r.d_state0, &r.d_dt_bias, &r.d_A_log, &r.d_D}) *t = to_cpu(*t);
+  return r;
+}
+
+TEST(CudaGradOps, SsdScanBackwardMatchesCpu) {
+  MAMBA2_REQUIRE_GPU();
+  const SsdCase cases[] = {
+      {4, 8, 2, 16, {1}, 4, false, false},
+      {4, 8, 1, 16, {15}, 16, true, false},
+      {4, 8, 1, 16, {16}, 16, false, true},
+      {4, 8, 4, 16, {17}, 16, true, true},
+      {4, 8, 2, 16, {15, 1, 33, 16, 17}, 16, true, true},
+      {6, 40, 3, 100, {130, 7}, 64, true, false},
+      {2, 64, 1, 128, {300}, 256, true, true},
+      {3, 33, 1, 7, {200, 57}, 256, false, false},
+  };
+  for (const SsdCase& c : cases) {
+    SCOPED_TRACE(name(c));
+    const SsdRun want = run_ssd_backward(c, Device::CPU), got = run_ssd_backward(c, Device::CUDA);
+    EXPECT_LE(rel(got.d_xbc, want.d_xbc), kF32Tol) << "d_x, d_B, d_C";
+    EXPECT_LE(rel(got.d_dt, want.d_dt), kF32Tol) << "d_dt";
+    EXPECT_LE(rel(got.d_state0, want.d_state0), kF32Tol) << "d_state0";
+    EXPECT_LE(rel(got.d_dt_bias, want.d_dt_bias), kF32Tol) << "d_dt_bias";
+    EXPECT_LE(rel(got.d_A_log, want.d_A_log), kF32Tol) << "d_A_log";
+    EXPECT_LE(rel(got.d_D, want.d_D), kF32Tol) << "d_D";
+    const SsdRun again = run_ssd_backward(c, Device::CUDA);
+    for (auto [a, b] : {std::pair{&got.d_xbc, &again.d_xbc}, {&got.d_dt, &again.d_dt}, {&got.d_state0, &again.d_state0},
+                        {&got.d_dt_bias, &again.d_dt_bias}, {&got.d_A_log, &again.d_A_log}, {&got.d_D, &again.d_D}})
+      EXPECT_TRUE(same_bits(*a, *b)) << "not deterministic";
+  }
 }
 
 TEST(CudaGradOps, OperandsOnTheWrongDeviceAreRefused) {

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cuda_test_support.h"
 #include "io/safetensors.h"
 #include "mamba2/model.h"
 #include "model/mamba2_grad.h"
@@ -102,15 +103,54 @@ TEST_P(GradFixture, CliWritesLossAndNamedGradients) {
   };
   const std::string ids = join(gc.ids), lengths = join(gc.lengths);
   const fs::path out = tmp / "g.safetensors";
-  const auto r = test::run_cli("grad --threads 2 --model " + test::shell_quote((gc.dir / "model").string()) +
-                               " --ids " + ids + " --lengths " + lengths + " --out " + test::shell_quote(out.string()));
-  ASSERT_TRUE(r.exited && r.code == 0) << r.err;
-  EXPECT_NE(r.out.find("loss"), std::string::npos) << r.out;
-  const TensorArchive written = read_safetensors(out);
-  const StoredTensor* loss = written.find("loss");
-  ASSERT_NE(loss, nullptr);
-  EXPECT_TRUE(loss->shape.empty()) << "loss is a 0-d scalar";
-  expect_same_grads(written, read_safetensors(gc.dir / "grads.safetensors"), GetParam());
+  for (const std::string device : {"cpu", "cuda"}) {
+    if (device == "cuda" && cuda::device_count() == 0) continue;  // the GPU's own test says it skipped
+    const auto r = test::run_cli("grad --threads 2 --device " + device + " --model " +
+                                 test::shell_quote((gc.dir / "model").string()) + " --ids " + ids + " --lengths " +
+                                 lengths + " --out " + test::shell_quote(out.string()));
+    ASSERT_TRUE(r.exited && r.code == 0) << r.err;
+    EXPECT_NE(r.out.find("loss"), std::string::npos) << r.out;
+    const TensorArchive written = read_safetensors(out);
+    const StoredTensor* loss = written.find("loss");
+    ASSERT_NE(loss, nullptr);
+    EXPECT_TRUE(loss->shape.empty()) << "loss is a 0-d scalar";
+    expect_same_grads(written, read_safetensors(gc.dir / "grads.safetensors"), GetParam() + " on the " + device);
+  }
+}
+
+// On the GPU in fp32, against the same float64 oracle and bound; the same run twice gives the
+// same bits.
+TEST_P(GradFixture, GpuLossAndGradientsMatchPyTorch) {
+  MAMBA2_REQUIRE_GPU();
+  const GradCase gc = load_grad_case(GetParam());
+  const Model model = Model::load(gc.dir / "model").to(Device::CUDA, DType::F32);
+  auto run = [&](double& loss) {
+    Gradients g = make_gradients(model.weights());
+    loss = lm_loss_and_grad(model.config(), model.weights(), gc.ids, gc.lengths, g);
+    return place_weights(g, Device::CPU, DType::F32);
+  };
+  double loss = 0.0, loss2 = 0.0;
+  const Gradients g = run(loss), g2 = run(loss2);
+  EXPECT_NEAR(loss, gc.loss, kLossTol * gc.loss);
+  EXPECT_EQ(loss, loss2);
+  const TensorArchive expected = read_safetensors(gc.dir / "grads.safetensors");
+  const auto named = checkpoint_named_tensors(g, model.config()), named2 = checkpoint_named_tensors(g2, model.config());
+  ASSERT_EQ(named.size() + 1, expected.tensors().size());
+  double worst = 0.0;
+  std::string worst_name;
+  for (size_t i = 0; i < named.size(); ++i) {
+    const NamedTensor& nt = named[i];
+    const StoredTensor* e = expected.find("grad." + nt.name);
+    ASSERT_NE(e, nullptr) << "the fixture has no grad." << nt.name;
+    const std::vector<float> ev = values(*e);
+    const double err = rel_l2(nt.tensor->data(), ev.data(), ev.size());
+    EXPECT_LE(err, kGradTol) << nt.name;
+    if (err > worst) worst = err, worst_name = nt.name;
+    EXPECT_EQ(std::memcmp(nt.tensor->data(), named2[i].tensor->data(), nt.tensor->nbytes()), 0)
+        << nt.name << ": not deterministic";
+  }
+  std::printf("[grad-model cuda] %s: loss %.10f (oracle %.10f, rel %.1e); worst gradient rel L2 %.2e (%s)\n",
+              GetParam().c_str(), loss, gc.loss, std::fabs(loss - gc.loss) / gc.loss, worst, worst_name.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GradFixture, ::testing::Values("official_tied_g1", "hf_g2_dtlimit", "hf_untied_g1"),

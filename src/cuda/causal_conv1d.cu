@@ -71,28 +71,29 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
 
 // Tap j's input for token t of sequence s (from `start`): the packed input, or the sequence's
 // initial state (zeros when states is null).
-__device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const float* states, int64_t s,
-                                            int64_t start, int64_t src, int64_t c, int64_t C, int K) {
+__device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const float* states, const int64_t* slots,
+                                            int64_t s, int64_t start, int64_t src, int64_t c, int64_t C, int K) {
   if (src >= start) return in[src * ldin + c];
-  return states ? states[(s * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
+  return states ? states[(slots[s] * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
 }
 
 __global__ void conv_pre_grad_kernel(const float* in, int64_t ldin, const float* w, const float* bias,
                                      const float* states, const float* d_out, int64_t lddo, float* d_pre,
-                                     const int64_t* starts, int64_t count, int64_t C, int K) {
+                                     PackedSeqs seqs, int64_t C, int K) {
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, t = blockIdx.x;
   if (c >= C) return;
-  const int64_t s = sequence_of(starts, count, t), start = starts[s];
+  const int64_t s = sequence_of(seqs.starts, seqs.count, t), start = seqs.starts[s];
   float pre = bias[c];
-  for (int j = 0; j < K; ++j) pre += w[c * K + j] * conv_input(in, ldin, states, s, start, t - (K - 1) + j, c, C, K);
+  for (int j = 0; j < K; ++j)
+    pre += w[c * K + j] * conv_input(in, ldin, states, seqs.slots, s, start, t - (K - 1) + j, c, C, K);
   d_pre[t * C + c] = d_out[t * lddo + c] * silu_grad(pre);
 }
 
-__global__ void conv_input_grad_kernel(const float* w, const float* d_pre, float* d_in, int64_t lddi,
-                                       const int64_t* starts, int64_t count, int64_t C, int K) {
+__global__ void conv_input_grad_kernel(const float* w, const float* d_pre, float* d_in, int64_t lddi, PackedSeqs seqs,
+                                       int64_t C, int K) {
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, t = blockIdx.x;
   if (c >= C) return;
-  const int64_t end = starts[sequence_of(starts, count, t) + 1];
+  const int64_t end = seqs.starts[sequence_of(seqs.starts, seqs.count, t) + 1];
   float acc = 0.0f;
   for (int j = 0; j < K; ++j) {
     const int64_t u = t + (K - 1) - j;  // the output tap j of which reads input t
@@ -104,19 +105,19 @@ __global__ void conv_input_grad_kernel(const float* w, const float* d_pre, float
 // Block (channel tile, chunk of kGradRows tokens): partial[chunk][c·K + j] = Σ_t d_pre·input of tap
 // j, partial[chunk][C·K + c] = Σ_t d_pre, in token order, in double.
 __global__ void conv_weight_partials_kernel(const float* in, int64_t ldin, const float* states, const float* d_pre,
-                                            const int64_t* starts, int64_t count, int64_t T, int64_t C, int K,
-                                            double* partial) {
+                                            PackedSeqs seqs, int64_t C, int K, double* partial) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
   if (c >= C) return;
   double acc[kMaxTaps + 1] = {};
-  const int64_t t0 = chunk * kGradRows, t1 = min(T, t0 + kGradRows);
-  int64_t s = sequence_of(starts, count, t0);
+  const int64_t t0 = chunk * kGradRows, t1 = min(seqs.tokens, t0 + kGradRows);
+  int64_t s = sequence_of(seqs.starts, seqs.count, t0);
   for (int64_t t = t0; t < t1; ++t) {
-    while (starts[s + 1] <= t) ++s;
+    while (seqs.starts[s + 1] <= t) ++s;
     const double dp = d_pre[t * C + c];
 #pragma unroll
     for (int j = 0; j < kMaxTaps; ++j)
-      if (j < K) acc[j] += dp * double(conv_input(in, ldin, states, s, starts[s], t - (K - 1) + j, c, C, K));
+      if (j < K)
+        acc[j] += dp * double(conv_input(in, ldin, states, seqs.slots, s, seqs.starts[s], t - (K - 1) + j, c, C, K));
     acc[kMaxTaps] += dp;
   }
   double* p = partial + chunk * (C * K + C);
@@ -154,22 +155,22 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
 
 void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
                             const float* d_out, int64_t lddo, float* d_in, int64_t lddi, float* d_w, float* d_bias,
-                            const int64_t* starts, int64_t count, int64_t T, int64_t C, int64_t K) {
+                            const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
+  const int64_t T = seqs.tokens;
   if (T == 0 || C == 0) return;
   auto pre = allocate(size_t(T * C) * sizeof(float), "causal_conv1d gradient");
   auto* d_pre = static_cast<float*>(pre.get());
   const dim3 grid(unsigned(T), unsigned(ceil_div(C, 128)));
-  conv_pre_grad_kernel<<<grid, 128, 0, stream()>>>(in, ldin, w, bias, states, d_out, lddo, d_pre, starts, count, C,
-                                                   int(K));
+  conv_pre_grad_kernel<<<grid, 128, 0, stream()>>>(in, ldin, w, bias, states, d_out, lddo, d_pre, seqs, C, int(K));
   check_launch("causal_conv1d");
-  conv_input_grad_kernel<<<grid, 128, 0, stream()>>>(w, d_pre, d_in, lddi, starts, count, C, int(K));
+  conv_input_grad_kernel<<<grid, 128, 0, stream()>>>(w, d_pre, d_in, lddi, seqs, C, int(K));
   check_launch("causal_conv1d");
   const int64_t chunks = ceil_div(T, kGradRows), ld = C * K + C;
   auto partial = allocate(size_t(chunks * ld) * sizeof(double), "causal_conv1d gradient partials");
   auto* p = static_cast<double*>(partial.get());
   conv_weight_partials_kernel<<<dim3(unsigned(ceil_div(C, 128)), unsigned(chunks)), 128, 0, stream()>>>(
-      in, ldin, states, d_pre, starts, count, T, C, int(K), p);
+      in, ldin, states, d_pre, seqs, C, int(K), p);
   check_launch("causal_conv1d");
   add_column_partials(p, ld, chunks, C * K, d_w, "causal_conv1d");
   add_column_partials(p + C * K, ld, chunks, C, d_bias, "causal_conv1d");

@@ -77,6 +77,17 @@ constexpr int64_t kGradRows = 64;
 void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
                          const char* op);
 
+// Row-major products for training (linear.cu): C_i = op(A_i) · op(B_i) + beta·C_i for i < batch,
+// C (m × n), op(A) (m × k), op(B) (k × n), each operand `stride` elements after the one before;
+// fp32 with fp32 compute (no TF32) through cuBLASLt, the same bits every call.
+struct GemmOperand {
+  const float* p;
+  int64_t ld, stride;
+  bool t;  // transposed: stored (k × m) for A, (n × k) for B
+};
+void gemm_f32(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
+              int64_t stride_c, int64_t batch, float beta, const char* op);
+
 // Programmatic dependent launch (sm_90), for the decode step's chain of small kernels: a kernel
 // launched with launch_overlapped may start while the kernel before it in the stream runs — it
 // may read weights (never written during inference) but must call wait_for_previous() before it

@@ -111,12 +111,12 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
 //   x (nb, C) ld ldx; state of b at states + slots[b]·(K-1)·C; out (nb, C) ld ldo
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
                         float* states, const int64_t* slots, int64_t nb, int64_t C, int64_t K);
-// Backward over packed sequences (starts (count + 1) on the GPU, T tokens), each from its initial
-// state at states + i·(K-1)·C (null: zeros): d_in (overwritten), d_w and d_bias (+=, summed over
-// tokens in fixed chunks in double), as cpu::causal_conv1d_backward per sequence.
+// Backward over packed sequences, each from its initial state at states + slots[i]·(K-1)·C (null:
+// zeros): d_in (overwritten), d_w and d_bias (+=, summed over tokens in fixed chunks in double), as
+// cpu::causal_conv1d_backward per sequence.
 void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
                             const float* d_out, int64_t lddo, float* d_in, int64_t lddi, float* d_w, float* d_bias,
-                            const int64_t* starts, int64_t count, int64_t T, int64_t C, int64_t K);
+                            const PackedSeqs& seqs, int64_t C, int64_t K);
 
 struct SsdParams {
   int64_t nheads, headdim, ngroups, d_state;
@@ -146,6 +146,27 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
               const int64_t* slots, int64_t nb, const float* z = nullptr, int64_t ldz = 0, float* sums = nullptr,
               int64_t lds = 0, const L2Warm& warm = {});
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
+// Backward of the fp32 scan over packed sequences: sequence i from its initial state at state0 +
+// slots[i]·nheads·headdim·d_state (null: zeros), d_final likewise the gradient of its final state
+// (null: zeros). d_x, d_B, d_C, d_dt (of dt_raw) and, when set, d_state0 (rows as state0's) are
+// overwritten; d_dt_bias, d_A_log, d_D accumulate (+=). As
+// cpu::ssd_scan_backward, with its products batched over the chunks; the same bits every run.
+struct SsdGradPtrs {
+  float* x;
+  int64_t ldx;
+  float* B;
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+  float* dt;
+  int64_t lddt;
+  float* state0;
+  float *dt_bias, *A_log, *D;
+};
+void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+                       int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y,
+                       int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
+                       int64_t chunk_size);
 
 // As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits); targets (n)
 // on the host. Returns Σ_rows (logsumexp − logit[target]), added on the host in row order.

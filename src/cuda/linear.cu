@@ -736,14 +736,15 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
 
 namespace {
 
-// Training's products in column-major terms, C (rows × cols) = op(A) · op(B) + beta·C, fp32 in
-// and out with fp32 compute (no TF32). The algorithm is cuBLASLt's first pick for the shape,
-// asked once; split-K is allowed but not its in-place reduction, whose order of the pieces'
-// additions is not fixed, so the same call gives the same bits every time.
+// Training's products, fp32 in and out with fp32 compute (no TF32), in column-major terms:
+// C (rows × cols) = op(A) · op(B) + beta·C, `batch` times at the given element strides. The
+// algorithm is cuBLASLt's first pick for the shape, asked once; split-K is allowed but not its
+// in-place reduction, whose order of the pieces' additions is not fixed, so that the same call
+// gives the same bits every time.
 struct GemmKey {
   bool ta, tb;
-  int64_t rows, cols, inner, lda, ldb, ldc;
-  auto tie() const { return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc); }
+  int64_t rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc;
+  auto tie() const { return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc); }
   bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
 struct GemmPlan {
@@ -751,6 +752,18 @@ struct GemmPlan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
 };
+
+cublasLtMatrixLayout_t gemm_layout(uint64_t rows, uint64_t cols, int64_t ld, int64_t batch, int64_t stride) {
+  cublasLtMatrixLayout_t l = nullptr;
+  check_blas(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, rows, cols, ld), "layout");
+  if (batch > 1) {
+    const int32_t count = int32_t(batch);
+    check_blas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)), "layout");
+    check_blas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)),
+               "layout");
+  }
+  return l;
+}
 
 const GemmPlan& gemm_plan(const GemmKey& key) {
   static std::map<GemmKey, GemmPlan> plans;
@@ -767,9 +780,9 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   // Stored shapes: A is rows × inner (inner × rows when transposed), B inner × cols (cols × inner).
   const uint64_t ar = key.ta ? key.inner : key.rows, ac = key.ta ? key.rows : key.inner;
   const uint64_t br = key.tb ? key.cols : key.inner, bc = key.tb ? key.inner : key.cols;
-  check_blas(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, ar, ac, key.lda), "layout");
-  check_blas(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, br, bc, key.ldb), "layout");
-  check_blas(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(key.rows), uint64_t(key.cols), key.ldc), "layout");
+  p.a = gemm_layout(ar, ac, key.lda, key.batch, key.sa);
+  p.b = gemm_layout(br, bc, key.ldb, key.batch, key.sb);
+  p.c = gemm_layout(uint64_t(key.rows), uint64_t(key.cols), key.ldc, key.batch, key.sc);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -786,25 +799,28 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
              "heuristic");
   cublasLtMatmulPreferenceDestroy(pref);
   if (found == 0)
-    raise(cat("[linear] cuBLASLt has no fp32 algorithm for the backward product (", key.rows, " x ", key.cols, " x ",
-              key.inner, ")"));
+    raise(cat("[linear] cuBLASLt has no fp32 algorithm for the product (", key.rows, " x ", key.cols, " x ", key.inner,
+              ", batch ", key.batch, ")"));
   p.algo = result.algo;
   return plans.emplace(key, p).first->second;
 }
 
-void gemm(const GemmKey& key, const float* A, const float* B, float* C, float beta) {
-  if (key.rows == 0 || key.cols == 0) return;
+}  // namespace
+
+void gemm_f32(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
+              int64_t stride_c, int64_t batch, float beta, const char* op) {
+  if (m == 0 || n == 0 || batch == 0) return;
+  // Row-major C (m × n) is column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ, and a row-major operand is
+  // its transpose column-major: B's storage serves as cuBLASLt's A and A's as its B.
+  const GemmKey key{b.t, a.t, n, m, k, b.ld, a.ld, ldc, batch, b.stride, a.stride, stride_c};
   const GemmPlan& p = gemm_plan(key);
   Blas& bl = blas();
   const float one = 1.0f;
-  const cublasStatus_t st = cublasLtMatmul(bl.handle, p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
+  const cublasStatus_t st = cublasLtMatmul(bl.handle, p.desc, &one, b.p, p.a, a.p, p.b, &beta, c, p.c, c, p.c, &p.algo,
                                            bl.workspace.get(), kWorkspaceBytes, stream());
   if (st != CUBLAS_STATUS_SUCCESS)
-    raise(cat("[linear] cuBLASLt backward product (", key.rows, " x ", key.cols, " x ", key.inner, "): status ",
-              int(st)));
+    raise(cat("[", op, "] cuBLASLt product (", m, " x ", n, " x ", k, ", batch ", batch, "): status ", int(st)));
 }
-
-}  // namespace
 
 void linear_backward(const float* x, int64_t ldx, const float* W, const float* d_y, int64_t lddy, float* d_x,
                      int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k) {
@@ -813,10 +829,8 @@ void linear_backward(const float* x, int64_t ldx, const float* W, const float* d
     if (d_x) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
     return;
   }
-  // Row-major d_x (m, k) = d_y (m, n) · W (n, k) is column-major d_xᵀ (k × m) = Wᵀ (k × n) · d_yᵀ (n × m).
-  if (d_x) gemm({false, false, k, m, n, k, lddy, lddx}, W, d_y, d_x, 0.0f);
-  // Row-major d_W (n, k) += d_yᵀ (n, m) · x (m, k): column-major d_Wᵀ (k × n) += xᵀ (k × m) · d_y (m × n).
-  gemm({false, true, k, n, m, ldx, lddy, k}, x, d_y, d_W, 1.0f);
+  if (d_x) gemm_f32(m, k, n, {d_y, lddy, 0, false}, {W, k, 0, false}, d_x, lddx, 0, 1, 0.0f, "linear");  // d_y · W
+  gemm_f32(n, k, m, {d_y, lddy, 0, true}, {x, ldx, 0, false}, d_W, k, 0, 1, 1.0f, "linear");  // d_yᵀ · x, added
 }
 
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,

@@ -32,8 +32,10 @@
 #include "cuda/runtime.h"
 
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace mamba2::cuda {
 
@@ -68,6 +70,14 @@ __device__ __forceinline__ float dt_activation(float raw, float bias, float lo, 
   const float v = raw + bias;
   const float sp = v > 20.0f ? v : log1pf(expf(v));
   return sp < lo ? lo : (hi < sp ? hi : sp);
+}
+
+// Its derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
+__device__ __forceinline__ float dt_activation_grad(float raw, float bias, float lo, float hi) {
+  const float v = raw + bias;
+  const float sp = v > 20.0f ? v : log1pf(expf(v));
+  if (sp < lo || sp > hi) return 0.0f;
+  return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v));
 }
 
 // 2^v by the SFU (ex2.approx.ftz: relative error ~2⁻²², results below 2⁻¹²⁶ flushed to 0): the
@@ -1482,6 +1492,306 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   const bool vec = aligned16(states, p.d_state, 4) && aligned16(B, ldb, 4) && aligned16(C, ldc, 4);
   launch_overlapped(vec ? step_kernel<true> : step_kernel<false>, grid, kStepWarps * 32, 0, "ssd_scan", p, x, ldx, B,
                     ldb, C, ldc, dt_raw, lddt, y, ldy, states, slots, z, ldz, sums, lds, fitting(warm));
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Backward, fp32: the CPU kernel's algorithm (cpu/ssd_scan.cpp), its products batched over chunks.
+// Every chunk is laid out padded to Q tokens (zeros for x, B, C, d_y and dt past a sequence's
+// end: the padding's a stays a[len-1], its w and every product with it vanish), so that each
+// product is one strided batch over the chunks, per head or per group, through cuBLASLt (fp32,
+// no TF32). Small kernels do the rest: the decays and the padded copies (bwd_prep), the chunk-start
+// states and the end-state gradients in chunk order per sequence (bwd_states), the (t, s) pairs'
+// terms of the masked product (bwd_pairs), the rows' terms and the chain through dt (bwd_rows).
+// Sums over a chunk's tokens run in a fixed order; the heads of a group are added in head order,
+// the chunks' parameter sums in chunk order (add_column_partials): the same bits every run.
+
+namespace {
+
+struct BwdDims {
+  int64_t NC, Q, H, G, P, N;
+  __host__ __device__ int64_t HP() const { return H * P; }
+  __host__ __device__ int64_t GN() const { return G * N; }
+  __host__ __device__ int64_t PN() const { return P * N; }
+};
+
+// Block (chunk, head): dt and a (as the forward's chunk_decay); x and d_y padded, w[t]·x and
+// exp(a[t])·d_y; B and C padded by the group's first head.
+__global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const float* B, int64_t ldb,
+                                const float* C, int64_t ldc, const float* dt_raw, int64_t lddt, const float* d_y,
+                                int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap, float* Xp,
+                                float* dYp, float* XW, float* DYs, float* Bp, float* Cp) {
+  __shared__ float s_dt[kMaxChunk];
+  __shared__ double s_a[kMaxChunk];
+  const int64_t c = blockIdx.x, Q = d.Q, P = d.P, N = d.N, HP = d.HP(), GN = d.GN();
+  const int h = int(blockIdx.y);
+  const Chunk ch = find_chunk(seqs, c, Q);
+  chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
+  const int64_t u = (c * d.H + h) * Q;
+  for (int64_t t = threadIdx.x; t < Q; t += kThreads) {
+    dtp[u + t] = s_dt[t];
+    ap[u + t] = s_a[t];
+  }
+  const double a_last = s_a[Q - 1];
+  for (int64_t i = threadIdx.x; i < Q * P; i += kThreads) {
+    const int64_t t = i / P, q = i % P, tok = ch.tok0 + t, o = (c * Q + t) * HP + h * P + q;
+    const bool in = t < ch.len;
+    const float xv = in ? x[tok * ldx + h * P + q] : 0.0f, dyv = in ? d_y[tok * lddy + h * P + q] : 0.0f;
+    Xp[o] = xv;
+    dYp[o] = dyv;
+    XW[o] = expf(float(a_last - s_a[t])) * s_dt[t] * xv;
+    DYs[o] = expf(float(s_a[t])) * dyv;
+  }
+  const int64_t hpg = d.H / d.G;
+  if (h % hpg) return;
+  const int64_t g = h / hpg;
+  for (int64_t i = threadIdx.x; i < Q * N; i += kThreads) {
+    const int64_t t = i / N, n = i % N, tok = ch.tok0 + t, o = (c * Q + t) * GN + g * N + n;
+    const bool in = t < ch.len;
+    Bp[o] = in ? B[tok * ldb + g * N + n] : 0.0f;
+    Cp[o] = in ? C[tok * ldc + g * N + n] : 0.0f;
+  }
+}
+
+// Block (sequence, head, 256 state elements): the states at the chunks' starts, S ← e·S + S_c in
+// chunk order from the initial state (the slot's row), and the gradients of the chunks' end states, G ← e·G + dS_c
+// in reverse order from the final state's; the first chunk's start gradient to d_state0.
+__global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, const float* state0,
+                                  const float* d_final, const float* Sc, const float* dSc, float* S0, float* dSend,
+                                  float* d_state0) {
+  const int64_t s = blockIdx.x, h = blockIdx.y, PN = d.PN();
+  const int64_t i = int64_t(blockIdx.z) * kThreads + threadIdx.x;
+  if (i >= PN) return;
+  const int64_t c0 = seqs.chunk_starts[s], c1 = seqs.chunk_starts[s + 1], e = (seqs.slots[s] * d.H + h) * PN + i;
+  auto decay = [&](int64_t c) { return expf(float(ap[(c * d.H + h) * d.Q + d.Q - 1])); };
+  float cur = state0 ? state0[e] : 0.0f;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t o = (c * d.H + h) * PN + i;
+    S0[o] = cur;
+    cur = decay(c) * cur + Sc[o];
+  }
+  cur = d_final ? d_final[e] : 0.0f;
+  for (int64_t c = c1 - 1; c >= c0; --c) {
+    const int64_t o = (c * d.H + h) * PN + i;
+    dSend[o] = cur;
+    cur = decay(c) * cur + dSc[o];
+  }
+  if (d_state0) d_state0[e] = cur;
+}
+
+// Block (chunk, head) over the lower triangle of the chunk's (t, s) pairs: with E = exp(a[t]-a[s]),
+// ge = dM·E, c = ge·CB, m = c·dt[s]: thread t sums its row's m, then thread s its column's c and
+// m, writes M = CB·E·dt[s] and dCB = ge·dt[s] over dM (zeros above the diagonal); da[t] = Σ_row m −
+// Σ_col m, ddt[s] = Σ_col c.
+__global__ void bwd_pairs_kernel(BwdDims d, const float* dtp, const double* ap, const float* CB, float* dM,
+                                 float* M, double* da, double* ddt) {
+  __shared__ float s_dt[kMaxChunk];
+  __shared__ double s_a[kMaxChunk];
+  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, u = (c * d.H + h) * Q;
+  const float* cb = CB + (c * d.G + h / (d.H / d.G)) * Q * Q;
+  float* dm = dM + (c * d.H + h) * Q * Q;
+  float* m_out = M + (c * d.H + h) * Q * Q;
+  for (int64_t t = threadIdx.x; t < Q; t += kThreads) {
+    s_dt[t] = dtp[u + t];
+    s_a[t] = ap[u + t];
+  }
+  __syncthreads();
+  const int64_t t = threadIdx.x;
+  float row = 0.0f;
+  if (t < Q)
+    for (int64_t j = 0; j <= t; ++j) row += dm[t * Q + j] * expf(float(s_a[t] - s_a[j])) * cb[t * Q + j] * s_dt[j];
+  __syncthreads();  // every row read dM before the columns overwrite it
+  if (t >= Q) return;
+  const int64_t j = t;
+  float col_c = 0.0f, col_m = 0.0f;
+  for (int64_t r = 0; r < j; ++r) {
+    m_out[r * Q + j] = 0.0f;
+    dm[r * Q + j] = 0.0f;
+  }
+  for (int64_t r = j; r < Q; ++r) {
+    const float e = expf(float(s_a[r] - s_a[j])), ge = dm[r * Q + j] * e, cc = ge * cb[r * Q + j];
+    col_c += cc;
+    col_m += cc * s_dt[j];
+    m_out[r * Q + j] = cb[r * Q + j] * e * s_dt[j];
+    dm[r * Q + j] = ge * s_dt[j];
+  }
+  da[u + j] = double(row) - double(col_m);
+  ddt[u + j] = double(col_c);
+}
+
+// Block (chunk, head), thread t a row: dX = Mᵀ dY + D·dY + w[t]·(dS_end B[t]) (the first term
+// already in dXp), the rows' parts of da and ddt through exp(a[t]) and w, then the end state's
+// part of da[last], the reverse cumsum through a = cumsum(dt·A), d_dt_raw and the chunk's sums
+// for d_D, d_A_log and d_dt_bias (partials, by chunk).
+__global__ void bwd_rows_kernel(SsdParams p, PackedSeqs seqs, BwdDims d, const float* dt_raw, int64_t lddt,
+                                const float* Xp, const float* dYp, const float* Z, const float* Z2, const float* S0,
+                                const float* dSend, const float* dtp, double* ap, double* da, double* ddt, float* dXp,
+                                float* d_dt, int64_t ldd_dt, double* partials) {
+  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP(), PN = d.PN();
+  const int64_t u = (c * d.H + h) * Q;
+  const Chunk ch = find_chunk(seqs, c, Q);
+  const double a_last = ap[u + Q - 1];
+  const float Dh = p.D[h];
+  double dD = 0.0, gw_sum = 0.0;
+  for (int64_t t = threadIdx.x; t < Q; t += kThreads) {
+    const int64_t o = (c * Q + t) * HP + h * P;
+    const float el = expf(float(a_last - ap[u + t])), wt = el * dtp[u + t];
+    float rowD = 0.0f, dot = 0.0f, dw = 0.0f;
+    for (int64_t q = 0; q < P; ++q) {
+      const float dy = dYp[o + q], xv = Xp[o + q], z2 = Z2[o + q];
+      rowD += dy * xv;
+      dot += dy * Z[o + q];
+      dw += xv * z2;
+      dXp[o + q] = (dXp[o + q] + Dh * dy) + wt * z2;
+    }
+    const double gw = double(dw * wt);
+    da[u + t] += double(expf(float(ap[u + t])) * dot) - gw;
+    ddt[u + t] += double(dw * el);
+    dD += double(rowD);
+    gw_sum += gw;
+  }
+  float sdot = 0.0f;
+  const float* S0h = S0 + (c * d.H + h) * PN;
+  const float* dSe = dSend + (c * d.H + h) * PN;
+  for (int64_t i = threadIdx.x; i < PN; i += kThreads) sdot += dSe[i] * S0h[i];
+  sdot = block_sum<kThreads>(sdot);
+  dD = block_sum<kThreads, double>(dD);
+  gw_sum = block_sum<kThreads, double>(gw_sum);
+  if (threadIdx.x != 0) return;
+  da[u + ch.len - 1] += double(expf(float(a_last)) * sdot) + gw_sum;
+  const double A = -exp(double(p.A_log[h]));
+  double r = 0.0, dA = 0.0, dbias = 0.0;
+  for (int64_t t = Q - 1; t >= 0; --t) {
+    r += da[u + t];
+    ddt[u + t] += A * r;
+    dA += double(dtp[u + t]) * r;
+  }
+  for (int64_t t = 0; t < ch.len; ++t) {
+    const float g_raw =
+        float(ddt[u + t]) * dt_activation_grad(dt_raw[(ch.tok0 + t) * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
+    d_dt[(ch.tok0 + t) * ldd_dt + h] = g_raw;
+    dbias += double(g_raw);
+  }
+  partials[c * 3 * d.H + h] = dbias;
+  partials[c * 3 * d.H + d.H + h] = dA * A;
+  partials[c * 3 * d.H + 2 * d.H + h] = dD;
+}
+
+// dCB summed over a group's heads in head order: block (chunk, group, 256 elements).
+__global__ void bwd_group_sum_kernel(BwdDims d, const float* dCB, float* out) {
+  const int64_t c = blockIdx.x, g = blockIdx.y, i = int64_t(blockIdx.z) * kThreads + threadIdx.x, QQ = d.Q * d.Q;
+  if (i >= QQ) return;
+  const int64_t hpg = d.H / d.G;
+  float s = dCB[(c * d.H + g * hpg) * QQ + i];
+  for (int64_t k = 1; k < hpg; ++k) s += dCB[(c * d.H + g * hpg + k) * QQ + i];
+  out[(c * d.G + g) * QQ + i] = s;
+}
+
+// Block per padded row (chunk, t) of a real token: the padded gradients to the packed ones.
+__global__ void bwd_scatter_kernel(PackedSeqs seqs, BwdDims d, const float* dXp, const float* dBp, const float* dCp,
+                                   float* d_x, int64_t lddx, float* d_B, int64_t lddb, float* d_C, int64_t lddc) {
+  const int64_t c = blockIdx.x, t = blockIdx.y;
+  const Chunk ch = find_chunk(seqs, c, d.Q);
+  if (t >= ch.len) return;
+  const int64_t tok = ch.tok0 + t, row = c * d.Q + t, HP = d.HP(), GN = d.GN();
+  for (int64_t i = threadIdx.x; i < HP; i += kThreads) d_x[tok * lddx + i] = dXp[row * HP + i];
+  for (int64_t i = threadIdx.x; i < GN; i += kThreads) {
+    d_B[tok * lddb + i] = dBp[row * GN + i];
+    d_C[tok * lddc + i] = dCp[row * GN + i];
+  }
+}
+
+}  // namespace
+
+void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+                       int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y,
+                       int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
+                       int64_t chunk_size) {
+  check_params(p);
+  if (chunk_size < 1 || chunk_size > kMaxChunk)
+    raise(cat("[ssd_scan] chunk_size ", chunk_size, ": the CUDA kernels take 1 to ", kMaxChunk));
+  if (seqs.tokens == 0) return;
+  const BwdDims d{seqs.total_chunks, chunk_size, p.nheads, p.ngroups, p.headdim, p.d_state};
+  const int64_t NC = d.NC, Q = d.Q, H = d.H, G = d.G, P = d.P, N = d.N, HP = d.HP(), GN = d.GN(), PN = d.PN();
+  const int64_t hpg = H / G, QQ = Q * Q;
+  std::vector<std::shared_ptr<void>> keep;
+  auto scratch = [&](int64_t count, size_t es) {
+    keep.push_back(allocate(size_t(count) * es, "ssd_scan gradient scratch"));
+    return keep.back().get();
+  };
+  auto f = [&](int64_t count) { return static_cast<float*>(scratch(count, sizeof(float))); };
+  auto dbl = [&](int64_t count) { return static_cast<double*>(scratch(count, sizeof(double))); };
+  float *dtp = f(NC * H * Q), *Xp = f(NC * Q * HP), *dYp = f(NC * Q * HP), *XW = f(NC * Q * HP);
+  float *DYs = f(NC * Q * HP), *Z = f(NC * Q * HP), *Z2 = f(NC * Q * HP), *dXp = f(NC * Q * HP);
+  float *Bp = f(NC * Q * GN), *Cp = f(NC * Q * GN), *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN);
+  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = f(NC * H * PN);
+  float *CB = f(NC * G * QQ), *dM = f(NC * H * QQ), *M = f(NC * H * QQ);
+  float* dCBs = hpg > 1 ? f(NC * G * QQ) : dM;  // with one head a group, dCB is already per group
+  double *ap = dbl(NC * H * Q), *da = dbl(NC * H * Q), *ddt = dbl(NC * H * Q), *partials = dbl(NC * 3 * H);
+  const char* op = "ssd_scan";
+  const dim3 units{unsigned(NC), unsigned(H), 1u};
+
+  bwd_prep_kernel<<<units, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d, dtp,
+                                                    ap, Xp, dYp, XW, DYs, Bp, Cp);
+  check_launch(op);
+  // Per head h of group gh, batched over the chunks (row-major products, GemmOperand {p, ld, stride, t}).
+  auto heads = [&](auto&& body) {
+    for (int64_t h = 0; h < H; ++h) body(h, h / hpg);
+  };
+  heads([&](int64_t h, int64_t gh) {
+    // S_c = (w∘X)ᵀ B and dS_c = (exp(a)∘dY)ᵀ C, (P × N) each.
+    gemm_f32(P, N, Q, {XW + h * P, HP, Q * HP, true}, {Bp + gh * N, GN, Q * GN, false}, Sc + h * PN, N, H * PN, NC,
+             0.0f, op);
+    gemm_f32(P, N, Q, {DYs + h * P, HP, Q * HP, true}, {Cp + gh * N, GN, Q * GN, false}, dSc + h * PN, N, H * PN, NC,
+             0.0f, op);
+    // dM = dY Xᵀ (Q × Q).
+    gemm_f32(Q, Q, P, {dYp + h * P, HP, Q * HP, false}, {Xp + h * P, HP, Q * HP, true}, dM + h * QQ, Q, H * QQ, NC,
+             0.0f, op);
+  });
+  for (int64_t gi = 0; gi < G; ++gi)  // C Bᵀ (Q × Q), per group
+    gemm_f32(Q, Q, N, {Cp + gi * N, GN, Q * GN, false}, {Bp + gi * N, GN, Q * GN, true}, CB + gi * QQ, Q, G * QQ, NC,
+             0.0f, op);
+  bwd_states_kernel<<<dim3(unsigned(seqs.count), unsigned(H), unsigned(ceil_div(PN, kThreads))), kThreads, 0,
+                      stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, g.state0);
+  check_launch(op);
+  bwd_pairs_kernel<<<units, kThreads, 0, stream()>>>(d, dtp, ap, CB, dM, M, da, ddt);
+  check_launch(op);
+  heads([&](int64_t h, int64_t gh) {
+    // Mᵀ dY into dXp; Z = C S0ᵀ and Z2 = B dS_endᵀ (Q × P).
+    gemm_f32(Q, P, Q, {M + h * QQ, Q, H * QQ, true}, {dYp + h * P, HP, Q * HP, false}, dXp + h * P, HP, Q * HP, NC,
+             0.0f, op);
+    gemm_f32(Q, P, N, {Cp + gh * N, GN, Q * GN, false}, {S0 + h * PN, N, H * PN, true}, Z + h * P, HP, Q * HP, NC,
+             0.0f, op);
+    gemm_f32(Q, P, N, {Bp + gh * N, GN, Q * GN, false}, {dSend + h * PN, N, H * PN, true}, Z2 + h * P, HP, Q * HP, NC,
+             0.0f, op);
+  });
+  bwd_rows_kernel<<<units, kThreads, 0, stream()>>>(p, seqs, d, dt_raw, lddt, Xp, dYp, Z, Z2, S0, dSend, dtp, ap, da,
+                                                    ddt, dXp, g.dt, g.lddt, partials);
+  check_launch(op);
+  if (hpg > 1) {
+    bwd_group_sum_kernel<<<dim3(unsigned(NC), unsigned(G), unsigned(ceil_div(QQ, kThreads))), kThreads, 0,
+                           stream()>>>(d, dM, dCBs);
+    check_launch(op);
+  }
+  for (int64_t gi = 0; gi < G; ++gi) {
+    // dC = dCB B + Σ_heads (exp(a)∘dY) S0; dB = dCBᵀ C + Σ_heads (w∘X) dS_end, heads in order.
+    gemm_f32(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, false}, {Bp + gi * N, GN, Q * GN, false}, dCp + gi * N, GN, Q * GN,
+             NC, 0.0f, op);
+    gemm_f32(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, true}, {Cp + gi * N, GN, Q * GN, false}, dBp + gi * N, GN, Q * GN,
+             NC, 0.0f, op);
+    for (int64_t h = gi * hpg; h < (gi + 1) * hpg; ++h) {
+      gemm_f32(Q, N, P, {DYs + h * P, HP, Q * HP, false}, {S0 + h * PN, N, H * PN, false}, dCp + gi * N, GN, Q * GN,
+               NC, 1.0f, op);
+      gemm_f32(Q, N, P, {XW + h * P, HP, Q * HP, false}, {dSend + h * PN, N, H * PN, false}, dBp + gi * N, GN,
+               Q * GN, NC, 1.0f, op);
+    }
+  }
+  bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dXp, dBp, dCp, g.x, g.ldx,
+                                                                                 g.B, g.ldb, g.C, g.ldc);
+  check_launch(op);
+  add_column_partials(partials, 3 * H, NC, H, g.dt_bias, op);
+  add_column_partials(partials + H, 3 * H, NC, H, g.A_log, op);
+  add_column_partials(partials + 2 * H, 3 * H, NC, H, g.D, op);
 }
 
 }  // namespace mamba2::cuda

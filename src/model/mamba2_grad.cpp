@@ -1,6 +1,6 @@
-// The LM's training pass in terms of the ops: a forward over packed sequences that keeps what the
-// backward needs, the loss through the tied (or untied) head in row blocks, and the backward
-// through the layers in reverse. The residual stream's gradient lives in one buffer: the
+// The LM's training pass in terms of the ops, on the device the weights are on (fp32): a forward
+// over packed sequences that keeps what the backward needs, the loss through the tied (or untied)
+// head in row blocks, and the backward through the layers in reverse. The residual stream's gradient lives in one buffer: the
 // gradient of residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each
 // layer's RMSNorm adds its part in place (ops::add_rmsnorm_backward).
 #include "model/mamba2_grad.h"
@@ -10,6 +10,7 @@
 #include <optional>
 #include <vector>
 
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "model/mixer_views.h"
 #include "ops/ops.h"
@@ -21,14 +22,17 @@ namespace {
 // The logits of this many entries (rows × padded vocab) at most are alive at once.
 constexpr int64_t kHeadBlockElements = int64_t(1) << 23;
 
-void copy(const Tensor& from, Tensor& to) { std::memcpy(to.data(), from.data(), from.nbytes()); }
+void copy(const Tensor& from, Tensor& to) {
+  if (to.device() == Device::CUDA) cuda::copy_on_device(to.data(), from.data(), from.nbytes());
+  else std::memcpy(to.data(), from.data(), from.nbytes());
+}
 
-// The packed batch: sequence starts, and the rows that predict (all but each sequence's last)
+// The packed batch: sequence lengths, and the rows that predict (all but each sequence's last)
 // with their targets.
 struct Batch {
   std::span<const int32_t> ids;
-  std::vector<int64_t> starts, lengths;
-  std::vector<int64_t> pred_rows;
+  std::vector<int64_t> lengths;
+  std::vector<int32_t> pred_rows;  // as ids of the rows gathered for the head (ops::embedding)
   std::vector<int32_t> targets;
 };
 
@@ -39,12 +43,12 @@ Batch make_batch(std::span<const int32_t> ids, std::span<const int64_t> lengths)
     total += len;
   }
   if (total != int64_t(ids.size())) fail("[model] lengths sum to {} but {} ids were given", total, ids.size());
-  Batch b{ids, {}, {lengths.begin(), lengths.end()}, {}, {}};
+  if (total > INT32_MAX) fail("[model] {} tokens in one batch: at most {}", total, INT32_MAX);
+  Batch b{ids, {lengths.begin(), lengths.end()}, {}, {}};
   int64_t start = 0;
   for (int64_t len : lengths) {
-    b.starts.push_back(start);
     for (int64_t t = start; t + 1 < start + len; ++t) {
-      b.pred_rows.push_back(t);
+      b.pred_rows.push_back(int32_t(t));
       b.targets.push_back(ids[size_t(t + 1)]);
     }
     start += len;
@@ -61,23 +65,43 @@ struct Saved {
   Tensor residual_f, normed_f;
 };
 
+// The batch's sequences in state slots 0, 1, ... on `dev`, for the conv and the scan.
+ops::SeqBatch sequences(const ModelConfig& c, const Batch& b, Device dev) {
+  std::vector<int64_t> slots(b.lengths.size());
+  for (size_t s = 0; s < slots.size(); ++s) slots[s] = int64_t(s);
+  return ops::SeqBatch(b.lengths, slots, c.chunk_size, dev);
+}
+
 // The conv and the scan of every sequence from a zero state (as prefill without a state).
-void mixer_forward(const ModelConfig& c, const LayerWeights& l, const Batch& b, const Projections& pr, MatView xbc,
-                   std::optional<MatView> y) {
-  const int64_t nseq = int64_t(b.lengths.size());
-  std::vector<int64_t> slots(static_cast<size_t>(nseq));
-  for (int64_t s = 0; s < nseq; ++s) slots[size_t(s)] = s;
-  const ops::SeqBatch seqs(b.lengths, slots, c.chunk_size, Device::CPU);
-  Tensor conv_states = Tensor::zeros({nseq, c.conv_state_width()});
+void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBatch& seqs, const Projections& pr,
+                   MatView xbc, std::optional<MatView> y) {
+  const Device dev = seqs.device();
+  Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()}, dev);
   ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs);
   if (!y) return;
-  Tensor ssm_states = Tensor::zeros({nseq, c.ssm_state_width()});
+  Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
   const ConvOut v = split_conv(xbc, c);
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs);
 }
 
+// fp32 weights on one device (the backwards run in fp32).
+Device check_weights(const ModelWeights& w) {
+  const Device dev = w.embedding.device();
+  auto check = [&](const Tensor& t) {
+    if (t.device() != dev || t.dtype() != DType::F32)
+      fail("[model] training takes fp32 weights on one device, got {} on the {} beside an embedding on the {}",
+           dtype_name(t.dtype()), device_name(t.device()), device_name(dev));
+  };
+  for (const LayerWeights& l : w.layers)
+    for (const Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm,
+                            &l.out_proj})
+      check(*t);
+  for (const Tensor* t : {&w.embedding, &w.norm_f, &w.lm_head}) check(*t);
+  return dev;
+}
+
 void check_gradients(const Gradients& g, const ModelWeights& w) {
-  bool ok = g.layers.size() == w.layers.size() && g.embedding.shape() == w.embedding.shape() &&
+  bool ok = g.embedding.device() == w.embedding.device() && g.layers.size() == w.layers.size() && g.embedding.shape() == w.embedding.shape() &&
             g.norm_f.shape() == w.norm_f.shape() && g.lm_head.shape() == w.lm_head.shape() &&
             (g.lm_head.data() == g.embedding.data()) == (w.lm_head.data() == w.embedding.data());
   for (size_t i = 0; ok && i < w.layers.size(); ++i) {
@@ -94,33 +118,35 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
            Gradients* g) {
   c.validate("model");
+  const Device dev = check_weights(w);
   const Batch b = make_batch(ids, lengths);
+  const ops::SeqBatch seqs = sequences(c, b, dev);
   if (g) check_gradients(*g, w);
   const int64_t T = int64_t(ids.size()), D = c.d_model, V = c.vocab_padded(), n_layer = c.n_layer;
   const float eps = float(c.norm_eps);
 
   // Forward.
   Saved sv;
-  Tensor residual = Tensor::empty({T, D}), h = Tensor::empty({T, D}), u = Tensor::empty({T, D});
-  Tensor xbc = Tensor::empty({T, c.conv_dim()}), gated = Tensor::empty({T, c.d_inner()});
+  Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u = Tensor::empty({T, D}, dev);
+  Tensor xbc = Tensor::empty({T, c.conv_dim()}, dev), gated = Tensor::empty({T, c.d_inner()}, dev);
   Tensor zxbcdt_one, y_one;
   if (!g) {
-    zxbcdt_one = Tensor::empty({T, c.d_in_proj()});
-    y_one = Tensor::empty({T, c.d_inner()});
+    zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
+    y_one = Tensor::empty({T, c.d_inner()}, dev);
   }
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
-    Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}) : zxbcdt_one;
-    Tensor y = g ? Tensor::empty({T, c.d_inner()}) : y_one;
+    Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}, dev) : zxbcdt_one;
+    Tensor y = g ? Tensor::empty({T, c.d_inner()}, dev) : y_one;
     if (g) {
-      sv.residual.push_back(Tensor::empty({T, D}));
+      sv.residual.push_back(Tensor::empty({T, D}, dev));
       copy(residual, sv.residual.back());
     }
     ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training);
     const Projections pr = split(MatView::of(zxbcdt), c);
-    mixer_forward(c, l, b, pr, MatView::of(xbc), MatView::of(y));
+    mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y));
     ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
     ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
     if (g) {
@@ -128,7 +154,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       sv.y.push_back(y);
     }
   }
-  sv.normed_f = Tensor::empty({T, D});
+  sv.normed_f = Tensor::empty({T, D}, dev);
   ops::add_rmsnorm(MatView::of(residual), MatView::of(h), w.norm_f, MatView::of(sv.normed_f), eps);
   sv.residual_f = residual;
 
@@ -136,34 +162,34 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   const int64_t npred = int64_t(b.pred_rows.size());
   const float scale = float(1.0 / double(npred));
   const int64_t block = std::clamp<int64_t>(kHeadBlockElements / std::max<int64_t>(V, 1), 1, npred);
-  Tensor rows = Tensor::empty({block, D}), logits = Tensor::empty({block, V}), d_rows = Tensor::empty({block, D});
+  Tensor rows = Tensor::empty({block, D}, dev), logits = Tensor::empty({block, V}, dev), d_rows = Tensor::empty({block, D}, dev);
   Tensor d_normed_f;
-  if (g) d_normed_f = Tensor::zeros({T, D});
+  if (g) d_normed_f = Tensor::zeros({T, D}, dev);
   double loss_sum = 0.0;
   for (int64_t r0 = 0; r0 < npred; r0 += block) {
     const int64_t n = std::min(block, npred - r0);
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(rows.data() + i * D, sv.normed_f.data() + b.pred_rows[size_t(r0 + i)] * D, size_t(D) * sizeof(float));
+    // The block's predicting rows gathered (and their gradients scattered back) as an embedding's.
+    const std::span<const int32_t> picked(b.pred_rows.data() + r0, size_t(n));
     const MatView x = MatView::of(rows).rows_slice(0, n), lg = MatView::of(logits).rows_slice(0, n);
+    ops::embedding(sv.normed_f, picked, x);
     ops::linear(x, w.lm_head, lg, ops::LinearKernel::Training);
     const std::span<const int32_t> tg(b.targets.data() + r0, size_t(n));
     loss_sum += ops::cross_entropy(lg, tg, g ? lg : MatView{}, scale);
     if (!g) continue;
     const MatView dx = MatView::of(d_rows).rows_slice(0, n);
     ops::linear_backward(x, w.lm_head, lg, dx, g->lm_head);
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(d_normed_f.data() + b.pred_rows[size_t(r0 + i)] * D, d_rows.data() + i * D, size_t(D) * sizeof(float));
+    ops::embedding_backward(picked, dx, d_normed_f);
   }
   const double loss = loss_sum / double(npred);
   if (!g) return loss;
 
   // Backward. d_res: the gradient of the residual stream at the current depth.
-  Tensor d_res = Tensor::zeros({T, D});
+  Tensor d_res = Tensor::zeros({T, D}, dev);
   ops::add_rmsnorm_backward(MatView::of(sv.residual_f), w.norm_f, MatView::of(d_normed_f), MatView::of(d_res),
                             g->norm_f, eps);
-  Tensor d_gated = Tensor::empty({T, c.d_inner()}), d_y = Tensor::empty({T, c.d_inner()});
-  Tensor d_xbc = Tensor::empty({T, c.conv_dim()}), d_zxbcdt = Tensor::empty({T, c.d_in_proj()});
-  Tensor d_u = Tensor::empty({T, D});
+  Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev), d_y = Tensor::empty({T, c.d_inner()}, dev);
+  Tensor d_xbc = Tensor::empty({T, c.conv_dim()}, dev), d_zxbcdt = Tensor::empty({T, c.d_in_proj()}, dev);
+  Tensor d_u = Tensor::empty({T, D}, dev);
   for (int64_t li = n_layer - 1; li >= 0; --li) {
     const LayerWeights& l = w.layers[size_t(li)];
     LayerWeights& gl = g->layers[size_t(li)];
@@ -172,24 +198,18 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const Projections dpr = split(MatView::of(d_zxbcdt), c);
     // Recomputed: the normed input, the conv output and the gated norm's output.
     ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
-    mixer_forward(c, l, b, pr, MatView::of(xbc), std::nullopt);
+    mixer_forward(c, l, seqs, pr, MatView::of(xbc), std::nullopt);
     ops::gated_rmsnorm(y, pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
 
     ops::linear_backward(MatView::of(gated), l.out_proj, MatView::of(d_res), MatView::of(d_gated), gl.out_proj);
     ops::gated_rmsnorm_backward(y, pr.z, l.gate_norm, MatView::of(d_gated), MatView::of(d_y), dpr.z, gl.gate_norm,
                                 c.ngroups, eps);
     const ops::SsdWeights sw = ssd_weights(l, c);
-    for (size_t s = 0; s < b.lengths.size(); ++s) {
-      const int64_t t0 = b.starts[s], L = b.lengths[s];
-      const ConvOut v = split_conv(MatView::of(xbc).rows_slice(t0, L), c);
-      const ConvOut dv = split_conv(MatView::of(d_xbc).rows_slice(t0, L), c);
-      const ops::SsdGrads sg{dv.x, dv.B, dv.C, dpr.dt.rows_slice(t0, L), MatView{}, gl.dt_bias, gl.A_log, gl.D};
-      ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt.rows_slice(t0, L), MatView{}, MatView::of(d_y).rows_slice(t0, L),
-                             MatView{}, sg, c.chunk_size);
-      ops::causal_conv1d_backward(pr.xBC.rows_slice(t0, L), l.conv_w, l.conv_b, MatView{},
-                                  MatView::of(d_xbc).rows_slice(t0, L), dpr.xBC.rows_slice(t0, L), gl.conv_w,
-                                  gl.conv_b);
-    }
+    const ConvOut v = split_conv(MatView::of(xbc), c), dv = split_conv(MatView::of(d_xbc), c);
+    const ops::SsdGrads sg{dv.x, dv.B, dv.C, dpr.dt, MatView{}, gl.dt_bias, gl.A_log, gl.D};
+    ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt, MatView{}, MatView::of(d_y), MatView{}, sg, seqs);
+    ops::causal_conv1d_backward(pr.xBC, l.conv_w, l.conv_b, MatView{}, MatView::of(d_xbc), dpr.xBC, gl.conv_w,
+                                gl.conv_b, seqs);
     ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);
     ops::add_rmsnorm_backward(res, l.norm, MatView::of(d_u), MatView::of(d_res), gl.norm, eps);
   }
@@ -200,7 +220,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
 }  // namespace
 
 Gradients make_gradients(const ModelWeights& w) {
-  auto like = [](const Tensor& t) { return Tensor::zeros(t.shape()); };
+  auto like = [](const Tensor& t) { return Tensor::zeros(t.shape(), t.device()); };
   Gradients g;
   g.embedding = like(w.embedding);
   for (const LayerWeights& l : w.layers)
@@ -213,7 +233,7 @@ Gradients make_gradients(const ModelWeights& w) {
 }
 
 void zero_gradients(Gradients& g) {
-  auto zero = [](Tensor& t) { std::fill_n(t.data(), t.numel(), 0.0f); };
+  auto zero = [](Tensor& t) { t.set_zero(); };
   zero(g.embedding);
   for (LayerWeights& l : g.layers)
     for (Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm, &l.out_proj})

@@ -1,4 +1,4 @@
-#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "cpu/kernels.h"
@@ -74,40 +74,43 @@ void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView 
                           nb, C, K);
 }
 
-void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
-                            MatView d_in, Tensor& d_w, Tensor& d_bias) {
-  const int64_t L = in.rows, C = in.cols;
+void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView states, MatView d_out,
+                            MatView d_in, Tensor& d_w, Tensor& d_bias, const SeqBatch& seqs) {
+  const int64_t T = in.rows, C = in.cols;
   const Device dev = in.device;
   check_weights(w, bias, C, dev);
   const int64_t K = w.dim(1);
   for (auto [m, what] : {std::pair{&in, "in"}, {&d_out, "d_out"}, {&d_in, "d_in"}}) {
-    check_shape("causal_conv1d", what, *m, L, C, dev);
+    check_shape("causal_conv1d", what, *m, T, C, dev);
     check_dtype("causal_conv1d", what, m->dtype, DType::F32);
   }
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
   check_len("causal_conv1d", "d_weight", d_w, w.numel(), dev);
   check_len("causal_conv1d", "d_bias", d_bias, C, dev);
-  if (state.ptr) {
-    check_shape("causal_conv1d", "state", state, K - 1, C, dev);
-    check_dtype("causal_conv1d", "state", state.dtype, DType::F32);
-    if (state.ld != C) fail("[causal_conv1d] state must be contiguous");
+  if (states.ptr) {
+    check_shape("causal_conv1d", "states", states, states.rows, (K - 1) * C, dev);
+    check_dtype("causal_conv1d", "states", states.dtype, DType::F32);
+    if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
   }
+  seqs.check("causal_conv1d", T, dev, states.ptr ? states.rows : INT64_MAX);
+  if (T == 0) return;
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    if (L == 0) return;
-    const int64_t lengths[] = {L}, slots[] = {0};
-    const SeqBatch one(lengths, slots, std::max<int64_t>(L, 1), Device::CUDA);
-    cuda::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), state.ptr ? state.data() : nullptr,
-                                 d_out.data(), d_out.ld, d_in.data(), d_in.ld, d_w.data(), d_bias.data(),
-                                 one.device_starts(), 1, L, C, K);
+    cuda::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), states.ptr ? states.data() : nullptr,
+                                 d_out.data(), d_out.ld, d_in.data(), d_in.ld, d_w.data(), d_bias.data(), seqs.packed(),
+                                 C, K);
 #else
     no_cuda_backend(__func__);
 #endif
     return;
   }
-  cpu::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), state.data(), d_out.data(), d_out.ld, d_in.data(),
-                              d_in.ld, d_w.data(), d_bias.data(), L, C, K);
+  for (int64_t s = 0; s < seqs.count(); ++s) {
+    const int64_t t0 = seqs.starts()[size_t(s)], L = seqs.lengths()[size_t(s)];
+    cpu::causal_conv1d_backward(in.row(t0), in.ld, w.data(), bias.data(),
+                                states.ptr ? states.row(seqs.slots()[size_t(s)]) : nullptr, d_out.row(t0), d_out.ld,
+                                d_in.row(t0), d_in.ld, d_w.data(), d_bias.data(), L, C, K);
+  }
 }
 
 }  // namespace mamba2::ops

@@ -93,7 +93,7 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
   check_dtype("linear", "y", y.dtype, DType::F32);
   if (dev == Device::CUDA) {
     check_dtype("linear", "x", x.dtype, W.dtype());
-    if (kernel == LinearKernel::Training) fail("[linear] training on the GPU is not built yet");
+    // Training runs the prefill's products (cuBLASLt, one algorithm per shape: deterministic).
 #if MAMBA2_HAVE_CUDA
     cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode);
 #else

@@ -1,7 +1,6 @@
 // Op front ends: check shapes and devices, name the op in every error, dispatch to the kernel of
 // the operands' device (src/cpu/<stem>.cpp, src/cuda/<stem>.cu). One section per op; the stems
-// match the kernel files. Every op runs on either device but the SSD scan's backward (CPU only,
-// for now).
+// match the kernel files. Every op runs on either device (the backwards in fp32).
 // On the GPU the projections' inputs (the norms' outputs) may be bf16/f16 like the weights;
 // everything else is fp32 on both devices.
 // Each *_backward follows its forward: parameter gradients (Tensor&) ACCUMULATE (+=), activation
@@ -110,10 +109,11 @@ void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out,
 // causal_conv1d: one token for each sequence of `seqs` (a decode batch).
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
                         const SeqBatch& seqs);
-// causal_conv1d backward for the forward over `in` from `state` (the K-1 preceding inputs, not
-// modified; an empty view: zeros, a fresh sequence): d_in overwritten; d_w, d_bias += .
-void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView state, MatView d_out,
-                            MatView d_in, Tensor& d_w, Tensor& d_bias);
+// causal_conv1d backward for the forward over the sequences of `seqs` packed in `in`, each from its
+// row of `states` (slot; the K-1 inputs before it, not modified; an empty view: zeros, fresh
+// sequences): d_in overwritten; d_w, d_bias += .
+void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, MatView states, MatView d_out,
+                            MatView d_in, Tensor& d_w, Tensor& d_bias, const SeqBatch& seqs);
 
 struct SsdWeights {
   const Tensor& dt_bias;  // (nheads)
@@ -138,15 +138,17 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 struct SsdGrads {
   MatView x, B, C, dt;  // overwritten; shapes of the inputs
-  MatView state0;       // overwritten when its data is set: (nheads, headdim·d_state)
+  MatView state0;       // overwritten when its data is set: as the states (rows by slot)
   Tensor& dt_bias;      // accumulated (nheads)
   Tensor& A_log;
   Tensor& D;
 };
-// ssd_scan backward, chunked like the forward: the scan from `state0` (not modified; an empty
-// view: zeros) given d_y and d_state_final, the gradient of the final state (empty: zeros).
-void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView state0, MatView d_y,
-                       MatView d_state_final, const SsdGrads& grads, int64_t chunk_size);
+// ssd_scan backward, chunked like the forward, for the scans of the sequences of `seqs` (x, B, C, dt,
+// d_y packed), each from its row (slot) of `states0` (not modified; an empty view: zeros) given
+// d_y and its row of d_states_final, the gradient of its final state (empty: zeros); grads.state0,
+// when set, receives the initial states' gradients in the same rows. fp32.
+void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView states0, MatView d_y,
+                       MatView d_states_final, const SsdGrads& grads, const SeqBatch& seqs);
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).

@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
 #include <utility>
 
 #include "cpu/kernels.h"
@@ -109,35 +112,54 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
                 seqs.slots().data(), x.rows);
 }
 
-void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView state0, MatView d_y,
-                       MatView d_state_final, const SsdGrads& g, int64_t chunk_size) {
-  const int64_t L = x.rows;
-  const auto p = params(w, x, B, C, dt, L);
-  const int64_t S = p.headdim * p.d_state;
-  check_shape("ssd_scan", "d_y", d_y, L, x.cols);
-  check_shape("ssd_scan", "d_x", g.x, L, x.cols);
-  check_shape("ssd_scan", "d_B", g.B, L, B.cols);
-  check_shape("ssd_scan", "d_C", g.C, L, C.cols);
-  check_shape("ssd_scan", "d_dt", g.dt, L, dt.cols);
-  for (const auto& [what, m] : {std::pair{"state0", state0}, {"d_state_final", d_state_final}, {"d_state0", g.state0}}) {
-    if (!m.data()) continue;
-    check_shape("ssd_scan", what, m, p.nheads, S);
-    if (m.ld != S) fail("[ssd_scan] {} must be contiguous", what);
+void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView states0, MatView d_y,
+                       MatView d_states_final, const SsdGrads& g, const SeqBatch& seqs) {
+  const int64_t T = x.rows;
+  const Device dev = x.device;
+  const auto p = params(w, x, B, C, dt, T, dev);
+  const int64_t S = p.nheads * p.headdim * p.d_state;
+  for (const MatView* m : {&x, &B, &C}) check_dtype("ssd_scan", "x, B and C", m->dtype, DType::F32);
+  using Operand = std::tuple<const char*, const MatView*, int64_t>;
+  for (auto [what, m, cols] : {Operand{"d_y", &d_y, x.cols}, Operand{"d_x", &g.x, x.cols}, Operand{"d_B", &g.B, B.cols},
+                               Operand{"d_C", &g.C, C.cols}, Operand{"d_dt", &g.dt, dt.cols}}) {
+    check_shape("ssd_scan", what, *m, T, cols, dev);
+    check_dtype("ssd_scan", what, m->dtype, DType::F32);
   }
-  check_len("ssd_scan", "d_dt_bias", g.dt_bias, p.nheads);
-  check_len("ssd_scan", "d_A_log", g.A_log, p.nheads);
-  check_len("ssd_scan", "d_D", g.D, p.nheads);
-  if (chunk_size <= 0) fail("[ssd_scan] chunk_size must be positive, got {}", chunk_size);
-  if (L == 0) {  // nothing scanned: the final state is the initial one
-    for (int64_t i = 0; g.state0.data() && i < p.nheads * S; ++i)
-      g.state0.data()[i] = d_state_final.data() ? d_state_final.data()[i] : 0.0f;
+  int64_t rows = INT64_MAX;  // slots index the state rows given, if any
+  for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
+    if (!m.ptr) continue;
+    check_shape("ssd_scan", what, m, m.rows, S, dev);
+    check_dtype("ssd_scan", what, m.dtype, DType::F32);
+    if (m.ld != S) fail("[ssd_scan] {} must be contiguous", what);
+    rows = std::min(rows, m.rows);
+  }
+  seqs.check("ssd_scan", T, dev, rows);
+  check_len("ssd_scan", "d_dt_bias", g.dt_bias, p.nheads, dev);
+  check_len("ssd_scan", "d_A_log", g.A_log, p.nheads, dev);
+  check_len("ssd_scan", "d_D", g.D, p.nheads, dev);
+  if (T == 0) return;
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    auto ptr = [](const MatView& m) { return m.ptr ? m.data() : nullptr; };
+    const cuda::SsdGradPtrs grads{g.x.data(), g.x.ld,      g.B.data(),    g.B.ld,           g.C.data(),     g.C.ld,
+                                  g.dt.data(), g.dt.ld,    ptr(g.state0), g.dt_bias.data(), g.A_log.data(), g.D.data()};
+    cuda::ssd_scan_backward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld,
+                            ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), grads, seqs.packed(),
+                            seqs.chunk_size());
+#else
+    no_cuda_backend(__func__);
+#endif
     return;
   }
-  const cpu::SsdGradsT<float> grads{g.x.data(),      g.x.ld,         g.B.data(),     g.B.ld,       g.C.data(),
-                                    g.C.ld,        g.dt.data(),      g.dt.ld,      g.state0.data(), g.dt_bias.data(),
-                                    g.A_log.data(), g.D.data()};
-  cpu::ssd_scan_backward(p, x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld, state0.data(), d_y.data(), d_y.ld,
-                         d_state_final.data(), grads, L, chunk_size);
+  for (int64_t s = 0; s < seqs.count(); ++s) {
+    const int64_t t0 = seqs.starts()[size_t(s)], L = seqs.lengths()[size_t(s)], slot = seqs.slots()[size_t(s)];
+    auto row = [&](const MatView& m) { return m.ptr ? m.row(slot) : nullptr; };
+    const cpu::SsdGradsT<float> grads{g.x.row(t0), g.x.ld,       g.B.row(t0),  g.B.ld,           g.C.row(t0),
+                                      g.C.ld,      g.dt.row(t0), g.dt.ld,      row(g.state0),    g.dt_bias.data(),
+                                      g.A_log.data(), g.D.data()};
+    cpu::ssd_scan_backward(p, x.row(t0), x.ld, B.row(t0), B.ld, C.row(t0), C.ld, dt.row(t0), dt.ld, row(states0),
+                           d_y.row(t0), d_y.ld, row(d_states_final), grads, L, seqs.chunk_size());
+  }
 }
 
 }  // namespace mamba2::ops

@@ -14,8 +14,10 @@ void add_grad(CLI::App& app) {
   struct Opts {
     std::string model, ids, lengths, out;
     int threads = 0;
+    Placement place;
   };
   auto o = std::make_shared<Opts>();
+  add_placement_options(sub, o->place);
   sub->add_option("--model", o->model, "Model folder or GGUF file")->required();
   sub->add_option("--ids", o->ids, "Token ids, comma-separated")->required();
   sub->add_option("--lengths", o->lengths,
@@ -36,7 +38,11 @@ void add_grad(CLI::App& app) {
     if (total != int64_t(raw_ids.size())) fail("[cli] --lengths sum to {} but --ids has {} ids", total, raw_ids.size());
     if (predicted == 0)
       fail("[cli] no positions to predict: every sequence has length 1 (a sequence of length L predicts L-1 tokens)");
-    const Model model = Model::load(o->model).to(Device::CPU, DType::F32);  // a quantized folder's, widened
+    // fp32 on either device (a quantized folder's weights widened); mixed precision is not built yet.
+    const Device dev = placement_device(o->place);
+    if (!o->place.dtype.empty() && o->place.dtype != "f32")
+      fail("[cli] --dtype {}: gradients are computed in f32 (the only --dtype grad takes)", o->place.dtype);
+    const Model model = Model::load(o->model).to(dev, DType::F32);
     std::vector<int32_t> ids;
     for (size_t i = 0; i < raw_ids.size(); ++i) {
       if (raw_ids[i] < 0 || raw_ids[i] >= model.vocab())
@@ -45,6 +51,7 @@ void add_grad(CLI::App& app) {
     }
     Gradients grads = make_gradients(model.weights());
     const double loss = lm_loss_and_grad(model.config(), model.weights(), ids, lengths, grads);
+    if (dev != Device::CPU) grads = place_weights(grads, Device::CPU, DType::F32);
     const float loss32 = float(loss);
     std::vector<TensorToWrite> tensors{{"loss", DType::F32, {}, &loss32}};
     for (const NamedTensor& nt : checkpoint_named_tensors(grads, model.config()))
