@@ -61,6 +61,9 @@ struct TrainConfig {
   // are kept (0: all).
   int64_t checkpoint_interval = 0, keep_checkpoints = 2;
   std::string dtype = "f32";               // stored dtype of the final model (checkpoints: f32)
+  // Where the steps run, in fp32: "cpu", "cuda" or "cuda:N"; empty: the first GPU when there is one.
+  // Not fixed on resume (a run may move), but only the same device repeats its bits.
+  std::string device;
   int threads = 0;                         // 0: OMP_NUM_THREADS / all cores
   bool resume = false;                     // continue from <out>/latest
 };

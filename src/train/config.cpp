@@ -22,7 +22,7 @@ const char* const kKeys[] = {"out",          "model",       "init_from",     "to
                              "max_steps",    "epochs",      "lr",            "min_lr",        "warmup_steps",
                              "schedule",     "weight_decay", "beta1",        "beta2",         "eps",
                              "grad_clip",    "seed",        "eval_interval", "eval_rows",     "log_interval",
-                             "checkpoint_interval", "keep_checkpoints", "dtype", "threads"};
+                             "checkpoint_interval", "keep_checkpoints", "dtype", "device", "threads"};
 const char* const kModelKeys[] = {"preset",  "d_model",    "n_layer",    "d_state",
                                   "headdim", "ngroups",    "chunk_size", "expand",
                                   "d_conv",  "vocab_size", "pad_vocab_size_multiple", "tie_embeddings"};
@@ -170,6 +170,7 @@ TrainConfig parse_train_config(std::string_view text, const std::string& source)
   r.integer("checkpoint_interval", c.checkpoint_interval);
   r.integer("keep_checkpoints", c.keep_checkpoints);
   r.string("dtype", c.dtype);
+  r.string("device", c.device);
   int64_t threads = c.threads;
   r.integer("threads", threads);
   if (threads < 0 || threads > 4096) fail("[train-config] {}: 'threads' must be in [0, 4096], got {}", source, threads);
@@ -211,6 +212,7 @@ std::string train_config_to_json(const TrainConfig& c) {
             {"checkpoint_interval", c.checkpoint_interval},
             {"keep_checkpoints", c.keep_checkpoints},
             {"dtype", c.dtype},
+            {"device", c.device},
             {"threads", c.threads}};
   if (c.min_lr) j["min_lr"] = *c.min_lr;
   if (!c.init_from.empty()) j["init_from"] = c.init_from.string();
@@ -296,6 +298,10 @@ void validate_train_config(const TrainConfig& c) {
   if (!parse_dtype(c.dtype))
     bad("dtype", fmt::format("must be f32, bf16 or f16, got \"{}\"", c.dtype));
   if (c.threads < 0) bad("threads", fmt::format("must be non-negative, got {}", c.threads));
+  if (!(c.device.empty() || c.device == "cpu" || c.device == "cuda" ||
+        (c.device.rfind("cuda:", 0) == 0 && c.device.size() > 5 &&
+         c.device.find_first_not_of("0123456789", 5) == std::string::npos)))
+    bad("device", fmt::format("must be cpu, cuda or cuda:N, got \"{}\"", c.device));
   if (c.model) {
     const TrainModelSpec& m = *c.model;
     preset_config(m.preset);  // names an unknown preset

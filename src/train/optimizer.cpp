@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numbers>
 
+#include "cuda/runtime.h"
 #include "io/safetensors.h"
 #include "mamba2/error.h"
 #include "ops/ops.h"
@@ -19,7 +20,8 @@ AdamWOptimizer::AdamWOptimizer(ModelWeights& weights, Gradients& grads, const Mo
     if (w[i].tensor->shape() != g[i].tensor->shape()) fail("[adamw] gradient of {} has another shape", w[i].name);
     // The named lists point into `weights` and `grads`, which the caller passed as mutable.
     params_.push_back({w[i].name, w[i].stored_shape, const_cast<Tensor*>(w[i].tensor), const_cast<Tensor*>(g[i].tensor),
-                       Tensor::zeros(w[i].tensor->shape()), Tensor::zeros(w[i].tensor->shape()),
+                       Tensor::zeros(w[i].tensor->shape(), w[i].tensor->device()),
+                       Tensor::zeros(w[i].tensor->shape(), w[i].tensor->device()),
                        w[i].stored_shape.size() >= 2});
   }
 }
@@ -45,9 +47,16 @@ void AdamWOptimizer::step(double lr, double grad_scale) {
 
 void AdamWOptimizer::save(const std::filesystem::path& path) const {
   std::vector<TensorToWrite> tensors;
+  std::vector<Tensor> host;  // the moments copied from the GPU
+  host.reserve(2 * params_.size());
+  auto on_host = [&](const Tensor& t) {
+    if (t.device() == Device::CPU) return t.data();
+    host.push_back(t.to(Device::CPU, DType::F32));
+    return static_cast<const float*>(host.back().data());
+  };
   for (const Param& p : params_) {
-    tensors.push_back({"m." + p.name, DType::F32, p.stored_shape, p.m.data()});
-    tensors.push_back({"v." + p.name, DType::F32, p.stored_shape, p.v.data()});
+    tensors.push_back({"m." + p.name, DType::F32, p.stored_shape, on_host(p.m)});
+    tensors.push_back({"v." + p.name, DType::F32, p.stored_shape, on_host(p.v)});
   }
   write_safetensors(path, tensors, {{"format", "mamba2-adamw"}, {"step", std::to_string(steps_)}});
 }
@@ -64,7 +73,8 @@ void AdamWOptimizer::load(const std::filesystem::path& path, int64_t steps) {
       if (t->shape != p.stored_shape || t->dtype != DType::F32)
         fail("[adamw] {}: '{}' is {} {}, expected f32 {}", path.string(), t->name, dtype_name(t->dtype), t->shape_str(),
              shape_str(p.stored_shape));
-      std::memcpy(dst->data(), t->data, dst->nbytes());
+      if (dst->device() == Device::CUDA) cuda::copy_to_device(dst->raw(), t->data, dst->nbytes());
+      else std::memcpy(dst->data(), t->data, dst->nbytes());
     }
   }
   steps_ = steps;

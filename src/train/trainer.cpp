@@ -22,8 +22,10 @@
 #include <sstream>
 
 #include "io/atomic_file.h"
+#include "core/device.h"
 #include "core/file.h"
 #include "core/json.h"
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
@@ -157,6 +159,9 @@ class Trainer {
   std::string state_json() const;
   void save(int64_t keep);
   void write_final();
+  // The weights on dev_, and back on the host for writing.
+  ModelWeights on_device(const ModelWeights& w) const { return dev_ == Device::CPU ? w : place_weights(w, dev_, DType::F32); }
+  ModelWeights on_host() const { return place_weights(w_, Device::CPU, DType::F32); }
   void append_metrics(const json& line);
 
   TrainConfig cfg_;
@@ -165,7 +170,8 @@ class Trainer {
   fs::path tokenizer_path_;
   std::optional<Tokenizer> tok_;
   ModelConfig mc_;
-  ModelWeights w_;
+  Device dev_ = Device::CPU;
+  ModelWeights w_;  // fp32, on dev_
   std::optional<Gradients> g_;
   std::optional<AdamWOptimizer> opt_;
   std::optional<TokenCorpus> train_corpus_, val_corpus_;
@@ -180,6 +186,7 @@ class Trainer {
 void Trainer::setup() {
   validate_train_config(cfg_);
   if (cfg_.threads > 0) omp_set_num_threads(cfg_.threads);
+  dev_ = use_device(cfg_.device, "[train] device");
   fs::create_directories(cfg_.out);
   lock_.emplace(cfg_.out);
   remove_partial_checkpoints(cfg_.out);
@@ -197,10 +204,10 @@ void Trainer::setup() {
   if (!cfg_.init_from.empty()) {
     const Model m = Model::load(cfg_.init_from).to(Device::CPU, DType::F32);  // a quantized folder's, widened
     mc_ = m.config();
-    if (latest.empty()) w_ = clone_weights(m.weights());
+    if (latest.empty()) w_ = on_device(clone_weights(m.weights()));
   } else {
     mc_ = model_config(*cfg_.model, *tok_);
-    if (latest.empty()) w_ = init_weights(mc_, cfg_.seed);
+    if (latest.empty()) w_ = on_device(init_weights(mc_, cfg_.seed));
   }
   mc_.layout = CheckpointLayout::HuggingFace;
   if (tok_->vocab_size() > mc_.vocab_padded())
@@ -273,7 +280,7 @@ void Trainer::resume_from(const fs::path& dir) {
          dir.string());
 
   auto archive = std::make_shared<const TensorArchive>(open_checkpoint(dir));
-  w_ = clone_weights(load_weights(archive, mc_));
+  w_ = on_device(clone_weights(load_weights(archive, mc_)));
   g_.emplace(make_gradients(w_));
   opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
   st_.step = s.step;
@@ -358,7 +365,8 @@ std::string Trainer::state_json() const {
 }
 
 void Trainer::save(int64_t keep) {
-  const CheckpointFiles files{&mc_, &w_, &*opt_, tokenizer_path_, state_json()};
+  const ModelWeights host = dev_ == Device::CPU ? ModelWeights{} : on_host();
+  const CheckpointFiles files{&mc_, dev_ == Device::CPU ? &w_ : &host, &*opt_, tokenizer_path_, state_json()};
   const fs::path dir = save_checkpoint(cfg_.out, st_.step, files, keep);
   last_saved_step_ = st_.step;
   log(fmt::format("saved checkpoint {}", dir.string()));
@@ -368,7 +376,7 @@ void Trainer::write_final() {
   const fs::path final_dir = cfg_.out / "final", tmp = cfg_.out / ".final.tmp";
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  save_model(tmp, mc_, w_, *parse_dtype(cfg_.dtype));  // validated with the config
+  save_model(tmp, mc_, dev_ == Device::CPU ? w_ : on_host(), *parse_dtype(cfg_.dtype));  // validated with the config
   copy_text_file(tokenizer_path_, tmp / "tokenizer.json");
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
@@ -389,8 +397,9 @@ TrainResult Trainer::run() {
   const auto t_start = clock::now();
   int64_t steps_here = 0, tokens_here = 0;
   double step_seconds = 0.0;
-  log(fmt::format("training {} parameters for {} steps ({} rows of {} tokens per step), from step {}",
-                  mc_.parameter_count(), max_steps_, cfg_.batch_size * cfg_.grad_accum, cfg_.seq_len, st_.step));
+  log(fmt::format("training {} parameters for {} steps ({} rows of {} tokens per step) on the {}, from step {}",
+                  mc_.parameter_count(), max_steps_, cfg_.batch_size * cfg_.grad_accum, cfg_.seq_len,
+                  dev_ == Device::CPU ? std::string("CPU") : cuda::device_description(), st_.step));
 
   while (st_.step < max_steps_) {
     const auto t0 = clock::now();

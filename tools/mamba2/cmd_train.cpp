@@ -134,6 +134,9 @@ void add_train(CLI::App& app) {
                    [](TrainConfig& c, int64_t v) { c.keep_checkpoints = v; });
   ov->add<std::string>("--dtype", "Stored dtype of the final model: f32, bf16, f16 (default f32)",
                        [](TrainConfig& c, const std::string& v) { c.dtype = v; });
+  ov->add<std::string>("--device", "cpu, cuda or cuda:N: where the steps run, in fp32 (default: the first GPU when "
+                                   "there is one)",
+                       [](TrainConfig& c, const std::string& v) { c.device = v; });
   ov->add<int>("--threads", "Threads (default: all cores)", [](TrainConfig& c, int v) { c.threads = v; });
 
   on_run(sub, [o, ov] {

@@ -7,7 +7,7 @@
 #include <map>
 
 #include "commands.h"
-#include "cuda/runtime.h"
+#include "core/device.h"
 #include "mamba2/error.h"
 
 namespace mamba2::cli {
@@ -58,28 +58,7 @@ void add_placement_options(CLI::App* sub, Placement& p) {
                                       "the format of a mamba2 quantize folder (bf16, q8 or q4)");
 }
 
-Device placement_device(const Placement& p) {
-  std::string device = p.device;
-  if (device.empty()) {
-    const char* env = std::getenv("MAMBA2_DEVICE");
-    device = env && *env ? env : cuda::device_count() > 0 ? "cuda" : "cpu";
-  }
-  Device dev = Device::CPU;
-  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
-    int index = 0;
-    if (device.size() > 5) {
-      const std::string n = device.substr(5);
-      auto [q, ec] = std::from_chars(n.data(), n.data() + n.size(), index);
-      if (ec != std::errc() || q != n.data() + n.size() || index < 0)
-        fail("[cli] --device: '{}' is not cpu, cuda or cuda:N", device);
-    }
-    cuda::select_device(index);
-    dev = Device::CUDA;
-  } else if (device != "cpu") {
-    fail("[cli] --device: '{}' is not cpu, cuda or cuda:N", device);
-  }
-  return dev;
-}
+Device placement_device(const Placement& p) { return use_device(p.device, "[cli] --device"); }
 
 Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path) {
   if (!path.empty()) return Tokenizer::load(path);
