@@ -265,6 +265,45 @@ TEST(TrainRun, GpuFollowsTheCpuLossCurve) {
               worst, test::rel_l2(wb.data(), wa.data(), wa.size()));
 }
 
+// best/ holds the model of the lowest validation loss: the same weights as the checkpoint of that
+// step (evaluations and checkpoints both every 3 steps), with best.json naming the step.
+TEST(TrainRun, KeepBestKeepsTheLowestValidationModel) {
+  test::TempDir tmp;
+  write_corpus(tmp / "corpus", 8, 10);
+  TrainConfig c = tiny_config(tmp / "run", tmp / "corpus", kTinyEos);
+  c.keep_best = true;
+  c.eval_interval = 3;
+  c.checkpoint_interval = 3;
+  c.lr = 3e-2;
+  const TrainResult r = train(c);
+  ASSERT_TRUE(r.finished);
+  EXPECT_EQ(r.best_dir, c.out / "best");
+  double best = 1e300;
+  int64_t best_step = 0;
+  for (const json& m : metrics(c.out))
+    if (m.contains("val_loss") && double(m["val_loss"]) < best) best = m["val_loss"], best_step = m["step"];
+  const json info = json::parse(test::read_file(c.out / "best" / "best.json"));
+  EXPECT_EQ(int64_t(info["step"]), best_step);
+  EXPECT_EQ(double(info["val_loss"]), best);
+  EXPECT_TRUE(test::read_file(c.out / "best" / "model.safetensors") ==
+              test::read_file(c.out / "checkpoints" / fmt::format("step-{}", best_step) / "model.safetensors"));
+  const Model m = Model::load(c.out / "best");
+  EXPECT_EQ(m.config().d_model, 32);
+  EXPECT_TRUE(fs::exists(c.out / "best" / "tokenizer.json"));
+  EXPECT_FALSE(fs::exists(c.out / ".best.tmp") || fs::exists(c.out / ".best.old"));
+
+  TrainConfig no_val = tiny_config(tmp / "run2", tmp / "corpus", kTinyEos);
+  no_val.keep_best = true;
+  no_val.val_fraction = 0.0;
+  try {
+    train(no_val);
+    FAIL() << "keep_best without validation data was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("keep_best (--keep-best) needs validation data"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(TrainRun, ResumeFromTheRunsOwnConfig) {
   test::TempDir tmp;
   write_corpus(tmp / "corpus", 8, 10);

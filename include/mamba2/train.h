@@ -61,6 +61,9 @@ struct TrainConfig {
   // are kept (0: all).
   int64_t checkpoint_interval = 0, keep_checkpoints = 2;
   std::string dtype = "f32";               // stored dtype of the final model (checkpoints: f32)
+  // Also keep <out>/best/, a model folder as final/ (with best.json: step, val_loss, val_bpb),
+  // rewritten whenever an evaluation's validation loss is the lowest so far. Needs validation data.
+  bool keep_best = false;
   // Where the steps run, in fp32: "cpu", "cuda" or "cuda:N"; empty: the first GPU when there is one.
   // Not fixed on resume (a run may move), but only the same device repeats its bits.
   std::string device;
@@ -101,6 +104,7 @@ struct TrainResult {
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
   std::filesystem::path final_dir;  // <out>/final when finished
+  std::filesystem::path best_dir;   // <out>/best when keep_best has written one
   double tokens_per_s = 0.0;        // over this process's steps (evaluation and saving excluded)
 };
 

@@ -22,7 +22,7 @@ const char* const kKeys[] = {"out",          "model",       "init_from",     "to
                              "max_steps",    "epochs",      "lr",            "min_lr",        "warmup_steps",
                              "schedule",     "weight_decay", "beta1",        "beta2",         "eps",
                              "grad_clip",    "seed",        "eval_interval", "eval_rows",     "log_interval",
-                             "checkpoint_interval", "keep_checkpoints", "dtype", "device", "threads"};
+                             "checkpoint_interval", "keep_checkpoints", "keep_best", "dtype", "device", "threads"};
 const char* const kModelKeys[] = {"preset",  "d_model",    "n_layer",    "d_state",
                                   "headdim", "ngroups",    "chunk_size", "expand",
                                   "d_conv",  "vocab_size", "pad_vocab_size_multiple", "tie_embeddings"};
@@ -74,6 +74,12 @@ struct Reader {
     if (const json* v = get(key)) {
       if (!v->is_number()) bad(key, *v, "a number");
       out = v->get<double>();
+    }
+  }
+  void boolean(const char* key, bool& out) const {
+    if (const json* v = get(key)) {
+      if (!v->is_boolean()) bad(key, *v, "true or false");
+      out = v->get<bool>();
     }
   }
   void string(const char* key, std::string& out) const {
@@ -169,6 +175,7 @@ TrainConfig parse_train_config(std::string_view text, const std::string& source)
   r.integer("log_interval", c.log_interval);
   r.integer("checkpoint_interval", c.checkpoint_interval);
   r.integer("keep_checkpoints", c.keep_checkpoints);
+  r.boolean("keep_best", c.keep_best);
   r.string("dtype", c.dtype);
   r.string("device", c.device);
   int64_t threads = c.threads;
@@ -211,6 +218,7 @@ std::string train_config_to_json(const TrainConfig& c) {
             {"log_interval", c.log_interval},
             {"checkpoint_interval", c.checkpoint_interval},
             {"keep_checkpoints", c.keep_checkpoints},
+            {"keep_best", c.keep_best},
             {"dtype", c.dtype},
             {"device", c.device},
             {"threads", c.threads}};
@@ -298,6 +306,8 @@ void validate_train_config(const TrainConfig& c) {
   if (!parse_dtype(c.dtype))
     bad("dtype", fmt::format("must be f32, bf16 or f16, got \"{}\"", c.dtype));
   if (c.threads < 0) bad("threads", fmt::format("must be non-negative, got {}", c.threads));
+  if (c.keep_best && c.val.empty() && !(c.val_fraction > 0.0))
+    bad("keep_best", "needs validation data: give val files or a val_fraction");
   if (!(c.device.empty() || c.device == "cpu" || c.device == "cuda" ||
         (c.device.rfind("cuda:", 0) == 0 && c.device.size() > 5 &&
          c.device.find_first_not_of("0123456789", 5) == std::string::npos)))

@@ -159,6 +159,9 @@ class Trainer {
   std::string state_json() const;
   void save(int64_t keep);
   void write_final();
+  // The weights as a model folder `name` in the run folder, replacing the one there atomically;
+  // `extra` (a file name and its text) beside them.
+  fs::path write_model_folder(const char* name, const std::pair<std::string, std::string>& extra = {});
   // The weights on dev_, and back on the host for writing.
   ModelWeights on_device(const ModelWeights& w) const { return dev_ == Device::CPU ? w : place_weights(w, dev_, DType::F32); }
   ModelWeights on_host() const { return place_weights(w_, Device::CPU, DType::F32); }
@@ -190,6 +193,10 @@ void Trainer::setup() {
   fs::create_directories(cfg_.out);
   lock_.emplace(cfg_.out);
   remove_partial_checkpoints(cfg_.out);
+  for (const char* name : {"final", "best"}) {  // a crash between write_model_folder's two renames
+    const fs::path dir = cfg_.out / name, old = cfg_.out / fmt::format(".{}.old", name);
+    if (!fs::exists(dir) && fs::exists(old)) fs::rename(old, dir);
+  }
   const fs::path latest = latest_checkpoint(cfg_.out);
   if (!cfg_.resume && !latest.empty())
     fail("[train] {} already holds a run (latest checkpoint {}); pass --resume to continue it, or choose another --out",
@@ -372,15 +379,28 @@ void Trainer::save(int64_t keep) {
   log(fmt::format("saved checkpoint {}", dir.string()));
 }
 
-void Trainer::write_final() {
-  const fs::path final_dir = cfg_.out / "final", tmp = cfg_.out / ".final.tmp";
+fs::path Trainer::write_model_folder(const char* name, const std::pair<std::string, std::string>& extra) {
+  const fs::path dir = cfg_.out / name, tmp = cfg_.out / fmt::format(".{}.tmp", name),
+                 old = cfg_.out / fmt::format(".{}.old", name);
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   save_model(tmp, mc_, dev_ == Device::CPU ? w_ : on_host(), *parse_dtype(cfg_.dtype));  // validated with the config
   copy_text_file(tokenizer_path_, tmp / "tokenizer.json");
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
-  log(fmt::format("wrote the final model to {}", final_dir.string()));
+  if (!extra.first.empty()) {
+    AtomicFile f(tmp / extra.first, "[train]");
+    f.write(extra.second.data(), extra.second.size());
+    f.commit();
+  }
+  // The old folder moves aside before the new one takes its name: a crash leaves one of them.
+  fs::remove_all(old);
+  if (fs::exists(dir)) fs::rename(dir, old);
+  fs::rename(tmp, dir);
+  fs::remove_all(old);
+  return dir;
+}
+
+void Trainer::write_final() {
+  log(fmt::format("wrote the final model to {}", write_model_folder("final").string()));
 }
 
 void Trainer::append_metrics(const json& line) {
@@ -463,8 +483,16 @@ TrainResult Trainer::run() {
       const EvalInfo e = evaluate_val();
       line["val_loss"] = std::isfinite(e.val_loss) ? json(e.val_loss) : json(nullptr);
       line["val_bpb"] = std::isfinite(e.val_bpb) ? json(e.val_bpb) : json(nullptr);
-      if (std::isfinite(e.val_loss) && (!st_.best_val_loss || e.val_loss < *st_.best_val_loss))
+      if (std::isfinite(e.val_loss) && (!st_.best_val_loss || e.val_loss < *st_.best_val_loss)) {
         st_.best_val_loss = e.val_loss;
+        if (cfg_.keep_best) {
+          const json best = {{"step", st_.step}, {"val_loss", e.val_loss},
+                             {"val_bpb", std::isfinite(e.val_bpb) ? json(e.val_bpb) : json(nullptr)}};
+          result.best_dir = write_model_folder("best", {"best.json", best.dump(2) + "\n"});
+          log(fmt::format("validation loss {:.4f} is the lowest so far: the model is in {}", e.val_loss,
+                          result.best_dir.string()));
+        }
+      }
       result.last_val_loss = e.val_loss;
       if (cb_.on_eval) cb_.on_eval(e);
     }

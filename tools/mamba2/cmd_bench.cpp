@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -48,7 +49,8 @@ std::vector<int64_t> parse_dims(const std::string& shape, const char* flag, std:
 // The chunked SSD scan alone on random inputs, `d` = BxLxHxPxN (ngroups 1, chunks of 256): the
 // median of `repeats` timed runs after a warm-up. x, B and C in the dtype the model gives the scan
 // (the compute dtype on the GPU, as mamba_ssm's scan takes them), dt and y in fp32.
-void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats) {
+// With `grad`, the backward too (fp32 operands, as training runs it) and the fp32 forward beside it.
+void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats, bool grad) {
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
   const DType in = dev == Device::CUDA ? dtype : DType::F32;  // the CPU's scan is fp32 throughout
   std::mt19937 rng(1);
@@ -66,21 +68,42 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   std::vector<int64_t> lengths(static_cast<size_t>(b), L), slots(static_cast<size_t>(b));
   for (int64_t i = 0; i < b; ++i) slots[size_t(i)] = i;
   const ops::SeqBatch seqs(lengths, slots, 256, dev);
-  auto run = [&] {
-    ops::ssd_scan(w, MatView::of(x), MatView::of(B), MatView::of(C), MatView::of(dt), MatView::of(y),
-                  MatView::of(states), seqs, dtype);
-    if (dev == Device::CUDA) cuda::synchronize();
+  const int64_t rounds = std::max<int64_t>(repeats, 5);
+  auto median_ms = [&](const std::function<void()>& f) {
+    f();
+    std::vector<double> ms;
+    for (int64_t r = 0; r < rounds; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      f();
+      if (dev == Device::CUDA) cuda::synchronize();
+      ms.push_back(1e3 * seconds_since(t0));
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
   };
-  run();
-  std::vector<double> ms;
-  for (int64_t r = 0; r < std::max<int64_t>(repeats, 5); ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    run();
-    ms.push_back(1e3 * seconds_since(t0));
-  }
-  std::sort(ms.begin(), ms.end());
+  auto forward = [&](const Tensor& xs, const Tensor& Bs, const Tensor& Cs, DType compute) {
+    return [&, compute] {
+      ops::ssd_scan(w, MatView::of(const_cast<Tensor&>(xs)), MatView::of(const_cast<Tensor&>(Bs)),
+                    MatView::of(const_cast<Tensor&>(Cs)), MatView::of(dt), MatView::of(y), MatView::of(states), seqs,
+                    compute);
+    };
+  };
   fmt::print("ssd scan b{} L{} H{} P{} N{} (x, B, C in {}, y fp32, {} products, chunks of 256): {:.3f} ms (median of {})\n",
-             b, L, H, P, N, dtype_name(in), dtype_name(in), ms[ms.size() / 2], ms.size());
+             b, L, H, P, N, dtype_name(in), dtype_name(in), median_ms(forward(x, B, C, dtype)), rounds);
+  if (!grad) return;
+  const Tensor x32 = x.to(dev, DType::F32), B32 = B.to(dev, DType::F32), C32 = C.to(dev, DType::F32);
+  Tensor d_y = random({T, H * P}, -1, 1), d_x = Tensor::empty({T, H * P}, dev), d_B = Tensor::empty({T, N}, dev);
+  Tensor d_C = Tensor::empty({T, N}, dev), d_dt = Tensor::empty({T, H}, dev), d_bias = Tensor::zeros({H}, dev);
+  Tensor d_A = Tensor::zeros({H}, dev), d_D = Tensor::zeros({H}, dev);
+  const ops::SsdGrads g{MatView::of(d_x), MatView::of(d_B), MatView::of(d_C), MatView::of(d_dt), MatView{}, d_bias, d_A,
+                        d_D};
+  const double fwd = median_ms(forward(x32, B32, C32, DType::F32)), bwd = median_ms([&] {
+    ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(x32)), MatView::of(const_cast<Tensor&>(B32)),
+                           MatView::of(const_cast<Tensor&>(C32)), MatView::of(dt), MatView{}, MatView::of(d_y),
+                           MatView{}, g, seqs);
+  });
+  fmt::print("ssd scan b{} L{} H{} P{} N{} in fp32: forward {:.3f} ms, backward {:.3f} ms, both {:.3f} ms (medians of {})\n",
+             b, L, H, P, N, fwd, bwd, fwd + bwd, rounds);
 }
 
 // How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
@@ -176,6 +199,7 @@ void add_bench(CLI::App& app) {
   struct Opts {
     std::string model, prefill = "512,2048", decode_batches = "1,8";
     std::vector<std::string> ssd, linear;
+    bool ssd_grad = false;
     int64_t decode_tokens = 64, repeats = 3;
     bool decode_profile = false;
     int threads = 0;
@@ -184,6 +208,7 @@ void add_bench(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder or GGUF file");
   sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
+  sub->add_flag("--ssd-grad", o->ssd_grad, "With --ssd: its backward too, in fp32 as training runs it");
   sub->add_option("--linear", o->linear, "Also time a projection alone on shapes MxNxK (repeatable)");
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();
   sub->add_option("--decode-batch", o->decode_batches, "Decode batch sizes to time")->capture_default_str();
@@ -210,7 +235,7 @@ void add_bench(CLI::App& app) {
       if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
     if (!ssd.empty() || !linear.empty()) {
       const Device dev = placement_device(o->placement);
-      for (const auto& d : ssd) bench_ssd(d, dev, placement_dtype(o->placement, dev), o->repeats);
+      for (const auto& d : ssd) bench_ssd(d, dev, placement_dtype(o->placement, dev), o->repeats, o->ssd_grad);
       for (const auto& d : linear) bench_linear(d, dev, placement_dtype(o->placement, dev), o->repeats);
     }
     if (o->model.empty()) return;

@@ -40,6 +40,13 @@ class Overrides {
       if (opt->count() > 0) set(c, *value);
     });
   }
+  template <class Set>
+  void flag(const std::string& flag, const std::string& help, Set set) {
+    CLI::Option* opt = sub_->add_flag(flag, help);
+    apply_.push_back([opt, set](TrainConfig& c) {
+      if (opt->count() > 0) set(c);
+    });
+  }
   void apply(TrainConfig& c) const {
     for (const auto& f : apply_) f(c);
   }
@@ -132,6 +139,8 @@ void add_train(CLI::App& app) {
                    [](TrainConfig& c, int64_t v) { c.checkpoint_interval = v; });
   ov->add<int64_t>("--keep-checkpoints", "Keep the newest N checkpoints, 0: all (default 2)",
                    [](TrainConfig& c, int64_t v) { c.keep_checkpoints = v; });
+  ov->flag("--keep-best", "Keep <out>/best/: the model of the lowest validation loss so far (a model folder)",
+           [](TrainConfig& c) { c.keep_best = true; });
   ov->add<std::string>("--dtype", "Stored dtype of the final model: f32, bf16, f16 (default f32)",
                        [](TrainConfig& c, const std::string& v) { c.dtype = v; });
   ov->add<std::string>("--device", "cpu, cuda or cuda:N: where the steps run, in fp32 (default: the first GPU when "
@@ -200,10 +209,12 @@ void add_train(CLI::App& app) {
     std::signal(SIGINT, SIG_DFL);
     clear_bar();
     if (r.finished)
-      fmt::print("trained to step {}: loss {:.4f}{}; {:.1f} tokens/s, peak memory {:.0f} MiB; final model in {}\n",
+      fmt::print("trained to step {}: loss {:.4f}{}; {:.1f} tokens/s, peak memory {:.0f} MiB; final model in {}{}\n",
                  r.step, r.last_loss,
                  r.last_val_loss ? fmt::format(", val_loss {:.4f}", *r.last_val_loss) : std::string(), r.tokens_per_s,
-                 peak_rss_mib(), r.final_dir.string());
+                 peak_rss_mib(), r.final_dir.string(),
+                 cfg.keep_best ? fmt::format(", the lowest validation loss's in {}", (cfg.out / "best").string())
+                               : std::string());
     else
       fmt::print("stopped at step {}: loss {:.4f}; {:.1f} tokens/s, peak memory {:.0f} MiB; resume with --resume --out {}\n",
                  r.step, r.last_loss, r.tokens_per_s, peak_rss_mib(), cfg.out.string());
