@@ -60,7 +60,10 @@ struct TrainConfig {
   // Checkpoints every checkpoint_interval steps (0: at the end only); the newest keep_checkpoints
   // are kept (0: all).
   int64_t checkpoint_interval = 0, keep_checkpoints = 2;
-  std::string dtype = "f32";               // stored dtype of the final model (checkpoints: f32)
+  // The run's precision: the final model's stored dtype (checkpoints: f32) and, on the GPU, the
+  // projections' compute dtype (bf16 / f16: mixed precision on fp32 master weights, gradients and
+  // moments; f32: true fp32).
+  std::string dtype = "f32";
   // Also keep <out>/best/, a model folder as final/ (with best.json: step, val_loss, val_bpb),
   // rewritten whenever an evaluation's validation loss is the lowest so far. Needs validation data.
   bool keep_best = false;

@@ -185,6 +185,9 @@ double sum_squares(const T* x, int64_t n);
 template <class T>
 void scale_inplace(T* x, int64_t n, T s);
 
+// dst (rows, cols) ld ldd in `dtype` (F32, BF16 or F16) = src (rows, cols) ld lds, rounded to nearest even.
+void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols);
+
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones).   x (n, ld)
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);
 

@@ -78,15 +78,17 @@ void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int6
                          const char* op);
 
 // Row-major products for training (linear.cu): C_i = op(A_i) · op(B_i) + beta·C_i for i < batch,
-// C (m × n), op(A) (m × k), op(B) (k × n), each operand `stride` elements after the one before;
-// fp32 with fp32 compute (no TF32) through cuBLASLt, the same bits every call.
+// C (m × n) fp32, op(A) (m × k), op(B) (k × n) both F32, BF16 or F16 (the same), each operand
+// `stride` elements after the one before; fp32 compute (true fp32 for F32: no TF32) through
+// cuBLASLt, the same bits every call.
 struct GemmOperand {
-  const float* p;
+  const void* p;
   int64_t ld, stride;
   bool t;  // transposed: stored (k × m) for A, (n × k) for B
+  DType dtype = DType::F32;
 };
-void gemm_f32(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
-              int64_t stride_c, int64_t batch, float beta, const char* op);
+void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
+          int64_t stride_c, int64_t batch, float beta, const char* op);
 
 // Programmatic dependent launch (sm_90), for the decode step's chain of small kernels: a kernel
 // launched with launch_overlapped may start while the kernel before it in the stream runs — it

@@ -67,9 +67,10 @@ void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t
 // bf16/f16 on tensor cores); otherwise cuBLASLt's plan chosen for many rows.
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
-// Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x; fp32 (no TF32), cuBLASLt,
-// the same bits every run.   d_y (m, n) ld lddy; d_x (m, k) ld lddx; d_W (n, k)
-void linear_backward(const float* x, int64_t ldx, const float* W, const float* d_y, int64_t lddy, float* d_x,
+// Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
+// f16: d_y rounded to it once), fp32 sums (no TF32), cuBLASLt, the same bits every run.
+//   d_y (m, n) ld lddy fp32; d_x (m, k) ld lddx fp32; d_W (n, k) fp32
+void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const float* d_y, int64_t lddy, float* d_x,
                      int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k);
 
 // The decode step's fused projections. x = the fp32 rows src normalised on the way in, times
@@ -181,6 +182,9 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
 // Σ x² in double over fixed blocks, the blocks' sums added in order (the same bits every run).
 double sum_squares(const float* x, int64_t n);
 void scale_inplace(float* x, int64_t n, float s);
+
+// As cpu::cast_rows: fp32 rows to F32, BF16 or F16, rounded to nearest even.
+void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

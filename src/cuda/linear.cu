@@ -736,7 +736,7 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
 
 namespace {
 
-// Training's products, fp32 in and out with fp32 compute (no TF32), in column-major terms:
+// Training's products in column-major terms, A and B in `dtype`, C fp32, fp32 compute (no TF32):
 // C (rows × cols) = op(A) · op(B) + beta·C, `batch` times at the given element strides. The
 // algorithm is cuBLASLt's first pick for the shape, asked once; split-K is allowed but not its
 // in-place reduction, whose order of the pieces' additions is not fixed, so that the same call
@@ -744,7 +744,8 @@ namespace {
 struct GemmKey {
   bool ta, tb;
   int64_t rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc;
-  auto tie() const { return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc); }
+  DType dtype;
+  auto tie() const { return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc, dtype); }
   bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
 struct GemmPlan {
@@ -753,9 +754,10 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo{};
 };
 
-cublasLtMatrixLayout_t gemm_layout(uint64_t rows, uint64_t cols, int64_t ld, int64_t batch, int64_t stride) {
+cublasLtMatrixLayout_t gemm_layout(DType dtype, uint64_t rows, uint64_t cols, int64_t ld, int64_t batch,
+                                   int64_t stride) {
   cublasLtMatrixLayout_t l = nullptr;
-  check_blas(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, rows, cols, ld), "layout");
+  check_blas(cublasLtMatrixLayoutCreate(&l, cuda_type(dtype), rows, cols, ld), "layout");
   if (batch > 1) {
     const int32_t count = int32_t(batch);
     check_blas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)), "layout");
@@ -780,9 +782,9 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   // Stored shapes: A is rows × inner (inner × rows when transposed), B inner × cols (cols × inner).
   const uint64_t ar = key.ta ? key.inner : key.rows, ac = key.ta ? key.rows : key.inner;
   const uint64_t br = key.tb ? key.cols : key.inner, bc = key.tb ? key.inner : key.cols;
-  p.a = gemm_layout(ar, ac, key.lda, key.batch, key.sa);
-  p.b = gemm_layout(br, bc, key.ldb, key.batch, key.sb);
-  p.c = gemm_layout(uint64_t(key.rows), uint64_t(key.cols), key.ldc, key.batch, key.sc);
+  p.a = gemm_layout(key.dtype, ar, ac, key.lda, key.batch, key.sa);
+  p.b = gemm_layout(key.dtype, br, bc, key.ldb, key.batch, key.sb);
+  p.c = gemm_layout(DType::F32, uint64_t(key.rows), uint64_t(key.cols), key.ldc, key.batch, key.sc);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -799,20 +801,22 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
              "heuristic");
   cublasLtMatmulPreferenceDestroy(pref);
   if (found == 0)
-    raise(cat("[linear] cuBLASLt has no fp32 algorithm for the product (", key.rows, " x ", key.cols, " x ", key.inner,
-              ", batch ", key.batch, ")"));
+    raise(cat("[linear] cuBLASLt has no algorithm for the ", dtype_name(key.dtype), " product (", key.rows, " x ",
+              key.cols, " x ", key.inner, ", batch ", key.batch, ")"));
   p.algo = result.algo;
   return plans.emplace(key, p).first->second;
 }
 
 }  // namespace
 
-void gemm_f32(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
-              int64_t stride_c, int64_t batch, float beta, const char* op) {
+void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
+          int64_t stride_c, int64_t batch, float beta, const char* op) {
   if (m == 0 || n == 0 || batch == 0) return;
+  if (a.dtype != b.dtype)
+    raise(cat("[", op, "] a product of ", dtype_name(a.dtype), " and ", dtype_name(b.dtype), " operands"));
   // Row-major C (m × n) is column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ, and a row-major operand is
   // its transpose column-major: B's storage serves as cuBLASLt's A and A's as its B.
-  const GemmKey key{b.t, a.t, n, m, k, b.ld, a.ld, ldc, batch, b.stride, a.stride, stride_c};
+  const GemmKey key{b.t, a.t, n, m, k, b.ld, a.ld, ldc, batch, b.stride, a.stride, stride_c, a.dtype};
   const GemmPlan& p = gemm_plan(key);
   Blas& bl = blas();
   const float one = 1.0f;
@@ -822,15 +826,25 @@ void gemm_f32(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmO
     raise(cat("[", op, "] cuBLASLt product (", m, " x ", n, " x ", k, ", batch ", batch, "): status ", int(st)));
 }
 
-void linear_backward(const float* x, int64_t ldx, const float* W, const float* d_y, int64_t lddy, float* d_x,
+void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const float* d_y, int64_t lddy, float* d_x,
                      int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || k == 0) return;
   if (n == 0) {
     if (d_x) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
     return;
   }
-  if (d_x) gemm_f32(m, k, n, {d_y, lddy, 0, false}, {W, k, 0, false}, d_x, lddx, 0, 1, 0.0f, "linear");  // d_y · W
-  gemm_f32(n, k, m, {d_y, lddy, 0, true}, {x, ldx, 0, false}, d_W, k, 0, 1, 1.0f, "linear");  // d_yᵀ · x, added
+  // In bf16 / f16 the gradient of y is rounded to the operands' type once (as autocast's products
+  // take it); the sums stay fp32.
+  std::shared_ptr<void> rounded;
+  const void* dy = d_y;
+  int64_t ld = lddy;
+  if (dtype != DType::F32) {
+    rounded = allocate(size_t(m * n) * dtype_size(dtype), "linear gradient operand");
+    cast_rows(d_y, lddy, rounded.get(), dtype, n, m, n);
+    dy = rounded.get(), ld = n;
+  }
+  if (d_x) gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, 0.0f, "linear");  // d_y·W
+  gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear");  // d_yᵀ·x, added
 }
 
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,

@@ -1740,16 +1740,16 @@ void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const fl
   };
   heads([&](int64_t h, int64_t gh) {
     // S_c = (w∘X)ᵀ B and dS_c = (exp(a)∘dY)ᵀ C, (P × N) each.
-    gemm_f32(P, N, Q, {XW + h * P, HP, Q * HP, true}, {Bp + gh * N, GN, Q * GN, false}, Sc + h * PN, N, H * PN, NC,
+    gemm(P, N, Q, {XW + h * P, HP, Q * HP, true}, {Bp + gh * N, GN, Q * GN, false}, Sc + h * PN, N, H * PN, NC,
              0.0f, op);
-    gemm_f32(P, N, Q, {DYs + h * P, HP, Q * HP, true}, {Cp + gh * N, GN, Q * GN, false}, dSc + h * PN, N, H * PN, NC,
+    gemm(P, N, Q, {DYs + h * P, HP, Q * HP, true}, {Cp + gh * N, GN, Q * GN, false}, dSc + h * PN, N, H * PN, NC,
              0.0f, op);
     // dM = dY Xᵀ (Q × Q).
-    gemm_f32(Q, Q, P, {dYp + h * P, HP, Q * HP, false}, {Xp + h * P, HP, Q * HP, true}, dM + h * QQ, Q, H * QQ, NC,
+    gemm(Q, Q, P, {dYp + h * P, HP, Q * HP, false}, {Xp + h * P, HP, Q * HP, true}, dM + h * QQ, Q, H * QQ, NC,
              0.0f, op);
   });
   for (int64_t gi = 0; gi < G; ++gi)  // C Bᵀ (Q × Q), per group
-    gemm_f32(Q, Q, N, {Cp + gi * N, GN, Q * GN, false}, {Bp + gi * N, GN, Q * GN, true}, CB + gi * QQ, Q, G * QQ, NC,
+    gemm(Q, Q, N, {Cp + gi * N, GN, Q * GN, false}, {Bp + gi * N, GN, Q * GN, true}, CB + gi * QQ, Q, G * QQ, NC,
              0.0f, op);
   bwd_states_kernel<<<dim3(unsigned(seqs.count), unsigned(H), unsigned(ceil_div(PN, kThreads))), kThreads, 0,
                       stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, g.state0);
@@ -1758,11 +1758,11 @@ void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const fl
   check_launch(op);
   heads([&](int64_t h, int64_t gh) {
     // Mᵀ dY into dXp; Z = C S0ᵀ and Z2 = B dS_endᵀ (Q × P).
-    gemm_f32(Q, P, Q, {M + h * QQ, Q, H * QQ, true}, {dYp + h * P, HP, Q * HP, false}, dXp + h * P, HP, Q * HP, NC,
+    gemm(Q, P, Q, {M + h * QQ, Q, H * QQ, true}, {dYp + h * P, HP, Q * HP, false}, dXp + h * P, HP, Q * HP, NC,
              0.0f, op);
-    gemm_f32(Q, P, N, {Cp + gh * N, GN, Q * GN, false}, {S0 + h * PN, N, H * PN, true}, Z + h * P, HP, Q * HP, NC,
+    gemm(Q, P, N, {Cp + gh * N, GN, Q * GN, false}, {S0 + h * PN, N, H * PN, true}, Z + h * P, HP, Q * HP, NC,
              0.0f, op);
-    gemm_f32(Q, P, N, {Bp + gh * N, GN, Q * GN, false}, {dSend + h * PN, N, H * PN, true}, Z2 + h * P, HP, Q * HP, NC,
+    gemm(Q, P, N, {Bp + gh * N, GN, Q * GN, false}, {dSend + h * PN, N, H * PN, true}, Z2 + h * P, HP, Q * HP, NC,
              0.0f, op);
   });
   bwd_rows_kernel<<<units, kThreads, 0, stream()>>>(p, seqs, d, dt_raw, lddt, Xp, dYp, Z, Z2, S0, dSend, dtp, ap, da,
@@ -1775,14 +1775,14 @@ void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const fl
   }
   for (int64_t gi = 0; gi < G; ++gi) {
     // dC = dCB B + Σ_heads (exp(a)∘dY) S0; dB = dCBᵀ C + Σ_heads (w∘X) dS_end, heads in order.
-    gemm_f32(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, false}, {Bp + gi * N, GN, Q * GN, false}, dCp + gi * N, GN, Q * GN,
+    gemm(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, false}, {Bp + gi * N, GN, Q * GN, false}, dCp + gi * N, GN, Q * GN,
              NC, 0.0f, op);
-    gemm_f32(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, true}, {Cp + gi * N, GN, Q * GN, false}, dBp + gi * N, GN, Q * GN,
+    gemm(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, true}, {Cp + gi * N, GN, Q * GN, false}, dBp + gi * N, GN, Q * GN,
              NC, 0.0f, op);
     for (int64_t h = gi * hpg; h < (gi + 1) * hpg; ++h) {
-      gemm_f32(Q, N, P, {DYs + h * P, HP, Q * HP, false}, {S0 + h * PN, N, H * PN, false}, dCp + gi * N, GN, Q * GN,
+      gemm(Q, N, P, {DYs + h * P, HP, Q * HP, false}, {S0 + h * PN, N, H * PN, false}, dCp + gi * N, GN, Q * GN,
                NC, 1.0f, op);
-      gemm_f32(Q, N, P, {XW + h * P, HP, Q * HP, false}, {dSend + h * PN, N, H * PN, false}, dBp + gi * N, GN,
+      gemm(Q, N, P, {XW + h * P, HP, Q * HP, false}, {dSend + h * PN, N, H * PN, false}, dBp + gi * N, GN,
                Q * GN, NC, 1.0f, op);
     }
   }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "cuda/runtime.h"
@@ -84,26 +85,32 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBa
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs);
 }
 
-// fp32 weights on one device (the backwards run in fp32).
-Device check_weights(const ModelWeights& w) {
+// Weights on one device, fp32 but for the projection matrices, which may be bf16 or f16 on the GPU
+// (compute_weights); returns the device and the matrices' dtype.
+std::pair<Device, DType> check_weights(const ModelWeights& w) {
   const Device dev = w.embedding.device();
-  auto check = [&](const Tensor& t) {
-    if (t.device() != dev || t.dtype() != DType::F32)
-      fail("[model] training takes fp32 weights on one device, got {} on the {} beside an embedding on the {}",
-           dtype_name(t.dtype()), device_name(t.device()), device_name(dev));
+  const DType cdt = w.embedding.dtype();
+  if (!(cdt == DType::F32 || (dev == Device::CUDA && (cdt == DType::BF16 || cdt == DType::F16))))
+    fail("[model] training computes in F32 (on the GPU also in BF16 or F16), not {}", dtype_name(cdt));
+  auto check = [&](const Tensor& t, DType want) {
+    if (t.device() != dev || t.dtype() != want)
+      fail("[model] training takes its weights on one device, fp32 but for the projection matrices ({} here): got {} on "
+           "the {} beside an embedding on the {}",
+           dtype_name(cdt), dtype_name(t.dtype()), device_name(t.device()), device_name(dev));
   };
-  for (const LayerWeights& l : w.layers)
-    for (const Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm,
-                            &l.out_proj})
-      check(*t);
-  for (const Tensor* t : {&w.embedding, &w.norm_f, &w.lm_head}) check(*t);
-  return dev;
+  for (const LayerWeights& l : w.layers) {
+    for (const Tensor* t : {&l.norm, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm}) check(*t, DType::F32);
+    for (const Tensor* t : {&l.in_proj, &l.out_proj}) check(*t, cdt);
+  }
+  check(w.norm_f, DType::F32);
+  check(w.lm_head, cdt);
+  return {dev, cdt};
 }
 
 void check_gradients(const Gradients& g, const ModelWeights& w) {
   bool ok = g.embedding.device() == w.embedding.device() && g.layers.size() == w.layers.size() && g.embedding.shape() == w.embedding.shape() &&
             g.norm_f.shape() == w.norm_f.shape() && g.lm_head.shape() == w.lm_head.shape() &&
-            (g.lm_head.data() == g.embedding.data()) == (w.lm_head.data() == w.embedding.data());
+            (g.lm_head.raw() == g.embedding.raw()) == (w.lm_head.raw() == w.embedding.raw());
   for (size_t i = 0; ok && i < w.layers.size(); ++i) {
     const LayerWeights &a = g.layers[i], &b = w.layers[i];
     ok = a.norm.shape() == b.norm.shape() && a.in_proj.shape() == b.in_proj.shape() &&
@@ -118,7 +125,7 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
            Gradients* g) {
   c.validate("model");
-  const Device dev = check_weights(w);
+  const auto [dev, cdt] = check_weights(w);
   const Batch b = make_batch(ids, lengths);
   const ops::SeqBatch seqs = sequences(c, b, dev);
   if (g) check_gradients(*g, w);
@@ -127,8 +134,9 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
 
   // Forward.
   Saved sv;
-  Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u = Tensor::empty({T, D}, dev);
-  Tensor xbc = Tensor::empty({T, c.conv_dim()}, dev), gated = Tensor::empty({T, c.d_inner()}, dev);
+  // The projections' inputs (u, gated, normed_f) in the matrices' dtype; everything else fp32.
+  Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u = Tensor::empty({T, D}, dev, cdt);
+  Tensor xbc = Tensor::empty({T, c.conv_dim()}, dev), gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
   Tensor zxbcdt_one, y_one;
   if (!g) {
     zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
@@ -154,7 +162,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       sv.y.push_back(y);
     }
   }
-  sv.normed_f = Tensor::empty({T, D}, dev);
+  sv.normed_f = Tensor::empty({T, D}, dev, cdt);
   ops::add_rmsnorm(MatView::of(residual), MatView::of(h), w.norm_f, MatView::of(sv.normed_f), eps);
   sv.residual_f = residual;
 
@@ -162,7 +170,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   const int64_t npred = int64_t(b.pred_rows.size());
   const float scale = float(1.0 / double(npred));
   const int64_t block = std::clamp<int64_t>(kHeadBlockElements / std::max<int64_t>(V, 1), 1, npred);
-  Tensor rows = Tensor::empty({block, D}, dev), logits = Tensor::empty({block, V}, dev), d_rows = Tensor::empty({block, D}, dev);
+  Tensor rows = Tensor::empty({block, D}, dev), logits = Tensor::empty({block, V}, dev);
+  Tensor d_rows = Tensor::empty({block, D}, dev), rows_c = cdt == DType::F32 ? rows : Tensor::empty({block, D}, dev, cdt);
   Tensor d_normed_f;
   if (g) d_normed_f = Tensor::zeros({T, D}, dev);
   double loss_sum = 0.0;
@@ -170,8 +179,9 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const int64_t n = std::min(block, npred - r0);
     // The block's predicting rows gathered (and their gradients scattered back) as an embedding's.
     const std::span<const int32_t> picked(b.pred_rows.data() + r0, size_t(n));
-    const MatView x = MatView::of(rows).rows_slice(0, n), lg = MatView::of(logits).rows_slice(0, n);
-    ops::embedding(sv.normed_f, picked, x);
+    const MatView x = MatView::of(rows_c).rows_slice(0, n), lg = MatView::of(logits).rows_slice(0, n);
+    ops::embedding(sv.normed_f, picked, MatView::of(rows).rows_slice(0, n));  // fp32, exact
+    if (cdt != DType::F32) ops::cast(MatView::of(rows).rows_slice(0, n), x);
     ops::linear(x, w.lm_head, lg, ops::LinearKernel::Training);
     const std::span<const int32_t> tg(b.targets.data() + r0, size_t(n));
     loss_sum += ops::cross_entropy(lg, tg, g ? lg : MatView{}, scale);
@@ -219,8 +229,40 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
 
 }  // namespace
 
+ModelWeights compute_weights(const ModelWeights& masters, DType dtype) {
+  if (dtype == DType::F32) return masters;
+  if (masters.embedding.device() != Device::CUDA || !(dtype == DType::BF16 || dtype == DType::F16))
+    fail("[model] mixed precision runs on the GPU in BF16 or F16, not {} on the {}", dtype_name(dtype),
+         device_name(masters.embedding.device()));
+  ModelWeights v = masters;  // shares every tensor; the matrices are replaced below
+  auto narrow = [&](const Tensor& t) { return Tensor::empty(t.shape(), t.device(), dtype); };
+  v.embedding = narrow(masters.embedding);
+  v.lm_head = masters.lm_head.raw() == masters.embedding.raw() ? v.embedding : narrow(masters.lm_head);
+  for (size_t i = 0; i < v.layers.size(); ++i) {
+    v.layers[i].in_proj = narrow(masters.layers[i].in_proj);
+    v.layers[i].out_proj = narrow(masters.layers[i].out_proj);
+  }
+  refresh_compute_weights(masters, v);
+  return v;
+}
+
+void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view) {
+  auto copy = [](const Tensor& from, Tensor& to) {
+    if (to.raw() == from.raw()) return;  // an fp32 view shares the masters
+    Tensor& src = const_cast<Tensor&>(from);
+    const int64_t rows = src.dim(0);
+    ops::cast(MatView::of(src), MatView{to.raw(), rows, to.numel() / rows, to.numel() / rows, to.device(), to.dtype()});
+  };
+  copy(masters.embedding, view.embedding);
+  if (view.lm_head.raw() != view.embedding.raw()) copy(masters.lm_head, view.lm_head);
+  for (size_t i = 0; i < view.layers.size(); ++i) {
+    copy(masters.layers[i].in_proj, view.layers[i].in_proj);
+    copy(masters.layers[i].out_proj, view.layers[i].out_proj);
+  }
+}
+
 Gradients make_gradients(const ModelWeights& w) {
-  auto like = [](const Tensor& t) { return Tensor::zeros(t.shape(), t.device()); };
+  auto like = [](const Tensor& t) { return Tensor::zeros(t.shape(), t.device()); };  // fp32 whatever t's dtype
   Gradients g;
   g.embedding = like(w.embedding);
   for (const LayerWeights& l : w.layers)

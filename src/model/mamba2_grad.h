@@ -14,8 +14,15 @@ namespace mamba2 {
 // head's part and the lookup's part add into one gradient; an untied head has its own.
 using Gradients = ModelWeights;
 
-// Zeros shaped (and tied) like `weights`, carrying their checkpoint names.
+// Zeros shaped (and tied) like `weights`, carrying their checkpoint names; fp32.
 Gradients make_gradients(const ModelWeights& weights);
+
+// Mixed precision: the weights the training pass computes with, from fp32 master weights on the
+// GPU — the projection matrices (embedding, in_proj, out_proj, an untied head) as `dtype` copies
+// (BF16 or F16), every other tensor the master itself (fp32). F32: the masters. After an update
+// of the masters, refresh_compute_weights rounds the copies anew.
+ModelWeights compute_weights(const ModelWeights& masters, DType dtype);
+void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view);
 void zero_gradients(Gradients& grads);
 
 // The mean next-token cross-entropy over the padded vocabulary of sequences packed back to back
@@ -26,6 +33,10 @@ void zero_gradients(Gradients& grads);
 double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
                std::span<const int64_t> lengths);
 
+// `weights` fp32 on either device, or compute_weights' view on the GPU: the projections then take
+// bf16 / f16 operands (the norms' outputs rounded once, fp32 sums; their gradients' products as
+// well), everything else — the residual stream, the conv, the scan, the norms, the loss — fp32.
+//
 // The same loss (returned, bit-identical to lm_loss) and its gradient, ADDED to `grads`
 // (parameter gradients accumulate; zero them for the gradient of this batch alone). The SSD
 // backward runs chunked like the forward; activations kept per layer: the residual stream,

@@ -210,12 +210,15 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   if (d_W.shape() != W.shape())
     fail("[linear] d_W is {}, expected {}", shape_str(d_W.shape()), shape_str(W.shape()));
   check_len("linear", "d_W", d_W, W.numel(), dev);
-  check_dtype("linear", "W", W.dtype(), DType::F32);
-  for (const MatView* v : {&x, &d_y, &d_x})
-    if (v->ptr) check_dtype("linear", "an operand", v->dtype, DType::F32);
+  // x and W in one dtype: fp32, or on the GPU bf16 / f16 (mixed precision); gradients fp32.
+  if (dev == Device::CPU || !(W.dtype() == DType::BF16 || W.dtype() == DType::F16))
+    check_dtype("linear", "W", W.dtype(), DType::F32);
+  check_dtype("linear", "x", x.dtype, W.dtype());
+  check_dtype("linear", "d_y", d_y.dtype, DType::F32);
+  if (d_x.ptr) check_dtype("linear", "d_x", d_x.dtype, DType::F32);
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::linear_backward(x.data(), x.ld, W.data(), d_y.data(), d_y.ld, d_x.ptr ? d_x.data() : nullptr, d_x.ld,
+    cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.data(), d_y.ld, d_x.ptr ? d_x.data() : nullptr, d_x.ld,
                           d_W.data(), m, n, k);
 #else
     no_cuda_backend(__func__);

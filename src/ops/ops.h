@@ -154,6 +154,9 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
 // when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).
 double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale);
 
+// cast: dst = src (fp32) rounded to dst's dtype (F32, BF16 or F16; nearest even), same shape.
+void cast(MatView src, MatView dst);
+
 // argmax: out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones), greedy
 // decoding; out (x.rows) on x's device.
 void argmax(MatView x, int64_t cols, int32_t* out);

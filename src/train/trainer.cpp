@@ -174,7 +174,8 @@ class Trainer {
   std::optional<Tokenizer> tok_;
   ModelConfig mc_;
   Device dev_ = Device::CPU;
-  ModelWeights w_;  // fp32, on dev_
+  ModelWeights w_;   // fp32 master weights, on dev_
+  ModelWeights cw_;  // what the steps compute with: w_, or on the GPU its bf16 / f16 matrices (compute_weights)
   std::optional<Gradients> g_;
   std::optional<AdamWOptimizer> opt_;
   std::optional<TokenCorpus> train_corpus_, val_corpus_;
@@ -238,6 +239,8 @@ void Trainer::setup() {
     AtomicFile f(cfg_.out / "metrics.jsonl", "[train]");
     f.commit();
   }
+  // The run's dtype is the final model's; on the GPU the projections also compute in it.
+  cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
 }
 
 void Trainer::prepare_data() {
@@ -343,7 +346,7 @@ EvalInfo Trainer::evaluate_val() {
     Batch b;
     for (int64_t r = r0; r < std::min(n, r0 + cfg_.batch_size); ++r) val_range_.append_row(cfg_.seq_len, r, b, &*tok_);
     if (b.predictions == 0) continue;
-    nats += lm_loss(mc_, w_, b.ids, b.lengths) * double(b.predictions);
+    nats += lm_loss(mc_, cw_, b.ids, b.lengths) * double(b.predictions);
     e.predictions += b.predictions;
     bytes += b.target_bytes;
   }
@@ -439,7 +442,7 @@ TrainResult Trainer::run() {
     for (const Batch& b : micro) {
       if (b.predictions == 0) continue;
       if (prev > 0 && prev != b.predictions) opt_->scale_grads(double(prev) / double(b.predictions));
-      loss_sum += lm_loss_and_grad(mc_, w_, b.ids, b.lengths, *g_) * double(b.predictions);
+      loss_sum += lm_loss_and_grad(mc_, cw_, b.ids, b.lengths, *g_) * double(b.predictions);
       prev = b.predictions;
     }
     const double factor = double(prev) / double(N);
@@ -451,6 +454,7 @@ TrainResult Trainer::run() {
            st_.step + 1, loss, norm);
     const double lr = schedule_lr(st_.step, max_steps_, cfg_.warmup_steps, cfg_.lr, min_lr_, cfg_.schedule);
     opt_->step(lr, factor * clip_coefficient(norm, cfg_.grad_clip));
+    refresh_compute_weights(w_, cw_);
     ++st_.step;
     const int64_t tokens = cfg_.batch_size * cfg_.grad_accum * cfg_.seq_len;
     st_.tokens_seen += tokens;

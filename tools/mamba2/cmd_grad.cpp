@@ -38,10 +38,17 @@ void add_grad(CLI::App& app) {
     if (total != int64_t(raw_ids.size())) fail("[cli] --lengths sum to {} but --ids has {} ids", total, raw_ids.size());
     if (predicted == 0)
       fail("[cli] no positions to predict: every sequence has length 1 (a sequence of length L predicts L-1 tokens)");
-    // fp32 on either device (a quantized folder's weights widened); mixed precision is not built yet.
+    // fp32 master weights (a quantized folder's widened); on the GPU the projections may compute
+    // in bf16 or f16 (mixed precision, model/mamba2_grad.h).
     const Device dev = placement_device(o->place);
-    if (!o->place.dtype.empty() && o->place.dtype != "f32")
-      fail("[cli] --dtype {}: gradients are computed in f32 (the only --dtype grad takes)", o->place.dtype);
+    DType compute = DType::F32;
+    if (!o->place.dtype.empty()) {
+      const std::optional<DType> d = parse_dtype(o->place.dtype);
+      if (!d || (*d != DType::F32 && dev == Device::CPU))
+        fail("[cli] --dtype {}: gradients are computed in f32, or on the GPU with bf16 or f16 projections",
+             o->place.dtype);
+      compute = *d;
+    }
     const Model model = Model::load(o->model).to(dev, DType::F32);
     std::vector<int32_t> ids;
     for (size_t i = 0; i < raw_ids.size(); ++i) {
@@ -50,7 +57,8 @@ void add_grad(CLI::App& app) {
       ids.push_back(int32_t(raw_ids[i]));
     }
     Gradients grads = make_gradients(model.weights());
-    const double loss = lm_loss_and_grad(model.config(), model.weights(), ids, lengths, grads);
+    const double loss =
+        lm_loss_and_grad(model.config(), compute_weights(model.weights(), compute), ids, lengths, grads);
     if (dev != Device::CPU) grads = place_weights(grads, Device::CPU, DType::F32);
     const float loss32 = float(loss);
     std::vector<TensorToWrite> tensors{{"loss", DType::F32, {}, &loss32}};

@@ -141,7 +141,9 @@ void add_train(CLI::App& app) {
                    [](TrainConfig& c, int64_t v) { c.keep_checkpoints = v; });
   ov->flag("--keep-best", "Keep <out>/best/: the model of the lowest validation loss so far (a model folder)",
            [](TrainConfig& c) { c.keep_best = true; });
-  ov->add<std::string>("--dtype", "Stored dtype of the final model: f32, bf16, f16 (default f32)",
+  ov->add<std::string>("--dtype",
+                       "f32, bf16, f16 (default f32): the final model's stored dtype and, on the GPU, the projections' "
+                       "compute dtype (mixed precision on fp32 master weights and moments)",
                        [](TrainConfig& c, const std::string& v) { c.dtype = v; });
   ov->add<std::string>("--device", "cpu, cuda or cuda:N: where the steps run, in fp32 (default: the first GPU when "
                                    "there is one)",

@@ -1,0 +1,25 @@
+#include "cpu/kernels.h"
+#include "cuda/kernels.h"
+#include "ops/check.h"
+#include "ops/ops.h"
+
+namespace mamba2::ops {
+
+void cast(MatView src, MatView dst) {
+  const Device dev = src.device;
+  check_shape("cast", "dst", dst, src.rows, src.cols, dev);
+  check_dtype("cast", "src", src.dtype, DType::F32);
+  if (dst.dtype != DType::F32 && dst.dtype != DType::BF16 && dst.dtype != DType::F16)
+    fail("[cast] dst is {}: casts go to F32, BF16 or F16", dtype_name(dst.dtype));
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::cast_rows(src.data(), src.ld, dst.ptr, dst.dtype, dst.ld, src.rows, src.cols);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::cast_rows(src.data(), src.ld, dst.ptr, dst.dtype, dst.ld, src.rows, src.cols);
+}
+
+}  // namespace mamba2::ops
