@@ -291,6 +291,20 @@ TEST(TrainRun, GpuFollowsTheCpuLossCurve) {
   EXPECT_TRUE(test::read_file(bf16.out / "final/model.safetensors") ==
               test::read_file(stopped.out / "final/model.safetensors"));
   std::printf("[train cuda bf16] 12 steps: worst relative loss difference from the CPU's fp32 %.2e\n", worst_bf16);
+
+  // f16 (rounding 2⁻¹¹, 8× finer than bf16, so the same bound holds with room) under a dynamic
+  // loss scale, which starts at 2¹⁶ and shows in the metrics.
+  TrainConfig f16 = bf16;
+  f16.out = tmp / "f16";
+  f16.dtype = "f16";
+  train(f16);
+  const auto mf = metrics(f16.out);
+  ASSERT_EQ(mf.size(), mc.size());
+  for (size_t i = 0; i < mc.size(); ++i) {
+    EXPECT_NEAR(double(mf[i]["loss"]), double(mc[i]["loss"]), 3e-2 * double(mc[i]["loss"])) << "f16 at " << i + 1;
+    ASSERT_TRUE(mf[i].contains("loss_scale"));
+  }
+  EXPECT_EQ(double(mf[0]["loss_scale"]), 65536.0);
 }
 
 // best/ holds the model of the lowest validation loss: the same weights as the checkpoint of that

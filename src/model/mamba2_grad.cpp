@@ -123,7 +123,7 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 
 // The training pass. Without grads: the loss only (nothing is kept per layer).
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
-           Gradients* g) {
+           Gradients* g, double grad_scale) {
   c.validate("model");
   const auto [dev, cdt] = check_weights(w);
   const Batch b = make_batch(ids, lengths);
@@ -168,7 +168,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
 
   // Head and loss over the predicting rows, in blocks; d_normed_f gets the head's gradient.
   const int64_t npred = int64_t(b.pred_rows.size());
-  const float scale = float(1.0 / double(npred));
+  const float scale = float(grad_scale / double(npred));
   const int64_t block = std::clamp<int64_t>(kHeadBlockElements / std::max<int64_t>(V, 1), 1, npred);
   Tensor rows = Tensor::empty({block, D}, dev), logits = Tensor::empty({block, V}, dev);
   Tensor d_rows = Tensor::empty({block, D}, dev), rows_c = cdt == DType::F32 ? rows : Tensor::empty({block, D}, dev, cdt);
@@ -286,12 +286,12 @@ void zero_gradients(Gradients& g) {
 
 double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
                std::span<const int64_t> lengths) {
-  return run(config, weights, ids, lengths, nullptr);
+  return run(config, weights, ids, lengths, nullptr, 1.0);
 }
 
 double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
-                        std::span<const int64_t> lengths, Gradients& grads) {
-  return run(config, weights, ids, lengths, &grads);
+                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale) {
+  return run(config, weights, ids, lengths, &grads, grad_scale);
 }
 
 }  // namespace mamba2

@@ -41,7 +41,9 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 // (parameter gradients accumulate; zero them for the gradient of this batch alone). The SSD
 // backward runs chunked like the forward; activations kept per layer: the residual stream,
 // in_proj's output and the scan output (the rest is recomputed).
+// `grad_scale` multiplies the gradient (not the loss): f16 training's loss scale, which lifts
+// small gradients above f16's underflow.
 double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
-                        std::span<const int64_t> lengths, Gradients& grads);
+                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale = 1.0);
 
 }  // namespace mamba2

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include <cmath>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -140,6 +142,13 @@ SavedTrainerState parse_trainer_state(std::string_view text, const std::string& 
   if (const nlohmann::json& v = field("best_val_loss"); !v.is_null()) {
     if (!v.is_number()) fail("[train] {}: 'best_val_loss' must be a number or null, got {}", where, json_excerpt(v));
     st.best_val_loss = v.get<double>();
+  }
+  if (s.contains("loss_scale")) {
+    const nlohmann::json& v = s["loss_scale"];
+    if (!v.is_number() || !(v.get<double>() > 0.0) || !std::isfinite(v.get<double>()))
+      fail("[train] {}: 'loss_scale' must be a positive number, got {}", where, json_excerpt(v));
+    st.loss_scale = v.get<double>();
+    st.good_steps = int64_t(non_negative("good_steps", kMaxCount));
   }
   st.train_fingerprint = text_of("train_fingerprint");
   st.val_fingerprint = text_of("val_fingerprint");

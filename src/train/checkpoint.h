@@ -48,6 +48,8 @@ struct SavedTrainerState {
   uint64_t index = 0, epoch_key = 0;  // rows of the epoch taken; the epoch permutation's key
   std::string rng;                    // the std::mt19937_64 state as text
   std::optional<double> best_val_loss;
+  double loss_scale = 1.0;  // f16 training's dynamic loss scale (absent in older states: 1)
+  int64_t good_steps = 0;   // steps since it last changed
   std::string train_fingerprint, val_fingerprint;
   std::string config_json;  // the run's train config
 };

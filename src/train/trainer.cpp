@@ -113,7 +113,13 @@ struct State {
   std::mt19937_64 rng;     // draws the epoch keys
   int64_t tokens_seen = 0;
   std::optional<double> best_val_loss;
+  // f16 training's dynamic loss scale (as torch.cuda.amp.GradScaler): halved and the update
+  // skipped when the gradients overflow, doubled after kScaleGrowthSteps good steps; 1 otherwise.
+  double loss_scale = 1.0;
+  int64_t good_steps = 0;
 };
+constexpr double kInitialLossScale = 65536.0;
+constexpr int64_t kScaleGrowthSteps = 2000;
 
 std::string rng_text(const std::mt19937_64& rng) {
   std::ostringstream s;
@@ -241,6 +247,7 @@ void Trainer::setup() {
   }
   // The run's dtype is the final model's; on the GPU the projections also compute in it.
   cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
+  if (cw_.embedding.dtype() == DType::F16 && latest.empty()) st_.loss_scale = kInitialLossScale;
 }
 
 void Trainer::prepare_data() {
@@ -303,6 +310,8 @@ void Trainer::resume_from(const fs::path& dir) {
   if (!rs) fail("[train] {}: the RNG state cannot be read", state_path.string());
   st_.tokens_seen = s.tokens_seen;
   st_.best_val_loss = s.best_val_loss;
+  st_.loss_scale = s.loss_scale;
+  st_.good_steps = s.good_steps;
   if (st_.index > uint64_t(rows_per_epoch_))
     fail("[train] {}: data position {} is past the epoch's {} rows", state_path.string(), st_.index, rows_per_epoch_);
   last_saved_step_ = st_.step;
@@ -368,6 +377,8 @@ std::string Trainer::state_json() const {
             {"rng", rng_text(st_.rng)},
             {"tokens_seen", st_.tokens_seen},
             {"best_val_loss", st_.best_val_loss ? json(*st_.best_val_loss) : json(nullptr)},
+            {"loss_scale", st_.loss_scale},
+            {"good_steps", st_.good_steps},
             {"train_fingerprint", train_corpus_->fingerprint()},
             {"val_fingerprint", val_corpus_ ? val_corpus_->fingerprint() : std::string()},
             {"config", json::parse(train_config_to_json(cfg_))}};
@@ -442,19 +453,29 @@ TrainResult Trainer::run() {
     for (const Batch& b : micro) {
       if (b.predictions == 0) continue;
       if (prev > 0 && prev != b.predictions) opt_->scale_grads(double(prev) / double(b.predictions));
-      loss_sum += lm_loss_and_grad(mc_, cw_, b.ids, b.lengths, *g_) * double(b.predictions);
+      loss_sum += lm_loss_and_grad(mc_, cw_, b.ids, b.lengths, *g_, st_.loss_scale) * double(b.predictions);
       prev = b.predictions;
     }
-    const double factor = double(prev) / double(N);
+    const double factor = double(prev) / double(N) / st_.loss_scale;
     const double loss = loss_sum / double(N);
     const double norm = std::sqrt(opt_->grad_sum_squares()) * factor;
-    if (!std::isfinite(loss) || !std::isfinite(norm))
+    const bool scaled = st_.loss_scale != 1.0;
+    if (!std::isfinite(loss) || (!std::isfinite(norm) && !scaled))
       fail("[train] step {}: the loss ({}) or the gradient norm ({}) is not finite; the weights were not updated "
            "(a lower lr or grad_clip may help)",
            st_.step + 1, loss, norm);
     const double lr = schedule_lr(st_.step, max_steps_, cfg_.warmup_steps, cfg_.lr, min_lr_, cfg_.schedule);
-    opt_->step(lr, factor * clip_coefficient(norm, cfg_.grad_clip));
-    refresh_compute_weights(w_, cw_);
+    const bool skipped = !std::isfinite(norm);  // f16: the scaled gradients overflowed
+    if (skipped) {
+      st_.loss_scale /= 2.0;
+      st_.good_steps = 0;
+      log(fmt::format("step {}: the f16 gradients overflowed at loss scale {}; the update is skipped, the scale halved",
+                      st_.step + 1, st_.loss_scale * 2.0));
+    } else {
+      opt_->step(lr, factor * clip_coefficient(norm, cfg_.grad_clip));
+      refresh_compute_weights(w_, cw_);
+      if (scaled && ++st_.good_steps == kScaleGrowthSteps) st_.loss_scale *= 2.0, st_.good_steps = 0;
+    }
     ++st_.step;
     const int64_t tokens = cfg_.batch_size * cfg_.grad_accum * cfg_.seq_len;
     st_.tokens_seen += tokens;
@@ -477,8 +498,10 @@ TrainResult Trainer::run() {
     info.elapsed_s = elapsed;
     info.eta_s = elapsed / double(steps_here) * double(max_steps_ - st_.step);
     json line = {{"step", st_.step},   {"epoch", st_.epoch}, {"loss", loss},
-                 {"lr", lr},           {"grad_norm", norm},  {"tokens", st_.tokens_seen},
+                 {"lr", lr},           {"grad_norm", skipped ? json(nullptr) : json(norm)},  {"tokens", st_.tokens_seen},
                  {"tokens_per_s", info.tokens_per_s}, {"elapsed_s", elapsed}};
+    if (scaled) line["loss_scale"] = st_.loss_scale;
+    if (skipped) line["skipped"] = true;
     result.step = st_.step;
     result.last_loss = loss;
 
