@@ -17,6 +17,7 @@
 #include "test_support.h"
 
 namespace mamba2 {
+namespace cuda_grad_ops_test {  // named: the unity build puts this file beside test_cuda_ops.cpp
 namespace {
 
 using test::random_tensor;
@@ -280,4 +281,5 @@ TEST(CudaGradOps, OperandsOnTheWrongDeviceAreRefused) {
 }
 
 }  // namespace
+}  // namespace cuda_grad_ops_test
 }  // namespace mamba2

@@ -30,7 +30,7 @@ namespace {
 using Vec = std::vector<double>;
 constexpr double kTol = 1e-6;
 constexpr double kStep = 1e-5;
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kNaN64 = std::numeric_limits<double>::quiet_NaN();
 
 Vec randn(size_t n, std::mt19937_64& rng, double scale = 1.0, double mean = 0.0) {
   std::normal_distribution<double> d(mean, scale);
@@ -168,7 +168,7 @@ TEST(GradOps, GatedRmsnormGroups) {
     cpu::gated_rmsnorm_forward(y.data(), ld, z.data(), ld, w.data(), out.data(), ld, n, d, G, eps);
     return dot(R, out);
   };
-  Vec dy(size_t(n * ld), kNaN), dz(size_t(n * ld), kNaN);
+  Vec dy(size_t(n * ld), kNaN64), dz(size_t(n * ld), kNaN64);
   const Vec pre = randn(size_t(d), rng);
   Vec dw = pre;
   cpu::gated_rmsnorm_backward(y.data(), ld, z.data(), ld, w.data(), R.data(), ld, dy.data(), ld, dz.data(), ld,
@@ -196,7 +196,7 @@ TEST(GradOps, Linear) {
       for (int64_t c = 0; c < n; ++c) s += R[size_t(r * ldy + c)] * y[size_t(r * ldy + c)];
     return s;
   };
-  Vec dx(size_t(m * ldx), kNaN);
+  Vec dx(size_t(m * ldx), kNaN64);
   const Vec pre = randn(W.size(), rng);
   Vec dW = pre;
   cpu::linear_backward(x.data(), ldx, W.data(), R.data(), ldy, dx.data(), ldx, dW.data(), m, n, k);
@@ -219,7 +219,7 @@ void conv_check(int64_t L, bool with_state, uint64_t seed) {
     cpu::causal_conv1d_forward(in.data(), ld, w.data(), b.data(), out.data(), ld, st.data(), L, C, K);
     return dot(R, out);
   };
-  Vec din(size_t(L * ld), kNaN);
+  Vec din(size_t(L * ld), kNaN64);
   const Vec pre_w = randn(w.size(), rng), pre_b = randn(b.size(), rng);
   Vec dw = pre_w, db = pre_b;
   cpu::causal_conv1d_backward(in.data(), ld, w.data(), b.data(), with_state ? state.data() : nullptr, R.data(), ld,
@@ -243,7 +243,7 @@ TEST(GradOps, CrossEntropy) {
   auto in_row = [&](size_t i) { return int64_t(i) % ld < V; };
   auto f = [&] { return cpu::cross_entropy(logits.data(), ld, targets.data(), n, V, (double*)nullptr, ld, 1.0); };
   const double scale = 0.37;
-  Vec d(size_t(n * ld), kNaN);
+  Vec d(size_t(n * ld), kNaN64);
   const double loss = cpu::cross_entropy(logits.data(), ld, targets.data(), n, V, d.data(), ld, scale);
   EXPECT_DOUBLE_EQ(loss, f());
   for (size_t i = 0; i < d.size(); ++i) {
@@ -312,7 +312,7 @@ struct SsdProblem {
   // Parameter gradients returned net of the random values their buffers started with.
   Grads backward(int64_t Q) const {
     std::mt19937_64 rng(c.seed + 1);
-    Grads g{Vec(in.size(), kNaN), Vec(state0.size(), kNaN), randn(size_t(c.H), rng), randn(size_t(c.H), rng),
+    Grads g{Vec(in.size(), kNaN64), Vec(state0.size(), kNaN64), randn(size_t(c.H), rng), randn(size_t(c.H), rng),
             randn(size_t(c.H), rng)};
     const Grads pre = g;
     const cpu::SsdGradsT<double> out{g.in.data(),          W, g.in.data() + HP, W, g.in.data() + HP + GN, W,

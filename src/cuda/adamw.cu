@@ -2,8 +2,6 @@
 // element), the sum of squares behind global-norm clipping (the CPU's fixed blocks of 2¹⁴
 // elements, each reduced in a fixed tree in double, the blocks' sums added in order on the host),
 // and scaling in place.
-#include <vector>
-
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
@@ -53,11 +51,7 @@ double sum_squares(const float* x, int64_t n) {
   auto dev = allocate(size_t(blocks) * sizeof(double), "sum_squares partials");
   sum_squares_kernel<<<unsigned(blocks), kThreads, 0, stream()>>>(x, n, static_cast<double*>(dev.get()));
   check_launch("sum_squares");
-  std::vector<double> partial(static_cast<size_t>(blocks));
-  copy_to_host(partial.data(), dev.get(), partial.size() * sizeof(double));
-  double total = 0.0;
-  for (double p : partial) total += p;
-  return total;
+  return host_sum(static_cast<const double*>(dev.get()), blocks);
 }
 
 void scale_inplace(float* x, int64_t n, float s) {

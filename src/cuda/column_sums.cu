@@ -1,6 +1,10 @@
 // The last step of the parameter gradients' sums over rows (common.cuh, kGradRows): the chunks'
-// double partials added in chunk order, the total rounded once and added to the gradient.
+// double partials added in chunk order, the total rounded once and added to the gradient; and
+// the host's ordered sum of a few device doubles (losses, sums of squares).
+#include <vector>
+
 #include "cuda/common.cuh"
+#include "cuda/runtime.h"
 
 namespace mamba2::cuda {
 
@@ -16,6 +20,14 @@ __global__ void add_column_partials_kernel(const double* partial, int64_t ld, in
 }
 
 }  // namespace
+
+double host_sum(const double* values, int64_t n) {
+  std::vector<double> v(static_cast<size_t>(n));
+  copy_to_host(v.data(), values, v.size() * sizeof(double));
+  double total = 0.0;
+  for (double x : v) total += x;
+  return total;
+}
 
 void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
                          const char* op) {

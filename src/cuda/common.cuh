@@ -76,6 +76,8 @@ __device__ __forceinline__ float silu_grad(float v) {
 constexpr int64_t kGradRows = 64;
 void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
                          const char* op);
+// Σ of n doubles on the GPU, copied to the host (a wait) and added there in index order.
+double host_sum(const double* values, int64_t n);
 
 // Row-major products for training (linear.cu): C_i = op(A_i) · op(B_i) + beta·C_i for i < batch,
 // C (m × n) fp32, op(A) (m × k), op(B) (k × n) both F32, BF16 or F16 (the same), each operand

@@ -2,8 +2,6 @@
 // takes a row: the row max subtracted before every exp (all arguments ≤ 0), the exp-sum in double
 // in a fixed order, the gradient scale·(softmax − onehot) written over the logits or beside them.
 // The rows' losses are added on the host in row order.
-#include <vector>
-
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
@@ -60,11 +58,7 @@ double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, i
                                                                V, d_logits, lddl, scale,
                                                                static_cast<double*>(losses.get()));
   check_launch("cross_entropy");
-  std::vector<double> row_loss(static_cast<size_t>(n));
-  copy_to_host(row_loss.data(), losses.get(), row_loss.size() * sizeof(double));
-  double total = 0.0;
-  for (double v : row_loss) total += v;
-  return total;
+  return host_sum(static_cast<const double*>(losses.get()), n);
 }
 
 }  // namespace mamba2::cuda
