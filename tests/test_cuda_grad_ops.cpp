@@ -180,6 +180,14 @@ TEST(CudaGradOps, OptimiserKernelsMatchCpu) {
   const double want = ops::sum_squares(g.cpu), got = ops::sum_squares(g.gpu);
   EXPECT_NEAR(got, want, 1e-12 * want);  // double sums of fp32 squares: only their order differs
   EXPECT_EQ(got, ops::sum_squares(g.gpu));
+  // Many tensors in one pass (the global norm): sizes either side of the 2^14-element blocks.
+  std::vector<Both> many;
+  for (int64_t len : {1, 16383, 16384, 16385, 40000}) many.emplace_back(random_tensor({len}, uint64_t(60 + len)));
+  std::vector<const Tensor*> on_cpu, on_gpu;
+  for (const Both& b : many) on_cpu.push_back(&b.cpu), on_gpu.push_back(&b.gpu);
+  const double want_many = ops::sum_squares(on_cpu), got_many = ops::sum_squares(on_gpu);
+  EXPECT_NEAR(got_many, want_many, 1e-12 * want_many);
+  EXPECT_EQ(got_many, ops::sum_squares(on_gpu));
   ops::scale(g.cpu, 0.37);
   ops::scale(g.gpu, 0.37);
   EXPECT_TRUE(same_bits(g.back(), g.cpu));  // one fp32 product each

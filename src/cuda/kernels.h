@@ -181,6 +181,9 @@ struct AdamWScalars {
 void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWScalars& s);
 // Σ x² in double over fixed blocks, the blocks' sums added in order (the same bits every run).
 double sum_squares(const float* x, int64_t n);
+// Σ x² over `count` tensors (host arrays of their device pointers and sizes), each in the blocks
+// sum_squares takes, all blocks' sums added on the host in order: one wait for all.
+double sum_squares_many(const float* const* xs, const int64_t* sizes, int64_t count);
 void scale_inplace(float* x, int64_t n, float s);
 
 // As cpu::cast_rows: fp32 rows to F32, BF16 or F16, rounded to nearest even.

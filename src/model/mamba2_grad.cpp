@@ -1,8 +1,9 @@
-// The LM's training pass in terms of the ops, on the device the weights are on (fp32): a forward
-// over packed sequences that keeps what the backward needs, the loss through the tied (or untied)
-// head in row blocks, and the backward through the layers in reverse. The residual stream's gradient lives in one buffer: the
-// gradient of residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each
-// layer's RMSNorm adds its part in place (ops::add_rmsnorm_backward).
+// The LM's training pass in terms of the ops, on the device the weights are on (fp32, or on the GPU
+// with bf16 / f16 projections): a forward over packed sequences that keeps what the backward
+// needs, the loss through the tied (or untied) head in row blocks, and the backward through the
+// layers in reverse. The residual stream's gradient lives in one buffer: the gradient of
+// residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each layer's RMSNorm
+// adds its part in place (ops::add_rmsnorm_backward).
 #include "model/mamba2_grad.h"
 
 #include <algorithm>
@@ -99,7 +100,8 @@ std::pair<Device, DType> check_weights(const ModelWeights& w) {
            dtype_name(cdt), dtype_name(t.dtype()), device_name(t.device()), device_name(dev));
   };
   for (const LayerWeights& l : w.layers) {
-    for (const Tensor* t : {&l.norm, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm}) check(*t, DType::F32);
+    for (const Tensor* t : {&l.norm, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm})
+      check(*t, DType::F32);
     for (const Tensor* t : {&l.in_proj, &l.out_proj}) check(*t, cdt);
   }
   check(w.norm_f, DType::F32);
@@ -108,8 +110,9 @@ std::pair<Device, DType> check_weights(const ModelWeights& w) {
 }
 
 void check_gradients(const Gradients& g, const ModelWeights& w) {
-  bool ok = g.embedding.device() == w.embedding.device() && g.layers.size() == w.layers.size() && g.embedding.shape() == w.embedding.shape() &&
-            g.norm_f.shape() == w.norm_f.shape() && g.lm_head.shape() == w.lm_head.shape() &&
+  bool ok = g.embedding.device() == w.embedding.device() && g.layers.size() == w.layers.size() &&
+            g.embedding.shape() == w.embedding.shape() && g.norm_f.shape() == w.norm_f.shape() &&
+            g.lm_head.shape() == w.lm_head.shape() &&
             (g.lm_head.raw() == g.embedding.raw()) == (w.lm_head.raw() == w.embedding.raw());
   for (size_t i = 0; ok && i < w.layers.size(); ++i) {
     const LayerWeights &a = g.layers[i], &b = w.layers[i];

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <vector>
 
 #include "cpu/kernels.h"
 #include "cuda/kernels.h"
@@ -56,6 +57,28 @@ double sum_squares(const Tensor& t) {
 #endif
   }
   return cpu::sum_squares(t.data(), t.numel());
+}
+
+double sum_squares(std::span<const Tensor* const> ts) {
+  if (ts.empty()) return 0.0;
+  const Device dev = ts.front()->device();
+  for (const Tensor* t : ts) {
+    check_device("sum_squares", "a tensor", t->device(), dev);
+    check_dtype("sum_squares", "a tensor", t->dtype(), DType::F32);
+  }
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    std::vector<const float*> ptrs;
+    std::vector<int64_t> sizes;
+    for (const Tensor* t : ts) ptrs.push_back(t->data()), sizes.push_back(t->numel());
+    return cuda::sum_squares_many(ptrs.data(), sizes.data(), int64_t(ts.size()));
+#else
+    no_cuda_backend(__func__);
+#endif
+  }
+  double s = 0.0;
+  for (const Tensor* t : ts) s += cpu::sum_squares(t->data(), t->numel());
+  return s;
 }
 
 void scale(Tensor& t, double s) {

@@ -177,8 +177,10 @@ struct AdamW {
   double grad_scale = 1.0;
 };
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& hyper);
-// sum_squares: Σ t² in double, the same for any thread count (global-norm clipping).
+// sum_squares: Σ t² in double, the same for any thread count (global-norm clipping); of many
+// tensors on one device, in one pass on the GPU (one wait instead of one a tensor).
 double sum_squares(const Tensor& t);
+double sum_squares(std::span<const Tensor* const> ts);
 // scale: t ← s·t.
 void scale(Tensor& t, double s);
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <vector>
 
 #include "cuda/runtime.h"
 #include "io/safetensors.h"
@@ -27,9 +28,9 @@ AdamWOptimizer::AdamWOptimizer(ModelWeights& weights, Gradients& grads, const Mo
 }
 
 double AdamWOptimizer::grad_sum_squares() const {
-  double s = 0.0;
-  for (const Param& p : params_) s += ops::sum_squares(*p.grad);
-  return s;
+  std::vector<const Tensor*> grads;
+  for (const Param& p : params_) grads.push_back(p.grad);
+  return ops::sum_squares(grads);
 }
 
 void AdamWOptimizer::scale_grads(double s) {
