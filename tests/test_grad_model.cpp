@@ -121,13 +121,15 @@ TEST_P(GradFixture, CliWritesLossAndNamedGradients) {
   }
 }
 
-// Mixed precision (bf16 projections, fp32 everything else) against the float64 oracle. Each
+// Mixed precision (bf16 projections and forward scan products, fp32 everything else) against the
+// float64 oracle. Each
 // projection rounds both operands to bf16 (unit roundoff 2⁻⁹ ≈ 2e-3), so each product carries a
 // relative error up to ~2·2⁻⁹ ≈ 4e-3; a gradient passes through ~4 of them a layer and the
 // head's, which add in quadrature on random-signed errors: ~1e-2 relative L2, bounded by 3e-2.
 // The per-head scalars dt_bias and A_log (and D) are sums over every token and state element of
 // terms ~10× larger than the sums (a decay's gradient pulls both ways), so the terms' 4e-3 becomes
-// ~4e-2 of the sum (measured 3.8e-2 to 4.6e-2 on the H200): bounded by 1e-1. The loss (a mean
+// ~4e-2 of the sum (measured 3.1e-2 to 6.1e-2 on the H200 with the forward scan in bf16 too):
+// bounded by 1e-1. The loss (a mean
 // over positions) averages its errors down: 3e-3.
 constexpr double kBf16GradTol = 3e-2, kBf16ScalarGradTol = 1e-1, kBf16LossTol = 3e-3;
 bool per_head_scalar(const std::string& name) {

@@ -74,16 +74,18 @@ ops::SeqBatch sequences(const ModelConfig& c, const Batch& b, Device dev) {
   return ops::SeqBatch(b.lengths, slots, c.chunk_size, dev);
 }
 
-// The conv and the scan of every sequence from a zero state (as prefill without a state).
+// The conv and the scan of every sequence from a zero state (as prefill without a state). The
+// scan's products in `compute` (mixed precision: bf16 / f16 on tensor cores, x, B and C rounded
+// there as the inference scan rounds them; its backward takes them in fp32).
 void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBatch& seqs, const Projections& pr,
-                   MatView xbc, std::optional<MatView> y) {
+                   MatView xbc, std::optional<MatView> y, DType compute) {
   const Device dev = seqs.device();
   Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()}, dev);
   ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs);
   if (!y) return;
   Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
   const ConvOut v = split_conv(xbc, c);
-  ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs);
+  ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs, compute);
 }
 
 // Weights on one device, fp32 but for the projection matrices, which may be bf16 or f16 on the GPU
@@ -157,7 +159,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     }
     ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training);
     const Projections pr = split(MatView::of(zxbcdt), c);
-    mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y));
+    mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y), cdt);
     ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
     ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
     if (g) {
@@ -211,7 +213,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const Projections dpr = split(MatView::of(d_zxbcdt), c);
     // Recomputed: the normed input, the conv output and the gated norm's output.
     ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
-    mixer_forward(c, l, seqs, pr, MatView::of(xbc), std::nullopt);
+    mixer_forward(c, l, seqs, pr, MatView::of(xbc), std::nullopt, cdt);
     ops::gated_rmsnorm(y, pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
 
     ops::linear_backward(MatView::of(gated), l.out_proj, MatView::of(d_res), MatView::of(d_gated), gl.out_proj);

@@ -35,7 +35,8 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 
 // `weights` fp32 on either device, or compute_weights' view on the GPU: the projections then take
 // bf16 / f16 operands (the norms' outputs rounded once, fp32 sums; their gradients' products as
-// well), everything else — the residual stream, the conv, the scan, the norms, the loss — fp32.
+// well) and so do the forward scan's products (its fp32 states, decays and sums as in inference);
+// everything else — the residual stream, the conv, the scan's backward, the norms, the loss — fp32.
 //
 // The same loss (returned, bit-identical to lm_loss) and its gradient, ADDED to `grads`
 // (parameter gradients accumulate; zero them for the gradient of this batch alone). The SSD
