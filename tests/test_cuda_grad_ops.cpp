@@ -1,7 +1,7 @@
-// The CUDA kernels of training (the backwards, cross-entropy, the optimiser's) through the op
-// front ends, against the CPU kernels on random inputs of awkward sizes (row counts either side
-// of the weight gradients' 64-row chunks, column slices of wider buffers), and the same run twice
-// for the same bits. Skipped without a GPU.
+// The CUDA kernels of training (the backwards, cross-entropy, the optimiser's, the cast) through
+// the op front ends, against the CPU kernels on random inputs of awkward sizes (row counts either
+// side of the weight gradients' 64-row chunks, column slices of wider buffers), and the same run
+// twice for the same bits. Skipped without a GPU, but for the cast's CPU half.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
@@ -163,6 +163,32 @@ TEST(CudaGradOps, CrossEntropyMatchesCpu) {
       EXPECT_DOUBLE_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale),
                        ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale));
     }
+}
+
+// The cast op (mixed precision's copies of the masters) rounds as the tensors' own conversions
+// do, on the CPU always and on the GPU when there is one: the same bits, column slices included.
+TEST(CudaGradOps, CastRoundsAsTheTensorConversions) {
+  const int64_t rows = 5, cols = 37, ld = 41;
+  Tensor src = random_tensor({rows, ld}, 70, -3e4f, 3e4f);
+  src.data()[3] = 1e-40f, src.data()[4] = -0.0f, src.data()[5] = 1e5f;  // a subnormal, -0, past f16's range
+  Tensor packed = Tensor::empty({rows, cols});
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) packed.data()[r * cols + c] = src.data()[r * ld + c];
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)));
+    const Tensor want = packed.to(Device::CPU, dt);
+    Tensor got = Tensor::empty({rows, cols}, Device::CPU, dt);
+    ops::cast(MatView::of(src).cols_slice(0, cols), MatView::of(got));
+    EXPECT_TRUE(same_bits(got, want));
+    if (cuda::device_count() == 0) continue;
+    Tensor src_gpu = to_gpu(src), got_gpu = Tensor::empty({rows, cols}, Device::CUDA, dt);
+    ops::cast(MatView::of(src_gpu).cols_slice(0, cols), MatView::of(got_gpu));
+    EXPECT_TRUE(same_bits(got_gpu.to(Device::CPU, dt), want));
+  }
+  Tensor q = Tensor::empty({rows, 32}, Device::CPU, DType::Q8_0);
+  EXPECT_NE(test::error_message([&] { ops::cast(MatView::of(src).cols_slice(0, 32), MatView::of(q)); })
+                .find("[cast] dst is Q8_0"),
+            std::string::npos);
 }
 
 TEST(CudaGradOps, OptimiserKernelsMatchCpu) {

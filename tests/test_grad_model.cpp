@@ -293,6 +293,9 @@ TEST(GradModel, CliRefusesBadInput) {
   expect_error("--ids 1,2,3 --lengths 2,0,1", 1, "every length must be positive");
   expect_error("--ids 1,2 --lengths 1,1", 1, "no positions to predict");
   expect_error("--ids 1", 1, "no positions to predict");
+  expect_error("--ids 1,2,3 --device cpu --dtype bf16", 1,
+               "--dtype bf16: gradients are computed in f32, or on the GPU with bf16 or f16 projections");
+  expect_error("--ids 1,2,3 --device tpu", 1, "--device: 'tpu' is not cpu, cuda or cuda:N");
   const auto r = test::run_cli("grad --model " + test::shell_quote(dir.string()) + " --ids 1,2");
   EXPECT_EQ(r.code, 2) << r.err;  // --out is required
   EXPECT_NE(r.err.find("--out"), std::string::npos) << r.err;

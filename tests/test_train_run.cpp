@@ -517,6 +517,9 @@ TEST(TrainConfigFile, ValidationNamesKeyAndFlag) {
   EXPECT_NE(msg([](TrainConfig& c) { c.min_lr = 1.0; }).find("min_lr (--min-lr) must be in [0, lr"), std::string::npos);
   EXPECT_NE(msg([](TrainConfig& c) { c.beta2 = 1.0; }).find("beta2 (--beta2)"), std::string::npos);
   EXPECT_NE(msg([](TrainConfig& c) { c.dtype = "f8"; }).find("dtype (--dtype)"), std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.device = "gpu"; }).find("device (--device) must be cpu, cuda or cuda:N"),
+            std::string::npos);
+  EXPECT_NE(msg([](TrainConfig& c) { c.device = "cuda:x"; }).find("device (--device) must be"), std::string::npos);
   EXPECT_NE(msg([](TrainConfig& c) { c.val = {c.train[0]}; }).find("not both"), std::string::npos);
   EXPECT_NE(msg([](TrainConfig& c) { c.out.clear(); }).find("out (--out) is required"), std::string::npos);
   EXPECT_NE(msg([](TrainConfig& c) { c.model.reset(); }).find("no model"), std::string::npos);
