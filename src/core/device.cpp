@@ -9,22 +9,26 @@
 
 namespace mamba2 {
 
+std::optional<int> parse_device(std::string_view spec) {
+  if (spec == "cpu") return -1;
+  if (spec == "cuda") return 0;
+  if (spec.substr(0, 5) != "cuda:" || spec.size() == 5) return std::nullopt;
+  int index = 0;
+  auto [q, ec] = std::from_chars(spec.data() + 5, spec.data() + spec.size(), index);
+  if (ec != std::errc() || q != spec.data() + spec.size() || index < 0) return std::nullopt;
+  return index;
+}
+
 Device use_device(std::string_view spec, std::string_view what) {
   std::string device(spec);
   if (device.empty()) {
     const char* env = std::getenv("MAMBA2_DEVICE");
     device = env && *env ? env : cuda::device_count() > 0 ? "cuda" : "cpu";
   }
-  if (device == "cpu") return Device::CPU;
-  if (device != "cuda" && device.rfind("cuda:", 0) != 0) fail("{}: '{}' is not cpu, cuda or cuda:N", what, device);
-  int index = 0;
-  if (device.size() > 5) {
-    const std::string n = device.substr(5);
-    auto [q, ec] = std::from_chars(n.data(), n.data() + n.size(), index);
-    if (ec != std::errc() || q != n.data() + n.size() || index < 0)
-      fail("{}: '{}' is not cpu, cuda or cuda:N", what, device);
-  }
-  cuda::select_device(index);
+  const std::optional<int> index = parse_device(device);
+  if (!index) fail("{}: '{}' is not cpu, cuda or cuda:N", what, device);
+  if (*index < 0) return Device::CPU;
+  cuda::select_device(*index);
   return Device::CUDA;
 }
 

@@ -254,9 +254,7 @@ ModelWeights compute_weights(const ModelWeights& masters, DType dtype) {
 void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view) {
   auto copy = [](const Tensor& from, Tensor& to) {
     if (to.raw() == from.raw()) return;  // an fp32 view shares the masters
-    Tensor& src = const_cast<Tensor&>(from);
-    const int64_t rows = src.dim(0);
-    ops::cast(MatView::of(src), MatView{to.raw(), rows, to.numel() / rows, to.numel() / rows, to.device(), to.dtype()});
+    ops::cast(MatView::of(const_cast<Tensor&>(from)), MatView::of(to));
   };
   copy(masters.embedding, view.embedding);
   if (view.lm_head.raw() != view.embedding.raw()) copy(masters.lm_head, view.lm_head);

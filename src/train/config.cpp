@@ -3,6 +3,7 @@
 // and its flag.
 #include <nlohmann/json.hpp>
 
+#include "core/device.h"
 #include "core/file.h"
 #include "core/json.h"
 #include "mamba2/config.h"
@@ -308,9 +309,7 @@ void validate_train_config(const TrainConfig& c) {
   if (c.threads < 0) bad("threads", fmt::format("must be non-negative, got {}", c.threads));
   if (c.keep_best && c.val.empty() && !(c.val_fraction > 0.0))
     bad("keep_best", "needs validation data: give val files or a val_fraction");
-  if (!(c.device.empty() || c.device == "cpu" || c.device == "cuda" ||
-        (c.device.rfind("cuda:", 0) == 0 && c.device.size() > 5 &&
-         c.device.find_first_not_of("0123456789", 5) == std::string::npos)))
+  if (!c.device.empty() && !parse_device(c.device))
     bad("device", fmt::format("must be cpu, cuda or cuda:N, got \"{}\"", c.device));
   if (c.model) {
     const TrainModelSpec& m = *c.model;

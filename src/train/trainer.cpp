@@ -459,7 +459,7 @@ TrainResult Trainer::run() {
     const double factor = double(prev) / double(N) / st_.loss_scale;
     const double loss = loss_sum / double(N);
     const double norm = std::sqrt(opt_->grad_sum_squares()) * factor;
-    const bool scaled = st_.loss_scale != 1.0;
+    const bool scaled = cw_.embedding.dtype() == DType::F16;  // even once halved down to 1
     if (!std::isfinite(loss) || (!std::isfinite(norm) && !scaled))
       fail("[train] step {}: the loss ({}) or the gradient norm ({}) is not finite; the weights were not updated "
            "(a lower lr or grad_clip may help)",
