@@ -6,11 +6,14 @@
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "cuda_test_support.h"
 #include "mamba2/error.h"
 #include "ops/ops.h"
@@ -203,6 +206,28 @@ TEST(CudaGradOps, OptimiserKernelsMatchCpu) {
   EXPECT_LE(rel(p.back(), p.cpu), 1e-6);
   EXPECT_LE(rel(m.back(), m.cpu), 1e-6);
   EXPECT_LE(rel(v.back(), v.cpu), 1e-6);
+  // Many parameters in one launch, with and without decay: the bits of one call each.
+  std::vector<Both> ps, gs, ms, vs, ps1, ms1, vs1;
+  const int64_t lens[] = {1, 2047, 2048, 2049, 40000};
+  for (int64_t len : lens) {
+    const uint64_t seed = uint64_t(100 + len);
+    ps.emplace_back(random_tensor({len}, seed)), gs.emplace_back(random_tensor({len}, seed + 1));
+    ms.emplace_back(random_tensor({len}, seed + 2, -0.1f, 0.1f)), vs.emplace_back(random_tensor({len}, seed + 3, 0.0f, 0.01f));
+    ps1.emplace_back(random_tensor({len}, seed)), ms1.emplace_back(random_tensor({len}, seed + 2, -0.1f, 0.1f));
+    vs1.emplace_back(random_tensor({len}, seed + 3, 0.0f, 0.01f));
+  }
+  std::vector<ops::AdamWParam> group;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    group.push_back({&ps[i].gpu, &gs[i].gpu, &ms[i].gpu, &vs[i].gpu, i % 2 == 0});
+    ops::AdamW hi = h;
+    if (i % 2) hi.weight_decay = 0.0;
+    ops::adamw(ps1[i].gpu, gs[i].gpu, ms1[i].gpu, vs1[i].gpu, hi);
+  }
+  ops::adamw(group, h);
+  for (size_t i = 0; i < ps.size(); ++i)
+    EXPECT_TRUE(same_bits(ps[i].back(), ps1[i].back()) && same_bits(ms[i].back(), ms1[i].back()) &&
+                same_bits(vs[i].back(), vs1[i].back()))
+        << "tensor " << i;
   const double want = ops::sum_squares(g.cpu), got = ops::sum_squares(g.gpu);
   EXPECT_NEAR(got, want, 1e-12 * want);  // double sums of fp32 squares: only their order differs
   EXPECT_EQ(got, ops::sum_squares(g.gpu));
@@ -238,7 +263,7 @@ struct SsdRun {
   Tensor d_xbc, d_dt, d_state0, d_dt_bias, d_A_log, d_D;
 };
 
-SsdRun run_ssd_backward(const SsdCase& c, Device dev) {
+SsdRun run_ssd_backward(const SsdCase& c, Device dev, DType compute = DType::F32) {
   const int64_t HP = c.H * c.P, GN = c.G * c.N, W = HP + 2 * GN, nseq = int64_t(c.lengths.size());
   int64_t L = 0;
   std::vector<int64_t> slots;
@@ -260,11 +285,54 @@ SsdRun run_ssd_backward(const SsdCase& c, Device dev) {
                         MatView::of(r.d_state0), r.d_dt_bias, r.d_A_log, r.d_D};
   ops::ssd_scan_backward(w, v.cols_slice(0, HP), v.cols_slice(HP, GN), v.cols_slice(HP + GN, GN), MatView::of(dt),
                          c.state ? MatView::of(state0) : MatView{}, MatView::of(d_y),
-                         c.state ? MatView::of(d_final) : MatView{}, g, seqs);
+                         c.state ? MatView::of(d_final) : MatView{}, g, seqs, compute);
   for (Tensor* t : {&r.d_xbc, &r.d_dt, &r.d_state0, &r.d_dt_bias, &r.d_A_log, &r.d_D}) *t = to_cpu(*t);
   return r;
 }
 
+// d_dt_bias and d_A_log of run_ssd_backward's case from the CPU kernel in double (the same inputs,
+// widened), sequence by sequence as the op runs it.
+std::pair<std::vector<double>, std::vector<double>> ssd_head_sums_f64(const SsdCase& c) {
+  const int64_t HP = c.H * c.P, GN = c.G * c.N, W = HP + 2 * GN, nseq = int64_t(c.lengths.size());
+  const int64_t S = c.H * c.P * c.N;
+  int64_t L = 0;
+  for (int64_t len : c.lengths) L += len;
+  auto wide = [](const Tensor& t) { return std::vector<double>(t.data(), t.data() + t.numel()); };
+  const std::vector<double> xbc = wide(random_tensor({L, W}, 40)), dt = wide(random_tensor({L, c.H}, 41, -3.0f, 1.0f));
+  const std::vector<double> dt_bias = wide(random_tensor({c.H}, 42, -1.0f, 0.5f)),
+                            A_log = wide(random_tensor({c.H}, 43, -1.0f, 1.5f)), D = wide(random_tensor({c.H}, 44));
+  const std::vector<double> d_y = wide(random_tensor({L, HP}, 45)), state0 = wide(random_tensor({nseq, S}, 46)),
+                            d_final = wide(random_tensor({nseq, S}, 47));
+  std::vector<double> d_bias = wide(random_tensor({c.H}, 51)), d_A = wide(random_tensor({c.H}, 52));
+  std::vector<double> d_D(static_cast<size_t>(c.H)), d_xbc(static_cast<size_t>(L * W)),
+      d_dt(static_cast<size_t>(L * c.H)), d_s0(static_cast<size_t>(S));
+  const cpu::SsdParamsT<double> p{c.H, c.P, c.G, c.N, dt_bias.data(), A_log.data(), D.data(),
+                                  c.clamp ? 0.05 : 0.0, c.clamp ? 0.5 : std::numeric_limits<double>::infinity()};
+  int64_t t0 = 0;
+  for (int64_t i = 0; i < nseq; ++i) {
+    const int64_t len = c.lengths[size_t(i)], slot = (i + 1) % nseq;
+    const cpu::SsdGradsT<double> g{d_xbc.data() + t0 * W, W,  d_xbc.data() + t0 * W + HP, W, d_xbc.data() + t0 * W + HP + GN,
+                                   W, d_dt.data() + t0 * c.H, c.H, d_s0.data(), d_bias.data(), d_A.data(), d_D.data()};
+    cpu::ssd_scan_backward(p, xbc.data() + t0 * W, W, xbc.data() + t0 * W + HP, W, xbc.data() + t0 * W + HP + GN, W,
+                           dt.data() + t0 * c.H, c.H, c.state ? state0.data() + slot * S : nullptr,
+                           d_y.data() + t0 * HP, HP, c.state ? d_final.data() + slot * S : nullptr, g, len, c.chunk);
+    t0 += len;
+  }
+  return {d_bias, d_A};
+}
+
+double rel_f64(const Tensor& got, const std::vector<double>& want) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = double(got.data()[i]) - want[i];
+    num += d * d, den += want[i] * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// d_dt_bias and d_A_log are a few numbers each, sums over every token of terms that cancel to a
+// small part of their size, so that the CPU kernel's own fp32 rounding shows in them at ~1e-5:
+// both are held to the CPU kernel run in double, the rest to its fp32 run.
 TEST(CudaGradOps, SsdScanBackwardMatchesCpu) {
   MAMBA2_REQUIRE_GPU();
   const SsdCase cases[] = {
@@ -283,14 +351,55 @@ TEST(CudaGradOps, SsdScanBackwardMatchesCpu) {
     EXPECT_LE(rel(got.d_xbc, want.d_xbc), kF32Tol) << "d_x, d_B, d_C";
     EXPECT_LE(rel(got.d_dt, want.d_dt), kF32Tol) << "d_dt";
     EXPECT_LE(rel(got.d_state0, want.d_state0), kF32Tol) << "d_state0";
-    EXPECT_LE(rel(got.d_dt_bias, want.d_dt_bias), kF32Tol) << "d_dt_bias";
-    EXPECT_LE(rel(got.d_A_log, want.d_A_log), kF32Tol) << "d_A_log";
+    const auto [bias64, A64] = ssd_head_sums_f64(c);
+    std::printf("ssd backward per-head sums against double (%s): d_dt_bias GPU %.2e CPU %.2e, d_A_log GPU %.2e CPU %.2e\n",
+                name(c).c_str(), rel_f64(got.d_dt_bias, bias64), rel_f64(want.d_dt_bias, bias64),
+                rel_f64(got.d_A_log, A64), rel_f64(want.d_A_log, A64));
+    EXPECT_LE(rel_f64(got.d_dt_bias, bias64), kF32Tol) << "d_dt_bias";
+    EXPECT_LE(rel_f64(got.d_A_log, A64), kF32Tol) << "d_A_log";
     EXPECT_LE(rel(got.d_D, want.d_D), kF32Tol) << "d_D";
     const SsdRun again = run_ssd_backward(c, Device::CUDA);
     for (auto [a, b] : {std::pair{&got.d_xbc, &again.d_xbc}, {&got.d_dt, &again.d_dt}, {&got.d_state0, &again.d_state0},
                         {&got.d_dt_bias, &again.d_dt_bias}, {&got.d_A_log, &again.d_A_log}, {&got.d_D, &again.d_D}})
       EXPECT_TRUE(same_bits(*a, *b)) << "not deterministic";
   }
+}
+
+// On tensor cores the products' operands are rounded to bf16 (unit roundoff u = 2⁻⁹) or f16
+// (2⁻¹²): x, d_y, B, C, the states and the masked products M and dCB, and their scaled copies, each
+// once. A gradient passes two or three such roundings in a row (e.g. d_x = Mᵀ d_y: M from rounded C
+// and B, rounded again, times rounded d_y), each contributing ~u/√3 relative (rms) to its terms, so
+// ~2u for the x, B, C and state gradients; d_dt is a difference of the pairs' row and column sums
+// that cancel to a fraction of either, so its error relative to its own norm is several times
+// that, and the per-head sums (d_dt_bias, d_A_log) inherit it. Bounds: 8u for x, B, C and the
+// states, 32u for d_dt and the per-head sums (d_D, a plain Σ d_y·x, carries no rounding: 1e-5).
+TEST(CudaGradOps, SsdScanBackwardOnTensorCoresMatchesCpuWithinRounding) {
+  MAMBA2_REQUIRE_GPU();
+  const SsdCase cases[] = {
+      {4, 8, 2, 16, {15, 1, 33, 16, 17}, 16, true, true},
+      {6, 40, 3, 100, {130, 7}, 64, true, false},
+      {4, 64, 2, 128, {300, 211}, 256, true, true},
+  };
+  for (auto [dtype, u] : {std::pair{DType::BF16, 0x1p-9}, {DType::F16, 0x1p-12}})
+    for (const SsdCase& c : cases) {
+      SCOPED_TRACE(name(c) + " " + std::string(dtype_name(dtype)));
+      const SsdRun want = run_ssd_backward(c, Device::CPU), got = run_ssd_backward(c, Device::CUDA, dtype);
+      const double e_xbc = rel(got.d_xbc, want.d_xbc), e_dt = rel(got.d_dt, want.d_dt);
+      const double e_s0 = rel(got.d_state0, want.d_state0), e_bias = rel(got.d_dt_bias, want.d_dt_bias);
+      const double e_A = rel(got.d_A_log, want.d_A_log), e_D = rel(got.d_D, want.d_D);
+      std::printf("ssd backward %s (%s): d_xbc %.2e d_dt %.2e d_state0 %.2e d_dt_bias %.2e d_A_log %.2e d_D %.2e\n",
+                  std::string(dtype_name(dtype)).c_str(), name(c).c_str(), e_xbc, e_dt, e_s0, e_bias, e_A, e_D);
+      EXPECT_LE(e_xbc, 8 * u) << "d_x, d_B, d_C";
+      EXPECT_LE(e_s0, 8 * u) << "d_state0";
+      EXPECT_LE(e_dt, 32 * u) << "d_dt";
+      EXPECT_LE(e_bias, 32 * u) << "d_dt_bias";
+      EXPECT_LE(e_A, 32 * u) << "d_A_log";
+      EXPECT_LE(e_D, kF32Tol) << "d_D";
+      const SsdRun again = run_ssd_backward(c, Device::CUDA, dtype);
+      EXPECT_TRUE(same_bits(got.d_xbc, again.d_xbc) && same_bits(got.d_dt, again.d_dt) &&
+                  same_bits(got.d_A_log, again.d_A_log))
+          << "not deterministic";
+    }
 }
 
 TEST(CudaGradOps, OperandsOnTheWrongDeviceAreRefused) {

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "cpu/kernels.h"
+#include "cuda_test_support.h"
 #include "model/mamba2_grad.h"
 #include "model/weights.h"
 #include "ops/ops.h"
@@ -103,6 +104,31 @@ TEST(AdamW, FirstStepIsLrTimesSign) {
   EXPECT_NEAR(p.data()[0], -0.1f, 1e-7);
   EXPECT_NEAR(p.data()[1], 0.1 * 1e-3 / (1e-3 + 1e-8), 1e-8);  // eps shows at |g| = 1e-3
   EXPECT_EQ(p.data()[2], 0.0f);
+}
+
+// Many parameters in one call (the optimiser's step), decay only where asked: the bits of one
+// call each, with weight_decay 0 for the rest.
+TEST(AdamW, ManyParametersAtOnceEqualOneAtATime) {
+  std::vector<Tensor> p, g, m, v, p1, m1, v1;
+  for (int64_t len : {1, 7, 300}) {
+    const uint64_t seed = uint64_t(len);
+    p.push_back(test::random_tensor({len}, seed)), g.push_back(test::random_tensor({len}, seed + 1));
+    m.push_back(test::random_tensor({len}, seed + 2, -0.1f, 0.1f));
+    v.push_back(test::random_tensor({len}, seed + 3, 0.0f, 0.01f));
+    p1.push_back(p.back().to(Device::CPU, DType::F32)), m1.push_back(m.back().to(Device::CPU, DType::F32));
+    v1.push_back(v.back().to(Device::CPU, DType::F32));
+  }
+  const ops::AdamW h{3e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5};
+  std::vector<ops::AdamWParam> group;
+  for (size_t i = 0; i < p.size(); ++i) {
+    group.push_back({&p[i], &g[i], &m[i], &v[i], i != 1});
+    ops::AdamW hi = h;
+    if (i == 1) hi.weight_decay = 0.0;
+    ops::adamw(p1[i], g[i], m1[i], v1[i], hi);
+  }
+  ops::adamw(group, h);
+  for (size_t i = 0; i < p.size(); ++i)
+    EXPECT_TRUE(test::same_bits(p[i], p1[i]) && test::same_bits(m[i], m1[i]) && test::same_bits(v[i], v1[i])) << i;
 }
 
 TEST(AdamW, RefusesBadHyperParameters) {

@@ -25,6 +25,14 @@ __device__ int64_t sequence_of(const int64_t* starts, int64_t count, int64_t t) 
   return lo;
 }
 
+// Tap j's input for token t of sequence s (from `start`): the packed input, or the sequence's
+// initial state (zeros when states is null).
+__device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const float* states, const int64_t* slots,
+                                            int64_t s, int64_t start, int64_t src, int64_t c, int64_t C, int K) {
+  if (src >= start) return in[src * ldin + c];
+  return states ? states[(slots[s] * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
+}
+
 template <class Out>
 __global__ void conv_kernel(const float* in, int64_t ldin, const float* w, const float* bias, Out* out, int64_t ldo,
                             const float* states, PackedSeqs seqs, int64_t C, int K) {
@@ -33,13 +41,9 @@ __global__ void conv_kernel(const float* in, int64_t ldin, const float* w, const
   if (c >= C) return;
   const int64_t s = sequence_of(seqs.starts, seqs.count, t);
   const int64_t start = seqs.starts[s];
-  const float* state = states + seqs.slots[s] * (K - 1) * C;
   float acc = bias[c];
-  for (int j = 0; j < K; ++j) {
-    const int64_t src = t - (K - 1) + j;  // position of tap j
-    const float v = src >= start ? in[src * ldin + c] : state[(src - start + (K - 1)) * C + c];
-    acc += w[c * K + j] * v;
-  }
+  for (int j = 0; j < K; ++j)
+    acc += w[c * K + j] * conv_input(in, ldin, states, seqs.slots, s, start, t - (K - 1) + j, c, C, K);
   store_f32(out + t * ldo + c, silu(acc));
 }
 
@@ -67,14 +71,6 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
   const int64_t b = blockIdx.x;
   if (c >= C) return;
   out[b * ldo + c] = conv_step_channel(x[b * ldx + c], w + c * K, bias[c], states + slots[b] * (K - 1) * C, C, c, K);
-}
-
-// Tap j's input for token t of sequence s (from `start`): the packed input, or the sequence's
-// initial state (zeros when states is null).
-__device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const float* states, const int64_t* slots,
-                                            int64_t s, int64_t start, int64_t src, int64_t c, int64_t C, int K) {
-  if (src >= start) return in[src * ldin + c];
-  return states ? states[(slots[s] * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
 }
 
 __global__ void conv_pre_grad_kernel(const float* in, int64_t ldin, const float* w, const float* bias,

@@ -150,8 +150,10 @@ int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
 // Backward of the fp32 scan over packed sequences: sequence i from its initial state at state0 +
 // slots[i]·nheads·headdim·d_state (null: zeros), d_final likewise the gradient of its final state
 // (null: zeros). d_x, d_B, d_C, d_dt (of dt_raw) and, when set, d_state0 (rows as state0's) are
-// overwritten; d_dt_bias, d_A_log, d_D accumulate (+=). As
-// cpu::ssd_scan_backward, with its products batched over the chunks; the same bits every run.
+// overwritten; d_dt_bias, d_A_log, d_D accumulate (+=). As cpu::ssd_scan_backward, with its
+// products batched over the chunks; `compute`: F32 runs them in fp32 (no TF32), BF16 / F16 on
+// tensor cores with operands rounded to that type (x, d_y, B, C, the states and the masked
+// products), fp32 accumulation. The same bits every run.
 struct SsdGradPtrs {
   float* x;
   int64_t ldx;
@@ -167,7 +169,7 @@ struct SsdGradPtrs {
 void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
                        int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y,
                        int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
-                       int64_t chunk_size);
+                       int64_t chunk_size, DType compute);
 
 // As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits); targets (n)
 // on the host. Returns Σ_rows (logsumexp − logit[target]), added on the host in row order.
@@ -178,11 +180,18 @@ double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, i
 struct AdamWScalars {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_sqrt_bc2, grad_scale;
 };
-void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWScalars& s);
-// Σ x² in double over fixed blocks, the blocks' sums added in order (the same bits every run).
-double sum_squares(const float* x, int64_t n);
-// Σ x² over `count` tensors (host arrays of their device pointers and sizes), each in the blocks
-// sum_squares takes, all blocks' sums added on the host in order: one wait for all.
+// Of `count` tensors (a host array) in one launch: those without `decays` use a decay factor of 1.
+struct AdamWTensor {
+  float* param;
+  const float* grad;
+  float *m, *v;
+  int64_t n;
+  bool decays;
+};
+void adamw_step_many(const AdamWTensor* tensors, int64_t count, const AdamWScalars& s);
+// Σ x² in double over `count` tensors (host arrays of their device pointers and sizes), each in
+// fixed blocks of 2¹⁴ elements (the CPU's), each block reduced in a fixed tree, all blocks' sums
+// added on the host in order: the same bits every run, one wait for all.
 double sum_squares_many(const float* const* xs, const int64_t* sizes, int64_t count);
 void scale_inplace(float* x, int64_t n, float s);
 

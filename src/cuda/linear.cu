@@ -13,11 +13,13 @@
 #include <cooperative_groups.h>
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda/causal_conv1d.cuh"
@@ -745,7 +747,10 @@ struct GemmKey {
   bool ta, tb;
   int64_t rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc;
   DType dtype;
-  auto tie() const { return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc, dtype); }
+  uint32_t align_a, align_b, align_c;  // the pointers' alignment in bytes (at most 256)
+  auto tie() const {
+    return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc, dtype, align_a, align_b, align_c);
+  }
   bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
 struct GemmPlan {
@@ -795,6 +800,14 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
                                                   sizeof(schemes)),
              "preference");
+  // The heuristic assumes 256-byte aligned buffers unless told (column slices and per-head
+  // offsets are less aligned).
+  using Align = std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t>;
+  for (auto [attr, bytes] : {Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+                             Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+                             Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c},
+                             Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c}})
+    check_blas(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(bytes)), "preference");
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   check_blas(cublasLtMatmulAlgoGetHeuristic(bl.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found),
@@ -816,7 +829,15 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
     raise(cat("[", op, "] a product of ", dtype_name(a.dtype), " and ", dtype_name(b.dtype), " operands"));
   // Row-major C (m × n) is column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ, and a row-major operand is
   // its transpose column-major: B's storage serves as cuBLASLt's A and A's as its B.
-  const GemmKey key{b.t, a.t, n, m, k, b.ld, a.ld, ldc, batch, b.stride, a.stride, stride_c, a.dtype};
+  // Every batch's start: the pointer's alignment and its stride's, in bytes.
+  const auto align = [batch](const void* p, int64_t stride, size_t es) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(p) | (batch > 1 ? uintptr_t(stride) * es : 0);
+    return uint32_t(v ? std::min<uintptr_t>(v & (~v + 1), 256) : 256);
+  };
+  const size_t es = dtype_size(a.dtype);
+  const GemmKey key{b.t,   a.t,      n,        m,        k,       b.ld,  a.ld,  ldc,
+                    batch, b.stride, a.stride, stride_c, a.dtype, align(b.p, b.stride, es),
+                    align(a.p, a.stride, es), align(c, stride_c, 4)};
   const GemmPlan& p = gemm_plan(key);
   Blas& bl = blas();
   const float one = 1.0f;

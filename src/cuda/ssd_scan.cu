@@ -1496,15 +1496,18 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
 
 
 // ---------------------------------------------------------------------------------------------
-// Backward, fp32: the CPU kernel's algorithm (cpu/ssd_scan.cpp), its products batched over chunks.
-// Every chunk is laid out padded to Q tokens (zeros for x, B, C, d_y and dt past a sequence's
-// end: the padding's a stays a[len-1], its w and every product with it vanish), so that each
-// product is one strided batch over the chunks, per head or per group, through cuBLASLt (fp32,
-// no TF32). Small kernels do the rest: the decays and the padded copies (bwd_prep), the chunk-start
-// states and the end-state gradients in chunk order per sequence (bwd_states), the (t, s) pairs'
-// terms of the masked product (bwd_pairs), the rows' terms and the chain through dt (bwd_rows).
-// Sums over a chunk's tokens run in a fixed order; the heads of a group are added in head order,
-// the chunks' parameter sums in chunk order (add_column_partials): the same bits every run.
+// Backward: the CPU kernel's algorithm (cpu/ssd_scan.cpp) with its products batched through
+// cuBLASLt on operands of the compute dtype (fp32: no TF32; bf16 / f16: tensor cores), fp32
+// accumulation. Every chunk is laid out padded to Q tokens (zeros for x, B, C, d_y and dt past a
+// sequence's end: the padding's a stays a[len-1], its w and every product with it vanish), so that
+// each product is one strided batch: per group over the chunks with the group's heads side by side
+// (the chunks' own states, C S_startᵀ, B dS_endᵀ, the state terms of d_C and d_B), or over the
+// (chunk, head) pairs from head-major copies (d_y xᵀ, Mᵀ d_y). Kernels do the rest: the decays and
+// the operand copies (bwd_prep), the chunk-start states and end-state gradients in chunk order per
+// sequence (bwd_states), the (t, s) pairs' terms a 64×64 tile at a time, summed over a group's heads
+// in head order (bwd_pairs), and the rows' terms with the chain through dt (bwd_rows). Every sum
+// runs in a fixed order that depends on its own chunk only, the chunks' parameter sums in chunk
+// order (add_column_partials): the same bits every run, whatever else is in the batch.
 
 namespace {
 
@@ -1513,14 +1516,18 @@ struct BwdDims {
   __host__ __device__ int64_t HP() const { return H * P; }
   __host__ __device__ int64_t GN() const { return G * N; }
   __host__ __device__ int64_t PN() const { return P * N; }
+  __host__ __device__ int64_t NT() const { return (Q + kTile - 1) / kTile; }  // 64-token tiles a chunk
 };
 
-// Block (chunk, head): dt and a (as the forward's chunk_decay); x and d_y padded, w[t]·x and
-// exp(a[t])·d_y; B and C padded by the group's first head.
+// Block (chunk, head): dt and a (as the forward's chunk_decay, a in double); x and d_y head-major
+// (chunk, head, Q, P), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P); B and C (chunk·Q
+// + t, G·N) by the group's first head. Operands rounded to T once.
+template <class T>
 __global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const float* B, int64_t ldb,
                                 const float* C, int64_t ldc, const float* dt_raw, int64_t lddt, const float* d_y,
-                                int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap, float* Xp,
-                                float* dYp, float* XW, float* DYs, float* Bp, float* Cp) {
+                                int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap,
+                                T* __restrict__ Xh, T* __restrict__ dYh, T* __restrict__ XW, T* __restrict__ DYs,
+                                T* __restrict__ Bp, T* __restrict__ Cp) {
   __shared__ float s_dt[kMaxChunk];
   __shared__ double s_a[kMaxChunk];
   const int64_t c = blockIdx.x, Q = d.Q, P = d.P, N = d.N, HP = d.HP(), GN = d.GN();
@@ -1533,32 +1540,36 @@ __global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const 
     ap[u + t] = s_a[t];
   }
   const double a_last = s_a[Q - 1];
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < Q * P; i += kThreads) {
     const int64_t t = i / P, q = i % P, tok = ch.tok0 + t, o = (c * Q + t) * HP + h * P + q;
     const bool in = t < ch.len;
     const float xv = in ? x[tok * ldx + h * P + q] : 0.0f, dyv = in ? d_y[tok * lddy + h * P + q] : 0.0f;
-    Xp[o] = xv;
-    dYp[o] = dyv;
-    XW[o] = expf(float(a_last - s_a[t])) * s_dt[t] * xv;
-    DYs[o] = expf(float(s_a[t])) * dyv;
+    store_f32(Xh + u * P + i, xv);
+    store_f32(dYh + u * P + i, dyv);
+    store_f32(XW + o, expf(float(a_last - s_a[t])) * s_dt[t] * xv);
+    store_f32(DYs + o, expf(float(s_a[t])) * dyv);
   }
   const int64_t hpg = d.H / d.G;
   if (h % hpg) return;
   const int64_t g = h / hpg;
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < Q * N; i += kThreads) {
     const int64_t t = i / N, n = i % N, tok = ch.tok0 + t, o = (c * Q + t) * GN + g * N + n;
     const bool in = t < ch.len;
-    Bp[o] = in ? B[tok * ldb + g * N + n] : 0.0f;
-    Cp[o] = in ? C[tok * ldc + g * N + n] : 0.0f;
+    store_f32(Bp + o, in ? B[tok * ldb + g * N + n] : 0.0f);
+    store_f32(Cp + o, in ? C[tok * ldc + g * N + n] : 0.0f);
   }
 }
 
 // Block (sequence, head, 256 state elements): the states at the chunks' starts, S ← e·S + S_c in
-// chunk order from the initial state (the slot's row), and the gradients of the chunks' end states, G ← e·G + dS_c
-// in reverse order from the final state's; the first chunk's start gradient to d_state0.
+// chunk order from the initial state (the slot's row), and the gradients of the chunks' end
+// states, G ← e·G + dS_c in reverse order from the final state's; the first chunk's start gradient
+// to d_state0. Both in fp32, and rounded to T as the operands of the state terms.
+template <class T>
 __global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, const float* state0,
                                   const float* d_final, const float* Sc, const float* dSc, float* S0, float* dSend,
-                                  float* d_state0) {
+                                  T* S0t, T* dSendt, float* d_state0) {
   const int64_t s = blockIdx.x, h = blockIdx.y, PN = d.PN();
   const int64_t i = int64_t(blockIdx.z) * kThreads + threadIdx.x;
   if (i >= PN) return;
@@ -1568,87 +1579,209 @@ __global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, 
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t o = (c * d.H + h) * PN + i;
     S0[o] = cur;
+    if constexpr (!std::is_same_v<T, float>) store_f32(S0t + o, cur);
     cur = decay(c) * cur + Sc[o];
   }
   cur = d_final ? d_final[e] : 0.0f;
   for (int64_t c = c1 - 1; c >= c0; --c) {
     const int64_t o = (c * d.H + h) * PN + i;
     dSend[o] = cur;
+    if constexpr (!std::is_same_v<T, float>) store_f32(dSendt + o, cur);
     cur = decay(c) * cur + dSc[o];
   }
   if (d_state0) d_state0[e] = cur;
 }
 
-// Block (chunk, head) over the lower triangle of the chunk's (t, s) pairs: with E = exp(a[t]-a[s]),
-// ge = dM·E, c = ge·CB, m = c·dt[s]: thread t sums its row's m, then thread s its column's c and
-// m, writes M = CB·E·dt[s] and dCB = ge·dt[s] over dM (zeros above the diagonal); da[t] = Σ_row m −
-// Σ_col m, ddt[s] = Σ_col c.
-__global__ void bwd_pairs_kernel(BwdDims d, const float* dtp, const double* ap, const float* CB, float* dM,
-                                 float* M, double* da, double* ddt) {
-  __shared__ float s_dt[kMaxChunk];
-  __shared__ double s_a[kMaxChunk];
-  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, u = (c * d.H + h) * Q;
-  const float* cb = CB + (c * d.G + h / (d.H / d.G)) * Q * Q;
-  float* dm = dM + (c * d.H + h) * Q * Q;
-  float* m_out = M + (c * d.H + h) * Q * Q;
-  for (int64_t t = threadIdx.x; t < Q; t += kThreads) {
-    s_dt[t] = dtp[u + t];
-    s_a[t] = ap[u + t];
+// Block (chunk, group, 64×64 tile (ti, si) of the chunk's (t, s) pairs), thread (ty, tx) the
+// pairs (64·ti + ty + 16k, 64·si + tx + 16j). For each head of the group in head order, with
+// E = exp(a[t]-a[s]) and dM = d_y xᵀ, where s ≤ t: ge = dM·E, c = ge·CB, m = c·dt[s]; M = CB·E·dt[s]
+// (T, the product Mᵀ d_y's operand), the tile's row sums of m and column sums of c and m (in
+// double: d_dt and da are their differences; by tile, for bwd_rows). dCB = Σ_heads ge·dt[s] in head order (T). Above the diagonal M and dCB
+// are 0 (ti < si: the whole tile).
+template <class T>
+__global__ void bwd_pairs_kernel(BwdDims d, const float* dtp, const double* ap, const float* CB, const float* dM,
+                                 T* M, T* dCB, double* row_m, double* col_c, double* col_m) {
+  __shared__ double s_at[kTile], s_as[kTile];
+  __shared__ float s_dts[kTile];
+  __shared__ double s_cc[16][kTile + 1], s_cm[16][kTile + 1];
+  const int64_t c = blockIdx.x, g = blockIdx.y, Q = d.Q, QQ = Q * Q, NT = d.NT(), hpg = d.H / d.G;
+  const int ti = int(blockIdx.z / NT), si = int(blockIdx.z % NT), ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+  const int64_t t0 = int64_t(ti) * kTile, s0 = int64_t(si) * kTile;
+  T* dcb = dCB + (c * d.G + g) * QQ;
+  if (si > ti) {
+    for (int64_t h = g * hpg; h <= (g + 1) * hpg; ++h) {  // the last round: dCB
+      T* out = h < (g + 1) * hpg ? M + (c * d.H + h) * QQ : dcb;
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t t = t0 + ty + 16 * k, s = s0 + tx + 16 * j;
+          if (t < Q && s < Q) store_f32(out + t * Q + s, 0.0f);
+        }
+    }
+    return;
   }
-  __syncthreads();
-  const int64_t t = threadIdx.x;
-  float row = 0.0f;
-  if (t < Q)
-    for (int64_t j = 0; j <= t; ++j) row += dm[t * Q + j] * expf(float(s_a[t] - s_a[j])) * cb[t * Q + j] * s_dt[j];
-  __syncthreads();  // every row read dM before the columns overwrite it
-  if (t >= Q) return;
-  const int64_t j = t;
-  float col_c = 0.0f, col_m = 0.0f;
-  for (int64_t r = 0; r < j; ++r) {
-    m_out[r * Q + j] = 0.0f;
-    dm[r * Q + j] = 0.0f;
+  float cb[4][4], acc[4][4];
+  const float* cbg = CB + (c * d.G + g) * QQ;
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t t = t0 + ty + 16 * k, s = s0 + tx + 16 * j;
+      cb[k][j] = t < Q && s <= t ? cbg[t * Q + s] : 0.0f;
+      acc[k][j] = 0.0f;
+    }
+  for (int64_t h = g * hpg; h < (g + 1) * hpg; ++h) {
+    const int64_t u = (c * d.H + h) * Q;
+    __syncthreads();  // the previous head's shared values are used up
+    if (threadIdx.x < kTile) {
+      const int64_t t = t0 + threadIdx.x;
+      s_at[threadIdx.x] = t < Q ? ap[u + t] : 0.0;
+    } else if (threadIdx.x < 2 * kTile) {
+      const int i = threadIdx.x - kTile;
+      const int64_t s = s0 + i;
+      s_as[i] = s < Q ? ap[u + s] : 0.0;
+      s_dts[i] = s < Q ? dtp[u + s] : 0.0f;
+    }
+    __syncthreads();
+    const float* dm = dM + (c * d.H + h) * QQ;
+    T* mo = M + (c * d.H + h) * QQ;
+    float dmv[4][4];  // all 16 loads in flight before the first use
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t t = t0 + ty + 16 * k, s = s0 + tx + 16 * j;
+        dmv[k][j] = t < Q && s <= t ? dm[t * Q + s] : 0.0f;
+      }
+    double rm[4] = {}, cc[4] = {}, cm[4] = {};
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int rk = ty + 16 * k, cj = tx + 16 * j;
+        const int64_t t = t0 + rk, s = s0 + cj;
+        if (t >= Q || s >= Q) continue;
+        float mv = 0.0f;
+        if (s <= t) {
+          const float e = expf(float(s_at[rk] - s_as[cj])), dts = s_dts[cj];
+          const float ge = dmv[k][j] * e, cv = ge * cb[k][j], mm = cv * dts;
+          rm[k] += mm;
+          cc[j] += cv;
+          cm[j] += mm;
+          mv = cb[k][j] * e * dts;
+          acc[k][j] += ge * dts;
+        }
+        store_f32(mo + t * Q + s, mv);
+      }
+    // Rows: over the 16 threads tx of a row (lanes of one half-warp), a fixed butterfly.
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      double v = rm[k];
+      for (int off = 8; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      const int64_t t = t0 + ty + 16 * k;
+      if (tx == 0 && t < Q) row_m[((c * d.H + h) * NT + si) * Q + t] = v;
+    }
+    // Columns: over the 16 rows ty, in order.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s_cc[ty][tx + 16 * j] = cc[j], s_cm[ty][tx + 16 * j] = cm[j];
+    __syncthreads();
+    if (threadIdx.x < kTile && s0 + threadIdx.x < Q) {
+      double vc = 0.0, vm = 0.0;
+      for (int r = 0; r < 16; ++r) vc += s_cc[r][threadIdx.x], vm += s_cm[r][threadIdx.x];
+      const int64_t o = ((c * d.H + h) * NT + ti) * Q + s0 + threadIdx.x;
+      col_c[o] = vc;
+      col_m[o] = vm;
+    }
   }
-  for (int64_t r = j; r < Q; ++r) {
-    const float e = expf(float(s_a[r] - s_a[j])), ge = dm[r * Q + j] * e, cc = ge * cb[r * Q + j];
-    col_c += cc;
-    col_m += cc * s_dt[j];
-    m_out[r * Q + j] = cb[r * Q + j] * e * s_dt[j];
-    dm[r * Q + j] = ge * s_dt[j];
-  }
-  da[u + j] = double(row) - double(col_m);
-  ddt[u + j] = double(col_c);
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t t = t0 + ty + 16 * k, s = s0 + tx + 16 * j;
+      if (t < Q && s < Q) store_f32(dcb + t * Q + s, acc[k][j]);
+    }
 }
 
-// Block (chunk, head), thread t a row: dX = Mᵀ dY + D·dY + w[t]·(dS_end B[t]) (the first term
-// already in dXp), the rows' parts of da and ddt through exp(a[t]) and w, then the end state's
-// part of da[last], the reverse cumsum through a = cumsum(dt·A), d_dt_raw and the chunk's sums
-// for d_D, d_A_log and d_dt_bias (partials, by chunk).
-__global__ void bwd_rows_kernel(SsdParams p, PackedSeqs seqs, BwdDims d, const float* dt_raw, int64_t lddt,
-                                const float* Xp, const float* dYp, const float* Z, const float* Z2, const float* S0,
-                                const float* dSend, const float* dtp, double* ap, double* da, double* ddt, float* dXp,
-                                float* d_dt, int64_t ldd_dt, double* partials) {
-  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP(), PN = d.PN();
+// Block (chunk, head), warp w the rows w, w + 8, ...: d_x = Mᵀ d_y + D·d_y + w[t]·(B[t] dS_endᵀ)
+// (the first term from dXh) into the packed d_x, and the rows' dot products; then thread t the
+// row t's da and ddt (the pairs' tile sums added in tile order, in double; the terms through
+// exp(a[t]) and w), the end state's part of da[last], the reverse cumsum through a = cumsum(dt·A),
+// d_dt_raw, and the chunk's sums for d_D, d_A_log and d_dt_bias (partials, by chunk).
+constexpr int kRowsAWarp = 4;
+__global__ void bwd_rows_kernel(SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx,
+                                const float* d_y, int64_t lddy, const float* dt_raw, int64_t lddt, const float* dXh,
+                                const float* Z, const float* Z2, const float* S0, const float* dSend, const float* dtp,
+                                const double* ap, const double* row_m, const double* col_c, const double* col_m,
+                                float* d_x, int64_t lddx, float* d_dt, int64_t ldd_dt, double* partials) {
+  __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
+  __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
+  __shared__ double s_dA;
+  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP(), PN = d.PN(), NT = d.NT();
   const int64_t u = (c * d.H + h) * Q;
   const Chunk ch = find_chunk(seqs, c, Q);
   const double a_last = ap[u + Q - 1];
   const float Dh = p.D[h];
-  double dD = 0.0, gw_sum = 0.0;
-  for (int64_t t = threadIdx.x; t < Q; t += kThreads) {
-    const int64_t o = (c * Q + t) * HP + h * P;
-    const float el = expf(float(a_last - ap[u + t])), wt = el * dtp[u + t];
-    float rowD = 0.0f, dot = 0.0f, dw = 0.0f;
-    for (int64_t q = 0; q < P; ++q) {
-      const float dy = dYp[o + q], xv = Xp[o + q], z2 = Z2[o + q];
-      rowD += dy * xv;
-      dot += dy * Z[o + q];
-      dw += xv * z2;
-      dXp[o + q] = (dXp[o + q] + Dh * dy) + wt * z2;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // kRowsAWarp rows a warp at once, 64 columns a round, every load issued before the first use.
+  constexpr int R = kRowsAWarp;
+  for (int64_t tb = int64_t(warp) * R; tb < Q; tb += (kThreads / 32) * R) {
+    float rowD[R] = {}, dot[R] = {}, dw[R] = {}, wt[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      wt[r] = tb + r < ch.len ? expf(float(a_last - ap[u + tb + r])) * dtp[u + tb + r] : 0.0f;
+    for (int64_t q0 = 0; q0 < P; q0 += 64) {
+      float dy[R][2], xv[R][2], z[R][2], z2[R][2], dxh[R][2];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = tb + r, q = q0 + lane + 32 * e, tok = ch.tok0 + t, zr = (c * Q + t) * HP + h * P + q;
+          const bool in = t < ch.len && q < P;
+          dy[r][e] = in ? d_y[tok * lddy + h * P + q] : 0.0f;
+          xv[r][e] = in ? x[tok * ldx + h * P + q] : 0.0f;
+          z[r][e] = in ? Z[zr] : 0.0f;
+          z2[r][e] = in ? Z2[zr] : 0.0f;
+          dxh[r][e] = in ? dXh[(u + t) * P + q] : 0.0f;
+        }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = tb + r, q = q0 + lane + 32 * e;
+          rowD[r] += dy[r][e] * xv[r][e];
+          dot[r] += dy[r][e] * z[r][e];
+          dw[r] += xv[r][e] * z2[r][e];
+          if (t < ch.len && q < P)
+            d_x[(ch.tok0 + t) * lddx + h * P + q] = (dxh[r][e] + Dh * dy[r][e]) + wt[r] * z2[r][e];
+        }
     }
-    const double gw = double(dw * wt);
-    da[u + t] += double(expf(float(ap[u + t])) * dot) - gw;
-    ddt[u + t] += double(dw * el);
-    dD += double(rowD);
-    gw_sum += gw;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      for (int off = 16; off > 0; off >>= 1) {
+        rowD[r] += __shfl_xor_sync(0xffffffffu, rowD[r], off);
+        dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
+        dw[r] += __shfl_xor_sync(0xffffffffu, dw[r], off);
+      }
+      if (lane == 0 && tb + r < Q) s_rowD[tb + r] = rowD[r], s_dot[tb + r] = dot[r], s_dw[tb + r] = dw[r];
+    }
+  }
+  __syncthreads();
+  const int64_t t = threadIdx.x;
+  double dD = 0.0, gw = 0.0;
+  if (t < Q) {
+    const int64_t tt = t / kTile;
+    double da = 0.0, ddt = 0.0;
+    for (int64_t si = 0; si <= tt; ++si) da += row_m[(u / Q * NT + si) * Q + t];
+    for (int64_t ti = tt; ti < NT; ++ti) {
+      da -= col_m[(u / Q * NT + ti) * Q + t];
+      ddt += col_c[(u / Q * NT + ti) * Q + t];
+    }
+    const float el = expf(float(a_last - ap[u + t])), wt = el * dtp[u + t];
+    gw = double(s_dw[t] * wt);
+    s_da[t] = da + double(expf(float(ap[u + t])) * s_dot[t]) - gw;
+    s_ddt[t] = ddt + double(s_dw[t] * el);
+    dD = double(s_rowD[t]);
   }
   float sdot = 0.0f;
   const float* S0h = S0 + (c * d.H + h) * PN;
@@ -1656,49 +1789,126 @@ __global__ void bwd_rows_kernel(SsdParams p, PackedSeqs seqs, BwdDims d, const f
   for (int64_t i = threadIdx.x; i < PN; i += kThreads) sdot += dSe[i] * S0h[i];
   sdot = block_sum<kThreads>(sdot);
   dD = block_sum<kThreads, double>(dD);
-  gw_sum = block_sum<kThreads, double>(gw_sum);
-  if (threadIdx.x != 0) return;
-  da[u + ch.len - 1] += double(expf(float(a_last)) * sdot) + gw_sum;
+  gw = block_sum<kThreads, double>(gw);
   const double A = -exp(double(p.A_log[h]));
-  double r = 0.0, dA = 0.0, dbias = 0.0;
-  for (int64_t t = Q - 1; t >= 0; --t) {
-    r += da[u + t];
-    ddt[u + t] += A * r;
-    dA += double(dtp[u + t]) * r;
+  if (threadIdx.x == 0) {
+    s_da[ch.len - 1] += double(expf(float(a_last)) * sdot) + gw;
+    double r = 0.0, dA = 0.0;
+    for (int64_t i = Q - 1; i >= 0; --i) {
+      r += s_da[i];
+      s_ddt[i] += A * r;
+      dA += double(dtp[u + i]) * r;
+    }
+    s_dA = dA;
   }
-  for (int64_t t = 0; t < ch.len; ++t) {
+  __syncthreads();
+  double dbias = 0.0;
+  if (t < ch.len) {
     const float g_raw =
-        float(ddt[u + t]) * dt_activation_grad(dt_raw[(ch.tok0 + t) * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
+        float(s_ddt[t]) * dt_activation_grad(dt_raw[(ch.tok0 + t) * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
     d_dt[(ch.tok0 + t) * ldd_dt + h] = g_raw;
-    dbias += double(g_raw);
+    dbias = double(g_raw);
   }
+  dbias = block_sum<kThreads, double>(dbias);
+  if (threadIdx.x != 0) return;
   partials[c * 3 * d.H + h] = dbias;
-  partials[c * 3 * d.H + d.H + h] = dA * A;
+  partials[c * 3 * d.H + d.H + h] = s_dA * A;
   partials[c * 3 * d.H + 2 * d.H + h] = dD;
 }
 
-// dCB summed over a group's heads in head order: block (chunk, group, 256 elements).
-__global__ void bwd_group_sum_kernel(BwdDims d, const float* dCB, float* out) {
-  const int64_t c = blockIdx.x, g = blockIdx.y, i = int64_t(blockIdx.z) * kThreads + threadIdx.x, QQ = d.Q * d.Q;
-  if (i >= QQ) return;
-  const int64_t hpg = d.H / d.G;
-  float s = dCB[(c * d.H + g * hpg) * QQ + i];
-  for (int64_t k = 1; k < hpg; ++k) s += dCB[(c * d.H + g * hpg + k) * QQ + i];
-  out[(c * d.G + g) * QQ + i] = s;
-}
-
-// Block per padded row (chunk, t) of a real token: the padded gradients to the packed ones.
-__global__ void bwd_scatter_kernel(PackedSeqs seqs, BwdDims d, const float* dXp, const float* dBp, const float* dCp,
-                                   float* d_x, int64_t lddx, float* d_B, int64_t lddb, float* d_C, int64_t lddc) {
+// Block per padded row (chunk, t) of a real token: the padded d_B and d_C to the packed ones.
+__global__ void bwd_scatter_kernel(PackedSeqs seqs, BwdDims d, const float* dBp, const float* dCp, float* d_B,
+                                   int64_t lddb, float* d_C, int64_t lddc) {
   const int64_t c = blockIdx.x, t = blockIdx.y;
   const Chunk ch = find_chunk(seqs, c, d.Q);
   if (t >= ch.len) return;
-  const int64_t tok = ch.tok0 + t, row = c * d.Q + t, HP = d.HP(), GN = d.GN();
-  for (int64_t i = threadIdx.x; i < HP; i += kThreads) d_x[tok * lddx + i] = dXp[row * HP + i];
+  const int64_t tok = ch.tok0 + t, row = c * d.Q + t, GN = d.GN();
   for (int64_t i = threadIdx.x; i < GN; i += kThreads) {
     d_B[tok * lddb + i] = dBp[row * GN + i];
     d_C[tok * lddc + i] = dCp[row * GN + i];
   }
+}
+
+template <class T>
+void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
+              int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y, int64_t lddy,
+              const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs, const BwdDims& d, DType dtype) {
+  const int64_t NC = d.NC, Q = d.Q, H = d.H, G = d.G, P = d.P, N = d.N, HP = d.HP(), GN = d.GN(), PN = d.PN();
+  const int64_t hpg = H / G, QQ = Q * Q, NT = d.NT();
+  std::vector<std::shared_ptr<void>> keep;
+  auto scratch = [&](int64_t count, size_t es) {
+    keep.push_back(allocate(size_t(count) * es, "ssd_scan gradient scratch"));
+    return keep.back().get();
+  };
+  auto f = [&](int64_t count) { return static_cast<float*>(scratch(count, sizeof(float))); };
+  auto op_t = [&](int64_t count) { return static_cast<T*>(scratch(count, sizeof(T))); };
+  float *dtp = f(NC * H * Q), *dXh = f(NC * H * Q * P), *Z = f(NC * Q * HP), *Z2 = f(NC * Q * HP);
+  float *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN), *CB = f(NC * G * QQ), *dM = f(NC * H * QQ);
+  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = f(NC * H * PN);
+  T *Xh = op_t(NC * H * Q * P), *dYh = op_t(NC * H * Q * P), *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
+  T *Bp = op_t(NC * Q * GN), *Cp = op_t(NC * Q * GN), *M = op_t(NC * H * QQ), *dCB = op_t(NC * G * QQ);
+  T *S0t = reinterpret_cast<T*>(S0), *dSendt = reinterpret_cast<T*>(dSend);
+  if constexpr (!std::is_same_v<T, float>) S0t = op_t(NC * H * PN), dSendt = op_t(NC * H * PN);
+  double *ap = static_cast<double*>(scratch(NC * H * Q, sizeof(double)));
+  double* partials = static_cast<double*>(scratch(NC * 3 * H, sizeof(double)));
+  double *row_m = static_cast<double*>(scratch(NC * H * NT * Q, sizeof(double))),
+         *col_c = static_cast<double*>(scratch(NC * H * NT * Q, sizeof(double))),
+         *col_m = static_cast<double*>(scratch(NC * H * NT * Q, sizeof(double)));
+  const char* op = "ssd_scan";
+  const dim3 units{unsigned(NC), unsigned(H), 1u};
+  // Row-major products, GemmOperand {pointer, ld, batch stride, transposed, dtype}.
+  auto opd = [&](const T* ptr, int64_t ld, int64_t stride, bool t) { return GemmOperand{ptr, ld, stride, t, dtype}; };
+
+  bwd_prep_kernel<T><<<units, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d,
+                                                       dtp, ap, Xh, dYh, XW, DYs, Bp, Cp);
+  check_launch(op);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const int64_t h0 = gi * hpg;
+    // The chunks' own end states S_c = (w∘X)ᵀ B and dS_c = (exp(a)∘dY)ᵀ C, the group's heads'
+    // (P × N) blocks one under the other; C Bᵀ (Q × Q).
+    gemm(hpg * P, N, Q, opd(XW + h0 * P, HP, Q * HP, true), opd(Bp + gi * N, GN, Q * GN, false), Sc + h0 * PN, N,
+         H * PN, NC, 0.0f, op);
+    gemm(hpg * P, N, Q, opd(DYs + h0 * P, HP, Q * HP, true), opd(Cp + gi * N, GN, Q * GN, false), dSc + h0 * PN, N,
+         H * PN, NC, 0.0f, op);
+    gemm(Q, Q, N, opd(Cp + gi * N, GN, Q * GN, false), opd(Bp + gi * N, GN, Q * GN, true), CB + gi * QQ, Q, G * QQ,
+         NC, 0.0f, op);
+  }
+  // dM = dY Xᵀ (Q × Q) per (chunk, head).
+  gemm(Q, Q, P, opd(dYh, P, Q * P, false), opd(Xh, P, Q * P, true), dM, Q, QQ, NC * H, 0.0f, op);
+  bwd_states_kernel<T><<<dim3(unsigned(seqs.count), unsigned(H), unsigned(ceil_div(PN, kThreads))), kThreads, 0,
+                         stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, S0t, dSendt, g.state0);
+  check_launch(op);
+  bwd_pairs_kernel<T><<<dim3(unsigned(NC), unsigned(G), unsigned(NT * NT)), kThreads, 0, stream()>>>(
+      d, dtp, ap, CB, dM, M, dCB, row_m, col_c, col_m);
+  check_launch(op);
+  // Mᵀ dY (Q × P) per (chunk, head).
+  gemm(Q, P, Q, opd(M, Q, QQ, true), opd(dYh, P, Q * P, false), dXh, P, Q * P, NC * H, 0.0f, op);
+  for (int64_t gi = 0; gi < G; ++gi) {
+    const int64_t h0 = gi * hpg;
+    // Z = C S_startᵀ and Z2 = B dS_endᵀ (Q × P a head, the group's heads side by side).
+    gemm(Q, hpg * P, N, opd(Cp + gi * N, GN, Q * GN, false), opd(S0t + h0 * PN, N, H * PN, true), Z + h0 * P, HP,
+         Q * HP, NC, 0.0f, op);
+    gemm(Q, hpg * P, N, opd(Bp + gi * N, GN, Q * GN, false), opd(dSendt + h0 * PN, N, H * PN, true), Z2 + h0 * P,
+         HP, Q * HP, NC, 0.0f, op);
+    // dC = dCB B + Σ_heads (exp(a)∘dY) S_start; dB = dCBᵀ C + Σ_heads (w∘X) dS_end.
+    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, false), opd(Bp + gi * N, GN, Q * GN, false), dCp + gi * N, GN,
+         Q * GN, NC, 0.0f, op);
+    gemm(Q, N, hpg * P, opd(DYs + h0 * P, HP, Q * HP, false), opd(S0t + h0 * PN, N, H * PN, false), dCp + gi * N,
+         GN, Q * GN, NC, 1.0f, op);
+    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, true), opd(Cp + gi * N, GN, Q * GN, false), dBp + gi * N, GN,
+         Q * GN, NC, 0.0f, op);
+    gemm(Q, N, hpg * P, opd(XW + h0 * P, HP, Q * HP, false), opd(dSendt + h0 * PN, N, H * PN, false), dBp + gi * N,
+         GN, Q * GN, NC, 1.0f, op);
+  }
+  bwd_rows_kernel<<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, S0, dSend,
+                                                    dtp, ap, row_m, col_c, col_m, g.x, g.ldx, g.dt, g.lddt, partials);
+  check_launch(op);
+  bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dBp, dCp, g.B, g.ldb, g.C,
+                                                                                 g.ldc);
+  check_launch(op);
+  add_column_partials(partials, 3 * H, NC, H, g.dt_bias, op);
+  add_column_partials(partials + H, 3 * H, NC, H, g.A_log, op);
+  add_column_partials(partials + 2 * H, 3 * H, NC, H, g.D, op);
 }
 
 }  // namespace
@@ -1706,92 +1916,24 @@ __global__ void bwd_scatter_kernel(PackedSeqs seqs, BwdDims d, const float* dXp,
 void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
                        int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y,
                        int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
-                       int64_t chunk_size) {
+                       int64_t chunk_size, DType compute) {
   check_params(p);
   if (chunk_size < 1 || chunk_size > kMaxChunk)
     raise(cat("[ssd_scan] chunk_size ", chunk_size, ": the CUDA kernels take 1 to ", kMaxChunk));
   if (seqs.tokens == 0) return;
   const BwdDims d{seqs.total_chunks, chunk_size, p.nheads, p.ngroups, p.headdim, p.d_state};
-  const int64_t NC = d.NC, Q = d.Q, H = d.H, G = d.G, P = d.P, N = d.N, HP = d.HP(), GN = d.GN(), PN = d.PN();
-  const int64_t hpg = H / G, QQ = Q * Q;
-  std::vector<std::shared_ptr<void>> keep;
-  auto scratch = [&](int64_t count, size_t es) {
-    keep.push_back(allocate(size_t(count) * es, "ssd_scan gradient scratch"));
-    return keep.back().get();
-  };
-  auto f = [&](int64_t count) { return static_cast<float*>(scratch(count, sizeof(float))); };
-  auto dbl = [&](int64_t count) { return static_cast<double*>(scratch(count, sizeof(double))); };
-  float *dtp = f(NC * H * Q), *Xp = f(NC * Q * HP), *dYp = f(NC * Q * HP), *XW = f(NC * Q * HP);
-  float *DYs = f(NC * Q * HP), *Z = f(NC * Q * HP), *Z2 = f(NC * Q * HP), *dXp = f(NC * Q * HP);
-  float *Bp = f(NC * Q * GN), *Cp = f(NC * Q * GN), *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN);
-  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = f(NC * H * PN);
-  float *CB = f(NC * G * QQ), *dM = f(NC * H * QQ), *M = f(NC * H * QQ);
-  float* dCBs = hpg > 1 ? f(NC * G * QQ) : dM;  // with one head a group, dCB is already per group
-  double *ap = dbl(NC * H * Q), *da = dbl(NC * H * Q), *ddt = dbl(NC * H * Q), *partials = dbl(NC * 3 * H);
-  const char* op = "ssd_scan";
-  const dim3 units{unsigned(NC), unsigned(H), 1u};
-
-  bwd_prep_kernel<<<units, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d, dtp,
-                                                    ap, Xp, dYp, XW, DYs, Bp, Cp);
-  check_launch(op);
-  // Per head h of group gh, batched over the chunks (row-major products, GemmOperand {p, ld, stride, t}).
-  auto heads = [&](auto&& body) {
-    for (int64_t h = 0; h < H; ++h) body(h, h / hpg);
-  };
-  heads([&](int64_t h, int64_t gh) {
-    // S_c = (w∘X)ᵀ B and dS_c = (exp(a)∘dY)ᵀ C, (P × N) each.
-    gemm(P, N, Q, {XW + h * P, HP, Q * HP, true}, {Bp + gh * N, GN, Q * GN, false}, Sc + h * PN, N, H * PN, NC,
-             0.0f, op);
-    gemm(P, N, Q, {DYs + h * P, HP, Q * HP, true}, {Cp + gh * N, GN, Q * GN, false}, dSc + h * PN, N, H * PN, NC,
-             0.0f, op);
-    // dM = dY Xᵀ (Q × Q).
-    gemm(Q, Q, P, {dYp + h * P, HP, Q * HP, false}, {Xp + h * P, HP, Q * HP, true}, dM + h * QQ, Q, H * QQ, NC,
-             0.0f, op);
-  });
-  for (int64_t gi = 0; gi < G; ++gi)  // C Bᵀ (Q × Q), per group
-    gemm(Q, Q, N, {Cp + gi * N, GN, Q * GN, false}, {Bp + gi * N, GN, Q * GN, true}, CB + gi * QQ, Q, G * QQ, NC,
-             0.0f, op);
-  bwd_states_kernel<<<dim3(unsigned(seqs.count), unsigned(H), unsigned(ceil_div(PN, kThreads))), kThreads, 0,
-                      stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, g.state0);
-  check_launch(op);
-  bwd_pairs_kernel<<<units, kThreads, 0, stream()>>>(d, dtp, ap, CB, dM, M, da, ddt);
-  check_launch(op);
-  heads([&](int64_t h, int64_t gh) {
-    // Mᵀ dY into dXp; Z = C S0ᵀ and Z2 = B dS_endᵀ (Q × P).
-    gemm(Q, P, Q, {M + h * QQ, Q, H * QQ, true}, {dYp + h * P, HP, Q * HP, false}, dXp + h * P, HP, Q * HP, NC,
-             0.0f, op);
-    gemm(Q, P, N, {Cp + gh * N, GN, Q * GN, false}, {S0 + h * PN, N, H * PN, true}, Z + h * P, HP, Q * HP, NC,
-             0.0f, op);
-    gemm(Q, P, N, {Bp + gh * N, GN, Q * GN, false}, {dSend + h * PN, N, H * PN, true}, Z2 + h * P, HP, Q * HP, NC,
-             0.0f, op);
-  });
-  bwd_rows_kernel<<<units, kThreads, 0, stream()>>>(p, seqs, d, dt_raw, lddt, Xp, dYp, Z, Z2, S0, dSend, dtp, ap, da,
-                                                    ddt, dXp, g.dt, g.lddt, partials);
-  check_launch(op);
-  if (hpg > 1) {
-    bwd_group_sum_kernel<<<dim3(unsigned(NC), unsigned(G), unsigned(ceil_div(QQ, kThreads))), kThreads, 0,
-                           stream()>>>(d, dM, dCBs);
-    check_launch(op);
+  switch (compute) {
+    case DType::F32:
+      return backward<float>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, state0, d_y, lddy, d_final, g, seqs, d, compute);
+    case DType::BF16:
+      return backward<__nv_bfloat16>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, state0, d_y, lddy, d_final, g, seqs, d,
+                                     compute);
+    case DType::F16:
+      return backward<__half>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, state0, d_y, lddy, d_final, g, seqs, d,
+                              compute);
+    default:
+      raise(cat("[ssd_scan] the backward computes in F32, BF16 or F16, not ", dtype_name(compute)));
   }
-  for (int64_t gi = 0; gi < G; ++gi) {
-    // dC = dCB B + Σ_heads (exp(a)∘dY) S0; dB = dCBᵀ C + Σ_heads (w∘X) dS_end, heads in order.
-    gemm(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, false}, {Bp + gi * N, GN, Q * GN, false}, dCp + gi * N, GN, Q * GN,
-             NC, 0.0f, op);
-    gemm(Q, N, Q, {dCBs + gi * QQ, Q, G * QQ, true}, {Cp + gi * N, GN, Q * GN, false}, dBp + gi * N, GN, Q * GN,
-             NC, 0.0f, op);
-    for (int64_t h = gi * hpg; h < (gi + 1) * hpg; ++h) {
-      gemm(Q, N, P, {DYs + h * P, HP, Q * HP, false}, {S0 + h * PN, N, H * PN, false}, dCp + gi * N, GN, Q * GN,
-               NC, 1.0f, op);
-      gemm(Q, N, P, {XW + h * P, HP, Q * HP, false}, {dSend + h * PN, N, H * PN, false}, dBp + gi * N, GN,
-               Q * GN, NC, 1.0f, op);
-    }
-  }
-  bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dXp, dBp, dCp, g.x, g.ldx,
-                                                                                 g.B, g.ldb, g.C, g.ldc);
-  check_launch(op);
-  add_column_partials(partials, 3 * H, NC, H, g.dt_bias, op);
-  add_column_partials(partials + H, 3 * H, NC, H, g.A_log, op);
-  add_column_partials(partials + 2 * H, 3 * H, NC, H, g.D, op);
 }
 
 }  // namespace mamba2::cuda

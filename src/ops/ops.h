@@ -146,9 +146,11 @@ struct SsdGrads {
 // ssd_scan backward, chunked like the forward, for the scans of the sequences of `seqs` (x, B, C, dt,
 // d_y packed), each from its row (slot) of `states0` (not modified; an empty view: zeros) given
 // d_y and its row of d_states_final, the gradient of its final state (empty: zeros); grads.state0,
-// when set, receives the initial states' gradients in the same rows. fp32.
+// when set, receives the initial states' gradients in the same rows. Inputs and gradients fp32; the
+// products in `compute` (F32, or on the GPU BF16 / F16 operands with fp32 sums).
 void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView states0, MatView d_y,
-                       MatView d_states_final, const SsdGrads& grads, const SeqBatch& seqs);
+                       MatView d_states_final, const SsdGrads& grads, const SeqBatch& seqs,
+                       DType compute = DType::F32);
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).
@@ -177,6 +179,16 @@ struct AdamW {
   double grad_scale = 1.0;
 };
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& hyper);
+// The same step for many parameters on one device (one launch on the GPU); weight decay only for
+// those with `decay` (the no-decay group: biases, norms, per-head scalars).
+struct AdamWParam {
+  Tensor* param;
+  const Tensor* grad;
+  Tensor* m;
+  Tensor* v;
+  bool decay;
+};
+void adamw(std::span<const AdamWParam> params, const AdamW& hyper);
 // sum_squares: Σ t² in double, the same for any thread count (global-norm clipping); of many
 // tensors on one device, in one pass on the GPU (one wait instead of one a tensor).
 double sum_squares(const Tensor& t);

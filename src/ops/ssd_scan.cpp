@@ -113,7 +113,7 @@ void ssd_step(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, 
 }
 
 void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView states0, MatView d_y,
-                       MatView d_states_final, const SsdGrads& g, const SeqBatch& seqs) {
+                       MatView d_states_final, const SsdGrads& g, const SeqBatch& seqs, DType compute) {
   const int64_t T = x.rows;
   const Device dev = x.device;
   const auto p = params(w, x, B, C, dt, T, dev);
@@ -137,6 +137,9 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   check_len("ssd_scan", "d_dt_bias", g.dt_bias, p.nheads, dev);
   check_len("ssd_scan", "d_A_log", g.A_log, p.nheads, dev);
   check_len("ssd_scan", "d_D", g.D, p.nheads, dev);
+  if (!(compute == DType::F32 || (dev == Device::CUDA && (compute == DType::BF16 || compute == DType::F16))))
+    fail("[ssd_scan] the backward computes in F32 (on the GPU also in BF16 or F16), not {} on the {}",
+         dtype_name(compute), device_name(dev));
   if (T == 0) return;
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
@@ -145,7 +148,7 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
                                   g.dt.data(), g.dt.ld,    ptr(g.state0), g.dt_bias.data(), g.A_log.data(), g.D.data()};
     cuda::ssd_scan_backward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld,
                             ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), grads, seqs.packed(),
-                            seqs.chunk_size());
+                            seqs.chunk_size(), compute);
 #else
     no_cuda_backend(__func__);
 #endif

@@ -39,11 +39,9 @@ void AdamWOptimizer::scale_grads(double s) {
 
 void AdamWOptimizer::step(double lr, double grad_scale) {
   ++steps_;
-  for (Param& p : params_) {
-    ops::AdamW h{lr, settings_.beta1, settings_.beta2, settings_.eps, p.decay ? settings_.weight_decay : 0.0, steps_,
-                 grad_scale};
-    ops::adamw(*p.value, *p.grad, p.m, p.v, h);
-  }
+  std::vector<ops::AdamWParam> ps;
+  for (Param& p : params_) ps.push_back({p.value, p.grad, &p.m, &p.v, p.decay});
+  ops::adamw(ps, {lr, settings_.beta1, settings_.beta2, settings_.eps, settings_.weight_decay, steps_, grad_scale});
 }
 
 void AdamWOptimizer::save(const std::filesystem::path& path) const {

@@ -97,13 +97,19 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   Tensor d_A = Tensor::zeros({H}, dev), d_D = Tensor::zeros({H}, dev);
   const ops::SsdGrads g{MatView::of(d_x), MatView::of(d_B), MatView::of(d_C), MatView::of(d_dt), MatView{}, d_bias, d_A,
                         d_D};
-  const double fwd = median_ms(forward(x32, B32, C32, DType::F32)), bwd = median_ms([&] {
-    ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(x32)), MatView::of(const_cast<Tensor&>(B32)),
-                           MatView::of(const_cast<Tensor&>(C32)), MatView::of(dt), MatView{}, MatView::of(d_y),
-                           MatView{}, g, seqs);
-  });
-  fmt::print("ssd scan b{} L{} H{} P{} N{} in fp32: forward {:.3f} ms, backward {:.3f} ms, both {:.3f} ms (medians of {})\n",
-             b, L, H, P, N, fwd, bwd, fwd + bwd, rounds);
+  // As training runs them: the inputs in fp32, the products in fp32 or (GPU) in the compute dtype.
+  auto both = [&](DType compute) {
+    const double fwd = median_ms(forward(x32, B32, C32, compute)), bwd = median_ms([&] {
+      ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(x32)), MatView::of(const_cast<Tensor&>(B32)),
+                             MatView::of(const_cast<Tensor&>(C32)), MatView::of(dt), MatView{}, MatView::of(d_y),
+                             MatView{}, g, seqs, compute);
+    });
+    fmt::print("ssd scan b{} L{} H{} P{} N{}, {} products: forward {:.3f} ms, backward {:.3f} ms, both {:.3f} ms "
+               "(medians of {})\n",
+               b, L, H, P, N, dtype_name(compute), fwd, bwd, fwd + bwd, rounds);
+  };
+  both(DType::F32);
+  if (dtype != DType::F32) both(dtype);
 }
 
 // How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
@@ -208,7 +214,7 @@ void add_bench(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder or GGUF file");
   sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
-  sub->add_flag("--ssd-grad", o->ssd_grad, "With --ssd: its backward too, in fp32 as training runs it");
+  sub->add_flag("--ssd-grad", o->ssd_grad, "With --ssd: its backward too, as training runs it (fp32, and --dtype's products)");
   sub->add_option("--linear", o->linear, "Also time a projection alone on shapes MxNxK (repeatable)");
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();
   sub->add_option("--decode-batch", o->decode_batches, "Decode batch sizes to time")->capture_default_str();
