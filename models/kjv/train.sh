@@ -14,6 +14,7 @@ else
   OMP_WAIT_POLICY=passive $mamba2 train --config models/kjv/recipe.json
 fi
 cat build/kjv-data/val/*.txt > models/kjv/val.txt
-$mamba2 eval --model build/kjv-run/final --text models/kjv/val.txt
+# The checkpoint with the lowest validation loss (keep_best), not necessarily the last one.
+$mamba2 eval --model build/kjv-run/best --text models/kjv/val.txt
 mkdir -p models/kjv/model
-cp build/kjv-run/final/config.json build/kjv-run/final/model.safetensors build/kjv-run/final/tokenizer.json models/kjv/model/
+cp build/kjv-run/best/config.json build/kjv-run/best/model.safetensors build/kjv-run/best/tokenizer.json models/kjv/model/

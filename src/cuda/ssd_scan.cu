@@ -1520,8 +1520,8 @@ struct BwdDims {
 };
 
 // Block (chunk, head): dt and a (as the forward's chunk_decay, a in double); x and d_y head-major
-// (chunk, head, Q, P), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P); B and C (chunk·Q
-// + t, G·N) by the group's first head. Operands rounded to T once.
+// (chunk, head, Q, P), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P), a warp a row; B
+// and C (chunk·Q + t, G·N), the chunk's rows shared out over its blocks. Operands rounded to T once.
 template <class T>
 __global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const float* B, int64_t ldb,
                                 const float* C, int64_t ldc, const float* dt_raw, int64_t lddt, const float* d_y,
@@ -1530,7 +1530,7 @@ __global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const 
                                 T* __restrict__ Bp, T* __restrict__ Cp) {
   __shared__ float s_dt[kMaxChunk];
   __shared__ double s_a[kMaxChunk];
-  const int64_t c = blockIdx.x, Q = d.Q, P = d.P, N = d.N, HP = d.HP(), GN = d.GN();
+  const int64_t c = blockIdx.x, Q = d.Q, P = d.P, HP = d.HP(), GN = d.GN();
   const int h = int(blockIdx.y);
   const Chunk ch = find_chunk(seqs, c, Q);
   chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
@@ -1540,25 +1540,28 @@ __global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const 
     ap[u + t] = s_a[t];
   }
   const double a_last = s_a[Q - 1];
-#pragma unroll 4
-  for (int64_t i = threadIdx.x; i < Q * P; i += kThreads) {
-    const int64_t t = i / P, q = i % P, tok = ch.tok0 + t, o = (c * Q + t) * HP + h * P + q;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll 2
+  for (int64_t t = warp; t < Q; t += kThreads / 32) {
     const bool in = t < ch.len;
-    const float xv = in ? x[tok * ldx + h * P + q] : 0.0f, dyv = in ? d_y[tok * lddy + h * P + q] : 0.0f;
-    store_f32(Xh + u * P + i, xv);
-    store_f32(dYh + u * P + i, dyv);
-    store_f32(XW + o, expf(float(a_last - s_a[t])) * s_dt[t] * xv);
-    store_f32(DYs + o, expf(float(s_a[t])) * dyv);
+    const int64_t tok = ch.tok0 + t, o = (c * Q + t) * HP + h * P;
+    const float w = expf(float(a_last - s_a[t])) * s_dt[t], ey = expf(float(s_a[t]));
+    for (int64_t q = lane; q < P; q += 32) {
+      const float xv = in ? x[tok * ldx + h * P + q] : 0.0f, dyv = in ? d_y[tok * lddy + h * P + q] : 0.0f;
+      store_f32(Xh + (u + t) * P + q, xv);
+      store_f32(dYh + (u + t) * P + q, dyv);
+      store_f32(XW + o + q, w * xv);
+      store_f32(DYs + o + q, ey * dyv);
+    }
   }
-  const int64_t hpg = d.H / d.G;
-  if (h % hpg) return;
-  const int64_t g = h / hpg;
-#pragma unroll 4
-  for (int64_t i = threadIdx.x; i < Q * N; i += kThreads) {
-    const int64_t t = i / N, n = i % N, tok = ch.tok0 + t, o = (c * Q + t) * GN + g * N + n;
+  // B and C: the chunk's rows shared out over its H blocks.
+  for (int64_t t = h + int64_t(warp) * d.H; t < Q; t += (kThreads / 32) * d.H) {
     const bool in = t < ch.len;
-    store_f32(Bp + o, in ? B[tok * ldb + g * N + n] : 0.0f);
-    store_f32(Cp + o, in ? C[tok * ldc + g * N + n] : 0.0f);
+    const int64_t tok = ch.tok0 + t;
+    for (int64_t i = lane; i < GN; i += 32) {
+      store_f32(Bp + (c * Q + t) * GN + i, in ? B[tok * ldb + i] : 0.0f);
+      store_f32(Cp + (c * Q + t) * GN + i, in ? C[tok * ldc + i] : 0.0f);
+    }
   }
 }
 
@@ -1596,11 +1599,12 @@ __global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, 
 // pairs (64·ti + ty + 16k, 64·si + tx + 16j). For each head of the group in head order, with
 // E = exp(a[t]-a[s]) and dM = d_y xᵀ, where s ≤ t: ge = dM·E, c = ge·CB, m = c·dt[s]; M = CB·E·dt[s]
 // (T, the product Mᵀ d_y's operand), the tile's row sums of m and column sums of c and m (in
-// double: d_dt and da are their differences; by tile, for bwd_rows). dCB = Σ_heads ge·dt[s] in head order (T). Above the diagonal M and dCB
-// are 0 (ti < si: the whole tile).
+// double: d_dt and da are their differences; by tile, for bwd_rows). dCB = Σ_heads ge·dt[s] in
+// head order (T). Above the diagonal M and dCB are 0 (ti < si: the whole tile).
 template <class T>
-__global__ void bwd_pairs_kernel(BwdDims d, const float* dtp, const double* ap, const float* CB, const float* dM,
-                                 T* M, T* dCB, double* row_m, double* col_c, double* col_m) {
+__global__ __launch_bounds__(kThreads, 2) void bwd_pairs_kernel(BwdDims d, const float* dtp, const double* ap,
+                                                                const float* CB, const float* dM, T* M, T* dCB,
+                                                                double* row_m, double* col_c, double* col_m) {
   __shared__ double s_at[kTile], s_as[kTile];
   __shared__ float s_dts[kTile];
   __shared__ double s_cc[16][kTile + 1], s_cm[16][kTile + 1];
@@ -1703,17 +1707,179 @@ __global__ void bwd_pairs_kernel(BwdDims d, const float* dtp, const double* ap, 
     }
 }
 
+// The tensor-core form of bwd_pairs (bf16 / f16; headdim a multiple of 8, at most 128): the tile of
+// dM = d_y xᵀ is computed here on mma.sync from the head-major copies (never stored), and the
+// next head's tiles are copied in while this one's are used. 4 warps, warp w the rows 16w.. of
+// the tile, lane l the accumulator elements of mma's layout; sums per thread in fp32, then across
+// lanes (rows: the quad; columns: lanes 4 apart) and warps in a fixed order, in double past that.
+constexpr int kPairThreads = 128;
+constexpr int kMaxPairHeaddim = 128;
+__host__ __device__ inline int pair_stride(int64_t P) { return int((P + 15) / 16 * 16 + 8); }
+
+template <class T>
+__global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d, const float* dtp, const double* ap,
+                                                                   const float* CB, const T* Xh, const T* dYh, T* M,
+                                                                   T* dCB, double* row_m, double* col_c,
+                                                                   double* col_m) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ double s_at[2][kTile], s_as[2][kTile];
+  __shared__ float s_dts[2][kTile], s_col[4][2][kTile];
+  const int64_t c = blockIdx.x, g = blockIdx.y, Q = d.Q, QQ = Q * Q, NT = d.NT(), hpg = d.H / d.G, P = d.P;
+  const int ti = int(blockIdx.z / NT), si = int(blockIdx.z % NT);
+  const int64_t t0 = int64_t(ti) * kTile, s0 = int64_t(si) * kTile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = 16 * warp;
+  const int LD = pair_stride(P), KS = int((P + 15) / 16);
+  T* dcb = dCB + (c * d.G + g) * QQ;
+  const bool pairs = Q % 2 == 0;  // two columns as one 4-byte store
+  // Element e of fragment j of the lane: row r0 + lane/4 + 8(e/2), column 8j + 2(lane%4) + e%2.
+  const auto store_tile = [&](T* out, const float (&v)[8][4]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int64_t t = t0 + r0 + lane / 4 + 8 * i, s = s0 + 8 * j + 2 * (lane % 4);
+        if (t >= Q || s >= Q) continue;
+        if (pairs) {
+          *reinterpret_cast<uint32_t*>(out + t * Q + s) = pack2<T>(v[j][2 * i], v[j][2 * i + 1]);
+        } else {
+          store_f32(out + t * Q + s, v[j][2 * i]);
+          if (s + 1 < Q) store_f32(out + t * Q + s + 1, v[j][2 * i + 1]);
+        }
+      }
+  };
+  if (si > ti) {
+    const float zero[8][4] = {};
+    for (int64_t h = g * hpg; h < (g + 1) * hpg; ++h) store_tile(M + (c * d.H + h) * QQ, zero);
+    store_tile(dcb, zero);
+    return;
+  }
+  T* Ys = reinterpret_cast<T*>(smem);  // [stage][64][LD]: d_y's rows t0.., then x's rows s0..
+  T* Xs = Ys + 2 * kTile * LD;
+  for (int i = threadIdx.x; i < 4 * kTile; i += kPairThreads)  // the k-steps' padding past headdim: zeros
+    for (int q = int(P); q < 16 * KS; ++q) Ys[i * LD + q] = T(0.0f);
+  const int pieces = int(P / 8);
+  const auto issue = [&](int64_t h, int b) {
+    const T* ysrc = dYh + ((c * d.H + h) * Q + t0) * P;
+    const T* xsrc = Xh + ((c * d.H + h) * Q + s0) * P;
+    for (int i = threadIdx.x; i < kTile * pieces; i += kPairThreads) {
+      const int r = i / pieces, q = i % pieces;
+      const bool yin = t0 + r < Q, xin = s0 + r < Q;
+      cp_async16(Ys + (b * kTile + r) * LD + 8 * q, ysrc + (yin ? r : 0) * P + 8 * q, yin ? 16 : 0);
+      cp_async16(Xs + (b * kTile + r) * LD + 8 * q, xsrc + (xin ? r : 0) * P + 8 * q, xin ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  // The head's a and dt of the tile's rows and columns, one head ahead in registers.
+  double ra_t = 0.0, ra_s = 0.0;
+  float rdt = 0.0f;
+  const auto fetch = [&](int64_t h) {
+    if (threadIdx.x >= kTile) return;
+    const int64_t u = (c * d.H + h) * Q, t = t0 + threadIdx.x, s = s0 + threadIdx.x;
+    ra_t = t < Q ? ap[u + t] : 0.0;
+    ra_s = s < Q ? ap[u + s] : 0.0;
+    rdt = s < Q ? dtp[u + s] : 0.0f;
+  };
+  float cbv[8][4], dcbv[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t t = t0 + r0 + lane / 4 + 8 * (e / 2), s = s0 + 8 * j + 2 * (lane % 4) + e % 2;
+      cbv[j][e] = t < Q && s <= t ? CB[(c * d.G + g) * QQ + t * Q + s] : 0.0f;
+      dcbv[j][e] = 0.0f;
+    }
+  const int64_t h0 = g * hpg;
+  issue(h0, 0);
+  fetch(h0);
+  for (int64_t k = 0; k < hpg; ++k) {
+    const int b = int(k % 2);
+    const int64_t h = h0 + k;
+    if (threadIdx.x < kTile) s_at[b][threadIdx.x] = ra_t, s_as[b][threadIdx.x] = ra_s, s_dts[b][threadIdx.x] = rdt;
+    if (k + 1 < hpg) {
+      issue(h + 1, 1 - b);
+      fetch(h + 1);
+      cp_async_wait_all_but_last();
+    } else {
+      cp_async_wait_all();
+    }
+    __syncthreads();
+    float acc[8][4] = {};
+    const T* ys = Ys + b * kTile * LD;
+    const T* xs = Xs + b * kTile * LD;
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t a[4];
+      ldsm(a, a_rows(ys, LD, r0, 16 * ks));
+#pragma unroll
+      for (int j = 0; j < 8; j += 2) {
+        uint32_t bb[4];
+        ldsm(bb, b_rows(xs, LD, 8 * j, 16 * ks));
+        mma<T>(acc[j], a, bb[0], bb[1]);
+        mma<T>(acc[j + 1], a, bb[2], bb[3]);
+      }
+    }
+    // Fragment by fragment: its terms, then its columns' sums over the warp's 16 rows (lanes 4
+    // apart) into s_col, so that only the fragment's sums are alive at a time.
+    float rs[2] = {};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float cc[2] = {}, cm[2] = {};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tl = r0 + lane / 4 + 8 * (e / 2), sl = 8 * j + 2 * (lane % 4) + e % 2;
+        float mv = 0.0f;
+        if (t0 + tl < Q && s0 + sl <= t0 + tl) {
+          const float ex = expf(float(s_at[b][tl] - s_as[b][sl])), dts = s_dts[b][sl];
+          const float ge = acc[j][e] * ex, cv = ge * cbv[j][e], mm = cv * dts;
+          rs[e / 2] += mm;
+          cc[e % 2] += cv;
+          cm[e % 2] += mm;
+          mv = cbv[j][e] * ex * dts;
+          dcbv[j][e] += ge * dts;
+        }
+        acc[j][e] = mv;
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        for (int off = 4; off < 32; off *= 2) {
+          cc[e] += __shfl_xor_sync(0xffffffffu, cc[e], off);
+          cm[e] += __shfl_xor_sync(0xffffffffu, cm[e], off);
+        }
+        if (lane < 4) s_col[warp][0][8 * j + 2 * lane + e] = cc[e], s_col[warp][1][8 * j + 2 * lane + e] = cm[e];
+      }
+    }
+    store_tile(M + (c * d.H + h) * QQ, acc);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float v = rs[i];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      const int64_t t = t0 + r0 + lane / 4 + 8 * i;
+      if (lane % 4 == 0 && t < Q) row_m[((c * d.H + h) * NT + si) * Q + t] = double(v);
+    }
+    __syncthreads();
+    if (threadIdx.x < kTile && s0 + threadIdx.x < Q) {
+      double vc = 0.0, vm = 0.0;
+      for (int w = 0; w < 4; ++w) vc += double(s_col[w][0][threadIdx.x]), vm += double(s_col[w][1][threadIdx.x]);
+      const int64_t o = ((c * d.H + h) * NT + ti) * Q + s0 + threadIdx.x;
+      col_c[o] = vc;
+      col_m[o] = vm;
+    }
+    __syncthreads();  // this stage's tiles, a, dt and the column sums are used up
+  }
+  store_tile(dcb, dcbv);
+}
+
 // Block (chunk, head), warp w the rows w, w + 8, ...: d_x = Mᵀ d_y + D·d_y + w[t]·(B[t] dS_endᵀ)
 // (the first term from dXh) into the packed d_x, and the rows' dot products; then thread t the
 // row t's da and ddt (the pairs' tile sums added in tile order, in double; the terms through
 // exp(a[t]) and w), the end state's part of da[last], the reverse cumsum through a = cumsum(dt·A),
 // d_dt_raw, and the chunk's sums for d_D, d_A_log and d_dt_bias (partials, by chunk).
-constexpr int kRowsAWarp = 4;
-__global__ void bwd_rows_kernel(SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx,
-                                const float* d_y, int64_t lddy, const float* dt_raw, int64_t lddt, const float* dXh,
-                                const float* Z, const float* Z2, const float* S0, const float* dSend, const float* dtp,
-                                const double* ap, const double* row_m, const double* col_c, const double* col_m,
-                                float* d_x, int64_t lddx, float* d_dt, int64_t ldd_dt, double* partials) {
+constexpr int kRowsAWarp = 2;
+__global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
+    SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx, const float* d_y, int64_t lddy,
+    const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* S0,
+    const float* dSend, const float* dtp, const double* ap, const double* row_m, const double* col_c,
+    const double* col_m, float* d_x, int64_t lddx, float* d_dt, int64_t ldd_dt, double* partials) {
   __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
   __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
   __shared__ double s_dA;
@@ -1843,7 +2009,7 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   auto f = [&](int64_t count) { return static_cast<float*>(scratch(count, sizeof(float))); };
   auto op_t = [&](int64_t count) { return static_cast<T*>(scratch(count, sizeof(T))); };
   float *dtp = f(NC * H * Q), *dXh = f(NC * H * Q * P), *Z = f(NC * Q * HP), *Z2 = f(NC * Q * HP);
-  float *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN), *CB = f(NC * G * QQ), *dM = f(NC * H * QQ);
+  float *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN), *CB = f(NC * G * QQ);
   float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = f(NC * H * PN);
   T *Xh = op_t(NC * H * Q * P), *dYh = op_t(NC * H * Q * P), *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
   T *Bp = op_t(NC * Q * GN), *Cp = op_t(NC * Q * GN), *M = op_t(NC * H * QQ), *dCB = op_t(NC * G * QQ);
@@ -1873,13 +2039,26 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
     gemm(Q, Q, N, opd(Cp + gi * N, GN, Q * GN, false), opd(Bp + gi * N, GN, Q * GN, true), CB + gi * QQ, Q, G * QQ,
          NC, 0.0f, op);
   }
-  // dM = dY Xᵀ (Q × Q) per (chunk, head).
-  gemm(Q, Q, P, opd(dYh, P, Q * P, false), opd(Xh, P, Q * P, true), dM, Q, QQ, NC * H, 0.0f, op);
   bwd_states_kernel<T><<<dim3(unsigned(seqs.count), unsigned(H), unsigned(ceil_div(PN, kThreads))), kThreads, 0,
                          stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, S0t, dSendt, g.state0);
   check_launch(op);
-  bwd_pairs_kernel<T><<<dim3(unsigned(NC), unsigned(G), unsigned(NT * NT)), kThreads, 0, stream()>>>(
-      d, dtp, ap, CB, dM, M, dCB, row_m, col_c, col_m);
+  const dim3 pair_grid{unsigned(NC), unsigned(G), unsigned(NT * NT)};
+  bool on_tensor_cores = false;
+  if constexpr (!std::is_same_v<T, float>) {
+    on_tensor_cores = P % 8 == 0 && P <= kMaxPairHeaddim;
+    if (on_tensor_cores) {
+      const size_t smem = 4 * size_t(kTile) * pair_stride(P) * sizeof(T);
+      check(cudaFuncSetAttribute(bwd_pairs_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+      bwd_pairs_tc_kernel<T><<<pair_grid, kPairThreads, smem, stream()>>>(d, dtp, ap, CB, Xh, dYh, M, dCB, row_m,
+                                                                          col_c, col_m);
+    }
+  }
+  if (!on_tensor_cores) {
+    // dM = dY Xᵀ (Q × Q) per (chunk, head), then the pairs.
+    float* dM = f(NC * H * QQ);
+    gemm(Q, Q, P, opd(dYh, P, Q * P, false), opd(Xh, P, Q * P, true), dM, Q, QQ, NC * H, 0.0f, op);
+    bwd_pairs_kernel<T><<<pair_grid, kThreads, 0, stream()>>>(d, dtp, ap, CB, dM, M, dCB, row_m, col_c, col_m);
+  }
   check_launch(op);
   // Mᵀ dY (Q × P) per (chunk, head).
   gemm(Q, P, Q, opd(M, Q, QQ, true), opd(dYh, P, Q * P, false), dXh, P, Q * P, NC * H, 0.0f, op);

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "core/file.h"
 #include "core/utf8.h"
+#include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
@@ -210,16 +211,19 @@ void add_train(CLI::App& app) {
     const TrainResult r = train(cfg, cb);
     std::signal(SIGINT, SIG_DFL);
     clear_bar();
+    // A run on the GPU: also its memory pool's high-water mark (what the run needed there).
+    const size_t gpu_bytes = cuda::device_count() > 0 ? cuda::peak_reserved_bytes() : 0;
+    std::string memory = fmt::format("peak memory {:.0f} MiB", peak_rss_mib());
+    if (gpu_bytes) memory += fmt::format(", on the GPU {:.0f} MiB", double(gpu_bytes) / 1048576.0);
     if (r.finished)
-      fmt::print("trained to step {}: loss {:.4f}{}; {:.1f} tokens/s, peak memory {:.0f} MiB; final model in {}{}\n",
-                 r.step, r.last_loss,
+      fmt::print("trained to step {}: loss {:.4f}{}; {:.1f} tokens/s, {}; final model in {}{}\n", r.step, r.last_loss,
                  r.last_val_loss ? fmt::format(", val_loss {:.4f}", *r.last_val_loss) : std::string(), r.tokens_per_s,
-                 peak_rss_mib(), r.final_dir.string(),
+                 memory, r.final_dir.string(),
                  cfg.keep_best ? fmt::format(", the lowest validation loss's in {}", (cfg.out / "best").string())
                                : std::string());
     else
-      fmt::print("stopped at step {}: loss {:.4f}; {:.1f} tokens/s, peak memory {:.0f} MiB; resume with --resume --out {}\n",
-                 r.step, r.last_loss, r.tokens_per_s, peak_rss_mib(), cfg.out.string());
+      fmt::print("stopped at step {}: loss {:.4f}; {:.1f} tokens/s, {}; resume with --resume --out {}\n", r.step,
+                 r.last_loss, r.tokens_per_s, memory, cfg.out.string());
   });
 }
 
