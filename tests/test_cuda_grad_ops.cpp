@@ -168,6 +168,39 @@ TEST(CudaGradOps, CrossEntropyMatchesCpu) {
     }
 }
 
+// Mixed precision's head: cross-entropy writes its gradient rounded to bf16 / f16 (what the head's
+// backward would round it to) — the same bits as the fp32 gradient cast, and the same head
+// gradients from either.
+TEST(CudaGradOps, CrossEntropyWritesTheHeadsRoundedGradient) {
+  MAMBA2_REQUIRE_GPU();
+  const int64_t n = 70, V = 1000, D = 48;
+  std::vector<int32_t> targets;
+  for (int64_t r = 0; r < n; ++r) targets.push_back(int32_t((r * 7919) % V));
+  for (DType dt : {DType::BF16, DType::F16}) {
+    SCOPED_TRACE(std::string(dtype_name(dt)));
+    Tensor logits = to_gpu(random_tensor({n, V}, 80, -20.0f, 20.0f));
+    Tensor d32 = Tensor::empty({n, V}, Device::CUDA), d16 = Tensor::empty({n, V}, Device::CUDA, dt);
+    const double a = ops::cross_entropy(MatView::of(logits), targets, MatView::of(d32), 0.25f);
+    const double b = ops::cross_entropy(MatView::of(logits), targets, MatView::of(d16), 0.25f);
+    EXPECT_DOUBLE_EQ(a, b);
+    Tensor cast16 = Tensor::empty({n, V}, Device::CUDA, dt);
+    ops::cast(MatView::of(d32), MatView::of(cast16));
+    EXPECT_TRUE(same_bits(d16.to(Device::CPU, dt), cast16.to(Device::CPU, dt)));
+    Tensor x = random_tensor({n, D}, 81).to(Device::CUDA, dt), W = random_tensor({V, D}, 82).to(Device::CUDA, dt);
+    Tensor dx1 = Tensor::zeros({n, D}, Device::CUDA), dx2 = Tensor::zeros({n, D}, Device::CUDA);
+    Tensor dW1 = Tensor::zeros({V, D}, Device::CUDA), dW2 = Tensor::zeros({V, D}, Device::CUDA);
+    ops::linear_backward(MatView::of(x), W, MatView::of(d32), MatView::of(dx1), dW1);
+    ops::linear_backward(MatView::of(x), W, MatView::of(d16), MatView::of(dx2), dW2);
+    EXPECT_TRUE(same_bits(to_cpu(dx1), to_cpu(dx2)));
+    EXPECT_TRUE(same_bits(to_cpu(dW1), to_cpu(dW2)));
+  }
+  // Not on the CPU, and never over the logits in another dtype.
+  Tensor lc = random_tensor({n, V}, 83), dc = Tensor::empty({n, V}, Device::CPU, DType::BF16);
+  EXPECT_NE(test::error_message([&] { ops::cross_entropy(MatView::of(lc), targets, MatView::of(dc), 1.0f); })
+                .find("[cross_entropy] d_logits is BF16"),
+            std::string::npos);
+}
+
 // The cast op (mixed precision's copies of the masters) rounds as the tensors' own conversions
 // do, on the CPU always and on the GPU when there is one: the same bits, column slices included.
 TEST(CudaGradOps, CastRoundsAsTheTensorConversions) {

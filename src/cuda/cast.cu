@@ -9,12 +9,24 @@ namespace mamba2::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+// A thread takes kPer elements of a row, kThreads apart (coalesced), all loaded before any store.
+constexpr int kThreads = 256, kPer = 8;
 
 template <class T>
-__global__ void cast_kernel(const float* src, int64_t lds, T* dst, int64_t ldd, int64_t cols) {
-  const int64_t r = blockIdx.y, c = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (c < cols) store_f32(dst + r * ldd + c, src[r * lds + c]);
+__global__ void cast_kernel(const float* __restrict__ src, int64_t lds, T* __restrict__ dst, int64_t ldd,
+                            int64_t cols) {
+  const int64_t r = blockIdx.y, c0 = int64_t(blockIdx.x) * kThreads * kPer + threadIdx.x;
+  float v[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = c0 + j * kThreads;
+    v[j] = c < cols ? src[r * lds + c] : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = c0 + j * kThreads;
+    if (c < cols) store_f32(dst + r * ldd + c, v[j]);
+  }
 }
 
 }  // namespace
@@ -29,7 +41,7 @@ void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ld
   }
   with_dtype(dtype, "cast", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    cast_kernel<T><<<dim3(unsigned(ceil_div(cols, kThreads)), unsigned(rows)), kThreads, 0, stream()>>>(
+    cast_kernel<T><<<dim3(unsigned(ceil_div(cols, kThreads * kPer)), unsigned(rows)), kThreads, 0, stream()>>>(
         src, lds, static_cast<T*>(dst), ldd, cols);
   });
   check_launch("cast");

@@ -1,9 +1,12 @@
 // Depthwise causal conv + bias + SiLU on the GPU over packed sequences (each sequence's window
 // starts at its own first token: the K-1 inputs before it come from its state row), and the
-// one-token decode form. One thread per (token, channel); taps summed in the CPU kernel's order.
-// Backward over packed sequences from their initial states (zeros where none): d_pre = d_out ∘
-// silu'(pre) (pre recomputed), d_in[s] = Σ_j w[:, j]∘d_pre[s+K-1-j] within the sequence, and the
-// weight and bias gradients summed over tokens in fixed chunks (add_column_partials).
+// one-token decode form. A thread takes a channel through a tile of tokens, its taps and the last
+// K-1 inputs in registers, so each input is read once; taps summed in the CPU kernel's order.
+// Backward over packed sequences from their initial states (zeros where none), one kernel: a
+// thread walks a channel through a chunk of kGradRows tokens and the K-1 after it, recomputing
+// pre and d_pre = d_out ∘ silu'(pre), with d_in[t] = Σ_j w[:, j]∘d_pre[t+K-1-j] within the
+// sequence once its last term is known, and the chunk's weight and bias partial sums in token
+// order in double (then add_column_partials).
 #include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
@@ -33,18 +36,77 @@ __device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const
   return states ? states[(slots[s] * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
 }
 
+// A thread's channel state: its taps, and the window of the K-1 inputs before the current token.
+struct ConvLane {
+  float w[kMaxTaps];
+  float win[kMaxTaps - 1];
+
+  __device__ void load_taps(const float* wc, int K) {
+#pragma unroll
+    for (int j = 0; j < kMaxTaps; ++j) w[j] = j < K ? wc[j] : 0.0f;
+  }
+  // The window at token t, the first of a tile or of its sequence s (from `start`).
+  __device__ void load_window(const float* in, int64_t ldin, const float* states, const int64_t* slots, int64_t s,
+                              int64_t start, int64_t t, int64_t c, int64_t C, int K) {
+#pragma unroll
+    for (int j = 0; j < kMaxTaps - 1; ++j)
+      if (j < K - 1) win[j] = conv_input(in, ldin, states, slots, s, start, t - (K - 1) + j, c, C, K);
+  }
+  // bias + Σ_j w_j · input_j, j in order, input_{K-1} = x (the token's own input).
+  __device__ float pre(float bias, float x, int K) const {
+    float acc = bias;
+#pragma unroll
+    for (int j = 0; j < kMaxTaps - 1; ++j)
+      if (j < K - 1) acc += w[j] * win[j];
+#pragma unroll
+    for (int j = 0; j < kMaxTaps; ++j)
+      if (j == K - 1) acc += w[j] * x;
+    return acc;
+  }
+  __device__ void push(float x, int K) {
+#pragma unroll
+    for (int j = 0; j < kMaxTaps - 2; ++j)
+      if (j + 1 < K - 1) win[j] = win[j + 1];
+#pragma unroll
+    for (int j = 0; j < kMaxTaps - 1; ++j)
+      if (j == K - 2) win[j] = x;
+  }
+};
+
+// kConvTile tokens' inputs are loaded at once before the chain through them: many loads in
+// flight per thread rather than one round trip a token.
+constexpr int kConvThreads = 128, kConvTile = 16;
+
+// Block (tile of kConvTile tokens, kConvThreads channels).
 template <class Out>
-__global__ void conv_kernel(const float* in, int64_t ldin, const float* w, const float* bias, Out* out, int64_t ldo,
-                            const float* states, PackedSeqs seqs, int64_t C, int K) {
-  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  const int64_t t = blockIdx.x;
+__global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restrict__ in, int64_t ldin,
+                                                            const float* __restrict__ w,
+                                                            const float* __restrict__ bias, Out* __restrict__ out,
+                                                            int64_t ldo, const float* __restrict__ states,
+                                                            PackedSeqs seqs, int64_t C, int K) {
+  const int64_t c = int64_t(blockIdx.y) * kConvThreads + threadIdx.x;
+  const int64_t t0 = int64_t(blockIdx.x) * kConvTile, n = min(seqs.tokens - t0, int64_t(kConvTile));
   if (c >= C) return;
-  const int64_t s = sequence_of(seqs.starts, seqs.count, t);
-  const int64_t start = seqs.starts[s];
-  float acc = bias[c];
-  for (int j = 0; j < K; ++j)
-    acc += w[c * K + j] * conv_input(in, ldin, states, seqs.slots, s, start, t - (K - 1) + j, c, C, K);
-  store_f32(out + t * ldo + c, silu(acc));
+  float xs[kConvTile];
+#pragma unroll
+  for (int i = 0; i < kConvTile; ++i) xs[i] = i < n ? in[(t0 + i) * ldin + c] : 0.0f;
+  ConvLane lane;
+  lane.load_taps(w + c * K, K);
+  const float b = bias[c];
+  int64_t s = sequence_of(seqs.starts, seqs.count, t0), next = seqs.starts[s + 1];
+  lane.load_window(in, ldin, states, seqs.slots, s, seqs.starts[s], t0, c, C, K);
+#pragma unroll
+  for (int i = 0; i < kConvTile; ++i) {
+    if (i >= n) break;
+    const int64_t t = t0 + i;
+    if (t >= next) {  // a new sequence: its window from its state
+      while (seqs.starts[s + 1] <= t) ++s;
+      next = seqs.starts[s + 1];
+      lane.load_window(in, ldin, states, seqs.slots, s, t, t, c, C, K);
+    }
+    store_f32(out + t * ldo + c, silu(lane.pre(b, xs[i], K)));
+    lane.push(xs[i], K);
+  }
 }
 
 // After the outputs: each state row becomes the last K-1 inputs of (state, sequence), written in
@@ -73,51 +135,76 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
   out[b * ldo + c] = conv_step_channel(x[b * ldx + c], w + c * K, bias[c], states + slots[b] * (K - 1) * C, C, c, K);
 }
 
-__global__ void conv_pre_grad_kernel(const float* in, int64_t ldin, const float* w, const float* bias,
-                                     const float* states, const float* d_out, int64_t lddo, float* d_pre,
-                                     PackedSeqs seqs, int64_t C, int K) {
-  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, t = blockIdx.x;
+// Block (kConvThreads channels, chunk of kGradRows tokens). d_pre of token u is recomputed for
+// u in [t0, t1 + K - 1) (the K-1 after the chunk for its last d_in), kConvTile tokens' inputs
+// loaded at a time, the last K kept as dp[i] = d_pre[u - i]; d_in[t] is written when
+// u = t + K - 1 arrives.
+__global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
+    const float* __restrict__ in, int64_t ldin, const float* __restrict__ w, const float* __restrict__ bias,
+    const float* __restrict__ states, const float* __restrict__ d_out, int64_t lddo, float* __restrict__ d_in,
+    int64_t lddi, PackedSeqs seqs, int64_t C, int K, double* __restrict__ partial) {
+  const int64_t c = int64_t(blockIdx.x) * kConvThreads + threadIdx.x, chunk = blockIdx.y;
   if (c >= C) return;
-  const int64_t s = sequence_of(seqs.starts, seqs.count, t), start = seqs.starts[s];
-  float pre = bias[c];
-  for (int j = 0; j < K; ++j)
-    pre += w[c * K + j] * conv_input(in, ldin, states, seqs.slots, s, start, t - (K - 1) + j, c, C, K);
-  d_pre[t * C + c] = d_out[t * lddo + c] * silu_grad(pre);
-}
-
-__global__ void conv_input_grad_kernel(const float* w, const float* d_pre, float* d_in, int64_t lddi, PackedSeqs seqs,
-                                       int64_t C, int K) {
-  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x, t = blockIdx.x;
-  if (c >= C) return;
-  const int64_t end = seqs.starts[sequence_of(seqs.starts, seqs.count, t) + 1];
-  float acc = 0.0f;
-  for (int j = 0; j < K; ++j) {
-    const int64_t u = t + (K - 1) - j;  // the output tap j of which reads input t
-    if (u < end) acc += w[c * K + j] * d_pre[u * C + c];
-  }
-  d_in[t * lddi + c] = acc;
-}
-
-// Block (channel tile, chunk of kGradRows tokens): partial[chunk][c·K + j] = Σ_t d_pre·input of tap
-// j, partial[chunk][C·K + c] = Σ_t d_pre, in token order, in double.
-__global__ void conv_weight_partials_kernel(const float* in, int64_t ldin, const float* states, const float* d_pre,
-                                            PackedSeqs seqs, int64_t C, int K, double* partial) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
-  if (c >= C) return;
+  const int64_t T = seqs.tokens, t0 = chunk * kGradRows, t1 = min(T, t0 + kGradRows);
+  const int64_t u_end = min(T, t1 + K - 1);  // d_pre beyond T is 0 (and never read: no token there)
+  ConvLane lane;
+  lane.load_taps(w + c * K, K);
+  const float b = bias[c];
   double acc[kMaxTaps + 1] = {};
-  const int64_t t0 = chunk * kGradRows, t1 = min(seqs.tokens, t0 + kGradRows);
-  int64_t s = sequence_of(seqs.starts, seqs.count, t0);
-  for (int64_t t = t0; t < t1; ++t) {
-    while (seqs.starts[s + 1] <= t) ++s;
-    const double dp = d_pre[t * C + c];
+  float dp[kMaxTaps] = {};
+  int64_t su = sequence_of(seqs.starts, seqs.count, t0), st = su;  // sequences of u and of t = u - (K-1)
+  int64_t next_u = seqs.starts[su + 1];
+  lane.load_window(in, ldin, states, seqs.slots, su, seqs.starts[su], t0, c, C, K);
+  for (int64_t u0 = t0; u0 < t1 + K - 1; u0 += kConvTile) {
+    float xs[kConvTile], gs[kConvTile];
 #pragma unroll
-    for (int j = 0; j < kMaxTaps; ++j)
-      if (j < K)
-        acc[j] += dp * double(conv_input(in, ldin, states, seqs.slots, s, seqs.starts[s], t - (K - 1) + j, c, C, K));
-    acc[kMaxTaps] += dp;
+    for (int i = 0; i < kConvTile; ++i) {
+      const bool in_range = u0 + i < u_end;
+      xs[i] = in_range ? in[(u0 + i) * ldin + c] : 0.0f;
+      gs[i] = in_range ? d_out[(u0 + i) * lddo + c] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < kConvTile; ++i) {
+      const int64_t u = u0 + i;
+      if (u >= t1 + K - 1) break;
+#pragma unroll
+      for (int k = kMaxTaps - 1; k > 0; --k) dp[k] = dp[k - 1];
+      float d = 0.0f;
+      if (u < u_end) {
+        if (u >= next_u) {
+          while (seqs.starts[su + 1] <= u) ++su;
+          next_u = seqs.starts[su + 1];
+          lane.load_window(in, ldin, states, seqs.slots, su, u, u, c, C, K);
+        }
+        d = gs[i] * silu_grad(lane.pre(b, xs[i], K));
+        if (u < t1) {
+          const double dd = d;
+#pragma unroll
+          for (int j = 0; j < kMaxTaps - 1; ++j)
+            if (j < K - 1) acc[j] += dd * double(lane.win[j]);
+#pragma unroll
+          for (int j = 0; j < kMaxTaps; ++j)
+            if (j == K - 1) acc[j] += dd * double(xs[i]);
+          acc[kMaxTaps] += dd;
+        }
+        lane.push(xs[i], K);
+      }
+      dp[0] = d;
+      const int64_t t = u - (K - 1);
+      if (t < t0) continue;
+      while (seqs.starts[st + 1] <= t) ++st;
+      const int64_t end = seqs.starts[st + 1];
+      float g = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxTaps; ++j)  // tap j of output u - j reads input t
+        if (j < K && u - j < end) g += lane.w[j] * dp[j];
+      d_in[t * lddi + c] = g;
+    }
   }
   double* p = partial + chunk * (C * K + C);
-  for (int j = 0; j < K; ++j) p[c * K + j] = acc[j];
+#pragma unroll
+  for (int j = 0; j < kMaxTaps; ++j)
+    if (j < K) p[c * K + j] = acc[j];
   p[C * K + c] = acc[kMaxTaps];
 }
 
@@ -131,10 +218,10 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
                            DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   if (seqs.tokens == 0 || C == 0) return;
-  // Tokens and sequences on grid x (up to 2³¹-1), channel blocks on y.
-  const unsigned cblocks = unsigned(ceil_div(C, 128));
-  const dim3 grid(unsigned(seqs.tokens), cblocks);
-  const auto run = [&](auto* o) { conv_kernel<<<grid, 128, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K)); };
+  // Token tiles on grid x (up to 2³¹-1), channel blocks on y.
+  const unsigned cblocks = unsigned(ceil_div(C, kConvThreads));
+  const dim3 grid(unsigned(ceil_div(seqs.tokens, kConvTile)), cblocks);
+  const auto run = [&](auto* o) { conv_kernel<<<grid, kConvThreads, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K)); };
   with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) { run(static_cast<decltype(tag)>(out)); });
   check_launch("causal_conv1d");
   conv_state_kernel<<<dim3(unsigned(seqs.count), cblocks), 128, 0, stream()>>>(in, ldin, states, seqs, C, int(K));
@@ -155,18 +242,11 @@ void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const
   check_taps(K);
   const int64_t T = seqs.tokens;
   if (T == 0 || C == 0) return;
-  auto pre = allocate(size_t(T * C) * sizeof(float), "causal_conv1d gradient");
-  auto* d_pre = static_cast<float*>(pre.get());
-  const dim3 grid(unsigned(T), unsigned(ceil_div(C, 128)));
-  conv_pre_grad_kernel<<<grid, 128, 0, stream()>>>(in, ldin, w, bias, states, d_out, lddo, d_pre, seqs, C, int(K));
-  check_launch("causal_conv1d");
-  conv_input_grad_kernel<<<grid, 128, 0, stream()>>>(w, d_pre, d_in, lddi, seqs, C, int(K));
-  check_launch("causal_conv1d");
   const int64_t chunks = ceil_div(T, kGradRows), ld = C * K + C;
   auto partial = allocate(size_t(chunks * ld) * sizeof(double), "causal_conv1d gradient partials");
   auto* p = static_cast<double*>(partial.get());
-  conv_weight_partials_kernel<<<dim3(unsigned(ceil_div(C, 128)), unsigned(chunks)), 128, 0, stream()>>>(
-      in, ldin, states, d_pre, seqs, C, int(K), p);
+  conv_backward_kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
+      in, ldin, w, bias, states, d_out, lddo, d_in, lddi, seqs, C, int(K), p);
   check_launch("causal_conv1d");
   add_column_partials(p, ld, chunks, C * K, d_w, "causal_conv1d");
   add_column_partials(p + C * K, ld, chunks, C, d_bias, "causal_conv1d");

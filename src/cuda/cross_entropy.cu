@@ -23,8 +23,9 @@ __device__ float block_max(float v) {
   return m;
 }
 
+template <class D>
 __global__ void cross_entropy_kernel(const float* logits, int64_t ldl, const int32_t* targets, int64_t V,
-                                     float* d_logits, int64_t lddl, float scale, double* row_loss) {
+                                     D* d_logits, int64_t lddl, float scale, double* row_loss) {
   const int64_t r = blockIdx.x;
   const float* l = logits + r * ldl;
   const int32_t target = targets[r];
@@ -38,25 +39,28 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t ldl, const int
   const double lse = double(mx) + log(sum);
   if (threadIdx.x == 0) row_loss[r] = lse - double(picked);
   if (!d_logits) return;
-  float* d = d_logits + r * lddl;
+  D* d = d_logits + r * lddl;
   for (int64_t v = threadIdx.x; v < V; v += kThreads) {
     float g = scale * expf(float(double(l[v]) - lse));
     if (v == target) g -= scale;
-    d[v] = g;
+    store_f32(d + v, g);
   }
 }
 
 }  // namespace
 
-double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V,
-                     float* d_logits, int64_t lddl, float scale) {
+double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V, void* d_logits,
+                     DType d_dtype, int64_t lddl, float scale) {
   if (n == 0) return 0.0;
   auto dev_targets = allocate(size_t(n) * sizeof(int32_t), "cross_entropy targets");
   auto losses = allocate(size_t(n) * sizeof(double), "cross_entropy losses");
   copy_to_device(dev_targets.get(), targets, size_t(n) * sizeof(int32_t));
-  cross_entropy_kernel<<<unsigned(n), kThreads, 0, stream()>>>(logits, ldl, static_cast<const int32_t*>(dev_targets.get()),
-                                                               V, d_logits, lddl, scale,
-                                                               static_cast<double*>(losses.get()));
+  with_dtype(d_dtype, "cross_entropy", [&](auto* tag) {
+    using D = std::remove_pointer_t<decltype(tag)>;
+    cross_entropy_kernel<D><<<unsigned(n), kThreads, 0, stream()>>>(
+        logits, ldl, static_cast<const int32_t*>(dev_targets.get()), V, static_cast<D*>(d_logits), lddl, scale,
+        static_cast<double*>(losses.get()));
+  });
   check_launch("cross_entropy");
   return host_sum(static_cast<const double*>(losses.get()), n);
 }

@@ -68,10 +68,11 @@ void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
 // Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
-// f16: d_y rounded to it once), fp32 sums (no TF32), cuBLASLt, the same bits every run.
-//   d_y (m, n) ld lddy fp32; d_x (m, k) ld lddx fp32; d_W (n, k) fp32
-void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const float* d_y, int64_t lddy, float* d_x,
-                     int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k);
+// f16: d_y rounded to it once, unless it comes so), fp32 sums (no TF32), cuBLASLt, the same bits
+// every run.
+//   d_y (m, n) ld lddy fp32 or `dtype`; d_x (m, k) ld lddx fp32; d_W (n, k) fp32
+void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
+                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k);
 
 // The decode step's fused projections. x = the fp32 rows src normalised on the way in, times
 // weight (k), rounded to `dtype`: with `sums`, row r's group g (of `groups` equal column ranges)
@@ -171,10 +172,11 @@ void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const fl
                        int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
                        int64_t chunk_size, DType compute);
 
-// As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits); targets (n)
-// on the host. Returns Σ_rows (logsumexp − logit[target]), added on the host in row order.
-double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V,
-                     float* d_logits, int64_t lddl, float scale);
+// As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits, or be BF16 /
+// F16: the fp32 gradient rounded once); targets (n) on the host. Returns Σ_rows (logsumexp −
+// logit[target]), added on the host in row order.
+double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V, void* d_logits,
+                     DType d_dtype, int64_t lddl, float scale);
 
 // As cpu::AdamWScalars<float> and cpu::adamw_step: one AdamW update, element by element.
 struct AdamWScalars {

@@ -847,8 +847,8 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
     raise(cat("[", op, "] cuBLASLt product (", m, " x ", n, " x ", k, ", batch ", batch, "): status ", int(st)));
 }
 
-void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const float* d_y, int64_t lddy, float* d_x,
-                     int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k) {
+void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
+                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k) {
   if (m == 0 || k == 0) return;
   if (n == 0) {
     if (d_x) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
@@ -859,9 +859,9 @@ void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, con
   std::shared_ptr<void> rounded;
   const void* dy = d_y;
   int64_t ld = lddy;
-  if (dtype != DType::F32) {
+  if (dy_dtype != dtype) {
     rounded = allocate(size_t(m * n) * dtype_size(dtype), "linear gradient operand");
-    cast_rows(d_y, lddy, rounded.get(), dtype, n, m, n);
+    cast_rows(static_cast<const float*>(d_y), lddy, rounded.get(), dtype, n, m, n);
     dy = rounded.get(), ld = n;
   }
   if (d_x) gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, 0.0f, "linear");  // d_y·W

@@ -33,21 +33,22 @@ __global__ void add_rmsnorm_kernel(float* residual, const float* h, const float*
 }
 
 // Block (row, group): v = y·silu(z) over the group's gs channels, kept in registers between the
-// sum and the output when they fit (gs ≤ kThreads·kHeld), so y and z are read and silu computed
-// once. The sum's order is the same either way: thread i adds channels i, i+kThreads, ... in order.
-constexpr int kHeld = 24;
-
-template <class Out>
-__global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                                     Out* out, int64_t ldo, int64_t gs, float eps) {
+// sum and the output when they fit (gs ≤ kThreads·H; H = 0: read twice), so y and z are read and
+// silu computed once. H is the smallest that fits: registers decide how many rows an SM holds
+// (24 held took 95 registers and a quarter of the threads). The sum's order is the same for every
+// H: thread i adds channels i, i+kThreads, ... in order.
+template <int H, class Out>
+__global__ void gated_rmsnorm_kernel(const float* __restrict__ y, int64_t ldy, const float* __restrict__ z,
+                                     int64_t ldz, const float* __restrict__ w, Out* __restrict__ out, int64_t ldo,
+                                     int64_t gs, float eps) {
   const int64_t row = blockIdx.x, c0 = int64_t(blockIdx.y) * gs;
   const float* yr = y + row * ldy + c0;
   const float* zr = z + row * ldz + c0;
   Out* o = out + row * ldo + c0;
-  if (gs <= int64_t(kThreads) * kHeld) {
-    float yv[kHeld], zv[kHeld];
+  if constexpr (H > 0) {
+    float yv[H], zv[H];
 #pragma unroll
-    for (int j = 0; j < kHeld; ++j) {
+    for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i < gs) {
         yv[j] = yr[i];
@@ -56,7 +57,7 @@ __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z
     }
     float ss = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kHeld; ++j) {
+    for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i < gs) {
         yv[j] *= silu(zv[j]);
@@ -65,19 +66,19 @@ __global__ void gated_rmsnorm_kernel(const float* y, int64_t ldy, const float* z
     }
     const float scale = rsqrtf(block_sum<kThreads>(ss) / float(gs) + eps);
 #pragma unroll
-    for (int j = 0; j < kHeld; ++j) {
+    for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i < gs) store_f32(o + i, yv[j] * scale * w[c0 + i]);
     }
-    return;
+  } else {
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
+      const float v = yr[i] * silu(zr[i]);
+      ss += v * v;
+    }
+    const float scale = rsqrtf(block_sum<kThreads>(ss) / float(gs) + eps);
+    for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
   }
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-    const float v = yr[i] * silu(zr[i]);
-    ss += v * v;
-  }
-  const float scale = rsqrtf(block_sum<kThreads>(ss) / float(gs) + eps);
-  for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
 }
 
 // Block per row: d_res += s·go∘w − r·s³·dot/d, and the row's s for the weight gradient.
@@ -119,34 +120,75 @@ __global__ void norm_weight_partials_kernel(const float* a, int64_t lda, const f
 }
 
 // Block (row, group): v = y·silu(z); d_v = s·go∘w − v·s³·dot/gs; d_y = d_v·silu(z), d_z = d_v·y·silu'(z).
-__global__ void gated_rmsnorm_backward_kernel(const float* y, int64_t ldy, const float* z, int64_t ldz,
-                                              const float* w, const float* d_out, int64_t ldd, float* d_y,
-                                              int64_t lddy, float* d_z, int64_t lddz, float* rstd, int64_t gs,
-                                              float eps) {
+// y, z and go held in registers between the sums and the outputs when gs ≤ kThreads·H (as the
+// forward); the sums' order is the same for every H.
+template <int H>
+__global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64_t ldy, const float* __restrict__ z,
+                                              int64_t ldz, const float* __restrict__ w,
+                                              const float* __restrict__ d_out, int64_t ldd, float* __restrict__ d_y,
+                                              int64_t lddy, float* __restrict__ d_z, int64_t lddz,
+                                              float* __restrict__ rstd, int64_t gs, float eps) {
   const int64_t row = blockIdx.x, g = blockIdx.y, c0 = g * gs;
   const float* yr = y + row * ldy + c0;
   const float* zr = z + row * ldz + c0;
   const float* go = d_out + row * ldd + c0;
   const float* wg = w + c0;
-  float ss = 0.0f, dot = 0.0f;
-  for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-    const float v = yr[i] * silu(zr[i]);
-    ss += v * v;
-    dot += go[i] * wg[i] * v;
-  }
-  ss = block_sum<kThreads>(ss);
-  dot = block_sum<kThreads>(dot);
-  const float s = rsqrtf(ss / float(gs) + eps);
-  const float k = s * s * s * dot / float(gs);
   float* dy = d_y + row * lddy + c0;
   float* dz = d_z + row * lddz + c0;
-  for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-    const float sz = silu(zr[i]);
-    const float dv = s * go[i] * wg[i] - yr[i] * sz * k;
-    dy[i] = dv * sz;
-    dz[i] = dv * yr[i] * silu_grad(zr[i]);
+  float ss = 0.0f, dot = 0.0f;
+  if constexpr (H > 0) {
+    float yv[H], zv[H], gv[H];
+#pragma unroll
+    for (int j = 0; j < H; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kThreads;
+      if (i < gs) {
+        yv[j] = yr[i];
+        zv[j] = zr[i];
+        gv[j] = go[i] * wg[i];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < H; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kThreads;
+      if (i < gs) {
+        const float v = yv[j] * silu(zv[j]);
+        ss += v * v;
+        dot += gv[j] * v;
+      }
+    }
+    ss = block_sum<kThreads>(ss);
+    dot = block_sum<kThreads>(dot);
+    const float s = rsqrtf(ss / float(gs) + eps);
+    const float k = s * s * s * dot / float(gs);
+#pragma unroll
+    for (int j = 0; j < H; ++j) {
+      const int64_t i = threadIdx.x + int64_t(j) * kThreads;
+      if (i < gs) {
+        const float sz = silu(zv[j]);
+        const float dv = s * gv[j] - yv[j] * sz * k;
+        dy[i] = dv * sz;
+        dz[i] = dv * yv[j] * silu_grad(zv[j]);
+      }
+    }
+    if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
+  } else {
+    for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
+      const float v = yr[i] * silu(zr[i]);
+      ss += v * v;
+      dot += go[i] * wg[i] * v;
+    }
+    ss = block_sum<kThreads>(ss);
+    dot = block_sum<kThreads>(dot);
+    const float s = rsqrtf(ss / float(gs) + eps);
+    const float k = s * s * s * dot / float(gs);
+    for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
+      const float sz = silu(zr[i]);
+      const float dv = s * (go[i] * wg[i]) - yr[i] * sz * k;
+      dy[i] = dv * sz;
+      dz[i] = dv * yr[i] * silu_grad(zr[i]);
+    }
+    if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
   }
-  if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
 }
 
 // The weight gradient from the rows' scales: partials by chunk, then their ordered sum.
@@ -181,8 +223,14 @@ void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t 
   dim3 grid{unsigned(n), unsigned(ngroups), 1u};
   with_dtype(out_dtype, "gated_rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    gated_rmsnorm_kernel<T><<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, static_cast<T*>(out), ldo,
-                                                             d / ngroups, eps);
+    const int64_t gs = d / ngroups;
+    const auto run = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, static_cast<T*>(out), ldo, gs, eps);
+    };
+    if (gs <= 4 * kThreads) run(gated_rmsnorm_kernel<4, T>);
+    else if (gs <= 8 * kThreads) run(gated_rmsnorm_kernel<8, T>);
+    else if (gs <= 16 * kThreads) run(gated_rmsnorm_kernel<16, T>);
+    else run(gated_rmsnorm_kernel<0, T>);
   });
   check_launch("gated_rmsnorm");
 }
@@ -204,8 +252,14 @@ void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t
   auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
   auto* s = static_cast<float*>(rstd.get());
   const dim3 grid{unsigned(n), unsigned(ngroups), 1u};
-  gated_rmsnorm_backward_kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, d_y, lddy, d_z, lddz,
-                                                                 s, d / ngroups, eps);
+  const int64_t gs = d / ngroups;
+  const auto run = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, d_y, lddy, d_z, lddz, s, gs, eps);
+  };
+  if (gs <= 4 * kThreads) run(gated_rmsnorm_backward_kernel<4>);
+  else if (gs <= 8 * kThreads) run(gated_rmsnorm_backward_kernel<8>);
+  else if (gs <= 16 * kThreads) run(gated_rmsnorm_backward_kernel<16>);
+  else run(gated_rmsnorm_backward_kernel<0>);
   check_launch("gated_rmsnorm");
   add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
 }

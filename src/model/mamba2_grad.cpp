@@ -21,8 +21,10 @@ namespace mamba2 {
 
 namespace {
 
-// The logits of this many entries (rows × padded vocab) at most are alive at once.
-constexpr int64_t kHeadBlockElements = int64_t(1) << 23;
+// The logits of this many entries (rows × padded vocab) at most are alive at once: 32 MiB of fp32
+// on the CPU; 512 MiB on the GPU, where the head's weight-gradient product needs thousands of rows
+// a block to run at tensor-core speed (166 rows of a 50k vocabulary took 5× its time).
+constexpr int64_t kHeadBlockElementsCpu = int64_t(1) << 23, kHeadBlockElementsCuda = int64_t(1) << 27;
 
 void copy(const Tensor& from, Tensor& to) {
   if (to.device() == Device::CUDA) cuda::copy_on_device(to.data(), from.data(), from.nbytes());
@@ -174,9 +176,12 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   // Head and loss over the predicting rows, in blocks; d_normed_f gets the head's gradient.
   const int64_t npred = int64_t(b.pred_rows.size());
   const float scale = float(grad_scale / double(npred));
-  const int64_t block = std::clamp<int64_t>(kHeadBlockElements / std::max<int64_t>(V, 1), 1, npred);
+  const int64_t block_elements = dev == Device::CUDA ? kHeadBlockElementsCuda : kHeadBlockElementsCpu;
+  const int64_t block = std::clamp<int64_t>(block_elements / std::max<int64_t>(V, 1), 1, npred);
   Tensor rows = Tensor::empty({block, D}, dev), logits = Tensor::empty({block, V}, dev);
   Tensor d_rows = Tensor::empty({block, D}, dev), rows_c = cdt == DType::F32 ? rows : Tensor::empty({block, D}, dev, cdt);
+  // In mixed precision the loss's gradient is written rounded, as the head's backward takes it.
+  Tensor d_logits = g && cdt != DType::F32 ? Tensor::empty({block, V}, dev, cdt) : logits;
   Tensor d_normed_f;
   if (g) d_normed_f = Tensor::zeros({T, D}, dev);
   double loss_sum = 0.0;
@@ -189,10 +194,11 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     if (cdt != DType::F32) ops::cast(MatView::of(rows).rows_slice(0, n), x);
     ops::linear(x, w.lm_head, lg, ops::LinearKernel::Training);
     const std::span<const int32_t> tg(b.targets.data() + r0, size_t(n));
-    loss_sum += ops::cross_entropy(lg, tg, g ? lg : MatView{}, scale);
+    const MatView dlg = MatView::of(d_logits).rows_slice(0, n);
+    loss_sum += ops::cross_entropy(lg, tg, g ? dlg : MatView{}, scale);
     if (!g) continue;
     const MatView dx = MatView::of(d_rows).rows_slice(0, n);
-    ops::linear_backward(x, w.lm_head, lg, dx, g->lm_head);
+    ops::linear_backward(x, w.lm_head, dlg, dx, g->lm_head);
     ops::embedding_backward(picked, dx, d_normed_f);
   }
   const double loss = loss_sum / double(npred);

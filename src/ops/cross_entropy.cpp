@@ -12,20 +12,23 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
   check_dtype("cross_entropy", "logits", logits.dtype, DType::F32);
   if (d_logits.ptr) {
     check_shape("cross_entropy", "d_logits", d_logits, n, V, dev);
-    check_dtype("cross_entropy", "d_logits", d_logits.dtype, DType::F32);
+    // On the GPU the gradient may be written rounded to bf16 / f16 (the head's backward operand).
+    if (dev == Device::CPU || !(d_logits.dtype == DType::BF16 || d_logits.dtype == DType::F16))
+      check_dtype("cross_entropy", "d_logits", d_logits.dtype, DType::F32);
   }
   if (n > 0 && V == 0) fail("[cross_entropy] logits have no columns");
   for (size_t r = 0; r < targets.size(); ++r)
     if (targets[r] < 0 || targets[r] >= V)
       fail("[cross_entropy] target {} at row {} is out of range [0, {})", targets[r], r, V);
   // In place (same data and stride) or apart: a partial overlap would be read after being written.
-  const bool same = d_logits.data() == logits.data() && d_logits.ld == logits.ld;
-  if (d_logits.data() && n > 0 && !same && d_logits.data() < logits.data() + n * logits.ld &&
-      logits.data() < d_logits.data() + n * d_logits.ld)
+  const auto* lo = static_cast<const char*>(logits.ptr);
+  const auto* dl = static_cast<const char*>(d_logits.ptr);
+  const bool same = dl == lo && d_logits.ld == logits.ld && d_logits.dtype == DType::F32;
+  if (dl && n > 0 && !same && dl < lo + n * logits.ld * 4 && lo < dl + n * d_logits.ld * dtype_size(d_logits.dtype))
     fail("[cross_entropy] d_logits partly overlaps logits");
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    return cuda::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.ptr ? d_logits.data() : nullptr,
+    return cuda::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.ptr, d_logits.dtype,
                                d_logits.ld, scale);
 #else
     no_cuda_backend(__func__);

@@ -214,12 +214,13 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   if (dev == Device::CPU || !(W.dtype() == DType::BF16 || W.dtype() == DType::F16))
     check_dtype("linear", "W", W.dtype(), DType::F32);
   check_dtype("linear", "x", x.dtype, W.dtype());
-  check_dtype("linear", "d_y", d_y.dtype, DType::F32);
+  // d_y fp32, or already rounded to W's dtype (cross_entropy writes the head's so).
+  if (d_y.dtype != W.dtype()) check_dtype("linear", "d_y", d_y.dtype, DType::F32);
   if (d_x.ptr) check_dtype("linear", "d_x", d_x.dtype, DType::F32);
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.data(), d_y.ld, d_x.ptr ? d_x.data() : nullptr, d_x.ld,
-                          d_W.data(), m, n, k);
+    cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr ? d_x.data() : nullptr,
+                          d_x.ld, d_W.data(), m, n, k);
 #else
     no_cuda_backend(__func__);
 #endif

@@ -153,7 +153,8 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
                        DType compute = DType::F32);
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
-// when d_logits.data is set it receives scale·(softmax − onehot) (it may alias logits).
+// when d_logits.ptr is set it receives scale·(softmax − onehot) (it may alias logits; on the GPU
+// it may be BF16 / F16, rounded once, apart from the logits).
 double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale);
 
 // cast: dst = src (fp32) rounded to dst's dtype (F32, BF16 or F16; nearest even), same shape.
