@@ -6,7 +6,9 @@
 // thread walks a channel through a chunk of kGradRows tokens and the K-1 after it, recomputing
 // pre and d_pre = d_out ∘ silu'(pre), with d_in[t] = Σ_j w[:, j]∘d_pre[t+K-1-j] within the
 // sequence once its last term is known, and the chunk's weight and bias partial sums in token
-// order in double (then add_column_partials).
+// order (then add_column_partials sums the chunks in order, in double).
+#include <limits>
+
 #include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
@@ -16,7 +18,11 @@ namespace mamba2::cuda {
 
 namespace {
 
-constexpr int kMaxTaps = 8;
+// Taps up to kMaxTaps in registers, loops unrolled over kMaxTaps under `j < K` tests; kernels
+// instantiated for K = kCommonTaps (Mamba's d_conv) fold those tests away (KT = K; 0: any K). With
+// K known only at run time the forward was bound by instruction issue (62 % of the SM's issue rate
+// at 20 % of DRAM bandwidth, ncu on the H200) and held 84 registers a thread, 54 with K fixed.
+constexpr int kMaxTaps = 8, kCommonTaps = 4;
 
 // The sequence holding token t: the last i with starts[i] ≤ t.
 __device__ int64_t sequence_of(const int64_t* starts, int64_t count, int64_t t) {
@@ -75,17 +81,19 @@ struct ConvLane {
 
 // kConvTile tokens' inputs are loaded at once before the chain through them: many loads in
 // flight per thread rather than one round trip a token.
-constexpr int kConvThreads = 128, kConvTile = 16;
+constexpr int kConvThreads = 128, kConvTile = 16, kConvBackTile = 8;
 
-// Block (tile of kConvTile tokens, kConvThreads channels).
-template <class Out>
+// Block (kConvThreads channels, kConvTile tokens), numbered channel block first (one grid
+// dimension: any number of tokens).
+template <class Out, int KT>
 __global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restrict__ in, int64_t ldin,
                                                             const float* __restrict__ w,
                                                             const float* __restrict__ bias, Out* __restrict__ out,
                                                             int64_t ldo, const float* __restrict__ states,
-                                                            PackedSeqs seqs, int64_t C, int K) {
-  const int64_t c = int64_t(blockIdx.y) * kConvThreads + threadIdx.x;
-  const int64_t t0 = int64_t(blockIdx.x) * kConvTile, n = min(seqs.tokens - t0, int64_t(kConvTile));
+                                                            PackedSeqs seqs, int64_t C, int K, int cblocks) {
+  if constexpr (KT > 0) K = KT;
+  const int64_t c = int64_t(blockIdx.x % cblocks) * kConvThreads + threadIdx.x;
+  const int64_t t0 = int64_t(blockIdx.x / cblocks) * kConvTile, n = min(seqs.tokens - t0, int64_t(kConvTile));
   if (c >= C) return;
   float xs[kConvTile];
 #pragma unroll
@@ -136,13 +144,16 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
 }
 
 // Block (kConvThreads channels, chunk of kGradRows tokens). d_pre of token u is recomputed for
-// u in [t0, t1 + K - 1) (the K-1 after the chunk for its last d_in), kConvTile tokens' inputs
-// loaded at a time, the last K kept as dp[i] = d_pre[u - i]; d_in[t] is written when
-// u = t + K - 1 arrives.
+// u in [t0, t1 + K - 1) (the K-1 after the chunk for its last d_in), kConvBackTile tokens'
+// inputs loaded at a time, the last K kept as dp[i] = d_pre[u - i]; d_in[t] is written when
+// u = t + K - 1 arrives. The chunk's weight and bias sums run in fp32 (64 terms), the chunks'
+// partials are added in double.
+template <int KT>
 __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
     const float* __restrict__ in, int64_t ldin, const float* __restrict__ w, const float* __restrict__ bias,
     const float* __restrict__ states, const float* __restrict__ d_out, int64_t lddo, float* __restrict__ d_in,
     int64_t lddi, PackedSeqs seqs, int64_t C, int K, double* __restrict__ partial) {
+  if constexpr (KT > 0) K = KT;
   const int64_t c = int64_t(blockIdx.x) * kConvThreads + threadIdx.x, chunk = blockIdx.y;
   if (c >= C) return;
   const int64_t T = seqs.tokens, t0 = chunk * kGradRows, t1 = min(T, t0 + kGradRows);
@@ -150,21 +161,21 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
   ConvLane lane;
   lane.load_taps(w + c * K, K);
   const float b = bias[c];
-  double acc[kMaxTaps + 1] = {};
+  float acc[kMaxTaps + 1] = {};
   float dp[kMaxTaps] = {};
   int64_t su = sequence_of(seqs.starts, seqs.count, t0), st = su;  // sequences of u and of t = u - (K-1)
   int64_t next_u = seqs.starts[su + 1];
   lane.load_window(in, ldin, states, seqs.slots, su, seqs.starts[su], t0, c, C, K);
-  for (int64_t u0 = t0; u0 < t1 + K - 1; u0 += kConvTile) {
-    float xs[kConvTile], gs[kConvTile];
+  for (int64_t u0 = t0; u0 < t1 + K - 1; u0 += kConvBackTile) {
+    float xs[kConvBackTile], gs[kConvBackTile];
 #pragma unroll
-    for (int i = 0; i < kConvTile; ++i) {
+    for (int i = 0; i < kConvBackTile; ++i) {
       const bool in_range = u0 + i < u_end;
       xs[i] = in_range ? in[(u0 + i) * ldin + c] : 0.0f;
       gs[i] = in_range ? d_out[(u0 + i) * lddo + c] : 0.0f;
     }
 #pragma unroll
-    for (int i = 0; i < kConvTile; ++i) {
+    for (int i = 0; i < kConvBackTile; ++i) {
       const int64_t u = u0 + i;
       if (u >= t1 + K - 1) break;
 #pragma unroll
@@ -178,14 +189,13 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
         }
         d = gs[i] * silu_grad(lane.pre(b, xs[i], K));
         if (u < t1) {
-          const double dd = d;
 #pragma unroll
           for (int j = 0; j < kMaxTaps - 1; ++j)
-            if (j < K - 1) acc[j] += dd * double(lane.win[j]);
+            if (j < K - 1) acc[j] += d * lane.win[j];
 #pragma unroll
           for (int j = 0; j < kMaxTaps; ++j)
-            if (j == K - 1) acc[j] += dd * double(xs[i]);
-          acc[kMaxTaps] += dd;
+            if (j == K - 1) acc[j] += d * xs[i];
+          acc[kMaxTaps] += d;
         }
         lane.push(xs[i], K);
       }
@@ -204,8 +214,8 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
   double* p = partial + chunk * (C * K + C);
 #pragma unroll
   for (int j = 0; j < kMaxTaps; ++j)
-    if (j < K) p[c * K + j] = acc[j];
-  p[C * K + c] = acc[kMaxTaps];
+    if (j < K) p[c * K + j] = double(acc[j]);
+  p[C * K + c] = double(acc[kMaxTaps]);
 }
 
 void check_taps(int64_t K) {
@@ -218,10 +228,16 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
                            DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   if (seqs.tokens == 0 || C == 0) return;
-  // Token tiles on grid x (up to 2³¹-1), channel blocks on y.
   const unsigned cblocks = unsigned(ceil_div(C, kConvThreads));
-  const dim3 grid(unsigned(ceil_div(seqs.tokens, kConvTile)), cblocks);
-  const auto run = [&](auto* o) { conv_kernel<<<grid, kConvThreads, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K)); };
+  const int64_t blocks = ceil_div(seqs.tokens, kConvTile) * cblocks;
+  if (blocks > std::numeric_limits<int32_t>::max())
+    raise(cat("[causal_conv1d] ", seqs.tokens, " tokens of ", C, " channels: more blocks than a launch takes"));
+  const auto run = [&](auto* o) {
+    using Out = std::remove_pointer_t<decltype(o)>;
+    auto* kernel = K == kCommonTaps ? conv_kernel<Out, kCommonTaps> : conv_kernel<Out, 0>;
+    kernel<<<unsigned(blocks), kConvThreads, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K),
+                                                            int(cblocks));
+  };
   with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) { run(static_cast<decltype(tag)>(out)); });
   check_launch("causal_conv1d");
   conv_state_kernel<<<dim3(unsigned(seqs.count), cblocks), 128, 0, stream()>>>(in, ldin, states, seqs, C, int(K));
@@ -245,7 +261,8 @@ void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const
   const int64_t chunks = ceil_div(T, kGradRows), ld = C * K + C;
   auto partial = allocate(size_t(chunks * ld) * sizeof(double), "causal_conv1d gradient partials");
   auto* p = static_cast<double*>(partial.get());
-  conv_backward_kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
+  auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps> : conv_backward_kernel<0>;
+  kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
       in, ldin, w, bias, states, d_out, lddo, d_in, lddi, seqs, C, int(K), p);
   check_launch("causal_conv1d");
   add_column_partials(p, ld, chunks, C * K, d_w, "causal_conv1d");

@@ -10,12 +10,23 @@ namespace mamba2::cuda {
 
 namespace {
 
-__global__ void add_column_partials_kernel(const double* partial, int64_t ld, int64_t chunks, int64_t cols,
-                                           float* grad) {
+__global__ void add_column_partials_kernel(const double* __restrict__ partial, int64_t ld, int64_t chunks, int64_t cols,
+                                           float* __restrict__ grad) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
+  // kBatch loads in flight before their (ordered) adds: a column's chunks are a dependent chain
+  // of adds, and one load at a time left a few-column launch waiting on memory for each.
+  constexpr int kBatch = 16;
   double s = 0.0;
-  for (int64_t i = 0; i < chunks; ++i) s += partial[i * ld + c];
+  int64_t i = 0;
+  for (; i + kBatch <= chunks; i += kBatch) {
+    double v[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) v[j] = partial[(i + j) * ld + c];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) s += v[j];
+  }
+  for (; i < chunks; ++i) s += partial[i * ld + c];
   grad[c] += float(s);
 }
 
