@@ -92,13 +92,18 @@ TEST(CliModelErrors, UnknownSsmCfgKey) {
   expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"d_stat"});
 }
 
-TEST(CliModelErrors, SsmCfgLayerMamba1) {
+// A Mamba-1 config over Mamba2 weights: the first Mamba-1 tensor missing, by name; a Mamba2 key in a
+// Mamba-1 ssm_cfg, by name.
+TEST(CliModelErrors, SsmCfgLayerMamba1OnMamba2Weights) {
   TempDir tmp;
   copy_golden_model("official_fp32", tmp / "m");
   auto j = read_json(tmp / "m" / "config.json");
-  j["ssm_cfg"]["layer"] = "Mamba1";
+  j["ssm_cfg"] = {{"layer", "Mamba1"}, {"d_state", 16}};
   write_json(tmp / "m" / "config.json", j);
-  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"layer", "Mamba1"});
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"mixer.in_proj.weight", "shape"});
+  j["ssm_cfg"]["headdim"] = 16;
+  write_json(tmp / "m" / "config.json", j);
+  expect_refusal(run_cli(logits_args(tmp / "m", tmp / "out.npy")), 1, {"headdim", "Mamba1"});
 }
 
 TEST(CliModelErrors, NgroupsNotDividingNheads) {

@@ -75,6 +75,8 @@ void linear_bf16(const float* x, int64_t ldx, const uint16_t* W, float* y, int64
                  int64_t k, bool prefill);
 template <class T>
 void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
+// y[r, :] += bias for each of the m rows.
+void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n);
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
@@ -197,5 +199,20 @@ void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* o
 //   x (n, ld); k (n) in [1, cols]; temperature (n) > 0; ids, values (n, cap); counts (n)
 void top_k_rows(const float* x, int64_t ld, int64_t n, int64_t cols, const int32_t* k, const float* temperature,
                 int64_t cap, int32_t* ids, float* values, int32_t* counts);
+
+// The Mamba-1 selective scan (ops::selective_scan). A_log, A_imag (null: real) (channels, N);
+// D, dt_bias (channels). z may be null (no gate).
+struct SelectiveScanParams {
+  int64_t channels, d_state;
+  const float *A_log, *A_imag, *D, *dt_bias;
+};
+// One sequence of L tokens from `state` (channels·N floats, complex 2N), left there.
+void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
+                            const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
+                            float* y, int64_t ldy, float* state, int64_t L);
+// One token for each of nb sequences, row b's state at states + slots[b]·(channels·N or ·2N).
+void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
+                         const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
+                         float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb);
 
 }  // namespace mamba2::cpu

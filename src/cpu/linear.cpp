@@ -382,4 +382,13 @@ template void linear_backward<float>(const float*, int64_t, const float*, const 
 template void linear_backward<double>(const double*, int64_t, const double*, const double*, int64_t, double*, int64_t,
                                       double*, int64_t, int64_t, int64_t);
 
+void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    float* yr = y + r * ldy;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) yr[c] += bias[c];
+  }
+}
+
 }  // namespace mamba2::cpu

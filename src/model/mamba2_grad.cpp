@@ -132,6 +132,7 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
            Gradients* g, double grad_scale) {
   c.validate("model");
+  if (c.mamba1()) fail("[grad] Mamba-1 models: the training pass (loss and gradients) is not built yet");
   const auto [dev, cdt] = check_weights(w);
   const Batch b = make_batch(ids, lengths);
   const ops::SeqBatch seqs = sequences(c, b, dev);
@@ -275,8 +276,7 @@ Gradients make_gradients(const ModelWeights& w) {
   Gradients g;
   g.embedding = like(w.embedding);
   for (const LayerWeights& l : w.layers)
-    g.layers.push_back({like(l.norm), like(l.in_proj), like(l.conv_w), like(l.conv_b), like(l.dt_bias), like(l.A_log),
-                        like(l.D), like(l.gate_norm), like(l.out_proj)});
+    g.layers.push_back(l.map(like));
   g.norm_f = like(w.norm_f);
   g.lm_head = w.lm_head.data() == w.embedding.data() ? g.embedding : like(w.lm_head);
   g.embedding_name = w.embedding_name;
@@ -287,8 +287,7 @@ void zero_gradients(Gradients& g) {
   auto zero = [](Tensor& t) { t.set_zero(); };
   zero(g.embedding);
   for (LayerWeights& l : g.layers)
-    for (Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm, &l.out_proj})
-      zero(*t);
+    for (Tensor* t : l.present()) zero(*t);
   zero(g.norm_f);
   zero(g.lm_head);
 }

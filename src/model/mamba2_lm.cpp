@@ -1,5 +1,5 @@
-// The Mamba2 LM forward (DESIGN.md §1) in terms of the ops; prefill and decode share every
-// op but the conv and the scan, which come as a chunked/sequence form and a one-token form.
+// The Mamba LM forward (DESIGN.md §1; Mamba-1: §6) in terms of the ops; prefill and decode share
+// every op but the conv and the scan, which come as a chunked/sequence form and a one-token form.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -29,7 +29,8 @@ std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch, 
 
 namespace {
 
-void check_placement(Device device, DType dtype) {
+void check_placement(const ModelConfig& c, Device device, DType dtype) {
+  if (device == Device::CUDA && c.mamba1()) fail("[model] Mamba-1 models run on the CPU only, for now");
   if (device == Device::CPU && dtype == DType::F16)
     fail("[model] the CPU takes F32, BF16, Q8_0 or Q4_0 weights, not F16");
   if (device == Device::CUDA && is_quantized(dtype))
@@ -58,7 +59,7 @@ Model Model::load(const std::filesystem::path& path) {
 Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device, DType dtype)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {
   config_.validate("model");
-  check_placement(device, dtype);
+  check_placement(config_, device, dtype);
   // Of the weights as loaded (on the host: fp32, or a quantized checkpoint's blocks or bf16); a
   // placed copy inherits it (to()).
   if (weights_->embedding.device() == Device::CPU)
@@ -66,7 +67,7 @@ Model::Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, De
 }
 
 Model Model::to(Device device, DType dtype) const {
-  check_placement(device, dtype);
+  check_placement(config_, device, dtype);
   if (device == device_ && dtype == dtype_) return *this;
   Model m(config_, std::make_shared<const ModelWeights>(place_weights(*weights_, device, dtype)), device, dtype);
   m.fingerprint_ = fingerprint_;  // the same weights, placed
@@ -125,10 +126,14 @@ struct Activations {
   Tensor residual;  // (rows, d_model) fp32 residual stream
   Tensor h;         // (rows, d_model) block output
   Tensor u;         // (rows, d_model) normed block input, compute dtype
-  Tensor zxbcdt;    // (rows, d_in_proj)
+  Tensor zxbcdt;    // (rows, d_in_proj) (Mamba-1: x | z)
   Tensor xbc;       // (rows, conv_dim) after conv + SiLU, compute dtype
-  Tensor y;         // (rows, d_inner) scan output
-  Tensor yn;        // (rows, d_inner) y gated and normed, compute dtype
+  Tensor y;         // (rows, d_inner) scan output (Mamba-1: gated by silu(z))
+  Tensor yn;        // (rows, d_inner) y gated and normed, compute dtype (Mamba2)
+  // Mamba-1.
+  Tensor x_dbl;         // (rows, dt_rank + 2·bc_width) x_proj's output dt_low | B | C
+  Tensor dt;            // (rows, d_inner) dt_proj's output (the scan adds its bias)
+  Tensor dt_low, B, C;  // Falcon-Mamba: x_dbl's parts, normed
   Activations(int64_t rows, const ModelConfig& c, Device dev, DType dtype)
       : residual(Tensor::empty({rows, c.d_model}, dev)),
         h(Tensor::empty({rows, c.d_model}, dev)),
@@ -136,23 +141,73 @@ struct Activations {
         zxbcdt(Tensor::empty({rows, c.d_in_proj()}, dev)),
         xbc(Tensor::empty({rows, c.conv_dim()}, dev, dtype)),
         y(Tensor::empty({rows, c.d_inner()}, dev)),
-        yn(dtype == DType::F32 ? y : Tensor::empty({rows, c.d_inner()}, dev, dtype)) {}
+        yn(dtype == DType::F32 || c.mamba1() ? y : Tensor::empty({rows, c.d_inner()}, dev, dtype)) {
+    if (!c.mamba1()) return;
+    x_dbl = Tensor::empty({rows, c.x_proj_rows()}, dev);
+    dt = Tensor::empty({rows, c.d_inner()}, dev);
+    if (c.mixer_norms) {
+      dt_low = Tensor::empty({rows, c.dt_rank}, dev);
+      B = Tensor::empty({rows, c.bc_width()}, dev);
+      C = Tensor::empty({rows, c.bc_width()}, dev);
+    }
+  }
 };
 
-// The layer stack: residual add + RMSNorm + in_proj, then `mixer(layer, weights, projections)`,
-// which fills a.xbc and a.y (the conv and the scan, in their prefill or decode form), then the
-// gated RMSNorm and out_proj. Leaves the last block's output in a.h for the head.
-template <class Mixer>
+// Falcon-Mamba's weightless RMS norm of `src`'s rows into `dst` (contiguous): a norm of weight 1.
+void weightless_rmsnorm(MatView src, Tensor& dst, const Tensor& ones, float eps) {
+  for (int64_t r = 0; r < src.rows; ++r) std::memcpy(MatView::of(dst).row(r), src.row(r), size_t(src.cols) * sizeof(float));
+  ops::add_rmsnorm(MatView::of(dst), {}, ones, MatView::of(dst), eps);
+}
+
+// The layer stack: residual add + RMSNorm + in_proj, then the mixer, then out_proj. Leaves the last
+// block's output in a.h for the head. `forms` gives the conv and the scans in their prefill or
+// decode form, each layer's from its states:
+//   forms.conv(layer, in, w, bias, out), forms.ssd(layer, weights, x, B, C, dt, y),
+//   forms.selective(layer, weights, x, dt, B, C, z, y)
+// Mamba2: the conv over xBC, the SSD scan, the gated RMSNorm. Mamba-1: the conv over x, x_proj into
+// dt_low | B | C (Falcon: each normed), dt_proj, the selective scan gated by silu(z).
+template <class Forms>
 void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
-                ops::LinearKernel kernel, Mixer&& mixer) {
+                ops::LinearKernel kernel, Forms&& forms) {
   ops::embedding(w.embedding, ids, MatView::of(a.residual));
+  Tensor ones;
+  if (c.mixer_norms) {
+    ones = Tensor::empty({std::max(c.dt_rank, c.bc_width())});
+    std::fill(ones.data(), ones.data() + ones.numel(), 1.0f);
+  }
+  const auto ones_of = [&](int64_t n) { return Tensor::borrow(ones.data(), {n}, nullptr); };
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
+    const size_t layer = size_t(li);
     ops::add_rmsnorm(MatView::of(a.residual), li == 0 ? MatView{} : MatView::of(a.h), l.norm, MatView::of(a.u),
                      float(c.norm_eps));
+    if (c.mamba1()) {
+      const Tensor* in_bias = c.proj_bias ? &l.in_proj_b : nullptr;
+      ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt), kernel, in_bias);
+      const int64_t di = c.d_inner(), R = c.dt_rank, bw = c.bc_width();
+      const MatView xz = MatView::of(a.zxbcdt), x = xz.cols_slice(0, di), z = xz.cols_slice(di, di);
+      forms.conv(layer, x, l.conv_w, l.conv_b, MatView::of(a.xbc));
+      ops::linear(MatView::of(a.xbc), l.x_proj, MatView::of(a.x_dbl), kernel);
+      const MatView dbl = MatView::of(a.x_dbl);
+      MatView dt_low = dbl.cols_slice(0, R), B = dbl.cols_slice(R, bw), C = dbl.cols_slice(R + bw, bw);
+      if (c.mixer_norms) {
+        const float eps = float(c.mixer_rms_eps);
+        weightless_rmsnorm(dt_low, a.dt_low, ones_of(R), eps);
+        weightless_rmsnorm(B, a.B, ones_of(bw), eps);
+        weightless_rmsnorm(C, a.C, ones_of(bw), eps);
+        dt_low = MatView::of(a.dt_low), B = MatView::of(a.B), C = MatView::of(a.C);
+      }
+      ops::linear(dt_low, l.dt_proj, MatView::of(a.dt), kernel);
+      forms.selective(layer, {l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias}, MatView::of(a.xbc),
+                      MatView::of(a.dt), B, C, z, MatView::of(a.y));
+      ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h), kernel, c.proj_bias ? &l.out_proj_b : nullptr);
+      continue;
+    }
     ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt), kernel);
     const Projections pr = split(MatView::of(a.zxbcdt), c);
-    mixer(size_t(li), l, pr);
+    forms.conv(layer, pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc));
+    const ConvOut co = split_conv(MatView::of(a.xbc), c);
+    forms.ssd(layer, ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y));
     ops::gated_rmsnorm(MatView::of(a.y), pr.z, l.gate_norm, MatView::of(a.yn), c.ngroups, float(c.norm_eps));
     ops::linear(MatView::of(a.yn), l.out_proj, MatView::of(a.h), kernel);
   }
@@ -245,21 +300,35 @@ void Model::prefill_pass(std::span<const int32_t> ids, std::span<const int64_t> 
     scratch_ssm = Tensor::empty({nseq, c.ssm_state_width()}, device_);
   }
   const ops::SeqBatch seqs(lengths, slots, c.chunk_size, device_);
-  run_layers(w, c, ids, a, ops::LinearKernel::Prefill, [&](size_t li, const LayerWeights& l, const Projections& pr) {
-    MatView conv_states, ssm_states;
-    if (state) {
-      conv_states = state->conv_states(li);
-      ssm_states = state->ssm_states(li);
-    } else {
-      scratch_conv.set_zero();
-      scratch_ssm.set_zero();
-      conv_states = MatView::of(scratch_conv);
-      ssm_states = MatView::of(scratch_ssm);
+  struct PrefillForms {
+    InferenceState* state;
+    Tensor &scratch_conv, &scratch_ssm;
+    const ops::SeqBatch& seqs;
+    DType compute;
+    size_t cleared = size_t(-1);
+    // A layer's states: the state's, or zeros cleared once per layer.
+    std::pair<MatView, MatView> states(size_t li) {
+      if (state) return {state->conv_states(li), state->ssm_states(li)};
+      if (cleared != li) {
+        scratch_conv.set_zero();
+        scratch_ssm.set_zero();
+        cleared = li;
+      }
+      return {MatView::of(scratch_conv), MatView::of(scratch_ssm)};
     }
-    ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), conv_states, seqs);
-    const ConvOut co = split_conv(MatView::of(a.xbc), c);
-    ops::ssd_scan(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), ssm_states, seqs, activation_dtype());
-  });
+    void conv(size_t li, MatView in, const Tensor& w, const Tensor& b, MatView out) {
+      ops::causal_conv1d(in, w, b, out, states(li).first, seqs);
+    }
+    void ssd(size_t li, const ops::SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y) {
+      ops::ssd_scan(w, x, B, C, dt, y, states(li).second, seqs, compute);
+    }
+    void selective(size_t li, const ops::SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C,
+                   MatView z, MatView y) {
+      ops::selective_scan(w, x, dt, B, C, z, y, states(li).second, seqs);
+    }
+  };
+  run_layers(w, c, ids, a, ops::LinearKernel::Prefill,
+             PrefillForms{state, scratch_conv, scratch_ssm, seqs, activation_dtype()});
   if (all_positions) {
     head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Prefill, activation_dtype(), logits);
     return;
@@ -306,11 +375,21 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   }
   Activations a(nb, c, device_, activation_dtype());
   const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, device_);
-  run_layers(w, c, tokens, a, ops::LinearKernel::Decode, [&](size_t li, const LayerWeights& l, const Projections& pr) {
-    ops::causal_conv1d_step(pr.xBC, l.conv_w, l.conv_b, MatView::of(a.xbc), state.conv_states(li), seqs);
-    const ConvOut co = split_conv(MatView::of(a.xbc), c);
-    ops::ssd_step(ssd_weights(l, c), co.x, co.B, co.C, pr.dt, MatView::of(a.y), state.ssm_states(li), seqs);
-  });
+  struct DecodeForms {
+    InferenceState& state;
+    const ops::SeqBatch& seqs;
+    void conv(size_t li, MatView in, const Tensor& w, const Tensor& b, MatView out) {
+      ops::causal_conv1d_step(in, w, b, out, state.conv_states(li), seqs);
+    }
+    void ssd(size_t li, const ops::SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y) {
+      ops::ssd_step(w, x, B, C, dt, y, state.ssm_states(li), seqs);
+    }
+    void selective(size_t li, const ops::SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C,
+                   MatView z, MatView y) {
+      ops::selective_scan_step(w, x, dt, B, C, z, y, state.ssm_states(li), seqs);
+    }
+  };
+  run_layers(w, c, tokens, a, ops::LinearKernel::Decode, DecodeForms{state, seqs});
   head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, activation_dtype(), logits);
 }
 

@@ -92,12 +92,25 @@ ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, cons
     l.norm = ld.take(p + "norm.weight", {D});
     l.in_proj = ld.take_matrix({p + "mixer.in_proj.weight"}, {c.d_in_proj(), D});
     l.conv_w = ld.take({p + "mixer.conv1d.weight"}, {c.conv_dim(), c.d_conv}, {c.conv_dim(), 1, c.d_conv});
-    l.conv_b = ld.take(p + "mixer.conv1d.bias", {c.conv_dim()});
-    l.dt_bias = ld.take(p + "mixer.dt_bias", {c.nheads()});
-    l.A_log = ld.take(p + "mixer.A_log", {c.nheads()});
-    l.D = ld.take(p + "mixer.D", {c.nheads()});
-    l.gate_norm = ld.take(p + "mixer.norm.weight", {c.d_inner()});
+    l.conv_b = c.conv_bias ? ld.take(p + "mixer.conv1d.bias", {c.conv_dim()}) : Tensor::zeros({c.conv_dim()});
+    l.D = ld.take(p + "mixer.D", {c.mamba1() ? c.d_inner() : c.nheads()});
     l.out_proj = ld.take_matrix({p + "mixer.out_proj.weight"}, {D, c.d_inner()});
+    if (c.mamba1()) {
+      const int64_t di = c.d_inner();
+      l.x_proj = ld.take(p + "mixer.x_proj.weight", {c.x_proj_rows(), di});
+      l.dt_proj = ld.take(p + "mixer.dt_proj.weight", {di, c.dt_rank});
+      l.dt_bias = ld.take(p + "mixer.dt_proj.bias", {di});
+      l.A_log = ld.take(p + "mixer.A_log", {di, c.d_state});
+      if (c.complex_scan) l.A_imag = ld.take(p + "mixer.A_imag", {di, c.d_state});
+      if (c.proj_bias) {
+        l.in_proj_b = ld.take(p + "mixer.in_proj.bias", {c.d_in_proj()});
+        l.out_proj_b = ld.take(p + "mixer.out_proj.bias", {D});
+      }
+    } else {
+      l.dt_bias = ld.take(p + "mixer.dt_bias", {c.nheads()});
+      l.A_log = ld.take(p + "mixer.A_log", {c.nheads()});
+      l.gate_norm = ld.take(p + "mixer.norm.weight", {c.d_inner()});
+    }
     w.layers.push_back(std::move(l));
   }
   w.norm_f = ld.take("backbone.norm_f.weight", {D});
@@ -135,9 +148,12 @@ ModelWeights place_weights(const ModelWeights& w, Device device, DType dtype) {
   ModelWeights out;
   out.embedding_name = w.embedding_name;
   out.embedding = w.embedding.to(device, vocab_matrix_dtype(dtype));
-  for (const LayerWeights& l : w.layers)
-    out.layers.push_back({f32(l.norm), matrix(l.in_proj), f32(l.conv_w), f32(l.conv_b), f32(l.dt_bias), f32(l.A_log),
-                          f32(l.D), f32(l.gate_norm), matrix(l.out_proj)});
+  for (const LayerWeights& l : w.layers) {
+    LayerWeights p = l.map(f32);
+    p.in_proj = matrix(l.in_proj);
+    p.out_proj = matrix(l.out_proj);
+    out.layers.push_back(std::move(p));
+  }
   out.norm_f = f32(w.norm_f);
   out.lm_head = w.lm_head.raw() == w.embedding.raw() ? out.embedding : w.lm_head.to(device, vocab_matrix_dtype(dtype));
   return out;
@@ -189,21 +205,52 @@ ModelWeights init_weights(const ModelConfig& c, uint64_t seed) {
     l.conv_w = Tensor::empty({c.conv_dim(), c.d_conv});
     fill_uniform(l.conv_w, -conv_bound, conv_bound);
     l.conv_b = Tensor::empty({c.conv_dim()});
-    fill_uniform(l.conv_b, -conv_bound, conv_bound);
-    l.dt_bias = Tensor::empty({H});
-    l.A_log = Tensor::empty({H});
+    if (c.conv_bias) fill_uniform(l.conv_b, -conv_bound, conv_bound);
+    else l.conv_b.set_zero();
     std::uniform_real_distribution<double> u01(0.0, 1.0);
-    for (int64_t h = 0; h < H; ++h) {
-      double dt = std::exp(u01(rng) * (std::log(c.dt_max) - std::log(c.dt_min)) + std::log(c.dt_min));
-      dt = std::max(dt, c.dt_init_floor);
-      l.dt_bias.data()[h] = float(dt + std::log(-std::expm1(-dt)));  // inverse softplus
+    // dt's bias: softplus⁻¹ of dt log-uniform in [dt_min, dt_max], at least dt_init_floor.
+    auto fill_dt_bias = [&](Tensor& t) {
+      for (int64_t h = 0; h < t.numel(); ++h) {
+        double dt = std::exp(u01(rng) * (std::log(c.dt_max) - std::log(c.dt_min)) + std::log(c.dt_min));
+        dt = std::max(dt, c.dt_init_floor);
+        t.data()[h] = float(dt + std::log(-std::expm1(-dt)));  // inverse softplus
+      }
+    };
+    if (c.mamba1()) {
+      // mamba_ssm's Mamba: x_proj an nn.Linear; dt_proj's weight U(±dt_rank^-1/2) ("random", dt_scale
+      // 1); S4D-Real A = −(n+1) per channel; projection biases zero (_init_weights). Complex: S4D-Lin,
+      // A = −1/2 + iπn.
+      const int64_t di = c.d_inner(), N = c.d_state;
+      l.x_proj = Tensor::empty({c.x_proj_rows(), di});
+      fill_uniform(l.x_proj, -1.0 / std::sqrt(double(di)), 1.0 / std::sqrt(double(di)));
+      l.dt_proj = Tensor::empty({di, c.dt_rank});
+      fill_uniform(l.dt_proj, -1.0 / std::sqrt(double(c.dt_rank)), 1.0 / std::sqrt(double(c.dt_rank)));
+      l.dt_bias = Tensor::empty({di});
+      fill_dt_bias(l.dt_bias);
+      l.A_log = Tensor::empty({di, N});
+      if (c.complex_scan) l.A_imag = Tensor::empty({di, N});
+      for (int64_t d = 0; d < di; ++d)
+        for (int64_t n = 0; n < N; ++n) {
+          l.A_log.data()[d * N + n] = float(c.complex_scan ? std::log(0.5) : std::log(double(n + 1)));
+          if (c.complex_scan) l.A_imag.data()[d * N + n] = float(M_PI * double(n));
+        }
+      l.D = Tensor::empty({di});
+      fill_const(l.D, 1.0f);
+      if (c.proj_bias) {
+        l.in_proj_b = Tensor::zeros({c.d_in_proj()});
+        l.out_proj_b = Tensor::zeros({D});
+      }
+    } else {
+      l.dt_bias = Tensor::empty({H});
+      fill_dt_bias(l.dt_bias);
+      l.A_log = Tensor::empty({H});
+      for (int64_t h = 0; h < H; ++h)
+        l.A_log.data()[h] = float(std::log(c.A_init_min + u01(rng) * (c.A_init_max - c.A_init_min)));
+      l.D = Tensor::empty({H});
+      fill_const(l.D, 1.0f);
+      l.gate_norm = Tensor::empty({c.d_inner()});
+      fill_const(l.gate_norm, 1.0f);
     }
-    for (int64_t h = 0; h < H; ++h)
-      l.A_log.data()[h] = float(std::log(c.A_init_min + u01(rng) * (c.A_init_max - c.A_init_min)));
-    l.D = Tensor::empty({H});
-    fill_const(l.D, 1.0f);
-    l.gate_norm = Tensor::empty({c.d_inner()});
-    fill_const(l.gate_norm, 1.0f);
     l.out_proj = Tensor::empty({D, c.d_inner()});
     const double out_bound = 1.0 / std::sqrt(double(c.d_inner()));
     fill_uniform(l.out_proj, -out_bound, out_bound);
@@ -226,19 +273,30 @@ ModelWeights init_weights(const ModelConfig& c, uint64_t seed) {
 std::vector<NamedTensor> hf_named_tensors(const ModelWeights& w, const ModelConfig& c) {
   std::vector<NamedTensor> out;
   auto add = [&](std::string name, const Tensor& t) { out.push_back({std::move(name), &t, t.shape()}); };
-  add("backbone.embeddings.weight", w.embedding);
+  add(c.complex_scan ? "backbone.embedding.weight" : "backbone.embeddings.weight", w.embedding);
   for (size_t i = 0; i < w.layers.size(); ++i) {
     const LayerWeights& l = w.layers[i];
     const std::string p = fmt::format("backbone.layers.{}.", i);
     add(p + "norm.weight", l.norm);
     add(p + "mixer.in_proj.weight", l.in_proj);
+    if (c.proj_bias && c.mamba1()) add(p + "mixer.in_proj.bias", l.in_proj_b);
     out.push_back({p + "mixer.conv1d.weight", &l.conv_w, {c.conv_dim(), 1, c.d_conv}});
-    add(p + "mixer.conv1d.bias", l.conv_b);
-    add(p + "mixer.dt_bias", l.dt_bias);
-    add(p + "mixer.A_log", l.A_log);
-    add(p + "mixer.D", l.D);
-    add(p + "mixer.norm.weight", l.gate_norm);
+    if (c.conv_bias) add(p + "mixer.conv1d.bias", l.conv_b);
+    if (c.mamba1()) {
+      add(p + "mixer.x_proj.weight", l.x_proj);
+      add(p + "mixer.dt_proj.weight", l.dt_proj);
+      add(p + "mixer.dt_proj.bias", l.dt_bias);
+      add(p + "mixer.A_log", l.A_log);
+      if (c.complex_scan) add(p + "mixer.A_imag", l.A_imag);
+      add(p + "mixer.D", l.D);
+    } else {
+      add(p + "mixer.dt_bias", l.dt_bias);
+      add(p + "mixer.A_log", l.A_log);
+      add(p + "mixer.D", l.D);
+      add(p + "mixer.norm.weight", l.gate_norm);
+    }
     add(p + "mixer.out_proj.weight", l.out_proj);
+    if (c.proj_bias && c.mamba1()) add(p + "mixer.out_proj.bias", l.out_proj_b);
   }
   add("backbone.norm_f.weight", w.norm_f);
   if (!c.tie_embeddings) add("lm_head.weight", w.lm_head);
@@ -274,7 +332,7 @@ void save_model(const std::filesystem::path& dir, const ModelConfig& config, con
   write_safetensors(dir / "model.safetensors", tensors, meta);
   ModelConfig written = config;
   written.vocab_size = config.vocab_padded();  // the HF layout stores the padded size
-  const std::string json = config_to_hf_json(written);
+  const std::string json = config.complex_scan ? config_to_official_json(written) : config_to_hf_json(written);
   AtomicFile f(dir / "config.json", "[model]");
   f.write(json.data(), json.size());
   f.commit();
@@ -309,11 +367,14 @@ uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
 
 std::string model_fingerprint(const ModelConfig& c, const ModelWeights& w) {
   uint64_t h = 0xcbf29ce484222325ull;
-  const std::string arch = fmt::format("mamba2 d_model={} n_layer={} vocab={}/{} d_state={} d_conv={} expand={} "
-                                       "headdim={} ngroups={} chunk={} dt_limit=({},{}) eps={} tied={}",
-                                       c.d_model, c.n_layer, c.vocab_size, c.pad_vocab_size_multiple, c.d_state,
-                                       c.d_conv, c.expand, c.headdim, c.ngroups, c.chunk_size, c.dt_limit_min,
-                                       c.dt_limit_max, c.norm_eps, c.tie_embeddings);
+  std::string arch = fmt::format("mamba2 d_model={} n_layer={} vocab={}/{} d_state={} d_conv={} expand={} "
+                                 "headdim={} ngroups={} chunk={} dt_limit=({},{}) eps={} tied={}",
+                                 c.d_model, c.n_layer, c.vocab_size, c.pad_vocab_size_multiple, c.d_state, c.d_conv,
+                                 c.expand, c.headdim, c.ngroups, c.chunk_size, c.dt_limit_min, c.dt_limit_max,
+                                 c.norm_eps, c.tie_embeddings);
+  if (c.mamba1())
+    arch += fmt::format(" mamba1 dt_rank={} bias={} conv_bias={} complex={} mixer_norms={} mixer_eps={}", c.dt_rank,
+                        c.proj_bias, c.conv_bias, c.complex_scan, c.mixer_norms, c.mixer_rms_eps);
   h = fnv1a(h, arch.data(), arch.size());
   for (const NamedTensor& nt : hf_named_tensors(w, c)) {
     h = fnv1a(h, nt.name.data(), nt.name.size() + 1);

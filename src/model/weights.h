@@ -13,6 +13,10 @@
 
 namespace mamba2 {
 
+// One block. Mamba2 uses the first nine; a Mamba-1 block (ModelConfig::mamba1) has in_proj
+// (2·d_inner, d_model) with rows x | z, the conv over x's d_inner channels (conv_b zeros when the
+// checkpoint has no conv bias), dt_bias = dt_proj.bias (d_inner), A_log (d_inner, N), D (d_inner),
+// no gate_norm, and the tensors after out_proj.
 struct LayerWeights {
   Tensor norm;       // (d_model) pre-mixer RMSNorm
   Tensor in_proj;    // (d_in_proj, d_model): rows z | xBC | dt
@@ -23,7 +27,40 @@ struct LayerWeights {
   Tensor D;          // (nheads)
   Tensor gate_norm;  // (d_inner) gated RMSNorm weight
   Tensor out_proj;   // (d_model, d_inner)
+  // Mamba-1.
+  Tensor x_proj;      // (dt_rank + 2·bc_width, d_inner): rows dt_low | B | C
+  Tensor dt_proj;     // (d_inner, dt_rank)
+  Tensor A_imag;      // (d_inner, N) Im A, the complex scan only
+  Tensor in_proj_b;   // (2·d_inner) with ModelConfig::proj_bias
+  Tensor out_proj_b;  // (d_model) with ModelConfig::proj_bias
+
+  // A layer of f(t) for each tensor t present here; absent ones (no data) stay absent.
+  template <class F>
+  LayerWeights map(F&& f) const;
+  // The tensors present, in declaration order.
+  std::vector<Tensor*> present();
 };
+
+inline constexpr Tensor LayerWeights::*kLayerTensors[] = {
+    &LayerWeights::norm,    &LayerWeights::in_proj, &LayerWeights::conv_w,    &LayerWeights::conv_b,
+    &LayerWeights::dt_bias, &LayerWeights::A_log,   &LayerWeights::D,         &LayerWeights::gate_norm,
+    &LayerWeights::out_proj, &LayerWeights::x_proj, &LayerWeights::dt_proj,   &LayerWeights::A_imag,
+    &LayerWeights::in_proj_b, &LayerWeights::out_proj_b};
+
+template <class F>
+LayerWeights LayerWeights::map(F&& f) const {
+  LayerWeights o;
+  for (Tensor LayerWeights::*m : kLayerTensors)
+    if ((this->*m).raw()) o.*m = f(this->*m);
+  return o;
+}
+
+inline std::vector<Tensor*> LayerWeights::present() {
+  std::vector<Tensor*> out;
+  for (Tensor LayerWeights::*m : kLayerTensors)
+    if ((this->*m).raw()) out.push_back(&(this->*m));
+  return out;
+}
 
 struct ModelWeights {
   Tensor embedding;  // (vocab_padded, d_model)
@@ -65,7 +102,8 @@ TensorArchive open_checkpoint(const std::filesystem::path& model_dir);
 // The official initialisation (mamba_ssm), deterministic for a seed.
 ModelWeights init_weights(const ModelConfig& config, uint64_t seed);
 
-// Tensor names and values in the Hugging Face layout, for writing.
+// Tensor names and values in the Hugging Face layout, for writing (a complex Mamba-1 model, which
+// has no HF layout: the official names).
 struct NamedTensor {
   std::string name;
   const Tensor* tensor;
@@ -80,8 +118,8 @@ std::vector<NamedTensor> checkpoint_named_tensors(const ModelWeights& weights, c
 // tensor, in the Hugging Face layout: what Model::fingerprint() is. Weights on the CPU.
 std::string model_fingerprint(const ModelConfig& config, const ModelWeights& weights);
 
-// Writes config.json and model.safetensors (Hugging Face layout, `dtype`) into `dir`, each file
-// replaced atomically. With `matrix_dtype` (`mamba2 quantize`): the projection matrices (embedding,
+// Writes config.json and model.safetensors (Hugging Face layout, `dtype`; a complex Mamba-1 model
+// in the official layout) into `dir`, each file replaced atomically. With `matrix_dtype` (`mamba2 quantize`): the projection matrices (embedding,
 // in_proj, out_proj, an untied head) in it — BF16, or Q8_0 / Q4_0 blocks (io/safetensors.h; the
 // embedding and head as place_weights keeps them) — and every other tensor (norms, conv,
 // dt_bias, A_log, D) in F32.

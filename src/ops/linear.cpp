@@ -84,13 +84,32 @@ bool bf16_rounded_activations() {
   return t && t->default_on;
 }
 
-void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
+namespace {
+
+void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
+
+}  // namespace
+
+void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Tensor* bias) {
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1);
   const Device dev = W.device();
   check_shape("linear", "x", x, x.rows, k, dev);
   check_shape("linear", "y", y, x.rows, n, dev);
   check_dtype("linear", "y", y.dtype, DType::F32);
+  if (bias) {
+    check_len("linear", "bias", *bias, n, dev);
+    if (dev == Device::CUDA) fail("[linear] biases are not supported on the GPU yet");
+  }
+  linear_product(x, W, y, kernel);
+  if (bias) cpu::add_bias(y.data(), y.ld, bias->data(), y.rows, n);
+}
+
+namespace {
+
+void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
+  const int64_t n = W.dim(0), k = W.dim(1);
+  const Device dev = W.device();
   if (dev == Device::CUDA) {
     check_dtype("linear", "x", x.dtype, W.dtype());
     // Training runs the prefill's products (cuBLASLt, one algorithm per shape: deterministic).
@@ -129,6 +148,8 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel) {
     case LinearKernel::Training: cpu::linear_gemm(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
   }
 }
+
+}  // namespace
 
 namespace {
 

@@ -43,8 +43,10 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 //             kernels round a row differently by row count, on most CPUs);
 //   Decode    one row per sequence: W streamed once, each row summed in a fixed order;
 //   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
+// With `bias` (n), y = x @ Wᵀ + bias, the bias added to the finished sums (as torch's nn.Linear;
+// Mamba-1's optional projection biases; the CPU only for now).
 enum class LinearKernel { Prefill, Decode, Training };
-void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel);
+void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Tensor* bias = nullptr);
 // Q8_0 and Q4_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by
 // integer dot products (Int8: llama.cpp's q8_0 · q8_0 and q4_0 · q8_0), or kept fp32 against the
 // widened weights (F32: bit for bit the fp32 kernels on the dequantized weights). Default: per
@@ -151,6 +153,30 @@ struct SsdGrads {
 void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView states0, MatView d_y,
                        MatView d_states_final, const SsdGrads& grads, const SeqBatch& seqs,
                        DType compute = DType::F32);
+
+// selective_scan (Mamba-1; mamba_ssm's selective_scan_fn with delta_bias and delta_softplus): per
+// channel d of x (rows, Dc) and state index n < N, over the sequences of `seqs` packed, each from
+// its row (slot) of `states`, leaving its final state there:
+//   δ = softplus(dt[t, d] + dt_bias[d])                (torch's softplus, threshold 20)
+//   h[d, n] ← exp(δ·A[d, n])·h[d, n] + δ·x[t, d]·B[t, n]
+//   y[t, d] = Σ_n C[t, n]·h[d, n] + D[d]·x[t, d], times silu(z[t, d]) when z is given
+// Real (A_imag null): A = −exp(A_log); B and C (rows, N); states (batch, Dc·N), channel-major.
+// Complex (A_imag given): A = −exp(A_log) + i·A_imag; B and C (rows, 2N), (re, im) interleaved per
+// state index; h complex, states (batch, Dc·2N) interleaved likewise; y = 2·Re(Σ_n C·h) + D·x.
+// fp32 throughout (the states too). Each element's arithmetic is one fixed sequence of roundings
+// (the sum over n in a fixed tree), shared by the scan and the step: the same bits whatever the
+// batch, the threads or the instruction set, and a token gives the same bits by either form.
+struct SelectiveScanWeights {
+  const Tensor& A_log;    // (Dc, N)
+  const Tensor* A_imag;   // (Dc, N) for the complex scan, else null
+  const Tensor& D;        // (Dc)
+  const Tensor& dt_bias;  // (Dc)
+};
+void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z, MatView y,
+                    MatView states, const SeqBatch& seqs);
+// selective_scan: one token for each sequence of `seqs` (a decode batch).
+void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
+                         MatView y, MatView states, const SeqBatch& seqs);
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.ptr is set it receives scale·(softmax − onehot) (it may alias logits; on the GPU

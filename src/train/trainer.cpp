@@ -70,8 +70,7 @@ ModelWeights clone_weights(const ModelWeights& w) {
   ModelWeights o;
   o.embedding = copy_of(w.embedding);
   for (const LayerWeights& l : w.layers)
-    o.layers.push_back({copy_of(l.norm), copy_of(l.in_proj), copy_of(l.conv_w), copy_of(l.conv_b), copy_of(l.dt_bias),
-                        copy_of(l.A_log), copy_of(l.D), copy_of(l.gate_norm), copy_of(l.out_proj)});
+    o.layers.push_back(l.map(copy_of));
   o.norm_f = copy_of(w.norm_f);
   o.lm_head = w.lm_head.data() == w.embedding.data() ? o.embedding : copy_of(w.lm_head);
   return o;

@@ -149,9 +149,7 @@ double decode_step_bytes(const Model& m, int64_t batch) {
   const ModelWeights& w = m.weights();
   double bytes = double(w.norm_f.nbytes() + w.lm_head.nbytes());
   for (const LayerWeights& l : w.layers)
-    for (const Tensor* t : {&l.norm, &l.in_proj, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm,
-                            &l.out_proj})
-      bytes += double(t->nbytes());
+    for (const Tensor* t : const_cast<LayerWeights&>(l).present()) bytes += double(t->nbytes());
   const ModelConfig& c = m.config();
   const double state = double(c.n_layer * (c.conv_state_width() + c.ssm_state_width())) * sizeof(float);
   return bytes + 2.0 * state * double(batch);

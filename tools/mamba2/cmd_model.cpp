@@ -20,12 +20,16 @@ void add_init(CLI::App& app) {
   auto* sub = app.add_subcommand("init", "Write a randomly initialised model (official init) in the Hugging Face layout");
   struct Opts {
     std::string preset = "130m", out, dtype = "f32";
-    int64_t d_model = 0, n_layer = 0, d_state = 0, headdim = 0, ngroups = 0, chunk_size = 0, vocab_size = 0;
+    int64_t d_model = 0, n_layer = 0, d_state = 0, headdim = 0, ngroups = 0, chunk_size = 0, vocab_size = 0,
+            dt_rank = 0;
     uint64_t seed = 0;
-    bool force = false;
+    bool force = false, complex = false;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("--preset", o->preset, "130m, 370m, 780m, 1.3b or 2.7b")->capture_default_str();
+  sub->add_option("--preset", o->preset,
+                  "Mamba2: 130m, 370m, 780m, 1.3b or 2.7b; Mamba-1: mamba-130m, mamba-370m, mamba-790m, mamba-1.4b or "
+                  "mamba-2.8b")
+      ->capture_default_str();
   sub->add_option("--out", o->out, "Folder to write (config.json + model.safetensors)")->required();
   sub->add_option("--dtype", o->dtype, "Stored dtype: f32, bf16 or f16")->capture_default_str();
   sub->add_option("--d-model", o->d_model, "Override d_model");
@@ -34,7 +38,10 @@ void add_init(CLI::App& app) {
   sub->add_option("--headdim", o->headdim, "Override headdim");
   sub->add_option("--ngroups", o->ngroups, "Override ngroups");
   sub->add_option("--chunk-size", o->chunk_size, "Override chunk_size");
-  sub->add_option("--vocab-size", o->vocab_size, "Override vocab_size (padded to a multiple of 16)");
+  sub->add_option("--vocab-size", o->vocab_size, "Override vocab_size (padded to a multiple of 16; Mamba-1: 8)");
+  sub->add_option("--dt-rank", o->dt_rank, "Mamba-1: override dt_rank (default ⌈d_model/16⌉)");
+  sub->add_flag("--complex", o->complex,
+                "Mamba-1: a complex-valued scan (S4D-Lin A = -1/2 + iπn; written in the official layout)");
   sub->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   sub->add_flag("--force", o->force, "Replace the files of an existing model in --out");
   on_run(sub, [o] {
@@ -46,6 +53,15 @@ void add_init(CLI::App& app) {
     if (o->ngroups) c.ngroups = o->ngroups;
     if (o->chunk_size) c.chunk_size = o->chunk_size;
     if (o->vocab_size) c.vocab_size = o->vocab_size;
+    if (c.mamba1()) {
+      if (o->headdim || o->ngroups || o->chunk_size)
+        fail("[init] --headdim, --ngroups and --chunk-size are Mamba2's; {} is a Mamba-1 preset", o->preset);
+      c.dt_rank = o->dt_rank ? o->dt_rank : (c.d_model + 15) / 16;
+      c.complex_scan = o->complex;
+      if (c.complex_scan) c.layout = CheckpointLayout::Official;
+    } else if (o->dt_rank || o->complex) {
+      fail("[init] --dt-rank and --complex are Mamba-1's; {} is a Mamba2 preset", o->preset);
+    }
     c.validate("init flags");
     const std::optional<DType> parsed = parse_dtype(o->dtype);
     if (!parsed) fail("[init] --dtype must be f32, bf16 or f16, got '{}'", o->dtype);

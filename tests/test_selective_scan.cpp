@@ -1,0 +1,254 @@
+// The Mamba-1 selective scan (ops::selective_scan, ops::selective_scan_step) against a float64
+// recurrence written here from its definition (ops.h; mamba_ssm's selective_scan_ref), real and
+// complex, over packed sequences continuing from states in other slots; and its promises: the same
+// bits alone or batched, with 1 or 2 threads, and by the step as by the scan.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <complex>
+#include <cstring>
+#include <random>
+
+#include "ops/ops.h"
+#include "test_files.h"
+#include "test_support.h"
+
+namespace mamba2 {
+namespace {
+
+using cd = std::complex<double>;
+
+struct Problem {
+  int64_t Dc, N;
+  bool complex, gated;
+  std::vector<int64_t> lengths, slots;
+  int64_t batch;  // state rows
+  Tensor A_log, A_imag, D, dt_bias;
+  Tensor x, dt, B, C, z, states0;
+  int64_t T() const { return x.dim(0); }
+  int64_t bw() const { return complex ? 2 * N : N; }
+};
+
+Problem make_problem(int64_t Dc, int64_t N, bool complex, bool gated, std::vector<int64_t> lengths, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g(0.0, 1.0);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  Problem p{Dc, N, complex, gated, lengths, {}, int64_t(lengths.size()) + 2, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  // Slots in reverse order, past the first two rows: not the identity.
+  for (size_t s = 0; s < lengths.size(); ++s) p.slots.push_back(p.batch - 1 - int64_t(s));
+  int64_t T = 0;
+  for (int64_t L : lengths) T += L;
+  auto fill = [&](Tensor& t, Shape shape, auto f) {
+    t = Tensor::empty(shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = float(f(i));
+  };
+  fill(p.A_log, {Dc, N}, [&](int64_t i) { return std::log(double(i % N + 1)) + 0.3 * g(rng); });
+  if (complex) fill(p.A_imag, {Dc, N}, [&](int64_t i) { return M_PI * double(i % N) + 0.5 * g(rng); });
+  fill(p.D, {Dc}, [&](int64_t) { return 1.0 + 0.5 * g(rng); });
+  // dt biases spread so that softplus sees large (> 20: its linear branch), ordinary and very
+  // negative arguments.
+  fill(p.dt_bias, {Dc}, [&](int64_t i) { return i % 7 == 0 ? 22.0 : i % 7 == 1 ? -12.0 : std::log(std::expm1(0.001 + 0.1 * u(rng))); });
+  fill(p.x, {T, Dc}, [&](int64_t) { return g(rng); });
+  fill(p.dt, {T, Dc}, [&](int64_t) { return 0.5 * g(rng); });
+  fill(p.B, {T, p.bw()}, [&](int64_t) { return g(rng); });
+  fill(p.C, {T, p.bw()}, [&](int64_t) { return g(rng); });
+  fill(p.z, {T, Dc}, [&](int64_t) { return 2.0 * g(rng); });
+  fill(p.states0, {p.batch, Dc * p.bw()}, [&](int64_t) { return 0.5 * g(rng); });
+  return p;
+}
+
+ops::SelectiveScanWeights weights(const Problem& p) {
+  return {p.A_log, p.complex ? &p.A_imag : nullptr, p.D, p.dt_bias};
+}
+
+// The float64 recurrence: y (T, Dc) and the final states (batch, Dc·bw), from the fp32 inputs.
+void reference(const Problem& p, std::vector<double>& y, std::vector<double>& states) {
+  const int64_t Dc = p.Dc, N = p.N, bw = p.bw();
+  y.assign(size_t(p.T() * Dc), 0.0);
+  states.assign(p.states0.data(), p.states0.data() + p.states0.numel());
+  int64_t t0 = 0;
+  for (size_t s = 0; s < p.lengths.size(); ++s) {
+    double* st = states.data() + p.slots[s] * Dc * bw;
+    for (int64_t d = 0; d < Dc; ++d) {
+      std::vector<cd> h(static_cast<size_t>(N));
+      for (int64_t n = 0; n < N; ++n)
+        h[size_t(n)] = p.complex ? cd(st[d * bw + 2 * n], st[d * bw + 2 * n + 1]) : cd(st[d * bw + n], 0.0);
+      for (int64_t t = t0; t < t0 + p.lengths[s]; ++t) {
+        const double v = double(p.dt.data()[t * Dc + d]) + double(p.dt_bias.data()[d]);
+        const double delta = v > 20.0 ? v : std::log1p(std::exp(v));
+        const double xv = p.x.data()[t * Dc + d];
+        cd acc = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          const cd A(-std::exp(double(p.A_log.data()[d * N + n])), p.complex ? double(p.A_imag.data()[d * N + n]) : 0.0);
+          const float* Bt = p.B.data() + t * bw;
+          const float* Ct = p.C.data() + t * bw;
+          const cd Bn = p.complex ? cd(Bt[2 * n], Bt[2 * n + 1]) : cd(Bt[n], 0.0);
+          const cd Cn = p.complex ? cd(Ct[2 * n], Ct[2 * n + 1]) : cd(Ct[n], 0.0);
+          h[size_t(n)] = std::exp(delta * A) * h[size_t(n)] + delta * Bn * xv;
+          acc += Cn * h[size_t(n)];
+        }
+        double out = (p.complex ? 2.0 * acc.real() : acc.real()) + double(p.D.data()[d]) * xv;
+        if (p.gated) {
+          const double zv = p.z.data()[t * Dc + d];
+          out *= zv / (1.0 + std::exp(-zv));
+        }
+        y[size_t(t * Dc + d)] = out;
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        if (p.complex) {
+          st[d * bw + 2 * n] = h[size_t(n)].real();
+          st[d * bw + 2 * n + 1] = h[size_t(n)].imag();
+        } else {
+          st[d * bw + n] = h[size_t(n)].real();
+        }
+      }
+    }
+    t0 += p.lengths[s];
+  }
+}
+
+// The scan of all of p's sequences at once: y and the states after.
+void run_scan(Problem& p, Tensor& y, Tensor& states) {
+  y = Tensor::empty({p.T(), p.Dc});
+  states = p.states0.to(Device::CPU, DType::F32);
+  const ops::SeqBatch seqs(p.lengths, p.slots, 16, Device::CPU);
+  ops::selective_scan(weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
+                      p.gated ? MatView::of(p.z) : MatView{}, MatView::of(y), MatView::of(states), seqs);
+}
+
+double rel_l2(const float* a, const double* b, size_t n) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+struct Variant {
+  bool complex, gated;
+  int64_t Dc, N;
+};
+
+class SelectiveScan : public ::testing::TestWithParam<Variant> {};
+
+// fp32 against float64: each step rounds h once or twice per element (relative 2⁻²⁴) and the errors
+// of ≤ 64 steps add at most linearly while exp(δA) ≤ 1 damps the older ones, so ≲ 64·1e-7 ≈ 6e-6
+// at worst; 1e-5 relative L2 per sequence.
+TEST_P(SelectiveScan, MatchesFloat64Recurrence) {
+  const Variant v = GetParam();
+  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {1, 2, 7, 33, 64}, 11);
+  Tensor y, states;
+  run_scan(p, y, states);
+  std::vector<double> want_y, want_states;
+  reference(p, want_y, want_states);
+  int64_t t0 = 0;
+  for (size_t s = 0; s < p.lengths.size(); ++s) {
+    const size_t off = size_t(t0 * p.Dc), n = size_t(p.lengths[s] * p.Dc);
+    EXPECT_LE(rel_l2(y.data() + off, want_y.data() + off, n), 1e-5) << "y of sequence " << s;
+    const int64_t w = p.Dc * p.bw();
+    EXPECT_LE(rel_l2(states.data() + p.slots[s] * w, want_states.data() + p.slots[s] * w, size_t(w)), 1e-5)
+        << "final state of sequence " << s;
+    t0 += p.lengths[s];
+  }
+  // Rows no sequence uses are left as they were.
+  const int64_t w = p.Dc * p.bw();
+  EXPECT_EQ(std::memcmp(states.data(), p.states0.data(), size_t(2 * w) * sizeof(float)), 0);
+}
+
+// Each sequence alone (its own state row) gives the bits it gives packed with the others; 1 or 2
+// threads give the same bits; and the token-by-token step gives the scan's bits.
+TEST_P(SelectiveScan, SameBitsAloneBatchedThreadedAndStepped) {
+  const Variant v = GetParam();
+  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40}, 5);
+  Tensor y, states;
+  run_scan(p, y, states);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  Tensor y1, states1;
+  run_scan(p, y1, states1);
+  omp_set_num_threads(threads);
+  EXPECT_EQ(std::memcmp(y.data(), y1.data(), size_t(y.numel()) * sizeof(float)), 0) << "1 thread";
+  EXPECT_EQ(std::memcmp(states.data(), states1.data(), size_t(states.numel()) * sizeof(float)), 0) << "1 thread";
+
+  const int64_t Dc = p.Dc, bw = p.bw();
+  const auto w = weights(p);
+  int64_t t0 = 0;
+  for (size_t s = 0; s < p.lengths.size(); ++s) {
+    const int64_t L = p.lengths[s], slot = p.slots[s];
+    const std::vector<int64_t> len{L}, one_slot{0};
+    Tensor st = Tensor::empty({1, Dc * bw}), ya = Tensor::empty({L, Dc});
+    std::memcpy(st.data(), p.states0.data() + slot * Dc * bw, size_t(Dc * bw) * sizeof(float));
+    const MatView rows_x = MatView::of(p.x).rows_slice(t0, L), rows_dt = MatView::of(p.dt).rows_slice(t0, L);
+    const MatView rows_B = MatView::of(p.B).rows_slice(t0, L), rows_C = MatView::of(p.C).rows_slice(t0, L);
+    const MatView rows_z = p.gated ? MatView::of(p.z).rows_slice(t0, L) : MatView{};
+    ops::selective_scan(w, rows_x, rows_dt, rows_B, rows_C, rows_z, MatView::of(ya), MatView::of(st),
+                        ops::SeqBatch(len, one_slot, 16, Device::CPU));
+    EXPECT_EQ(std::memcmp(ya.data(), y.data() + t0 * Dc, size_t(L * Dc) * sizeof(float)), 0) << "alone " << s;
+    EXPECT_EQ(std::memcmp(st.data(), states.data() + slot * Dc * bw, size_t(Dc * bw) * sizeof(float)), 0)
+        << "alone, state " << s;
+    // Token by token from the same initial state.
+    std::memcpy(st.data(), p.states0.data() + slot * Dc * bw, size_t(Dc * bw) * sizeof(float));
+    Tensor ys = Tensor::empty({1, Dc});
+    const ops::SeqBatch step = ops::SeqBatch::decode(one_slot, Device::CPU);
+    for (int64_t t = 0; t < L; ++t) {
+      ops::selective_scan_step(w, rows_x.rows_slice(t, 1), rows_dt.rows_slice(t, 1), rows_B.rows_slice(t, 1),
+                               rows_C.rows_slice(t, 1), p.gated ? rows_z.rows_slice(t, 1) : MatView{},
+                               MatView::of(ys), MatView::of(st), step);
+      ASSERT_EQ(std::memcmp(ys.data(), y.data() + (t0 + t) * Dc, size_t(Dc) * sizeof(float)), 0)
+          << "step " << t << " of sequence " << s;
+    }
+    EXPECT_EQ(std::memcmp(st.data(), states.data() + slot * Dc * bw, size_t(Dc * bw) * sizeof(float)), 0)
+        << "stepped, state " << s;
+    t0 += L;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, SelectiveScan,
+                         ::testing::Values(Variant{false, false, 37, 16}, Variant{false, true, 37, 5},
+                                           Variant{true, false, 37, 16}, Variant{true, true, 20, 5}),
+                         [](const ::testing::TestParamInfo<Variant>& info) {
+                           return std::string(info.param.complex ? "Complex" : "Real") +
+                                  (info.param.gated ? "Gated" : "") + "N" + std::to_string(info.param.N);
+                         });
+
+TEST(SelectiveScanErrors, RefusesBadShapesByName) {
+  Problem p = make_problem(12, 4, true, true, {3, 2}, 1);
+  Problem r = make_problem(12, 4, false, false, {3, 2}, 1);
+  Tensor y = Tensor::empty({5, 12});
+  const ops::SeqBatch seqs(p.lengths, p.slots, 16, Device::CPU);
+  auto error = [&](const ops::SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView states) {
+    return test::error_message([&] { ops::selective_scan(w, x, dt, B, C, {}, MatView::of(y), states, seqs); });
+  };
+  const MatView st = MatView::of(const_cast<Tensor&>(p.states0));
+  // Real B and C (N wide) with a complex A.
+  std::string e = error(weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(r.B), MatView::of(r.C), st);
+  EXPECT_NE(e.find("[selective_scan] B"), std::string::npos) << e;
+  // dt with fewer rows than x.
+  e = error(weights(p), MatView::of(p.x), MatView::of(p.dt).rows_slice(0, 4), MatView::of(p.B), MatView::of(p.C), st);
+  EXPECT_NE(e.find("[selective_scan] dt"), std::string::npos) << e;
+  // A complex state width for a real scan.
+  e = error(weights(r), MatView::of(r.x), MatView::of(r.dt), MatView::of(r.B), MatView::of(r.C), st);
+  EXPECT_NE(e.find("[selective_scan] states"), std::string::npos) << e;
+  // A_imag of another shape.
+  const Tensor wrong = Tensor::zeros({12, 5});
+  e = error({p.A_log, &wrong, p.D, p.dt_bias}, MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
+            st);
+  EXPECT_NE(e.find("[selective_scan] A_imag"), std::string::npos) << e;
+  // D of the wrong length.
+  const Tensor shortD = Tensor::zeros({11});
+  e = error({p.A_log, &p.A_imag, shortD, p.dt_bias}, MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B),
+            MatView::of(p.C), st);
+  EXPECT_NE(e.find("[selective_scan] D"), std::string::npos) << e;
+  // A decode step with two tokens for one sequence.
+  const std::vector<int64_t> one{0};
+  e = test::error_message([&] {
+    ops::selective_scan_step(weights(p), MatView::of(p.x).rows_slice(0, 2), MatView::of(p.dt).rows_slice(0, 2),
+                             MatView::of(p.B).rows_slice(0, 2), MatView::of(p.C).rows_slice(0, 2), {},
+                             MatView::of(y).rows_slice(0, 2), st, ops::SeqBatch::decode(one, Device::CPU));
+  });
+  EXPECT_NE(e.find("[selective_scan]"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace mamba2
