@@ -201,18 +201,40 @@ void top_k_rows(const float* x, int64_t ld, int64_t n, int64_t cols, const int32
                 int64_t cap, int32_t* ids, float* values, int32_t* counts);
 
 // The Mamba-1 selective scan (ops::selective_scan). A_log, A_imag (null: real) (channels, N);
-// D, dt_bias (channels). z may be null (no gate).
-struct SelectiveScanParams {
+// D, dt_bias (channels). z may be null (no gate). float for inference; double too for the
+// gradient checks.
+template <class T>
+struct SelectiveScanParamsT {
   int64_t channels, d_state;
-  const float *A_log, *A_imag, *D, *dt_bias;
+  const T *A_log, *A_imag, *D, *dt_bias;
 };
-// One sequence of L tokens from `state` (channels·N floats, complex 2N), left there.
-void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
-                            const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
-                            float* y, int64_t ldy, float* state, int64_t L);
+using SelectiveScanParams = SelectiveScanParamsT<float>;
+// One sequence of L tokens from `state` (channels·N values, complex 2N), left there.
+template <class T>
+void selective_scan_forward(const SelectiveScanParamsT<T>& p, const T* x, int64_t ldx, const T* dt, int64_t lddt,
+                            const T* B, int64_t ldb, const T* C, int64_t ldc, const T* z, int64_t ldz, T* y,
+                            int64_t ldy, T* state, int64_t L);
 // One token for each of nb sequences, row b's state at states + slots[b]·(channels·N or ·2N).
 void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
                          const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
                          float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb);
+// The backward of one sequence: activation gradients overwritten (d_z only when z is given, d_state0
+// when not null), parameter gradients accumulated.
+template <class T>
+struct SelectiveScanGradsT {
+  T* d_x; int64_t lddx;
+  T* d_dt; int64_t lddt;
+  T* d_B; int64_t lddb;
+  T* d_C; int64_t lddc;
+  T* d_z; int64_t lddz;
+  T* d_state0;
+  T *d_A_log, *d_A_imag, *d_D, *d_dt_bias;
+};
+// state0 null: zeros; d_state_final null: zeros.
+template <class T>
+void selective_scan_backward(const SelectiveScanParamsT<T>& p, const T* x, int64_t ldx, const T* dt, int64_t lddt,
+                             const T* B, int64_t ldb, const T* C, int64_t ldc, const T* z, int64_t ldz,
+                             const T* state0, const T* d_y, int64_t lddy, const T* d_state_final,
+                             const SelectiveScanGradsT<T>& g, int64_t L);
 
 }  // namespace mamba2::cpu

@@ -177,6 +177,21 @@ void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatVie
 // selective_scan: one token for each sequence of `seqs` (a decode batch).
 void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                          MatView y, MatView states, const SeqBatch& seqs);
+struct SelectiveScanGrads {
+  MatView x, dt, B, C, z;  // overwritten; z only when the forward was gated
+  MatView state0;          // overwritten when its data is set: as the states (rows by slot)
+  Tensor& A_log;           // accumulated (Dc, N)
+  Tensor* A_imag;          // accumulated, the complex scan
+  Tensor& D;
+  Tensor& dt_bias;
+};
+// selective_scan backward for the scans of the sequences of `seqs`, each from its row (slot) of
+// `states0` (not modified; empty: zeros), given d_y and its row of d_states_final (empty: zeros).
+// Each channel's states are recomputed forward, then walked back; dB and dC sum over channels in a
+// fixed order (the same bits for any thread count).
+void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
+                             MatView states0, MatView d_y, MatView d_states_final, const SelectiveScanGrads& grads,
+                             const SeqBatch& seqs);
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.ptr is set it receives scale·(softmax − onehot) (it may alias logits; on the GPU

@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <tuple>
+
 #include "cpu/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
@@ -8,9 +11,9 @@ namespace {
 
 constexpr const char* kOp = "selective_scan";
 
-// The kernels' parameters, every operand's shape checked; states' width per slot returned in `width`.
+// The kernels' parameters, the weights' and the tokens' operands checked (y: the output, or d_y).
 cpu::SelectiveScanParams params(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
-                                MatView y, MatView states, const SeqBatch& seqs) {
+                                MatView y) {
   if (x.device != Device::CPU) fail("[{}] runs on the CPU only, for now", kOp);
   if (w.A_log.rank() != 2) fail("[{}] A_log must be (channels, d_state), got {}", kOp, shape_str(w.A_log.shape()));
   const int64_t Dc = w.A_log.dim(0), N = w.A_log.dim(1), bw = w.A_imag ? 2 * N : N;
@@ -28,17 +31,23 @@ cpu::SelectiveScanParams params(const SelectiveScanWeights& w, MatView x, MatVie
   check_shape(kOp, w.A_imag ? "C (complex: 2·d_state interleaved)" : "C", C, T, bw);
   if (z.ptr) check_shape(kOp, "z", z, T, Dc);
   check_shape(kOp, "y", y, T, Dc);
-  check_shape(kOp, "states", states, states.rows, Dc * bw);
-  if (states.ld != states.cols) fail("[{}] states must be contiguous", kOp);
-  seqs.check(kOp, T, Device::CPU, states.rows);
   return {Dc, N, w.A_log.data(), w.A_imag ? w.A_imag->data() : nullptr, w.D.data(), w.dt_bias.data()};
+}
+
+// A state buffer (rows by slot) of the width the weights make.
+void check_states(const SelectiveScanWeights& w, const char* what, MatView states) {
+  const int64_t width = w.A_log.numel() * (w.A_imag ? 2 : 1);
+  check_shape(kOp, what, states, states.rows, width);
+  if (states.ld != states.cols) fail("[{}] {} must be contiguous", kOp, what);
 }
 
 }  // namespace
 
 void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z, MatView y,
                     MatView states, const SeqBatch& seqs) {
-  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y, states, seqs);
+  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
+  check_states(w, "states", states);
+  seqs.check(kOp, x.rows, Device::CPU, states.rows);
   for (int64_t s = 0; s < seqs.count(); ++s) {
     const int64_t t0 = seqs.starts()[size_t(s)];
     cpu::selective_scan_forward(p, x.row(t0), x.ld, dt.row(t0), dt.ld, B.row(t0), B.ld, C.row(t0), C.ld,
@@ -49,11 +58,50 @@ void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatVie
 
 void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                          MatView y, MatView states, const SeqBatch& seqs) {
-  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y, states, seqs);
+  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
+  check_states(w, "states", states);
+  seqs.check(kOp, x.rows, Device::CPU, states.rows);
   if (seqs.count() != x.rows) fail("[{}] a decode step takes one token per sequence", kOp);
   cpu::selective_scan_step(p, x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
                            z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.slots().data(),
                            x.rows);
+}
+
+void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
+                             MatView states0, MatView d_y, MatView d_states_final, const SelectiveScanGrads& g,
+                             const SeqBatch& seqs) {
+  const int64_t T = x.rows;
+  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, d_y);
+  int64_t rows = INT64_MAX;  // slots index the state rows given, if any
+  for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
+    if (!m.ptr) continue;
+    check_states(w, what, m);
+    rows = std::min(rows, m.rows);
+  }
+  seqs.check(kOp, T, Device::CPU, rows);
+  using Operand = std::tuple<const char*, const MatView*, int64_t>;
+  for (auto [what, m, cols] : {Operand{"d_x", &g.x, x.cols}, Operand{"d_dt", &g.dt, x.cols},
+                               Operand{"d_B", &g.B, B.cols}, Operand{"d_C", &g.C, C.cols}})
+    check_shape(kOp, what, *m, T, cols);
+  if (z.ptr) check_shape(kOp, "d_z", g.z, T, x.cols);
+  check_len(kOp, "d_A_log", g.A_log, w.A_log.numel());
+  if (w.A_imag) {
+    if (!g.A_imag) fail("[{}] the complex scan's backward needs d_A_imag", kOp);
+    check_len(kOp, "d_A_imag", *g.A_imag, w.A_log.numel());
+  }
+  check_len(kOp, "d_D", g.D, w.D.numel());
+  check_len(kOp, "d_dt_bias", g.dt_bias, w.dt_bias.numel());
+  for (int64_t s = 0; s < seqs.count(); ++s) {
+    const int64_t t0 = seqs.starts()[size_t(s)], slot = seqs.slots()[size_t(s)];
+    auto row = [&](const MatView& m) { return m.ptr ? m.row(slot) : nullptr; };
+    const cpu::SelectiveScanGradsT<float> grads{
+        g.x.row(t0), g.x.ld, g.dt.row(t0), g.dt.ld, g.B.row(t0), g.B.ld, g.C.row(t0), g.C.ld,
+        z.ptr ? g.z.row(t0) : nullptr, g.z.ld, row(g.state0), g.A_log.data(), g.A_imag ? g.A_imag->data() : nullptr,
+        g.D.data(), g.dt_bias.data()};
+    cpu::selective_scan_backward(p, x.row(t0), x.ld, dt.row(t0), dt.ld, B.row(t0), B.ld, C.row(t0), C.ld,
+                                 z.ptr ? z.row(t0) : nullptr, z.ld, row(states0), d_y.row(t0), d_y.ld,
+                                 row(d_states_final), grads, seqs.lengths()[size_t(s)]);
+  }
 }
 
 }  // namespace mamba2::ops
