@@ -22,8 +22,19 @@ Oracle C: official mamba_ssm's selective_scan_ref (state-spaces/mamba, read from
   never committed), run in float64 (its .float() casts made .double()) on every layer's scan inputs
   of oracle A, real and complex; asserted to agree to 1e-10.
 
+With --grads DIR it also writes the training pass's fixtures, as scripts/make_grad_fixtures.py
+does for Mamba2 (fp32 models):
+
+  DIR/<case>/model/  DIR/<case>/case.json {"ids", "lengths", "loss", "description"}
+  DIR/<case>/grads.safetensors  F32 "loss" (0-d) and "grad.<checkpoint name>" of every parameter
+
+the mean next-token cross-entropy over the embedding's rows of every predicted position, its
+gradients by torch.autograd through oracle A, cross-checked against transformers' autograd
+(1e-10; not for the complex layer).
+
 Needs torch, transformers, einops, numpy, safetensors (the GPU machine has them).
-Usage: python3 scripts/make_mamba1_golden.py --out tests/fixtures/golden [--mamba-src .anchors/mamba]
+Usage: python3 scripts/make_mamba1_golden.py --out tests/fixtures/golden [--grads tests/fixtures/grad]
+       [--mamba-src .anchors/mamba]
 """
 
 import argparse
@@ -98,6 +109,17 @@ CASES = [
          "FalconMambaForCausalLM (weightless RMS norms on dt_low, B, C; mixer_rms_eps 1e-6), fp32"),
     Case("m1_official_complex", "official", torch.float32, [1, 12, 64], 505,
          "official layout, complex Mamba1 layer (A_imag, B and C 2N wide interleaved), fp32", complex=True),
+]
+
+
+GRAD_CASES = [
+    Case("m1_official_bias", "official", torch.float32, [1, 9, 20], 601,
+         "official layout, Mamba1 with projection biases and no conv bias, tied head, fp32",
+         bias=True, conv_bias=False, dt_rank=6),
+    Case("m1_falcon_untied", "falcon", torch.float32, [5, 16], 602,
+         "FalconMambaForCausalLM, untied head, fp32", tie=False),
+    Case("m1_official_complex", "official", torch.float32, [12, 7], 603,
+         "official layout, complex Mamba1 layer, tied head, fp32", complex=True),
 ]
 
 
@@ -400,9 +422,77 @@ def make_case(c, out_root, ref):
     print(f"  max|logit| {all_logits.abs().max().item():.4f}")
 
 
+def mean_loss(per_sequence_logits, seqs):
+    """Mean next-token cross-entropy over all predicted positions of all sequences."""
+    total, count = 0, 0
+    for logits, s in zip(per_sequence_logits, seqs):
+        if len(s) < 2:
+            continue
+        total = total + F.cross_entropy(logits[:-1], torch.tensor(s[1:]), reduction="sum")
+        count += len(s) - 1
+    return total / count
+
+
+def make_grad_case(c, out_root):
+    gen = torch.Generator().manual_seed(c.seed)
+    stored = OrderedDict((k, v.to(c.dtype).contiguous()) for k, v in make_weights(c, gen).items())
+    id_gen = torch.Generator().manual_seed(c.seed + 1)
+    seqs = [torch.randint(0, c.vocab_size, (n,), generator=id_gen).tolist() for n in c.lengths]
+    case_dir = out_root / c.name
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    if c.layout == "official":
+        write_official(c, stored, case_dir / "model")
+    else:
+        write_hf(c, stored, case_dir / "model")
+
+    w = OrderedDict((k, v.to(F64).requires_grad_(True)) for k, v in stored.items())
+    loss = mean_loss([oracle_a(c, w, torch.tensor(s), []) for s in seqs], seqs)
+    loss.backward()
+    print(f"{c.name} (gradients): {c.description}; lengths {c.lengths}; loss {loss.item():.10f}")
+    grads = OrderedDict((k, v.grad) for k, v in w.items())
+
+    if not c.complex:
+        import transformers
+        from transformers import FalconMambaForCausalLM, MambaForCausalLM
+        transformers.logging.set_verbosity_error()
+        cls = FalconMambaForCausalLM if c.layout == "falcon" else MambaForCausalLM
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = Case(**{**c.__dict__, "layout": "falcon" if c.layout == "falcon" else "hf", "shards": 1,
+                         "vocab_size": c.vocab_rows})
+            write_hf(hf, stored, Path(tmp))
+            model = cls.from_pretrained(tmp, dtype=F64)
+        with keep_float64():
+            loss_b = mean_loss([model(torch.tensor([s])).logits[0].to(F64)[:, :c.vocab_rows] for s in seqs], seqs)
+            loss_b.backward()
+        grads_b = OrderedDict((n.replace("backbone.embeddings.", "backbone.embedding."), p.grad)
+                              for n, p in model.named_parameters())
+        worst = abs(loss.item() - loss_b.item()) / abs(loss.item())
+        for k, g in grads.items():
+            if k == "lm_head.weight" and c.tie:
+                continue
+            worst = max(worst, rel_l2(g, grads_b[k]))
+        print(f"  oracle B (transformers autograd, fp64): worst rel L2 over loss and gradients {worst:.2e}")
+        assert worst < TOL, c.name
+
+    out = OrderedDict()
+    out["loss"] = torch.tensor(loss.item(), dtype=torch.float32)
+    for k, g in grads.items():
+        if k == "lm_head.weight" and c.tie:
+            continue  # the tied head is the embedding: its gradient is in the embedding's
+        assert g is not None and g.abs().max() > 0, f"{c.name}: {k} has no gradient"
+        name = k if c.layout == "official" else k.replace("backbone.embedding.", "backbone.embeddings.")
+        out["grad." + name] = g.to(torch.float32).contiguous()
+    save_file(out, str(case_dir / "grads.safetensors"))
+    meta = {"ids": [t for s in seqs for t in s], "lengths": c.lengths, "loss": loss.item(),
+            "description": c.description}
+    (case_dir / "case.json").write_text(json.dumps(meta) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"))
+    ap.add_argument("--grads", default=None, help="also write the gradient fixtures into this folder")
     ap.add_argument("--mamba-src", default=str(Path(__file__).resolve().parent.parent / ".anchors" / "mamba"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -411,6 +501,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     for c in CASES:
         make_case(c, out, ref)
+    if args.grads:
+        torch.set_grad_enabled(True)
+        Path(args.grads).mkdir(parents=True, exist_ok=True)
+        for c in GRAD_CASES:
+            make_grad_case(c, Path(args.grads))
 
 
 if __name__ == "__main__":

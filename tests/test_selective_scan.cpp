@@ -1,13 +1,15 @@
 // The Mamba-1 selective scan (ops::selective_scan, ops::selective_scan_step) against a float64
 // recurrence written here from its definition (ops.h; mamba_ssm's selective_scan_ref), real and
-// complex, over packed sequences continuing from states in other slots; and its promises: the same
-// bits alone or batched, with 1 or 2 threads, and by the step as by the scan. The backward (real
+// complex, over packed sequences continuing from states in other slots, operands contiguous or
+// column slices of wider matrices; and its promises: the same bits alone or batched, with 1 or 2
+// threads, and by the step (alone or in a decode batch) as by the scan. The backward (real
 // and complex) against central differences in double, and the fp32 op against the double kernel.
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <complex>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "cpu/kernels.h"
@@ -167,9 +169,10 @@ TEST_P(SelectiveScan, MatchesFloat64Recurrence) {
 TEST_P(SelectiveScan, SameBitsAloneBatchedThreadedAndStepped) {
   const Variant v = GetParam();
   Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40}, 5);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
   Tensor y, states;
   run_scan(p, y, states);
-  const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
   Tensor y1, states1;
   run_scan(p, y1, states1);
@@ -210,9 +213,93 @@ TEST_P(SelectiveScan, SameBitsAloneBatchedThreadedAndStepped) {
   }
 }
 
+// A copy of t's columns inside a wider matrix: the view of them has ld > cols (the model's x, z,
+// dt, B and C are column slices of the projections' outputs). The other columns hold NaN, so
+// that a kernel reading past its columns shows.
+struct Strided {
+  Tensor wide;
+  MatView view;
+  Strided(const Tensor& t, int64_t before, int64_t after) {
+    const int64_t rows = t.dim(0), cols = t.numel() / rows;
+    wide = Tensor::empty({rows, before + cols + after});
+    std::fill(wide.data(), wide.data() + wide.numel(), std::numeric_limits<float>::quiet_NaN());
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(wide.data() + r * (before + cols + after) + before, t.data() + r * cols, size_t(cols) * sizeof(float));
+    view = MatView::of(wide).cols_slice(before, cols);
+  }
+};
+
+// Sequences longer than the kernel's tiles of tokens, every operand a column slice of a wider matrix
+// (y too): the float64 recurrence within 1e-5 (the older steps' rounding errors decay with
+// exp(δA) ≤ 1, so 130 steps do not add more than 64 do in practice), the same bits as from
+// contiguous operands, and the same bits again from decode steps with all the sequences in one
+// decode batch (each step the sequences that still have a token, in slots that are not in order).
+TEST_P(SelectiveScan, LongStridedAndDecodeBatch) {
+  const Variant v = GetParam();
+  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {130, 1, 65, 7}, 31);
+  Tensor y, states;
+  run_scan(p, y, states);
+  std::vector<double> want_y, want_states;
+  reference(p, want_y, want_states);
+  const int64_t Dc = p.Dc, w = p.Dc * p.bw();
+  int64_t t0 = 0;
+  for (size_t s = 0; s < p.lengths.size(); ++s) {
+    const size_t off = size_t(t0 * Dc), n = size_t(p.lengths[s] * Dc);
+    EXPECT_LE(rel_l2(y.data() + off, want_y.data() + off, n), 1e-5) << "y of sequence " << s;
+    EXPECT_LE(rel_l2(states.data() + p.slots[s] * w, want_states.data() + p.slots[s] * w, size_t(w)), 1e-5)
+        << "final state of sequence " << s;
+    t0 += p.lengths[s];
+  }
+
+  const Strided x(p.x, 3, 2 * Dc + 1), dt(p.dt, 2 * Dc + 5, 7), B(p.B, 1, p.bw() + 3), C(p.C, p.bw() + 2, 1),
+      z(p.z, Dc, Dc);
+  Tensor ywide = Tensor::zeros({p.T(), 2 * Dc + 3});
+  const MatView ys = MatView::of(ywide).cols_slice(Dc + 1, Dc);
+  Tensor st = p.states0.to(Device::CPU, DType::F32);
+  ops::selective_scan(weights(p), x.view, dt.view, B.view, C.view, p.gated ? z.view : MatView{}, ys, MatView::of(st),
+                      ops::SeqBatch(p.lengths, p.slots, 16, Device::CPU));
+  for (int64_t t = 0; t < p.T(); ++t) {
+    ASSERT_EQ(std::memcmp(ys.row(t), y.data() + t * Dc, size_t(Dc) * sizeof(float)), 0) << "strided, row " << t;
+    for (int64_t c = 0; c < ywide.dim(1); ++c)  // nothing written beside y's columns
+      if (c <= Dc || c > 2 * Dc) {
+        ASSERT_EQ(ywide.data()[t * ywide.dim(1) + c], 0.0f) << "row " << t << ", column " << c;
+      }
+  }
+  EXPECT_EQ(std::memcmp(st.data(), states.data(), st.nbytes()), 0) << "strided, states";
+
+  // Decode: step k takes token k of each sequence longer than k.
+  st = p.states0.to(Device::CPU, DType::F32);
+  std::vector<int64_t> starts{0};
+  for (int64_t L : p.lengths) starts.push_back(starts.back() + L);
+  for (int64_t k = 0;; ++k) {
+    std::vector<int64_t> rows, slots;
+    for (size_t s = 0; s < p.lengths.size(); ++s)
+      if (k < p.lengths[s]) rows.push_back(starts[s] + k), slots.push_back(p.slots[s]);
+    if (rows.empty()) break;
+    const int64_t nb = int64_t(rows.size());
+    auto gather = [&](const Tensor& t) {
+      const int64_t cols = t.numel() / t.dim(0);
+      Tensor g = Tensor::empty({nb, cols});
+      for (int64_t b = 0; b < nb; ++b)
+        std::memcpy(g.data() + b * cols, t.data() + rows[size_t(b)] * cols, size_t(cols) * sizeof(float));
+      return g;
+    };
+    Tensor xb = gather(p.x), dtb = gather(p.dt), Bb = gather(p.B), Cb = gather(p.C), zb = gather(p.z);
+    Tensor yb = Tensor::empty({nb, Dc});
+    ops::selective_scan_step(weights(p), MatView::of(xb), MatView::of(dtb), MatView::of(Bb), MatView::of(Cb),
+                             p.gated ? MatView::of(zb) : MatView{}, MatView::of(yb), MatView::of(st),
+                             ops::SeqBatch::decode(slots, Device::CPU));
+    for (int64_t b = 0; b < nb; ++b)
+      ASSERT_EQ(std::memcmp(yb.data() + b * Dc, y.data() + rows[size_t(b)] * Dc, size_t(Dc) * sizeof(float)), 0)
+          << "decode step " << k << ", row " << b;
+  }
+  EXPECT_EQ(std::memcmp(st.data(), states.data(), st.nbytes()), 0) << "decoded, states";
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, SelectiveScan,
                          ::testing::Values(Variant{false, false, 37, 16}, Variant{false, true, 37, 5},
-                                           Variant{true, false, 37, 16}, Variant{true, true, 20, 5}),
+                                           Variant{true, false, 37, 16}, Variant{true, true, 20, 5},
+                                           Variant{false, true, 37, 33}, Variant{true, true, 37, 33}),
                          [](const ::testing::TestParamInfo<Variant>& info) {
                            return std::string(info.param.complex ? "Complex" : "Real") +
                                   (info.param.gated ? "Gated" : "") + "N" + std::to_string(info.param.N);
@@ -397,6 +484,15 @@ TEST(SelectiveScanErrors, RefusesBadShapesByName) {
   e = error({p.A_log, &wrong, p.D, p.dt_bias}, MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
             st);
   EXPECT_NE(e.find("[selective_scan] A_imag"), std::string::npos) << e;
+  // A_log not a matrix, and A_log for fewer channels than x has.
+  const Tensor flat = Tensor::zeros({12 * 4});
+  e = error({flat, nullptr, r.D, r.dt_bias}, MatView::of(r.x), MatView::of(r.dt), MatView::of(r.B), MatView::of(r.C),
+            MatView::of(const_cast<Tensor&>(r.states0)));
+  EXPECT_NE(e.find("[selective_scan] A_log"), std::string::npos) << e;
+  const Tensor narrow = Tensor::zeros({11, 4});
+  e = error({narrow, nullptr, r.D, r.dt_bias}, MatView::of(r.x), MatView::of(r.dt), MatView::of(r.B),
+            MatView::of(r.C), MatView::of(const_cast<Tensor&>(r.states0)));
+  EXPECT_NE(e.find("[selective_scan]"), std::string::npos) << e;
   // D of the wrong length.
   const Tensor shortD = Tensor::zeros({11});
   e = error({p.A_log, &p.A_imag, shortD, p.dt_bias}, MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B),

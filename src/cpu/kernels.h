@@ -214,6 +214,13 @@ template <class T>
 void selective_scan_forward(const SelectiveScanParamsT<T>& p, const T* x, int64_t ldx, const T* dt, int64_t lddt,
                             const T* B, int64_t ldb, const T* C, int64_t ldc, const T* z, int64_t ldz, T* y,
                             int64_t ldy, T* state, int64_t L);
+// The sequences of a packed batch: sequence s's rows [starts[s], starts[s+1]) (of every operand),
+// from and back to its state at states + slots[s]·channels·(N or 2N). The same bits as
+// selective_scan_forward on each sequence alone.
+void selective_scan_prefill(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
+                            const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
+                            float* y, int64_t ldy, float* states, const int64_t* starts, const int64_t* slots,
+                            int64_t count);
 // One token for each of nb sequences, row b's state at states + slots[b]·(channels·N or ·2N).
 void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
                          const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,

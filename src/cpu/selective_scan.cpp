@@ -1,12 +1,26 @@
 // The Mamba-1 selective scan on the CPU (ops::selective_scan): the recurrence itself, token by token
-// per channel, its N (complex: N pairs) states held while the channel walks the sequence. Prefill runs
-// the channels in parallel; a channel's work is inherently sequential in t, and at d_inner ≥ 1024
-// channels there is far more parallel work than cores, so no chunked form is needed on the CPU.
+// per channel. A channel's work is inherently sequential in t, and at d_inner ≥ 1024 channels there
+// is far more parallel work than cores, so no chunked form is needed on the CPU.
+//
+// The forward vectorises over channels, not over n: a block of kBlock channels is one vector of
+// lanes, its states n-major (h[n][c]), so each token is N vector updates with no horizontal sums
+// (the sum over n is a fixed tree of vector adds). Prefill: one parallel region; sequence by
+// sequence, the channel blocks shared out statically (no barrier between sequences); a block walks
+// its sequence in tiles of kTile tokens: the tile's rows of dt and x read first, δ = softplus(dt +
+// bias) of them, then the recurrence over the tile, then y's rows, gated. The decode step runs the
+// same block code on one token per sequence. N = 16 (every Mamba-1 checkpoint) has its own
+// instantiation (its loops unrolled); other N run the same code with a run-time N.
 //
 // This file is compiled with -ffp-contract=off (src/CMakeLists.txt): every element's arithmetic is
 // then the same roundings whether the compiler vectorises a loop or not and whatever the
-// instruction set, and the sum over n runs in a fixed tree of kLanes partial sums. So the scan and
-// the step give the same bits for a token, and a sequence's bits never depend on its batch.
+// instruction set. Per channel and token the sum over n is the fixed tree of tree_sum: kLanes
+// partial sums (lane i takes n ≡ i mod kLanes in n order, from 0), then halves added. The scan and
+// the step share BlockScan, and neither the block a channel falls in, its lane, the tiles nor the
+// N = 16 instantiation change an element's sequence of roundings: the scan and the step give the
+// same bits for a token, and a sequence's bits never depend on its batch or the threads. The
+// backward's per-channel recomputation (real_sum, complex_sum) performs the same roundings too.
+// (The scalar libm calls — expf for A and in softplus, log1pf, cosf/sinf — are glibc's, which picks
+// an implementation by CPU at load time; the promise across instruction sets is ours, not libm's.)
 //
 // Backward (per channel, from the end of the sequence; g = ∂loss/∂h_t, h recomputed forward first):
 //   real:    y = C·h + D·x;  h_t = a·h_{t−1} + δx·B,  a = exp(δA)
@@ -30,38 +44,30 @@ namespace mamba2::cpu {
 
 namespace {
 
-constexpr int64_t kLanes = 16;
-constexpr int64_t kChannelBlock = 32;
+constexpr int64_t kLanes = 16;         // the partial sums over n
+constexpr int64_t kChannelBlock = 32;  // the backward's channel blocks (its dB, dC partial sums)
+constexpr int64_t kBlock = 16;         // the forward's channels per block (vector lanes)
+constexpr int64_t kTile = 64;          // tokens a prefill block holds in its buffers at a time
 
+// The sum of a token's partial sums: part[i] += part[i + w] for w = 8, 4, 2, 1.
 template <class T>
-T tree_sum(T (&part)[kLanes]) {
+inline T tree_sum(T (&part)[kLanes]) {
+  static_assert(kLanes == 16);
   for (int64_t w = kLanes / 2; w >= 1; w /= 2)
     for (int64_t i = 0; i < w; ++i) part[i] += part[i + w];
   return part[0];
 }
 
-// One channel's constants, A's parts as the scan reads them.
-template <class T>
-struct Channel {
-  int64_t N;
-  const T* A_re;  // (N) −exp(A_log)
-  const T* A_im;  // (N) or null
-  T D, bias;
-};
+// ---- Per channel (the backward's recomputation) ----
 
 // One token of a real channel: h ← exp(δA)·h + δx·B, returns Σ_n C·h.
 template <class T>
-inline T real_token(const Channel<T>& ch, T* h, const T* Bt, const T* Ct, T delta, T dx) {
+inline T real_sum(int64_t N, const T* A_re, T* h, const T* Bt, const T* Ct, T delta, T dx) {
   T part[kLanes] = {};
-  for (int64_t n0 = 0; n0 < ch.N; n0 += kLanes) {
-    const int64_t m = std::min(kLanes, ch.N - n0);
-#pragma omp simd
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t n = n0 + i;
-      const T hn = exp_nonpos(delta * ch.A_re[n]) * h[n] + dx * Bt[n];
-      h[n] = hn;
-      part[i] += Ct[n] * hn;
-    }
+  for (int64_t n = 0; n < N; ++n) {
+    const T hn = exp_nonpos(delta * A_re[n]) * h[n] + dx * Bt[n];
+    h[n] = hn;
+    part[n % kLanes] += Ct[n] * hn;
   }
   return tree_sum(part);
 }
@@ -77,38 +83,48 @@ inline void complex_decay(T delta, T a_re, T a_im, T& er, T& ei) {
 // One token of a complex channel (h, B, C as (re, im) pairs): h ← exp(δA)·h + δx·B, returns
 // Re Σ_n C·h.
 template <class T>
-inline T complex_token(const Channel<T>& ch, T* h, const T* Bt, const T* Ct, T delta, T dx) {
+inline T complex_sum(int64_t N, const T* A_re, const T* A_im, T* h, const T* Bt, const T* Ct, T delta, T dx) {
   T part[kLanes] = {};
-  for (int64_t n0 = 0; n0 < ch.N; n0 += kLanes) {
-    const int64_t m = std::min(kLanes, ch.N - n0);
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t n = n0 + i;
-      T er, ei;
-      complex_decay(delta, ch.A_re[n], ch.A_im[n], er, ei);
-      const T hr = h[2 * n], hi = h[2 * n + 1];
-      const T nr = (er * hr - ei * hi) + dx * Bt[2 * n];
-      const T ni = (er * hi + ei * hr) + dx * Bt[2 * n + 1];
-      h[2 * n] = nr;
-      h[2 * n + 1] = ni;
-      part[i] += Ct[2 * n] * nr - Ct[2 * n + 1] * ni;
-    }
+  for (int64_t n = 0; n < N; ++n) {
+    T er, ei;
+    complex_decay(delta, A_re[n], A_im[n], er, ei);
+    const T hr = h[2 * n], hi = h[2 * n + 1];
+    const T nr = (er * hr - ei * hi) + dx * Bt[2 * n];
+    const T ni = (er * hi + ei * hr) + dx * Bt[2 * n + 1];
+    h[2 * n] = nr;
+    h[2 * n + 1] = ni;
+    part[n % kLanes] += Ct[2 * n] * nr - Ct[2 * n + 1] * ni;
   }
   return tree_sum(part);
 }
 
-// y for one token of one channel before the gate: Σ_n C·h (complex: 2·Re) + D·x.
+// y before the gate from the sum over n: Σ_n C·h (complex: 2·Re) + D·x.
 template <class T>
-inline T ungated_token(const Channel<T>& ch, T* h, const T* Bt, const T* Ct, T delta, T x) {
-  const T dx = delta * x;
-  const T s = ch.A_im ? T(2) * complex_token(ch, h, Bt, Ct, delta, dx) : real_token(ch, h, Bt, Ct, delta, dx);
-  return s + ch.D * x;
+inline T finish(bool complex, T sum, T D, T x) {
+  return (complex ? T(2) * sum : sum) + D * x;
 }
 
 template <class T>
-inline T token(const Channel<T>& ch, T* h, const T* Bt, const T* Ct, T raw_dt, T x, const T* z) {
-  const T delta = dt_activation(raw_dt, ch.bias, T(0), T(INFINITY));
-  const T y = ungated_token(ch, h, Bt, Ct, delta, x);
-  return z ? y * silu(*z) : y;
+inline T softplus_dt(T raw, T bias) {
+  return dt_activation(raw, bias, T(0), T(INFINITY));
+}
+
+// One channel's constants, A's parts as the backward reads them.
+template <class T>
+struct Channel {
+  int64_t N;
+  const T* A_re;  // (N) −exp(A_log)
+  const T* A_im;  // (N) or null
+  T D, bias;
+};
+
+// One token of one channel, ungated: advances h, returns y before the gate.
+template <class T>
+inline T ungated_token(const Channel<T>& ch, T* h, const T* Bt, const T* Ct, T delta, T x) {
+  const T dx = delta * x;
+  const T s = ch.A_im ? complex_sum(ch.N, ch.A_re, ch.A_im, h, Bt, Ct, delta, dx)
+                      : real_sum(ch.N, ch.A_re, h, Bt, Ct, delta, dx);
+  return finish(ch.A_im != nullptr, s, ch.D, x);
 }
 
 // A channel's A, −exp(A_log) and Im A.
@@ -126,47 +142,286 @@ int64_t state_width(const SelectiveScanParamsT<T>& p) {
   return p.d_state * (p.A_imag ? 2 : 1);
 }
 
+// ---- The forward: blocks of kBlock channels as vector lanes ----
+
+// Per token, the lanes' inputs and outputs, rows of kBlock (the lanes past a block's channels
+// hold zeros: their work is thrown away).
+template <class T>
+using Lanes = T[kBlock];
+
+// A block's A and states, n-major, and its recurrence over rows of tokens. NC: N when known at
+// compile time (16), else 0 and N comes from the parameters; the same roundings either way.
+// NC = 0 keeps its arrays in `ws` (4·N·kBlock), NC > 0 in itself.
+template <int64_t NC, bool Complex, class T>
+class BlockScan {
+ public:
+  BlockScan(const SelectiveScanParamsT<T>& p, T* ws) : p_(p), N_(NC > 0 ? NC : p.d_state) {
+    if constexpr (NC > 0) {
+      ar_ = fixed_[0], ai_ = fixed_[1], hr_ = fixed_[2], hi_ = fixed_[3];
+    } else {
+      const int64_t m = N_ * kBlock;
+      ar_ = ws, ai_ = ws + m, hr_ = ws + 2 * m, hi_ = ws + 3 * m;
+    }
+  }
+
+  // The block of channels [d0, d0 + nc), nc ≤ kBlock; A_re: −exp(A_log) of every channel, (channels, N).
+  void load_A(const T* A_re, int64_t d0, int64_t nc) {
+    d0_ = d0, nc_ = nc;
+    for (int64_t n = 0; n < N_; ++n)
+      for (int64_t c = 0; c < kBlock; ++c) {
+        ar_[n * kBlock + c] = c < nc ? A_re[(d0 + c) * N_ + n] : T(0);
+        if constexpr (Complex) ai_[n * kBlock + c] = c < nc ? p_.A_imag[(d0 + c) * N_ + n] : T(0);
+      }
+    for (int64_t c = 0; c < kBlock; ++c) {
+      D_[c] = c < nc ? p_.D[d0 + c] : T(0);
+      bias_[c] = c < nc ? p_.dt_bias[d0 + c] : T(0);
+    }
+  }
+  // The block's states from a sequence's state row (channels·S), and back.
+  void load_state(const T* state) {
+    for (int64_t c = 0; c < kBlock; ++c)
+      for (int64_t n = 0; n < N_; ++n) {
+        const T* h = c < nc_ ? state + (d0_ + c) * S() : nullptr;
+        hr_[n * kBlock + c] = h ? h[Complex ? 2 * n : n] : T(0);
+        if constexpr (Complex) hi_[n * kBlock + c] = h ? h[2 * n + 1] : T(0);
+      }
+  }
+  void store_state(T* state) const {
+    for (int64_t c = 0; c < nc_; ++c)
+      for (int64_t n = 0; n < N_; ++n) {
+        T* h = state + (d0_ + c) * S();
+        h[Complex ? 2 * n : n] = hr_[n * kBlock + c];
+        if constexpr (Complex) h[2 * n + 1] = hi_[n * kBlock + c];
+      }
+  }
+
+  // δ of the lanes from rows of raw dt (nc values each; the other lanes 0).
+  void softplus(const T* raw, Lanes<T>& delta) const {
+    for (int64_t c = 0; c < kBlock; ++c) delta[c] = c < nc_ ? softplus_dt(raw[c], bias_[c]) : T(0);
+  }
+
+  // tl tokens: B, C their rows; delta, x per token; y (before the gate) out.
+  void run(const T* B, int64_t ldb, const T* C, int64_t ldc, const Lanes<T>* delta, const Lanes<T>* x, Lanes<T>* y,
+           int64_t tl) {
+    const int64_t N = NC > 0 ? NC : N_;
+    T* __restrict hr = hr_;
+    T* __restrict hi = hi_;
+    const T* __restrict ar = ar_;
+    const T* __restrict ai = ai_;
+    for (int64_t t = 0; t < tl; ++t) {
+      const T* Bt = B + t * ldb;
+      const T* Ct = C + t * ldc;
+      const T* dl = delta[t];
+      T dx[kBlock];
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) dx[c] = dl[c] * x[t][c];
+      T part[kLanes][kBlock] = {};
+      for (int64_t n = 0; n < N; ++n) {
+        T* pa = part[n % kLanes];
+        T* hrn = hr + n * kBlock;
+        const T* arn = ar + n * kBlock;
+        if constexpr (!Complex) {
+          const T b = Bt[n], cc = Ct[n];
+#pragma omp simd
+          for (int64_t c = 0; c < kBlock; ++c) {
+            const T hn = exp_nonpos(dl[c] * arn[c]) * hrn[c] + dx[c] * b;
+            hrn[c] = hn;
+            pa[c] += cc * hn;
+          }
+        } else {
+          T* hin = hi + n * kBlock;
+          const T* ain = ai + n * kBlock;
+          T mag[kBlock], angle[kBlock], cs[kBlock], sn[kBlock];
+#pragma omp simd
+          for (int64_t c = 0; c < kBlock; ++c) {
+            mag[c] = exp_nonpos(dl[c] * arn[c]);
+            angle[c] = dl[c] * ain[c];
+          }
+          for (int64_t c = 0; c < kBlock; ++c) {
+            cs[c] = std::cos(angle[c]);
+            sn[c] = std::sin(angle[c]);
+          }
+          const T br = Bt[2 * n], bi = Bt[2 * n + 1], cr = Ct[2 * n], ci = Ct[2 * n + 1];
+#pragma omp simd
+          for (int64_t c = 0; c < kBlock; ++c) {
+            const T er = mag[c] * cs[c], ei = mag[c] * sn[c];
+            const T h_r = hrn[c], h_i = hin[c];
+            const T nr = (er * h_r - ei * h_i) + dx[c] * br;
+            const T ni = (er * h_i + ei * h_r) + dx[c] * bi;
+            hrn[c] = nr;
+            hin[c] = ni;
+            pa[c] += cr * nr - ci * ni;
+          }
+        }
+      }
+      // tree_sum, lane by lane.
+      for (int64_t w = kLanes / 2; w >= 1; w /= 2)
+        for (int64_t i = 0; i < w; ++i)
+#pragma omp simd
+          for (int64_t c = 0; c < kBlock; ++c) part[i][c] += part[i + w][c];
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) y[t][c] = finish(Complex, part[0][c], D_[c], x[t][c]);
+    }
+  }
+
+ private:
+  int64_t S() const { return Complex ? 2 * N_ : N_; }
+
+  const SelectiveScanParamsT<T>& p_;
+  int64_t N_, d0_ = 0, nc_ = 0;
+  T *ar_, *ai_, *hr_, *hi_;
+  alignas(64) T fixed_[NC > 0 ? 4 : 1][NC > 0 ? NC * kBlock : 1];
+  alignas(64) T D_[kBlock], bias_[kBlock];
+};
+
+// y's row (nc values) from a token's lanes: gated by silu(z) when z is given.
+template <class T>
+inline void write_y(const Lanes<T>& ys, const T* z, T* y, int64_t nc) {
+  if (z) {
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) y[c] = ys[c] * silu(z[c]);
+  } else {
+    std::copy_n(ys, nc, y);
+  }
+}
+
+// −exp(A_log) of every channel, (channels, N), shared out over the threads of the enclosing
+// parallel region (ends with its barrier).
+template <class T>
+void all_A_re(const SelectiveScanParamsT<T>& p, T* A_re) {
+  const int64_t n = p.channels * p.d_state;
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < n; ++i) A_re[i] = -std::exp(p.A_log[i]);
+}
+
+// The operands of one sequence's prefill.
+template <class T>
+struct SeqOperands {
+  const T *x, *dt, *B, *C, *z;
+  int64_t ldx, lddt, ldb, ldc, ldz;
+  T* y;
+  int64_t ldy;
+  T* state;  // channels·S
+  int64_t L;
+};
+
+// One sequence's channels [d0, d0 + nc), tile by tile.
+template <int64_t NC, bool Complex, class T>
+void scan_block(BlockScan<NC, Complex, T>& blk, const T* A_re, const SeqOperands<T>& o, int64_t d0, int64_t nc) {
+  alignas(64) T raw[kTile][kBlock], delta[kTile][kBlock], xs[kTile][kBlock], ys[kTile][kBlock];
+  blk.load_A(A_re, d0, nc);
+  blk.load_state(o.state);
+  for (int64_t t0 = 0; t0 < o.L; t0 += kTile) {
+    const int64_t tl = std::min(kTile, o.L - t0);
+    // The tile's rows of dt and x first, loads only: rows a long stride apart are each their own
+    // cache misses, overlapped here rather than one at a time behind the softplus calls.
+    for (int64_t t = 0; t < tl; ++t) {
+      std::copy_n(o.dt + (t0 + t) * o.lddt + d0, nc, raw[t]);
+      std::copy_n(o.x + (t0 + t) * o.ldx + d0, nc, xs[t]);
+      std::fill(xs[t] + nc, xs[t] + kBlock, T(0));
+    }
+    for (int64_t t = 0; t < tl; ++t) blk.softplus(raw[t], delta[t]);
+    blk.run(o.B + t0 * o.ldb, o.ldb, o.C + t0 * o.ldc, o.ldc, delta, xs, ys, tl);
+    for (int64_t t = 0; t < tl; ++t)
+      write_y(ys[t], o.z ? o.z + (t0 + t) * o.ldz + d0 : nullptr, o.y + (t0 + t) * o.ldy + d0, nc);
+  }
+  blk.store_state(o.state);
+}
+
+template <int64_t NC, bool Complex, class T>
+void scan_sequences(const SelectiveScanParamsT<T>& p, const T* A_re, const SeqOperands<T>* seqs, int64_t count) {
+  std::vector<T> ws(NC > 0 ? 0 : static_cast<size_t>(4 * p.d_state * kBlock));
+  BlockScan<NC, Complex, T> blk(p, ws.data());
+  const int64_t blocks = (p.channels + kBlock - 1) / kBlock;
+  for (int64_t s = 0; s < count; ++s) {
+#pragma omp for schedule(static) nowait
+    for (int64_t b = 0; b < blocks; ++b)
+      scan_block(blk, A_re, seqs[s], b * kBlock, std::min(kBlock, p.channels - b * kBlock));
+  }
+}
+
+// Every sequence of `seqs`, inside one parallel region: A first, then the sequences' blocks.
+template <class T>
+void scan_all(const SelectiveScanParamsT<T>& p, const SeqOperands<T>* seqs, int64_t count) {
+  std::vector<T> A_re(static_cast<size_t>(p.channels * p.d_state));
+  const bool cplx = p.A_imag != nullptr, n16 = p.d_state == 16;
+#pragma omp parallel
+  {
+    all_A_re(p, A_re.data());
+    if (n16 && cplx)
+      scan_sequences<16, true>(p, A_re.data(), seqs, count);
+    else if (n16)
+      scan_sequences<16, false>(p, A_re.data(), seqs, count);
+    else if (cplx)
+      scan_sequences<0, true>(p, A_re.data(), seqs, count);
+    else
+      scan_sequences<0, false>(p, A_re.data(), seqs, count);
+  }
+}
+
+// One token of each of nb sequences: channel blocks shared out, each block stepped for every
+// sequence in its state row (in place), by the prefill's code on a tile of one token.
+template <int64_t NC, bool Complex>
+void step_all(const SelectiveScanParams& p, const float* A_re, const float* x, int64_t ldx, const float* dt,
+              int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
+              float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb) {
+  std::vector<float> ws(NC > 0 ? 0 : static_cast<size_t>(4 * p.d_state * kBlock));
+  BlockScan<NC, Complex, float> blk(p, ws.data());
+  const int64_t blocks = (p.channels + kBlock - 1) / kBlock, S = state_width(p);
+#pragma omp for schedule(static)
+  for (int64_t bk = 0; bk < blocks; ++bk) {
+    const int64_t d0 = bk * kBlock, nc = std::min(kBlock, p.channels - d0);
+    blk.load_A(A_re, d0, nc);
+    for (int64_t b = 0; b < nb; ++b) {
+      float* st = states + slots[b] * p.channels * S;
+      alignas(64) float delta[1][kBlock], xs[1][kBlock], ys[1][kBlock];
+      blk.softplus(dt + b * lddt + d0, delta[0]);
+      std::copy_n(x + b * ldx + d0, nc, xs[0]);
+      std::fill(xs[0] + nc, xs[0] + kBlock, 0.0f);
+      blk.load_state(st);
+      blk.run(B + b * ldb, ldb, C + b * ldc, ldc, delta, xs, ys, 1);
+      blk.store_state(st);
+      write_y(ys[0], z ? z + b * ldz + d0 : nullptr, y + b * ldy + d0, nc);
+    }
+  }
+}
+
 }  // namespace
 
 template <class T>
 void selective_scan_forward(const SelectiveScanParamsT<T>& p, const T* x, int64_t ldx, const T* dt, int64_t lddt,
                             const T* B, int64_t ldb, const T* C, int64_t ldc, const T* z, int64_t ldz, T* y,
                             int64_t ldy, T* state, int64_t L) {
-  const int64_t N = p.d_state, S = state_width(p);
-#pragma omp parallel
-  {
-    std::vector<T> A_re(static_cast<size_t>(N)), A_im(static_cast<size_t>(N)), h(static_cast<size_t>(S));
-#pragma omp for schedule(static)
-    for (int64_t d = 0; d < p.channels; ++d) {
-      load_A(p, d, A_re.data(), A_im.data());
-      const Channel<T> ch{N, A_re.data(), p.A_imag ? A_im.data() : nullptr, p.D[d], p.dt_bias[d]};
-      T* hd = state + d * S;
-      std::copy_n(hd, S, h.data());
-      for (int64_t t = 0; t < L; ++t)
-        y[t * ldy + d] = token(ch, h.data(), B + t * ldb, C + t * ldc, dt[t * lddt + d], x[t * ldx + d],
-                               z ? z + t * ldz + d : nullptr);
-      std::copy_n(h.data(), S, hd);
-    }
+  const SeqOperands<T> seq{x, dt, B, C, z, ldx, lddt, ldb, ldc, ldz, y, ldy, state, L};
+  scan_all(p, &seq, 1);
+}
+
+void selective_scan_prefill(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
+                            const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
+                            float* y, int64_t ldy, float* states, const int64_t* starts, const int64_t* slots,
+                            int64_t count) {
+  const int64_t S = state_width(p);
+  std::vector<SeqOperands<float>> seqs(static_cast<size_t>(count));
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t t0 = starts[s];
+    seqs[size_t(s)] = {x + t0 * ldx, dt + t0 * lddt, B + t0 * ldb, C + t0 * ldc, z ? z + t0 * ldz : nullptr,
+                       ldx, lddt, ldb, ldc, ldz, y + t0 * ldy, ldy, states + slots[s] * p.channels * S,
+                       starts[s + 1] - t0};
   }
+  scan_all(p, seqs.data(), count);
 }
 
 void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
                          const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
                          float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb) {
-  const int64_t N = p.d_state, S = state_width(p);
+  std::vector<float> A_re(static_cast<size_t>(p.channels * p.d_state));
+  const bool cplx = p.A_imag != nullptr, n16 = p.d_state == 16;
 #pragma omp parallel
   {
-    std::vector<float> A_re(static_cast<size_t>(N)), A_im(static_cast<size_t>(N));
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t d = 0; d < p.channels; ++d) {
-        load_A(p, d, A_re.data(), A_im.data());
-        const Channel<float> ch{N, A_re.data(), p.A_imag ? A_im.data() : nullptr, p.D[d], p.dt_bias[d]};
-        float* h = states + slots[b] * p.channels * S + d * S;
-        y[b * ldy + d] = token(ch, h, B + b * ldb, C + b * ldc, dt[b * lddt + d], x[b * ldx + d],
-                               z ? z + b * ldz + d : nullptr);
-      }
-    }
+    all_A_re(p, A_re.data());
+    auto* run = n16 ? (cplx ? &step_all<16, true> : &step_all<16, false>)
+                    : (cplx ? &step_all<0, true> : &step_all<0, false>);
+    run(p, A_re.data(), x, ldx, dt, lddt, B, ldb, C, ldc, z, ldz, y, ldy, states, slots, nb);
   }
 }
 

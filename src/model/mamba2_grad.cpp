@@ -90,6 +90,108 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBa
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs, compute);
 }
 
+// Mamba-1's mixer in training (CPU, fp32): the conv over x, x_proj into dt_low | B | C (Falcon:
+// each normed without a weight), dt_proj, the selective scan gated by silu(z); its scratch
+// tensors, reused by every layer. Everything but the scan output is recomputed from in_proj's.
+struct Mamba1Mixer {
+  const ModelConfig& c;
+  const ops::SeqBatch& seqs;
+  int64_t T;
+  Tensor x_dbl, dt, ones, raw[3], normed[3];  // raw/normed: Falcon's dt_low, B, C, contiguous
+  Tensor d_x_dbl, d_dt, d_xc, d_xc2, d_normed[3], norm_w_grad;
+  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens) : c(cfg), seqs(s), T(tokens) {
+    const int64_t di = c.d_inner();
+    x_dbl = Tensor::empty({T, c.x_proj_rows()});
+    dt = Tensor::empty({T, di});
+    if (!c.mixer_norms) return;
+    const int64_t widths[3] = {c.dt_rank, c.bc_width(), c.bc_width()};
+    ones = Tensor::empty({std::max(c.dt_rank, c.bc_width())});
+    std::fill(ones.data(), ones.data() + ones.numel(), 1.0f);
+    for (int i = 0; i < 3; ++i) {
+      raw[i] = Tensor::empty({T, widths[i]});
+      normed[i] = Tensor::empty({T, widths[i]});
+    }
+  }
+  Tensor ones_of(int64_t n) const { return Tensor::borrow(ones.data(), {n}, nullptr); }
+  // x_dbl's three column ranges.
+  MatView part(MatView m, int i) const {
+    const int64_t R = c.dt_rank, bw = c.bc_width();
+    return i == 0 ? m.cols_slice(0, R) : i == 1 ? m.cols_slice(R, bw) : m.cols_slice(R + bw, bw);
+  }
+  // The scan's dt_low, B and C: x_dbl's parts, or their normed copies.
+  MatView input(int i) { return c.mixer_norms ? MatView::of(normed[i]) : part(MatView::of(x_dbl), i); }
+
+  // xc (T, d_inner) from xz; then x_dbl, dt and (when y is given) the gated scan output.
+  void forward(const LayerWeights& l, MatView xz, MatView xc, std::optional<MatView> y) {
+    const int64_t di = c.d_inner();
+    Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()});
+    ops::causal_conv1d(xz.cols_slice(0, di), l.conv_w, l.conv_b, xc, MatView::of(conv_states), seqs);
+    ops::linear(xc, l.x_proj, MatView::of(x_dbl), ops::LinearKernel::Training);
+    if (c.mixer_norms) {
+      for (int i = 0; i < 3; ++i) {
+        const MatView src = part(MatView::of(x_dbl), i);
+        for (int64_t r = 0; r < T; ++r) std::memcpy(MatView::of(raw[i]).row(r), src.row(r), size_t(src.cols) * 4);
+        ops::add_rmsnorm(MatView::of(raw[i]), {}, ones_of(src.cols), MatView::of(normed[i]), float(c.mixer_rms_eps));
+      }
+    }
+    ops::linear(input(0), l.dt_proj, MatView::of(dt), ops::LinearKernel::Training);
+    if (!y) return;
+    Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()});
+    ops::selective_scan({l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias}, xc, MatView::of(dt),
+                        input(1), input(2), xz.cols_slice(di, di), *y, MatView::of(ssm_states), seqs);
+  }
+
+  // From d_y (the gated scan output's gradient), after forward(l, xz, xc, nullopt): d_xz (both
+  // halves overwritten) and the layer's parameter gradients but in_proj's.
+  void backward(const LayerWeights& l, LayerWeights& gl, MatView xz, MatView xc, MatView d_y, MatView d_xz) {
+    const int64_t di = c.d_inner();
+    if (!d_x_dbl.raw()) {
+      d_x_dbl = Tensor::empty({T, c.x_proj_rows()});
+      d_dt = Tensor::empty({T, di});
+      d_xc = Tensor::empty({T, di});
+      d_xc2 = Tensor::empty({T, di});
+      for (int i = 0; c.mixer_norms && i < 3; ++i) d_normed[i] = Tensor::empty(normed[i].shape());
+      if (c.mixer_norms) norm_w_grad = Tensor::zeros({ones.numel()});
+    }
+    const MatView dxd = MatView::of(d_x_dbl);
+    auto d_input = [&](int i) { return c.mixer_norms ? MatView::of(d_normed[i]) : part(dxd, i); };
+    const ops::SelectiveScanGrads sg{MatView::of(d_xc), MatView::of(d_dt), d_input(1), d_input(2),
+                                     d_xz.cols_slice(di, di), MatView{}, gl.A_log,
+                                     c.complex_scan ? &gl.A_imag : nullptr, gl.D, gl.dt_bias};
+    ops::selective_scan_backward({l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias}, xc, MatView::of(dt),
+                                 input(1), input(2), xz.cols_slice(di, di), MatView{}, d_y, MatView{}, sg, seqs);
+    ops::linear_backward(input(0), l.dt_proj, MatView::of(d_dt), d_input(0), gl.dt_proj);
+    if (c.mixer_norms) {
+      for (int i = 0; i < 3; ++i) {
+        // The norm's backward adds into a zeroed gradient of its input: x_dbl's part.
+        Tensor d_raw = Tensor::zeros(raw[i].shape());
+        Tensor ones_w = ones_of(raw[i].dim(1)), dw = Tensor::borrow(norm_w_grad.data(), {raw[i].dim(1)}, nullptr);
+        ops::add_rmsnorm_backward(MatView::of(raw[i]), ones_w, MatView::of(d_normed[i]), MatView::of(d_raw), dw,
+                                  float(c.mixer_rms_eps));
+        const MatView dst = part(dxd, i);
+        for (int64_t r = 0; r < T; ++r) std::memcpy(dst.row(r), MatView::of(d_raw).row(r), size_t(dst.cols) * 4);
+      }
+    }
+    ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc2), gl.x_proj);
+    float* a = d_xc.data();
+    const float* b = d_xc2.data();
+    for (int64_t i = 0; i < d_xc.numel(); ++i) a[i] += b[i];
+    ops::causal_conv1d_backward(xz.cols_slice(0, di), l.conv_w, l.conv_b, MatView{}, MatView::of(d_xc),
+                                d_xz.cols_slice(0, di), gl.conv_w, gl.conv_b, seqs);
+  }
+};
+
+// A projection's bias gradient: d_b += Σ_rows d_y, each column summed in row order in double.
+void add_bias_gradient(MatView d_y, Tensor& d_b) {
+  float* out = d_b.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < d_y.cols; ++j) {
+    double sum = 0.0;
+    for (int64_t r = 0; r < d_y.rows; ++r) sum += d_y.row(r)[j];
+    out[j] += float(sum);
+  }
+}
+
 // Weights on one device, fp32 but for the projection matrices, which may be bf16 or f16 on the GPU
 // (compute_weights); returns the device and the matrices' dtype.
 std::pair<Device, DType> check_weights(const ModelWeights& w) {
@@ -103,11 +205,9 @@ std::pair<Device, DType> check_weights(const ModelWeights& w) {
            "the {} beside an embedding on the {}",
            dtype_name(cdt), dtype_name(t.dtype()), device_name(t.device()), device_name(dev));
   };
-  for (const LayerWeights& l : w.layers) {
-    for (const Tensor* t : {&l.norm, &l.conv_w, &l.conv_b, &l.dt_bias, &l.A_log, &l.D, &l.gate_norm})
-      check(*t, DType::F32);
-    for (const Tensor* t : {&l.in_proj, &l.out_proj}) check(*t, cdt);
-  }
+  for (const LayerWeights& l : w.layers)
+    for (const Tensor* t : const_cast<LayerWeights&>(l).present())
+      check(*t, t == &l.in_proj || t == &l.out_proj ? cdt : DType::F32);
   check(w.norm_f, DType::F32);
   check(w.lm_head, cdt);
   return {dev, cdt};
@@ -118,13 +218,10 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
             g.embedding.shape() == w.embedding.shape() && g.norm_f.shape() == w.norm_f.shape() &&
             g.lm_head.shape() == w.lm_head.shape() &&
             (g.lm_head.raw() == g.embedding.raw()) == (w.lm_head.raw() == w.embedding.raw());
-  for (size_t i = 0; ok && i < w.layers.size(); ++i) {
-    const LayerWeights &a = g.layers[i], &b = w.layers[i];
-    ok = a.norm.shape() == b.norm.shape() && a.in_proj.shape() == b.in_proj.shape() &&
-         a.conv_w.shape() == b.conv_w.shape() && a.conv_b.shape() == b.conv_b.shape() &&
-         a.dt_bias.shape() == b.dt_bias.shape() && a.A_log.shape() == b.A_log.shape() && a.D.shape() == b.D.shape() &&
-         a.gate_norm.shape() == b.gate_norm.shape() && a.out_proj.shape() == b.out_proj.shape();
-  }
+  for (size_t i = 0; ok && i < w.layers.size(); ++i)
+    for (Tensor LayerWeights::*m : kLayerTensors)
+      ok = ok && (g.layers[i].*m).shape() == (w.layers[i].*m).shape() &&
+           bool((g.layers[i].*m).raw()) == bool((w.layers[i].*m).raw());
   if (!ok) fail("[model] the gradients were made for another model (shapes or tying differ)");
 }
 
@@ -132,8 +229,8 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
            Gradients* g, double grad_scale) {
   c.validate("model");
-  if (c.mamba1()) fail("[grad] Mamba-1 models: the training pass (loss and gradients) is not built yet");
   const auto [dev, cdt] = check_weights(w);
+  if (c.mamba1() && dev != Device::CPU) fail("[model] Mamba-1 models train on the CPU only, for now");
   const Batch b = make_batch(ids, lengths);
   const ops::SeqBatch seqs = sequences(c, b, dev);
   if (g) check_gradients(*g, w);
@@ -150,6 +247,9 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
     y_one = Tensor::empty({T, c.d_inner()}, dev);
   }
+  std::optional<Mamba1Mixer> m1;
+  if (c.mamba1()) m1.emplace(c, seqs, T);
+  const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
@@ -160,11 +260,16 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       sv.residual.push_back(Tensor::empty({T, D}, dev));
       copy(residual, sv.residual.back());
     }
-    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training);
-    const Projections pr = split(MatView::of(zxbcdt), c);
-    mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y), cdt);
-    ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
-    ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
+    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training, bias(l.in_proj_b));
+    if (m1) {
+      m1->forward(l, MatView::of(zxbcdt), MatView::of(xbc), MatView::of(y));
+      ops::linear(MatView::of(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
+    } else {
+      const Projections pr = split(MatView::of(zxbcdt), c);
+      mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y), cdt);
+      ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
+      ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
+    }
     if (g) {
       sv.zxbcdt.push_back(zxbcdt);
       sv.y.push_back(y);
@@ -216,6 +321,18 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const LayerWeights& l = w.layers[size_t(li)];
     LayerWeights& gl = g->layers[size_t(li)];
     const MatView res = MatView::of(sv.residual[size_t(li)]), y = MatView::of(sv.y[size_t(li)]);
+    if (m1) {
+      const MatView xz = MatView::of(sv.zxbcdt[size_t(li)]);
+      ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
+      m1->forward(l, xz, MatView::of(xbc), std::nullopt);
+      if (c.proj_bias) add_bias_gradient(MatView::of(d_res), gl.out_proj_b);
+      ops::linear_backward(y, l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
+      m1->backward(l, gl, xz, MatView::of(xbc), MatView::of(d_y), MatView::of(d_zxbcdt));
+      if (c.proj_bias) add_bias_gradient(MatView::of(d_zxbcdt), gl.in_proj_b);
+      ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);
+      ops::add_rmsnorm_backward(res, l.norm, MatView::of(d_u), MatView::of(d_res), gl.norm, eps);
+      continue;
+    }
     const Projections pr = split(MatView::of(sv.zxbcdt[size_t(li)]), c);
     const Projections dpr = split(MatView::of(d_zxbcdt), c);
     // Recomputed: the normed input, the conv output and the gated norm's output.

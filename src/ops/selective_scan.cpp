@@ -14,7 +14,8 @@ constexpr const char* kOp = "selective_scan";
 // The kernels' parameters, the weights' and the tokens' operands checked (y: the output, or d_y).
 cpu::SelectiveScanParams params(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                                 MatView y) {
-  if (x.device != Device::CPU) fail("[{}] runs on the CPU only, for now", kOp);
+  if (x.device != Device::CPU)
+    fail("[{}] x is on the {}: no GPU kernel yet, the op runs on the CPU only", kOp, device_name(x.device));
   if (w.A_log.rank() != 2) fail("[{}] A_log must be (channels, d_state), got {}", kOp, shape_str(w.A_log.shape()));
   const int64_t Dc = w.A_log.dim(0), N = w.A_log.dim(1), bw = w.A_imag ? 2 * N : N;
   check_len(kOp, "A_log", w.A_log, Dc * N);
@@ -48,12 +49,9 @@ void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatVie
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
   check_states(w, "states", states);
   seqs.check(kOp, x.rows, Device::CPU, states.rows);
-  for (int64_t s = 0; s < seqs.count(); ++s) {
-    const int64_t t0 = seqs.starts()[size_t(s)];
-    cpu::selective_scan_forward(p, x.row(t0), x.ld, dt.row(t0), dt.ld, B.row(t0), B.ld, C.row(t0), C.ld,
-                                z.ptr ? z.row(t0) : nullptr, z.ld, y.row(t0), y.ld, states.row(seqs.slots()[size_t(s)]),
-                                seqs.lengths()[size_t(s)]);
-  }
+  cpu::selective_scan_prefill(p, x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
+                              z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.starts().data(),
+                              seqs.slots().data(), seqs.count());
 }
 
 void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,

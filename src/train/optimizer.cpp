@@ -12,6 +12,17 @@
 
 namespace mamba2::training {
 
+namespace {
+
+// Mamba-1's A (A_log, A_imag: (d_inner, N)) is a matrix that mamba_ssm keeps out of weight decay.
+bool no_decay_matrix(const std::string& name) {
+  for (const std::string_view end : {".A_log", ".A_imag"})
+    if (name.size() >= end.size() && name.compare(name.size() - end.size(), end.size(), end) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
 AdamWOptimizer::AdamWOptimizer(ModelWeights& weights, Gradients& grads, const ModelConfig& config,
                                AdamWSettings settings)
     : settings_(settings) {
@@ -23,7 +34,7 @@ AdamWOptimizer::AdamWOptimizer(ModelWeights& weights, Gradients& grads, const Mo
     params_.push_back({w[i].name, w[i].stored_shape, const_cast<Tensor*>(w[i].tensor), const_cast<Tensor*>(g[i].tensor),
                        Tensor::zeros(w[i].tensor->shape(), w[i].tensor->device()),
                        Tensor::zeros(w[i].tensor->shape(), w[i].tensor->device()),
-                       w[i].stored_shape.size() >= 2});
+                       w[i].stored_shape.size() >= 2 && !no_decay_matrix(w[i].name)});
   }
 }
 

@@ -3,8 +3,9 @@
 //
 // Weight decay applies to the tensors of rank ≥ 2 (the nanoGPT / Hugging Face rule): in_proj,
 // out_proj, conv1d.weight (conv_dim, 1, d_conv), the embedding and an untied lm_head. Not
-// decayed: dt_bias, A_log, D (mamba_ssm marks them _no_weight_decay), conv1d.bias and every
-// norm weight (layers' norm, the gated norm, norm_f).
+// decayed: dt_bias, A_log, D (mamba_ssm marks them _no_weight_decay; Mamba-1's A_log and A_imag
+// too, though matrices), conv1d.bias, the projection biases and every norm weight (layers' norm,
+// the gated norm, norm_f).
 #pragma once
 #include <filesystem>
 #include <string>
