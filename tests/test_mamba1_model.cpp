@@ -245,3 +245,30 @@ TEST(Mamba1Init, PresetsWriteLoadableModels) {
 
 }  // namespace
 }  // namespace mamba2
+
+namespace mamba2 {
+namespace {
+
+// `mamba2 train` from a Mamba-1 preset: a few steps on the CPU run through, and the final model
+// loads as Mamba-1 with dt_rank "auto" for the width chosen, and generates.
+TEST(Mamba1Train, PresetTrainsAndItsModelLoads) {
+  test::TempDir tmp;
+  const fs::path src = fs::path(MAMBA2_SOURCE_DIR) / "models" / "kjv";
+  std::string text = test::read_file(src / "val.txt").substr(0, 60000);
+  test::write_file(tmp / "train.txt", text);
+  const test::CliResult r = test::run_cli(
+      "train --device cpu --preset mamba-130m --d-model 32 --n-layer 2 --tokenizer " +
+      test::shell_quote((src / "model" / "tokenizer.json").string()) + " --train " +
+      test::shell_quote((tmp / "train.txt").string()) + " --seq-len 64 --batch-size 2 --max-steps 6 --out " +
+      test::shell_quote((tmp / "run").string()));
+  ASSERT_TRUE(r.exited && r.code == 0) << r.err;
+  const Model m = Model::load(tmp / "run" / "final");
+  EXPECT_TRUE(m.config().mamba1());
+  EXPECT_EQ(m.config().dt_rank, 2);
+  const test::CliResult g = test::run_cli("generate --device cpu --model " + test::shell_quote((tmp / "run" / "final").string()) +
+                                          " --prompt \"And God said\" -n 5 --seed 1");
+  EXPECT_TRUE(g.exited && g.code == 0) << g.err;
+}
+
+}  // namespace
+}  // namespace mamba2

@@ -92,6 +92,7 @@ ModelConfig model_config(const TrainModelSpec& m, const Tokenizer& tok) {
   set(c.pad_vocab_size_multiple, m.pad_vocab_size_multiple);
   c.vocab_size = m.vocab_size > 0 ? m.vocab_size : tok.vocab_size();
   if (m.tie_embeddings) c.tie_embeddings = *m.tie_embeddings;
+  if (c.mamba1()) c.dt_rank = (c.d_model + 15) / 16;  // "auto" for the width chosen
   c.validate("train config: model");
   return c;
 }
