@@ -130,14 +130,15 @@ struct Mamba1Mixer {
     if (c.mixer_norms) {
       for (int i = 0; i < 3; ++i) {
         const MatView src = part(MatView::of(x_dbl), i);
-        for (int64_t r = 0; r < T; ++r) std::memcpy(MatView::of(raw[i]).row(r), src.row(r), size_t(src.cols) * 4);
+        for (int64_t r = 0; r < T; ++r)
+          std::memcpy(MatView::of(raw[i]).row(r), src.row(r), size_t(src.cols) * sizeof(float));
         ops::add_rmsnorm(MatView::of(raw[i]), {}, ones_of(src.cols), MatView::of(normed[i]), float(c.mixer_rms_eps));
       }
     }
     ops::linear(input(0), l.dt_proj, MatView::of(dt), ops::LinearKernel::Training);
     if (!y) return;
     Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()});
-    ops::selective_scan({l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias}, xc, MatView::of(dt),
+    ops::selective_scan(selective_weights(l, c), xc, MatView::of(dt),
                         input(1), input(2), xz.cols_slice(di, di), *y, MatView::of(ssm_states), seqs);
   }
 
@@ -158,7 +159,7 @@ struct Mamba1Mixer {
     const ops::SelectiveScanGrads sg{MatView::of(d_xc), MatView::of(d_dt), d_input(1), d_input(2),
                                      d_xz.cols_slice(di, di), MatView{}, gl.A_log,
                                      c.complex_scan ? &gl.A_imag : nullptr, gl.D, gl.dt_bias};
-    ops::selective_scan_backward({l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias}, xc, MatView::of(dt),
+    ops::selective_scan_backward(selective_weights(l, c), xc, MatView::of(dt),
                                  input(1), input(2), xz.cols_slice(di, di), MatView{}, d_y, MatView{}, sg, seqs);
     ops::linear_backward(input(0), l.dt_proj, MatView::of(d_dt), d_input(0), gl.dt_proj);
     if (c.mixer_norms) {
@@ -169,7 +170,7 @@ struct Mamba1Mixer {
         ops::add_rmsnorm_backward(MatView::of(raw[i]), ones_w, MatView::of(d_normed[i]), MatView::of(d_raw), dw,
                                   float(c.mixer_rms_eps));
         const MatView dst = part(dxd, i);
-        for (int64_t r = 0; r < T; ++r) std::memcpy(dst.row(r), MatView::of(d_raw).row(r), size_t(dst.cols) * 4);
+        for (int64_t r = 0; r < T; ++r) std::memcpy(dst.row(r), MatView::of(d_raw).row(r), size_t(dst.cols) * sizeof(float));
       }
     }
     ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc2), gl.x_proj);

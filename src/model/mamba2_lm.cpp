@@ -153,12 +153,6 @@ struct Activations {
   }
 };
 
-// Falcon-Mamba's weightless RMS norm of `src`'s rows into `dst` (contiguous): a norm of weight 1.
-void weightless_rmsnorm(MatView src, Tensor& dst, const Tensor& ones, float eps) {
-  for (int64_t r = 0; r < src.rows; ++r) std::memcpy(MatView::of(dst).row(r), src.row(r), size_t(src.cols) * sizeof(float));
-  ops::add_rmsnorm(MatView::of(dst), {}, ones, MatView::of(dst), eps);
-}
-
 // The layer stack: residual add + RMSNorm + in_proj, then the mixer, then out_proj. Leaves the last
 // block's output in a.h for the head. `forms` gives the conv and the scans in their prefill or
 // decode form, each layer's from its states:
@@ -175,7 +169,6 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
     ones = Tensor::empty({std::max(c.dt_rank, c.bc_width())});
     std::fill(ones.data(), ones.data() + ones.numel(), 1.0f);
   }
-  const auto ones_of = [&](int64_t n) { return Tensor::borrow(ones.data(), {n}, nullptr); };
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     const size_t layer = size_t(li);
@@ -192,13 +185,13 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
       MatView dt_low = dbl.cols_slice(0, R), B = dbl.cols_slice(R, bw), C = dbl.cols_slice(R + bw, bw);
       if (c.mixer_norms) {
         const float eps = float(c.mixer_rms_eps);
-        weightless_rmsnorm(dt_low, a.dt_low, ones_of(R), eps);
-        weightless_rmsnorm(B, a.B, ones_of(bw), eps);
-        weightless_rmsnorm(C, a.C, ones_of(bw), eps);
+        weightless_rmsnorm(dt_low, a.dt_low, ones, eps);
+        weightless_rmsnorm(B, a.B, ones, eps);
+        weightless_rmsnorm(C, a.C, ones, eps);
         dt_low = MatView::of(a.dt_low), B = MatView::of(a.B), C = MatView::of(a.C);
       }
       ops::linear(dt_low, l.dt_proj, MatView::of(a.dt), kernel);
-      forms.selective(layer, {l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias}, MatView::of(a.xbc),
+      forms.selective(layer, selective_weights(l, c), MatView::of(a.xbc),
                       MatView::of(a.dt), B, C, z, MatView::of(a.y));
       ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h), kernel, c.proj_bias ? &l.out_proj_b : nullptr);
       continue;
