@@ -143,7 +143,6 @@ bool per_head_scalar(const std::string& name) {
 // bound); the same run twice gives the same bits.
 TEST_P(GradFixture, GpuLossAndGradientsMatchPyTorch) {
   MAMBA2_REQUIRE_GPU();
-  if (GetParam().rfind("m1_", 0) == 0) GTEST_SKIP() << "Mamba-1 trains on the CPU only, for now";
   for (DType compute : {DType::F32, DType::BF16}) {
     SCOPED_TRACE(dtype_name(compute));
     const double grad_tol = compute == DType::F32 ? kGradTol : kBf16GradTol;

@@ -56,6 +56,13 @@ Tensor Tensor::borrow(const void* data, Shape shape, DType dtype, std::shared_pt
   return t;
 }
 
+Tensor Tensor::prefix(int64_t n) const {
+  if (n < 0 || n > numel()) fail("[tensor] a prefix of {} elements of a tensor of {}", n, numel());
+  Tensor t = *this;
+  t.shape_ = {n};
+  return t;
+}
+
 Tensor Tensor::zeros(Shape shape, Device device, DType dtype) {
   Tensor t = empty(std::move(shape), device, dtype);
   t.set_zero();

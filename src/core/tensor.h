@@ -47,6 +47,9 @@ class Tensor {
   // Every element 0, on whichever device.
   void set_zero();
 
+  // The first n elements, as a 1-D tensor on the same device sharing this one's storage.
+  Tensor prefix(int64_t n) const;
+
   // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even;
   // Q8_0 and Q4_0, on the CPU only, quantize each row's blocks of 32: rows a multiple of 32 long).
   Tensor to(Device device, DType dtype) const;

@@ -77,6 +77,8 @@ template <class T>
 void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t m, int64_t n, int64_t k);
 // y[r, :] += bias for each of the m rows.
 void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n);
+// d_b += Σ_rows d_y, each column summed in row order in double.
+void bias_backward(const float* d_y, int64_t ld, int64_t m, int64_t n, float* d_b);
 void linear_streaming(const float* x, int64_t ldx, const float* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const uint16_t* W, float* y, int64_t ldy, int64_t m, int64_t n,
@@ -189,6 +191,8 @@ void scale_inplace(T* x, int64_t n, T s);
 
 // dst (rows, cols) ld ldd in `dtype` (F32, BF16 or F16) = src (rows, cols) ld lds, rounded to nearest even.
 void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols);
+// dst += src, fp32 rows.
+void add_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones).   x (n, ld)
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

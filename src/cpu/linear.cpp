@@ -391,4 +391,13 @@ void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n) {
   }
 }
 
+void bias_backward(const float* d_y, int64_t ld, int64_t m, int64_t n, float* d_b) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n; ++j) {
+    double sum = 0.0;
+    for (int64_t r = 0; r < m; ++r) sum += d_y[r * ld + j];
+    d_b[j] += float(sum);
+  }
+}
+
 }  // namespace mamba2::cpu

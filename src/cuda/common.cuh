@@ -69,6 +69,29 @@ __device__ __forceinline__ float silu_grad(float v) {
   return s * (1.0f + v * (1.0f - s));
 }
 
+// softplus (torch's threshold 20) and the dt_limit clamp, as cpu::dt_activation.
+__device__ __forceinline__ float dt_activation(float raw, float bias, float lo, float hi) {
+  const float v = raw + bias;
+  const float sp = v > 20.0f ? v : log1pf(expf(v));
+  return sp < lo ? lo : (hi < sp ? hi : sp);
+}
+
+// Its derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
+__device__ __forceinline__ float dt_activation_grad(float raw, float bias, float lo, float hi) {
+  const float v = raw + bias;
+  const float sp = v > 20.0f ? v : log1pf(expf(v));
+  if (sp < lo || sp > hi) return 0.0f;
+  return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v));
+}
+
+// 2^v by the SFU (ex2.approx.ftz: relative error ~2⁻²², results below 2⁻¹²⁶ flushed to 0): the
+// scans' decay factors.
+__device__ __forceinline__ float exp2_approx(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+
 // The parameter gradients' sums over rows (tokens), deterministic without atomics: a kernel
 // leaves the sums of fixed chunks of kGradRows rows, each in row order, in double as
 // partial[chunk·ld + c]; add_column_partials adds the chunks in order and then the total, once

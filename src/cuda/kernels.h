@@ -74,6 +74,11 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
                      int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k);
 
+// y += bias per row; d_b += Σ_rows d_y (chunks of kGradRows rows in double, added in order).
+//   y, d_y (m, n) ld; bias, d_b (n) fp32
+void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n);
+void bias_backward(const float* d_y, int64_t ld, int64_t m, int64_t n, float* d_b);
+
 // The decode step's fused projections. x = the fp32 rows src normalised on the way in, times
 // weight (k), rounded to `dtype`: with `sums`, row r's group g (of `groups` equal column ranges)
 // scaled by rsqrt(Σ_{j<per} sums[r·ld + g·per + j] / (k/groups) + eps) — partial sums of squares
@@ -172,6 +177,45 @@ void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const fl
                        int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
                        int64_t chunk_size, DType compute);
 
+// The Mamba-1 selective scan (ops::selective_scan): A_log, A_imag (null: real) (channels, d_state),
+// D, dt_bias (channels), on the GPU; d_state ≤ 64.
+struct SelectiveScanParams {
+  int64_t channels, d_state;
+  const float *A_log, *A_imag, *D, *dt_bias;
+};
+// Over packed sequences, sequence i from and back to its state at states + slots[i]·channels·S
+// (S = d_state, complex 2·d_state interleaved). x, dt, z (null: no gate), y (T, channels) and B, C
+// (T, S) fp32.
+void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt,
+                            int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
+                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs);
+// One token per sequence, row b's state at states + slots[b]·channels·S; the scan's token code
+// (the same bits as the scan).
+void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
+                         const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
+                         float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb);
+// The backward over packed sequences (fp32), each from its state in state0 (null: zeros) with its
+// final state's gradient in d_final (null: zeros), rows by slot: x, dt, B, C, z (when gated) and
+// state0 (when set) overwritten; A_log, A_imag, D, dt_bias accumulated (+=). The same bits every run.
+struct SelectiveScanGradPtrs {
+  float* x;
+  int64_t ldx;
+  float* dt;
+  int64_t lddt;
+  float* B;
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+  float* z;
+  int64_t ldz;
+  float* state0;
+  float *A_log, *A_imag, *D, *dt_bias;
+};
+void selective_scan_backward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt,
+                             int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
+                             int64_t ldz, const float* state0, const float* d_y, int64_t lddy, const float* d_final,
+                             const SelectiveScanGradPtrs& g, const PackedSeqs& seqs);
+
 // As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits, or be BF16 /
 // F16: the fp32 gradient rounded once); targets (n) on the host. Returns Σ_rows (logsumexp −
 // logit[target]), added on the host in row order.
@@ -199,6 +243,8 @@ void scale_inplace(float* x, int64_t n, float s);
 
 // As cpu::cast_rows: fp32 rows to F32, BF16 or F16, rounded to nearest even.
 void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols);
+// dst += src, fp32 rows.
+void add_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

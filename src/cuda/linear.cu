@@ -889,4 +889,44 @@ void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, con
   launch_decode(in, aligned, W, dtype, out, m, n, k);
 }
 
+namespace {
+
+__global__ void add_bias_kernel(float* __restrict__ y, int64_t ldy, const float* __restrict__ bias, int64_t m,
+                                int64_t n) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= m * n) return;
+  y[(e / n) * ldy + e % n] += bias[e % n];
+}
+
+// A chunk of kGradRows rows of d_y summed per column in row order, in double.
+__global__ void bias_partials_kernel(const float* __restrict__ d_y, int64_t ld, int64_t m, int64_t n,
+                                     double* __restrict__ partial) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (c >= n) return;
+  const int64_t r0 = chunk * kGradRows, r1 = min(m, r0 + kGradRows);
+  double s = 0.0;
+  for (int64_t r = r0; r < r1; ++r) s += d_y[r * ld + c];
+  partial[chunk * n + c] = s;
+}
+
+}  // namespace
+
+void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n) {
+  if (m * n == 0) return;
+  constexpr int kThreads = 256;
+  add_bias_kernel<<<unsigned(ceil_div(m * n, kThreads)), kThreads, 0, stream()>>>(y, ldy, bias, m, n);
+  check_launch("linear");
+}
+
+void bias_backward(const float* d_y, int64_t ld, int64_t m, int64_t n, float* d_b) {
+  if (m == 0 || n == 0) return;
+  const int64_t chunks = ceil_div(m, kGradRows);
+  auto partial = allocate(size_t(chunks * n) * sizeof(double), "bias gradient partial sums");
+  constexpr int kThreads = 128;
+  bias_partials_kernel<<<dim3(unsigned(ceil_div(n, kThreads)), unsigned(chunks)), kThreads, 0, stream()>>>(
+      d_y, ld, m, n, static_cast<double*>(partial.get()));
+  check_launch("linear");
+  add_column_partials(static_cast<const double*>(partial.get()), n, chunks, n, d_b, "linear");
+}
+
 }  // namespace mamba2::cuda

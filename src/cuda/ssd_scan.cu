@@ -65,29 +65,6 @@ __device__ Chunk find_chunk(const PackedSeqs& s, int64_t c, int64_t Q) {
   return {tok0, int(min(Q, s.starts[lo + 1] - tok0)), lo};
 }
 
-// softplus (torch's threshold 20) and the dt_limit clamp, as cpu::dt_activation.
-__device__ __forceinline__ float dt_activation(float raw, float bias, float lo, float hi) {
-  const float v = raw + bias;
-  const float sp = v > 20.0f ? v : log1pf(expf(v));
-  return sp < lo ? lo : (hi < sp ? hi : sp);
-}
-
-// Its derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
-__device__ __forceinline__ float dt_activation_grad(float raw, float bias, float lo, float hi) {
-  const float v = raw + bias;
-  const float sp = v > 20.0f ? v : log1pf(expf(v));
-  if (sp < lo || sp > hi) return 0.0f;
-  return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v));
-}
-
-// 2^v by the SFU (ex2.approx.ftz: relative error ~2⁻²², results below 2⁻¹²⁶ flushed to 0): the
-// tensor-core path's decay factors, rounded to bf16 / f16 right after.
-__device__ __forceinline__ float exp2_approx(float v) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
-}
-
 // The chain of states through a sequence's chunks (pass 1). Blocks take tickets in the order
 // they start and the ticket picks the work: chunks in seqs.chunk_order (every sequence's first
 // chunk, then every second one, ...), for each the (head, state tile) units. A block waits only

@@ -90,29 +90,29 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBa
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs, compute);
 }
 
-// Mamba-1's mixer in training (CPU, fp32): the conv over x, x_proj into dt_low | B | C (Falcon:
+// Mamba-1's mixer in training, fp32 on either device: the conv over x, x_proj into dt_low | B | C (Falcon:
 // each normed without a weight), dt_proj, the selective scan gated by silu(z); its scratch
 // tensors, reused by every layer. Everything but the scan output is recomputed from in_proj's.
 struct Mamba1Mixer {
   const ModelConfig& c;
   const ops::SeqBatch& seqs;
   int64_t T;
-  Tensor x_dbl, dt, ones, raw[3], normed[3];  // raw/normed: Falcon's dt_low, B, C, contiguous
-  Tensor d_x_dbl, d_dt, d_xc, d_xc2, d_normed[3], norm_w_grad;
-  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens) : c(cfg), seqs(s), T(tokens) {
+  Device dev;
+  Tensor x_dbl, dt, ones, norm_in, normed[3];  // normed: Falcon's dt_low, B, C, contiguous
+  Tensor d_x_dbl, d_dt, d_xc, d_xc2, d_normed[3], d_norm_in, norm_w_grad;
+  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device)
+      : c(cfg), seqs(s), T(tokens), dev(device) {
     const int64_t di = c.d_inner();
-    x_dbl = Tensor::empty({T, c.x_proj_rows()});
-    dt = Tensor::empty({T, di});
+    x_dbl = Tensor::empty({T, c.x_proj_rows()}, dev);
+    dt = Tensor::empty({T, di}, dev);
     if (!c.mixer_norms) return;
-    const int64_t widths[3] = {c.dt_rank, c.bc_width(), c.bc_width()};
-    ones = Tensor::empty({std::max(c.dt_rank, c.bc_width())});
-    std::fill(ones.data(), ones.data() + ones.numel(), 1.0f);
-    for (int i = 0; i < 3; ++i) {
-      raw[i] = Tensor::empty({T, widths[i]});
-      normed[i] = Tensor::empty({T, widths[i]});
-    }
+    const int64_t widths[3] = {c.dt_rank, c.bc_width(), c.bc_width()}, widest = std::max(c.dt_rank, c.bc_width());
+    Tensor one = Tensor::empty({widest});
+    std::fill(one.data(), one.data() + one.numel(), 1.0f);
+    ones = one.to(dev, DType::F32);
+    norm_in = Tensor::empty({T, widest}, dev);
+    for (int i = 0; i < 3; ++i) normed[i] = Tensor::empty({T, widths[i]}, dev);
   }
-  Tensor ones_of(int64_t n) const { return Tensor::borrow(ones.data(), {n}, nullptr); }
   // x_dbl's three column ranges.
   MatView part(MatView m, int i) const {
     const int64_t R = c.dt_rank, bw = c.bc_width();
@@ -120,26 +120,23 @@ struct Mamba1Mixer {
   }
   // The scan's dt_low, B and C: x_dbl's parts, or their normed copies.
   MatView input(int i) { return c.mixer_norms ? MatView::of(normed[i]) : part(MatView::of(x_dbl), i); }
+  // norm_in's first `cols` columns, contiguous (the norm's input).
+  MatView contiguous(Tensor& t, int64_t cols) const { return {t.raw(), T, cols, cols, dev, DType::F32}; }
 
-  // xc (T, d_inner) from xz; then x_dbl, dt and (when y is given) the gated scan output.
+  // xc (T, d_inner, fp32) from xz; then x_dbl, dt and (when y is given) the gated scan output.
+  // x_proj and dt_proj are fp32 on every device (their inputs too).
   void forward(const LayerWeights& l, MatView xz, MatView xc, std::optional<MatView> y) {
     const int64_t di = c.d_inner();
-    Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()});
+    Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()}, dev);
     ops::causal_conv1d(xz.cols_slice(0, di), l.conv_w, l.conv_b, xc, MatView::of(conv_states), seqs);
     ops::linear(xc, l.x_proj, MatView::of(x_dbl), ops::LinearKernel::Training);
-    if (c.mixer_norms) {
-      for (int i = 0; i < 3; ++i) {
-        const MatView src = part(MatView::of(x_dbl), i);
-        for (int64_t r = 0; r < T; ++r)
-          std::memcpy(MatView::of(raw[i]).row(r), src.row(r), size_t(src.cols) * sizeof(float));
-        ops::add_rmsnorm(MatView::of(raw[i]), {}, ones_of(src.cols), MatView::of(normed[i]), float(c.mixer_rms_eps));
-      }
-    }
+    for (int i = 0; c.mixer_norms && i < 3; ++i)
+      weightless_rmsnorm(part(MatView::of(x_dbl), i), norm_in, normed[i], ones, float(c.mixer_rms_eps));
     ops::linear(input(0), l.dt_proj, MatView::of(dt), ops::LinearKernel::Training);
     if (!y) return;
-    Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()});
-    ops::selective_scan(selective_weights(l, c), xc, MatView::of(dt),
-                        input(1), input(2), xz.cols_slice(di, di), *y, MatView::of(ssm_states), seqs);
+    Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
+    ops::selective_scan(selective_weights(l, c), xc, MatView::of(dt), input(1), input(2), xz.cols_slice(di, di), *y,
+                        MatView::of(ssm_states), seqs);
   }
 
   // From d_y (the gated scan output's gradient), after forward(l, xz, xc, nullopt): d_xz (both
@@ -147,12 +144,15 @@ struct Mamba1Mixer {
   void backward(const LayerWeights& l, LayerWeights& gl, MatView xz, MatView xc, MatView d_y, MatView d_xz) {
     const int64_t di = c.d_inner();
     if (!d_x_dbl.raw()) {
-      d_x_dbl = Tensor::empty({T, c.x_proj_rows()});
-      d_dt = Tensor::empty({T, di});
-      d_xc = Tensor::empty({T, di});
-      d_xc2 = Tensor::empty({T, di});
-      for (int i = 0; c.mixer_norms && i < 3; ++i) d_normed[i] = Tensor::empty(normed[i].shape());
-      if (c.mixer_norms) norm_w_grad = Tensor::zeros({ones.numel()});
+      d_x_dbl = Tensor::empty({T, c.x_proj_rows()}, dev);
+      d_dt = Tensor::empty({T, di}, dev);
+      d_xc = Tensor::empty({T, di}, dev);
+      d_xc2 = Tensor::empty({T, di}, dev);
+      for (int i = 0; c.mixer_norms && i < 3; ++i) d_normed[i] = Tensor::empty(normed[i].shape(), dev);
+      if (c.mixer_norms) {
+        d_norm_in = Tensor::empty(norm_in.shape(), dev);
+        norm_w_grad = Tensor::zeros({ones.numel()}, dev);
+      }
     }
     const MatView dxd = MatView::of(d_x_dbl);
     auto d_input = [&](int i) { return c.mixer_norms ? MatView::of(d_normed[i]) : part(dxd, i); };
@@ -162,36 +162,24 @@ struct Mamba1Mixer {
     ops::selective_scan_backward(selective_weights(l, c), xc, MatView::of(dt),
                                  input(1), input(2), xz.cols_slice(di, di), MatView{}, d_y, MatView{}, sg, seqs);
     ops::linear_backward(input(0), l.dt_proj, MatView::of(d_dt), d_input(0), gl.dt_proj);
-    if (c.mixer_norms) {
-      for (int i = 0; i < 3; ++i) {
-        // The norm's backward adds into a zeroed gradient of its input: x_dbl's part.
-        Tensor d_raw = Tensor::zeros(raw[i].shape());
-        Tensor ones_w = ones_of(raw[i].dim(1)), dw = Tensor::borrow(norm_w_grad.data(), {raw[i].dim(1)}, nullptr);
-        ops::add_rmsnorm_backward(MatView::of(raw[i]), ones_w, MatView::of(d_normed[i]), MatView::of(d_raw), dw,
-                                  float(c.mixer_rms_eps));
-        const MatView dst = part(dxd, i);
-        for (int64_t r = 0; r < T; ++r) std::memcpy(dst.row(r), MatView::of(d_raw).row(r), size_t(dst.cols) * sizeof(float));
-      }
+    for (int i = 0; c.mixer_norms && i < 3; ++i) {
+      // The norm's input again (the forward's copy holds the last part), its gradient into a
+      // zeroed buffer, then into x_dbl's part. The weightless norm's weight gradient is dropped.
+      const MatView src = part(MatView::of(x_dbl), i), in = contiguous(norm_in, src.cols);
+      const MatView d_in = contiguous(d_norm_in, src.cols);
+      ops::cast(src, in);
+      d_norm_in.set_zero();
+      Tensor dw = norm_w_grad.prefix(src.cols);
+      ops::add_rmsnorm_backward(in, ones.prefix(src.cols), MatView::of(d_normed[i]), d_in, dw,
+                                float(c.mixer_rms_eps));
+      ops::cast(d_in, part(dxd, i));
     }
     ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc2), gl.x_proj);
-    float* a = d_xc.data();
-    const float* b = d_xc2.data();
-    for (int64_t i = 0; i < d_xc.numel(); ++i) a[i] += b[i];
+    ops::add(MatView::of(d_xc2), MatView::of(d_xc));
     ops::causal_conv1d_backward(xz.cols_slice(0, di), l.conv_w, l.conv_b, MatView{}, MatView::of(d_xc),
                                 d_xz.cols_slice(0, di), gl.conv_w, gl.conv_b, seqs);
   }
 };
-
-// A projection's bias gradient: d_b += Σ_rows d_y, each column summed in row order in double.
-void add_bias_gradient(MatView d_y, Tensor& d_b) {
-  float* out = d_b.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < d_y.cols; ++j) {
-    double sum = 0.0;
-    for (int64_t r = 0; r < d_y.rows; ++r) sum += d_y.row(r)[j];
-    out[j] += float(sum);
-  }
-}
 
 // Weights on one device, fp32 but for the projection matrices, which may be bf16 or f16 on the GPU
 // (compute_weights); returns the device and the matrices' dtype.
@@ -231,7 +219,6 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
            Gradients* g, double grad_scale) {
   c.validate("model");
   const auto [dev, cdt] = check_weights(w);
-  if (c.mamba1() && dev != Device::CPU) fail("[model] Mamba-1 models train on the CPU only, for now");
   const Batch b = make_batch(ids, lengths);
   const ops::SeqBatch seqs = sequences(c, b, dev);
   if (g) check_gradients(*g, w);
@@ -249,8 +236,14 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     y_one = Tensor::empty({T, c.d_inner()}, dev);
   }
   std::optional<Mamba1Mixer> m1;
-  if (c.mamba1()) m1.emplace(c, seqs, T);
+  if (c.mamba1()) m1.emplace(c, seqs, T, dev);
   const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
+  // Mamba-1: out_proj's input, the scan's output rounded to the matrices' dtype (in `gated`).
+  const auto out_input = [&](Tensor& y) {
+    if (cdt == DType::F32) return MatView::of(y);
+    ops::cast(MatView::of(y), MatView::of(gated));
+    return MatView::of(gated);
+  };
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
@@ -264,7 +257,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training, bias(l.in_proj_b));
     if (m1) {
       m1->forward(l, MatView::of(zxbcdt), MatView::of(xbc), MatView::of(y));
-      ops::linear(MatView::of(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
+      ops::linear(out_input(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
     } else {
       const Projections pr = split(MatView::of(zxbcdt), c);
       mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y), cdt);
@@ -326,10 +319,10 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       const MatView xz = MatView::of(sv.zxbcdt[size_t(li)]);
       ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
       m1->forward(l, xz, MatView::of(xbc), std::nullopt);
-      if (c.proj_bias) add_bias_gradient(MatView::of(d_res), gl.out_proj_b);
-      ops::linear_backward(y, l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
+      if (c.proj_bias) ops::bias_backward(MatView::of(d_res), gl.out_proj_b);
+      ops::linear_backward(out_input(sv.y[size_t(li)]), l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
       m1->backward(l, gl, xz, MatView::of(xbc), MatView::of(d_y), MatView::of(d_zxbcdt));
-      if (c.proj_bias) add_bias_gradient(MatView::of(d_zxbcdt), gl.in_proj_b);
+      if (c.proj_bias) ops::bias_backward(MatView::of(d_zxbcdt), gl.in_proj_b);
       ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);
       ops::add_rmsnorm_backward(res, l.norm, MatView::of(d_u), MatView::of(d_res), gl.norm, eps);
       continue;

@@ -30,7 +30,6 @@ std::shared_ptr<InferenceState> make_state(const ModelConfig& c, int64_t batch, 
 namespace {
 
 void check_placement(const ModelConfig& c, Device device, DType dtype) {
-  if (device == Device::CUDA && c.mamba1()) fail("[model] Mamba-1 models run on the CPU only, for now");
   if (device == Device::CPU && dtype == DType::F16)
     fail("[model] the CPU takes F32, BF16, Q8_0 or Q4_0 weights, not F16");
   if (device == Device::CUDA && is_quantized(dtype))
@@ -120,35 +119,43 @@ void head(const ModelWeights& w, const ModelConfig& c, MatView residual, MatView
 }
 
 // Activations of `rows` tokens, reused by every layer. fp32 except the projections' inputs and
-// the conv's output, the SSD scan's operands, which are in the compute dtype (on the CPU, fp32:
-// yn is then y, normed in place).
+// the conv's output, the scans' operands, which are in the compute dtype (on the CPU, fp32: yn is
+// then y, normed in place).
 struct Activations {
   Tensor residual;  // (rows, d_model) fp32 residual stream
   Tensor h;         // (rows, d_model) block output
   Tensor u;         // (rows, d_model) normed block input, compute dtype
   Tensor zxbcdt;    // (rows, d_in_proj) (Mamba-1: x | z)
-  Tensor xbc;       // (rows, conv_dim) after conv + SiLU, compute dtype
+  Tensor xbc;       // (rows, conv_dim) after conv + SiLU, compute dtype (Mamba-1: fp32, as x_proj's
+                    // weights and the scan take it)
   Tensor y;         // (rows, d_inner) scan output (Mamba-1: gated by silu(z))
-  Tensor yn;        // (rows, d_inner) y gated and normed, compute dtype (Mamba2)
+  Tensor yn;        // (rows, d_inner) y gated (Mamba2: and normed), compute dtype
   // Mamba-1.
   Tensor x_dbl;         // (rows, dt_rank + 2·bc_width) x_proj's output dt_low | B | C
   Tensor dt;            // (rows, d_inner) dt_proj's output (the scan adds its bias)
   Tensor dt_low, B, C;  // Falcon-Mamba: x_dbl's parts, normed
+  Tensor norm_in;       // Falcon-Mamba: a part copied contiguous, as the norm takes it
+  Tensor ones;          // Falcon-Mamba: the weightless norms' weight
   Activations(int64_t rows, const ModelConfig& c, Device dev, DType dtype)
       : residual(Tensor::empty({rows, c.d_model}, dev)),
         h(Tensor::empty({rows, c.d_model}, dev)),
         u(Tensor::empty({rows, c.d_model}, dev, dtype)),
         zxbcdt(Tensor::empty({rows, c.d_in_proj()}, dev)),
-        xbc(Tensor::empty({rows, c.conv_dim()}, dev, dtype)),
+        xbc(Tensor::empty({rows, c.conv_dim()}, dev, c.mamba1() ? DType::F32 : dtype)),
         y(Tensor::empty({rows, c.d_inner()}, dev)),
-        yn(dtype == DType::F32 || c.mamba1() ? y : Tensor::empty({rows, c.d_inner()}, dev, dtype)) {
+        yn(dtype == DType::F32 ? y : Tensor::empty({rows, c.d_inner()}, dev, dtype)) {
     if (!c.mamba1()) return;
     x_dbl = Tensor::empty({rows, c.x_proj_rows()}, dev);
     dt = Tensor::empty({rows, c.d_inner()}, dev);
     if (c.mixer_norms) {
+      const int64_t widest = std::max(c.dt_rank, c.bc_width());
       dt_low = Tensor::empty({rows, c.dt_rank}, dev);
       B = Tensor::empty({rows, c.bc_width()}, dev);
       C = Tensor::empty({rows, c.bc_width()}, dev);
+      norm_in = Tensor::empty({rows, widest}, dev);
+      Tensor one = Tensor::empty({widest});
+      std::fill(one.data(), one.data() + one.numel(), 1.0f);
+      ones = one.to(dev, DType::F32);
     }
   }
 };
@@ -160,15 +167,11 @@ struct Activations {
 //   forms.selective(layer, weights, x, dt, B, C, z, y)
 // Mamba2: the conv over xBC, the SSD scan, the gated RMSNorm. Mamba-1: the conv over x, x_proj into
 // dt_low | B | C (Falcon: each normed), dt_proj, the selective scan gated by silu(z).
+// device_ids: the ids already on the GPU (a captured decode step's).
 template <class Forms>
 void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
-                ops::LinearKernel kernel, Forms&& forms) {
-  ops::embedding(w.embedding, ids, MatView::of(a.residual));
-  Tensor ones;
-  if (c.mixer_norms) {
-    ones = Tensor::empty({std::max(c.dt_rank, c.bc_width())});
-    std::fill(ones.data(), ones.data() + ones.numel(), 1.0f);
-  }
+                ops::LinearKernel kernel, Forms&& forms, const int32_t* device_ids = nullptr) {
+  ops::embedding(w.embedding, ids, MatView::of(a.residual), device_ids);
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     const size_t layer = size_t(li);
@@ -179,21 +182,22 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
       ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt), kernel, in_bias);
       const int64_t di = c.d_inner(), R = c.dt_rank, bw = c.bc_width();
       const MatView xz = MatView::of(a.zxbcdt), x = xz.cols_slice(0, di), z = xz.cols_slice(di, di);
-      forms.conv(layer, x, l.conv_w, l.conv_b, MatView::of(a.xbc));
-      ops::linear(MatView::of(a.xbc), l.x_proj, MatView::of(a.x_dbl), kernel);
+      const MatView xc = MatView::of(a.xbc);
+      forms.conv(layer, x, l.conv_w, l.conv_b, xc);
+      ops::linear(xc, l.x_proj, MatView::of(a.x_dbl), kernel);
       const MatView dbl = MatView::of(a.x_dbl);
       MatView dt_low = dbl.cols_slice(0, R), B = dbl.cols_slice(R, bw), C = dbl.cols_slice(R + bw, bw);
       if (c.mixer_norms) {
         const float eps = float(c.mixer_rms_eps);
-        weightless_rmsnorm(dt_low, a.dt_low, ones, eps);
-        weightless_rmsnorm(B, a.B, ones, eps);
-        weightless_rmsnorm(C, a.C, ones, eps);
+        weightless_rmsnorm(dt_low, a.norm_in, a.dt_low, a.ones, eps);
+        weightless_rmsnorm(B, a.norm_in, a.B, a.ones, eps);
+        weightless_rmsnorm(C, a.norm_in, a.C, a.ones, eps);
         dt_low = MatView::of(a.dt_low), B = MatView::of(a.B), C = MatView::of(a.C);
       }
       ops::linear(dt_low, l.dt_proj, MatView::of(a.dt), kernel);
-      forms.selective(layer, selective_weights(l, c), MatView::of(a.xbc),
-                      MatView::of(a.dt), B, C, z, MatView::of(a.y));
-      ops::linear(MatView::of(a.y), l.out_proj, MatView::of(a.h), kernel, c.proj_bias ? &l.out_proj_b : nullptr);
+      forms.selective(layer, selective_weights(l, c), xc, MatView::of(a.dt), B, C, z, MatView::of(a.y));
+      if (a.yn.raw() != a.y.raw()) ops::cast(MatView::of(a.y), MatView::of(a.yn));
+      ops::linear(MatView::of(a.yn), l.out_proj, MatView::of(a.h), kernel, c.proj_bias ? &l.out_proj_b : nullptr);
       continue;
     }
     ops::linear(MatView::of(a.u), l.in_proj, MatView::of(a.zxbcdt), kernel);
@@ -205,6 +209,22 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
     ops::linear(MatView::of(a.yn), l.out_proj, MatView::of(a.h), kernel);
   }
 }
+
+// The decode forms of the conv and the scans: one token per sequence, from and back to its state.
+struct DecodeForms {
+  InferenceState& state;
+  const ops::SeqBatch& seqs;
+  void conv(size_t li, MatView in, const Tensor& w, const Tensor& b, MatView out) {
+    ops::causal_conv1d_step(in, w, b, out, state.conv_states(li), seqs);
+  }
+  void ssd(size_t li, const ops::SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y) {
+    ops::ssd_step(w, x, B, C, dt, y, state.ssm_states(li), seqs);
+  }
+  void selective(size_t li, const ops::SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C,
+                 MatView z, MatView y) {
+    ops::selective_scan_step(w, x, dt, B, C, z, y, state.ssm_states(li), seqs);
+  }
+};
 
 }  // namespace
 
@@ -368,20 +388,6 @@ void Model::decode(std::span<const int32_t> tokens, std::span<const int64_t> slo
   }
   Activations a(nb, c, device_, activation_dtype());
   const ops::SeqBatch seqs = ops::SeqBatch::decode(slots, device_);
-  struct DecodeForms {
-    InferenceState& state;
-    const ops::SeqBatch& seqs;
-    void conv(size_t li, MatView in, const Tensor& w, const Tensor& b, MatView out) {
-      ops::causal_conv1d_step(in, w, b, out, state.conv_states(li), seqs);
-    }
-    void ssd(size_t li, const ops::SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y) {
-      ops::ssd_step(w, x, B, C, dt, y, state.ssm_states(li), seqs);
-    }
-    void selective(size_t li, const ops::SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C,
-                   MatView z, MatView y) {
-      ops::selective_scan_step(w, x, dt, B, C, z, y, state.ssm_states(li), seqs);
-    }
-  };
   run_layers(w, c, tokens, a, ops::LinearKernel::Decode, DecodeForms{state, seqs});
   head(w, c, MatView::of(a.residual), MatView::of(a.h), ops::LinearKernel::Decode, activation_dtype(), logits);
 }
@@ -408,26 +414,39 @@ struct DecodeStep {
   Tensor y;          // (nb, d_inner) the gated scan output
   Tensor gate_sums;  // (nb, ssd_step_sum_count(nheads, headdim)) partial Σ y², with ngroups > 1
   Tensor logits;     // (nb, vocab_padded)
+  std::unique_ptr<Activations> m1;  // Mamba-1: the layer stack's activations
   std::shared_ptr<void> ids;   // (nb) int32
   std::shared_ptr<void> next;  // (nb) int32: the greedy choice of each row
   int64_t greedy_cols = 0;     // the columns argmax looks at, as captured
   ops::SeqBatch seqs;
   std::unique_ptr<cuda::Graph> graph;
   uint64_t last_use = 0;
-  DecodeStep(std::shared_ptr<const ModelWeights> w, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c)
+  DecodeStep(std::shared_ptr<const ModelWeights> w, int64_t nb, std::span<const int64_t> slots, const ModelConfig& c,
+             DType dtype)
       : weights(std::move(w)),
         residual(Tensor::empty({nb, c.d_model}, Device::CUDA)),
-        zxbcdt(Tensor::empty({nb, c.d_in_proj()}, Device::CUDA)),
-        xbc(Tensor::empty({nb, c.conv_dim()}, Device::CUDA)),
-        y(Tensor::empty({nb, c.d_inner()}, Device::CUDA)),
-        gate_sums(c.ngroups > 1 ? Tensor::empty({nb, ops::ssd_step_sum_count(c.nheads(), c.headdim)}, Device::CUDA)
-                                : Tensor()),
+        zxbcdt(c.mamba1() ? Tensor() : Tensor::empty({nb, c.d_in_proj()}, Device::CUDA)),
+        xbc(c.mamba1() ? Tensor() : Tensor::empty({nb, c.conv_dim()}, Device::CUDA)),
+        y(c.mamba1() ? Tensor() : Tensor::empty({nb, c.d_inner()}, Device::CUDA)),
+        gate_sums(!c.mamba1() && c.ngroups > 1
+                      ? Tensor::empty({nb, ops::ssd_step_sum_count(c.nheads(), c.headdim)}, Device::CUDA)
+                      : Tensor()),
         logits(Tensor::empty({nb, c.vocab_padded()}, Device::CUDA)),
+        m1(c.mamba1() ? std::make_unique<Activations>(nb, c, Device::CUDA, dtype) : nullptr),
         ids(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode token ids")),
         next(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode greedy ids")),
         seqs(ops::SeqBatch::decode(slots, Device::CUDA)) {}
 
   void run(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> tokens, InferenceState& state) {
+    if (m1) {
+      // Mamba-1: the layer stack's decode form, unfused.
+      run_layers(w, c, tokens, *m1, ops::LinearKernel::Decode, DecodeForms{state, seqs},
+                 static_cast<const int32_t*>(ids.get()));
+      head_into(w, c, MatView::of(m1->residual), MatView::of(m1->h), ops::LinearKernel::Decode, MatView::of(m1->u),
+                MatView::of(logits));
+      ops::argmax(MatView::of(logits), greedy_cols, static_cast<int32_t*>(next.get()));
+      return;
+    }
     const float eps = float(c.norm_eps);
     ops::embedding(w.embedding, tokens, MatView::of(residual), static_cast<const int32_t*>(ids.get()),
                    &w.layers[0].in_proj);
@@ -544,7 +563,7 @@ const Tensor& Model::decode_on_gpu(std::span<const int32_t> tokens, std::span<co
         if (e->second->last_use < oldest->second->last_use) oldest = e;
       steps.erase(oldest);
     }
-    it = steps.emplace(key, std::make_unique<DecodeStep>(weights_, nb, slots, c)).first;
+    it = steps.emplace(key, std::make_unique<DecodeStep>(weights_, nb, slots, c, activation_dtype())).first;
   }
   DecodeStep& d = *it->second;
   d.last_use = ++graphs.clock;

@@ -20,12 +20,13 @@ inline ops::SelectiveScanWeights selective_weights(const LayerWeights& l, const 
   return {l.A_log, c.complex_scan ? &l.A_imag : nullptr, l.D, l.dt_bias};
 }
 
-// Falcon-Mamba's weightless RMS norm of `src`'s rows (a column slice) into `dst` (contiguous, as
-// the norm takes it): a norm of weight `ones` (1s, at least src.cols of them; the CPU only).
-inline void weightless_rmsnorm(MatView src, Tensor& dst, const Tensor& ones, float eps) {
-  for (int64_t r = 0; r < src.rows; ++r)
-    std::memcpy(MatView::of(dst).row(r), src.row(r), size_t(src.cols) * sizeof(float));
-  ops::add_rmsnorm(MatView::of(dst), {}, Tensor::borrow(ones.data(), {src.cols}, nullptr), MatView::of(dst), eps);
+// Falcon-Mamba's weightless RMS norm of `src`'s rows (a column slice, fp32) into `dst` (fp32,
+// contiguous): copied into `scratch` (at least src.cols wide, contiguous, as the norm takes its
+// input), then a norm of weight `ones` (1s, at least src.cols of them), on src's device.
+inline void weightless_rmsnorm(MatView src, Tensor& scratch, Tensor& dst, const Tensor& ones, float eps) {
+  const MatView in{scratch.raw(), src.rows, src.cols, src.cols, scratch.device(), DType::F32};
+  ops::cast(src, in);
+  ops::add_rmsnorm(in, {}, ones.prefix(src.cols), MatView::of(dst), eps);
 }
 
 // Column slices of in_proj's output: z | xBC | dt.

@@ -97,12 +97,18 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Te
   check_shape("linear", "x", x, x.rows, k, dev);
   check_shape("linear", "y", y, x.rows, n, dev);
   check_dtype("linear", "y", y.dtype, DType::F32);
-  if (bias) {
-    check_len("linear", "bias", *bias, n, dev);
-    if (dev == Device::CUDA) fail("[linear] biases are not supported on the GPU yet");
-  }
+  if (bias) check_len("linear", "bias", *bias, n, dev);
   linear_product(x, W, y, kernel);
-  if (bias) cpu::add_bias(y.data(), y.ld, bias->data(), y.rows, n);
+  if (!bias) return;
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::add_bias(y.data(), y.ld, bias->data(), y.rows, n);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::add_bias(y.data(), y.ld, bias->data(), y.rows, n);
 }
 
 namespace {
@@ -248,6 +254,22 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
     return;
   }
   cpu::linear_backward(x.data(), x.ld, W.data(), d_y.data(), d_y.ld, d_x.data(), d_x.ld, d_W.data(), m, n, k);
+}
+
+void bias_backward(MatView d_y, Tensor& d_b) {
+  const Device dev = d_b.device();
+  check_len("linear", "d_bias", d_b, d_y.cols, dev);
+  check_shape("linear", "d_y", d_y, d_y.rows, d_y.cols, dev);
+  check_dtype("linear", "d_y", d_y.dtype, DType::F32);
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::bias_backward(d_y.data(), d_y.ld, d_y.rows, d_y.cols, d_b.data());
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
+  cpu::bias_backward(d_y.data(), d_y.ld, d_y.rows, d_y.cols, d_b.data());
 }
 
 }  // namespace mamba2::ops

@@ -102,6 +102,8 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
                             const Tensor* warm = nullptr);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
+// The bias's: d_b += Σ_rows d_y (d_y fp32), each column's sum in double, in a fixed order.
+void bias_backward(MatView d_y, Tensor& d_b);
 
 // causal_conv1d: depthwise causal conv + bias + SiLU over the sequences of `seqs`, packed in `in`;
 // each continues from its row of states ((batch, (K-1)·C), the last K-1 inputs, oldest first) and
@@ -200,6 +202,8 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
 
 // cast: dst = src (fp32) rounded to dst's dtype (F32, BF16 or F16; nearest even), same shape.
 void cast(MatView src, MatView dst);
+// add: dst += src, both fp32 (the same shape, on one device).
+void add(MatView src, MatView dst);
 
 // argmax: out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones), greedy
 // decoding; out (x.rows) on x's device.

@@ -2,6 +2,7 @@
 #include <tuple>
 
 #include "cpu/kernels.h"
+#include "cuda/kernels.h"
 #include "ops/check.h"
 #include "ops/ops.h"
 
@@ -11,44 +12,63 @@ namespace {
 
 constexpr const char* kOp = "selective_scan";
 
-// The kernels' parameters, the weights' and the tokens' operands checked (y: the output, or d_y).
+// The kernels' parameters, the weights' and the tokens' operands checked (y: the output, or d_y),
+// all fp32 on x's device.
 cpu::SelectiveScanParams params(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                                 MatView y) {
-  if (x.device != Device::CPU)
-    fail("[{}] x is on the {}: no GPU kernel yet, the op runs on the CPU only", kOp, device_name(x.device));
+  const Device dev = x.device;
   if (w.A_log.rank() != 2) fail("[{}] A_log must be (channels, d_state), got {}", kOp, shape_str(w.A_log.shape()));
   const int64_t Dc = w.A_log.dim(0), N = w.A_log.dim(1), bw = w.A_imag ? 2 * N : N;
-  check_len(kOp, "A_log", w.A_log, Dc * N);
+  check_len(kOp, "A_log", w.A_log, Dc * N, dev);
   if (w.A_imag && w.A_imag->shape() != w.A_log.shape())
     fail("[{}] A_imag is {}, A_log {}: they must have one shape", kOp, shape_str(w.A_imag->shape()),
          shape_str(w.A_log.shape()));
-  if (w.A_imag) check_len(kOp, "A_imag", *w.A_imag, Dc * N);
-  check_len(kOp, "D", w.D, Dc);
-  check_len(kOp, "dt_bias", w.dt_bias, Dc);
+  if (w.A_imag) check_len(kOp, "A_imag", *w.A_imag, Dc * N, dev);
+  check_len(kOp, "D", w.D, Dc, dev);
+  check_len(kOp, "dt_bias", w.dt_bias, Dc, dev);
   const int64_t T = x.rows;
-  check_shape(kOp, "x", x, T, Dc);
-  check_shape(kOp, "dt", dt, T, Dc);
-  check_shape(kOp, w.A_imag ? "B (complex: 2·d_state interleaved)" : "B", B, T, bw);
-  check_shape(kOp, w.A_imag ? "C (complex: 2·d_state interleaved)" : "C", C, T, bw);
-  if (z.ptr) check_shape(kOp, "z", z, T, Dc);
-  check_shape(kOp, "y", y, T, Dc);
+  check_shape(kOp, "x", x, T, Dc, dev);
+  check_shape(kOp, "dt", dt, T, Dc, dev);
+  check_shape(kOp, w.A_imag ? "B (complex: 2·d_state interleaved)" : "B", B, T, bw, dev);
+  check_shape(kOp, w.A_imag ? "C (complex: 2·d_state interleaved)" : "C", C, T, bw, dev);
+  if (z.ptr) check_shape(kOp, "z", z, T, Dc, dev);
+  check_shape(kOp, "y", y, T, Dc, dev);
+  for (const auto& [what, m] : {std::pair{"x", &x}, {"dt", &dt}, {"B", &B}, {"C", &C}, {"y", &y}})
+    check_dtype(kOp, what, m->dtype, DType::F32);
+  if (z.ptr) check_dtype(kOp, "z", z.dtype, DType::F32);
   return {Dc, N, w.A_log.data(), w.A_imag ? w.A_imag->data() : nullptr, w.D.data(), w.dt_bias.data()};
 }
 
-// A state buffer (rows by slot) of the width the weights make.
-void check_states(const SelectiveScanWeights& w, const char* what, MatView states) {
+// A state buffer (rows by slot) of the width the weights make, on `dev`.
+void check_states(const SelectiveScanWeights& w, const char* what, MatView states, Device dev) {
   const int64_t width = w.A_log.numel() * (w.A_imag ? 2 : 1);
-  check_shape(kOp, what, states, states.rows, width);
+  check_shape(kOp, what, states, states.rows, width, dev);
+  check_dtype(kOp, what, states.dtype, DType::F32);
   if (states.ld != states.cols) fail("[{}] {} must be contiguous", kOp, what);
 }
+
+#if MAMBA2_HAVE_CUDA
+cuda::SelectiveScanParams cuda_params(const cpu::SelectiveScanParams& p) {
+  return {p.channels, p.d_state, p.A_log, p.A_imag, p.D, p.dt_bias};
+}
+#endif
 
 }  // namespace
 
 void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z, MatView y,
                     MatView states, const SeqBatch& seqs) {
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
-  check_states(w, "states", states);
-  seqs.check(kOp, x.rows, Device::CPU, states.rows);
+  check_states(w, "states", states, x.device);
+  seqs.check(kOp, x.rows, x.device, states.rows);
+  if (x.device == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::selective_scan_forward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
+                                 z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.packed());
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::selective_scan_prefill(p, x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
                               z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.starts().data(),
                               seqs.slots().data(), seqs.count());
@@ -57,9 +77,19 @@ void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatVie
 void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                          MatView y, MatView states, const SeqBatch& seqs) {
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
-  check_states(w, "states", states);
-  seqs.check(kOp, x.rows, Device::CPU, states.rows);
+  check_states(w, "states", states, x.device);
+  seqs.check(kOp, x.rows, x.device, states.rows);
   if (seqs.count() != x.rows) fail("[{}] a decode step takes one token per sequence", kOp);
+  if (x.device == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    cuda::selective_scan_step(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
+                              z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.device_slots(),
+                              x.rows);
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   cpu::selective_scan_step(p, x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
                            z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.slots().data(),
                            x.rows);
@@ -69,26 +99,43 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
                              MatView states0, MatView d_y, MatView d_states_final, const SelectiveScanGrads& g,
                              const SeqBatch& seqs) {
   const int64_t T = x.rows;
+  const Device dev = x.device;
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, d_y);
   int64_t rows = INT64_MAX;  // slots index the state rows given, if any
   for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
     if (!m.ptr) continue;
-    check_states(w, what, m);
+    check_states(w, what, m, dev);
     rows = std::min(rows, m.rows);
   }
-  seqs.check(kOp, T, Device::CPU, rows);
+  seqs.check(kOp, T, dev, rows);
   using Operand = std::tuple<const char*, const MatView*, int64_t>;
   for (auto [what, m, cols] : {Operand{"d_x", &g.x, x.cols}, Operand{"d_dt", &g.dt, x.cols},
-                               Operand{"d_B", &g.B, B.cols}, Operand{"d_C", &g.C, C.cols}})
-    check_shape(kOp, what, *m, T, cols);
-  if (z.ptr) check_shape(kOp, "d_z", g.z, T, x.cols);
-  check_len(kOp, "d_A_log", g.A_log, w.A_log.numel());
+                               Operand{"d_B", &g.B, B.cols}, Operand{"d_C", &g.C, C.cols}}) {
+    check_shape(kOp, what, *m, T, cols, dev);
+    check_dtype(kOp, what, m->dtype, DType::F32);
+  }
+  if (z.ptr) check_shape(kOp, "d_z", g.z, T, x.cols, dev);
+  check_len(kOp, "d_A_log", g.A_log, w.A_log.numel(), dev);
   if (w.A_imag) {
     if (!g.A_imag) fail("[{}] the complex scan's backward needs d_A_imag", kOp);
-    check_len(kOp, "d_A_imag", *g.A_imag, w.A_log.numel());
+    check_len(kOp, "d_A_imag", *g.A_imag, w.A_log.numel(), dev);
   }
-  check_len(kOp, "d_D", g.D, w.D.numel());
-  check_len(kOp, "d_dt_bias", g.dt_bias, w.dt_bias.numel());
+  check_len(kOp, "d_D", g.D, w.D.numel(), dev);
+  check_len(kOp, "d_dt_bias", g.dt_bias, w.dt_bias.numel(), dev);
+  if (dev == Device::CUDA) {
+#if MAMBA2_HAVE_CUDA
+    const auto ptr = [](const MatView& m) { return m.ptr ? m.data() : nullptr; };
+    const cuda::SelectiveScanGradPtrs gp{g.x.data(), g.x.ld, g.dt.data(), g.dt.ld, g.B.data(), g.B.ld, g.C.data(),
+                                         g.C.ld, ptr(g.z), g.z.ld, ptr(g.state0), g.A_log.data(),
+                                         g.A_imag ? g.A_imag->data() : nullptr, g.D.data(), g.dt_bias.data()};
+    cuda::selective_scan_backward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
+                                  ptr(z), z.ld, ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), gp,
+                                  seqs.packed());
+#else
+    no_cuda_backend(__func__);
+#endif
+    return;
+  }
   for (int64_t s = 0; s < seqs.count(); ++s) {
     const int64_t t0 = seqs.starts()[size_t(s)], slot = seqs.slots()[size_t(s)];
     auto row = [&](const MatView& m) { return m.ptr ? m.row(slot) : nullptr; };

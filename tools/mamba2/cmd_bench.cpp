@@ -46,6 +46,20 @@ std::vector<int64_t> parse_dims(const std::string& shape, const char* flag, std:
   return d;
 }
 
+// The median of `rounds` timed calls of f after a warm-up call, in ms (the GPU waited for).
+double median_ms(Device dev, int64_t rounds, const std::function<void()>& f) {
+  f();
+  std::vector<double> ms;
+  for (int64_t r = 0; r < rounds; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    if (dev == Device::CUDA) cuda::synchronize();
+    ms.push_back(1e3 * seconds_since(t0));
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 // The chunked SSD scan alone on random inputs, `d` = BxLxHxPxN (ngroups 1, chunks of 256): the
 // median of `repeats` timed runs after a warm-up. x, B and C in the dtype the model gives the scan
 // (the compute dtype on the GPU, as mamba_ssm's scan takes them), dt and y in fp32.
@@ -69,18 +83,7 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   for (int64_t i = 0; i < b; ++i) slots[size_t(i)] = i;
   const ops::SeqBatch seqs(lengths, slots, 256, dev);
   const int64_t rounds = std::max<int64_t>(repeats, 5);
-  auto median_ms = [&](const std::function<void()>& f) {
-    f();
-    std::vector<double> ms;
-    for (int64_t r = 0; r < rounds; ++r) {
-      auto t0 = std::chrono::steady_clock::now();
-      f();
-      if (dev == Device::CUDA) cuda::synchronize();
-      ms.push_back(1e3 * seconds_since(t0));
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  };
+  auto median = [&](const std::function<void()>& f) { return median_ms(dev, rounds, f); };
   auto forward = [&](const Tensor& xs, const Tensor& Bs, const Tensor& Cs, DType compute) {
     return [&, compute] {
       ops::ssd_scan(w, MatView::of(const_cast<Tensor&>(xs)), MatView::of(const_cast<Tensor&>(Bs)),
@@ -89,7 +92,7 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
     };
   };
   fmt::print("ssd scan b{} L{} H{} P{} N{} (x, B, C in {}, y fp32, {} products, chunks of 256): {:.3f} ms (median of {})\n",
-             b, L, H, P, N, dtype_name(in), dtype_name(in), median_ms(forward(x, B, C, dtype)), rounds);
+             b, L, H, P, N, dtype_name(in), dtype_name(in), median(forward(x, B, C, dtype)), rounds);
   if (!grad) return;
   const Tensor x32 = x.to(dev, DType::F32), B32 = B.to(dev, DType::F32), C32 = C.to(dev, DType::F32);
   Tensor d_y = random({T, H * P}, -1, 1), d_x = Tensor::empty({T, H * P}, dev), d_B = Tensor::empty({T, N}, dev);
@@ -99,7 +102,7 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
                         d_D};
   // As training runs them: the inputs in fp32, the products in fp32 or (GPU) in the compute dtype.
   auto both = [&](DType compute) {
-    const double fwd = median_ms(forward(x32, B32, C32, compute)), bwd = median_ms([&] {
+    const double fwd = median(forward(x32, B32, C32, compute)), bwd = median([&] {
       ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(x32)), MatView::of(const_cast<Tensor&>(B32)),
                              MatView::of(const_cast<Tensor&>(C32)), MatView::of(dt), MatView{}, MatView::of(d_y),
                              MatView{}, g, seqs, compute);
@@ -110,6 +113,45 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   };
   both(DType::F32);
   if (dtype != DType::F32) both(dtype);
+}
+
+// The Mamba-1 selective scan alone on random inputs, `d` = BxDxLxN (channels D, d_state N), real
+// or complex, gated by z, with the model's fp32 operands: forward, backward and both (medians).
+void bench_selective(const std::vector<int64_t>& d, Device dev, bool complex, int64_t repeats) {
+  const int64_t b = d[0], Dc = d[1], L = d[2], N = d[3], T = b * L, bw = complex ? 2 * N : N;
+  std::mt19937 rng(1);
+  auto random = [&](Shape s, float lo, float hi) {
+    Tensor t = Tensor::empty(std::move(s));
+    std::uniform_real_distribution<float> u(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data()[i] = u(rng);
+    return t.to(dev, DType::F32);
+  };
+  Tensor x = random({T, Dc}, -1, 1), dt = random({T, Dc}, -1, 1), B = random({T, bw}, -1, 1), C = random({T, bw}, -1, 1);
+  Tensor z = random({T, Dc}, -2, 2), y = Tensor::empty({T, Dc}, dev), states = Tensor::zeros({b, Dc * bw}, dev);
+  Tensor A_log = random({Dc, N}, 0, 2.7f), A_imag = random({Dc, N}, 0, 50), D = random({Dc}, 0, 1);
+  Tensor dt_bias = random({Dc}, -4, -2);
+  const ops::SelectiveScanWeights w{A_log, complex ? &A_imag : nullptr, D, dt_bias};
+  std::vector<int64_t> lengths(static_cast<size_t>(b), L), slots(static_cast<size_t>(b));
+  for (int64_t i = 0; i < b; ++i) slots[size_t(i)] = i;
+  const ops::SeqBatch seqs(lengths, slots, 256, dev);
+  const int64_t rounds = std::max<int64_t>(repeats, 5);
+  const double fwd = median_ms(dev, rounds, [&] {
+    ops::selective_scan(w, MatView::of(x), MatView::of(dt), MatView::of(B), MatView::of(C), MatView::of(z),
+                        MatView::of(y), MatView::of(states), seqs);
+  });
+  Tensor d_y = random({T, Dc}, -1, 1), d_x = Tensor::empty({T, Dc}, dev), d_dt = Tensor::empty({T, Dc}, dev);
+  Tensor d_B = Tensor::empty({T, bw}, dev), d_C = Tensor::empty({T, bw}, dev), d_z = Tensor::empty({T, Dc}, dev);
+  Tensor d_A = Tensor::zeros({Dc, N}, dev), d_Ai = Tensor::zeros({Dc, N}, dev), d_D = Tensor::zeros({Dc}, dev);
+  Tensor d_bias = Tensor::zeros({Dc}, dev);
+  const ops::SelectiveScanGrads g{MatView::of(d_x), MatView::of(d_dt), MatView::of(d_B), MatView::of(d_C),
+                                  MatView::of(d_z), MatView{}, d_A, complex ? &d_Ai : nullptr, d_D, d_bias};
+  const double bwd = median_ms(dev, rounds, [&] {
+    ops::selective_scan_backward(w, MatView::of(x), MatView::of(dt), MatView::of(B), MatView::of(C), MatView::of(z),
+                                 MatView{}, MatView::of(d_y), MatView{}, g, seqs);
+  });
+  fmt::print("selective scan b{} D{} L{} N{} {} (fp32, gated): forward {:.3f} ms, backward {:.3f} ms, both {:.3f} ms "
+             "(medians of {})\n",
+             b, Dc, L, N, complex ? "complex" : "real", fwd, bwd, fwd + bwd, rounds);
 }
 
 // How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
@@ -202,7 +244,7 @@ void add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "Measure prefill and decode tokens/s and peak memory");
   struct Opts {
     std::string model, prefill = "512,2048", decode_batches = "1,8";
-    std::vector<std::string> ssd, linear;
+    std::vector<std::string> ssd, linear, selective, selective_complex;
     bool ssd_grad = false;
     int64_t decode_tokens = 64, repeats = 3;
     bool decode_profile = false;
@@ -214,6 +256,9 @@ void add_bench(CLI::App& app) {
   sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
   sub->add_flag("--ssd-grad", o->ssd_grad, "With --ssd: its backward too, as training runs it (fp32, and --dtype's products)");
   sub->add_option("--linear", o->linear, "Also time a projection alone on shapes MxNxK (repeatable)");
+  sub->add_option("--selective", o->selective,
+                  "Also time the Mamba-1 selective scan alone, forward and backward, on shapes BxDxLxN (repeatable)");
+  sub->add_option("--selective-complex", o->selective_complex, "The same for the complex scan (repeatable)");
   sub->add_option("--prefill", o->prefill, "Prompt lengths to time (batch 1)")->capture_default_str();
   sub->add_option("--decode-batch", o->decode_batches, "Decode batch sizes to time")->capture_default_str();
   sub->add_option("--decode-tokens", o->decode_tokens, "Decode steps per measurement")->capture_default_str();
@@ -225,11 +270,14 @@ void add_bench(CLI::App& app) {
   on_run(sub, [o] {
     set_threads(o->threads);
     if (o->repeats <= 0 || o->decode_tokens <= 0) fail("[bench] --repeats and --decode-tokens must be positive");
-    if (o->model.empty() && o->ssd.empty() && o->linear.empty())
-      fail("[bench] needs --model DIR, --ssd BxLxHxPxN or --linear MxNxK");
+    if (o->model.empty() && o->ssd.empty() && o->linear.empty() && o->selective.empty() && o->selective_complex.empty())
+      fail("[bench] needs --model DIR, --ssd BxLxHxPxN, --selective BxDxLxN or --linear MxNxK");
     // Every value parsed and checked before anything runs or loads.
-    std::vector<std::vector<int64_t>> ssd, linear;
+    std::vector<std::vector<int64_t>> ssd, linear, selective, selective_complex;
     for (const std::string& shape : o->ssd) ssd.push_back(parse_dims(shape, "--ssd", "BxLxHxPxN"));
+    for (const std::string& shape : o->selective) selective.push_back(parse_dims(shape, "--selective", "BxDxLxN"));
+    for (const std::string& shape : o->selective_complex)
+      selective_complex.push_back(parse_dims(shape, "--selective-complex", "BxDxLxN"));
     for (const std::string& shape : o->linear) linear.push_back(parse_dims(shape, "--linear", "MxNxK"));
     const std::vector<int64_t> prefill = parse_int_list(o->prefill, "--prefill");
     const std::vector<int64_t> batches = parse_int_list(o->decode_batches, "--decode-batch");
@@ -237,8 +285,10 @@ void add_bench(CLI::App& app) {
       if (len <= 0) fail("[bench] --prefill lengths must be positive");
     for (int64_t batch : batches)
       if (batch <= 0) fail("[bench] --decode-batch sizes must be positive");
-    if (!ssd.empty() || !linear.empty()) {
+    if (!ssd.empty() || !linear.empty() || !selective.empty() || !selective_complex.empty()) {
       const Device dev = placement_device(o->placement);
+      for (const auto& d : selective) bench_selective(d, dev, false, o->repeats);
+      for (const auto& d : selective_complex) bench_selective(d, dev, true, o->repeats);
       for (const auto& d : ssd) bench_ssd(d, dev, placement_dtype(o->placement, dev), o->repeats, o->ssd_grad);
       for (const auto& d : linear) bench_linear(d, dev, placement_dtype(o->placement, dev), o->repeats);
     }
