@@ -2,23 +2,26 @@
 //
 // A channel's recurrence is sequential in t; the parallel work is (sequence, channel, state index).
 // A block takes one sequence and kChannels channels; kGroup neighbouring threads share a channel,
-// each holding NPT of its state indices (n = g·NPT + i) in registers, so the sum over n is the
-// thread's own sum in n order, then two shuffles. A block stages kTile tokens' operands in shared
-// memory (x, δ = softplus(dt + bias) and z per channel, B and C rows) with coalesced loads, runs
-// the recurrence over them, and writes y's rows gated, coalesced. exp(δA) is 2^(δ·A·log2 e) by
-// the SFU (A ≤ 0: never exp of a positive number); the complex scan's rotation reduces δ·Im A to
-// [−π, π] before the SFU's sine and cosine. The decode step runs the same token code on one token
-// per sequence (the same bits as the scan). Each sequence's work is its own: a
-// sequence's bits never depend on its batch.
+// each holding NPT of its state indices (n = g·NPT + i) in registers. A block stages kTile tokens'
+// operands in shared memory (x, δ = softplus(dt + bias) and z per channel, B and C rows) with
+// coalesced loads issued while it works on the tile before, runs the recurrence over them a few
+// tokens at a time unrolled (their loads and exps do not wait for the states, so they overlap),
+// leaves each thread's part of Σ_n C·h in shared memory, then writes y's rows from the parts
+// (added in thread order), gated, coalesced. exp(δA) is 2^(δ·A·log2 e) by the SFU (A ≤ 0: never
+// exp of a positive number); the complex scan's rotation reduces δ·Im A to [−π, π] before the
+// SFU's sine and cosine. The decode step runs the same token code and sum order on one token per
+// sequence (the same bits as the scan). Each sequence's work is its own: a sequence's bits never
+// depend on its batch.
 //
 // Backward: a block takes one sequence and kChannels channels again. It first runs the recurrence
 // forward, leaving the state at the start of every chunk of KC tokens in a scratch buffer, then
-// walks the chunks from the last: the chunk's states recomputed from its checkpoint into shared
-// memory, then its tokens in reverse (the formulas of cpu/selective_scan.cpp). dB and dC sum over
-// channels: a block adds its kChannels channels' terms in channel order and leaves its partial
-// sums; a second kernel adds the blocks' partials in block order. The parameter gradients are
-// left per sequence and added to the gradients in sequence order, as the CPU does. The same bits
-// every run.
+// walks the chunks from the last (the chunk before loading meanwhile): the chunk's states
+// recomputed from its checkpoint into shared memory, then its tokens in reverse (the formulas of
+// cpu/selective_scan.cpp), the per-channel sums over n left as parts and finished per (token,
+// channel) after the chunk. dB and dC sum over channels: a block adds its kChannels channels'
+// terms in channel order and leaves its partial sums; a second kernel adds the blocks' partials in
+// block order. The parameter gradients are left per sequence and added to the gradients in
+// sequence order, as the CPU does. The same bits every run.
 #include <cmath>
 #include <type_traits>
 
@@ -122,13 +125,6 @@ struct Share {
   }
 };
 
-// Σ over the kGroup threads of a channel (neighbouring lanes): every one gets the same bits.
-__device__ __forceinline__ float group_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  v += __shfl_xor_sync(0xffffffffu, v, 2);
-  return v;
-}
-
 // y before the gate from the channel's sum: Σ C·h (complex: 2·Re) + D·x.
 template <bool Cx>
 __device__ __forceinline__ float finish(float sum, float Dd, float x) {
@@ -137,74 +133,145 @@ __device__ __forceinline__ float finish(float sum, float Dd, float x) {
 
 __device__ __forceinline__ float softplus_dt(float raw, float bias) { return dt_activation(raw, bias, 0.0f, INFINITY); }
 
+// A channel's sum from its kGroup threads' parts (part[0 … kGroup)), added in thread order: the
+// same by the scan, the step and the backward.
+__device__ __forceinline__ float group_total(const float* part) {
+  static_assert(kGroup == 4);
+  return ((part[0] + part[1]) + part[2]) + part[3];
+}
+
+// ---- Staging ----
+
+// A tile of TL tokens' operands, loaded into registers while the block works on the tile before
+// (coalesced: element e = i·kThreads + tid of the tile's TL × kChannels values per channel, and of
+// its TL × RW values of B and C), then stored to shared memory by the kernel.
+struct Sources {
+  const float *x, *dt, *B, *C, *z, *dy;
+  int64_t ldx, lddt, ldb, ldc, ldz, lddy;
+};
+template <int TL, int RW>
+struct Staged {
+  static constexpr int kCh = TL * kChannels / kThreads, kBC = (TL * RW + kThreads - 1) / kThreads;
+  static_assert(kCh * kThreads == TL * kChannels);
+  float x[kCh], dt[kCh], z[kCh], dy[kCh], B[kBC], C[kBC];
+  // Rows row0 … row0 + tl − 1 of channels d0 … (zeros past them); z and dy only when given.
+  __device__ void load(const Sources& s, int64_t row0, int tl, int64_t d0, int64_t D, int64_t bw, int tid) {
+#pragma unroll
+    for (int i = 0; i < kCh; ++i) {
+      const int e = i * kThreads + tid, t = e / kChannels;
+      const int64_t dd = d0 + e % kChannels, row = row0 + t;
+      const bool on = t < tl && dd < D;
+      x[i] = on ? s.x[row * s.ldx + dd] : 0.0f;
+      dt[i] = on ? s.dt[row * s.lddt + dd] : 0.0f;
+      z[i] = on && s.z ? s.z[row * s.ldz + dd] : 0.0f;
+      dy[i] = on && s.dy ? s.dy[row * s.lddy + dd] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < kBC; ++i) {
+      const int e = i * kThreads + tid, t = e / RW, j = e % RW;
+      const int64_t row = row0 + t;
+      const bool on = e < TL * RW && t < tl && j < bw;
+      B[i] = on ? s.B[row * s.ldb + j] : 0.0f;
+      C[i] = on ? s.C[row * s.ldc + j] : 0.0f;
+    }
+  }
+  // f(t, channel, i) for this thread's per-channel values; g(t, j, i) for its B / C values.
+  template <class F, class G>
+  __device__ void each(int tid, F&& f, G&& g) const {
+#pragma unroll
+    for (int i = 0; i < kCh; ++i) f((i * kThreads + tid) / kChannels, (i * kThreads + tid) % kChannels, i);
+#pragma unroll
+    for (int i = 0; i < kBC; ++i) {
+      const int e = i * kThreads + tid;
+      if (e < TL * RW) g(e / RW, e % RW, i);
+    }
+  }
+};
+
 // ---- Forward over packed sequences ----
 
 // grid (channel blocks, sequences), kThreads threads: thread (c, g) = (tid / kGroup, tid % kGroup).
+// Tokens in tiles of kTile: the tile's recurrence, U tokens at a time unrolled (their loads and
+// exps independent of the states, so they overlap), each thread's part of Σ C·h to shared memory;
+// then y's rows from the parts, gated, coalesced; the next tile's operands load meanwhile.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) scan_kernel(Params p, const float* __restrict__ x, int64_t ldx,
-                                                        const float* __restrict__ dt, int64_t lddt,
-                                                        const float* __restrict__ B, int64_t ldb,
-                                                        const float* __restrict__ C, int64_t ldc,
-                                                        const float* __restrict__ z, int64_t ldz, float* __restrict__ y,
-                                                        int64_t ldy, float* __restrict__ states, PackedSeqs seqs) {
+__global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
+                                                        float* __restrict__ states, PackedSeqs seqs) {
   using S = Share<NPT, Cx>;
-  constexpr int W = S::W, RW = kGroup * W;  // a staged B / C row: every thread's W values
-  __shared__ float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_z[kTile][kChannels], s_y[kTile][kChannels];
-  __shared__ float s_B[kTile][RW], s_C[kTile][RW];
+  constexpr int W = S::W, RW = kGroup * W, U = Cx ? 4 : 8;
+  using St = Staged<kTile, RW>;
+  __shared__ __align__(16) float s_B[kTile][RW];
+  __shared__ __align__(16) float s_C[kTile][RW];
+  __shared__ float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_z[kTile][kChannels];
+  __shared__ float s_part[kTile][kThreads];
+  __shared__ float s_D[kChannels], s_bias[kChannels];
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
   const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, seq = blockIdx.y;
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW, t0 = seqs.starts[seq], L = seqs.starts[seq + 1] - t0;
-  float* st = states + seqs.slots[seq] * p.D * p.N * S::SW;
+  float* st = states + seqs.slots[seq] * p.D * bw;
   S sh;
   sh.load_A(p, d, g, live);
   sh.load_state(st, p, d, g, live);
-  const float Dd = live ? p.Dw[d] : 0.0f;
-  for (int64_t tt = 0; tt < L; tt += kTile) {
-    const int tl = int(min(int64_t(kTile), L - tt));
-    __syncthreads();  // the previous tile's reads are done
-    for (int e = tid; e < kTile * kChannels; e += kThreads) {
-      const int t = e / kChannels, cc = e % kChannels;
-      const int64_t dd = d0 + cc, row = t0 + tt + t;
-      const bool on = t < tl && dd < p.D;
-      s_x[t][cc] = on ? x[row * ldx + dd] : 0.0f;
-      s_delta[t][cc] = on ? softplus_dt(dt[row * lddt + dd], p.bias[dd]) : 0.0f;
-      if (z) s_z[t][cc] = on ? z[row * ldz + dd] : 0.0f;
+  if (tid < kChannels) {
+    const bool on = d0 + tid < p.D;
+    s_D[tid] = on ? p.Dw[d0 + tid] : 0.0f;
+    s_bias[tid] = on ? p.bias[d0 + tid] : 0.0f;
+  }
+  St stage;
+  const auto put = [&] {
+    stage.each(
+        tid,
+        [&](int t, int cc, int i) {
+          s_x[t][cc] = stage.x[i];
+          s_delta[t][cc] = softplus_dt(stage.dt[i], s_bias[cc]);
+          s_z[t][cc] = stage.z[i];
+        },
+        [&](int t, int j, int i) {
+          s_B[t][j] = stage.B[i];
+          s_C[t][j] = stage.C[i];
+        });
+  };
+  const int64_t tiles = ceil_div(L, kTile);
+  if (tiles > 0) stage.load(src, t0, int(min(int64_t(kTile), L)), d0, p.D, bw, tid);
+  __syncthreads();  // s_bias
+  if (tiles > 0) put();
+  __syncthreads();
+  for (int64_t k = 0; k < tiles; ++k) {
+    const int tl = int(min(int64_t(kTile), L - k * kTile));
+    const bool more = k + 1 < tiles;
+    if (more) stage.load(src, t0 + (k + 1) * kTile, int(min(int64_t(kTile), L - (k + 1) * kTile)), d0, p.D, bw, tid);
+    const auto token = [&](int t) {
+      const float dl = s_delta[t][c];
+      s_part[t][tid] = sh.advance(&s_B[t][g * W], &s_C[t][g * W], dl, dl * s_x[t][c]);
+    };
+    int t = 0;
+    for (; t + U <= tl; t += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) token(t + u);
     }
-    for (int e = tid; e < kTile * RW; e += kThreads) {
-      const int t = e / RW, j = e % RW;
-      const int64_t row = t0 + tt + t;
-      const bool on = t < tl && j < bw;
-      s_B[t][j] = on ? B[row * ldb + j] : 0.0f;
-      s_C[t][j] = on ? C[row * ldc + j] : 0.0f;
-    }
-    __syncthreads();
-    for (int t = 0; t < tl; ++t) {
-      const float dl = s_delta[t][c], xv = s_x[t][c];
-      const float sum = group_sum(sh.advance(&s_B[t][g * W], &s_C[t][g * W], dl, dl * xv));
-      if (g == 0) s_y[t][c] = finish<Cx>(sum, Dd, xv);
-    }
+    for (; t < tl; ++t) token(t);
     __syncthreads();
     for (int e = tid; e < tl * kChannels; e += kThreads) {
-      const int t = e / kChannels, cc = e % kChannels;
-      const int64_t dd = d0 + cc, row = t0 + tt + t;
+      const int tt = e / kChannels, cc = e % kChannels;
+      const int64_t dd = d0 + cc, row = t0 + k * kTile + tt;
       if (dd >= p.D) continue;
-      const float v = s_y[t][cc];
-      y[row * ldy + dd] = z ? v * silu(s_z[t][cc]) : v;
+      const float v = finish<Cx>(group_total(&s_part[tt][cc * kGroup]), s_D[cc], s_x[tt][cc]);
+      y[row * ldy + dd] = src.z ? v * silu(s_z[tt][cc]) : v;
+    }
+    __syncthreads();
+    if (more) {
+      put();
+      __syncthreads();
     }
   }
   sh.store_state(st, p, d, g, live);
 }
 
-// One token per sequence: grid (channel blocks, nb).
+// One token per sequence: grid (channel blocks, nb); the scan's token code and sum order.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) step_kernel(Params p, const float* __restrict__ x, int64_t ldx,
-                                                        const float* __restrict__ dt, int64_t lddt,
-                                                        const float* __restrict__ B, int64_t ldb,
-                                                        const float* __restrict__ C, int64_t ldc,
-                                                        const float* __restrict__ z, int64_t ldz, float* __restrict__ y,
-                                                        int64_t ldy, float* __restrict__ states,
-                                                        const int64_t* __restrict__ slots) {
+__global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
+                                                        float* __restrict__ states, const int64_t* __restrict__ slots) {
   using S = Share<NPT, Cx>;
   constexpr int W = S::W;
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
@@ -219,15 +286,20 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, const float* _
 #pragma unroll
   for (int j = 0; j < W; ++j) {
     const int64_t col = int64_t(g) * W + j;
-    Bt[j] = col < bw ? B[b * ldb + col] : 0.0f;
-    Ct[j] = col < bw ? C[b * ldc + col] : 0.0f;
+    Bt[j] = col < bw ? src.B[b * src.ldb + col] : 0.0f;
+    Ct[j] = col < bw ? src.C[b * src.ldc + col] : 0.0f;
   }
-  const float dl = live ? softplus_dt(dt[b * lddt + d], p.bias[d]) : 0.0f, xv = live ? x[b * ldx + d] : 0.0f;
-  const float sum = group_sum(sh.advance(Bt, Ct, dl, dl * xv));
+  const float dl = live ? softplus_dt(src.dt[b * src.lddt + d], p.bias[d]) : 0.0f;
+  const float xv = live ? src.x[b * src.ldx + d] : 0.0f;
+  const float part = sh.advance(Bt, Ct, dl, dl * xv);
+  float parts[kGroup];
+  const int base = (tid % 32) & ~(kGroup - 1);
+#pragma unroll
+  for (int j = 0; j < kGroup; ++j) parts[j] = __shfl_sync(0xffffffffu, part, base + j);
   sh.store_state(st, p, d, g, live);
   if (g == 0 && live) {
-    const float v = finish<Cx>(sum, p.Dw[d], xv);
-    y[b * ldy + d] = z ? v * silu(z[b * ldz + d]) : v;
+    const float v = finish<Cx>(group_total(parts), p.Dw[d], xv);
+    y[b * ldy + d] = src.z ? v * silu(src.z[b * src.ldz + d]) : v;
   }
 }
 
@@ -243,22 +315,22 @@ struct Grads {
   float* state0;  // (rows by slot) or null
 };
 
-// Tokens per backward chunk: its states are held in shared memory.
-template <bool Cx>
-constexpr int back_chunk() {
-  return Cx ? 8 : 16;
-}
-
-// The backward's shared memory: the chunk's operands, its states h_{t0−1} … h_{t0+KC−1}, and the
-// per-channel dB / dC terms, summed over the block's channels at the end of the chunk.
+// The backward's shared memory: a chunk of KC tokens' operands, its states h_{t0−1} … h_{t0+KC−1},
+// the threads' parts of the per-channel sums over n, and the per-channel dB / dC terms, summed
+// over the block's channels at the end of the chunk. KC: small enough for 3 blocks an SM (the
+// checkpoints, one a chunk, are the price: T/KC state rows in global memory).
 template <int NPT, bool Cx>
 struct BackSmem {
-  static constexpr int KC = back_chunk<Cx>(), W = Share<NPT, Cx>::W, RW = kGroup * W, CP = kChannels + 1;
-  float raw[KC][kChannels], delta[KC][kChannels], x[KC][kChannels], z[KC][kChannels], dy[KC][kChannels],
-      ypre[KC][kChannels];
-  float B[KC][RW], C[KC][RW];
+  static constexpr int KC = Cx ? 4 : 8, W = Share<NPT, Cx>::W, RW = kGroup * W, CP = kChannels + 1;
+  __align__(16) float B[KC][RW];
+  __align__(16) float C[KC][RW];
+  float x[KC][kChannels], raw[KC][kChannels], delta[KC][kChannels], z[KC][kChannels], dy[KC][kChannels],
+      gy[KC][kChannels];
+  float D[kChannels], bias[kChannels];
+  float part[KC][kThreads], part2[KC][kThreads];
   float h[KC + 1][W][kThreads];
   float red[KC][2][RW][CP];  // [t][dB | dC][column][channel]
+  float acc[2][kThreads];
 };
 
 // The index of a sequence's chunk k among all sequences' chunks: distinct for every (sequence,
@@ -268,17 +340,17 @@ __device__ __forceinline__ int64_t checkpoint_index(int64_t start, int64_t seq, 
 }
 
 // grid (channel blocks, sequences). part_bc (channel blocks, T, 2·bw): the block's dB | dC sums;
-// part_param (count, D, 2N + 2): per sequence d Re A (as d A_log), d Im A, dD, d dt_bias.
+// part_param (count, D, 2N + 2): per sequence d A_log, d Im A, dD, d dt_bias.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) scan_backward_kernel(
-    Params p, const float* __restrict__ x, int64_t ldx, const float* __restrict__ dt, int64_t lddt,
-    const float* __restrict__ B, int64_t ldb, const float* __restrict__ C, int64_t ldc, const float* __restrict__ z,
-    int64_t ldz, const float* __restrict__ state0, const float* __restrict__ d_y, int64_t lddy,
-    const float* __restrict__ d_final, Grads gr, PackedSeqs seqs, float* __restrict__ ckpt,
-    float* __restrict__ part_bc, float* __restrict__ part_param) {
+__global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sources src, const float* __restrict__ state0,
+                                                                 const float* __restrict__ d_final, Grads gr,
+                                                                 PackedSeqs seqs, float* __restrict__ ckpt,
+                                                                 float* __restrict__ part_bc,
+                                                                 float* __restrict__ part_param) {
   using S = Share<NPT, Cx>;
   using M = BackSmem<NPT, Cx>;
   constexpr int KC = M::KC, W = S::W, RW = M::RW;
+  using St = Staged<KC, RW>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   M& m = *reinterpret_cast<M*>(smem_raw);
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
@@ -289,47 +361,50 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(
   const int64_t chunks = ceil_div(L, KC);
   S sh;
   sh.load_A(p, d, g, live);
-  const float Dd = live ? p.Dw[d] : 0.0f, bias = live ? p.bias[d] : 0.0f;
-
-  // Stages chunk k's operands (all of them for the backward; x, δ, B, C for the forward pass).
-  const auto stage = [&](int64_t k, bool all) {
-    const int64_t tk = k * KC;
-    const int tl = int(min(int64_t(KC), L - tk));
-    __syncthreads();
-    for (int e = tid; e < KC * kChannels; e += kThreads) {
-      const int t = e / kChannels, cc = e % kChannels;
-      const int64_t dd = d0 + cc, row = t0 + tk + t;
-      const bool on = t < tl && dd < p.D;
-      const float r = on ? dt[row * lddt + dd] : 0.0f;
-      m.x[t][cc] = on ? x[row * ldx + dd] : 0.0f;
-      m.delta[t][cc] = on ? softplus_dt(r, p.bias[dd]) : 0.0f;
-      if (!all) continue;
-      m.raw[t][cc] = r;
-      m.dy[t][cc] = on ? d_y[row * lddy + dd] : 0.0f;
-      if (z) m.z[t][cc] = on ? z[row * ldz + dd] : 0.0f;
-    }
-    for (int e = tid; e < KC * RW; e += kThreads) {
-      const int t = e / RW, j = e % RW;
-      const int64_t row = t0 + tk + t;
-      const bool on = t < tl && j < bw;
-      m.B[t][j] = on ? B[row * ldb + j] : 0.0f;
-      m.C[t][j] = on ? C[row * ldc + j] : 0.0f;
-    }
-    __syncthreads();
-    return tl;
+  if (tid < kChannels) {
+    const bool on = d0 + tid < p.D;
+    m.D[tid] = on ? p.Dw[d0 + tid] : 0.0f;
+    m.bias[tid] = on ? p.bias[d0 + tid] : 0.0f;
+  }
+  St stage;
+  const auto chunk_len = [&](int64_t k) { return int(min(int64_t(KC), L - k * KC)); };
+  const auto load = [&](int64_t k, const Sources& s) { stage.load(s, t0 + k * KC, chunk_len(k), d0, p.D, bw, tid); };
+  const auto put = [&](bool all) {
+    stage.each(
+        tid,
+        [&](int t, int cc, int i) {
+          m.x[t][cc] = stage.x[i];
+          m.delta[t][cc] = softplus_dt(stage.dt[i], m.bias[cc]);
+          if (!all) return;
+          m.raw[t][cc] = stage.dt[i];
+          m.z[t][cc] = stage.z[i];
+          m.dy[t][cc] = stage.dy[i];
+        },
+        [&](int t, int j, int i) {
+          m.B[t][j] = stage.B[i];
+          m.C[t][j] = stage.C[i];
+        });
   };
   const auto ckpt_row = [&](int64_t k) { return ckpt + checkpoint_index(t0, seq, k, KC) * SR; };
 
-  // Forward: the state at each chunk's start.
+  // Forward: the state at each chunk's start (the last chunk's tokens are not needed).
+  Sources fwd = src;
+  fwd.z = fwd.dy = nullptr;
   sh.load_state(state0 ? state0 + seqs.slots[seq] * SR : nullptr, p, d, g, live);
+  if (chunks > 1) load(0, fwd);
+  __syncthreads();  // m.bias
   for (int64_t k = 0; k < chunks; ++k) {
     sh.store_state(ckpt_row(k), p, d, g, live);
     if (k + 1 == chunks) break;
-    const int tl = stage(k, false);
-    for (int t = 0; t < tl; ++t) {
+    put(false);
+    __syncthreads();
+    if (k + 2 < chunks) load(k + 1, fwd);
+#pragma unroll
+    for (int t = 0; t < KC; ++t) {
       const float dl = m.delta[t][c];
       sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * m.x[t][c]);
     }
+    __syncthreads();
   }
 
   // Backward, chunk by chunk from the last. gh: ∂loss/∂h of the state after the current token.
@@ -337,23 +412,32 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(
   sh.load_state(d_final ? d_final + seqs.slots[seq] * SR : nullptr, p, d, g, live);
 #pragma unroll
   for (int i = 0; i < NPT; ++i) ghr[i] = sh.hr[i], ghi[i] = sh.hi[i];
-  float dD = 0.0f, dbias = 0.0f;
+  float accD = 0.0f, accB = 0.0f;  // this thread's epilogue channel (tid % kChannels): Σ gy·x, Σ d_raw
+  S next;                          // the next chunk's checkpoint, loaded ahead
+  load(chunks - 1, src);
+  next.load_state(ckpt_row(chunks - 1), p, d, g, live);
   for (int64_t k = chunks - 1; k >= 0; --k) {
-    const int tl = stage(k, true);
-    const int64_t tk = k * KC;
-    sh.load_state(ckpt_row(k), p, d, g, live);
+    const int tl = chunk_len(k);
+    const int64_t tk = t0 + k * KC;
+    __syncthreads();
+    put(true);
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
+      sh.hr[i] = next.hr[i], sh.hi[i] = next.hi[i];
       m.h[0][i * S::SW][tid] = sh.hr[i];
       if constexpr (Cx) m.h[0][2 * i + 1][tid] = sh.hi[i];
     }
-    for (int t = 0; t < tl; ++t) {
-      const float dl = m.delta[t][c], xv = m.x[t][c];
-      const float part = sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * xv);
-      if (z) {
-        const float sum = group_sum(part);
-        if (g == 0) m.ypre[t][c] = finish<Cx>(sum, Dd, xv);
-      }
+    __syncthreads();
+    if (k > 0) {
+      load(k - 1, src);
+      next.load_state(ckpt_row(k - 1), p, d, g, live);
+    }
+    // The chunk's states again, and (gated) each thread's part of Σ C·h.
+#pragma unroll
+    for (int t = 0; t < KC; ++t) {
+      if (t >= tl) break;
+      const float dl = m.delta[t][c];
+      m.part[t][tid] = sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * m.x[t][c]);
 #pragma unroll
       for (int i = 0; i < NPT; ++i) {
         m.h[t + 1][i * S::SW][tid] = sh.hr[i];
@@ -361,16 +445,23 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(
       }
     }
     __syncthreads();
-    for (int t = tl - 1; t >= 0; --t) {
-      const float dl = m.delta[t][c], xv = m.x[t][c], dx = dl * xv;
-      float gy = m.dy[t][c];
-      const int64_t row = t0 + tk + t;
-      if (z) {
-        const float zt = m.z[t][c];
-        if (g == 0 && live) gr.z[row * gr.ldz + d] = gy * m.ypre[t][c] * silu_grad(zt);
-        gy = gy * silu(zt);
+    // The gate: gy = d_y·silu(z), d_z = d_y·y_pre·silu'(z).
+    for (int e = tid; e < tl * kChannels; e += kThreads) {
+      const int t = e / kChannels, cc = e % kChannels;
+      const float dyv = m.dy[t][cc];
+      if (!src.z) {
+        m.gy[t][cc] = dyv;
+        continue;
       }
-      dD += gy * xv;
+      const float zt = m.z[t][cc], ypre = finish<Cx>(group_total(&m.part[t][cc * kGroup]), m.D[cc], m.x[t][cc]);
+      if (d0 + cc < p.D) gr.z[(tk + t) * gr.ldz + d0 + cc] = dyv * ypre * silu_grad(zt);
+      m.gy[t][cc] = dyv * silu(zt);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = KC - 1; t >= 0; --t) {
+      if (t >= tl) continue;
+      const float dl = m.delta[t][c], dx = dl * m.x[t][c], gy = m.gy[t][c];
       const float* Bt = &m.B[t][g * W];
       const float* Ct = &m.C[t][g * W];
       float sum_gB = 0.0f, d_delta = 0.0f;
@@ -406,28 +497,37 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(
           ghr[i] = er * gn;
         }
       }
-      sum_gB = group_sum(sum_gB);
-      d_delta = group_sum(d_delta) + xv * sum_gB;
-      const float d_raw = d_delta * dt_activation_grad(m.raw[t][c], bias, 0.0f, INFINITY);
-      dbias += d_raw;
-      if (g == 0 && live) {
-        gr.x[row * gr.ldx + d] = gy * Dd + dl * sum_gB;
-        gr.dt[row * gr.lddt + d] = d_raw;
-      }
+      m.part[t][tid] = sum_gB;
+      m.part2[t][tid] = d_delta;
     }
     __syncthreads();
+    // Per (token, channel): d_x, d_dt; the channel's dD and d dt_bias terms.
+    for (int e = tid; e < tl * kChannels; e += kThreads) {
+      const int t = e / kChannels, cc = e % kChannels;
+      const float sgb = group_total(&m.part[t][cc * kGroup]), xv = m.x[t][cc], gy = m.gy[t][cc];
+      const float d_delta = group_total(&m.part2[t][cc * kGroup]) + xv * sgb;
+      const float d_raw = d_delta * dt_activation_grad(m.raw[t][cc], m.bias[cc], 0.0f, INFINITY);
+      accD += gy * xv;
+      accB += d_raw;
+      if (d0 + cc >= p.D) continue;
+      gr.x[(tk + t) * gr.ldx + d0 + cc] = gy * m.D[cc] + m.delta[t][cc] * sgb;
+      gr.dt[(tk + t) * gr.lddt + d0 + cc] = d_raw;
+    }
     // The chunk's dB | dC: the block's channels added in channel order.
     for (int e = tid; e < tl * 2 * bw; e += kThreads) {
       const int t = int(e / (2 * bw)), r = int(e % (2 * bw)), which = r / int(bw), j = r % int(bw);
       float s = 0.0f;
 #pragma unroll 8
       for (int cc = 0; cc < kChannels; ++cc) s += m.red[t][which][j][cc];
-      part_bc[(int64_t(blockIdx.x) * T + t0 + tk + t) * 2 * bw + r] = s;
+      part_bc[(int64_t(blockIdx.x) * T + tk + t) * 2 * bw + r] = s;
     }
   }
+  m.acc[0][tid] = accD;
+  m.acc[1][tid] = accB;
+  __syncthreads();
   if (!live) return;
-  // The block's channels past D left their (zero) terms above; now only live ones write.
   if (gr.state0) {
+#pragma unroll
     for (int i = 0; i < NPT; ++i) sh.hr[i] = ghr[i], sh.hi[i] = ghi[i];
     sh.store_state(gr.state0 + seqs.slots[seq] * SR, p, d, g, live);
   }
@@ -440,7 +540,12 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(
     pp[n] = dAr[i] * sh.ar[i];  // d A_log = d Re A · Re A
     pp[p.N + n] = Cx ? dAi[i] : 0.0f;
   }
-  if (g == 0) pp[2 * p.N] = dD, pp[2 * p.N + 1] = dbias;
+  if (g == 0) {
+    // The epilogue threads of channel c: c, c + kChannels, ... in order.
+    float sD = 0.0f, sB = 0.0f;
+    for (int j = c; j < kThreads; j += kChannels) sD += m.acc[0][j], sB += m.acc[1][j];
+    pp[2 * p.N] = sD, pp[2 * p.N + 1] = sB;
+  }
 }
 
 // d_B, d_C (T, bw): the channel blocks' partial sums added in block order.
@@ -509,10 +614,10 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
                             int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs) {
   if (seqs.tokens == 0) return;
   const Params p = params(sp);
+  const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
   const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(seqs.count));
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
-    scan_kernel<decltype(npt)::value, decltype(cx)::value>
-        <<<grid, kThreads, 0, stream()>>>(p, x, ldx, dt, lddt, B, ldb, C, ldc, z, ldz, y, ldy, states, seqs);
+    scan_kernel<decltype(npt)::value, decltype(cx)::value><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seqs);
   });
   check_launch("selective_scan");
 }
@@ -522,10 +627,10 @@ void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t 
                          float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb) {
   if (nb == 0) return;
   const Params p = params(sp);
+  const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
   const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(nb));
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
-    step_kernel<decltype(npt)::value, decltype(cx)::value>
-        <<<grid, kThreads, 0, stream()>>>(p, x, ldx, dt, lddt, B, ldb, C, ldc, z, ldz, y, ldy, states, slots);
+    step_kernel<decltype(npt)::value, decltype(cx)::value><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, slots);
   });
   check_launch("selective_scan");
 }
@@ -538,12 +643,13 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
   if (T == 0) return;
   const Params p = params(sp);
   const bool cx = p.A_imag != nullptr;
-  const int64_t bw = p.N * (cx ? 2 : 1), blocks = ceil_div(p.D, kChannels), KC = cx ? back_chunk<true>() : back_chunk<false>();
-  const int64_t PW = 2 * p.N + 2;
+  const int64_t bw = p.N * (cx ? 2 : 1), blocks = ceil_div(p.D, kChannels);
+  const int64_t KC = cx ? BackSmem<1, true>::KC : BackSmem<1, false>::KC, PW = 2 * p.N + 2;
   auto ckpt = allocate(size_t((T / KC + seqs.count + 1) * p.D * bw) * sizeof(float), "selective_scan checkpoints");
   auto part_bc = allocate(size_t(blocks * T * 2 * bw) * sizeof(float), "selective_scan dB, dC partial sums");
   auto part_param = allocate(size_t(seqs.count * p.D * PW) * sizeof(float), "selective_scan parameter gradients");
   const Grads gr{g.x, g.ldx, g.dt, g.lddt, g.z, g.ldz, g.state0};
+  const Sources src{x, dt, B, C, z, d_y, ldx, lddt, ldb, ldc, ldz, lddy};
   dispatch(p.N, cx, [&](auto npt, auto cxc) {
     constexpr int NPT = decltype(npt)::value;
     constexpr bool Cx = decltype(cxc)::value;
@@ -551,8 +657,8 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
     const int smem = int(sizeof(BackSmem<NPT, Cx>));
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "selective_scan");
     kernel<<<dim3(unsigned(blocks), unsigned(seqs.count)), kThreads, smem, stream()>>>(
-        p, x, ldx, dt, lddt, B, ldb, C, ldc, z, ldz, state0, d_y, lddy, d_final, gr, seqs,
-        static_cast<float*>(ckpt.get()), static_cast<float*>(part_bc.get()), static_cast<float*>(part_param.get()));
+        p, src, state0, d_final, gr, seqs, static_cast<float*>(ckpt.get()), static_cast<float*>(part_bc.get()),
+        static_cast<float*>(part_param.get()));
   });
   check_launch("selective_scan");
   constexpr int kReduceThreads = 256;
