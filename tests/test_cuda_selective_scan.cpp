@@ -166,6 +166,36 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaSelectiveScan,
                                   (info.param.gated ? "Gated" : "") + "N" + std::to_string(info.param.N);
                          });
 
+// The decode step's fusion: dt = dt_low @ dt_projᵀ inside the kernel, y in fp32 or bf16, against
+// the projection then the plain step on the GPU: the same but for the dot product's order and y's
+// rounding (fp32: 1e-6; bf16: its unit roundoff 2⁻⁸ ≈ 3.9e-3 relative bounds every element, 4e-3).
+TEST(CudaSelectiveScanFused, StepWithDtProjMatchesProjectionThenStep) {
+  MAMBA2_REQUIRE_GPU();
+  for (bool complex : {false, true}) {
+    const Problem p = make_problem(40, 16, complex, true, {1, 1, 1}, 9);
+    const int64_t nb = 3, R = 12;
+    Operands o(p, Device::CUDA);
+    Tensor dt_low = to_gpu(test::random_tensor({nb, R}, 5)), dt_proj = to_gpu(test::random_tensor({p.Dc, R}, 6, -0.3f, 0.3f));
+    Tensor dt = Tensor::empty({nb, p.Dc}, Device::CUDA);
+    ops::linear(MatView::of(dt_low), dt_proj, MatView::of(dt), ops::LinearKernel::Decode);
+    const ops::SeqBatch seqs = ops::SeqBatch::decode(p.slots, Device::CUDA);
+    const auto rows = [&](Tensor& t) { return MatView::of(t).rows_slice(0, nb); };
+    Tensor st_plain = o.states0.to(Device::CUDA, DType::F32), y_plain = Tensor::empty({nb, p.Dc}, Device::CUDA);
+    ops::selective_scan_step(o.weights(p), rows(o.x), MatView::of(dt), rows(o.B), rows(o.C), rows(o.z),
+                             MatView::of(y_plain), MatView::of(st_plain), seqs);
+    const Tensor want = to_cpu(y_plain), want_st = to_cpu(st_plain);
+    for (DType yd : {DType::F32, DType::BF16}) {
+      Tensor st = o.states0.to(Device::CUDA, DType::F32), y = Tensor::empty({nb, p.Dc}, Device::CUDA, yd);
+      ops::selective_scan_step_fused(o.weights(p), rows(o.x), MatView::of(dt_low), dt_proj, rows(o.B), rows(o.C),
+                                     rows(o.z), MatView::of(y), MatView::of(st), seqs);
+      const Tensor got = to_cpu(y), got_st = to_cpu(st);
+      EXPECT_LE(rel_l2(got.data(), want.data(), size_t(want.numel())), yd == DType::F32 ? 1e-6 : 4e-3)
+          << (complex ? "complex " : "real ") << dtype_name(yd);
+      EXPECT_LE(rel_l2(got_st.data(), want_st.data(), size_t(want_st.numel())), 1e-6) << (complex ? "complex" : "real");
+    }
+  }
+}
+
 // d_state beyond the GPU kernel's 64: refused by name.
 TEST(CudaSelectiveScanErrors, LargeStateIsRefused) {
   MAMBA2_REQUIRE_GPU();

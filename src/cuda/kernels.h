@@ -67,6 +67,9 @@ void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t
 // bf16/f16 on tensor cores); otherwise cuBLASLt's plan chosen for many rows.
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
                     int64_t n, int64_t k, bool decode);
+// residual (fp32) += x @ Wᵀ by the decode kernels (a decode step's out projection without a norm).
+void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dtype, float* residual, int64_t ldr,
+                            int64_t m, int64_t n, int64_t k);
 // Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
 // f16: d_y rounded to it once, unless it comes so), fp32 sums (no TF32), cuBLASLt, the same bits
 // every run.
@@ -190,10 +193,13 @@ void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_
                             int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
                             int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs);
 // One token per sequence, row b's state at states + slots[b]·channels·S; the scan's token code
-// (the same bits as the scan).
+// (the same bits as the scan given the same dt). With dt_w (channels, R) (dt_proj's weight), dt
+// (nb, R) is dt_proj's input and the raw dt of channel d is dt_w[d]·dt[b] (fp32, r in order). y in
+// y_dtype (F32, BF16 or F16: the out projection's input, rounded once).
 void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
-                         const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
-                         float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb);
+                         const float* dt_w, int64_t R, const float* B, int64_t ldb, const float* C, int64_t ldc,
+                         const float* z, int64_t ldz, void* y, DType y_dtype, int64_t ldy, float* states,
+                         const int64_t* slots, int64_t nb);
 // The backward over packed sequences (fp32), each from its state in state0 (null: zeros) with its
 // final state's gradient in d_final (null: zeros), rows by slot: x, dt, B, C, z (when gated) and
 // state0 (when set) overwritten; A_log, A_imag, D, dt_bias accumulated (+=). The same bits every run.

@@ -736,6 +736,13 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
               decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
 }
 
+void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dtype, float* residual, int64_t ldr,
+                            int64_t m, int64_t n, int64_t k) {
+  if (m == 0 || n == 0) return;
+  launch_decode(Raw{x, ldx}, aligned16(x, ldx, dtype_size(dtype)), W, dtype, Out{nullptr, 0, residual, ldr, {}, {}}, m,
+                n, k);
+}
+
 namespace {
 
 // Training's products in column-major terms, A and B in `dtype`, C fp32, fp32 compute (no TF32):

@@ -268,10 +268,13 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
   sh.store_state(st, p, d, g, live);
 }
 
-// One token per sequence: grid (channel blocks, nb); the scan's token code and sum order.
-template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
-                                                        float* __restrict__ states, const int64_t* __restrict__ slots) {
+// One token per sequence: grid (channel blocks, nb); the scan's token code and sum order. With
+// dt_w (channels, R) the raw dt is first dt_w[d]·src.dt[b] (src.dt: dt_proj's input), summed in r
+// order by each of the channel's threads alike. y in YT (the next projection's input dtype).
+template <int NPT, bool Cx, class YT>
+__global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, const float* __restrict__ dt_w, int R,
+                                                        YT* __restrict__ y, int64_t ldy, float* __restrict__ states,
+                                                        const int64_t* __restrict__ slots) {
   using S = Share<NPT, Cx>;
   constexpr int W = S::W;
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
@@ -289,7 +292,15 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, f
     Bt[j] = col < bw ? src.B[b * src.ldb + col] : 0.0f;
     Ct[j] = col < bw ? src.C[b * src.ldc + col] : 0.0f;
   }
-  const float dl = live ? softplus_dt(src.dt[b * src.lddt + d], p.bias[d]) : 0.0f;
+  float raw = 0.0f;
+  if (live && dt_w) {
+    const float* wr = dt_w + d * R;
+    const float* in = src.dt + b * src.lddt;
+    for (int r = 0; r < R; ++r) raw = fmaf(wr[r], in[r], raw);
+  } else if (live) {
+    raw = src.dt[b * src.lddt + d];
+  }
+  const float dl = live ? softplus_dt(raw, p.bias[d]) : 0.0f;
   const float xv = live ? src.x[b * src.ldx + d] : 0.0f;
   const float part = sh.advance(Bt, Ct, dl, dl * xv);
   float parts[kGroup];
@@ -299,7 +310,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, f
   sh.store_state(st, p, d, g, live);
   if (g == 0 && live) {
     const float v = finish<Cx>(group_total(parts), p.Dw[d], xv);
-    y[b * ldy + d] = src.z ? v * silu(src.z[b * src.ldz + d]) : v;
+    store_f32(y + b * ldy + d, src.z ? v * silu(src.z[b * src.ldz + d]) : v);
   }
 }
 
@@ -315,8 +326,7 @@ struct Grads {
   float* state0;  // (rows by slot) or null
 };
 
-// The backward's shared memory: a chunk of KC tokens' operands, its states h_{t0−1} … h_{t0+KC−1},
-// the threads' parts of the per-channel sums over n, and the per-channel dB / dC terms, summed
+// The backward's shared memory: a chunk of KC tokens' operands, the threads' parts of the per-channel sums over n, and the per-channel dB / dC terms, summed
 // over the block's channels at the end of the chunk. KC: small enough for 3 blocks an SM (the
 // checkpoints, one a chunk, are the price: T/KC state rows in global memory).
 template <int NPT, bool Cx>
@@ -328,7 +338,6 @@ struct BackSmem {
       gy[KC][kChannels];
   float D[kChannels], bias[kChannels];
   float part[KC][kThreads], part2[KC][kThreads];
-  float h[KC + 1][W][kThreads];
   float red[KC][2][RW][CP];  // [t][dB | dC][column][channel]
   float acc[2][kThreads];
 };
@@ -421,11 +430,12 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     const int64_t tk = t0 + k * KC;
     __syncthreads();
     put(true);
+    // The chunk's states h_{t0−1} … in registers (the loops over the chunk unrolled).
+    float hsr[KC + 1][NPT], hsi[KC + 1][NPT];
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
       sh.hr[i] = next.hr[i], sh.hi[i] = next.hi[i];
-      m.h[0][i * S::SW][tid] = sh.hr[i];
-      if constexpr (Cx) m.h[0][2 * i + 1][tid] = sh.hi[i];
+      hsr[0][i] = sh.hr[i], hsi[0][i] = sh.hi[i];
     }
     __syncthreads();
     if (k > 0) {
@@ -439,10 +449,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
       const float dl = m.delta[t][c];
       m.part[t][tid] = sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * m.x[t][c]);
 #pragma unroll
-      for (int i = 0; i < NPT; ++i) {
-        m.h[t + 1][i * S::SW][tid] = sh.hr[i];
-        if constexpr (Cx) m.h[t + 1][2 * i + 1][tid] = sh.hi[i];
-      }
+      for (int i = 0; i < NPT; ++i) hsr[t + 1][i] = sh.hr[i], hsi[t + 1][i] = sh.hi[i];
     }
     __syncthreads();
     // The gate: gy = d_y·silu(z), d_z = d_y·y_pre·silu'(z).
@@ -470,8 +477,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
         float er, ei;
         sh.decay(i, dl, er, ei);
         if constexpr (Cx) {
-          const float hr = m.h[t + 1][2 * i][tid], hi = m.h[t + 1][2 * i + 1][tid];
-          const float hpr = m.h[t][2 * i][tid], hpi = m.h[t][2 * i + 1][tid];
+          const float hr = hsr[t + 1][i], hi = hsi[t + 1][i], hpr = hsr[t][i], hpi = hsi[t][i];
           m.red[t][1][g * W + 2 * i][c] = 2.0f * gy * hr;
           m.red[t][1][g * W + 2 * i + 1][c] = -2.0f * gy * hi;
           const float gr_ = ghr[i] + 2.0f * gy * Ct[2 * i], gi = ghi[i] - 2.0f * gy * Ct[2 * i + 1];
@@ -486,7 +492,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
           ghr[i] = gr_ * er + gi * ei;
           ghi[i] = gi * er - gr_ * ei;
         } else {
-          const float h = m.h[t + 1][i][tid], hp = m.h[t][i][tid];
+          const float h = hsr[t + 1][i], hp = hsr[t][i];
           m.red[t][1][g * W + i][c] = gy * h;
           const float gn = ghr[i] + gy * Ct[i];
           m.red[t][0][g * W + i][c] = gn * dx;
@@ -623,14 +629,19 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
 }
 
 void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t ldx, const float* dt, int64_t lddt,
-                         const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z, int64_t ldz,
-                         float* y, int64_t ldy, float* states, const int64_t* slots, int64_t nb) {
+                         const float* dt_w, int64_t R, const float* B, int64_t ldb, const float* C, int64_t ldc,
+                         const float* z, int64_t ldz, void* y, DType y_dtype, int64_t ldy, float* states,
+                         const int64_t* slots, int64_t nb) {
   if (nb == 0) return;
   const Params p = params(sp);
   const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
   const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(nb));
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
-    step_kernel<decltype(npt)::value, decltype(cx)::value><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, slots);
+    with_dtype(y_dtype, "selective_scan", [&](auto* tag) {
+      using YT = std::remove_pointer_t<decltype(tag)>;
+      step_kernel<decltype(npt)::value, decltype(cx)::value, YT>
+          <<<grid, kThreads, 0, stream()>>>(p, src, dt_w, int(R), static_cast<YT*>(y), ldy, states, slots);
+    });
   });
   check_launch("selective_scan");
 }

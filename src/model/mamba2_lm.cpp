@@ -411,10 +411,11 @@ struct DecodeStep {
   Tensor residual;   // (nb, d_model) fp32
   Tensor zxbcdt;     // (nb, d_in_proj)
   Tensor xbc;        // (nb, conv_dim)
-  Tensor y;          // (nb, d_inner) the gated scan output
+  Tensor y;          // (nb, d_inner) the gated scan output (Mamba-1: in the compute dtype, out_proj's input)
   Tensor gate_sums;  // (nb, ssd_step_sum_count(nheads, headdim)) partial Σ y², with ngroups > 1
   Tensor logits;     // (nb, vocab_padded)
-  std::unique_ptr<Activations> m1;  // Mamba-1: the layer stack's activations
+  Tensor x_dbl;      // Mamba-1: (nb, dt_rank + 2·bc_width) x_proj's output
+  std::unique_ptr<Activations> m1;  // Mamba-1 with projection biases or mixer norms: the unfused stack's
   std::shared_ptr<void> ids;   // (nb) int32
   std::shared_ptr<void> next;  // (nb) int32: the greedy choice of each row
   int64_t greedy_cols = 0;     // the columns argmax looks at, as captured
@@ -425,21 +426,28 @@ struct DecodeStep {
              DType dtype)
       : weights(std::move(w)),
         residual(Tensor::empty({nb, c.d_model}, Device::CUDA)),
-        zxbcdt(c.mamba1() ? Tensor() : Tensor::empty({nb, c.d_in_proj()}, Device::CUDA)),
-        xbc(c.mamba1() ? Tensor() : Tensor::empty({nb, c.conv_dim()}, Device::CUDA)),
-        y(c.mamba1() ? Tensor() : Tensor::empty({nb, c.d_inner()}, Device::CUDA)),
+        zxbcdt(unfused(c) ? Tensor() : Tensor::empty({nb, c.d_in_proj()}, Device::CUDA)),
+        xbc(unfused(c) ? Tensor() : Tensor::empty({nb, c.conv_dim()}, Device::CUDA)),
+        y(unfused(c) ? Tensor() : Tensor::empty({nb, c.d_inner()}, Device::CUDA, c.mamba1() ? dtype : DType::F32)),
         gate_sums(!c.mamba1() && c.ngroups > 1
                       ? Tensor::empty({nb, ops::ssd_step_sum_count(c.nheads(), c.headdim)}, Device::CUDA)
                       : Tensor()),
         logits(Tensor::empty({nb, c.vocab_padded()}, Device::CUDA)),
-        m1(c.mamba1() ? std::make_unique<Activations>(nb, c, Device::CUDA, dtype) : nullptr),
+        x_dbl(c.mamba1() && !unfused(c) ? Tensor::empty({nb, c.x_proj_rows()}, Device::CUDA) : Tensor()),
+        m1(unfused(c) ? std::make_unique<Activations>(nb, c, Device::CUDA, dtype) : nullptr),
         ids(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode token ids")),
         next(cuda::allocate(size_t(nb) * sizeof(int32_t), "decode greedy ids")),
         seqs(ops::SeqBatch::decode(slots, Device::CUDA)) {}
 
+  // Mamba-1 with projection biases or Falcon's mixer norms: the layer stack's decode form, unfused.
+  static bool unfused(const ModelConfig& c) { return c.mamba1() && (c.proj_bias || c.mixer_norms); }
+
   void run(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> tokens, InferenceState& state) {
+    if (c.mamba1() && !m1) {
+      run_mamba1(w, c, tokens, state);
+      return;
+    }
     if (m1) {
-      // Mamba-1: the layer stack's decode form, unfused.
       run_layers(w, c, tokens, *m1, ops::LinearKernel::Decode, DecodeForms{state, seqs},
                  static_cast<const int32_t*>(ids.get()));
       head_into(w, c, MatView::of(m1->residual), MatView::of(m1->h), ops::LinearKernel::Decode, MatView::of(m1->u),
@@ -467,6 +475,40 @@ struct DecodeStep {
       cuda::mark("ssd step + gate");
       ops::linear_normed_residual(MatView::of(y), {gsums, c.ngroups, l.gate_norm, eps}, l.out_proj,
                                   MatView::of(residual));
+      cuda::mark("out_proj + residual");
+    }
+    ops::linear_normed(MatView::of(residual), {{}, 1, w.norm_f, eps}, w.lm_head, MatView::of(logits));
+    cuda::mark("head");
+    ops::argmax(MatView::of(logits), greedy_cols, static_cast<int32_t*>(next.get()));
+    cuda::mark("argmax");
+  }
+
+  // Mamba-1, four kernels a layer: in_proj normalising the residual on the way in, with the conv
+  // step on its x columns; x_proj; the scan step with dt_proj and softplus inside it, gating y and
+  // writing it in the compute dtype; out_proj adding its output to the residual.
+  void run_mamba1(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> tokens, InferenceState& state) {
+    const float eps = float(c.norm_eps);
+    const int64_t di = c.d_inner(), R = c.dt_rank, bw = c.bc_width();
+    ops::embedding(w.embedding, tokens, MatView::of(residual), static_cast<const int32_t*>(ids.get()),
+                   &w.layers[0].in_proj);
+    cuda::mark("embedding");
+    for (int64_t li = 0; li < c.n_layer; ++li) {
+      const LayerWeights& l = w.layers[size_t(li)];
+      const ops::ConvStepFusion conv{0, l.conv_w, l.conv_b, MatView::of(xbc), state.conv_states(size_t(li)), seqs};
+      ops::linear_normed(MatView::of(residual), {{}, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv,
+                         &l.out_proj);
+      cuda::mark("in_proj + conv step");
+      // x_proj's few outputs (dt_rank + 2·d_state) leave the decode kernels few blocks: cuBLASLt's
+      // plan (chosen by shape, not rows: batch invariant) runs it.
+      ops::linear(MatView::of(xbc), l.x_proj, MatView::of(x_dbl), ops::LinearKernel::Prefill);
+      cuda::mark("x_proj");
+      const MatView dbl = MatView::of(x_dbl);
+      ops::selective_scan_step_fused(selective_weights(l, c), MatView::of(xbc), dbl.cols_slice(0, R), l.dt_proj,
+                                     dbl.cols_slice(R, bw), dbl.cols_slice(R + bw, bw),
+                                     MatView::of(zxbcdt).cols_slice(di, di), MatView::of(y),
+                                     state.ssm_states(size_t(li)), seqs);
+      cuda::mark("dt_proj + scan step + gate");
+      ops::linear_residual(MatView::of(y), l.out_proj, MatView::of(residual));
       cuda::mark("out_proj + residual");
     }
     ops::linear_normed(MatView::of(residual), {{}, 1, w.norm_f, eps}, w.lm_head, MatView::of(logits));

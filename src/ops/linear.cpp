@@ -222,6 +222,22 @@ void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y,
   linear_normed_into(src, norm, W, y, {}, conv, warm);
 }
 
+void linear_residual(MatView x, const Tensor& W, MatView residual) {
+  if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
+  const int64_t n = W.dim(0), k = W.dim(1);
+  const Device dev = W.device();
+  if (dev != Device::CUDA) fail("[linear] the residual-adding decode projection runs on the GPU only");
+  check_shape("linear", "x", x, x.rows, k, dev);
+  check_dtype("linear", "x", x.dtype, W.dtype());
+  check_shape("linear", "residual", residual, x.rows, n, dev);
+  check_dtype("linear", "residual", residual.dtype, DType::F32);
+#if MAMBA2_HAVE_CUDA
+  cuda::linear_decode_residual(x.ptr, x.ld, W.raw(), W.dtype(), residual.data(), residual.ld, x.rows, n, k);
+#else
+  no_cuda_backend("linear");
+#endif
+}
+
 void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual, const Tensor* warm) {
   if (!residual.ptr) fail("[linear] no residual given");
   linear_normed_into(src, norm, W, {}, residual, nullptr, warm);

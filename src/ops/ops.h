@@ -100,6 +100,8 @@ void linear_normed(MatView src, const RowNorm& norm, const Tensor& W, MatView y,
 // linear_normed_residual: residual += norm(src) @ Wᵀ.
 void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, MatView residual,
                             const Tensor* warm = nullptr);
+// linear_residual: residual += x @ Wᵀ (the decode kernel, GPU only), x in W's dtype.
+void linear_residual(MatView x, const Tensor& W, MatView residual);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
 // The bias's: d_b += Σ_rows d_y (d_y fp32), each column's sum in double, in a fixed order.
@@ -179,6 +181,10 @@ void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatVie
 // selective_scan: one token for each sequence of `seqs` (a decode batch).
 void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                          MatView y, MatView states, const SeqBatch& seqs);
+// selective_scan_step fused for the GPU's decode step: dt = dt_low @ dt_projᵀ (dt_low (rows, R),
+// dt_proj (channels, R) fp32) computed in the kernel, y written in its dtype (F32, BF16 or F16).
+void selective_scan_step_fused(const SelectiveScanWeights& w, MatView x, MatView dt_low, const Tensor& dt_proj,
+                               MatView B, MatView C, MatView z, MatView y, MatView states, const SeqBatch& seqs);
 struct SelectiveScanGrads {
   MatView x, dt, B, C, z;  // overwritten; z only when the forward was gated
   MatView state0;          // overwritten when its data is set: as the states (rows by slot)

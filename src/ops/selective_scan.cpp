@@ -82,9 +82,9 @@ void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, M
   if (seqs.count() != x.rows) fail("[{}] a decode step takes one token per sequence", kOp);
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::selective_scan_step(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
-                              z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.device_slots(),
-                              x.rows);
+    cuda::selective_scan_step(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, nullptr, 0, B.data(), B.ld, C.data(),
+                              C.ld, z.ptr ? z.data() : nullptr, z.ld, y.ptr, y.dtype, y.ld, states.data(),
+                              seqs.device_slots(), x.rows);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -93,6 +93,33 @@ void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, M
   cpu::selective_scan_step(p, x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
                            z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.slots().data(),
                            x.rows);
+}
+
+void selective_scan_step_fused(const SelectiveScanWeights& w, MatView x, MatView dt_low, const Tensor& dt_proj,
+                               MatView B, MatView C, MatView z, MatView y, MatView states, const SeqBatch& seqs) {
+  const Device dev = x.device;
+  if (dev != Device::CUDA) fail("[{}] the fused decode step runs on the GPU only", kOp);
+  // dt_low and y checked here; x stands in for dt and y in the common checks (their shapes).
+  const cpu::SelectiveScanParams p = params(w, x, x, B, C, z, x);
+  const int64_t R = dt_low.cols;
+  if (dt_proj.rank() != 2 || dt_proj.dim(0) != x.cols || dt_proj.dim(1) != R)
+    fail("[{}] dt_proj is {}, expected ({}, {})", kOp, shape_str(dt_proj.shape()), x.cols, R);
+  check_len(kOp, "dt_proj", dt_proj, x.cols * R, dev);
+  check_shape(kOp, "dt_low", dt_low, x.rows, R, dev);
+  check_dtype(kOp, "dt_low", dt_low.dtype, DType::F32);
+  check_shape(kOp, "y", y, x.rows, x.cols, dev);
+  if (y.dtype != DType::F32 && y.dtype != DType::BF16 && y.dtype != DType::F16)
+    fail("[{}] y is {}: the fused step writes F32, BF16 or F16", kOp, dtype_name(y.dtype));
+  check_states(w, "states", states, dev);
+  seqs.check(kOp, x.rows, dev, states.rows);
+  if (seqs.count() != x.rows) fail("[{}] a decode step takes one token per sequence", kOp);
+#if MAMBA2_HAVE_CUDA
+  cuda::selective_scan_step(cuda_params(p), x.data(), x.ld, dt_low.data(), dt_low.ld, dt_proj.data(), R, B.data(), B.ld,
+                            C.data(), C.ld, z.ptr ? z.data() : nullptr, z.ld, y.ptr, y.dtype, y.ld, states.data(),
+                            seqs.device_slots(), x.rows);
+#else
+  no_cuda_backend(__func__);
+#endif
 }
 
 void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
