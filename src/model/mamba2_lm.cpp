@@ -498,9 +498,8 @@ struct DecodeStep {
       ops::linear_normed(MatView::of(residual), {{}, 1, l.norm, eps}, l.in_proj, MatView::of(zxbcdt), &conv,
                          &l.out_proj);
       cuda::mark("in_proj + conv step");
-      // x_proj's few outputs (dt_rank + 2·d_state) leave the decode kernels few blocks: cuBLASLt's
-      // plan (chosen by shape, not rows: batch invariant) runs it.
-      ops::linear(MatView::of(xbc), l.x_proj, MatView::of(x_dbl), ops::LinearKernel::Prefill);
+      // (cuBLASLt's fp32 plan took 86 µs a call here against the decode kernel's 12: H200, 2026-12-04.)
+      ops::linear(MatView::of(xbc), l.x_proj, MatView::of(x_dbl), ops::LinearKernel::Decode);
       cuda::mark("x_proj");
       const MatView dbl = MatView::of(x_dbl);
       ops::selective_scan_step_fused(selective_weights(l, c), MatView::of(xbc), dbl.cols_slice(0, R), l.dt_proj,
