@@ -39,10 +39,10 @@ Usage: python3 scripts/make_mamba1_golden.py --out tests/fixtures/golden [--grad
 
 import argparse
 import ast
-import contextlib
 import json
 import math
 import shutil
+import sys
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -52,6 +52,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_golden import keep_float64, rel_l2  # noqa: E402  (transformers' fp32 casts kept fp64)
+from make_grad_fixtures import mean_loss  # noqa: E402
 
 F64 = torch.float64
 EPS = 1e-5
@@ -307,30 +311,9 @@ def oracle_a(c, w, ids, scans):
 # Oracle B: transformers in float64
 # ---------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def keep_float64():
-    """transformers casts some tensors to float32 (norms, the falcon mixer norms): inside this
-    context a float64 tensor asked to become float32 stays float64."""
-    orig_float, orig_to = torch.Tensor.float, torch.Tensor.to
-
-    def float_(self, *args, **kwargs):
-        return self if self.dtype == F64 else orig_float(self, *args, **kwargs)
-
-    def to_(self, *args, **kwargs):
-        if self.dtype == F64:
-            args = tuple(F64 if a is torch.float32 else a for a in args)
-            if kwargs.get("dtype") is torch.float32:
-                kwargs["dtype"] = F64
-        return orig_to(self, *args, **kwargs)
-
-    torch.Tensor.float, torch.Tensor.to = float_, to_
-    try:
-        yield
-    finally:
-        torch.Tensor.float, torch.Tensor.to = orig_float, orig_to
-
-
-def oracle_b_logits(c, stored, seqs):
+def hf_model(c, stored):
+    """transformers' MambaForCausalLM / FalconMambaForCausalLM in float64 from an HF copy of the
+    weights, and transformers' version."""
     import transformers
     from transformers import FalconMambaForCausalLM, MambaForCausalLM
     transformers.logging.set_verbosity_error()
@@ -343,9 +326,19 @@ def oracle_b_logits(c, stored, seqs):
         model, info = cls.from_pretrained(tmp, dtype=F64, output_loading_info=True)
     missing = [k for k in (info.get("missing_keys") or []) if k != "lm_head.weight" or not c.tie]
     assert not missing and not info.get("unexpected_keys"), f"HF load: {info}"
+    return model, transformers.__version__
+
+
+def hf_logits(c, model, seqs):
+    with keep_float64():
+        return [model(torch.tensor([s])).logits[0].to(F64)[:, :c.vocab_rows] for s in seqs]
+
+
+def oracle_b_logits(c, stored, seqs):
+    model, version = hf_model(c, stored)
     model.eval()
-    with torch.no_grad(), keep_float64():
-        return [model(torch.tensor([s])).logits[0].to(F64)[:, :c.vocab_rows] for s in seqs], transformers.__version__
+    with torch.no_grad():
+        return hf_logits(c, model, seqs), version
 
 
 # ---------------------------------------------------------------------------
@@ -380,17 +373,13 @@ def oracle_c(ref, s):
     return y[0].T
 
 
-def rel_l2(a, b):
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a)).item()
-
-
-def make_case(c, out_root, ref):
+def setup_case(c, out_root):
+    """The case's weights (stored in its dtype) and token sequences, its model written into
+    out_root/<name>/model (the folder emptied first)."""
     gen = torch.Generator().manual_seed(c.seed)
     stored = OrderedDict((k, v.to(c.dtype).contiguous()) for k, v in make_weights(c, gen).items())
-    w64 = OrderedDict((k, v.to(F64)) for k, v in stored.items())
     id_gen = torch.Generator().manual_seed(c.seed + 1)
     seqs = [torch.randint(0, c.vocab_size, (n,), generator=id_gen).tolist() for n in c.lengths]
-
     case_dir = out_root / c.name
     if case_dir.exists():
         shutil.rmtree(case_dir)
@@ -398,7 +387,12 @@ def make_case(c, out_root, ref):
         write_official(c, stored, case_dir / "model")
     else:
         write_hf(c, stored, case_dir / "model")
+    return stored, seqs, case_dir
 
+
+def make_case(c, out_root, ref):
+    stored, seqs, case_dir = setup_case(c, out_root)
+    w64 = OrderedDict((k, v.to(F64)) for k, v in stored.items())
     scans = []
     with torch.no_grad():
         logits = [oracle_a(c, w64, torch.tensor(s), scans) for s in seqs]
@@ -422,30 +416,8 @@ def make_case(c, out_root, ref):
     print(f"  max|logit| {all_logits.abs().max().item():.4f}")
 
 
-def mean_loss(per_sequence_logits, seqs):
-    """Mean next-token cross-entropy over all predicted positions of all sequences."""
-    total, count = 0, 0
-    for logits, s in zip(per_sequence_logits, seqs):
-        if len(s) < 2:
-            continue
-        total = total + F.cross_entropy(logits[:-1], torch.tensor(s[1:]), reduction="sum")
-        count += len(s) - 1
-    return total / count
-
-
 def make_grad_case(c, out_root):
-    gen = torch.Generator().manual_seed(c.seed)
-    stored = OrderedDict((k, v.to(c.dtype).contiguous()) for k, v in make_weights(c, gen).items())
-    id_gen = torch.Generator().manual_seed(c.seed + 1)
-    seqs = [torch.randint(0, c.vocab_size, (n,), generator=id_gen).tolist() for n in c.lengths]
-    case_dir = out_root / c.name
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    if c.layout == "official":
-        write_official(c, stored, case_dir / "model")
-    else:
-        write_hf(c, stored, case_dir / "model")
-
+    stored, seqs, case_dir = setup_case(c, out_root)
     w = OrderedDict((k, v.to(F64).requires_grad_(True)) for k, v in stored.items())
     loss = mean_loss([oracle_a(c, w, torch.tensor(s), []) for s in seqs], seqs)
     loss.backward()
@@ -453,18 +425,9 @@ def make_grad_case(c, out_root):
     grads = OrderedDict((k, v.grad) for k, v in w.items())
 
     if not c.complex:
-        import transformers
-        from transformers import FalconMambaForCausalLM, MambaForCausalLM
-        transformers.logging.set_verbosity_error()
-        cls = FalconMambaForCausalLM if c.layout == "falcon" else MambaForCausalLM
-        with tempfile.TemporaryDirectory() as tmp:
-            hf = Case(**{**c.__dict__, "layout": "falcon" if c.layout == "falcon" else "hf", "shards": 1,
-                         "vocab_size": c.vocab_rows})
-            write_hf(hf, stored, Path(tmp))
-            model = cls.from_pretrained(tmp, dtype=F64)
-        with keep_float64():
-            loss_b = mean_loss([model(torch.tensor([s])).logits[0].to(F64)[:, :c.vocab_rows] for s in seqs], seqs)
-            loss_b.backward()
+        model, _ = hf_model(c, stored)
+        loss_b = mean_loss(hf_logits(c, model, seqs), seqs)
+        loss_b.backward()
         grads_b = OrderedDict((n.replace("backbone.embeddings.", "backbone.embedding."), p.grad)
                               for n, p in model.named_parameters())
         worst = abs(loss.item() - loss_b.item()) / abs(loss.item())
