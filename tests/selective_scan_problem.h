@@ -10,7 +10,7 @@
 
 namespace mamba2::test {
 
-struct Problem {
+struct SelectiveProblem {
   int64_t Dc, N;
   bool complex, gated;
   std::vector<int64_t> lengths, slots;
@@ -21,11 +21,11 @@ struct Problem {
   int64_t bw() const { return complex ? 2 * N : N; }
 };
 
-inline Problem make_problem(int64_t Dc, int64_t N, bool complex, bool gated, std::vector<int64_t> lengths, uint64_t seed) {
+inline SelectiveProblem make_selective_problem(int64_t Dc, int64_t N, bool complex, bool gated, std::vector<int64_t> lengths, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> g(0.0, 1.0);
   std::uniform_real_distribution<double> u(0.0, 1.0);
-  Problem p{Dc, N, complex, gated, lengths, {}, int64_t(lengths.size()) + 2, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+  SelectiveProblem p{Dc, N, complex, gated, lengths, {}, int64_t(lengths.size()) + 2, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   // Slots in reverse order, past the first two rows: not the identity.
   for (size_t s = 0; s < lengths.size(); ++s) p.slots.push_back(p.batch - 1 - int64_t(s));
   int64_t T = 0;
@@ -49,7 +49,7 @@ inline Problem make_problem(int64_t Dc, int64_t N, bool complex, bool gated, std
   return p;
 }
 
-inline ops::SelectiveScanWeights weights(const Problem& p) {
+inline ops::SelectiveScanWeights scan_weights(const SelectiveProblem& p) {
   return {p.A_log, p.complex ? &p.A_imag : nullptr, p.D, p.dt_bias};
 }
 

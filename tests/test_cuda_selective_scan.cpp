@@ -19,36 +19,34 @@
 namespace mamba2 {
 namespace {
 
-using test::make_problem;
-using test::Problem;
 using test::rel_l2;
 using test::to_cpu;
 using test::to_gpu;
 
-struct Variant {
+struct CudaScanVariant {
   bool complex, gated;
   int64_t Dc, N;
 };
 
-void PrintTo(const Variant& v, std::ostream* os) {
+void PrintTo(const CudaScanVariant& v, std::ostream* os) {
   *os << (v.complex ? "complex" : "real") << (v.gated ? " gated" : "") << " D " << v.Dc << " N " << v.N;
 }
 
 // A problem's tensors on one device.
-struct Operands {
+struct ScanOperands {
   Tensor A_log, A_imag, D, dt_bias, x, dt, B, C, z, states0;
-  Operands(const Problem& p, Device dev) {
+  ScanOperands(const test::SelectiveProblem& p, Device dev) {
     const auto on = [&](const Tensor& t) { return t.raw() ? t.to(dev, DType::F32) : Tensor(); };
     A_log = on(p.A_log), A_imag = on(p.A_imag), D = on(p.D), dt_bias = on(p.dt_bias), x = on(p.x), dt = on(p.dt);
     B = on(p.B), C = on(p.C), z = on(p.z), states0 = on(p.states0);
   }
-  ops::SelectiveScanWeights weights(const Problem& p) const { return {A_log, p.complex ? &A_imag : nullptr, D, dt_bias}; }
-  MatView zv(const Problem& p) { return p.gated ? MatView::of(z) : MatView{}; }
+  ops::SelectiveScanWeights weights(const test::SelectiveProblem& p) const { return {A_log, p.complex ? &A_imag : nullptr, D, dt_bias}; }
+  MatView zv(const test::SelectiveProblem& p) { return p.gated ? MatView::of(z) : MatView{}; }
 };
 
 // The scan of p's sequences on `dev`: y and the states after, on the host.
-void scan(const Problem& p, Device dev, Tensor& y, Tensor& states) {
-  Operands o(p, dev);
+void scan_on(const test::SelectiveProblem& p, Device dev, Tensor& y, Tensor& states) {
+  ScanOperands o(p, dev);
   y = Tensor::empty({p.T(), p.Dc}, dev);
   states = o.states0;
   const ops::SeqBatch seqs(p.lengths, p.slots, 16, dev);
@@ -57,20 +55,20 @@ void scan(const Problem& p, Device dev, Tensor& y, Tensor& states) {
   y = to_cpu(y), states = to_cpu(states);
 }
 
-bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+bool equal_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
-class CudaSelectiveScan : public ::testing::TestWithParam<Variant> {};
+class CudaSelectiveScan : public ::testing::TestWithParam<CudaScanVariant> {};
 
 // The CPU's fp32 scan is within 1e-5 of float64; the GPU's differs from it by its exp (the SFU's
 // 2^x, relative 2⁻²²), its sum over n (another order) and its FMAs: a few 1e-7 a step, damped like
 // the CPU's own rounding. 1e-5 relative L2 per sequence, as the CPU's bound against float64.
 TEST_P(CudaSelectiveScan, PrefillAndStepMatchTheCpuAndEachOther) {
   MAMBA2_REQUIRE_GPU();
-  const Variant v = GetParam();
-  const Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {1, 2, 7, 33, 64, 130}, 21);
+  const CudaScanVariant v = GetParam();
+  const test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {1, 2, 7, 33, 64, 130}, 21);
   Tensor y_cpu, st_cpu, y_gpu, st_gpu;
-  scan(p, Device::CPU, y_cpu, st_cpu);
-  scan(p, Device::CUDA, y_gpu, st_gpu);
+  scan_on(p, Device::CPU, y_cpu, st_cpu);
+  scan_on(p, Device::CUDA, y_gpu, st_gpu);
   const int64_t Dc = p.Dc, w = p.Dc * p.bw();
   int64_t t0 = 0;
   double worst = 0.0;
@@ -85,11 +83,11 @@ TEST_P(CudaSelectiveScan, PrefillAndStepMatchTheCpuAndEachOther) {
   }
   std::printf("[cuda selective scan] worst relative L2 to the CPU: %.2e\n", worst);
   // Rows no sequence uses are left as they were.
-  EXPECT_TRUE(same_bits(st_gpu.data(), p.states0.data(), size_t(2 * w)));
+  EXPECT_TRUE(equal_bits(st_gpu.data(), p.states0.data(), size_t(2 * w)));
 
   // Each sequence alone on the GPU: the bits it has in the batch; then token by token by the step
   // from the same state, alone and in a decode batch with the others: the scan's bits.
-  Operands o(p, Device::CUDA);
+  ScanOperands o(p, Device::CUDA);
   t0 = 0;
   for (size_t s = 0; s < p.lengths.size(); ++s) {
     const int64_t L = p.lengths[s], slot = p.slots[s];
@@ -100,8 +98,8 @@ TEST_P(CudaSelectiveScan, PrefillAndStepMatchTheCpuAndEachOther) {
                         p.gated ? rows(o.z, t0, L) : MatView{}, MatView::of(ya), MatView::of(st),
                         ops::SeqBatch(len, one, 16, Device::CUDA));
     const Tensor ya_h = to_cpu(ya), st_h = to_cpu(st);
-    EXPECT_TRUE(same_bits(ya_h.data(), y_gpu.data() + t0 * Dc, size_t(L * Dc))) << "alone " << s;
-    EXPECT_TRUE(same_bits(st_h.data() + slot * w, st_gpu.data() + slot * w, size_t(w))) << "alone, state " << s;
+    EXPECT_TRUE(equal_bits(ya_h.data(), y_gpu.data() + t0 * Dc, size_t(L * Dc))) << "alone " << s;
+    EXPECT_TRUE(equal_bits(st_h.data() + slot * w, st_gpu.data() + slot * w, size_t(w))) << "alone, state " << s;
     Tensor st2 = o.states0.to(Device::CUDA, DType::F32), yt = Tensor::empty({1, Dc}, Device::CUDA);
     std::vector<float> stepped(size_t(L * Dc));
     const ops::SeqBatch dec = ops::SeqBatch::decode(one, Device::CUDA);
@@ -113,8 +111,8 @@ TEST_P(CudaSelectiveScan, PrefillAndStepMatchTheCpuAndEachOther) {
       std::copy_n(h.data(), Dc, stepped.data() + t * Dc);
     }
     const Tensor st2_h = to_cpu(st2);
-    EXPECT_TRUE(same_bits(stepped.data(), y_gpu.data() + t0 * Dc, size_t(L * Dc))) << "stepped " << s;
-    EXPECT_TRUE(same_bits(st2_h.data() + slot * w, st_gpu.data() + slot * w, size_t(w))) << "stepped, state " << s;
+    EXPECT_TRUE(equal_bits(stepped.data(), y_gpu.data() + t0 * Dc, size_t(L * Dc))) << "stepped " << s;
+    EXPECT_TRUE(equal_bits(st2_h.data() + slot * w, st_gpu.data() + slot * w, size_t(w))) << "stepped, state " << s;
     t0 += L;
   }
 }
@@ -124,11 +122,11 @@ TEST_P(CudaSelectiveScan, PrefillAndStepMatchTheCpuAndEachOther) {
 // every token and channel: 2e-5 relative L2 per gradient. The same bits when run again.
 TEST_P(CudaSelectiveScan, BackwardMatchesTheCpuAndIsDeterministic) {
   MAMBA2_REQUIRE_GPU();
-  const Variant v = GetParam();
-  const Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40, 100}, 8);
+  const CudaScanVariant v = GetParam();
+  const test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40, 100}, 8);
   Tensor dy = test::random_tensor({p.T(), p.Dc}, 3), dsf = test::random_tensor({p.batch, p.Dc * p.bw()}, 4);
   auto run = [&](Device dev) {
-    Operands o(p, dev);
+    ScanOperands o(p, dev);
     std::vector<Tensor> out = {Tensor::zeros({p.T(), p.Dc}, dev), Tensor::zeros({p.T(), p.Dc}, dev),
                                Tensor::zeros({p.T(), p.bw()}, dev), Tensor::zeros({p.T(), p.bw()}, dev),
                                Tensor::zeros({p.T(), p.Dc}, dev), Tensor::zeros({p.batch, p.Dc * p.bw()}, dev),
@@ -152,16 +150,16 @@ TEST_P(CudaSelectiveScan, BackwardMatchesTheCpuAndIsDeterministic) {
     const double e = rel_l2(got[i].data(), want[i].data(), size_t(want[i].numel()));
     EXPECT_LE(e, 2e-5) << names[i];
     worst = std::max(worst, e);
-    EXPECT_TRUE(same_bits(got[i].data(), again[i].data(), size_t(got[i].numel()))) << names[i] << ": not deterministic";
+    EXPECT_TRUE(equal_bits(got[i].data(), again[i].data(), size_t(got[i].numel()))) << names[i] << ": not deterministic";
   }
   std::printf("[cuda selective scan backward] worst gradient relative L2 to the CPU: %.2e\n", worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaSelectiveScan,
-                         ::testing::Values(Variant{false, false, 72, 16}, Variant{false, true, 37, 5},
-                                           Variant{true, false, 72, 16}, Variant{true, true, 20, 5},
-                                           Variant{false, true, 37, 33}, Variant{true, true, 37, 33}),
-                         [](const ::testing::TestParamInfo<Variant>& info) {
+                         ::testing::Values(CudaScanVariant{false, false, 72, 16}, CudaScanVariant{false, true, 37, 5},
+                                           CudaScanVariant{true, false, 72, 16}, CudaScanVariant{true, true, 20, 5},
+                                           CudaScanVariant{false, true, 37, 33}, CudaScanVariant{true, true, 37, 33}),
+                         [](const ::testing::TestParamInfo<CudaScanVariant>& info) {
                            return std::string(info.param.complex ? "Complex" : "Real") +
                                   (info.param.gated ? "Gated" : "") + "N" + std::to_string(info.param.N);
                          });
@@ -172,9 +170,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaSelectiveScan,
 TEST(CudaSelectiveScanFused, StepWithDtProjMatchesProjectionThenStep) {
   MAMBA2_REQUIRE_GPU();
   for (bool complex : {false, true}) {
-    const Problem p = make_problem(40, 16, complex, true, {1, 1, 1}, 9);
+    const test::SelectiveProblem p = test::make_selective_problem(40, 16, complex, true, {1, 1, 1}, 9);
     const int64_t nb = 3, R = 12;
-    Operands o(p, Device::CUDA);
+    ScanOperands o(p, Device::CUDA);
     Tensor dt_low = to_gpu(test::random_tensor({nb, R}, 5)), dt_proj = to_gpu(test::random_tensor({p.Dc, R}, 6, -0.3f, 0.3f));
     Tensor dt = Tensor::empty({nb, p.Dc}, Device::CUDA);
     ops::linear(MatView::of(dt_low), dt_proj, MatView::of(dt), ops::LinearKernel::Decode);
@@ -199,10 +197,10 @@ TEST(CudaSelectiveScanFused, StepWithDtProjMatchesProjectionThenStep) {
 // d_state beyond the GPU kernel's 64: refused by name.
 TEST(CudaSelectiveScanErrors, LargeStateIsRefused) {
   MAMBA2_REQUIRE_GPU();
-  const Problem p = make_problem(8, 65, false, false, {4}, 1);
+  const test::SelectiveProblem p = test::make_selective_problem(8, 65, false, false, {4}, 1);
   Tensor y, st;
   try {
-    scan(p, Device::CUDA, y, st);
+    scan_on(p, Device::CUDA, y, st);
     FAIL() << "d_state 65 was accepted";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("selective_scan"), std::string::npos) << e.what();

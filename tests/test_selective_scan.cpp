@@ -22,12 +22,9 @@ namespace mamba2 {
 namespace {
 
 using cd = std::complex<double>;
-using test::Problem;
-using test::make_problem;
-using test::weights;
 
 // The float64 recurrence: y (T, Dc) and the final states (batch, Dc·bw), from the fp32 inputs.
-void reference(const Problem& p, std::vector<double>& y, std::vector<double>& states) {
+void reference(const test::SelectiveProblem& p, std::vector<double>& y, std::vector<double>& states) {
   const int64_t Dc = p.Dc, N = p.N, bw = p.bw();
   y.assign(size_t(p.T() * Dc), 0.0);
   states.assign(p.states0.data(), p.states0.data() + p.states0.numel());
@@ -73,11 +70,11 @@ void reference(const Problem& p, std::vector<double>& y, std::vector<double>& st
 }
 
 // The scan of all of p's sequences at once: y and the states after.
-void run_scan(Problem& p, Tensor& y, Tensor& states) {
+void run_scan(test::SelectiveProblem& p, Tensor& y, Tensor& states) {
   y = Tensor::empty({p.T(), p.Dc});
   states = p.states0.to(Device::CPU, DType::F32);
   const ops::SeqBatch seqs(p.lengths, p.slots, 16, Device::CPU);
-  ops::selective_scan(weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
+  ops::selective_scan(test::scan_weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
                       p.gated ? MatView::of(p.z) : MatView{}, MatView::of(y), MatView::of(states), seqs);
 }
 
@@ -106,7 +103,7 @@ class SelectiveScan : public ::testing::TestWithParam<Variant> {};
 // at worst; 1e-5 relative L2 per sequence.
 TEST_P(SelectiveScan, MatchesFloat64Recurrence) {
   const Variant v = GetParam();
-  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {1, 2, 7, 33, 64}, 11);
+  test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {1, 2, 7, 33, 64}, 11);
   Tensor y, states;
   run_scan(p, y, states);
   std::vector<double> want_y, want_states;
@@ -129,7 +126,7 @@ TEST_P(SelectiveScan, MatchesFloat64Recurrence) {
 // threads give the same bits; and the token-by-token step gives the scan's bits.
 TEST_P(SelectiveScan, SameBitsAloneBatchedThreadedAndStepped) {
   const Variant v = GetParam();
-  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40}, 5);
+  test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40}, 5);
   const int threads = omp_get_max_threads();
   omp_set_num_threads(2);
   Tensor y, states;
@@ -142,7 +139,7 @@ TEST_P(SelectiveScan, SameBitsAloneBatchedThreadedAndStepped) {
   EXPECT_EQ(std::memcmp(states.data(), states1.data(), size_t(states.numel()) * sizeof(float)), 0) << "1 thread";
 
   const int64_t Dc = p.Dc, bw = p.bw();
-  const auto w = weights(p);
+  const auto w = test::scan_weights(p);
   int64_t t0 = 0;
   for (size_t s = 0; s < p.lengths.size(); ++s) {
     const int64_t L = p.lengths[s], slot = p.slots[s];
@@ -197,7 +194,7 @@ struct Strided {
 // decode batch (each step the sequences that still have a token, in slots that are not in order).
 TEST_P(SelectiveScan, LongStridedAndDecodeBatch) {
   const Variant v = GetParam();
-  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {130, 1, 65, 7}, 31);
+  test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {130, 1, 65, 7}, 31);
   Tensor y, states;
   run_scan(p, y, states);
   std::vector<double> want_y, want_states;
@@ -217,7 +214,7 @@ TEST_P(SelectiveScan, LongStridedAndDecodeBatch) {
   Tensor ywide = Tensor::zeros({p.T(), 2 * Dc + 3});
   const MatView ys = MatView::of(ywide).cols_slice(Dc + 1, Dc);
   Tensor st = p.states0.to(Device::CPU, DType::F32);
-  ops::selective_scan(weights(p), x.view, dt.view, B.view, C.view, p.gated ? z.view : MatView{}, ys, MatView::of(st),
+  ops::selective_scan(test::scan_weights(p), x.view, dt.view, B.view, C.view, p.gated ? z.view : MatView{}, ys, MatView::of(st),
                       ops::SeqBatch(p.lengths, p.slots, 16, Device::CPU));
   for (int64_t t = 0; t < p.T(); ++t) {
     ASSERT_EQ(std::memcmp(ys.row(t), y.data() + t * Dc, size_t(Dc) * sizeof(float)), 0) << "strided, row " << t;
@@ -247,7 +244,7 @@ TEST_P(SelectiveScan, LongStridedAndDecodeBatch) {
     };
     Tensor xb = gather(p.x), dtb = gather(p.dt), Bb = gather(p.B), Cb = gather(p.C), zb = gather(p.z);
     Tensor yb = Tensor::empty({nb, Dc});
-    ops::selective_scan_step(weights(p), MatView::of(xb), MatView::of(dtb), MatView::of(Bb), MatView::of(Cb),
+    ops::selective_scan_step(test::scan_weights(p), MatView::of(xb), MatView::of(dtb), MatView::of(Bb), MatView::of(Cb),
                              p.gated ? MatView::of(zb) : MatView{}, MatView::of(yb), MatView::of(st),
                              ops::SeqBatch::decode(slots, Device::CPU));
     for (int64_t b = 0; b < nb; ++b)
@@ -270,9 +267,9 @@ INSTANTIATE_TEST_SUITE_P(Variants, SelectiveScan,
 
 // A problem's tensors in double, flat, and the loss Σ y·wy + Σ final·ws of its scan in double.
 struct Problem64 {
-  const Problem& p;
+  const test::SelectiveProblem& p;
   std::vector<double> A_log, A_imag, D, dt_bias, x, dt, B, C, z, states0, wy, ws;
-  explicit Problem64(const Problem& q) : p(q) {
+  explicit Problem64(const test::SelectiveProblem& q) : p(q) {
     auto of = [](const Tensor& t) { return std::vector<double>(t.data(), t.data() + t.numel()); };
     A_log = of(p.A_log), D = of(p.D), dt_bias = of(p.dt_bias), x = of(p.x), dt = of(p.dt), B = of(p.B);
     C = of(p.C), z = of(p.z), states0 = of(p.states0);
@@ -311,7 +308,7 @@ struct Grads64 {
 
 // The analytic gradients of Problem64::loss by the double kernel.
 Grads64 backward64(const Problem64& q) {
-  const Problem& p = q.p;
+  const test::SelectiveProblem& p = q.p;
   const int64_t Dc = p.Dc, bw = p.bw();
   Grads64 g{std::vector<double>(q.x.size()), std::vector<double>(q.x.size()), std::vector<double>(q.B.size()),
             std::vector<double>(q.C.size()), std::vector<double>(q.x.size()), std::vector<double>(q.states0.size()),
@@ -347,7 +344,7 @@ double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
 // ≤ 1e-6 per tensor.
 TEST_P(SelectiveScan, BackwardMatchesFiniteDifferences) {
   const Variant v = GetParam();
-  Problem p = make_problem(5, v.N == 16 ? 3 : 2, v.complex, v.gated, {1, 4, 6}, 21);
+  test::SelectiveProblem p = test::make_selective_problem(5, v.N == 16 ? 3 : 2, v.complex, v.gated, {1, 4, 6}, 21);
   Problem64 q(p);
   const Grads64 g = backward64(q);
   auto numeric = [&](std::vector<double>& param) {
@@ -384,7 +381,7 @@ TEST_P(SelectiveScan, BackwardMatchesFiniteDifferences) {
 // steps, as the forward's bound); 1 and 2 threads the same bits.
 TEST_P(SelectiveScan, BackwardOpMatchesDoubleAndIsDeterministic) {
   const Variant v = GetParam();
-  Problem p = make_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40}, 8);
+  test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40}, 8);
   Problem64 q(p);
   const Grads64 want = backward64(q);
   auto tensor = [](const std::vector<double>& d, Shape shape) {
@@ -401,7 +398,7 @@ TEST_P(SelectiveScan, BackwardOpMatchesDoubleAndIsDeterministic) {
     const ops::SelectiveScanGrads g{MatView::of(out[0]), MatView::of(out[1]), MatView::of(out[2]),
                                     MatView::of(out[3]), MatView::of(out[4]), MatView::of(out[5]),
                                     out[6], p.complex ? &out[7] : nullptr, out[8], out[9]};
-    ops::selective_scan_backward(weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
+    ops::selective_scan_backward(test::scan_weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(p.B), MatView::of(p.C),
                                  p.gated ? MatView::of(p.z) : MatView{}, MatView::of(p.states0), MatView::of(dy),
                                  MatView::of(dsf), g, ops::SeqBatch(p.lengths, p.slots, 16, Device::CPU));
   };
@@ -423,8 +420,8 @@ TEST_P(SelectiveScan, BackwardOpMatchesDoubleAndIsDeterministic) {
 }
 
 TEST(SelectiveScanErrors, RefusesBadShapesByName) {
-  Problem p = make_problem(12, 4, true, true, {3, 2}, 1);
-  Problem r = make_problem(12, 4, false, false, {3, 2}, 1);
+  test::SelectiveProblem p = test::make_selective_problem(12, 4, true, true, {3, 2}, 1);
+  test::SelectiveProblem r = test::make_selective_problem(12, 4, false, false, {3, 2}, 1);
   Tensor y = Tensor::empty({5, 12});
   const ops::SeqBatch seqs(p.lengths, p.slots, 16, Device::CPU);
   auto error = [&](const ops::SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView states) {
@@ -432,13 +429,13 @@ TEST(SelectiveScanErrors, RefusesBadShapesByName) {
   };
   const MatView st = MatView::of(const_cast<Tensor&>(p.states0));
   // Real B and C (N wide) with a complex A.
-  std::string e = error(weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(r.B), MatView::of(r.C), st);
+  std::string e = error(test::scan_weights(p), MatView::of(p.x), MatView::of(p.dt), MatView::of(r.B), MatView::of(r.C), st);
   EXPECT_NE(e.find("[selective_scan] B"), std::string::npos) << e;
   // dt with fewer rows than x.
-  e = error(weights(p), MatView::of(p.x), MatView::of(p.dt).rows_slice(0, 4), MatView::of(p.B), MatView::of(p.C), st);
+  e = error(test::scan_weights(p), MatView::of(p.x), MatView::of(p.dt).rows_slice(0, 4), MatView::of(p.B), MatView::of(p.C), st);
   EXPECT_NE(e.find("[selective_scan] dt"), std::string::npos) << e;
   // A complex state width for a real scan.
-  e = error(weights(r), MatView::of(r.x), MatView::of(r.dt), MatView::of(r.B), MatView::of(r.C), st);
+  e = error(test::scan_weights(r), MatView::of(r.x), MatView::of(r.dt), MatView::of(r.B), MatView::of(r.C), st);
   EXPECT_NE(e.find("[selective_scan] states"), std::string::npos) << e;
   // A_imag of another shape.
   const Tensor wrong = Tensor::zeros({12, 5});
@@ -462,7 +459,7 @@ TEST(SelectiveScanErrors, RefusesBadShapesByName) {
   // A decode step with two tokens for one sequence.
   const std::vector<int64_t> one{0};
   e = test::error_message([&] {
-    ops::selective_scan_step(weights(p), MatView::of(p.x).rows_slice(0, 2), MatView::of(p.dt).rows_slice(0, 2),
+    ops::selective_scan_step(test::scan_weights(p), MatView::of(p.x).rows_slice(0, 2), MatView::of(p.dt).rows_slice(0, 2),
                              MatView::of(p.B).rows_slice(0, 2), MatView::of(p.C).rows_slice(0, 2), {},
                              MatView::of(y).rows_slice(0, 2), st, ops::SeqBatch::decode(one, Device::CPU));
   });
