@@ -239,8 +239,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   if (c.mamba1()) m1.emplace(c, seqs, T, dev);
   const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
   // Mamba-1: out_proj's input, the scan's output rounded to the matrices' dtype (in `gated`).
-  const auto out_input = [&](Tensor& y) {
-    if (cdt == DType::F32) return MatView::of(y);
+  const auto out_input = [&, narrow = cdt != DType::F32](Tensor& y) {
+    if (!narrow) return MatView::of(y);
     ops::cast(MatView::of(y), MatView::of(gated));
     return MatView::of(gated);
   };
