@@ -10,10 +10,18 @@
 namespace mamba2::cpu {
 
 // exp(x) for x ≤ 0 in a form the compiler vectorises (libm's expf is a scalar call): Cody-Waite
-// reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial, ≤ 2 ulp; 0 below -87.
+// reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial, ≤ 2 ulp; 0 below -87. The result
+// is formed before the select, and the library builds with -fno-trapping-math
+// (src/CMakeLists.txt): every instruction set then vectorises it.
 inline float exp_nonpos(float x) {
   const float xc = std::max(x, -87.0f);
+#if defined(__x86_64__) && !defined(__SSE4_1__)
+  // Baseline x86-64 (SSE2) has no vector rounding: x·log2 e rounded to nearest even by adding and
+  // taking away 1.5·2²³, nearbyint's value for |x·log2 e| < 2²² (no FMA here to fuse the add).
+  const float n = (xc * 1.44269504089f + 12582912.0f) - 12582912.0f;
+#else
   const float n = std::nearbyint(xc * 1.44269504089f);
+#endif
   const float r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -25,7 +33,8 @@ inline float exp_nonpos(float x) {
   const int32_t bits = (int32_t(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  const float v = p * scale;
+  return x < -87.0f ? 0.0f : v;
 }
 inline double exp_nonpos(double x) { return std::exp(x); }
 
