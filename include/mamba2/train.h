@@ -111,9 +111,23 @@ struct TrainResult {
   double tokens_per_s = 0.0;        // over this process's steps (evaluation and saving excluded)
 };
 
+// One process of a data-parallel run on `world` GPUs (`mamba2 train --gpus`, train/distributed.h):
+// its global rank, its GPU (cuda:local_rank of its host) and the NCCL id of the run. Each step's
+// rows are those of a one-GPU run with the same config: every micro-batch's batch_size rows are
+// split evenly over the ranks (batch_size a multiple of world), the gradients summed over them
+// (weighted to the mean over all predicted positions) before one identical update on every rank.
+// Rank 0 alone prepares the data, evaluates and writes metrics, checkpoints and models; the others
+// read the run folder's data/ (every node must see --out), and take the weights, moments and
+// trainer state from rank 0 at the start.
+struct DataParallel {
+  int rank = 0, world = 1, local_rank = 0;
+  std::string comm_id;
+};
+
 // Runs (or resumes) a training run; see TrainConfig. Writes <out>/metrics.jsonl (one JSON line
 // per step), checkpoints, and <out>/final (config.json, model.safetensors, tokenizer.json).
-TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {});
+TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks = {},
+                  const DataParallel* data_parallel = nullptr);
 
 struct EvalResult {
   int64_t tokens = 0;       // tokens of the text

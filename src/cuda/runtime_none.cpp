@@ -1,5 +1,6 @@
 // The CUDA runtime interface in a build without the CUDA backend: no GPU, and a clear error for
 // anything that would need one.
+#include "cuda/collectives.h"
 #include "cuda/runtime.h"
 
 #include "mamba2/error.h"
@@ -33,5 +34,13 @@ StepTimer::StepTimer() { no_backend(); }
 StepTimer::~StepTimer() = default;
 std::vector<std::pair<std::string, double>> StepTimer::totals() { no_backend(); }
 void mark(const char*) {}
+std::string new_comm_id() { no_backend(); }
+Communicator::Communicator(const std::string&, int, int) { no_backend(); }
+Communicator::~Communicator() = default;
+void Communicator::sum_async(const std::vector<std::pair<float*, size_t>>&, float) { no_backend(); }
+void Communicator::join() { no_backend(); }
+void Communicator::broadcast_host(void*, size_t, int) { no_backend(); }
+void Communicator::broadcast_device(void*, size_t, int) { no_backend(); }
+std::vector<double> Communicator::all_gather(double) { no_backend(); }
 
 }  // namespace mamba2::cuda

@@ -216,7 +216,7 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 
 // The training pass. Without grads: the loss only (nothing is kept per layer).
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
-           Gradients* g, double grad_scale) {
+           Gradients* g, double grad_scale, const GradsReady& ready) {
   c.validate("model");
   const auto [dev, cdt] = check_weights(w);
   const Batch b = make_batch(ids, lengths);
@@ -325,6 +325,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       if (c.proj_bias) ops::bias_backward(MatView::of(d_zxbcdt), gl.in_proj_b);
       ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);
       ops::add_rmsnorm_backward(res, l.norm, MatView::of(d_u), MatView::of(d_res), gl.norm, eps);
+      if (ready) ready(li);
       continue;
     }
     const Projections pr = split(MatView::of(sv.zxbcdt[size_t(li)]), c);
@@ -345,8 +346,10 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
                                 gl.conv_b, seqs);
     ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);
     ops::add_rmsnorm_backward(res, l.norm, MatView::of(d_u), MatView::of(d_res), gl.norm, eps);
+    if (ready) ready(li);
   }
   ops::embedding_backward(ids, MatView::of(d_res), g->embedding);
+  if (ready) ready(-1);
   return loss;
 }
 
@@ -405,12 +408,12 @@ void zero_gradients(Gradients& g) {
 
 double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
                std::span<const int64_t> lengths) {
-  return run(config, weights, ids, lengths, nullptr, 1.0);
+  return run(config, weights, ids, lengths, nullptr, 1.0, {});
 }
 
 double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
-                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale) {
-  return run(config, weights, ids, lengths, &grads, grad_scale);
+                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale, const GradsReady& ready) {
+  return run(config, weights, ids, lengths, &grads, grad_scale, ready);
 }
 
 }  // namespace mamba2

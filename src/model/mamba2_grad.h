@@ -2,6 +2,7 @@
 // cross-entropy of a batch of packed sequences and the gradient of every parameter.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "mamba2/config.h"
@@ -44,7 +45,14 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 // in_proj's output and the scan output (the rest is recomputed).
 // `grad_scale` multiplies the gradient (not the loss): f16 training's loss scale, which lifts
 // small gradients above f16's underflow.
+//
+// `ready` (data-parallel training) is called as the backward finishes gradients, on the host once
+// their launches are queued: with the layer index as each layer's are done (n_layer-1 down to 0),
+// then with -1 for the rest (embedding, norm_f, an untied head). Their all-reduce can then run
+// beside the backward of the earlier layers.
+using GradsReady = std::function<void(int64_t layer)>;
 double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
-                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale = 1.0);
+                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale = 1.0,
+                        const GradsReady& ready = {});
 
 }  // namespace mamba2

@@ -37,6 +37,7 @@ class AdamWOptimizer {
   std::vector<Param>& params() { return params_; }
   const std::vector<Param>& params() const { return params_; }
   int64_t steps() const { return steps_; }
+  void set_steps(int64_t steps) { steps_ = steps; }  // data parallel: rank 0's, with its moments
 
   // Σ of the squared gradients of every parameter, in double (independent of the thread count).
   double grad_sum_squares() const;

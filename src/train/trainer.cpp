@@ -25,6 +25,7 @@
 #include "core/device.h"
 #include "core/file.h"
 #include "core/json.h"
+#include "cuda/collectives.h"
 #include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
@@ -150,7 +151,10 @@ class RunLock {
 
 class Trainer {
  public:
-  Trainer(const TrainConfig& config, const TrainCallbacks& cb) : cfg_(absolute_paths(config)), cb_(cb) {}
+  Trainer(const TrainConfig& config, const TrainCallbacks& cb, const DataParallel* dp)
+      : cfg_(absolute_paths(config)), cb_(cb) {
+    if (dp) dp_ = *dp;
+  }
   TrainResult run();
 
  private:
@@ -158,8 +162,18 @@ class Trainer {
     if (cb_.on_message) cb_.on_message(s);
   }
   void setup();
-  void prepare_data();
+  // Data parallel: rank 0 does the set-up and sends its trainer state, weights and moments; the
+  // others make what it sent fit into (setup_follower).
+  void setup_follower();
+  void share_start();
+  void prepare_data(bool prepare);
   void resume_from(const fs::path& dir);
+  void apply_state(const SavedTrainerState& s, const std::string& where);
+  // The sum over the ranks of layer `layer`'s gradients (-1: embedding, norm_f, an untied head),
+  // each rank's weighted by `weight`, started beside the backward.
+  void reduce_grads(int64_t layer, float weight);
+  // Rank 0 (or the only process): the one that writes the run folder and evaluates.
+  bool lead() const { return !comm_ || comm_->rank() == 0; }
   int64_t next_row();
   EvalInfo evaluate_val();
   std::string state_json() const;
@@ -175,6 +189,8 @@ class Trainer {
 
   TrainConfig cfg_;
   TrainCallbacks cb_;
+  std::optional<DataParallel> dp_;
+  std::optional<cuda::Communicator> comm_;
   std::optional<RunLock> lock_;
   fs::path tokenizer_path_;
   std::optional<Tokenizer> tok_;
@@ -196,7 +212,19 @@ class Trainer {
 void Trainer::setup() {
   validate_train_config(cfg_);
   if (cfg_.threads > 0) omp_set_num_threads(cfg_.threads);
-  dev_ = use_device(cfg_.device, "[train] device");
+  if (dp_) {
+    if (!cfg_.device.empty() && cfg_.device != "cuda")
+      fail("[train] --gpus trains on cuda:0, cuda:1, … of each node: --device {} does not go with it (leave it "
+           "unset or cuda)", cfg_.device);
+    if (cfg_.batch_size % dp_->world != 0)
+      fail("[train] batch_size (--batch-size) {} does not split over {} GPUs: each micro-batch's rows are divided "
+           "evenly, so it must be a multiple of {}", cfg_.batch_size, dp_->world, dp_->world);
+    dev_ = use_device(fmt::format("cuda:{}", dp_->local_rank), "[train] --gpus");
+    comm_.emplace(dp_->comm_id, dp_->rank, dp_->world);
+    if (!lead()) return setup_follower();
+  } else {
+    dev_ = use_device(cfg_.device, "[train] device");
+  }
   fs::create_directories(cfg_.out);
   lock_.emplace(cfg_.out);
   remove_partial_checkpoints(cfg_.out);
@@ -229,11 +257,7 @@ void Trainer::setup() {
          tok_->vocab_size(), mc_.vocab_padded());
   min_lr_ = cfg_.min_lr ? *cfg_.min_lr : cfg_.lr / 10.0;
 
-  prepare_data();
-  const int64_t rows_per_step = cfg_.batch_size * cfg_.grad_accum;
-  max_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps
-                                  : std::max<int64_t>(1, int64_t(std::ceil(cfg_.epochs * double(rows_per_epoch_) /
-                                                                           double(rows_per_step))));
+  prepare_data(true);
   st_.rng.seed(cfg_.seed ^ 0x6d616d6261322d64ull);  // "mamba2-d": the data order's own stream
   st_.epoch_key = st_.rng();
 
@@ -248,17 +272,72 @@ void Trainer::setup() {
   // The run's dtype is the final model's; on the GPU the projections also compute in it.
   cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
   if (cw_.embedding.dtype() == DType::F16 && latest.empty()) st_.loss_scale = kInitialLossScale;
+  if (comm_) share_start();
 }
 
-void Trainer::prepare_data() {
-  const uint64_t tok_hash = hash_file(tokenizer_path_);
+void Trainer::setup_follower() {
+  tokenizer_path_ = cfg_.tokenizer.empty() ? cfg_.init_from / "tokenizer.json" : cfg_.tokenizer;
+  tok_.emplace(Tokenizer::load(tokenizer_path_));
+  mc_ = cfg_.init_from.empty() ? model_config(*cfg_.model, *tok_) : Model::load(cfg_.init_from).config();
+  mc_.layout = CheckpointLayout::HuggingFace;
+  min_lr_ = cfg_.min_lr ? *cfg_.min_lr : cfg_.lr / 10.0;
+  // Rank 0's state: sent once it has prepared the data, so the data is there to open.
+  uint64_t n = 0;
+  comm_->broadcast_host(&n, sizeof n, 0);
+  std::string state(n, '\0');
+  comm_->broadcast_host(state.data(), n, 0);
+  const std::string where = fmt::format("[train] rank {}", comm_->rank());
+  const SavedTrainerState s = parse_trainer_state(state, where + ": rank 0's trainer state");
+  prepare_data(false);
+  if (s.train_fingerprint != train_corpus_->fingerprint() ||
+      s.val_fingerprint != (val_corpus_ ? val_corpus_->fingerprint() : std::string()))
+    fail("{}: {} holds other data than rank 0 prepared: every node must see the same --out (a shared filesystem)",
+         where, (cfg_.out / "data").string());
+  w_ = on_device(init_weights(mc_, cfg_.seed));  // the shapes; the values come from rank 0
+  g_.emplace(make_gradients(w_));
+  opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
+  apply_state(s, where);
+  share_start();
+  opt_->set_steps(st_.step);
+  cw_ = compute_weights(w_, *parse_dtype(cfg_.dtype));
+}
+
+void Trainer::share_start() {
+  if (lead()) {
+    std::string state = state_json();
+    uint64_t n = state.size();
+    comm_->broadcast_host(&n, sizeof n, 0);
+    comm_->broadcast_host(state.data(), n, 0);
+  }
+  for (Param& p : opt_->params())
+    for (Tensor* t : {p.value, &p.m, &p.v}) comm_->broadcast_device(t->raw(), t->nbytes(), 0);
+}
+
+void Trainer::reduce_grads(int64_t layer, float weight) {
+  std::vector<std::pair<float*, size_t>> bufs;
+  auto add = [&](Tensor& t) { bufs.emplace_back(t.data(), size_t(t.numel())); };
+  if (layer >= 0) {
+    for (Tensor* t : g_->layers[size_t(layer)].present()) add(*t);
+  } else {
+    add(g_->embedding);
+    add(g_->norm_f);
+    if (g_->lm_head.raw() != g_->embedding.raw()) add(g_->lm_head);
+  }
+  comm_->sum_async(bufs, weight);
+}
+
+void Trainer::prepare_data(bool prepare) {
+  const uint64_t tok_hash = prepare ? hash_file(tokenizer_path_) : 0;
   const fs::path data_dir = cfg_.out / "data";
-  prepare_corpus(*tok_, tok_hash, expand_sources(cfg_.train, "train"), data_dir, "train",
-                 [&](const std::string& s) { log(s); });
+  if (prepare)
+    prepare_corpus(*tok_, tok_hash, expand_sources(cfg_.train, "train"), data_dir, "train",
+                   [&](const std::string& s) { log(s); });
   train_corpus_.emplace(TokenCorpus::open(data_dir, "train"));
   train_range_ = {&*train_corpus_, 0, train_corpus_->size()};
   if (!cfg_.val.empty()) {
-    prepare_corpus(*tok_, tok_hash, expand_sources(cfg_.val, "val"), data_dir, "val", [&](const std::string& s) { log(s); });
+    if (prepare)
+      prepare_corpus(*tok_, tok_hash, expand_sources(cfg_.val, "val"), data_dir, "val",
+                     [&](const std::string& s) { log(s); });
     val_corpus_.emplace(TokenCorpus::open(data_dir, "val"));
     val_range_ = {&*val_corpus_, 0, val_corpus_->size()};
     has_val_ = true;
@@ -278,6 +357,10 @@ void Trainer::prepare_data() {
          cfg_.val.empty() ? "val_fraction" : "val", val_range_.end - val_range_.begin, cfg_.seq_len);
   log(fmt::format("data: {} training rows of {} tokens per epoch{}", rows_per_epoch_, cfg_.seq_len,
                   has_val_ ? fmt::format(", {} validation rows", val_range_.rows(cfg_.seq_len)) : ", no validation"));
+  const int64_t rows_per_step = cfg_.batch_size * cfg_.grad_accum;
+  max_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps
+                                  : std::max<int64_t>(1, int64_t(std::ceil(cfg_.epochs * double(rows_per_epoch_) /
+                                                                           double(rows_per_step))));
 }
 
 void Trainer::resume_from(const fs::path& dir) {
@@ -300,21 +383,8 @@ void Trainer::resume_from(const fs::path& dir) {
   w_ = on_device(clone_weights(load_weights(archive, mc_)));
   g_.emplace(make_gradients(w_));
   opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
-  st_.step = s.step;
+  apply_state(s, state_path.string());
   opt_->load(dir / "optimizer.safetensors", st_.step);
-  st_.epoch = s.epoch;
-  st_.index = s.index;
-  st_.epoch_key = s.epoch_key;
-  std::istringstream rs(s.rng);
-  rs >> st_.rng;
-  if (!rs) fail("[train] {}: the RNG state cannot be read", state_path.string());
-  st_.tokens_seen = s.tokens_seen;
-  st_.best_val_loss = s.best_val_loss;
-  st_.loss_scale = s.loss_scale;
-  st_.good_steps = s.good_steps;
-  if (st_.index > uint64_t(rows_per_epoch_))
-    fail("[train] {}: data position {} is past the epoch's {} rows", state_path.string(), st_.index, rows_per_epoch_);
-  last_saved_step_ = st_.step;
 
   // Metrics past the checkpoint belong to the interrupted continuation: drop them.
   std::ifstream in(cfg_.out / "metrics.jsonl");
@@ -333,6 +403,23 @@ void Trainer::resume_from(const fs::path& dir) {
   f.commit();
   log(fmt::format("resumed from {} at step {} (epoch {}, row {} of {})", dir.string(), st_.step, st_.epoch, st_.index,
                   rows_per_epoch_));
+}
+
+void Trainer::apply_state(const SavedTrainerState& s, const std::string& where) {
+  st_.step = s.step;
+  st_.epoch = s.epoch;
+  st_.index = s.index;
+  st_.epoch_key = s.epoch_key;
+  std::istringstream rs(s.rng);
+  rs >> st_.rng;
+  if (!rs) fail("[train] {}: the RNG state cannot be read", where);
+  st_.tokens_seen = s.tokens_seen;
+  st_.best_val_loss = s.best_val_loss;
+  st_.loss_scale = s.loss_scale;
+  st_.good_steps = s.good_steps;
+  if (st_.index > uint64_t(rows_per_epoch_))
+    fail("[train] {}: data position {} is past the epoch's {} rows", where, st_.index, rows_per_epoch_);
+  last_saved_step_ = st_.step;
 }
 
 int64_t Trainer::next_row() {
@@ -386,6 +473,10 @@ std::string Trainer::state_json() const {
 }
 
 void Trainer::save(int64_t keep) {
+  if (!lead()) {
+    last_saved_step_ = st_.step;
+    return;
+  }
   const ModelWeights host = dev_ == Device::CPU ? ModelWeights{} : on_host();
   const CheckpointFiles files{&mc_, dev_ == Device::CPU ? &w_ : &host, &*opt_, tokenizer_path_, state_json()};
   const fs::path dir = save_checkpoint(cfg_.out, st_.step, files, keep);
@@ -414,10 +505,12 @@ fs::path Trainer::write_model_folder(const char* name, const std::pair<std::stri
 }
 
 void Trainer::write_final() {
+  if (!lead()) return;
   log(fmt::format("wrote the final model to {}", write_model_folder("final").string()));
 }
 
 void Trainer::append_metrics(const json& line) {
+  if (!lead()) return;
   std::ofstream f(cfg_.out / "metrics.jsonl", std::ios::app);
   f << line.dump() << "\n";
   if (!f) fail("[train] cannot write {}", (cfg_.out / "metrics.jsonl").string());
@@ -440,23 +533,50 @@ TrainResult Trainer::run() {
     // The step's rows, then the weighting: each lm_loss_and_grad call adds the gradient of its
     // own mean; holding the sum scaled by 1/n of the latest micro-batch, a rescale by
     // n_prev / n_next before each call and n_last / N at the end give the mean over all N.
-    std::vector<Batch> micro(size_t(cfg_.grad_accum));
+    // Data parallel: every rank draws every row of the step (the data position stays the same
+    // everywhere) and computes on its share of each micro-batch, `mine`.
+    std::vector<Batch> micro(size_t(cfg_.grad_accum)), mine(comm_ ? micro.size() : 0);
+    const int64_t share = comm_ ? cfg_.batch_size / comm_->world() : cfg_.batch_size;
+    const int64_t first = comm_ ? share * comm_->rank() : 0;
     int64_t N = 0;
-    for (Batch& b : micro) {
-      for (int64_t r = 0; r < cfg_.batch_size; ++r) train_range_.append_row(cfg_.seq_len, next_row(), b);
-      N += b.predictions;
+    for (size_t k = 0; k < micro.size(); ++k) {
+      for (int64_t r = 0; r < cfg_.batch_size; ++r) {
+        const int64_t row = next_row();
+        train_range_.append_row(cfg_.seq_len, row, micro[k]);
+        if (comm_ && r >= first && r < first + share) train_range_.append_row(cfg_.seq_len, row, mine[k]);
+      }
+      N += micro[k].predictions;
     }
     if (N == 0) fail("[train] step {}: its rows have no positions to predict (documents of one token?)", st_.step + 1);
+    const std::vector<Batch>& local = comm_ ? mine : micro;
+    int64_t last_k = -1;
+    for (size_t k = 0; k < local.size(); ++k)
+      if (local[k].predictions > 0) last_k = int64_t(k);
     zero_gradients(*g_);
     double loss_sum = 0.0;
     int64_t prev = 0;
-    for (const Batch& b : micro) {
+    for (size_t k = 0; k < local.size(); ++k) {
+      const Batch& b = local[k];
       if (b.predictions == 0) continue;
       if (prev > 0 && prev != b.predictions) opt_->scale_grads(double(prev) / double(b.predictions));
-      loss_sum += lm_loss_and_grad(mc_, cw_, b.ids, b.lengths, *g_, st_.loss_scale) * double(b.predictions);
+      // The last micro-batch's backward finishes the step's gradients layer by layer: each goes to
+      // the all-reduce as it is done, weighted from this rank's mean to its part of the step's.
+      GradsReady ready;
+      if (comm_ && int64_t(k) == last_k)
+        ready = [&](int64_t layer) { reduce_grads(layer, float(double(b.predictions) / double(N))); };
+      loss_sum += lm_loss_and_grad(mc_, cw_, b.ids, b.lengths, *g_, st_.loss_scale, ready) * double(b.predictions);
       prev = b.predictions;
     }
-    const double factor = double(prev) / double(N) / st_.loss_scale;
+    double factor = double(prev) / double(N) / st_.loss_scale;
+    if (comm_) {
+      if (last_k < 0)  // nothing to predict in this rank's rows: its zero gradients join the sum
+        for (int64_t layer = mc_.n_layer - 1; layer >= -1; --layer) reduce_grads(layer, 0.0f);
+      comm_->join();
+      const double mine_sum = loss_sum;
+      loss_sum = 0.0;
+      for (double part : comm_->all_gather(mine_sum)) loss_sum += part;  // in rank order
+      factor = 1.0 / st_.loss_scale;
+    }
     const double loss = loss_sum / double(N);
     const double norm = std::sqrt(opt_->grad_sum_squares()) * factor;
     const bool scaled = cw_.embedding.dtype() == DType::F16;  // even once halved down to 1
@@ -506,7 +626,7 @@ TrainResult Trainer::run() {
     result.last_loss = loss;
 
     const bool last = st_.step == max_steps_;
-    if (has_val_ && ((cfg_.eval_interval > 0 && st_.step % cfg_.eval_interval == 0) || last)) {
+    if (has_val_ && lead() && ((cfg_.eval_interval > 0 && st_.step % cfg_.eval_interval == 0) || last)) {
       const EvalInfo e = evaluate_val();
       line["val_loss"] = std::isfinite(e.val_loss) ? json(e.val_loss) : json(nullptr);
       line["val_bpb"] = std::isfinite(e.val_bpb) ? json(e.val_bpb) : json(nullptr);
@@ -524,7 +644,12 @@ TrainResult Trainer::run() {
       if (cb_.on_eval) cb_.on_eval(e);
     }
     append_metrics(line);
-    const StepAction action = cb_.on_step ? cb_.on_step(info) : StepAction::Continue;
+    StepAction action = cb_.on_step ? cb_.on_step(info) : StepAction::Continue;
+    if (comm_) {  // rank 0's (Ctrl-C reaches it; the others ignore SIGINT)
+      int a = int(action);
+      comm_->broadcast_host(&a, sizeof a, 0);
+      action = StepAction(a);
+    }
     if (action == StepAction::Stop) return result;  // as a crash would: nothing more is written
     if ((cfg_.checkpoint_interval > 0 && st_.step % cfg_.checkpoint_interval == 0) || last ||
         action == StepAction::SaveAndStop)
@@ -542,8 +667,8 @@ TrainResult Trainer::run() {
 
 }  // namespace
 
-TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks) {
-  Trainer t(config, callbacks);
+TrainResult train(const TrainConfig& config, const TrainCallbacks& callbacks, const DataParallel* data_parallel) {
+  Trainer t(config, callbacks, data_parallel);
   return t.run();
 }
 

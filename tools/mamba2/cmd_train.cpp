@@ -10,11 +10,13 @@
 #include "commands.h"
 #include "core/file.h"
 #include "core/utf8.h"
+#include "cuda/collectives.h"
 #include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
 #include "mamba2/train.h"
+#include "train/distributed.h"
 
 namespace mamba2::cli {
 
@@ -71,6 +73,7 @@ void add_train(CLI::App& app) {
   struct Opts {
     std::string config;
     bool resume = false;
+    training::LaunchSpec launch;
   };
   auto o = std::make_shared<Opts>();
   auto ov = std::make_shared<Overrides>(sub);
@@ -150,6 +153,13 @@ void add_train(CLI::App& app) {
                                    "there is one)",
                        [](TrainConfig& c, const std::string& v) { c.device = v; });
   ov->add<int>("--threads", "Threads (default: all cores)", [](TrainConfig& c, int v) { c.threads = v; });
+  sub->add_option("--gpus", o->launch.gpus,
+                  "Data parallel: processes (one per GPU: cuda:0 … of this node) that each take an equal share of "
+                  "every micro-batch (default 1)");
+  sub->add_option("--nnodes", o->launch.nnodes, "Data parallel over hosts: how many run this command (default 1)");
+  sub->add_option("--node-rank", o->launch.node_rank, "This host's index, 0 … nnodes-1 (node 0 writes the run)");
+  sub->add_option("--master-addr", o->launch.master_addr, "Node 0's address, where the nodes meet (default 127.0.0.1)");
+  sub->add_option("--master-port", o->launch.master_port, "Node 0's TCP port for the meeting (default 29500)");
 
   on_run(sub, [o, ov] {
     TrainConfig cfg;
@@ -207,9 +217,34 @@ void add_train(CLI::App& app) {
       }
       return StepAction::Continue;
     };
-    std::signal(SIGINT, on_sigint);
-    const TrainResult r = train(cfg, cb);
-    std::signal(SIGINT, SIG_DFL);
+    // A worker of a data-parallel run (started by its node's launcher below): quiet, and stopped
+    // by rank 0's decision, not by its own Ctrl-C.
+    if (const std::optional<DataParallel> worker = training::worker_from_environment()) {
+      std::signal(SIGINT, SIG_IGN);
+      train(cfg, {}, &*worker);
+      return;
+    }
+    const training::LaunchSpec& spec = o->launch;
+    training::validate_launch_spec(spec);
+    TrainResult r;
+    if (spec.world() > 1) {
+      if (cuda::device_count() < spec.gpus)
+        fail("[train] --gpus {}: this machine shows {} CUDA GPU(s){}", spec.gpus, cuda::device_count(),
+             cuda::device_count() == 0 ? " (" + cuda::no_gpu_reason() + ")" : std::string());
+      training::NodeGroup group(spec, [] { return cuda::new_comm_id(); });
+      training::Workers workers(spec, group.comm_id());
+      group.watch();
+      const DataParallel dp{spec.node_rank * spec.gpus, spec.world(), 0, group.comm_id()};
+      std::signal(SIGINT, on_sigint);
+      r = train(cfg, cb, &dp);
+      std::signal(SIGINT, SIG_DFL);
+      workers.wait();
+      group.finish();
+    } else {
+      std::signal(SIGINT, on_sigint);
+      r = train(cfg, cb);
+      std::signal(SIGINT, SIG_DFL);
+    }
     clear_bar();
     // A run on the GPU: also its memory pool's high-water mark (what the run needed there).
     const size_t gpu_bytes = cuda::device_count() > 0 ? cuda::peak_reserved_bytes() : 0;
