@@ -429,6 +429,64 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
   }
 }
 
+// f32 decode of a W of few columns (n ≤ kSkinnyMaxCols: Mamba-1's x_proj, 80 columns at 130m, 192
+// at 2.8b). The rows kernel gives such a W n/16 blocks (5 on 132 SMs), and its warps wait on memory
+// ~k/256 times a step. Here a block per (8 columns, row of x), a warp per column: every lane issues
+// all its loads of a 2048-wide stretch of k, 4 × 16 elements of W (before the wait for the previous
+// kernel: weights are never written during inference) and of x, before it adds one. Lane l sums
+// k = 512s + 16l + i (s, then i, in order), then a fixed butterfly: each output's order is the
+// same whatever m is.
+constexpr int kSkinnyCols = 8, kSkinnySteps = 4, kSkinnyMaxCols = 256;
+
+template <bool vec>
+__device__ __forceinline__ void load16(const float* p, int64_t kk, int64_t k, float (&v)[16]) {
+  if (vec && kk + 16 <= k) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float4 a = *reinterpret_cast<const float4*>(p + kk + 4 * q);
+      v[4 * q] = a.x, v[4 * q + 1] = a.y, v[4 * q + 2] = a.z, v[4 * q + 3] = a.w;
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 16; ++i) v[i] = kk + i < k ? p[kk + i] : 0.0f;
+}
+
+template <bool vec>
+__global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const float* W, Out out, int64_t m, int64_t n,
+                                                                  int64_t k) {
+  __shared__ float vals[kSkinnyCols];
+  TRACE_KERNEL;
+  start_next();
+  warm_l2(out.warm);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t col = int64_t(blockIdx.x) * kSkinnyCols + warp, r = blockIdx.y;
+  const float* w = W + (col < n ? col : 0) * k;
+  const float* x = static_cast<const float*>(in.x) + r * in.ld;
+  constexpr int64_t kStretch = 512 * kSkinnySteps;
+  float wv[kSkinnySteps][16], xv[kSkinnySteps][16];
+#pragma unroll
+  for (int s = 0; s < kSkinnySteps; ++s) load16<vec>(w, 512 * s + 16 * lane, k, wv[s]);
+  wait_for_previous();
+  float acc = 0.0f;
+  for (int64_t k0 = 0; k0 < k; k0 += kStretch) {
+    if (k0 > 0) {
+#pragma unroll
+      for (int s = 0; s < kSkinnySteps; ++s) load16<vec>(w, k0 + 512 * s + 16 * lane, k, wv[s]);
+    }
+#pragma unroll
+    for (int s = 0; s < kSkinnySteps; ++s) load16<vec>(x, k0 + 512 * s + 16 * lane, k, xv[s]);
+#pragma unroll
+    for (int s = 0; s < kSkinnySteps; ++s)
+#pragma unroll
+      for (int i = 0; i < 16; ++i) acc = fmaf(wv[s][i], xv[s][i], acc);
+  }
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) vals[warp] = acc;
+  __syncthreads();
+  store_block(out, vals, nullptr, k, 0.0f, r, 1, m, int64_t(blockIdx.x) * kSkinnyCols, kSkinnyCols, n, nullptr);
+}
+
 // bf16/f16 decode on tensor cores: a cluster of `splits` blocks per MT·16 output columns (MT mma
 // tiles of 16 rows of W), x's rows as mma's N in tiles of 8, NT tiles per pass. k goes in steps
 // of 32, cut into `splits` contiguous ranges, one per block of the cluster (more blocks in flight
@@ -657,6 +715,15 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
   // 16-byte loads need 16-byte aligned rows; the choice depends on the buffers, never on m.
   const bool vec = in_aligned && aligned16(W, k, es) && k % 8 == 0;
   if (dtype == DType::F32) {
+    if constexpr (std::is_same_v<In, Raw>) {
+      if (n <= kSkinnyMaxCols && m <= 65535) {
+        const dim3 grid(unsigned(ceil_div(n, int64_t(kSkinnyCols))), unsigned(m));
+        const auto* w = static_cast<const float*>(W);
+        if (vec) launch_overlapped(skinny_kernel<true>, grid, kSkinnyCols * 32, 0, "linear", in, w, out, m, n, k);
+        else launch_overlapped(skinny_kernel<false>, grid, kSkinnyCols * 32, 0, "linear", in, w, out, m, n, k);
+        return;
+      }
+    }
     const unsigned blocks = unsigned(ceil_div(n, int64_t(kSumCols)));
     const auto* w = static_cast<const float*>(W);
     if (vec) launch_overlapped(rows_kernel<In, true>, blocks, kWarps * 32, 0, "linear", in, w, out, m, n, k);
