@@ -51,6 +51,7 @@ constexpr int64_t kPlanRows = 4096;  // the row count the algorithms are chosen 
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  int splitk = 1;  // > 1: at most kPlanRows rows a call (the workspace holds the pieces of that many)
 };
 
 struct Blas {
@@ -97,6 +98,41 @@ bool batch_invariant() {
     return !(e && std::string(e) == "0");
   }();
   return on;
+}
+
+// An fp32 W of few columns (Mamba-1's x_proj: 80 × 1536 at 130m, 192 × 5120 at 2.8b) gives a
+// product of one k piece a few dozen output tiles for 132 SMs (24 at 2.8b: 467 µs of a 1.3 ms
+// layer, bench/RESULTS.md). Cut k into `splitk` pieces, their partial products summed in fp32
+// in a separate step (not in place, whose order of additions is not fixed). The count follows
+// (n, k) alone, never m, so a row's bits still do not depend on its batch.
+void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) {
+  if (dtype != DType::F32 || n > 256) return;
+  for (int split = int(std::clamp<int64_t>(k / 512, 1, 8)); split > 1; split /= 2) {
+    cublasLtMatmulAlgo_t algo = plan.algo;
+    const int32_t sk = split;
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &sk, sizeof(sk)) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
+                                             sizeof(reduction)) != CUBLAS_STATUS_SUCCESS)
+      return;
+    bool runs = true;
+    for (int64_t rows : kCheckRows) {
+      Layouts lr(dtype, rows, n, k, k, n);
+      cublasLtMatmulHeuristicResult_t checked{};
+      if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
+              CUBLAS_STATUS_SUCCESS ||
+          checked.workspaceSize > kWorkspaceBytes) {
+        runs = false;
+        break;
+      }
+    }
+    if (runs) {
+      plan.algo = algo;
+      plan.splitk = split;
+      return;
+    }
+  }
 }
 
 // rows > 0: the heuristic's first pick at that row count, as is (batch invariance off).
@@ -148,6 +184,7 @@ Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int6
     }
     if (runs_everywhere) {
       plan.algo = algo;
+      split_few_columns(bl, plan, dtype, n, k);
       return plan;
     }
   }
@@ -794,13 +831,21 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
     if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, align, rows)).first;
     plan = &it->second;
   }
-  Layouts l(dtype, m, n, k, ldx, ldy);
-  const float one = 1.0f, zero = 0.0f;
-  const cublasStatus_t st = cublasLtMatmul(bl.handle, plan->desc, &one, W, l.a, x, l.b, &zero, y, l.c, y, l.c,
-                                           &plan->algo, bl.workspace.get(), kWorkspaceBytes, stream());
-  if (st != CUBLAS_STATUS_SUCCESS)
-    raise(cat("[linear] cuBLASLt matmul (", m, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
-              decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
+  // A split-K plan's pieces fill the workspace at kPlanRows rows: more rows go in several calls
+  // (each row's arithmetic is the same either way).
+  const int64_t step = plan->splitk > 1 ? kPlanRows : m;
+  for (int64_t r0 = 0; r0 < m; r0 += step) {
+    const int64_t rows = std::min(step, m - r0);
+    Layouts l(dtype, rows, n, k, ldx, ldy);
+    const float one = 1.0f, zero = 0.0f;
+    const void* xr = static_cast<const char*>(x) + uint64_t(r0 * ldx) * es;
+    float* yr = y + r0 * ldy;
+    const cublasStatus_t st = cublasLtMatmul(bl.handle, plan->desc, &one, W, l.a, xr, l.b, &zero, yr, l.c, yr, l.c,
+                                             &plan->algo, bl.workspace.get(), kWorkspaceBytes, stream());
+    if (st != CUBLAS_STATUS_SUCCESS)
+      raise(cat("[linear] cuBLASLt matmul (", rows, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
+                decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
+  }
 }
 
 void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dtype, float* residual, int64_t ldr,
