@@ -38,6 +38,31 @@ inline float exp_nonpos(float x) {
 }
 inline double exp_nonpos(double x) { return std::exp(x); }
 
+// sin and cos of x in a form the compiler vectorises (libm's are scalar calls): x − k·π/2, π/2 in
+// three parts (Cody-Waite), to r in [−π/4, π/4]; cephes' degree-7 sine and degree-8 cosine
+// polynomials on r; then the quadrant k mod 4 swaps and signs them. ≤ 2 ulp against the exact
+// values for |x| up to a few thousand (the complex scan's angles δ·Im A stay far below).
+inline void sin_cos(float x, float& s, float& c) {
+#if defined(__x86_64__) && !defined(__SSE4_1__)
+  const float k = (x * 0.636619772f + 12582912.0f) - 12582912.0f;  // as exp_nonpos rounds
+#else
+  const float k = std::nearbyint(x * 0.636619772f);
+#endif
+  const float r = ((x - k * 1.5703125f) - k * 4.837512969970703125e-4f) - k * 7.54978995489188216e-8f;
+  const float z = r * r;
+  const float sp = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
+  const float cp = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
+                   0.5f * z + 1.0f;
+  const int32_t q = int32_t(k);
+  const float ss = (q & 1) ? cp : sp, cc = (q & 1) ? sp : cp;
+  s = (q & 2) ? -ss : ss;
+  c = ((q + 1) & 2) ? -cc : cc;
+}
+inline void sin_cos(double x, double& s, double& c) {
+  s = std::sin(x);
+  c = std::cos(x);
+}
+
 // silu(v) = v·sigmoid(v), through e = exp(-|v|) ∈ (0, 1] so that it vectorises and never overflows.
 inline float silu(float v) {
   const float e = exp_nonpos(-std::fabs(v));

@@ -19,8 +19,9 @@
 // N = 16 instantiation change an element's sequence of roundings: the scan and the step give the
 // same bits for a token, and a sequence's bits never depend on its batch or the threads. The
 // backward's per-channel recomputation (real_sum, complex_sum) performs the same roundings too.
-// (The scalar libm calls — expf for A and in softplus, log1pf, cosf/sinf — are glibc's, which picks
-// an implementation by CPU at load time; the promise across instruction sets is ours, not libm's.)
+// (The scalar libm calls — expf for A and in softplus, log1pf — are glibc's, which picks an
+// implementation by CPU at load time; the promise across instruction sets is ours, not libm's.
+// The complex decay's sine and cosine are ours, cpu::sin_cos.)
 //
 // Backward (per channel, from the end of the sequence; g = ∂loss/∂h_t, h recomputed forward first):
 //   real:    y = C·h + D·x;  h_t = a·h_{t−1} + δx·B,  a = exp(δA)
@@ -76,8 +77,10 @@ inline T real_sum(int64_t N, const T* A_re, T* h, const T* Bt, const T* Ct, T de
 template <class T>
 inline void complex_decay(T delta, T a_re, T a_im, T& er, T& ei) {
   const T mag = exp_nonpos(delta * a_re), angle = delta * a_im;
-  er = mag * std::cos(angle);
-  ei = mag * std::sin(angle);
+  T sn, cs;
+  sin_cos(angle, sn, cs);
+  er = mag * cs;
+  ei = mag * sn;
 }
 
 // One token of a complex channel (h, B, C as (re, im) pairs): h ← exp(δA)·h + δx·B, returns
@@ -231,15 +234,11 @@ class BlockScan {
         } else {
           T* hin = hi + n * kBlock;
           const T* ain = ai + n * kBlock;
-          T mag[kBlock], angle[kBlock], cs[kBlock], sn[kBlock];
+          T mag[kBlock], cs[kBlock], sn[kBlock];
 #pragma omp simd
           for (int64_t c = 0; c < kBlock; ++c) {
             mag[c] = exp_nonpos(dl[c] * arn[c]);
-            angle[c] = dl[c] * ain[c];
-          }
-          for (int64_t c = 0; c < kBlock; ++c) {
-            cs[c] = std::cos(angle[c]);
-            sn[c] = std::sin(angle[c]);
+            sin_cos(dl[c] * ain[c], sn[c], cs[c]);
           }
           const T br = Bt[2 * n], bi = Bt[2 * n + 1], cr = Ct[2 * n], ci = Ct[2 * n + 1];
 #pragma omp simd
