@@ -117,6 +117,45 @@ TEST_P(CudaSelectiveScan, PrefillAndStepMatchTheCpuAndEachOther) {
   }
 }
 
+// Sequences longer than a segment (256 tokens) are scanned by several blocks at once, their later
+// segments starting from states formed through the segments' decay products: still within the
+// CPU's bound (1e-5 relative L2 per sequence, y and final state), a sequence alone gives the bits
+// it has in the batch, and a second run the same bits.
+TEST_P(CudaSelectiveScan, LongSequencesRunInSegments) {
+  MAMBA2_REQUIRE_GPU();
+  const CudaScanVariant v = GetParam();
+  const test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {700, 257, 1, 1000, 256}, 5);
+  Tensor y_cpu, st_cpu, y_gpu, st_gpu, y_again, st_again;
+  scan_on(p, Device::CPU, y_cpu, st_cpu);
+  scan_on(p, Device::CUDA, y_gpu, st_gpu);
+  scan_on(p, Device::CUDA, y_again, st_again);
+  EXPECT_TRUE(equal_bits(y_gpu.data(), y_again.data(), size_t(y_gpu.numel())));
+  EXPECT_TRUE(equal_bits(st_gpu.data(), st_again.data(), size_t(st_gpu.numel())));
+  const int64_t Dc = p.Dc, w = p.Dc * p.bw();
+  int64_t t0 = 0;
+  double worst = 0.0;
+  ScanOperands o(p, Device::CUDA);
+  for (size_t s = 0; s < p.lengths.size(); ++s) {
+    const int64_t L = p.lengths[s], slot = p.slots[s];
+    const double ey = rel_l2(y_gpu.data() + t0 * Dc, y_cpu.data() + t0 * Dc, size_t(L * Dc));
+    const double es = rel_l2(st_gpu.data() + slot * w, st_cpu.data() + slot * w, size_t(w));
+    EXPECT_LE(ey, 1e-5) << "y of sequence " << s;
+    EXPECT_LE(es, 1e-5) << "final state of sequence " << s;
+    worst = std::max({worst, ey, es});
+    const std::vector<int64_t> len{L}, one{slot};
+    Tensor st = o.states0.to(Device::CUDA, DType::F32), ya = Tensor::empty({L, Dc}, Device::CUDA);
+    const auto rows = [&](Tensor& t) { return MatView::of(t).rows_slice(t0, L); };
+    ops::selective_scan(o.weights(p), rows(o.x), rows(o.dt), rows(o.B), rows(o.C), p.gated ? rows(o.z) : MatView{},
+                        MatView::of(ya), MatView::of(st), ops::SeqBatch(len, one, 16, Device::CUDA));
+    const Tensor ya_h = to_cpu(ya), st_h = to_cpu(st);
+    EXPECT_TRUE(equal_bits(ya_h.data(), y_gpu.data() + t0 * Dc, size_t(L * Dc))) << "alone " << s;
+    EXPECT_TRUE(equal_bits(st_h.data() + slot * w, st_gpu.data() + slot * w, size_t(w))) << "alone, state " << s;
+    t0 += L;
+  }
+  EXPECT_TRUE(equal_bits(st_gpu.data(), p.states0.data(), size_t(2 * w)));  // rows no sequence uses
+  std::printf("[cuda selective scan, segments] worst relative L2 to the CPU: %.2e\n", worst);
+}
+
 // The backward on the GPU against the CPU op's (fp32, within 1e-5 of float64 gradients): the GPU's
 // own exp and sum order give a few 1e-7 per step, and the parameter gradients add such terms over
 // every token and channel: 2e-5 relative L2 per gradient. The same bits when run again.

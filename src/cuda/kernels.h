@@ -27,6 +27,7 @@ struct PackedSeqs {
   // every sequence's first chunk, then every second one, ... (the scan's chunks take the state
   // from the chunk before them, and run in this order).
   const int64_t* chunk_order = nullptr;
+  int64_t max_length = 0;               // the longest sequence's tokens
 };
 
 // Bytes a decode kernel warms into the L2 while it runs (common.cuh, warm_l2): the weights of the

@@ -123,6 +123,26 @@ struct Share {
     }
     return s;
   }
+  // One token of a segment's summary: h ← exp(δA)·h + δx·B as advance does, and the product of the
+  // decays P ← exp(δA)·P.
+  __device__ __forceinline__ void advance_summary(const float* Bt, float delta, float dx, float (&pr)[NPT],
+                                                  float (&pi)[NPT]) {
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) {
+      float er, ei;
+      decay(i, delta, er, ei);
+      if constexpr (Cx) {
+        const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
+        const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
+        hr[i] = nr, hi[i] = ni;
+        const float qr = er * pr[i] - ei * pi[i], qi = er * pi[i] + ei * pr[i];
+        pr[i] = qr, pi[i] = qi;
+      } else {
+        hr[i] = er * hr[i] + dx * Bt[i];
+        pr[i] *= er;
+      }
+    }
+  }
 };
 
 // y before the gate from the channel's sum: Σ C·h (complex: 2·Re) + D·x.
@@ -172,7 +192,7 @@ struct Staged {
       const int64_t row = row0 + t;
       const bool on = e < TL * RW && t < tl && j < bw;
       B[i] = on ? s.B[row * s.ldb + j] : 0.0f;
-      C[i] = on ? s.C[row * s.ldc + j] : 0.0f;
+      C[i] = on && s.C ? s.C[row * s.ldc + j] : 0.0f;
     }
   }
   // f(t, channel, i) for this thread's per-channel values; g(t, j, i) for its B / C values.
@@ -188,6 +208,136 @@ struct Staged {
   }
 };
 
+// ---- Segments: a sequence's tokens scanned by several blocks at once ----
+//
+// One sequence gives only D/kChannels blocks (48 at 130m, 160 at 2.8b: the scan was half of a 1×2048
+// prefill, bench/RESULTS.md), each walking all its tokens in order. A sequence longer than kSegment
+// tokens is cut into segments of segment_length(L) tokens — a function of its own length, so the
+// cut, and its bits, never depend on the batch — and three kernels run it:
+// 1. summary_kernel: every segment but the last at once, the first from the sequence's state, the
+//    others from zero: its end state, and (after the first) the product P of its decays exp(δA);
+//    the scan's token code without C, y or z.
+// 2. combine_kernel: per (sequence, channel, state index), in segment order, the state each segment
+//    starts from: h_{j+1} = P_j·h_j + e_j (e_j: segment j's end state from zero).
+// 3. scan_kernel: every segment at once from its start state, as a sequence alone would run; the
+//    last leaves the sequence's state.
+// A sequence of one segment runs scan_kernel alone, as before: its bits are the step's, token by
+// token. A longer one's later segments start from states formed through the products, which
+// round differently from the token-by-token chain (a few 1e-7).
+constexpr int64_t kSegment = 256, kMaxSegments = 64;
+
+__host__ __device__ inline int64_t segment_length(int64_t L) {
+  const int64_t s = ceil_div(ceil_div(L, kMaxSegments), int64_t(kTile)) * kTile;
+  return s > kSegment ? s : kSegment;
+}
+__host__ __device__ inline int64_t segment_count(int64_t L) { return L > 0 ? ceil_div(L, segment_length(L)) : 0; }
+
+// The segments' buffer rows: segment j of sequence seq at ((seq·maxseg + j)·D)·bw, laid out as a
+// state row. Entry j ≥ 1 first holds segment j − 1's summary, then (after combine_kernel) the state
+// segment j starts from; entry 0 the sequence's own start state.
+__device__ __forceinline__ float* segment_row(float* buf, int64_t seq, int64_t j, int64_t maxseg, int64_t D,
+                                             int64_t bw) {
+  return buf + (seq * maxseg + j) * D * bw;
+}
+
+// grid (channel blocks, maxseg, sequences), kThreads threads, as scan_kernel.
+template <int NPT, bool Cx>
+__global__ void __launch_bounds__(kThreads) summary_kernel(Params p, Sources src, const float* __restrict__ states,
+                                                           float* __restrict__ seg_h, float* __restrict__ seg_P,
+                                                           int64_t maxseg, PackedSeqs seqs) {
+  using S = Share<NPT, Cx>;
+  constexpr int W = S::W, RW = kGroup * W, U = Cx ? 4 : 8;
+  using St = Staged<kTile, RW>;
+  __shared__ __align__(16) float s_B[kTile][RW];
+  __shared__ float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_bias[kChannels];
+  const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
+  const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, j = blockIdx.y, seq = blockIdx.z;
+  const int64_t Lq = seqs.starts[seq + 1] - seqs.starts[seq];
+  if (j + 1 >= segment_count(Lq)) return;  // the last segment (or the only one) needs no summary
+  const bool live = d < p.D;
+  const int64_t bw = p.N * S::SW, SL = segment_length(Lq), t0 = seqs.starts[seq] + j * SL;
+  S sh;
+  sh.load_A(p, d, g, live);
+  sh.load_state(j == 0 ? states + seqs.slots[seq] * p.D * bw : nullptr, p, d, g, live);
+  float pr[NPT], pi[NPT];
+#pragma unroll
+  for (int i = 0; i < NPT; ++i) pr[i] = 1.0f, pi[i] = 0.0f;
+  if (tid < kChannels) s_bias[tid] = d0 + tid < p.D ? p.bias[d0 + tid] : 0.0f;
+  St stage;
+  const auto put = [&] {
+    stage.each(
+        tid,
+        [&](int t, int cc, int i) {
+          s_x[t][cc] = stage.x[i];
+          s_delta[t][cc] = softplus_dt(stage.dt[i], s_bias[cc]);
+        },
+        [&](int t, int jj, int i) { s_B[t][jj] = stage.B[i]; });
+  };
+  const Sources xs{src.x, src.dt, src.B, nullptr, nullptr, nullptr, src.ldx, src.lddt, src.ldb, 0, 0, 0};
+  const int64_t tiles = SL / kTile;  // a whole segment: SL is a multiple of kTile
+  stage.load(xs, t0, kTile, d0, p.D, bw, tid);
+  __syncthreads();  // s_bias
+  put();
+  __syncthreads();
+  for (int64_t k = 0; k < tiles; ++k) {
+    const bool more = k + 1 < tiles;
+    if (more) stage.load(xs, t0 + (k + 1) * kTile, kTile, d0, p.D, bw, tid);
+#pragma unroll
+    for (int t0u = 0; t0u < kTile; t0u += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float dl = s_delta[t0u + u][c];
+        sh.advance_summary(&s_B[t0u + u][g * W], dl, dl * s_x[t0u + u][c], pr, pi);
+      }
+    }
+    __syncthreads();
+    if (more) {
+      put();
+      __syncthreads();
+    }
+  }
+  float* row = segment_row(seg_h, seq, j + 1, maxseg, p.D, bw);
+  sh.store_state(row, p, d, g, live);
+  if (j > 0) {
+    S prod = sh;
+#pragma unroll
+    for (int i = 0; i < NPT; ++i) prod.hr[i] = pr[i], prod.hi[i] = pi[i];
+    prod.store_state(segment_row(seg_P, seq, j + 1, maxseg, p.D, bw), p, d, g, live);
+  }
+}
+
+// grid (⌈D·N / 256⌉, sequences), a thread per (channel, state index): the segments' start states,
+// in segment order.
+template <bool Cx>
+__global__ void combine_kernel(Params p, const float* __restrict__ states, float* __restrict__ seg_h,
+                               const float* __restrict__ seg_P, int64_t maxseg, PackedSeqs seqs) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, seq = blockIdx.y;
+  if (e >= p.D * p.N) return;
+  const int64_t nseg = segment_count(seqs.starts[seq + 1] - seqs.starts[seq]);
+  if (nseg <= 1) return;
+  constexpr int SW = Cx ? 2 : 1;
+  const int64_t bw = p.N * SW, off = e * SW;  // (d·N + n)·SW
+  const float* st = states + seqs.slots[seq] * p.D * bw;
+  float* first = segment_row(seg_h, seq, 0, maxseg, p.D, bw);
+  first[off] = st[off];
+  if constexpr (Cx) first[off + 1] = st[off + 1];
+  float* h1 = segment_row(seg_h, seq, 1, maxseg, p.D, bw);
+  float hr = h1[off], hi = Cx ? h1[off + 1] : 0.0f;
+  for (int64_t j = 2; j < nseg; ++j) {
+    float* h = segment_row(seg_h, seq, j, maxseg, p.D, bw);
+    const float* P = segment_row(const_cast<float*>(seg_P), seq, j, maxseg, p.D, bw);
+    if constexpr (Cx) {
+      const float nr = (P[off] * hr - P[off + 1] * hi) + h[off];
+      const float ni = (P[off] * hi + P[off + 1] * hr) + h[off + 1];
+      hr = nr, hi = ni;
+      h[off] = hr, h[off + 1] = hi;
+    } else {
+      hr = P[off] * hr + h[off];
+      h[off] = hr;
+    }
+  }
+}
+
 // ---- Forward over packed sequences ----
 
 // grid (channel blocks, sequences), kThreads threads: thread (c, g) = (tid / kGroup, tid % kGroup).
@@ -196,7 +346,8 @@ struct Staged {
 // then y's rows from the parts, gated, coalesced; the next tile's operands load meanwhile.
 template <int NPT, bool Cx>
 __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
-                                                        float* __restrict__ states, PackedSeqs seqs) {
+                                                        float* __restrict__ states, const float* __restrict__ seg_h,
+                                                        int64_t maxseg, PackedSeqs seqs) {
   using S = Share<NPT, Cx>;
   constexpr int W = S::W, RW = kGroup * W, U = Cx ? 4 : 8;
   using St = Staged<kTile, RW>;
@@ -206,13 +357,17 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
   __shared__ float s_part[kTile][kThreads];
   __shared__ float s_D[kChannels], s_bias[kChannels];
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
-  const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, seq = blockIdx.y;
+  const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, j = blockIdx.y, seq = blockIdx.z;
+  const int64_t Lq = seqs.starts[seq + 1] - seqs.starts[seq], nseg = segment_count(Lq), SL = segment_length(Lq);
+  if (j >= nseg) return;
   const bool live = d < p.D;
-  const int64_t bw = p.N * S::SW, t0 = seqs.starts[seq], L = seqs.starts[seq + 1] - t0;
+  const int64_t bw = p.N * S::SW, t0 = seqs.starts[seq] + j * SL, L = min(SL, Lq - j * SL);
   float* st = states + seqs.slots[seq] * p.D * bw;
   S sh;
   sh.load_A(p, d, g, live);
-  sh.load_state(st, p, d, g, live);
+  // Several segments: each starts from its row (the sequence's own state copied to the first), as
+  // the last one writes the sequence's state meanwhile.
+  sh.load_state(nseg > 1 ? segment_row(const_cast<float*>(seg_h), seq, j, maxseg, p.D, bw) : st, p, d, g, live);
   if (tid < kChannels) {
     const bool on = d0 + tid < p.D;
     s_D[tid] = on ? p.Dw[d0 + tid] : 0.0f;
@@ -265,7 +420,7 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
       __syncthreads();
     }
   }
-  sh.store_state(st, p, d, g, live);
+  if (j == nseg - 1) sh.store_state(st, p, d, g, live);
 }
 
 // One token per sequence: grid (channel blocks, nb); the scan's token code and sum order. With
@@ -621,9 +776,30 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
   if (seqs.tokens == 0) return;
   const Params p = params(sp);
   const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
-  const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(seqs.count));
+  const int64_t maxseg = segment_count(seqs.max_length), bw = p.N * (p.A_imag ? 2 : 1);
+  if (seqs.max_length <= 0 || seqs.count > 65535)
+    raise(cat("[selective_scan] ", seqs.count, " sequences (at most 65535) of up to ", seqs.max_length, " tokens"));
+  std::shared_ptr<void> seg_h, seg_P;
+  if (maxseg > 1) {
+    const size_t bytes = size_t(seqs.count * maxseg * p.D * bw) * sizeof(float);
+    seg_h = allocate(bytes, "selective_scan segment states");
+    seg_P = allocate(bytes, "selective_scan segment decays");
+  }
+  float* seg_states = static_cast<float*>(seg_h.get());
+  float* seg_decays = static_cast<float*>(seg_P.get());
+  const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(maxseg), unsigned(seqs.count));
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
-    scan_kernel<decltype(npt)::value, decltype(cx)::value><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seqs);
+    constexpr int NPT = decltype(npt)::value;
+    constexpr bool Cx = decltype(cx)::value;
+    if (maxseg > 1) {
+      summary_kernel<NPT, Cx><<<grid, kThreads, 0, stream()>>>(p, src, states, seg_states, seg_decays, maxseg, seqs);
+      check_launch("selective_scan");
+      constexpr int kCombineThreads = 256;
+      combine_kernel<Cx><<<dim3(unsigned(ceil_div(p.D * p.N, kCombineThreads)), unsigned(seqs.count)),
+                           kCombineThreads, 0, stream()>>>(p, states, seg_states, seg_decays, maxseg, seqs);
+      check_launch("selective_scan");
+    }
+    scan_kernel<NPT, Cx><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seg_states, maxseg, seqs);
   });
   check_launch("selective_scan");
 }

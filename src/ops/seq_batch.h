@@ -2,6 +2,7 @@
 // and leaves its state in. Built once per forward and shared by every layer's ops; for a
 // forward on the GPU its index arrays are copied there once.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -36,8 +37,8 @@ class SeqBatch {
   void check(const char* op, int64_t tokens, Device device, int64_t state_rows) const;
   // The batch as the CUDA kernels take it (a forward on the GPU only).
   cuda::PackedSeqs packed() const {
-    return {count(),         tokens(),       chunk_starts_.back(), device_starts(), device_chunk_starts(),
-            device_slots(), device_ptr(3)};
+    return {count(),        tokens(),      chunk_starts_.back(), device_starts(), device_chunk_starts(),
+            device_slots(), device_ptr(3), lengths_.empty() ? 0 : *std::max_element(lengths_.begin(), lengths_.end())};
   }
   // The same arrays on the GPU (a forward there only).
   const int64_t* device_starts() const { return device_ptr(0); }
