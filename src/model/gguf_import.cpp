@@ -146,7 +146,10 @@ Checkpoint import_gguf_model(const std::filesystem::path& path) {
     out.keep_alive(std::move(v));
     add(s, hf_name, std::move(shape));
   };
-  for (const auto& [name, t] : g->tensors.tensors()) {
+  for (const auto& entry : g->tensors.tensors()) {
+    // Plain references, not a structured binding: clang 14 cannot capture those in the lambdas.
+    const std::string& name = entry.first;
+    const StoredTensor& t = entry.second;
     auto expect = [&](const Shape& shape) {
       if (t.shape != shape)
         fail("{}: tensor {} is {}, expected {} for this model", where, name, t.shape_str(), shape_str(shape));
