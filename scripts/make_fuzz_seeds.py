@@ -85,9 +85,11 @@ def main():
     put("safetensors", "q4_0.safetensors", safetensors([("w", "U8", [1, 2, 18], q4 * 2)],
                                                        {"mamba2.quantization": "q4_0"}))
 
-    # GGUF (tests/fixtures/gguf, scripts/make_gguf_fixtures.py): every tensor type, and a q4_0 model.
+    # GGUF (tests/fixtures/gguf, scripts/make_gguf_fixtures.py): every tensor type, a Mamba2 q4_0
+    # model and a Mamba-1 q8_0 one (architecture "mamba"; its x_proj blocks widened on import).
     copy("gguf", os.path.join(FIX, "gguf", "types.gguf"))
     copy("gguf", os.path.join(FIX, "gguf", "official_fp32.q4_0.gguf"))
+    copy("gguf", os.path.join(FIX, "gguf", "m1_hf_bf16.q8_0.gguf"))
     shards = os.path.join(FIX, "golden", "hf_bf16_sharded", "model", "model.safetensors.index.json")
     copy("safetensors_index", shards)
     put("safetensors_index", "two.json", json.dumps({"metadata": {"total_size": 32}, "weight_map": {

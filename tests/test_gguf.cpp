@@ -33,6 +33,22 @@ using test::TempDir;
 
 const fs::path kGguf = fs::path(MAMBA2_FIXTURES_DIR) / "gguf";
 
+// Model::load's error for a file of these bytes.
+std::string gguf_error(const std::string& bytes) {
+  const fs::path p = test::scratch_path("gguf", "bad.gguf");
+  test::write_file(p, bytes);
+  return test::error_message([&] { Model::load(p); });
+}
+
+// Replaces the first occurrence of `from` (same length as `to`) in `bytes`.
+std::string patched(std::string bytes, const std::string& from, const std::string& to) {
+  const size_t at = bytes.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  EXPECT_EQ(from.size(), to.size());
+  if (at != std::string::npos) bytes.replace(at, from.size(), to);
+  return bytes;
+}
+
 TEST(GgufRead, EveryTypeReadsAsLlamaCppsGgufPackageDequantizesIt) {
   const GgufFile g = read_gguf(kGguf / "types.gguf");
   EXPECT_EQ(g.version, 3u);
@@ -149,6 +165,146 @@ TEST(GgufModel, QuantizedFilesRunTheirBlocks) {
   }
 }
 
+// ---- Mamba-1 (llama.cpp's architecture "mamba"): the golden case m1_hf_bf16_sharded ----
+
+const fs::path kMamba1Folder = fs::path(MAMBA2_FIXTURES_DIR) / "golden" / "m1_hf_bf16_sharded" / "model";
+
+// Its bf16 weights are stored losslessly as BF16, so the file gives the golden logits (float64
+// oracle) to the fp32 tolerance; every weight is the folder's bit for bit but A_log (log(-A) of the
+// rounded -exp(A_log), within a few ulps), and the config the folder's.
+TEST(GgufMamba1, Bf16FileHasTheFoldersWeightsAndGivesTheGoldenLogits) {
+  const Model ours = Model::load(kMamba1Folder);
+  const Model gguf = Model::load(kGguf / "m1_hf_bf16.bf16.gguf");
+  const ModelConfig &a = ours.config(), &b = gguf.config();
+  ASSERT_TRUE(b.mamba1());
+  EXPECT_EQ(std::tuple(a.d_model, a.n_layer, a.d_state, a.d_conv, a.expand, a.dt_rank, a.vocab_padded(),
+                       a.tie_embeddings, a.conv_bias, a.proj_bias, a.mixer_norms),
+            std::tuple(b.d_model, b.n_layer, b.d_state, b.d_conv, b.expand, b.dt_rank, b.vocab_padded(),
+                       b.tie_embeddings, b.conv_bias, b.proj_bias, b.mixer_norms));
+  EXPECT_FALSE(b.tie_embeddings);
+  auto same = [](const Tensor& x, const Tensor& y, const char* what, int64_t layer) {
+    ASSERT_EQ(x.dtype(), y.dtype()) << what << " layer " << layer;
+    ASSERT_EQ(x.numel(), y.numel()) << what << " layer " << layer;
+    EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << what << " layer " << layer;
+  };
+  same(ours.weights().embedding, gguf.weights().embedding, "embedding", -1);
+  same(ours.weights().lm_head, gguf.weights().lm_head, "lm_head", -1);
+  same(ours.weights().norm_f, gguf.weights().norm_f, "norm_f", -1);
+  for (int64_t i = 0; i < a.n_layer; ++i) {
+    const LayerWeights &x = ours.weights().layers[size_t(i)], &y = gguf.weights().layers[size_t(i)];
+    for (const auto& [member, what] : {std::pair{&LayerWeights::norm, "norm"}, {&LayerWeights::in_proj, "in_proj"},
+                                       {&LayerWeights::conv_w, "conv_w"}, {&LayerWeights::conv_b, "conv_b"},
+                                       {&LayerWeights::x_proj, "x_proj"}, {&LayerWeights::dt_proj, "dt_proj"},
+                                       {&LayerWeights::dt_bias, "dt_bias"}, {&LayerWeights::D, "D"},
+                                       {&LayerWeights::out_proj, "out_proj"}})
+      same(x.*member, y.*member, what, i);
+    ASSERT_EQ(x.A_log.numel(), y.A_log.numel());
+    for (int64_t k = 0; k < x.A_log.numel(); ++k)
+      EXPECT_NEAR(y.A_log.data()[k], x.A_log.data()[k], 4e-7 * std::max(1.0f, std::abs(x.A_log.data()[k])))
+          << "A_log layer " << i << " element " << k;
+  }
+  const GoldenCase g = test::load_golden_case("m1_hf_bf16_sharded");
+  std::vector<float> logits;
+  gguf.prefill(g.ids, g.lengths, nullptr, true, logits);
+  const double prefill = test::worst_sequence_error(g, logits.data(), gguf.vocab());
+  const std::vector<float> dec = test::decode_all(gguf, g.ids, g.lengths);
+  const double decode = test::worst_sequence_error(g, dec.data(), gguf.vocab());
+  std::printf("[ gguf ] mamba-1 bf16: prefill %.3g, decode %.3g (relative L2 to float64, worst sequence)\n", prefill,
+              decode);
+  EXPECT_LE(prefill, kGoldenTol);
+  EXPECT_LE(decode, kGoldenTol);
+}
+
+// As convert_hf_to_gguf.py --outtype q8_0 writes it: in_proj, out_proj, the embedding and the head
+// run in Q8_0 from the mapping; x_proj (Q8_0 in the file) and dt_proj (F16: rows of 4 are no
+// blocks) are widened to fp32 exactly as gguf dequantizes them; the logits within the q8 bounds.
+TEST(GgufMamba1, Q8FileRunsItsBlocksAndWidensTheSmallProjections) {
+  const Model q = Model::load(kGguf / "m1_hf_bf16.q8_0.gguf");
+  const GgufFile file = read_gguf(kGguf / "m1_hf_bf16.q8_0.gguf");
+  EXPECT_EQ(q.dtype(), DType::Q8_0);
+  for (int64_t i = 0; i < q.config().n_layer; ++i) {
+    const LayerWeights& l = q.weights().layers[size_t(i)];
+    EXPECT_EQ(l.in_proj.dtype(), DType::Q8_0);
+    EXPECT_EQ(l.out_proj.dtype(), DType::Q8_0);
+    for (const auto& [t, name, stored] : {std::tuple{&l.x_proj, "ssm_x.weight", DType::Q8_0},
+                                          std::tuple{&l.dt_proj, "ssm_dt.weight", DType::F16}}) {
+      const StoredTensor* s = file.tensors.find(fmt::format("blk.{}.{}", i, name));
+      ASSERT_NE(s, nullptr) << name;
+      EXPECT_EQ(s->dtype, stored) << name;
+      std::vector<float> want(size_t(s->numel()));
+      convert_to_f32(s->dtype, s->data, want.data(), want.size());
+      ASSERT_EQ(t->dtype(), DType::F32) << name;
+      ASSERT_EQ(size_t(t->numel()), want.size()) << name;
+      EXPECT_EQ(std::memcmp(t->data(), want.data(), want.size() * sizeof(float)), 0) << name << " layer " << i;
+    }
+  }
+  const GoldenCase g = test::load_golden_case("m1_hf_bf16_sharded");
+  std::vector<float> f32_act, int8_act;
+  {
+    const test::Q8ActivationsAs f32_activations(ops::Q8Activations::F32);
+    q.prefill(g.ids, g.lengths, nullptr, true, f32_act);
+  }
+  {
+    const test::Q8ActivationsAs int8_activations(ops::Q8Activations::Int8);
+    q.prefill(g.ids, g.lengths, nullptr, true, int8_act);
+  }
+  const double worst = test::worst_sequence_error(g, f32_act.data(), q.vocab());
+  const double worst8 = test::worst_sequence_error(g, int8_act.data(), q.vocab());
+  std::printf("[ gguf ] mamba-1 q8_0: prefill %.3g, with int8 activations %.3g (relative L2 to float64, worst "
+              "sequence)\n", worst, worst8);
+  EXPECT_LE(worst, test::kQ8LogitsBound);
+  EXPECT_LE(worst8, test::kQ8Int8LogitsBound);
+}
+
+// mamba.ssm.dt_b_c_rms true (the converter's Falcon-Mamba) turns on the weightless norms on dt, B
+// and C with the model's epsilon, as llama.cpp runs them: the same logits as the folder's weights
+// under a FalconMambaForCausalLM config whose mixer_rms_eps is that epsilon.
+TEST(GgufMamba1, DtBCRmsFlagIsFalconMambasMixerNorms) {
+  const std::string bytes = test::read_file(kGguf / "m1_hf_bf16.bf16.gguf");
+  const std::string key = "mamba.ssm.dt_b_c_rms";
+  const fs::path falcon_gguf = test::scratch_path("gguf", "falcon.gguf");
+  test::write_file(falcon_gguf, patched(bytes, key + std::string("\x07\0\0\0\0", 5), key + std::string("\x07\0\0\0\x01", 5)));
+  const Model gguf = Model::load(falcon_gguf);
+  ASSERT_TRUE(gguf.config().mixer_norms);
+  EXPECT_EQ(gguf.config().mixer_rms_eps, gguf.config().norm_eps);
+
+  TempDir dir;
+  for (const auto& f : fs::directory_iterator(kMamba1Folder)) fs::copy(f.path(), dir / f.path().filename());
+  auto config = nlohmann::json::parse(test::read_file(kMamba1Folder / "config.json"));
+  config["architectures"] = {"FalconMambaForCausalLM"};
+  config["model_type"] = "falcon_mamba";
+  config["mixer_rms_eps"] = gguf.config().norm_eps;
+  config["layer_norm_epsilon"] = gguf.config().norm_eps;  // the file's, rounded to f32
+  test::write_file(dir / "config.json", config.dump());
+  const Model folder = Model::load(dir.path());
+  ASSERT_TRUE(folder.config().mixer_norms);
+
+  const GoldenCase g = test::load_golden_case("m1_hf_bf16_sharded");
+  std::vector<float> want, got, plain;
+  folder.prefill(g.ids, g.lengths, nullptr, true, want);
+  gguf.prefill(g.ids, g.lengths, nullptr, true, got);
+  Model::load(kGguf / "m1_hf_bf16.bf16.gguf").prefill(g.ids, g.lengths, nullptr, true, plain);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_LE(test::rel_l2(got.data(), want.data(), got.size()), 1e-5);  // A_log's ulps only
+  EXPECT_GT(test::rel_l2(plain.data(), want.data(), got.size()), 1e-2);  // the norms do change the function
+}
+
+TEST(GgufMamba1, CliInfoAndLogitsTakeTheFile) {
+  const fs::path f = kGguf / "m1_hf_bf16.bf16.gguf";
+  CliResult r = run_cli("info --model " + shell_path(f));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("family: Mamba-1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("weights: all tensors present"), std::string::npos) << r.out;
+  const GoldenCase g = test::load_golden_case("m1_hf_bf16_sharded");
+  TempDir tmp;
+  r = run_cli("logits --model " + shell_path(f) + " --ids " + test::comma_list(g.ids) + " --lengths " +
+                              test::comma_list(g.lengths) + " --out " + shell_path(tmp / "logits.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const NpyArray got = read_npy(tmp / "logits.npy");
+  std::vector<float> logits(got.data.begin(), got.data.end());
+  EXPECT_LE(test::worst_sequence_error(g, logits.data(), g.logits.shape[1]), kGoldenTol);
+}
+
 TEST(GgufTokenizer, GptNeoxVocabularyEncodesAsTokenizersDoesOnNfcText) {
   const Tokenizer gguf = Tokenizer::load(kGguf / "gpt-neox-20b.vocab.gguf");
   const Tokenizer json = Tokenizer::load(fs::path(MAMBA2_FIXTURES_DIR) / "tokenizer" / "gpt-neox-20b.json");
@@ -210,21 +366,6 @@ TEST(GgufCli, InfoLogitsAndQuantizeTakeAGgufFile) {
 
 // ---- bad files: each refused with the file and what is wrong, never a crash ----
 
-std::string gguf_error(const std::string& bytes) {
-  const fs::path p = test::scratch_path("gguf", "bad.gguf");
-  test::write_file(p, bytes);
-  return test::error_message([&] { Model::load(p); });
-}
-
-// Replaces the first occurrence of `from` (same length as `to`) in `bytes`.
-std::string patched(std::string bytes, const std::string& from, const std::string& to) {
-  const size_t at = bytes.find(from);
-  EXPECT_NE(at, std::string::npos) << from;
-  EXPECT_EQ(from.size(), to.size());
-  if (at != std::string::npos) bytes.replace(at, from.size(), to);
-  return bytes;
-}
-
 TEST(GgufBadFiles, HeadersAndCountsAreCheckedAgainstTheFile) {
   const std::string good = test::read_file(kGguf / "official_fp32.f32.gguf");
   auto with_u32 = [&](size_t at, uint32_t v) {
@@ -274,6 +415,37 @@ TEST(GgufBadFiles, ModelsThatAreNotMamba2AreRefusedByName) {
   std::string positive = a_bytes;
   positive[3] = char(positive[3] & 0x7f);
   EXPECT_NE(gguf_error(patched(good, a_bytes, positive)).find("a Mamba2 A is negative"), std::string::npos);
+}
+
+// Mamba-1: a missing key, a layer that is not there, a tensor whose shape the keys contradict, a
+// positive A, each named.
+TEST(GgufBadFiles, Mamba1FilesAreCheckedByName) {
+  const std::string good = test::read_file(kGguf / "m1_hf_bf16.bf16.gguf");
+  EXPECT_NE(gguf_error(patched(good, "mamba.ssm.time_step_rank", "mamba.ssm.time_step_ranj"))
+                .find("metadata key mamba.ssm.time_step_rank is missing"),
+            std::string::npos);
+  const std::string u32 = std::string("\x04\0\0\0", 4);
+  auto with_count = [&](const std::string& key, char from, char to) {
+    return patched(good, key + u32 + std::string(1, from) + std::string(3, '\0'),
+                   key + u32 + std::string(1, to) + std::string(3, '\0'));
+  };
+  EXPECT_NE(gguf_error(with_count("mamba.block_count", 2, 3)).find("tensor blk.2.attn_norm.weight is missing"),
+            std::string::npos);
+  EXPECT_NE(gguf_error(with_count("mamba.ssm.time_step_rank", 4, 5))
+                .find("tensor blk.0.ssm_dt.weight is (128, 4), expected (128, 5) for this model"),
+            std::string::npos);
+  EXPECT_NE(gguf_error(patched(good, "blk.1.ssm_x.weight", "blk.1.ssm_y.weight"))
+                .find("tensor blk.1.ssm_y.weight is not part of a 2-layer Mamba-1 model"),
+            std::string::npos);
+  const GgufFile g = read_gguf(kGguf / "m1_hf_bf16.bf16.gguf");
+  const StoredTensor* a = g.tensors.find("blk.1.ssm_a");
+  ASSERT_NE(a, nullptr);
+  const std::string a_bytes(reinterpret_cast<const char*>(a->data), a->nbytes);
+  std::string positive = a_bytes;
+  positive[4 * 17 + 3] = char(positive[4 * 17 + 3] & 0x7f);  // element (1, 1)
+  EXPECT_NE(gguf_error(patched(good, a_bytes, positive)).find("tensor blk.1.ssm_a holds A = "), std::string::npos);
+  EXPECT_NE(gguf_error(patched(good, a_bytes, positive)).find(" at (1, 1): a Mamba-1 A is negative"),
+            std::string::npos);
 }
 
 // A GGUF with one metadata key and one tensor, written here to reach the checks a converter's

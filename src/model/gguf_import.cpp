@@ -22,17 +22,89 @@ int64_t count_key(const GgufFile& g, const std::string& key, const std::string& 
   return int64_t(v);
 }
 
-// The per-layer tensors: GGUF suffix → Hugging Face suffix.
-struct LayerName {
+// A per-layer tensor: its GGUF suffix and shape (row-major, the one llama.cpp's loader requires),
+// and its Hugging Face suffix and the shape model/weights.h takes.
+struct LayerTensor {
   const char* gguf;
   const char* hf;
+  Shape gguf_shape;
+  Shape hf_shape;
 };
-constexpr LayerName kLayerNames[] = {
-    {"attn_norm.weight", "norm.weight"},          {"ssm_in.weight", "mixer.in_proj.weight"},
-    {"ssm_conv1d.weight", "mixer.conv1d.weight"}, {"ssm_conv1d.bias", "mixer.conv1d.bias"},
-    {"ssm_dt.bias", "mixer.dt_bias"},             {"ssm_a", "mixer.A_log"},
-    {"ssm_d", "mixer.D"},                         {"ssm_norm.weight", "mixer.norm.weight"},
-    {"ssm_out.weight", "mixer.out_proj.weight"}};
+
+std::vector<LayerTensor> layer_tensors(const ModelConfig& c) {
+  const int64_t D = c.d_model, di = c.d_inner(), K = c.d_conv;
+  std::vector<LayerTensor> t = {
+      {"attn_norm.weight", "norm.weight", {D}, {D}},
+      {"ssm_in.weight", "mixer.in_proj.weight", {c.d_in_proj(), D}, {c.d_in_proj(), D}},
+      // GGUF squeezes the conv's middle dimension.
+      {"ssm_conv1d.weight", "mixer.conv1d.weight", {c.conv_dim(), K}, {c.conv_dim(), 1, K}},
+      {"ssm_conv1d.bias", "mixer.conv1d.bias", {c.conv_dim()}, {c.conv_dim()}},
+      {"ssm_out.weight", "mixer.out_proj.weight", {D, di}, {D, di}}};
+  if (c.mamba1()) {
+    const int64_t N = c.d_state, R = c.dt_rank;
+    t.insert(t.end(), {{"ssm_x.weight", "mixer.x_proj.weight", {c.x_proj_rows(), di}, {c.x_proj_rows(), di}},
+                       {"ssm_dt.weight", "mixer.dt_proj.weight", {di, R}, {di, R}},
+                       {"ssm_dt.bias", "mixer.dt_proj.bias", {di}, {di}},
+                       {"ssm_a", "mixer.A_log", {di, N}, {di, N}},
+                       {"ssm_d", "mixer.D", {di}, {di}}});
+  } else {
+    const int64_t H = c.nheads(), G = c.ngroups;
+    t.insert(t.end(), {{"ssm_dt.bias", "mixer.dt_bias", {H}, {H}},
+                       {"ssm_a", "mixer.A_log", {H, 1}, {H}},
+                       {"ssm_d", "mixer.D", {H, 1}, {H}},
+                       {"ssm_norm.weight", "mixer.norm.weight", {G, di / G}, {di}}});
+  }
+  return t;
+}
+
+// The hyper-parameters under `arch.` (llama.cpp's "mamba2" or "mamba"), checked.
+ModelConfig read_config(const GgufFile& g, const std::string& arch, const std::string& where) {
+  const std::string k = arch + ".";
+  ModelConfig c;
+  c.layout = CheckpointLayout::HuggingFace;
+  c.family = arch == "mamba" ? Family::Mamba1 : Family::Mamba2;
+  c.d_model = count_key(g, k + "embedding_length", where);
+  c.n_layer = count_key(g, k + "block_count", where);
+  c.d_state = count_key(g, k + "ssm.state_size", where);
+  c.d_conv = count_key(g, k + "ssm.conv_kernel", where);
+  const int64_t d_inner = count_key(g, k + "ssm.inner_size", where);
+  if (c.d_model == 0 || d_inner % c.d_model != 0)
+    fail("{}: {}ssm.inner_size {} is not a multiple of {}embedding_length {}", where, k, d_inner, k, c.d_model);
+  c.expand = d_inner / c.d_model;
+  if (c.mamba1()) {
+    c.dt_rank = count_key(g, k + "ssm.time_step_rank", where);
+    // llama.cpp's Mamba-1 always has the conv bias and never projection biases.
+    c.conv_bias = true;
+    c.proj_bias = false;
+  } else {
+    c.ngroups = count_key(g, k + "ssm.group_count", where);
+    const int64_t nheads = count_key(g, k + "ssm.time_step_rank", where);
+    if (nheads == 0 || d_inner % nheads != 0)
+      fail("{}: mamba2.ssm.inner_size {} is not a multiple of mamba2.ssm.time_step_rank (the head count) {}", where,
+           d_inner, nheads);
+    c.headdim = d_inner / nheads;
+  }
+  if (const auto eps = g.metadata.find(k + "attention.layer_norm_rms_epsilon"); eps != g.metadata.end()) {
+    if (!eps->is_number() || !(eps->get<double>() > 0.0))
+      fail("{}: {}attention.layer_norm_rms_epsilon is {}, not a positive number", where, k, eps->dump());
+    c.norm_eps = eps->get<double>();
+  }
+  if (const auto rms = g.metadata.find(k + "ssm.dt_b_c_rms"); c.mamba1() && rms != g.metadata.end()) {
+    if (!rms->is_boolean()) fail("{}: mamba.ssm.dt_b_c_rms is {}, not a bool", where, rms->dump());
+    // Falcon-Mamba's weightless norms on dt, B and C, which llama.cpp gives the model's epsilon.
+    c.mixer_norms = rms->get<bool>();
+    c.mixer_rms_eps = c.norm_eps;
+  }
+  const StoredTensor* embd = g.tensors.find("token_embd.weight");
+  if (!embd) fail("{}: tensor token_embd.weight is missing", where);
+  if (embd->shape.size() != 2 || embd->shape[1] != c.d_model)
+    fail("{}: tensor token_embd.weight is {}, not (vocabulary, {})", where, embd->shape_str(), c.d_model);
+  c.vocab_size = embd->shape[0];
+  c.pad_vocab_size_multiple = 1;  // the embedding's rows are the vocabulary, as in the HF layout
+  c.tie_embeddings = g.tensors.find("output.weight") == nullptr;
+  c.validate(where);
+  return c;
+}
 
 }  // namespace
 
@@ -42,107 +114,91 @@ Checkpoint import_gguf_model(const std::filesystem::path& path) {
   const auto arch = g->metadata.find("general.architecture");
   if (arch == g->metadata.end() || !arch->is_string())
     fail("{}: general.architecture is missing or not a string", where);
-  if (*arch != "mamba2")
-    fail("{}: general.architecture is \"{}\"; mamba2 reads Mamba2 models (\"mamba2\")", where,
+  if (*arch != "mamba2" && *arch != "mamba")
+    fail("{}: general.architecture is \"{}\"; mamba2 reads Mamba2 (\"mamba2\") and Mamba-1 (\"mamba\") models", where,
          arch->get<std::string>());
 
   Checkpoint m;
-  ModelConfig& c = m.config;
-  c.layout = CheckpointLayout::HuggingFace;
-  c.d_model = count_key(*g, "mamba2.embedding_length", where);
-  c.n_layer = count_key(*g, "mamba2.block_count", where);
-  c.d_state = count_key(*g, "mamba2.ssm.state_size", where);
-  c.d_conv = count_key(*g, "mamba2.ssm.conv_kernel", where);
-  c.ngroups = count_key(*g, "mamba2.ssm.group_count", where);
-  const int64_t d_inner = count_key(*g, "mamba2.ssm.inner_size", where);
-  const int64_t nheads = count_key(*g, "mamba2.ssm.time_step_rank", where);
-  if (c.d_model == 0 || d_inner % c.d_model != 0)
-    fail("{}: mamba2.ssm.inner_size {} is not a multiple of mamba2.embedding_length {}", where, d_inner, c.d_model);
-  if (nheads == 0 || d_inner % nheads != 0)
-    fail("{}: mamba2.ssm.inner_size {} is not a multiple of mamba2.ssm.time_step_rank (the head count) {}", where,
-         d_inner, nheads);
-  c.expand = d_inner / c.d_model;
-  c.headdim = d_inner / nheads;
-  if (const auto eps = g->metadata.find("mamba2.attention.layer_norm_rms_epsilon"); eps != g->metadata.end()) {
-    if (!eps->is_number() || !(eps->get<double>() > 0.0))
-      fail("{}: mamba2.attention.layer_norm_rms_epsilon is {}, not a positive number", where, eps->dump());
-    c.norm_eps = eps->get<double>();
-  }
-  const StoredTensor* embd = g->tensors.find("token_embd.weight");
-  if (!embd) fail("{}: tensor token_embd.weight is missing", where);
-  if (embd->shape.size() != 2 || embd->shape[1] != c.d_model)
-    fail("{}: tensor token_embd.weight is {}, not (vocabulary, {})", where, embd->shape_str(), c.d_model);
-  c.vocab_size = embd->shape[0];
-  c.pad_vocab_size_multiple = 1;  // the embedding's rows are the vocabulary, as in the HF layout
-  c.tie_embeddings = g->tensors.find("output.weight") == nullptr;
-  c.validate(where);
+  m.config = read_config(*g, arch->get<std::string>(), where);
+  const ModelConfig& c = m.config;
+  const char* family = c.mamba1() ? "Mamba-1" : "Mamba2";
+  const std::vector<LayerTensor> layer = layer_tensors(c);
 
   // Every tensor under its Hugging Face name, pointing into the GGUF's mapping (kept alive).
   TensorArchive& out = m.archive;
   out.keep_alive(g);
-  auto add = [&](const StoredTensor& t, const std::string& hf_name, std::vector<int64_t> shape) {
+  auto add = [&](const StoredTensor& t, const std::string& hf_name, Shape shape) {
     StoredTensor s = t;
     s.name = hf_name;
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    if (n != t.numel())
-      fail("{}: tensor {} is {}, expected {} elements for this model", where, t.name, t.shape_str(), n);
     s.shape = std::move(shape);
     out.add(std::move(s));
   };
-  const int64_t H = nheads;
-  for (const auto& [name, t] : g->tensors.tensors()) {
+  // The tensor's values as fp32 in a buffer the archive owns, added under `hf_name`.
+  auto add_widened = [&](const StoredTensor& t, const std::string& hf_name, Shape shape, auto&& transform) {
+    const size_t n = size_t(t.numel());
+    auto v = std::shared_ptr<float[]>(new float[n]);
+    convert_to_f32(t.dtype, t.data, v.get(), n);
+    for (size_t i = 0; i < n; ++i) v[i] = transform(v[i], i);
+    StoredTensor s = t;
+    s.dtype = DType::F32;
+    s.data = reinterpret_cast<const unsigned char*>(v.get());
+    s.nbytes = n * sizeof(float);
+    out.keep_alive(std::move(v));
+    add(s, hf_name, std::move(shape));
+  };
+  for (const auto& entry : g->tensors.tensors()) {
+    // Plain references, not a structured binding: clang 14 cannot capture those in the lambdas.
+    const std::string& name = entry.first;
+    const StoredTensor& t = entry.second;
+    auto expect = [&](const Shape& shape) {
+      if (t.shape != shape)
+        fail("{}: tensor {} is {}, expected {} for this model", where, name, t.shape_str(), shape_str(shape));
+    };
     if (name == "token_embd.weight") {
       add(t, "backbone.embeddings.weight", t.shape);
     } else if (name == "output_norm.weight") {
+      expect({c.d_model});
       add(t, "backbone.norm_f.weight", t.shape);
     } else if (name == "output.weight") {
+      expect({c.vocab_size, c.d_model});
       add(t, "lm_head.weight", t.shape);
     } else if (name.rfind("blk.", 0) == 0) {
       const size_t dot = name.find('.', 4);
       const std::string index = name.substr(4, dot == std::string::npos ? std::string::npos : dot - 4);
       const std::string suffix = dot == std::string::npos ? "" : name.substr(dot + 1);
-      const LayerName* ln = nullptr;
-      for (const LayerName& cand : kLayerNames)
-        if (suffix == cand.gguf) ln = &cand;
-      int64_t layer = -1;
+      const LayerTensor* lt = nullptr;
+      for (const LayerTensor& cand : layer)
+        if (suffix == cand.gguf) lt = &cand;
+      int64_t li = -1;
       if (!index.empty() && index.size() < 6 && index.find_first_not_of("0123456789") == std::string::npos)
-        layer = std::stoll(index);
-      if (!ln || layer < 0 || layer >= c.n_layer)
-        fail("{}: tensor {} is not part of a {}-layer Mamba2 model", where, name, c.n_layer);
-      const std::string hf = fmt::format("backbone.layers.{}.{}", layer, ln->hf);
+        li = std::stoll(index);
+      if (!lt || li < 0 || li >= c.n_layer)
+        fail("{}: tensor {} is not part of a {}-layer {} model", where, name, c.n_layer, family);
+      expect(lt->gguf_shape);
+      const std::string hf = fmt::format("backbone.layers.{}.{}", li, lt->hf);
       if (suffix == "ssm_a") {
-        // A = −exp(A_log) → A_log = log(−A), in a buffer the archive owns.
-        if (t.numel() != H) fail("{}: tensor {} is {}, expected {} heads", where, name, t.shape_str(), H);
-        auto a = std::shared_ptr<float[]>(new float[size_t(H)]);
-        convert_to_f32(t.dtype, t.data, a.get(), size_t(H));
-        for (int64_t h = 0; h < H; ++h) {
-          if (!(a[size_t(h)] < 0.0f))
-            fail("{}: tensor {} holds A = {} for head {}: a Mamba2 A is negative (A = -exp(A_log))", where, name,
-                 a[size_t(h)], h);
-          a[size_t(h)] = float(std::log(-double(a[size_t(h)])));
-        }
-        StoredTensor s = t;
-        s.dtype = DType::F32;
-        s.data = reinterpret_cast<const unsigned char*>(a.get());
-        s.nbytes = size_t(H) * sizeof(float);
-        out.keep_alive(std::move(a));
-        add(s, hf, {H});
-      } else if (suffix == "ssm_d" || suffix == "ssm_norm.weight") {
-        add(t, hf, {t.numel()});  // GGUF's (1, H) and (ngroups, d_inner / ngroups)
-      } else if (suffix == "ssm_conv1d.weight") {
-        add(t, hf, {c.conv_dim(), 1, c.d_conv});  // GGUF squeezes the conv's middle dimension
+        // A = −exp(A_log) → A_log = log(−A).
+        const int64_t per_row = t.shape.back();
+        add_widened(t, hf, lt->hf_shape, [&](float a, size_t i) {
+          if (!(a < 0.0f))
+            fail("{}: tensor {} holds A = {} at ({}, {}): a {} A is negative (A = -exp(A_log))", where, name, a,
+                 int64_t(i) / per_row, int64_t(i) % per_row, family);
+          return float(std::log(-double(a)));
+        });
+      } else if (is_quantized(t.dtype) && (suffix == "ssm_x.weight" || suffix == "ssm_dt.weight")) {
+        // convert_hf_to_gguf.py quantizes Mamba-1's x_proj and dt_proj too; they run in fp32 here.
+        add_widened(t, hf, lt->hf_shape, [](float v, size_t) { return v; });
       } else {
-        add(t, hf, t.shape);
+        add(t, hf, lt->hf_shape);
       }
     } else {
-      fail("{}: tensor {} is not part of a Mamba2 model", where, name);
+      fail("{}: tensor {} is not part of a {} model", where, name, family);
     }
   }
   for (int64_t i = 0; i < c.n_layer; ++i)
-    for (const LayerName& ln : kLayerNames)
-      if (!out.find(fmt::format("backbone.layers.{}.{}", i, ln.hf)))
-        fail("{}: tensor blk.{}.{} is missing", where, i, ln.gguf);
+    for (const LayerTensor& lt : layer)
+      if (!out.find(fmt::format("backbone.layers.{}.{}", i, lt.hf)))
+        fail("{}: tensor blk.{}.{} is missing", where, i, lt.gguf);
   if (!out.find("backbone.norm_f.weight")) fail("{}: tensor output_norm.weight is missing", where);
   return m;
 }

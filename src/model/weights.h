@@ -90,7 +90,7 @@ struct Checkpoint {
   ModelConfig config;
   TensorArchive archive;
 };
-// A model folder (config.json and its weight files) or a llama.cpp Mamba2 GGUF file
+// A model folder (config.json and its weight files) or a llama.cpp Mamba2 or Mamba-1 GGUF file
 // (model/gguf_import.h).
 Checkpoint open_model(const std::filesystem::path& path);
 // The files the model's tensors come from.
