@@ -123,10 +123,23 @@ struct Share {
     }
     return s;
   }
-  // One token of a segment's summary: h ← exp(δA)·h + δx·B as advance does, and the product of the
-  // decays P ← exp(δA)·P.
-  __device__ __forceinline__ void advance_summary(const float* Bt, float delta, float dx, float (&pr)[NPT],
-                                                  float (&pi)[NPT]) {
+  // exp(A·Σδ) of state index i, the product of a segment's decays: Σδ summed in double, and the
+  // rotation's angle Σδ·Im A formed and reduced by 2π in double (in float its rounding alone would
+  // be ~1e-4 of a radian at the angles a long segment reaches).
+  __device__ __forceinline__ void decay_total(int i, double delta_sum, float& er, float& ei) const {
+    const float mag = exp2_approx(float(delta_sum) * a2[i]);
+    if constexpr (Cx) {
+      const double angle = delta_sum * double(ai[i]);
+      const double r = angle - rint(angle * 0.15915494309189535) * 6.283185307179586;
+      float s, c;
+      __sincosf(float(r), &s, &c);
+      er = mag * c, ei = mag * s;
+    } else {
+      er = mag, ei = 0.0f;
+    }
+  }
+  // One token of a segment's summary: h ← exp(δA)·h + δx·B, as advance does without C.
+  __device__ __forceinline__ void advance_summary(const float* Bt, float delta, float dx) {
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
       float er, ei;
@@ -135,20 +148,19 @@ struct Share {
         const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
         const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
         hr[i] = nr, hi[i] = ni;
-        const float qr = er * pr[i] - ei * pi[i], qi = er * pi[i] + ei * pr[i];
-        pr[i] = qr, pi[i] = qi;
       } else {
         hr[i] = er * hr[i] + dx * Bt[i];
-        pr[i] *= er;
       }
     }
   }
 };
 
-// y before the gate from the channel's sum: Σ C·h (complex: 2·Re) + D·x.
+// y before the gate from the channel's sum: Σ C·h (complex: 2·Re) + D·x, as one written fmaf (left
+// to the compiler, the complex form's contraction followed the surrounding code and the step and
+// the scan differed in the last bit).
 template <bool Cx>
 __device__ __forceinline__ float finish(float sum, float Dd, float x) {
-  return (Cx ? 2.0f * sum : sum) + Dd * x;
+  return fmaf(Dd, x, Cx ? 2.0f * sum : sum);
 }
 
 __device__ __forceinline__ float softplus_dt(float raw, float bias) { return dt_activation(raw, bias, 0.0f, INFINITY); }
@@ -216,7 +228,7 @@ struct Staged {
 // cut, and its bits, never depend on the batch — and three kernels run it:
 // 1. summary_kernel: every segment but the last at once, the first from the sequence's state, the
 //    others from zero: its end state, and (after the first) the product P of its decays exp(δA);
-//    the scan's token code without C, y or z.
+//    the scan's token code without C, y or z; P = exp(A·Σδ) (Share::decay_total).
 // 2. combine_kernel: per (sequence, channel, state index), in segment order, the state each segment
 //    starts from: h_{j+1} = P_j·h_j + e_j (e_j: segment j's end state from zero).
 // 3. scan_kernel: every segment at once from its start state, as a sequence alone would run; the
@@ -259,9 +271,7 @@ __global__ void __launch_bounds__(kThreads) summary_kernel(Params p, Sources src
   S sh;
   sh.load_A(p, d, g, live);
   sh.load_state(j == 0 ? states + seqs.slots[seq] * p.D * bw : nullptr, p, d, g, live);
-  float pr[NPT], pi[NPT];
-#pragma unroll
-  for (int i = 0; i < NPT; ++i) pr[i] = 1.0f, pi[i] = 0.0f;
+  double delta_sum = 0.0;
   if (tid < kChannels) s_bias[tid] = d0 + tid < p.D ? p.bias[d0 + tid] : 0.0f;
   St stage;
   const auto put = [&] {
@@ -287,7 +297,8 @@ __global__ void __launch_bounds__(kThreads) summary_kernel(Params p, Sources src
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const float dl = s_delta[t0u + u][c];
-        sh.advance_summary(&s_B[t0u + u][g * W], dl, dl * s_x[t0u + u][c], pr, pi);
+        delta_sum += dl;
+        sh.advance_summary(&s_B[t0u + u][g * W], dl, dl * s_x[t0u + u][c]);
       }
     }
     __syncthreads();
@@ -301,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) summary_kernel(Params p, Sources src
   if (j > 0) {
     S prod = sh;
 #pragma unroll
-    for (int i = 0; i < NPT; ++i) prod.hr[i] = pr[i], prod.hi[i] = pi[i];
+    for (int i = 0; i < NPT; ++i) sh.decay_total(i, delta_sum, prod.hr[i], prod.hi[i]);
     prod.store_state(segment_row(seg_P, seq, j + 1, maxseg, p.D, bw), p, d, g, live);
   }
 }
@@ -426,6 +437,8 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
 // One token per sequence: grid (channel blocks, nb); the scan's token code and sum order. With
 // dt_w (channels, R) the raw dt is first dt_w[d]·src.dt[b] (src.dt: dt_proj's input), summed in r
 // order by each of the channel's threads alike. y in YT (the next projection's input dtype).
+// Launched overlapped: A (its exp) and D, the weights, are read before the wait for the previous
+// kernel; the states, written by this kernel a step before, after it.
 template <int NPT, bool Cx, class YT>
 __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, const float* __restrict__ dt_w, int R,
                                                         YT* __restrict__ y, int64_t ldy, float* __restrict__ states,
@@ -436,9 +449,12 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   const int64_t d = int64_t(blockIdx.x) * kChannels + c, b = blockIdx.y;
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW;
-  float* st = states + slots[b] * p.D * bw;
+  start_next();
   S sh;
   sh.load_A(p, d, g, live);
+  const float Dd = live ? p.Dw[d] : 0.0f, bias = live ? p.bias[d] : 0.0f;
+  wait_for_previous();
+  float* st = states + slots[b] * p.D * bw;
   sh.load_state(st, p, d, g, live);
   float Bt[W], Ct[W];
 #pragma unroll
@@ -455,7 +471,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   } else if (live) {
     raw = src.dt[b * src.lddt + d];
   }
-  const float dl = live ? softplus_dt(raw, p.bias[d]) : 0.0f;
+  const float dl = live ? softplus_dt(raw, bias) : 0.0f;
   const float xv = live ? src.x[b * src.ldx + d] : 0.0f;
   const float part = sh.advance(Bt, Ct, dl, dl * xv);
   float parts[kGroup];
@@ -464,7 +480,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   for (int j = 0; j < kGroup; ++j) parts[j] = __shfl_sync(0xffffffffu, part, base + j);
   sh.store_state(st, p, d, g, live);
   if (g == 0 && live) {
-    const float v = finish<Cx>(group_total(parts), p.Dw[d], xv);
+    const float v = finish<Cx>(group_total(parts), Dd, xv);
     store_f32(y + b * ldy + d, src.z ? v * silu(src.z[b * src.ldz + d]) : v);
   }
 }
@@ -815,8 +831,8 @@ void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t 
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
     with_dtype(y_dtype, "selective_scan", [&](auto* tag) {
       using YT = std::remove_pointer_t<decltype(tag)>;
-      step_kernel<decltype(npt)::value, decltype(cx)::value, YT>
-          <<<grid, kThreads, 0, stream()>>>(p, src, dt_w, int(R), static_cast<YT*>(y), ldy, states, slots);
+      launch_overlapped(step_kernel<decltype(npt)::value, decltype(cx)::value, YT>, grid, kThreads, 0,
+                        "selective_scan", p, src, dt_w, int(R), static_cast<YT*>(y), ldy, states, slots);
     });
   });
   check_launch("selective_scan");

@@ -172,6 +172,9 @@ class Trainer {
   // The sum over the ranks of layer `layer`'s gradients (-1: embedding, norm_f, an untied head),
   // each rank's weighted by `weight`, started beside the backward.
   void reduce_grads(int64_t layer, float weight);
+  std::vector<std::pair<float*, size_t>> grad_buffers(int64_t layer);
+  // Every gradient the optimiser reads is in some layer's all-reduce (else the ranks would drift).
+  void check_reduced_grads();
   // Rank 0 (or the only process): the one that writes the run folder and evaluates.
   bool lead() const { return !comm_ || comm_->rank() == 0; }
   int64_t next_row();
@@ -272,7 +275,10 @@ void Trainer::setup() {
   // The run's dtype is the final model's; on the GPU the projections also compute in it.
   cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
   if (cw_.embedding.dtype() == DType::F16 && latest.empty()) st_.loss_scale = kInitialLossScale;
-  if (comm_) share_start();
+  if (comm_) {
+    check_reduced_grads();
+    share_start();
+  }
 }
 
 void Trainer::setup_follower() {
@@ -297,6 +303,7 @@ void Trainer::setup_follower() {
   g_.emplace(make_gradients(w_));
   opt_.emplace(w_, *g_, mc_, AdamWSettings{cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay});
   apply_state(s, where);
+  check_reduced_grads();
   share_start();
   opt_->set_steps(st_.step);
   cw_ = compute_weights(w_, *parse_dtype(cfg_.dtype));
@@ -313,7 +320,7 @@ void Trainer::share_start() {
     for (Tensor* t : {p.value, &p.m, &p.v}) comm_->broadcast_device(t->raw(), t->nbytes(), 0);
 }
 
-void Trainer::reduce_grads(int64_t layer, float weight) {
+std::vector<std::pair<float*, size_t>> Trainer::grad_buffers(int64_t layer) {
   std::vector<std::pair<float*, size_t>> bufs;
   auto add = [&](Tensor& t) { bufs.emplace_back(t.data(), size_t(t.numel())); };
   if (layer >= 0) {
@@ -323,7 +330,18 @@ void Trainer::reduce_grads(int64_t layer, float weight) {
     add(g_->norm_f);
     if (g_->lm_head.raw() != g_->embedding.raw()) add(g_->lm_head);
   }
-  comm_->sum_async(bufs, weight);
+  return bufs;
+}
+
+void Trainer::reduce_grads(int64_t layer, float weight) { comm_->sum_async(grad_buffers(layer), weight); }
+
+void Trainer::check_reduced_grads() {
+  size_t reduced = 0, all = 0;
+  for (int64_t layer = -1; layer < mc_.n_layer; ++layer)
+    for (const auto& b : grad_buffers(layer)) reduced += b.second;
+  for (const Param& p : opt_->params()) all += size_t(p.grad->numel());
+  if (reduced != all)
+    fail("[train] data parallel: the all-reduce covers {} gradient elements but the optimiser updates {}", reduced, all);
 }
 
 void Trainer::prepare_data(bool prepare) {
