@@ -87,17 +87,29 @@ std::optional<std::string> from_hex(const std::string& hex) {
   return out;
 }
 
+// Every address of this host, IPv6 and IPv4 (IPv4 alone where the kernel has no IPv6).
 int listen_on(int port) {
-  const int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1, zero = 0;
+  int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const bool v6 = fd >= 0;
+  if (!v6) fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) fail("[train] --master-port: cannot make a socket ({})", std::strerror(errno));
+  const int one = 1, zero = 0;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);  // IPv4 peers too
-  sockaddr_in6 a{};
-  a.sin6_family = AF_INET6;
-  a.sin6_addr = in6addr_any;
-  a.sin6_port = htons(uint16_t(port));
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0) {
+  sockaddr_in6 a6{};
+  sockaddr_in a4{};
+  if (v6) {
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);  // IPv4 peers too
+    a6.sin6_family = AF_INET6;
+    a6.sin6_addr = in6addr_any;
+    a6.sin6_port = htons(uint16_t(port));
+  } else {
+    a4.sin_family = AF_INET;
+    a4.sin_addr.s_addr = htonl(INADDR_ANY);
+    a4.sin_port = htons(uint16_t(port));
+  }
+  const int bound = v6 ? ::bind(fd, reinterpret_cast<sockaddr*>(&a6), sizeof a6)
+                       : ::bind(fd, reinterpret_cast<sockaddr*>(&a4), sizeof a4);
+  if (bound != 0 || ::listen(fd, 64) != 0) {
     const int err = errno;
     ::close(fd);
     fail("[train] --master-port {}: node 0 cannot listen there ({})", port, std::strerror(err));
