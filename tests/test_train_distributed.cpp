@@ -7,7 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/wait.h>
+
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <thread>
 
@@ -18,6 +22,16 @@
 
 namespace mamba2 {
 namespace {
+
+// The worker processes Workers starts are this test binary again (with its arguments): with
+// MAMBA2_DP_TEST_CHILD set they stop before main, as a worker would: "sleep" for 60 s (a worker
+// that hangs), else exit with that status.
+const bool kDpChildProbe = [] {
+  const char* v = std::getenv("MAMBA2_DP_TEST_CHILD");
+  if (!v) return false;
+  if (std::string(v) == "sleep") ::sleep(60);
+  ::_exit(std::atoi(v));
+}();
 
 using training::LaunchSpec;
 using training::NodeGroup;
@@ -135,6 +149,58 @@ TEST(DataParallelLaunch, FlagsAreChecked) {
   EXPECT_EQ(w->world, 2);
   EXPECT_EQ(w->comm_id, std::string("\x0a\xff", 2));
   EXPECT_FALSE(training::worker_from_environment());
+}
+
+// Runs `body` in a child process (the watchers end the process they live in); its exit status
+// and what it wrote to stderr.
+std::pair<int, std::string> dp_in_child(const std::function<void()>& body) {
+  test::TempDir tmp;
+  const std::string err = (tmp / "err").string();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::freopen(err.c_str(), "w", stderr);
+    try {
+      body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "threw: %s\n", e.what());
+      std::fflush(stderr);
+      ::_exit(2);
+    }
+    std::fflush(stderr);
+    ::_exit(0);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, test::read_file(err)};
+}
+
+TEST(DataParallelLaunch, AWorkerThatFailsEndsItsLauncher) {
+  LaunchSpec s;
+  s.gpus = 3;
+  // Workers that end well: wait() returns.
+  auto r = dp_in_child([&] {
+    ::setenv("MAMBA2_DP_TEST_CHILD", "0", 1);
+    training::Workers w(s, "id");
+    w.wait();
+  });
+  EXPECT_EQ(r.first, 0) << r.second;
+  // One fails while the launcher trains: the launcher ends with status 1, naming it.
+  r = dp_in_child([&] {
+    ::setenv("MAMBA2_DP_TEST_CHILD", "3", 1);
+    training::Workers w(s, "id");
+    ::sleep(30);  // "training": the watcher ends the process long before
+  });
+  EXPECT_EQ(r.first, 1) << r.second;
+  EXPECT_NE(r.second.find("ended with status 3: stopping this node"), std::string::npos) << r.second;
+  // The launcher fails: its hanging workers are ended with it, at once.
+  const auto t0 = std::chrono::steady_clock::now();
+  r = dp_in_child([&] {
+    ::setenv("MAMBA2_DP_TEST_CHILD", "sleep", 1);
+    training::Workers w(s, "id");
+    throw std::runtime_error("rank 0 failed");
+  });
+  EXPECT_EQ(r.first, 2) << r.second;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
 }
 
 // The CLI: several GPUs asked of a machine without them, and bad launch flags, fail at once.
