@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "cuda/runtime.h"
@@ -83,6 +84,29 @@ TEST(DataParallelLaunch, ThreeNodesMeetAndShareOneId) {
   for (auto& t : others) t.join();
   EXPECT_EQ(made.load(), 1);
   for (const std::string& id : ids) EXPECT_EQ(id, std::string("id-\x01\x02\xff", 6));
+}
+
+// A stray client (a port scan, a wrong program) is dropped and the master keeps waiting for its nodes.
+TEST(DataParallelLaunch, TheMasterIgnoresStrayClients) {
+  const int port = dp_free_port();
+  std::string id1;
+  std::thread stray([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    for (const char* junk : {"GET / HTTP/1.1\r\n\r\n", "mamba2-rendezvous 1 x y\n", "\x00\x01\x02\n"}) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(uint16_t(port));
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) ::send(fd, junk, std::strlen(junk) + 1, 0);
+      ::close(fd);
+    }
+    id1 = NodeGroup(dp_node_spec(1, 2, 1, port), [] { return std::string(); }).comm_id();
+  });
+  const std::string id0 = NodeGroup(dp_node_spec(0, 2, 1, port), [] { return std::string("the id"); }).comm_id();
+  stray.join();
+  EXPECT_EQ(id0, "the id");
+  EXPECT_EQ(id1, "the id");
 }
 
 TEST(DataParallelLaunch, TheMasterRefusesAnotherGpuCountOrARankGivenTwice) {
