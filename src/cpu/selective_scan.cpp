@@ -13,17 +13,18 @@
 //
 // This file is compiled with -ffp-contract=off (src/CMakeLists.txt): every element's arithmetic is
 // then the same roundings whether the compiler vectorises a loop or not and whatever the
-// instruction set. Per channel and token the sum over n is the fixed tree of tree_sum: kLanes
-// partial sums (lane i takes n ≡ i mod kLanes in n order, from 0), then halves added. The scan and
+// instruction set. Per channel and token the sum over n is a fixed tree: kLanes partial sums
+// (lane i takes n ≡ i mod kLanes in n order, from 0), then halves added. The scan and
 // the step share BlockScan, and neither the block a channel falls in, its lane, the tiles nor the
 // N = 16 instantiation change an element's sequence of roundings: the scan and the step give the
 // same bits for a token, and a sequence's bits never depend on its batch or the threads. The
-// backward's per-channel recomputation (real_sum, complex_sum) performs the same roundings too.
+// backward recomputes the forward with BlockScan too, token by token.
 // (The scalar libm calls — expf for A and in softplus, log1pf — are glibc's, which picks an
 // implementation by CPU at load time; the promise across instruction sets is ours, not libm's.
 // The complex decay's sine and cosine are ours, cpu::sin_cos.)
 //
-// Backward (per channel, from the end of the sequence; g = ∂loss/∂h_t, h recomputed forward first):
+// Backward (blocks of kBlock channels as lanes again, each lane one channel, from the end of the
+// sequence; g = ∂loss/∂h_t, h recomputed forward first):
 //   real:    y = C·h + D·x;  h_t = a·h_{t−1} + δx·B,  a = exp(δA)
 //            dC += gy·h,  g += gy·C,  dB += g·δx,  d(δx) = g·B,  da = g·h_{t−1},
 //            dδ = x·Σ g·B + Σ da·a·A,  dA += δ·da·a,  g_{t−1} = a·g
@@ -32,7 +33,7 @@
 //            dδ += dE_r·Re(A·E) + dE_i·Im(A·E), d Re A += δ(dE_r·E_r + dE_i·E_i),
 //            d Im A += δ(dE_i·E_r − dE_r·E_i), g_{t−1} = (g_r·E_r + g_i·E_i, g_i·E_r − g_r·E_i)
 //   then d dt_raw = dδ·softplus'(dt_raw + bias), d bias += it, d A_log += d Re A · Re A.
-// dB and dC (rows, bw) sum over channels: each block of kChannelBlock channels writes its own
+// dB and dC (rows, bw) sum over channels: each block adds its lanes by a fixed tree into its own
 // partial sums, added in block order, so the result does not depend on the threads.
 #include <algorithm>
 #include <cmath>
@@ -46,60 +47,8 @@ namespace mamba2::cpu {
 namespace {
 
 constexpr int64_t kLanes = 16;         // the partial sums over n
-constexpr int64_t kChannelBlock = 32;  // the backward's channel blocks (its dB, dC partial sums)
-constexpr int64_t kBlock = 16;         // the forward's channels per block (vector lanes)
+constexpr int64_t kBlock = 16;         // channels per block (vector lanes)
 constexpr int64_t kTile = 64;          // tokens a prefill block holds in its buffers at a time
-
-// The sum of a token's partial sums: part[i] += part[i + w] for w = 8, 4, 2, 1.
-template <class T>
-inline T tree_sum(T (&part)[kLanes]) {
-  static_assert(kLanes == 16);
-  for (int64_t w = kLanes / 2; w >= 1; w /= 2)
-    for (int64_t i = 0; i < w; ++i) part[i] += part[i + w];
-  return part[0];
-}
-
-// ---- Per channel (the backward's recomputation) ----
-
-// One token of a real channel: h ← exp(δA)·h + δx·B, returns Σ_n C·h.
-template <class T>
-inline T real_sum(int64_t N, const T* A_re, T* h, const T* Bt, const T* Ct, T delta, T dx) {
-  T part[kLanes] = {};
-  for (int64_t n = 0; n < N; ++n) {
-    const T hn = exp_nonpos(delta * A_re[n]) * h[n] + dx * Bt[n];
-    h[n] = hn;
-    part[n % kLanes] += Ct[n] * hn;
-  }
-  return tree_sum(part);
-}
-
-// exp(δA) of a complex A, (re, im).
-template <class T>
-inline void complex_decay(T delta, T a_re, T a_im, T& er, T& ei) {
-  const T mag = exp_nonpos(delta * a_re), angle = delta * a_im;
-  T sn, cs;
-  sin_cos(angle, sn, cs);
-  er = mag * cs;
-  ei = mag * sn;
-}
-
-// One token of a complex channel (h, B, C as (re, im) pairs): h ← exp(δA)·h + δx·B, returns
-// Re Σ_n C·h.
-template <class T>
-inline T complex_sum(int64_t N, const T* A_re, const T* A_im, T* h, const T* Bt, const T* Ct, T delta, T dx) {
-  T part[kLanes] = {};
-  for (int64_t n = 0; n < N; ++n) {
-    T er, ei;
-    complex_decay(delta, A_re[n], A_im[n], er, ei);
-    const T hr = h[2 * n], hi = h[2 * n + 1];
-    const T nr = (er * hr - ei * hi) + dx * Bt[2 * n];
-    const T ni = (er * hi + ei * hr) + dx * Bt[2 * n + 1];
-    h[2 * n] = nr;
-    h[2 * n + 1] = ni;
-    part[n % kLanes] += Ct[2 * n] * nr - Ct[2 * n + 1] * ni;
-  }
-  return tree_sum(part);
-}
 
 // y before the gate from the sum over n: Σ_n C·h (complex: 2·Re) + D·x.
 template <class T>
@@ -110,34 +59,6 @@ inline T finish(bool complex, T sum, T D, T x) {
 template <class T>
 inline T softplus_dt(T raw, T bias) {
   return dt_activation(raw, bias, T(0), T(INFINITY));
-}
-
-// One channel's constants, A's parts as the backward reads them.
-template <class T>
-struct Channel {
-  int64_t N;
-  const T* A_re;  // (N) −exp(A_log)
-  const T* A_im;  // (N) or null
-  T D, bias;
-};
-
-// One token of one channel, ungated: advances h, returns y before the gate.
-template <class T>
-inline T ungated_token(const Channel<T>& ch, T* h, const T* Bt, const T* Ct, T delta, T x) {
-  const T dx = delta * x;
-  const T s = ch.A_im ? complex_sum(ch.N, ch.A_re, ch.A_im, h, Bt, Ct, delta, dx)
-                      : real_sum(ch.N, ch.A_re, h, Bt, Ct, delta, dx);
-  return finish(ch.A_im != nullptr, s, ch.D, x);
-}
-
-// A channel's A, −exp(A_log) and Im A.
-template <class T>
-void load_A(const SelectiveScanParamsT<T>& p, int64_t d, T* A_re, T* A_im) {
-  const int64_t N = p.d_state;
-  for (int64_t n = 0; n < N; ++n) {
-    A_re[n] = -std::exp(p.A_log[d * N + n]);
-    if (p.A_imag) A_im[n] = p.A_imag[d * N + n];
-  }
 }
 
 template <class T>
@@ -188,6 +109,15 @@ class BlockScan {
         hr_[n * kBlock + c] = h ? h[Complex ? 2 * n : n] : T(0);
         if constexpr (Complex) hi_[n * kBlock + c] = h ? h[2 * n + 1] : T(0);
       }
+  }
+  void zero_state() {
+    std::fill_n(hr_, N_ * kBlock, T(0));
+    if constexpr (Complex) std::fill_n(hi_, N_ * kBlock, T(0));
+  }
+  // The block's states as they are, n-major lanes: Re (N·kBlock), then (complex) Im.
+  void states_to(T* dst) const {
+    std::copy_n(hr_, N_ * kBlock, dst);
+    if constexpr (Complex) std::copy_n(hi_, N_ * kBlock, dst + N_ * kBlock);
   }
   void store_state(T* state) const {
     for (int64_t c = 0; c < nc_; ++c)
@@ -424,112 +354,215 @@ void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t l
   }
 }
 
+namespace {
+
+// dB and dC of a token: the block's lanes' terms added by a fixed tree (halves added).
+template <class T>
+inline T lane_sum(const T (&v)[kBlock]) {
+  T w[kBlock];
+  std::copy_n(v, kBlock, w);
+  for (int64_t h = kBlock / 2; h >= 1; h /= 2)
+    for (int64_t c = 0; c < h; ++c) w[c] += w[c + h];
+  return w[0];
+}
+
+// The operands and gradients of one sequence's backward.
+template <class T>
+struct BackOperands {
+  const SelectiveScanParamsT<T>& p;
+  const T *x, *dt, *B, *C, *z;
+  int64_t ldx, lddt, ldb, ldc, ldz;
+  const T *state0, *d_y;
+  int64_t lddy;
+  const T* d_state_final;
+  const SelectiveScanGradsT<T>& g;
+  int64_t L;
+};
+
+// The backward of channels [d0, d0 + nc) as lanes: the forward again by the forward's own block
+// code (BlockScan, token by token: the same states and y), every state kept (hs: (L + 1) rows of
+// S·kBlock), then the tokens in reverse, each lane one channel's formulas (above), its sums over n
+// in n order. pB, pC (L, bw): the block's dB and dC.
+template <int64_t NC, bool Complex, class T>
+void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int64_t nc, T* pB, T* pC,
+                    std::vector<T>& ws) {
+  constexpr int64_t K = kBlock;
+  const SelectiveScanParamsT<T>& p = o.p;
+  const int64_t N = p.d_state, S = Complex ? 2 * N : N, bw = S, SK = S * K, L = o.L;
+  const size_t need = size_t((L + 1) * SK + 2 * L * K + 4 * N * K + 2 * N * K + SK + 2 * N * K);
+  if (ws.size() < need) ws.resize(need);
+  T* hs = ws.data();
+  T* delta = hs + (L + 1) * SK;
+  T* ypre = delta + L * K;
+  T* blk_ws = ypre + L * K;  // BlockScan's arrays for a run-time N
+  T* dA = blk_ws + 4 * N * K;  // d Re A, then d Im A, n-major lanes
+  T* gh = dA + 2 * N * K;      // ∂loss/∂h, as hs's rows
+  T* ar = gh + SK;             // Re A and Im A, n-major lanes
+  T* ai = ar + N * K;
+  BlockScan<NC, Complex, T> blk(p, blk_ws);
+  blk.load_A(A_re_all, d0, nc);
+  if (o.state0)
+    blk.load_state(o.state0);
+  else
+    blk.zero_state();
+  blk.states_to(hs);
+  alignas(64) T raw[1][K], xs[1][K], ys[1][K];
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t c = 0; c < K; ++c) {
+      raw[0][c] = c < nc ? o.dt[t * o.lddt + d0 + c] : T(0);
+      xs[0][c] = c < nc ? o.x[t * o.ldx + d0 + c] : T(0);
+    }
+    auto* dl = reinterpret_cast<T(*)[K]>(delta + t * K);
+    blk.softplus(raw[0], dl[0]);
+    blk.run(o.B + t * o.ldb, o.ldb, o.C + t * o.ldc, o.ldc, dl, xs, ys, 1);
+    blk.states_to(hs + (t + 1) * SK);
+    std::copy_n(ys[0], K, ypre + t * K);
+  }
+
+  T Dd[K], bias[K];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < K; ++c) {
+      ar[n * K + c] = c < nc ? A_re_all[(d0 + c) * N + n] : T(0);
+      ai[n * K + c] = Complex && c < nc ? p.A_imag[(d0 + c) * N + n] : T(0);
+    }
+  for (int64_t c = 0; c < K; ++c) {
+    Dd[c] = c < nc ? p.D[d0 + c] : T(0);
+    bias[c] = c < nc ? p.dt_bias[d0 + c] : T(0);
+  }
+  // gh in hs's layout: Re of n at n·K + c, Im at (N + n)·K + c.
+  for (int64_t j = 0; j < SK; ++j) gh[j] = T(0);
+  if (o.d_state_final)
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t n = 0; n < N; ++n) {
+        const T* f = o.d_state_final + (d0 + c) * S;
+        gh[n * K + c] = f[Complex ? 2 * n : n];
+        if constexpr (Complex) gh[(N + n) * K + c] = f[2 * n + 1];
+      }
+  std::fill_n(dA, 2 * N * K, T(0));
+  T dD[K] = {}, dbias[K] = {};
+  const SelectiveScanGradsT<T>& g = o.g;
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const T* dl = delta + t * K;
+    const T* h = hs + (t + 1) * SK;
+    const T* hp = hs + t * SK;
+    const T* Bt = o.B + t * o.ldb;
+    const T* Ct = o.C + t * o.ldc;
+    T gy[K], xv[K], dx[K], sum_gB[K] = {}, d_delta[K] = {};
+    for (int64_t c = 0; c < K; ++c) {
+      xv[c] = c < nc ? o.x[t * o.ldx + d0 + c] : T(0);
+      dx[c] = dl[c] * xv[c];
+      gy[c] = c < nc ? o.d_y[t * o.lddy + d0 + c] : T(0);
+      if (o.z && c < nc) {
+        const T zt = o.z[t * o.ldz + d0 + c];
+        g.d_z[t * g.lddz + d0 + c] = gy[c] * ypre[t * K + c] * silu_grad(zt);
+        gy[c] = gy[c] * silu(zt);
+      }
+      dD[c] += gy[c] * xv[c];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const T* arn = ar + n * K;
+      T* dArn = dA + n * K;
+      if constexpr (!Complex) {
+        const T b = Bt[n], cc = Ct[n];
+        const T* hn = h + n * K;
+        const T* hpn = hp + n * K;
+        T* ghn = gh + n * K;
+        T vC[K], vB[K];
+#pragma omp simd
+        for (int64_t c = 0; c < K; ++c) {
+          vC[c] = gy[c] * hn[c];
+          const T gn = ghn[c] + gy[c] * cc;
+          const T a = exp_nonpos(dl[c] * arn[c]);
+          vB[c] = gn * dx[c];
+          sum_gB[c] += gn * b;
+          const T da = gn * hpn[c];
+          d_delta[c] += da * a * arn[c];
+          dArn[c] += dl[c] * da * a;
+          ghn[c] = a * gn;
+        }
+        pC[t * bw + n] += lane_sum(vC);
+        pB[t * bw + n] += lane_sum(vB);
+      } else {
+        const T br = Bt[2 * n], bi = Bt[2 * n + 1], cr = Ct[2 * n], ci = Ct[2 * n + 1];
+        const T* ain = ai + n * K;
+        T* dAin = dA + (N + n) * K;
+        const T *hr = h + n * K, *hi = h + (N + n) * K, *hpr = hp + n * K, *hpi = hp + (N + n) * K;
+        T *ghr = gh + n * K, *ghi = gh + (N + n) * K;
+        T vCr[K], vCi[K], vBr[K], vBi[K];
+#pragma omp simd
+        for (int64_t c = 0; c < K; ++c) {
+          vCr[c] = T(2) * gy[c] * hr[c];
+          vCi[c] = T(2) * gy[c] * hi[c];
+          const T gr = ghr[c] + T(2) * gy[c] * cr;
+          const T gi = ghi[c] - T(2) * gy[c] * ci;
+          const T mag = exp_nonpos(dl[c] * arn[c]);
+          T sn, cs;
+          sin_cos(dl[c] * ain[c], sn, cs);
+          const T er = mag * cs, ei = mag * sn;
+          vBr[c] = gr * dx[c];
+          vBi[c] = gi * dx[c];
+          sum_gB[c] += gr * br + gi * bi;
+          const T dEr = gr * hpr[c] + gi * hpi[c], dEi = gi * hpr[c] - gr * hpi[c];
+          d_delta[c] += dEr * (arn[c] * er - ain[c] * ei) + dEi * (arn[c] * ei + ain[c] * er);
+          dArn[c] += dl[c] * (dEr * er + dEi * ei);
+          dAin[c] += dl[c] * (dEi * er - dEr * ei);
+          ghr[c] = gr * er + gi * ei;
+          ghi[c] = gi * er - gr * ei;
+        }
+        pC[t * bw + 2 * n] += lane_sum(vCr);
+        pC[t * bw + 2 * n + 1] -= lane_sum(vCi);
+        pB[t * bw + 2 * n] += lane_sum(vBr);
+        pB[t * bw + 2 * n + 1] += lane_sum(vBi);
+      }
+    }
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t d = d0 + c;
+      g.d_x[t * g.lddx + d] = gy[c] * Dd[c] + dl[c] * sum_gB[c];
+      const T dd = d_delta[c] + xv[c] * sum_gB[c];
+      const T d_raw = dd * dt_activation_grad(o.dt[t * o.lddt + d], bias[c], T(0), T(INFINITY));
+      g.d_dt[t * g.lddt + d] = d_raw;
+      dbias[c] += d_raw;
+    }
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t d = d0 + c;
+    if (g.d_state0)
+      for (int64_t n = 0; n < N; ++n) {
+        g.d_state0[d * S + (Complex ? 2 * n : n)] = gh[n * K + c];
+        if constexpr (Complex) g.d_state0[d * S + 2 * n + 1] = gh[(N + n) * K + c];
+      }
+    for (int64_t n = 0; n < N; ++n) {
+      g.d_A_log[d * N + n] += dA[n * K + c] * ar[n * K + c];
+      if constexpr (Complex) g.d_A_imag[d * N + n] += dA[(N + n) * K + c];
+    }
+    g.d_D[d] += dD[c];
+    g.d_dt_bias[d] += dbias[c];
+  }
+}
+
+}  // namespace
+
 template <class T>
 void selective_scan_backward(const SelectiveScanParamsT<T>& p, const T* x, int64_t ldx, const T* dt, int64_t lddt,
                              const T* B, int64_t ldb, const T* C, int64_t ldc, const T* z, int64_t ldz,
                              const T* state0, const T* d_y, int64_t lddy, const T* d_state_final,
                              const SelectiveScanGradsT<T>& g, int64_t L) {
-  const int64_t N = p.d_state, S = state_width(p), bw = S, Dc = p.channels;
-  const int64_t blocks = (Dc + kChannelBlock - 1) / kChannelBlock;
-  const bool cplx = p.A_imag != nullptr;
-  // Per channel block: its partial dB and dC, (L, bw) each.
+  const int64_t bw = state_width(p), Dc = p.channels, blocks = (Dc + kBlock - 1) / kBlock;
+  const bool cplx = p.A_imag != nullptr, n16 = p.d_state == 16;
+  const BackOperands<T> o{p, x, dt, B, C, z, ldx, lddt, ldb, ldc, ldz, state0, d_y, lddy, d_state_final, g, L};
+  // Per channel block: its partial dB and dC, (L, bw) each, added in block order below.
   std::vector<T> part_B(size_t(blocks * L * bw)), part_C(size_t(blocks * L * bw));
+  std::vector<T> A_re(static_cast<size_t>(Dc * p.d_state));
 #pragma omp parallel
   {
-    std::vector<T> A_re(static_cast<size_t>(N)), A_im(static_cast<size_t>(N)), dA_re(static_cast<size_t>(N)),
-        dA_im(static_cast<size_t>(N)), hs(static_cast<size_t>((L + 1) * S)), gh(static_cast<size_t>(S)),
-        delta(static_cast<size_t>(L)), ypre(static_cast<size_t>(L));
+    all_A_re(p, A_re.data());
+    std::vector<T> ws;
+    auto* run = n16 ? (cplx ? &backward_block<16, true, T> : &backward_block<16, false, T>)
+                    : (cplx ? &backward_block<0, true, T> : &backward_block<0, false, T>);
 #pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      T* pB = part_B.data() + blk * L * bw;
-      T* pC = part_C.data() + blk * L * bw;
-      std::fill(pB, pB + L * bw, T(0));
-      std::fill(pC, pC + L * bw, T(0));
-      for (int64_t d = blk * kChannelBlock; d < std::min(Dc, (blk + 1) * kChannelBlock); ++d) {
-        load_A(p, d, A_re.data(), A_im.data());
-        const Channel<T> ch{N, A_re.data(), cplx ? A_im.data() : nullptr, p.D[d], p.dt_bias[d]};
-        // Forward again, keeping every state: hs[t + 1] = h_t, hs[0] the initial state.
-        if (state0)
-          std::copy_n(state0 + d * S, S, hs.data());
-        else
-          std::fill_n(hs.data(), S, T(0));
-        for (int64_t t = 0; t < L; ++t) {
-          std::copy_n(hs.data() + t * S, S, hs.data() + (t + 1) * S);
-          delta[size_t(t)] = dt_activation(dt[t * lddt + d], ch.bias, T(0), T(INFINITY));
-          ypre[size_t(t)] = ungated_token(ch, hs.data() + (t + 1) * S, B + t * ldb, C + t * ldc, delta[size_t(t)],
-                                          x[t * ldx + d]);
-        }
-        if (d_state_final)
-          std::copy_n(d_state_final + d * S, S, gh.data());
-        else
-          std::fill(gh.begin(), gh.end(), T(0));
-        std::fill(dA_re.begin(), dA_re.end(), T(0));
-        std::fill(dA_im.begin(), dA_im.end(), T(0));
-        T dD = 0, dbias = 0;
-        for (int64_t t = L - 1; t >= 0; --t) {
-          const T xt = x[t * ldx + d], dl = delta[size_t(t)], dx = dl * xt;
-          T gy = d_y[t * lddy + d];
-          if (z) {
-            const T zt = z[t * ldz + d];
-            g.d_z[t * g.lddz + d] = gy * ypre[size_t(t)] * silu_grad(zt);
-            gy = gy * silu(zt);
-          }
-          const T* h = hs.data() + (t + 1) * S;
-          const T* hp = hs.data() + t * S;
-          const T* Bt = B + t * ldb;
-          const T* Ct = C + t * ldc;
-          T* dBt = pB + t * bw;
-          T* dCt = pC + t * bw;
-          dD += gy * xt;
-          T sum_gB = 0, d_delta = 0;
-          if (!cplx) {
-            for (int64_t n = 0; n < N; ++n) {
-              dCt[n] += gy * h[n];
-              const T gn = gh[size_t(n)] + gy * Ct[n];
-              const T a = exp_nonpos(dl * A_re[size_t(n)]);
-              dBt[n] += gn * dx;
-              sum_gB += gn * Bt[n];
-              const T da = gn * hp[n];
-              d_delta += da * a * A_re[size_t(n)];
-              dA_re[size_t(n)] += dl * da * a;
-              gh[size_t(n)] = a * gn;
-            }
-          } else {
-            for (int64_t n = 0; n < N; ++n) {
-              dCt[2 * n] += T(2) * gy * h[2 * n];
-              dCt[2 * n + 1] -= T(2) * gy * h[2 * n + 1];
-              const T gr = gh[size_t(2 * n)] + T(2) * gy * Ct[2 * n];
-              const T gi = gh[size_t(2 * n + 1)] - T(2) * gy * Ct[2 * n + 1];
-              T er, ei;
-              complex_decay(dl, A_re[size_t(n)], A_im[size_t(n)], er, ei);
-              dBt[2 * n] += gr * dx;
-              dBt[2 * n + 1] += gi * dx;
-              sum_gB += gr * Bt[2 * n] + gi * Bt[2 * n + 1];
-              const T hpr = hp[2 * n], hpi = hp[2 * n + 1];
-              const T dEr = gr * hpr + gi * hpi, dEi = gi * hpr - gr * hpi;
-              const T ar = A_re[size_t(n)], ai = A_im[size_t(n)];
-              d_delta += dEr * (ar * er - ai * ei) + dEi * (ar * ei + ai * er);
-              dA_re[size_t(n)] += dl * (dEr * er + dEi * ei);
-              dA_im[size_t(n)] += dl * (dEi * er - dEr * ei);
-              gh[size_t(2 * n)] = gr * er + gi * ei;
-              gh[size_t(2 * n + 1)] = gi * er - gr * ei;
-            }
-          }
-          g.d_x[t * g.lddx + d] = gy * ch.D + dl * sum_gB;
-          d_delta += xt * sum_gB;
-          const T d_raw = d_delta * dt_activation_grad(dt[t * lddt + d], ch.bias, T(0), T(INFINITY));
-          g.d_dt[t * g.lddt + d] = d_raw;
-          dbias += d_raw;
-        }
-        if (g.d_state0) std::copy(gh.begin(), gh.end(), g.d_state0 + d * S);
-        for (int64_t n = 0; n < N; ++n) {
-          g.d_A_log[d * N + n] += dA_re[size_t(n)] * A_re[size_t(n)];
-          if (cplx) g.d_A_imag[d * N + n] += dA_im[size_t(n)];
-        }
-        g.d_D[d] += dD;
-        g.d_dt_bias[d] += dbias;
-      }
-    }
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      run(o, A_re.data(), blk * kBlock, std::min(kBlock, Dc - blk * kBlock), part_B.data() + blk * L * bw,
+          part_C.data() + blk * L * bw, ws);
   }
   // dB, dC: the blocks' partial sums in block order.
 #pragma omp parallel for schedule(static)
