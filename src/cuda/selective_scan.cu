@@ -103,27 +103,23 @@ struct Share {
       er = mag, ei = 0.0f;
     }
   }
-  // State index i through one token: h ← exp(δA)·h + δx·B (Bt: this thread's W values of B's row).
-  __device__ __forceinline__ void update(int i, const float* Bt, float delta, float dx) {
-    float er, ei;
-    decay(i, delta, er, ei);
-    if constexpr (Cx) {
-      const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
-      const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
-      hr[i] = nr, hi[i] = ni;
-    } else {
-      hr[i] = er * hr[i] + dx * Bt[i];
-    }
-  }
-  // One token; Ct: this thread's W values of C's row. Returns the thread's part of Σ_n C·h
-  // (complex: of Re), in n order.
+  // One token: h ← exp(δA)·h + δx·B. Bt, Ct: this thread's W values of the token's rows. Returns
+  // the thread's part of Σ_n C·h (complex: of Re), in n order.
   __device__ __forceinline__ float advance(const float* Bt, const float* Ct, float delta, float dx) {
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
-      update(i, Bt, delta, dx);
-      if constexpr (Cx) s += Ct[2 * i] * hr[i] - Ct[2 * i + 1] * hi[i];
-      else s += Ct[i] * hr[i];
+      float er, ei;
+      decay(i, delta, er, ei);
+      if constexpr (Cx) {
+        const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
+        const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
+        hr[i] = nr, hi[i] = ni;
+        s += Ct[2 * i] * nr - Ct[2 * i + 1] * ni;
+      } else {
+        hr[i] = er * hr[i] + dx * Bt[i];
+        s += Ct[i] * hr[i];
+      }
     }
     return s;
   }
@@ -142,10 +138,20 @@ struct Share {
       er = mag, ei = 0.0f;
     }
   }
-  // One token of a segment's summary: advance without C.
+  // One token of a segment's summary: h ← exp(δA)·h + δx·B, as advance does without C.
   __device__ __forceinline__ void advance_summary(const float* Bt, float delta, float dx) {
 #pragma unroll
-    for (int i = 0; i < NPT; ++i) update(i, Bt, delta, dx);
+    for (int i = 0; i < NPT; ++i) {
+      float er, ei;
+      decay(i, delta, er, ei);
+      if constexpr (Cx) {
+        const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
+        const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
+        hr[i] = nr, hi[i] = ni;
+      } else {
+        hr[i] = er * hr[i] + dx * Bt[i];
+      }
+    }
   }
 };
 
