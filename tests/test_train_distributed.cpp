@@ -157,7 +157,7 @@ TEST(DataParallelLaunch, FlagsAreChecked) {
             std::string::npos);
   s = LaunchSpec{};
   s.master_port = 70000;
-  EXPECT_NE(dp_error_of([&] { training::validate_launch_spec(s); }).find("--master-port must be 1 … 65535"),
+  EXPECT_NE(dp_error_of([&] { training::validate_launch_spec(s); }).find("--master-port must be 1 … 65534"),
             std::string::npos);
 
   ::setenv("MAMBA2_DP_WORKER", "1 2 1 zz", 1);

@@ -19,12 +19,14 @@ std::optional<int> parse_device(std::string_view spec) {
   return index;
 }
 
+std::string default_device(std::string_view spec) {
+  if (!spec.empty()) return std::string(spec);
+  const char* env = std::getenv("MAMBA2_DEVICE");
+  return env && *env ? env : cuda::device_count() > 0 ? "cuda" : "cpu";
+}
+
 Device use_device(std::string_view spec, std::string_view what) {
-  std::string device(spec);
-  if (device.empty()) {
-    const char* env = std::getenv("MAMBA2_DEVICE");
-    device = env && *env ? env : cuda::device_count() > 0 ? "cuda" : "cpu";
-  }
+  const std::string device = default_device(spec);
   const std::optional<int> index = parse_device(device);
   if (!index) fail("{}: '{}' is not cpu, cuda or cuda:N", what, device);
   if (*index < 0) return Device::CPU;

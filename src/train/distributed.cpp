@@ -18,7 +18,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "cuda/collectives.h"
 #include "mamba2/error.h"
+#include "train/collective.h"
 
 extern char** environ;
 
@@ -37,14 +39,18 @@ int remaining_ms(Clock::time_point deadline) {
   return int(std::max<int64_t>(0, ms));
 }
 
-void send_all(int fd, const std::string& s, const std::string& where) {
-  size_t off = 0;
-  while (off < s.size()) {
-    const ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+void send_bytes(int fd, const void* data, size_t bytes, const std::string& where) {
+  const auto* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::send(fd, p, bytes, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) fail("[train] {}: the connection dropped ({})", where, std::strerror(errno));
-    off += size_t(n);
+    p += n;
+    bytes -= size_t(n);
   }
 }
+
+void send_all(int fd, const std::string& s, const std::string& where) { send_bytes(fd, s.data(), s.size(), where); }
 
 // One line (without its '\n'), or an error naming `where` when none comes before the deadline.
 std::string read_line(int fd, Clock::time_point deadline, const std::string& where) {
@@ -117,11 +123,10 @@ int listen_on(int port) {
   return fd;
 }
 
-int connect_to(const LaunchSpec& s, Clock::time_point deadline) {
-  const std::string where = fmt::format("--master-addr {}:{}", s.master_addr, s.master_port);
+int connect_to(const std::string& host, int port, int timeout_s, Clock::time_point deadline, const std::string& where) {
   addrinfo hints{}, *res = nullptr;
   hints.ai_socktype = SOCK_STREAM;
-  const int rc = ::getaddrinfo(s.master_addr.c_str(), std::to_string(s.master_port).c_str(), &hints, &res);
+  const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
   if (rc != 0) fail("[train] {}: {}", where, gai_strerror(rc));
   std::string last = "no address";
   for (;;) {
@@ -130,6 +135,8 @@ int connect_to(const LaunchSpec& s, Clock::time_point deadline) {
       if (fd < 0) continue;
       if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
         ::freeaddrinfo(res);
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         return fd;
       }
       last = std::strerror(errno);
@@ -137,9 +144,20 @@ int connect_to(const LaunchSpec& s, Clock::time_point deadline) {
     }
     if (remaining_ms(deadline) == 0) {
       ::freeaddrinfo(res);
-      fail("[train] {}: node 0 did not answer in {} s ({})", where, s.timeout_s, last);
+      fail("[train] {}: node 0 did not answer in {} s ({})", where, timeout_s, last);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+void recv_all(int fd, void* data, size_t bytes, const std::string& where) {
+  auto* p = static_cast<char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::recv(fd, p, bytes, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("[train] {}: the connection closed", where);
+    p += n;
+    bytes -= size_t(n);
   }
 }
 
@@ -150,7 +168,9 @@ void validate_launch_spec(const LaunchSpec& s) {
   if (s.nnodes < 1) fail("[train] --nnodes must be at least 1, got {}", s.nnodes);
   if (s.node_rank < 0 || s.node_rank >= s.nnodes)
     fail("[train] --node-rank {} is not a node of --nnodes {} (0 … {})", s.node_rank, s.nnodes, s.nnodes - 1);
-  if (s.master_port < 1 || s.master_port > 65535) fail("[train] --master-port must be 1 … 65535, got {}", s.master_port);
+  if (s.master_port < 1 || s.master_port > 65534)
+    fail("[train] --master-port must be 1 … 65534 (CPU runs over several hosts use the port after it too), got {}",
+         s.master_port);
   if (s.master_addr.empty()) fail("[train] --master-addr is empty");
 }
 
@@ -158,7 +178,8 @@ NodeGroup::NodeGroup(const LaunchSpec& spec, const std::function<std::string()>&
   validate_launch_spec(spec);
   const auto deadline = Clock::now() + std::chrono::seconds(spec.timeout_s);
   if (spec.node_rank > 0) {
-    const int fd = connect_to(spec, deadline);
+    const int fd = connect_to(spec.master_addr, spec.master_port, spec.timeout_s, deadline,
+                              fmt::format("--master-addr {}:{}", spec.master_addr, spec.master_port));
     peers_.push_back(fd);
     finished_.push_back(false);
     const std::string where = fmt::format("node {} at --master-addr {}:{}", spec.node_rank, spec.master_addr,
@@ -360,6 +381,145 @@ std::optional<DataParallel> worker_from_environment() {
   if (!id) fail("[train] {} holds no communicator id", kWorkerVar);
   dp.comm_id = *id;
   return dp;
+}
+
+// ---- The links of a run's ranks ----
+
+namespace {
+
+class NcclCollective final : public Collective {
+ public:
+  NcclCollective(const std::string& id, int rank, int world) : c_(id, rank, world) {}
+  int rank() const override { return c_.rank(); }
+  int world() const override { return c_.world(); }
+  void sum_async(const std::vector<std::pair<float*, size_t>>& b, float premul) override { c_.sum_async(b, premul); }
+  void join() override { c_.join(); }
+  void broadcast_host(void* data, size_t bytes, int root) override { c_.broadcast_host(data, bytes, root); }
+  void broadcast(Tensor& t, int root) override { c_.broadcast_device(t.raw(), t.nbytes(), root); }
+  std::vector<double> all_gather(double value) override { return c_.all_gather(value); }
+
+ private:
+  cuda::Communicator c_;
+};
+
+// A star through rank 0: each other rank sends its part there; rank 0 combines in rank order and
+// sends the result back. Every call is done when it returns (the CPU trainer has nothing to
+// overlap it with).
+class HostCollective final : public Collective {
+ public:
+  HostCollective(const std::string& address, int rank, int world, int timeout_s) : rank_(rank), world_(world) {
+    const size_t colon = address.rfind(':');
+    const std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+    const int port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
+    if (port <= 0) fail("[train] rank {}: '{}' is not host:port", rank, address);
+    const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+    if (rank > 0) {
+      const int fd = connect_to(host, port, timeout_s, deadline, fmt::format("rank {} joining rank 0 at {}", rank, address));
+      peers_.assign(1, fd);
+      const int32_t r = rank;
+      send_bytes(fd, &r, sizeof r, where(0));
+      return;
+    }
+    const int lfd = listen_on(port);
+    peers_.assign(size_t(world), -1);
+    for (int joined = 1; joined < world;) {
+      pollfd p{lfd, POLLIN, 0};
+      const int ready = ::poll(&p, 1, remaining_ms(deadline));
+      if (ready == 0) {
+        ::close(lfd);
+        fail("[train] rank 0 at {}: {} of {} ranks joined in {} s", address, joined, world, timeout_s);
+      }
+      if (ready < 0) continue;
+      const int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      int32_t r = -1;
+      pollfd q{fd, POLLIN, 0};
+      if (::poll(&q, 1, 10000) != 1 || ::recv(fd, &r, sizeof r, MSG_WAITALL) != ssize_t(sizeof r) || r < 1 ||
+          r >= world || peers_[size_t(r)] >= 0) {
+        ::close(fd);  // not one of ours, or a rank twice
+        continue;
+      }
+      const int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      peers_[size_t(r)] = fd;
+      ++joined;
+    }
+    ::close(lfd);
+  }
+  ~HostCollective() override {
+    for (int fd : peers_)
+      if (fd >= 0) ::close(fd);
+  }
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+
+  void sum_async(const std::vector<std::pair<float*, size_t>>& buffers, float premul) override {
+    for (const auto& [p, n] : buffers) {
+      std::vector<float> part(n);
+      for (size_t i = 0; i < n; ++i) part[i] = p[i] * premul;
+      if (rank_ > 0) {
+        send_bytes(peers_[0], part.data(), n * sizeof(float), where(0));
+        recv_all(peers_[0], p, n * sizeof(float), where(0));
+        continue;
+      }
+      std::vector<float> other(n);
+      for (int r = 1; r < world_; ++r) {
+        recv_all(peers_[size_t(r)], other.data(), n * sizeof(float), where(r));
+        for (size_t i = 0; i < n; ++i) part[i] += other[i];
+      }
+      std::copy(part.begin(), part.end(), p);
+      for (int r = 1; r < world_; ++r) send_bytes(peers_[size_t(r)], p, n * sizeof(float), where(r));
+    }
+  }
+  void join() override {}
+  void broadcast_host(void* data, size_t bytes, int root) override {
+    if (root != 0) fail("[train] the CPU ranks broadcast from rank 0 only");
+    if (rank_ > 0) return recv_all(peers_[0], data, bytes, where(0));
+    for (int r = 1; r < world_; ++r) send_bytes(peers_[size_t(r)], data, bytes, where(r));
+  }
+  void broadcast(Tensor& t, int root) override { broadcast_host(t.raw(), t.nbytes(), root); }
+  std::vector<double> all_gather(double value) override {
+    std::vector<double> all(static_cast<size_t>(world_));
+    if (rank_ > 0) {
+      send_bytes(peers_[0], &value, sizeof value, where(0));
+      recv_all(peers_[0], all.data(), all.size() * sizeof(double), where(0));
+      return all;
+    }
+    all[0] = value;
+    for (int r = 1; r < world_; ++r) recv_all(peers_[size_t(r)], &all[size_t(r)], sizeof(double), where(r));
+    for (int r = 1; r < world_; ++r) send_bytes(peers_[size_t(r)], all.data(), all.size() * sizeof(double), where(r));
+    return all;
+  }
+
+ private:
+  std::string where(int peer) const { return fmt::format("rank {}'s link to rank {}", rank_, peer); }
+  int rank_, world_;
+  std::vector<int> peers_;  // rank 0: a socket per rank (its own slot unused); the others: rank 0's
+};
+
+}  // namespace
+
+std::unique_ptr<Collective> nccl_collective(const std::string& id, int rank, int world) {
+  return std::make_unique<NcclCollective>(id, rank, world);
+}
+
+std::unique_ptr<Collective> host_collective(const std::string& address, int rank, int world, int timeout_s) {
+  return std::make_unique<HostCollective>(address, rank, world, timeout_s);
+}
+
+std::string local_collective_address() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    fail("[train] no free local port for the ranks' links ({})", std::strerror(errno));
+  }
+  ::close(fd);
+  return fmt::format("127.0.0.1:{}", ntohs(a.sin_port));
 }
 
 }  // namespace mamba2::training

@@ -25,7 +25,6 @@
 #include "core/device.h"
 #include "core/file.h"
 #include "core/json.h"
-#include "cuda/collectives.h"
 #include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
@@ -34,6 +33,7 @@
 #include "model/mamba2_grad.h"
 #include "model/weights.h"
 #include "train/checkpoint.h"
+#include "train/collective.h"
 #include "train/data.h"
 #include "train/optimizer.h"
 
@@ -193,7 +193,7 @@ class Trainer {
   TrainConfig cfg_;
   TrainCallbacks cb_;
   std::optional<DataParallel> dp_;
-  std::optional<cuda::Communicator> comm_;
+  std::unique_ptr<Collective> comm_;
   std::optional<RunLock> lock_;
   fs::path tokenizer_path_;
   std::optional<Tokenizer> tok_;
@@ -216,14 +216,20 @@ void Trainer::setup() {
   validate_train_config(cfg_);
   if (cfg_.threads > 0) omp_set_num_threads(cfg_.threads);
   if (dp_) {
-    if (!cfg_.device.empty() && cfg_.device != "cuda")
-      fail("[train] --gpus trains on cuda:0, cuda:1, … of each node: --device {} does not go with it (leave it "
-           "unset or cuda)", cfg_.device);
+    const std::string device = default_device(cfg_.device);
+    if (device != "cuda" && device != "cpu")
+      fail("[train] data parallel trains on cuda:0, cuda:1, … of each node, or on CPU processes: --device {} does "
+           "not go with it (cuda or cpu)", device);
     if (cfg_.batch_size % dp_->world != 0)
-      fail("[train] batch_size (--batch-size) {} does not split over {} GPUs: each micro-batch's rows are divided "
-           "evenly, so it must be a multiple of {}", cfg_.batch_size, dp_->world, dp_->world);
-    dev_ = use_device(fmt::format("cuda:{}", dp_->local_rank), "[train] --gpus");
-    comm_.emplace(dp_->comm_id, dp_->rank, dp_->world);
+      fail("[train] batch_size (--batch-size) {} does not split over {} processes: each micro-batch's rows are "
+           "divided evenly, so it must be a multiple of {}", cfg_.batch_size, dp_->world, dp_->world);
+    if (device == "cuda") {
+      dev_ = use_device(fmt::format("cuda:{}", dp_->local_rank), "[train] --gpus");
+      comm_ = nccl_collective(dp_->comm_id, dp_->rank, dp_->world);
+    } else {
+      dev_ = Device::CPU;
+      comm_ = host_collective(dp_->comm_id, dp_->rank, dp_->world);
+    }
     if (!lead()) return setup_follower();
   } else {
     dev_ = use_device(cfg_.device, "[train] device");
@@ -306,7 +312,7 @@ void Trainer::setup_follower() {
   check_reduced_grads();
   share_start();
   opt_->set_steps(st_.step);
-  cw_ = compute_weights(w_, *parse_dtype(cfg_.dtype));
+  cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
 }
 
 void Trainer::share_start() {
@@ -317,7 +323,7 @@ void Trainer::share_start() {
     comm_->broadcast_host(state.data(), n, 0);
   }
   for (Param& p : opt_->params())
-    for (Tensor* t : {p.value, &p.m, &p.v}) comm_->broadcast_device(t->raw(), t->nbytes(), 0);
+    for (Tensor* t : {p.value, &p.m, &p.v}) comm_->broadcast(*t, 0);
 }
 
 std::vector<std::pair<float*, size_t>> Trainer::grad_buffers(int64_t layer) {

@@ -10,12 +10,14 @@
 #include "commands.h"
 #include "core/file.h"
 #include "core/utf8.h"
+#include "core/device.h"
 #include "cuda/collectives.h"
 #include "cuda/runtime.h"
 #include "mamba2/error.h"
 #include "mamba2/model.h"
 #include "mamba2/tokenizer.h"
 #include "mamba2/train.h"
+#include "train/collective.h"
 #include "train/distributed.h"
 
 namespace mamba2::cli {
@@ -74,6 +76,7 @@ void add_train(CLI::App& app) {
     std::string config;
     bool resume = false;
     training::LaunchSpec launch;
+    int gpus = 0, nproc = 0;
   };
   auto o = std::make_shared<Opts>();
   auto ov = std::make_shared<Overrides>(sub);
@@ -153,9 +156,12 @@ void add_train(CLI::App& app) {
                                    "there is one)",
                        [](TrainConfig& c, const std::string& v) { c.device = v; });
   ov->add<int>("--threads", "Threads (default: all cores)", [](TrainConfig& c, int v) { c.threads = v; });
-  sub->add_option("--gpus", o->launch.gpus,
-                  "Data parallel: processes (one per GPU: cuda:0 … of this node) that each take an equal share of "
-                  "every micro-batch (default 1)");
+  sub->add_option("--gpus", o->gpus,
+                  "Data parallel on GPUs: processes (one per GPU: cuda:0 … of this node) that each take an equal "
+                  "share of every micro-batch (default 1)");
+  sub->add_option("--nproc-per-node", o->nproc,
+                  "Data parallel on this node's device: --gpus on the GPU; with --device cpu, CPU processes (each "
+                  "with --threads threads)");
   sub->add_option("--nnodes", o->launch.nnodes, "Data parallel over hosts: how many run this command (default 1)");
   sub->add_option("--node-rank", o->launch.node_rank, "This host's index, 0 … nnodes-1 (node 0 writes the run)");
   sub->add_option("--master-addr", o->launch.master_addr, "Node 0's address, where the nodes meet (default 127.0.0.1)");
@@ -217,6 +223,9 @@ void add_train(CLI::App& app) {
       }
       return StepAction::Continue;
     };
+    if (o->gpus > 0 && cfg.device == "cpu")
+      fail("[train] --gpus {} with --device cpu: --nproc-per-node runs CPU processes", o->gpus);
+    if (o->gpus > 0 && cfg.device.empty()) cfg.device = "cuda";  // every rank resolves the same device
     // A worker of a data-parallel run (started by its node's launcher below): quiet, and stopped
     // by rank 0's decision, not by its own Ctrl-C.
     if (const std::optional<DataParallel> worker = training::worker_from_environment()) {
@@ -224,14 +233,23 @@ void add_train(CLI::App& app) {
       train(cfg, {}, &*worker);
       return;
     }
-    const training::LaunchSpec& spec = o->launch;
+    if (o->gpus > 0 && o->nproc > 0) fail("[train] --gpus and --nproc-per-node say the same: give one");
+    training::LaunchSpec spec = o->launch;
+    spec.gpus = o->gpus > 0 ? o->gpus : o->nproc > 0 ? o->nproc : 1;
     training::validate_launch_spec(spec);
+    const bool on_cpu = default_device(cfg.device) == "cpu";
     TrainResult r;
     if (spec.world() > 1) {
-      if (cuda::device_count() < spec.gpus)
+      if (!on_cpu && cuda::device_count() < spec.gpus)
         fail("[train] --gpus {}: this machine shows {} CUDA GPU(s){}", spec.gpus, cuda::device_count(),
              cuda::device_count() == 0 ? " (" + cuda::no_gpu_reason() + ")" : std::string());
-      training::NodeGroup group(spec, [] { return cuda::new_comm_id(); });
+      // The ranks' links: NCCL's id, or where rank 0 listens for the CPU processes.
+      const auto make_id = [&] {
+        if (!on_cpu) return cuda::new_comm_id();
+        return spec.nnodes > 1 ? fmt::format("{}:{}", spec.master_addr, spec.master_port + 1)
+                               : training::local_collective_address();
+      };
+      training::NodeGroup group(spec, make_id);
       training::Workers workers(spec, group.comm_id());
       group.watch();
       const DataParallel dp{spec.node_rank * spec.gpus, spec.world(), 0, group.comm_id()};
