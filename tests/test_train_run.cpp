@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cuda/collectives.h"
@@ -67,6 +69,28 @@ TrainConfig tiny_config(const fs::path& out, const fs::path& corpus, const std::
   c.keep_checkpoints = 0;
   c.device = "cpu";  // the GPU's runs are their own tests
   return c;
+}
+
+// A port p with p + 1 free too (a CPU run over two "nodes" uses both), free now.
+int free_port_pair() {
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    const int a = ::socket(AF_INET, SOCK_STREAM, 0), b = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    int port = 0;
+    if (::bind(a, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+        ::getsockname(a, reinterpret_cast<sockaddr*>(&sa), &len) == 0 && ntohs(sa.sin_port) < 65535) {
+      port = ntohs(sa.sin_port);
+      sa.sin_port = htons(uint16_t(port + 1));
+      if (::bind(b, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) port = 0;
+    }
+    ::close(a);
+    ::close(b);
+    if (port) return port;
+  }
+  return 29700;
 }
 
 // The metrics lines without the timing fields.
@@ -357,7 +381,7 @@ TEST(TrainRun, TwoCpuProcessesFollowOneRepeatTheirBitsAndResume) {
   EXPECT_EQ(metrics(tmp / "resumed"), m2);
   EXPECT_TRUE(final_bytes(tmp / "resumed") == final_bytes(tmp / "two"));
 
-  const std::string port = std::to_string(31000 + int(::getpid() % 2000) * 2);
+  const std::string port = std::to_string(free_port_pair());
   std::thread node1([&] { run(tmp / "nodes", "--nproc-per-node 1 --nnodes 2 --node-rank 1 --master-port " + port); });
   run(tmp / "nodes", "--nproc-per-node 1 --nnodes 2 --node-rank 0 --master-port " + port);
   node1.join();
