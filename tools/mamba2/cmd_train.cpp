@@ -1,7 +1,9 @@
 // train and eval: run (or resume) a training run from a JSON config and/or flags, with a progress
 // bar; a model's loss, perplexity and bits per byte on a text file.
+#include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -161,7 +163,7 @@ void add_train(CLI::App& app) {
                   "share of every micro-batch (default 1)");
   sub->add_option("--nproc-per-node", o->nproc,
                   "Data parallel on this node's device: --gpus on the GPU; with --device cpu, CPU processes (each "
-                  "with --threads threads)");
+                  "with --threads threads; by default the cores shared out)");
   sub->add_option("--nnodes", o->launch.nnodes, "Data parallel over hosts: how many run this command (default 1)");
   sub->add_option("--node-rank", o->launch.node_rank, "This host's index, 0 … nnodes-1 (node 0 writes the run)");
   sub->add_option("--master-addr", o->launch.master_addr, "Node 0's address, where the nodes meet (default 127.0.0.1)");
@@ -226,6 +228,11 @@ void add_train(CLI::App& app) {
     if (o->gpus > 0 && cfg.device == "cpu")
       fail("[train] --gpus {} with --device cpu: --nproc-per-node runs CPU processes", o->gpus);
     if (o->gpus > 0 && cfg.device.empty()) cfg.device = "cuda";  // every rank resolves the same device
+    // CPU processes share the node's cores unless --threads says otherwise.
+    if (o->nproc > 1 && cfg.threads == 0 && default_device(cfg.device) == "cpu") {
+      cfg.threads = std::max(1, omp_get_num_procs() / o->nproc);
+      set_threads(cfg.threads);
+    }
     // A worker of a data-parallel run (started by its node's launcher below): quiet, and stopped
     // by rank 0's decision, not by its own Ctrl-C.
     if (const std::optional<DataParallel> worker = training::worker_from_environment()) {
