@@ -134,8 +134,11 @@ class BlockScan {
   }
 
   // tl tokens: B, C their rows; delta, x per token; y (before the gate) out.
+  // Keep (the backward): also every token's states (after it) and decays, each a row of
+  // S·kBlock at keep_h / keep_e + t·S·kBlock, laid out as states_to's (Re, then Im).
+  template <bool Keep = false>
   void run(const T* B, int64_t ldb, const T* C, int64_t ldc, const Lanes<T>* delta, const Lanes<T>* x, Lanes<T>* y,
-           int64_t tl) {
+           int64_t tl, T* keep_h = nullptr, T* keep_e = nullptr) {
     const int64_t N = NC > 0 ? NC : N_;
     T* __restrict hr = hr_;
     T* __restrict hi = hi_;
@@ -155,11 +158,14 @@ class BlockScan {
         const T* arn = ar + n * kBlock;
         if constexpr (!Complex) {
           const T b = Bt[n], cc = Ct[n];
+          T* eo = Keep ? keep_e + (t * N + n) * kBlock : nullptr;
 #pragma omp simd
           for (int64_t c = 0; c < kBlock; ++c) {
-            const T hn = exp_nonpos(dl[c] * arn[c]) * hrn[c] + dx[c] * b;
+            const T a = exp_nonpos(dl[c] * arn[c]);
+            const T hn = a * hrn[c] + dx[c] * b;
             hrn[c] = hn;
             pa[c] += cc * hn;
+            if constexpr (Keep) eo[c] = a;
           }
         } else {
           T* hin = hi + n * kBlock;
@@ -171,9 +177,11 @@ class BlockScan {
             sin_cos(dl[c] * ain[c], sn[c], cs[c]);
           }
           const T br = Bt[2 * n], bi = Bt[2 * n + 1], cr = Ct[2 * n], ci = Ct[2 * n + 1];
+          T* eo = Keep ? keep_e + (2 * t * N + n) * kBlock : nullptr;
 #pragma omp simd
           for (int64_t c = 0; c < kBlock; ++c) {
             const T er = mag[c] * cs[c], ei = mag[c] * sn[c];
+            if constexpr (Keep) eo[c] = er, eo[N * kBlock + c] = ei;
             const T h_r = hrn[c], h_i = hin[c];
             const T nr = (er * h_r - ei * h_i) + dx[c] * br;
             const T ni = (er * h_i + ei * h_r) + dx[c] * bi;
@@ -190,6 +198,7 @@ class BlockScan {
           for (int64_t c = 0; c < kBlock; ++c) part[i][c] += part[i + w][c];
 #pragma omp simd
       for (int64_t c = 0; c < kBlock; ++c) y[t][c] = finish(Complex, part[0][c], D_[c], x[t][c]);
+      if constexpr (Keep) states_to(keep_h + t * S() * kBlock);
     }
   }
 
@@ -380,20 +389,22 @@ struct BackOperands {
 };
 
 // The backward of channels [d0, d0 + nc) as lanes: the forward again by the forward's own block
-// code (BlockScan, token by token: the same states and y), every state kept (hs: (L + 1) rows of
-// S·kBlock), then the tokens in reverse, each lane one channel's formulas (above), its sums over n
-// in n order. pB, pC (L, bw): the block's dB and dC.
+// code (BlockScan: the same states, decays and y), every state and decay kept (hs: (L + 1) rows
+// of S·kBlock, dec: L), then the tokens in reverse, each lane one channel's formulas (above), its
+// sums over n in n order. pB, pC (L, bw): the block's dB and dC.
 template <int64_t NC, bool Complex, class T>
 void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int64_t nc, T* pB, T* pC,
                     std::vector<T>& ws) {
   constexpr int64_t K = kBlock;
   const SelectiveScanParamsT<T>& p = o.p;
   const int64_t N = p.d_state, S = Complex ? 2 * N : N, bw = S, SK = S * K, L = o.L;
-  const size_t need = size_t((L + 1) * SK + 2 * L * K + 4 * N * K + 2 * N * K + SK + 2 * N * K);
+  const size_t need = size_t((L + 1) * SK + L * SK + 3 * L * K + 4 * N * K + 2 * N * K + SK + 2 * N * K);
   if (ws.size() < need) ws.resize(need);
   T* hs = ws.data();
-  T* delta = hs + (L + 1) * SK;
-  T* ypre = delta + L * K;
+  T* dec = hs + (L + 1) * SK;  // the decays exp(δA) of every token (Re, then Im), as hs's rows
+  T* delta = dec + L * SK;
+  T* xin = delta + L * K;
+  T* ypre = xin + L * K;
   T* blk_ws = ypre + L * K;  // BlockScan's arrays for a run-time N
   T* dA = blk_ws + 4 * N * K;  // d Re A, then d Im A, n-major lanes
   T* gh = dA + 2 * N * K;      // ∂loss/∂h, as hs's rows
@@ -406,18 +417,17 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
   else
     blk.zero_state();
   blk.states_to(hs);
-  alignas(64) T raw[1][K], xs[1][K], ys[1][K];
+  auto* dls = reinterpret_cast<T(*)[K]>(delta);
+  auto* xs = reinterpret_cast<T(*)[K]>(xin);
+  alignas(64) T raw[K];
   for (int64_t t = 0; t < L; ++t) {
     for (int64_t c = 0; c < K; ++c) {
-      raw[0][c] = c < nc ? o.dt[t * o.lddt + d0 + c] : T(0);
-      xs[0][c] = c < nc ? o.x[t * o.ldx + d0 + c] : T(0);
+      raw[c] = c < nc ? o.dt[t * o.lddt + d0 + c] : T(0);
+      xs[t][c] = c < nc ? o.x[t * o.ldx + d0 + c] : T(0);
     }
-    auto* dl = reinterpret_cast<T(*)[K]>(delta + t * K);
-    blk.softplus(raw[0], dl[0]);
-    blk.run(o.B + t * o.ldb, o.ldb, o.C + t * o.ldc, o.ldc, dl, xs, ys, 1);
-    blk.states_to(hs + (t + 1) * SK);
-    std::copy_n(ys[0], K, ypre + t * K);
+    blk.softplus(raw, dls[t]);
   }
+  blk.template run<true>(o.B, o.ldb, o.C, o.ldc, dls, xs, reinterpret_cast<T(*)[K]>(ypre), L, hs + SK, dec);
 
   T Dd[K], bias[K];
   for (int64_t n = 0; n < N; ++n)
@@ -466,13 +476,14 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
         const T b = Bt[n], cc = Ct[n];
         const T* hn = h + n * K;
         const T* hpn = hp + n * K;
+        const T* an = dec + t * SK + n * K;
         T* ghn = gh + n * K;
         T vC[K], vB[K];
 #pragma omp simd
         for (int64_t c = 0; c < K; ++c) {
           vC[c] = gy[c] * hn[c];
           const T gn = ghn[c] + gy[c] * cc;
-          const T a = exp_nonpos(dl[c] * arn[c]);
+          const T a = an[c];
           vB[c] = gn * dx[c];
           sum_gB[c] += gn * b;
           const T da = gn * hpn[c];
@@ -488,6 +499,7 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
         T* dAin = dA + (N + n) * K;
         const T *hr = h + n * K, *hi = h + (N + n) * K, *hpr = hp + n * K, *hpi = hp + (N + n) * K;
         T *ghr = gh + n * K, *ghi = gh + (N + n) * K;
+        const T *ern = dec + t * SK + n * K, *ein = dec + t * SK + (N + n) * K;
         T vCr[K], vCi[K], vBr[K], vBi[K];
 #pragma omp simd
         for (int64_t c = 0; c < K; ++c) {
@@ -495,10 +507,7 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
           vCi[c] = T(2) * gy[c] * hi[c];
           const T gr = ghr[c] + T(2) * gy[c] * cr;
           const T gi = ghi[c] - T(2) * gy[c] * ci;
-          const T mag = exp_nonpos(dl[c] * arn[c]);
-          T sn, cs;
-          sin_cos(dl[c] * ain[c], sn, cs);
-          const T er = mag * cs, ei = mag * sn;
+          const T er = ern[c], ei = ein[c];
           vBr[c] = gr * dx[c];
           vBi[c] = gi * dx[c];
           sum_gB[c] += gr * br + gi * bi;
