@@ -100,26 +100,6 @@ bool batch_invariant() {
   return on;
 }
 
-// `algo` set to `splitk` k pieces summed by `reduction`, if it then runs at every checked row count
-// within the workspace (false leaves it in an unspecified state).
-bool fix_algo_everywhere(Blas& bl, const Plan& plan, cublasLtMatmulAlgo_t& algo, int32_t splitk, uint32_t reduction,
-                         DType dtype, int64_t n, int64_t k) {
-  if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk)) !=
-          CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
-                                           sizeof(reduction)) != CUBLAS_STATUS_SUCCESS)
-    return false;
-  for (int64_t rows : kCheckRows) {
-    Layouts lr(dtype, rows, n, k, k, n);
-    cublasLtMatmulHeuristicResult_t checked{};
-    if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
-            CUBLAS_STATUS_SUCCESS ||
-        checked.workspaceSize > kWorkspaceBytes)
-      return false;
-  }
-  return true;
-}
-
 // An fp32 W of few columns (Mamba-1's x_proj: 80 × 1536 at 130m, 192 × 5120 at 2.8b) gives a
 // product of one k piece a few dozen output tiles for 132 SMs (24 at 2.8b: 467 µs of a 1.3 ms
 // layer, bench/RESULTS.md). Cut k into `splitk` pieces, their partial products summed in fp32
@@ -129,7 +109,25 @@ void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) 
   if (dtype != DType::F32 || n > 256) return;
   for (int split = int(std::clamp<int64_t>(k / 512, 1, 8)); split > 1; split /= 2) {
     cublasLtMatmulAlgo_t algo = plan.algo;
-    if (fix_algo_everywhere(bl, plan, algo, split, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, dtype, n, k)) {
+    const int32_t sk = split;
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &sk, sizeof(sk)) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
+                                             sizeof(reduction)) != CUBLAS_STATUS_SUCCESS)
+      return;
+    bool runs = true;
+    for (int64_t rows : kCheckRows) {
+      Layouts lr(dtype, rows, n, k, k, n);
+      cublasLtMatmulHeuristicResult_t checked{};
+      if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
+              CUBLAS_STATUS_SUCCESS ||
+          checked.workspaceSize > kWorkspaceBytes) {
+        runs = false;
+        break;
+      }
+    }
+    if (runs) {
       plan.algo = algo;
       plan.splitk = split;
       return;
@@ -166,7 +164,25 @@ Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int6
   // The first algorithm that, forced to one k piece and no reduction, runs at every row count.
   for (int i = 0; i < found; ++i) {
     cublasLtMatmulAlgo_t algo = results[i].algo;
-    if (fix_algo_everywhere(bl, plan, algo, 1, CUBLASLT_REDUCTION_SCHEME_NONE, dtype, n, k)) {
+    const int32_t splitk = 1;
+    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
+    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk)) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
+                                             sizeof(reduction)) != CUBLAS_STATUS_SUCCESS)
+      continue;
+    bool runs_everywhere = true;
+    for (int64_t rows : kCheckRows) {
+      Layouts lr(dtype, rows, n, k, k, n);
+      cublasLtMatmulHeuristicResult_t checked{};
+      if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
+              CUBLAS_STATUS_SUCCESS ||
+          checked.workspaceSize > kWorkspaceBytes) {
+        runs_everywhere = false;
+        break;
+      }
+    }
+    if (runs_everywhere) {
       plan.algo = algo;
       split_few_columns(bl, plan, dtype, n, k);
       return plan;
