@@ -52,6 +52,12 @@ void send_bytes(int fd, const void* data, size_t bytes, const std::string& where
 
 void send_all(int fd, const std::string& s, const std::string& where) { send_bytes(fd, s.data(), s.size(), where); }
 
+// The master's refusal line to a node, best effort (the node may be gone already).
+void send_refusal(int fd, const std::string& why) {
+  const std::string line = "error " + why + "\n";
+  ::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
+}
+
 // One line (without its '\n'), or an error naming `where` when none comes before the deadline.
 std::string read_line(int fd, Clock::time_point deadline, const std::string& where) {
   std::string line;
@@ -203,7 +209,7 @@ NodeGroup::NodeGroup(const LaunchSpec& spec, const std::function<std::string()>&
   std::vector<int> by_node(size_t(spec.nnodes), -1);
   auto refuse_all = [&](const std::string& why) {
     for (int fd : by_node)
-      if (fd >= 0) ::send(fd, ("error " + why + "\n").data(), why.size() + 7, MSG_NOSIGNAL), ::close(fd);
+      if (fd >= 0) send_refusal(fd, why), ::close(fd);
     ::close(lfd);
     fail("[train] rendezvous at port {}: {}", spec.master_port, why);
   };
@@ -229,7 +235,7 @@ NodeGroup::NodeGroup(const LaunchSpec& spec, const std::function<std::string()>&
     }
     if (node < 1 || node >= spec.nnodes || by_node[size_t(node)] >= 0) {
       const std::string why = fmt::format("a node said --node-rank {} (expected each of 1 … {} once)", node, spec.nnodes - 1);
-      ::send(fd, ("error " + why + "\n").data(), why.size() + 7, MSG_NOSIGNAL);
+      send_refusal(fd, why);
       ::close(fd);
       refuse_all(why);
     }
