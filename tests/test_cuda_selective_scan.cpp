@@ -208,9 +208,13 @@ INSTANTIATE_TEST_SUITE_P(Variants, CudaSelectiveScan,
 // rounding (fp32: 1e-6; bf16: its unit roundoff 2⁻⁸ ≈ 3.9e-3 relative bounds every element, 4e-3).
 TEST(CudaSelectiveScanFused, StepWithDtProjMatchesProjectionThenStep) {
   MAMBA2_REQUIRE_GPU();
-  for (bool complex : {false, true}) {
+  // R = 12: one pass, a thread of each channel without a piece; 160 (2.8b): float4 loads in three
+  // passes over dt_w's row (a channel's threads hold 64 of it at once); 301: element-wise loads.
+  for (const auto& [complex, R] : std::vector<std::pair<bool, int64_t>>{{false, 12}, {true, 12}, {false, 160},
+                                                                        {true, 160}, {false, 301}}) {
+    SCOPED_TRACE("R " + std::to_string(R));
     const test::SelectiveProblem p = test::make_selective_problem(40, 16, complex, true, {1, 1, 1}, 9);
-    const int64_t nb = 3, R = 12;
+    const int64_t nb = 3;
     ScanOperands o(p, Device::CUDA);
     Tensor dt_low = to_gpu(test::random_tensor({nb, R}, 5)), dt_proj = to_gpu(test::random_tensor({p.Dc, R}, 6, -0.3f, 0.3f));
     Tensor dt = Tensor::empty({nb, p.Dc}, Device::CUDA);

@@ -466,62 +466,108 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
   }
 }
 
-// f32 decode of a W of few columns (n ≤ kSkinnyMaxCols: Mamba-1's x_proj, 80 columns at 130m, 192
-// at 2.8b). The rows kernel gives such a W n/16 blocks (5 on 132 SMs), and its warps wait on memory
-// ~k/256 times a step. Here a block per (8 columns, row of x), a warp per column: every lane issues
-// all its loads of a 2048-wide stretch of k, 4 × 16 elements of W (before the wait for the previous
-// kernel: weights are never written during inference) and of x, before it adds one. Lane l sums
-// k = 512s + 16l + i (s, then i, in order), then a fixed butterfly: each output's order is the
-// same whatever m is.
-constexpr int kSkinnyCols = 8, kSkinnySteps = 4, kSkinnyMaxCols = 256;
-
-template <bool vec>
-__device__ __forceinline__ void load16(const float* p, int64_t kk, int64_t k, float (&v)[16]) {
-  if (vec && kk + 16 <= k) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float4 a = *reinterpret_cast<const float4*>(p + kk + 4 * q);
-      v[4 * q] = a.x, v[4 * q + 1] = a.y, v[4 * q + 2] = a.z, v[4 * q + 3] = a.w;
-    }
-    return;
+// The cluster's first block adds the other blocks' vals to its own, in rank order.
+__device__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#endif
+}
+__device__ void add_cluster_sums(float* vals, int count, int splits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  auto cluster = cooperative_groups::this_cluster();
+  cluster.sync();
+  if (cluster.block_rank() != 0) return;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    float v = vals[i];
+    for (int b = 1; b < splits; ++b) v += cluster.map_shared_rank(vals, b)[i];
+    vals[i] = v;
   }
-#pragma unroll
-  for (int i = 0; i < 16; ++i) v[i] = kk + i < k ? p[kk + i] : 0.0f;
+  __syncthreads();
+#endif
 }
 
-template <bool vec>
-__global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const float* W, Out out, int64_t m, int64_t n,
-                                                                  int64_t k) {
-  __shared__ float vals[kSkinnyCols];
+// f32 decode of a W of few columns (n ≤ kSkinnyMaxCols: Mamba-1's x_proj, 80 columns at 130m, 192
+// at 2.8b). The rows kernel gives such a W n/16 blocks (5 on 132 SMs), and its warps wait on memory
+// ~k/256 times a step. Here a cluster of `splits` blocks per (8 columns, kSkinnyRows rows of x), a
+// warp per column; k in pieces of 128 (a float4 a lane), `per` consecutive pieces to each block of
+// the cluster, so that a W of 24 column blocks (2.8b) still has ~200 blocks streaming it. Every
+// lane issues all its loads of up to kSkinnyChunks pieces, W's before the wait for the previous
+// kernel (weights are never written during inference), and uses W's for each of the block's rows.
+// Lane l sums k = 128j + 4l + i (j, then i, in order), then a fixed butterfly, then the cluster's
+// blocks in rank order. `splits` and `per` follow (n, k) and the GPU alone, and a row's sum is the
+// same in whichever block it is: each output's order is the same whatever m is.
+constexpr int kSkinnyCols = 8, kSkinnyChunks = 8, kSkinnyRows = 4, kSkinnyMaxCols = 256;
+
+__device__ __forceinline__ float4 load4(const float* p, int64_t kk, int64_t kend, bool vec) {
+  if (vec && kk + 4 <= kend) return *reinterpret_cast<const float4*>(p + kk);
+  float v[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = kk + i < kend ? p[kk + i] : 0.0f;
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+__global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const float* W, Out out, int64_t m,
+                                                                  int64_t n, int64_t k, int splits, int64_t per,
+                                                                  bool vec) {
+  __shared__ float vals[kSkinnyRows * kSkinnyCols];
   TRACE_KERNEL;
   start_next();
   warm_l2(out.warm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t col = int64_t(blockIdx.x) * kSkinnyCols + warp, r = blockIdx.y;
+  const int split = int(blockIdx.x % unsigned(splits));
+  const int64_t col0 = int64_t(blockIdx.x / unsigned(splits)) * kSkinnyCols, col = col0 + warp;
+  const int64_t row0 = int64_t(blockIdx.y) * kSkinnyRows;
+  const int64_t kb = min(k, split * per * 128), ke = min(k, kb + per * 128);
   const float* w = W + (col < n ? col : 0) * k;
-  const float* x = static_cast<const float*>(in.x) + r * in.ld;
-  constexpr int64_t kStretch = 512 * kSkinnySteps;
-  float wv[kSkinnySteps][16], xv[kSkinnySteps][16];
+  constexpr int64_t kPass = 128 * kSkinnyChunks;
+  float4 wv[kSkinnyChunks];
 #pragma unroll
-  for (int s = 0; s < kSkinnySteps; ++s) load16<vec>(w, 512 * s + 16 * lane, k, wv[s]);
+  for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load4(w, kb + 128 * j + 4 * lane, ke, vec);
   wait_for_previous();
-  float acc = 0.0f;
-  for (int64_t k0 = 0; k0 < k; k0 += kStretch) {
-    if (k0 > 0) {
+  float acc[kSkinnyRows] = {};
+  for (int64_t k0 = kb; k0 < ke; k0 += kPass) {
+    if (k0 > kb) {
 #pragma unroll
-      for (int s = 0; s < kSkinnySteps; ++s) load16<vec>(w, k0 + 512 * s + 16 * lane, k, wv[s]);
+      for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load4(w, k0 + 128 * j + 4 * lane, ke, vec);
     }
 #pragma unroll
-    for (int s = 0; s < kSkinnySteps; ++s) load16<vec>(x, k0 + 512 * s + 16 * lane, k, xv[s]);
+    for (int i = 0; i < kSkinnyRows; ++i) {
+      if (row0 + i >= m) break;
+      const float* x = static_cast<const float*>(in.x) + (row0 + i) * in.ld;
+      float4 xv[kSkinnyChunks];
 #pragma unroll
-    for (int s = 0; s < kSkinnySteps; ++s)
+      for (int j = 0; j < kSkinnyChunks; ++j) xv[j] = load4(x, k0 + 128 * j + 4 * lane, ke, vec);
 #pragma unroll
-      for (int i = 0; i < 16; ++i) acc = fmaf(wv[s][i], xv[s][i], acc);
+      for (int j = 0; j < kSkinnyChunks; ++j) {
+        acc[i] = fmaf(wv[j].x, xv[j].x, acc[i]);
+        acc[i] = fmaf(wv[j].y, xv[j].y, acc[i]);
+        acc[i] = fmaf(wv[j].z, xv[j].z, acc[i]);
+        acc[i] = fmaf(wv[j].w, xv[j].w, acc[i]);
+      }
+    }
   }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) vals[warp] = acc;
+#pragma unroll
+  for (int i = 0; i < kSkinnyRows; ++i) {
+    for (int off = 16; off > 0; off >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+    if (lane == 0) vals[i * kSkinnyCols + warp] = acc[i];
+  }
   __syncthreads();
-  store_block(out, vals, nullptr, k, 0.0f, r, 1, m, int64_t(blockIdx.x) * kSkinnyCols, kSkinnyCols, n, nullptr);
+  if (splits > 1) add_cluster_sums(vals, kSkinnyRows * kSkinnyCols, splits);
+  if (split == 0) store_block(out, vals, nullptr, k, 0.0f, row0, kSkinnyRows, m, col0, kSkinnyCols, n, nullptr);
+  if (splits > 1) cluster_sync();  // the other blocks' vals stay until the first has read them
+}
+
+// The skinny kernel's blocks per column block (a cluster) and pieces of 128 per block, from (n, k)
+// and the GPU alone: doubled up to 8 while the grid stays within two blocks an SM and each block
+// keeps four or more pieces (the 2.8b's x_proj: 8 blocks of 5 pieces; the 130m's: 2 of 6, where 4
+// of 3 ran its decode step slower; clusters need sm_90: older GPUs take one block for all of k).
+int skinny_splits(int64_t n, int64_t k, int64_t& per) {
+  const int64_t pieces = ceil_div(k, int64_t(128)), col_blocks = ceil_div(n, int64_t(kSkinnyCols));
+  int splits = 1;
+  if (compute_major() >= 9)
+    while (splits < 8 && col_blocks * splits * 2 <= 2 * int64_t(sm_count()) && pieces >= 8 * int64_t(splits)) splits *= 2;
+  per = ceil_div(pieces, int64_t(splits));
+  return int(ceil_div(pieces, per));
 }
 
 // bf16/f16 decode on tensor cores: a cluster of `splits` blocks per MT·16 output columns (MT mma
@@ -562,26 +608,6 @@ __device__ __forceinline__ uint4 load8_raw(const uint16_t* p, int64_t avail) {
     return make_uint4(e[0] | uint32_t(e[1]) << 16, e[2] | uint32_t(e[3]) << 16, e[4] | uint32_t(e[5]) << 16,
                       e[6] | uint32_t(e[7]) << 16);
   }
-}
-
-// The cluster's first block adds the other blocks' vals to its own, in rank order.
-__device__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cooperative_groups::this_cluster().sync();
-#endif
-}
-__device__ void add_cluster_sums(float* vals, int count, int splits) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  auto cluster = cooperative_groups::this_cluster();
-  cluster.sync();
-  if (cluster.block_rank() != 0) return;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) {
-    float v = vals[i];
-    for (int b = 1; b < splits; ++b) v += cluster.map_shared_rank(vals, b)[i];
-    vals[i] = v;
-  }
-  __syncthreads();
-#endif
 }
 
 // A few rows (NT = 1): 3 blocks an SM, so that ptxas keeps these variants at 80 registers.
@@ -753,11 +779,12 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
   const bool vec = in_aligned && aligned16(W, k, es) && k % 8 == 0;
   if (dtype == DType::F32) {
     if constexpr (std::is_same_v<In, Raw>) {
-      if (n <= kSkinnyMaxCols && m <= 65535) {
-        const dim3 grid(unsigned(ceil_div(n, int64_t(kSkinnyCols))), unsigned(m));
-        const auto* w = static_cast<const float*>(W);
-        if (vec) launch_overlapped(skinny_kernel<true>, grid, kSkinnyCols * 32, 0, "linear", in, w, out, m, n, k);
-        else launch_overlapped(skinny_kernel<false>, grid, kSkinnyCols * 32, 0, "linear", in, w, out, m, n, k);
+      if (n <= kSkinnyMaxCols && m <= 65535 * kSkinnyRows) {
+        int64_t per = 0;
+        const int splits = skinny_splits(n, k, per);
+        const dim3 grid(unsigned(ceil_div(n, int64_t(kSkinnyCols)) * splits), unsigned(ceil_div(m, int64_t(kSkinnyRows))));
+        launch_overlapped_clustered(unsigned(splits), skinny_kernel, grid, kSkinnyCols * 32, 0, "linear", in,
+                                    static_cast<const float*>(W), out, m, n, k, splits, per, vec);
         return;
       }
     }

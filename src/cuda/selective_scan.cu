@@ -435,13 +435,30 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
 }
 
 // One token per sequence: grid (channel blocks, nb); the scan's token code and sum order. With
-// dt_w (channels, R) the raw dt is first dt_w[d]·src.dt[b] (src.dt: dt_proj's input), summed in r
-// order by each of the channel's threads alike. y in YT (the next projection's input dtype).
-// Launched overlapped: A (its exp) and D, the weights, are read before the wait for the previous
-// kernel; the states, written by this kernel a step before, after it.
+// dt_w (channels, R) the raw dt is first dt_w[d]·src.dt[b] (src.dt: dt_proj's input): thread g of
+// the channel's group sums the float4 pieces q ≡ g (mod kGroup) of the row (elements 4q..4q+3),
+// in order, and every thread of the group adds the kGroup parts in g order (the 2.8b's dt_proj is
+// 3.3 MB: a row split over the group, its pieces loaded at once, streams it at a bandwidth the
+// serial r loop did not reach). y in YT (the next projection's input dtype). Launched overlapped:
+// A (its exp), D and dt_w's first kDtPieces pieces a thread (the rest of the row into the L2), the
+// weights, are read before the wait for the previous kernel; the states, written by this kernel a
+// step before, after it.
+// float4 pieces of dt_w a thread holds at once: R ≤ 64 in one pass (130m: 48). More held ran the
+// 130m's batch-16 step slower (128 registers a thread: two waves of blocks; H200, 2026-12-04).
+constexpr int kDtPieces = 4;
+
+__device__ __forceinline__ float4 piece4(const float* p, int64_t i, int64_t end, bool vec) {
+  if (vec && i + 4 <= end) return *reinterpret_cast<const float4*>(p + i);
+  float v[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) v[e] = i + e < end ? p[i + e] : 0.0f;
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+
 template <int NPT, bool Cx, class YT>
 __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, const float* __restrict__ dt_w, int R,
-                                                        YT* __restrict__ y, int64_t ldy, float* __restrict__ states,
+                                                        bool dt_vec, YT* __restrict__ y, int64_t ldy,
+                                                        float* __restrict__ states,
                                                         const int64_t* __restrict__ slots) {
   using S = Share<NPT, Cx>;
   constexpr int W = S::W;
@@ -453,6 +470,14 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   S sh;
   sh.load_A(p, d, g, live);
   const float Dd = live ? p.Dw[d] : 0.0f, bias = live ? p.bias[d] : 0.0f;
+  constexpr int64_t kPass = 4 * kGroup * kDtPieces;
+  const float* wr = dt_w && live ? dt_w + d * R : nullptr;
+  float4 wv[kDtPieces];
+  if (wr) {
+#pragma unroll
+    for (int j = 0; j < kDtPieces; ++j) wv[j] = piece4(wr, 4 * (g + kGroup * j), R, dt_vec);
+    for (int64_t line = kPass / 32 + g; line * 32 < R; line += kGroup) prefetch_l2(wr + line * 32);
+  }
   wait_for_previous();
   float* st = states + slots[b] * p.D * bw;
   sh.load_state(st, p, d, g, live);
@@ -464,10 +489,28 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
     Ct[j] = col < bw ? src.C[b * src.ldc + col] : 0.0f;
   }
   float raw = 0.0f;
-  if (live && dt_w) {
-    const float* wr = dt_w + d * R;
-    const float* in = src.dt + b * src.lddt;
-    for (int r = 0; r < R; ++r) raw = fmaf(wr[r], in[r], raw);
+  if (dt_w) {
+    float acc = 0.0f;
+    if (wr) {
+      const float* in = src.dt + b * src.lddt;
+      for (int64_t r0 = 0; r0 < R; r0 += kPass) {
+        if (r0 > 0) {
+#pragma unroll
+          for (int j = 0; j < kDtPieces; ++j) wv[j] = piece4(wr, r0 + 4 * (g + kGroup * j), R, dt_vec);
+        }
+#pragma unroll
+        for (int j = 0; j < kDtPieces; ++j) {
+          const float4 iv = piece4(in, r0 + 4 * (g + kGroup * j), R, dt_vec);
+          acc = fmaf(wv[j].x, iv.x, acc);
+          acc = fmaf(wv[j].y, iv.y, acc);
+          acc = fmaf(wv[j].z, iv.z, acc);
+          acc = fmaf(wv[j].w, iv.w, acc);
+        }
+      }
+    }
+    const int first = (tid % 32) & ~(kGroup - 1);
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) raw += __shfl_sync(0xffffffffu, acc, first + j);
   } else if (live) {
     raw = src.dt[b * src.lddt + d];
   }
@@ -828,11 +871,15 @@ void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t 
   const Params p = params(sp);
   const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
   const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(nb));
+  // float4 loads of dt_w's rows and of dt_proj's input: 16-byte aligned rows (the choice follows
+  // the buffers, never nb, and the sums are the same either way).
+  const auto a16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  const bool dt_vec = dt_w && R % 4 == 0 && lddt % 4 == 0 && a16(dt_w) && a16(dt);
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
     with_dtype(y_dtype, "selective_scan", [&](auto* tag) {
       using YT = std::remove_pointer_t<decltype(tag)>;
       launch_overlapped(step_kernel<decltype(npt)::value, decltype(cx)::value, YT>, grid, kThreads, 0,
-                        "selective_scan", p, src, dt_w, int(R), static_cast<YT*>(y), ldy, states, slots);
+                        "selective_scan", p, src, dt_w, int(R), dt_vec, static_cast<YT*>(y), ldy, states, slots);
     });
   });
   check_launch("selective_scan");
