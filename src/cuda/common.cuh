@@ -208,6 +208,15 @@ __device__ __forceinline__ void warm_l2(const L2Warm& w) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first + start), "r"(size) : "memory");
 #endif
 }
+// p[i .. i+4) as a float4, zeros from `end` on; `vec`: p + i is 16-byte aligned whenever
+// i + 4 ≤ end (one 16-byte load), else element by element.
+__device__ __forceinline__ float4 load_f32x4(const float* p, int64_t i, int64_t end, bool vec) {
+  if (vec && i + 4 <= end) return *reinterpret_cast<const float4*>(p + i);
+  float v[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) v[e] = i + e < end ? p[i + e] : 0.0f;
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
 // One 128-byte line into the L2 (a hint: a load after wait_for_previous() reads the current
 // value whatever was prefetched).
 __device__ __forceinline__ void prefetch_l2(const void* p) {

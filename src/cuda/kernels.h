@@ -195,8 +195,8 @@ void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_
                             int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs);
 // One token per sequence, row b's state at states + slots[b]·channels·S; the scan's token code
 // (the same bits as the scan given the same dt). With dt_w (channels, R) (dt_proj's weight), dt
-// (nb, R) is dt_proj's input and the raw dt of channel d is dt_w[d]·dt[b] (fp32, r in order). y in
-// y_dtype (F32, BF16 or F16: the out projection's input, rounded once).
+// (nb, R) is dt_proj's input and the raw dt of channel d is dt_w[d]·dt[b] (fp32, in an order fixed
+// by R). y in y_dtype (F32, BF16 or F16: the out projection's input, rounded once).
 void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt, int64_t lddt,
                          const float* dt_w, int64_t R, const float* B, int64_t ldb, const float* C, int64_t ldc,
                          const float* z, int64_t ldz, void* y, DType y_dtype, int64_t ldy, float* states,

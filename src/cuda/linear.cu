@@ -105,29 +105,34 @@ bool batch_invariant() {
 // layer, bench/RESULTS.md). Cut k into `splitk` pieces, their partial products summed in fp32
 // in a separate step (not in place, whose order of additions is not fixed). The count follows
 // (n, k) alone, never m, so a row's bits still do not depend on its batch.
+// algo with k in `split` pieces and that reduction scheme; false where cuBLASLt refuses either.
+bool set_split(cublasLtMatmulAlgo_t& algo, int32_t split, uint32_t reduction) {
+  return cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split)) ==
+             CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
+                                              sizeof(reduction)) == CUBLAS_STATUS_SUCCESS;
+}
+
+// Whether algo runs at every row count of kCheckRows within the workspace.
+bool runs_at_every_row_count(Blas& bl, const Plan& plan, const cublasLtMatmulAlgo_t& algo, DType dtype, int64_t n,
+                             int64_t k) {
+  for (int64_t rows : kCheckRows) {
+    Layouts lr(dtype, rows, n, k, k, n);
+    cublasLtMatmulHeuristicResult_t checked{};
+    if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
+            CUBLAS_STATUS_SUCCESS ||
+        checked.workspaceSize > kWorkspaceBytes)
+      return false;
+  }
+  return true;
+}
+
 void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) {
   if (dtype != DType::F32 || n > 256) return;
   for (int split = int(std::clamp<int64_t>(k / 512, 1, 8)); split > 1; split /= 2) {
     cublasLtMatmulAlgo_t algo = plan.algo;
-    const int32_t sk = split;
-    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &sk, sizeof(sk)) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
-                                             sizeof(reduction)) != CUBLAS_STATUS_SUCCESS)
-      return;
-    bool runs = true;
-    for (int64_t rows : kCheckRows) {
-      Layouts lr(dtype, rows, n, k, k, n);
-      cublasLtMatmulHeuristicResult_t checked{};
-      if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
-              CUBLAS_STATUS_SUCCESS ||
-          checked.workspaceSize > kWorkspaceBytes) {
-        runs = false;
-        break;
-      }
-    }
-    if (runs) {
+    if (!set_split(algo, split, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)) return;
+    if (runs_at_every_row_count(bl, plan, algo, dtype, n, k)) {
       plan.algo = algo;
       plan.splitk = split;
       return;
@@ -164,25 +169,8 @@ Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int6
   // The first algorithm that, forced to one k piece and no reduction, runs at every row count.
   for (int i = 0; i < found; ++i) {
     cublasLtMatmulAlgo_t algo = results[i].algo;
-    const int32_t splitk = 1;
-    const uint32_t reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
-    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk)) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
-                                             sizeof(reduction)) != CUBLAS_STATUS_SUCCESS)
-      continue;
-    bool runs_everywhere = true;
-    for (int64_t rows : kCheckRows) {
-      Layouts lr(dtype, rows, n, k, k, n);
-      cublasLtMatmulHeuristicResult_t checked{};
-      if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
-              CUBLAS_STATUS_SUCCESS ||
-          checked.workspaceSize > kWorkspaceBytes) {
-        runs_everywhere = false;
-        break;
-      }
-    }
-    if (runs_everywhere) {
+    if (!set_split(algo, 1, CUBLASLT_REDUCTION_SCHEME_NONE)) continue;
+    if (runs_at_every_row_count(bl, plan, algo, dtype, n, k)) {
       plan.algo = algo;
       split_few_columns(bl, plan, dtype, n, k);
       return plan;
@@ -498,14 +486,6 @@ __device__ void add_cluster_sums(float* vals, int count, int splits) {
 // same in whichever block it is: each output's order is the same whatever m is.
 constexpr int kSkinnyCols = 8, kSkinnyChunks = 8, kSkinnyRows = 4, kSkinnyMaxCols = 256;
 
-__device__ __forceinline__ float4 load4(const float* p, int64_t kk, int64_t kend, bool vec) {
-  if (vec && kk + 4 <= kend) return *reinterpret_cast<const float4*>(p + kk);
-  float v[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) v[i] = kk + i < kend ? p[kk + i] : 0.0f;
-  return make_float4(v[0], v[1], v[2], v[3]);
-}
-
 __global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const float* W, Out out, int64_t m,
                                                                   int64_t n, int64_t k, int splits, int64_t per,
                                                                   bool vec) {
@@ -522,13 +502,13 @@ __global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const 
   constexpr int64_t kPass = 128 * kSkinnyChunks;
   float4 wv[kSkinnyChunks];
 #pragma unroll
-  for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load4(w, kb + 128 * j + 4 * lane, ke, vec);
+  for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load_f32x4(w, kb + 128 * j + 4 * lane, ke, vec);
   wait_for_previous();
   float acc[kSkinnyRows] = {};
   for (int64_t k0 = kb; k0 < ke; k0 += kPass) {
     if (k0 > kb) {
 #pragma unroll
-      for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load4(w, k0 + 128 * j + 4 * lane, ke, vec);
+      for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load_f32x4(w, k0 + 128 * j + 4 * lane, ke, vec);
     }
 #pragma unroll
     for (int i = 0; i < kSkinnyRows; ++i) {
@@ -536,7 +516,7 @@ __global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const 
       const float* x = static_cast<const float*>(in.x) + (row0 + i) * in.ld;
       float4 xv[kSkinnyChunks];
 #pragma unroll
-      for (int j = 0; j < kSkinnyChunks; ++j) xv[j] = load4(x, k0 + 128 * j + 4 * lane, ke, vec);
+      for (int j = 0; j < kSkinnyChunks; ++j) xv[j] = load_f32x4(x, k0 + 128 * j + 4 * lane, ke, vec);
 #pragma unroll
       for (int j = 0; j < kSkinnyChunks; ++j) {
         acc[i] = fmaf(wv[j].x, xv[j].x, acc[i]);

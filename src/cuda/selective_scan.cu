@@ -104,7 +104,9 @@ struct Share {
     }
   }
   // One token: h ← exp(δA)·h + δx·B. Bt, Ct: this thread's W values of the token's rows. Returns
-  // the thread's part of Σ_n C·h (complex: of Re), in n order.
+  // the thread's part of Σ_n C·h (complex: of Re), in n order; WithC false (a segment's summary):
+  // the state alone, Ct unread.
+  template <bool WithC = true>
   __device__ __forceinline__ float advance(const float* Bt, const float* Ct, float delta, float dx) {
     float s = 0.0f;
 #pragma unroll
@@ -115,10 +117,10 @@ struct Share {
         const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
         const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
         hr[i] = nr, hi[i] = ni;
-        s += Ct[2 * i] * nr - Ct[2 * i + 1] * ni;
+        if constexpr (WithC) s += Ct[2 * i] * nr - Ct[2 * i + 1] * ni;
       } else {
         hr[i] = er * hr[i] + dx * Bt[i];
-        s += Ct[i] * hr[i];
+        if constexpr (WithC) s += Ct[i] * hr[i];
       }
     }
     return s;
@@ -136,21 +138,6 @@ struct Share {
       er = mag * c, ei = mag * s;
     } else {
       er = mag, ei = 0.0f;
-    }
-  }
-  // One token of a segment's summary: h ← exp(δA)·h + δx·B, as advance does without C.
-  __device__ __forceinline__ void advance_summary(const float* Bt, float delta, float dx) {
-#pragma unroll
-    for (int i = 0; i < NPT; ++i) {
-      float er, ei;
-      decay(i, delta, er, ei);
-      if constexpr (Cx) {
-        const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
-        const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
-        hr[i] = nr, hi[i] = ni;
-      } else {
-        hr[i] = er * hr[i] + dx * Bt[i];
-      }
     }
   }
 };
@@ -298,7 +285,7 @@ __global__ void __launch_bounds__(kThreads) summary_kernel(Params p, Sources src
       for (int u = 0; u < U; ++u) {
         const float dl = s_delta[t0u + u][c];
         delta_sum += dl;
-        sh.advance_summary(&s_B[t0u + u][g * W], dl, dl * s_x[t0u + u][c]);
+        sh.template advance<false>(&s_B[t0u + u][g * W], nullptr, dl, dl * s_x[t0u + u][c]);
       }
     }
     __syncthreads();
@@ -447,14 +434,6 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
 // 130m's batch-16 step slower (128 registers a thread: two waves of blocks; H200, 2026-12-04).
 constexpr int kDtPieces = 4;
 
-__device__ __forceinline__ float4 piece4(const float* p, int64_t i, int64_t end, bool vec) {
-  if (vec && i + 4 <= end) return *reinterpret_cast<const float4*>(p + i);
-  float v[4];
-#pragma unroll
-  for (int e = 0; e < 4; ++e) v[e] = i + e < end ? p[i + e] : 0.0f;
-  return make_float4(v[0], v[1], v[2], v[3]);
-}
-
 template <int NPT, bool Cx, class YT>
 __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, const float* __restrict__ dt_w, int R,
                                                         bool dt_vec, YT* __restrict__ y, int64_t ldy,
@@ -475,7 +454,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   float4 wv[kDtPieces];
   if (wr) {
 #pragma unroll
-    for (int j = 0; j < kDtPieces; ++j) wv[j] = piece4(wr, 4 * (g + kGroup * j), R, dt_vec);
+    for (int j = 0; j < kDtPieces; ++j) wv[j] = load_f32x4(wr, 4 * (g + kGroup * j), R, dt_vec);
     for (int64_t line = kPass / 32 + g; line * 32 < R; line += kGroup) prefetch_l2(wr + line * 32);
   }
   wait_for_previous();
@@ -496,11 +475,11 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
       for (int64_t r0 = 0; r0 < R; r0 += kPass) {
         if (r0 > 0) {
 #pragma unroll
-          for (int j = 0; j < kDtPieces; ++j) wv[j] = piece4(wr, r0 + 4 * (g + kGroup * j), R, dt_vec);
+          for (int j = 0; j < kDtPieces; ++j) wv[j] = load_f32x4(wr, r0 + 4 * (g + kGroup * j), R, dt_vec);
         }
 #pragma unroll
         for (int j = 0; j < kDtPieces; ++j) {
-          const float4 iv = piece4(in, r0 + 4 * (g + kGroup * j), R, dt_vec);
+          const float4 iv = load_f32x4(in, r0 + 4 * (g + kGroup * j), R, dt_vec);
           acc = fmaf(wv[j].x, iv.x, acc);
           acc = fmaf(wv[j].y, iv.y, acc);
           acc = fmaf(wv[j].z, iv.z, acc);
