@@ -3,11 +3,12 @@
 
     cmake -S . -B build-trace -DMAMBA2_CUDA_TRACE=ON ... && cmake --build build-trace --target mamba2
     MAMBA2_TRACE_FILE=step.txt build-trace/bin/mamba2 bench --model M --device cuda --decode-batch 1 ...
-    python3 bench/decode_timeline.py step.txt [--all]
+    python3 bench/decode_timeline.py step.txt [--all] [--mamba1]
 
 The file holds the last replayed step: a line a block (grid id, start, passed its wait, end, SM;
 global timer in ns). Launches are ordered by their first block's start and named by the step's
-structure (embedding, then in_proj / SSD step / out_proj for each layer, the head, argmax).
+structure (embedding, then in_proj / SSD step / out_proj for each layer, or with --mamba1 in_proj /
+x_proj / scan step / out_proj, the head, argmax).
 For each: "gap" is from the previous launch's last block ending to this one's first block passing
 its wait (what a dependent launch costs), "body" from there to its last block ending; then the
 means per kind. The trace build's bookkeeping slows a step by ~10%: compare traces with traces.
@@ -21,6 +22,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace")
     ap.add_argument("--all", action="store_true", help="print every launch, not only the first and last few")
+    ap.add_argument("--mamba1", action="store_true",
+                    help="a Mamba-1 step: 4 launches a layer (in_proj, x_proj, scan_step, out_proj)")
     a = ap.parse_args()
     grids = collections.defaultdict(list)
     with open(a.trace) as f:
@@ -35,9 +38,11 @@ def main():
                              waited=min(waited) if waited else min(b[0] for b in blocks),
                              end=max(b[2] for b in blocks), first_end=min(b[2] for b in blocks)))
     launches.sort(key=lambda k: k["first"])
-    if len(launches) < 5 or (len(launches) - 3) % 3:
-        sys.exit(f"{a.trace}: {len(launches)} launches is not a decode step's embedding, 3 a layer, head, argmax")
-    names = ["embedding"] + ["in_proj", "ssd_step", "out_proj"] * ((len(launches) - 3) // 3) + ["head", "argmax"]
+    layer = ["in_proj", "x_proj", "scan_step", "out_proj"] if a.mamba1 else ["in_proj", "ssd_step", "out_proj"]
+    if len(launches) < 3 + len(layer) or (len(launches) - 3) % len(layer):
+        sys.exit(f"{a.trace}: {len(launches)} launches is not a decode step's embedding, {len(layer)} a layer, head, "
+                 "argmax")
+    names = ["embedding"] + layer * ((len(launches) - 3) // len(layer)) + ["head", "argmax"]
     t0 = launches[0]["first"]
     us = lambda t: (t - t0) / 1000
     kinds = collections.defaultdict(list)

@@ -445,6 +445,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   const int64_t d = int64_t(blockIdx.x) * kChannels + c, b = blockIdx.y;
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW;
+  TRACE_KERNEL;
   start_next();
   S sh;
   sh.load_A(p, d, g, live);
