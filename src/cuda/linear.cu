@@ -480,7 +480,8 @@ __device__ void add_cluster_sums(float* vals, int count, int splits) {
 // warp per column; k in pieces of 128 (a float4 a lane), `per` consecutive pieces to each block of
 // the cluster, so that a W of 24 column blocks (2.8b) still has ~200 blocks streaming it. Every
 // lane issues all its loads of up to kSkinnyChunks pieces, W's before the wait for the previous
-// kernel (weights are never written during inference), and uses W's for each of the block's rows.
+// kernel (weights are never written during inference; the next kernel may start once this one is
+// past that wait), and uses W's for each of the block's rows.
 // Lane l sums k = 128j + 4l + i (j, then i, in order), then a fixed butterfly, then the cluster's
 // blocks in rank order. `splits` and `per` follow (n, k) and the GPU alone, and a row's sum is the
 // same in whichever block it is: each output's order is the same whatever m is.
@@ -491,7 +492,6 @@ __global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const 
                                                                   bool vec) {
   __shared__ float vals[kSkinnyRows * kSkinnyCols];
   TRACE_KERNEL;
-  start_next();
   warm_l2(out.warm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int split = int(blockIdx.x % unsigned(splits));
@@ -504,6 +504,7 @@ __global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const 
 #pragma unroll
   for (int j = 0; j < kSkinnyChunks; ++j) wv[j] = load_f32x4(w, kb + 128 * j + 4 * lane, ke, vec);
   wait_for_previous();
+  start_next();
   float acc[kSkinnyRows] = {};
   for (int64_t k0 = kb; k0 < ke; k0 += kPass) {
     if (k0 > kb) {
@@ -562,7 +563,8 @@ int skinny_splits(int64_t n, int64_t k, int64_t& per) {
 // runs over the same steps, mma by mma and warp by warp, whatever MT, NT and the other rows and
 // columns are (an mma's outputs are independent dot products), so the variant can follow m and
 // a row's bits still do not depend on its batch (`splits` follows W's shape and the GPU alone).
-// Launched overlapped: the first steps' W loads are issued before waiting for the previous kernel.
+// Launched overlapped: the first steps' W loads are issued before waiting for the previous kernel,
+// and the next kernel may start once this one is past that wait (common.cuh).
 constexpr int kTcWarps = 8;
 
 template <int MT, int NT>
@@ -606,7 +608,6 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
   float* rowsq = vals + NT * 8 * MT * 16;                 // [row] Σ src² (SelfNormed), right after vals
   float* pre = rowsq + NT * 8;                            // [slot][thread] (one_each)
   TRACE_KERNEL;
-  start_next();
   warm_l2(out.warm);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // A cluster's blocks are consecutive along x, ranked in that order.
@@ -636,6 +637,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, NT == 1 ? 3 : 1)
   if (mine && out.conv.C) preload_conv(out.conv, my_r, my_col, pre);
   if (!one_each && split == 0) warm_conv_states(out.conv, row0, NT * 8, m, col0, MT * 16);
   wait_for_previous();
+  start_next();
   if (mine && out.residual) cp_async4(pre + kPreResidual * kTcWarps * 32 + threadIdx.x, out.residual + my_r * out.ldr + my_col, 4);
   {
     if constexpr (std::is_same_v<In, Normed>) {

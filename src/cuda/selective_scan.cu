@@ -428,10 +428,13 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, f
 // 3.3 MB: a row split over the group, its pieces loaded at once, streams it at a bandwidth the
 // serial r loop did not reach). y in YT (the next projection's input dtype). Launched overlapped:
 // A (its exp), D and dt_w's first kDtPieces pieces a thread (the rest of the row into the L2), the
-// weights, are read before the wait for the previous kernel; the states, written by this kernel a
-// step before, after it.
+// weights, are read before the wait for the previous kernel, and the block's state lines are
+// prefetched into the L2 (a hint, whatever slots[b] reads then: the states, written by this kernel a
+// step before, are read after the wait). It lets out_proj start once past its own wait (common.cuh:
+// let start at once, out_proj ran the batch-1 steps 2 % (2.8b) and 4 % (130m) slower).
 // float4 pieces of dt_w a thread holds at once: R ≤ 64 in one pass (130m: 48). More held ran the
-// 130m's batch-16 step slower (128 registers a thread: two waves of blocks; H200, 2026-12-04).
+// 130m's batch-16 step slower (128 registers a thread: two waves of blocks), and 12 (the 2.8b's 160
+// in one pass: 168 registers) its batch-16 step 10 % slower, its batch 1 no faster (H200, 2026-12-04).
 constexpr int kDtPieces = 4;
 
 template <int NPT, bool Cx, class YT>
@@ -446,7 +449,6 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW;
   TRACE_KERNEL;
-  start_next();
   S sh;
   sh.load_A(p, d, g, live);
   const float Dd = live ? p.Dw[d] : 0.0f, bias = live ? p.bias[d] : 0.0f;
@@ -458,7 +460,15 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
     for (int j = 0; j < kDtPieces; ++j) wv[j] = load_f32x4(wr, 4 * (g + kGroup * j), R, dt_vec);
     for (int64_t line = kPass / 32 + g; line * 32 < R; line += kGroup) prefetch_l2(wr + line * 32);
   }
+  {
+    // The block's kChannels state rows are contiguous: one 128-byte line a thread.
+    const int64_t lines = ceil_div(int64_t(kChannels) * bw * int64_t(sizeof(float)), int64_t(128));
+    const float* first = states + slots[b] * p.D * bw + int64_t(blockIdx.x) * kChannels * bw;
+    const int64_t last = (p.D - int64_t(blockIdx.x) * kChannels) * bw;  // floats left in the rows
+    if (tid < lines && tid * 32 < last) prefetch_l2(first + tid * 32);
+  }
   wait_for_previous();
+  start_next();
   float* st = states + slots[b] * p.D * bw;
   sh.load_state(st, p, d, g, live);
   float Bt[W], Ct[W];
