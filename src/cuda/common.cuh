@@ -121,7 +121,7 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
 // reads anything else or writes anything. Each such kernel lets its successor start (start_next())
 // at once, or — the decode projections and the Mamba-1 scan step — once past its own wait, so that
 // one kernel at a time, not a chain of them, waits ahead holding SMs (the 130m Mamba-1 step 0.427 →
-// 0.37 ms, the 2.8b's 2.60 → 2.52; H200, 2026-12-04); the successor's blocks then wait at
+// 0.37 ms, the 2.8b's 2.60 → 2.53; H200, 2026-12-04); the successor's blocks then wait at
 // wait_for_previous() for this grid to complete, with their weight loads already in flight. Both
 // are no-ops on older GPUs and for kernels launched the ordinary way.
 #if MAMBA2_CUDA_TRACE

@@ -100,11 +100,6 @@ bool batch_invariant() {
   return on;
 }
 
-// An fp32 W of few columns (Mamba-1's x_proj: 80 × 1536 at 130m, 192 × 5120 at 2.8b) gives a
-// product of one k piece a few dozen output tiles for 132 SMs (24 at 2.8b: 467 µs of a 1.3 ms
-// layer, bench/RESULTS.md). Cut k into `splitk` pieces, their partial products summed in fp32
-// in a separate step (not in place, whose order of additions is not fixed). The count follows
-// (n, k) alone, never m, so a row's bits still do not depend on its batch.
 // algo with k in `split` pieces and that reduction scheme; false where cuBLASLt refuses either.
 bool set_split(cublasLtMatmulAlgo_t& algo, int32_t split, uint32_t reduction) {
   return cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split)) ==
@@ -127,6 +122,11 @@ bool runs_at_every_row_count(Blas& bl, const Plan& plan, const cublasLtMatmulAlg
   return true;
 }
 
+// An fp32 W of few columns (Mamba-1's x_proj: 80 × 1536 at 130m, 192 × 5120 at 2.8b) gives a
+// product of one k piece a few dozen output tiles for 132 SMs (24 at 2.8b: 467 µs of a 1.3 ms
+// layer, bench/RESULTS.md). Cut k into `split` pieces, their partial products summed in fp32
+// in a separate step (not in place, whose order of additions is not fixed). The count follows
+// (n, k) alone, never m, so a row's bits still do not depend on its batch.
 void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) {
   if (dtype != DType::F32 || n > 256) return;
   for (int split = int(std::clamp<int64_t>(k / 512, 1, 8)); split > 1; split /= 2) {
@@ -454,12 +454,13 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
   }
 }
 
-// The cluster's first block adds the other blocks' vals to its own, in rank order.
+// A barrier over the cluster's blocks (none before sm_90: one block a cluster there).
 __device__ void cluster_sync() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cooperative_groups::this_cluster().sync();
 #endif
 }
+// The cluster's first block adds the other blocks' vals to its own, in rank order.
 __device__ void add_cluster_sums(float* vals, int count, int splits) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   auto cluster = cooperative_groups::this_cluster();
