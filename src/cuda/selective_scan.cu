@@ -15,8 +15,8 @@
 //
 // Backward: a block takes one sequence and kChannels channels again. It first runs the recurrence
 // forward, leaving the state at the start of every chunk of KC tokens in a scratch buffer, then
-// walks the chunks from the last (the chunk before loading meanwhile): the chunk's states
-// recomputed from its checkpoint into shared memory, then its tokens in reverse (the formulas of
+// walks the chunks from the last (the chunk before loading meanwhile): the chunk's states and decays
+// recomputed from its checkpoint into registers, then its tokens in reverse (the formulas of
 // cpu/selective_scan.cpp), the per-channel sums over n left as parts and finished per (token,
 // channel) after the chunk. dB and dC sum over channels: a block adds its kChannels channels'
 // terms in channel order and leaves its partial sums; a second kernel adds the blocks' partials in
@@ -36,7 +36,15 @@ namespace {
 constexpr int kGroup = 4;                     // threads of a channel
 constexpr int kChannels = 32;                 // channels of a block
 constexpr int kThreads = kGroup * kChannels;  // 128
-constexpr int kTile = 32;                     // tokens the forward stages at a time
+// The forward's tile and occupancy: kTile 16 with 6 blocks an SM (80 registers) against kTile 32's
+// 4 (128 registers, spilling): b8 0.57 → 0.53 ms, the 2.8b prefill 49.7 → 48.2 ms, the batch-1
+// 130m prefill 5.4 → 5.6 ms (fewer tokens between barriers; H200, 2026-12-04). kTile 8 or 5 blocks
+// at kTile 32 did no better. Neither changes a token's arithmetic (kTile moves the segments' cut
+// only past 64 · 256 tokens).
+constexpr int kTile = 16;  // tokens the forward stages at a time
+// Blocks an SM the forward's registers leave room for: 6 at d_state ≤ 16; more state indices a
+// thread would spill at 80 registers, so they take what they need.
+constexpr int forward_blocks(int npt) { return npt <= 4 ? 6 : 1; }
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxStates = 64;                // d_state ≤ kGroup · 16
 
@@ -105,14 +113,16 @@ struct Share {
   }
   // One token: h ← exp(δA)·h + δx·B. Bt, Ct: this thread's W values of the token's rows. Returns
   // the thread's part of Σ_n C·h (complex: of Re), in n order; WithC false (a segment's summary):
-  // the state alone, Ct unread.
+  // the state alone, Ct unread. er_out, ei_out: the decays too (the backward's reverse pass).
   template <bool WithC = true>
-  __device__ __forceinline__ float advance(const float* Bt, const float* Ct, float delta, float dx) {
+  __device__ __forceinline__ float advance(const float* Bt, const float* Ct, float delta, float dx,
+                                           float* er_out = nullptr, float* ei_out = nullptr) {
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
       float er, ei;
       decay(i, delta, er, ei);
+      if (er_out) er_out[i] = er, ei_out[i] = ei;
       if constexpr (Cx) {
         const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
         const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
@@ -151,6 +161,12 @@ __device__ __forceinline__ float finish(float sum, float Dd, float x) {
 }
 
 __device__ __forceinline__ float softplus_dt(float raw, float bias) { return dt_activation(raw, bias, 0.0f, INFINITY); }
+// Its derivative: dt_activation_grad without the clamp (none binds), which is why its softplus is not
+// formed again.
+__device__ __forceinline__ float softplus_grad(float raw, float bias) {
+  const float v = raw + bias;
+  return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v));
+}
 
 // A channel's sum from its kGroup threads' parts (part[0 … kGroup)), added in thread order: the
 // same by the scan, the step and the backward.
@@ -241,7 +257,7 @@ __device__ __forceinline__ float* segment_row(float* buf, int64_t seq, int64_t j
 
 // grid (channel blocks, maxseg, sequences), kThreads threads, as scan_kernel.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) summary_kernel(Params p, Sources src, const float* __restrict__ states,
+__global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) summary_kernel(Params p, Sources src, const float* __restrict__ states,
                                                            float* __restrict__ seg_h, float* __restrict__ seg_P,
                                                            int64_t maxseg, PackedSeqs seqs) {
   using S = Share<NPT, Cx>;
@@ -343,7 +359,7 @@ __global__ void combine_kernel(Params p, const float* __restrict__ states, float
 // exps independent of the states, so they overlap), each thread's part of Σ C·h to shared memory;
 // then y's rows from the parts, gated, coalesced; the next tile's operands load meanwhile.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) scan_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
+__global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
                                                         float* __restrict__ states, const float* __restrict__ seg_h,
                                                         int64_t maxseg, PackedSeqs seqs) {
   using S = Share<NPT, Cx>;
@@ -634,8 +650,10 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     const int64_t tk = t0 + k * KC;
     __syncthreads();
     put(true);
-    // The chunk's states h_{t0−1} … in registers (the loops over the chunk unrolled).
-    float hsr[KC + 1][NPT], hsi[KC + 1][NPT];
+    // The chunk's states h_{t0−1} … in registers (the loops over the chunk unrolled), and its decays
+    // where they fit (d_state ≤ 16: formed again below otherwise; 128 more registers would spill).
+    constexpr bool kKeep = KC * W <= 32;
+    float hsr[KC + 1][NPT], hsi[KC + 1][NPT], ers[kKeep ? KC : 1][NPT], eis[kKeep ? KC : 1][NPT];
 #pragma unroll
     for (int i = 0; i < NPT; ++i) {
       sh.hr[i] = next.hr[i], sh.hi[i] = next.hi[i];
@@ -651,7 +669,8 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     for (int t = 0; t < KC; ++t) {
       if (t >= tl) break;
       const float dl = m.delta[t][c];
-      m.part[t][tid] = sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * m.x[t][c]);
+      m.part[t][tid] = sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * m.x[t][c], kKeep ? ers[t] : nullptr,
+                                  kKeep ? eis[t] : nullptr);
 #pragma unroll
       for (int i = 0; i < NPT; ++i) hsr[t + 1][i] = sh.hr[i], hsi[t + 1][i] = sh.hi[i];
     }
@@ -679,7 +698,10 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
 #pragma unroll
       for (int i = 0; i < NPT; ++i) {
         float er, ei;
-        sh.decay(i, dl, er, ei);
+        if constexpr (kKeep)
+          er = ers[t][i], ei = eis[t][i];
+        else
+          sh.decay(i, dl, er, ei);
         if constexpr (Cx) {
           const float hr = hsr[t + 1][i], hi = hsi[t + 1][i], hpr = hsr[t][i], hpi = hsi[t][i];
           m.red[t][1][g * W + 2 * i][c] = 2.0f * gy * hr;
@@ -701,9 +723,9 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
           const float gn = ghr[i] + gy * Ct[i];
           m.red[t][0][g * W + i][c] = gn * dx;
           sum_gB += gn * Bt[i];
-          const float da = gn * hp;
-          d_delta += da * er * sh.ar[i];
-          dAr[i] += dl * da * er;
+          const float q = gn * hp * er;  // ∂loss/∂(δA) of the token's decay
+          d_delta = fmaf(q, sh.ar[i], d_delta);
+          dAr[i] = fmaf(dl, q, dAr[i]);
           ghr[i] = er * gn;
         }
       }
@@ -716,7 +738,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
       const int t = e / kChannels, cc = e % kChannels;
       const float sgb = group_total(&m.part[t][cc * kGroup]), xv = m.x[t][cc], gy = m.gy[t][cc];
       const float d_delta = group_total(&m.part2[t][cc * kGroup]) + xv * sgb;
-      const float d_raw = d_delta * dt_activation_grad(m.raw[t][cc], m.bias[cc], 0.0f, INFINITY);
+      const float d_raw = d_delta * softplus_grad(m.raw[t][cc], m.bias[cc]);
       accD += gy * xv;
       accB += d_raw;
       if (d0 + cc >= p.D) continue;
@@ -724,12 +746,15 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
       gr.dt[(tk + t) * gr.lddt + d0 + cc] = d_raw;
     }
     // The chunk's dB | dC: the block's channels added in channel order.
-    for (int e = tid; e < tl * 2 * bw; e += kThreads) {
-      const int t = int(e / (2 * bw)), r = int(e % (2 * bw)), which = r / int(bw), j = r % int(bw);
+    // Entries e = (t, which, j) at compile-time strides (RW ≥ bw columns, those past bw skipped).
+    float* pbc = part_bc + (int64_t(blockIdx.x) * T + tk) * 2 * bw;
+    for (int e = tid; e < tl * 2 * RW; e += kThreads) {
+      const int t = e / (2 * RW), which = e / RW % 2, j = e % RW;
+      if (j >= bw) continue;
       float s = 0.0f;
 #pragma unroll 8
       for (int cc = 0; cc < kChannels; ++cc) s += m.red[t][which][j][cc];
-      part_bc[(int64_t(blockIdx.x) * T + tk + t) * 2 * bw + r] = s;
+      pbc[(t * 2 + which) * bw + j] = s;
     }
   }
   m.acc[0][tid] = accD;
