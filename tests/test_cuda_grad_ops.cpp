@@ -117,6 +117,32 @@ TEST(CudaGradOps, LinearBackwardMatchesCpu) {
     }
 }
 
+// TrainingTf32 (a bf16 / f16 run's fp32 projections): operands rounded to TF32's 10-bit mantissas
+// (unit roundoff 2⁻¹¹, 2⁻¹⁰ if truncated), so a product is off by at most ~2⁻⁹ relative and a
+// sum of random-signed products by less: 2e-3 relative L2 to the CPU's fp32. Deterministic.
+TEST(CudaGradOps, Tf32ProductsMatchCpuWithinTheirRounding) {
+  MAMBA2_REQUIRE_GPU();
+  constexpr double kTf32Tol = 2e-3;
+  const int64_t m = 130, n = 80, k = 203;
+  Both x(random_tensor({m, k}, 21)), W(random_tensor({n, k}, 22)), d_y(random_tensor({m, n}, 23));
+  Both y(Tensor::zeros({m, n})), y2(Tensor::zeros({m, n})), d_x(Tensor::zeros({m, k})), d_x2(Tensor::zeros({m, k}));
+  Both d_W(Tensor::zeros({n, k})), d_W2(Tensor::zeros({n, k}));  // from zero: the error is the gradient's
+  ops::linear(x.c(), W.cpu, y.c(), ops::LinearKernel::Training);
+  ops::linear_backward(x.c(), W.cpu, d_y.c(), d_x.c(), d_W.cpu);
+  for (int run = 0; run < 2; ++run) {
+    Both& yr = run ? y2 : y;
+    Both& dxr = run ? d_x2 : d_x;
+    Both& dwr = run ? d_W2 : d_W;
+    ops::linear(x.g(), W.gpu, yr.g(), ops::LinearKernel::TrainingTf32);
+    ops::linear_backward(x.g(), W.gpu, d_y.g(), dxr.g(), dwr.gpu, ops::LinearKernel::TrainingTf32);
+  }
+  EXPECT_LE(rel(y.back(), y.cpu), kTf32Tol);
+  EXPECT_LE(rel(d_x.back(), d_x.cpu), kTf32Tol);
+  EXPECT_LE(rel(d_W.back(), d_W.cpu), kTf32Tol);
+  EXPECT_TRUE(same_bits(y.back(), y2.back()) && same_bits(d_x.back(), d_x2.back()) && same_bits(d_W.back(), d_W2.back()))
+      << "not deterministic";
+}
+
 // Packed sequences, each from its slot's state row or from zeros: the batches of a training step.
 TEST(CudaGradOps, CausalConvBackwardMatchesCpu) {
   MAMBA2_REQUIRE_GPU();

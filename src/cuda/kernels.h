@@ -61,22 +61,24 @@ void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t
                             const float* d_out, int64_t ldd, float* d_y, int64_t lddy, float* d_z, int64_t lddz,
                             float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps);
 
-// y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32: no TF32).
+// y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32 unless `tf32`: TF32
+// tensor cores for an f32 x and W, training's choice for a bf16 / f16 run).
 //   x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
 // The kernel is chosen once per (n, k, dtype, kind, alignment), never by m, so that a row's bits
 // do not depend on the rows beside it. `decode`: our kernels for a few rows (f32 on CUDA cores,
 // bf16/f16 on tensor cores); otherwise cuBLASLt's plan chosen for many rows.
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
-                    int64_t n, int64_t k, bool decode);
+                    int64_t n, int64_t k, bool decode, bool tf32 = false);
 // residual (fp32) += x @ Wᵀ by the decode kernels (a decode step's out projection without a norm).
 void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dtype, float* residual, int64_t ldr,
                             int64_t m, int64_t n, int64_t k);
 // Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
-// f16: d_y rounded to it once, unless it comes so), fp32 sums (no TF32), cuBLASLt, the same bits
-// every run.
+// f16: d_y rounded to it once, unless it comes so), fp32 sums (TF32 products for f32 only with
+// `tf32`), cuBLASLt, the same bits every run.
 //   d_y (m, n) ld lddy fp32 or `dtype`; d_x (m, k) ld lddx fp32; d_W (n, k) fp32
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
-                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k);
+                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k,
+                     bool tf32 = false);
 
 // y += bias per row; d_b += Σ_rows d_y (chunks of kGradRows rows in double, added in order).
 //   y, d_y (m, n) ld; bias, d_b (n) fp32

@@ -57,7 +57,7 @@ struct Plan {
 struct Blas {
   cublasLtHandle_t handle = nullptr;
   std::shared_ptr<void> workspace;
-  std::map<std::tuple<int64_t, int64_t, int, uint32_t, int64_t>, Plan> plans;
+  std::map<std::tuple<int64_t, int64_t, int, uint32_t, int64_t, bool>, Plan> plans;  // n, k, dtype, align, rows, tf32
   std::mutex mutex;
 };
 
@@ -98,6 +98,11 @@ bool batch_invariant() {
     return !(e && std::string(e) == "0");
   }();
   return on;
+}
+
+// fp32 sums; tf32 lets an f32 product round its operands to TF32 on the tensor cores.
+cublasComputeType_t compute_type(DType dtype, bool tf32) {
+  return tf32 && dtype == DType::F32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
 // algo with k in `split` pieces and that reduction scheme; false where cuBLASLt refuses either.
@@ -141,9 +146,10 @@ void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) 
 }
 
 // rows > 0: the heuristic's first pick at that row count, as is (batch invariance off).
-Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int64_t rows) {
+// tf32: an f32 product on TF32 tensor cores.
+Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int64_t rows, bool tf32) {
   Plan plan;
-  check_blas(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+  check_blas(cublasLtMatmulDescCreate(&plan.desc, compute_type(dtype, tf32), CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
@@ -818,7 +824,7 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
 }  // namespace
 
 void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
-                    int64_t n, int64_t k, bool decode) {
+                    int64_t n, int64_t k, bool decode, bool tf32) {
   if (m == 0 || n == 0) return;
   if (decode && batch_invariant()) {
     launch_decode(Raw{x, ldx}, aligned16(x, ldx, dtype_size(dtype)), W, dtype, Out{y, ldy, nullptr, 0, {}, {}},
@@ -836,9 +842,9 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
   {
     std::lock_guard<std::mutex> lock(bl.mutex);
     const int64_t rows = batch_invariant() ? 0 : m;
-    auto key = std::make_tuple(n, k, int(dtype), align, rows);
+    auto key = std::make_tuple(n, k, int(dtype), align, rows, tf32);
     auto it = bl.plans.find(key);
-    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, align, rows)).first;
+    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, align, rows, tf32)).first;
     plan = &it->second;
   }
   // A split-K plan's pieces fill the workspace at kPlanRows rows: more rows go in several calls
@@ -867,7 +873,7 @@ void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dty
 
 namespace {
 
-// Training's products in column-major terms, A and B in `dtype`, C fp32, fp32 compute (no TF32):
+// Training's products in column-major terms, A and B in `dtype`, C fp32, fp32 compute (TF32 with tf32):
 // C (rows × cols) = op(A) · op(B) + beta·C, `batch` times at the given element strides. The
 // algorithm is cuBLASLt's first pick for the shape, asked once; split-K is allowed but not its
 // in-place reduction, whose order of the pieces' additions is not fixed, so that the same call
@@ -877,8 +883,10 @@ struct GemmKey {
   int64_t rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc;
   DType dtype;
   uint32_t align_a, align_b, align_c;  // the pointers' alignment in bytes (at most 256)
+  bool tf32;
   auto tie() const {
-    return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc, dtype, align_a, align_b, align_c);
+    return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc, dtype, align_a, align_b, align_c,
+                    tf32);
   }
   bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
@@ -909,7 +917,7 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   if (it != plans.end()) return it->second;
   Blas& bl = blas();
   GemmPlan p;
-  check_blas(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+  check_blas(cublasLtMatmulDescCreate(&p.desc, compute_type(key.dtype, key.tf32), CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
   check_blas(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
@@ -952,7 +960,7 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
 }  // namespace
 
 void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
-          int64_t stride_c, int64_t batch, float beta, const char* op) {
+          int64_t stride_c, int64_t batch, float beta, const char* op, bool tf32) {
   if (m == 0 || n == 0 || batch == 0) return;
   if (a.dtype != b.dtype)
     raise(cat("[", op, "] a product of ", dtype_name(a.dtype), " and ", dtype_name(b.dtype), " operands"));
@@ -966,7 +974,7 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   const size_t es = dtype_size(a.dtype);
   const GemmKey key{b.t,   a.t,      n,        m,        k,       b.ld,  a.ld,  ldc,
                     batch, b.stride, a.stride, stride_c, a.dtype, align(b.p, b.stride, es),
-                    align(a.p, a.stride, es), align(c, stride_c, 4)};
+                    align(a.p, a.stride, es), align(c, stride_c, 4), tf32 && a.dtype == DType::F32};
   const GemmPlan& p = gemm_plan(key);
   Blas& bl = blas();
   const float one = 1.0f;
@@ -977,7 +985,8 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
 }
 
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
-                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k) {
+                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k,
+                     bool tf32) {
   if (m == 0 || k == 0) return;
   if (n == 0) {
     if (d_x) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
@@ -993,8 +1002,8 @@ void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, con
     cast_rows(static_cast<const float*>(d_y), lddy, rounded.get(), dtype, n, m, n);
     dy = rounded.get(), ld = n;
   }
-  if (d_x) gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, 0.0f, "linear");  // d_y·W
-  gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear");  // d_yᵀ·x, added
+  if (d_x) gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, 0.0f, "linear", tf32);  // d_y·W
+  gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear", tf32);  // d_yᵀ·x, added
 }
 
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,

@@ -36,6 +36,9 @@ namespace {
 constexpr int kGroup = 4;                     // threads of a channel
 constexpr int kChannels = 32;                 // channels of a block
 constexpr int kThreads = kGroup * kChannels;  // 128
+// The per-(token, channel) epilogues: thread tid takes channel tid % kChannels of tokens
+// tid / kChannels, + kRows, ... (a warp's stores coalesced along the channels).
+constexpr int kRows = kThreads / kChannels;
 // The forward's tile and occupancy: kTile 16 with 6 blocks an SM (80 registers) against kTile 32's
 // 4 (128 registers, spilling): b8 0.57 → 0.53 ms, the 2.8b prefill 49.7 → 48.2 ms, the batch-1
 // 130m prefill 5.4 → 5.6 ms (fewer tokens between barriers; H200, 2026-12-04). kTile 8 or 5 blocks
@@ -45,6 +48,7 @@ constexpr int kTile = 16;  // tokens the forward stages at a time
 // Blocks an SM the forward's registers leave room for: 6 at d_state ≤ 16; more state indices a
 // thread would spill at 80 registers, so they take what they need.
 constexpr int forward_blocks(int npt) { return npt <= 4 ? 6 : 1; }
+static_assert(kTile % kRows == 0);
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxStates = 64;                // d_state ≤ kGroup · 16
 
@@ -190,16 +194,24 @@ struct Staged {
   static_assert(kCh * kThreads == TL * kChannels);
   float x[kCh], dt[kCh], z[kCh], dy[kCh], B[kBC], C[kBC];
   // Rows row0 … row0 + tl − 1 of channels d0 … (zeros past them); z and dy only when given.
+  // Element i of a per-channel source is token t0 + i·kStep of the thread's channel: each source's
+  // address is formed once and stepped (64-bit products per element were a tenth of the backward).
   __device__ void load(const Sources& s, int64_t row0, int tl, int64_t d0, int64_t D, int64_t bw, int tid) {
+    constexpr int kStep = kThreads / kChannels;
+    const int t0 = tid / kChannels;
+    const int64_t dd = d0 + tid % kChannels, row = row0 + t0;
+    const bool col = dd < D;
+    const float* px = s.x + row * s.ldx + dd;
+    const float* pdt = s.dt + row * s.lddt + dd;
+    const float* pz = s.z ? s.z + row * s.ldz + dd : nullptr;
+    const float* pdy = s.dy ? s.dy + row * s.lddy + dd : nullptr;
 #pragma unroll
     for (int i = 0; i < kCh; ++i) {
-      const int e = i * kThreads + tid, t = e / kChannels;
-      const int64_t dd = d0 + e % kChannels, row = row0 + t;
-      const bool on = t < tl && dd < D;
-      x[i] = on ? s.x[row * s.ldx + dd] : 0.0f;
-      dt[i] = on ? s.dt[row * s.lddt + dd] : 0.0f;
-      z[i] = on && s.z ? s.z[row * s.ldz + dd] : 0.0f;
-      dy[i] = on && s.dy ? s.dy[row * s.lddy + dd] : 0.0f;
+      const bool on = col && t0 + i * kStep < tl;
+      x[i] = on ? px[i * kStep * s.ldx] : 0.0f;
+      dt[i] = on ? pdt[i * kStep * s.lddt] : 0.0f;
+      z[i] = on && pz ? pz[i * kStep * s.ldz] : 0.0f;
+      dy[i] = on && pdy ? pdy[i * kStep * s.lddy] : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < kBC; ++i) {
@@ -370,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
   __shared__ float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_z[kTile][kChannels];
   __shared__ float s_part[kTile][kThreads];
   __shared__ float s_D[kChannels], s_bias[kChannels];
-  const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
+  const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup, ec = tid % kChannels;
   const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, j = blockIdx.y, seq = blockIdx.z;
   const int64_t Lq = seqs.starts[seq + 1] - seqs.starts[seq], nseg = segment_count(Lq), SL = segment_length(Lq);
   if (j >= nseg) return;
@@ -421,12 +433,15 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
     }
     for (; t < tl; ++t) token(t);
     __syncthreads();
-    for (int e = tid; e < tl * kChannels; e += kThreads) {
-      const int tt = e / kChannels, cc = e % kChannels;
-      const int64_t dd = d0 + cc, row = t0 + k * kTile + tt;
-      if (dd >= p.D) continue;
-      const float v = finish<Cx>(group_total(&s_part[tt][cc * kGroup]), s_D[cc], s_x[tt][cc]);
-      y[row * ldy + dd] = src.z ? v * silu(s_z[tt][cc]) : v;
+    if (d0 + ec < p.D) {
+      float* yr = y + (t0 + k * kTile) * ldy + d0 + ec;
+#pragma unroll
+      for (int i = 0; i < kTile / kRows; ++i) {
+        const int tt = tid / kChannels + i * kRows;
+        if (tt >= tl) break;
+        const float v = finish<Cx>(group_total(&s_part[tt][ec * kGroup]), s_D[ec], s_x[tt][ec]);
+        yr[tt * ldy] = src.z ? v * silu(s_z[tt][ec]) : v;
+      }
     }
     __syncthreads();
     if (more) {
@@ -476,16 +491,16 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
     for (int j = 0; j < kDtPieces; ++j) wv[j] = load_f32x4(wr, 4 * (g + kGroup * j), R, dt_vec);
     for (int64_t line = kPass / 32 + g; line * 32 < R; line += kGroup) prefetch_l2(wr + line * 32);
   }
+  float* st = states + slots[b] * p.D * bw;  // the sequence's state row
   {
     // The block's kChannels state rows are contiguous: one 128-byte line a thread.
     const int64_t lines = ceil_div(int64_t(kChannels) * bw * int64_t(sizeof(float)), int64_t(128));
-    const float* first = states + slots[b] * p.D * bw + int64_t(blockIdx.x) * kChannels * bw;
+    const float* first = st + int64_t(blockIdx.x) * kChannels * bw;
     const int64_t last = (p.D - int64_t(blockIdx.x) * kChannels) * bw;  // floats left in the rows
     if (tid < lines && tid * 32 < last) prefetch_l2(first + tid * 32);
   }
   wait_for_previous();
   start_next();
-  float* st = states + slots[b] * p.D * bw;
   sh.load_state(st, p, d, g, live);
   float Bt[W], Ct[W];
 #pragma unroll
@@ -494,6 +509,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
     Bt[j] = col < bw ? src.B[b * src.ldb + col] : 0.0f;
     Ct[j] = col < bw ? src.C[b * src.ldc + col] : 0.0f;
   }
+  const int base = (tid % 32) & ~(kGroup - 1);  // the channel's first lane in the warp
   float raw = 0.0f;
   if (dt_w) {
     float acc = 0.0f;
@@ -514,9 +530,8 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
         }
       }
     }
-    const int first = (tid % 32) & ~(kGroup - 1);
 #pragma unroll
-    for (int j = 0; j < kGroup; ++j) raw += __shfl_sync(0xffffffffu, acc, first + j);
+    for (int j = 0; j < kGroup; ++j) raw += __shfl_sync(0xffffffffu, acc, base + j);
   } else if (live) {
     raw = src.dt[b * src.lddt + d];
   }
@@ -524,7 +539,6 @@ __global__ void __launch_bounds__(kThreads) step_kernel(Params p, Sources src, c
   const float xv = live ? src.x[b * src.ldx + d] : 0.0f;
   const float part = sh.advance(Bt, Ct, dl, dl * xv);
   float parts[kGroup];
-  const int base = (tid % 32) & ~(kGroup - 1);
 #pragma unroll
   for (int j = 0; j < kGroup; ++j) parts[j] = __shfl_sync(0xffffffffu, part, base + j);
   sh.store_state(st, p, d, g, live);
@@ -552,6 +566,7 @@ struct Grads {
 template <int NPT, bool Cx>
 struct BackSmem {
   static constexpr int KC = Cx ? 4 : 8, W = Share<NPT, Cx>::W, RW = kGroup * W, CP = kChannels + 1;
+  static_assert(KC % kRows == 0);
   __align__(16) float B[KC][RW];
   __align__(16) float C[KC][RW];
   float x[KC][kChannels], raw[KC][kChannels], delta[KC][kChannels], z[KC][kChannels], dy[KC][kChannels],
@@ -582,7 +597,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
   using St = Staged<KC, RW>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   M& m = *reinterpret_cast<M*>(smem_raw);
-  const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
+  const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup, ec = tid % kChannels;
   const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, seq = blockIdx.y;
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW, SR = p.D * bw;  // a state row
@@ -641,7 +656,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
   sh.load_state(d_final ? d_final + seqs.slots[seq] * SR : nullptr, p, d, g, live);
 #pragma unroll
   for (int i = 0; i < NPT; ++i) ghr[i] = sh.hr[i], ghi[i] = sh.hi[i];
-  float accD = 0.0f, accB = 0.0f;  // this thread's epilogue channel (tid % kChannels): Σ gy·x, Σ d_raw
+  float accD = 0.0f, accB = 0.0f;  // of this thread's epilogue channel ec: Σ gy·x, Σ d_raw
   S next;                          // the next chunk's checkpoint, loaded ahead
   load(chunks - 1, src);
   next.load_state(ckpt_row(chunks - 1), p, d, g, live);
@@ -676,16 +691,18 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     }
     __syncthreads();
     // The gate: gy = d_y·silu(z), d_z = d_y·y_pre·silu'(z).
-    for (int e = tid; e < tl * kChannels; e += kThreads) {
-      const int t = e / kChannels, cc = e % kChannels;
-      const float dyv = m.dy[t][cc];
+#pragma unroll
+    for (int i = 0; i < KC / kRows; ++i) {
+      const int t = tid / kChannels + i * kRows;
+      if (t >= tl) break;
+      const float dyv = m.dy[t][ec];
       if (!src.z) {
-        m.gy[t][cc] = dyv;
+        m.gy[t][ec] = dyv;
         continue;
       }
-      const float zt = m.z[t][cc], ypre = finish<Cx>(group_total(&m.part[t][cc * kGroup]), m.D[cc], m.x[t][cc]);
-      if (d0 + cc < p.D) gr.z[(tk + t) * gr.ldz + d0 + cc] = dyv * ypre * silu_grad(zt);
-      m.gy[t][cc] = dyv * silu(zt);
+      const float zt = m.z[t][ec], ypre = finish<Cx>(group_total(&m.part[t][ec * kGroup]), m.D[ec], m.x[t][ec]);
+      if (d0 + ec < p.D) gr.z[(tk + t) * gr.ldz + d0 + ec] = dyv * ypre * silu_grad(zt);
+      m.gy[t][ec] = dyv * silu(zt);
     }
     __syncthreads();
 #pragma unroll
@@ -734,16 +751,18 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     }
     __syncthreads();
     // Per (token, channel): d_x, d_dt; the channel's dD and d dt_bias terms.
-    for (int e = tid; e < tl * kChannels; e += kThreads) {
-      const int t = e / kChannels, cc = e % kChannels;
-      const float sgb = group_total(&m.part[t][cc * kGroup]), xv = m.x[t][cc], gy = m.gy[t][cc];
-      const float d_delta = group_total(&m.part2[t][cc * kGroup]) + xv * sgb;
-      const float d_raw = d_delta * softplus_grad(m.raw[t][cc], m.bias[cc]);
+#pragma unroll
+    for (int i = 0; i < KC / kRows; ++i) {
+      const int t = tid / kChannels + i * kRows;
+      if (t >= tl) break;
+      const float sgb = group_total(&m.part[t][ec * kGroup]), xv = m.x[t][ec], gy = m.gy[t][ec];
+      const float d_delta = group_total(&m.part2[t][ec * kGroup]) + xv * sgb;
+      const float d_raw = d_delta * softplus_grad(m.raw[t][ec], m.bias[ec]);
       accD += gy * xv;
       accB += d_raw;
-      if (d0 + cc >= p.D) continue;
-      gr.x[(tk + t) * gr.ldx + d0 + cc] = gy * m.D[cc] + m.delta[t][cc] * sgb;
-      gr.dt[(tk + t) * gr.lddt + d0 + cc] = d_raw;
+      if (d0 + ec >= p.D) continue;
+      gr.x[(tk + t) * gr.ldx + d0 + ec] = gy * m.D[ec] + m.delta[t][ec] * sgb;
+      gr.dt[(tk + t) * gr.lddt + d0 + ec] = d_raw;
     }
     // The chunk's dB | dC: the block's channels added in channel order.
     // Entries e = (t, which, j) at compile-time strides (RW ≥ bw columns, those past bw skipped).

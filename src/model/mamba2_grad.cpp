@@ -93,6 +93,8 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBa
 // Mamba-1's mixer in training, fp32 on either device: the conv over x, x_proj into dt_low | B | C (Falcon:
 // each normed without a weight), dt_proj, the selective scan gated by silu(z); its scratch
 // tensors, reused by every layer. Everything but the scan output is recomputed from in_proj's.
+// In a bf16 / f16 run x_proj's and dt_proj's products (forward and backward) take TF32 tensor
+// cores (`proj`): in fp32 they were a fifth of the 130m's step (bench/RESULTS.md).
 struct Mamba1Mixer {
   const ModelConfig& c;
   const ops::SeqBatch& seqs;
@@ -100,8 +102,10 @@ struct Mamba1Mixer {
   Device dev;
   Tensor x_dbl, dt, ones, norm_in, normed[3];  // normed: Falcon's dt_low, B, C, contiguous
   Tensor d_x_dbl, d_dt, d_xc, d_xc2, d_normed[3], d_norm_in, norm_w_grad;
-  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device)
-      : c(cfg), seqs(s), T(tokens), dev(device) {
+  ops::LinearKernel proj;  // x_proj's and dt_proj's products
+  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute)
+      : c(cfg), seqs(s), T(tokens), dev(device),
+        proj(compute == DType::F32 ? ops::LinearKernel::Training : ops::LinearKernel::TrainingTf32) {
     const int64_t di = c.d_inner();
     x_dbl = Tensor::empty({T, c.x_proj_rows()}, dev);
     dt = Tensor::empty({T, di}, dev);
@@ -124,15 +128,15 @@ struct Mamba1Mixer {
   MatView contiguous(Tensor& t, int64_t cols) const { return {t.raw(), T, cols, cols, dev, DType::F32}; }
 
   // xc (T, d_inner, fp32) from xz; then x_dbl, dt and (when y is given) the gated scan output.
-  // x_proj and dt_proj are fp32 on every device (their inputs too).
+  // x_proj and dt_proj are fp32 on every device (their inputs too; TF32 products in mixed precision).
   void forward(const LayerWeights& l, MatView xz, MatView xc, std::optional<MatView> y) {
     const int64_t di = c.d_inner();
     Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()}, dev);
     ops::causal_conv1d(xz.cols_slice(0, di), l.conv_w, l.conv_b, xc, MatView::of(conv_states), seqs);
-    ops::linear(xc, l.x_proj, MatView::of(x_dbl), ops::LinearKernel::Training);
+    ops::linear(xc, l.x_proj, MatView::of(x_dbl), proj);
     for (int i = 0; c.mixer_norms && i < 3; ++i)
       weightless_rmsnorm(part(MatView::of(x_dbl), i), norm_in, normed[i], ones, float(c.mixer_rms_eps));
-    ops::linear(input(0), l.dt_proj, MatView::of(dt), ops::LinearKernel::Training);
+    ops::linear(input(0), l.dt_proj, MatView::of(dt), proj);
     if (!y) return;
     Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
     ops::selective_scan(selective_weights(l, c), xc, MatView::of(dt), input(1), input(2), xz.cols_slice(di, di), *y,
@@ -161,7 +165,7 @@ struct Mamba1Mixer {
                                      c.complex_scan ? &gl.A_imag : nullptr, gl.D, gl.dt_bias};
     ops::selective_scan_backward(selective_weights(l, c), xc, MatView::of(dt),
                                  input(1), input(2), xz.cols_slice(di, di), MatView{}, d_y, MatView{}, sg, seqs);
-    ops::linear_backward(input(0), l.dt_proj, MatView::of(d_dt), d_input(0), gl.dt_proj);
+    ops::linear_backward(input(0), l.dt_proj, MatView::of(d_dt), d_input(0), gl.dt_proj, proj);
     for (int i = 0; c.mixer_norms && i < 3; ++i) {
       // The norm's input again (the forward's copy holds the last part), its gradient into a
       // zeroed buffer, then into x_dbl's part. The weightless norm's weight gradient is dropped.
@@ -174,7 +178,7 @@ struct Mamba1Mixer {
                                 float(c.mixer_rms_eps));
       ops::cast(d_in, part(dxd, i));
     }
-    ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc2), gl.x_proj);
+    ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc2), gl.x_proj, proj);
     ops::add(MatView::of(d_xc2), MatView::of(d_xc));
     ops::causal_conv1d_backward(xz.cols_slice(0, di), l.conv_w, l.conv_b, MatView{}, MatView::of(d_xc),
                                 d_xz.cols_slice(0, di), gl.conv_w, gl.conv_b, seqs);
@@ -236,7 +240,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     y_one = Tensor::empty({T, c.d_inner()}, dev);
   }
   std::optional<Mamba1Mixer> m1;
-  if (c.mamba1()) m1.emplace(c, seqs, T, dev);
+  if (c.mamba1()) m1.emplace(c, seqs, T, dev, cdt);
   const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
   // Mamba-1: out_proj's input, the scan's output rounded to the matrices' dtype (in `gated`).
   const auto out_input = [&, narrow = cdt != DType::F32](Tensor& y) {

@@ -120,7 +120,8 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
     check_dtype("linear", "x", x.dtype, W.dtype());
     // Training runs the prefill's products (cuBLASLt, one algorithm per shape: deterministic).
 #if MAMBA2_HAVE_CUDA
-    cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode);
+    cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode,
+                         kernel == LinearKernel::TrainingTf32 && W.dtype() == DType::F32);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -135,7 +136,8 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
     else
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
   };
-  if (W.dtype() == DType::BF16 && kernel != LinearKernel::Training) {
+  const bool training = kernel == LinearKernel::Training || kernel == LinearKernel::TrainingTf32;
+  if (W.dtype() == DType::BF16 && !training) {
     const auto* w = static_cast<const uint16_t*>(W.raw());
     if (!bf16_rounded_activations()) return narrow(w);
     return cpu::linear_bf16(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
@@ -145,13 +147,14 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
     if (!int8_activations(W.dtype())) return narrow(w);
     cpu::linear_int8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
   };
-  if (W.dtype() == DType::Q8_0 && kernel != LinearKernel::Training) return blocks(static_cast<const Q8Block*>(W.raw()));
-  if (W.dtype() == DType::Q4_0 && kernel != LinearKernel::Training) return blocks(static_cast<const Q4Block*>(W.raw()));
+  if (W.dtype() == DType::Q8_0 && !training) return blocks(static_cast<const Q8Block*>(W.raw()));
+  if (W.dtype() == DType::Q4_0 && !training) return blocks(static_cast<const Q4Block*>(W.raw()));
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
     case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
     case LinearKernel::Decode: cpu::linear_streaming(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
-    case LinearKernel::Training: cpu::linear_gemm(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
+    case LinearKernel::Training:
+    case LinearKernel::TrainingTf32: cpu::linear_gemm(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
   }
 }
 
@@ -243,7 +246,9 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
   linear_normed_into(src, norm, W, {}, residual, nullptr, warm);
 }
 
-void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W) {
+void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W, LinearKernel kernel) {
+  if (kernel != LinearKernel::Training && kernel != LinearKernel::TrainingTf32)
+    fail("[linear] the backward takes the Training or TrainingTf32 kernel");
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
   const int64_t n = W.dim(0), k = W.dim(1), m = x.rows;
   const Device dev = W.device();
@@ -263,7 +268,7 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr ? d_x.data() : nullptr,
-                          d_x.ld, d_W.data(), m, n, k);
+                          d_x.ld, d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32 && W.dtype() == DType::F32);
 #else
     no_cuda_backend(__func__);
 #endif

@@ -43,9 +43,13 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 //             kernels round a row differently by row count, on most CPUs);
 //   Decode    one row per sequence: W streamed once, each row summed in a fixed order;
 //   Training  BLAS always: fastest on many rows; batch invariance does not matter there.
+//   TrainingTf32  Training, with an fp32 W's product on the GPU's TF32 tensor cores (operands
+//             rounded to 10-bit mantissas, fp32 sums): a bf16 / f16 run's fp32 projections
+//             (Mamba-1's x_proj and dt_proj, which mamba_ssm's autocast runs in bf16); on the
+//             CPU it is Training.
 // With `bias` (n), y = x @ Wᵀ + bias, the bias added to the finished sums (as torch's nn.Linear;
 // Mamba-1's optional projection biases; the CPU only for now).
-enum class LinearKernel { Prefill, Decode, Training };
+enum class LinearKernel { Prefill, Decode, Training, TrainingTf32 };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Tensor* bias = nullptr);
 // Q8_0 and Q4_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by
 // integer dot products (Int8: llama.cpp's q8_0 · q8_0 and q4_0 · q8_0), or kept fp32 against the
@@ -102,8 +106,10 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
                             const Tensor* warm = nullptr);
 // linear_residual: residual += x @ Wᵀ (the decode kernel, GPU only), x in W's dtype.
 void linear_residual(MatView x, const Tensor& W, MatView residual);
-// linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x.
-void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W);
+// linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x. kernel:
+// Training or TrainingTf32, as for the forward.
+void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W,
+                     LinearKernel kernel = LinearKernel::Training);
 // The bias's: d_b += Σ_rows d_y (d_y fp32), each column's sum in double, in a fixed order.
 void bias_backward(MatView d_y, Tensor& d_b);
 
