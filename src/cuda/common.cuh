@@ -76,12 +76,15 @@ __device__ __forceinline__ float dt_activation(float raw, float bias, float lo, 
   return sp < lo ? lo : (hi < sp ? hi : sp);
 }
 
-// Its derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
+// softplus' derivative at v = raw + bias (torch's threshold 20).
+__device__ __forceinline__ float softplus_grad(float v) { return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v)); }
+
+// dt_activation's derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
 __device__ __forceinline__ float dt_activation_grad(float raw, float bias, float lo, float hi) {
   const float v = raw + bias;
   const float sp = v > 20.0f ? v : log1pf(expf(v));
   if (sp < lo || sp > hi) return 0.0f;
-  return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v));
+  return softplus_grad(v);
 }
 
 // 2^v by the SFU (ex2.approx.ftz: relative error ~2⁻²², results below 2⁻¹²⁶ flushed to 0): the

@@ -165,12 +165,6 @@ __device__ __forceinline__ float finish(float sum, float Dd, float x) {
 }
 
 __device__ __forceinline__ float softplus_dt(float raw, float bias) { return dt_activation(raw, bias, 0.0f, INFINITY); }
-// Its derivative: dt_activation_grad without the clamp (none binds), which is why its softplus is not
-// formed again.
-__device__ __forceinline__ float softplus_grad(float raw, float bias) {
-  const float v = raw + bias;
-  return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v));
-}
 
 // A channel's sum from its kGroup threads' parts (part[0 … kGroup)), added in thread order: the
 // same by the scan, the step and the backward.
@@ -194,10 +188,9 @@ struct Staged {
   static_assert(kCh * kThreads == TL * kChannels);
   float x[kCh], dt[kCh], z[kCh], dy[kCh], B[kBC], C[kBC];
   // Rows row0 … row0 + tl − 1 of channels d0 … (zeros past them); z and dy only when given.
-  // Element i of a per-channel source is token t0 + i·kStep of the thread's channel: each source's
+  // Element i of a per-channel source is token t0 + i·kRows of the thread's channel: each source's
   // address is formed once and stepped (64-bit products per element were a tenth of the backward).
   __device__ void load(const Sources& s, int64_t row0, int tl, int64_t d0, int64_t D, int64_t bw, int tid) {
-    constexpr int kStep = kThreads / kChannels;
     const int t0 = tid / kChannels;
     const int64_t dd = d0 + tid % kChannels, row = row0 + t0;
     const bool col = dd < D;
@@ -207,11 +200,11 @@ struct Staged {
     const float* pdy = s.dy ? s.dy + row * s.lddy + dd : nullptr;
 #pragma unroll
     for (int i = 0; i < kCh; ++i) {
-      const bool on = col && t0 + i * kStep < tl;
-      x[i] = on ? px[i * kStep * s.ldx] : 0.0f;
-      dt[i] = on ? pdt[i * kStep * s.lddt] : 0.0f;
-      z[i] = on && pz ? pz[i * kStep * s.ldz] : 0.0f;
-      dy[i] = on && pdy ? pdy[i * kStep * s.lddy] : 0.0f;
+      const bool on = col && t0 + i * kRows < tl;
+      x[i] = on ? px[i * kRows * s.ldx] : 0.0f;
+      dt[i] = on ? pdt[i * kRows * s.lddt] : 0.0f;
+      z[i] = on && pz ? pz[i * kRows * s.ldz] : 0.0f;
+      dy[i] = on && pdy ? pdy[i * kRows * s.lddy] : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < kBC; ++i) {
@@ -757,7 +750,9 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
       if (t >= tl) break;
       const float sgb = group_total(&m.part[t][ec * kGroup]), xv = m.x[t][ec], gy = m.gy[t][ec];
       const float d_delta = group_total(&m.part2[t][ec * kGroup]) + xv * sgb;
-      const float d_raw = d_delta * softplus_grad(m.raw[t][ec], m.bias[ec]);
+      // softplus' derivative alone: no clamp binds here, so dt_activation_grad's test of it (which
+      // forms the softplus again) is not needed.
+      const float d_raw = d_delta * softplus_grad(m.raw[t][ec] + m.bias[ec]);
       accD += gy * xv;
       accB += d_raw;
       if (d0 + ec >= p.D) continue;

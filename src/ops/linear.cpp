@@ -121,7 +121,7 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
     // Training runs the prefill's products (cuBLASLt, one algorithm per shape: deterministic).
 #if MAMBA2_HAVE_CUDA
     cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode,
-                         kernel == LinearKernel::TrainingTf32 && W.dtype() == DType::F32);
+                         kernel == LinearKernel::TrainingTf32);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -268,7 +268,7 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr ? d_x.data() : nullptr,
-                          d_x.ld, d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32 && W.dtype() == DType::F32);
+                          d_x.ld, d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32);
 #else
     no_cuda_backend(__func__);
 #endif
