@@ -90,10 +90,9 @@ L2Warm fitting(L2Warm w) {
   return w.bytes <= runtime().l2_bytes / 4 ? w : L2Warm{};
 }
 
-std::string device_description() {
-  const int dev = runtime().device;
+std::string device_description(int index) {
   cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, dev), "cuda");
+  check(cudaGetDeviceProperties(&prop, index), "cuda");
   std::ostringstream os;
   os.precision(1);
   os << prop.name << " (sm_" << prop.major << prop.minor << ", " << prop.multiProcessorCount << " SMs, " << std::fixed
@@ -140,8 +139,9 @@ void synchronize() {
 }
 
 size_t peak_reserved_bytes() {
+  if (g_rt.device < 0) return 0;  // no GPU used: none started for the question
   uint64_t v = 0;
-  check(cudaMemPoolGetAttribute(runtime().pool, cudaMemPoolAttrReservedMemHigh, &v), "cuda");
+  check(cudaMemPoolGetAttribute(g_rt.pool, cudaMemPoolAttrReservedMemHigh, &v), "cuda");
   return size_t(v);
 }
 

@@ -17,7 +17,9 @@ std::string no_gpu_reason();  // why device_count() is 0 ("" when it is not)
 // Makes GPU `index` the one every later call uses (fails naming the index and the count).
 void select_device(int index);
 int current_device();
-std::string device_description();  // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)"
+// "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)". Selects nothing: a data-parallel worker describes
+// GPU 0 in its version line before it selects its own GPU.
+std::string device_description(int index);
 
 // Device memory from a stream-ordered caching pool (cudaMallocAsync on the engine's stream):
 // freeing returns it to the pool in stream order, so a buffer freed right after the launches
@@ -29,7 +31,8 @@ void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
 void fill_zero(void* dst, size_t bytes);
 void synchronize();
-// The pool's high-water mark of memory reserved from the GPU since the last reset.
+// The pool's high-water mark of memory reserved from the GPU since the last reset (0 when no GPU
+// has been used).
 size_t peak_reserved_bytes();
 void reset_peak_reserved();
 

@@ -23,7 +23,7 @@ std::string version_info() {
   if (cuda::built()) {
     const int n = cuda::device_count();
     gpu = n == 0 ? "built; no GPU here (" + cuda::no_gpu_reason() + ")"
-                 : fmt::format("built; {} GPU(s), the first: {}", n, cuda::device_description());
+                 : fmt::format("built; {} GPU(s), the first: {}", n, cuda::device_description(0));
   }
   const auto int8_line = [&] {
     const bool q8 = ops::int8_activations(DType::Q8_0), q4 = ops::int8_activations(DType::Q4_0);

@@ -550,7 +550,7 @@ TrainResult Trainer::run() {
   double step_seconds = 0.0;
   log(fmt::format("training {} parameters for {} steps ({} rows of {} tokens per step) on the {}, from step {}",
                   mc_.parameter_count(), max_steps_, cfg_.batch_size * cfg_.grad_accum, cfg_.seq_len,
-                  dev_ == Device::CPU ? std::string("CPU") : cuda::device_description(), st_.step));
+                  dev_ == Device::CPU ? std::string("CPU") : cuda::device_description(cuda::current_device()), st_.step));
 
   while (st_.step < max_steps_) {
     const auto t0 = clock::now();

@@ -297,7 +297,7 @@ void add_bench(CLI::App& app) {
     const Model model = load_model(o->model, o->placement);
     fmt::print("model {}: {} parameters, loaded in {:.2f} s, on the {} in {}\n", o->model,
                model.config().parameter_count(), seconds_since(t_load),
-               model.device() == Device::CUDA ? "GPU " + cuda::device_description() : std::string("CPU"),
+               model.device() == Device::CUDA ? "GPU " + cuda::device_description(cuda::current_device()) : std::string("CPU"),
                dtype_name(model.dtype()));
     std::mt19937 rng(0);
     std::uniform_int_distribution<int32_t> tok(0, int32_t(model.config().vocab_size - 1));

@@ -272,7 +272,7 @@ void add_train(CLI::App& app) {
     }
     clear_bar();
     // A run on the GPU: also its memory pool's high-water mark (what the run needed there).
-    const size_t gpu_bytes = cuda::device_count() > 0 ? cuda::peak_reserved_bytes() : 0;
+    const size_t gpu_bytes = cuda::peak_reserved_bytes();
     std::string memory = fmt::format("peak memory {:.0f} MiB", peak_rss_mib());
     if (gpu_bytes) memory += fmt::format(", on the GPU {:.0f} MiB", double(gpu_bytes) / 1048576.0);
     if (r.finished)
