@@ -100,14 +100,20 @@ TEST(CudaGradOps, LinearBackwardMatchesCpu) {
     int64_t m, n, k;
   };
   for (const Case cs : {Case{1, 17, 130}, Case{33, 7, 65}, Case{130, 96, 48}})
-    for (bool with_dx : {true, false}) {
-      SCOPED_TRACE("m " + std::to_string(cs.m) + " n " + std::to_string(cs.n) + " k " + std::to_string(cs.k));
+    for (int dx_mode : {0, 1, 2}) {  // no d_x, d_x =, d_x += (add_dx, onto random values)
+      const bool with_dx = dx_mode > 0, add_dx = dx_mode == 2;
+      SCOPED_TRACE("m " + std::to_string(cs.m) + " n " + std::to_string(cs.n) + " k " + std::to_string(cs.k) +
+                   " d_x mode " + std::to_string(dx_mode));
       const int64_t ldx = cs.k + 3;  // x a column slice of a wider buffer
       Both xbuf(random_tensor({cs.m, ldx}, 12)), W(random_tensor({cs.n, cs.k}, 13)), d_y(random_tensor({cs.m, cs.n}, 14));
-      Both d_x(Tensor::zeros({cs.m, cs.k})), d_W(random_tensor({cs.n, cs.k}, 15));
+      Both d_x(add_dx ? random_tensor({cs.m, cs.k}, 16) : Tensor::zeros({cs.m, cs.k})),
+          d_W(random_tensor({cs.n, cs.k}, 15));
       Both d_W2(random_tensor({cs.n, cs.k}, 15));
-      ops::linear_backward(xbuf.c().cols_slice(0, cs.k), W.cpu, d_y.c(), with_dx ? d_x.c() : MatView{}, d_W.cpu);
-      ops::linear_backward(xbuf.g().cols_slice(0, cs.k), W.gpu, d_y.g(), with_dx ? d_x.g() : MatView{}, d_W.gpu);
+      const auto train = ops::LinearKernel::Training;
+      ops::linear_backward(xbuf.c().cols_slice(0, cs.k), W.cpu, d_y.c(), with_dx ? d_x.c() : MatView{}, d_W.cpu, train,
+                           add_dx);
+      ops::linear_backward(xbuf.g().cols_slice(0, cs.k), W.gpu, d_y.g(), with_dx ? d_x.g() : MatView{}, d_W.gpu, train,
+                           add_dx);
       ops::linear_backward(xbuf.g().cols_slice(0, cs.k), W.gpu, d_y.g(), MatView{}, d_W2.gpu);
       if (with_dx) {
         EXPECT_LE(rel(d_x.back(), d_x.cpu), kF32Tol);

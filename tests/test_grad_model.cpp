@@ -185,6 +185,32 @@ TEST_P(GradFixture, GpuLossAndGradientsMatchPyTorch) {
   }
 }
 
+// Keeping the normed inputs, conv and gated norm outputs instead of recomputing them changes no
+// bit of the loss or a gradient: the recompute runs the forward's kernels on the forward's inputs.
+// Both choices forced (Auto recomputes on the CPU), on the CPU and on the GPU in fp32 and bf16.
+TEST_P(GradFixture, KeptActivationsGiveTheRecomputedBitsOnCpuAndGpu) {
+  const GradCase gc = load_grad_case(GetParam());
+  std::vector<std::pair<Device, DType>> runs = {{Device::CPU, DType::F32}};
+  if (cuda::device_count() > 0) runs.insert(runs.end(), {{Device::CUDA, DType::F32}, {Device::CUDA, DType::BF16}});
+  for (const auto& [dev, compute] : runs) {
+    SCOPED_TRACE(std::string(device_name(dev)) + " " + std::string(dtype_name(compute)));
+    const Model model = Model::load(gc.dir / "model").to(dev, DType::F32);
+    const ModelWeights view = compute_weights(model.weights(), compute);
+    auto run = [&](Recompute r, double& loss) {
+      Gradients g = make_gradients(model.weights());
+      loss = lm_loss_and_grad(model.config(), view, gc.ids, gc.lengths, g, 1.0, {}, r);
+      return place_weights(g, Device::CPU, DType::F32);
+    };
+    double loss_kept = 0.0, loss_recomputed = 0.0;
+    const Gradients kept = run(Recompute::No, loss_kept), recomputed = run(Recompute::Yes, loss_recomputed);
+    EXPECT_EQ(loss_kept, loss_recomputed);
+    const auto a = checkpoint_named_tensors(kept, model.config()), b = checkpoint_named_tensors(recomputed, model.config());
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_EQ(std::memcmp(a[i].tensor->data(), b[i].tensor->data(), a[i].tensor->nbytes()), 0) << a[i].name;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GradFixture,
                          ::testing::Values("official_tied_g1", "hf_g2_dtlimit", "hf_untied_g1", "m1_official_bias",
                                            "m1_falcon_untied", "m1_official_complex"),

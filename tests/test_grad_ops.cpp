@@ -203,6 +203,12 @@ TEST(GradOps, Linear) {
   for (size_t i = 0; i < dx.size(); ++i) EXPECT_EQ(std::isnan(dx[i]), !in_x(i)) << i;
   check("linear: x", f, x, dx, in_x);
   check("linear: W", f, W, minus(dW, pre));
+  // add_dx: the same d_x added onto what was there (the slice only; the rest untouched).
+  const Vec dx_pre = randn(dx.size(), rng);
+  Vec dx_added = dx_pre;
+  cpu::linear_backward(x.data(), ldx, W.data(), R.data(), ldy, dx_added.data(), ldx, dW.data(), m, n, k, true);
+  for (size_t i = 0; i < dx.size(); ++i)
+    EXPECT_NEAR(dx_added[i], in_x(i) ? dx_pre[i] + dx[i] : dx_pre[i], 1e-12) << i;
 }
 
 // The conv from a given state (continuing a sequence) and from zeros (a fresh one), including a

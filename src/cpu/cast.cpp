@@ -10,10 +10,4 @@ void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ld
     convert_from_f32(dtype, src + r * lds, static_cast<char*>(dst) + size_t(r * ldd) * es, size_t(cols));
 }
 
-void add_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[r * ldd + c] += src[r * lds + c];
-}
-
 }  // namespace mamba2::cpu

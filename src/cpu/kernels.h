@@ -87,10 +87,11 @@ void linear_streaming(const float* x, int64_t ldx, const Q8Block* W, float* y, i
                       int64_t k);
 void linear_streaming(const float* x, int64_t ldx, const Q4Block* W, float* y, int64_t ldy, int64_t m, int64_t n,
                       int64_t k);
-// d_x = d_y @ W (skipped when d_x is null); d_W += d_yᵀ @ x.   d_y (m, n) ld lddy; d_x (m, k) ld lddx
+// d_x = d_y @ W (skipped when d_x is null; d_x += with add_dx); d_W += d_yᵀ @ x.
+//   d_y (m, n) ld lddy; d_x (m, k) ld lddx
 template <class T>
 void linear_backward(const T* x, int64_t ldx, const T* W, const T* d_y, int64_t lddy, T* d_x, int64_t lddx, T* d_W,
-                     int64_t m, int64_t n, int64_t k);
+                     int64_t m, int64_t n, int64_t k, bool add_dx = false);
 
 // out[t, c] = silu(bias[c] + Σ_j w[c, j] · in[t - (K-1) + j, c]), where inputs before t = 0 come
 // from `state` (the K-1 inputs that preceded, oldest first; zeros for a fresh sequence);
@@ -191,8 +192,6 @@ void scale_inplace(T* x, int64_t n, T s);
 
 // dst (rows, cols) ld ldd in `dtype` (F32, BF16 or F16) = src (rows, cols) ld lds, rounded to nearest even.
 void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols);
-// dst += src, fp32 rows.
-void add_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones).   x (n, ld)
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

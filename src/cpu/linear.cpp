@@ -365,22 +365,22 @@ void linear_gemm(const T* x, int64_t ldx, const T* W, T* y, int64_t ldy, int64_t
 
 template <class T>
 void linear_backward(const T* x, int64_t ldx, const T* W, const T* d_y, int64_t lddy, T* d_x, int64_t lddx, T* d_W,
-                     int64_t m, int64_t n, int64_t k) {
+                     int64_t m, int64_t n, int64_t k, bool add_dx) {
   if (m == 0 || k == 0) return;
   if (n == 0) {
-    for (int64_t i = 0; d_x && i < m; ++i) std::fill_n(d_x + i * lddx, k, T(0));
+    for (int64_t i = 0; d_x && !add_dx && i < m; ++i) std::fill_n(d_x + i * lddx, k, T(0));
     return;
   }
-  if (d_x) gemm(CblasNoTrans, CblasNoTrans, m, k, n, T(1), d_y, lddy, W, k, T(0), d_x, lddx);
+  if (d_x) gemm(CblasNoTrans, CblasNoTrans, m, k, n, T(1), d_y, lddy, W, k, T(add_dx ? 1 : 0), d_x, lddx);
   gemm(CblasTrans, CblasNoTrans, n, k, m, T(1), d_y, lddy, x, ldx, T(1), d_W, k);
 }
 
 template void linear_gemm<float>(const float*, int64_t, const float*, float*, int64_t, int64_t, int64_t, int64_t);
 template void linear_gemm<double>(const double*, int64_t, const double*, double*, int64_t, int64_t, int64_t, int64_t);
 template void linear_backward<float>(const float*, int64_t, const float*, const float*, int64_t, float*, int64_t,
-                                     float*, int64_t, int64_t, int64_t);
+                                     float*, int64_t, int64_t, int64_t, bool);
 template void linear_backward<double>(const double*, int64_t, const double*, const double*, int64_t, double*, int64_t,
-                                      double*, int64_t, int64_t, int64_t);
+                                      double*, int64_t, int64_t, int64_t, bool);
 
 void add_bias(float* y, int64_t ldy, const float* bias, int64_t m, int64_t n) {
 #pragma omp parallel for schedule(static)

@@ -29,20 +29,7 @@ __global__ void cast_kernel(const float* __restrict__ src, int64_t lds, T* __res
   }
 }
 
-__global__ void add_kernel(const float* __restrict__ src, int64_t lds, float* __restrict__ dst, int64_t ldd,
-                           int64_t rows, int64_t cols) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= rows * cols) return;
-  dst[(e / cols) * ldd + e % cols] += src[(e / cols) * lds + e % cols];
-}
-
 }  // namespace
-
-void add_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols) {
-  if (rows == 0 || cols == 0) return;
-  add_kernel<<<unsigned(ceil_div(rows * cols, kThreads)), kThreads, 0, stream()>>>(src, lds, dst, ldd, rows, cols);
-  check_launch("add");
-}
 
 void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols) {
   if (rows == 0 || cols == 0) return;

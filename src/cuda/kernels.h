@@ -72,13 +72,13 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
 // residual (fp32) += x @ Wᵀ by the decode kernels (a decode step's out projection without a norm).
 void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dtype, float* residual, int64_t ldr,
                             int64_t m, int64_t n, int64_t k);
-// Training: d_x = d_y @ W (skipped when d_x is null), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
+// Training: d_x = d_y @ W (skipped when d_x is null; d_x += with add_dx), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
 // f16: d_y rounded to it once, unless it comes so), fp32 sums (TF32 products for f32 only with
 // `tf32`), cuBLASLt, the same bits every run.
 //   d_y (m, n) ld lddy fp32 or `dtype`; d_x (m, k) ld lddx fp32; d_W (n, k) fp32
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
                      int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k,
-                     bool tf32 = false);
+                     bool tf32 = false, bool add_dx = false);
 
 // y += bias per row; d_b += Σ_rows d_y (chunks of kGradRows rows in double, added in order).
 //   y, d_y (m, n) ld; bias, d_b (n) fp32
@@ -252,8 +252,6 @@ void scale_inplace(float* x, int64_t n, float s);
 
 // As cpu::cast_rows: fp32 rows to F32, BF16 or F16, rounded to nearest even.
 void cast_rows(const float* src, int64_t lds, void* dst, DType dtype, int64_t ldd, int64_t rows, int64_t cols);
-// dst += src, fp32 rows.
-void add_rows(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols);
 
 // out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones); out on the GPU.
 void argmax_rows(const float* x, int64_t ld, int64_t n, int64_t cols, int32_t* out);

@@ -986,10 +986,10 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
 
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
                      int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k,
-                     bool tf32) {
+                     bool tf32, bool add_dx) {
   if (m == 0 || k == 0) return;
   if (n == 0) {
-    if (d_x) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
+    if (d_x && !add_dx) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
     return;
   }
   // In bf16 / f16 the gradient of y is rounded to the operands' type once (as autocast's products
@@ -1002,7 +1002,9 @@ void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, con
     cast_rows(static_cast<const float*>(d_y), lddy, rounded.get(), dtype, n, m, n);
     dy = rounded.get(), ld = n;
   }
-  if (d_x) gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, 0.0f, "linear", tf32);  // d_y·W
+  if (d_x)  // d_y·W
+    gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, add_dx ? 1.0f : 0.0f, "linear",
+         tf32);
   gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear", tf32);  // d_yᵀ·x, added
 }
 

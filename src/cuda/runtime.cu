@@ -17,6 +17,7 @@ struct Runtime {
   cudaMemPool_t pool = nullptr;
   uint64_t l2_bytes = 0;
   int major = 0, sms = 0;  // compute capability, SM count
+  size_t memory = 0;
 };
 
 std::mutex g_mutex;
@@ -36,6 +37,8 @@ void init_device(int index) {
   g_rt.l2_bytes = uint64_t(l2);
   check(cudaDeviceGetAttribute(&g_rt.major, cudaDevAttrComputeCapabilityMajor, index), "cuda");
   check(cudaDeviceGetAttribute(&g_rt.sms, cudaDevAttrMultiProcessorCount, index), "cuda");
+  size_t free_b = 0;
+  check(cudaMemGetInfo(&free_b, &g_rt.memory), "cuda");
   g_rt.device = index;
 }
 
@@ -85,6 +88,8 @@ void select_device(int index) {
 }
 
 int current_device() { return runtime().device; }
+
+size_t memory_bytes() { return runtime().memory; }
 
 L2Warm fitting(L2Warm w) {
   return w.bytes <= runtime().l2_bytes / 4 ? w : L2Warm{};

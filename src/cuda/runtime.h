@@ -17,6 +17,7 @@ std::string no_gpu_reason();  // why device_count() is 0 ("" when it is not)
 // Makes GPU `index` the one every later call uses (fails naming the index and the count).
 void select_device(int index);
 int current_device();
+size_t memory_bytes();  // the memory of the engine's GPU (0 without the backend)
 // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)". Selects nothing: a data-parallel worker describes
 // GPU 0 in its version line before it selects its own GPU.
 std::string device_description(int index);

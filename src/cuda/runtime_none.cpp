@@ -18,6 +18,7 @@ int device_count() { return 0; }
 std::string no_gpu_reason() { return "this build has no CUDA backend"; }
 void select_device(int) { no_backend(); }
 int current_device() { no_backend(); }
+size_t memory_bytes() { return 0; }
 std::string device_description(int) { no_backend(); }
 std::shared_ptr<void> allocate(size_t, const char*) { no_backend(); }
 void copy_to_device(void*, const void*, size_t) { no_backend(); }

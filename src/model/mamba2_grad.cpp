@@ -1,6 +1,6 @@
 // The LM's training pass in terms of the ops, on the device the weights are on (fp32, or on the GPU
 // with bf16 / f16 projections): a forward over packed sequences that keeps what the backward
-// needs, the loss through the tied (or untied) head in row blocks, and the backward through the
+// needs (or recomputes part of it), the loss through the tied (or untied) head in row blocks, and the backward through the
 // layers in reverse. The residual stream's gradient lives in one buffer: the gradient of
 // residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each layer's RMSNorm
 // adds its part in place (ops::add_rmsnorm_backward).
@@ -66,8 +66,28 @@ Batch make_batch(std::span<const int32_t> ids, std::span<const int64_t> lengths)
 // output; the final residual (after the last add) and its norm.
 struct Saved {
   std::vector<Tensor> residual, zxbcdt, y;
+  // Kept (Recompute::No) rather than recomputed by the backward: the normed input; Mamba2's
+  // conv output and gated norm output.
+  std::vector<Tensor> u, xbc, gated;
   Tensor residual_f, normed_f;
 };
+
+// The bytes a layer keeps beyond the residual, in_proj's output and the scan output when the
+// backward recomputes nothing (Saved's u, xbc, gated).
+int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
+  const int64_t es = int64_t(dtype_size(compute));
+  const int64_t u = tokens * c.d_model * es;
+  return c.mamba1() ? u : u + tokens * c.conv_dim() * int64_t(sizeof(float)) + tokens * c.d_inner() * es;
+}
+
+// Auto: keep on the GPU while the kept tensors take at most a quarter of its memory (the 130m at
+// 8 × 2048 tokens: 4.6 GB, the 1.3b: 23 GB, of an H200's 141); recompute on the CPU, whose runs
+// are small and memory-tight and where the recomputed ops are a small part of a step.
+bool keep_activations(Recompute r, const ModelConfig& c, int64_t tokens, DType compute, Device dev) {
+  if (r != Recompute::Auto) return r == Recompute::No;
+  if (dev != Device::CUDA) return false;
+  return double(c.n_layer) * double(kept_bytes_a_layer(c, tokens, compute)) <= double(cuda::memory_bytes()) / 4.0;
+}
 
 // The batch's sequences in state slots 0, 1, ... on `dev`, for the conv and the scan.
 ops::SeqBatch sequences(const ModelConfig& c, const Batch& b, Device dev) {
@@ -101,7 +121,7 @@ struct Mamba1Mixer {
   int64_t T;
   Device dev;
   Tensor x_dbl, dt, ones, norm_in, normed[3];  // normed: Falcon's dt_low, B, C, contiguous
-  Tensor d_x_dbl, d_dt, d_xc, d_xc2, d_normed[3], d_norm_in, norm_w_grad;
+  Tensor d_x_dbl, d_dt, d_xc, d_normed[3], d_norm_in, norm_w_grad;
   ops::LinearKernel proj;  // x_proj's and dt_proj's products
   Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute)
       : c(cfg), seqs(s), T(tokens), dev(device),
@@ -151,7 +171,6 @@ struct Mamba1Mixer {
       d_x_dbl = Tensor::empty({T, c.x_proj_rows()}, dev);
       d_dt = Tensor::empty({T, di}, dev);
       d_xc = Tensor::empty({T, di}, dev);
-      d_xc2 = Tensor::empty({T, di}, dev);
       for (int i = 0; c.mixer_norms && i < 3; ++i) d_normed[i] = Tensor::empty(normed[i].shape(), dev);
       if (c.mixer_norms) {
         d_norm_in = Tensor::empty(norm_in.shape(), dev);
@@ -178,8 +197,7 @@ struct Mamba1Mixer {
                                 float(c.mixer_rms_eps));
       ops::cast(d_in, part(dxd, i));
     }
-    ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc2), gl.x_proj, proj);
-    ops::add(MatView::of(d_xc2), MatView::of(d_xc));
+    ops::linear_backward(xc, l.x_proj, dxd, MatView::of(d_xc), gl.x_proj, proj, /*add_dx=*/true);
     ops::causal_conv1d_backward(xz.cols_slice(0, di), l.conv_w, l.conv_b, MatView{}, MatView::of(d_xc),
                                 d_xz.cols_slice(0, di), gl.conv_w, gl.conv_b, seqs);
   }
@@ -220,7 +238,7 @@ void check_gradients(const Gradients& g, const ModelWeights& w) {
 
 // The training pass. Without grads: the loss only (nothing is kept per layer).
 double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t> ids, std::span<const int64_t> lengths,
-           Gradients* g, double grad_scale, const GradsReady& ready) {
+           Gradients* g, double grad_scale, const GradsReady& ready, Recompute recompute) {
   c.validate("model");
   const auto [dev, cdt] = check_weights(w);
   const Batch b = make_batch(ids, lengths);
@@ -231,6 +249,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
 
   // Forward.
   Saved sv;
+  const bool keep = g && keep_activations(recompute, c, T, cdt, dev);
   // The projections' inputs (u, gated, normed_f) in the matrices' dtype; everything else fp32.
   Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u = Tensor::empty({T, D}, dev, cdt);
   Tensor xbc = Tensor::empty({T, c.conv_dim()}, dev), gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
@@ -251,6 +270,16 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
+    if (keep) {
+      u = Tensor::empty({T, D}, dev, cdt);
+      sv.u.push_back(u);
+      if (!m1) {
+        xbc = Tensor::empty({T, c.conv_dim()}, dev);
+        gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
+        sv.xbc.push_back(xbc);
+        sv.gated.push_back(gated);
+      }
+    }
     ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
     Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}, dev) : zxbcdt_one;
     Tensor y = g ? Tensor::empty({T, c.d_inner()}, dev) : y_one;
@@ -319,9 +348,11 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const LayerWeights& l = w.layers[size_t(li)];
     LayerWeights& gl = g->layers[size_t(li)];
     const MatView res = MatView::of(sv.residual[size_t(li)]), y = MatView::of(sv.y[size_t(li)]);
+    // Recomputed unless kept: the normed input, the conv output and the gated norm's output.
+    if (keep) u = sv.u[size_t(li)];
+    else ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
     if (m1) {
       const MatView xz = MatView::of(sv.zxbcdt[size_t(li)]);
-      ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
       m1->forward(l, xz, MatView::of(xbc), std::nullopt);
       if (c.proj_bias) ops::bias_backward(MatView::of(d_res), gl.out_proj_b);
       ops::linear_backward(out_input(sv.y[size_t(li)]), l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
@@ -334,10 +365,13 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     }
     const Projections pr = split(MatView::of(sv.zxbcdt[size_t(li)]), c);
     const Projections dpr = split(MatView::of(d_zxbcdt), c);
-    // Recomputed: the normed input, the conv output and the gated norm's output.
-    ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
-    mixer_forward(c, l, seqs, pr, MatView::of(xbc), std::nullopt, cdt);
-    ops::gated_rmsnorm(y, pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
+    if (keep) {
+      xbc = sv.xbc[size_t(li)];
+      gated = sv.gated[size_t(li)];
+    } else {
+      mixer_forward(c, l, seqs, pr, MatView::of(xbc), std::nullopt, cdt);
+      ops::gated_rmsnorm(y, pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
+    }
 
     ops::linear_backward(MatView::of(gated), l.out_proj, MatView::of(d_res), MatView::of(d_gated), gl.out_proj);
     ops::gated_rmsnorm_backward(y, pr.z, l.gate_norm, MatView::of(d_gated), MatView::of(d_y), dpr.z, gl.gate_norm,
@@ -412,12 +446,13 @@ void zero_gradients(Gradients& g) {
 
 double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
                std::span<const int64_t> lengths) {
-  return run(config, weights, ids, lengths, nullptr, 1.0, {});
+  return run(config, weights, ids, lengths, nullptr, 1.0, {}, Recompute::Auto);
 }
 
 double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
-                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale, const GradsReady& ready) {
-  return run(config, weights, ids, lengths, &grads, grad_scale, ready);
+                        std::span<const int64_t> lengths, Gradients& grads, double grad_scale, const GradsReady& ready,
+                        Recompute recompute) {
+  return run(config, weights, ids, lengths, &grads, grad_scale, ready, recompute);
 }
 
 }  // namespace mamba2

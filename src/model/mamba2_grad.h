@@ -42,7 +42,10 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 // The same loss (returned, bit-identical to lm_loss) and its gradient, ADDED to `grads`
 // (parameter gradients accumulate; zero them for the gradient of this batch alone). The SSD
 // backward runs chunked like the forward; activations kept per layer: the residual stream,
-// in_proj's output and the scan output (the rest is recomputed).
+// in_proj's output and the scan output, and with Recompute::No also the normed input and
+// (Mamba2) the conv and gated norm outputs, which are otherwise recomputed. The choice changes
+// speed and memory, never a bit of the result: the recompute runs the forward's kernels on the
+// forward's inputs. Auto keeps them on the GPU when they take at most a quarter of its memory.
 // `grad_scale` multiplies the gradient (not the loss): f16 training's loss scale, which lifts
 // small gradients above f16's underflow.
 //
@@ -51,8 +54,9 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 // then with -1 for the rest (embedding, norm_f, an untied head). Their all-reduce can then run
 // beside the backward of the earlier layers.
 using GradsReady = std::function<void(int64_t layer)>;
+enum class Recompute { Auto, No, Yes };
 double lm_loss_and_grad(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,
                         std::span<const int64_t> lengths, Gradients& grads, double grad_scale = 1.0,
-                        const GradsReady& ready = {});
+                        const GradsReady& ready = {}, Recompute recompute = Recompute::Auto);
 
 }  // namespace mamba2

@@ -27,21 +27,4 @@ void cast(MatView src, MatView dst) {
   cpu::cast_rows(src.data(), src.ld, dst.ptr, dst.dtype, dst.ld, src.rows, src.cols);
 }
 
-void add(MatView src, MatView dst) {
-  const Device dev = src.device;
-  check_shape("add", "src", src, src.rows, src.cols, dev);
-  check_shape("add", "dst", dst, src.rows, src.cols, dev);
-  check_dtype("add", "src", src.dtype, DType::F32);
-  check_dtype("add", "dst", dst.dtype, DType::F32);
-  if (dev == Device::CUDA) {
-#if MAMBA2_HAVE_CUDA
-    cuda::add_rows(src.data(), src.ld, dst.data(), dst.ld, src.rows, src.cols);
-#else
-    no_cuda_backend(__func__);
-#endif
-    return;
-  }
-  cpu::add_rows(src.data(), src.ld, dst.data(), dst.ld, src.rows, src.cols);
-}
-
 }  // namespace mamba2::ops

@@ -246,7 +246,8 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
   linear_normed_into(src, norm, W, {}, residual, nullptr, warm);
 }
 
-void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W, LinearKernel kernel) {
+void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W, LinearKernel kernel,
+                     bool add_dx) {
   if (kernel != LinearKernel::Training && kernel != LinearKernel::TrainingTf32)
     fail("[linear] the backward takes the Training or TrainingTf32 kernel");
   if (W.rank() != 2) fail("[linear] weight must be 2-D, got {}", shape_str(W.shape()));
@@ -268,13 +269,13 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr ? d_x.data() : nullptr,
-                          d_x.ld, d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32);
+                          d_x.ld, d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32, add_dx);
 #else
     no_cuda_backend(__func__);
 #endif
     return;
   }
-  cpu::linear_backward(x.data(), x.ld, W.data(), d_y.data(), d_y.ld, d_x.data(), d_x.ld, d_W.data(), m, n, k);
+  cpu::linear_backward(x.data(), x.ld, W.data(), d_y.data(), d_y.ld, d_x.data(), d_x.ld, d_W.data(), m, n, k, add_dx);
 }
 
 void bias_backward(MatView d_y, Tensor& d_b) {

@@ -106,10 +106,11 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
                             const Tensor* warm = nullptr);
 // linear_residual: residual += x @ Wᵀ (the decode kernel, GPU only), x in W's dtype.
 void linear_residual(MatView x, const Tensor& W, MatView residual);
-// linear backward: d_x = d_y @ W (skipped when d_x.data is null); d_W += d_yᵀ @ x. kernel:
-// Training or TrainingTf32, as for the forward.
+// linear backward: d_x = d_y @ W (skipped when d_x.data is null; with add_dx d_x += d_y @ W,
+// the product's fp32 sum added once); d_W += d_yᵀ @ x. kernel: Training or TrainingTf32, as for
+// the forward.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W,
-                     LinearKernel kernel = LinearKernel::Training);
+                     LinearKernel kernel = LinearKernel::Training, bool add_dx = false);
 // The bias's: d_b += Σ_rows d_y (d_y fp32), each column's sum in double, in a fixed order.
 void bias_backward(MatView d_y, Tensor& d_b);
 
@@ -214,8 +215,6 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
 
 // cast: dst = src (fp32) rounded to dst's dtype (F32, BF16 or F16; nearest even), same shape.
 void cast(MatView src, MatView dst);
-// add: dst += src, both fp32 (the same shape, on one device).
-void add(MatView src, MatView dst);
 
 // argmax: out[r] = the index of the largest of x[r, 0..cols) (the first of equal ones), greedy
 // decoding; out (x.rows) on x's device.
