@@ -24,6 +24,7 @@ namespace cuda_grad_ops_test {  // named: the unity build puts this file beside 
 namespace {
 
 using test::random_tensor;
+using test::rounded;  // a gradient written in bf16 / f16 is the fp32 one rounded once
 using test::same_bits;
 using test::to_cpu;
 using test::to_gpu;
@@ -80,7 +81,31 @@ TEST(CudaGradOps, GatedRmsnormBackwardMatchesCpu) {
       EXPECT_LE(rel(d_y.back(), d_y.cpu), kF32Tol);
       EXPECT_LE(rel(d_z.back(), d_z.cpu), kF32Tol);
       EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
+      for (DType narrow : {DType::BF16, DType::F16}) {
+        Tensor d_z_narrow = Tensor::zeros({n, d}, Device::CUDA, narrow), d_w2 = to_gpu(random_tensor({d}, 9));
+        ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(), d_y.g(),
+                                    MatView::of(d_z_narrow), d_w2, groups, 1e-5f);
+        EXPECT_TRUE(same_bits(to_cpu(d_z_narrow), rounded(d_z.back(), narrow))) << dtype_name(narrow);
+      }
     }
+}
+
+// The CPU computes in fp32 only: a gradient output in bf16 there is refused, naming it.
+TEST(CudaGradOps, NarrowGradientOutputsAreRefusedOnTheCpu) {
+  Tensor y = random_tensor({2, 8}, 1), d_w = Tensor::zeros({8}), narrow = Tensor::zeros({2, 8}, Device::CPU, DType::BF16);
+  EXPECT_EQ(test::error_message([&] {
+              ops::gated_rmsnorm_backward(MatView::of(y), MatView::of(y), d_w, MatView::of(y), MatView::of(y),
+                                          MatView::of(narrow), d_w, 1, 1e-5f);
+            }),
+            "[gated_rmsnorm] d_z is BF16, expected F32");
+  const std::vector<int64_t> len{2}, slot{0};
+  const ops::SeqBatch seqs(len, slot, 1, Device::CPU);
+  Tensor w = random_tensor({8, 4}, 2), b = random_tensor({8}, 3), dw = Tensor::zeros({8, 4}), db = Tensor::zeros({8});
+  EXPECT_EQ(test::error_message([&] {
+              ops::causal_conv1d_backward(MatView::of(y), w, b, MatView{}, MatView::of(y), MatView::of(narrow), dw, db,
+                                          seqs);
+            }),
+            "[causal_conv1d] d_in is BF16, expected F32");
 }
 
 TEST(CudaGradOps, EmbeddingBackwardIsTheCpusBitForBit) {
@@ -172,6 +197,11 @@ TEST(CudaGradOps, CausalConvBackwardMatchesCpu) {
         EXPECT_LE(rel(d_in.back(), d_in.cpu), kF32Tol);
         EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
         EXPECT_LE(rel(d_bias.back(), d_bias.cpu), kF32Tol);
+        Tensor d_in16 = Tensor::zeros({T, C}, Device::CUDA, DType::BF16), d_w2 = to_gpu(d_w.cpu),
+               d_bias2 = to_gpu(d_bias.cpu);
+        ops::causal_conv1d_backward(in.g().cols_slice(0, C), w.gpu, bias.gpu, with_state ? states.g() : MatView{},
+                                    d_out.g(), MatView::of(d_in16), d_w2, d_bias2, on_gpu);
+        EXPECT_TRUE(same_bits(to_cpu(d_in16), rounded(d_in.back(), DType::BF16)));
       }
 }
 
@@ -329,7 +359,8 @@ struct SsdRun {
   Tensor d_xbc, d_dt, d_state0, d_dt_bias, d_A_log, d_D;
 };
 
-SsdRun run_ssd_backward(const SsdCase& c, Device dev, DType compute = DType::F32) {
+// dt_out: d_dt's dtype (F32, or on the GPU the compute dtype, as Mamba2's training writes it).
+SsdRun run_ssd_backward(const SsdCase& c, Device dev, DType compute = DType::F32, DType dt_out = DType::F32) {
   const int64_t HP = c.H * c.P, GN = c.G * c.N, W = HP + 2 * GN, nseq = int64_t(c.lengths.size());
   int64_t L = 0;
   std::vector<int64_t> slots;
@@ -341,7 +372,7 @@ SsdRun run_ssd_backward(const SsdCase& c, Device dev, DType compute = DType::F32
   Tensor D = on(random_tensor({c.H}, 44)), d_y = on(random_tensor({L, HP}, 45));
   const int64_t S = c.H * c.P * c.N;
   Tensor state0 = on(random_tensor({nseq, S}, 46)), d_final = on(random_tensor({nseq, S}, 47));
-  SsdRun r{on(random_tensor({L, W}, 48)), on(random_tensor({L, c.H}, 49)), on(random_tensor({nseq, S}, 50)),
+  SsdRun r{on(random_tensor({L, W}, 48)), random_tensor({L, c.H}, 49).to(dev, dt_out), on(random_tensor({nseq, S}, 50)),
            on(random_tensor({c.H}, 51)),  on(random_tensor({c.H}, 52)),    on(random_tensor({c.H}, 53))};
   // The clamp binds for part of the tokens: softplus of dt + bias spans ~0.01 to ~2.
   const ops::SsdWeights w{dt_bias, A_log, D, c.P, c.G, c.N, c.clamp ? 0.05 : 0.0,
@@ -465,6 +496,10 @@ TEST(CudaGradOps, SsdScanBackwardOnTensorCoresMatchesCpuWithinRounding) {
       EXPECT_TRUE(same_bits(got.d_xbc, again.d_xbc) && same_bits(got.d_dt, again.d_dt) &&
                   same_bits(got.d_A_log, again.d_A_log))
           << "not deterministic";
+      const SsdRun narrow = run_ssd_backward(c, Device::CUDA, dtype, dtype);  // d_dt written rounded
+      EXPECT_TRUE(same_bits(narrow.d_dt, rounded(got.d_dt, dtype)) && same_bits(narrow.d_xbc, got.d_xbc) &&
+                  same_bits(narrow.d_A_log, got.d_A_log))
+          << "d_dt in " << dtype_name(dtype);
     }
 }
 

@@ -147,11 +147,11 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
 // u in [t0, t1 + K - 1) (the K-1 after the chunk for its last d_in), kConvBackTile tokens'
 // inputs loaded at a time, the last K kept as dp[i] = d_pre[u - i]; d_in[t] is written when
 // u = t + K - 1 arrives. The chunk's weight and bias sums run in fp32 (64 terms), the chunks'
-// partials are added in double.
-template <int KT>
+// partials are added in double. d_in in Din: fp32, or rounded once (in_proj's backward operand).
+template <int KT, class Din>
 __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
     const float* __restrict__ in, int64_t ldin, const float* __restrict__ w, const float* __restrict__ bias,
-    const float* __restrict__ states, const float* __restrict__ d_out, int64_t lddo, float* __restrict__ d_in,
+    const float* __restrict__ states, const float* __restrict__ d_out, int64_t lddo, Din* __restrict__ d_in,
     int64_t lddi, PackedSeqs seqs, int64_t C, int K, double* __restrict__ partial) {
   if constexpr (KT > 0) K = KT;
   const int64_t c = int64_t(blockIdx.x) * kConvThreads + threadIdx.x, chunk = blockIdx.y;
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
 #pragma unroll
       for (int j = 0; j < kMaxTaps; ++j)  // tap j of output u - j reads input t
         if (j < K && u - j < end) g += lane.w[j] * dp[j];
-      d_in[t * lddi + c] = g;
+      store_f32(d_in + t * lddi + c, g);
     }
   }
   double* p = partial + chunk * (C * K + C);
@@ -253,17 +253,20 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
 }
 
 void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
-                            const float* d_out, int64_t lddo, float* d_in, int64_t lddi, float* d_w, float* d_bias,
-                            const PackedSeqs& seqs, int64_t C, int64_t K) {
+                            const float* d_out, int64_t lddo, void* d_in, DType din_dtype, int64_t lddi, float* d_w,
+                            float* d_bias, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   const int64_t T = seqs.tokens;
   if (T == 0 || C == 0) return;
   const int64_t chunks = ceil_div(T, kGradRows), ld = C * K + C;
   auto partial = allocate(size_t(chunks * ld) * sizeof(double), "causal_conv1d gradient partials");
   auto* p = static_cast<double*>(partial.get());
-  auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps> : conv_backward_kernel<0>;
-  kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
-      in, ldin, w, bias, states, d_out, lddo, d_in, lddi, seqs, C, int(K), p);
+  with_dtype(din_dtype, "causal_conv1d", [&](auto* tag) {
+    using Din = std::remove_pointer_t<decltype(tag)>;
+    auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps, Din> : conv_backward_kernel<0, Din>;
+    kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
+        in, ldin, w, bias, states, d_out, lddo, static_cast<Din*>(d_in), lddi, seqs, C, int(K), p);
+  });
   check_launch("causal_conv1d");
   add_column_partials(p, ld, chunks, C * K, d_w, "causal_conv1d");
   add_column_partials(p + C * K, ld, chunks, C, d_bias, "causal_conv1d");

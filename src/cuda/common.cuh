@@ -53,6 +53,14 @@ __device__ __forceinline__ float load_f32(const __half* p) { return __half2float
 __device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
+// Two adjacent values, each rounded as store_f32 would; p on 2 elements' alignment.
+__device__ __forceinline__ void store_f32x2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = {a, b}; }
+__device__ __forceinline__ void store_f32x2(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ void store_f32x2(__half* p, float a, float b) {
+  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
 
 // silu through e = exp(-|v|) ∈ (0, 1], as the CPU kernels: never overflows.
 __device__ __forceinline__ float silu(float v) {

@@ -54,12 +54,13 @@ void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* 
 void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
                            DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
 // The backwards, as cpu::add_rmsnorm_backward and cpu::gated_rmsnorm_backward (fp32; d_w +=, the
-// weight gradient summed over rows in fixed chunks in double: the same bits every run).
+// weight gradient summed over rows in fixed chunks in double: the same bits every run). d_z in
+// dz_dtype (F32, or BF16 / F16: rounded once).
 void add_rmsnorm_backward(const float* residual, const float* w, const float* d_out, float* d_residual, float* d_w,
                           int64_t n, int64_t d, float eps);
 void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, float* d_z, int64_t lddz,
-                            float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps);
+                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, void* d_z, DType dz_dtype,
+                            int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps);
 
 // y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32 unless `tf32`: TF32
 // tensor cores for an f32 x and W, training's choice for a bf16 / f16 run).
@@ -125,11 +126,11 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
                         float* states, const int64_t* slots, int64_t nb, int64_t C, int64_t K);
 // Backward over packed sequences, each from its initial state at states + slots[i]·(K-1)·C (null:
-// zeros): d_in (overwritten), d_w and d_bias (+=, summed over tokens in fixed chunks in double), as
-// cpu::causal_conv1d_backward per sequence.
+// zeros): d_in (overwritten; in din_dtype: F32, or BF16 / F16 rounded once), d_w and d_bias (+=,
+// summed over tokens in fixed chunks in double), as cpu::causal_conv1d_backward per sequence.
 void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
-                            const float* d_out, int64_t lddo, float* d_in, int64_t lddi, float* d_w, float* d_bias,
-                            const PackedSeqs& seqs, int64_t C, int64_t K);
+                            const float* d_out, int64_t lddo, void* d_in, DType din_dtype, int64_t lddi, float* d_w,
+                            float* d_bias, const PackedSeqs& seqs, int64_t C, int64_t K);
 
 struct SsdParams {
   int64_t nheads, headdim, ngroups, d_state;
@@ -173,7 +174,8 @@ struct SsdGradPtrs {
   int64_t ldb;
   float* C;
   int64_t ldc;
-  float* dt;
+  void* dt;  // in dt_dtype: F32, or BF16 / F16 rounded once (only in_proj's backward reads it)
+  DType dt_dtype;
   int64_t lddt;
   float* state0;
   float *dt_bias, *A_log, *D;

@@ -121,12 +121,13 @@ __global__ void norm_weight_partials_kernel(const float* a, int64_t lda, const f
 
 // Block (row, group): v = y·silu(z); d_v = s·go∘w − v·s³·dot/gs; d_y = d_v·silu(z), d_z = d_v·y·silu'(z).
 // y, z and go held in registers between the sums and the outputs when gs ≤ kThreads·H (as the
-// forward); the sums' order is the same for every H.
-template <int H>
+// forward); the sums' order is the same for every H. d_z in Dz: fp32, or rounded once to the
+// compute dtype when it is only in_proj's backward operand.
+template <int H, class Dz>
 __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64_t ldy, const float* __restrict__ z,
                                               int64_t ldz, const float* __restrict__ w,
                                               const float* __restrict__ d_out, int64_t ldd, float* __restrict__ d_y,
-                                              int64_t lddy, float* __restrict__ d_z, int64_t lddz,
+                                              int64_t lddy, Dz* __restrict__ d_z, int64_t lddz,
                                               float* __restrict__ rstd, int64_t gs, float eps) {
   const int64_t row = blockIdx.x, g = blockIdx.y, c0 = g * gs;
   const float* yr = y + row * ldy + c0;
@@ -134,7 +135,7 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
   const float* go = d_out + row * ldd + c0;
   const float* wg = w + c0;
   float* dy = d_y + row * lddy + c0;
-  float* dz = d_z + row * lddz + c0;
+  Dz* dz = d_z + row * lddz + c0;
   float ss = 0.0f, dot = 0.0f;
   if constexpr (H > 0) {
     float yv[H], zv[H], gv[H];
@@ -167,7 +168,7 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
         const float sz = silu(zv[j]);
         const float dv = s * gv[j] - yv[j] * sz * k;
         dy[i] = dv * sz;
-        dz[i] = dv * yv[j] * silu_grad(zv[j]);
+        store_f32(dz + i, dv * yv[j] * silu_grad(zv[j]));
       }
     }
     if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
@@ -185,7 +186,7 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
       const float sz = silu(zr[i]);
       const float dv = s * (go[i] * wg[i]) - yr[i] * sz * k;
       dy[i] = dv * sz;
-      dz[i] = dv * yr[i] * silu_grad(zr[i]);
+      store_f32(dz + i, dv * yr[i] * silu_grad(zr[i]));
     }
     if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
   }
@@ -246,20 +247,24 @@ void add_rmsnorm_backward(const float* residual, const float* w, const float* d_
 }
 
 void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, float* d_z, int64_t lddz,
-                            float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps) {
+                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, void* d_z, DType dz_dtype,
+                            int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps) {
   if (n == 0) return;
   auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
   auto* s = static_cast<float*>(rstd.get());
   const dim3 grid{unsigned(n), unsigned(ngroups), 1u};
   const int64_t gs = d / ngroups;
-  const auto run = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, d_y, lddy, d_z, lddz, s, gs, eps);
-  };
-  if (gs <= 4 * kThreads) run(gated_rmsnorm_backward_kernel<4>);
-  else if (gs <= 8 * kThreads) run(gated_rmsnorm_backward_kernel<8>);
-  else if (gs <= 16 * kThreads) run(gated_rmsnorm_backward_kernel<16>);
-  else run(gated_rmsnorm_backward_kernel<0>);
+  with_dtype(dz_dtype, "gated_rmsnorm", [&](auto* tag) {
+    using Dz = std::remove_pointer_t<decltype(tag)>;
+    const auto run = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, d_y, lddy, static_cast<Dz*>(d_z), lddz,
+                                              s, gs, eps);
+    };
+    if (gs <= 4 * kThreads) run(gated_rmsnorm_backward_kernel<4, Dz>);
+    else if (gs <= 8 * kThreads) run(gated_rmsnorm_backward_kernel<8, Dz>);
+    else if (gs <= 16 * kThreads) run(gated_rmsnorm_backward_kernel<16, Dz>);
+    else run(gated_rmsnorm_backward_kernel<0, Dz>);
+  });
   check_launch("gated_rmsnorm");
   add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
 }

@@ -1497,40 +1497,76 @@ struct BwdDims {
 };
 
 // Block (chunk, head): dt and a (as the forward's chunk_decay, a in double); x and d_y head-major
-// (chunk, head, Q, P), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P), a warp a row; B
-// and C (chunk·Q + t, G·N), the chunk's rows shared out over its blocks. Operands rounded to T once.
-template <class T>
-__global__ void bwd_prep_kernel(SsdParams p, const float* x, int64_t ldx, const float* B, int64_t ldb,
-                                const float* C, int64_t ldc, const float* dt_raw, int64_t lddt, const float* d_y,
-                                int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap,
-                                T* __restrict__ Xh, T* __restrict__ dYh, T* __restrict__ XW, T* __restrict__ DYs,
-                                T* __restrict__ Bp, T* __restrict__ Cp) {
-  __shared__ float s_dt[kMaxChunk];
+// (chunk, head, Q, P), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P); B and C
+// (chunk·Q + t, G·N), the chunk's rows shared out over its blocks. Operands rounded to T once.
+// A streaming kernel: kPairs (P even, x and d_y rows 8-byte aligned) moves two adjacent columns a
+// thread, kBatch elements' loads go out before their stores, and 4 blocks an SM keep enough
+// loads in flight (at 80 registers 3 blocks reached ~1.8 TB/s).
+template <class T, bool kPairs>
+__global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
+    SsdParams p, const float* __restrict__ x, int64_t ldx, const float* __restrict__ B, int64_t ldb,
+    const float* __restrict__ C, int64_t ldc, const float* __restrict__ dt_raw, int64_t lddt,
+    const float* __restrict__ d_y, int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap,
+    T* __restrict__ Xh, T* __restrict__ dYh, T* __restrict__ XW, T* __restrict__ DYs, T* __restrict__ Bp,
+    T* __restrict__ Cp) {
+  __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk], s_ey[kMaxChunk];
   __shared__ double s_a[kMaxChunk];
   const int64_t c = blockIdx.x, Q = d.Q, P = d.P, HP = d.HP(), GN = d.GN();
   const int h = int(blockIdx.y);
   const Chunk ch = find_chunk(seqs, c, Q);
   chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
   const int64_t u = (c * d.H + h) * Q;
+  const double a_last = s_a[Q - 1];
   for (int64_t t = threadIdx.x; t < Q; t += kThreads) {
     dtp[u + t] = s_dt[t];
     ap[u + t] = s_a[t];
+    s_w[t] = expf(float(a_last - s_a[t])) * s_dt[t];
+    s_ey[t] = expf(float(s_a[t]));
   }
-  const double a_last = s_a[Q - 1];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll 2
-  for (int64_t t = warp; t < Q; t += kThreads / 32) {
-    const bool in = t < ch.len;
-    const int64_t tok = ch.tok0 + t, o = (c * Q + t) * HP + h * P;
-    const float w = expf(float(a_last - s_a[t])) * s_dt[t], ey = expf(float(s_a[t]));
-    for (int64_t q = lane; q < P; q += 32) {
-      const float xv = in ? x[tok * ldx + h * P + q] : 0.0f, dyv = in ? d_y[tok * lddy + h * P + q] : 0.0f;
-      store_f32(Xh + (u + t) * P + q, xv);
-      store_f32(dYh + (u + t) * P + q, dyv);
-      store_f32(XW + o + q, w * xv);
-      store_f32(DYs + o + q, ey * dyv);
+  __syncthreads();
+  constexpr int kStep = kPairs ? 2 : 1, kBatch = 4;
+  using V = std::conditional_t<kPairs, float2, float>;
+  const auto load = [](const float* src) {
+    if constexpr (kPairs) return *reinterpret_cast<const float2*>(src);
+    else return *src;
+  };
+  const int cols = int(P) / kStep, n = int(Q) * cols;  // the chunk's (token, column pair) elements
+  for (int f0 = threadIdx.x; f0 < n; f0 += kBatch * kThreads) {
+    V xv[kBatch], dyv[kBatch];
+    int ts[kBatch], qs[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int f = f0 + j * kThreads, t = f / cols, q = (f - t * cols) * kStep;
+      ts[j] = t, qs[j] = q;
+      if (f < n && t < ch.len) {
+        const int64_t tok = ch.tok0 + t;
+        xv[j] = load(x + tok * ldx + h * P + q);
+        dyv[j] = load(d_y + tok * lddy + h * P + q);
+      } else {
+        xv[j] = V{};
+        dyv[j] = V{};
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (f0 + j * kThreads >= n) break;
+      const int t = ts[j], q = qs[j];
+      const int64_t o = (c * Q + t) * HP + h * P + q, e = (u + t) * P + q;
+      const float w = s_w[t], ey = s_ey[t];
+      if constexpr (kPairs) {
+        store_f32x2(Xh + e, xv[j].x, xv[j].y);
+        store_f32x2(dYh + e, dyv[j].x, dyv[j].y);
+        store_f32x2(XW + o, w * xv[j].x, w * xv[j].y);
+        store_f32x2(DYs + o, ey * dyv[j].x, ey * dyv[j].y);
+      } else {
+        store_f32(Xh + e, xv[j]);
+        store_f32(dYh + e, dyv[j]);
+        store_f32(XW + o, w * xv[j]);
+        store_f32(DYs + o, ey * dyv[j]);
+      }
     }
   }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // B and C: the chunk's rows shared out over its H blocks.
   for (int64_t t = h + int64_t(warp) * d.H; t < Q; t += (kThreads / 32) * d.H) {
     const bool in = t < ch.len;
@@ -1852,11 +1888,12 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
 // exp(a[t]) and w), the end state's part of da[last], the reverse cumsum through a = cumsum(dt·A),
 // d_dt_raw, and the chunk's sums for d_D, d_A_log and d_dt_bias (partials, by chunk).
 constexpr int kRowsAWarp = 2;
+template <class Ddt>  // d_dt's type: fp32, or the compute dtype when only in_proj's backward reads it
 __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
     SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx, const float* d_y, int64_t lddy,
     const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* S0,
     const float* dSend, const float* dtp, const double* ap, const double* row_m, const double* col_c,
-    const double* col_m, float* d_x, int64_t lddx, float* d_dt, int64_t ldd_dt, double* partials) {
+    const double* col_m, float* d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
   __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
   __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
   __shared__ double s_dA;
@@ -1949,7 +1986,7 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
   if (t < ch.len) {
     const float g_raw =
         float(s_ddt[t]) * dt_activation_grad(dt_raw[(ch.tok0 + t) * lddt + h], p.dt_bias[h], p.dt_min, p.dt_max);
-    d_dt[(ch.tok0 + t) * ldd_dt + h] = g_raw;
+    store_f32(d_dt + (ch.tok0 + t) * ldd_dt + h, g_raw);
     dbias = double(g_raw);
   }
   dbias = block_sum<kThreads, double>(dbias);
@@ -2002,8 +2039,10 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   // Row-major products, GemmOperand {pointer, ld, batch stride, transposed, dtype}.
   auto opd = [&](const T* ptr, int64_t ld, int64_t stride, bool t) { return GemmOperand{ptr, ld, stride, t, dtype}; };
 
-  bwd_prep_kernel<T><<<units, kThreads, 0, stream()>>>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d,
-                                                       dtp, ap, Xh, dYh, XW, DYs, Bp, Cp);
+  const bool pairs = P % 2 == 0 && ldx % 2 == 0 && lddy % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 8 == 0 &&
+                     reinterpret_cast<uintptr_t>(d_y) % 8 == 0;
+  (pairs ? bwd_prep_kernel<T, true> : bwd_prep_kernel<T, false>)<<<units, kThreads, 0, stream()>>>(
+      p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d, dtp, ap, Xh, dYh, XW, DYs, Bp, Cp);
   check_launch(op);
   for (int64_t gi = 0; gi < G; ++gi) {
     const int64_t h0 = gi * hpg;
@@ -2056,8 +2095,12 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
     gemm(Q, N, hpg * P, opd(XW + h0 * P, HP, Q * HP, false), opd(dSendt + h0 * PN, N, H * PN, false), dBp + gi * N,
          GN, Q * GN, NC, 1.0f, op);
   }
-  bwd_rows_kernel<<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, S0, dSend,
-                                                    dtp, ap, row_m, col_c, col_m, g.x, g.ldx, g.dt, g.lddt, partials);
+  with_dtype(g.dt_dtype, op, [&](auto* tag) {
+    using Ddt = std::remove_pointer_t<decltype(tag)>;
+    bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, S0,
+                                                           dSend, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
+                                                           static_cast<Ddt*>(g.dt), g.lddt, partials);
+  });
   check_launch(op);
   bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dBp, dCp, g.B, g.ldb, g.C,
                                                                                  g.ldc);

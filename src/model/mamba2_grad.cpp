@@ -342,7 +342,10 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   ops::add_rmsnorm_backward(MatView::of(sv.residual_f), w.norm_f, MatView::of(d_normed_f), MatView::of(d_res),
                             g->norm_f, eps);
   Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev), d_y = Tensor::empty({T, c.d_inner()}, dev);
-  Tensor d_xbc = Tensor::empty({T, c.conv_dim()}, dev), d_zxbcdt = Tensor::empty({T, c.d_in_proj()}, dev);
+  // Mamba2's d_zxbcdt feeds in_proj's backward alone: the ops that write it round it to the compute
+  // dtype once, in place of the cast the product would make (Mamba-1's in_proj bias sums it).
+  Tensor d_xbc = Tensor::empty({T, c.conv_dim()}, dev),
+         d_zxbcdt = Tensor::empty({T, c.d_in_proj()}, dev, m1 ? DType::F32 : cdt);
   Tensor d_u = Tensor::empty({T, D}, dev);
   for (int64_t li = n_layer - 1; li >= 0; --li) {
     const LayerWeights& l = w.layers[size_t(li)];

@@ -82,8 +82,9 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
   const int64_t K = w.dim(1);
   for (auto [m, what] : {std::pair{&in, "in"}, {&d_out, "d_out"}, {&d_in, "d_in"}}) {
     check_shape("causal_conv1d", what, *m, T, C, dev);
-    check_dtype("causal_conv1d", what, m->dtype, DType::F32);
+    if (m != &d_in) check_dtype("causal_conv1d", what, m->dtype, DType::F32);
   }
+  check_gradient_out_dtype("causal_conv1d", "d_in", d_in.dtype, dev);
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
   check_len("causal_conv1d", "d_weight", d_w, w.numel(), dev);
@@ -98,8 +99,8 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), states.ptr ? states.data() : nullptr,
-                                 d_out.data(), d_out.ld, d_in.data(), d_in.ld, d_w.data(), d_bias.data(), seqs.packed(),
-                                 C, K);
+                                 d_out.data(), d_out.ld, d_in.ptr, d_in.dtype, d_in.ld, d_w.data(), d_bias.data(),
+                                 seqs.packed(), C, K);
 #else
     no_cuda_backend(__func__);
 #endif

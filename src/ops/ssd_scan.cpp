@@ -123,8 +123,9 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   for (auto [what, m, cols] : {Operand{"d_y", &d_y, x.cols}, Operand{"d_x", &g.x, x.cols}, Operand{"d_B", &g.B, B.cols},
                                Operand{"d_C", &g.C, C.cols}, Operand{"d_dt", &g.dt, dt.cols}}) {
     check_shape("ssd_scan", what, *m, T, cols, dev);
-    check_dtype("ssd_scan", what, m->dtype, DType::F32);
+    if (m != &g.dt) check_dtype("ssd_scan", what, m->dtype, DType::F32);
   }
+  check_gradient_out_dtype("ssd_scan", "d_dt", g.dt.dtype, dev);
   int64_t rows = INT64_MAX;  // slots index the state rows given, if any
   for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
     if (!m.ptr) continue;
@@ -144,8 +145,10 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     auto ptr = [](const MatView& m) { return m.ptr ? m.data() : nullptr; };
-    const cuda::SsdGradPtrs grads{g.x.data(), g.x.ld,      g.B.data(),    g.B.ld,           g.C.data(),     g.C.ld,
-                                  g.dt.data(), g.dt.ld,    ptr(g.state0), g.dt_bias.data(), g.A_log.data(), g.D.data()};
+    const cuda::SsdGradPtrs grads{g.x.data(),    g.x.ld,        g.B.data(),       g.B.ld,
+                                  g.C.data(),    g.C.ld,        g.dt.ptr,         g.dt.dtype,
+                                  g.dt.ld,       ptr(g.state0), g.dt_bias.data(), g.A_log.data(),
+                                  g.D.data()};
     cuda::ssd_scan_backward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld,
                             ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), grads, seqs.packed(),
                             seqs.chunk_size(), compute);
