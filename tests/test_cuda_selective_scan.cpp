@@ -164,11 +164,12 @@ TEST_P(CudaSelectiveScan, BackwardMatchesTheCpuAndIsDeterministic) {
   const CudaScanVariant v = GetParam();
   const test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {3, 17, 40, 100}, 8);
   Tensor dy = test::random_tensor({p.T(), p.Dc}, 3), dsf = test::random_tensor({p.batch, p.Dc * p.bw()}, 4);
-  auto run = [&](Device dev) {
+  // dz: d_z's dtype (bf16 as mixed-precision Mamba-1 training writes it, on the GPU).
+  auto run = [&](Device dev, DType dz = DType::F32) {
     ScanOperands o(p, dev);
     std::vector<Tensor> out = {Tensor::zeros({p.T(), p.Dc}, dev), Tensor::zeros({p.T(), p.Dc}, dev),
                                Tensor::zeros({p.T(), p.bw()}, dev), Tensor::zeros({p.T(), p.bw()}, dev),
-                               Tensor::zeros({p.T(), p.Dc}, dev), Tensor::zeros({p.batch, p.Dc * p.bw()}, dev),
+                               Tensor::zeros({p.T(), p.Dc}, dev, dz), Tensor::zeros({p.batch, p.Dc * p.bw()}, dev),
                                Tensor::zeros({p.Dc, p.N}, dev), Tensor::zeros({p.Dc, p.N}, dev),
                                Tensor::zeros({p.Dc}, dev), Tensor::zeros({p.Dc}, dev)};
     Tensor dy_d = dy.to(dev, DType::F32), dsf_d = dsf.to(dev, DType::F32);
@@ -192,6 +193,13 @@ TEST_P(CudaSelectiveScan, BackwardMatchesTheCpuAndIsDeterministic) {
     EXPECT_TRUE(equal_bits(got[i].data(), again[i].data(), size_t(got[i].numel()))) << names[i] << ": not deterministic";
   }
   std::printf("[cuda selective scan backward] worst gradient relative L2 to the CPU: %.2e\n", worst);
+  if (!p.gated) return;
+  // d_z written in bf16: the fp32 d_z rounded once, every other gradient unchanged.
+  const std::vector<Tensor> narrow = run(Device::CUDA, DType::BF16);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const Tensor expect = i == 4 ? test::rounded(got[i], DType::BF16) : got[i];
+    EXPECT_TRUE(equal_bits(narrow[i].data(), expect.data(), size_t(expect.numel()))) << names[i] << " with a bf16 d_z";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaSelectiveScan,

@@ -53,6 +53,12 @@ __device__ __forceinline__ float load_f32(const __half* p) { return __half2float
 __device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
+// Element i of a buffer whose dtype is known at run time only (F32, BF16 or F16), rounded once.
+__device__ __forceinline__ void store_f32(void* p, DType dtype, int64_t i, float v) {
+  if (dtype == DType::BF16) store_f32(static_cast<__nv_bfloat16*>(p) + i, v);
+  else if (dtype == DType::F16) store_f32(static_cast<__half*>(p) + i, v);
+  else static_cast<float*>(p)[i] = v;
+}
 // Two adjacent values, each rounded as store_f32 would; p on 2 elements' alignment.
 __device__ __forceinline__ void store_f32x2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = {a, b}; }
 __device__ __forceinline__ void store_f32x2(__nv_bfloat16* p, float a, float b) {

@@ -217,7 +217,8 @@ struct SelectiveScanGradPtrs {
   int64_t ldb;
   float* C;
   int64_t ldc;
-  float* z;
+  void* z;  // in z_dtype: F32, or BF16 / F16 rounded once
+  DType z_dtype;
   int64_t ldz;
   float* state0;
   float *A_log, *A_imag, *D, *dt_bias;

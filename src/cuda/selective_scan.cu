@@ -548,7 +548,8 @@ struct Grads {
   int64_t ldx;
   float* dt;
   int64_t lddt;
-  float* z;
+  void* z;        // in z_dtype: F32, or BF16 / F16 when only in_proj's backward reads it
+  DType z_dtype;
   int64_t ldz;
   float* state0;  // (rows by slot) or null
 };
@@ -694,7 +695,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
         continue;
       }
       const float zt = m.z[t][ec], ypre = finish<Cx>(group_total(&m.part[t][ec * kGroup]), m.D[ec], m.x[t][ec]);
-      if (d0 + ec < p.D) gr.z[(tk + t) * gr.ldz + d0 + ec] = dyv * ypre * silu_grad(zt);
+      if (d0 + ec < p.D) store_f32(gr.z, gr.z_dtype, (tk + t) * gr.ldz + d0 + ec, dyv * ypre * silu_grad(zt));
       m.gy[t][ec] = dyv * silu(zt);
     }
     __syncthreads();
@@ -927,7 +928,7 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
   auto ckpt = allocate(size_t((T / KC + seqs.count + 1) * p.D * bw) * sizeof(float), "selective_scan checkpoints");
   auto part_bc = allocate(size_t(blocks * T * 2 * bw) * sizeof(float), "selective_scan dB, dC partial sums");
   auto part_param = allocate(size_t(seqs.count * p.D * PW) * sizeof(float), "selective_scan parameter gradients");
-  const Grads gr{g.x, g.ldx, g.dt, g.lddt, g.z, g.ldz, g.state0};
+  const Grads gr{g.x, g.ldx, g.dt, g.lddt, g.z, g.z_dtype, g.ldz, g.state0};
   const Sources src{x, dt, B, C, z, d_y, ldx, lddt, ldb, ldc, ldz, lddy};
   dispatch(p.N, cx, [&](auto npt, auto cxc) {
     constexpr int NPT = decltype(npt)::value;

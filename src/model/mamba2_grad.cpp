@@ -65,6 +65,8 @@ Batch make_batch(std::span<const int32_t> ids, std::span<const int64_t> lengths)
 // What the backward reads: per layer the residual after its add, in_proj's output and the scan
 // output; the final residual (after the last add) and its norm.
 struct Saved {
+  // y: the scan output; for Mamba-1 in bf16 / f16 its copy rounded to the compute dtype (out_proj's
+  // input, all the backward reads of it).
   std::vector<Tensor> residual, zxbcdt, y;
   // Kept (Recompute::No) rather than recomputed by the backward: the normed input; Mamba2's
   // conv output and gated norm output.
@@ -253,20 +255,15 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   // The projections' inputs (u, gated, normed_f) in the matrices' dtype; everything else fp32.
   Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u = Tensor::empty({T, D}, dev, cdt);
   Tensor xbc = Tensor::empty({T, c.conv_dim()}, dev), gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
-  Tensor zxbcdt_one, y_one;
-  if (!g) {
-    zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
-    y_one = Tensor::empty({T, c.d_inner()}, dev);
-  }
   std::optional<Mamba1Mixer> m1;
   if (c.mamba1()) m1.emplace(c, seqs, T, dev, cdt);
+  // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, and
+  // that copy is what the backward keeps (its only use of y), so the fp32 y is scratch.
+  const bool m1_narrow = m1 && cdt != DType::F32;
+  Tensor zxbcdt_one, y_one;
+  if (!g) zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
+  if (!g || m1_narrow) y_one = Tensor::empty({T, c.d_inner()}, dev);
   const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
-  // Mamba-1: out_proj's input, the scan's output rounded to the matrices' dtype (in `gated`).
-  const auto out_input = [&, narrow = cdt != DType::F32](Tensor& y) {
-    if (!narrow) return MatView::of(y);
-    ops::cast(MatView::of(y), MatView::of(gated));
-    return MatView::of(gated);
-  };
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
@@ -282,7 +279,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     }
     ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
     Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}, dev) : zxbcdt_one;
-    Tensor y = g ? Tensor::empty({T, c.d_inner()}, dev) : y_one;
+    Tensor y = g && !m1_narrow ? Tensor::empty({T, c.d_inner()}, dev) : y_one;
     if (g) {
       sv.residual.push_back(Tensor::empty({T, D}, dev));
       copy(residual, sv.residual.back());
@@ -290,7 +287,12 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training, bias(l.in_proj_b));
     if (m1) {
       m1->forward(l, MatView::of(zxbcdt), MatView::of(xbc), MatView::of(y));
-      ops::linear(out_input(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
+      if (m1_narrow) {
+        Tensor rounded = g ? Tensor::empty({T, c.d_inner()}, dev, cdt) : gated;
+        ops::cast(MatView::of(y), MatView::of(rounded));
+        y = rounded;
+      }
+      ops::linear(MatView::of(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
     } else {
       const Projections pr = split(MatView::of(zxbcdt), c);
       mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y), cdt);
@@ -342,10 +344,10 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   ops::add_rmsnorm_backward(MatView::of(sv.residual_f), w.norm_f, MatView::of(d_normed_f), MatView::of(d_res),
                             g->norm_f, eps);
   Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev), d_y = Tensor::empty({T, c.d_inner()}, dev);
-  // Mamba2's d_zxbcdt feeds in_proj's backward alone: the ops that write it round it to the compute
-  // dtype once, in place of the cast the product would make (Mamba-1's in_proj bias sums it).
+  // d_zxbcdt feeds in_proj's backward alone: the ops that write it round it to the compute dtype
+  // once, in place of the cast the product would make; fp32 when an in_proj bias sums it.
   Tensor d_xbc = Tensor::empty({T, c.conv_dim()}, dev),
-         d_zxbcdt = Tensor::empty({T, c.d_in_proj()}, dev, m1 ? DType::F32 : cdt);
+         d_zxbcdt = Tensor::empty({T, c.d_in_proj()}, dev, c.proj_bias ? DType::F32 : cdt);
   Tensor d_u = Tensor::empty({T, D}, dev);
   for (int64_t li = n_layer - 1; li >= 0; --li) {
     const LayerWeights& l = w.layers[size_t(li)];
@@ -358,7 +360,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       const MatView xz = MatView::of(sv.zxbcdt[size_t(li)]);
       m1->forward(l, xz, MatView::of(xbc), std::nullopt);
       if (c.proj_bias) ops::bias_backward(MatView::of(d_res), gl.out_proj_b);
-      ops::linear_backward(out_input(sv.y[size_t(li)]), l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
+      ops::linear_backward(y, l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
       m1->backward(l, gl, xz, MatView::of(xbc), MatView::of(d_y), MatView::of(d_zxbcdt));
       if (c.proj_bias) ops::bias_backward(MatView::of(d_zxbcdt), gl.in_proj_b);
       ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);

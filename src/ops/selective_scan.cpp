@@ -141,7 +141,10 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
     check_shape(kOp, what, *m, T, cols, dev);
     check_dtype(kOp, what, m->dtype, DType::F32);
   }
-  if (z.ptr) check_shape(kOp, "d_z", g.z, T, x.cols, dev);
+  if (z.ptr) {
+    check_shape(kOp, "d_z", g.z, T, x.cols, dev);
+    check_gradient_out_dtype(kOp, "d_z", g.z.dtype, dev);
+  }
   check_len(kOp, "d_A_log", g.A_log, w.A_log.numel(), dev);
   if (w.A_imag) {
     if (!g.A_imag) fail("[{}] the complex scan's backward needs d_A_imag", kOp);
@@ -153,7 +156,7 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
 #if MAMBA2_HAVE_CUDA
     const auto ptr = [](const MatView& m) { return m.ptr ? m.data() : nullptr; };
     const cuda::SelectiveScanGradPtrs gp{g.x.data(), g.x.ld, g.dt.data(), g.dt.ld, g.B.data(), g.B.ld, g.C.data(),
-                                         g.C.ld, ptr(g.z), g.z.ld, ptr(g.state0), g.A_log.data(),
+                                         g.C.ld, g.z.ptr, g.z.dtype, g.z.ld, ptr(g.state0), g.A_log.data(),
                                          g.A_imag ? g.A_imag->data() : nullptr, g.D.data(), g.dt_bias.data()};
     cuda::selective_scan_backward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
                                   ptr(z), z.ld, ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), gp,
