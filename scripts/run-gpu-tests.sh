@@ -35,11 +35,12 @@ if command -v compute-sanitizer > /dev/null; then
   # 2026-11-30). The fused decode projections (our kernels only) are in. The two chain tests
   # (3,000–8,000 blocks handing states on through global memory, which racecheck does not watch)
   # ran past two minutes under it; the smaller scan tests cover the same shared-memory code.
-  filter='CudaOps.*:CudaSsd*:*CudaSelectiveScan*:CudaModel.BatchInvariantBitForBit-CudaOps.OutOfMemoryIsAClearError'
+  # The training kernels too (CudaGradOps; the model's gradient on the GPU: 6 s under memcheck).
+  filter='CudaOps.*:CudaSsd*:*CudaSelectiveScan*:CudaModel.BatchInvariantBitForBit:CudaGradOps.*:Fixtures/GradFixture.*Gpu*-CudaOps.OutOfMemoryIsAClearError'
   echo "== compute-sanitizer --tool memcheck"
   compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/mamba2_tests" --gtest_filter="$filter" --gtest_brief=1
   echo "== compute-sanitizer --tool racecheck"
   compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/mamba2_tests" \
-    --gtest_filter='CudaOps.*:CudaSsd*:*CudaSelectiveScan*-CudaOps.Linear*:CudaOps.OutOfMemoryIsAClearError:CudaSsdScan.PassesStatesThroughLongChainsOfChunks:CudaSsdScan.ChainedAndSeparateStatePassesAgreeBitForBit' \
+    --gtest_filter='CudaOps.*:CudaSsd*:*CudaSelectiveScan*:CudaGradOps.GatedRmsnorm*:CudaGradOps.CausalConv*:CudaGradOps.SsdScan*-CudaOps.Linear*:CudaOps.OutOfMemoryIsAClearError:CudaSsdScan.PassesStatesThroughLongChainsOfChunks:CudaSsdScan.ChainedAndSeparateStatePassesAgreeBitForBit' \
     --gtest_brief=1
 fi
