@@ -68,18 +68,20 @@ struct Saved {
   // y: the scan output; for Mamba-1 in bf16 / f16 its copy rounded to the compute dtype (out_proj's
   // input, all the backward reads of it).
   std::vector<Tensor> residual, zxbcdt, y;
-  // Kept (Recompute::No) rather than recomputed by the backward: the normed input; Mamba2's
-  // conv output and gated norm output.
+  // Kept (Recompute::No) rather than recomputed by the backward: the normed input and the conv
+  // output; Mamba2's gated norm output (Mamba-1's x_dbl, dt and norms: Mamba1Mixer::kept).
   std::vector<Tensor> u, xbc, gated;
   Tensor residual_f, normed_f;
 };
 
 // The bytes a layer keeps beyond the residual, in_proj's output and the scan output when the
-// backward recomputes nothing (Saved's u, xbc, gated).
+// backward recomputes nothing (Saved's u, xbc, gated; Mamba1Mixer::kept).
 int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
-  const int64_t es = int64_t(dtype_size(compute));
-  const int64_t u = tokens * c.d_model * es;
-  return c.mamba1() ? u : u + tokens * c.conv_dim() * int64_t(sizeof(float)) + tokens * c.d_inner() * es;
+  const int64_t es = int64_t(dtype_size(compute)), f32 = int64_t(sizeof(float));
+  const int64_t common = tokens * c.d_model * es + tokens * c.conv_dim() * f32;
+  if (!c.mamba1()) return common + tokens * c.d_inner() * es;
+  const int64_t normed = c.mixer_norms ? tokens * c.x_proj_rows() * f32 : 0;
+  return common + tokens * (c.x_proj_rows() + c.d_inner()) * f32 + normed;
 }
 
 // Auto: keep on the GPU while the kept tensors take at most a quarter of its memory (the 130m at
@@ -114,7 +116,8 @@ void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBa
 
 // Mamba-1's mixer in training, fp32 on either device: the conv over x, x_proj into dt_low | B | C (Falcon:
 // each normed without a weight), dt_proj, the selective scan gated by silu(z); its scratch
-// tensors, reused by every layer. Everything but the scan output is recomputed from in_proj's.
+// tensors, reused by every layer unless the backward keeps each layer's (keep_layer / use_layer);
+// otherwise everything but the scan output is recomputed from in_proj's.
 // In a bf16 / f16 run x_proj's and dt_proj's products (forward and backward) take TF32 tensor
 // cores (`proj`): in fp32 they were a fifth of the 130m's step (bench/RESULTS.md).
 struct Mamba1Mixer {
@@ -124,6 +127,10 @@ struct Mamba1Mixer {
   Device dev;
   Tensor x_dbl, dt, ones, norm_in, normed[3];  // normed: Falcon's dt_low, B, C, contiguous
   Tensor d_x_dbl, d_dt, d_xc, d_normed[3], d_norm_in, norm_w_grad;
+  struct Kept {
+    Tensor x_dbl, dt, normed[3];
+  };
+  std::vector<Kept> kept;  // per layer, when the backward keeps them
   ops::LinearKernel proj;  // x_proj's and dt_proj's products
   Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute)
       : c(cfg), seqs(s), T(tokens), dev(device),
@@ -138,6 +145,19 @@ struct Mamba1Mixer {
     ones = one.to(dev, DType::F32);
     norm_in = Tensor::empty({T, widest}, dev);
     for (int i = 0; i < 3; ++i) normed[i] = Tensor::empty({T, widths[i]}, dev);
+  }
+  // Before a layer's forward: fresh x_dbl, dt and normed parts, kept for its backward.
+  void keep_layer() {
+    x_dbl = Tensor::empty(x_dbl.shape(), dev);
+    dt = Tensor::empty(dt.shape(), dev);
+    for (int i = 0; c.mixer_norms && i < 3; ++i) normed[i] = Tensor::empty(normed[i].shape(), dev);
+    kept.push_back({x_dbl, dt, {normed[0], normed[1], normed[2]}});
+  }
+  // In the backward, instead of forward(l, xz, xc, nullopt): the layer's kept tensors.
+  void use_layer(size_t li) {
+    x_dbl = kept[li].x_dbl;
+    dt = kept[li].dt;
+    for (int i = 0; i < 3; ++i) normed[i] = kept[li].normed[i];
   }
   // x_dbl's three column ranges.
   MatView part(MatView m, int i) const {
@@ -270,10 +290,12 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     if (keep) {
       u = Tensor::empty({T, D}, dev, cdt);
       sv.u.push_back(u);
-      if (!m1) {
-        xbc = Tensor::empty({T, c.conv_dim()}, dev);
+      xbc = Tensor::empty({T, c.conv_dim()}, dev);
+      sv.xbc.push_back(xbc);
+      if (m1) {
+        m1->keep_layer();
+      } else {
         gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
-        sv.xbc.push_back(xbc);
         sv.gated.push_back(gated);
       }
     }
@@ -353,12 +375,18 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const LayerWeights& l = w.layers[size_t(li)];
     LayerWeights& gl = g->layers[size_t(li)];
     const MatView res = MatView::of(sv.residual[size_t(li)]), y = MatView::of(sv.y[size_t(li)]);
-    // Recomputed unless kept: the normed input, the conv output and the gated norm's output.
+    // Recomputed unless kept: the normed input, the conv output, and Mamba2's gated norm output or
+    // Mamba-1's x_proj and dt_proj outputs.
     if (keep) u = sv.u[size_t(li)];
     else ops::add_rmsnorm(res, MatView{}, l.norm, MatView::of(u), eps);
     if (m1) {
       const MatView xz = MatView::of(sv.zxbcdt[size_t(li)]);
-      m1->forward(l, xz, MatView::of(xbc), std::nullopt);
+      if (keep) {
+        xbc = sv.xbc[size_t(li)];
+        m1->use_layer(size_t(li));
+      } else {
+        m1->forward(l, xz, MatView::of(xbc), std::nullopt);
+      }
       if (c.proj_bias) ops::bias_backward(MatView::of(d_res), gl.out_proj_b);
       ops::linear_backward(y, l.out_proj, MatView::of(d_res), MatView::of(d_y), gl.out_proj);
       m1->backward(l, gl, xz, MatView::of(xbc), MatView::of(d_y), MatView::of(d_zxbcdt));

@@ -42,8 +42,9 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 // The same loss (returned, bit-identical to lm_loss) and its gradient, ADDED to `grads`
 // (parameter gradients accumulate; zero them for the gradient of this batch alone). The SSD
 // backward runs chunked like the forward; activations kept per layer: the residual stream,
-// in_proj's output and the scan output, and with Recompute::No also the normed input and
-// (Mamba2) the conv and gated norm outputs, which are otherwise recomputed. The choice changes
+// in_proj's output and the scan output, and with Recompute::No also the normed input, the conv
+// output, and Mamba2's gated norm output or Mamba-1's x_proj and dt_proj outputs, which are
+// otherwise recomputed. The choice changes
 // speed and memory, never a bit of the result: the recompute runs the forward's kernels on the
 // forward's inputs. Auto keeps them on the GPU when they take at most a quarter of its memory.
 // `grad_scale` multiplies the gradient (not the loss): f16 training's loss scale, which lifts
