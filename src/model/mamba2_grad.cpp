@@ -1,7 +1,7 @@
 // The LM's training pass in terms of the ops, on the device the weights are on (fp32, or on the GPU
 // with bf16 / f16 projections): a forward over packed sequences that keeps what the backward
-// needs (or recomputes part of it), the loss through the tied (or untied) head in row blocks, and the backward through the
-// layers in reverse. The residual stream's gradient lives in one buffer: the gradient of
+// needs (or lets it recompute part of that), the loss through the tied (or untied) head in row
+// blocks, and the backward through the layers in reverse. The residual stream's gradient lives in one buffer: the gradient of
 // residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each layer's RMSNorm
 // adds its part in place (ops::add_rmsnorm_backward).
 #include "model/mamba2_grad.h"
@@ -84,9 +84,9 @@ int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) 
   return common + tokens * (c.x_proj_rows() + c.d_inner()) * f32 + normed;
 }
 
-// Auto: keep on the GPU while the kept tensors take at most a quarter of its memory (the 130m at
-// 8 × 2048 tokens: 4.6 GB, the 1.3b: 23 GB, of an H200's 141); recompute on the CPU, whose runs
-// are small and memory-tight and where the recomputed ops are a small part of a step.
+// Auto: keep on the GPU while the kept tensors take at most a quarter of its memory (at 8 × 2048
+// tokens the 130m's: 4.6 GB, the 1.3b's: 23 GB, mamba-1.4b's: 29 GB, of an H200's 141); recompute
+// on the CPU, where keeping measured no faster (bench/RESULTS.md) and memory is tighter.
 bool keep_activations(Recompute r, const ModelConfig& c, int64_t tokens, DType compute, Device dev) {
   if (r != Recompute::Auto) return r == Recompute::No;
   if (dev != Device::CUDA) return false;
