@@ -3,8 +3,8 @@
 // start and end, and every runtime and driver API call with its host start and end, through
 // CUPTI's activity API, and writes them at exit to $TIMELINE_OUT as tab-separated lines:
 //   kind  start_ns  end_ns  correlation_id  name
-// kind is K (kernel), C (copy), S (memset), R (runtime call), D (driver call), Y (a
-// synchronisation). bench/timeline/gaps.py reads it. Build: bench/timeline/build.sh.
+// kind is K (kernel), C (copy), S (memset), R (runtime call), D (driver call); a host wait shows
+// as the runtime call that waited. bench/timeline/gaps.py reads it. Build: bench/timeline/build.sh.
 #include <cupti.h>
 
 #include <cstdio>
@@ -77,13 +77,6 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
             api_name(rt ? CUPTI_CB_DOMAIN_RUNTIME_API : CUPTI_CB_DOMAIN_DRIVER_API, a->cbid));
         break;
       }
-      case CUPTI_ACTIVITY_KIND_SYNCHRONIZATION: {
-        auto* s = reinterpret_cast<CUpti_ActivitySynchronization2*>(rec);
-        char name[48];
-        std::snprintf(name, sizeof name, "sync type %u", unsigned(s->type));
-        add('Y', s->start, s->end, s->correlationId, name);
-        break;
-      }
       default:
         break;
     }
@@ -110,8 +103,7 @@ void write_out() {
 extern "C" int InitializeInjection(void) {
   check(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed), "callbacks");
   for (CUpti_ActivityKind k : {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                               CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_ACTIVITY_KIND_DRIVER,
-                               CUPTI_ACTIVITY_KIND_SYNCHRONIZATION})
+                               CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_ACTIVITY_KIND_DRIVER})
     check(cuptiActivityEnable(k), "enable");
   std::atexit(write_out);
   return 1;

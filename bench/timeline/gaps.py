@@ -43,8 +43,7 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
 
-    gpu, api, syncs = [], {}, []
-    apis = []
+    gpu, api, apis = [], {}, []
     for line in open(a.tsv):
         kind, s, e, corr, name = line.rstrip("\n").split("\t", 4)
         s, e, corr = int(s), int(e), int(corr)
@@ -54,8 +53,6 @@ def main():
             apis.append((s, e, corr, name, kind))
             if kind == "R" or corr not in api:
                 api[corr] = (s, e, name)
-        elif kind == "Y":
-            syncs.append((s, e, name))
     gpu.sort()
     apis.sort()
     names = demangle({g[3] for g in gpu if g[4] == "K"})

@@ -1,9 +1,9 @@
 // The LM's training pass in terms of the ops, on the device the weights are on (fp32, or on the GPU
 // with bf16 / f16 projections): a forward over packed sequences that keeps what the backward
 // needs (or lets it recompute part of that), the loss through the tied (or untied) head in row
-// blocks, and the backward through the layers in reverse. The residual stream's gradient lives in one buffer: the gradient of
-// residual_{i+1} = residual_i + h_i is that of both residual_i and h_i, and each layer's RMSNorm
-// adds its part in place (ops::add_rmsnorm_backward).
+// blocks, and the backward through the layers in reverse. The residual stream's gradient lives in
+// one buffer: the gradient of residual_{i+1} = residual_i + h_i is that of both residual_i and
+// h_i, and each layer's RMSNorm adds its part in place (ops::add_rmsnorm_backward).
 #include "model/mamba2_grad.h"
 
 #include <algorithm>
@@ -132,25 +132,28 @@ struct Mamba1Mixer {
   };
   std::vector<Kept> kept;  // per layer, when the backward keeps them
   ops::LinearKernel proj;  // x_proj's and dt_proj's products
-  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute)
+  // keep: every layer gets its own x_dbl, dt and normed parts (keep_layer), no shared ones.
+  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute, bool keep)
       : c(cfg), seqs(s), T(tokens), dev(device),
         proj(compute == DType::F32 ? ops::LinearKernel::Training : ops::LinearKernel::TrainingTf32) {
-    const int64_t di = c.d_inner();
-    x_dbl = Tensor::empty({T, c.x_proj_rows()}, dev);
-    dt = Tensor::empty({T, di}, dev);
+    if (!keep) fresh();
     if (!c.mixer_norms) return;
-    const int64_t widths[3] = {c.dt_rank, c.bc_width(), c.bc_width()}, widest = std::max(c.dt_rank, c.bc_width());
+    const int64_t widest = std::max(c.dt_rank, c.bc_width());
     Tensor one = Tensor::empty({widest});
     std::fill(one.data(), one.data() + one.numel(), 1.0f);
     ones = one.to(dev, DType::F32);
     norm_in = Tensor::empty({T, widest}, dev);
-    for (int i = 0; i < 3; ++i) normed[i] = Tensor::empty({T, widths[i]}, dev);
+  }
+  // x_dbl, dt and the normed parts, newly allocated.
+  void fresh() {
+    x_dbl = Tensor::empty({T, c.x_proj_rows()}, dev);
+    dt = Tensor::empty({T, c.d_inner()}, dev);
+    const int64_t widths[3] = {c.dt_rank, c.bc_width(), c.bc_width()};
+    for (int i = 0; c.mixer_norms && i < 3; ++i) normed[i] = Tensor::empty({T, widths[i]}, dev);
   }
   // Before a layer's forward: fresh x_dbl, dt and normed parts, kept for its backward.
   void keep_layer() {
-    x_dbl = Tensor::empty(x_dbl.shape(), dev);
-    dt = Tensor::empty(dt.shape(), dev);
-    for (int i = 0; c.mixer_norms && i < 3; ++i) normed[i] = Tensor::empty(normed[i].shape(), dev);
+    fresh();
     kept.push_back({x_dbl, dt, {normed[0], normed[1], normed[2]}});
   }
   // In the backward, instead of forward(l, xz, xc, nullopt): the layer's kept tensors.
@@ -273,10 +276,15 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   Saved sv;
   const bool keep = g && keep_activations(recompute, c, T, cdt, dev);
   // The projections' inputs (u, gated, normed_f) in the matrices' dtype; everything else fp32.
-  Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u = Tensor::empty({T, D}, dev, cdt);
-  Tensor xbc = Tensor::empty({T, c.conv_dim()}, dev), gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
+  // u, xbc and gated are every layer's scratch, or with `keep` each layer's own (Saved).
+  Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u, xbc, gated;
+  if (!keep) {
+    u = Tensor::empty({T, D}, dev, cdt);
+    xbc = Tensor::empty({T, c.conv_dim()}, dev);
+    gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
+  }
   std::optional<Mamba1Mixer> m1;
-  if (c.mamba1()) m1.emplace(c, seqs, T, dev, cdt);
+  if (c.mamba1()) m1.emplace(c, seqs, T, dev, cdt, keep);
   // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, and
   // that copy is what the backward keeps (its only use of y), so the fp32 y is scratch.
   const bool m1_narrow = m1 && cdt != DType::F32;
