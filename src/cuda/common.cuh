@@ -68,38 +68,10 @@ __device__ __forceinline__ void store_f32x2(__half* p, float a, float b) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
 }
 
-// silu through e = exp(-|v|) ∈ (0, 1], as the CPU kernels: never overflows.
-__device__ __forceinline__ float silu(float v) {
-  const float e = expf(-fabsf(v));
-  const float r = 1.0f / (1.0f + e);
-  return v * (v >= 0.0f ? r : e * r);
-}
-
-// d silu(v) / dv = s·(1 + v·(1 − s)), s = sigmoid(v), as cpu::silu_grad.
-__device__ __forceinline__ float silu_grad(float v) {
-  const float e = expf(-fabsf(v));
-  const float r = 1.0f / (1.0f + e);
-  const float s = v >= 0.0f ? r : e * r;
-  return s * (1.0f + v * (1.0f - s));
-}
-
-// softplus (torch's threshold 20) and the dt_limit clamp, as cpu::dt_activation.
-__device__ __forceinline__ float dt_activation(float raw, float bias, float lo, float hi) {
-  const float v = raw + bias;
-  const float sp = v > 20.0f ? v : log1pf(expf(v));
-  return sp < lo ? lo : (hi < sp ? hi : sp);
-}
-
-// softplus' derivative at v = raw + bias (torch's threshold 20).
-__device__ __forceinline__ float softplus_grad(float v) { return v > 20.0f ? 1.0f : 1.0f / (1.0f + expf(-v)); }
-
-// dt_activation's derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
-__device__ __forceinline__ float dt_activation_grad(float raw, float bias, float lo, float hi) {
-  const float v = raw + bias;
-  const float sp = v > 20.0f ? v : log1pf(expf(v));
-  if (sp < lo || sp > hi) return 0.0f;
-  return softplus_grad(v);
-}
+// The activations' exps and divisions by the SFU: exact libm forms (expf's range reduction,
+// log1pf's, IEEE division) were ~45 instructions a softplus and ~30 a silu, a sixth of the
+// selective scan's instructions (SASS, 2026-12-04). Each value below is within a few 1e-7 relative
+// of the exact one, far inside the 1e-5 the kernels are held to against the CPU.
 
 // 2^v by the SFU (ex2.approx.ftz: relative error ~2⁻²², results below 2⁻¹²⁶ flushed to 0): the
 // scans' decay factors.
@@ -107,6 +79,62 @@ __device__ __forceinline__ float exp2_approx(float v) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
   return r;
+}
+// 1/v by the SFU (rcp.approx.ftz: ≤ 1 ulp); v here is in [1, 2].
+__device__ __forceinline__ float rcp_approx(float v) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+// e^v for v ≤ 0 (never overflows): 2^(v·log2 e); the product's rounding adds |v|·2⁻²⁴ relative.
+__device__ __forceinline__ float exp_nonpos(float v) { return exp2_approx(v * 1.4426950408889634f); }
+// log(1 + w) for w ∈ [0, 1]: w·Q(w), Q the degree-8 minimax fit of log1p(w)/w on [0, 1] (relative
+// error 3e-8; 2e-7 evaluated in fp32), scripts/fit_log1p.py.
+__device__ __forceinline__ float log1p_unit(float w) {
+  float q = 5.232695490e-03f;
+  q = fmaf(q, w, -2.950524352e-02f);
+  q = fmaf(q, w, 7.822595537e-02f);
+  q = fmaf(q, w, -1.366324574e-01f);
+  q = fmaf(q, w, 1.910600662e-01f);
+  q = fmaf(q, w, -2.484298199e-01f);
+  q = fmaf(q, w, 3.331909776e-01f);
+  q = fmaf(q, w, -4.999949336e-01f);
+  q = fmaf(q, w, 9.999999404e-01f);
+  return w * q;
+}
+// sigmoid(v) through e = exp(-|v|) ∈ (0, 1], as the CPU kernels: never overflows.
+__device__ __forceinline__ float sigmoid(float v) {
+  const float e = exp_nonpos(-fabsf(v));
+  const float r = rcp_approx(1.0f + e);
+  return v >= 0.0f ? r : e * r;
+}
+__device__ __forceinline__ float silu(float v) { return v * sigmoid(v); }
+
+// d silu(v) / dv = s·(1 + v·(1 − s)), s = sigmoid(v), as cpu::silu_grad.
+__device__ __forceinline__ float silu_grad(float v) {
+  const float s = sigmoid(v);
+  return s * (1.0f + v * (1.0f - s));
+}
+
+// softplus (torch's threshold 20): max(v, 0) + log(1 + e^−|v|), the same function as log1p(e^v).
+__device__ __forceinline__ float softplus(float v) {
+  return v > 20.0f ? v : fmaxf(v, 0.0f) + log1p_unit(exp_nonpos(-fabsf(v)));
+}
+
+// softplus and the dt_limit clamp, as cpu::dt_activation.
+__device__ __forceinline__ float dt_activation(float raw, float bias, float lo, float hi) {
+  const float sp = softplus(raw + bias);
+  return sp < lo ? lo : (hi < sp ? hi : sp);
+}
+
+// softplus' derivative at v = raw + bias (torch's threshold 20).
+__device__ __forceinline__ float softplus_grad(float v) { return v > 20.0f ? 1.0f : sigmoid(v); }
+
+// dt_activation's derivative with respect to raw, as cpu::dt_activation_grad: 0 where the clamp binds.
+__device__ __forceinline__ float dt_activation_grad(float raw, float bias, float lo, float hi) {
+  const float v = raw + bias, sp = softplus(v);
+  if (sp < lo || sp > hi) return 0.0f;
+  return softplus_grad(v);
 }
 
 // The parameter gradients' sums over rows (tokens), deterministic without atomics: a kernel

@@ -48,6 +48,9 @@ constexpr int kTile = 16;  // tokens the forward stages at a time
 // Blocks an SM the forward's registers leave room for: 6 at d_state ≤ 16; more state indices a
 // thread would spill at 80 registers, so they take what they need.
 constexpr int forward_blocks(int npt) { return npt <= 4 ? 6 : 1; }
+// The backward's: 3 at d_state ≤ 16 (168 registers: the complex form's B and C rows, loaded at
+// once, took it to 200 and 2 blocks otherwise), what more state indices need beyond.
+constexpr int backward_blocks(int npt) { return npt <= 4 ? 3 : 1; }
 static_assert(kTile % kRows == 0);
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxStates = 64;                // d_state ≤ kGroup · 16
@@ -175,58 +178,141 @@ __device__ __forceinline__ float group_total(const float* part) {
 
 // ---- Staging ----
 
-// A tile of TL tokens' operands, loaded into registers while the block works on the tile before
-// (coalesced: element e = i·kThreads + tid of the tile's TL × kChannels values per channel, and of
-// its TL × RW values of B and C), then stored to shared memory by the kernel.
+// A tile of TL tokens' operands, loaded into registers while the block works on the tile before,
+// then stored to shared memory by the kernel. A thread takes VW neighbouring channels of a row of a
+// per-channel source (kChannels / VW threads a row, their loads coalesced) and groups of 4
+// neighbouring values of B's and C's rows. Sources.vec (every source on 16 bytes, D a multiple of
+// 4, bw a multiple of 4) loads each piece at once (LDG.64/.128: the scalar loads and their address
+// arithmetic were a fifth of the forward's instructions, SASS 2026-12-04); otherwise value by value,
+// the same values in the same places.
 struct Sources {
   const float *x, *dt, *B, *C, *z, *dy;
   int64_t ldx, lddt, ldb, ldc, ldz, lddy;
+  bool vec;
 };
+// Whether Sources.vec may hold: every row of every source given starts on 16 bytes.
+bool vectorizable(const Sources& s, int64_t D, int64_t bw) {
+  const auto ok = [](const float* q, int64_t ld) { return !q || aligned16(q, ld, sizeof(float)); };
+  return D % 4 == 0 && bw % 4 == 0 && ok(s.x, s.ldx) && ok(s.dt, s.lddt) && ok(s.B, s.ldb) && ok(s.C, s.ldc) &&
+         ok(s.z, s.ldz) && ok(s.dy, s.lddy);
+}
 template <int TL, int RW>
 struct Staged {
-  static constexpr int kCh = TL * kChannels / kThreads, kBC = (TL * RW + kThreads - 1) / kThreads;
-  static_assert(kCh * kThreads == TL * kChannels);
-  float x[kCh], dt[kCh], z[kCh], dy[kCh], B[kBC], C[kBC];
-  // Rows row0 … row0 + tl − 1 of channels d0 … (zeros past them); z and dy only when given.
-  // Element i of a per-channel source is token t0 + i·kRows of the thread's channel: each source's
-  // address is formed once and stepped (64-bit products per element were a tenth of the backward).
-  __device__ void load(const Sources& s, int64_t row0, int tl, int64_t d0, int64_t D, int64_t bw, int tid) {
-    const int t0 = tid / kChannels;
-    const int64_t dd = d0 + tid % kChannels, row = row0 + t0;
-    const bool col = dd < D;
-    const float* px = s.x + row * s.ldx + dd;
-    const float* pdt = s.dt + row * s.lddt + dd;
-    const float* pz = s.z ? s.z + row * s.ldz + dd : nullptr;
-    const float* pdy = s.dy ? s.dy + row * s.lddy + dd : nullptr;
+  static constexpr int kCh = TL * kChannels / kThreads;     // per-channel values a thread
+  static constexpr int VW = kCh >= 4 ? 4 : kCh;             // of them neighbouring channels
+  static constexpr int kLane = kChannels / VW;              // threads a row
+  static constexpr int kStep = kThreads / kLane;            // rows between a thread's pieces
+  static constexpr int kG = (TL * RW / 4 + kThreads - 1) / kThreads;  // B (and C) groups a thread
+  static_assert(kCh * kThreads == TL * kChannels && kCh % VW == 0 && RW % 4 == 0);
+  float x[kCh], dt[kCh], z[kCh], dy[kCh], B[4 * kG], C[4 * kG];
+
+  // Value i of a per-channel source: token row0 + ch_row(tid, i) of channel d0 + ch_col(tid, i).
+  static __device__ __forceinline__ int ch_row(int tid, int i) { return tid / kLane + (i / VW) * kStep; }
+  static __device__ __forceinline__ int ch_col(int tid, int i) { return (tid % kLane) * VW + i % VW; }
+  // Group k of B's and C's values: token e / (RW / 4), values 4·(e % (RW / 4)) … + 3, e = k·kThreads + tid.
+  static __device__ __forceinline__ int bc_group(int tid, int k) { return k * kThreads + tid; }
+
+  // One source's pieces (zeros past the tile's tl rows or past D; nothing when p is null).
+  __device__ static void load_channels(float* out, const float* p, int64_t ld, bool vec, int64_t row0, int tl,
+                                       int64_t d0, int64_t D, int tid) {
 #pragma unroll
-    for (int i = 0; i < kCh; ++i) {
-      const bool on = col && t0 + i * kRows < tl;
-      x[i] = on ? px[i * kRows * s.ldx] : 0.0f;
-      dt[i] = on ? pdt[i * kRows * s.lddt] : 0.0f;
-      z[i] = on && pz ? pz[i * kRows * s.ldz] : 0.0f;
-      dy[i] = on && pdy ? pdy[i * kRows * s.lddy] : 0.0f;
-    }
+    for (int r = 0; r < kCh / VW; ++r) {
+      const int t = ch_row(tid, r * VW);
+      const int64_t dd = d0 + ch_col(tid, r * VW);
+      const float* q = p ? p + (row0 + t) * ld + dd : nullptr;
+      const bool row_on = q && t < tl;
+      if (vec) {
+        const bool on = row_on && dd < D;  // D % 4 == 0: a piece is wholly in or out
+        if constexpr (VW == 4) {
+          const float4 v = on ? *reinterpret_cast<const float4*>(q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          out[4 * r] = v.x, out[4 * r + 1] = v.y, out[4 * r + 2] = v.z, out[4 * r + 3] = v.w;
+        } else if constexpr (VW == 2) {
+          const float2 v = on ? *reinterpret_cast<const float2*>(q) : make_float2(0.0f, 0.0f);
+          out[2 * r] = v.x, out[2 * r + 1] = v.y;
+        } else {
+          out[r] = on ? *q : 0.0f;
+        }
+      } else {
 #pragma unroll
-    for (int i = 0; i < kBC; ++i) {
-      const int e = i * kThreads + tid, t = e / RW, j = e % RW;
-      const int64_t row = row0 + t;
-      const bool on = e < TL * RW && t < tl && j < bw;
-      B[i] = on ? s.B[row * s.ldb + j] : 0.0f;
-      C[i] = on && s.C ? s.C[row * s.ldc + j] : 0.0f;
+        for (int u = 0; u < VW; ++u) out[r * VW + u] = row_on && dd + u < D ? q[u] : 0.0f;
+      }
     }
   }
-  // f(t, channel, i) for this thread's per-channel values; g(t, j, i) for its B / C values.
+  __device__ static void load_groups(float* out, const float* p, int64_t ld, bool vec, int64_t row0, int tl,
+                                     int64_t bw, int tid) {
+#pragma unroll
+    for (int k = 0; k < kG; ++k) {
+      const int e = bc_group(tid, k), t = e / (RW / 4), j = 4 * (e % (RW / 4));
+      const float* q = p ? p + (row0 + t) * ld + j : nullptr;
+      const bool row_on = q && e < TL * RW / 4 && t < tl;
+      if (vec) {
+        const float4 v = row_on && j < bw ? *reinterpret_cast<const float4*>(q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        out[4 * k] = v.x, out[4 * k + 1] = v.y, out[4 * k + 2] = v.z, out[4 * k + 3] = v.w;
+      } else {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) out[4 * k + u] = row_on && j + u < bw ? q[u] : 0.0f;
+      }
+    }
+  }
+  // Rows row0 … row0 + tl − 1 of channels d0 … (zeros past them); z, C and dy only when given.
+  __device__ void load(const Sources& s, int64_t row0, int tl, int64_t d0, int64_t D, int64_t bw, int tid) {
+    load_channels(x, s.x, s.ldx, s.vec, row0, tl, d0, D, tid);
+    load_channels(dt, s.dt, s.lddt, s.vec, row0, tl, d0, D, tid);
+    load_channels(z, s.z, s.ldz, s.vec, row0, tl, d0, D, tid);
+    load_channels(dy, s.dy, s.lddy, s.vec, row0, tl, d0, D, tid);
+    load_groups(B, s.B, s.ldb, s.vec, row0, tl, bw, tid);
+    load_groups(C, s.C, s.ldc, s.vec, row0, tl, bw, tid);
+  }
+  // f(t, channel, i) for each piece of this thread's per-channel values (values i … i + VW − 1, of
+  // channels channel …); g(t, j, k) for each group of its B / C values (values k … k + 3, of
+  // columns j …). The kernels store a piece or group at once (store_piece): element by element, the
+  // pieces of a warp's rows met in the same banks (2- to 4-way conflicts).
   template <class F, class G>
   __device__ void each(int tid, F&& f, G&& g) const {
 #pragma unroll
-    for (int i = 0; i < kCh; ++i) f((i * kThreads + tid) / kChannels, (i * kThreads + tid) % kChannels, i);
+    for (int i = 0; i < kCh; i += VW) f(ch_row(tid, i), ch_col(tid, i), i);
 #pragma unroll
-    for (int i = 0; i < kBC; ++i) {
-      const int e = i * kThreads + tid;
-      if (e < TL * RW) g(e / RW, e % RW, i);
+    for (int k = 0; k < kG; ++k) {
+      const int e = bc_group(tid, k);
+      if (e < TL * RW / 4) g(e / (RW / 4), 4 * (e % (RW / 4)), 4 * k);
     }
   }
 };
+
+// n values to shared memory at dst (on n·4 bytes) in one store.
+template <int n>
+__device__ __forceinline__ void store_piece(float* dst, const float* v) {
+  if constexpr (n == 4)
+    *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+  else if constexpr (n == 2)
+    *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
+  else
+    *dst = v[0];
+}
+// n values from shared memory at src (on n·4 bytes), a float4 (or float2) at a time: read one
+// by one, the backward's B and C rows took 8 loads a token where 2 do.
+template <int n>
+__device__ __forceinline__ void load_piece(float* v, const float* src) {
+#pragma unroll
+  for (int j = 0; j + 4 <= n; j += 4) {
+    const float4 q = *reinterpret_cast<const float4*>(src + j);
+    v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
+  }
+  if constexpr (n % 4 == 2) {
+    const float2 q = *reinterpret_cast<const float2*>(src + n - 2);
+    v[n - 2] = q.x, v[n - 1] = q.y;
+  } else if constexpr (n % 4 == 1) {
+    v[n - 1] = src[n - 1];
+  }
+}
+// δ = softplus(raw + bias) of n channels, stored as store_piece does.
+template <int n>
+__device__ __forceinline__ void store_delta(float* dst, const float* raw, const float* bias) {
+  float v[n];
+#pragma unroll
+  for (int u = 0; u < n; ++u) v[u] = softplus_dt(raw[u], bias[u]);
+  store_piece<n>(dst, v);
+}
 
 // ---- Segments: a sequence's tokens scanned by several blocks at once ----
 //
@@ -269,7 +355,8 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) summary_kernel(
   constexpr int W = S::W, RW = kGroup * W, U = Cx ? 4 : 8;
   using St = Staged<kTile, RW>;
   __shared__ __align__(16) float s_B[kTile][RW];
-  __shared__ float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_bias[kChannels];
+  __shared__ __align__(16) float s_delta[kTile][kChannels], s_x[kTile][kChannels];
+  __shared__ float s_bias[kChannels];
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup;
   const int64_t d0 = int64_t(blockIdx.x) * kChannels, d = d0 + c, j = blockIdx.y, seq = blockIdx.z;
   const int64_t Lq = seqs.starts[seq + 1] - seqs.starts[seq];
@@ -281,17 +368,17 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) summary_kernel(
   sh.load_state(j == 0 ? states + seqs.slots[seq] * p.D * bw : nullptr, p, d, g, live);
   double delta_sum = 0.0;
   if (tid < kChannels) s_bias[tid] = d0 + tid < p.D ? p.bias[d0 + tid] : 0.0f;
-  St stage;
+  St stage{};
   const auto put = [&] {
     stage.each(
         tid,
         [&](int t, int cc, int i) {
-          s_x[t][cc] = stage.x[i];
-          s_delta[t][cc] = softplus_dt(stage.dt[i], s_bias[cc]);
+          store_piece<St::VW>(&s_x[t][cc], &stage.x[i]);
+          store_delta<St::VW>(&s_delta[t][cc], &stage.dt[i], &s_bias[cc]);
         },
-        [&](int t, int jj, int i) { s_B[t][jj] = stage.B[i]; });
+        [&](int t, int j, int k) { store_piece<4>(&s_B[t][j], &stage.B[k]); });
   };
-  const Sources xs{src.x, src.dt, src.B, nullptr, nullptr, nullptr, src.ldx, src.lddt, src.ldb, 0, 0, 0};
+  const Sources xs{src.x, src.dt, src.B, nullptr, nullptr, nullptr, src.ldx, src.lddt, src.ldb, 0, 0, 0, src.vec};
   const int64_t tiles = SL / kTile;  // a whole segment: SL is a multiple of kTile
   stage.load(xs, t0, kTile, d0, p.D, bw, tid);
   __syncthreads();  // s_bias
@@ -372,7 +459,7 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
   using St = Staged<kTile, RW>;
   __shared__ __align__(16) float s_B[kTile][RW];
   __shared__ __align__(16) float s_C[kTile][RW];
-  __shared__ float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_z[kTile][kChannels];
+  __shared__ __align__(16) float s_delta[kTile][kChannels], s_x[kTile][kChannels], s_z[kTile][kChannels];
   __shared__ float s_part[kTile][kThreads];
   __shared__ float s_D[kChannels], s_bias[kChannels];
   const int tid = threadIdx.x, c = tid / kGroup, g = tid % kGroup, ec = tid % kChannels;
@@ -392,18 +479,18 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
     s_D[tid] = on ? p.Dw[d0 + tid] : 0.0f;
     s_bias[tid] = on ? p.bias[d0 + tid] : 0.0f;
   }
-  St stage;
+  St stage{};
   const auto put = [&] {
     stage.each(
         tid,
         [&](int t, int cc, int i) {
-          s_x[t][cc] = stage.x[i];
-          s_delta[t][cc] = softplus_dt(stage.dt[i], s_bias[cc]);
-          s_z[t][cc] = stage.z[i];
+          store_piece<St::VW>(&s_x[t][cc], &stage.x[i]);
+          store_delta<St::VW>(&s_delta[t][cc], &stage.dt[i], &s_bias[cc]);
+          store_piece<St::VW>(&s_z[t][cc], &stage.z[i]);
         },
-        [&](int t, int j, int i) {
-          s_B[t][j] = stage.B[i];
-          s_C[t][j] = stage.C[i];
+        [&](int t, int j, int k) {
+          store_piece<4>(&s_B[t][j], &stage.B[k]);
+          store_piece<4>(&s_C[t][j], &stage.C[k]);
         });
   };
   const int64_t tiles = ceil_div(L, kTile);
@@ -580,7 +667,7 @@ __device__ __forceinline__ int64_t checkpoint_index(int64_t start, int64_t seq, 
 // grid (channel blocks, sequences). part_bc (channel blocks, T, 2·bw): the block's dB | dC sums;
 // part_param (count, D, 2N + 2): per sequence d A_log, d Im A, dD, d dt_bias.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sources src, const float* __restrict__ state0,
+__global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_kernel(Params p, Sources src, const float* __restrict__ state0,
                                                                  const float* __restrict__ d_final, Grads gr,
                                                                  PackedSeqs seqs, float* __restrict__ ckpt,
                                                                  float* __restrict__ part_bc,
@@ -604,30 +691,30 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     m.D[tid] = on ? p.Dw[d0 + tid] : 0.0f;
     m.bias[tid] = on ? p.bias[d0 + tid] : 0.0f;
   }
-  St stage;
+  St stage{};
   const auto chunk_len = [&](int64_t k) { return int(min(int64_t(KC), L - k * KC)); };
   const auto load = [&](int64_t k, const Sources& s) { stage.load(s, t0 + k * KC, chunk_len(k), d0, p.D, bw, tid); };
   const auto put = [&](bool all) {
     stage.each(
         tid,
         [&](int t, int cc, int i) {
-          m.x[t][cc] = stage.x[i];
-          m.delta[t][cc] = softplus_dt(stage.dt[i], m.bias[cc]);
+          store_piece<St::VW>(&m.x[t][cc], &stage.x[i]);
+          store_delta<St::VW>(&m.delta[t][cc], &stage.dt[i], &m.bias[cc]);
           if (!all) return;
-          m.raw[t][cc] = stage.dt[i];
-          m.z[t][cc] = stage.z[i];
-          m.dy[t][cc] = stage.dy[i];
+          store_piece<St::VW>(&m.raw[t][cc], &stage.dt[i]);
+          store_piece<St::VW>(&m.z[t][cc], &stage.z[i]);
+          store_piece<St::VW>(&m.dy[t][cc], &stage.dy[i]);
         },
-        [&](int t, int j, int i) {
-          m.B[t][j] = stage.B[i];
-          m.C[t][j] = stage.C[i];
+        [&](int t, int j, int k) {
+          store_piece<4>(&m.B[t][j], &stage.B[k]);
+          store_piece<4>(&m.C[t][j], &stage.C[k]);
         });
   };
   const auto ckpt_row = [&](int64_t k) { return ckpt + checkpoint_index(t0, seq, k, KC) * SR; };
 
   // Forward: the state at each chunk's start (the last chunk's tokens are not needed).
   Sources fwd = src;
-  fwd.z = fwd.dy = nullptr;
+  fwd.C = fwd.z = fwd.dy = nullptr;  // the states alone
   sh.load_state(state0 ? state0 + seqs.slots[seq] * SR : nullptr, p, d, g, live);
   if (chunks > 1) load(0, fwd);
   __syncthreads();  // m.bias
@@ -640,7 +727,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
 #pragma unroll
     for (int t = 0; t < KC; ++t) {
       const float dl = m.delta[t][c];
-      sh.advance(&m.B[t][g * W], &m.C[t][g * W], dl, dl * m.x[t][c]);
+      sh.template advance<false>(&m.B[t][g * W], nullptr, dl, dl * m.x[t][c]);
     }
     __syncthreads();
   }
@@ -703,8 +790,9 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
     for (int t = KC - 1; t >= 0; --t) {
       if (t >= tl) continue;
       const float dl = m.delta[t][c], dx = dl * m.x[t][c], gy = m.gy[t][c];
-      const float* Bt = &m.B[t][g * W];
-      const float* Ct = &m.C[t][g * W];
+      float Bt[W], Ct[W];
+      load_piece<W>(Bt, &m.B[t][g * W]);
+      load_piece<W>(Ct, &m.C[t][g * W]);
       float sum_gB = 0.0f, d_delta = 0.0f;
 #pragma unroll
       for (int i = 0; i < NPT; ++i) {
@@ -734,10 +822,10 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(Params p, Sourc
           const float gn = ghr[i] + gy * Ct[i];
           m.red[t][0][g * W + i][c] = gn * dx;
           sum_gB += gn * Bt[i];
-          const float q = gn * hp * er;  // ∂loss/∂(δA) of the token's decay
+          ghr[i] = er * gn;
+          const float q = ghr[i] * hp;  // ∂loss/∂(δA) of the token's decay: gn·er·h_{t−1}
           d_delta = fmaf(q, sh.ar[i], d_delta);
           dAr[i] = fmaf(dl, q, dAr[i]);
-          ghr[i] = er * gn;
         }
       }
       m.part[t][tid] = sum_gB;
@@ -864,8 +952,9 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
                             int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs) {
   if (seqs.tokens == 0) return;
   const Params p = params(sp);
-  const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
+  Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0, false};
   const int64_t maxseg = segment_count(seqs.max_length), bw = p.N * (p.A_imag ? 2 : 1);
+  src.vec = vectorizable(src, p.D, bw);
   if (seqs.max_length <= 0 || seqs.count > 65535)
     raise(cat("[selective_scan] ", seqs.count, " sequences (at most 65535) of up to ", seqs.max_length, " tokens"));
   std::shared_ptr<void> seg_h, seg_P;
@@ -899,7 +988,7 @@ void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t 
                          const int64_t* slots, int64_t nb) {
   if (nb == 0) return;
   const Params p = params(sp);
-  const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0};
+  const Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0, false};  // read directly, not staged
   const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(nb));
   // float4 loads of dt_w's rows and of dt_proj's input: 16-byte aligned rows (the choice follows
   // the buffers, never nb, and the sums are the same either way).
@@ -929,7 +1018,8 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
   auto part_bc = allocate(size_t(blocks * T * 2 * bw) * sizeof(float), "selective_scan dB, dC partial sums");
   auto part_param = allocate(size_t(seqs.count * p.D * PW) * sizeof(float), "selective_scan parameter gradients");
   const Grads gr{g.x, g.ldx, g.dt, g.lddt, g.z, g.z_dtype, g.ldz, g.state0};
-  const Sources src{x, dt, B, C, z, d_y, ldx, lddt, ldb, ldc, ldz, lddy};
+  Sources src{x, dt, B, C, z, d_y, ldx, lddt, ldb, ldc, ldz, lddy, false};
+  src.vec = vectorizable(src, p.D, bw);
   dispatch(p.N, cx, [&](auto npt, auto cxc) {
     constexpr int NPT = decltype(npt)::value;
     constexpr bool Cx = decltype(cxc)::value;
