@@ -10,24 +10,36 @@ namespace mamba2::cuda {
 
 namespace {
 
+// Block: 32 columns × kParts warps. Warp w adds its own contiguous part of the chunks in order
+// (kBatch loads in flight before their adds), then the parts are added in warp order: a fixed
+// order set by the chunk count alone. A thread a column over every chunk left a few-column launch
+// (a norm's 768 weights: 3 blocks) waiting on one chain of ~256 loads.
+constexpr int kParts = 8;
 __global__ void add_column_partials_kernel(const double* __restrict__ partial, int64_t ld, int64_t chunks, int64_t cols,
                                            float* __restrict__ grad) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= cols) return;
-  // kBatch loads in flight before their (ordered) adds: a column's chunks are a dependent chain
-  // of adds, and one load at a time left a few-column launch waiting on memory for each.
-  constexpr int kBatch = 16;
+  __shared__ double s_part[kParts][32];
+  const int lane = threadIdx.x % 32, part = threadIdx.x / 32;
+  const int64_t c = int64_t(blockIdx.x) * 32 + lane;
+  const int64_t per = (chunks + kParts - 1) / kParts, i0 = part * per, i1 = min(chunks, i0 + per);
+  constexpr int kBatch = 8;
   double s = 0.0;
-  int64_t i = 0;
-  for (; i + kBatch <= chunks; i += kBatch) {
-    double v[kBatch];
+  if (c < cols) {
+    int64_t i = i0;
+    for (; i + kBatch <= i1; i += kBatch) {
+      double v[kBatch];
 #pragma unroll
-    for (int j = 0; j < kBatch; ++j) v[j] = partial[(i + j) * ld + c];
+      for (int j = 0; j < kBatch; ++j) v[j] = partial[(i + j) * ld + c];
 #pragma unroll
-    for (int j = 0; j < kBatch; ++j) s += v[j];
+      for (int j = 0; j < kBatch; ++j) s += v[j];
+    }
+    for (; i < i1; ++i) s += partial[i * ld + c];
   }
-  for (; i < chunks; ++i) s += partial[i * ld + c];
-  grad[c] += float(s);
+  s_part[part][lane] = s;
+  __syncthreads();
+  if (part != 0 || c >= cols) return;
+  double total = s_part[0][lane];
+  for (int w = 1; w < kParts; ++w) total += s_part[w][lane];
+  grad[c] += float(total);
 }
 
 }  // namespace
@@ -43,9 +55,8 @@ double host_sum(const double* values, int64_t n) {
 void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
                          const char* op) {
   if (cols == 0) return;
-  constexpr int kThreads = 256;
-  add_column_partials_kernel<<<unsigned(ceil_div(cols, kThreads)), kThreads, 0, stream()>>>(partial, ld, chunks,
-                                                                                           cols, grad);
+  add_column_partials_kernel<<<unsigned(ceil_div(cols, int64_t(32))), 32 * kParts, 0, stream()>>>(partial, ld, chunks,
+                                                                                                 cols, grad);
   check_launch(op);
 }
 

@@ -139,8 +139,9 @@ __device__ __forceinline__ float dt_activation_grad(float raw, float bias, float
 
 // The parameter gradients' sums over rows (tokens), deterministic without atomics: a kernel
 // leaves the sums of fixed chunks of kGradRows rows, each in row order, in double as
-// partial[chunk·ld + c]; add_column_partials adds the chunks in order and then the total, once
-// rounded, to grad[c] (+=). The chunks follow the row count alone: the same run, the same bits.
+// partial[chunk·ld + c]; add_column_partials adds the chunks in 8 contiguous parts, each in order,
+// then the parts in order, and the total, once rounded, to grad[c] (+=). The chunks and parts
+// follow the row count alone: the same run, the same bits.
 constexpr int64_t kGradRows = 64;
 void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
                          const char* op);

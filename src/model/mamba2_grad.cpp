@@ -102,15 +102,19 @@ ops::SeqBatch sequences(const ModelConfig& c, const Batch& b, Device dev) {
 
 // The conv and the scan of every sequence from a zero state (as prefill without a state). The
 // scan's products in `compute` (mixed precision: bf16 / f16 on tensor cores, x, B and C rounded
-// there as the inference scan rounds them; its backward takes them in fp32).
+// as the inference scan rounds them: the conv writes that rounded copy beside the fp32 output the
+// backward takes, the same bits the scan's own copy of fp32 operands would hold).
 void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBatch& seqs, const Projections& pr,
                    MatView xbc, std::optional<MatView> y, DType compute) {
   const Device dev = seqs.device();
   Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()}, dev);
-  ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs);
+  Tensor rounded;
+  if (y && compute != DType::F32) rounded = Tensor::empty({xbc.rows, xbc.cols}, dev, compute);
+  ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs,
+                     rounded.raw() ? MatView::of(rounded) : MatView{});
   if (!y) return;
   Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
-  const ConvOut v = split_conv(xbc, c);
+  const ConvOut v = split_conv(rounded.raw() ? MatView::of(rounded) : xbc, c);
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs, compute);
 }
 

@@ -117,8 +117,11 @@ void bias_backward(MatView d_y, Tensor& d_b);
 // causal_conv1d: depthwise causal conv + bias + SiLU over the sequences of `seqs`, packed in `in`;
 // each continues from its row of states ((batch, (K-1)·C), the last K-1 inputs, oldest first) and
 // leaves its own last K-1 inputs there. fp32, but for `out` on the GPU, which may be bf16 or f16
-// (the SSD scan's operands, rounded once from the fp32 sums).
-void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states, const SeqBatch& seqs);
+// (the SSD scan's operands, rounded once from the fp32 sums). `rounded` (GPU, BF16 or F16, out's
+// shape): the same outputs rounded there too (training: fp32 for the backward, the rounded copy
+// for the forward scan).
+void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states, const SeqBatch& seqs,
+                   MatView rounded = {});
 // causal_conv1d: one token for each sequence of `seqs` (a decode batch).
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
                         const SeqBatch& seqs);
