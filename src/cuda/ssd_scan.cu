@@ -1725,6 +1725,8 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_pairs_kernel(BwdDims d, const
 // next head's tiles are copied in while this one's are used. 4 warps, warp w the rows 16w.. of
 // the tile, lane l the accumulator elements of mma's layout; sums per thread in fp32, then across
 // lanes (rows: the quad; columns: lanes 4 apart) and warps in a fixed order, in double past that.
+// exp(a_t − a_s) is 2^((a_t − a_s)·log2 e) by the SFU, the difference formed in double as before
+// (expf's range reduction was a sixth of the epilogue's instructions).
 constexpr int kPairThreads = 128;
 constexpr int kMaxPairHeaddim = 128;
 __host__ __device__ inline int pair_stride(int64_t P) { return int((P + 15) / 16 * 16 + 8); }
@@ -1832,24 +1834,25 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
     }
     // Fragment by fragment: its terms, then its columns' sums over the warp's 16 rows (lanes 4
     // apart) into s_col, so that only the fragment's sums are alive at a time.
+    // Branch-free: an element outside the chunk or above the diagonal adds zeros (its exp, maybe
+    // of a positive number, is selected away).
     float rs[2] = {};
+    const int rows_in = int(Q - t0), diag = int(t0 - s0);  // s ≤ t ⇔ sl ≤ tl + diag
+    const double at_lo = s_at[b][r0 + lane / 4], at_hi = s_at[b][r0 + lane / 4 + 8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float cc[2] = {}, cm[2] = {};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tl = r0 + lane / 4 + 8 * (e / 2), sl = 8 * j + 2 * (lane % 4) + e % 2;
-        float mv = 0.0f;
-        if (t0 + tl < Q && s0 + sl <= t0 + tl) {
-          const float ex = expf(float(s_at[b][tl] - s_as[b][sl])), dts = s_dts[b][sl];
-          const float ge = acc[j][e] * ex, cv = ge * cbv[j][e], mm = cv * dts;
-          rs[e / 2] += mm;
-          cc[e % 2] += cv;
-          cm[e % 2] += mm;
-          mv = cbv[j][e] * ex * dts;
-          dcbv[j][e] += ge * dts;
-        }
-        acc[j][e] = mv;
+        const bool on = tl < rows_in && sl <= tl + diag;
+        const float ex = exp2_approx(float(((e < 2 ? at_lo : at_hi) - s_as[b][sl]) * kLog2e)), dts = s_dts[b][sl];
+        const float ge = on ? acc[j][e] * ex : 0.0f, cv = ge * cbv[j][e], mm = cv * dts;
+        rs[e / 2] += mm;
+        cc[e % 2] += cv;
+        cm[e % 2] += mm;
+        dcbv[j][e] += ge * dts;
+        acc[j][e] = on ? cbv[j][e] * ex * dts : 0.0f;
       }
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
