@@ -202,6 +202,44 @@ TEST_P(CudaSelectiveScan, BackwardMatchesTheCpuAndIsDeterministic) {
   }
 }
 
+// Training keeps the checkpoints the forward leaves; the backward given them gives the bits it gives
+// forming them itself (with the same forward kernels), over sequences of several segments from
+// non-zero states. Checkpoints of zeros change d_C (Σ over channels of gy·h, the forward states'
+// own term): they are read, not formed again.
+TEST_P(CudaSelectiveScan, BackwardTakesTheForwardsCheckpoints) {
+  MAMBA2_REQUIRE_GPU();
+  const CudaScanVariant v = GetParam();
+  const test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {700, 9, 300}, 6);
+  const Device dev = Device::CUDA;
+  ScanOperands o(p, dev);
+  const ops::SeqBatch seqs(p.lengths, p.slots, 16, dev);
+  Tensor dy = test::to_gpu(test::random_tensor({p.T(), p.Dc}, 3));
+  Tensor ckpt = Tensor::empty({ops::selective_scan_checkpoint_rows(o.weights(p), seqs), p.Dc * p.bw()}, dev);
+  Tensor y = Tensor::empty({p.T(), p.Dc}, dev), states = test::to_gpu(p.states0);  // the forward's own copy
+  ops::selective_scan(o.weights(p), MatView::of(o.x), MatView::of(o.dt), MatView::of(o.B), MatView::of(o.C), o.zv(p),
+                      MatView::of(y), MatView::of(states), seqs, MatView::of(ckpt));
+  auto backward = [&](MatView ck) {
+    std::vector<Tensor> out = {Tensor::zeros({p.T(), p.Dc}, dev), Tensor::zeros({p.T(), p.Dc}, dev),
+                               Tensor::zeros({p.T(), p.bw()}, dev), Tensor::zeros({p.T(), p.bw()}, dev),
+                               Tensor::zeros({p.T(), p.Dc}, dev), Tensor::zeros({p.Dc, p.N}, dev),
+                               Tensor::zeros({p.Dc, p.N}, dev), Tensor::zeros({p.Dc}, dev), Tensor::zeros({p.Dc}, dev)};
+    const ops::SelectiveScanGrads g{MatView::of(out[0]), MatView::of(out[1]), MatView::of(out[2]), MatView::of(out[3]),
+                                    MatView::of(out[4]), MatView{}, out[5], p.complex ? &out[6] : nullptr, out[7],
+                                    out[8]};
+    ops::selective_scan_backward(o.weights(p), MatView::of(o.x), MatView::of(o.dt), MatView::of(o.B), MatView::of(o.C),
+                                 o.zv(p), MatView::of(o.states0), MatView::of(dy), MatView{}, g, seqs, ck);
+    for (Tensor& t : out) t = to_cpu(t);
+    return out;
+  };
+  const std::vector<Tensor> own = backward(MatView{}), kept = backward(MatView::of(ckpt));
+  const char* names[] = {"x", "dt", "B", "C", "z", "A_log", "A_imag", "D", "dt_bias"};
+  for (size_t i = 0; i < own.size(); ++i)
+    EXPECT_TRUE(equal_bits(kept[i].data(), own[i].data(), size_t(own[i].numel()))) << names[i];
+  ckpt.set_zero();
+  const std::vector<Tensor> zeroed = backward(MatView::of(ckpt));
+  EXPECT_FALSE(equal_bits(zeroed[3].data(), own[3].data(), size_t(own[3].numel()))) << "d_C with zero checkpoints";
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, CudaSelectiveScan,
                          ::testing::Values(CudaScanVariant{false, false, 72, 16}, CudaScanVariant{false, true, 37, 5},
                                            CudaScanVariant{true, false, 72, 16}, CudaScanVariant{true, true, 20, 5},

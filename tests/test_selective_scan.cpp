@@ -464,6 +464,13 @@ TEST(SelectiveScanErrors, RefusesBadShapesByName) {
                              MatView::of(y).rows_slice(0, 2), st, ops::SeqBatch::decode(one, Device::CPU));
   });
   EXPECT_NE(e.find("[selective_scan]"), std::string::npos) << e;
+  // Checkpoints on the CPU (the GPU backward's), by name.
+  Tensor ck = Tensor::zeros({4, 12 * 4});
+  e = test::error_message([&] {
+    ops::selective_scan(test::scan_weights(r), MatView::of(r.x), MatView::of(r.dt), MatView::of(r.B), MatView::of(r.C),
+                        {}, MatView::of(y), MatView::of(const_cast<Tensor&>(r.states0)), seqs, MatView::of(ck));
+  });
+  EXPECT_NE(e.find("[selective_scan] checkpoints"), std::string::npos) << e;
 }
 
 }  // namespace

@@ -196,10 +196,14 @@ struct SelectiveScanParams {
 };
 // Over packed sequences, sequence i from and back to its state at states + slots[i]·channels·S
 // (S = d_state, complex 2·d_state interleaved). x, dt, z (null: no gate), y (T, channels) and B, C
-// (T, S) fp32.
+// (T, S) fp32. y null: the states alone (C and z unread). checkpoints (when set; rows as
+// selective_scan_checkpoint_rows, channels·S each): the states the backward walks back from.
 void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt,
                             int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
-                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs);
+                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs,
+                            float* checkpoints = nullptr);
+// The checkpoints' rows for T tokens in `count` sequences.
+int64_t selective_scan_checkpoint_rows(int64_t tokens, int64_t count, bool complex);
 // One token per sequence, row b's state at states + slots[b]·channels·S; the scan's token code
 // (the same bits as the scan given the same dt). With dt_w (channels, R) (dt_proj's weight), dt
 // (nb, R) is dt_proj's input and the raw dt of channel d is dt_w[d]·dt[b] (fp32, in an order fixed
@@ -208,9 +212,11 @@ void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t l
                          const float* dt_w, int64_t R, const float* B, int64_t ldb, const float* C, int64_t ldc,
                          const float* z, int64_t ldz, void* y, DType y_dtype, int64_t ldy, float* states,
                          const int64_t* slots, int64_t nb);
-// The backward over packed sequences (fp32), each from its state in state0 (null: zeros) with its
-// final state's gradient in d_final (null: zeros), rows by slot: x, dt, B, C, z (when gated) and
-// state0 (when set) overwritten; A_log, A_imag, D, dt_bias accumulated (+=). The same bits every run.
+// The backward over packed sequences (fp32), each from its state in state0 (null: zeros; its
+// slots index state_rows rows) with its final state's gradient in d_final (null: zeros), rows by
+// slot: x, dt, B, C, z (when gated) and state0 (when set) overwritten; A_log, A_imag, D, dt_bias
+// accumulated (+=). checkpoints: the forward's (from the same inputs and states), or null: formed
+// here by the same kernels. The same bits either way, and every run.
 struct SelectiveScanGradPtrs {
   float* x;
   int64_t ldx;
@@ -228,8 +234,9 @@ struct SelectiveScanGradPtrs {
 };
 void selective_scan_backward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt,
                              int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
-                             int64_t ldz, const float* state0, const float* d_y, int64_t lddy, const float* d_final,
-                             const SelectiveScanGradPtrs& g, const PackedSeqs& seqs);
+                             int64_t ldz, const float* state0, int64_t state_rows, const float* d_y, int64_t lddy,
+                             const float* d_final, const float* checkpoints, const SelectiveScanGradPtrs& g,
+                             const PackedSeqs& seqs);
 
 // As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits, or be BF16 /
 // F16: the fp32 gradient rounded once); targets (n) on the host. Returns Σ_rows (logsumexp −

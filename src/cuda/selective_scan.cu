@@ -13,9 +13,10 @@
 // sequence (the same bits as the scan). Each sequence's work is its own: a sequence's bits never
 // depend on its batch.
 //
-// Backward: a block takes one sequence and kChannels channels again. It first runs the recurrence
-// forward, leaving the state at the start of every chunk of KC tokens in a scratch buffer, then
-// walks the chunks from the last (the chunk before loading meanwhile): the chunk's states and decays
+// Backward: a block takes one sequence and kChannels channels again. The state at the start of
+// every chunk of KC tokens comes from the forward (scan_kernel's checkpoints: kept by training, or
+// formed again by the forward kernels without y), and the block walks the chunks from the last (the
+// chunk before loading meanwhile): the chunk's states and decays
 // recomputed from its checkpoint into registers, then its tokens in reverse (the formulas of
 // cpu/selective_scan.cpp), the per-channel sums over n left as parts and finished per (token,
 // channel) after the chunk. dB and dC sum over channels: a block adds its kChannels channels'
@@ -54,6 +55,14 @@ constexpr int backward_blocks(int npt) { return npt <= 4 ? 3 : 1; }
 static_assert(kTile % kRows == 0);
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxStates = 64;                // d_state ≤ kGroup · 16
+// The backward walks a sequence back in chunks of KC tokens, each from the state at its start (a
+// checkpoint the forward scan leaves); KC tokens' states and decays are held in registers at once.
+__host__ __device__ constexpr int checkpoint_interval(bool complex) { return complex ? 4 : 8; }
+// The index of a sequence's chunk k among all sequences' chunks: distinct for every (sequence,
+// chunk), below T/KC + count + 1 (Σ_{i<s} ⌈len_i/KC⌉ ≤ ⌊start_s/KC⌋ + s).
+__host__ __device__ inline int64_t checkpoint_index(int64_t start, int64_t seq, int64_t k, int KC) {
+  return start / KC + seq + k;
+}
 
 // The scan's parameters as the kernels take them.
 struct Params {
@@ -130,13 +139,15 @@ struct Share {
       float er, ei;
       decay(i, delta, er, ei);
       if (er_out) er_out[i] = er, ei_out[i] = ei;
+      // The state's update as written fmafs: every kernel that runs it (the scan with or without
+      // y, the step, the backward) forms the same bits, which no compiler contraction may vary.
       if constexpr (Cx) {
-        const float nr = (er * hr[i] - ei * hi[i]) + dx * Bt[2 * i];
-        const float ni = (er * hi[i] + ei * hr[i]) + dx * Bt[2 * i + 1];
+        const float nr = fmaf(er, hr[i], fmaf(-ei, hi[i], dx * Bt[2 * i]));
+        const float ni = fmaf(er, hi[i], fmaf(ei, hr[i], dx * Bt[2 * i + 1]));
         hr[i] = nr, hi[i] = ni;
         if constexpr (WithC) s += Ct[2 * i] * nr - Ct[2 * i + 1] * ni;
       } else {
-        hr[i] = er * hr[i] + dx * Bt[i];
+        hr[i] = fmaf(er, hr[i], dx * Bt[i]);
         if constexpr (WithC) s += Ct[i] * hr[i];
       }
     }
@@ -449,13 +460,17 @@ __global__ void combine_kernel(Params p, const float* __restrict__ states, float
 // grid (channel blocks, sequences), kThreads threads: thread (c, g) = (tid / kGroup, tid % kGroup).
 // Tokens in tiles of kTile: the tile's recurrence, U tokens at a time unrolled (their loads and
 // exps independent of the states, so they overlap), each thread's part of Σ C·h to shared memory;
-// then y's rows from the parts, gated, coalesced; the next tile's operands load meanwhile.
-template <int NPT, bool Cx>
+// then y's rows from the parts, gated, coalesced; the next tile's operands load meanwhile. Out
+// false: the states alone (no C, z or y), for the checkpoints. ckpt (when set): the state before
+// every KC-th token of each sequence, at its checkpoint_index (the backward's chunk starts); U is
+// KC, and segments and tiles start on multiples of it.
+template <int NPT, bool Cx, bool Out>
 __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
                                                         float* __restrict__ states, const float* __restrict__ seg_h,
-                                                        int64_t maxseg, PackedSeqs seqs) {
+                                                        int64_t maxseg, PackedSeqs seqs, float* __restrict__ ckpt) {
   using S = Share<NPT, Cx>;
-  constexpr int W = S::W, RW = kGroup * W, U = Cx ? 4 : 8;
+  constexpr int W = S::W, RW = kGroup * W, U = checkpoint_interval(Cx);
+  static_assert(kTile % U == 0 && kSegment % U == 0);
   using St = Staged<kTile, RW>;
   __shared__ __align__(16) float s_B[kTile][RW];
   __shared__ __align__(16) float s_C[kTile][RW];
@@ -486,12 +501,17 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
         [&](int t, int cc, int i) {
           store_piece<St::VW>(&s_x[t][cc], &stage.x[i]);
           store_delta<St::VW>(&s_delta[t][cc], &stage.dt[i], &s_bias[cc]);
-          store_piece<St::VW>(&s_z[t][cc], &stage.z[i]);
+          if constexpr (Out) store_piece<St::VW>(&s_z[t][cc], &stage.z[i]);
         },
         [&](int t, int j, int k) {
           store_piece<4>(&s_B[t][j], &stage.B[k]);
-          store_piece<4>(&s_C[t][j], &stage.C[k]);
+          if constexpr (Out) store_piece<4>(&s_C[t][j], &stage.C[k]);
         });
+  };
+  // The state before token t of tile k, at its chunk's checkpoint (t a multiple of U).
+  const auto checkpoint = [&](int64_t k, int t) {
+    const int64_t chunk = (j * SL + k * kTile + t) / U;
+    sh.store_state(ckpt + checkpoint_index(seqs.starts[seq], seq, chunk, U) * p.D * bw, p, d, g, live);
   };
   const int64_t tiles = ceil_div(L, kTile);
   if (tiles > 0) stage.load(src, t0, int(min(int64_t(kTile), L)), d0, p.D, bw, tid);
@@ -504,16 +524,23 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
     if (more) stage.load(src, t0 + (k + 1) * kTile, int(min(int64_t(kTile), L - (k + 1) * kTile)), d0, p.D, bw, tid);
     const auto token = [&](int t) {
       const float dl = s_delta[t][c];
-      s_part[t][tid] = sh.advance(&s_B[t][g * W], &s_C[t][g * W], dl, dl * s_x[t][c]);
+      if constexpr (Out)
+        s_part[t][tid] = sh.advance(&s_B[t][g * W], &s_C[t][g * W], dl, dl * s_x[t][c]);
+      else
+        sh.template advance<false>(&s_B[t][g * W], nullptr, dl, dl * s_x[t][c]);
     };
     int t = 0;
     for (; t + U <= tl; t += U) {
+      if (ckpt) checkpoint(k, t);
 #pragma unroll
       for (int u = 0; u < U; ++u) token(t + u);
     }
-    for (; t < tl; ++t) token(t);
+    for (; t < tl; ++t) {
+      if (ckpt && t % U == 0) checkpoint(k, t);
+      token(t);
+    }
     __syncthreads();
-    if (d0 + ec < p.D) {
+    if (Out && d0 + ec < p.D) {
       float* yr = y + (t0 + k * kTile) * ldy + d0 + ec;
 #pragma unroll
       for (int i = 0; i < kTile / kRows; ++i) {
@@ -646,7 +673,7 @@ struct Grads {
 // checkpoints, one a chunk, are the price: T/KC state rows in global memory).
 template <int NPT, bool Cx>
 struct BackSmem {
-  static constexpr int KC = Cx ? 4 : 8, W = Share<NPT, Cx>::W, RW = kGroup * W, CP = kChannels + 1;
+  static constexpr int KC = checkpoint_interval(Cx), W = Share<NPT, Cx>::W, RW = kGroup * W, CP = kChannels + 1;
   static_assert(KC % kRows == 0);
   __align__(16) float B[KC][RW];
   __align__(16) float C[KC][RW];
@@ -658,18 +685,12 @@ struct BackSmem {
   float acc[2][kThreads];
 };
 
-// The index of a sequence's chunk k among all sequences' chunks: distinct for every (sequence,
-// chunk), below T/KC + count + 1 (Σ_{i<s} ⌈len_i/KC⌉ ≤ ⌊start_s/KC⌋ + s).
-__device__ __forceinline__ int64_t checkpoint_index(int64_t start, int64_t seq, int64_t k, int KC) {
-  return start / KC + seq + k;
-}
-
 // grid (channel blocks, sequences). part_bc (channel blocks, T, 2·bw): the block's dB | dC sums;
 // part_param (count, D, 2N + 2): per sequence d A_log, d Im A, dD, d dt_bias.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_kernel(Params p, Sources src, const float* __restrict__ state0,
-                                                                 const float* __restrict__ d_final, Grads gr,
-                                                                 PackedSeqs seqs, float* __restrict__ ckpt,
+__global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_kernel(Params p, Sources src, const float* __restrict__ d_final,
+                                                                 Grads gr, PackedSeqs seqs,
+                                                                 const float* __restrict__ ckpt,
                                                                  float* __restrict__ part_bc,
                                                                  float* __restrict__ part_param) {
   using S = Share<NPT, Cx>;
@@ -694,13 +715,12 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   St stage{};
   const auto chunk_len = [&](int64_t k) { return int(min(int64_t(KC), L - k * KC)); };
   const auto load = [&](int64_t k, const Sources& s) { stage.load(s, t0 + k * KC, chunk_len(k), d0, p.D, bw, tid); };
-  const auto put = [&](bool all) {
+  const auto put = [&] {
     stage.each(
         tid,
         [&](int t, int cc, int i) {
           store_piece<St::VW>(&m.x[t][cc], &stage.x[i]);
           store_delta<St::VW>(&m.delta[t][cc], &stage.dt[i], &m.bias[cc]);
-          if (!all) return;
           store_piece<St::VW>(&m.raw[t][cc], &stage.dt[i]);
           store_piece<St::VW>(&m.z[t][cc], &stage.z[i]);
           store_piece<St::VW>(&m.dy[t][cc], &stage.dy[i]);
@@ -711,26 +731,6 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
         });
   };
   const auto ckpt_row = [&](int64_t k) { return ckpt + checkpoint_index(t0, seq, k, KC) * SR; };
-
-  // Forward: the state at each chunk's start (the last chunk's tokens are not needed).
-  Sources fwd = src;
-  fwd.C = fwd.z = fwd.dy = nullptr;  // the states alone
-  sh.load_state(state0 ? state0 + seqs.slots[seq] * SR : nullptr, p, d, g, live);
-  if (chunks > 1) load(0, fwd);
-  __syncthreads();  // m.bias
-  for (int64_t k = 0; k < chunks; ++k) {
-    sh.store_state(ckpt_row(k), p, d, g, live);
-    if (k + 1 == chunks) break;
-    put(false);
-    __syncthreads();
-    if (k + 2 < chunks) load(k + 1, fwd);
-#pragma unroll
-    for (int t = 0; t < KC; ++t) {
-      const float dl = m.delta[t][c];
-      sh.template advance<false>(&m.B[t][g * W], nullptr, dl, dl * m.x[t][c]);
-    }
-    __syncthreads();
-  }
 
   // Backward, chunk by chunk from the last. gh: ∂loss/∂h of the state after the current token.
   float ghr[NPT], ghi[NPT], dAr[NPT] = {}, dAi[NPT] = {};
@@ -745,7 +745,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
     const int tl = chunk_len(k);
     const int64_t tk = t0 + k * KC;
     __syncthreads();
-    put(true);
+    put();
     // The chunk's states h_{t0−1} … in registers (the loops over the chunk unrolled), and its decays
     // where they fit (d_state ≤ 16: formed again below otherwise; 128 more registers would spill).
     constexpr bool kKeep = KC * W <= 32;
@@ -947,12 +947,17 @@ Params params(const SelectiveScanParams& p) { return {p.channels, p.d_state, p.A
 
 }  // namespace
 
+int64_t selective_scan_checkpoint_rows(int64_t tokens, int64_t count, bool complex) {
+  return tokens / checkpoint_interval(complex) + count + 1;
+}
+
 void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64_t ldx, const float* dt,
                             int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
-                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs) {
+                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs, float* ckpt) {
   if (seqs.tokens == 0) return;
   const Params p = params(sp);
-  Sources src{x, dt, B, C, z, nullptr, ldx, lddt, ldb, ldc, ldz, 0, false};
+  const bool out = y != nullptr;
+  Sources src{x, dt, B, out ? C : nullptr, out ? z : nullptr, nullptr, ldx, lddt, ldb, ldc, ldz, 0, false};
   const int64_t maxseg = segment_count(seqs.max_length), bw = p.N * (p.A_imag ? 2 : 1);
   src.vec = vectorizable(src, p.D, bw);
   if (seqs.max_length <= 0 || seqs.count > 65535)
@@ -977,7 +982,12 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
                            kCombineThreads, 0, stream()>>>(p, states, seg_states, seg_decays, maxseg, seqs);
       check_launch("selective_scan");
     }
-    scan_kernel<NPT, Cx><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seg_states, maxseg, seqs);
+    if (out)
+      scan_kernel<NPT, Cx, true><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seg_states, maxseg, seqs,
+                                                                  ckpt);
+    else
+      scan_kernel<NPT, Cx, false><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seg_states, maxseg, seqs,
+                                                                   ckpt);
   });
   check_launch("selective_scan");
 }
@@ -1006,15 +1016,30 @@ void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t 
 
 void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int64_t ldx, const float* dt,
                              int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
-                             int64_t ldz, const float* state0, const float* d_y, int64_t lddy, const float* d_final,
-                             const SelectiveScanGradPtrs& g, const PackedSeqs& seqs) {
+                             int64_t ldz, const float* state0, int64_t state_rows, const float* d_y, int64_t lddy,
+                             const float* d_final, const float* checkpoints, const SelectiveScanGradPtrs& g,
+                             const PackedSeqs& seqs) {
   const int64_t T = seqs.tokens;
   if (T == 0) return;
   const Params p = params(sp);
   const bool cx = p.A_imag != nullptr;
-  const int64_t bw = p.N * (cx ? 2 : 1), blocks = ceil_div(p.D, kChannels);
-  const int64_t KC = cx ? BackSmem<1, true>::KC : BackSmem<1, false>::KC, PW = 2 * p.N + 2;
-  auto ckpt = allocate(size_t((T / KC + seqs.count + 1) * p.D * bw) * sizeof(float), "selective_scan checkpoints");
+  const int64_t bw = p.N * (cx ? 2 : 1), blocks = ceil_div(p.D, kChannels), PW = 2 * p.N + 2;
+  // Without the forward's checkpoints, the forward kernels form them again (from a copy of the
+  // start states: the scan leaves its final states in them), the same bits as kept ones.
+  std::shared_ptr<void> own;
+  if (!checkpoints) {
+    own = allocate(size_t(selective_scan_checkpoint_rows(T, seqs.count, cx) * p.D * bw) * sizeof(float),
+                   "selective_scan checkpoints");
+    const size_t state_bytes = size_t(state_rows * p.D * bw) * sizeof(float);
+    auto scratch = allocate(state_bytes, "selective_scan start states");
+    if (state0)
+      check(cudaMemcpyAsync(scratch.get(), state0, state_bytes, cudaMemcpyDeviceToDevice, stream()), "selective_scan");
+    else
+      check(cudaMemsetAsync(scratch.get(), 0, state_bytes, stream()), "selective_scan");
+    selective_scan_forward(sp, x, ldx, dt, lddt, B, ldb, C, ldc, nullptr, 0, nullptr, 0,
+                           static_cast<float*>(scratch.get()), seqs, static_cast<float*>(own.get()));
+    checkpoints = static_cast<const float*>(own.get());
+  }
   auto part_bc = allocate(size_t(blocks * T * 2 * bw) * sizeof(float), "selective_scan dB, dC partial sums");
   auto part_param = allocate(size_t(seqs.count * p.D * PW) * sizeof(float), "selective_scan parameter gradients");
   const Grads gr{g.x, g.ldx, g.dt, g.lddt, g.z, g.z_dtype, g.ldz, g.state0};
@@ -1027,7 +1052,7 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
     const int smem = int(sizeof(BackSmem<NPT, Cx>));
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "selective_scan");
     kernel<<<dim3(unsigned(blocks), unsigned(seqs.count)), kThreads, smem, stream()>>>(
-        p, src, state0, d_final, gr, seqs, static_cast<float*>(ckpt.get()), static_cast<float*>(part_bc.get()),
+        p, src, d_final, gr, seqs, checkpoints, static_cast<float*>(part_bc.get()),
         static_cast<float*>(part_param.get()));
   });
   check_launch("selective_scan");

@@ -93,6 +93,19 @@ bool keep_activations(Recompute r, const ModelConfig& c, int64_t tokens, DType c
   return double(c.n_layer) * double(kept_bytes_a_layer(c, tokens, compute)) <= double(cuda::memory_bytes()) / 4.0;
 }
 
+// With kept activations on the GPU, Mamba-1 also keeps its scan's checkpoints (the states every 8
+// tokens, 4 complex: 0.2 GB a 130m layer at 8 × 2048, sparing the backward a pass over the
+// sequence, bench/RESULTS.md) while they fit Auto's budget beside the rest (mamba-1.4b's 26 GB
+// do not: its backward forms them). The checkpoint rows: `rows`.
+bool keep_checkpoints(bool keep, Recompute r, const ModelConfig& c, int64_t tokens, int64_t rows, DType compute,
+                      Device dev) {
+  if (!keep || !c.mamba1() || dev != Device::CUDA) return false;
+  if (r == Recompute::No) return true;
+  const double ckpt = double(rows) * double(c.ssm_state_width()) * sizeof(float);
+  return double(c.n_layer) * (double(kept_bytes_a_layer(c, tokens, compute)) + ckpt) <=
+         double(cuda::memory_bytes()) / 4.0;
+}
+
 // The batch's sequences in state slots 0, 1, ... on `dev`, for the conv and the scan.
 ops::SeqBatch sequences(const ModelConfig& c, const Batch& b, Device dev) {
   std::vector<int64_t> slots(b.lengths.size());
@@ -131,14 +144,17 @@ struct Mamba1Mixer {
   Device dev;
   Tensor x_dbl, dt, ones, norm_in, normed[3];  // normed: Falcon's dt_low, B, C, contiguous
   Tensor d_x_dbl, d_dt, d_xc, d_normed[3], d_norm_in, norm_w_grad;
+  Tensor ckpt;  // the layer's scan checkpoints, when kept (empty: the backward forms them)
   struct Kept {
-    Tensor x_dbl, dt, normed[3];
+    Tensor x_dbl, dt, normed[3], ckpt;
   };
   std::vector<Kept> kept;  // per layer, when the backward keeps them
+  int64_t ckpt_rows;       // > 0: keep_layer keeps the scan's checkpoints too
   ops::LinearKernel proj;  // x_proj's and dt_proj's products
   // keep: every layer gets its own x_dbl, dt and normed parts (keep_layer), no shared ones.
-  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute, bool keep)
-      : c(cfg), seqs(s), T(tokens), dev(device),
+  Mamba1Mixer(const ModelConfig& cfg, const ops::SeqBatch& s, int64_t tokens, Device device, DType compute, bool keep,
+              int64_t checkpoint_rows)
+      : c(cfg), seqs(s), T(tokens), dev(device), ckpt_rows(checkpoint_rows),
         proj(compute == DType::F32 ? ops::LinearKernel::Training : ops::LinearKernel::TrainingTf32) {
     if (!keep) fresh();
     if (!c.mixer_norms) return;
@@ -158,14 +174,17 @@ struct Mamba1Mixer {
   // Before a layer's forward: fresh x_dbl, dt and normed parts, kept for its backward.
   void keep_layer() {
     fresh();
-    kept.push_back({x_dbl, dt, {normed[0], normed[1], normed[2]}});
+    if (ckpt_rows > 0) ckpt = Tensor::empty({ckpt_rows, c.ssm_state_width()}, dev);
+    kept.push_back({x_dbl, dt, {normed[0], normed[1], normed[2]}, ckpt});
   }
   // In the backward, instead of forward(l, xz, xc, nullopt): the layer's kept tensors.
   void use_layer(size_t li) {
     x_dbl = kept[li].x_dbl;
     dt = kept[li].dt;
     for (int i = 0; i < 3; ++i) normed[i] = kept[li].normed[i];
+    ckpt = kept[li].ckpt;
   }
+  MatView checkpoints() { return ckpt.raw() ? MatView::of(ckpt) : MatView{}; }
   // x_dbl's three column ranges.
   MatView part(MatView m, int i) const {
     const int64_t R = c.dt_rank, bw = c.bc_width();
@@ -189,7 +208,7 @@ struct Mamba1Mixer {
     if (!y) return;
     Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
     ops::selective_scan(selective_weights(l, c), xc, MatView::of(dt), input(1), input(2), xz.cols_slice(di, di), *y,
-                        MatView::of(ssm_states), seqs);
+                        MatView::of(ssm_states), seqs, checkpoints());
   }
 
   // From d_y (the gated scan output's gradient), after forward(l, xz, xc, nullopt): d_xz (both
@@ -212,7 +231,8 @@ struct Mamba1Mixer {
                                      d_xz.cols_slice(di, di), MatView{}, gl.A_log,
                                      c.complex_scan ? &gl.A_imag : nullptr, gl.D, gl.dt_bias};
     ops::selective_scan_backward(selective_weights(l, c), xc, MatView::of(dt),
-                                 input(1), input(2), xz.cols_slice(di, di), MatView{}, d_y, MatView{}, sg, seqs);
+                                 input(1), input(2), xz.cols_slice(di, di), MatView{}, d_y, MatView{}, sg, seqs,
+                                 checkpoints());
     ops::linear_backward(input(0), l.dt_proj, MatView::of(d_dt), d_input(0), gl.dt_proj, proj);
     for (int i = 0; c.mixer_norms && i < 3; ++i) {
       // The norm's input again (the forward's copy holds the last part), its gradient into a
@@ -288,7 +308,10 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
   }
   std::optional<Mamba1Mixer> m1;
-  if (c.mamba1()) m1.emplace(c, seqs, T, dev, cdt, keep);
+  if (c.mamba1()) {
+    const int64_t rows = dev == Device::CUDA ? ops::selective_scan_checkpoint_rows(selective_weights(w.layers[0], c), seqs) : 0;
+    m1.emplace(c, seqs, T, dev, cdt, keep, keep_checkpoints(keep, recompute, c, T, rows, cdt, dev) ? rows : 0);
+  }
   // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, and
   // that copy is what the backward keeps (its only use of y), so the fp32 y is scratch.
   const bool m1_narrow = m1 && cdt != DType::F32;

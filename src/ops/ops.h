@@ -186,8 +186,11 @@ struct SelectiveScanWeights {
   const Tensor& D;        // (Dc)
   const Tensor& dt_bias;  // (Dc)
 };
+// checkpoints (GPU only; selective_scan_checkpoint_rows × the state width, fp32): also the states
+// selective_scan_backward walks back from, for it to take rather than form again.
 void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z, MatView y,
-                    MatView states, const SeqBatch& seqs);
+                    MatView states, const SeqBatch& seqs, MatView checkpoints = {});
+int64_t selective_scan_checkpoint_rows(const SelectiveScanWeights& w, const SeqBatch& seqs);
 // selective_scan: one token for each sequence of `seqs` (a decode batch).
 void selective_scan_step(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                          MatView y, MatView states, const SeqBatch& seqs);
@@ -206,10 +209,12 @@ struct SelectiveScanGrads {
 // selective_scan backward for the scans of the sequences of `seqs`, each from its row (slot) of
 // `states0` (not modified; empty: zeros), given d_y and its row of d_states_final (empty: zeros).
 // Each channel's states are recomputed forward, then walked back; dB and dC sum over channels in a
-// fixed order (the same bits for any thread count).
+// fixed order (the same bits for any thread count). On the GPU, `checkpoints` from the forward of
+// the same inputs and states0 spare it forming them with the forward's kernels (the same bits
+// either way).
 void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                              MatView states0, MatView d_y, MatView d_states_final, const SelectiveScanGrads& grads,
-                             const SeqBatch& seqs);
+                             const SeqBatch& seqs, MatView checkpoints = {});
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.ptr is set it receives scale·(softmax − onehot) (it may alias logits; on the GPU

@@ -47,6 +47,16 @@ void check_states(const SelectiveScanWeights& w, const char* what, MatView state
   if (states.ld != states.cols) fail("[{}] {} must be contiguous", kOp, what);
 }
 
+// The checkpoints' shape (GPU only): checkpoint rows × the state width, fp32, contiguous.
+void check_checkpoints(const SelectiveScanWeights& w, MatView ckpt, const SeqBatch& seqs, Device dev) {
+  if (!ckpt.ptr) return;
+  if (dev != Device::CUDA) fail("[{}] checkpoints are the GPU backward's; the CPU takes none", kOp);
+  check_shape(kOp, "checkpoints", ckpt, selective_scan_checkpoint_rows(w, seqs), w.A_log.numel() * (w.A_imag ? 2 : 1),
+              dev);
+  check_dtype(kOp, "checkpoints", ckpt.dtype, DType::F32);
+  if (ckpt.ld != ckpt.cols) fail("[{}] checkpoints must be contiguous", kOp);
+}
+
 #if MAMBA2_HAVE_CUDA
 cuda::SelectiveScanParams cuda_params(const cpu::SelectiveScanParams& p) {
   return {p.channels, p.d_state, p.A_log, p.A_imag, p.D, p.dt_bias};
@@ -55,15 +65,26 @@ cuda::SelectiveScanParams cuda_params(const cpu::SelectiveScanParams& p) {
 
 }  // namespace
 
+int64_t selective_scan_checkpoint_rows(const SelectiveScanWeights& w, const SeqBatch& seqs) {
+#if MAMBA2_HAVE_CUDA
+  return cuda::selective_scan_checkpoint_rows(seqs.tokens(), seqs.count(), w.A_imag != nullptr);
+#else
+  (void)w, (void)seqs;
+  no_cuda_backend(__func__);
+#endif
+}
+
 void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z, MatView y,
-                    MatView states, const SeqBatch& seqs) {
+                    MatView states, const SeqBatch& seqs, MatView checkpoints) {
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
   check_states(w, "states", states, x.device);
   seqs.check(kOp, x.rows, x.device, states.rows);
+  check_checkpoints(w, checkpoints, seqs, x.device);
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::selective_scan_forward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
-                                 z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.packed());
+                                 z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.packed(),
+                                 checkpoints.ptr ? checkpoints.data() : nullptr);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -124,7 +145,7 @@ void selective_scan_step_fused(const SelectiveScanWeights& w, MatView x, MatView
 
 void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z,
                              MatView states0, MatView d_y, MatView d_states_final, const SelectiveScanGrads& g,
-                             const SeqBatch& seqs) {
+                             const SeqBatch& seqs, MatView checkpoints) {
   const int64_t T = x.rows;
   const Device dev = x.device;
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, d_y);
@@ -152,15 +173,19 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
   }
   check_len(kOp, "d_D", g.D, w.D.numel(), dev);
   check_len(kOp, "d_dt_bias", g.dt_bias, w.dt_bias.numel(), dev);
+  check_checkpoints(w, checkpoints, seqs, dev);
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     const auto ptr = [](const MatView& m) { return m.ptr ? m.data() : nullptr; };
     const cuda::SelectiveScanGradPtrs gp{g.x.data(), g.x.ld, g.dt.data(), g.dt.ld, g.B.data(), g.B.ld, g.C.data(),
                                          g.C.ld, g.z.ptr, g.z.dtype, g.z.ld, ptr(g.state0), g.A_log.data(),
                                          g.A_imag ? g.A_imag->data() : nullptr, g.D.data(), g.dt_bias.data()};
+    // The rows the slots index (the backward copies the start states for its own forward).
+    int64_t state_rows = 0;
+    for (int64_t slot : seqs.slots()) state_rows = std::max(state_rows, slot + 1);
     cuda::selective_scan_backward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
-                                  ptr(z), z.ld, ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), gp,
-                                  seqs.packed());
+                                  ptr(z), z.ld, ptr(states0), state_rows, d_y.data(), d_y.ld, ptr(d_states_final),
+                                  ptr(checkpoints), gp, seqs.packed());
 #else
     no_cuda_backend(__func__);
 #endif

@@ -116,7 +116,9 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
 }
 
 // The Mamba-1 selective scan alone on random inputs, `d` = BxDxLxN (channels D, d_state N), real
-// or complex, gated by z, with the model's fp32 operands: forward, backward and both (medians).
+// or complex, gated by z, with the model's fp32 operands: forward, backward and both (medians). On
+// the GPU as training runs it: the forward leaves the checkpoints the backward takes; the backward
+// forming its own (training past Auto's memory budget) is timed too.
 void bench_selective(const std::vector<int64_t>& d, Device dev, bool complex, int64_t repeats) {
   const int64_t b = d[0], Dc = d[1], L = d[2], N = d[3], T = b * L, bw = complex ? 2 * N : N;
   std::mt19937 rng(1);
@@ -135,9 +137,13 @@ void bench_selective(const std::vector<int64_t>& d, Device dev, bool complex, in
   for (int64_t i = 0; i < b; ++i) slots[size_t(i)] = i;
   const ops::SeqBatch seqs(lengths, slots, 256, dev);
   const int64_t rounds = std::max<int64_t>(repeats, 5);
+  Tensor ckpt;
+  if (dev == Device::CUDA) ckpt = Tensor::empty({ops::selective_scan_checkpoint_rows(w, seqs), Dc * bw}, dev);
+  const MatView checkpoints = ckpt.raw() ? MatView::of(ckpt) : MatView{};
   const double fwd = median_ms(dev, rounds, [&] {
+    states.set_zero();
     ops::selective_scan(w, MatView::of(x), MatView::of(dt), MatView::of(B), MatView::of(C), MatView::of(z),
-                        MatView::of(y), MatView::of(states), seqs);
+                        MatView::of(y), MatView::of(states), seqs, checkpoints);
   });
   Tensor d_y = random({T, Dc}, -1, 1), d_x = Tensor::empty({T, Dc}, dev), d_dt = Tensor::empty({T, Dc}, dev);
   Tensor d_B = Tensor::empty({T, bw}, dev), d_C = Tensor::empty({T, bw}, dev), d_z = Tensor::empty({T, Dc}, dev);
@@ -145,13 +151,18 @@ void bench_selective(const std::vector<int64_t>& d, Device dev, bool complex, in
   Tensor d_bias = Tensor::zeros({Dc}, dev);
   const ops::SelectiveScanGrads g{MatView::of(d_x), MatView::of(d_dt), MatView::of(d_B), MatView::of(d_C),
                                   MatView::of(d_z), MatView{}, d_A, complex ? &d_Ai : nullptr, d_D, d_bias};
-  const double bwd = median_ms(dev, rounds, [&] {
-    ops::selective_scan_backward(w, MatView::of(x), MatView::of(dt), MatView::of(B), MatView::of(C), MatView::of(z),
-                                 MatView{}, MatView::of(d_y), MatView{}, g, seqs);
-  });
+  const auto backward = [&](MatView ck) {
+    return median_ms(dev, rounds, [&] {
+      ops::selective_scan_backward(w, MatView::of(x), MatView::of(dt), MatView::of(B), MatView::of(C),
+                                   MatView::of(z), MatView{}, MatView::of(d_y), MatView{}, g, seqs, ck);
+    });
+  };
+  const double bwd = backward(checkpoints);
   fmt::print("selective scan b{} D{} L{} N{} {} (fp32, gated): forward {:.3f} ms, backward {:.3f} ms, both {:.3f} ms "
-             "(medians of {})\n",
+             "(medians of {})",
              b, Dc, L, N, complex ? "complex" : "real", fwd, bwd, fwd + bwd, rounds);
+  if (checkpoints.ptr) fmt::print("; backward forming its checkpoints {:.3f} ms", backward(MatView{}));
+  fmt::print("\n");
 }
 
 // How fast this machine reads `bytes` laid out in one buffer, with the threads the model uses: the
