@@ -848,16 +848,22 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
       gr.x[(tk + t) * gr.ldx + d0 + ec] = gy * m.D[ec] + m.delta[t][ec] * sgb;
       gr.dt[(tk + t) * gr.lddt + d0 + ec] = d_raw;
     }
-    // The chunk's dB | dC: the block's channels added in channel order.
+    // The chunk's dB | dC: the block's channels added in a fixed order, four interleaved sums
+    // (channels ≡ 0, 1, 2, 3 mod 4, each in order) then those in pairs: one chain of 32 dependent
+    // adds was a stall the warps could not hide.
     // Entries e = (t, which, j) at compile-time strides (RW ≥ bw columns, those past bw skipped).
     float* pbc = part_bc + (int64_t(blockIdx.x) * T + tk) * 2 * bw;
     for (int e = tid; e < tl * 2 * RW; e += kThreads) {
       const int t = e / (2 * RW), which = e / RW % 2, j = e % RW;
       if (j >= bw) continue;
-      float s = 0.0f;
-#pragma unroll 8
-      for (int cc = 0; cc < kChannels; ++cc) s += m.red[t][which][j][cc];
-      pbc[(t * 2 + which) * bw + j] = s;
+      static_assert(kChannels % 4 == 0);
+      const float* col = m.red[t][which][j];
+      float s[4] = {};
+#pragma unroll
+      for (int cc = 0; cc < kChannels; cc += 4)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) s[q] += col[cc + q];
+      pbc[(t * 2 + which) * bw + j] = (s[0] + s[1]) + (s[2] + s[3]);
     }
   }
   m.acc[0][tid] = accD;
