@@ -714,7 +714,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   }
   St stage{};
   const auto chunk_len = [&](int64_t k) { return int(min(int64_t(KC), L - k * KC)); };
-  const auto load = [&](int64_t k, const Sources& s) { stage.load(s, t0 + k * KC, chunk_len(k), d0, p.D, bw, tid); };
+  const auto load = [&](int64_t k) { stage.load(src, t0 + k * KC, chunk_len(k), d0, p.D, bw, tid); };
   const auto put = [&] {
     stage.each(
         tid,
@@ -739,7 +739,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   for (int i = 0; i < NPT; ++i) ghr[i] = sh.hr[i], ghi[i] = sh.hi[i];
   float accD = 0.0f, accB = 0.0f;  // of this thread's epilogue channel ec: Σ gy·x, Σ d_raw
   S next;                          // the next chunk's checkpoint, loaded ahead
-  load(chunks - 1, src);
+  load(chunks - 1);
   next.load_state(ckpt_row(chunks - 1), p, d, g, live);
   for (int64_t k = chunks - 1; k >= 0; --k) {
     const int tl = chunk_len(k);
@@ -757,7 +757,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
     }
     __syncthreads();
     if (k > 0) {
-      load(k - 1, src);
+      load(k - 1);
       next.load_state(ckpt_row(k - 1), p, d, g, live);
     }
     // The chunk's states again, and (gated) each thread's part of Σ C·h.

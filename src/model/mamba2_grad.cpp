@@ -87,10 +87,15 @@ int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) 
 // Auto: keep on the GPU while the kept tensors take at most a quarter of its memory (at 8 × 2048
 // tokens the 130m's: 4.6 GB, the 1.3b's: 23 GB, mamba-1.4b's: 29 GB, of an H200's 141); recompute
 // on the CPU, where keeping measured no faster (bench/RESULTS.md) and memory is tighter.
+// Whether every layer's `bytes` fit Auto's budget: a quarter of the GPU's memory.
+bool within_budget(const ModelConfig& c, double bytes_a_layer) {
+  return double(c.n_layer) * bytes_a_layer <= double(cuda::memory_bytes()) / 4.0;
+}
+
 bool keep_activations(Recompute r, const ModelConfig& c, int64_t tokens, DType compute, Device dev) {
   if (r != Recompute::Auto) return r == Recompute::No;
   if (dev != Device::CUDA) return false;
-  return double(c.n_layer) * double(kept_bytes_a_layer(c, tokens, compute)) <= double(cuda::memory_bytes()) / 4.0;
+  return within_budget(c, double(kept_bytes_a_layer(c, tokens, compute)));
 }
 
 // With kept activations on the GPU, Mamba-1 also keeps its scan's checkpoints (the states every 8
@@ -102,8 +107,7 @@ bool keep_checkpoints(bool keep, Recompute r, const ModelConfig& c, int64_t toke
   if (!keep || !c.mamba1() || dev != Device::CUDA) return false;
   if (r == Recompute::No) return true;
   const double ckpt = double(rows) * double(c.ssm_state_width()) * sizeof(float);
-  return double(c.n_layer) * (double(kept_bytes_a_layer(c, tokens, compute)) + ckpt) <=
-         double(cuda::memory_bytes()) / 4.0;
+  return within_budget(c, double(kept_bytes_a_layer(c, tokens, compute)) + ckpt);
 }
 
 // The batch's sequences in state slots 0, 1, ... on `dev`, for the conv and the scan.

@@ -39,10 +39,12 @@ cpu::SelectiveScanParams params(const SelectiveScanWeights& w, MatView x, MatVie
   return {Dc, N, w.A_log.data(), w.A_imag ? w.A_imag->data() : nullptr, w.D.data(), w.dt_bias.data()};
 }
 
+// A state row's width: channels × d_state, twice that for the complex scan.
+int64_t state_width(const SelectiveScanWeights& w) { return w.A_log.numel() * (w.A_imag ? 2 : 1); }
+
 // A state buffer (rows by slot) of the width the weights make, on `dev`.
 void check_states(const SelectiveScanWeights& w, const char* what, MatView states, Device dev) {
-  const int64_t width = w.A_log.numel() * (w.A_imag ? 2 : 1);
-  check_shape(kOp, what, states, states.rows, width, dev);
+  check_shape(kOp, what, states, states.rows, state_width(w), dev);
   check_dtype(kOp, what, states.dtype, DType::F32);
   if (states.ld != states.cols) fail("[{}] {} must be contiguous", kOp, what);
 }
@@ -51,8 +53,7 @@ void check_states(const SelectiveScanWeights& w, const char* what, MatView state
 void check_checkpoints(const SelectiveScanWeights& w, MatView ckpt, const SeqBatch& seqs, Device dev) {
   if (!ckpt.ptr) return;
   if (dev != Device::CUDA) fail("[{}] checkpoints are the GPU backward's; the CPU takes none", kOp);
-  check_shape(kOp, "checkpoints", ckpt, selective_scan_checkpoint_rows(w, seqs), w.A_log.numel() * (w.A_imag ? 2 : 1),
-              dev);
+  check_shape(kOp, "checkpoints", ckpt, selective_scan_checkpoint_rows(w, seqs), state_width(w), dev);
   check_dtype(kOp, "checkpoints", ckpt.dtype, DType::F32);
   if (ckpt.ld != ckpt.cols) fail("[{}] checkpoints must be contiguous", kOp);
 }
