@@ -49,8 +49,9 @@ struct Both {
 
 TEST(CudaGradOps, AddRmsnormBackwardMatchesCpu) {
   MAMBA2_REQUIRE_GPU();
+  // d up to 16 × 256 runs the rows kernels (4, 8, 12 and 16 values a thread), past it the row kernel.
   for (int64_t n : {1, 63, 65, 130})
-    for (int64_t d : {1, 48, 769}) {
+    for (int64_t d : {1, 48, 769, 1800, 2560, 4000, 4097}) {
       SCOPED_TRACE("n " + std::to_string(n) + " d " + std::to_string(d));
       Both residual(random_tensor({n, d}, 1, -2.0f, 2.0f)), w(random_tensor({d}, 2)), d_out(random_tensor({n, d}, 3));
       // Both gradients accumulate: they start from values, the second GPU pair from the same ones.
@@ -67,27 +68,29 @@ TEST(CudaGradOps, AddRmsnormBackwardMatchesCpu) {
 
 TEST(CudaGradOps, GatedRmsnormBackwardMatchesCpu) {
   MAMBA2_REQUIRE_GPU();
-  for (int64_t groups : {1, 2, 4})
-    for (int64_t n : {3, 64, 129}) {
-      SCOPED_TRACE("groups " + std::to_string(groups) + " n " + std::to_string(n));
-      const int64_t d = 96, ld = 130;  // y and z are column slices of a wider buffer, as in in_proj's output
-      Both buf(random_tensor({n, ld}, 6, -3.0f, 3.0f)), d_out(random_tensor({n, d}, 7));
-      const Tensor w = random_tensor({d}, 8), w_g = to_gpu(w);
-      Both d_y(Tensor::zeros({n, d})), d_z(Tensor::zeros({n, d})), d_w(random_tensor({d}, 9));
-      ops::gated_rmsnorm_backward(buf.c().cols_slice(0, d), buf.c().cols_slice(ld - d, d), w, d_out.c(), d_y.c(),
-                                  d_z.c(), d_w.cpu, groups, 1e-5f);
-      ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(), d_y.g(),
-                                  d_z.g(), d_w.gpu, groups, 1e-5f);
-      EXPECT_LE(rel(d_y.back(), d_y.cpu), kF32Tol);
-      EXPECT_LE(rel(d_z.back(), d_z.cpu), kF32Tol);
-      EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
-      for (DType narrow : {DType::BF16, DType::F16}) {
-        Tensor d_z_narrow = Tensor::zeros({n, d}, Device::CUDA, narrow), d_w2 = to_gpu(random_tensor({d}, 9));
+  // y and z are column slices of a wider buffer, as in in_proj's output. Groups of 24 … 4000
+  // channels run the rows kernels (4, 8, 12, 16 values a thread), 4100 and 8200 the row kernel.
+  for (auto [d, ld] : {std::pair<int64_t, int64_t>{96, 130}, {3000, 3010}, {4000, 4004}, {8200, 8206}})
+    for (int64_t groups : {1, 2, 4})
+      for (int64_t n : {3, 64, 129}) {
+        SCOPED_TRACE("d " + std::to_string(d) + " groups " + std::to_string(groups) + " n " + std::to_string(n));
+        Both buf(random_tensor({n, ld}, 6, -3.0f, 3.0f)), d_out(random_tensor({n, d}, 7));
+        const Tensor w = random_tensor({d}, 8), w_g = to_gpu(w);
+        Both d_y(Tensor::zeros({n, d})), d_z(Tensor::zeros({n, d})), d_w(random_tensor({d}, 9));
+        ops::gated_rmsnorm_backward(buf.c().cols_slice(0, d), buf.c().cols_slice(ld - d, d), w, d_out.c(), d_y.c(),
+                                    d_z.c(), d_w.cpu, groups, 1e-5f);
         ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(), d_y.g(),
-                                    MatView::of(d_z_narrow), d_w2, groups, 1e-5f);
-        EXPECT_TRUE(same_bits(to_cpu(d_z_narrow), rounded(d_z.back(), narrow))) << dtype_name(narrow);
+                                    d_z.g(), d_w.gpu, groups, 1e-5f);
+        EXPECT_LE(rel(d_y.back(), d_y.cpu), kF32Tol);
+        EXPECT_LE(rel(d_z.back(), d_z.cpu), kF32Tol);
+        EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
+        for (DType narrow : {DType::BF16, DType::F16}) {
+          Tensor d_z_narrow = Tensor::zeros({n, d}, Device::CUDA, narrow), d_w2 = to_gpu(random_tensor({d}, 9));
+          ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(), d_y.g(),
+                                      MatView::of(d_z_narrow), d_w2, groups, 1e-5f);
+          EXPECT_TRUE(same_bits(to_cpu(d_z_narrow), rounded(d_z.back(), narrow))) << dtype_name(narrow);
+        }
       }
-    }
 }
 
 // The CPU computes in fp32 only: a gradient output in bf16 there is refused, naming it.
