@@ -2,12 +2,13 @@
 // float64 recurrence and finite differences in test_selective_scan.cpp): the prefill over packed
 // sequences from states in other slots, real and complex, gated or not, d_state 16 (one
 // checkpoint's), 5 and 33 (states per thread padded), channels not a multiple of the block's;
-// the decode step; the backward; and the promises: the step gives the scan's bits, a sequence's
+// the decode step; y written rounded for the next projection; the backward; and the promises: the step gives the scan's bits, a sequence's
 // bits do not depend on its batch, the backward gives the same bits every run. Also the GPU
 // bias of `linear` and its gradient against the CPU's.
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cuda_test_support.h"
@@ -20,6 +21,8 @@ namespace mamba2 {
 namespace {
 
 using test::rel_l2;
+using test::rounded;
+using test::same_bits;
 using test::to_cpu;
 using test::to_gpu;
 
@@ -154,6 +157,33 @@ TEST_P(CudaSelectiveScan, LongSequencesRunInSegments) {
   }
   EXPECT_TRUE(equal_bits(st_gpu.data(), p.states0.data(), size_t(2 * w)));  // rows no sequence uses
   std::printf("[cuda selective scan, segments] worst relative L2 to the CPU: %.2e\n", worst);
+}
+
+// Training in bf16 / f16 has the scan write y rounded to out_proj's dtype: the fp32 y's bits,
+// rounded once. The CPU scan writes fp32 only, and says so.
+TEST_P(CudaSelectiveScan, WritesYRoundedForTheNextProjection) {
+  MAMBA2_REQUIRE_GPU();
+  const CudaScanVariant v = GetParam();
+  const test::SelectiveProblem p = test::make_selective_problem(v.Dc, v.N, v.complex, v.gated, {300, 1, 40}, 9);
+  Tensor y32, st32;
+  scan_on(p, Device::CUDA, y32, st32);
+  for (DType narrow : {DType::BF16, DType::F16}) {
+    SCOPED_TRACE(dtype_name(narrow));
+    ScanOperands o(p, Device::CUDA);
+    Tensor y = Tensor::empty({p.T(), p.Dc}, Device::CUDA, narrow), st = o.states0;
+    ops::selective_scan(o.weights(p), MatView::of(o.x), MatView::of(o.dt), MatView::of(o.B), MatView::of(o.C),
+                        o.zv(p), MatView::of(y), MatView::of(st), ops::SeqBatch(p.lengths, p.slots, 16, Device::CUDA));
+    EXPECT_TRUE(same_bits(to_cpu(y), rounded(y32, narrow)));
+    EXPECT_TRUE(same_bits(to_cpu(st), st32));
+  }
+  ScanOperands c(p, Device::CPU);
+  Tensor y16 = Tensor::empty({p.T(), p.Dc}, Device::CPU, DType::BF16), st = c.states0;
+  EXPECT_NE(test::error_message([&] {
+              ops::selective_scan(c.weights(p), MatView::of(c.x), MatView::of(c.dt), MatView::of(c.B),
+                                  MatView::of(c.C), c.zv(p), MatView::of(y16), MatView::of(st),
+                                  ops::SeqBatch(p.lengths, p.slots, 16, Device::CPU));
+            }).find("[selective_scan] y is BF16"),
+            std::string::npos);
 }
 
 // The backward on the GPU against the CPU op's (fp32, within 1e-5 of float64 gradients): the GPU's

@@ -195,12 +195,13 @@ struct SelectiveScanParams {
   const float *A_log, *A_imag, *D, *dt_bias;
 };
 // Over packed sequences, sequence i from and back to its state at states + slots[i]·channels·S
-// (S = d_state, complex 2·d_state interleaved). x, dt, z (null: no gate), y (T, channels) and B, C
-// (T, S) fp32. y null: the states alone (C and z unread). checkpoints (when set; rows as
-// selective_scan_checkpoint_rows, channels·S each): the states the backward walks back from.
+// (S = d_state, complex 2·d_state interleaved). x, dt, z (null: no gate) (T, channels) and B, C
+// (T, S) fp32; y (T, channels) in y_dtype (F32, BF16 or F16: the next projection's input). y null:
+// the states alone (C and z unread). checkpoints (when set; rows as selective_scan_checkpoint_rows,
+// channels·S each): the states the backward walks back from.
 void selective_scan_forward(const SelectiveScanParams& p, const float* x, int64_t ldx, const float* dt,
                             int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
-                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs,
+                            int64_t ldz, void* y, DType y_dtype, int64_t ldy, float* states, const PackedSeqs& seqs,
                             float* checkpoints = nullptr);
 // The checkpoints' rows for T tokens in `count` sequences.
 int64_t selective_scan_checkpoint_rows(int64_t tokens, int64_t count, bool complex);

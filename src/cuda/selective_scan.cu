@@ -463,9 +463,10 @@ __global__ void combine_kernel(Params p, const float* __restrict__ states, float
 // then y's rows from the parts, gated, coalesced; the next tile's operands load meanwhile. Out
 // false: the states alone (no C, z or y), for the checkpoints. ckpt (when set): the state before
 // every KC-th token of each sequence, at its checkpoint_index (the backward's chunk starts); U is
-// KC, and segments and tiles start on multiples of it.
-template <int NPT, bool Cx, bool Out>
-__global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Params p, Sources src, float* __restrict__ y, int64_t ldy,
+// KC, and segments and tiles start on multiples of it. y in YT: the next projection's input dtype
+// (its rounding done here rather than by a cast over y).
+template <int NPT, bool Cx, bool Out, class YT>
+__global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Params p, Sources src, YT* __restrict__ y, int64_t ldy,
                                                         float* __restrict__ states, const float* __restrict__ seg_h,
                                                         int64_t maxseg, PackedSeqs seqs, float* __restrict__ ckpt) {
   using S = Share<NPT, Cx>;
@@ -541,13 +542,13 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Par
     }
     __syncthreads();
     if (Out && d0 + ec < p.D) {
-      float* yr = y + (t0 + k * kTile) * ldy + d0 + ec;
+      YT* yr = y + (t0 + k * kTile) * ldy + d0 + ec;
 #pragma unroll
       for (int i = 0; i < kTile / kRows; ++i) {
         const int tt = tid / kChannels + i * kRows;
         if (tt >= tl) break;
         const float v = finish<Cx>(group_total(&s_part[tt][ec * kGroup]), s_D[ec], s_x[tt][ec]);
-        yr[tt * ldy] = src.z ? v * silu(s_z[tt][ec]) : v;
+        store_f32(yr + tt * ldy, src.z ? v * silu(s_z[tt][ec]) : v);
       }
     }
     __syncthreads();
@@ -959,7 +960,8 @@ int64_t selective_scan_checkpoint_rows(int64_t tokens, int64_t count, bool compl
 
 void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64_t ldx, const float* dt,
                             int64_t lddt, const float* B, int64_t ldb, const float* C, int64_t ldc, const float* z,
-                            int64_t ldz, float* y, int64_t ldy, float* states, const PackedSeqs& seqs, float* ckpt) {
+                            int64_t ldz, void* y, DType y_dtype, int64_t ldy, float* states, const PackedSeqs& seqs,
+                            float* ckpt) {
   if (seqs.tokens == 0) return;
   const Params p = params(sp);
   const bool out = y != nullptr;
@@ -989,11 +991,14 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
       check_launch("selective_scan");
     }
     if (out)
-      scan_kernel<NPT, Cx, true><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seg_states, maxseg, seqs,
-                                                                  ckpt);
+      with_dtype(y_dtype, "selective_scan", [&](auto* tag) {
+        using YT = std::remove_pointer_t<decltype(tag)>;
+        scan_kernel<NPT, Cx, true, YT><<<grid, kThreads, 0, stream()>>>(p, src, static_cast<YT*>(y), ldy, states,
+                                                                        seg_states, maxseg, seqs, ckpt);
+      });
     else
-      scan_kernel<NPT, Cx, false><<<grid, kThreads, 0, stream()>>>(p, src, y, ldy, states, seg_states, maxseg, seqs,
-                                                                   ckpt);
+      scan_kernel<NPT, Cx, false, float><<<grid, kThreads, 0, stream()>>>(p, src, nullptr, ldy, states, seg_states,
+                                                                          maxseg, seqs, ckpt);
   });
   check_launch("selective_scan");
 }
@@ -1042,7 +1047,7 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
       check(cudaMemcpyAsync(scratch.get(), state0, state_bytes, cudaMemcpyDeviceToDevice, stream()), "selective_scan");
     else
       check(cudaMemsetAsync(scratch.get(), 0, state_bytes, stream()), "selective_scan");
-    selective_scan_forward(sp, x, ldx, dt, lddt, B, ldb, C, ldc, nullptr, 0, nullptr, 0,
+    selective_scan_forward(sp, x, ldx, dt, lddt, B, ldb, C, ldc, nullptr, 0, nullptr, DType::F32, 0,
                            static_cast<float*>(scratch.get()), seqs, static_cast<float*>(own.get()));
     checkpoints = static_cast<const float*>(own.get());
   }

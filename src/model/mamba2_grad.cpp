@@ -316,12 +316,12 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const int64_t rows = dev == Device::CUDA ? ops::selective_scan_checkpoint_rows(selective_weights(w.layers[0], c), seqs) : 0;
     m1.emplace(c, seqs, T, dev, cdt, keep, keep_checkpoints(keep, recompute, c, T, rows, cdt, dev) ? rows : 0);
   }
-  // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, and
-  // that copy is what the backward keeps (its only use of y), so the fp32 y is scratch.
+  // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, which
+  // the scan writes so (GPU), and that copy is what the backward keeps (its only use of y).
   const bool m1_narrow = m1 && cdt != DType::F32;
   Tensor zxbcdt_one, y_one;
   if (!g) zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
-  if (!g || m1_narrow) y_one = Tensor::empty({T, c.d_inner()}, dev);
+  if (!g && !m1_narrow) y_one = Tensor::empty({T, c.d_inner()}, dev);
   const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
@@ -340,7 +340,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     }
     ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
     Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}, dev) : zxbcdt_one;
-    Tensor y = g && !m1_narrow ? Tensor::empty({T, c.d_inner()}, dev) : y_one;
+    Tensor y = m1_narrow ? (g ? Tensor::empty({T, c.d_inner()}, dev, cdt) : gated)
+                         : (g ? Tensor::empty({T, c.d_inner()}, dev) : y_one);
     if (g) {
       sv.residual.push_back(Tensor::empty({T, D}, dev));
       copy(residual, sv.residual.back());
@@ -348,11 +349,6 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training, bias(l.in_proj_b));
     if (m1) {
       m1->forward(l, MatView::of(zxbcdt), MatView::of(xbc), MatView::of(y));
-      if (m1_narrow) {
-        Tensor rounded = g ? Tensor::empty({T, c.d_inner()}, dev, cdt) : gated;
-        ops::cast(MatView::of(y), MatView::of(rounded));
-        y = rounded;
-      }
       ops::linear(MatView::of(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
     } else {
       const Projections pr = split(MatView::of(zxbcdt), c);

@@ -77,14 +77,18 @@ int64_t selective_scan_checkpoint_rows(const SelectiveScanWeights& w, const SeqB
 
 void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatView B, MatView C, MatView z, MatView y,
                     MatView states, const SeqBatch& seqs, MatView checkpoints) {
-  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, y);
+  // y checked here (the GPU may write it rounded: out_proj's input); x stands in for it below.
+  const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, x);
+  check_shape(kOp, "y", y, x.rows, x.cols, x.device);
+  if (x.device == Device::CPU || !(y.dtype == DType::BF16 || y.dtype == DType::F16))
+    check_dtype(kOp, "y", y.dtype, DType::F32);
   check_states(w, "states", states, x.device);
   seqs.check(kOp, x.rows, x.device, states.rows);
   check_checkpoints(w, checkpoints, seqs, x.device);
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::selective_scan_forward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
-                                 z.ptr ? z.data() : nullptr, z.ld, y.data(), y.ld, states.data(), seqs.packed(),
+                                 z.ptr ? z.data() : nullptr, z.ld, y.ptr, y.dtype, y.ld, states.data(), seqs.packed(),
                                  checkpoints.ptr ? checkpoints.data() : nullptr);
 #else
     no_cuda_backend(__func__);
