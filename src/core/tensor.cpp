@@ -63,6 +63,16 @@ Tensor Tensor::prefix(int64_t n) const {
   return t;
 }
 
+Tensor Tensor::view(int64_t offset, Shape shape) const {
+  const int64_t n = shape_numel(shape);
+  if (offset < 0 || n < 0 || offset > numel() - n)
+    fail("[tensor] a view of {} elements at {} of a tensor of {}", n, offset, numel());
+  Tensor t = *this;
+  t.data_ = static_cast<char*>(data_) + dtype_bytes(dtype_, size_t(offset));
+  t.shape_ = std::move(shape);
+  return t;
+}
+
 Tensor Tensor::zeros(Shape shape, Device device, DType dtype) {
   Tensor t = empty(std::move(shape), device, dtype);
   t.set_zero();

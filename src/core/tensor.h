@@ -49,6 +49,8 @@ class Tensor {
 
   // The first n elements, as a 1-D tensor on the same device sharing this one's storage.
   Tensor prefix(int64_t n) const;
+  // Elements [offset, offset + numel(shape)) as a tensor of `shape`, sharing this one's storage.
+  Tensor view(int64_t offset, Shape shape) const;
 
   // A copy on `device` in `dtype` (converted on the host; fp32 ↔ bf16/f16 round to nearest even;
   // Q8_0 and Q4_0, on the CPU only, quantize each row's blocks of 32: rows a multiple of 32 long).

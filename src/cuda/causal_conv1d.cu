@@ -167,15 +167,20 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
   float acc[kMaxTaps + 1] = {};
   float dp[kMaxTaps] = {};
   int64_t su = sequence_of(seqs.starts, seqs.count, t0), st = su;  // sequences of u and of t = u - (K-1)
-  int64_t next_u = seqs.starts[su + 1];
+  // The ends of u's and of t's sequences: the sequence tables are read again only past them (a
+  // load and a test a token were a third of the kernel's instructions).
+  int64_t next_u = seqs.starts[su + 1], end_t = next_u;
   lane.load_window(in, ldin, states, seqs.slots, su, seqs.starts[su], t0, c, C, K);
+  const float* xp = in + t0 * ldin + c;     // token u0's input and output gradient
+  const float* gp = d_out + t0 * lddo + c;
+  Din* dip = d_in + (t0 - (K - 1)) * lddi + c;  // token u0 − (K−1)'s input gradient
   for (int64_t u0 = t0; u0 < t1 + K - 1; u0 += kConvBackTile) {
     float xs[kConvBackTile], gs[kConvBackTile];
 #pragma unroll
     for (int i = 0; i < kConvBackTile; ++i) {
       const bool in_range = u0 + i < u_end;
-      xs[i] = in_range ? in[(u0 + i) * ldin + c] : 0.0f;
-      gs[i] = in_range ? d_out[(u0 + i) * lddo + c] : 0.0f;
+      xs[i] = in_range ? xp[i * ldin] : 0.0f;
+      gs[i] = in_range ? gp[i * lddo] : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < kConvBackTile; ++i) {
@@ -205,14 +210,17 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
       dp[0] = d;
       const int64_t t = u - (K - 1);
       if (t < t0) continue;
-      while (seqs.starts[st + 1] <= t) ++st;
-      const int64_t end = seqs.starts[st + 1];
+      if (t >= end_t) {
+        while (seqs.starts[st + 1] <= t) ++st;
+        end_t = seqs.starts[st + 1];
+      }
       float g = 0.0f;
 #pragma unroll
       for (int j = 0; j < kMaxTaps; ++j)  // tap j of output u - j reads input t
-        if (j < K && u - j < end) g += lane.w[j] * dp[j];
-      store_f32(d_in + t * lddi + c, g);
+        if (j < K && u - j < end_t) g += lane.w[j] * dp[j];
+      store_f32(dip + i * lddi, g);
     }
+    xp += kConvBackTile * ldin, gp += kConvBackTile * lddo, dip += kConvBackTile * lddi;
   }
   double* p = partial + chunk * (C * K + C);
 #pragma unroll

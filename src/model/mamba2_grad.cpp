@@ -492,18 +492,35 @@ void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view) {
 }
 
 Gradients make_gradients(const ModelWeights& w) {
-  auto like = [](const Tensor& t) { return Tensor::zeros(t.shape(), t.device()); };  // fp32 whatever t's dtype
+  // fp32 whatever w's dtype, each a view into one buffer on a 256-byte boundary: zero_gradients
+  // clears them with one memset (one per tensor was ~240 a 130m step, ~0.7 ms on the H200).
+  const bool tied = w.lm_head.raw() == w.embedding.raw();
+  const auto span = [](const Tensor& t) { return (t.numel() + 63) / 64 * 64; };
+  int64_t total = span(w.embedding) + span(w.norm_f) + (tied ? 0 : span(w.lm_head));
+  for (const LayerWeights& l : w.layers)
+    l.map([&](const Tensor& t) { return total += span(t), Tensor(); });
   Gradients g;
+  g.storage = Tensor::zeros({total}, w.embedding.device());
+  int64_t at = 0;
+  const auto like = [&](const Tensor& t) {
+    Tensor v = g.storage.view(at, t.shape());
+    at += span(t);
+    return v;
+  };
   g.embedding = like(w.embedding);
   for (const LayerWeights& l : w.layers)
     g.layers.push_back(l.map(like));
   g.norm_f = like(w.norm_f);
-  g.lm_head = w.lm_head.data() == w.embedding.data() ? g.embedding : like(w.lm_head);
+  g.lm_head = tied ? g.embedding : like(w.lm_head);
   g.embedding_name = w.embedding_name;
   return g;
 }
 
 void zero_gradients(Gradients& g) {
+  if (g.storage.raw()) {
+    g.storage.set_zero();
+    return;
+  }
   auto zero = [](Tensor& t) { t.set_zero(); };
   zero(g.embedding);
   for (LayerWeights& l : g.layers)

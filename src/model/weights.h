@@ -69,6 +69,8 @@ struct ModelWeights {
   Tensor lm_head;    // (vocab_padded, d_model); shares the embedding's buffer when tied
   // The embedding's name in the checkpoint it came from (official: backbone.embedding.weight).
   std::string embedding_name = "backbone.embeddings.weight";
+  // When set, every tensor above is a view into it (make_gradients': zeroed by one memset).
+  Tensor storage;
 };
 
 // Every tensor the model needs must be present with the right shape, and nothing else
