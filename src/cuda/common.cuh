@@ -86,8 +86,9 @@ __device__ __forceinline__ float rcp_approx(float v) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
   return r;
 }
+constexpr float kLog2e = 1.4426950408889634f;  // log2 e, for exps by the SFU's 2^x
 // e^v for v ≤ 0 (never overflows): 2^(v·log2 e); the product's rounding adds |v|·2⁻²⁴ relative.
-__device__ __forceinline__ float exp_nonpos(float v) { return exp2_approx(v * 1.4426950408889634f); }
+__device__ __forceinline__ float exp_nonpos(float v) { return exp2_approx(v * kLog2e); }
 // log(1 + w) for w ∈ [0, 1]: w·Q(w), Q the degree-8 minimax fit of log1p(w)/w on [0, 1] (relative
 // error 3e-8; 2e-7 evaluated in fp32), scripts/fit_log1p.py.
 __device__ __forceinline__ float log1p_unit(float w) {

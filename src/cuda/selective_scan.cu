@@ -53,7 +53,6 @@ constexpr int forward_blocks(int npt) { return npt <= 4 ? 6 : 1; }
 // once, took it to 200 and 2 blocks otherwise), what more state indices need beyond.
 constexpr int backward_blocks(int npt) { return npt <= 4 ? 3 : 1; }
 static_assert(kTile % kRows == 0);
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMaxStates = 64;                // d_state ≤ kGroup · 16
 // The backward walks a sequence back in chunks of KC tokens, each from the state at its start (a
 // checkpoint the forward scan leaves); KC tokens' states and decays are held in registers at once.
@@ -1013,8 +1012,7 @@ void selective_scan_step(const SelectiveScanParams& sp, const float* x, int64_t 
   const dim3 grid(unsigned(ceil_div(p.D, kChannels)), unsigned(nb));
   // float4 loads of dt_w's rows and of dt_proj's input: 16-byte aligned rows (the choice follows
   // the buffers, never nb, and the sums are the same either way).
-  const auto a16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
-  const bool dt_vec = dt_w && R % 4 == 0 && lddt % 4 == 0 && a16(dt_w) && a16(dt);
+  const bool dt_vec = dt_w && aligned16(dt_w, R, sizeof(float)) && aligned16(dt, lddt, sizeof(float));
   dispatch(p.N, p.A_imag != nullptr, [&](auto npt, auto cx) {
     with_dtype(y_dtype, "selective_scan", [&](auto* tag) {
       using YT = std::remove_pointer_t<decltype(tag)>;

@@ -45,7 +45,7 @@ constexpr int kThreads = 256;   // 16×16: thread (ty, tx) owns rows 4·ty.. and
 constexpr int kTile = 64;       // rows and columns of a block tile
 constexpr int kMaxChunk = 256;  // chunk_decay: 32 lanes × 8 tokens
 constexpr int kMaxHeaddim = 256;
-constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLog2eD = 1.4426950408889634;  // log2 e in double (common.cuh's kLog2e is a float)
 constexpr int kStride = kTile + 4;  // shared row stride: float4-aligned, rows 4 banks apart
 
 // The chunk with global index c: the last sequence i whose chunks start at or before c (an empty
@@ -266,7 +266,7 @@ __device__ __forceinline__ void load_rows(float* dst, int stride, const float* s
 
 // What pass 2 keeps of a: in double (fp32 compute), or a·log2(e) in fp32 (tensor cores).
 __device__ __forceinline__ void store_a(double* out, double a) { *out = a; }
-__device__ __forceinline__ void store_a(float* out, double a) { *out = float(a * kLog2e); }
+__device__ __forceinline__ void store_a(float* out, double a) { *out = float(a * kLog2eD); }
 
 // The start of pass 1 (both forms): the block's work by ticket (Chain), its chunk, dt and a
 // (chunk_decay) and w[t] = exp(a[last] - a[t])·dt[t] in shared memory; tile 0 also stores dt and
@@ -1043,7 +1043,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
           if (lane >= off) incl += o;
         }
         const float excl = __shfl_up_sync(0xffffffffu, incl, 1);
-        const float a0 = float(double(lane > 0 ? excl + v0 : v0) * kLog2e), a1 = float(double(incl) * kLog2e);
+        const float a0 = float(double(lane > 0 ? excl + v0 : v0) * kLog2eD), a1 = float(double(incl) * kLog2eD);
         const float last = __shfl_sync(0xffffffffu, a1, 31);
         sdt[t] = d0, sdt[t + 1] = d1;
         sa[t] = a0, sa[t + 1] = a1;
@@ -1111,7 +1111,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
       if (ahead) issue(ch.tok0 + (s + 1) * kSpan, min(kSpan, ch.len - (s + 1) * kSpan), false, bbuf(s + 1),
                        xbuf(s + 1));
       const float a2_last = span_prologue(s, s == 0, xbuf(s), Xw, ahead);
-      a_chunk += double(a2_last) / kLog2e;
+      a_chunk += double(a2_last) / kLog2eD;
       update_state(a2_last, bbuf(s), Xw);
       __syncthreads();  // span s's buffers are free for span s+2
     }
@@ -1846,7 +1846,7 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
       for (int e = 0; e < 4; ++e) {
         const int tl = r0 + lane / 4 + 8 * (e / 2), sl = 8 * j + 2 * (lane % 4) + e % 2;
         const bool on = tl < rows_in && sl <= tl + diag;
-        const float ex = exp2_approx(float(((e < 2 ? at_lo : at_hi) - s_as[b][sl]) * kLog2e)), dts = s_dts[b][sl];
+        const float ex = exp2_approx(float(((e < 2 ? at_lo : at_hi) - s_as[b][sl]) * kLog2eD)), dts = s_dts[b][sl];
         const float ge = on ? acc[j][e] * ex : 0.0f, cv = ge * cbv[j][e], mm = cv * dts;
         rs[e / 2] += mm;
         cc[e % 2] += cv;

@@ -185,9 +185,10 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
     const cuda::SelectiveScanGradPtrs gp{g.x.data(), g.x.ld, g.dt.data(), g.dt.ld, g.B.data(), g.B.ld, g.C.data(),
                                          g.C.ld, g.z.ptr, g.z.dtype, g.z.ld, ptr(g.state0), g.A_log.data(),
                                          g.A_imag ? g.A_imag->data() : nullptr, g.D.data(), g.dt_bias.data()};
-    // The rows the slots index (the backward copies the start states for its own forward).
+    // The rows the slots index (without checkpoints the backward copies the start states to form them).
     int64_t state_rows = 0;
-    for (int64_t slot : seqs.slots()) state_rows = std::max(state_rows, slot + 1);
+    if (!checkpoints.ptr)
+      for (int64_t slot : seqs.slots()) state_rows = std::max(state_rows, slot + 1);
     cuda::selective_scan_backward(cuda_params(p), x.data(), x.ld, dt.data(), dt.ld, B.data(), B.ld, C.data(), C.ld,
                                   ptr(z), z.ld, ptr(states0), state_rows, d_y.data(), d_y.ld, ptr(d_states_final),
                                   ptr(checkpoints), gp, seqs.packed());
