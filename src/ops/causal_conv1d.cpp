@@ -90,7 +90,7 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
     check_shape("causal_conv1d", what, *m, T, C, dev);
     if (m != &d_in) check_dtype("causal_conv1d", what, m->dtype, DType::F32);
   }
-  check_gradient_out_dtype("causal_conv1d", "d_in", d_in.dtype, dev);
+  check_projection_operand_dtype("causal_conv1d", "d_in", d_in.dtype, dev);
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
   check_len("causal_conv1d", "d_weight", d_w, w.numel(), dev);

@@ -21,9 +21,10 @@ inline void check_dtype(const char* op, const char* what, DType got, DType want)
   if (got != want) fail("[{}] {} is {}, expected {}", op, what, dtype_name(got), dtype_name(want));
 }
 
-// A gradient that only feeds a projection's backward (in_proj's d_zxbcdt): fp32, or on the GPU
-// already in the projection's BF16 / F16, rounded once by the op that writes it.
-inline void check_gradient_out_dtype(const char* op, const char* what, DType got, Device device) {
+// An output that only feeds a projection (a gradient for its backward, as in_proj's d_zxbcdt or
+// the head's d_logits, or its input, as the Mamba-1 scan's y): fp32, or on the GPU already in the
+// projection's BF16 / F16, rounded once by the op that writes it.
+inline void check_projection_operand_dtype(const char* op, const char* what, DType got, Device device) {
   if (got == DType::F32 || (device == Device::CUDA && (got == DType::BF16 || got == DType::F16))) return;
   fail("[{}] {} is {}, expected F32{}", op, what, dtype_name(got), device == Device::CUDA ? ", BF16 or F16" : "");
 }

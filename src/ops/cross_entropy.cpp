@@ -12,9 +12,7 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
   check_dtype("cross_entropy", "logits", logits.dtype, DType::F32);
   if (d_logits.ptr) {
     check_shape("cross_entropy", "d_logits", d_logits, n, V, dev);
-    // On the GPU the gradient may be written rounded to bf16 / f16 (the head's backward operand).
-    if (dev == Device::CPU || !(d_logits.dtype == DType::BF16 || d_logits.dtype == DType::F16))
-      check_dtype("cross_entropy", "d_logits", d_logits.dtype, DType::F32);
+    check_projection_operand_dtype("cross_entropy", "d_logits", d_logits.dtype, dev);
   }
   if (n > 0 && V == 0) fail("[cross_entropy] logits have no columns");
   for (size_t r = 0; r < targets.size(); ++r)

@@ -82,7 +82,7 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
     check_shape("gated_rmsnorm", what, *m, n, d, dev);
     if (m != &d_z) check_dtype("gated_rmsnorm", what, m->dtype, DType::F32);
   }
-  check_gradient_out_dtype("gated_rmsnorm", "d_z", d_z.dtype, dev);
+  check_projection_operand_dtype("gated_rmsnorm", "d_z", d_z.dtype, dev);
   check_len("gated_rmsnorm", "weight", w, d, dev);
   check_len("gated_rmsnorm", "d_weight", d_w, d, dev);
   if (ngroups <= 0 || d % ngroups != 0) fail("[gated_rmsnorm] {} channels do not split into {} groups", d, ngroups);

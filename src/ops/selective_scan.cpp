@@ -80,8 +80,7 @@ void selective_scan(const SelectiveScanWeights& w, MatView x, MatView dt, MatVie
   // y checked here (the GPU may write it rounded: out_proj's input); x stands in for it below.
   const cpu::SelectiveScanParams p = params(w, x, dt, B, C, z, x);
   check_shape(kOp, "y", y, x.rows, x.cols, x.device);
-  if (x.device == Device::CPU || !(y.dtype == DType::BF16 || y.dtype == DType::F16))
-    check_dtype(kOp, "y", y.dtype, DType::F32);
+  check_projection_operand_dtype(kOp, "y", y.dtype, x.device);
   check_states(w, "states", states, x.device);
   seqs.check(kOp, x.rows, x.device, states.rows);
   check_checkpoints(w, checkpoints, seqs, x.device);
@@ -169,7 +168,7 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
   }
   if (z.ptr) {
     check_shape(kOp, "d_z", g.z, T, x.cols, dev);
-    check_gradient_out_dtype(kOp, "d_z", g.z.dtype, dev);
+    check_projection_operand_dtype(kOp, "d_z", g.z.dtype, dev);
   }
   check_len(kOp, "d_A_log", g.A_log, w.A_log.numel(), dev);
   if (w.A_imag) {

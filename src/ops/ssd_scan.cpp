@@ -125,7 +125,7 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
     check_shape("ssd_scan", what, *m, T, cols, dev);
     if (m != &g.dt) check_dtype("ssd_scan", what, m->dtype, DType::F32);
   }
-  check_gradient_out_dtype("ssd_scan", "d_dt", g.dt.dtype, dev);
+  check_projection_operand_dtype("ssd_scan", "d_dt", g.dt.dtype, dev);
   int64_t rows = INT64_MAX;  // slots index the state rows given, if any
   for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
     if (!m.ptr) continue;
