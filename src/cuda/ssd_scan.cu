@@ -1735,7 +1735,7 @@ template <class T>
 __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d, const float* dtp, const double* ap,
                                                                    const float* CB, const T* Xh, const T* dYh, T* M,
                                                                    T* dCB, double* row_m, double* col_c,
-                                                                   double* col_m) {
+                                                                   double* col_m, bool m_upper) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ double s_at[2][kTile], s_as[2][kTile];
   __shared__ float s_dts[2][kTile], s_col[4][2][kTile];
@@ -1762,9 +1762,9 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
         }
       }
   };
-  if (si > ti) {
+  if (si > ti) {  // zeros: dCB's (and M's for a GEMM that reads all of it)
     const float zero[8][4] = {};
-    for (int64_t h = g * hpg; h < (g + 1) * hpg; ++h) store_tile(M + (c * d.H + h) * QQ, zero);
+    for (int64_t h = g * hpg; m_upper && h < (g + 1) * hpg; ++h) store_tile(M + (c * d.H + h) * QQ, zero);
     store_tile(dcb, zero);
     return;
   }
@@ -1885,71 +1885,19 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
   store_tile(dcb, dcbv);
 }
 
-// Block (chunk, head), warp w the rows w, w + 8, ...: d_x = Mᵀ d_y + D·d_y + w[t]·(B[t] dS_endᵀ)
-// (the first term from dXh) into the packed d_x, and the rows' dot products; then thread t the
-// row t's da and ddt (the pairs' tile sums added in tile order, in double; the terms through
-// exp(a[t]) and w), the end state's part of da[last], the reverse cumsum through a = cumsum(dt·A),
-// d_dt_raw, and the chunk's sums for d_D, d_A_log and d_dt_bias (partials, by chunk).
-constexpr int kRowsAWarp = 2;
-template <class Ddt>  // d_dt's type: fp32, or the compute dtype when only in_proj's backward reads it
-__global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
-    SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx, const float* d_y, int64_t lddy,
-    const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* S0,
-    const float* dSend, const float* dtp, const double* ap, const double* row_m, const double* col_c,
-    const double* col_m, float* d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
-  __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
-  __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
-  __shared__ double s_dA;
-  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP(), PN = d.PN(), NT = d.NT();
-  const int64_t u = (c * d.H + h) * Q;
-  const Chunk ch = find_chunk(seqs, c, Q);
+// The rows' tail, thread t the row t (kThreads ≥ Q), once the block has the rows' dot products
+// Σ d_y·x (s_rowD), Σ d_y·Z (s_dot) and Σ x·Z2 (s_dw): row t's da and ddt (the pairs' tile sums
+// added in tile order, in double; the terms through exp(a[t]) and w), the end state's part of
+// da[last], the reverse cumsum through a = cumsum(dt·A), d_dt_raw, and the chunk's sums for d_D,
+// d_A_log and d_dt_bias (partials, by chunk). s_da and s_ddt: kMaxChunk doubles each.
+template <class Ddt>
+__device__ void rows_tail(const SsdParams& p, const Chunk& ch, const BwdDims& d, int64_t c, int64_t h,
+                          const float* dt_raw, int64_t lddt, const float* S0, const float* dSend, const float* dtp,
+                          const double* ap, const double* row_m, const double* col_c, const double* col_m,
+                          const float* s_dot, const float* s_dw, const float* s_rowD, double* s_da, double* s_ddt,
+                          double& s_dA, Ddt* d_dt, int64_t ldd_dt, double* partials) {
+  const int64_t Q = d.Q, PN = d.PN(), NT = d.NT(), u = (c * d.H + h) * Q;
   const double a_last = ap[u + Q - 1];
-  const float Dh = p.D[h];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // kRowsAWarp rows a warp at once, 64 columns a round, every load issued before the first use.
-  constexpr int R = kRowsAWarp;
-  for (int64_t tb = int64_t(warp) * R; tb < Q; tb += (kThreads / 32) * R) {
-    float rowD[R] = {}, dot[R] = {}, dw[R] = {}, wt[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-      wt[r] = tb + r < ch.len ? expf(float(a_last - ap[u + tb + r])) * dtp[u + tb + r] : 0.0f;
-    for (int64_t q0 = 0; q0 < P; q0 += 64) {
-      float dy[R][2], xv[R][2], z[R][2], z2[R][2], dxh[R][2];
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t t = tb + r, q = q0 + lane + 32 * e, tok = ch.tok0 + t, zr = (c * Q + t) * HP + h * P + q;
-          const bool in = t < ch.len && q < P;
-          dy[r][e] = in ? d_y[tok * lddy + h * P + q] : 0.0f;
-          xv[r][e] = in ? x[tok * ldx + h * P + q] : 0.0f;
-          z[r][e] = in ? Z[zr] : 0.0f;
-          z2[r][e] = in ? Z2[zr] : 0.0f;
-          dxh[r][e] = in ? dXh[(u + t) * P + q] : 0.0f;
-        }
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t t = tb + r, q = q0 + lane + 32 * e;
-          rowD[r] += dy[r][e] * xv[r][e];
-          dot[r] += dy[r][e] * z[r][e];
-          dw[r] += xv[r][e] * z2[r][e];
-          if (t < ch.len && q < P)
-            d_x[(ch.tok0 + t) * lddx + h * P + q] = (dxh[r][e] + Dh * dy[r][e]) + wt[r] * z2[r][e];
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      for (int off = 16; off > 0; off >>= 1) {
-        rowD[r] += __shfl_xor_sync(0xffffffffu, rowD[r], off);
-        dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
-        dw[r] += __shfl_xor_sync(0xffffffffu, dw[r], off);
-      }
-      if (lane == 0 && tb + r < Q) s_rowD[tb + r] = rowD[r], s_dot[tb + r] = dot[r], s_dw[tb + r] = dw[r];
-    }
-  }
-  __syncthreads();
   const int64_t t = threadIdx.x;
   double dD = 0.0, gw = 0.0;
   if (t < Q) {
@@ -1999,6 +1947,268 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
   partials[c * 3 * d.H + 2 * d.H + h] = dD;
 }
 
+// Block (chunk, head), warp w the rows w, w + 8, ...: d_x = Mᵀ d_y + D·d_y + w[t]·(B[t] dS_endᵀ)
+// (the first term from dXh) into the packed d_x, and the rows' dot products; then rows_tail.
+constexpr int kRowsAWarp = 2;
+template <class Ddt>  // d_dt's type: fp32, or the compute dtype when only in_proj's backward reads it
+__global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
+    SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx, const float* d_y, int64_t lddy,
+    const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* S0,
+    const float* dSend, const float* dtp, const double* ap, const double* row_m, const double* col_c,
+    const double* col_m, float* d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
+  __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
+  __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
+  __shared__ double s_dA;
+  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP();
+  const int64_t u = (c * d.H + h) * Q;
+  const Chunk ch = find_chunk(seqs, c, Q);
+  const double a_last = ap[u + Q - 1];
+  const float Dh = p.D[h];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // kRowsAWarp rows a warp at once, 64 columns a round, every load issued before the first use.
+  constexpr int R = kRowsAWarp;
+  for (int64_t tb = int64_t(warp) * R; tb < Q; tb += (kThreads / 32) * R) {
+    float rowD[R] = {}, dot[R] = {}, dw[R] = {}, wt[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      wt[r] = tb + r < ch.len ? expf(float(a_last - ap[u + tb + r])) * dtp[u + tb + r] : 0.0f;
+    for (int64_t q0 = 0; q0 < P; q0 += 64) {
+      float dy[R][2], xv[R][2], z[R][2], z2[R][2], dxh[R][2];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = tb + r, q = q0 + lane + 32 * e, tok = ch.tok0 + t, zr = (c * Q + t) * HP + h * P + q;
+          const bool in = t < ch.len && q < P;
+          dy[r][e] = in ? d_y[tok * lddy + h * P + q] : 0.0f;
+          xv[r][e] = in ? x[tok * ldx + h * P + q] : 0.0f;
+          z[r][e] = in ? Z[zr] : 0.0f;
+          z2[r][e] = in ? Z2[zr] : 0.0f;
+          dxh[r][e] = in ? dXh[(u + t) * P + q] : 0.0f;
+        }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t t = tb + r, q = q0 + lane + 32 * e;
+          rowD[r] += dy[r][e] * xv[r][e];
+          dot[r] += dy[r][e] * z[r][e];
+          dw[r] += xv[r][e] * z2[r][e];
+          if (t < ch.len && q < P)
+            d_x[(ch.tok0 + t) * lddx + h * P + q] = (dxh[r][e] + Dh * dy[r][e]) + wt[r] * z2[r][e];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      for (int off = 16; off > 0; off >>= 1) {
+        rowD[r] += __shfl_xor_sync(0xffffffffu, rowD[r], off);
+        dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
+        dw[r] += __shfl_xor_sync(0xffffffffu, dw[r], off);
+      }
+      if (lane == 0 && tb + r < Q) s_rowD[tb + r] = rowD[r], s_dot[tb + r] = dot[r], s_dw[tb + r] = dw[r];
+    }
+  }
+  __syncthreads();
+  rows_tail(p, ch, d, c, h, dt_raw, lddt, S0, dSend, dtp, ap, row_m, col_c, col_m, s_dot, s_dw, s_rowD, s_da, s_ddt,
+            s_dA, d_dt, ldd_dt, partials);
+}
+
+// The tensor-core form of the rows' products and bwd_rows (bf16 / f16): block (chunk, head) forms,
+// 64 rows s at a time, Z2 = B dS_endᵀ and Z = C S_startᵀ (k over the state) and dXh = Mᵀ d_y (k
+// over the tiles of rows t ≥ s: M is 0 above its diagonal) on mma.sync from the rounded operands,
+// and uses each where bwd_rows reads it, so that none of the three (Q × P fp32 a head) is stored.
+// 8 warps: warp w the rows 16(w%4).. of the tile and the columns 32(w/4).. (lane l the elements
+// of mma's layout); a row's sums over its half's lanes, then half 0's plus half 1's. The next
+// tile of M and d_y is copied in while this one is used. Headdim a multiple of 8 up to 64,
+// d_state up to 128, the chunk a multiple of 8 (16-byte copies of M's rows).
+constexpr int kRowsTcMaxP = 64, kRowsTcMaxN = 128;
+
+template <class T>
+size_t rows_tc_smem(int64_t N) {  // S_start, dS_end, C, B; two stages of M and d_y
+  return sizeof(T) * size_t(4 * kTile * state_stride(N) + 4 * kTile * kTcStride);
+}
+
+template <class T, class Ddt>
+__global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
+    SsdParams p, PackedSeqs seqs, BwdDims d, const float* __restrict__ x, int64_t ldx,
+    const float* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const T* M,
+    const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* S0, const float* dSend,
+    const float* dtp, const double* ap, const double* row_m, const double* col_c, const double* col_m,
+    float* __restrict__ d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk], s_part[2][3][kTile];
+  __shared__ double s_dA;
+  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, N = d.N, GN = d.GN(), NT = d.NT();
+  const int64_t u = (c * d.H + h) * Q, g = h / (d.H / d.G);
+  const Chunk ch = find_chunk(seqs, c, Q);
+  const double a_last = ap[u + Q - 1];
+  const float Dh = p.D[h];
+  const int NS = int(state_stride(N)), KN = int((N + 15) / 16);
+  T* Ss = reinterpret_cast<T*>(smem);  // [q][n]
+  T* Ds = Ss + kTile * NS;             // [q][n]
+  T* Cs = Ds + kTile * NS;             // [s][n]
+  T* Bs = Cs + kTile * NS;             // [s][n]
+  T* Ms = Bs + kTile * NS;             // [stage][t][s]
+  T* Ys = Ms + 2 * kTile * kTcStride;  // [stage][t][q]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = 16 * (warp % 4), half = warp / 4;
+  const int c0 = 32 * half;
+  // dst's 64 rows (stride ld) to `width` columns: src's first rows_in rows and cols_in columns
+  // (stride lds), zeros elsewhere; by 16-byte cp.async where the rows allow it (cols_in, lds and
+  // src multiples of 8 elements), else element by element.
+  const auto stage = [&](T* dst, int ld, const T* src, int64_t lds, int rows_in, int cols_in, int width,
+                         bool async) {
+    const int pieces = width / 8;
+    for (int i = threadIdx.x; i < kTile * pieces; i += kThreads) {
+      const int r = i / pieces, q = 8 * (i % pieces);
+      T* o = dst + r * ld + q;
+      if (async) {
+        const bool in = r < rows_in && q < cols_in;
+        cp_async16(o, src + (in ? r * lds + q : 0), in ? 16 : 0);
+      } else {
+        for (int e = 0; e < 8; ++e) o[e] = r < rows_in && q + e < cols_in ? src[r * lds + q + e] : T(0.0f);
+      }
+    }
+  };
+  const bool nvec = N % 8 == 0;
+  stage(Ss, NS, S0t + (c * d.H + h) * d.PN(), N, int(P), int(N), 16 * KN, nvec);
+  stage(Ds, NS, dSendt + (c * d.H + h) * d.PN(), N, int(P), int(N), 16 * KN, nvec);
+  // Tile (kt, st) of M (rows t, columns s) and rows kt.. of d_y into stage b.
+  const auto stage_pair = [&](int64_t kt, int64_t st, int b) {
+    const int rows_in = int(min(int64_t(kTile), Q - kt * kTile)), cols_in = int(min(int64_t(kTile), Q - st * kTile));
+    stage(Ms + b * kTile * kTcStride, kTcStride, M + (u + kt * kTile) * Q + st * kTile, Q, rows_in, cols_in, kTile,
+          true);
+    stage(Ys + b * kTile * kTcStride, kTcStride, dYh + (u + kt * kTile) * P, P, rows_in, int(P), kTile, true);
+  };
+  for (int64_t st = 0; st < NT; ++st) {
+    const int64_t s0 = st * kTile;
+    const int rows_in = int(min(int64_t(kTile), Q - s0));
+    stage(Cs, NS, Cp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), 16 * KN, nvec);
+    stage(Bs, NS, Bp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), 16 * KN, nvec);
+    stage_pair(st, st, 0);
+    cp_async_commit();
+    // The thread's x and d_y, as its accumulators' elements [j][2i + e]: row s0 + r0 + l/4 + 8i,
+    // column c0 + 8j + 2(l%4) + e.
+    float xv[4][4], dyv[4][4], wt[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t s = s0 + r0 + lane / 4 + 8 * i, tok = ch.tok0 + s;
+      wt[i] = s < ch.len ? expf(float(a_last - ap[u + s])) * dtp[u + s] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t q = c0 + 8 * j + 2 * (lane % 4);
+        float2 xs{0.0f, 0.0f}, ys{0.0f, 0.0f};
+        if (s < ch.len && q < P) {
+          const float *xp = x + tok * ldx + h * P + q, *yp = d_y + tok * lddy + h * P + q;
+          if (vec) {
+            xs = *reinterpret_cast<const float2*>(xp), ys = *reinterpret_cast<const float2*>(yp);
+          } else {
+            xs = {xp[0], xp[1]}, ys = {yp[0], yp[1]};
+          }
+        }
+        xv[j][2 * i] = xs.x, xv[j][2 * i + 1] = xs.y, dyv[j][2 * i] = ys.x, dyv[j][2 * i + 1] = ys.y;
+      }
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    if (st + 1 < NT) {
+      stage_pair(st + 1, st, 1);
+      cp_async_commit();
+    }
+    // K over the state: acc += A·Bᵀ with A's rows in `as` and B's in `bs`, both [row][n].
+    const auto state_product = [&](float (&acc)[4][4], const T* as, const T* bs) {
+      for (int ks = 0; ks < KN; ++ks) {
+        uint32_t a[4];
+        ldsm(a, a_rows(as, NS, r0, 16 * ks));
+#pragma unroll
+        for (int j = 0; j < 4; j += 2) {
+          uint32_t bb[4];
+          ldsm(bb, b_rows(bs, NS, c0 + 8 * j, 16 * ks));
+          mma<T>(acc[j], a, bb[0], bb[1]);
+          mma<T>(acc[j + 1], a, bb[2], bb[3]);
+        }
+      }
+    };
+    float z2[4][4] = {}, acc[4][4] = {};
+    state_product(z2, Bs, Ds);
+    state_product(acc, Cs, Ss);
+    float rowD[2] = {}, dot[2] = {}, dw[2] = {};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        rowD[e / 2] += dyv[j][e] * xv[j][e];
+        dot[e / 2] += dyv[j][e] * acc[j][e];
+        dw[e / 2] += xv[j][e] * z2[j][e];
+        acc[j][e] = 0.0f;
+      }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float v[3] = {rowD[i], dot[i], dw[i]};
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        v[k] += __shfl_xor_sync(0xffffffffu, v[k], 1);
+        v[k] += __shfl_xor_sync(0xffffffffu, v[k], 2);
+        if (lane % 4 == 0) s_part[half][k][r0 + lane / 4 + 8 * i] = v[k];
+      }
+    }
+    // dXh = Mᵀ d_y over the tiles kt ≥ st.
+    for (int64_t kt = st; kt < NT; ++kt) {
+      const int b = int((kt - st) % 2);
+      if (kt > st) {
+        if (kt + 1 < NT) {
+          stage_pair(kt + 1, st, 1 - b);
+          cp_async_commit();
+          cp_async_wait_all_but_last();
+        } else {
+          cp_async_wait_all();
+        }
+        __syncthreads();
+      }
+      const T* ms = Ms + b * kTile * kTcStride;
+      const T* ys = Ys + b * kTile * kTcStride;
+#pragma unroll
+      for (int ks = 0; ks < kTile / 16; ++ks) {
+        uint32_t a[4];
+        ldsm_trans(a, a_cols(ms, kTcStride, r0, 16 * ks));
+#pragma unroll
+        for (int j = 0; j < 4; j += 2) {
+          uint32_t bb[4];
+          ldsm_trans(bb, b_cols(ys, kTcStride, c0 + 8 * j, 16 * ks));
+          mma<T>(acc[j], a, bb[0], bb[1]);
+          mma<T>(acc[j + 1], a, bb[2], bb[3]);
+        }
+      }
+      __syncthreads();  // stage b is used up (and s_part written)
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t s = s0 + r0 + lane / 4 + 8 * i;
+      if (s >= ch.len) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t q = c0 + 8 * j + 2 * (lane % 4);
+        if (q >= P) continue;
+        float2 v;
+        v.x = (acc[j][2 * i] + Dh * dyv[j][2 * i]) + wt[i] * z2[j][2 * i];
+        v.y = (acc[j][2 * i + 1] + Dh * dyv[j][2 * i + 1]) + wt[i] * z2[j][2 * i + 1];
+        float* o = d_x + (ch.tok0 + s) * lddx + h * P + q;
+        if (vec) *reinterpret_cast<float2*>(o) = v;
+        else o[0] = v.x, o[1] = v.y;
+      }
+    }
+    if (threadIdx.x < kTile && s0 + threadIdx.x < Q) {
+      const int r = threadIdx.x;
+      s_rowD[s0 + r] = s_part[0][0][r] + s_part[1][0][r];
+      s_dot[s0 + r] = s_part[0][1][r] + s_part[1][1][r];
+      s_dw[s0 + r] = s_part[0][2][r] + s_part[1][2][r];
+    }
+  }
+  __syncthreads();
+  double* s_da = reinterpret_cast<double*>(Cs);  // C's and B's tiles are used up
+  rows_tail(p, ch, d, c, h, dt_raw, lddt, S0, dSend, dtp, ap, row_m, col_c, col_m, s_dot, s_dw, s_rowD, s_da,
+            s_da + kMaxChunk, s_dA, d_dt, ldd_dt, partials);
+}
+
 // Block per padded row (chunk, t) of a real token: the padded d_B and d_C to the packed ones.
 __global__ void bwd_scatter_kernel(PackedSeqs seqs, BwdDims d, const float* dBp, const float* dCp, float* d_B,
                                    int64_t lddb, float* d_C, int64_t lddc) {
@@ -2025,7 +2235,15 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   };
   auto f = [&](int64_t count) { return static_cast<float*>(scratch(count, sizeof(float))); };
   auto op_t = [&](int64_t count) { return static_cast<T*>(scratch(count, sizeof(T))); };
-  float *dtp = f(NC * H * Q), *dXh = f(NC * H * Q * P), *Z = f(NC * Q * HP), *Z2 = f(NC * Q * HP);
+  // On tensor cores the pairs' and (up to headdim 64, d_state 128) the rows' products run in the
+  // kernels; otherwise dM = dY Xᵀ, dXh = Mᵀ dY, Z and Z2 are cuBLASLt products stored for them.
+  bool pairs_tc = false, rows_tc = false;
+  if constexpr (!std::is_same_v<T, float>) {
+    pairs_tc = P % 8 == 0 && P <= kMaxPairHeaddim;
+    rows_tc = pairs_tc && P <= kRowsTcMaxP && N <= kRowsTcMaxN && Q % 8 == 0;
+  }
+  float *dtp = f(NC * H * Q), *dXh = nullptr, *Z = nullptr, *Z2 = nullptr;
+  if (!rows_tc) dXh = f(NC * H * Q * P), Z = f(NC * Q * HP), Z2 = f(NC * Q * HP);
   float *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN), *CB = f(NC * G * QQ);
   float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = f(NC * H * PN);
   T *Xh = op_t(NC * H * Q * P), *dYh = op_t(NC * H * Q * P), *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
@@ -2062,32 +2280,32 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
                          stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, S0t, dSendt, g.state0);
   check_launch(op);
   const dim3 pair_grid{unsigned(NC), unsigned(G), unsigned(NT * NT)};
-  bool on_tensor_cores = false;
-  if constexpr (!std::is_same_v<T, float>) {
-    on_tensor_cores = P % 8 == 0 && P <= kMaxPairHeaddim;
-    if (on_tensor_cores) {
-      const size_t smem = 4 * size_t(kTile) * pair_stride(P) * sizeof(T);
-      check(cudaFuncSetAttribute(bwd_pairs_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-      bwd_pairs_tc_kernel<T><<<pair_grid, kPairThreads, smem, stream()>>>(d, dtp, ap, CB, Xh, dYh, M, dCB, row_m,
-                                                                          col_c, col_m);
-    }
-  }
-  if (!on_tensor_cores) {
+  if (pairs_tc) {
+    const size_t smem = 4 * size_t(kTile) * pair_stride(P) * sizeof(T);
+    check(cudaFuncSetAttribute(bwd_pairs_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+    bwd_pairs_tc_kernel<T><<<pair_grid, kPairThreads, smem, stream()>>>(d, dtp, ap, CB, Xh, dYh, M, dCB, row_m, col_c,
+                                                                        col_m, !rows_tc);
+  } else {
     // dM = dY Xᵀ (Q × Q) per (chunk, head), then the pairs.
     float* dM = f(NC * H * QQ);
     gemm(Q, Q, P, opd(dYh, P, Q * P, false), opd(Xh, P, Q * P, true), dM, Q, QQ, NC * H, 0.0f, op);
     bwd_pairs_kernel<T><<<pair_grid, kThreads, 0, stream()>>>(d, dtp, ap, CB, dM, M, dCB, row_m, col_c, col_m);
   }
   check_launch(op);
-  // Mᵀ dY (Q × P) per (chunk, head).
-  gemm(Q, P, Q, opd(M, Q, QQ, true), opd(dYh, P, Q * P, false), dXh, P, Q * P, NC * H, 0.0f, op);
+  if (!rows_tc) {
+    // Mᵀ dY (Q × P) per (chunk, head); Z = C S_startᵀ and Z2 = B dS_endᵀ (Q × P a head, the
+    // group's heads side by side).
+    gemm(Q, P, Q, opd(M, Q, QQ, true), opd(dYh, P, Q * P, false), dXh, P, Q * P, NC * H, 0.0f, op);
+    for (int64_t gi = 0; gi < G; ++gi) {
+      const int64_t h0 = gi * hpg;
+      gemm(Q, hpg * P, N, opd(Cp + gi * N, GN, Q * GN, false), opd(S0t + h0 * PN, N, H * PN, true), Z + h0 * P, HP,
+           Q * HP, NC, 0.0f, op);
+      gemm(Q, hpg * P, N, opd(Bp + gi * N, GN, Q * GN, false), opd(dSendt + h0 * PN, N, H * PN, true), Z2 + h0 * P,
+           HP, Q * HP, NC, 0.0f, op);
+    }
+  }
   for (int64_t gi = 0; gi < G; ++gi) {
     const int64_t h0 = gi * hpg;
-    // Z = C S_startᵀ and Z2 = B dS_endᵀ (Q × P a head, the group's heads side by side).
-    gemm(Q, hpg * P, N, opd(Cp + gi * N, GN, Q * GN, false), opd(S0t + h0 * PN, N, H * PN, true), Z + h0 * P, HP,
-         Q * HP, NC, 0.0f, op);
-    gemm(Q, hpg * P, N, opd(Bp + gi * N, GN, Q * GN, false), opd(dSendt + h0 * PN, N, H * PN, true), Z2 + h0 * P,
-         HP, Q * HP, NC, 0.0f, op);
     // dC = dCB B + Σ_heads (exp(a)∘dY) S_start; dB = dCBᵀ C + Σ_heads (w∘X) dS_end.
     gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, false), opd(Bp + gi * N, GN, Q * GN, false), dCp + gi * N, GN,
          Q * GN, NC, 0.0f, op);
@@ -2100,6 +2318,18 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   }
   with_dtype(g.dt_dtype, op, [&](auto* tag) {
     using Ddt = std::remove_pointer_t<decltype(tag)>;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (rows_tc) {
+        const bool vec = pairs && g.ldx % 2 == 0 && reinterpret_cast<uintptr_t>(g.x) % 8 == 0;
+        const size_t smem = rows_tc_smem<T>(N);
+        auto* kernel = bwd_rows_tc_kernel<T, Ddt>;
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+        kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, M, dYh, Bp, Cp,
+                                                    S0t, dSendt, S0, dSend, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
+                                                    static_cast<Ddt*>(g.dt), g.lddt, partials);
+        return;
+      }
+    }
     bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, S0,
                                                            dSend, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
                                                            static_cast<Ddt*>(g.dt), g.lddt, partials);
