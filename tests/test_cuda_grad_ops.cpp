@@ -473,14 +473,16 @@ TEST(CudaGradOps, SsdScanBackwardMatchesCpu) {
 // that cancel to a fraction of either, so its error relative to its own norm is several times
 // that, and the per-head sums (d_dt_bias, d_A_log) inherit it. Bounds: 8u for x, B, C and the
 // states, 32u for d_dt and the per-head sums (d_D, a plain Σ d_y·x, carries no rounding: 1e-5).
-// The first three cases form the rows' products in the rows kernel (headdim ≤ 64, d_state ≤ 128,
-// chunk a multiple of 8); the last two through cuBLASLt (headdim 128; d_state 160, chunk 36).
+// The first four cases form the rows' products in the rows kernel (headdim ≤ 64, d_state ≤ 128,
+// chunk a multiple of 8); the last two through cuBLASLt (headdim 128; d_state 160, chunk 36). In
+// the fourth every chunk is whole, so d_B and d_C are written in place rather than scattered.
 TEST(CudaGradOps, SsdScanBackwardOnTensorCoresMatchesCpuWithinRounding) {
   MAMBA2_REQUIRE_GPU();
   const SsdCase cases[] = {
       {4, 8, 2, 16, {15, 1, 33, 16, 17}, 16, true, true},
       {6, 40, 3, 100, {130, 7}, 64, true, false},
       {4, 64, 2, 128, {300, 211}, 256, true, true},
+      {3, 32, 1, 64, {128, 64}, 64, true, true},
       {2, 128, 1, 32, {100, 40}, 64, true, true},
       {2, 16, 1, 160, {70, 3}, 36, false, true},
   };

@@ -1578,34 +1578,42 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
   }
 }
 
-// Block (sequence, head, 256 state elements): the states at the chunks' starts, S ← e·S + S_c in
+// Block (sequence, head, 256 state elements z): the states at the chunks' starts, S ← e·S + S_c in
 // chunk order from the initial state (the slot's row), and the gradients of the chunks' end
 // states, G ← e·G + dS_c in reverse order from the final state's; the first chunk's start gradient
-// to d_state0. Both in fp32, and rounded to T as the operands of the state terms.
+// to d_state0. Both in fp32 (the gradients only for T = fp32: otherwise only their rounded copies
+// are read), and rounded to T as the operands of the state terms; the block's part of each
+// chunk's Σ dS_end·S_start (the end state's term of da) to dots[(chunk·H + head)·nz + z].
 template <class T>
 __global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, const float* state0,
                                   const float* d_final, const float* Sc, const float* dSc, float* S0, float* dSend,
-                                  T* S0t, T* dSendt, float* d_state0) {
-  const int64_t s = blockIdx.x, h = blockIdx.y, PN = d.PN();
+                                  T* S0t, T* dSendt, float* d_state0, float* dots) {
+  const int64_t s = blockIdx.x, h = blockIdx.y, PN = d.PN(), nz = gridDim.z;
   const int64_t i = int64_t(blockIdx.z) * kThreads + threadIdx.x;
-  if (i >= PN) return;
+  const bool in = i < PN;  // every thread takes part in the block sums
   const int64_t c0 = seqs.chunk_starts[s], c1 = seqs.chunk_starts[s + 1], e = (seqs.slots[s] * d.H + h) * PN + i;
   auto decay = [&](int64_t c) { return expf(float(ap[(c * d.H + h) * d.Q + d.Q - 1])); };
-  float cur = state0 ? state0[e] : 0.0f;
-  for (int64_t c = c0; c < c1; ++c) {
+  float cur = state0 && in ? state0[e] : 0.0f;
+  for (int64_t c = c0; c < c1 && in; ++c) {
     const int64_t o = (c * d.H + h) * PN + i;
     S0[o] = cur;
     if constexpr (!std::is_same_v<T, float>) store_f32(S0t + o, cur);
     cur = decay(c) * cur + Sc[o];
   }
-  cur = d_final ? d_final[e] : 0.0f;
+  cur = d_final && in ? d_final[e] : 0.0f;
   for (int64_t c = c1 - 1; c >= c0; --c) {
     const int64_t o = (c * d.H + h) * PN + i;
-    dSend[o] = cur;
-    if constexpr (!std::is_same_v<T, float>) store_f32(dSendt + o, cur);
-    cur = decay(c) * cur + dSc[o];
+    float dot = 0.0f;
+    if (in) {
+      if constexpr (std::is_same_v<T, float>) dSend[o] = cur;
+      else store_f32(dSendt + o, cur);
+      dot = cur * S0[o];
+      cur = decay(c) * cur + dSc[o];
+    }
+    dot = block_sum<kThreads>(dot);
+    if (threadIdx.x == 0) dots[(c * d.H + h) * nz + blockIdx.z] = dot;
   }
-  if (d_state0) d_state0[e] = cur;
+  if (d_state0 && in) d_state0[e] = cur;
 }
 
 // Block (chunk, group, 64×64 tile (ti, si) of the chunk's (t, s) pairs), thread (ty, tx) the
@@ -1885,6 +1893,9 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
   store_tile(dcb, dcbv);
 }
 
+// bwd_states' blocks a (sequence, head): kThreads state elements each.
+__host__ __device__ inline int64_t state_blocks(const BwdDims& d) { return (d.PN() + kThreads - 1) / kThreads; }
+
 // The rows' tail, thread t the row t (kThreads ≥ Q), once the block has the rows' dot products
 // Σ d_y·x (s_rowD), Σ d_y·Z (s_dot) and Σ x·Z2 (s_dw): row t's da and ddt (the pairs' tile sums
 // added in tile order, in double; the terms through exp(a[t]) and w), the end state's part of
@@ -1892,11 +1903,11 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
 // d_A_log and d_dt_bias (partials, by chunk). s_da and s_ddt: kMaxChunk doubles each.
 template <class Ddt>
 __device__ void rows_tail(const SsdParams& p, const Chunk& ch, const BwdDims& d, int64_t c, int64_t h,
-                          const float* dt_raw, int64_t lddt, const float* S0, const float* dSend, const float* dtp,
+                          const float* dt_raw, int64_t lddt, const float* dots, const float* dtp,
                           const double* ap, const double* row_m, const double* col_c, const double* col_m,
                           const float* s_dot, const float* s_dw, const float* s_rowD, double* s_da, double* s_ddt,
                           double& s_dA, Ddt* d_dt, int64_t ldd_dt, double* partials) {
-  const int64_t Q = d.Q, PN = d.PN(), NT = d.NT(), u = (c * d.H + h) * Q;
+  const int64_t Q = d.Q, NT = d.NT(), u = (c * d.H + h) * Q, nz = state_blocks(d);
   const double a_last = ap[u + Q - 1];
   const int64_t t = threadIdx.x;
   double dD = 0.0, gw = 0.0;
@@ -1914,23 +1925,33 @@ __device__ void rows_tail(const SsdParams& p, const Chunk& ch, const BwdDims& d,
     s_ddt[t] = ddt + double(s_dw[t] * el);
     dD = double(s_rowD[t]);
   }
-  float sdot = 0.0f;
-  const float* S0h = S0 + (c * d.H + h) * PN;
-  const float* dSe = dSend + (c * d.H + h) * PN;
-  for (int64_t i = threadIdx.x; i < PN; i += kThreads) sdot += dSe[i] * S0h[i];
-  sdot = block_sum<kThreads>(sdot);
+  float sdot = 0.0f;  // Σ dS_end·S_start: the state blocks' parts in block order
+  for (int64_t z = 0; z < nz; ++z) sdot += dots[(c * d.H + h) * nz + z];
   dD = block_sum<kThreads, double>(dD);
   gw = block_sum<kThreads, double>(gw);
   const double A = -exp(double(p.A_log[h]));
-  if (threadIdx.x == 0) {
-    s_da[ch.len - 1] += double(expf(float(a_last)) * sdot) + gw;
-    double r = 0.0, dA = 0.0;
-    for (int64_t i = Q - 1; i >= 0; --i) {
+  if (threadIdx.x == 0) s_da[ch.len - 1] += double(expf(float(a_last)) * sdot) + gw;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    // The reverse cumsum r[i] = Σ_{j ≥ i} da[j] over warp 0: lane l the rows [l·E, (l+1)·E), its
+    // segment's total, the totals of the lanes after it (a fixed shuffle scan), then its rows.
+    const int lane = threadIdx.x, E = int((Q + 31) / 32);
+    const int i0 = min(int(Q), lane * E), i1 = min(int(Q), i0 + E);
+    double tail = 0.0;  // Σ of the segments of lanes ≥ l, then of lanes > l
+    for (int i = i1 - 1; i >= i0; --i) tail += s_da[i];
+    for (int off = 1; off < 32; off <<= 1) {
+      const double v = __shfl_down_sync(0xffffffffu, tail, off);
+      if (lane + off < 32) tail += v;
+    }
+    tail = __shfl_down_sync(0xffffffffu, tail, 1);
+    double r = lane < 31 ? tail : 0.0, dA = 0.0;
+    for (int i = i1 - 1; i >= i0; --i) {
       r += s_da[i];
       s_ddt[i] += A * r;
       dA += double(dtp[u + i]) * r;
     }
-    s_dA = dA;
+    for (int off = 16; off > 0; off >>= 1) dA += __shfl_xor_sync(0xffffffffu, dA, off);
+    if (lane == 0) s_dA = dA;
   }
   __syncthreads();
   double dbias = 0.0;
@@ -1953,8 +1974,8 @@ constexpr int kRowsAWarp = 2;
 template <class Ddt>  // d_dt's type: fp32, or the compute dtype when only in_proj's backward reads it
 __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
     SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx, const float* d_y, int64_t lddy,
-    const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* S0,
-    const float* dSend, const float* dtp, const double* ap, const double* row_m, const double* col_c,
+    const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* dots,
+    const float* dtp, const double* ap, const double* row_m, const double* col_c,
     const double* col_m, float* d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
   __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
   __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
@@ -2009,8 +2030,8 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
     }
   }
   __syncthreads();
-  rows_tail(p, ch, d, c, h, dt_raw, lddt, S0, dSend, dtp, ap, row_m, col_c, col_m, s_dot, s_dw, s_rowD, s_da, s_ddt,
-            s_dA, d_dt, ldd_dt, partials);
+  rows_tail(p, ch, d, c, h, dt_raw, lddt, dots, dtp, ap, row_m, col_c, col_m, s_dot, s_dw, s_rowD, s_da, s_ddt, s_dA,
+            d_dt, ldd_dt, partials);
 }
 
 // The tensor-core form of the rows' products and bwd_rows (bf16 / f16): block (chunk, head) forms,
@@ -2023,27 +2044,53 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
 // d_state up to 128, the chunk a multiple of 8 (16-byte copies of M's rows).
 constexpr int kRowsTcMaxP = 64, kRowsTcMaxN = 128;
 
-template <class T>
-size_t rows_tc_smem(int64_t N) {  // S_start, dS_end, C, B; two stages of M and d_y
-  return sizeof(T) * size_t(4 * kTile * state_stride(N) + 4 * kTile * kTcStride);
+template <class T, int NPAD>
+constexpr size_t rows_tc_smem() {  // S_start, dS_end, C, B; two stages of M and d_y
+  return sizeof(T) * size_t(4 * kTile * (NPAD + 8) + 4 * kTile * kTcStride);
 }
 
-template <class T, class Ddt>
+// A 64-row tile of PIECES 16-byte pieces a row (row stride ld) from src's first rows_in rows and
+// cols_in columns (stride lds), zeros elsewhere: by cp.async where the rows allow it (cols_in,
+// lds and src multiples of 8 elements), else element by element. Thread i takes the piece
+// i % PIECES of the rows i / PIECES + k·(kThreads / PIECES).
+template <int PIECES, class T>
+__device__ __forceinline__ void stage_tile(T* dst, int ld, const T* src, int64_t lds, int rows_in, int cols_in,
+                                           bool async) {
+  constexpr int kPass = kThreads / PIECES;  // rows a pass
+  const int r0 = threadIdx.x / PIECES, q = 8 * (threadIdx.x % PIECES);
+  T* o = dst + r0 * ld + q;
+  const T* from = src + r0 * lds + q;
+#pragma unroll
+  for (int k = 0; k < kTile / kPass; ++k) {
+    const int r = r0 + k * kPass;
+    if (async) {
+      const bool in = r < rows_in && q < cols_in;
+      cp_async16(o + k * kPass * ld, in ? from + k * kPass * lds : src, in ? 16 : 0);
+    } else {
+      for (int e = 0; e < 8; ++e)
+        o[k * kPass * ld + e] = r < rows_in && q + e < cols_in ? from[k * kPass * lds + e] : T(0.0f);
+    }
+  }
+}
+
+// NPAD: d_state padded with zeros to 64 or 128 (whole pieces and k-steps, compile-time strides).
+template <class T, int NPAD, class Ddt>
 __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     SsdParams p, PackedSeqs seqs, BwdDims d, const float* __restrict__ x, int64_t ldx,
     const float* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const T* M,
-    const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* S0, const float* dSend,
-    const float* dtp, const double* ap, const double* row_m, const double* col_c, const double* col_m,
+    const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* dots, const float* dtp, const double* ap, const double* row_m, const double* col_c, const double* col_m,
     float* __restrict__ d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk], s_part[2][3][kTile];
+  __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk], s_wt[kMaxChunk], s_part[2][3][kTile];
   __shared__ double s_dA;
   const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, N = d.N, GN = d.GN(), NT = d.NT();
   const int64_t u = (c * d.H + h) * Q, g = h / (d.H / d.G);
   const Chunk ch = find_chunk(seqs, c, Q);
   const double a_last = ap[u + Q - 1];
   const float Dh = p.D[h];
-  const int NS = int(state_stride(N)), KN = int((N + 15) / 16);
+  for (int64_t t = threadIdx.x; t < Q; t += kThreads)  // w[t], the end state's weight of row t
+    s_wt[t] = t < ch.len ? expf(float(a_last - ap[u + t])) * dtp[u + t] : 0.0f;
+  constexpr int NS = NPAD + 8, KN = NPAD / 16, NP = NPAD / 8;
   T* Ss = reinterpret_cast<T*>(smem);  // [q][n]
   T* Ds = Ss + kTile * NS;             // [q][n]
   T* Cs = Ds + kTile * NS;             // [s][n]
@@ -2052,47 +2099,41 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
   T* Ys = Ms + 2 * kTile * kTcStride;  // [stage][t][q]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = 16 * (warp % 4), half = warp / 4;
   const int c0 = 32 * half;
-  // dst's 64 rows (stride ld) to `width` columns: src's first rows_in rows and cols_in columns
-  // (stride lds), zeros elsewhere; by 16-byte cp.async where the rows allow it (cols_in, lds and
-  // src multiples of 8 elements), else element by element.
-  const auto stage = [&](T* dst, int ld, const T* src, int64_t lds, int rows_in, int cols_in, int width,
-                         bool async) {
-    const int pieces = width / 8;
-    for (int i = threadIdx.x; i < kTile * pieces; i += kThreads) {
-      const int r = i / pieces, q = 8 * (i % pieces);
-      T* o = dst + r * ld + q;
-      if (async) {
-        const bool in = r < rows_in && q < cols_in;
-        cp_async16(o, src + (in ? r * lds + q : 0), in ? 16 : 0);
-      } else {
-        for (int e = 0; e < 8; ++e) o[e] = r < rows_in && q + e < cols_in ? src[r * lds + q + e] : T(0.0f);
-      }
-    }
-  };
   const bool nvec = N % 8 == 0;
-  stage(Ss, NS, S0t + (c * d.H + h) * d.PN(), N, int(P), int(N), 16 * KN, nvec);
-  stage(Ds, NS, dSendt + (c * d.H + h) * d.PN(), N, int(P), int(N), 16 * KN, nvec);
+  stage_tile<NP>(Ss, NS, S0t + (c * d.H + h) * d.PN(), N, int(P), int(N), nvec);
+  stage_tile<NP>(Ds, NS, dSendt + (c * d.H + h) * d.PN(), N, int(P), int(N), nvec);
   // Tile (kt, st) of M (rows t, columns s) and rows kt.. of d_y into stage b.
   const auto stage_pair = [&](int64_t kt, int64_t st, int b) {
     const int rows_in = int(min(int64_t(kTile), Q - kt * kTile)), cols_in = int(min(int64_t(kTile), Q - st * kTile));
-    stage(Ms + b * kTile * kTcStride, kTcStride, M + (u + kt * kTile) * Q + st * kTile, Q, rows_in, cols_in, kTile,
-          true);
-    stage(Ys + b * kTile * kTcStride, kTcStride, dYh + (u + kt * kTile) * P, P, rows_in, int(P), kTile, true);
+    stage_tile<kTile / 8>(Ms + b * kTile * kTcStride, kTcStride, M + (u + kt * kTile) * Q + st * kTile, Q, rows_in,
+                          cols_in, true);
+    stage_tile<kTile / 8>(Ys + b * kTile * kTcStride, kTcStride, dYh + (u + kt * kTile) * P, P, rows_in, int(P),
+                          true);
   };
   for (int64_t st = 0; st < NT; ++st) {
     const int64_t s0 = st * kTile;
     const int rows_in = int(min(int64_t(kTile), Q - s0));
-    stage(Cs, NS, Cp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), 16 * KN, nvec);
-    stage(Bs, NS, Bp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), 16 * KN, nvec);
+    if (st + 1 < NT) {  // the next tile's rows of x and d_y and its column of M into the L2 (hints)
+      const int64_t n0 = s0 + kTile;
+      for (int i = threadIdx.x; i < 4 * kTile; i += kThreads) {  // x, d_y: 64 rows of two 128-byte lines
+        const int r = (i / 2) % kTile, line = i % 2;
+        if (n0 + r < ch.len && 32 * line < P) {
+          const int64_t tok = ch.tok0 + n0 + r;
+          prefetch_l2((i < 2 * kTile ? x + tok * ldx : d_y + tok * lddy) + h * P + 32 * line);
+        }
+      }
+      for (int64_t t = n0 + threadIdx.x; t < Q; t += kThreads) prefetch_l2(M + (u + t) * Q + n0);
+    }
+    stage_tile<NP>(Cs, NS, Cp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), nvec);
+    stage_tile<NP>(Bs, NS, Bp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), nvec);
     stage_pair(st, st, 0);
     cp_async_commit();
     // The thread's x and d_y, as its accumulators' elements [j][2i + e]: row s0 + r0 + l/4 + 8i,
     // column c0 + 8j + 2(l%4) + e.
-    float xv[4][4], dyv[4][4], wt[2];
+    float xv[4][4], dyv[4][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int64_t s = s0 + r0 + lane / 4 + 8 * i, tok = ch.tok0 + s;
-      wt[i] = s < ch.len ? expf(float(a_last - ap[u + s])) * dtp[u + s] : 0.0f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int64_t q = c0 + 8 * j + 2 * (lane % 4);
@@ -2116,6 +2157,7 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     }
     // K over the state: acc += A·Bᵀ with A's rows in `as` and B's in `bs`, both [row][n].
     const auto state_product = [&](float (&acc)[4][4], const T* as, const T* bs) {
+#pragma unroll
       for (int ks = 0; ks < KN; ++ks) {
         uint32_t a[4];
         ldsm(a, a_rows(as, NS, r0, 16 * ks));
@@ -2189,8 +2231,8 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
         const int64_t q = c0 + 8 * j + 2 * (lane % 4);
         if (q >= P) continue;
         float2 v;
-        v.x = (acc[j][2 * i] + Dh * dyv[j][2 * i]) + wt[i] * z2[j][2 * i];
-        v.y = (acc[j][2 * i + 1] + Dh * dyv[j][2 * i + 1]) + wt[i] * z2[j][2 * i + 1];
+        v.x = (acc[j][2 * i] + Dh * dyv[j][2 * i]) + s_wt[s] * z2[j][2 * i];
+        v.y = (acc[j][2 * i + 1] + Dh * dyv[j][2 * i + 1]) + s_wt[s] * z2[j][2 * i + 1];
         float* o = d_x + (ch.tok0 + s) * lddx + h * P + q;
         if (vec) *reinterpret_cast<float2*>(o) = v;
         else o[0] = v.x, o[1] = v.y;
@@ -2205,7 +2247,7 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
   }
   __syncthreads();
   double* s_da = reinterpret_cast<double*>(Cs);  // C's and B's tiles are used up
-  rows_tail(p, ch, d, c, h, dt_raw, lddt, S0, dSend, dtp, ap, row_m, col_c, col_m, s_dot, s_dw, s_rowD, s_da,
+  rows_tail(p, ch, d, c, h, dt_raw, lddt, dots, dtp, ap, row_m, col_c, col_m, s_dot, s_dw, s_rowD, s_da,
             s_da + kMaxChunk, s_dA, d_dt, ldd_dt, partials);
 }
 
@@ -2244,12 +2286,19 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   }
   float *dtp = f(NC * H * Q), *dXh = nullptr, *Z = nullptr, *Z2 = nullptr;
   if (!rows_tc) dXh = f(NC * H * Q * P), Z = f(NC * Q * HP), Z2 = f(NC * Q * HP);
-  float *dBp = f(NC * Q * GN), *dCp = f(NC * Q * GN), *CB = f(NC * G * QQ);
-  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = f(NC * H * PN);
+  // d_B and d_C straight into the packed gradients when every chunk is whole (padded rows =
+  // tokens), else padded and scattered.
+  const bool whole = NC * Q == seqs.tokens;
+  float *dBp = g.B, *dCp = g.C, *CB = f(NC * G * QQ);
+  int64_t lddb = g.ldb, lddc = g.ldc;
+  if (!whole) dBp = f(NC * Q * GN), dCp = f(NC * Q * GN), lddb = lddc = GN;
+  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = nullptr;
+  float* dots = f(NC * H * state_blocks(d));
   T *Xh = op_t(NC * H * Q * P), *dYh = op_t(NC * H * Q * P), *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
   T *Bp = op_t(NC * Q * GN), *Cp = op_t(NC * Q * GN), *M = op_t(NC * H * QQ), *dCB = op_t(NC * G * QQ);
-  T *S0t = reinterpret_cast<T*>(S0), *dSendt = reinterpret_cast<T*>(dSend);
-  if constexpr (!std::is_same_v<T, float>) S0t = op_t(NC * H * PN), dSendt = op_t(NC * H * PN);
+  T *S0t = nullptr, *dSendt = nullptr;
+  if constexpr (std::is_same_v<T, float>) dSend = f(NC * H * PN), S0t = S0, dSendt = dSend;
+  else S0t = op_t(NC * H * PN), dSendt = op_t(NC * H * PN);
   double *ap = static_cast<double*>(scratch(NC * H * Q, sizeof(double)));
   double* partials = static_cast<double*>(scratch(NC * 3 * H, sizeof(double)));
   double *row_m = static_cast<double*>(scratch(NC * H * NT * Q, sizeof(double))),
@@ -2276,8 +2325,8 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
     gemm(Q, Q, N, opd(Cp + gi * N, GN, Q * GN, false), opd(Bp + gi * N, GN, Q * GN, true), CB + gi * QQ, Q, G * QQ,
          NC, 0.0f, op);
   }
-  bwd_states_kernel<T><<<dim3(unsigned(seqs.count), unsigned(H), unsigned(ceil_div(PN, kThreads))), kThreads, 0,
-                         stream()>>>(seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, S0t, dSendt, g.state0);
+  bwd_states_kernel<T><<<dim3(unsigned(seqs.count), unsigned(H), unsigned(state_blocks(d))), kThreads, 0, stream()>>>(
+      seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, S0t, dSendt, g.state0, dots);
   check_launch(op);
   const dim3 pair_grid{unsigned(NC), unsigned(G), unsigned(NT * NT)};
   if (pairs_tc) {
@@ -2307,37 +2356,44 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   for (int64_t gi = 0; gi < G; ++gi) {
     const int64_t h0 = gi * hpg;
     // dC = dCB B + Σ_heads (exp(a)∘dY) S_start; dB = dCBᵀ C + Σ_heads (w∘X) dS_end.
-    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, false), opd(Bp + gi * N, GN, Q * GN, false), dCp + gi * N, GN,
-         Q * GN, NC, 0.0f, op);
+    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, false), opd(Bp + gi * N, GN, Q * GN, false), dCp + gi * N, lddc,
+         Q * lddc, NC, 0.0f, op);
     gemm(Q, N, hpg * P, opd(DYs + h0 * P, HP, Q * HP, false), opd(S0t + h0 * PN, N, H * PN, false), dCp + gi * N,
-         GN, Q * GN, NC, 1.0f, op);
-    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, true), opd(Cp + gi * N, GN, Q * GN, false), dBp + gi * N, GN,
-         Q * GN, NC, 0.0f, op);
+         lddc, Q * lddc, NC, 1.0f, op);
+    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, true), opd(Cp + gi * N, GN, Q * GN, false), dBp + gi * N, lddb,
+         Q * lddb, NC, 0.0f, op);
     gemm(Q, N, hpg * P, opd(XW + h0 * P, HP, Q * HP, false), opd(dSendt + h0 * PN, N, H * PN, false), dBp + gi * N,
-         GN, Q * GN, NC, 1.0f, op);
+         lddb, Q * lddb, NC, 1.0f, op);
   }
   with_dtype(g.dt_dtype, op, [&](auto* tag) {
     using Ddt = std::remove_pointer_t<decltype(tag)>;
     if constexpr (!std::is_same_v<T, float>) {
       if (rows_tc) {
         const bool vec = pairs && g.ldx % 2 == 0 && reinterpret_cast<uintptr_t>(g.x) % 8 == 0;
-        const size_t smem = rows_tc_smem<T>(N);
-        auto* kernel = bwd_rows_tc_kernel<T, Ddt>;
-        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-        kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, M, dYh, Bp, Cp,
-                                                    S0t, dSendt, S0, dSend, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
-                                                    static_cast<Ddt*>(g.dt), g.lddt, partials);
+        const auto launch = [&](auto npad) {
+          constexpr int NPAD = decltype(npad)::value;
+          constexpr size_t smem = rows_tc_smem<T, NPAD>();
+          auto* kernel = bwd_rows_tc_kernel<T, NPAD, Ddt>;
+          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+          kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, M, dYh, Bp, Cp,
+                                                      S0t, dSendt, dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
+                                                      static_cast<Ddt*>(g.dt), g.lddt, partials);
+        };
+        if (N <= 64) launch(std::integral_constant<int, 64>{});
+        else launch(std::integral_constant<int, 128>{});
         return;
       }
     }
-    bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, S0,
-                                                           dSend, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
+    bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, dots,
+                                                           dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
                                                            static_cast<Ddt*>(g.dt), g.lddt, partials);
   });
   check_launch(op);
-  bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dBp, dCp, g.B, g.ldb, g.C,
-                                                                                 g.ldc);
-  check_launch(op);
+  if (!whole) {
+    bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dBp, dCp, g.B, g.ldb,
+                                                                                   g.C, g.ldc);
+    check_launch(op);
+  }
   add_column_partials(partials, 3 * H, NC, H, g.dt_bias, op);
   add_column_partials(partials + H, 3 * H, NC, H, g.A_log, op);
   add_column_partials(partials + 2 * H, 3 * H, NC, H, g.D, op);
