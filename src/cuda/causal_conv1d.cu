@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
   lane.load_window(in, ldin, states, seqs.slots, su, seqs.starts[su], t0, c, C, K);
   const float* xp = in + t0 * ldin + c;     // token u0's input and output gradient
   const float* gp = d_out + t0 * lddo + c;
-  Din* dip = d_in + (t0 - (K - 1)) * lddi + c;  // token u0 − (K−1)'s input gradient
+  Din* dip = d_in + t0 * lddi + c;  // token u0's row: d_in of t = u − (K−1) is K−1 rows before u's
   for (int64_t u0 = t0; u0 < t1 + K - 1; u0 += kConvBackTile) {
     float xs[kConvBackTile], gs[kConvBackTile];
 #pragma unroll
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
 #pragma unroll
       for (int j = 0; j < kMaxTaps; ++j)  // tap j of output u - j reads input t
         if (j < K && u - j < end_t) g += lane.w[j] * dp[j];
-      store_f32(dip + i * lddi, g);
+      store_f32(dip + (int64_t(i) - (K - 1)) * lddi, g);
     }
     xp += kConvBackTile * ldin, gp += kConvBackTile * lddo, dip += kConvBackTile * lddi;
   }

@@ -88,6 +88,28 @@ __global__ void gated_rmsnorm_kernel(const float* __restrict__ y, int64_t ldy, c
   }
 }
 
+// The backward of a row (or group) of d values: s = 1/√(mean of squares + eps) and k = s³·dot/d
+// (dot = Σ go·w·v), so that the normed input's gradient is d_v = s·go·w − v·k. The rows and the
+// row kernels share these, so that both give the same bits.
+struct NormGrad {
+  float s, k;
+};
+__device__ __forceinline__ NormGrad norm_grad(float ss, float dot, int64_t d, float eps) {
+  const float s = rsqrtf(ss / float(d) + eps);
+  return {s, s * s * s * dot / float(d)};
+}
+__device__ __forceinline__ float add_norm_input_grad(NormGrad f, float go, float w, float r) {
+  return f.s * go * w - r * f.k;
+}
+// Gated (v = y·silu(z)): d_y = d_v·silu(z), d_z = d_v·y·silu'(z), and v itself.
+struct GatedGrads {
+  float dy, dz, v;
+};
+__device__ __forceinline__ GatedGrads gated_norm_input_grads(NormGrad f, float go, float w, float y, float z) {
+  const float sz = silu(z), dv = f.s * (go * w) - y * sz * f.k;
+  return {dv * sz, dv * y * silu_grad(z), y * sz};
+}
+
 // Block per chunk of rows, d ≤ kThreads·H: d_res += s·go∘w − r·s³·dot/d, and partial[chunk] the
 // chunk's Σ go∘r·s over its rows in order, in double. The sums' order is that of the H = 0 kernel.
 template <int H>
@@ -120,16 +142,13 @@ __global__ void add_rmsnorm_backward_rows_kernel(const float* __restrict__ resid
       ss += rv[j] * rv[j];
       dot += gv[j] * wv[j] * rv[j];
     }
-    ss = block_sum<kThreads>(ss);
-    dot = block_sum<kThreads>(dot);
-    const float s = rsqrtf(ss / float(d) + eps);
-    const float k = s * s * s * dot / float(d);
+    const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), d, eps);
 #pragma unroll
     for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i >= d) continue;
-      dr[i] += s * gv[j] * wv[j] - rv[j] * k;
-      acc[j] += double(gv[j]) * double(rv[j]) * double(s);
+      dr[i] += add_norm_input_grad(f, gv[j], wv[j], rv[j]);
+      acc[j] += double(gv[j]) * double(rv[j]) * double(f.s);
     }
   }
 #pragma unroll
@@ -152,12 +171,9 @@ __global__ void add_rmsnorm_backward_kernel(const float* residual, const float* 
     ss += r[i] * r[i];
     dot += go[i] * w[i] * r[i];
   }
-  ss = block_sum<kThreads>(ss);
-  dot = block_sum<kThreads>(dot);
-  const float s = rsqrtf(ss / float(d) + eps);
-  const float k = s * s * s * dot / float(d);
-  for (int64_t i = threadIdx.x; i < d; i += kThreads) dr[i] += s * go[i] * w[i] - r[i] * k;
-  if (threadIdx.x == 0) rstd[row] = s;
+  const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), d, eps);
+  for (int64_t i = threadIdx.x; i < d; i += kThreads) dr[i] += add_norm_input_grad(f, go[i], w[i], r[i]);
+  if (threadIdx.x == 0) rstd[row] = f.s;
 }
 
 // Block (column tile, row chunk): partial[chunk][c] = Σ over the chunk's rows in order of
@@ -222,21 +238,17 @@ __global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, 
         dot += gov[j] * wv[j] * v;
       }
     }
-    ss = block_sum<kThreads>(ss);
-    dot = block_sum<kThreads>(dot);
-    const float s = rsqrtf(ss / float(gs) + eps);
-    const float k = s * s * s * dot / float(gs);
+    const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), gs, eps);
     float* dy = d_y + row * lddy + c0;
     Dz* dz = d_z + row * lddz + c0;
 #pragma unroll
     for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i < gs) {
-        const float sz = silu(zv[j]), v = yv[j] * sz;
-        const float dv = s * (gov[j] * wv[j]) - yv[j] * sz * k;
-        dy[i] = dv * sz;
-        store_f32(dz + i, dv * yv[j] * silu_grad(zv[j]));
-        acc[j] += double(gov[j]) * double(v) * double(s);
+        const GatedGrads gg = gated_norm_input_grads(f, gov[j], wv[j], yv[j], zv[j]);
+        dy[i] = gg.dy;
+        store_f32(dz + i, gg.dz);
+        acc[j] += double(gov[j]) * double(gg.v) * double(f.s);
       }
     }
   }
@@ -268,17 +280,13 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
     ss += v * v;
     dot += go[i] * wg[i] * v;
   }
-  ss = block_sum<kThreads>(ss);
-  dot = block_sum<kThreads>(dot);
-  const float s = rsqrtf(ss / float(gs) + eps);
-  const float k = s * s * s * dot / float(gs);
+  const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), gs, eps);
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-    const float sz = silu(zr[i]);
-    const float dv = s * (go[i] * wg[i]) - yr[i] * sz * k;
-    dy[i] = dv * sz;
-    store_f32(dz + i, dv * yr[i] * silu_grad(zr[i]));
+    const GatedGrads gg = gated_norm_input_grads(f, go[i], wg[i], yr[i], zr[i]);
+    dy[i] = gg.dy;
+    store_f32(dz + i, gg.dz);
   }
-  if (threadIdx.x == 0) rstd[row * gridDim.y + g] = s;
+  if (threadIdx.x == 0) rstd[row * gridDim.y + g] = f.s;
 }
 
 // The weight gradient from the rows' scales: partials by chunk, then their ordered sum.
