@@ -2078,8 +2078,9 @@ template <class T, int NPAD, class Ddt>
 __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     SsdParams p, PackedSeqs seqs, BwdDims d, const float* __restrict__ x, int64_t ldx,
     const float* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const T* M,
-    const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* dots, const float* dtp, const double* ap, const double* row_m, const double* col_c, const double* col_m,
-    float* __restrict__ d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
+    const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* dots, const float* dtp,
+    const double* ap, const double* row_m, const double* col_c, const double* col_m, float* __restrict__ d_x,
+    int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk], s_wt[kMaxChunk], s_part[2][3][kTile];
   __shared__ double s_dA;
@@ -2384,8 +2385,8 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
         return;
       }
     }
-    bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2, dots,
-                                                           dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
+    bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2,
+                                                           dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
                                                            static_cast<Ddt*>(g.dt), g.lddt, partials);
   });
   check_launch(op);
