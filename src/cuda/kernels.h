@@ -216,8 +216,9 @@ void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t l
 // The backward over packed sequences (fp32), each from its state in state0 (null: zeros; its
 // slots index state_rows rows, read only without checkpoints) with its final state's gradient in
 // d_final (null: zeros), rows by slot: x, dt, B, C, z (when gated) and state0 (when set)
-// overwritten; A_log, A_imag, D, dt_bias accumulated (+=). checkpoints: the forward's (from the same inputs and states), or null: formed
-// here by the same kernels. The same bits either way, and every run.
+// overwritten; A_log, A_imag, D, dt_bias accumulated (+=). checkpoints: the forward's (from the
+// same inputs and states), or null: formed here by the same kernels. The same bits either way,
+// and every run.
 struct SelectiveScanGradPtrs {
   float* x;
   int64_t ldx;

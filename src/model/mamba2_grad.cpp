@@ -517,16 +517,8 @@ Gradients make_gradients(const ModelWeights& w) {
 }
 
 void zero_gradients(Gradients& g) {
-  if (g.storage.raw()) {
-    g.storage.set_zero();
-    return;
-  }
-  auto zero = [](Tensor& t) { t.set_zero(); };
-  zero(g.embedding);
-  for (LayerWeights& l : g.layers)
-    for (Tensor* t : l.present()) zero(*t);
-  zero(g.norm_f);
-  zero(g.lm_head);
+  if (!g.storage.raw()) fail("[model] zero_gradients: gradients not made by make_gradients (no common buffer)");
+  g.storage.set_zero();
 }
 
 double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span<const int32_t> ids,

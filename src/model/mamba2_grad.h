@@ -24,7 +24,7 @@ Gradients make_gradients(const ModelWeights& weights);
 // of the masters, refresh_compute_weights rounds the copies anew.
 ModelWeights compute_weights(const ModelWeights& masters, DType dtype);
 void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view);
-void zero_gradients(Gradients& grads);
+void zero_gradients(Gradients& grads);  // grads from make_gradients: one memset of their buffer
 
 // The mean next-token cross-entropy over the padded vocabulary of sequences packed back to back
 // in `ids` (`lengths` sum to ids.size()), each from a zero state as in Model::prefill without a
