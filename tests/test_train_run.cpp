@@ -425,7 +425,9 @@ TEST(TrainRun, ADataParallelWorldOfOneFollowsThePlainRun) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
     for (const char* k : {"loss", "grad_norm", "val_loss"})
-      if (a[i].contains(k)) EXPECT_NEAR(double(b[i][k]), double(a[i][k]), 1e-5 * std::abs(double(a[i][k]))) << k << " " << i;
+      if (a[i].contains(k)) {
+        EXPECT_NEAR(double(b[i][k]), double(a[i][k]), 1e-5 * std::abs(double(a[i][k]))) << k << " " << i;
+      }
 }
 
 // Data parallel on 2 GPUs (the CLI's launcher: a process per GPU, NCCL) against one GPU; the nodes

@@ -619,6 +619,19 @@ __device__ __forceinline__ const T* b_cols(const T* base, int ld, int n0, int k)
   return base + (k + l % 8 + ((l / 8) % 2) * 8) * ld + n0 + (l / 16) * 8;
 }
 
+// acc0 += A·(fragment 0), acc1 += A·(fragment 1) of the two 8-column B fragments that one
+// ldmatrix.x4 at b (b_rows, or b_cols when Trans) loads: the step every tensor-core loop repeats.
+template <class T, bool Trans>
+__device__ __forceinline__ void mma_pair(float (&acc0)[4], float (&acc1)[4], const uint32_t (&a)[4], const void* b) {
+  uint32_t r[4];
+  if constexpr (Trans)
+    ldsm_trans(r, b);
+  else
+    ldsm(r, b);
+  mma<T>(acc0, a, r[0], r[1]);
+  mma<T>(acc1, a, r[2], r[3]);
+}
+
 // dst[r][c] = T(scale[r]·src[r·ld + c]) for r < 64, c < cols (a multiple of 4, at most 256):
 // 0 outside r < nrows, c < ncols; scale may be null. Thread i keeps one float4 column, 4·(i % (cols
 // / 4)), and takes rows i / (cols / 4) + k·dr, dr = THREADS / (cols / 4) rows a pass (threads
@@ -699,10 +712,7 @@ __global__ __launch_bounds__(kStateThreads, 2) void chunk_state_tc_kernel(SsdPar
       ldsm_trans(a, a_cols(Xs, kTcStride, r0, k));
 #pragma unroll
       for (int j = 0; j < FW; j += 2) {
-        uint32_t b[4];
-        ldsm_trans(b, b_cols(Bs, kBStride, c0 + 8 * j, k));
-        mma<T>(acc[j], a, b[0], b[1]);
-        mma<T>(acc[j + 1], a, b[2], b[3]);
+        mma_pair<T, true>(acc[j], acc[j + 1], a, b_cols(Bs, kBStride, c0 + 8 * j, k));
       }
     }
     __syncthreads();
@@ -746,10 +756,7 @@ __global__ __launch_bounds__(kTcThreads) void chunk_cb_tc_kernel(SsdParams p, co
 #pragma unroll
     for (int j = 0; j < 8; j += 2) {
       if (j / 2 >= groups) break;
-      uint32_t b[4];
-      ldsm(b, b_rows(Bs, ns_, 8 * j, k));
-      mma<T>(acc[j], af, b[0], b[1]);
-      mma<T>(acc[j + 1], af, b[2], b[3]);
+      mma_pair<T, false>(acc[j], acc[j + 1], af, b_rows(Bs, ns_, 8 * j, k));
     }
   }
   float* out = cb + ((c * p.ngroups + g) * Qp + t0 + r0 + lane / 4) * Qp + s0 + 2 * (lane % 4);
@@ -807,10 +814,7 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
     ldsm(af, a_rows(Cs, ns_, r0, k));
 #pragma unroll
     for (int j = 0; j < 8; j += 2) {
-      uint32_t b[4];
-      ldsm(b, b_rows(Ss, ns_, 8 * j, k));
-      mma<T>(acc[j], af, b[0], b[1]);
-      mma<T>(acc[j + 1], af, b[2], b[3]);
+      mma_pair<T, false>(acc[j], acc[j + 1], af, b_rows(Ss, ns_, 8 * j, k));
     }
   }
   float at[2];
@@ -859,10 +863,7 @@ __global__ __launch_bounds__(kTcThreads, 4) void chunk_scan_tc_kernel(SsdParams 
         }
 #pragma unroll
       for (int j = 0; j < 8; j += 2) {
-        uint32_t b[4];
-        ldsm_trans(b, b_cols(Xs, kTcStride, 8 * j, 16 * kk));
-        mma<T>(acc[j], m, b[0], b[1]);
-        mma<T>(acc[j + 1], m, b[2], b[3]);
+        mma_pair<T, true>(acc[j], acc[j + 1], m, b_cols(Xs, kTcStride, 8 * j, 16 * kk));
       }
     }
   }
@@ -1079,10 +1080,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
       ldsm_trans(a, a_cols(ws, kTcStride, r0, k));
 #pragma unroll
       for (int j = 0; j < NF; j += 2) {
-        uint32_t b[4];
-        ldsm_trans(b, b_cols(bs, NS, NPAD / 2 * half + 8 * j, k));
-        mma<T>(st[j], a, b[0], b[1]);
-        mma<T>(st[j + 1], a, b[2], b[3]);
+        mma_pair<T, true>(st[j], st[j + 1], a, b_cols(bs, NS, NPAD / 2 * half + 8 * j, k));
       }
     }
   };
@@ -1164,17 +1162,11 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
       for (int li = 0; li < 2; ++li) {
         const int q = 2 * li + half;
         if (q > rt) break;
-        uint32_t b[4];
-        ldsm(b, b_rows(Bs, NS, 16 * q, 16 * k));
-        mma<T>(cb[li][0], af, b[0], b[1]);
-        mma<T>(cb[li][1], af, b[2], b[3]);
+        mma_pair<T, false>(cb[li][0], cb[li][1], af, b_rows(Bs, NS, 16 * q, 16 * k));
       }
 #pragma unroll
       for (int j = 0; j < 4; j += 2) {
-        uint32_t b[4];
-        ldsm(b, b_rows(Ss, NS, pc0 + 8 * j, 16 * k));
-        mma<T>(cs[j], af, b[0], b[1]);
-        mma<T>(cs[j + 1], af, b[2], b[3]);
+        mma_pair<T, false>(cs[j], cs[j + 1], af, b_rows(Ss, NS, pc0 + 8 * j, 16 * k));
       }
     }
     float at[2];
@@ -1221,10 +1213,7 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
       ldsm(m, a_rows(Ms, kTcStride, r0, 16 * q));
 #pragma unroll
       for (int j = 0; j < 4; j += 2) {
-        uint32_t b[4];
-        ldsm_trans(b, b_cols(xs, kTcStride, pc0 + 8 * j, 16 * q));
-        mma<T>(cs[j], m, b[0], b[1]);
-        mma<T>(cs[j + 1], m, b[2], b[3]);
+        mma_pair<T, true>(cs[j], cs[j + 1], m, b_cols(xs, kTcStride, pc0 + 8 * j, 16 * q));
       }
     }
     // y = that + D·x.
@@ -1834,10 +1823,7 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
       ldsm(a, a_rows(ys, LD, r0, 16 * ks));
 #pragma unroll
       for (int j = 0; j < 8; j += 2) {
-        uint32_t bb[4];
-        ldsm(bb, b_rows(xs, LD, 8 * j, 16 * ks));
-        mma<T>(acc[j], a, bb[0], bb[1]);
-        mma<T>(acc[j + 1], a, bb[2], bb[3]);
+        mma_pair<T, false>(acc[j], acc[j + 1], a, b_rows(xs, LD, 8 * j, 16 * ks));
       }
     }
     // Fragment by fragment: its terms, then its columns' sums over the warp's 16 rows (lanes 4
@@ -2164,10 +2150,7 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
         ldsm(a, a_rows(as, NS, r0, 16 * ks));
 #pragma unroll
         for (int j = 0; j < 4; j += 2) {
-          uint32_t bb[4];
-          ldsm(bb, b_rows(bs, NS, c0 + 8 * j, 16 * ks));
-          mma<T>(acc[j], a, bb[0], bb[1]);
-          mma<T>(acc[j + 1], a, bb[2], bb[3]);
+          mma_pair<T, false>(acc[j], acc[j + 1], a, b_rows(bs, NS, c0 + 8 * j, 16 * ks));
         }
       }
     };
@@ -2215,6 +2198,8 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
         ldsm_trans(a, a_cols(ms, kTcStride, r0, 16 * ks));
 #pragma unroll
         for (int j = 0; j < 4; j += 2) {
+          // mma_pair's step written out: through it ptxas schedules this kernel otherwise (the same
+          // instructions in another order, SASS 2026-12-04), a change not yet timed on the GPU.
           uint32_t bb[4];
           ldsm_trans(bb, b_cols(ys, kTcStride, c0 + 8 * j, 16 * ks));
           mma<T>(acc[j], a, bb[0], bb[1]);

@@ -125,7 +125,7 @@ void selective_scan_step_fused(const SelectiveScanWeights& w, MatView x, MatView
   const Device dev = x.device;
   if (dev != Device::CUDA) fail("[{}] the fused decode step runs on the GPU only", kOp);
   // dt_low and y checked here; x stands in for dt and y in the common checks (their shapes).
-  const cpu::SelectiveScanParams p = params(w, x, x, B, C, z, x);
+  [[maybe_unused]] const cpu::SelectiveScanParams p = params(w, x, x, B, C, z, x);  // unused without CUDA
   const int64_t R = dt_low.cols;
   if (dt_proj.rank() != 2 || dt_proj.dim(0) != x.cols || dt_proj.dim(1) != R)
     fail("[{}] dt_proj is {}, expected ({}, {})", kOp, shape_str(dt_proj.shape()), x.cols, R);
