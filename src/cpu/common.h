@@ -63,13 +63,42 @@ inline void sin_cos(double x, double& s, double& c) {
   c = std::cos(x);
 }
 
-// silu(v) = v·sigmoid(v), through e = exp(-|v|) ∈ (0, 1] so that it vectorises and never overflows.
-inline float silu(float v) {
-  const float e = exp_nonpos(-std::fabs(v));
-  const float r = 1.0f / (1.0f + e);
-  return v * (v >= 0.0f ? r : e * r);
+// sigmoid(v) through e = exp(-|v|) ∈ (0, 1], so that it vectorises and never overflows.
+template <class T>
+inline T sigmoid(T v) {
+  const T e = exp_nonpos(-std::fabs(v));
+  const T r = T(1) / (T(1) + e);
+  return v >= T(0) ? r : e * r;
 }
+// silu(v) = v·sigmoid(v).
+inline float silu(float v) { return v * sigmoid(v); }
 inline double silu(double v) { return v / (1.0 + std::exp(-v)); }
+
+// log(1 + w) for w ∈ [0, 1]: w·Q(w), Q the degree-8 minimax fit of log1p(w)/w on [0, 1] (relative
+// error 3e-8; ~2e-7 evaluated in fp32), scripts/fit_log1p.py, as the GPU's log1p_unit. Vectorises
+// where libm's log1pf is a scalar call.
+inline float log1p_unit(float w) {
+  float q = 5.232695490e-03f;
+  q = q * w - 2.950524352e-02f;
+  q = q * w + 7.822595537e-02f;
+  q = q * w - 1.366324574e-01f;
+  q = q * w + 1.910600662e-01f;
+  q = q * w - 2.484298199e-01f;
+  q = q * w + 3.331909776e-01f;
+  q = q * w - 4.999949336e-01f;
+  q = q * w + 9.999999404e-01f;
+  return w * q;
+}
+// softplus as torch.nn.functional.softplus (threshold 20): max(v, 0) + log(1 + e^−|v|), the same
+// function as log1p(e^v), from our exp and log1p alone (it vectorises, and its bits follow this
+// code rather than the libm glibc picks for the CPU).
+inline float softplus(float v) { return v > 20.0f ? v : std::max(v, 0.0f) + log1p_unit(exp_nonpos(-std::fabs(v))); }
+inline double softplus(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }
+// softplus' = sigmoid (1 above the threshold).
+template <class T>
+inline T softplus_grad(T v) {
+  return v > T(20) ? T(1) : sigmoid(v);
+}
 
 // softplus as torch.nn.functional.softplus (threshold 20), then the dt_limit clamp.
 inline float dt_activation(float raw, float bias, float lo, float hi) {
@@ -86,9 +115,7 @@ inline double dt_activation(double raw, double bias, double lo, double hi) {
 // silu'(v) = s·(1 + v·(1 - s)), s = sigmoid(v), with the same exp(-|v|) form.
 template <class T>
 inline T silu_grad(T v) {
-  const T e = exp_nonpos(-std::fabs(v));
-  const T r = T(1) / (T(1) + e);
-  const T s = v >= T(0) ? r : e * r;
+  const T s = sigmoid(v);
   return s * (T(1) + v * (T(1) - s));
 }
 

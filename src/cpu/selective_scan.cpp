@@ -19,9 +19,9 @@
 // N = 16 instantiation change an element's sequence of roundings: the scan and the step give the
 // same bits for a token, and a sequence's bits never depend on its batch or the threads. The
 // backward recomputes the forward with BlockScan too, token by token.
-// (The scalar libm calls — expf for A and in softplus, log1pf — are glibc's, which picks an
-// implementation by CPU at load time; the promise across instruction sets is ours, not libm's.
-// The complex decay's sine and cosine are ours, cpu::sin_cos.)
+// (The scalar libm call — expf for A — is glibc's, which picks an implementation by CPU at load
+// time; the promise across instruction sets is ours, not libm's. δ's softplus and its derivative
+// and the complex decay's sine and cosine are ours: cpu::softplus, cpu::sin_cos.)
 //
 // Backward (blocks of kBlock channels as lanes again, each lane one channel, from the end of the
 // sequence; g = ∂loss/∂h_t, h recomputed forward first):
@@ -56,9 +56,10 @@ inline T finish(bool complex, T sum, T D, T x) {
   return (complex ? T(2) * sum : sum) + D * x;
 }
 
+// δ = softplus(dt + bias): Mamba-1 has no dt_limit clamp.
 template <class T>
 inline T softplus_dt(T raw, T bias) {
-  return dt_activation(raw, bias, T(0), T(INFINITY));
+  return softplus(raw + bias);
 }
 
 template <class T>
@@ -366,13 +367,16 @@ void selective_scan_step(const SelectiveScanParams& p, const float* x, int64_t l
 namespace {
 
 // dB and dC of a token: the block's lanes' terms added by a fixed tree (halves added).
+// Each level into its own array (in place, the compiler kept the last levels on the stack, a
+// store and reload a step).
 template <class T>
 inline T lane_sum(const T (&v)[kBlock]) {
-  T w[kBlock];
-  std::copy_n(v, kBlock, w);
-  for (int64_t h = kBlock / 2; h >= 1; h /= 2)
-    for (int64_t c = 0; c < h; ++c) w[c] += w[c + h];
-  return w[0];
+  static_assert(kBlock == 16);
+  T w8[8], w4[4], w2[2];
+  for (int64_t c = 0; c < 8; ++c) w8[c] = v[c] + v[c + 8];
+  for (int64_t c = 0; c < 4; ++c) w4[c] = w8[c] + w8[c + 4];
+  for (int64_t c = 0; c < 2; ++c) w2[c] = w4[c] + w4[c + 2];
+  return w2[0] + w2[1];
 }
 
 // The operands and gradients of one sequence's backward.
@@ -398,7 +402,7 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
   constexpr int64_t K = kBlock;
   const SelectiveScanParamsT<T>& p = o.p;
   const int64_t N = p.d_state, S = Complex ? 2 * N : N, bw = S, SK = S * K, L = o.L;
-  const size_t need = size_t((L + 1) * SK + L * SK + 3 * L * K + 4 * N * K + 2 * N * K + SK + 2 * N * K);
+  const size_t need = size_t((L + 1) * SK + L * SK + 3 * L * K + 4 * N * K + 2 * N * K + SK + 2 * N * K + 2 * SK);
   if (ws.size() < need) ws.resize(need);
   T* hs = ws.data();
   T* dec = hs + (L + 1) * SK;  // the decays exp(δA) of every token (Re, then Im), as hs's rows
@@ -410,6 +414,7 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
   T* gh = dA + 2 * N * K;      // ∂loss/∂h, as hs's rows
   T* ar = gh + SK;             // Re A and Im A, n-major lanes
   T* ai = ar + N * K;
+  auto* lanes = reinterpret_cast<T(*)[K]>(ai + N * K);  // a token's dB and dC terms: 2·S rows of lanes
   BlockScan<NC, Complex, T> blk(p, blk_ws);
   blk.load_A(A_re_all, d0, nc);
   if (o.state0)
@@ -460,13 +465,22 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
     T gy[K], xv[K], dx[K], sum_gB[K] = {}, d_delta[K] = {};
     for (int64_t c = 0; c < K; ++c) {
       xv[c] = c < nc ? o.x[t * o.ldx + d0 + c] : T(0);
-      dx[c] = dl[c] * xv[c];
       gy[c] = c < nc ? o.d_y[t * o.lddy + d0 + c] : T(0);
-      if (o.z && c < nc) {
-        const T zt = o.z[t * o.ldz + d0 + c];
-        g.d_z[t * g.lddz + d0 + c] = gy[c] * ypre[t * K + c] * silu_grad(zt);
-        gy[c] = gy[c] * silu(zt);
+    }
+    if (o.z) {
+      // The gate over whole lanes (it vectorises; the lanes past nc are not written).
+      T zt[K], dz[K];
+      for (int64_t c = 0; c < K; ++c) zt[c] = c < nc ? o.z[t * o.ldz + d0 + c] : T(0);
+#pragma omp simd
+      for (int64_t c = 0; c < K; ++c) {
+        dz[c] = gy[c] * ypre[t * K + c] * silu_grad(zt[c]);
+        gy[c] = gy[c] * silu(zt[c]);
       }
+      std::copy_n(dz, nc, g.d_z + t * g.lddz + d0);
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < K; ++c) {
+      dx[c] = dl[c] * xv[c];
       dD[c] += gy[c] * xv[c];
     }
     for (int64_t n = 0; n < N; ++n) {
@@ -478,7 +492,8 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
         const T* hpn = hp + n * K;
         const T* an = dec + t * SK + n * K;
         T* ghn = gh + n * K;
-        T vC[K], vB[K];
+        T(&vC)[K] = lanes[2 * n];
+        T(&vB)[K] = lanes[2 * n + 1];
 #pragma omp simd
         for (int64_t c = 0; c < K; ++c) {
           vC[c] = gy[c] * hn[c];
@@ -491,8 +506,6 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
           dArn[c] += dl[c] * da * a;
           ghn[c] = a * gn;
         }
-        pC[t * bw + n] += lane_sum(vC);
-        pB[t * bw + n] += lane_sum(vB);
       } else {
         const T br = Bt[2 * n], bi = Bt[2 * n + 1], cr = Ct[2 * n], ci = Ct[2 * n + 1];
         const T* ain = ai + n * K;
@@ -500,7 +513,10 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
         const T *hr = h + n * K, *hi = h + (N + n) * K, *hpr = hp + n * K, *hpi = hp + (N + n) * K;
         T *ghr = gh + n * K, *ghi = gh + (N + n) * K;
         const T *ern = dec + t * SK + n * K, *ein = dec + t * SK + (N + n) * K;
-        T vCr[K], vCi[K], vBr[K], vBi[K];
+        T(&vCr)[K] = lanes[4 * n];
+        T(&vCi)[K] = lanes[4 * n + 1];
+        T(&vBr)[K] = lanes[4 * n + 2];
+        T(&vBi)[K] = lanes[4 * n + 3];
 #pragma omp simd
         for (int64_t c = 0; c < K; ++c) {
           vCr[c] = T(2) * gy[c] * hr[c];
@@ -518,17 +534,26 @@ void backward_block(const BackOperands<T>& o, const T* A_re_all, int64_t d0, int
           ghr[c] = gr * er + gi * ei;
           ghi[c] = gi * er - gr * ei;
         }
-        pC[t * bw + 2 * n] += lane_sum(vCr);
-        pC[t * bw + 2 * n + 1] -= lane_sum(vCi);
-        pB[t * bw + 2 * n] += lane_sum(vBr);
-        pB[t * bw + 2 * n + 1] += lane_sum(vBi);
+      }
+    }
+    // The token's dB and dC terms summed over the lanes after the n loop: independent of it and of
+    // each other, so their trees overlap.
+    for (int64_t n = 0; n < N; ++n) {
+      if constexpr (!Complex) {
+        pC[t * bw + n] += lane_sum(lanes[2 * n]);
+        pB[t * bw + n] += lane_sum(lanes[2 * n + 1]);
+      } else {
+        pC[t * bw + 2 * n] += lane_sum(lanes[4 * n]);
+        pC[t * bw + 2 * n + 1] -= lane_sum(lanes[4 * n + 1]);
+        pB[t * bw + 2 * n] += lane_sum(lanes[4 * n + 2]);
+        pB[t * bw + 2 * n + 1] += lane_sum(lanes[4 * n + 3]);
       }
     }
     for (int64_t c = 0; c < nc; ++c) {
       const int64_t d = d0 + c;
       g.d_x[t * g.lddx + d] = gy[c] * Dd[c] + dl[c] * sum_gB[c];
       const T dd = d_delta[c] + xv[c] * sum_gB[c];
-      const T d_raw = dd * dt_activation_grad(o.dt[t * o.lddt + d], bias[c], T(0), T(INFINITY));
+      const T d_raw = dd * softplus_grad(o.dt[t * o.lddt + d] + bias[c]);
       g.d_dt[t * g.lddt + d] = d_raw;
       dbias[c] += d_raw;
     }
