@@ -107,9 +107,7 @@ inline float dt_activation(float raw, float bias, float lo, float hi) {
   return std::clamp(sp, lo, hi);
 }
 inline double dt_activation(double raw, double bias, double lo, double hi) {
-  const double v = raw + bias;
-  const double sp = v > 20.0 ? v : std::log1p(std::exp(v));
-  return std::clamp(sp, lo, hi);
+  return std::clamp(softplus(raw + bias), lo, hi);
 }
 
 // silu'(v) = s·(1 + v·(1 - s)), s = sigmoid(v), with the same exp(-|v|) form.
