@@ -12,7 +12,8 @@ if [ "${1:-}" = "--bin" ]; then
   bin="$2"
 else
   scripts/install-deps.sh
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+  # The default targets at -O3, whatever scripts/run-tests.sh left in build/ on a machine without a GPU.
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -UCMAKE_CUDA_ARCHITECTURES -DCMAKE_CUDA_FLAGS=
   cmake --build build -j"$(nproc)"
   bin=build/bin
 fi
