@@ -150,11 +150,6 @@ size_t peak_reserved_bytes() {
   return size_t(v);
 }
 
-void reset_peak_reserved() {
-  uint64_t zero = 0;
-  check(cudaMemPoolSetAttribute(runtime().pool, cudaMemPoolAttrReservedMemHigh, &zero), "cuda");
-}
-
 Graph::Graph(const std::function<void()>& body) {
   cudaStream_t s = stream();
   check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cuda graph");

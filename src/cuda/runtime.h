@@ -32,10 +32,8 @@ void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
 void fill_zero(void* dst, size_t bytes);
 void synchronize();
-// The pool's high-water mark of memory reserved from the GPU since the last reset (0 when no GPU
-// has been used).
+// The pool's high-water mark of memory reserved from the GPU (0 when no GPU has been used).
 size_t peak_reserved_bytes();
-void reset_peak_reserved();
 
 // The launches `body` makes on the engine's stream, captured once and replayed as one graph: one
 // launch instead of one per kernel (a decode step is ~150 small kernels). `body` must not

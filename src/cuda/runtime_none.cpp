@@ -27,7 +27,6 @@ void copy_on_device(void*, const void*, size_t) { no_backend(); }
 void fill_zero(void*, size_t) { no_backend(); }
 void synchronize() {}
 size_t peak_reserved_bytes() { return 0; }
-void reset_peak_reserved() {}
 Graph::Graph(const std::function<void()>&) { no_backend(); }
 Graph::~Graph() = default;
 void Graph::launch() { no_backend(); }
