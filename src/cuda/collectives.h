@@ -41,10 +41,11 @@ class Communicator {
 
  private:
   int rank_ = 0, world_ = 1;
-  void* comm_ = nullptr;    // ncclComm_t
-  void* stream_ = nullptr;  // cudaStream_t of the collectives
-  void* ready_ = nullptr;   // cudaEvent_t: the engine's work the next collective waits for
-  void* done_ = nullptr;    // cudaEvent_t: the collectives issued so far
+  // Unused by a build without CUDA (cuda/runtime_none.cpp's methods only refuse).
+  [[maybe_unused]] void* comm_ = nullptr;    // ncclComm_t
+  [[maybe_unused]] void* stream_ = nullptr;  // cudaStream_t of the collectives
+  [[maybe_unused]] void* ready_ = nullptr;   // cudaEvent_t: the engine's work the next collective waits for
+  [[maybe_unused]] void* done_ = nullptr;    // cudaEvent_t: the collectives issued so far
 };
 
 }  // namespace mamba2::cuda
