@@ -93,7 +93,12 @@ inline float log1p_unit(float w) {
 // function as log1p(e^v), from our exp and log1p alone (it vectorises, and its bits follow this
 // code rather than the libm glibc picks for the CPU).
 inline float softplus(float v) { return v > 20.0f ? v : std::max(v, 0.0f) + log1p_unit(exp_nonpos(-std::fabs(v))); }
-inline double softplus(double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }
+// The same by libm: the double softplus, and Mamba2's dt in float (its bits as they were).
+template <class T>
+inline T softplus_libm(T v) {
+  return v > T(20) ? v : std::log1p(std::exp(v));
+}
+inline double softplus(double v) { return softplus_libm(v); }
 // softplus' = sigmoid (1 above the threshold).
 template <class T>
 inline T softplus_grad(T v) {
@@ -101,13 +106,9 @@ inline T softplus_grad(T v) {
 }
 
 // softplus as torch.nn.functional.softplus (threshold 20), then the dt_limit clamp.
-inline float dt_activation(float raw, float bias, float lo, float hi) {
-  const float v = raw + bias;
-  const float sp = v > 20.0f ? v : std::log1p(std::exp(v));
-  return std::clamp(sp, lo, hi);
-}
-inline double dt_activation(double raw, double bias, double lo, double hi) {
-  return std::clamp(softplus(raw + bias), lo, hi);
+template <class T>
+inline T dt_activation(T raw, T bias, T lo, T hi) {
+  return std::clamp(softplus_libm(raw + bias), lo, hi);
 }
 
 // silu'(v) = s·(1 + v·(1 - s)), s = sigmoid(v), with the same exp(-|v|) form.
@@ -122,7 +123,7 @@ inline T silu_grad(T v) {
 template <class T>
 inline T dt_activation_grad(T raw, T bias, T lo, T hi) {
   const T v = raw + bias;
-  const T sp = v > T(20) ? v : std::log1p(std::exp(v));
+  const T sp = softplus_libm(v);
   if (sp < lo || sp > hi) return T(0);
   return v > T(20) ? T(1) : T(1) / (T(1) + std::exp(-v));
 }
