@@ -27,8 +27,8 @@ blas_of() { env "$@" --version | sed -n 's/^blas: .*, \([A-Za-z0-9]*\) kernels.*
 # Without a GPU (CI's machines) the .cu files compile to sm_90a PTX only, and NVVM optimises them
 # at -O1: every kernel and its sm_90 paths still go through nvcc's front end and NVVM, without the
 # machine code no test here runs (ptxas for sm_90a and the compute_80 PTX: ~45 s of the build's
-# critical path) and without the -O3 unrolling that took 166 of the build's CPU-seconds to PTX
-# (54 at -O1; causal_conv1d.cu alone 65 s, its kernels' unrolled tap loops). On a GPU machine the
+# critical path) and without the -O3 unrolling: the .cu objects took 149-154 CPU-seconds to PTX at
+# -O3 and 60 at -O1 (bench/RESULTS.md; causal_conv1d.cu's unrolled tap loops most). On a GPU machine the
 # default targets at -O3 (whatever a run without one left in build/'s cache); scripts/run-gpu-tests.sh
 # builds those too.
 cuda_flags=(-UCMAKE_CUDA_ARCHITECTURES -DCMAKE_CUDA_FLAGS=)
