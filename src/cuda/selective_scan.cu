@@ -46,9 +46,10 @@ constexpr int kRows = kThreads / kChannels;
 // at kTile 32 did no better. Neither changes a token's arithmetic (kTile moves the segments' cut
 // only past 64 · 256 tokens).
 constexpr int kTile = 16;  // tokens the forward stages at a time
-// Blocks an SM the forward's registers leave room for: 6 at d_state ≤ 16; more state indices a
-// thread would spill at 80 registers, so they take what they need.
-constexpr int forward_blocks(int npt) { return npt <= 4 ? 6 : 1; }
+// Blocks an SM the forward's registers leave room for: 6 at d_state ≤ 16 (80 registers); the
+// complex form 4 (128: at 80 its kernels spilled, and b8 ran 1.19 → 1.13 ms, b1 0.226 → 0.189 ms;
+// H200, 2026-12-05); more state indices a thread would spill, so they take what they need.
+constexpr int forward_blocks(int npt, bool cx) { return npt <= 4 ? (cx ? 4 : 6) : 1; }
 // The backward's: 3 at d_state ≤ 16 (168 registers: the complex form's B and C rows, loaded at
 // once, took it to 200 and 2 blocks otherwise), what more state indices need beyond.
 constexpr int backward_blocks(int npt) { return npt <= 4 ? 3 : 1; }
@@ -358,7 +359,7 @@ __device__ __forceinline__ float* segment_row(float* buf, int64_t seq, int64_t j
 
 // grid (channel blocks, maxseg, sequences), kThreads threads, as scan_kernel.
 template <int NPT, bool Cx>
-__global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) summary_kernel(Params p, Sources src, const float* __restrict__ states,
+__global__ void __launch_bounds__(kThreads, forward_blocks(NPT, Cx)) summary_kernel(Params p, Sources src, const float* __restrict__ states,
                                                            float* __restrict__ seg_h, float* __restrict__ seg_P,
                                                            int64_t maxseg, PackedSeqs seqs) {
   using S = Share<NPT, Cx>;
@@ -465,7 +466,7 @@ __global__ void combine_kernel(Params p, const float* __restrict__ states, float
 // KC, and segments and tiles start on multiples of it. y in YT: the next projection's input dtype
 // (its rounding done here rather than by a cast over y).
 template <int NPT, bool Cx, bool Out, class YT>
-__global__ void __launch_bounds__(kThreads, forward_blocks(NPT)) scan_kernel(Params p, Sources src, YT* __restrict__ y, int64_t ldy,
+__global__ void __launch_bounds__(kThreads, forward_blocks(NPT, Cx)) scan_kernel(Params p, Sources src, YT* __restrict__ y, int64_t ldy,
                                                         float* __restrict__ states, const float* __restrict__ seg_h,
                                                         int64_t maxseg, PackedSeqs seqs, float* __restrict__ ckpt) {
   using S = Share<NPT, Cx>;
