@@ -224,10 +224,10 @@ INSTANTIATE_TEST_SUITE_P(CudaGolden, CudaGolden,
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // Mamba-1 on the GPU: fp32 within the CPU's bound of float64; with bf16 / f16 projections (in_proj,
-// out_proj, the embedding and head; x_proj and dt_proj stay fp32) within the bounds the CPU's bf16
-// weights meet (test_mamba1_model.cpp: 1.8–2.2e-3 measured; Falcon-Mamba 1.8e-2, its weightless
-// norm of dt_low magnifying), about 2× over. Prefill and decode (graphs), and a sequence's bits
-// the same alone and batched.
+// out_proj, the embedding and head; x_proj and dt_proj stay fp32, their prefill products on TF32
+// tensor cores) within the bounds the CPU's bf16 weights meet (test_mamba1_model.cpp: 1.8–2.2e-3
+// measured; Falcon-Mamba 1.8e-2, its weightless norm of dt_low magnifying), about 2× over. Prefill
+// and decode (graphs), and a sequence's bits the same alone and batched.
 class CudaMamba1Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaMamba1Golden, PrefillAndDecodeMatchTheOracle) {

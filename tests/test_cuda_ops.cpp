@@ -120,6 +120,37 @@ TEST(CudaOps, LinearMatchesCpuInEveryDtype) {
   }
 }
 
+// PrefillTf32 (a bf16 / f16 run's fp32 Mamba-1 x_proj and dt_proj in prefill): within TF32's
+// rounding of the CPU's fp32 (2e-3 relative L2, as CudaGradOps.Tf32ProductsMatchCpuWithinTheirRounding
+// derives), and a row's bits the same whatever the row count, past kPlanRows (4096) rows too, where
+// a split-K plan runs in several calls. Shapes: the 2.8b's x_proj (192 × 5120, split over k) and
+// dt_proj (5120 × 160), odd ones. On the CPU it is Prefill, bit for bit.
+TEST(CudaOps, LinearPrefillTf32IsBatchInvariantWithinTf32Rounding) {
+  MAMBA2_REQUIRE_GPU();
+  constexpr double kTf32Tol = 2e-3;
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{192, 5120}, {5120, 160}, {77, 203}}) {
+    SCOPED_TRACE("n " + std::to_string(n) + " k " + std::to_string(k));
+    const int64_t M = 4100;
+    const Tensor W = random_tensor({n, k}, 31), x = random_tensor({M, k}, 32);
+    Tensor want = Tensor::empty({M, n}), cpu_tf32 = Tensor::empty({M, n});
+    ops::linear(MatView::of(const_cast<Tensor&>(x)), W, MatView::of(want), ops::LinearKernel::Prefill);
+    ops::linear(MatView::of(const_cast<Tensor&>(x)), W, MatView::of(cpu_tf32), ops::LinearKernel::PrefillTf32);
+    EXPECT_TRUE(test::same_bits(cpu_tf32, want)) << "the CPU's PrefillTf32 is its Prefill";
+    const Tensor Wg = to_gpu(W), xg = to_gpu(x);
+    Tensor all = test::gpu_nan({M, n});
+    ops::linear(MatView::of(const_cast<Tensor&>(xg)), Wg, MatView::of(all), ops::LinearKernel::PrefillTf32);
+    const Tensor all_c = to_cpu(all);
+    EXPECT_LE(rel(all_c, want), kTf32Tol);
+    for (int64_t m : {1, 7, 300}) {
+      Tensor part = test::gpu_nan({m, n});
+      ops::linear(MatView::of(const_cast<Tensor&>(xg)).rows_slice(0, m), Wg, MatView::of(part),
+                  ops::LinearKernel::PrefillTf32);
+      const Tensor part_c = to_cpu(part);
+      EXPECT_EQ(std::memcmp(part_c.data(), all_c.data(), size_t(m * n) * sizeof(float)), 0) << "rows " << m;
+    }
+  }
+}
+
 // The decode step's fused projections against the unfused computation done here in double, in
 // both forms of the norm (ops::RowNorm). From partial sums of squares (each a quarter of a group's
 // columns): x = src·scale·w rounded to the compute dtype, then the product with W rounded alike.

@@ -172,6 +172,10 @@ template <class Forms>
 void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int32_t> ids, Activations& a,
                 ops::LinearKernel kernel, Forms&& forms, const int32_t* device_ids = nullptr) {
   ops::embedding(w.embedding, ids, MatView::of(a.residual), device_ids);
+  // Mamba-1's x_proj and dt_proj stay fp32 in a bf16 / f16 run; a prefill's take TF32 tensor
+  // cores, as training's do.
+  const bool tf32 = kernel == ops::LinearKernel::Prefill && a.u.device() == Device::CUDA && a.u.dtype() != DType::F32;
+  const ops::LinearKernel proj = tf32 ? ops::LinearKernel::PrefillTf32 : kernel;
   for (int64_t li = 0; li < c.n_layer; ++li) {
     const LayerWeights& l = w.layers[size_t(li)];
     const size_t layer = size_t(li);
@@ -184,7 +188,7 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
       const MatView xz = MatView::of(a.zxbcdt), x = xz.cols_slice(0, di), z = xz.cols_slice(di, di);
       const MatView xc = MatView::of(a.xbc);
       forms.conv(layer, x, l.conv_w, l.conv_b, xc);
-      ops::linear(xc, l.x_proj, MatView::of(a.x_dbl), kernel);
+      ops::linear(xc, l.x_proj, MatView::of(a.x_dbl), proj);
       const MatView dbl = MatView::of(a.x_dbl);
       MatView dt_low = dbl.cols_slice(0, R), B = dbl.cols_slice(R, bw), C = dbl.cols_slice(R + bw, bw);
       if (c.mixer_norms) {
@@ -194,7 +198,7 @@ void run_layers(const ModelWeights& w, const ModelConfig& c, std::span<const int
         weightless_rmsnorm(C, a.norm_in, a.C, a.ones, eps);
         dt_low = MatView::of(a.dt_low), B = MatView::of(a.B), C = MatView::of(a.C);
       }
-      ops::linear(dt_low, l.dt_proj, MatView::of(a.dt), kernel);
+      ops::linear(dt_low, l.dt_proj, MatView::of(a.dt), proj);
       forms.selective(layer, selective_weights(l, c), xc, MatView::of(a.dt), B, C, z, MatView::of(a.y));
       if (a.yn.raw() != a.y.raw()) ops::cast(MatView::of(a.y), MatView::of(a.yn));
       ops::linear(MatView::of(a.yn), l.out_proj, MatView::of(a.h), kernel, c.proj_bias ? &l.out_proj_b : nullptr);

@@ -121,7 +121,7 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
     // Training runs the prefill's products (cuBLASLt, one algorithm per shape: deterministic).
 #if MAMBA2_HAVE_CUDA
     cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode,
-                         kernel == LinearKernel::TrainingTf32);
+                         kernel == LinearKernel::TrainingTf32 || kernel == LinearKernel::PrefillTf32);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -130,6 +130,7 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
   // The CPU computes in fp32; inference may read bf16, Q8_0 or Q4_0 weights (and round the
   // activations to their bf16 or int8 counterparts).
   check_dtype("linear", "x", x.dtype, DType::F32);
+  if (kernel == LinearKernel::PrefillTf32) kernel = LinearKernel::Prefill;
   const auto narrow = [&](const auto* w) {
     if (kernel == LinearKernel::Prefill)
       cpu::linear_tiled(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
@@ -151,7 +152,8 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
   if (W.dtype() == DType::Q4_0 && !training) return blocks(static_cast<const Q4Block*>(W.raw()));
   check_dtype("linear", "weight", W.dtype(), DType::F32);
   switch (kernel) {
-    case LinearKernel::Prefill: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
+    case LinearKernel::Prefill:
+    case LinearKernel::PrefillTf32: cpu::linear_tiled(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
     case LinearKernel::Decode: cpu::linear_streaming(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;
     case LinearKernel::Training:
     case LinearKernel::TrainingTf32: cpu::linear_gemm(x.data(), x.ld, W.data(), y.data(), y.ld, x.rows, n, k); break;

@@ -47,9 +47,12 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
 //             rounded to 10-bit mantissas, fp32 sums): a bf16 / f16 run's fp32 projections
 //             (Mamba-1's x_proj and dt_proj, which mamba_ssm's autocast runs in bf16); on the
 //             CPU it is Training.
+//   PrefillTf32  Prefill, with an fp32 W's product on the GPU's TF32 tensor cores: a bf16 / f16
+//             run's fp32 projections in inference, as TrainingTf32 in training; on the CPU it is
+//             Prefill.
 // With `bias` (n), y = x @ Wᵀ + bias, the bias added to the finished sums (as torch's nn.Linear;
 // Mamba-1's optional projection biases; the CPU only for now).
-enum class LinearKernel { Prefill, Decode, Training, TrainingTf32 };
+enum class LinearKernel { Prefill, Decode, Training, TrainingTf32, PrefillTf32 };
 void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Tensor* bias = nullptr);
 // Q8_0 and Q4_0 weights on the CPU: x's rows quantized to int8 per block of 32 and multiplied by
 // integer dot products (Int8: llama.cpp's q8_0 · q8_0 and q4_0 · q8_0), or kept fp32 against the
