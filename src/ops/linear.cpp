@@ -130,9 +130,9 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
   // The CPU computes in fp32; inference may read bf16, Q8_0 or Q4_0 weights (and round the
   // activations to their bf16 or int8 counterparts).
   check_dtype("linear", "x", x.dtype, DType::F32);
-  if (kernel == LinearKernel::PrefillTf32) kernel = LinearKernel::Prefill;
+  const bool prefill = kernel == LinearKernel::Prefill || kernel == LinearKernel::PrefillTf32;  // TF32: GPU only
   const auto narrow = [&](const auto* w) {
-    if (kernel == LinearKernel::Prefill)
+    if (prefill)
       cpu::linear_tiled(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
     else
       cpu::linear_streaming(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k);
@@ -141,12 +141,12 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
   if (W.dtype() == DType::BF16 && !training) {
     const auto* w = static_cast<const uint16_t*>(W.raw());
     if (!bf16_rounded_activations()) return narrow(w);
-    return cpu::linear_bf16(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+    return cpu::linear_bf16(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
   }
   // Q8_0 and Q4_0: against int8 activations, or fp32 ones as the other narrow formats.
   const auto blocks = [&](const auto* w) {
     if (!int8_activations(W.dtype())) return narrow(w);
-    cpu::linear_int8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Prefill);
+    cpu::linear_int8(x.data(), x.ld, w, y.data(), y.ld, x.rows, n, k, prefill);
   };
   if (W.dtype() == DType::Q8_0 && !training) return blocks(static_cast<const Q8Block*>(W.raw()));
   if (W.dtype() == DType::Q4_0 && !training) return blocks(static_cast<const Q4Block*>(W.raw()));
