@@ -117,6 +117,13 @@ __device__ __forceinline__ float silu_grad(float v) {
   return s * (1.0f + v * (1.0f - s));
 }
 
+// silu(v) and silu'(v) from one sigmoid: the same values as silu and silu_grad.
+__device__ __forceinline__ void silu_with_grad(float v, float& f, float& df) {
+  const float s = sigmoid(v);
+  f = v * s;
+  df = s * (1.0f + v * (1.0f - s));
+}
+
 // softplus (torch's threshold 20): max(v, 0) + log(1 + e^−|v|), the same function as log1p(e^v).
 __device__ __forceinline__ float softplus(float v) {
   return v > 20.0f ? v : fmaxf(v, 0.0f) + log1p_unit(exp_nonpos(-fabsf(v)));

@@ -106,8 +106,10 @@ struct GatedGrads {
   float dy, dz, v;
 };
 __device__ __forceinline__ GatedGrads gated_norm_input_grads(NormGrad f, float go, float w, float y, float z) {
-  const float sz = silu(z), dv = f.s * (go * w) - y * sz * f.k;
-  return {dv * sz, dv * y * silu_grad(z), y * sz};
+  float sz, dsz;
+  silu_with_grad(z, sz, dsz);
+  const float dv = f.s * (go * w) - y * sz * f.k;
+  return {dv * sz, dv * y * dsz, y * sz};
 }
 
 // Block per chunk of rows, d ≤ kThreads·H: d_res += s·go∘w − r·s³·dot/d, and partial[chunk] the

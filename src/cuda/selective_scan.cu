@@ -24,6 +24,7 @@
 // block order. The parameter gradients are left per sequence and added to the gradients in
 // sequence order, as the CPU does. The same bits every run.
 #include <cmath>
+#include <initializer_list>
 #include <type_traits>
 
 #include "cuda/common.cuh"
@@ -201,6 +202,14 @@ struct Sources {
   int64_t ldx, lddt, ldb, ldc, ldz, lddy;
   bool vec;
 };
+// The staged loads' and the backward's stores' offsets within a tile are 32-bit (t·ld + column, t <
+// kTile), as are the token rows: strides up to 2^26 elements, fewer than 2^31 tokens.
+constexpr int64_t kMaxStride = int64_t(1) << 26;
+void check_strides(int64_t tokens, std::initializer_list<int64_t> lds) {
+  if (tokens >= (int64_t(1) << 31) - kTile) raise(cat("[selective_scan] ", tokens, " tokens: 2^31 or more"));
+  for (const int64_t ld : lds)
+    if (ld < 0 || ld > kMaxStride) raise(cat("[selective_scan] row stride ", ld, " outside [0, ", kMaxStride, "]"));
+}
 // Whether Sources.vec may hold: every row of every source given starts on 16 bytes.
 bool vectorizable(const Sources& s, int64_t D, int64_t bw) {
   const auto ok = [](const float* q, int64_t ld) { return !q || aligned16(q, ld, sizeof(float)); };
@@ -223,17 +232,26 @@ struct Staged {
   // Group k of B's and C's values: token e / (RW / 4), values 4·(e % (RW / 4)) … + 3, e = k·kThreads + tid.
   static __device__ __forceinline__ int bc_group(int tid, int k) { return k * kThreads + tid; }
 
-  // One source's pieces (zeros past the tile's tl rows or past D; nothing when p is null).
-  __device__ static void load_channels(float* out, const float* p, int64_t ld, bool vec, int64_t row0, int tl,
-                                       int64_t d0, int64_t D, int tid) {
+  // One source's pieces (zeros past the tile's tl rows, past the block's cw channels, or for a null
+  // source): rows row0 … of channels d0 …. Row, stride and channel in 32 bits (the launchers check
+  // them), the tile's base row·ld in 64: a piece's address is a few multiply-adds from the source
+  // pointer. Formed in 64 bits per piece, the addresses and bounds were a seventh of the backward's
+  // instructions (ncu source counters, 2026-12-05).
+  __device__ static void load_channels(float* out, const float* p, int ld, bool vec, int row0, int tl, int d0,
+                                       int cw, int tid) {
+    if (!p) {
+#pragma unroll
+      for (int i = 0; i < kCh; ++i) out[i] = 0.0f;
+      return;
+    }
+    const float* base = p + (int64_t(row0) * ld + d0);
 #pragma unroll
     for (int r = 0; r < kCh / VW; ++r) {
-      const int t = ch_row(tid, r * VW);
-      const int64_t dd = d0 + ch_col(tid, r * VW);
-      const float* q = p ? p + (row0 + t) * ld + dd : nullptr;
-      const bool row_on = q && t < tl;
+      const int t = ch_row(tid, r * VW), col = ch_col(tid, r * VW);
+      const float* q = base + (t * ld + col);
+      const bool row_on = t < tl;
       if (vec) {
-        const bool on = row_on && dd < D;  // D % 4 == 0: a piece is wholly in or out
+        const bool on = row_on && col < cw;  // D % 4 == 0: a piece is wholly in or out
         if constexpr (VW == 4) {
           const float4 v = on ? *reinterpret_cast<const float4*>(q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
           out[4 * r] = v.x, out[4 * r + 1] = v.y, out[4 * r + 2] = v.z, out[4 * r + 3] = v.w;
@@ -245,17 +263,23 @@ struct Staged {
         }
       } else {
 #pragma unroll
-        for (int u = 0; u < VW; ++u) out[r * VW + u] = row_on && dd + u < D ? q[u] : 0.0f;
+        for (int u = 0; u < VW; ++u) out[r * VW + u] = row_on && col + u < cw ? q[u] : 0.0f;
       }
     }
   }
-  __device__ static void load_groups(float* out, const float* p, int64_t ld, bool vec, int64_t row0, int tl,
-                                     int64_t bw, int tid) {
+  __device__ static void load_groups(float* out, const float* p, int ld, bool vec, int row0, int tl, int bw,
+                                     int tid) {
+    if (!p) {
+#pragma unroll
+      for (int i = 0; i < 4 * kG; ++i) out[i] = 0.0f;
+      return;
+    }
+    const float* base = p + int64_t(row0) * ld;
 #pragma unroll
     for (int k = 0; k < kG; ++k) {
       const int e = bc_group(tid, k), t = e / (RW / 4), j = 4 * (e % (RW / 4));
-      const float* q = p ? p + (row0 + t) * ld + j : nullptr;
-      const bool row_on = q && e < TL * RW / 4 && t < tl;
+      const float* q = base + (t * ld + j);
+      const bool row_on = e < TL * RW / 4 && t < tl;
       if (vec) {
         const float4 v = row_on && j < bw ? *reinterpret_cast<const float4*>(q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         out[4 * k] = v.x, out[4 * k + 1] = v.y, out[4 * k + 2] = v.z, out[4 * k + 3] = v.w;
@@ -267,12 +291,13 @@ struct Staged {
   }
   // Rows row0 … row0 + tl − 1 of channels d0 … (zeros past them); z, C and dy only when given.
   __device__ void load(const Sources& s, int64_t row0, int tl, int64_t d0, int64_t D, int64_t bw, int tid) {
-    load_channels(x, s.x, s.ldx, s.vec, row0, tl, d0, D, tid);
-    load_channels(dt, s.dt, s.lddt, s.vec, row0, tl, d0, D, tid);
-    load_channels(z, s.z, s.ldz, s.vec, row0, tl, d0, D, tid);
-    load_channels(dy, s.dy, s.lddy, s.vec, row0, tl, d0, D, tid);
-    load_groups(B, s.B, s.ldb, s.vec, row0, tl, bw, tid);
-    load_groups(C, s.C, s.ldc, s.vec, row0, tl, bw, tid);
+    const int r = int(row0), c0 = int(d0), cw = int(min(D - d0, int64_t(kChannels)));
+    load_channels(x, s.x, int(s.ldx), s.vec, r, tl, c0, cw, tid);
+    load_channels(dt, s.dt, int(s.lddt), s.vec, r, tl, c0, cw, tid);
+    load_channels(z, s.z, int(s.ldz), s.vec, r, tl, c0, cw, tid);
+    load_channels(dy, s.dy, int(s.lddy), s.vec, r, tl, c0, cw, tid);
+    load_groups(B, s.B, int(s.ldb), s.vec, r, tl, int(bw), tid);
+    load_groups(C, s.C, int(s.ldc), s.vec, r, tl, int(bw), tid);
   }
   // f(t, channel, i) for each piece of this thread's per-channel values (values i … i + VW − 1, of
   // channels channel …); g(t, j, k) for each group of its B / C values (values k … k + 3, of
@@ -543,12 +568,13 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT, Cx)) scan_kernel
     __syncthreads();
     if (Out && d0 + ec < p.D) {
       YT* yr = y + (t0 + k * kTile) * ldy + d0 + ec;
+      const int ldy32 = int(ldy);
 #pragma unroll
       for (int i = 0; i < kTile / kRows; ++i) {
         const int tt = tid / kChannels + i * kRows;
         if (tt >= tl) break;
         const float v = finish<Cx>(group_total(&s_part[tt][ec * kGroup]), s_D[ec], s_x[tt][ec]);
-        store_f32(yr + tt * ldy, src.z ? v * silu(s_z[tt][ec]) : v);
+        store_f32(yr + tt * ldy32, src.z ? v * silu(s_z[tt][ec]) : v);
       }
     }
     __syncthreads();
@@ -705,6 +731,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW, SR = p.D * bw;  // a state row
   const int64_t t0 = seqs.starts[seq], L = seqs.starts[seq + 1] - t0, T = seqs.tokens;
+  const int bw32 = int(bw), ldgx = int(gr.ldx), ldgdt = int(gr.lddt), ldz = int(gr.ldz);
   const int64_t chunks = ceil_div(L, KC);
   S sh;
   sh.load_A(p, d, g, live);
@@ -745,6 +772,10 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   for (int64_t k = chunks - 1; k >= 0; --k) {
     const int tl = chunk_len(k);
     const int64_t tk = t0 + k * KC;
+    // The chunk's rows of the per-(token, channel) gradients: bases the block shares, 32-bit offsets.
+    float* gx = gr.x + tk * gr.ldx + d0;
+    float* gdt = gr.dt + tk * gr.lddt + d0;
+    const int64_t z_row = tk * gr.ldz + d0;
     __syncthreads();
     put();
     // The chunk's states h_{t0−1} … in registers (the loops over the chunk unrolled), and its decays
@@ -783,8 +814,10 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
         continue;
       }
       const float zt = m.z[t][ec], ypre = finish<Cx>(group_total(&m.part[t][ec * kGroup]), m.D[ec], m.x[t][ec]);
-      if (d0 + ec < p.D) store_f32(gr.z, gr.z_dtype, (tk + t) * gr.ldz + d0 + ec, dyv * ypre * silu_grad(zt));
-      m.gy[t][ec] = dyv * silu(zt);
+      float sz, dsz;
+      silu_with_grad(zt, sz, dsz);
+      if (d0 + ec < p.D) store_f32(gr.z, gr.z_dtype, z_row + (t * ldz + ec), dyv * ypre * dsz);
+      m.gy[t][ec] = dyv * sz;
     }
     __syncthreads();
 #pragma unroll
@@ -846,17 +879,15 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
       accD += gy * xv;
       accB += d_raw;
       if (d0 + ec >= p.D) continue;
-      gr.x[(tk + t) * gr.ldx + d0 + ec] = gy * m.D[ec] + m.delta[t][ec] * sgb;
-      gr.dt[(tk + t) * gr.lddt + d0 + ec] = d_raw;
+      gx[t * ldgx + ec] = gy * m.D[ec] + m.delta[t][ec] * sgb;
+      gdt[t * ldgdt + ec] = d_raw;
     }
     // The chunk's dB | dC: the block's channels added in a fixed order, four interleaved sums
     // (channels ≡ 0, 1, 2, 3 mod 4, each in order) then those in pairs: one chain of 32 dependent
     // adds was a stall the warps could not hide.
     // Entries e = (t, which, j) at compile-time strides (RW ≥ bw columns, those past bw skipped).
     float* pbc = part_bc + (int64_t(blockIdx.x) * T + tk) * 2 * bw;
-    for (int e = tid; e < tl * 2 * RW; e += kThreads) {
-      const int t = e / (2 * RW), which = e / RW % 2, j = e % RW;
-      if (j >= bw) continue;
+    const auto column_sum = [&](int t, int which, int j) {
       static_assert(kChannels % 4 == 0);
       const float* col = m.red[t][which][j];
       float s[4] = {};
@@ -864,7 +895,21 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
       for (int cc = 0; cc < kChannels; cc += 4)
 #pragma unroll
         for (int q = 0; q < 4; ++q) s[q] += col[cc + q];
-      pbc[(t * 2 + which) * bw + j] = (s[0] + s[1]) + (s[2] + s[3]);
+      pbc[(t * 2 + which) * bw32 + j] = (s[0] + s[1]) + (s[2] + s[3]);
+    };
+    if constexpr (kThreads % (2 * RW) == 0) {
+      // A thread's entries share (which, j): its loop over t unrolled, no index arithmetic a turn.
+      const int which = tid / RW % 2, j = tid % RW;
+      if (j < bw32) {
+#pragma unroll
+        for (int t = tid / (2 * RW); t < KC; t += kThreads / (2 * RW)) {
+          if (t >= tl) break;
+          column_sum(t, which, j);
+        }
+      }
+    } else {
+      for (int e = tid; e < tl * 2 * RW; e += kThreads)
+        if (e % RW < bw32) column_sum(e / (2 * RW), e / RW % 2, e % RW);
     }
   }
   m.acc[0][tid] = accD;
@@ -965,6 +1010,7 @@ void selective_scan_forward(const SelectiveScanParams& sp, const float* x, int64
   if (seqs.tokens == 0) return;
   const Params p = params(sp);
   const bool out = y != nullptr;
+  check_strides(seqs.tokens, {ldx, lddt, ldb, ldc, ldz, ldy});
   Sources src{x, dt, B, out ? C : nullptr, out ? z : nullptr, nullptr, ldx, lddt, ldb, ldc, ldz, 0, false};
   const int64_t maxseg = segment_count(seqs.max_length), bw = p.N * (p.A_imag ? 2 : 1);
   src.vec = vectorizable(src, p.D, bw);
@@ -1053,6 +1099,7 @@ void selective_scan_backward(const SelectiveScanParams& sp, const float* x, int6
   auto part_bc = allocate(size_t(blocks * T * 2 * bw) * sizeof(float), "selective_scan dB, dC partial sums");
   auto part_param = allocate(size_t(seqs.count * p.D * PW) * sizeof(float), "selective_scan parameter gradients");
   const Grads gr{g.x, g.ldx, g.dt, g.lddt, g.z, g.z_dtype, g.ldz, g.state0};
+  check_strides(T, {ldx, lddt, ldb, ldc, ldz, lddy, g.ldx, g.lddt, g.ldz});
   Sources src{x, dt, B, C, z, d_y, ldx, lddt, ldb, ldc, ldz, lddy, false};
   src.vec = vectorizable(src, p.D, bw);
   dispatch(p.N, cx, [&](auto npt, auto cxc) {
