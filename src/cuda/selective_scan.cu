@@ -117,15 +117,6 @@ struct Share {
       if constexpr (Cx) st[(d * p.N + n) * SW + 1] = hi[i];
     }
   }
-  // The first `states` of the thread's states from q (its first value's place in a state row).
-  __device__ void load_run(const float* q, int states, bool live) {
-#pragma unroll
-    for (int i = 0; i < NPT; ++i) {
-      const bool on = live && i < states;
-      hr[i] = on ? q[i * SW] : 0.0f;
-      hi[i] = on && Cx ? q[i * SW + 1] : 0.0f;
-    }
-  }
   // The first `states` of the thread's states to q (its first value's place in a state row).
   __device__ void store_run(float* q, int states, bool live) const {
 #pragma unroll
@@ -553,9 +544,10 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT, Cx)) scan_kernel
         });
   };
   // The state before every U-th token, at its chunk's checkpoint: the segment's chunks come in
-  // order, a state row apart, so a running pointer to this thread's values of the next one (its
-  // index formed per checkpoint was a twelfth of the forward's instructions).
-  float* ck = ckpt ? ckpt + checkpoint_index(seqs.starts[seq], seq, j * SL / U, U) * p.D * bw + (d * p.N + int64_t(g) * NPT) * S::SW
+  // order, a state row apart, so a running pointer to this thread's values of the next one (the
+  // row's index formed at each checkpoint was 3.6 % of the forward's instructions; ncu 2026-12-05).
+  float* ck = ckpt ? ckpt + checkpoint_index(seqs.starts[seq], seq, j * SL / U, U) * p.D * bw +
+                         (d * p.N + int64_t(g) * NPT) * S::SW
                    : nullptr;
   const int mine = int(min(int64_t(NPT), p.N - int64_t(g) * NPT));
   const auto checkpoint = [&] {
@@ -781,9 +773,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
           store_piece<4>(&m.C[t][j], &stage.C[k]);
         });
   };
-  // This thread's values of chunk k's checkpoint: the chunks' rows in order, one state row apart.
-  const float* ck0 = ckpt + checkpoint_index(t0, seq, 0, KC) * SR + (d * p.N + int64_t(g) * NPT) * S::SW;
-  const int mine = int(min(int64_t(NPT), p.N - int64_t(g) * NPT));
+  const auto ckpt_row = [&](int64_t k) { return ckpt + checkpoint_index(t0, seq, k, KC) * SR; };
 
   // Backward, chunk by chunk from the last. gh: ∂loss/∂h of the state after the current token.
   float ghr[NPT], ghi[NPT], dAr[NPT] = {}, dAi[NPT] = {};
@@ -793,7 +783,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   float accD = 0.0f, accB = 0.0f;  // of this thread's epilogue channel ec: Σ gy·x, Σ d_raw
   S next;                          // the next chunk's checkpoint, loaded ahead
   load(chunks - 1);
-  next.load_run(ck0 + (chunks - 1) * SR, mine, live);
+  next.load_state(ckpt_row(chunks - 1), p, d, g, live);
   for (int64_t k = chunks - 1; k >= 0; --k) {
     const int tl = chunk_len(k);
     const int64_t tk = t0 + k * KC;
@@ -815,7 +805,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
     __syncthreads();
     if (k > 0) {
       load(k - 1);
-      next.load_run(ck0 + (k - 1) * SR, mine, live);
+      next.load_state(ckpt_row(k - 1), p, d, g, live);
     }
     // The chunk's states again, and (gated) each thread's part of Σ C·h.
 #pragma unroll
