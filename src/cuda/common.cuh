@@ -111,17 +111,17 @@ __device__ __forceinline__ float sigmoid(float v) {
 }
 __device__ __forceinline__ float silu(float v) { return v * sigmoid(v); }
 
-// d silu(v) / dv = s·(1 + v·(1 − s)), s = sigmoid(v), as cpu::silu_grad.
-__device__ __forceinline__ float silu_grad(float v) {
-  const float s = sigmoid(v);
-  return s * (1.0f + v * (1.0f - s));
-}
-
-// silu(v) and silu'(v) from one sigmoid: the same values as silu and silu_grad.
+// silu(v) and d silu(v) / dv = s·(1 + v·(1 − s)), s = sigmoid(v), as cpu::silu_grad, from one
+// sigmoid (f the same value as silu).
 __device__ __forceinline__ void silu_with_grad(float v, float& f, float& df) {
   const float s = sigmoid(v);
   f = v * s;
   df = s * (1.0f + v * (1.0f - s));
+}
+__device__ __forceinline__ float silu_grad(float v) {
+  float f, df;
+  silu_with_grad(v, f, df);
+  return df;
 }
 
 // softplus (torch's threshold 20): max(v, 0) + log(1 + e^−|v|), the same function as log1p(e^v).

@@ -109,14 +109,10 @@ struct Share {
     }
   }
   __device__ void store_state(float* st, const Params& p, int64_t d, int g, bool live) const {
-#pragma unroll
-    for (int i = 0; i < NPT; ++i) {
-      const int64_t n = int64_t(g) * NPT + i;
-      if (!live || n >= p.N) continue;
-      st[(d * p.N + n) * SW] = hr[i];
-      if constexpr (Cx) st[(d * p.N + n) * SW + 1] = hi[i];
-    }
+    store_run(st + (d * p.N + int64_t(g) * NPT) * SW, states_of(p, g), live);
   }
+  // How many of group thread g's NPT state indices lie below N.
+  static __device__ int states_of(const Params& p, int g) { return int(min(int64_t(NPT), p.N - int64_t(g) * NPT)); }
   // The first `states` of the thread's states to q (its first value's place in a state row).
   __device__ void store_run(float* q, int states, bool live) const {
 #pragma unroll
@@ -549,7 +545,7 @@ __global__ void __launch_bounds__(kThreads, forward_blocks(NPT, Cx)) scan_kernel
   float* ck = ckpt ? ckpt + checkpoint_index(seqs.starts[seq], seq, j * SL / U, U) * p.D * bw +
                          (d * p.N + int64_t(g) * NPT) * S::SW
                    : nullptr;
-  const int mine = int(min(int64_t(NPT), p.N - int64_t(g) * NPT));
+  const int mine = S::states_of(p, g);
   const auto checkpoint = [&] {
     sh.store_run(ck, mine, live);
     ck += p.D * bw;
@@ -746,7 +742,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
   const bool live = d < p.D;
   const int64_t bw = p.N * S::SW, SR = p.D * bw;  // a state row
   const int64_t t0 = seqs.starts[seq], L = seqs.starts[seq + 1] - t0, T = seqs.tokens;
-  const int bw32 = int(bw), ldgx = int(gr.ldx), ldgdt = int(gr.lddt), ldz = int(gr.ldz);
+  const int bw32 = int(bw), ldgx = int(gr.ldx), ldgdt = int(gr.lddt), ldgz = int(gr.ldz);
   const int64_t chunks = ceil_div(L, KC);
   S sh;
   sh.load_A(p, d, g, live);
@@ -831,7 +827,7 @@ __global__ void __launch_bounds__(kThreads, backward_blocks(NPT)) scan_backward_
       const float zt = m.z[t][ec], ypre = finish<Cx>(group_total(&m.part[t][ec * kGroup]), m.D[ec], m.x[t][ec]);
       float sz, dsz;
       silu_with_grad(zt, sz, dsz);
-      if (d0 + ec < p.D) store_f32(gr.z, gr.z_dtype, z_row + (t * ldz + ec), dyv * ypre * dsz);
+      if (d0 + ec < p.D) store_f32(gr.z, gr.z_dtype, z_row + (t * ldgz + ec), dyv * ypre * dsz);
       m.gy[t][ec] = dyv * sz;
     }
     __syncthreads();
