@@ -444,6 +444,7 @@ TEST(CudaGradOps, SsdScanBackwardMatchesCpu) {
       {6, 40, 3, 100, {130, 7}, 64, true, false},
       {2, 64, 1, 128, {300}, 256, true, true},
       {3, 33, 1, 7, {200, 57}, 256, false, false},
+      {2, 8, 1, 16, {150, 9, 40}, 8, true, true},  // 19 chunks: past the 16 whose states stay in registers
   };
   for (const SsdCase& c : cases) {
     SCOPED_TRACE(name(c));
@@ -474,8 +475,8 @@ TEST(CudaGradOps, SsdScanBackwardMatchesCpu) {
 // that, and the per-head sums (d_dt_bias, d_A_log) inherit it. Bounds: 8u for x, B, C and the
 // states, 32u for d_dt and the per-head sums (d_D, a plain Σ d_y·x, carries no rounding: 1e-5).
 // The first four cases form the rows' products in the rows kernel (headdim ≤ 64, d_state ≤ 128,
-// chunk a multiple of 8); the last two through cuBLASLt (headdim 128; d_state 160, chunk 36). In
-// the fourth every chunk is whole, so d_B and d_C are written in place rather than scattered.
+// chunk a multiple of 8); the fifth and sixth through cuBLASLt (headdim 128; d_state 160, chunk 36).
+// In the fourth every chunk is whole, so d_B and d_C are written in place rather than scattered.
 TEST(CudaGradOps, SsdScanBackwardOnTensorCoresMatchesCpuWithinRounding) {
   MAMBA2_REQUIRE_GPU();
   const SsdCase cases[] = {
@@ -485,6 +486,7 @@ TEST(CudaGradOps, SsdScanBackwardOnTensorCoresMatchesCpuWithinRounding) {
       {3, 32, 1, 64, {128, 64}, 64, true, true},
       {2, 128, 1, 32, {100, 40}, 64, true, true},
       {2, 16, 1, 160, {70, 3}, 36, false, true},
+      {2, 16, 1, 32, {150, 9, 40}, 8, true, true},  // 19 chunks: past the 16 whose states stay in registers
   };
   for (auto [dtype, u] : {std::pair{DType::BF16, 0x1p-9}, {DType::F16, 0x1p-12}})
     for (const SsdCase& c : cases) {

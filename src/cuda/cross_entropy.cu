@@ -4,6 +4,12 @@
 // The rows' losses are added on the host in row order. A row that fits in shared memory (a 50k
 // vocabulary's does) is read from memory once, by a block of kRowThreads that then has the SM to
 // itself; a longer one is read three times (max, sum, gradient) by a block of kThreads.
+// The per-element work is a few instructions (ncu, 2026-12-05: the kernel was issue-bound at ~56
+// instructions an element): exps by the SFU (exp_nonpos: every argument is ≤ 0, and a term's
+// error, |v|·2⁻²⁴ relative, is largest where the term is smallest), 32-bit indices, and no fp32 ↔
+// fp64 conversion per element (they run at 16 a clock an SM): the exp-sum adds kSumRun terms (each
+// ≤ 1) in fp32 before each double add, and the gradient's exponent x − lse is (x − lse_hi) − lse_lo
+// with lse = lse_hi + lse_lo in fp32, within an ulp of float(double(x) − lse).
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
@@ -12,7 +18,7 @@ namespace mamba2::cuda {
 
 namespace {
 
-constexpr int kThreads = 256, kRowThreads = 1024;
+constexpr int kThreads = 256, kRowThreads = 1024, kSumRun = 8;
 
 template <int NT>
 __device__ float block_max(float v) {
@@ -26,61 +32,93 @@ __device__ float block_max(float v) {
   return m;
 }
 
-// The row copied into shared memory on its one read; everything after reads it there, so the
-// gradient may overwrite the logits freely.
-template <class D>
-__global__ void __launch_bounds__(kRowThreads) cross_entropy_row_kernel(const float* logits, int64_t ldl,
-                                                                        const int32_t* targets, int64_t V,
-                                                                        D* d_logits, int64_t lddl, float scale,
-                                                                        double* row_loss) {
-  extern __shared__ float row[];
-  const int64_t r = blockIdx.x;
-  const float* l = logits + r * ldl;
-  float mx = -INFINITY;
-#pragma unroll 8
-  for (int64_t v = threadIdx.x; v < V; v += kRowThreads) {
-    const float x = l[v];
-    row[v] = x;
-    mx = fmaxf(mx, x);
-  }
-  mx = block_max<kRowThreads>(mx);  // its barrier also makes the row visible
+// Σ exp(l[v] − mx) over this thread's v = threadIdx.x + k·NT, k < n (all within the row, or its
+// −inf padding): kSumRun terms at a time in fp32, each run's sum added in double; then the block's.
+template <int NT>
+__device__ double exp_sum(const float* l, int n, float mx) {
   double sum = 0.0;
-  for (int64_t v = threadIdx.x; v < V; v += kRowThreads) sum += double(expf(row[v] - mx));
-  sum = block_sum<kRowThreads, double>(sum);
-  const double lse = double(mx) + log(sum);
-  const int32_t target = targets[r];
-  if (threadIdx.x == 0) row_loss[r] = lse - double(row[target]);
-  if (!d_logits) return;
-  D* d = d_logits + r * lddl;
-  for (int64_t v = threadIdx.x; v < V; v += kRowThreads) {
-    float g = scale * expf(float(double(row[v]) - lse));
+  for (int k0 = 0; k0 < n; k0 += kSumRun) {
+    float run = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kSumRun; ++j)
+      if (k0 + j < n) run += exp_nonpos(l[int(threadIdx.x) + (k0 + j) * NT] - mx);
+    sum += double(run);
+  }
+  return block_sum<NT, double>(sum);
+}
+
+// lse as an unevaluated sum of two floats, for the gradient's exponents.
+struct SplitLse {
+  float hi, lo;
+  __device__ explicit SplitLse(double lse) : hi(float(lse)), lo(float(lse - double(hi))) {}
+  __device__ float exp_minus(float x) const { return exp_nonpos((x - hi) - lo); }
+};
+
+// scale·(softmax − onehot) for this thread's v = threadIdx.x + k·NT < V.
+template <int NT, class D>
+__device__ void write_gradient(const float* l, int V, int target, const SplitLse& e, float scale, D* d) {
+  for (int v = int(threadIdx.x); v < V; v += NT) {
+    float g = scale * e.exp_minus(l[v]);
     if (v == target) g -= scale;
     store_f32(d + v, g);
   }
 }
 
+// The row copied into shared memory on its one read; everything after reads it there, so the
+// gradient may overwrite the logits freely. The copy is cp.async, all of a thread's pieces issued
+// at once (16 bytes each where the row allows): the whole row in flight, where loads through
+// registers kept 32 KB an SM in flight and waited on DRAM latency a dozen times a row. The row is
+// padded with −inf to whole kRowThreads, so every thread takes the same n elements.
 template <class D>
-__global__ void cross_entropy_kernel(const float* logits, int64_t ldl, const int32_t* targets, int64_t V,
-                                     D* d_logits, int64_t lddl, float scale, double* row_loss) {
+__global__ void __launch_bounds__(kRowThreads) cross_entropy_row_kernel(const float* logits, int64_t ldl,
+                                                                        const int32_t* targets, int V,
+                                                                        D* d_logits, int64_t lddl, float scale,
+                                                                        double* row_loss) {
+  extern __shared__ __align__(16) float row[];
+  const int64_t r = blockIdx.x;
+  const int tid = int(threadIdx.x), n = (V + kRowThreads - 1) / kRowThreads;
+  const float* l = logits + r * ldl;
+  if (V % 4 == 0 && reinterpret_cast<uintptr_t>(l) % 16 == 0) {
+    for (int q = 4 * tid; q < V; q += 4 * kRowThreads) cp_async16(row + q, l + q, 16);
+  } else {
+    for (int v = tid; v < V; v += kRowThreads) cp_async4(row + v, l + v, 4);
+  }
+  cp_async_commit();
+  if (V + tid < n * kRowThreads) row[V + tid] = -INFINITY;
+  cp_async_wait_all();
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int k = 0; k < n; ++k) mx = fmaxf(mx, row[tid + k * kRowThreads]);
+  mx = block_max<kRowThreads>(mx);
+  const double lse = double(mx) + log(exp_sum<kRowThreads>(row, n, mx));
+  const int32_t target = targets[r];
+  if (tid == 0) row_loss[r] = lse - double(row[target]);
+  if (d_logits) write_gradient<kRowThreads>(row, V, target, SplitLse(lse), scale, d_logits + r * lddl);
+}
+
+template <class D>
+__global__ void cross_entropy_kernel(const float* logits, int64_t ldl, const int32_t* targets, int V, D* d_logits,
+                                     int64_t lddl, float scale, double* row_loss) {
   const int64_t r = blockIdx.x;
   const float* l = logits + r * ldl;
   const int32_t target = targets[r];
   const float picked = l[target];  // read before any thread overwrites the row (in place)
   float mx = -INFINITY;
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) mx = fmaxf(mx, l[v]);
+  for (int v = int(threadIdx.x); v < V; v += kThreads) mx = fmaxf(mx, l[v]);
   mx = block_max<kThreads>(mx);
   double sum = 0.0;
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) sum += double(expf(l[v] - mx));
-  sum = block_sum<kThreads, double>(sum);
-  const double lse = double(mx) + log(sum);
-  if (threadIdx.x == 0) row_loss[r] = lse - double(picked);
-  if (!d_logits) return;
-  D* d = d_logits + r * lddl;
-  for (int64_t v = threadIdx.x; v < V; v += kThreads) {
-    float g = scale * expf(float(double(l[v]) - lse));
-    if (v == target) g -= scale;
-    store_f32(d + v, g);
+  for (int v0 = 0; v0 < V; v0 += kSumRun * kThreads) {
+    float run = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kSumRun; ++j) {
+      const int v = v0 + j * kThreads + int(threadIdx.x);
+      if (v < V) run += exp_nonpos(l[v] - mx);
+    }
+    sum += double(run);
   }
+  const double lse = double(mx) + log(block_sum<kThreads, double>(sum));
+  if (threadIdx.x == 0) row_loss[r] = lse - double(picked);
+  if (d_logits) write_gradient<kThreads>(l, V, target, SplitLse(lse), scale, d_logits + r * lddl);
 }
 
 }  // namespace
@@ -88,27 +126,29 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t ldl, const int
 double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V, void* d_logits,
                      DType d_dtype, int64_t lddl, float scale) {
   if (n == 0) return 0.0;
+  if (V >= (int64_t(1) << 30)) raise(cat("[cross_entropy] a vocabulary of ", V, " columns: at most 2^30"));
   auto dev_targets = allocate(size_t(n) * sizeof(int32_t), "cross_entropy targets");
   auto losses = allocate(size_t(n) * sizeof(double), "cross_entropy losses");
   copy_to_device(dev_targets.get(), targets, size_t(n) * sizeof(int32_t));
   int device = 0, smem_max = 0;
   check(cudaGetDevice(&device), "cross_entropy");
   check(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cross_entropy");
-  const size_t row_bytes = size_t(V) * sizeof(float);
-  const bool fits = row_bytes + 1024 <= size_t(smem_max);  // 1 KiB left for the reductions' partials
+  const size_t row_bytes = size_t((V + kRowThreads - 1) / kRowThreads) * kRowThreads * sizeof(float);
   with_dtype(d_dtype, "cross_entropy", [&](auto* tag) {
     using D = std::remove_pointer_t<decltype(tag)>;
     const auto* tg = static_cast<const int32_t*>(dev_targets.get());
     auto* loss = static_cast<double*>(losses.get());
-    if (fits) {
+    cudaFuncAttributes attr{};  // its static shared memory: the reductions' partials
+    check(cudaFuncGetAttributes(&attr, cross_entropy_row_kernel<D>), "cross_entropy");
+    if (row_bytes + attr.sharedSizeBytes <= size_t(smem_max)) {
       check(cudaFuncSetAttribute(cross_entropy_row_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  int(row_bytes)),
             "cross_entropy");
       cross_entropy_row_kernel<D><<<unsigned(n), kRowThreads, row_bytes, stream()>>>(
-          logits, ldl, tg, V, static_cast<D*>(d_logits), lddl, scale, loss);
+          logits, ldl, tg, int(V), static_cast<D*>(d_logits), lddl, scale, loss);
     } else {
-      cross_entropy_kernel<D><<<unsigned(n), kThreads, 0, stream()>>>(logits, ldl, tg, V, static_cast<D*>(d_logits),
-                                                                      lddl, scale, loss);
+      cross_entropy_kernel<D><<<unsigned(n), kThreads, 0, stream()>>>(logits, ldl, tg, int(V),
+                                                                      static_cast<D*>(d_logits), lddl, scale, loss);
     }
   });
   check_launch("cross_entropy");

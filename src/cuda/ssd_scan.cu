@@ -1570,32 +1570,75 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
 // Block (sequence, head, 256 state elements z): the states at the chunks' starts, S ← e·S + S_c in
 // chunk order from the initial state (the slot's row), and the gradients of the chunks' end
 // states, G ← e·G + dS_c in reverse order from the final state's; the first chunk's start gradient
-// to d_state0. Both in fp32 (the gradients only for T = fp32: otherwise only their rounded copies
-// are read), and rounded to T as the operands of the state terms; the block's part of each
-// chunk's Σ dS_end·S_start (the end state's term of da) to dots[(chunk·H + head)·nz + z].
-template <class T>
-__global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, const float* state0,
-                                  const float* d_final, const float* Sc, const float* dSc, float* S0, float* dSend,
-                                  T* S0t, T* dSendt, float* d_state0, float* dots) {
-  const int64_t s = blockIdx.x, h = blockIdx.y, PN = d.PN(), nz = gridDim.z;
+// to d_state0. Both rounded to T as the operands of the state terms (S0t, dSendt; for T = fp32 the
+// fp32 S0 and dS_end themselves); the block's part of each chunk's Σ dS_end·S_start (the end
+// state's term of da, in fp32) to dots[(chunk·H + head)·nz + z].
+// A sequence's last R chunks (R = 4, 8 or 16: the fewest that hold the longest sequence's chunks,
+// or 16) keep their fp32 start states in registers between the two walks, their S_c and dS_c
+// loaded all at once (restrict: the loads may pass the stores) and their decays formed once per
+// block in shared memory; their dot products' warp parts meet in shared memory behind one barrier,
+// in block_sum's order (lanes by butterfly, then warps in order), so the same bits as the chunks
+// before them, whose fp32 start states pass through S0 in memory (H100: 102 → 58 µs a call at the
+// 130m shape, bench/RESULTS.md).
+template <class T, int R>
+__global__ __launch_bounds__(kThreads) void bwd_states_kernel(
+    PackedSeqs seqs, BwdDims d, const double* __restrict__ ap, const float* __restrict__ state0,
+    const float* __restrict__ d_final, const float* __restrict__ Sc, const float* __restrict__ dSc, float* S0,
+    T* S0t, T* dSendt, float* d_state0, float* dots) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float s_dec[R], s_part[R][kWarps];
+  const int64_t s = blockIdx.x, h = blockIdx.y, PN = d.PN(), step = d.H * PN, nz = gridDim.z;
   const int64_t i = int64_t(blockIdx.z) * kThreads + threadIdx.x;
   const bool in = i < PN;  // every thread takes part in the block sums
   const int64_t c0 = seqs.chunk_starts[s], c1 = seqs.chunk_starts[s + 1], e = (seqs.slots[s] * d.H + h) * PN + i;
+  const int64_t cr = c1 - R > c0 ? c1 - R : c0;  // chunks cr.. in registers
+  const int nr = int(c1 - cr);
   auto decay = [&](int64_t c) { return expf(float(ap[(c * d.H + h) * d.Q + d.Q - 1])); };
+  if (threadIdx.x < nr) s_dec[threadIdx.x] = decay(cr + threadIdx.x);
   float cur = state0 && in ? state0[e] : 0.0f;
-  for (int64_t c = c0; c < c1 && in; ++c) {
-    const int64_t o = (c * d.H + h) * PN + i;
+  for (int64_t c = c0, o = (c0 * d.H + h) * PN + i; c < cr && in; ++c, o += step) {
     S0[o] = cur;
     if constexpr (!std::is_same_v<T, float>) store_f32(S0t + o, cur);
     cur = decay(c) * cur + Sc[o];
   }
+  const int64_t o0 = (cr * d.H + h) * PN + i;  // chunk cr + j's element: o0 + j·step
+  float held[R], term[R];
+  const float* sc = Sc + o0;
+#pragma unroll
+  for (int j = 0; j < R; ++j, sc += step)
+    if (j < nr && in) term[j] = *sc;
+  __syncthreads();  // s_dec
+  T* s0t = S0t + o0;  // T = fp32: S0 itself
+#pragma unroll
+  for (int j = 0; j < R; ++j, s0t += step)
+    if (j < nr && in) {
+      held[j] = cur;
+      store_f32(s0t, cur);
+      cur = s_dec[j] * cur + term[j];
+    }
+  const float* dsc = dSc + o0;
+#pragma unroll
+  for (int j = 0; j < R; ++j, dsc += step)
+    if (j < nr && in) term[j] = *dsc;
   cur = d_final && in ? d_final[e] : 0.0f;
-  for (int64_t c = c1 - 1; c >= c0; --c) {
-    const int64_t o = (c * d.H + h) * PN + i;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  T* dsend = dSendt + o0 + (R - 1) * step;  // T = fp32: the fp32 dS_end itself
+#pragma unroll
+  for (int j = R - 1; j >= 0; --j, dsend -= step) {
+    if (j >= nr) continue;
     float dot = 0.0f;
     if (in) {
-      if constexpr (std::is_same_v<T, float>) dSend[o] = cur;
-      else store_f32(dSendt + o, cur);
+      store_f32(dsend, cur);
+      dot = cur * held[j];
+      cur = s_dec[j] * cur + term[j];
+    }
+    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (lane == 0) s_part[j][warp] = dot;
+  }
+  for (int64_t c = cr - 1, o = o0 - step; c >= c0; --c, o -= step) {
+    float dot = 0.0f;
+    if (in) {
+      store_f32(dSendt + o, cur);
       dot = cur * S0[o];
       cur = decay(c) * cur + dSc[o];
     }
@@ -1603,6 +1646,13 @@ __global__ void bwd_states_kernel(PackedSeqs seqs, BwdDims d, const double* ap, 
     if (threadIdx.x == 0) dots[(c * d.H + h) * nz + blockIdx.z] = dot;
   }
   if (d_state0 && in) d_state0[e] = cur;
+  __syncthreads();
+  if (threadIdx.x < nr) {
+    const int j = int(threadIdx.x);
+    float dot = 0.0f;
+    for (int w = 0; w < kWarps; ++w) dot += s_part[j][w];
+    dots[((cr + j) * d.H + h) * nz + blockIdx.z] = dot;
+  }
 }
 
 // Block (chunk, group, 64×64 tile (ti, si) of the chunk's (t, s) pairs), thread (ty, tx) the
@@ -2311,8 +2361,15 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
     gemm(Q, Q, N, opd(Cp + gi * N, GN, Q * GN, false), opd(Bp + gi * N, GN, Q * GN, true), CB + gi * QQ, Q, G * QQ,
          NC, 0.0f, op);
   }
-  bwd_states_kernel<T><<<dim3(unsigned(seqs.count), unsigned(H), unsigned(state_blocks(d))), kThreads, 0, stream()>>>(
-      seqs, d, ap, state0, d_final, Sc, dSc, S0, dSend, S0t, dSendt, g.state0, dots);
+  const auto states = [&](auto regs) {
+    bwd_states_kernel<T, decltype(regs)::value>
+        <<<dim3(unsigned(seqs.count), unsigned(H), unsigned(state_blocks(d))), kThreads, 0, stream()>>>(
+            seqs, d, ap, state0, d_final, Sc, dSc, S0, S0t, dSendt, g.state0, dots);
+  };
+  const int64_t most_chunks = (seqs.max_length + Q - 1) / Q;
+  if (most_chunks <= 4) states(std::integral_constant<int, 4>{});
+  else if (most_chunks <= 8) states(std::integral_constant<int, 8>{});
+  else states(std::integral_constant<int, 16>{});
   check_launch(op);
   const dim3 pair_grid{unsigned(NC), unsigned(G), unsigned(NT * NT)};
   if (pairs_tc) {
