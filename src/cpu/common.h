@@ -125,7 +125,7 @@ inline T dt_activation_grad(T raw, T bias, T lo, T hi) {
   const T v = raw + bias;
   const T sp = softplus_libm(v);
   if (sp < lo || sp > hi) return T(0);
-  return v > T(20) ? T(1) : T(1) / (T(1) + std::exp(-v));
+  return softplus_grad(v);
 }
 
 }  // namespace mamba2::cpu
