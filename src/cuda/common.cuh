@@ -323,12 +323,20 @@ void launch_overlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t 
   launch_overlapped_clustered(1, kernel, grid, block, smem, op, std::forward<Args>(args)...);
 }
 
-// Σ over a block of kThreads of v (float or double), the same order every time; every thread
+// Σ over a warp's 32 lanes of v, by a fixed butterfly (the same order every time); every lane
 // gets the result.
+template <class V>
+__device__ __forceinline__ V warp_sum(V v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Σ over a block of kThreads of v (float or double): warp_sum, then the warps in order, the same
+// order every time; every thread gets the result.
 template <int kThreads, class V = float>
 __device__ V block_sum(V v) {
   __shared__ V partial[kThreads / 32];
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  v = warp_sum(v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) partial[warp] = v;
   __syncthreads();

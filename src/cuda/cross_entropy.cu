@@ -32,16 +32,19 @@ __device__ float block_max(float v) {
   return m;
 }
 
-// Σ exp(l[v] − mx) over this thread's v = threadIdx.x + k·NT, k < n (all within the row, or its
-// −inf padding): kSumRun terms at a time in fp32, each run's sum added in double; then the block's.
-template <int NT>
-__device__ double exp_sum(const float* l, int n, float mx) {
+// Σ exp(l[v] − mx) over this thread's v = threadIdx.x + k·NT, k < n, and (kBounded: a row not
+// padded to whole columns) v < V: kSumRun terms at a time in fp32, each run's sum added in double;
+// then the block's.
+template <int NT, bool kBounded>
+__device__ double exp_sum(const float* l, int n, float mx, int V) {
   double sum = 0.0;
   for (int k0 = 0; k0 < n; k0 += kSumRun) {
     float run = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kSumRun; ++j)
-      if (k0 + j < n) run += exp_nonpos(l[int(threadIdx.x) + (k0 + j) * NT] - mx);
+    for (int j = 0; j < kSumRun; ++j) {
+      const int v = int(threadIdx.x) + (k0 + j) * NT;
+      if (k0 + j < n && (!kBounded || v < V)) run += exp_nonpos(l[v] - mx);
+    }
     sum += double(run);
   }
   return block_sum<NT, double>(sum);
@@ -90,7 +93,7 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_row_kernel(const fl
   float mx = -INFINITY;
   for (int k = 0; k < n; ++k) mx = fmaxf(mx, row[tid + k * kRowThreads]);
   mx = block_max<kRowThreads>(mx);
-  const double lse = double(mx) + log(exp_sum<kRowThreads>(row, n, mx));
+  const double lse = double(mx) + log(exp_sum<kRowThreads, false>(row, n, mx, V));
   const int32_t target = targets[r];
   if (tid == 0) row_loss[r] = lse - double(row[target]);
   if (d_logits) write_gradient<kRowThreads>(row, V, target, SplitLse(lse), scale, d_logits + r * lddl);
@@ -106,17 +109,7 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t ldl, const int
   float mx = -INFINITY;
   for (int v = int(threadIdx.x); v < V; v += kThreads) mx = fmaxf(mx, l[v]);
   mx = block_max<kThreads>(mx);
-  double sum = 0.0;
-  for (int v0 = 0; v0 < V; v0 += kSumRun * kThreads) {
-    float run = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kSumRun; ++j) {
-      const int v = v0 + j * kThreads + int(threadIdx.x);
-      if (v < V) run += exp_nonpos(l[v] - mx);
-    }
-    sum += double(run);
-  }
-  const double lse = double(mx) + log(block_sum<kThreads, double>(sum));
+  const double lse = double(mx) + log(exp_sum<kThreads, true>(l, (V + kThreads - 1) / kThreads, mx, V));
   if (threadIdx.x == 0) row_loss[r] = lse - double(picked);
   if (d_logits) write_gradient<kThreads>(l, V, target, SplitLse(lse), scale, d_logits + r * lddl);
 }

@@ -230,7 +230,7 @@ __device__ void row_scales(const Normed& in, int64_t row0, int rows, int64_t m, 
     float s = 0.0f;
     if (r < m)
       for (int64_t j = lane; j < per; j += 32) s += in.norm.sums[r * in.norm.ld + g * per + j];
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    s = warp_sum(s);
     if (lane == 0) scales[pair / groups * kMaxNormGroups + g] = rsqrtf(s / float(in.group_cols) + in.norm.eps);
   }
 }
@@ -443,13 +443,10 @@ __global__ void __launch_bounds__(kWarps * 32) rows_kernel(In in, const float* W
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      if constexpr (self_normed) {
-        for (int off = 16; off > 0; off >>= 1) ss[r] += __shfl_xor_sync(0xffffffffu, ss[r], off);
-      }
+      if constexpr (self_normed) ss[r] = warp_sum(ss[r]);
 #pragma unroll
       for (int c = 0; c < kCols; ++c) {
-        float v = acc[c][r];
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        float v = warp_sum(acc[c][r]);
         if constexpr (self_normed) v *= self_scale(ss[r], k, in.eps);
         if (lane == 0) vals[r * kSumCols + warp * kCols + c] = v;
       }
@@ -536,7 +533,7 @@ __global__ void __launch_bounds__(kSkinnyCols * 32) skinny_kernel(Raw in, const 
   }
 #pragma unroll
   for (int i = 0; i < kSkinnyRows; ++i) {
-    for (int off = 16; off > 0; off >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+    acc[i] = warp_sum(acc[i]);
     if (lane == 0) vals[i * kSkinnyCols + warp] = acc[i];
   }
   __syncthreads();

@@ -549,7 +549,7 @@ __global__ __launch_bounds__(kStepWarps * 32) void step_kernel(SsdParams p, cons
       else
         rows[q * N + n] = sv[r][j];
     }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    acc = warp_sum(acc);
     float out = acc + D * xq[r];
     if (z) out *= silu(zq[r]);
     if (lane == r) y[b * ldy + h * P + q] = out;
@@ -1500,8 +1500,8 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
     T* __restrict__ Cp) {
   __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk], s_ey[kMaxChunk];
   __shared__ double s_a[kMaxChunk];
-  const int64_t c = blockIdx.x, Q = d.Q, P = d.P, HP = d.HP(), GN = d.GN();
-  const int h = int(blockIdx.y);
+  const int64_t c = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP(), GN = d.GN();
+  const int h = int(blockIdx.x);
   const Chunk ch = find_chunk(seqs, c, Q);
   chunk_decay(p, dt_raw, lddt, h, ch.tok0, ch.len, s_dt, s_a);
   const int64_t u = (c * d.H + h) * Q;
@@ -1580,6 +1580,7 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
 // in block_sum's order (lanes by butterfly, then warps in order), so the same bits as the chunks
 // before them, whose fp32 start states pass through S0 in memory (H100: 102 → 58 µs a call at the
 // 130m shape, bench/RESULTS.md).
+constexpr int kMaxStateRegs = 16;  // the most chunks bwd_states holds in registers
 template <class T, int R>
 __global__ __launch_bounds__(kThreads) void bwd_states_kernel(
     PackedSeqs seqs, BwdDims d, const double* __restrict__ ap, const float* __restrict__ state0,
@@ -1632,7 +1633,7 @@ __global__ __launch_bounds__(kThreads) void bwd_states_kernel(
       dot = cur * held[j];
       cur = s_dec[j] * cur + term[j];
     }
-    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    dot = warp_sum(dot);  // then the warps in order below: block_sum's order
     if (lane == 0) s_part[j][warp] = dot;
   }
   for (int64_t c = cr - 1, o = o0 - step; c >= c0; --c, o -= step) {
@@ -1773,16 +1774,17 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_pairs_kernel(BwdDims d, const
 // the tile, lane l the accumulator elements of mma's layout; sums per thread in fp32, then across
 // lanes (rows: the quad; columns: lanes 4 apart) and warps in a fixed order, in double past that.
 // exp(a_t − a_s) is 2^((a_t − a_s)·log2 e) by the SFU, the difference formed in double as before
-// (expf's range reduction was a sixth of the epilogue's instructions).
+// (expf's range reduction was a sixth of the epilogue's instructions). M (T) is formed and stored
+// only with kStoreM: for the GEMM Mᵀ d_y (the tensor-core rows kernel forms its tiles from CB).
 constexpr int kPairThreads = 128;
 constexpr int kMaxPairHeaddim = 128;
 __host__ __device__ inline int pair_stride(int64_t P) { return int((P + 15) / 16 * 16 + 8); }
 
-template <class T>
+template <class T, bool kStoreM>
 __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d, const float* dtp, const double* ap,
                                                                    const float* CB, const T* Xh, const T* dYh, T* M,
                                                                    T* dCB, double* row_m, double* col_c,
-                                                                   double* col_m, bool m_upper) {
+                                                                   double* col_m) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ double s_at[2][kTile], s_as[2][kTile];
   __shared__ float s_dts[2][kTile], s_col[4][2][kTile];
@@ -1809,9 +1811,9 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
         }
       }
   };
-  if (si > ti) {  // zeros: dCB's (and M's for a GEMM that reads all of it)
+  if (si > ti) {  // zeros: dCB's (and M's, when stored, for the GEMM that reads all of it)
     const float zero[8][4] = {};
-    for (int64_t h = g * hpg; m_upper && h < (g + 1) * hpg; ++h) store_tile(M + (c * d.H + h) * QQ, zero);
+    for (int64_t h = g * hpg; kStoreM && h < (g + 1) * hpg; ++h) store_tile(M + (c * d.H + h) * QQ, zero);
     store_tile(dcb, zero);
     return;
   }
@@ -1896,7 +1898,7 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
         cc[e % 2] += cv;
         cm[e % 2] += mm;
         dcbv[j][e] += ge * dts;
-        acc[j][e] = on ? cbv[j][e] * ex * dts : 0.0f;
+        if constexpr (kStoreM) acc[j][e] = on ? cbv[j][e] * ex * dts : 0.0f;
       }
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
@@ -1907,7 +1909,7 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
         if (lane < 4) s_col[warp][0][8 * j + 2 * lane + e] = cc[e], s_col[warp][1][8 * j + 2 * lane + e] = cm[e];
       }
     }
-    store_tile(M + (c * d.H + h) * QQ, acc);
+    if constexpr (kStoreM) store_tile(M + (c * d.H + h) * QQ, acc);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       float v = rs[i];
@@ -1916,6 +1918,9 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
       const int64_t t = t0 + r0 + lane / 4 + 8 * i;
       if (lane % 4 == 0 && t < Q) row_m[((c * d.H + h) * NT + si) * Q + t] = double(v);
     }
+    // This stage's tiles, a and dt are used up and s_col is whole. The next head's writes of s_col
+    // come after its first barrier, which the threads summing the columns reach only when done:
+    // no barrier after the sums.
     __syncthreads();
     if (threadIdx.x < kTile && s0 + threadIdx.x < Q) {
       double vc = 0.0, vm = 0.0;
@@ -1924,7 +1929,6 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
       col_c[o] = vc;
       col_m[o] = vm;
     }
-    __syncthreads();  // this stage's tiles, a, dt and the column sums are used up
   }
   store_tile(dcb, dcbv);
 }
@@ -1986,7 +1990,7 @@ __device__ void rows_tail(const SsdParams& p, const Chunk& ch, const BwdDims& d,
       s_ddt[i] += A * r;
       dA += double(dtp[u + i]) * r;
     }
-    for (int off = 16; off > 0; off >>= 1) dA += __shfl_xor_sync(0xffffffffu, dA, off);
+    dA = warp_sum(dA);
     if (lane == 0) s_dA = dA;
   }
   __syncthreads();
@@ -2016,7 +2020,7 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
   __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk];
   __shared__ double s_da[kMaxChunk], s_ddt[kMaxChunk];
   __shared__ double s_dA;
-  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, HP = d.HP();
+  const int64_t c = blockIdx.y, h = blockIdx.x, Q = d.Q, P = d.P, HP = d.HP();
   const int64_t u = (c * d.H + h) * Q;
   const Chunk ch = find_chunk(seqs, c, Q);
   const double a_last = ap[u + Q - 1];
@@ -2057,11 +2061,7 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      for (int off = 16; off > 0; off >>= 1) {
-        rowD[r] += __shfl_xor_sync(0xffffffffu, rowD[r], off);
-        dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
-        dw[r] += __shfl_xor_sync(0xffffffffu, dw[r], off);
-      }
+      rowD[r] = warp_sum(rowD[r]), dot[r] = warp_sum(dot[r]), dw[r] = warp_sum(dw[r]);
       if (lane == 0 && tb + r < Q) s_rowD[tb + r] = rowD[r], s_dot[tb + r] = dot[r], s_dw[tb + r] = dw[r];
     }
   }
@@ -2074,10 +2074,14 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
 // 64 rows s at a time, Z2 = B dS_endᵀ and Z = C S_startᵀ (k over the state) and dXh = Mᵀ d_y (k
 // over the tiles of rows t ≥ s: M is 0 above its diagonal) on mma.sync from the rounded operands,
 // and uses each where bwd_rows reads it, so that none of the three (Q × P fp32 a head) is stored.
-// 8 warps: warp w the rows 16(w%4).. of the tile and the columns 32(w/4).. (lane l the elements
-// of mma's layout); a row's sums over its half's lanes, then half 0's plus half 1's. The next
-// tile of M and d_y is copied in while this one is used. Headdim a multiple of 8 up to 64,
-// d_state up to 128, the chunk a multiple of 8 (16-byte copies of M's rows).
+// M's tiles are formed here from C Bᵀ (fp32, one copy for the group's heads, from the L2) rather
+// than read back from a stored copy: that copy was Q² a head in T, written once and read once.
+// Blocks run heads first, so that a chunk's C Bᵀ, B and C and its tokens' rows are read by
+// neighbouring blocks (DRAM traffic at b8 L2048 H24: 827 → 482 MB). 8 warps: warp w the rows
+// 16(w%4).. of the tile and the columns 32(w/4).. (lane l the elements of mma's layout); a row's
+// sums over its half's lanes, then half 0's plus half 1's. The next tile's C Bᵀ and d_y are
+// loaded while this one is used. Headdim a multiple of 8 up to 64, d_state up to 128, the chunk a
+// multiple of 8 (16-byte loads of rows).
 constexpr int kRowsTcMaxP = 64, kRowsTcMaxN = 128;
 
 template <class T, int NPAD>
@@ -2113,20 +2117,25 @@ __device__ __forceinline__ void stage_tile(T* dst, int ld, const T* src, int64_t
 template <class T, int NPAD, class Ddt>
 __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     SsdParams p, PackedSeqs seqs, BwdDims d, const float* __restrict__ x, int64_t ldx,
-    const float* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const T* M,
+    const float* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const float* CB,
     const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* dots, const float* dtp,
     const double* ap, const double* row_m, const double* col_c, const double* col_m, float* __restrict__ d_x,
     int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float s_dot[kMaxChunk], s_dw[kMaxChunk], s_rowD[kMaxChunk], s_wt[kMaxChunk], s_part[2][3][kTile];
+  __shared__ __align__(16) float s_a2[kMaxChunk], s_dt[kMaxChunk];  // a·log2(e) and dt, for M
   __shared__ double s_dA;
-  const int64_t c = blockIdx.x, h = blockIdx.y, Q = d.Q, P = d.P, N = d.N, GN = d.GN(), NT = d.NT();
+  const int64_t c = blockIdx.y, h = blockIdx.x, Q = d.Q, P = d.P, N = d.N, GN = d.GN(), NT = d.NT();
   const int64_t u = (c * d.H + h) * Q, g = h / (d.H / d.G);
   const Chunk ch = find_chunk(seqs, c, Q);
   const double a_last = ap[u + Q - 1];
   const float Dh = p.D[h];
-  for (int64_t t = threadIdx.x; t < Q; t += kThreads)  // w[t], the end state's weight of row t
+  for (int64_t t = threadIdx.x; t < Q; t += kThreads) {  // w[t], the end state's weight of row t
     s_wt[t] = t < ch.len ? expf(float(a_last - ap[u + t])) * dtp[u + t] : 0.0f;
+    s_a2[t] = float(ap[u + t] * kLog2eD);
+    s_dt[t] = dtp[u + t];
+  }
+  __syncthreads();  // s_a2 and s_dt, which put_m reads before the loop's first barrier
   constexpr int NS = NPAD + 8, KN = NPAD / 16, NP = NPAD / 8;
   T* Ss = reinterpret_cast<T*>(smem);  // [q][n]
   T* Ds = Ss + kTile * NS;             // [q][n]
@@ -2139,18 +2148,51 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
   const bool nvec = N % 8 == 0;
   stage_tile<NP>(Ss, NS, S0t + (c * d.H + h) * d.PN(), N, int(P), int(N), nvec);
   stage_tile<NP>(Ds, NS, dSendt + (c * d.H + h) * d.PN(), N, int(P), int(N), nvec);
-  // Tile (kt, st) of M (rows t, columns s) and rows kt.. of d_y into stage b.
-  const auto stage_pair = [&](int64_t kt, int64_t st, int b) {
-    const int rows_in = int(min(int64_t(kTile), Q - kt * kTile)), cols_in = int(min(int64_t(kTile), Q - st * kTile));
-    stage_tile<kTile / 8>(Ms + b * kTile * kTcStride, kTcStride, M + (u + kt * kTile) * Q + st * kTile, Q, rows_in,
-                          cols_in, true);
-    stage_tile<kTile / 8>(Ys + b * kTile * kTcStride, kTcStride, dYh + (u + kt * kTile) * P, P, rows_in, int(P),
-                          true);
+  // Rows kt.. of d_y into stage b.
+  const auto stage_dy = [&](int64_t kt, int b) {
+    stage_tile<kTile / 8>(Ys + b * kTile * kTcStride, kTcStride, dYh + (u + kt * kTile) * P, P,
+                          int(min(int64_t(kTile), Q - kt * kTile)), int(P), true);
+  };
+  // M's tile (kt, st), rows t and columns s, into stage b: thread i the columns mq.. of the rows
+  // mr + 16k, C Bᵀ loaded into registers (load_m) a tile ahead of forming M in T (put_m). The decay
+  // 2^(a[t]·log2 e − a[s]·log2 e) from fp32 exponents, as the forward's tensor-core scan takes them
+  // (their rounding stays below the operand's; see the top of the file).
+  const float* cb = CB + (c * d.G + g) * Q * Q;
+  const int mq = 4 * (threadIdx.x % 16), mr = threadIdx.x / 16;
+  float4 cbr[4];
+  const auto load_m = [&](int64_t kt, int64_t st) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t t = kt * kTile + mr + 16 * k, s = st * kTile + mq;
+      cbr[k] = t < Q && s < Q ? *reinterpret_cast<const float4*>(cb + t * Q + s) : float4{0.0f, 0.0f, 0.0f, 0.0f};
+    }
+  };
+  const auto put_m = [&](int64_t kt, int64_t st, int b) {
+    const int s = int(st * kTile) + mq;
+    float as[4] = {}, dts[4] = {};
+    if (s < Q) {  // Q is a multiple of 8: whole quads
+      const float4 av = *reinterpret_cast<const float4*>(s_a2 + s), dv = *reinterpret_cast<const float4*>(s_dt + s);
+      as[0] = av.x, as[1] = av.y, as[2] = av.z, as[3] = av.w, dts[0] = dv.x, dts[1] = dv.y, dts[2] = dv.z, dts[3] = dv.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int t = int(kt * kTile) + mr + 16 * k;
+      const float at = t < Q ? s_a2[t] : 0.0f;
+      const float v[4] = {cbr[k].x, cbr[k].y, cbr[k].z, cbr[k].w};
+      float m[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bool on = t < Q && s + e <= t;
+        m[e] = on ? v[e] * exp2_approx(at - as[e]) * dts[e] : 0.0f;
+      }
+      *reinterpret_cast<uint2*>(Ms + (b * kTile + mr + 16 * k) * kTcStride + mq) =
+          uint2{pack2<T>(m[0], m[1]), pack2<T>(m[2], m[3])};
+    }
   };
   for (int64_t st = 0; st < NT; ++st) {
     const int64_t s0 = st * kTile;
     const int rows_in = int(min(int64_t(kTile), Q - s0));
-    if (st + 1 < NT) {  // the next tile's rows of x and d_y and its column of M into the L2 (hints)
+    if (st + 1 < NT) {  // the next tile's rows of x and d_y into the L2 (hints)
       const int64_t n0 = s0 + kTile;
       for (int i = threadIdx.x; i < 4 * kTile; i += kThreads) {  // x, d_y: 64 rows of two 128-byte lines
         const int r = (i / 2) % kTile, line = i % 2;
@@ -2159,11 +2201,11 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
           prefetch_l2((i < 2 * kTile ? x + tok * ldx : d_y + tok * lddy) + h * P + 32 * line);
         }
       }
-      for (int64_t t = n0 + threadIdx.x; t < Q; t += kThreads) prefetch_l2(M + (u + t) * Q + n0);
     }
+    load_m(st, st);
     stage_tile<NP>(Cs, NS, Cp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), nvec);
     stage_tile<NP>(Bs, NS, Bp + (c * Q + s0) * GN + g * N, GN, rows_in, int(N), nvec);
-    stage_pair(st, st, 0);
+    stage_dy(st, 0);
     cp_async_commit();
     // The thread's x and d_y, as its accumulators' elements [j][2i + e]: row s0 + r0 + l/4 + 8i,
     // column c0 + 8j + 2(l%4) + e.
@@ -2186,10 +2228,12 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
         xv[j][2 * i] = xs.x, xv[j][2 * i + 1] = xs.y, dyv[j][2 * i] = ys.x, dyv[j][2 * i + 1] = ys.y;
       }
     }
+    put_m(st, st, 0);
     cp_async_wait_all();
     __syncthreads();
     if (st + 1 < NT) {
-      stage_pair(st + 1, st, 1);
+      load_m(st + 1, st);
+      stage_dy(st + 1, 1);
       cp_async_commit();
     }
     // K over the state: acc += A·Bᵀ with A's rows in `as` and B's in `bs`, both [row][n].
@@ -2231,8 +2275,10 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     for (int64_t kt = st; kt < NT; ++kt) {
       const int b = int((kt - st) % 2);
       if (kt > st) {
+        put_m(kt, st, b);
         if (kt + 1 < NT) {
-          stage_pair(kt + 1, st, 1 - b);
+          load_m(kt + 1, st);
+          stage_dy(kt + 1, 1 - b);
           cp_async_commit();
           cp_async_wait_all_but_last();
         } else {
@@ -2328,10 +2374,17 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   float *dBp = g.B, *dCp = g.C, *CB = f(NC * G * QQ);
   int64_t lddb = g.ldb, lddc = g.ldc;
   if (!whole) dBp = f(NC * Q * GN), dCp = f(NC * Q * GN), lddb = lddc = GN;
-  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *S0 = f(NC * H * PN), *dSend = nullptr;
+  // bwd_states keeps a sequence's last kMaxStateRegs chunks' start states in registers: the fp32
+  // S0 in memory holds only those before them (and, in fp32, is the operand S0t itself).
+  const int64_t most_chunks = (seqs.max_length + Q - 1) / Q;
+  float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *dSend = nullptr;
+  float* S0 = std::is_same_v<T, float> || most_chunks > kMaxStateRegs ? f(NC * H * PN) : nullptr;
   float* dots = f(NC * H * state_blocks(d));
   T *Xh = op_t(NC * H * Q * P), *dYh = op_t(NC * H * Q * P), *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
-  T *Bp = op_t(NC * Q * GN), *Cp = op_t(NC * Q * GN), *M = op_t(NC * H * QQ), *dCB = op_t(NC * G * QQ);
+  T *Bp = op_t(NC * Q * GN), *Cp = op_t(NC * Q * GN), *dCB = op_t(NC * G * QQ);
+  // M = (C Bᵀ)∘decay∘dt, Q × Q a head, is stored only for the GEMM Mᵀ dY: the tensor-core rows
+  // kernel forms its tiles from CB.
+  T* M = rows_tc ? nullptr : op_t(NC * H * QQ);
   T *S0t = nullptr, *dSendt = nullptr;
   if constexpr (std::is_same_v<T, float>) dSend = f(NC * H * PN), S0t = S0, dSendt = dSend;
   else S0t = op_t(NC * H * PN), dSendt = op_t(NC * H * PN);
@@ -2341,7 +2394,7 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
          *col_c = static_cast<double*>(scratch(NC * H * NT * Q, sizeof(double))),
          *col_m = static_cast<double*>(scratch(NC * H * NT * Q, sizeof(double)));
   const char* op = "ssd_scan";
-  const dim3 units{unsigned(NC), unsigned(H), 1u};
+  const dim3 units{unsigned(H), unsigned(NC), 1u};  // (head, chunk): a chunk's heads side by side
   // Row-major products, GemmOperand {pointer, ld, batch stride, transposed, dtype}.
   auto opd = [&](const T* ptr, int64_t ld, int64_t stride, bool t) { return GemmOperand{ptr, ld, stride, t, dtype}; };
 
@@ -2366,17 +2419,16 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
         <<<dim3(unsigned(seqs.count), unsigned(H), unsigned(state_blocks(d))), kThreads, 0, stream()>>>(
             seqs, d, ap, state0, d_final, Sc, dSc, S0, S0t, dSendt, g.state0, dots);
   };
-  const int64_t most_chunks = (seqs.max_length + Q - 1) / Q;
   if (most_chunks <= 4) states(std::integral_constant<int, 4>{});
   else if (most_chunks <= 8) states(std::integral_constant<int, 8>{});
-  else states(std::integral_constant<int, 16>{});
+  else states(std::integral_constant<int, kMaxStateRegs>{});
   check_launch(op);
   const dim3 pair_grid{unsigned(NC), unsigned(G), unsigned(NT * NT)};
   if (pairs_tc) {
     const size_t smem = 4 * size_t(kTile) * pair_stride(P) * sizeof(T);
-    check(cudaFuncSetAttribute(bwd_pairs_tc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-    bwd_pairs_tc_kernel<T><<<pair_grid, kPairThreads, smem, stream()>>>(d, dtp, ap, CB, Xh, dYh, M, dCB, row_m, col_c,
-                                                                        col_m, !rows_tc);
+    auto* kernel = rows_tc ? bwd_pairs_tc_kernel<T, false> : bwd_pairs_tc_kernel<T, true>;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
+    kernel<<<pair_grid, kPairThreads, smem, stream()>>>(d, dtp, ap, CB, Xh, dYh, M, dCB, row_m, col_c, col_m);
   } else {
     // dM = dY Xᵀ (Q × Q) per (chunk, head), then the pairs.
     float* dM = f(NC * H * QQ);
@@ -2418,7 +2470,7 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
           constexpr size_t smem = rows_tc_smem<T, NPAD>();
           auto* kernel = bwd_rows_tc_kernel<T, NPAD, Ddt>;
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-          kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, M, dYh, Bp, Cp,
+          kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, CB, dYh, Bp, Cp,
                                                       S0t, dSendt, dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
                                                       static_cast<Ddt*>(g.dt), g.lddt, partials);
         };
