@@ -1773,12 +1773,27 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_pairs_kernel(BwdDims d, const
 // next head's tiles are copied in while this one's are used. 4 warps, warp w the rows 16w.. of
 // the tile, lane l the accumulator elements of mma's layout; sums per thread in fp32, then across
 // lanes (rows: the quad; columns: lanes 4 apart) and warps in a fixed order, in double past that.
-// exp(a_t − a_s) is 2^((a_t − a_s)·log2 e) by the SFU, the difference formed in double as before
-// (expf's range reduction was a sixth of the epilogue's instructions). M (T) is formed and stored
+// exp(a_t − a_s) is 2^(a_t·log2 e − a_s·log2 e) by the SFU from fp32 exponents, as the forward's
+// tensor-core scan takes them: their rounding stays below that of d_y xᵀ's rounded operands (see
+// the top of the file). M (T) is formed and stored
 // only with kStoreM: for the GEMM Mᵀ d_y (the tensor-core rows kernel forms its tiles from CB).
 constexpr int kPairThreads = 128;
 constexpr int kMaxPairHeaddim = 128;
 __host__ __device__ inline int pair_stride(int64_t P) { return int((P + 15) / 16 * 16 + 8); }
+
+// Column sums of two fragments' elements v[f][e] (column 8f + 2(l%4) + e of lane l) over the 8
+// lanes of a column (4 apart), halving the values a step: bit 4 of the lane keeps fragment f =
+// bit 4, bit 3 element e = bit 3, bit 2 adds the last one: 4 shuffles instead of 12. Lanes l and
+// l^4 end with the same sum.
+__device__ __forceinline__ float column_sum8(const float (&v)[2][2], int lane) {
+  const bool hi = lane & 16, odd = lane & 8;
+  float k0 = hi ? v[1][0] : v[0][0], k1 = hi ? v[1][1] : v[0][1];
+  k0 += __shfl_xor_sync(0xffffffffu, hi ? v[0][0] : v[1][0], 16);
+  k1 += __shfl_xor_sync(0xffffffffu, hi ? v[0][1] : v[1][1], 16);
+  float k = odd ? k1 : k0;
+  k += __shfl_xor_sync(0xffffffffu, odd ? k0 : k1, 8);
+  return k + __shfl_xor_sync(0xffffffffu, k, 4);
+}
 
 template <class T, bool kStoreM>
 __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d, const float* dtp, const double* ap,
@@ -1786,8 +1801,8 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
                                                                    T* dCB, double* row_m, double* col_c,
                                                                    double* col_m) {
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ double s_at[2][kTile], s_as[2][kTile];
-  __shared__ float s_dts[2][kTile], s_col[4][2][kTile];
+  __shared__ __align__(8) float s_at[2][kTile], s_as[2][kTile], s_dts[2][kTile];  // a·log2(e), dt
+  __shared__ float s_col[4][2][kTile];
   const int64_t c = blockIdx.x, g = blockIdx.y, Q = d.Q, QQ = Q * Q, NT = d.NT(), hpg = d.H / d.G, P = d.P;
   const int ti = int(blockIdx.z / NT), si = int(blockIdx.z % NT);
   const int64_t t0 = int64_t(ti) * kTile, s0 = int64_t(si) * kTile;
@@ -1821,26 +1836,29 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
   T* Xs = Ys + 2 * kTile * LD;
   for (int i = threadIdx.x; i < 4 * kTile; i += kPairThreads)  // the k-steps' padding past headdim: zeros
     for (int q = int(P); q < 16 * KS; ++q) Ys[i * LD + q] = T(0.0f);
-  const int pieces = int(P / 8);
+  // 16-byte pieces (r, q) of the rows, thread i the pieces i, i + 128, …: the row and piece carried
+  // from one to the next (no division a piece).
+  const unsigned pieces = unsigned(P / 8), r_step = kPairThreads / pieces, q_step = kPairThreads % pieces;
   const auto issue = [&](int64_t h, int b) {
     const T* ysrc = dYh + ((c * d.H + h) * Q + t0) * P;
     const T* xsrc = Xh + ((c * d.H + h) * Q + s0) * P;
-    for (int i = threadIdx.x; i < kTile * pieces; i += kPairThreads) {
-      const int r = i / pieces, q = i % pieces;
+    for (unsigned r = threadIdx.x / pieces, q = threadIdx.x % pieces; r < kTile;) {
       const bool yin = t0 + r < Q, xin = s0 + r < Q;
       cp_async16(Ys + (b * kTile + r) * LD + 8 * q, ysrc + (yin ? r : 0) * P + 8 * q, yin ? 16 : 0);
       cp_async16(Xs + (b * kTile + r) * LD + 8 * q, xsrc + (xin ? r : 0) * P + 8 * q, xin ? 16 : 0);
+      r += r_step, q += q_step;
+      if (q >= pieces) q -= pieces, ++r;
     }
     cp_async_commit();
   };
   // The head's a and dt of the tile's rows and columns, one head ahead in registers.
-  double ra_t = 0.0, ra_s = 0.0;
+  float ra_t = 0.0f, ra_s = 0.0f;
   float rdt = 0.0f;
   const auto fetch = [&](int64_t h) {
     if (threadIdx.x >= kTile) return;
     const int64_t u = (c * d.H + h) * Q, t = t0 + threadIdx.x, s = s0 + threadIdx.x;
-    ra_t = t < Q ? ap[u + t] : 0.0;
-    ra_s = s < Q ? ap[u + s] : 0.0;
+    ra_t = t < Q ? float(ap[u + t] * kLog2eD) : 0.0f;
+    ra_s = s < Q ? float(ap[u + s] * kLog2eD) : 0.0f;
     rdt = s < Q ? dtp[u + s] : 0.0f;
   };
   float cbv[8][4], dcbv[8][4];
@@ -1878,35 +1896,36 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
         mma_pair<T, false>(acc[j], acc[j + 1], a, b_rows(xs, LD, 8 * j, 16 * ks));
       }
     }
-    // Fragment by fragment: its terms, then its columns' sums over the warp's 16 rows (lanes 4
-    // apart) into s_col, so that only the fragment's sums are alive at a time.
-    // Branch-free: an element outside the chunk or above the diagonal adds zeros (its exp, maybe
-    // of a positive number, is selected away).
+    // Two fragments at a time: their terms, then their columns' sums over the warp's 16 rows
+    // (column_sum8) into s_col, so that only those fragments' sums are alive at a time.
+    // Unmasked: C Bᵀ is zero outside the chunk and above the diagonal, so there every term is zero
+    // but dCB's, masked once at the end (the exponent is clamped at 0 there, where it is positive).
     float rs[2] = {};
-    const int rows_in = int(Q - t0), diag = int(t0 - s0);  // s ≤ t ⇔ sl ≤ tl + diag
-    const double at_lo = s_at[b][r0 + lane / 4], at_hi = s_at[b][r0 + lane / 4 + 8];
+    const float at_lo = s_at[b][r0 + lane / 4], at_hi = s_at[b][r0 + lane / 4 + 8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float cc[2] = {}, cm[2] = {};
+    for (int jp = 0; jp < 8; jp += 2) {
+      float cc[2][2] = {}, cm[2][2] = {};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tl = r0 + lane / 4 + 8 * (e / 2), sl = 8 * j + 2 * (lane % 4) + e % 2;
-        const bool on = tl < rows_in && sl <= tl + diag;
-        const float ex = exp2_approx(float(((e < 2 ? at_lo : at_hi) - s_as[b][sl]) * kLog2eD)), dts = s_dts[b][sl];
-        const float ge = on ? acc[j][e] * ex : 0.0f, cv = ge * cbv[j][e], mm = cv * dts;
-        rs[e / 2] += mm;
-        cc[e % 2] += cv;
-        cm[e % 2] += mm;
-        dcbv[j][e] += ge * dts;
-        if constexpr (kStoreM) acc[j][e] = on ? cbv[j][e] * ex * dts : 0.0f;
-      }
+      for (int f = 0; f < 2; ++f) {
+        const int j = jp + f, sl = 8 * j + 2 * (lane % 4);
+        const float2 as = *reinterpret_cast<const float2*>(&s_as[b][sl]);
+        const float2 dt2 = *reinterpret_cast<const float2*>(&s_dts[b][sl]);
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        for (int off = 4; off < 32; off *= 2) {
-          cc[e] += __shfl_xor_sync(0xffffffffu, cc[e], off);
-          cm[e] += __shfl_xor_sync(0xffffffffu, cm[e], off);
+        for (int e = 0; e < 4; ++e) {
+          const float dts = e % 2 ? dt2.y : dt2.x;
+          const float ex = exp2_approx(fminf((e < 2 ? at_lo : at_hi) - (e % 2 ? as.y : as.x), 0.0f));
+          const float ge = acc[j][e] * ex, cv = ge * cbv[j][e], mm = cv * dts;
+          rs[e / 2] += mm;
+          cc[f][e % 2] += cv;
+          cm[f][e % 2] += mm;
+          dcbv[j][e] += ge * dts;
+          if constexpr (kStoreM) acc[j][e] = cbv[j][e] * ex * dts;
         }
-        if (lane < 4) s_col[warp][0][8 * j + 2 * lane + e] = cc[e], s_col[warp][1][8 * j + 2 * lane + e] = cm[e];
+      }
+      const float sc = column_sum8(cc, lane), sm = column_sum8(cm, lane);
+      if (lane % 8 < 4) {
+        const int col = 8 * (jp + lane / 16) + 2 * (lane % 4) + lane / 8 % 2;
+        s_col[warp][0][col] = sc, s_col[warp][1][col] = sm;
       }
     }
     if constexpr (kStoreM) store_tile(M + (c * d.H + h) * QQ, acc);
@@ -1930,6 +1949,13 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
       col_m[o] = vm;
     }
   }
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t t = t0 + r0 + lane / 4 + 8 * (e / 2), s = s0 + 8 * j + 2 * (lane % 4) + e % 2;
+      if (!(t < Q && s <= t)) dcbv[j][e] = 0.0f;
+    }
   store_tile(dcb, dcbv);
 }
 
