@@ -1775,8 +1775,8 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_pairs_kernel(BwdDims d, const
 // lanes (rows: the quad; columns: lanes 4 apart) and warps in a fixed order, in double past that.
 // exp(a_t − a_s) is 2^(a_t·log2 e − a_s·log2 e) by the SFU from fp32 exponents, as the forward's
 // tensor-core scan takes them: their rounding stays below that of d_y xᵀ's rounded operands (see
-// the top of the file). M (T) is formed and stored
-// only with kStoreM: for the GEMM Mᵀ d_y (the tensor-core rows kernel forms its tiles from CB).
+// the top of the file). M (T) is formed and stored only with kStoreM: for the GEMM Mᵀ d_y (the
+// tensor-core rows kernel forms its tiles from CB).
 constexpr int kPairThreads = 128;
 constexpr int kMaxPairHeaddim = 128;
 __host__ __device__ inline int pair_stride(int64_t P) { return int((P + 15) / 16 * 16 + 8); }
