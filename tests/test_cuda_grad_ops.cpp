@@ -84,10 +84,15 @@ TEST(CudaGradOps, GatedRmsnormBackwardMatchesCpu) {
         EXPECT_LE(rel(d_y.back(), d_y.cpu), kF32Tol);
         EXPECT_LE(rel(d_z.back(), d_z.cpu), kF32Tol);
         EXPECT_LE(rel(d_w.back(), d_w.cpu), kF32Tol);
-        for (DType narrow : {DType::BF16, DType::F16}) {
+        for (DType narrow : {DType::BF16, DType::F16}) {  // d_z alone, then d_y too, rounded once
           Tensor d_z_narrow = Tensor::zeros({n, d}, Device::CUDA, narrow), d_w2 = to_gpu(random_tensor({d}, 9));
           ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(), d_y.g(),
                                       MatView::of(d_z_narrow), d_w2, groups, 1e-5f);
+          EXPECT_TRUE(same_bits(to_cpu(d_z_narrow), rounded(d_z.back(), narrow))) << dtype_name(narrow);
+          Tensor d_y_narrow = Tensor::zeros({n, d}, Device::CUDA, narrow);
+          ops::gated_rmsnorm_backward(buf.g().cols_slice(0, d), buf.g().cols_slice(ld - d, d), w_g, d_out.g(),
+                                      MatView::of(d_y_narrow), MatView::of(d_z_narrow), d_w2, groups, 1e-5f);
+          EXPECT_TRUE(same_bits(to_cpu(d_y_narrow), rounded(d_y.back(), narrow))) << dtype_name(narrow);
           EXPECT_TRUE(same_bits(to_cpu(d_z_narrow), rounded(d_z.back(), narrow))) << dtype_name(narrow);
         }
       }
@@ -101,6 +106,11 @@ TEST(CudaGradOps, NarrowGradientOutputsAreRefusedOnTheCpu) {
                                           MatView::of(narrow), d_w, 1, 1e-5f);
             }),
             "[gated_rmsnorm] d_z is BF16, expected F32");
+  EXPECT_EQ(test::error_message([&] {
+              ops::gated_rmsnorm_backward(MatView::of(y), MatView::of(y), d_w, MatView::of(y), MatView::of(narrow),
+                                          MatView::of(y), d_w, 1, 1e-5f);
+            }),
+            "[gated_rmsnorm] d_y is BF16, expected F32");
   const std::vector<int64_t> len{2}, slot{0};
   const ops::SeqBatch seqs(len, slot, 1, Device::CPU);
   Tensor w = random_tensor({8, 4}, 2), b = random_tensor({8}, 3), dw = Tensor::zeros({8, 4}), db = Tensor::zeros({8});
@@ -363,16 +373,23 @@ struct SsdRun {
 };
 
 // dt_out: d_dt's dtype (F32, or on the GPU the compute dtype, as Mamba2's training writes it).
-SsdRun run_ssd_backward(const SsdCase& c, Device dev, DType compute = DType::F32, DType dt_out = DType::F32) {
+// rounding: x, B, C and d_y rounded to it (BF16 / F16; F32: as drawn), passed in that dtype when
+// `narrow` (on the GPU: as Mamba2's training passes them), else widened back to fp32.
+SsdRun run_ssd_backward(const SsdCase& c, Device dev, DType compute = DType::F32, DType dt_out = DType::F32,
+                        DType rounding = DType::F32, bool narrow = false) {
   const int64_t HP = c.H * c.P, GN = c.G * c.N, W = HP + 2 * GN, nseq = int64_t(c.lengths.size());
   int64_t L = 0;
   std::vector<int64_t> slots;
   for (int64_t len : c.lengths) L += len, slots.push_back((int64_t(slots.size()) + 1) % nseq);
   const ops::SeqBatch seqs(c.lengths, slots, c.chunk, dev);
   auto on = [&](const Tensor& t) { return t.to(dev, DType::F32); };
-  Tensor xbc = on(random_tensor({L, W}, 40)), dt = on(random_tensor({L, c.H}, 41, -3.0f, 1.0f));
+  auto input = [&](const Tensor& t) {
+    if (rounding == DType::F32) return on(t);
+    return narrow ? t.to(dev, rounding) : on(rounded(t, rounding));
+  };
+  Tensor xbc = input(random_tensor({L, W}, 40)), dt = on(random_tensor({L, c.H}, 41, -3.0f, 1.0f));
   Tensor dt_bias = on(random_tensor({c.H}, 42, -1.0f, 0.5f)), A_log = on(random_tensor({c.H}, 43, -1.0f, 1.5f));
-  Tensor D = on(random_tensor({c.H}, 44)), d_y = on(random_tensor({L, HP}, 45));
+  Tensor D = on(random_tensor({c.H}, 44)), d_y = input(random_tensor({L, HP}, 45));
   const int64_t S = c.H * c.P * c.N;
   Tensor state0 = on(random_tensor({nseq, S}, 46)), d_final = on(random_tensor({nseq, S}, 47));
   SsdRun r{on(random_tensor({L, W}, 48)), random_tensor({L, c.H}, 49).to(dev, dt_out), on(random_tensor({nseq, S}, 50)),
@@ -511,7 +528,37 @@ TEST(CudaGradOps, SsdScanBackwardOnTensorCoresMatchesCpuWithinRounding) {
       EXPECT_TRUE(same_bits(narrow.d_dt, rounded(got.d_dt, dtype)) && same_bits(narrow.d_xbc, got.d_xbc) &&
                   same_bits(narrow.d_A_log, got.d_A_log))
           << "d_dt in " << dtype_name(dtype);
+      // x, B, C and d_y passed in the compute dtype (training's form): the kernels round nothing
+      // more, so the gradients are, bit for bit, those of the same rounded values passed in fp32,
+      // and within the bounds above of the CPU's on those values.
+      const SsdRun in_t = run_ssd_backward(c, Device::CUDA, dtype, DType::F32, dtype, true);
+      const SsdRun in_f32 = run_ssd_backward(c, Device::CUDA, dtype, DType::F32, dtype, false);
+      const SsdRun cpu_r = run_ssd_backward(c, Device::CPU, DType::F32, DType::F32, dtype, false);
+      for (auto [a, b] : {std::pair{&in_t.d_xbc, &in_f32.d_xbc}, {&in_t.d_dt, &in_f32.d_dt},
+                          {&in_t.d_state0, &in_f32.d_state0}, {&in_t.d_dt_bias, &in_f32.d_dt_bias},
+                          {&in_t.d_A_log, &in_f32.d_A_log}, {&in_t.d_D, &in_f32.d_D}})
+        EXPECT_TRUE(same_bits(*a, *b)) << "inputs in " << dtype_name(dtype) << " against the same values in F32";
+      EXPECT_LE(rel(in_t.d_xbc, cpu_r.d_xbc), 8 * u) << "rounded inputs: d_x, d_B, d_C";
+      EXPECT_LE(rel(in_t.d_state0, cpu_r.d_state0), 8 * u) << "rounded inputs: d_state0";
+      EXPECT_LE(rel(in_t.d_dt, cpu_r.d_dt), 32 * u) << "rounded inputs: d_dt";
+      EXPECT_LE(rel(in_t.d_dt_bias, cpu_r.d_dt_bias), 32 * u) << "rounded inputs: d_dt_bias";
+      EXPECT_LE(rel(in_t.d_A_log, cpu_r.d_A_log), 32 * u) << "rounded inputs: d_A_log";
+      EXPECT_LE(rel(in_t.d_D, cpu_r.d_D), kF32Tol) << "rounded inputs: d_D";
     }
+}
+
+// x, B, C and d_y share one dtype: F32, or on the GPU the products' (never on the CPU).
+TEST(CudaGradOps, SsdScanBackwardInputsInAnotherDtypeAreRefused) {
+  MAMBA2_REQUIRE_GPU();
+  const SsdCase c{2, 8, 1, 16, {5}, 4, false, false};
+  EXPECT_EQ(test::error_message([&] { run_ssd_backward(c, Device::CUDA, DType::F16, DType::F32, DType::BF16, true); }),
+            "[ssd_scan] the backward's x is BF16, expected F32 or (on the GPU) the compute dtype, F16");
+}
+
+TEST(CudaGradOps, SsdScanBackwardInputsInBf16AreRefusedOnTheCpu) {
+  const SsdCase c{2, 8, 1, 16, {5}, 4, false, false};
+  EXPECT_EQ(test::error_message([&] { run_ssd_backward(c, Device::CPU, DType::F32, DType::F32, DType::BF16, true); }),
+            "[ssd_scan] x is BF16, expected F32");
 }
 
 TEST(CudaGradOps, OperandsOnTheWrongDeviceAreRefused) {

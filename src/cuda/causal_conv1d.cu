@@ -90,8 +90,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restr
                                                             const float* __restrict__ w,
                                                             const float* __restrict__ bias, Out* __restrict__ out,
                                                             int64_t ldo, const float* __restrict__ states,
-                                                            PackedSeqs seqs, int64_t C, int K, int cblocks,
-                                                            void* __restrict__ copy, DType copy_dtype, int64_t ldc) {
+                                                            PackedSeqs seqs, int64_t C, int K, int cblocks) {
   if constexpr (KT > 0) K = KT;
   const int64_t c = int64_t(blockIdx.x % cblocks) * kConvThreads + threadIdx.x;
   const int64_t t0 = int64_t(blockIdx.x / cblocks) * kConvTile, n = min(seqs.tokens - t0, int64_t(kConvTile));
@@ -115,7 +114,6 @@ __global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restr
     }
     const float v = silu(lane.pre(b, xs[i], K));
     store_f32(out + t * ldo + c, v);
-    if (copy) store_f32(copy, copy_dtype, t * ldc + c, v);
     lane.push(xs[i], K);
   }
 }
@@ -236,11 +234,9 @@ void check_taps(int64_t K) {
 }  // namespace
 
 void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
-                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K, void* copy,
-                           DType copy_dtype, int64_t ldc) {
+                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   if (seqs.tokens == 0 || C == 0) return;
-  with_dtype(copy_dtype, "causal_conv1d", [](auto*) {});  // F32, BF16 or F16
   const unsigned cblocks = unsigned(ceil_div(C, kConvThreads));
   const int64_t blocks = ceil_div(seqs.tokens, kConvTile) * cblocks;
   if (blocks > std::numeric_limits<int32_t>::max())
@@ -249,7 +245,7 @@ void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const 
     using Out = std::remove_pointer_t<decltype(o)>;
     auto* kernel = K == kCommonTaps ? conv_kernel<Out, kCommonTaps> : conv_kernel<Out, 0>;
     kernel<<<unsigned(blocks), kConvThreads, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K),
-                                                            int(cblocks), copy, copy_dtype, ldc);
+                                                            int(cblocks));
   };
   with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) { run(static_cast<decltype(tag)>(out)); });
   check_launch("causal_conv1d");

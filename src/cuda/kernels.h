@@ -54,13 +54,14 @@ void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* 
 void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
                            DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
 // The backwards, as cpu::add_rmsnorm_backward and cpu::gated_rmsnorm_backward (fp32; d_w +=, the
-// weight gradient summed over rows in fixed chunks in double: the same bits every run). d_z in
-// dz_dtype (F32, or BF16 / F16: rounded once).
+// weight gradient summed over rows in fixed chunks in double: the same bits every run). d_y in
+// dy_dtype and d_z in dz_dtype (F32, or BF16 / F16: rounded once).
 void add_rmsnorm_backward(const float* residual, const float* w, const float* d_out, float* d_residual, float* d_w,
                           int64_t n, int64_t d, float eps);
 void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, void* d_z, DType dz_dtype,
-                            int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps);
+                            const float* d_out, int64_t ldd, void* d_y, DType dy_dtype, int64_t lddy, void* d_z,
+                            DType dz_dtype, int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups,
+                            float eps);
 
 // y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32 unless `tf32`: TF32
 // tensor cores for an f32 x and W, training's choice for a bf16 / f16 run).
@@ -122,8 +123,7 @@ void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, con
 // values also rounded to copy_dtype there (ld ldc): training keeps fp32 for the backward and
 // hands the forward scan its operands.
 void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
-                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K,
-                           void* copy = nullptr, DType copy_dtype = DType::F32, int64_t ldc = 0);
+                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
 // One token per sequence: out[b] from its state and x[b], then the state shifts in x[b].
 //   x (nb, C) ld ldx; state of b at states + slots[b]·(K-1)·C; out (nb, C) ld ldo
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
@@ -163,13 +163,14 @@ void ssd_step(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
               const int64_t* slots, int64_t nb, const float* z = nullptr, int64_t ldz = 0, float* sums = nullptr,
               int64_t lds = 0, const L2Warm& warm = {});
 int64_t ssd_step_sum_count(int64_t nheads, int64_t headdim);
-// Backward of the fp32 scan over packed sequences: sequence i from its initial state at state0 +
+// Backward of the scan over packed sequences: sequence i from its initial state at state0 +
 // slots[i]·nheads·headdim·d_state (null: zeros), d_final likewise the gradient of its final state
 // (null: zeros). d_x, d_B, d_C, d_dt (of dt_raw) and, when set, d_state0 (rows as state0's) are
 // overwritten; d_dt_bias, d_A_log, d_D accumulate (+=). As cpu::ssd_scan_backward, with its
 // products batched over the chunks; `compute`: F32 runs them in fp32 (no TF32), BF16 / F16 on
 // tensor cores with operands rounded to that type (x, d_y, B, C, the states and the masked
-// products), fp32 accumulation. The same bits every run.
+// products), fp32 accumulation. x, B, C and d_y in `inputs`: F32, or the compute dtype (rounded by
+// their producers: the forward's operands as it took them, half the bytes). The same bits every run.
 struct SsdGradPtrs {
   float* x;
   int64_t ldx;
@@ -183,9 +184,9 @@ struct SsdGradPtrs {
   float* state0;
   float *dt_bias, *A_log, *D;
 };
-void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
-                       int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y,
-                       int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
+void ssd_scan_backward(const SsdParams& p, const void* x, int64_t ldx, const void* B, int64_t ldb, const void* C,
+                       int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const void* d_y,
+                       int64_t lddy, DType inputs, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
                        int64_t chunk_size, DType compute);
 
 // The Mamba-1 selective scan (ops::selective_scan): A_log, A_imag (null: real) (channels, d_state),

@@ -199,13 +199,14 @@ __global__ void norm_weight_partials_kernel(const float* a, int64_t lda, const f
 // Block (chunk of rows, group), gs ≤ kThreads·H: per row v = y·silu(z); d_v = s·go∘w − v·s³·dot/gs;
 // d_y = d_v·silu(z), d_z = d_v·y·silu'(z); and partial[chunk] the chunk's Σ go∘v·s over its rows in
 // order, in double. y, z and go are held in registers between the sums and the outputs (as the
-// forward); the sums' order is that of the H = 0 kernel. d_z in Dz: fp32, or rounded once to the
-// compute dtype when it is only in_proj's backward operand.
-template <int H, class Dz>
+// forward); the sums' order is that of the H = 0 kernel. d_y in Dy and d_z in Dz: fp32, or rounded
+// once to the compute dtype where only a product (d_z: in_proj's backward) or the SSD backward,
+// which rounds its operands to it, reads them.
+template <int H, class Dy, class Dz>
 __global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, int64_t ldy,
                                                    const float* __restrict__ z, int64_t ldz,
                                                    const float* __restrict__ w, const float* __restrict__ d_out,
-                                                   int64_t ldd, float* __restrict__ d_y, int64_t lddy,
+                                                   int64_t ldd, Dy* __restrict__ d_y, int64_t lddy,
                                                    Dz* __restrict__ d_z, int64_t lddz, double* __restrict__ partial,
                                                    int64_t n, int64_t gs, float eps) {
   const int64_t chunk = blockIdx.x, c0 = int64_t(blockIdx.y) * gs, r1 = min(n, (chunk + 1) * kChunkRows);
@@ -241,14 +242,14 @@ __global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, 
       }
     }
     const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), gs, eps);
-    float* dy = d_y + row * lddy + c0;
+    Dy* dy = d_y + row * lddy + c0;
     Dz* dz = d_z + row * lddz + c0;
 #pragma unroll
     for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i < gs) {
         const GatedGrads gg = gated_norm_input_grads(f, gov[j], wv[j], yv[j], zv[j]);
-        dy[i] = gg.dy;
+        store_f32(dy + i, gg.dy);
         store_f32(dz + i, gg.dz);
         acc[j] += double(gov[j]) * double(gg.v) * double(f.s);
       }
@@ -263,10 +264,10 @@ __global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, 
 
 // Block (row, group), gs > kThreads·16: as the rows kernel, reading y, z and go twice, and the
 // row's s for the weight gradient (norm_weight_partials_kernel's).
-template <class Dz>
+template <class Dy, class Dz>
 __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64_t ldy, const float* __restrict__ z,
                                               int64_t ldz, const float* __restrict__ w,
-                                              const float* __restrict__ d_out, int64_t ldd, float* __restrict__ d_y,
+                                              const float* __restrict__ d_out, int64_t ldd, Dy* __restrict__ d_y,
                                               int64_t lddy, Dz* __restrict__ d_z, int64_t lddz,
                                               float* __restrict__ rstd, int64_t gs, float eps) {
   const int64_t row = blockIdx.x, g = blockIdx.y, c0 = g * gs;
@@ -274,7 +275,7 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
   const float* zr = z + row * ldz + c0;
   const float* go = d_out + row * ldd + c0;
   const float* wg = w + c0;
-  float* dy = d_y + row * lddy + c0;
+  Dy* dy = d_y + row * lddy + c0;
   Dz* dz = d_z + row * lddz + c0;
   float ss = 0.0f, dot = 0.0f;
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
@@ -285,7 +286,7 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
   const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), gs, eps);
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
     const GatedGrads gg = gated_norm_input_grads(f, go[i], wg[i], yr[i], zr[i]);
-    dy[i] = gg.dy;
+    store_f32(dy + i, gg.dy);
     store_f32(dz + i, gg.dz);
   }
   if (threadIdx.x == 0) rstd[row * gridDim.y + g] = f.s;
@@ -368,32 +369,37 @@ void add_rmsnorm_backward(const float* residual, const float* w, const float* d_
 }
 
 void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                            const float* d_out, int64_t ldd, float* d_y, int64_t lddy, void* d_z, DType dz_dtype,
-                            int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups, float eps) {
+                            const float* d_out, int64_t ldd, void* d_y, DType dy_dtype, int64_t lddy, void* d_z,
+                            DType dz_dtype, int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups,
+                            float eps) {
   if (n == 0) return;
   const int64_t gs = d / ngroups;
-  with_dtype(dz_dtype, "gated_rmsnorm", [&](auto* tag) {
-    using Dz = std::remove_pointer_t<decltype(tag)>;
-    auto* dz = static_cast<Dz*>(d_z);
-    if (gs <= 16 * kThreads) {
-      with_chunk_partials(n, d, d_w, "gated_rmsnorm", [&](unsigned chunks, double* partial) {
-        const auto run = [&](auto kernel) {
-          kernel<<<dim3(chunks, unsigned(ngroups)), kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, d_y, lddy,
-                                                                             dz, lddz, partial, n, gs, eps);
-        };
-        if (gs <= 4 * kThreads) run(gated_rmsnorm_backward_rows_kernel<4, Dz>);
-        else if (gs <= 8 * kThreads) run(gated_rmsnorm_backward_rows_kernel<8, Dz>);
-        else if (gs <= 12 * kThreads) run(gated_rmsnorm_backward_rows_kernel<12, Dz>);
-        else run(gated_rmsnorm_backward_rows_kernel<16, Dz>);
-      });
-      return;
-    }
-    auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
-    auto* s = static_cast<float*>(rstd.get());
-    gated_rmsnorm_backward_kernel<Dz><<<dim3(unsigned(n), unsigned(ngroups)), kThreads, 0, stream()>>>(
-        y, ldy, z, ldz, w, d_out, ldd, d_y, lddy, dz, lddz, s, gs, eps);
-    check_launch("gated_rmsnorm");
-    add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
+  with_dtype(dy_dtype, "gated_rmsnorm", [&](auto* ytag) {
+    using Dy = std::remove_pointer_t<decltype(ytag)>;
+    auto* dy = static_cast<Dy*>(d_y);
+    with_dtype(dz_dtype, "gated_rmsnorm", [&](auto* ztag) {
+      using Dz = std::remove_pointer_t<decltype(ztag)>;
+      auto* dz = static_cast<Dz*>(d_z);
+      if (gs <= 16 * kThreads) {
+        with_chunk_partials(n, d, d_w, "gated_rmsnorm", [&](unsigned chunks, double* partial) {
+          const auto run = [&](auto kernel) {
+            kernel<<<dim3(chunks, unsigned(ngroups)), kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, dy,
+                                                                               lddy, dz, lddz, partial, n, gs, eps);
+          };
+          if (gs <= 4 * kThreads) run(gated_rmsnorm_backward_rows_kernel<4, Dy, Dz>);
+          else if (gs <= 8 * kThreads) run(gated_rmsnorm_backward_rows_kernel<8, Dy, Dz>);
+          else if (gs <= 12 * kThreads) run(gated_rmsnorm_backward_rows_kernel<12, Dy, Dz>);
+          else run(gated_rmsnorm_backward_rows_kernel<16, Dy, Dz>);
+        });
+        return;
+      }
+      auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
+      auto* s = static_cast<float*>(rstd.get());
+      gated_rmsnorm_backward_kernel<Dy, Dz><<<dim3(unsigned(n), unsigned(ngroups)), kThreads, 0, stream()>>>(
+          y, ldy, z, ldz, w, d_out, ldd, dy, lddy, dz, lddz, s, gs, eps);
+      check_launch("gated_rmsnorm");
+      add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
+    });
   });
 }
 

@@ -1485,17 +1485,33 @@ struct BwdDims {
   __host__ __device__ int64_t NT() const { return (Q + kTile - 1) / kTile; }  // 64-token tiles a chunk
 };
 
+// Head h's rows of chunk c (first token ch.tok0) of x or d_y for the tensor-core kernels: row t at
+// the result + t·ld, zeros from row `len` on. From the head-major copy (chunk, head, Q, P) bwd_prep
+// writes, zero-padded to Q rows; or, where that copy is not made (copy null: the inputs came in
+// T with rows on 16 bytes), from the input itself, token-major with row stride ld_in.
+template <class T>
+__device__ __forceinline__ const T* head_rows(const T* copy, const T* in, int64_t ld_in, const BwdDims& d, int64_t c,
+                                              const Chunk& ch, int64_t h, int64_t& ld, int64_t& len) {
+  if (copy) {
+    ld = d.P, len = d.Q;
+    return copy + (c * d.H + h) * d.Q * d.P;
+  }
+  ld = ld_in, len = ch.len;
+  return in + ch.tok0 * ld_in + h * d.P;
+}
+
 // Block (chunk, head): dt and a (as the forward's chunk_decay, a in double); x and d_y head-major
-// (chunk, head, Q, P), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P); B and C
-// (chunk·Q + t, G·N), the chunk's rows shared out over its blocks. Operands rounded to T once.
-// A streaming kernel: kPairs (P even, x and d_y rows 8-byte aligned) moves two adjacent columns a
+// (chunk, head, Q, P) unless Xh is null (head_rows), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P); B and C
+// (chunk·Q + t, G·N), the chunk's rows shared out over its blocks. Operands rounded to T once
+// (In = T: the inputs came rounded, and are copied).
+// A streaming kernel: kPairs (P even, x and d_y rows on two elements) moves two adjacent columns a
 // thread, kBatch elements' loads go out before their stores, and 4 blocks an SM keep enough
 // loads in flight (at 80 registers 3 blocks reached ~1.8 TB/s).
-template <class T, bool kPairs>
+template <class T, class In, bool kPairs>
 __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
-    SsdParams p, const float* __restrict__ x, int64_t ldx, const float* __restrict__ B, int64_t ldb,
-    const float* __restrict__ C, int64_t ldc, const float* __restrict__ dt_raw, int64_t lddt,
-    const float* __restrict__ d_y, int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap,
+    SsdParams p, const In* __restrict__ x, int64_t ldx, const In* __restrict__ B, int64_t ldb,
+    const In* __restrict__ C, int64_t ldc, const float* __restrict__ dt_raw, int64_t lddt,
+    const In* __restrict__ d_y, int64_t lddy, PackedSeqs seqs, BwdDims d, float* dtp, double* ap,
     T* __restrict__ Xh, T* __restrict__ dYh, T* __restrict__ XW, T* __restrict__ DYs, T* __restrict__ Bp,
     T* __restrict__ Cp) {
   __shared__ float s_dt[kMaxChunk], s_w[kMaxChunk], s_ey[kMaxChunk];
@@ -1515,9 +1531,9 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
   __syncthreads();
   constexpr int kStep = kPairs ? 2 : 1, kBatch = 4;
   using V = std::conditional_t<kPairs, float2, float>;
-  const auto load = [](const float* src) {
-    if constexpr (kPairs) return *reinterpret_cast<const float2*>(src);
-    else return *src;
+  const auto load = [](const In* src) {
+    if constexpr (kPairs) return load_f32x2(src);
+    else return load_f32(src);
   };
   const int cols = int(P) / kStep, n = int(Q) * cols;  // the chunk's (token, column pair) elements
   for (int f0 = threadIdx.x; f0 < n; f0 += kBatch * kThreads) {
@@ -1543,13 +1559,11 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
       const int64_t o = (c * Q + t) * HP + h * P + q, e = (u + t) * P + q;
       const float w = s_w[t], ey = s_ey[t];
       if constexpr (kPairs) {
-        store_f32x2(Xh + e, xv[j].x, xv[j].y);
-        store_f32x2(dYh + e, dyv[j].x, dyv[j].y);
+        if (Xh) store_f32x2(Xh + e, xv[j].x, xv[j].y), store_f32x2(dYh + e, dyv[j].x, dyv[j].y);
         store_f32x2(XW + o, w * xv[j].x, w * xv[j].y);
         store_f32x2(DYs + o, ey * dyv[j].x, ey * dyv[j].y);
       } else {
-        store_f32(Xh + e, xv[j]);
-        store_f32(dYh + e, dyv[j]);
+        if (Xh) store_f32(Xh + e, xv[j]), store_f32(dYh + e, dyv[j]);
         store_f32(XW + o, w * xv[j]);
         store_f32(DYs + o, ey * dyv[j]);
       }
@@ -1561,8 +1575,8 @@ __global__ __launch_bounds__(kThreads, 4) void bwd_prep_kernel(
     const bool in = t < ch.len;
     const int64_t tok = ch.tok0 + t;
     for (int64_t i = lane; i < GN; i += 32) {
-      store_f32(Bp + (c * Q + t) * GN + i, in ? B[tok * ldb + i] : 0.0f);
-      store_f32(Cp + (c * Q + t) * GN + i, in ? C[tok * ldc + i] : 0.0f);
+      store_f32(Bp + (c * Q + t) * GN + i, in ? load_f32(B + tok * ldb + i) : 0.0f);
+      store_f32(Cp + (c * Q + t) * GN + i, in ? load_f32(C + tok * ldc + i) : 0.0f);
     }
   }
 }
@@ -1796,10 +1810,11 @@ __device__ __forceinline__ float column_sum8(const float (&v)[2][2], int lane) {
 }
 
 template <class T, bool kStoreM>
-__global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d, const float* dtp, const double* ap,
-                                                                   const float* CB, const T* Xh, const T* dYh, T* M,
-                                                                   T* dCB, double* row_m, double* col_c,
-                                                                   double* col_m) {
+__global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d, PackedSeqs seqs, const float* dtp,
+                                                                   const double* ap, const float* CB, const T* Xh,
+                                                                   const T* dYh, const T* x, int64_t ldx,
+                                                                   const T* d_y, int64_t lddy, T* M, T* dCB,
+                                                                   double* row_m, double* col_c, double* col_m) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(8) float s_at[2][kTile], s_as[2][kTile], s_dts[2][kTile];  // a·log2(e), dt
   __shared__ float s_col[4][2][kTile];
@@ -1839,13 +1854,15 @@ __global__ __launch_bounds__(kPairThreads, 3) void bwd_pairs_tc_kernel(BwdDims d
   // 16-byte pieces (r, q) of the rows, thread i the pieces i, i + 128, …: the row and piece carried
   // from one to the next (no division a piece).
   const unsigned pieces = unsigned(P / 8), r_step = kPairThreads / pieces, q_step = kPairThreads % pieces;
+  const Chunk ch = find_chunk(seqs, c, Q);
   const auto issue = [&](int64_t h, int b) {
-    const T* ysrc = dYh + ((c * d.H + h) * Q + t0) * P;
-    const T* xsrc = Xh + ((c * d.H + h) * Q + s0) * P;
+    int64_t yld, ylen, xld, xlen;
+    const T* ysrc = head_rows(dYh, d_y, lddy, d, c, ch, h, yld, ylen);
+    const T* xsrc = head_rows(Xh, x, ldx, d, c, ch, h, xld, xlen);
     for (unsigned r = threadIdx.x / pieces, q = threadIdx.x % pieces; r < kTile;) {
-      const bool yin = t0 + r < Q, xin = s0 + r < Q;
-      cp_async16(Ys + (b * kTile + r) * LD + 8 * q, ysrc + (yin ? r : 0) * P + 8 * q, yin ? 16 : 0);
-      cp_async16(Xs + (b * kTile + r) * LD + 8 * q, xsrc + (xin ? r : 0) * P + 8 * q, xin ? 16 : 0);
+      const bool yin = t0 + r < ylen, xin = s0 + r < xlen;
+      cp_async16(Ys + (b * kTile + r) * LD + 8 * q, ysrc + (yin ? t0 + r : 0) * yld + 8 * q, yin ? 16 : 0);
+      cp_async16(Xs + (b * kTile + r) * LD + 8 * q, xsrc + (xin ? s0 + r : 0) * xld + 8 * q, xin ? 16 : 0);
       r += r_step, q += q_step;
       if (q >= pieces) q -= pieces, ++r;
     }
@@ -2037,9 +2054,10 @@ __device__ void rows_tail(const SsdParams& p, const Chunk& ch, const BwdDims& d,
 // Block (chunk, head), warp w the rows w, w + 8, ...: d_x = Mᵀ d_y + D·d_y + w[t]·(B[t] dS_endᵀ)
 // (the first term from dXh) into the packed d_x, and the rows' dot products; then rows_tail.
 constexpr int kRowsAWarp = 2;
-template <class Ddt>  // d_dt's type: fp32, or the compute dtype when only in_proj's backward reads it
+// Ddt: d_dt's type (fp32, or the compute dtype when only in_proj's backward reads it); In: x's and d_y's.
+template <class Ddt, class In>
 __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
-    SsdParams p, PackedSeqs seqs, BwdDims d, const float* x, int64_t ldx, const float* d_y, int64_t lddy,
+    SsdParams p, PackedSeqs seqs, BwdDims d, const In* x, int64_t ldx, const In* d_y, int64_t lddy,
     const float* dt_raw, int64_t lddt, const float* dXh, const float* Z, const float* Z2, const float* dots,
     const float* dtp, const double* ap, const double* row_m, const double* col_c,
     const double* col_m, float* d_x, int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
@@ -2067,8 +2085,8 @@ __global__ __launch_bounds__(kThreads, 3) void bwd_rows_kernel(
         for (int e = 0; e < 2; ++e) {
           const int64_t t = tb + r, q = q0 + lane + 32 * e, tok = ch.tok0 + t, zr = (c * Q + t) * HP + h * P + q;
           const bool in = t < ch.len && q < P;
-          dy[r][e] = in ? d_y[tok * lddy + h * P + q] : 0.0f;
-          xv[r][e] = in ? x[tok * ldx + h * P + q] : 0.0f;
+          dy[r][e] = in ? load_f32(d_y + tok * lddy + h * P + q) : 0.0f;
+          xv[r][e] = in ? load_f32(x + tok * ldx + h * P + q) : 0.0f;
           z[r][e] = in ? Z[zr] : 0.0f;
           z2[r][e] = in ? Z2[zr] : 0.0f;
           dxh[r][e] = in ? dXh[(u + t) * P + q] : 0.0f;
@@ -2140,10 +2158,10 @@ __device__ __forceinline__ void stage_tile(T* dst, int ld, const T* src, int64_t
 }
 
 // NPAD: d_state padded with zeros to 64 or 128 (whole pieces and k-steps, compile-time strides).
-template <class T, int NPAD, class Ddt>
+template <class T, int NPAD, class Ddt, class In>
 __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
-    SsdParams p, PackedSeqs seqs, BwdDims d, const float* __restrict__ x, int64_t ldx,
-    const float* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const float* CB,
+    SsdParams p, PackedSeqs seqs, BwdDims d, const In* __restrict__ x, int64_t ldx,
+    const In* __restrict__ d_y, int64_t lddy, bool vec, const float* dt_raw, int64_t lddt, const float* CB,
     const T* dYh, const T* Bp, const T* Cp, const T* S0t, const T* dSendt, const float* dots, const float* dtp,
     const double* ap, const double* row_m, const double* col_c, const double* col_m, float* __restrict__ d_x,
     int64_t lddx, Ddt* d_dt, int64_t ldd_dt, double* partials) {
@@ -2175,9 +2193,13 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
   stage_tile<NP>(Ss, NS, S0t + (c * d.H + h) * d.PN(), N, int(P), int(N), nvec);
   stage_tile<NP>(Ds, NS, dSendt + (c * d.H + h) * d.PN(), N, int(P), int(N), nvec);
   // Rows kt.. of d_y into stage b.
+  int64_t yld, ylen;
+  const T* yrows = head_rows(dYh, std::is_same_v<In, T> ? reinterpret_cast<const T*>(d_y) : nullptr, lddy, d, c, ch,
+                             h, yld, ylen);
   const auto stage_dy = [&](int64_t kt, int b) {
-    stage_tile<kTile / 8>(Ys + b * kTile * kTcStride, kTcStride, dYh + (u + kt * kTile) * P, P,
-                          int(min(int64_t(kTile), Q - kt * kTile)), int(P), true);
+    const int rows = int(max(int64_t(0), min(int64_t(kTile), ylen - kt * kTile)));
+    stage_tile<kTile / 8>(Ys + b * kTile * kTcStride, kTcStride, rows > 0 ? yrows + kt * kTile * yld : yrows, yld,
+                          rows, int(P), true);
   };
   // M's tile (kt, st), rows t and columns s, into stage b: thread i the columns mq.. of the rows
   // mr + 16k, C Bᵀ loaded into registers (load_m) a tile ahead of forming M in T (put_m). The decay
@@ -2220,11 +2242,13 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     const int rows_in = int(min(int64_t(kTile), Q - s0));
     if (st + 1 < NT) {  // the next tile's rows of x and d_y into the L2 (hints)
       const int64_t n0 = s0 + kTile;
-      for (int i = threadIdx.x; i < 4 * kTile; i += kThreads) {  // x, d_y: 64 rows of two 128-byte lines
-        const int r = (i / 2) % kTile, line = i % 2;
-        if (n0 + r < ch.len && 32 * line < P) {
+      constexpr int kLine = 128 / sizeof(In);                    // elements a 128-byte line
+      constexpr int kLines = (kRowsTcMaxP + kLine - 1) / kLine;  // lines a row at most
+      for (int i = threadIdx.x; i < 2 * kLines * kTile; i += kThreads) {  // x, d_y: 64 rows of kLines lines
+        const int r = (i / kLines) % kTile, line = i % kLines;
+        if (n0 + r < ch.len && kLine * line < P) {
           const int64_t tok = ch.tok0 + n0 + r;
-          prefetch_l2((i < 2 * kTile ? x + tok * ldx : d_y + tok * lddy) + h * P + 32 * line);
+          prefetch_l2((i < kLines * kTile ? x + tok * ldx : d_y + tok * lddy) + h * P + kLine * line);
         }
       }
     }
@@ -2244,11 +2268,11 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
         const int64_t q = c0 + 8 * j + 2 * (lane % 4);
         float2 xs{0.0f, 0.0f}, ys{0.0f, 0.0f};
         if (s < ch.len && q < P) {
-          const float *xp = x + tok * ldx + h * P + q, *yp = d_y + tok * lddy + h * P + q;
+          const In *xp = x + tok * ldx + h * P + q, *yp = d_y + tok * lddy + h * P + q;
           if (vec) {
-            xs = *reinterpret_cast<const float2*>(xp), ys = *reinterpret_cast<const float2*>(yp);
+            xs = load_f32x2(xp), ys = load_f32x2(yp);
           } else {
-            xs = {xp[0], xp[1]}, ys = {yp[0], yp[1]};
+            xs = {load_f32(xp), load_f32(xp + 1)}, ys = {load_f32(yp), load_f32(yp + 1)};
           }
         }
         xv[j][2 * i] = xs.x, xv[j][2 * i + 1] = xs.y, dyv[j][2 * i] = ys.x, dyv[j][2 * i + 1] = ys.y;
@@ -2372,9 +2396,10 @@ __global__ void bwd_scatter_kernel(PackedSeqs seqs, BwdDims d, const float* dBp,
   }
 }
 
-template <class T>
-void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
-              int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y, int64_t lddy,
+// In: x's, B's, C's and d_y's type (fp32, or T: rounded by their producers).
+template <class T, class In>
+void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t ldb, const In* C,
+              int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const In* d_y, int64_t lddy,
               const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs, const BwdDims& d, DType dtype) {
   const int64_t NC = d.NC, Q = d.Q, H = d.H, G = d.G, P = d.P, N = d.N, HP = d.HP(), GN = d.GN(), PN = d.PN();
   const int64_t hpg = H / G, QQ = Q * Q, NT = d.NT();
@@ -2406,7 +2431,12 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   float *Sc = f(NC * H * PN), *dSc = f(NC * H * PN), *dSend = nullptr;
   float* S0 = std::is_same_v<T, float> || most_chunks > kMaxStateRegs ? f(NC * H * PN) : nullptr;
   float* dots = f(NC * H * state_blocks(d));
-  T *Xh = op_t(NC * H * Q * P), *dYh = op_t(NC * H * Q * P), *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
+  // The inputs in T with rows on 16 bytes: the tensor-core kernels stage x's and d_y's rows from
+  // them, and bwd_prep makes no head-major copies (head_rows).
+  const bool direct = std::is_same_v<In, T> && rows_tc && aligned16(x, ldx, sizeof(In)) &&
+                      aligned16(d_y, lddy, sizeof(In));
+  T *Xh = direct ? nullptr : op_t(NC * H * Q * P), *dYh = direct ? nullptr : op_t(NC * H * Q * P);
+  T *XW = op_t(NC * Q * HP), *DYs = op_t(NC * Q * HP);
   T *Bp = op_t(NC * Q * GN), *Cp = op_t(NC * Q * GN), *dCB = op_t(NC * G * QQ);
   // M = (C Bᵀ)∘decay∘dt, Q × Q a head, is stored only for the GEMM Mᵀ dY: the tensor-core rows
   // kernel forms its tiles from CB.
@@ -2424,9 +2454,10 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
   // Row-major products, GemmOperand {pointer, ld, batch stride, transposed, dtype}.
   auto opd = [&](const T* ptr, int64_t ld, int64_t stride, bool t) { return GemmOperand{ptr, ld, stride, t, dtype}; };
 
-  const bool pairs = P % 2 == 0 && ldx % 2 == 0 && lddy % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 8 == 0 &&
-                     reinterpret_cast<uintptr_t>(d_y) % 8 == 0;
-  (pairs ? bwd_prep_kernel<T, true> : bwd_prep_kernel<T, false>)<<<units, kThreads, 0, stream()>>>(
+  const bool pairs = P % 2 == 0 && ldx % 2 == 0 && lddy % 2 == 0 &&
+                     reinterpret_cast<uintptr_t>(x) % (2 * sizeof(In)) == 0 &&
+                     reinterpret_cast<uintptr_t>(d_y) % (2 * sizeof(In)) == 0;
+  (pairs ? bwd_prep_kernel<T, In, true> : bwd_prep_kernel<T, In, false>)<<<units, kThreads, 0, stream()>>>(
       p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d, dtp, ap, Xh, dYh, XW, DYs, Bp, Cp);
   check_launch(op);
   for (int64_t gi = 0; gi < G; ++gi) {
@@ -2454,7 +2485,10 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
     const size_t smem = 4 * size_t(kTile) * pair_stride(P) * sizeof(T);
     auto* kernel = rows_tc ? bwd_pairs_tc_kernel<T, false> : bwd_pairs_tc_kernel<T, true>;
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
-    kernel<<<pair_grid, kPairThreads, smem, stream()>>>(d, dtp, ap, CB, Xh, dYh, M, dCB, row_m, col_c, col_m);
+    const T* x_in = std::is_same_v<In, T> ? reinterpret_cast<const T*>(x) : nullptr;
+    const T* dy_in = std::is_same_v<In, T> ? reinterpret_cast<const T*>(d_y) : nullptr;
+    kernel<<<pair_grid, kPairThreads, smem, stream()>>>(d, seqs, dtp, ap, CB, Xh, dYh, x_in, ldx, dy_in, lddy, M, dCB,
+                                                        row_m, col_c, col_m);
   } else {
     // dM = dY Xᵀ (Q × Q) per (chunk, head), then the pairs.
     float* dM = f(NC * H * QQ);
@@ -2494,7 +2528,7 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
         const auto launch = [&](auto npad) {
           constexpr int NPAD = decltype(npad)::value;
           constexpr size_t smem = rows_tc_smem<T, NPAD>();
-          auto* kernel = bwd_rows_tc_kernel<T, NPAD, Ddt>;
+          auto* kernel = bwd_rows_tc_kernel<T, NPAD, Ddt, In>;
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
           kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, CB, dYh, Bp, Cp,
                                                       S0t, dSendt, dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
@@ -2505,7 +2539,7 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
         return;
       }
     }
-    bwd_rows_kernel<Ddt><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2,
+    bwd_rows_kernel<Ddt, In><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2,
                                                            dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
                                                            static_cast<Ddt*>(g.dt), g.lddt, partials);
   });
@@ -2522,27 +2556,30 @@ void backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, i
 
 }  // namespace
 
-void ssd_scan_backward(const SsdParams& p, const float* x, int64_t ldx, const float* B, int64_t ldb, const float* C,
-                       int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const float* d_y,
-                       int64_t lddy, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
+void ssd_scan_backward(const SsdParams& p, const void* x, int64_t ldx, const void* B, int64_t ldb, const void* C,
+                       int64_t ldc, const float* dt_raw, int64_t lddt, const float* state0, const void* d_y,
+                       int64_t lddy, DType inputs, const float* d_final, const SsdGradPtrs& g, const PackedSeqs& seqs,
                        int64_t chunk_size, DType compute) {
   check_params(p);
   if (chunk_size < 1 || chunk_size > kMaxChunk)
     raise(cat("[ssd_scan] chunk_size ", chunk_size, ": the CUDA kernels take 1 to ", kMaxChunk));
+  if (!(compute == DType::F32 || compute == DType::BF16 || compute == DType::F16))
+    raise(cat("[ssd_scan] the backward computes in F32, BF16 or F16, not ", dtype_name(compute)));
+  if (inputs != DType::F32 && inputs != compute)
+    raise(cat("[ssd_scan] the backward takes x, B, C and d_y in F32 or in its compute dtype (", dtype_name(compute),
+              "), not ", dtype_name(inputs)));
   if (seqs.tokens == 0) return;
   const BwdDims d{seqs.total_chunks, chunk_size, p.nheads, p.ngroups, p.headdim, p.d_state};
-  switch (compute) {
-    case DType::F32:
-      return backward<float>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, state0, d_y, lddy, d_final, g, seqs, d, compute);
-    case DType::BF16:
-      return backward<__nv_bfloat16>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, state0, d_y, lddy, d_final, g, seqs, d,
-                                     compute);
-    case DType::F16:
-      return backward<__half>(p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, state0, d_y, lddy, d_final, g, seqs, d,
-                              compute);
-    default:
-      raise(cat("[ssd_scan] the backward computes in F32, BF16 or F16, not ", dtype_name(compute)));
-  }
+  const auto run = [&](auto* ttag, auto* itag) {
+    using T = std::remove_pointer_t<decltype(ttag)>;
+    using In = std::remove_pointer_t<decltype(itag)>;
+    backward<T, In>(p, static_cast<const In*>(x), ldx, static_cast<const In*>(B), ldb, static_cast<const In*>(C), ldc,
+                    dt_raw, lddt, state0, static_cast<const In*>(d_y), lddy, d_final, g, seqs, d, compute);
+  };
+  with_dtype(compute, "ssd_scan", [&](auto* tag) {
+    if (inputs == DType::F32) run(tag, static_cast<float*>(nullptr));
+    else if constexpr (!std::is_same_v<decltype(tag), float*>) run(tag, tag);
+  });
 }
 
 }  // namespace mamba2::cuda

@@ -74,28 +74,39 @@ struct Saved {
   Tensor residual_f, normed_f;
 };
 
-// The bytes a layer keeps beyond the residual, in_proj's output and the scan output when the
-// backward recomputes nothing (Saved's u, xbc, gated; Mamba1Mixer::kept).
-int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
-  const int64_t es = int64_t(dtype_size(compute)), f32 = int64_t(sizeof(float));
-  const int64_t common = tokens * c.d_model * es + tokens * c.conv_dim() * f32;
-  if (!c.mamba1()) return common + tokens * c.d_inner() * es;
-  const int64_t normed = c.mixer_norms ? tokens * c.x_proj_rows() * f32 : 0;
-  return common + tokens * (c.x_proj_rows() + c.d_inner()) * f32 + normed;
+// The bytes a layer saves whatever Recompute says: the residual, in_proj's output and the scan
+// output (Saved's residual, zxbcdt, y).
+int64_t saved_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
+  const int64_t f32 = int64_t(sizeof(float));
+  const int64_t y_es = c.mamba1() && compute != DType::F32 ? int64_t(dtype_size(compute)) : f32;
+  return tokens * ((c.d_model + c.d_in_proj()) * f32 + c.d_inner() * y_es);
 }
 
-// Auto: keep on the GPU while the kept tensors take at most a quarter of its memory (at 8 × 2048
-// tokens the 130m's: 4.6 GB, the 1.3b's: 23 GB, mamba-1.4b's: 29 GB, of an H200's 141); recompute
-// on the CPU, where keeping measured no faster (bench/RESULTS.md) and memory is tighter.
-// Whether every layer's `bytes` fit Auto's budget: a quarter of the GPU's memory.
-bool within_budget(const ModelConfig& c, double bytes_a_layer) {
-  return double(c.n_layer) * bytes_a_layer <= double(cuda::memory_bytes()) / 4.0;
+// The bytes a layer keeps beyond those when the backward recomputes nothing (Saved's u, xbc,
+// gated; Mamba1Mixer::kept).
+int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
+  const int64_t es = int64_t(dtype_size(compute)), f32 = int64_t(sizeof(float));
+  if (!c.mamba1()) return tokens * (c.d_model + c.conv_dim() + c.d_inner()) * es;  // Mamba2's conv output in compute
+  const int64_t normed = c.mixer_norms ? tokens * c.x_proj_rows() * f32 : 0;
+  return tokens * c.d_model * es + tokens * (c.conv_dim() + c.x_proj_rows() + c.d_inner()) * f32 + normed;
+}
+
+// Auto: keep on the GPU while all that the layers save, the kept tensors included, takes at most
+// half of its memory; the rest is left to the weights, their gradients and moments (24 GB for the
+// 1.3b) and the step's scratch. At 8 × 2048 tokens in bf16: the 130m 12 GB (3.2 of them kept),
+// mamba-130m 13 GB, the 1.3b 63 GB, mamba-1.4b 68 GB: all four keep on an H200 (141 GB), the
+// larger two recompute on an H100 (80 GB). Recompute on the CPU, where keeping measured no faster
+// (bench/RESULTS.md) and memory is tighter.
+bool within_budget(const ModelConfig& c, int64_t tokens, DType compute, double extra_a_layer = 0.0) {
+  const double a_layer =
+      double(saved_bytes_a_layer(c, tokens, compute) + kept_bytes_a_layer(c, tokens, compute)) + extra_a_layer;
+  return double(c.n_layer) * a_layer <= double(cuda::memory_bytes()) / 2.0;
 }
 
 bool keep_activations(Recompute r, const ModelConfig& c, int64_t tokens, DType compute, Device dev) {
   if (r != Recompute::Auto) return r == Recompute::No;
   if (dev != Device::CUDA) return false;
-  return within_budget(c, double(kept_bytes_a_layer(c, tokens, compute)));
+  return within_budget(c, tokens, compute);
 }
 
 // With kept activations on the GPU, Mamba-1 also keeps its scan's checkpoints (the states every 8
@@ -107,7 +118,7 @@ bool keep_checkpoints(bool keep, Recompute r, const ModelConfig& c, int64_t toke
   if (!keep || !c.mamba1() || dev != Device::CUDA) return false;
   if (r == Recompute::No) return true;
   const double ckpt = double(rows) * double(c.ssm_state_width()) * sizeof(float);
-  return within_budget(c, double(kept_bytes_a_layer(c, tokens, compute)) + ckpt);
+  return within_budget(c, tokens, compute, ckpt);
 }
 
 // The batch's sequences in state slots 0, 1, ... on `dev`, for the conv and the scan.
@@ -118,20 +129,17 @@ ops::SeqBatch sequences(const ModelConfig& c, const Batch& b, Device dev) {
 }
 
 // The conv and the scan of every sequence from a zero state (as prefill without a state). The
-// scan's products in `compute` (mixed precision: bf16 / f16 on tensor cores, x, B and C rounded
-// as the inference scan rounds them: the conv writes that rounded copy beside the fp32 output the
-// backward takes, the same bits the scan's own copy of fp32 operands would hold).
+// scan's products in `compute` (mixed precision: bf16 / f16 on tensor cores). xbc in the compute
+// dtype: the conv rounds its fp32 sums once, as the inference scan rounds its operands, and the
+// backward takes the same rounded x, B and C (the gradient of what the forward computed).
 void mixer_forward(const ModelConfig& c, const LayerWeights& l, const ops::SeqBatch& seqs, const Projections& pr,
                    MatView xbc, std::optional<MatView> y, DType compute) {
   const Device dev = seqs.device();
   Tensor conv_states = Tensor::zeros({seqs.count(), c.conv_state_width()}, dev);
-  Tensor rounded;
-  if (y && compute != DType::F32) rounded = Tensor::empty({xbc.rows, xbc.cols}, dev, compute);
-  ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs,
-                     rounded.raw() ? MatView::of(rounded) : MatView{});
+  ops::causal_conv1d(pr.xBC, l.conv_w, l.conv_b, xbc, MatView::of(conv_states), seqs);
   if (!y) return;
   Tensor ssm_states = Tensor::zeros({seqs.count(), c.ssm_state_width()}, dev);
-  const ConvOut v = split_conv(rounded.raw() ? MatView::of(rounded) : xbc, c);
+  const ConvOut v = split_conv(xbc, c);
   ops::ssd_scan(ssd_weights(l, c), v.x, v.B, v.C, pr.dt, *y, MatView::of(ssm_states), seqs, compute);
 }
 
@@ -303,12 +311,14 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   // Forward.
   Saved sv;
   const bool keep = g && keep_activations(recompute, c, T, cdt, dev);
-  // The projections' inputs (u, gated, normed_f) in the matrices' dtype; everything else fp32.
+  // The projections' inputs (u, gated, normed_f) and Mamba2's conv output (the SSD scan's operands,
+  // forward and backward) in the matrices' dtype; everything else fp32.
   // u, xbc and gated are every layer's scratch, or with `keep` each layer's own (Saved).
   Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u, xbc, gated;
+  const DType xbc_dtype = c.mamba1() ? DType::F32 : cdt;
   if (!keep) {
     u = Tensor::empty({T, D}, dev, cdt);
-    xbc = Tensor::empty({T, c.conv_dim()}, dev);
+    xbc = Tensor::empty({T, c.conv_dim()}, dev, xbc_dtype);
     gated = Tensor::empty({T, c.d_inner()}, dev, cdt);
   }
   std::optional<Mamba1Mixer> m1;
@@ -329,7 +339,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     if (keep) {
       u = Tensor::empty({T, D}, dev, cdt);
       sv.u.push_back(u);
-      xbc = Tensor::empty({T, c.conv_dim()}, dev);
+      xbc = Tensor::empty({T, c.conv_dim()}, dev, xbc_dtype);
       sv.xbc.push_back(xbc);
       if (m1) {
         m1->keep_layer();
@@ -400,7 +410,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   Tensor d_res = Tensor::zeros({T, D}, dev);
   ops::add_rmsnorm_backward(MatView::of(sv.residual_f), w.norm_f, MatView::of(d_normed_f), MatView::of(d_res),
                             g->norm_f, eps);
-  Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev), d_y = Tensor::empty({T, c.d_inner()}, dev);
+  // Mamba2's d_y feeds the SSD backward alone, which takes it with x, B and C in the compute dtype.
+  Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev), d_y = Tensor::empty({T, c.d_inner()}, dev, xbc_dtype);
   // d_zxbcdt feeds in_proj's backward alone: the ops that write it round it to the compute dtype
   // once, in place of the cast the product would make; fp32 when an in_proj bias sums it.
   Tensor d_xbc = Tensor::empty({T, c.conv_dim()}, dev),

@@ -46,7 +46,8 @@ double lm_loss(const ModelConfig& config, const ModelWeights& weights, std::span
 // output, and Mamba2's gated norm output or Mamba-1's x_proj and dt_proj outputs, which are
 // otherwise recomputed. The choice changes
 // speed and memory, never a bit of the result: the recompute runs the forward's kernels on the
-// forward's inputs. Auto keeps them on the GPU when they take at most a quarter of its memory.
+// forward's inputs. Auto keeps them on the GPU when all the layers save, those included, takes at
+// most half of its memory.
 // `grad_scale` multiplies the gradient (not the loss): f16 training's loss scale, which lifts
 // small gradients above f16's underflow.
 //

@@ -33,21 +33,15 @@ void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs
 }  // namespace
 
 void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states,
-                   const SeqBatch& seqs, MatView rounded) {
+                   const SeqBatch& seqs) {
   const int64_t C = in.cols;
   check_weights(w, bias, C, in.device);
   const int64_t K = w.dim(1);
   check_forward(in, out, states, seqs, K, true);
-  if (rounded.ptr) {
-    if (in.device != Device::CUDA || !(rounded.dtype == DType::BF16 || rounded.dtype == DType::F16))
-      fail("[causal_conv1d] a rounded copy of the output is BF16 or F16 on the GPU, not {} on the {}",
-           dtype_name(rounded.dtype), device_name(rounded.device));
-    check_shape("causal_conv1d", "rounded", rounded, out.rows, out.cols, in.device);
-  }
   if (in.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.ptr, out.ld, out.dtype, states.data(),
-                                seqs.packed(), C, K, rounded.ptr, rounded.dtype, rounded.ld);
+                                seqs.packed(), C, K);
 #else
     no_cuda_backend(__func__);
 #endif

@@ -32,7 +32,8 @@ void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t n
 // none) and on exit that of the residual before the add, which is also that of h. d_w += .
 void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatView d_residual, Tensor& d_w,
                           float eps);
-// gated_rmsnorm backward: d_y, d_z overwritten (neither may overlap d_out); d_w += .
+// gated_rmsnorm backward: d_y, d_z overwritten (neither may overlap d_out; on the GPU either may be
+// BF16 or F16, rounded once); d_w += .
 void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
                             Tensor& d_w, int64_t ngroups, float eps);
 
@@ -120,11 +121,8 @@ void bias_backward(MatView d_y, Tensor& d_b);
 // causal_conv1d: depthwise causal conv + bias + SiLU over the sequences of `seqs`, packed in `in`;
 // each continues from its row of states ((batch, (K-1)·C), the last K-1 inputs, oldest first) and
 // leaves its own last K-1 inputs there. fp32, but for `out` on the GPU, which may be bf16 or f16
-// (the SSD scan's operands, rounded once from the fp32 sums). `rounded` (GPU, BF16 or F16, out's
-// shape): the same outputs rounded there too (training: fp32 for the backward, the rounded copy
-// for the forward scan).
-void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states, const SeqBatch& seqs,
-                   MatView rounded = {});
+// (the SSD scan's operands, forward and backward, rounded once from the fp32 sums).
+void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out, MatView states, const SeqBatch& seqs);
 // causal_conv1d: one token for each sequence of `seqs` (a decode batch).
 void causal_conv1d_step(MatView x, const Tensor& w, const Tensor& bias, MatView out, MatView states,
                         const SeqBatch& seqs);
@@ -165,8 +163,9 @@ struct SsdGrads {
 // ssd_scan backward, chunked like the forward, for the scans of the sequences of `seqs` (x, B, C, dt,
 // d_y packed), each from its row (slot) of `states0` (not modified; an empty view: zeros) given
 // d_y and its row of d_states_final, the gradient of its final state (empty: zeros); grads.state0,
-// when set, receives the initial states' gradients in the same rows. Inputs and gradients fp32; the
-// products in `compute` (F32, or on the GPU BF16 / F16 operands with fp32 sums).
+// when set, receives the initial states' gradients in the same rows. Gradients fp32; the products
+// in `compute` (F32, or on the GPU BF16 / F16 operands with fp32 sums). x, B, C and d_y in F32, or
+// on the GPU all four in the compute dtype (training's: the forward's operands as it rounded them).
 void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView states0, MatView d_y,
                        MatView d_states_final, const SsdGrads& grads, const SeqBatch& seqs,
                        DType compute = DType::F32);

@@ -80,8 +80,9 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
   const Device dev = y.device;
   for (auto [m, what] : {std::pair{&y, "y"}, {&z, "z"}, {&d_out, "d_out"}, {&d_y, "d_y"}, {&d_z, "d_z"}}) {
     check_shape("gated_rmsnorm", what, *m, n, d, dev);
-    if (m != &d_z) check_dtype("gated_rmsnorm", what, m->dtype, DType::F32);
+    if (m != &d_z && m != &d_y) check_dtype("gated_rmsnorm", what, m->dtype, DType::F32);
   }
+  check_projection_operand_dtype("gated_rmsnorm", "d_y", d_y.dtype, dev);
   check_projection_operand_dtype("gated_rmsnorm", "d_z", d_z.dtype, dev);
   check_len("gated_rmsnorm", "weight", w, d, dev);
   check_len("gated_rmsnorm", "d_weight", d_w, d, dev);
@@ -89,8 +90,8 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
   if (d_y.ptr == d_out.ptr || d_z.ptr == d_out.ptr) fail("[gated_rmsnorm] d_y and d_z must not alias d_out");
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::gated_rmsnorm_backward(y.data(), y.ld, z.data(), z.ld, w.data(), d_out.data(), d_out.ld, d_y.data(), d_y.ld,
-                                 d_z.ptr, d_z.dtype, d_z.ld, d_w.data(), n, d, ngroups, eps);
+    cuda::gated_rmsnorm_backward(y.data(), y.ld, z.data(), z.ld, w.data(), d_out.data(), d_out.ld, d_y.ptr, d_y.dtype,
+                                 d_y.ld, d_z.ptr, d_z.dtype, d_z.ld, d_w.data(), n, d, ngroups, eps);
 #else
     no_cuda_backend(__func__);
 #endif

@@ -118,12 +118,18 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   const Device dev = x.device;
   const auto p = params(w, x, B, C, dt, T, dev);
   const int64_t S = p.nheads * p.headdim * p.d_state;
-  for (const MatView* m : {&x, &B, &C}) check_dtype("ssd_scan", "x, B and C", m->dtype, DType::F32);
+  // x, B, C and d_y in one dtype: F32, or on the GPU the compute dtype (the operands as rounded for
+  // the forward's products, and d_y as its producer rounded it).
+  const DType inputs = x.dtype;
+  if (inputs != DType::F32 && !(dev == Device::CUDA && inputs == compute))
+    fail("[ssd_scan] the backward's x is {}, expected F32 or (on the GPU) the compute dtype, {}", dtype_name(inputs),
+         dtype_name(compute));
   using Operand = std::tuple<const char*, const MatView*, int64_t>;
   for (auto [what, m, cols] : {Operand{"d_y", &d_y, x.cols}, Operand{"d_x", &g.x, x.cols}, Operand{"d_B", &g.B, B.cols},
                                Operand{"d_C", &g.C, C.cols}, Operand{"d_dt", &g.dt, dt.cols}}) {
     check_shape("ssd_scan", what, *m, T, cols, dev);
-    if (m != &g.dt) check_dtype("ssd_scan", what, m->dtype, DType::F32);
+    if (m == &d_y) check_dtype("ssd_scan", what, m->dtype, inputs);
+    else if (m != &g.dt) check_dtype("ssd_scan", what, m->dtype, DType::F32);
   }
   check_projection_operand_dtype("ssd_scan", "d_dt", g.dt.dtype, dev);
   int64_t rows = INT64_MAX;  // slots index the state rows given, if any
@@ -149,9 +155,9 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
                                   g.C.data(),    g.C.ld,        g.dt.ptr,         g.dt.dtype,
                                   g.dt.ld,       ptr(g.state0), g.dt_bias.data(), g.A_log.data(),
                                   g.D.data()};
-    cuda::ssd_scan_backward(cuda_params(p), x.data(), x.ld, B.data(), B.ld, C.data(), C.ld, dt.data(), dt.ld,
-                            ptr(states0), d_y.data(), d_y.ld, ptr(d_states_final), grads, seqs.packed(),
-                            seqs.chunk_size(), compute);
+    cuda::ssd_scan_backward(cuda_params(p), x.ptr, x.ld, B.ptr, B.ld, C.ptr, C.ld, dt.data(), dt.ld, ptr(states0),
+                            d_y.ptr, d_y.ld, inputs, ptr(d_states_final), grads, seqs.packed(), seqs.chunk_size(),
+                            compute);
 #else
     no_cuda_backend(__func__);
 #endif

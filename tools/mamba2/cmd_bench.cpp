@@ -63,7 +63,8 @@ double median_ms(Device dev, int64_t rounds, const std::function<void()>& f) {
 // The chunked SSD scan alone on random inputs, `d` = BxLxHxPxN (ngroups 1, chunks of 256): the
 // median of `repeats` timed runs after a warm-up. x, B and C in the dtype the model gives the scan
 // (the compute dtype on the GPU, as mamba_ssm's scan takes them), dt and y in fp32.
-// With `grad`, the backward too (fp32 operands, as training runs it) and the fp32 forward beside it.
+// With `grad`, the backward too and the fp32 forward and backward beside them: x, B, C and d_y in
+// the products' dtype, as training runs them (and as mamba_ssm's bf16 backward takes them).
 void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats, bool grad) {
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
   const DType in = dev == Device::CUDA ? dtype : DType::F32;  // the CPU's scan is fp32 throughout
@@ -100,12 +101,15 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   Tensor d_A = Tensor::zeros({H}, dev), d_D = Tensor::zeros({H}, dev);
   const ops::SsdGrads g{MatView::of(d_x), MatView::of(d_B), MatView::of(d_C), MatView::of(d_dt), MatView{}, d_bias, d_A,
                         d_D};
-  // As training runs them: the inputs in fp32, the products in fp32 or (GPU) in the compute dtype.
+  const Tensor d_y_in = d_y.to(dev, in);
+  // As training runs them: the products in fp32, or (GPU) in the compute dtype with x, B, C and d_y in it.
   auto both = [&](DType compute) {
-    const double fwd = median(forward(x32, B32, C32, compute)), bwd = median([&] {
-      ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(x32)), MatView::of(const_cast<Tensor&>(B32)),
-                             MatView::of(const_cast<Tensor&>(C32)), MatView::of(dt), MatView{}, MatView::of(d_y),
-                             MatView{}, g, seqs, compute);
+    const bool f32 = compute == DType::F32;
+    const Tensor &xs = f32 ? x32 : x, &Bs = f32 ? B32 : B, &Cs = f32 ? C32 : C, &dys = f32 ? d_y : d_y_in;
+    const double fwd = median(forward(xs, Bs, Cs, compute)), bwd = median([&] {
+      ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(xs)), MatView::of(const_cast<Tensor&>(Bs)),
+                             MatView::of(const_cast<Tensor&>(Cs)), MatView::of(dt), MatView{},
+                             MatView::of(const_cast<Tensor&>(dys)), MatView{}, g, seqs, compute);
     });
     fmt::print("ssd scan b{} L{} H{} P{} N{}, {} products: forward {:.3f} ms, backward {:.3f} ms, both {:.3f} ms "
                "(medians of {})\n",
@@ -265,7 +269,7 @@ void add_bench(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   sub->add_option("--model", o->model, "Model folder or GGUF file");
   sub->add_option("--ssd", o->ssd, "Also time the SSD scan alone on shapes BxLxHxPxN (repeatable)");
-  sub->add_flag("--ssd-grad", o->ssd_grad, "With --ssd: its backward too, as training runs it (fp32, and --dtype's products)");
+  sub->add_flag("--ssd-grad", o->ssd_grad, "With --ssd: its backward too, as training runs it (in fp32, and in --dtype)");
   sub->add_option("--linear", o->linear, "Also time a projection alone on shapes MxNxK (repeatable)");
   sub->add_option("--selective", o->selective,
                   "Also time the Mamba-1 selective scan alone, forward and backward, on shapes BxDxLxN (repeatable)");
