@@ -1501,9 +1501,9 @@ __device__ __forceinline__ const T* head_rows(const T* copy, const T* in, int64_
 }
 
 // Block (chunk, head): dt and a (as the forward's chunk_decay, a in double); x and d_y head-major
-// (chunk, head, Q, P) unless Xh is null (head_rows), w[t]·x and exp(a[t])·d_y token-major (chunk·Q + t, H·P); B and C
-// (chunk·Q + t, G·N), the chunk's rows shared out over its blocks. Operands rounded to T once
-// (In = T: the inputs came rounded, and are copied).
+// (chunk, head, Q, P) unless Xh is null (head_rows), w[t]·x and exp(a[t])·d_y token-major
+// (chunk·Q + t, H·P); B and C (chunk·Q + t, G·N), the chunk's rows shared out over its blocks.
+// Operands rounded to T once (In = T: the inputs came rounded, and are copied).
 // A streaming kernel: kPairs (P even, x and d_y rows on two elements) moves two adjacent columns a
 // thread, kBatch elements' loads go out before their stores, and 4 blocks an SM keep enough
 // loads in flight (at 80 registers 3 blocks reached ~1.8 TB/s).
