@@ -74,11 +74,17 @@ struct Saved {
   Tensor residual_f, normed_f;
 };
 
+// The conv output's dtype: Mamba2's is the SSD scan's operands, forward and backward, in the
+// compute dtype; Mamba-1's scan takes fp32.
+DType conv_out_dtype(const ModelConfig& c, DType compute) { return c.mamba1() ? DType::F32 : compute; }
+// The scan output's dtype: Mamba-1's is out_proj's input, in the compute dtype; Mamba2's goes to
+// the gated norm in fp32.
+DType scan_out_dtype(const ModelConfig& c, DType compute) { return c.mamba1() ? compute : DType::F32; }
+
 // The bytes a layer saves whatever Recompute says: the residual, in_proj's output and the scan
 // output (Saved's residual, zxbcdt, y).
 int64_t saved_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
-  const int64_t f32 = int64_t(sizeof(float));
-  const int64_t y_es = c.mamba1() && compute != DType::F32 ? int64_t(dtype_size(compute)) : f32;
+  const int64_t f32 = int64_t(sizeof(float)), y_es = int64_t(dtype_size(scan_out_dtype(c, compute)));
   return tokens * ((c.d_model + c.d_in_proj()) * f32 + c.d_inner() * y_es);
 }
 
@@ -86,9 +92,11 @@ int64_t saved_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute)
 // gated; Mamba1Mixer::kept).
 int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
   const int64_t es = int64_t(dtype_size(compute)), f32 = int64_t(sizeof(float));
-  if (!c.mamba1()) return tokens * (c.d_model + c.conv_dim() + c.d_inner()) * es;  // Mamba2's conv output in compute
+  const int64_t conv_es = int64_t(dtype_size(conv_out_dtype(c, compute)));
+  const int64_t common = tokens * c.d_model * es + tokens * c.conv_dim() * conv_es;
+  if (!c.mamba1()) return common + tokens * c.d_inner() * es;
   const int64_t normed = c.mixer_norms ? tokens * c.x_proj_rows() * f32 : 0;
-  return tokens * c.d_model * es + tokens * (c.conv_dim() + c.x_proj_rows() + c.d_inner()) * f32 + normed;
+  return common + tokens * (c.x_proj_rows() + c.d_inner()) * f32 + normed;
 }
 
 // Auto: keep on the GPU while all that the layers save, the kept tensors included, takes at most
@@ -315,7 +323,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   // forward and backward) in the matrices' dtype; everything else fp32.
   // u, xbc and gated are every layer's scratch, or with `keep` each layer's own (Saved).
   Tensor residual = Tensor::empty({T, D}, dev), h = Tensor::empty({T, D}, dev), u, xbc, gated;
-  const DType xbc_dtype = c.mamba1() ? DType::F32 : cdt;
+  const DType xbc_dtype = conv_out_dtype(c, cdt);
   if (!keep) {
     u = Tensor::empty({T, D}, dev, cdt);
     xbc = Tensor::empty({T, c.conv_dim()}, dev, xbc_dtype);
@@ -328,7 +336,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   }
   // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, which
   // the scan writes so (GPU), and that copy is what the backward keeps (its only use of y).
-  const bool m1_narrow = m1 && cdt != DType::F32;
+  const bool m1_narrow = m1 && scan_out_dtype(c, cdt) != DType::F32;
   Tensor zxbcdt_one, y_one;
   if (!g) zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
   if (!g && !m1_narrow) y_one = Tensor::empty({T, c.d_inner()}, dev);
