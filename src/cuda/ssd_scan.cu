@@ -2258,7 +2258,8 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     stage_dy(st, 0);
     cp_async_commit();
     // The thread's x and d_y, as its accumulators' elements [j][2i + e]: row s0 + r0 + l/4 + 8i,
-    // column c0 + 8j + 2(l%4) + e.
+    // column c0 + 8j + 2(l%4) + e. With the inputs in T, d_y's from its tile staged below.
+    constexpr bool dy_staged = std::is_same_v<In, T>;
     float xv[4][4], dyv[4][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -2270,9 +2271,11 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
         if (s < ch.len && q < P) {
           const In *xp = x + tok * ldx + h * P + q, *yp = d_y + tok * lddy + h * P + q;
           if (vec) {
-            xs = load_f32x2(xp), ys = load_f32x2(yp);
+            xs = load_f32x2(xp);
+            if (!dy_staged) ys = load_f32x2(yp);
           } else {
-            xs = {load_f32(xp), load_f32(xp + 1)}, ys = {load_f32(yp), load_f32(yp + 1)};
+            xs = {load_f32(xp), load_f32(xp + 1)};
+            if (!dy_staged) ys = {load_f32(yp), load_f32(yp + 1)};
           }
         }
         xv[j][2 * i] = xs.x, xv[j][2 * i + 1] = xs.y, dyv[j][2 * i] = ys.x, dyv[j][2 * i + 1] = ys.y;
@@ -2281,6 +2284,16 @@ __global__ __launch_bounds__(kThreads, 2) void bwd_rows_tc_kernel(
     put_m(st, st, 0);
     cp_async_wait_all();
     __syncthreads();
+    if constexpr (dy_staged) {  // stage 0 holds rows s0.. (zeros past the chunk and headdim) until kt = st + 2
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const T* yp = Ys + (r0 + lane / 4 + 8 * i) * kTcStride + c0 + 8 * j + 2 * (lane % 4);
+          const float2 v = unpack2<T>(*reinterpret_cast<const uint32_t*>(yp));
+          dyv[j][2 * i] = v.x, dyv[j][2 * i + 1] = v.y;
+        }
+    }
     if (st + 1 < NT) {
       load_m(st + 1, st);
       stage_dy(st + 1, 1);
