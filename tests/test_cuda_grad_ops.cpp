@@ -337,6 +337,49 @@ TEST(CudaGradOps, OptimiserKernelsMatchCpu) {
     EXPECT_TRUE(same_bits(ps[i].back(), ps1[i].back()) && same_bits(ms[i].back(), ms1[i].back()) &&
                 same_bits(vs[i].back(), vs1[i].back()))
         << "tensor " << i;
+  // Compute copies written by the same pass (bf16, f16, fp32, none): the update's bits, and the
+  // copy the updated parameter cast once.
+  {
+    std::vector<Both> ps2, ms2, vs2;
+    std::vector<Tensor> copies;
+    const DType kinds[] = {DType::BF16, DType::F16, DType::F32, DType::BF16, DType::F16};
+    std::vector<ops::AdamWParam> with_copies;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const int64_t len = lens[i];
+      const uint64_t seed = uint64_t(100 + len);
+      ps2.emplace_back(random_tensor({len}, seed)), ms2.emplace_back(random_tensor({len}, seed + 2, -0.1f, 0.1f));
+      vs2.emplace_back(random_tensor({len}, seed + 3, 0.0f, 0.01f));
+      copies.push_back(Tensor::empty({len}, Device::CUDA, kinds[i]));
+    }
+    for (size_t i = 0; i < ps.size(); ++i)
+      with_copies.push_back({&ps2[i].gpu, &gs[i].gpu, &ms2[i].gpu, &vs2[i].gpu, i % 2 == 0, i == 3 ? nullptr : &copies[i]});
+    ops::adamw(with_copies, h);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      SCOPED_TRACE("tensor " + std::to_string(i));
+      EXPECT_TRUE(same_bits(ps2[i].back(), ps[i].back()) && same_bits(ms2[i].back(), ms[i].back()));
+      if (i == 3) continue;
+      Tensor cast = Tensor::empty({lens[i]}, Device::CUDA, kinds[i]);
+      ops::cast(ps2[i].g(), MatView::of(cast));
+      EXPECT_TRUE(same_bits(copies[i].to(Device::CPU, kinds[i]), cast.to(Device::CPU, kinds[i])));
+    }
+    // Refused: a copy on the CPU, of another size, or the parameter itself.
+    Tensor short_copy = Tensor::empty({2}, Device::CUDA, DType::BF16);
+    ops::AdamWParam bad = with_copies[1];
+    bad.copy = &short_copy;
+    EXPECT_NE(test::error_message([&] { ops::adamw(std::span<const ops::AdamWParam>(&bad, 1), h); })
+                  .find("[adamw] the compute copy must be"),
+              std::string::npos);
+    bad.copy = bad.param;
+    EXPECT_NE(test::error_message([&] { ops::adamw(std::span<const ops::AdamWParam>(&bad, 1), h); })
+                  .find("[adamw] the compute copy must be"),
+              std::string::npos);
+    Tensor pc = random_tensor({4}, 9), gc = random_tensor({4}, 10), mc = random_tensor({4}, 11), vc = random_tensor({4}, 12);
+    Tensor cc = Tensor::empty({4}, Device::CPU, DType::BF16);
+    const ops::AdamWParam on_cpu{&pc, &gc, &mc, &vc, true, &cc};
+    EXPECT_NE(test::error_message([&] { ops::adamw(std::span<const ops::AdamWParam>(&on_cpu, 1), h); })
+                  .find("[adamw] a compute copy of the parameter is the GPU's"),
+              std::string::npos);
+  }
   const double want = ops::sum_squares(g.cpu), got = ops::sum_squares(g.gpu);
   EXPECT_NEAR(got, want, 1e-12 * want);  // double sums of fp32 squares: only their order differs
   EXPECT_EQ(got, ops::sum_squares(g.gpu));

@@ -251,13 +251,16 @@ double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, i
 struct AdamWScalars {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_sqrt_bc2, grad_scale;
 };
-// Of `count` tensors (a host array) in one launch: those without `decays` use a decay factor of 1.
+// Of `count` tensors (a host array) in one launch: those without `decays` use a decay factor of 1;
+// `copy` (or null) gets the updated parameter rounded to copy_dtype.
 struct AdamWTensor {
   float* param;
   const float* grad;
   float *m, *v;
   int64_t n;
   bool decays;
+  void* copy;
+  DType copy_dtype;
 };
 void adamw_step_many(const AdamWTensor* tensors, int64_t count, const AdamWScalars& s);
 // Σ x² in double over `count` tensors (host arrays of their device pointers and sizes), each in

@@ -22,6 +22,15 @@ void adamw(std::span<const AdamWParam> params, const AdamW& h) {
     check_len("adamw", "grad", *p.grad, n, dev);
     check_len("adamw", "m", *p.m, n, dev);
     check_len("adamw", "v", *p.v, n, dev);
+    if (p.copy) {
+      if (dev != Device::CUDA) fail("[adamw] a compute copy of the parameter is the GPU's: the CPU trains in fp32");
+      const DType cd = p.copy->dtype();
+      if (p.copy->device() != dev || p.copy->numel() != n || p.copy->raw() == p.param->raw() ||
+          !(cd == DType::F32 || cd == DType::BF16 || cd == DType::F16))
+        fail("[adamw] the compute copy must be another f32, bf16 or f16 tensor of the parameter's {} elements on its "
+             "device, got {} {} on the {}",
+             n, dtype_name(cd), shape_str(p.copy->shape()), device_name(p.copy->device()));
+    }
   }
   if (h.step < 1) fail("[adamw] step must be at least 1 (bias correction), got {}", h.step);
   if (!(h.lr >= 0.0) || !std::isfinite(h.lr)) fail("[adamw] lr must be finite and non-negative, got {}", h.lr);
@@ -51,7 +60,8 @@ void adamw(std::span<const AdamWParam> params, const AdamW& h) {
                                 s.decay, s.step_size,       s.inv_sqrt_bc2, s.grad_scale};
     std::vector<cuda::AdamWTensor> ts;
     for (const AdamWParam& p : params)
-      ts.push_back({p.param->data(), p.grad->data(), p.m->data(), p.v->data(), p.param->numel(), p.decay});
+      ts.push_back({p.param->data(), p.grad->data(), p.m->data(), p.v->data(), p.param->numel(), p.decay,
+                    p.copy ? p.copy->raw() : nullptr, p.copy ? p.copy->dtype() : DType::F32});
     cuda::adamw_step_many(ts.data(), int64_t(ts.size()), cs);
 #else
     no_cuda_backend(__func__);

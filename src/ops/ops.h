@@ -247,13 +247,16 @@ struct AdamW {
 };
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamW& hyper);
 // The same step for many parameters on one device (one launch on the GPU); weight decay only for
-// those with `decay` (the no-decay group: biases, norms, per-head scalars).
+// those with `decay` (the no-decay group: biases, norms, per-head scalars). `copy` (GPU, or null):
+// the updated parameter rounded once to the copy's dtype, written by the same pass (the bf16 / f16
+// matrices mixed-precision training computes with: what a cast after the step would write).
 struct AdamWParam {
   Tensor* param;
   const Tensor* grad;
   Tensor* m;
   Tensor* v;
   bool decay;
+  Tensor* copy = nullptr;
 };
 void adamw(std::span<const AdamWParam> params, const AdamW& hyper);
 // sum_squares: Σ t² in double, the same for any thread count (global-norm clipping); of many

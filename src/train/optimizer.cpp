@@ -48,10 +48,20 @@ void AdamWOptimizer::scale_grads(double s) {
   for (Param& p : params_) ops::scale(*p.grad, s);
 }
 
+void AdamWOptimizer::set_copies(ModelWeights& compute, const ModelConfig& config) {
+  const std::vector<NamedTensor> c = hf_named_tensors(compute, config);
+  if (c.size() != params_.size()) fail("[adamw] the compute weights were made for another model");
+  for (size_t i = 0; i < c.size(); ++i) {
+    if (c[i].name != params_[i].name || c[i].tensor->shape() != params_[i].value->shape())
+      fail("[adamw] compute weight {} does not match parameter {}", c[i].name, params_[i].name);
+    params_[i].copy = c[i].tensor->raw() == params_[i].value->raw() ? nullptr : const_cast<Tensor*>(c[i].tensor);
+  }
+}
+
 void AdamWOptimizer::step(double lr, double grad_scale) {
   ++steps_;
   std::vector<ops::AdamWParam> ps;
-  for (Param& p : params_) ps.push_back({p.value, p.grad, &p.m, &p.v, p.decay});
+  for (Param& p : params_) ps.push_back({p.value, p.grad, &p.m, &p.v, p.decay, p.copy});
   ops::adamw(ps, {lr, settings_.beta1, settings_.beta2, settings_.eps, settings_.weight_decay, steps_, grad_scale});
 }
 

@@ -24,6 +24,7 @@ struct Param {
   Tensor* grad;
   Tensor m, v;         // fp32 moments
   bool decay;
+  Tensor* copy = nullptr;  // the GPU's bf16 / f16 copy that the steps compute with, updated by step()
 };
 
 struct AdamWSettings {
@@ -44,6 +45,9 @@ class AdamWOptimizer {
   void scale_grads(double s);
   // One update at `lr` from the gradients times grad_scale.
   void step(double lr, double grad_scale);
+  // The compute weights (compute_weights of the weights given at construction): step() writes
+  // each of their tensors that is a rounded copy as it updates the master (no cast after it).
+  void set_copies(ModelWeights& compute, const ModelConfig& config);
 
   // m.<name> and v.<name>, fp32 safetensors; the step count is the caller's to keep.
   void save(const std::filesystem::path& path) const;

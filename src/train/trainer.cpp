@@ -280,6 +280,7 @@ void Trainer::setup() {
   }
   // The run's dtype is the final model's; on the GPU the projections also compute in it.
   cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
+  opt_->set_copies(cw_, mc_);
   if (cw_.embedding.dtype() == DType::F16 && latest.empty()) st_.loss_scale = kInitialLossScale;
   if (comm_) {
     check_reduced_grads();
@@ -313,6 +314,7 @@ void Trainer::setup_follower() {
   share_start();
   opt_->set_steps(st_.step);
   cw_ = compute_weights(w_, dev_ == Device::CUDA ? *parse_dtype(cfg_.dtype) : DType::F32);
+  opt_->set_copies(cw_, mc_);
 }
 
 void Trainer::share_start() {
@@ -616,8 +618,7 @@ TrainResult Trainer::run() {
       log(fmt::format("step {}: the f16 gradients overflowed at loss scale {}; the update is skipped, the scale halved",
                       st_.step + 1, st_.loss_scale * 2.0));
     } else {
-      opt_->step(lr, factor * clip_coefficient(norm, cfg_.grad_clip));
-      refresh_compute_weights(w_, cw_);
+      opt_->step(lr, factor * clip_coefficient(norm, cfg_.grad_clip));  // cw_'s copies too
       if (scaled && ++st_.good_steps == kScaleGrowthSteps) st_.loss_scale *= 2.0, st_.good_steps = 0;
     }
     ++st_.step;
