@@ -277,8 +277,9 @@ void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const
         in, ldin, w, bias, states, d_out, lddo, static_cast<Din*>(d_in), lddi, seqs, C, int(K), p);
   });
   check_launch("causal_conv1d");
-  add_column_partials(p, ld, chunks, C * K, d_w, "causal_conv1d");
-  add_column_partials(p + C * K, ld, chunks, C, d_bias, "causal_conv1d");
+  ColumnParts parts;  // a chunk's row: the weights' C·K sums, then the bias's C
+  parts.count = 2, parts.cols[0] = C * K, parts.grad[0] = d_w, parts.cols[1] = C, parts.grad[1] = d_bias;
+  add_column_partials(p, ld, chunks, parts, "causal_conv1d");
 }
 
 }  // namespace mamba2::cuda

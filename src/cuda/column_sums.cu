@@ -16,7 +16,7 @@ namespace {
 // (a norm's 768 weights: 3 blocks) waiting on one chain of ~256 loads.
 constexpr int kParts = 8;
 __global__ void add_column_partials_kernel(const double* __restrict__ partial, int64_t ld, int64_t chunks, int64_t cols,
-                                           float* __restrict__ grad) {
+                                           ColumnParts grads) {
   __shared__ double s_part[kParts][32];
   const int lane = threadIdx.x % 32, part = threadIdx.x / 32;
   const int64_t c = int64_t(blockIdx.x) * 32 + lane;
@@ -39,7 +39,10 @@ __global__ void add_column_partials_kernel(const double* __restrict__ partial, i
   if (part != 0 || c >= cols) return;
   double total = s_part[0][lane];
   for (int w = 1; w < kParts; ++w) total += s_part[w][lane];
-  grad[c] += float(total);
+  int k = 0;
+  int64_t first = 0;  // the first column of gradient k
+  while (k + 1 < grads.count && c >= first + grads.cols[k]) first += grads.cols[k++];
+  grads.grad[k][c - first] += float(total);
 }
 
 }  // namespace
@@ -52,12 +55,20 @@ double host_sum(const double* values, int64_t n) {
   return total;
 }
 
-void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
-                         const char* op) {
+void add_column_partials(const double* partial, int64_t ld, int64_t chunks, const ColumnParts& parts, const char* op) {
+  int64_t cols = 0;
+  for (int k = 0; k < parts.count; ++k) cols += parts.cols[k];
   if (cols == 0) return;
   add_column_partials_kernel<<<unsigned(ceil_div(cols, int64_t(32))), 32 * kParts, 0, stream()>>>(partial, ld, chunks,
-                                                                                                 cols, grad);
+                                                                                                 cols, parts);
   check_launch(op);
+}
+
+void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
+                         const char* op) {
+  ColumnParts one;
+  one.count = 1, one.cols[0] = cols, one.grad[0] = grad;
+  add_column_partials(partial, ld, chunks, one, op);
 }
 
 }  // namespace mamba2::cuda

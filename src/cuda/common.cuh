@@ -159,6 +159,15 @@ __device__ __forceinline__ float dt_activation_grad(float raw, float bias, float
 constexpr int64_t kGradRows = 64;
 void add_column_partials(const double* partial, int64_t ld, int64_t chunks, int64_t cols, float* grad,
                          const char* op);
+// The same for several gradients whose columns lie side by side in the partials' rows (an op's
+// parameters: one launch instead of one each, a 130m training step 72 fewer).
+struct ColumnParts {
+  static constexpr int kMax = 4;
+  int count = 0;
+  int64_t cols[kMax] = {};
+  float* grad[kMax] = {};
+};
+void add_column_partials(const double* partial, int64_t ld, int64_t chunks, const ColumnParts& parts, const char* op);
 // Σ of n doubles on the GPU, copied to the host (a wait) and added there in index order.
 double host_sum(const double* values, int64_t n);
 

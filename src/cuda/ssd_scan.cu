@@ -2585,9 +2585,11 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
                                                                                    g.C, g.ldc);
     check_launch(op);
   }
-  add_column_partials(partials, 3 * H, NC, H, g.dt_bias, op);
-  add_column_partials(partials + H, 3 * H, NC, H, g.A_log, op);
-  add_column_partials(partials + 2 * H, 3 * H, NC, H, g.D, op);
+  ColumnParts parts;  // a chunk's row: d dt_bias, d A_log, d D, H each
+  parts.count = 3;
+  for (int k = 0; k < 3; ++k) parts.cols[k] = H;
+  parts.grad[0] = g.dt_bias, parts.grad[1] = g.A_log, parts.grad[2] = g.D;
+  add_column_partials(partials, 3 * H, NC, parts, op);
 }
 
 }  // namespace
