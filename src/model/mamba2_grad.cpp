@@ -486,28 +486,18 @@ ModelWeights compute_weights(const ModelWeights& masters, DType dtype) {
     fail("[model] mixed precision runs on the GPU in BF16 or F16, not {} on the {}", dtype_name(dtype),
          device_name(masters.embedding.device()));
   ModelWeights v = masters;  // shares every tensor; the matrices are replaced below
-  auto narrow = [&](const Tensor& t) { return Tensor::empty(t.shape(), t.device(), dtype); };
+  auto narrow = [&](const Tensor& t) {
+    Tensor r = Tensor::empty(t.shape(), t.device(), dtype);
+    ops::cast(MatView::of(const_cast<Tensor&>(t)), MatView::of(r));
+    return r;
+  };
   v.embedding = narrow(masters.embedding);
   v.lm_head = masters.lm_head.raw() == masters.embedding.raw() ? v.embedding : narrow(masters.lm_head);
   for (size_t i = 0; i < v.layers.size(); ++i) {
     v.layers[i].in_proj = narrow(masters.layers[i].in_proj);
     v.layers[i].out_proj = narrow(masters.layers[i].out_proj);
   }
-  refresh_compute_weights(masters, v);
   return v;
-}
-
-void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view) {
-  auto copy = [](const Tensor& from, Tensor& to) {
-    if (to.raw() == from.raw()) return;  // an fp32 view shares the masters
-    ops::cast(MatView::of(const_cast<Tensor&>(from)), MatView::of(to));
-  };
-  copy(masters.embedding, view.embedding);
-  if (view.lm_head.raw() != view.embedding.raw()) copy(masters.lm_head, view.lm_head);
-  for (size_t i = 0; i < view.layers.size(); ++i) {
-    copy(masters.layers[i].in_proj, view.layers[i].in_proj);
-    copy(masters.layers[i].out_proj, view.layers[i].out_proj);
-  }
 }
 
 Gradients make_gradients(const ModelWeights& w) {

@@ -20,10 +20,9 @@ Gradients make_gradients(const ModelWeights& weights);
 
 // Mixed precision: the weights the training pass computes with, from fp32 master weights on the
 // GPU — the projection matrices (embedding, in_proj, out_proj, an untied head) as `dtype` copies
-// (BF16 or F16), every other tensor the master itself (fp32). F32: the masters. After an update
-// of the masters, refresh_compute_weights rounds the copies anew.
+// (BF16 or F16), every other tensor the master itself (fp32). F32: the masters. An update of the
+// masters writes the copies as it goes (ops::AdamWParam::copy, AdamWOptimizer::set_copies).
 ModelWeights compute_weights(const ModelWeights& masters, DType dtype);
-void refresh_compute_weights(const ModelWeights& masters, ModelWeights& view);
 void zero_gradients(Gradients& grads);  // grads from make_gradients: one memset of their buffer
 
 // The mean next-token cross-entropy over the padded vocabulary of sequences packed back to back
