@@ -1,9 +1,9 @@
 // The optimiser's kernels on the GPU: the AdamW update of all parameters in one launch (the CPU
-// kernel's arithmetic, element by element; the compute copies of mixed precision written in the
-// same pass, which saved a cast kernel a matrix, ~49 a 130m step), the sum of squares behind global-norm clipping (the
-// CPU's fixed blocks of 2¹⁴ elements, each reduced in a fixed tree in double, the blocks' sums added
-// in order on the host), and scaling in place. Both multi-tensor kernels find their tensor from the
-// block index in a table uploaded once a call.
+// kernel's arithmetic, element by element; mixed precision's compute copies written in the same
+// pass, which saved a cast kernel a matrix, ~49 a 130m step), the sum of squares behind
+// global-norm clipping (the CPU's fixed blocks of 2¹⁴ elements, each reduced in a fixed tree in
+// double, the blocks' sums added in order on the host), and scaling in place. Both multi-tensor
+// kernels find their tensor from the block index in a table uploaded once a call.
 #include <cstring>
 #include <vector>
 

@@ -119,9 +119,7 @@ void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, con
 // Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
 // states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
 // inputs there.   in (T, C) ld ldin; w (C, K); bias (C); fp32 sums; out (T, C) ld ldo in
-// out_dtype (F32, BF16 or F16: the SSD scan's operands, rounded once here); with `copy`, the same
-// values also rounded to copy_dtype there (ld ldc): training keeps fp32 for the backward and
-// hands the forward scan its operands.
+// out_dtype (F32, BF16 or F16: the SSD scan's operands, forward and backward, rounded once here).
 void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
                            DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
 // One token per sequence: out[b] from its state and x[b], then the state shifts in x[b].
