@@ -245,19 +245,25 @@ def softplus(v):
     return torch.where(v > 20, v, torch.log1p(torch.exp(torch.clamp(v, max=20))))
 
 
-def mixer_forward(c, w, p, u, dt_log):
-    """One Mamba2 mixer over a whole sequence u (L, D), token by token."""
+def keep(name, t):
+    return t
+
+
+def mixer_forward(c, w, p, u, dt_log, rnd=keep):
+    """One Mamba2 mixer over a whole sequence u (L, D), token by token. rnd(name, t) may replace
+    the named intermediates (scripts/mixed_precision_grads.py rounds them)."""
     L = u.shape[0]
     H, P, N, G = c.nheads, c.headdim, c.d_state, c.ngroups
-    zxbcdt = u @ w[p + "in_proj.weight"].T
+    zxbcdt = rnd("u", u) @ w[p + "in_proj.weight"].T
     z, xBC, dt = torch.split(zxbcdt, [c.d_inner, c.conv_dim, H], dim=-1)
+    z, xBC, dt = rnd("z", z), rnd("xBC_in", xBC), rnd("dt", dt)
 
     # Causal depthwise conv: out[t,c] = sum_k w[c,k] * x[t-K+1+k, c], zeros before t=0.
     K = c.d_conv
     cw = w[p + "conv1d.weight"][:, 0, :]                       # (conv_dim, K)
     padded = torch.cat([torch.zeros(K - 1, c.conv_dim, dtype=F64), xBC], dim=0)
     conv = torch.stack([(padded[t:t + K].T * cw).sum(-1) for t in range(L)])
-    xBC = silu(conv + w[p + "conv1d.bias"])
+    xBC = rnd("xBC", silu(conv + w[p + "conv1d.bias"]))
 
     x, B, C = torch.split(xBC, [c.d_inner, G * N, G * N], dim=-1)
     x = x.reshape(L, H, P)
@@ -281,12 +287,12 @@ def mixer_forward(c, w, p, u, dt_log):
         state = decay[:, None, None] * state + (dt[t][:, None] * x[t])[:, :, None] * Bt[:, None, :]
         y[t] = (state * Ct[:, None, :]).sum(-1) + Dskip[:, None] * x[t]
 
-    y = y.reshape(L, c.d_inner) * silu(z)
+    y = rnd("y", y.reshape(L, c.d_inner)) * silu(z)
     # Gated RMSNorm: normalise each group of d_inner/G channels separately.
     yg = y.reshape(L, G, c.d_inner // G)
     yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + EPS)
     y = yg.reshape(L, c.d_inner) * w[p + "norm.weight"]
-    return y @ w[p + "out_proj.weight"].T
+    return rnd("gated", y) @ w[p + "out_proj.weight"].T
 
 
 def oracle_a(c, w, ids, dt_log):

@@ -97,8 +97,9 @@ def write_model(c, stored, model_dir):
     save_file(mg.hf_names(stored), str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
-def logits_a(c, w, ids, dt_log):
-    """make_golden's oracle A with the head taken from lm_head.weight when untied."""
+def logits_a(c, w, ids, dt_log, rnd=mg.keep):
+    """make_golden's oracle A with the head taken from lm_head.weight when untied; rnd as
+    mg.mixer_forward's (also "normed_f", the head's input, and "logits")."""
     E = w["backbone.embedding.weight"]
     head = w.get("lm_head.weight", E)
     h = E[ids]
@@ -107,8 +108,8 @@ def logits_a(c, w, ids, dt_log):
         p = f"backbone.layers.{i}."
         residual = h if residual is None else residual + h
         u = mg.rmsnorm(residual, w[p + "norm.weight"])
-        h = mg.mixer_forward(c, w, p + "mixer.", u, dt_log)
-    return mg.rmsnorm(residual + h, w["backbone.norm_f.weight"]) @ head.T
+        h = mg.mixer_forward(c, w, p + "mixer.", u, dt_log, rnd)
+    return rnd("logits", rnd("normed_f", mg.rmsnorm(residual + h, w["backbone.norm_f.weight"])) @ head.T)
 
 
 def mean_loss(per_sequence_logits, seqs):
@@ -155,11 +156,16 @@ def checkpoint_name(c, name):
     return name if c.layout == "official" else name.replace("backbone.embedding.", "backbone.embeddings.")
 
 
-def make_case(c):
+def case_inputs(c):
+    """The case's stored weights and its sequences of token ids."""
     gen = torch.Generator().manual_seed(c.seed)
     stored = mg.quantize(make_weights(c, gen), c.dtype)
     id_gen = torch.Generator().manual_seed(c.seed + 1)
-    seqs = [torch.randint(0, c.vocab_size, (n,), generator=id_gen).tolist() for n in c.lengths]
+    return stored, [torch.randint(0, c.vocab_size, (n,), generator=id_gen).tolist() for n in c.lengths]
+
+
+def make_case(c):
+    stored, seqs = case_inputs(c)
 
     case_dir = GRAD_DIR / c.name
     if case_dir.exists():

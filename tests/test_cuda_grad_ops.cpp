@@ -94,8 +94,49 @@ TEST(CudaGradOps, GatedRmsnormBackwardMatchesCpu) {
                                       MatView::of(d_y_narrow), MatView::of(d_z_narrow), d_w2, groups, 1e-5f);
           EXPECT_TRUE(same_bits(to_cpu(d_y_narrow), rounded(d_y.back(), narrow))) << dtype_name(narrow);
           EXPECT_TRUE(same_bits(to_cpu(d_z_narrow), rounded(d_z.back(), narrow))) << dtype_name(narrow);
+          // y and z in the narrow dtype (training's scan and in_proj outputs), forward and backward
+          // (with d_out, as out_proj's backward leaves it, in that dtype too): the bits of the same
+          // rounded values passed in fp32.
+          Tensor y_r = rounded(buf.cpu, narrow), y_r_gpu = to_gpu(y_r), y_n = to_gpu(y_r, narrow);
+          const MatView yf = MatView::of(y_r_gpu).cols_slice(0, d), yn = MatView::of(y_n).cols_slice(0, d);
+          const MatView zf = MatView::of(y_r_gpu).cols_slice(ld - d, d), zn = MatView::of(y_n).cols_slice(ld - d, d);
+          Tensor out_f = Tensor::zeros({n, d}, Device::CUDA, narrow), out_n = Tensor::zeros({n, d}, Device::CUDA, narrow);
+          ops::gated_rmsnorm(yf, zf, w_g, MatView::of(out_f), groups, 1e-5f);
+          ops::gated_rmsnorm(yn, zn, w_g, MatView::of(out_n), groups, 1e-5f);
+          EXPECT_TRUE(same_bits(to_cpu(out_n), to_cpu(out_f))) << dtype_name(narrow);
+          Tensor dy_f = Tensor::zeros({n, d}, Device::CUDA, narrow), dy_n = Tensor::zeros({n, d}, Device::CUDA, narrow);
+          Tensor dz_f = Tensor::zeros({n, d}, Device::CUDA, narrow), dz_n = Tensor::zeros({n, d}, Device::CUDA, narrow);
+          Tensor dw_f = to_gpu(random_tensor({d}, 9)), dw_n = to_gpu(random_tensor({d}, 9));
+          Tensor go_r = rounded(d_out.cpu, narrow), go_f = to_gpu(go_r), go_n = to_gpu(go_r, narrow);
+          ops::gated_rmsnorm_backward(yf, zf, w_g, MatView::of(go_f), MatView::of(dy_f), MatView::of(dz_f), dw_f,
+                                      groups, 1e-5f);
+          ops::gated_rmsnorm_backward(yn, zn, w_g, MatView::of(go_n), MatView::of(dy_n), MatView::of(dz_n), dw_n,
+                                      groups, 1e-5f);
+          EXPECT_TRUE(same_bits(to_cpu(dy_n), to_cpu(dy_f)) && same_bits(to_cpu(dz_n), to_cpu(dz_f)) &&
+                      same_bits(to_cpu(dw_n), to_cpu(dw_f)))
+              << dtype_name(narrow);
         }
       }
+  // Refused: y narrow on the CPU, or in another dtype than the output's (forward) or d_y's (backward).
+  Tensor y = random_tensor({2, 8}, 1), w = random_tensor({8}, 2), yb = y.to(Device::CPU, DType::BF16);
+  Tensor out = Tensor::zeros({2, 8}, Device::CPU, DType::BF16);
+  EXPECT_EQ(test::error_message([&] { ops::gated_rmsnorm(MatView::of(yb), MatView::of(y), w, MatView::of(out), 1, 1e-5f); }),
+            "[gated_rmsnorm] y is BF16, expected F32");
+  Tensor yg = to_gpu(y, DType::BF16), zg = to_gpu(y), wg = to_gpu(w), og = Tensor::zeros({2, 8}, Device::CUDA, DType::F16);
+  EXPECT_EQ(test::error_message([&] { ops::gated_rmsnorm(MatView::of(yg), MatView::of(zg), wg, MatView::of(og), 1, 1e-5f); }),
+            "[gated_rmsnorm] y is BF16, expected F32 or (on the GPU) out's dtype, F16");
+  Tensor dyb = Tensor::zeros({2, 8}, Device::CUDA, DType::BF16), dzb = Tensor::zeros({2, 8}, Device::CUDA, DType::BF16);
+  Tensor dwg = to_gpu(Tensor::zeros({8}));
+  EXPECT_EQ(test::error_message([&] {
+              ops::gated_rmsnorm_backward(MatView::of(yg), MatView::of(yg), wg, MatView::of(zg), MatView::of(dyb),
+                                          MatView::of(dzb), dwg, 1, 1e-5f);
+            }),
+            "[gated_rmsnorm] d_out is F32, expected y's dtype, BF16");
+  EXPECT_EQ(test::error_message([&] {
+              ops::gated_rmsnorm_backward(MatView::of(yg), MatView::of(zg), wg, MatView::of(yg), MatView::of(dyb),
+                                          MatView::of(dzb), dwg, 1, 1e-5f);
+            }),
+            "[gated_rmsnorm] z is F32, expected y's dtype, BF16");
 }
 
 // The CPU computes in fp32 only: a gradient output in bf16 there is refused, naming it.
@@ -215,6 +256,18 @@ TEST(CudaGradOps, CausalConvBackwardMatchesCpu) {
         ops::causal_conv1d_backward(in.g().cols_slice(0, C), w.gpu, bias.gpu, with_state ? states.g() : MatView{},
                                     d_out.g(), MatView::of(d_in16), d_w2, d_bias2, on_gpu);
         EXPECT_TRUE(same_bits(to_cpu(d_in16), rounded(d_in.back(), DType::BF16)));
+        // The input in bf16 (mixed-precision training's in_proj output): the bits of the same
+        // rounded values given in fp32.
+        const Tensor in_r = rounded(in.cpu, DType::BF16);
+        Tensor in_f = to_gpu(in_r), in_n = to_gpu(in_r, DType::BF16);
+        Tensor di_f = Tensor::zeros({T, C}, Device::CUDA, DType::BF16), di_n = Tensor::zeros({T, C}, Device::CUDA, DType::BF16);
+        Tensor dw_f = to_gpu(d_w.cpu), dw_n = to_gpu(d_w.cpu), db_f = to_gpu(d_bias.cpu), db_n = to_gpu(d_bias.cpu);
+        ops::causal_conv1d_backward(MatView::of(in_f).cols_slice(0, C), w.gpu, bias.gpu,
+                                    with_state ? states.g() : MatView{}, d_out.g(), MatView::of(di_f), dw_f, db_f, on_gpu);
+        ops::causal_conv1d_backward(MatView::of(in_n).cols_slice(0, C), w.gpu, bias.gpu,
+                                    with_state ? states.g() : MatView{}, d_out.g(), MatView::of(di_n), dw_n, db_n, on_gpu);
+        EXPECT_TRUE(same_bits(to_cpu(di_n), to_cpu(di_f)) && same_bits(to_cpu(dw_n), to_cpu(dw_f)) &&
+                    same_bits(to_cpu(db_n), to_cpu(db_f)));
       }
 }
 
@@ -269,6 +322,18 @@ TEST(CudaGradOps, CrossEntropyWritesTheHeadsRoundedGradient) {
     ops::linear_backward(MatView::of(x), W, MatView::of(d16), MatView::of(dx2), dW2);
     EXPECT_TRUE(same_bits(to_cpu(dx1), to_cpu(dx2)));
     EXPECT_TRUE(same_bits(to_cpu(dW1), to_cpu(dW2)));
+    // d_x written in the narrow dtype (out_proj's, for the gated norm): the fp32 d_x rounded once,
+    // up to the product's own order of sums (cuBLASLt may pick another algorithm for a narrow
+    // result): within one rounding, 2⁻⁸ relative for bf16 and 2⁻¹¹ for f16; d_W as before.
+    Tensor dx3 = Tensor::zeros({n, D}, Device::CUDA, dt), dW3 = Tensor::zeros({V, D}, Device::CUDA);
+    ops::linear_backward(MatView::of(x), W, MatView::of(d16), MatView::of(dx3), dW3);
+    EXPECT_LE(rel(to_cpu(dx3), to_cpu(dx1)), dt == DType::BF16 ? 1.0 / 256 : 1.0 / 2048);
+    EXPECT_TRUE(same_bits(to_cpu(dW3), to_cpu(dW1)));
+    EXPECT_NE(test::error_message([&] {
+                ops::linear_backward(MatView::of(x), W, MatView::of(d16), MatView::of(dx3), dW3,
+                                     ops::LinearKernel::Training, /*add_dx=*/true);
+              }).find("[linear] d_x is "),
+              std::string::npos);
   }
   // Not on the CPU, and never over the logits in another dtype.
   Tensor lc = random_tensor({n, V}, 83), dc = Tensor::empty({n, V}, Device::CPU, DType::BF16);
@@ -596,6 +661,9 @@ TEST(CudaGradOps, SsdScanBackwardInputsInAnotherDtypeAreRefused) {
   const SsdCase c{2, 8, 1, 16, {5}, 4, false, false};
   EXPECT_EQ(test::error_message([&] { run_ssd_backward(c, Device::CUDA, DType::F16, DType::F32, DType::BF16, true); }),
             "[ssd_scan] the backward's x is BF16, expected F32 or (on the GPU) the compute dtype, F16");
+  // d_dt likewise: F32 or the compute dtype.
+  EXPECT_EQ(test::error_message([&] { run_ssd_backward(c, Device::CUDA, DType::F16, DType::BF16); }),
+            "[ssd_scan] d_dt is BF16, expected F32 or (on the GPU) the compute dtype, F16");
 }
 
 TEST(CudaGradOps, SsdScanBackwardInputsInBf16AreRefusedOnTheCpu) {

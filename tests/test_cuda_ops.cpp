@@ -405,6 +405,24 @@ TEST(CudaOps, CausalConvPackedMatchesCpu) {
     const Tensor got = out16.to(Device::CPU, dt), want = to_cpu(out_g).to(Device::CPU, dt);
     EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << dtype_name(dt);
     EXPECT_TRUE(test::same_bits(to_cpu(st16), st_c)) << dtype_name(dt);
+    // The input in that dtype too (mixed-precision training's in_proj output): the bits of the same
+    // rounded values given in fp32, outputs and states alike.
+    const Tensor in_r = test::rounded(in, dt);
+    Tensor in_f = to_gpu(in_r), in_n = to_gpu(in_r, dt), st_f = to_gpu(states), st_n = to_gpu(states);
+    Tensor out_f = Tensor::empty({T, C}, Device::CUDA, dt), out_n = Tensor::empty({T, C}, Device::CUDA, dt);
+    ops::causal_conv1d(MatView::of(in_f).cols_slice(3, C), to_gpu(w), to_gpu(b), MatView::of(out_f), MatView::of(st_f),
+                       gpu_seqs);
+    ops::causal_conv1d(MatView::of(in_n).cols_slice(3, C), to_gpu(w), to_gpu(b), MatView::of(out_n), MatView::of(st_n),
+                       gpu_seqs);
+    const Tensor got_n = out_n.to(Device::CPU, dt), want_n = out_f.to(Device::CPU, dt);
+    EXPECT_EQ(std::memcmp(got_n.raw(), want_n.raw(), want_n.nbytes()), 0) << dtype_name(dt);
+    EXPECT_TRUE(test::same_bits(to_cpu(st_n), to_cpu(st_f))) << dtype_name(dt);
+    Tensor out32 = Tensor::empty({T, C}, Device::CUDA);
+    EXPECT_NE(test::error_message([&] {
+                ops::causal_conv1d(MatView::of(in_n).cols_slice(3, C), to_gpu(w), to_gpu(b), MatView::of(out32),
+                                   MatView::of(st_n), gpu_seqs);
+              }).find("[causal_conv1d] in is "),
+              std::string::npos);
   }
   // One decode step from those states.
   const Tensor x = random_tensor({4, C}, 15);
@@ -468,10 +486,11 @@ TEST(CudaOps, LaunchersRefuseTheWeightFormatsAsActivations) {
     const std::string tail = std::string(dtype_name(dt)) + ": the CUDA kernels take F32, BF16 or F16";
     refused([&] { cuda::add_rmsnorm_forward(nullptr, nullptr, nullptr, nullptr, dt, 1, 8, 1e-5f); },
             "[rmsnorm] " + tail);
-    refused([&] { cuda::gated_rmsnorm_forward(nullptr, 8, nullptr, 8, nullptr, nullptr, dt, 8, 1, 8, 1, 1e-5f); },
+    refused([&] { cuda::gated_rmsnorm_forward(nullptr, DType::F32, 8, nullptr, 8, nullptr, nullptr, dt, 8, 1, 8, 1,
+                                                   1e-5f); },
             "[gated_rmsnorm] " + tail);
     refused([&] { cuda::embedding_forward(nullptr, dt, 8, nullptr, 1, nullptr); }, "[embedding] " + tail);
-    refused([&] { cuda::causal_conv1d_forward(nullptr, 8, nullptr, nullptr, nullptr, 8, dt, nullptr,
+    refused([&] { cuda::causal_conv1d_forward(nullptr, DType::F32, 8, nullptr, nullptr, nullptr, 8, dt, nullptr,
                                               seqs.packed(), 8, 4); },
             "[causal_conv1d] " + tail);
   }

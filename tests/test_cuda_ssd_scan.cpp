@@ -150,20 +150,28 @@ struct Result {
 
 // The CUDA scan over sequences of `lengths` tokens packed from pb's first row; sequence i starts
 // from and ends in row slots[i] of `states`. x, B and C given in `inputs` (by default the compute
-// dtype, as the model gives them).
+// dtype, as the model gives them); y written in y_dtype, returned widened to fp32.
 Result gpu_scan(const Problem& pb, const std::vector<int64_t>& lengths, const std::vector<int64_t>& slots,
                 const std::vector<float>& states, int64_t Q, DType compute = DType::F32,
-                std::optional<DType> inputs = std::nullopt) {
+                std::optional<DType> inputs = std::nullopt, DType y_dtype = DType::F32) {
   const ops::SeqBatch batch(lengths, slots, Q, Device::CUDA);
   EXPECT_EQ(batch.tokens(), pb.T);
   const DType in = inputs.value_or(compute);
   const DeviceProblem d(pb, in);
-  auto y = upload(std::vector<float>(size_t(pb.T * pb.ldy()), kNaN));
+  const size_t ny = size_t(pb.T * pb.ldy());
+  auto y = upload_as(std::vector<float>(ny, kNaN), y_dtype);
   auto st = upload(states);
   const cuda::PackedSeqs seqs = batch.packed();
   cuda::ssd_scan_forward(d.params, d.x.get(), pb.ldx(), d.B.get(), pb.ldbc(), d.C.get(), pb.ldbc(), in,
-                         f32(d.dt_raw), pb.lddt(), f32(y), pb.ldy(), f32(st), seqs, Q, compute);
-  return {download<float>(y, size_t(pb.T * pb.ldy())), download<float>(st, states.size())};
+                         f32(d.dt_raw), pb.lddt(), y.get(), y_dtype, pb.ldy(), f32(st), seqs, Q, compute);
+  std::vector<float> yf(ny);
+  if (y_dtype == DType::F32) {
+    yf = download<float>(y, ny);
+  } else {
+    const std::vector<uint16_t> bits = download<uint16_t>(y, ny);
+    convert_to_f32(y_dtype, bits.data(), yf.data(), ny);
+  }
+  return {yf, download<float>(st, states.size())};
 }
 
 // cpu::ssd_scan_forward<T> over rows [t0, t0 + L) from `state` (S values, updated in place):
@@ -365,7 +373,23 @@ TEST(CudaSsdScan, TakesItsOperandsInTheComputeDtypeOrInFp32Alike) {
       EXPECT_EQ(std::memcmp(in_t.states.data(), in_f32.states.data(), sizeof(float) * states0.size()), 0);
       // The padding past each row's outputs is the same NaN in both (never written).
       EXPECT_EQ(std::memcmp(in_t.y.data(), in_f32.y.data(), sizeof(float) * in_t.y.size()), 0);
+      // y in the compute dtype (training's): the fp32 y rounded once, bit for bit (NaN padding too),
+      // from the one-kernel scan and (d_state 200) through the passes' fp32 copy.
+      const Result narrow = gpu_scan(pb, c.lengths, slots, states0, c.Q, compute, std::nullopt, compute);
+      std::vector<uint16_t> bits(in_t.y.size());
+      std::vector<float> want(in_t.y.size());
+      convert_from_f32(compute, in_t.y.data(), bits.data(), bits.size());
+      convert_to_f32(compute, bits.data(), want.data(), want.size());
+      EXPECT_EQ(std::memcmp(narrow.y.data(), want.data(), sizeof(float) * want.size()), 0);
+      EXPECT_EQ(std::memcmp(narrow.states.data(), in_t.states.data(), sizeof(float) * states0.size()), 0);
     }
+  // Refused: y in another narrow dtype than the compute one.
+  const Problem pb = make_problem(2, 16, 1, 16, 8, 79, false, true);
+  const std::vector<int64_t> one{8}, slot0{0};
+  EXPECT_NE(test::error_message([&] {
+              gpu_scan(pb, one, slot0, random_states(1, pb.S(), 80), 64, DType::BF16, DType::F32, DType::F16);
+            }).find("[ssd_scan] y in F16: the BF16 scan writes fp32 or BF16"),
+            std::string::npos);
 }
 
 // Pass 1 hands each chunk's end state to the next chunk's block (a chain of blocks) when many

@@ -121,19 +121,21 @@ TEST_P(GradFixture, CliWritesLossAndNamedGradients) {
   }
 }
 
-// Mixed precision (bf16 projections and forward scan products, fp32 everything else) against the
-// float64 oracle. Each
-// projection rounds both operands to bf16 (unit roundoff 2⁻⁹ ≈ 2e-3), so each product carries a
-// relative error up to ~2·2⁻⁹ ≈ 4e-3; a gradient passes through ~4 of them a layer and the
-// head's, which add in quadrature on random-signed errors: ~1e-2 relative L2, bounded by 3e-2.
-// (Mamba-1's fp32 x_proj and dt_proj take TF32 products there, unit roundoff 2⁻¹¹: a quarter of
-// a bf16 product's error, inside the same bound.)
+// Mixed precision against the float64 oracle: bf16 projections and forward scan products, and
+// the values and gradients a bf16 run stores rounded (Mamba2: the scan's x, B, C and y, in_proj's
+// z | xBC, d_zxbcdt, d_y, d_gated, d_logits); fp32 everything else. Each projection rounds both
+// operands to bf16 (unit roundoff 2⁻⁹ ≈ 2e-3), so each product carries a relative error up to
+// ~2·2⁻⁹ ≈ 4e-3; a gradient passes through ~4 of them a layer and the head's, which add in
+// quadrature on random-signed errors: ~1e-2 relative L2, bounded by 3e-2. (Mamba-1's fp32 x_proj
+// and dt_proj take TF32 products there, unit roundoff 2⁻¹¹: a quarter of a bf16 product's error,
+// inside the same bound.)
 // The per-head scalars dt_bias and A_log (and D) are sums over every token and state element of
-// terms ~10× larger than the sums (a decay's gradient pulls both ways), so the terms' 4e-3 becomes
-// ~4e-2 of the sum (measured 3.1e-2 to 6.1e-2 on the H200 with the forward scan in bf16 too):
-// bounded by 1e-1. The loss (a mean
-// over positions) averages its errors down: 3e-3.
-constexpr double kBf16GradTol = 3e-2, kBf16ScalarGradTol = 1e-1, kBf16LossTol = 3e-3;
+// terms ~10× larger than the sums (a decay's gradient pulls both ways), and the fixtures have
+// 17 to 24 tokens: the rounding alone moves them 2.9e-2 to 1.2e-1 (scripts/
+// mixed_precision_grads.py rounds at the same places in float64; 4.4e-2 at most without the
+// rounded y and z), and the GPU's figures sit within 1.2× of those (4.3e-2 to 1.4e-1 on the
+// H100): bounded by 2e-1. The loss (a mean over positions) averages its errors down: 3e-3.
+constexpr double kBf16GradTol = 3e-2, kBf16ScalarGradTol = 2e-1, kBf16LossTol = 3e-3;
 bool per_head_scalar(const std::string& name) {
   for (const char* s : {"dt_bias", "A_log", ".D"})
     if (name.size() >= std::strlen(s) && name.compare(name.size() - std::strlen(s), std::string::npos, s) == 0)

@@ -34,11 +34,13 @@ __device__ int64_t sequence_of(const int64_t* starts, int64_t count, int64_t t) 
   return lo;
 }
 
-// Tap j's input for token t of sequence s (from `start`): the packed input, or the sequence's
-// initial state (zeros when states is null).
-__device__ __forceinline__ float conv_input(const float* in, int64_t ldin, const float* states, const int64_t* slots,
+// Tap j's input for token t of sequence s (from `start`): the packed input (In: fp32, or
+// mixed-precision training's in_proj output in the compute dtype), or the sequence's initial state
+// (zeros when states is null).
+template <class In>
+__device__ __forceinline__ float conv_input(const In* in, int64_t ldin, const float* states, const int64_t* slots,
                                             int64_t s, int64_t start, int64_t src, int64_t c, int64_t C, int K) {
-  if (src >= start) return in[src * ldin + c];
+  if (src >= start) return load_f32(in + src * ldin + c);
   return states ? states[(slots[s] * (K - 1) + src - start + (K - 1)) * C + c] : 0.0f;
 }
 
@@ -52,7 +54,8 @@ struct ConvLane {
     for (int j = 0; j < kMaxTaps; ++j) w[j] = j < K ? wc[j] : 0.0f;
   }
   // The window at token t, the first of a tile or of its sequence s (from `start`).
-  __device__ void load_window(const float* in, int64_t ldin, const float* states, const int64_t* slots, int64_t s,
+  template <class In>
+  __device__ void load_window(const In* in, int64_t ldin, const float* states, const int64_t* slots, int64_t s,
                               int64_t start, int64_t t, int64_t c, int64_t C, int K) {
 #pragma unroll
     for (int j = 0; j < kMaxTaps - 1; ++j)
@@ -85,8 +88,8 @@ constexpr int kConvThreads = 128, kConvTile = 16, kConvBackTile = 8;
 
 // Block (kConvThreads channels, kConvTile tokens), numbered channel block first (one grid
 // dimension: any number of tokens).
-template <class Out, int KT>
-__global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restrict__ in, int64_t ldin,
+template <class Out, int KT, class In>
+__global__ void __launch_bounds__(kConvThreads) conv_kernel(const In* __restrict__ in, int64_t ldin,
                                                             const float* __restrict__ w,
                                                             const float* __restrict__ bias, Out* __restrict__ out,
                                                             int64_t ldo, const float* __restrict__ states,
@@ -97,7 +100,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restr
   if (c >= C) return;
   float xs[kConvTile];
 #pragma unroll
-  for (int i = 0; i < kConvTile; ++i) xs[i] = i < n ? in[(t0 + i) * ldin + c] : 0.0f;
+  for (int i = 0; i < kConvTile; ++i) xs[i] = i < n ? load_f32(in + (t0 + i) * ldin + c) : 0.0f;
   ConvLane lane;
   lane.load_taps(w + c * K, K);
   const float b = bias[c];
@@ -120,7 +123,8 @@ __global__ void __launch_bounds__(kConvThreads) conv_kernel(const float* __restr
 
 // After the outputs: each state row becomes the last K-1 inputs of (state, sequence), written in
 // increasing row order so that a short sequence's shift reads rows not yet overwritten.
-__global__ void conv_state_kernel(const float* in, int64_t ldin, float* states, PackedSeqs seqs, int64_t C, int K) {
+template <class In>
+__global__ void conv_state_kernel(const In* in, int64_t ldin, float* states, PackedSeqs seqs, int64_t C, int K) {
   const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   const int64_t s = blockIdx.x;
   if (c >= C) return;
@@ -128,7 +132,7 @@ __global__ void conv_state_kernel(const float* in, int64_t ldin, float* states, 
   float* state = states + seqs.slots[s] * (K - 1) * C;
   for (int r = 0; r < K - 1; ++r) {
     const int64_t src = len - (K - 1) + r;  // position within the sequence
-    state[r * C + c] = src >= 0 ? in[(start + src) * ldin + c] : state[(src + (K - 1)) * C + c];
+    state[r * C + c] = src >= 0 ? load_f32(in + (start + src) * ldin + c) : state[(src + (K - 1)) * C + c];
   }
 }
 
@@ -149,9 +153,9 @@ __global__ void conv_step_kernel(const float* x, int64_t ldx, const float* w, co
 // inputs loaded at a time, the last K kept as dp[i] = d_pre[u - i]; d_in[t] is written when
 // u = t + K - 1 arrives. The chunk's weight and bias sums run in fp32 (64 terms), the chunks'
 // partials are added in double. d_in in Din: fp32, or rounded once (in_proj's backward operand).
-template <int KT, class Din>
+template <int KT, class Din, class In>
 __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
-    const float* __restrict__ in, int64_t ldin, const float* __restrict__ w, const float* __restrict__ bias,
+    const In* __restrict__ in, int64_t ldin, const float* __restrict__ w, const float* __restrict__ bias,
     const float* __restrict__ states, const float* __restrict__ d_out, int64_t lddo, Din* __restrict__ d_in,
     int64_t lddi, PackedSeqs seqs, int64_t C, int K, double* __restrict__ partial) {
   if constexpr (KT > 0) K = KT;
@@ -169,7 +173,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
   // load and a test a token were a third of the kernel's instructions).
   int64_t next_u = seqs.starts[su + 1], end_t = next_u;
   lane.load_window(in, ldin, states, seqs.slots, su, seqs.starts[su], t0, c, C, K);
-  const float* xp = in + t0 * ldin + c;     // token u0's input and output gradient
+  const In* xp = in + t0 * ldin + c;        // token u0's input and output gradient
   const float* gp = d_out + t0 * lddo + c;
   Din* dip = d_in + t0 * lddi + c;  // token u0's row: d_in of t = u − (K−1) is K−1 rows before u's
   for (int64_t u0 = t0; u0 < t1 + K - 1; u0 += kConvBackTile) {
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(kConvThreads) conv_backward_kernel(
 #pragma unroll
     for (int i = 0; i < kConvBackTile; ++i) {
       const bool in_range = u0 + i < u_end;
-      xs[i] = in_range ? xp[i * ldin] : 0.0f;
+      xs[i] = in_range ? load_f32(xp + i * ldin) : 0.0f;
       gs[i] = in_range ? gp[i * lddo] : 0.0f;
     }
 #pragma unroll
@@ -231,26 +235,41 @@ void check_taps(int64_t K) {
   if (K < 1 || K > kMaxTaps) raise(cat("[causal_conv1d] ", K, " taps: the CUDA kernel takes 1 to ", kMaxTaps));
 }
 
+// The input in F32 or in `Out`'s dtype (the kernels' In): f with `in` typed as that.
+template <class Out, class F>
+void with_input(const void* in, DType in_dtype, F&& f) {
+  if (in_dtype == DType::F32) return f(static_cast<const float*>(in));
+  const DType out = std::is_same_v<Out, float> ? DType::F32 : std::is_same_v<Out, __half> ? DType::F16 : DType::BF16;
+  if (in_dtype != out)
+    raise(cat("[causal_conv1d] the input is ", dtype_name(in_dtype), ", expected F32 or ", dtype_name(out),
+              " (the output's dtype)"));
+  if constexpr (!std::is_same_v<Out, float>) f(static_cast<const Out*>(in));
+}
+
 }  // namespace
 
-void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
-                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
+void causal_conv1d_forward(const void* in, DType in_dtype, int64_t ldin, const float* w, const float* bias, void* out,
+                           int64_t ldo, DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   if (seqs.tokens == 0 || C == 0) return;
   const unsigned cblocks = unsigned(ceil_div(C, kConvThreads));
   const int64_t blocks = ceil_div(seqs.tokens, kConvTile) * cblocks;
   if (blocks > std::numeric_limits<int32_t>::max())
     raise(cat("[causal_conv1d] ", seqs.tokens, " tokens of ", C, " channels: more blocks than a launch takes"));
-  const auto run = [&](auto* o) {
+  const auto run = [&](auto* o, auto* x) {
     using Out = std::remove_pointer_t<decltype(o)>;
-    auto* kernel = K == kCommonTaps ? conv_kernel<Out, kCommonTaps> : conv_kernel<Out, 0>;
-    kernel<<<unsigned(blocks), kConvThreads, 0, stream()>>>(in, ldin, w, bias, o, ldo, states, seqs, C, int(K),
+    using In = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+    auto* kernel = K == kCommonTaps ? conv_kernel<Out, kCommonTaps, In> : conv_kernel<Out, 0, In>;
+    kernel<<<unsigned(blocks), kConvThreads, 0, stream()>>>(x, ldin, w, bias, o, ldo, states, seqs, C, int(K),
                                                             int(cblocks));
+    check_launch("causal_conv1d");
+    conv_state_kernel<In><<<dim3(unsigned(seqs.count), cblocks), 128, 0, stream()>>>(x, ldin, states, seqs, C, int(K));
+    check_launch("causal_conv1d");
   };
-  with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) { run(static_cast<decltype(tag)>(out)); });
-  check_launch("causal_conv1d");
-  conv_state_kernel<<<dim3(unsigned(seqs.count), cblocks), 128, 0, stream()>>>(in, ldin, states, seqs, C, int(K));
-  check_launch("causal_conv1d");
+  with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) {
+    using Out = std::remove_pointer_t<decltype(tag)>;
+    with_input<Out>(in, in_dtype, [&](auto* x) { run(static_cast<Out*>(out), x); });
+  });
 }
 
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
@@ -261,9 +280,9 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
                     w, bias, out, ldo, states, slots, C, int(K));
 }
 
-void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
-                            const float* d_out, int64_t lddo, void* d_in, DType din_dtype, int64_t lddi, float* d_w,
-                            float* d_bias, const PackedSeqs& seqs, int64_t C, int64_t K) {
+void causal_conv1d_backward(const void* in, DType in_dtype, int64_t ldin, const float* w, const float* bias,
+                            const float* states, const float* d_out, int64_t lddo, void* d_in, DType din_dtype,
+                            int64_t lddi, float* d_w, float* d_bias, const PackedSeqs& seqs, int64_t C, int64_t K) {
   check_taps(K);
   const int64_t T = seqs.tokens;
   if (T == 0 || C == 0) return;
@@ -272,9 +291,12 @@ void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const
   auto* p = static_cast<double*>(partial.get());
   with_dtype(din_dtype, "causal_conv1d", [&](auto* tag) {
     using Din = std::remove_pointer_t<decltype(tag)>;
-    auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps, Din> : conv_backward_kernel<0, Din>;
-    kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
-        in, ldin, w, bias, states, d_out, lddo, static_cast<Din*>(d_in), lddi, seqs, C, int(K), p);
+    with_input<Din>(in, in_dtype, [&](auto* x) {
+      using In = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+      auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps, Din, In> : conv_backward_kernel<0, Din, In>;
+      kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(
+          x, ldin, w, bias, states, d_out, lddo, static_cast<Din*>(d_in), lddi, seqs, C, int(K), p);
+    });
   });
   check_launch("causal_conv1d");
   ColumnParts parts;  // a chunk's row: the weights' C·K sums, then the bias's C

@@ -172,17 +172,18 @@ void add_column_partials(const double* partial, int64_t ld, int64_t chunks, cons
 double host_sum(const double* values, int64_t n);
 
 // Row-major products for training (linear.cu): C_i = op(A_i) · op(B_i) + beta·C_i for i < batch,
-// C (m × n) fp32, op(A) (m × k), op(B) (k × n) both F32, BF16 or F16 (the same), each operand
-// `stride` elements after the one before; fp32 compute (true fp32 for F32 unless `tf32`: TF32
-// tensor cores) through cuBLASLt, the same bits every call.
+// C (m × n) fp32 (or, with beta 0, c_dtype: the operands' dtype, rounded once), op(A) (m × k),
+// op(B) (k × n) both F32, BF16 or F16 (the same), each operand `stride` elements after the one
+// before; fp32 compute (true fp32 for F32 unless `tf32`: TF32 tensor cores) through cuBLASLt, the
+// same bits every call.
 struct GemmOperand {
   const void* p;
   int64_t ld, stride;
   bool t;  // transposed: stored (k × m) for A, (n × k) for B
   DType dtype = DType::F32;
 };
-void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
-          int64_t stride_c, int64_t batch, float beta, const char* op, bool tf32 = false);
+void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, void* c, int64_t ldc,
+          int64_t stride_c, int64_t batch, float beta, const char* op, bool tf32 = false, DType c_dtype = DType::F32);
 
 // Programmatic dependent launch (sm_90), for the decode step's chain of small kernels: a kernel
 // launched with launch_overlapped may start while the kernel before it in the stream runs — it

@@ -50,37 +50,41 @@ void embedding_backward(const int32_t* ids, int64_t n, const float* d_out, float
 void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
                          int64_t d, float eps);
 // out = rmsnorm per group of d/ngroups channels (y · silu(z)) · w, stored in out_dtype.
-//   y (n, d) ld ldy, z (n, d) ld ldz fp32; out (n, d) ld ldo
-void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
-                           DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
+//   y (n, d) ld ldy and z (n, d) ld ldz in y_dtype (F32, or out_dtype: mixed-precision training's
+//   scan output and in_proj output, rounded); out (n, d) ld ldo
+void gated_rmsnorm_forward(const void* y, DType y_dtype, int64_t ldy, const void* z, int64_t ldz, const float* w,
+                           void* out, DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps);
 // The backwards, as cpu::add_rmsnorm_backward and cpu::gated_rmsnorm_backward (fp32; d_w +=, the
 // weight gradient summed over rows in fixed chunks in double: the same bits every run). d_y in
-// dy_dtype and d_z in dz_dtype (F32, or BF16 / F16: rounded once).
+// dy_dtype and d_z in dz_dtype (F32, or BF16 / F16: rounded once); the gated norm's y, z and
+// d_out in y_dtype, F32 or dy_dtype.
 void add_rmsnorm_backward(const float* residual, const float* w, const float* d_out, float* d_residual, float* d_w,
                           int64_t n, int64_t d, float eps);
-void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                            const float* d_out, int64_t ldd, void* d_y, DType dy_dtype, int64_t lddy, void* d_z,
+void gated_rmsnorm_backward(const void* y, DType y_dtype, int64_t ldy, const void* z, int64_t ldz, const float* w,
+                            const void* d_out, int64_t ldd, void* d_y, DType dy_dtype, int64_t lddy, void* d_z,
                             DType dz_dtype, int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups,
                             float eps);
 
-// y (fp32) = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32 unless `tf32`: TF32
-// tensor cores for an f32 x and W, training's choice for a bf16 / f16 run).
+// y = x @ Wᵀ, x and W in `dtype`, fp32 accumulation (true fp32 for f32 unless `tf32`: TF32
+// tensor cores for an f32 x and W, training's choice for a bf16 / f16 run), y in fp32 or (not
+// `decode`) rounded once to `dtype`.
 //   x (m, k) ld ldx; W (n, k); y (m, n) ld ldy
 // The kernel is chosen once per (n, k, dtype, kind, alignment), never by m, so that a row's bits
 // do not depend on the rows beside it. `decode`: our kernels for a few rows (f32 on CUDA cores,
 // bf16/f16 on tensor cores); otherwise cuBLASLt's plan chosen for many rows.
-void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
-                    int64_t n, int64_t k, bool decode, bool tf32 = false);
+void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, void* y, DType y_dtype, int64_t ldy,
+                    int64_t m, int64_t n, int64_t k, bool decode, bool tf32 = false);
 // residual (fp32) += x @ Wᵀ by the decode kernels (a decode step's out projection without a norm).
 void linear_decode_residual(const void* x, int64_t ldx, const void* W, DType dtype, float* residual, int64_t ldr,
                             int64_t m, int64_t n, int64_t k);
 // Training: d_x = d_y @ W (skipped when d_x is null; d_x += with add_dx), d_W += d_yᵀ @ x, x and W in `dtype` (bf16 /
 // f16: d_y rounded to it once, unless it comes so), fp32 sums (TF32 products for f32 only with
 // `tf32`), cuBLASLt, the same bits every run.
-//   d_y (m, n) ld lddy fp32 or `dtype`; d_x (m, k) ld lddx fp32; d_W (n, k) fp32
+//   d_y (m, n) ld lddy fp32 or `dtype`; d_x (m, k) ld lddx fp32 or (not added) `dtype`, rounded
+//   once; d_W (n, k) fp32
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
-                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k,
-                     bool tf32 = false, bool add_dx = false);
+                     int64_t lddy, void* d_x, DType dx_dtype, int64_t lddx, float* d_W, int64_t m, int64_t n,
+                     int64_t k, bool tf32 = false, bool add_dx = false);
 
 // y += bias per row; d_b += Σ_rows d_y (chunks of kGradRows rows in double, added in order).
 //   y, d_y (m, n) ld; bias, d_b (n) fp32
@@ -118,10 +122,11 @@ void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, con
 
 // Depthwise causal conv + bias + SiLU over packed sequences: sequence i continues from
 // states + slots[i]·(K-1)·C (its last K-1 inputs, oldest first) and leaves its own last K-1
-// inputs there.   in (T, C) ld ldin; w (C, K); bias (C); fp32 sums; out (T, C) ld ldo in
-// out_dtype (F32, BF16 or F16: the SSD scan's operands, forward and backward, rounded once here).
-void causal_conv1d_forward(const float* in, int64_t ldin, const float* w, const float* bias, void* out, int64_t ldo,
-                           DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
+// inputs there.   in (T, C) ld ldin in in_dtype (F32, or out_dtype: mixed-precision training's
+// in_proj output); w (C, K); bias (C); fp32 sums; out (T, C) ld ldo in out_dtype (F32, BF16 or
+// F16: the SSD scan's operands, forward and backward, rounded once here).
+void causal_conv1d_forward(const void* in, DType in_dtype, int64_t ldin, const float* w, const float* bias, void* out,
+                           int64_t ldo, DType out_dtype, float* states, const PackedSeqs& seqs, int64_t C, int64_t K);
 // One token per sequence: out[b] from its state and x[b], then the state shifts in x[b].
 //   x (nb, C) ld ldx; state of b at states + slots[b]·(K-1)·C; out (nb, C) ld ldo
 void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float* bias, float* out, int64_t ldo,
@@ -129,9 +134,10 @@ void causal_conv1d_step(const float* x, int64_t ldx, const float* w, const float
 // Backward over packed sequences, each from its initial state at states + slots[i]·(K-1)·C (null:
 // zeros): d_in (overwritten; in din_dtype: F32, or BF16 / F16 rounded once), d_w and d_bias (+=,
 // summed over tokens in fixed chunks in double), as cpu::causal_conv1d_backward per sequence.
-void causal_conv1d_backward(const float* in, int64_t ldin, const float* w, const float* bias, const float* states,
-                            const float* d_out, int64_t lddo, void* d_in, DType din_dtype, int64_t lddi, float* d_w,
-                            float* d_bias, const PackedSeqs& seqs, int64_t C, int64_t K);
+// The input in in_dtype: F32, or din_dtype.
+void causal_conv1d_backward(const void* in, DType in_dtype, int64_t ldin, const float* w, const float* bias,
+                            const float* states, const float* d_out, int64_t lddo, void* d_in, DType din_dtype,
+                            int64_t lddi, float* d_w, float* d_bias, const PackedSeqs& seqs, int64_t C, int64_t K);
 
 struct SsdParams {
   int64_t nheads, headdim, ngroups, d_state;
@@ -148,9 +154,10 @@ struct SsdParams {
 // fp32. `compute`: F32 runs the products in fp32 (no TF32); BF16 / F16 on tensor cores, operands
 // rounded to that type (x too where D·x uses it), fp32 accumulation (d_state ≤ 256). The decay
 // terms (dt, cumulative sums, exp) and the states are fp32 (the sums double) either way.
+// y in y_dtype: F32, or the compute dtype (rounded once; mixed-precision training's).
 void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void* B, int64_t ldb, const void* C,
-                      int64_t ldc, DType inputs, const float* dt_raw, int64_t lddt, float* y, int64_t ldy,
-                      float* states, const PackedSeqs& seqs, int64_t chunk_size, DType compute);
+                      int64_t ldc, DType inputs, const float* dt_raw, int64_t lddt, void* y, DType y_dtype,
+                      int64_t ldy, float* states, const PackedSeqs& seqs, int64_t chunk_size, DType compute);
 // One token per sequence (recurrent decode); the state of b at states + slots[b]·nheads·headdim·d_state.
 // With z set (the decode step's fusion) y = the step's output · silu(z), z (nb, nheads·headdim) ld
 // ldz, and sums[b·lds + i] (i < ssd_step_sum_count), when set, receive partial sums of y² in head

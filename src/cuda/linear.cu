@@ -57,7 +57,8 @@ struct Plan {
 struct Blas {
   cublasLtHandle_t handle = nullptr;
   std::shared_ptr<void> workspace;
-  std::map<std::tuple<int64_t, int64_t, int, uint32_t, int64_t, bool>, Plan> plans;  // n, k, dtype, align, rows, tf32
+  // n, k, dtype, align, rows, tf32, y's dtype
+  std::map<std::tuple<int64_t, int64_t, int, uint32_t, int64_t, bool, int>, Plan> plans;
   std::mutex mutex;
 };
 
@@ -74,10 +75,10 @@ Blas& blas() {
 // Column-major view of the row-major product: yᵀ (n × m) = W (k × n, transposed) · xᵀ (k × m).
 struct Layouts {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  Layouts(DType dtype, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy) {
+  Layouts(DType dtype, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy, DType y_dtype) {
     check_blas(cublasLtMatrixLayoutCreate(&a, cuda_type(dtype), uint64_t(k), uint64_t(n), k), "layout");
     check_blas(cublasLtMatrixLayoutCreate(&b, cuda_type(dtype), uint64_t(k), uint64_t(m), ldx), "layout");
-    check_blas(cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, uint64_t(n), uint64_t(m), ldy), "layout");
+    check_blas(cublasLtMatrixLayoutCreate(&c, cuda_type(y_dtype), uint64_t(n), uint64_t(m), ldy), "layout");
   }
   ~Layouts() {
     cublasLtMatrixLayoutDestroy(a);
@@ -115,9 +116,9 @@ bool set_split(cublasLtMatmulAlgo_t& algo, int32_t split, uint32_t reduction) {
 
 // Whether algo runs at every row count of kCheckRows within the workspace.
 bool runs_at_every_row_count(Blas& bl, const Plan& plan, const cublasLtMatmulAlgo_t& algo, DType dtype, int64_t n,
-                             int64_t k) {
+                             int64_t k, DType y_dtype) {
   for (int64_t rows : kCheckRows) {
-    Layouts lr(dtype, rows, n, k, k, n);
+    Layouts lr(dtype, rows, n, k, k, n, y_dtype);
     cublasLtMatmulHeuristicResult_t checked{};
     if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
             CUBLAS_STATUS_SUCCESS ||
@@ -137,7 +138,7 @@ void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) 
   for (int split = int(std::clamp<int64_t>(k / 512, 1, 8)); split > 1; split /= 2) {
     cublasLtMatmulAlgo_t algo = plan.algo;
     if (!set_split(algo, split, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)) return;
-    if (runs_at_every_row_count(bl, plan, algo, dtype, n, k)) {
+    if (runs_at_every_row_count(bl, plan, algo, dtype, n, k, DType::F32)) {
       plan.algo = algo;
       plan.splitk = split;
       return;
@@ -146,14 +147,14 @@ void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) 
 }
 
 // rows > 0: the heuristic's first pick at that row count, as is (batch invariance off).
-// tf32: an f32 product on TF32 tensor cores.
-Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int64_t rows, bool tf32) {
+// tf32: an f32 product on TF32 tensor cores. y in y_dtype: F32, or the operands' (rounded once).
+Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int64_t rows, bool tf32, DType y_dtype) {
   Plan plan;
   check_blas(cublasLtMatmulDescCreate(&plan.desc, compute_type(dtype, tf32), CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
   check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
-  Layouts l(dtype, rows > 0 ? rows : kPlanRows, n, k, k, n);
+  Layouts l(dtype, rows > 0 ? rows : kPlanRows, n, k, k, n, y_dtype);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -176,9 +177,9 @@ Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int6
   for (int i = 0; i < found; ++i) {
     cublasLtMatmulAlgo_t algo = results[i].algo;
     if (!set_split(algo, 1, CUBLASLT_REDUCTION_SCHEME_NONE)) continue;
-    if (runs_at_every_row_count(bl, plan, algo, dtype, n, k)) {
+    if (runs_at_every_row_count(bl, plan, algo, dtype, n, k, y_dtype)) {
       plan.algo = algo;
-      split_few_columns(bl, plan, dtype, n, k);
+      if (y_dtype == DType::F32) split_few_columns(bl, plan, dtype, n, k);
       return plan;
     }
   }
@@ -820,9 +821,13 @@ void launch_decode(const In& in, bool in_aligned, const void* W, DType dtype, co
 
 }  // namespace
 
-void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, float* y, int64_t ldy, int64_t m,
-                    int64_t n, int64_t k, bool decode, bool tf32) {
+void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, void* y_out, DType y_dtype, int64_t ldy,
+                    int64_t m, int64_t n, int64_t k, bool decode, bool tf32) {
   if (m == 0 || n == 0) return;
+  if (y_dtype != DType::F32 && (decode || y_dtype != dtype))
+    raise(cat("[linear] y in ", dtype_name(y_dtype), ": the ", decode ? "decode" : dtype_name(dtype),
+              " product writes fp32", decode ? "" : cat(" or ", dtype_name(dtype))));
+  float* y = static_cast<float*>(y_out);  // the decode kernels' (fp32)
   if (decode && batch_invariant()) {
     launch_decode(Raw{x, ldx}, aligned16(x, ldx, dtype_size(dtype)), W, dtype, Out{y, ldy, nullptr, 0, {}, {}},
                   m, n, k);
@@ -832,16 +837,18 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
   const uint64_t es = dtype_size(dtype);
   // The model's operands are whole pool buffers with row strides of whole vectors: the alignment
   // (and so the algorithm) is the same for every call of a projection.
+  const uint64_t ys = dtype_size(y_dtype);
   const uint32_t align = alignment({uint64_t(reinterpret_cast<uintptr_t>(x)), uint64_t(reinterpret_cast<uintptr_t>(W)),
-                                    uint64_t(reinterpret_cast<uintptr_t>(y)), uint64_t(ldx) * es, uint64_t(k) * es,
-                                    uint64_t(ldy) * 4});
+                                    uint64_t(reinterpret_cast<uintptr_t>(y_out)), uint64_t(ldx) * es, uint64_t(k) * es,
+                                    uint64_t(ldy) * ys});
   const Plan* plan;
   {
     std::lock_guard<std::mutex> lock(bl.mutex);
     const int64_t rows = batch_invariant() ? 0 : m;
-    auto key = std::make_tuple(n, k, int(dtype), align, rows, tf32);
+    auto key = std::make_tuple(n, k, int(dtype), align, rows, tf32, int(y_dtype));
     auto it = bl.plans.find(key);
-    if (it == bl.plans.end()) it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, align, rows, tf32)).first;
+    if (it == bl.plans.end())
+      it = bl.plans.emplace(key, make_plan(bl, dtype, n, k, align, rows, tf32, y_dtype)).first;
     plan = &it->second;
   }
   // A split-K plan's pieces fill the workspace at kPlanRows rows: more rows go in several calls
@@ -849,10 +856,10 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, floa
   const int64_t step = plan->splitk > 1 ? kPlanRows : m;
   for (int64_t r0 = 0; r0 < m; r0 += step) {
     const int64_t rows = std::min(step, m - r0);
-    Layouts l(dtype, rows, n, k, ldx, ldy);
+    Layouts l(dtype, rows, n, k, ldx, ldy, y_dtype);
     const float one = 1.0f, zero = 0.0f;
     const void* xr = static_cast<const char*>(x) + uint64_t(r0 * ldx) * es;
-    float* yr = y + r0 * ldy;
+    void* yr = static_cast<char*>(y_out) + uint64_t(r0 * ldy) * ys;
     const cublasStatus_t st = cublasLtMatmul(bl.handle, plan->desc, &one, W, l.a, xr, l.b, &zero, yr, l.c, yr, l.c,
                                              &plan->algo, bl.workspace.get(), kWorkspaceBytes, stream());
     if (st != CUBLAS_STATUS_SUCCESS)
@@ -881,9 +888,10 @@ struct GemmKey {
   DType dtype;
   uint32_t align_a, align_b, align_c;  // the pointers' alignment in bytes (at most 256)
   bool tf32;
+  DType c_dtype;
   auto tie() const {
     return std::tie(ta, tb, rows, cols, inner, lda, ldb, ldc, batch, sa, sb, sc, dtype, align_a, align_b, align_c,
-                    tf32);
+                    tf32, c_dtype);
   }
   bool operator<(const GemmKey& o) const { return tie() < o.tie(); }
 };
@@ -923,7 +931,7 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   const uint64_t br = key.tb ? key.cols : key.inner, bc = key.tb ? key.inner : key.cols;
   p.a = gemm_layout(key.dtype, ar, ac, key.lda, key.batch, key.sa);
   p.b = gemm_layout(key.dtype, br, bc, key.ldb, key.batch, key.sb);
-  p.c = gemm_layout(DType::F32, uint64_t(key.rows), uint64_t(key.cols), key.ldc, key.batch, key.sc);
+  p.c = gemm_layout(key.c_dtype, uint64_t(key.rows), uint64_t(key.cols), key.ldc, key.batch, key.sc);
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
@@ -956,11 +964,14 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
 
 }  // namespace
 
-void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, float* c, int64_t ldc,
-          int64_t stride_c, int64_t batch, float beta, const char* op, bool tf32) {
+void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b, void* c, int64_t ldc,
+          int64_t stride_c, int64_t batch, float beta, const char* op, bool tf32, DType c_dtype) {
   if (m == 0 || n == 0 || batch == 0) return;
   if (a.dtype != b.dtype)
     raise(cat("[", op, "] a product of ", dtype_name(a.dtype), " and ", dtype_name(b.dtype), " operands"));
+  if (c_dtype != DType::F32 && (c_dtype != a.dtype || beta != 0.0f))
+    raise(cat("[", op, "] a ", dtype_name(c_dtype), " result of ", dtype_name(a.dtype),
+              " operands: fp32, or the operands' dtype without accumulation"));
   // Row-major C (m × n) is column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ, and a row-major operand is
   // its transpose column-major: B's storage serves as cuBLASLt's A and A's as its B.
   // Every batch's start: the pointer's alignment and its stride's, in bytes.
@@ -971,7 +982,8 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   const size_t es = dtype_size(a.dtype);
   const GemmKey key{b.t,   a.t,      n,        m,        k,       b.ld,  a.ld,  ldc,
                     batch, b.stride, a.stride, stride_c, a.dtype, align(b.p, b.stride, es),
-                    align(a.p, a.stride, es), align(c, stride_c, 4), tf32 && a.dtype == DType::F32};
+                    align(a.p, a.stride, es), align(c, stride_c, dtype_size(c_dtype)), tf32 && a.dtype == DType::F32,
+                    c_dtype};
   const GemmPlan& p = gemm_plan(key);
   Blas& bl = blas();
   const float one = 1.0f;
@@ -982,11 +994,12 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
 }
 
 void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, const void* d_y, DType dy_dtype,
-                     int64_t lddy, float* d_x, int64_t lddx, float* d_W, int64_t m, int64_t n, int64_t k,
-                     bool tf32, bool add_dx) {
+                     int64_t lddy, void* d_x, DType dx_dtype, int64_t lddx, float* d_W, int64_t m, int64_t n,
+                     int64_t k, bool tf32, bool add_dx) {
   if (m == 0 || k == 0) return;
   if (n == 0) {
-    if (d_x && !add_dx) check(cudaMemset2DAsync(d_x, size_t(lddx) * 4, 0, size_t(k) * 4, size_t(m), stream()), "linear");
+    const size_t es = dtype_size(dx_dtype);
+    if (d_x && !add_dx) check(cudaMemset2DAsync(d_x, size_t(lddx) * es, 0, size_t(k) * es, size_t(m), stream()), "linear");
     return;
   }
   // In bf16 / f16 the gradient of y is rounded to the operands' type once (as autocast's products
@@ -1001,7 +1014,7 @@ void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, con
   }
   if (d_x)  // d_y·W
     gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, add_dx ? 1.0f : 0.0f, "linear",
-         tf32);
+         tf32, dx_dtype);
   gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear", tf32);  // d_yᵀ·x, added
 }
 

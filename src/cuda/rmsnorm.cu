@@ -44,13 +44,13 @@ __global__ void add_rmsnorm_kernel(float* residual, const float* h, const float*
 // silu computed once. H is the smallest that fits: registers decide how many rows an SM holds
 // (24 held took 95 registers and a quarter of the threads). The sum's order is the same for every
 // H: thread i adds channels i, i+kThreads, ... in order.
-template <int H, class Out>
-__global__ void gated_rmsnorm_kernel(const float* __restrict__ y, int64_t ldy, const float* __restrict__ z,
+template <int H, class Out, class Y>
+__global__ void gated_rmsnorm_kernel(const Y* __restrict__ y, int64_t ldy, const Y* __restrict__ z,
                                      int64_t ldz, const float* __restrict__ w, Out* __restrict__ out, int64_t ldo,
                                      int64_t gs, float eps) {
   const int64_t row = blockIdx.x, c0 = int64_t(blockIdx.y) * gs;
-  const float* yr = y + row * ldy + c0;
-  const float* zr = z + row * ldz + c0;
+  const Y* yr = y + row * ldy + c0;
+  const Y* zr = z + row * ldz + c0;
   Out* o = out + row * ldo + c0;
   if constexpr (H > 0) {
     float yv[H], zv[H];
@@ -58,8 +58,8 @@ __global__ void gated_rmsnorm_kernel(const float* __restrict__ y, int64_t ldy, c
     for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       if (i < gs) {
-        yv[j] = yr[i];
-        zv[j] = zr[i];
+        yv[j] = load_f32(yr + i);
+        zv[j] = load_f32(zr + i);
       }
     }
     float ss = 0.0f;
@@ -80,11 +80,12 @@ __global__ void gated_rmsnorm_kernel(const float* __restrict__ y, int64_t ldy, c
   } else {
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-      const float v = yr[i] * silu(zr[i]);
+      const float v = load_f32(yr + i) * silu(load_f32(zr + i));
       ss += v * v;
     }
     const float scale = rsqrtf(block_sum<kThreads>(ss) / float(gs) + eps);
-    for (int64_t i = threadIdx.x; i < gs; i += kThreads) store_f32(o + i, yr[i] * silu(zr[i]) * scale * w[c0 + i]);
+    for (int64_t i = threadIdx.x; i < gs; i += kThreads)
+      store_f32(o + i, load_f32(yr + i) * silu(load_f32(zr + i)) * scale * w[c0 + i]);
   }
 }
 
@@ -180,18 +181,18 @@ __global__ void add_rmsnorm_backward_kernel(const float* residual, const float* 
 
 // Block (column tile, row chunk): partial[chunk][c] = Σ over the chunk's rows in order of
 // d_out·v·s, v = the normed input (gated: y·silu(z)), s its row's (row and group's) scale.
-template <bool gated>
-__global__ void norm_weight_partials_kernel(const float* a, int64_t lda, const float* z, int64_t ldz,
-                                            const float* d_out, int64_t ldd, const float* rstd, int64_t n, int64_t d,
+template <bool gated, class A>
+__global__ void norm_weight_partials_kernel(const A* a, int64_t lda, const A* z, int64_t ldz,
+                                            const A* d_out, int64_t ldd, const float* rstd, int64_t n, int64_t d,
                                             int64_t ngroups, double* partial) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, chunk = blockIdx.y;
   if (c >= d) return;
   const int64_t r0 = chunk * kGradRows, r1 = min(n, r0 + kGradRows), g = gated ? c / (d / ngroups) : 0;
   double acc = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
-    float v = a[r * lda + c];
-    if constexpr (gated) v *= silu(z[r * ldz + c]);
-    acc += double(d_out[r * ldd + c]) * double(v) * double(rstd[r * ngroups + g]);
+    float v = load_f32(a + r * lda + c);
+    if constexpr (gated) v *= silu(load_f32(z + r * ldz + c));
+    acc += double(load_f32(d_out + r * ldd + c)) * double(v) * double(rstd[r * ngroups + g]);
   }
   partial[chunk * d + c] = acc;
 }
@@ -202,10 +203,10 @@ __global__ void norm_weight_partials_kernel(const float* a, int64_t lda, const f
 // forward); the sums' order is that of the H = 0 kernel. d_y in Dy and d_z in Dz: fp32, or rounded
 // once to the compute dtype where only a product (d_z: in_proj's backward) or the SSD backward,
 // which rounds its operands to it, reads them.
-template <int H, class Dy, class Dz>
-__global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, int64_t ldy,
-                                                   const float* __restrict__ z, int64_t ldz,
-                                                   const float* __restrict__ w, const float* __restrict__ d_out,
+template <int H, class Dy, class Dz, class Y>
+__global__ void gated_rmsnorm_backward_rows_kernel(const Y* __restrict__ y, int64_t ldy,
+                                                   const Y* __restrict__ z, int64_t ldz,
+                                                   const float* __restrict__ w, const Y* __restrict__ d_out,
                                                    int64_t ldd, Dy* __restrict__ d_y, int64_t lddy,
                                                    Dz* __restrict__ d_z, int64_t lddz, double* __restrict__ partial,
                                                    int64_t n, int64_t gs, float eps) {
@@ -220,16 +221,16 @@ __global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, 
     acc[j] = 0.0;
   }
   for (int64_t row = chunk * kChunkRows; row < r1; ++row) {
-    const float* yr = y + row * ldy + c0;
-    const float* zr = z + row * ldz + c0;
-    const float* go = d_out + row * ldd + c0;
+    const Y* yr = y + row * ldy + c0;
+    const Y* zr = z + row * ldz + c0;
+    const Y* go = d_out + row * ldd + c0;
     float yv[H], zv[H], gov[H];
 #pragma unroll
     for (int j = 0; j < H; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
-      yv[j] = i < gs ? yr[i] : 0.0f;
-      zv[j] = i < gs ? zr[i] : 0.0f;
-      gov[j] = i < gs ? go[i] : 0.0f;
+      yv[j] = i < gs ? load_f32(yr + i) : 0.0f;
+      zv[j] = i < gs ? load_f32(zr + i) : 0.0f;
+      gov[j] = i < gs ? load_f32(go + i) : 0.0f;
     }
     float ss = 0.0f, dot = 0.0f;
 #pragma unroll
@@ -264,28 +265,28 @@ __global__ void gated_rmsnorm_backward_rows_kernel(const float* __restrict__ y, 
 
 // Block (row, group), gs > kThreads·16: as the rows kernel, reading y, z and go twice, and the
 // row's s for the weight gradient (norm_weight_partials_kernel's).
-template <class Dy, class Dz>
-__global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64_t ldy, const float* __restrict__ z,
+template <class Dy, class Dz, class Y>
+__global__ void gated_rmsnorm_backward_kernel(const Y* __restrict__ y, int64_t ldy, const Y* __restrict__ z,
                                               int64_t ldz, const float* __restrict__ w,
-                                              const float* __restrict__ d_out, int64_t ldd, Dy* __restrict__ d_y,
+                                              const Y* __restrict__ d_out, int64_t ldd, Dy* __restrict__ d_y,
                                               int64_t lddy, Dz* __restrict__ d_z, int64_t lddz,
                                               float* __restrict__ rstd, int64_t gs, float eps) {
   const int64_t row = blockIdx.x, g = blockIdx.y, c0 = g * gs;
-  const float* yr = y + row * ldy + c0;
-  const float* zr = z + row * ldz + c0;
-  const float* go = d_out + row * ldd + c0;
+  const Y* yr = y + row * ldy + c0;
+  const Y* zr = z + row * ldz + c0;
+  const Y* go = d_out + row * ldd + c0;
   const float* wg = w + c0;
   Dy* dy = d_y + row * lddy + c0;
   Dz* dz = d_z + row * lddz + c0;
   float ss = 0.0f, dot = 0.0f;
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-    const float v = yr[i] * silu(zr[i]);
+    const float v = load_f32(yr + i) * silu(load_f32(zr + i));
     ss += v * v;
-    dot += go[i] * wg[i] * v;
+    dot += load_f32(go + i) * wg[i] * v;
   }
   const NormGrad f = norm_grad(block_sum<kThreads>(ss), block_sum<kThreads>(dot), gs, eps);
   for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-    const GatedGrads gg = gated_norm_input_grads(f, go[i], wg[i], yr[i], zr[i]);
+    const GatedGrads gg = gated_norm_input_grads(f, load_f32(go + i), wg[i], load_f32(yr + i), load_f32(zr + i));
     store_f32(dy + i, gg.dy);
     store_f32(dz + i, gg.dz);
   }
@@ -293,15 +294,15 @@ __global__ void gated_rmsnorm_backward_kernel(const float* __restrict__ y, int64
 }
 
 // The weight gradient from the rows' scales: partials by chunk, then their ordered sum.
-template <bool gated>
-void add_norm_weight_grad(const float* a, int64_t lda, const float* z, int64_t ldz, const float* d_out, int64_t ldd,
+template <bool gated, class A>
+void add_norm_weight_grad(const A* a, int64_t lda, const A* z, int64_t ldz, const A* d_out, int64_t ldd,
                           const float* rstd, int64_t n, int64_t d, int64_t ngroups, float* d_w, const char* op) {
   const int64_t chunks = ceil_div(n, kGradRows);
   auto partial = allocate(size_t(chunks * d) * sizeof(double), "norm weight gradient partials");
   constexpr int kCols = 128;
   const dim3 grid(unsigned(ceil_div(d, kCols)), unsigned(chunks));
-  norm_weight_partials_kernel<gated><<<grid, kCols, 0, stream()>>>(a, lda, z, ldz, d_out, ldd, rstd, n, d, ngroups,
-                                                                    static_cast<double*>(partial.get()));
+  norm_weight_partials_kernel<gated, A><<<grid, kCols, 0, stream()>>>(a, lda, z, ldz, d_out, ldd, rstd, n, d,
+                                                                       ngroups, static_cast<double*>(partial.get()));
   check_launch(op);
   add_column_partials(static_cast<const double*>(partial.get()), d, chunks, d, d_w, op);
 }
@@ -318,20 +319,34 @@ void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* 
   check_launch("rmsnorm");
 }
 
-void gated_rmsnorm_forward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w, void* out,
-                           DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps) {
+// y in F32 or in `Out`'s dtype (the kernels' Y): the function with `y` typed as that.
+template <class Out, class F>
+void with_y(const void* y, DType y_dtype, const char* op, F&& f) {
+  if (y_dtype == DType::F32) return f(static_cast<const float*>(y));
+  const DType out = std::is_same_v<Out, float> ? DType::F32 : std::is_same_v<Out, __half> ? DType::F16 : DType::BF16;
+  if (y_dtype != out)
+    raise(cat("[", op, "] y is ", dtype_name(y_dtype), ", expected F32 or ", dtype_name(out), " (the output's dtype)"));
+  if constexpr (!std::is_same_v<Out, float>) f(static_cast<const Out*>(y));
+}
+
+void gated_rmsnorm_forward(const void* y, DType y_dtype, int64_t ldy, const void* z_in, int64_t ldz, const float* w,
+                           void* out, DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps) {
   if (n == 0) return;
   dim3 grid{unsigned(n), unsigned(ngroups), 1u};
   with_dtype(out_dtype, "gated_rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const int64_t gs = d / ngroups;
-    const auto run = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, stream()>>>(y, ldy, z, ldz, w, static_cast<T*>(out), ldo, gs, eps);
-    };
-    if (gs <= 4 * kThreads) run(gated_rmsnorm_kernel<4, T>);
-    else if (gs <= 8 * kThreads) run(gated_rmsnorm_kernel<8, T>);
-    else if (gs <= 16 * kThreads) run(gated_rmsnorm_kernel<16, T>);
-    else run(gated_rmsnorm_kernel<0, T>);
+    with_y<T>(y, y_dtype, "gated_rmsnorm", [&](auto* yt) {
+      using Y = std::remove_const_t<std::remove_pointer_t<decltype(yt)>>;
+      const Y* z = static_cast<const Y*>(z_in);
+      const int64_t gs = d / ngroups;
+      const auto run = [&](auto kernel) {
+        kernel<<<grid, kThreads, 0, stream()>>>(yt, ldy, z, ldz, w, static_cast<T*>(out), ldo, gs, eps);
+      };
+      if (gs <= 4 * kThreads) run(gated_rmsnorm_kernel<4, T, Y>);
+      else if (gs <= 8 * kThreads) run(gated_rmsnorm_kernel<8, T, Y>);
+      else if (gs <= 16 * kThreads) run(gated_rmsnorm_kernel<16, T, Y>);
+      else run(gated_rmsnorm_kernel<0, T, Y>);
+    });
   });
   check_launch("gated_rmsnorm");
 }
@@ -365,40 +380,46 @@ void add_rmsnorm_backward(const float* residual, const float* w, const float* d_
   auto* s = static_cast<float*>(rstd.get());
   add_rmsnorm_backward_kernel<<<unsigned(n), kThreads, 0, stream()>>>(residual, w, d_out, d_residual, s, d, eps);
   check_launch("rmsnorm");
-  add_norm_weight_grad<false>(residual, d, nullptr, 0, d_out, d, s, n, d, 1, d_w, "rmsnorm");
+  add_norm_weight_grad<false>(residual, d, static_cast<const float*>(nullptr), 0, d_out, d, s, n, d, 1, d_w, "rmsnorm");
 }
 
-void gated_rmsnorm_backward(const float* y, int64_t ldy, const float* z, int64_t ldz, const float* w,
-                            const float* d_out, int64_t ldd, void* d_y, DType dy_dtype, int64_t lddy, void* d_z,
+void gated_rmsnorm_backward(const void* y_in, DType y_dtype, int64_t ldy, const void* z_in, int64_t ldz, const float* w,
+                            const void* d_out_in, int64_t ldd, void* d_y, DType dy_dtype, int64_t lddy, void* d_z,
                             DType dz_dtype, int64_t lddz, float* d_w, int64_t n, int64_t d, int64_t ngroups,
                             float eps) {
   if (n == 0) return;
   const int64_t gs = d / ngroups;
+  // With d_y as Dy*, y (and z and d_out, its dtype) as Y*, d_z as Dz*.
+  const auto run = [&](auto* dy, auto* y, auto* dz) {
+    using Dy = std::remove_pointer_t<decltype(dy)>;
+    using Y = std::remove_const_t<std::remove_pointer_t<decltype(y)>>;
+    using Dz = std::remove_pointer_t<decltype(dz)>;
+    const Y *z = static_cast<const Y*>(z_in), *d_out = static_cast<const Y*>(d_out_in);
+    if (gs <= 16 * kThreads) {
+      with_chunk_partials(n, d, d_w, "gated_rmsnorm", [&](unsigned chunks, double* partial) {
+        const auto launch = [&](auto kernel) {
+          kernel<<<dim3(chunks, unsigned(ngroups)), kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, dy, lddy,
+                                                                             dz, lddz, partial, n, gs, eps);
+        };
+        if (gs <= 4 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<4, Dy, Dz, Y>);
+        else if (gs <= 8 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<8, Dy, Dz, Y>);
+        else if (gs <= 12 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<12, Dy, Dz, Y>);
+        else launch(gated_rmsnorm_backward_rows_kernel<16, Dy, Dz, Y>);
+      });
+      return;
+    }
+    auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
+    auto* s = static_cast<float*>(rstd.get());
+    gated_rmsnorm_backward_kernel<Dy, Dz, Y><<<dim3(unsigned(n), unsigned(ngroups)), kThreads, 0, stream()>>>(
+        y, ldy, z, ldz, w, d_out, ldd, dy, lddy, dz, lddz, s, gs, eps);
+    check_launch("gated_rmsnorm");
+    add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
+  };
   with_dtype(dy_dtype, "gated_rmsnorm", [&](auto* ytag) {
     using Dy = std::remove_pointer_t<decltype(ytag)>;
-    auto* dy = static_cast<Dy*>(d_y);
-    with_dtype(dz_dtype, "gated_rmsnorm", [&](auto* ztag) {
-      using Dz = std::remove_pointer_t<decltype(ztag)>;
-      auto* dz = static_cast<Dz*>(d_z);
-      if (gs <= 16 * kThreads) {
-        with_chunk_partials(n, d, d_w, "gated_rmsnorm", [&](unsigned chunks, double* partial) {
-          const auto run = [&](auto kernel) {
-            kernel<<<dim3(chunks, unsigned(ngroups)), kThreads, 0, stream()>>>(y, ldy, z, ldz, w, d_out, ldd, dy,
-                                                                               lddy, dz, lddz, partial, n, gs, eps);
-          };
-          if (gs <= 4 * kThreads) run(gated_rmsnorm_backward_rows_kernel<4, Dy, Dz>);
-          else if (gs <= 8 * kThreads) run(gated_rmsnorm_backward_rows_kernel<8, Dy, Dz>);
-          else if (gs <= 12 * kThreads) run(gated_rmsnorm_backward_rows_kernel<12, Dy, Dz>);
-          else run(gated_rmsnorm_backward_rows_kernel<16, Dy, Dz>);
-        });
-        return;
-      }
-      auto rstd = allocate(size_t(n * ngroups) * sizeof(float), "gated_rmsnorm row scales");
-      auto* s = static_cast<float*>(rstd.get());
-      gated_rmsnorm_backward_kernel<Dy, Dz><<<dim3(unsigned(n), unsigned(ngroups)), kThreads, 0, stream()>>>(
-          y, ldy, z, ldz, w, d_out, ldd, dy, lddy, dz, lddz, s, gs, eps);
-      check_launch("gated_rmsnorm");
-      add_norm_weight_grad<true>(y, ldy, z, ldz, d_out, ldd, s, n, d, ngroups, d_w, "gated_rmsnorm");
+    with_y<Dy>(y_in, y_dtype, "gated_rmsnorm", [&](auto* y) {
+      with_dtype(dz_dtype, "gated_rmsnorm",
+                 [&](auto* ztag) { run(static_cast<Dy*>(d_y), y, static_cast<decltype(ztag)>(d_z)); });
     });
   });
 }

@@ -953,9 +953,9 @@ template <class T, int NPAD, SeqMode MODE>
 __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams p, const T* x, int64_t ldx,
                                                                       int64_t xhead, bool y_vec, const T* bt,
                                                                       int64_t ldb, const T* ct, int64_t ldc,
-                                                                      const float* dt_raw, int64_t lddt, float* y,
-                                                                      int64_t ldy, PackedSeqs seqs, int64_t Q,
-                                                                      Chain chain) {
+                                                                      const float* dt_raw, int64_t lddt, void* y,
+                                                                      bool y_narrow, int64_t ldy, PackedSeqs seqs,
+                                                                      int64_t Q, Chain chain) {
   constexpr int NS = NPAD + 8, NF = NPAD / 16, NKS = NPAD / 16;  // row stride, n fragments a half, k-steps over n
   extern __shared__ __align__(16) unsigned char smem[];
   T* Cs = reinterpret_cast<T*>(smem);  // [t][n]
@@ -1216,22 +1216,28 @@ __global__ __launch_bounds__(kSeqThreads, 2) void ssd_chunk_tc_kernel(SsdParams 
         mma_pair<T, true>(cs[j], cs[j + 1], m, b_cols(xs, kTcStride, pc0 + 8 * j, 16 * q));
       }
     }
-    // y = that + D·x.
+    // y = that + D·x, in fp32 or (y_narrow) rounded once to T.
+    const auto store_y = [&](auto* yt, int cc, float y0, float y1) {
+      using Y = std::remove_pointer_t<decltype(yt)>;
+      if (y_vec && cc + 1 < pcols) {
+        if constexpr (std::is_same_v<Y, float>) *reinterpret_cast<float2*>(yt + cc) = make_float2(y0, y1);
+        else *reinterpret_cast<uint32_t*>(yt + cc) = pack2<T>(y0, y1);
+      } else {
+        if (cc < pcols) store_f32(yt + cc, y0);
+        if (cc + 1 < pcols) store_f32(yt + cc + 1, y1);
+      }
+    };
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       if (sp[i] >= len) continue;
-      float* yt = y + (tok0 + sp[i]) * ldy + h * P + p0;
+      const int64_t row = (tok0 + sp[i]) * ldy + h * P + p0;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int cc = pc0 + 8 * j + 2 * (lane % 4);
         const float2 xv = unpack2<T>(*reinterpret_cast<const uint32_t*>(xs + sp[i] * kTcStride + cc));
         const float y0 = fmaf(Dh, xv.x, cs[j][2 * i]), y1 = fmaf(Dh, xv.y, cs[j][2 * i + 1]);
-        if (y_vec && cc + 1 < pcols) {
-          *reinterpret_cast<float2*>(yt + cc) = make_float2(y0, y1);
-        } else {
-          if (cc < pcols) yt[cc] = y0;
-          if (cc + 1 < pcols) yt[cc + 1] = y1;
-        }
+        if (y_narrow) store_y(static_cast<T*>(y) + row, cc, y0, y1);
+        else store_y(static_cast<float*>(y) + row, cc, y0, y1);
       }
     }
   }
@@ -1249,9 +1255,24 @@ void check_params(const SsdParams& p) {
 }  // namespace
 
 void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void* B, int64_t ldb, const void* C,
-                      int64_t ldc, DType inputs, const float* dt_raw, int64_t lddt, float* y, int64_t ldy,
-                      float* states, const PackedSeqs& seqs, int64_t chunk_size, DType compute) {
+                      int64_t ldc, DType inputs, const float* dt_raw, int64_t lddt, void* y_out, DType y_dtype,
+                      int64_t ldy, float* states, const PackedSeqs& seqs, int64_t chunk_size, DType compute) {
   check_params(p);
+  if (y_dtype != DType::F32 && y_dtype != compute)
+    raise(cat("[ssd_scan] y in ", dtype_name(y_dtype), ": the ", dtype_name(compute), " scan writes fp32 or ",
+              dtype_name(compute)));
+  const char* passes = std::getenv("MAMBA2_SSD_PASSES");
+  const bool one_kernel = compute != DType::F32 && p.d_state <= 128 && !(passes && std::string(passes) == "1");
+  if (y_dtype != DType::F32 && !one_kernel) {
+    // The passes write fp32: y through a copy, rounded once.
+    const int64_t HP = p.nheads * p.headdim;
+    auto wide = allocate(sizeof(float) * size_t(seqs.tokens * HP), "ssd_scan scratch");
+    ssd_scan_forward(p, x, ldx, B, ldb, C, ldc, inputs, dt_raw, lddt, wide.get(), DType::F32, HP, states, seqs,
+                     chunk_size, compute);
+    cast_rows(static_cast<const float*>(wide.get()), HP, y_out, y_dtype, ldy, seqs.tokens, HP);
+    return;
+  }
+  float* y = static_cast<float*>(y_out);  // the passes' (fp32); the one-kernel scan takes y_out
   if (inputs != DType::F32 && inputs != compute)
     raise(cat("[ssd_scan] x, B and C in ", dtype_name(inputs), ": the ", dtype_name(compute),
               " scan takes them in fp32 or in ", dtype_name(compute)));
@@ -1328,8 +1349,7 @@ void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void
   const bool in_t = inputs != DType::F32;
   const auto tensor_cores = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const char* passes = std::getenv("MAMBA2_SSD_PASSES");
-    if (N <= 128 && !(passes && std::string(passes) == "1")) {
+    if (one_kernel) {
       const auto spans = [&](auto npad) {
         constexpr int NPAD = decltype(npad)::value;
         const int64_t G = p.ngroups;
@@ -1372,22 +1392,24 @@ void ssd_scan_forward(const SsdParams& p, const void* x, int64_t ldx, const void
         auto* scan_only = ssd_chunk_tc_kernel<T, NPAD, SeqMode::ScanOnly>;
         for (auto* kernel : {chained, state_only, scan_only})
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "ssd_scan");
-        const bool y_vec = reinterpret_cast<uintptr_t>(y) % 8 == 0 && ldy % 2 == 0 && P % 2 == 0;
+        const size_t y_es = dtype_size(y_dtype);
+        const bool y_vec = reinterpret_cast<uintptr_t>(y_out) % (2 * y_es) == 0 && ldy % 2 == 0 && P % 2 == 0;
+        const bool y_narrow = y_dtype != DType::F32;
         unsigned blocks = 0;
         const int64_t tiles = ceil_div(P, kTile);
         const Chain k = chain(reinterpret_cast<const void*>(chained), kSeqThreads, tiles, blocks, smem, 8);
         if (k.chained) {
           chained<<<blocks, kSeqThreads, smem, stream()>>>(p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw, lddt,
-                                                           y, ldy, seqs, chunk_size, k);
+                                                           y_out, y_narrow, ldy, seqs, chunk_size, k);
           check_launch("ssd_scan");
           return;
         }
         state_only<<<blocks, kSeqThreads, smem, stream()>>>(p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw,
-                                                            lddt, y, ldy, seqs, chunk_size, k);
+                                                            lddt, y_out, y_narrow, ldy, seqs, chunk_size, k);
         check_launch("ssd_scan");
         state_pass(k);
         scan_only<<<dim3(chunks, heads, unsigned(tiles)), kSeqThreads, smem, stream()>>>(
-            p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw, lddt, y, ldy, seqs, chunk_size, k);
+            p, xt, ldxt, xhead, y_vec, bt, ldbt, ct, ldct, dt_raw, lddt, y_out, y_narrow, ldy, seqs, chunk_size, k);
         check_launch("ssd_scan");
       };
       if (N <= 64) spans(std::integral_constant<int, 64>{});
@@ -2556,7 +2578,15 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
     gemm(Q, N, hpg * P, opd(XW + h0 * P, HP, Q * HP, false), opd(dSendt + h0 * PN, N, H * PN, false), dBp + gi * N,
          lddb, Q * lddb, NC, 1.0f, op);
   }
-  with_dtype(g.dt_dtype, op, [&](auto* tag) {
+  // d_dt in fp32 or the compute dtype (the kernels are instantiated for those two alone).
+  const auto with_ddt = [&](auto&& f) {
+    if (g.dt_dtype == DType::F32) return f(static_cast<float*>(nullptr));
+    if (g.dt_dtype != dtype)
+      raise(cat("[ssd_scan] d_dt is ", dtype_name(g.dt_dtype), ", expected F32 or the compute dtype, ",
+                dtype_name(dtype)));
+    if constexpr (!std::is_same_v<T, float>) f(static_cast<T*>(nullptr));
+  };
+  with_ddt([&](auto* tag) {
     using Ddt = std::remove_pointer_t<decltype(tag)>;
     if constexpr (!std::is_same_v<T, float>) {
       if (rows_tc) {

@@ -66,8 +66,9 @@ Batch make_batch(std::span<const int32_t> ids, std::span<const int64_t> lengths)
 // output; the final residual (after the last add) and its norm.
 struct Saved {
   // y: the scan output; for Mamba-1 in bf16 / f16 its copy rounded to the compute dtype (out_proj's
-  // input, all the backward reads of it).
-  std::vector<Tensor> residual, zxbcdt, y;
+  // input, all the backward reads of it). dt: in_proj's dt columns where zxbcdt holds z | xBC alone
+  // (InProj).
+  std::vector<Tensor> residual, zxbcdt, dt, y;
   // Kept (Recompute::No) rather than recomputed by the backward: the normed input and the conv
   // output; Mamba2's gated norm output (Mamba-1's x_dbl, dt and norms: Mamba1Mixer::kept).
   std::vector<Tensor> u, xbc, gated;
@@ -77,15 +78,47 @@ struct Saved {
 // The conv output's dtype: Mamba2's is the SSD scan's operands, forward and backward, in the
 // compute dtype; Mamba-1's scan takes fp32.
 DType conv_out_dtype(const ModelConfig& c, DType compute) { return c.mamba1() ? DType::F32 : compute; }
-// The scan output's dtype: Mamba-1's is out_proj's input, in the compute dtype; Mamba2's goes to
-// the gated norm in fp32.
-DType scan_out_dtype(const ModelConfig& c, DType compute) { return c.mamba1() ? compute : DType::F32; }
+// in_proj's output: Mamba2's z | xBC in the compute dtype, rounded once by the product (as
+// autocast's product hands it on to the conv and the gated norm); fp32 for Mamba-1, whose mixer
+// reads fp32, and where a bias is added after the product.
+DType zxbcdt_dtype(const ModelConfig& c, DType compute) { return c.mamba1() || c.proj_bias ? DType::F32 : compute; }
+// The scan output's dtype, rounded once by the scan: Mamba-1's is out_proj's input, in the compute
+// dtype; Mamba2's goes to the gated norm, which takes it (and out_proj's d_gated) in z's dtype.
+DType scan_out_dtype(const ModelConfig& c, DType compute) { return c.mamba1() ? compute : zxbcdt_dtype(c, compute); }
+
+// One layer's in_proj output. Narrow, it is two products: z | xBC in the compute dtype, and dt
+// (nheads columns) in fp32, as the scan takes it (it is exponentiated): its own product writes it
+// so, in place of a rounding and a widening copy. In fp32 one product writes z | xBC | dt (bias
+// added) into zxbcdt alone.
+struct InProj {
+  Tensor zxbcdt, dt;
+
+  static InProj empty(const ModelConfig& c, int64_t T, Device dev, DType compute) {
+    const DType zt = zxbcdt_dtype(c, compute);
+    if (zt == DType::F32) return {Tensor::empty({T, c.d_in_proj()}, dev), Tensor()};
+    return {Tensor::empty({T, c.d_in_proj() - c.nheads()}, dev, zt), Tensor::empty({T, c.nheads()}, dev)};
+  }
+  void forward(MatView u, const Tensor& W, const Tensor* bias) {
+    if (!dt.defined()) return ops::linear(u, W, MatView::of(zxbcdt), ops::LinearKernel::Training, bias);
+    const int64_t zx = zxbcdt.shape()[1], k = W.shape()[1];
+    ops::linear(u, W.view(0, {zx, k}), MatView::of(zxbcdt), ops::LinearKernel::Training);
+    ops::linear(u, W.view(zx * k, {W.shape()[0] - zx, k}), MatView::of(dt), ops::LinearKernel::Training);
+  }
+  Projections split(const ModelConfig& c) {
+    if (!dt.defined()) return mamba2::split(MatView::of(zxbcdt), c);
+    const MatView v = MatView::of(zxbcdt);
+    return {v.cols_slice(0, c.d_inner()), v.cols_slice(c.d_inner(), c.conv_dim()), MatView::of(dt)};
+  }
+};
 
 // The bytes a layer saves whatever Recompute says: the residual, in_proj's output and the scan
 // output (Saved's residual, zxbcdt, y).
 int64_t saved_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) {
   const int64_t f32 = int64_t(sizeof(float)), y_es = int64_t(dtype_size(scan_out_dtype(c, compute)));
-  return tokens * ((c.d_model + c.d_in_proj()) * f32 + c.d_inner() * y_es);
+  const DType zt = zxbcdt_dtype(c, compute);
+  const int64_t in_proj = zt == DType::F32 ? c.d_in_proj() * f32
+                                           : (c.d_in_proj() - c.nheads()) * int64_t(dtype_size(zt)) + c.nheads() * f32;
+  return tokens * (c.d_model * f32 + in_proj + c.d_inner() * y_es);
 }
 
 // The bytes a layer keeps beyond those when the backward recomputes nothing (Saved's u, xbc,
@@ -334,12 +367,15 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const int64_t rows = dev == Device::CUDA ? ops::selective_scan_checkpoint_rows(selective_weights(w.layers[0], c), seqs) : 0;
     m1.emplace(c, seqs, T, dev, cdt, keep, keep_checkpoints(keep, recompute, c, T, rows, cdt, dev) ? rows : 0);
   }
-  // Mamba-1 in bf16 / f16: out_proj's input is the scan output rounded to the matrices' dtype, which
-  // the scan writes so (GPU), and that copy is what the backward keeps (its only use of y).
-  const bool m1_narrow = m1 && scan_out_dtype(c, cdt) != DType::F32;
-  Tensor zxbcdt_one, y_one;
-  if (!g) zxbcdt_one = Tensor::empty({T, c.d_in_proj()}, dev);
-  if (!g && !m1_narrow) y_one = Tensor::empty({T, c.d_inner()}, dev);
+  // The scan writes its output rounded to scan_out_dtype (GPU), and that is what the backward
+  // keeps: Mamba-1's out_proj input; Mamba2's gated norm input (as mamba_ssm's bf16 chunk scan
+  // hands it on).
+  const DType y_dtype = scan_out_dtype(c, cdt);
+  const bool m1_narrow = m1 && y_dtype != DType::F32;
+  InProj in_one;
+  Tensor y_one;
+  if (!g) in_one = InProj::empty(c, T, dev, cdt);
+  if (!g && !m1_narrow) y_one = Tensor::empty({T, c.d_inner()}, dev, y_dtype);
   const auto bias = [&](const Tensor& b) { return c.proj_bias ? &b : nullptr; };
   ops::embedding(w.embedding, ids, MatView::of(residual));
   for (int64_t li = 0; li < n_layer; ++li) {
@@ -357,25 +393,25 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       }
     }
     ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
-    Tensor zxbcdt = g ? Tensor::empty({T, c.d_in_proj()}, dev) : zxbcdt_one;
-    Tensor y = m1_narrow ? (g ? Tensor::empty({T, c.d_inner()}, dev, cdt) : gated)
-                         : (g ? Tensor::empty({T, c.d_inner()}, dev) : y_one);
+    InProj in = g ? InProj::empty(c, T, dev, cdt) : in_one;
+    Tensor y = g ? Tensor::empty({T, c.d_inner()}, dev, y_dtype) : m1_narrow ? gated : y_one;
     if (g) {
       sv.residual.push_back(Tensor::empty({T, D}, dev));
       copy(residual, sv.residual.back());
     }
-    ops::linear(MatView::of(u), l.in_proj, MatView::of(zxbcdt), ops::LinearKernel::Training, bias(l.in_proj_b));
+    in.forward(MatView::of(u), l.in_proj, bias(l.in_proj_b));
     if (m1) {
-      m1->forward(l, MatView::of(zxbcdt), MatView::of(xbc), MatView::of(y));
+      m1->forward(l, MatView::of(in.zxbcdt), MatView::of(xbc), MatView::of(y));
       ops::linear(MatView::of(y), l.out_proj, MatView::of(h), ops::LinearKernel::Training, bias(l.out_proj_b));
     } else {
-      const Projections pr = split(MatView::of(zxbcdt), c);
+      const Projections pr = in.split(c);
       mixer_forward(c, l, seqs, pr, MatView::of(xbc), MatView::of(y), cdt);
       ops::gated_rmsnorm(MatView::of(y), pr.z, l.gate_norm, MatView::of(gated), c.ngroups, eps);
       ops::linear(MatView::of(gated), l.out_proj, MatView::of(h), ops::LinearKernel::Training);
     }
     if (g) {
-      sv.zxbcdt.push_back(zxbcdt);
+      sv.zxbcdt.push_back(in.zxbcdt);
+      sv.dt.push_back(in.dt);
       sv.y.push_back(y);
     }
   }
@@ -418,8 +454,11 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
   Tensor d_res = Tensor::zeros({T, D}, dev);
   ops::add_rmsnorm_backward(MatView::of(sv.residual_f), w.norm_f, MatView::of(d_normed_f), MatView::of(d_res),
                             g->norm_f, eps);
-  // Mamba2's d_y feeds the SSD backward alone, which takes it with x, B and C in the compute dtype.
-  Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev), d_y = Tensor::empty({T, c.d_inner()}, dev, xbc_dtype);
+  // Mamba2's d_y feeds the SSD backward alone, which takes it with x, B and C in the compute dtype;
+  // out_proj's backward writes d_gated in y's dtype for the gated norm's backward, which takes them
+  // alike.
+  Tensor d_gated = Tensor::empty({T, c.d_inner()}, dev, y_dtype);
+  Tensor d_y = Tensor::empty({T, c.d_inner()}, dev, xbc_dtype);
   // d_zxbcdt feeds in_proj's backward alone: the ops that write it round it to the compute dtype
   // once, in place of the cast the product would make; fp32 when an in_proj bias sums it.
   Tensor d_xbc = Tensor::empty({T, c.conv_dim()}, dev),
@@ -450,7 +489,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
       if (ready) ready(li);
       continue;
     }
-    const Projections pr = split(MatView::of(sv.zxbcdt[size_t(li)]), c);
+    const Projections pr = InProj{sv.zxbcdt[size_t(li)], sv.dt[size_t(li)]}.split(c);
     const Projections dpr = split(MatView::of(d_zxbcdt), c);
     if (keep) {
       xbc = sv.xbc[size_t(li)];
@@ -466,7 +505,8 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const ops::SsdWeights sw = ssd_weights(l, c);
     const ConvOut v = split_conv(MatView::of(xbc), c), dv = split_conv(MatView::of(d_xbc), c);
     const ops::SsdGrads sg{dv.x, dv.B, dv.C, dpr.dt, MatView{}, gl.dt_bias, gl.A_log, gl.D};
-    ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt, MatView{}, MatView::of(d_y), MatView{}, sg, seqs, cdt);
+    ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt, MatView{}, MatView::of(d_y), MatView{}, sg, seqs,
+                           cdt);
     ops::causal_conv1d_backward(pr.xBC, l.conv_w, l.conv_b, MatView{}, MatView::of(d_xbc), dpr.xBC, gl.conv_w,
                                 gl.conv_b, seqs);
     ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);

@@ -24,9 +24,13 @@ void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs
   check_shape("causal_conv1d", "in", in, T, C, dev);
   check_shape("causal_conv1d", "out", out, T, C, dev);
   check_shape("causal_conv1d", "states", states, states.rows, (K - 1) * C, dev);
-  for (const MatView* m : {&in, &states}) check_dtype("causal_conv1d", "an operand", m->dtype, DType::F32);
+  check_dtype("causal_conv1d", "states", states.dtype, DType::F32);
   if (!(reduced_out && dev == Device::CUDA && (out.dtype == DType::BF16 || out.dtype == DType::F16)))
     check_dtype("causal_conv1d", "out", out.dtype, DType::F32);
+  // in fp32, or (GPU) in out's dtype: mixed-precision training's in_proj output.
+  if (in.dtype != DType::F32 && !(reduced_out && dev == Device::CUDA && in.dtype == out.dtype))
+    fail("[causal_conv1d] in is {}, expected F32{}", dtype_name(in.dtype),
+         reduced_out && dev == Device::CUDA ? fmt::format(" or out's dtype, {}", dtype_name(out.dtype)) : "");
   if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
   seqs.check("causal_conv1d", T, dev, states.rows);
 }
@@ -40,8 +44,8 @@ void causal_conv1d(MatView in, const Tensor& w, const Tensor& bias, MatView out,
   check_forward(in, out, states, seqs, K, true);
   if (in.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::causal_conv1d_forward(in.data(), in.ld, w.data(), bias.data(), out.ptr, out.ld, out.dtype, states.data(),
-                                seqs.packed(), C, K);
+    cuda::causal_conv1d_forward(in.ptr, in.dtype, in.ld, w.data(), bias.data(), out.ptr, out.ld, out.dtype,
+                                states.data(), seqs.packed(), C, K);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -82,9 +86,13 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
   const int64_t K = w.dim(1);
   for (auto [m, what] : {std::pair{&in, "in"}, {&d_out, "d_out"}, {&d_in, "d_in"}}) {
     check_shape("causal_conv1d", what, *m, T, C, dev);
-    if (m != &d_in) check_dtype("causal_conv1d", what, m->dtype, DType::F32);
+    if (m == &d_out) check_dtype("causal_conv1d", what, m->dtype, DType::F32);
   }
   check_projection_operand_dtype("causal_conv1d", "d_in", d_in.dtype, dev);
+  // in fp32, or (GPU) in d_in's dtype: mixed-precision training's in_proj output.
+  if (in.dtype != DType::F32 && !(dev == Device::CUDA && in.dtype == d_in.dtype))
+    fail("[causal_conv1d] in is {}, expected F32{}", dtype_name(in.dtype),
+         dev == Device::CUDA ? fmt::format(" or d_in's dtype, {}", dtype_name(d_in.dtype)) : "");
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
   check_len("causal_conv1d", "d_weight", d_w, w.numel(), dev);
@@ -98,7 +106,7 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
   if (T == 0) return;
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::causal_conv1d_backward(in.data(), in.ld, w.data(), bias.data(), states.ptr ? states.data() : nullptr,
+    cuda::causal_conv1d_backward(in.ptr, in.dtype, in.ld, w.data(), bias.data(), states.ptr ? states.data() : nullptr,
                                  d_out.data(), d_out.ld, d_in.ptr, d_in.dtype, d_in.ld, d_w.data(), d_bias.data(),
                                  seqs.packed(), C, K);
 #else

@@ -96,7 +96,11 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Te
   const Device dev = W.device();
   check_shape("linear", "x", x, x.rows, k, dev);
   check_shape("linear", "y", y, x.rows, n, dev);
-  check_dtype("linear", "y", y.dtype, DType::F32);
+  // y fp32, or a training product's on the GPU rounded to W's dtype (without a bias).
+  const bool training = kernel == LinearKernel::Training || kernel == LinearKernel::TrainingTf32;
+  if (y.dtype != DType::F32 && !(dev == Device::CUDA && training && y.dtype == W.dtype() && !bias))
+    fail("[linear] y is {}, expected F32{}", dtype_name(y.dtype),
+         dev == Device::CUDA && training && !bias ? fmt::format(" or W's dtype, {}", dtype_name(W.dtype())) : "");
   if (bias) check_len("linear", "bias", *bias, n, dev);
   linear_product(x, W, y, kernel);
   if (!bias) return;
@@ -120,7 +124,8 @@ void linear_product(MatView x, const Tensor& W, MatView y, LinearKernel kernel) 
     check_dtype("linear", "x", x.dtype, W.dtype());
     // Training runs the prefill's products (cuBLASLt, one algorithm per shape: deterministic).
 #if MAMBA2_HAVE_CUDA
-    cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.data(), y.ld, x.rows, n, k, kernel == LinearKernel::Decode,
+    cuda::linear_forward(x.ptr, x.ld, W.raw(), W.dtype(), y.ptr, y.dtype, y.ld, x.rows, n, k,
+                         kernel == LinearKernel::Decode,
                          kernel == LinearKernel::TrainingTf32 || kernel == LinearKernel::PrefillTf32);
 #else
     no_cuda_backend(__func__);
@@ -267,11 +272,14 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   check_dtype("linear", "x", x.dtype, W.dtype());
   // d_y fp32, or already rounded to W's dtype (cross_entropy writes the head's so).
   if (d_y.dtype != W.dtype()) check_dtype("linear", "d_y", d_y.dtype, DType::F32);
-  if (d_x.ptr) check_dtype("linear", "d_x", d_x.dtype, DType::F32);
+  // d_x fp32, or written (not added) rounded to W's dtype on the GPU, where only a narrow reader takes it.
+  if (d_x.ptr && d_x.dtype != DType::F32 && !(dev == Device::CUDA && d_x.dtype == W.dtype() && !add_dx))
+    fail("[linear] d_x is {}, expected F32{}", dtype_name(d_x.dtype),
+         dev == Device::CUDA && !add_dx ? fmt::format(" or W's dtype, {}", dtype_name(W.dtype())) : "");
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr ? d_x.data() : nullptr,
-                          d_x.ld, d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32, add_dx);
+    cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr, d_x.dtype, d_x.ld,
+                          d_W.data(), m, n, k, kernel == LinearKernel::TrainingTf32, add_dx);
 #else
     no_cuda_backend(__func__);
 #endif

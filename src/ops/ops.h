@@ -25,7 +25,7 @@ void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_t
 
 // rmsnorm: residual += h (h.ptr may be null); out = rmsnorm(residual) * w.
 void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps);
-// rmsnorm: out = rmsnorm per group (y * silu(z)) * w.
+// rmsnorm: out = rmsnorm per group (y * silu(z)) * w; y fp32, or on the GPU in out's dtype.
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps);
 // rmsnorm backward. residual: the updated residual (after the add); d_out: the gradient of out.
 // d_residual holds on entry the gradient of the updated residual from its later uses (zeros if
@@ -33,7 +33,7 @@ void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t n
 void add_rmsnorm_backward(MatView residual, const Tensor& w, MatView d_out, MatView d_residual, Tensor& d_w,
                           float eps);
 // gated_rmsnorm backward: d_y, d_z overwritten (neither may overlap d_out; on the GPU either may be
-// BF16 or F16, rounded once); d_w += .
+// BF16 or F16, rounded once); d_w += . y and d_out fp32, or on the GPU both in d_y's dtype.
 void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out, MatView d_y, MatView d_z,
                             Tensor& d_w, int64_t ngroups, float eps);
 
@@ -111,8 +111,8 @@ void linear_normed_residual(MatView src, const RowNorm& norm, const Tensor& W, M
 // linear_residual: residual += x @ Wᵀ (the decode kernel, GPU only), x in W's dtype.
 void linear_residual(MatView x, const Tensor& W, MatView residual);
 // linear backward: d_x = d_y @ W (skipped when d_x.data is null; with add_dx d_x += d_y @ W,
-// the product's fp32 sum added once); d_W += d_yᵀ @ x. kernel: Training or TrainingTf32, as for
-// the forward.
+// the product's fp32 sum added once; on the GPU, not added, d_x may be in W's dtype, rounded
+// once); d_W += d_yᵀ @ x. kernel: Training or TrainingTf32, as for the forward.
 void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tensor& d_W,
                      LinearKernel kernel = LinearKernel::Training, bool add_dx = false);
 // The bias's: d_b += Σ_rows d_y (d_y fp32), each column's sum in double, in a fixed order.

@@ -35,15 +35,19 @@ void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t n
   const Device dev = y.device;
   check_shape("gated_rmsnorm", "y", y, n, d, dev);
   check_shape("gated_rmsnorm", "z", z, n, d, dev);
-  check_dtype("gated_rmsnorm", "y", y.dtype, DType::F32);
-  check_dtype("gated_rmsnorm", "z", z.dtype, DType::F32);
+  // y and z in fp32, or on the GPU both in out's dtype (mixed-precision training's scan output
+  // and in_proj output).
+  if (y.dtype != DType::F32 && !(dev == Device::CUDA && y.dtype == out.dtype))
+    fail("[gated_rmsnorm] y is {}, expected F32 or (on the GPU) out's dtype, {}", dtype_name(y.dtype),
+         dtype_name(out.dtype));
+  if (z.dtype != y.dtype) fail("[gated_rmsnorm] z is {}, expected y's dtype, {}", dtype_name(z.dtype), dtype_name(y.dtype));
   check_shape("gated_rmsnorm", "out", out, n, d, dev);
   check_len("gated_rmsnorm", "weight", w, d, dev);
   if (ngroups <= 0 || d % ngroups != 0) fail("[gated_rmsnorm] {} channels do not split into {} groups", d, ngroups);
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::gated_rmsnorm_forward(y.data(), y.ld, z.data(), z.ld, w.data(), out.ptr, out.dtype, out.ld, n, d, ngroups,
-                                eps);
+    cuda::gated_rmsnorm_forward(y.ptr, y.dtype, y.ld, z.ptr, z.ld, w.data(), out.ptr, out.dtype, out.ld, n, d,
+                                ngroups, eps);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -80,8 +84,15 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
   const Device dev = y.device;
   for (auto [m, what] : {std::pair{&y, "y"}, {&z, "z"}, {&d_out, "d_out"}, {&d_y, "d_y"}, {&d_z, "d_z"}}) {
     check_shape("gated_rmsnorm", what, *m, n, d, dev);
-    if (m != &d_z && m != &d_y) check_dtype("gated_rmsnorm", what, m->dtype, DType::F32);
   }
+  // y, z and d_out in fp32, or on the GPU all in d_y's dtype (mixed-precision training's scan
+  // output, in_proj output and out_proj's rounded gradient).
+  if (y.dtype != DType::F32 && !(dev == Device::CUDA && y.dtype == d_y.dtype))
+    fail("[gated_rmsnorm] y is {}, expected F32 or (on the GPU) d_y's dtype, {}", dtype_name(y.dtype),
+         dtype_name(d_y.dtype));
+  for (auto [m, what] : {std::pair{&z, "z"}, {&d_out, "d_out"}})
+    if (m->dtype != y.dtype) fail("[gated_rmsnorm] {} is {}, expected y's dtype, {}", what, dtype_name(m->dtype),
+                                  dtype_name(y.dtype));
   check_projection_operand_dtype("gated_rmsnorm", "d_y", d_y.dtype, dev);
   check_projection_operand_dtype("gated_rmsnorm", "d_z", d_z.dtype, dev);
   check_len("gated_rmsnorm", "weight", w, d, dev);
@@ -90,8 +101,8 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
   if (d_y.ptr == d_out.ptr || d_z.ptr == d_out.ptr) fail("[gated_rmsnorm] d_y and d_z must not alias d_out");
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::gated_rmsnorm_backward(y.data(), y.ld, z.data(), z.ld, w.data(), d_out.data(), d_out.ld, d_y.ptr, d_y.dtype,
-                                 d_y.ld, d_z.ptr, d_z.dtype, d_z.ld, d_w.data(), n, d, ngroups, eps);
+    cuda::gated_rmsnorm_backward(y.ptr, y.dtype, y.ld, z.ptr, z.ld, w.data(), d_out.ptr, d_out.ld, d_y.ptr,
+                                 d_y.dtype, d_y.ld, d_z.ptr, d_z.dtype, d_z.ld, d_w.data(), n, d, ngroups, eps);
 #else
     no_cuda_backend(__func__);
 #endif

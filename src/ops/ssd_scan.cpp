@@ -30,11 +30,12 @@ cpu::SsdParams params(const SsdWeights& w, MatView x, MatView B, MatView C, MatV
           float(w.dt_max)};
 }
 
-// The output and the states of a forward over `seqs`.
-void check_forward(const cpu::SsdParams& p, MatView x, MatView y, MatView states, const SeqBatch& seqs) {
+// The output and the states of a forward over `seqs`; y in fp32 unless narrow_y (checked by the caller).
+void check_forward(const cpu::SsdParams& p, MatView x, MatView y, MatView states, const SeqBatch& seqs,
+                   bool narrow_y = false) {
   check_shape("ssd_scan", "y", y, x.rows, x.cols, x.device);
   check_shape("ssd_scan", "states", states, states.rows, p.nheads * p.headdim * p.d_state, x.device);
-  check_dtype("ssd_scan", "y", y.dtype, DType::F32);
+  if (!narrow_y) check_dtype("ssd_scan", "y", y.dtype, DType::F32);
   check_dtype("ssd_scan", "states", states.dtype, DType::F32);
   if (states.ld != states.cols) fail("[ssd_scan] states must be contiguous");
   seqs.check("ssd_scan", x.rows, x.device, states.rows);
@@ -51,16 +52,21 @@ cuda::SsdParams cuda_params(const cpu::SsdParams& p) {
 void ssd_scan(const SsdWeights& w, MatView x, MatView B, MatView C, MatView dt, MatView y, MatView states,
               const SeqBatch& seqs, DType compute) {
   const auto p = params(w, x, B, C, dt, x.rows, x.device);
-  check_forward(p, x, y, states, seqs);
-  // x, B and C in fp32, or on the GPU in the compute dtype (as the conv leaves them there).
+  // x, B and C in fp32, or on the GPU in the compute dtype (as the conv leaves them there); y
+  // likewise (mixed-precision training's, rounded once).
+  const bool narrow_ok = x.device == Device::CUDA && compute != DType::F32;
+  if (y.dtype != DType::F32 && !(narrow_ok && y.dtype == compute))
+    fail("[ssd_scan] y is {}: the {} scan writes F32 (on the GPU also its compute dtype)", dtype_name(y.dtype),
+         dtype_name(compute));
+  check_forward(p, x, y, states, seqs, true);
   if (x.dtype != DType::F32 && !(x.device == Device::CUDA && x.dtype == compute))
     fail("[ssd_scan] x, B and C are {}: the {} scan takes them in F32 (on the GPU also in its compute dtype)",
          dtype_name(x.dtype), dtype_name(compute));
   if (x.rows == 0) return;
   if (x.device == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::ssd_scan_forward(cuda_params(p), x.ptr, x.ld, B.ptr, B.ld, C.ptr, C.ld, x.dtype, dt.data(), dt.ld, y.data(),
-                           y.ld, states.data(), seqs.packed(), seqs.chunk_size(), compute);
+    cuda::ssd_scan_forward(cuda_params(p), x.ptr, x.ld, B.ptr, B.ld, C.ptr, C.ld, x.dtype, dt.data(), dt.ld, y.ptr,
+                           y.dtype, y.ld, states.data(), seqs.packed(), seqs.chunk_size(), compute);
 #else
     no_cuda_backend(__func__);
 #endif
@@ -131,7 +137,10 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
     if (m == &d_y) check_dtype("ssd_scan", what, m->dtype, inputs);
     else if (m != &g.dt) check_dtype("ssd_scan", what, m->dtype, DType::F32);
   }
-  check_projection_operand_dtype("ssd_scan", "d_dt", g.dt.dtype, dev);
+  // d_dt in fp32, or on the GPU rounded to the compute dtype (in_proj's backward operand).
+  if (g.dt.dtype != DType::F32 && !(dev == Device::CUDA && g.dt.dtype == compute))
+    fail("[ssd_scan] d_dt is {}, expected F32 or (on the GPU) the compute dtype, {}", dtype_name(g.dt.dtype),
+         dtype_name(compute));
   int64_t rows = INT64_MAX;  // slots index the state rows given, if any
   for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
     if (!m.ptr) continue;
