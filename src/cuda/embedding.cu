@@ -64,7 +64,6 @@ void embedding_backward(const int32_t* ids, int64_t n, const float* d_out, float
       static_cast<const int32_t*>(dev_order.get()), static_cast<const int64_t*>(dev_first.get()),
       static_cast<const int32_t*>(dev_ids.get()), d_out, d_table, d);
   check_launch("embedding");
-  synchronize();  // the host vectors were copied from pageable memory
 }
 
 void embedding_forward(const void* table, DType table_dtype, int64_t d, const int32_t* ids, int64_t n, float* out,

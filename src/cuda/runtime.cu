@@ -1,6 +1,7 @@
 // The CUDA runtime of the engine: device choice, one stream, the stream-ordered memory pool.
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 
@@ -22,6 +23,22 @@ struct Runtime {
 
 std::mutex g_mutex;
 Runtime g_rt;
+
+// Host-to-device copies go through pinned buffers, so that they are asynchronous and the source
+// may go once copy_to_device returns. From pageable memory the driver may copy synchronously or
+// wait for the stream, and the callers waited for the stream before freeing the source: a 130m
+// training step drained the queue 17 times (bench/RESULTS.md). kStages buffers of kStageBytes
+// are used in turn, each again once the copy from it has completed (its event); a larger copy
+// goes in pieces. Allocated on first use, kept for the process's life as the stream is.
+constexpr int kStages = 16;
+constexpr size_t kStageBytes = size_t(1) << 20;
+struct Stage {
+  char* host = nullptr;
+  cudaEvent_t copied = nullptr;
+};
+std::mutex g_stage_mutex;
+Stage g_stages[kStages];
+int g_next_stage = 0;
 
 void init_device(int index) {
   check(cudaSetDevice(index), "cuda");
@@ -122,7 +139,32 @@ std::shared_ptr<void> allocate(size_t bytes, const char* what) {
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()), "cuda copy");
+  if (!bytes) return;
+  cudaStream_t s = stream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(s, &capture), "cuda copy");
+  if (capture != cudaStreamCaptureStatusNone) {  // a graph copies from memory that stays (Graph)
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s), "cuda copy");
+    return;
+  }
+  std::lock_guard<std::mutex> lock(g_stage_mutex);
+  auto* to = static_cast<char*>(dst);
+  const auto* from = static_cast<const char*>(src);
+  while (bytes) {
+    Stage& st = g_stages[g_next_stage];
+    g_next_stage = (g_next_stage + 1) % kStages;
+    if (!st.host) {
+      check(cudaMallocHost(reinterpret_cast<void**>(&st.host), kStageBytes), "cuda copy staging");
+      check(cudaEventCreateWithFlags(&st.copied, cudaEventDisableTiming), "cuda copy staging");
+    } else {
+      check(cudaEventSynchronize(st.copied), "cuda copy");
+    }
+    const size_t n = std::min(bytes, kStageBytes);
+    std::memcpy(st.host, from, n);
+    check(cudaMemcpyAsync(to, st.host, n, cudaMemcpyHostToDevice, s), "cuda copy");
+    check(cudaEventRecord(st.copied, s), "cuda copy");
+    to += n, from += n, bytes -= n;
+  }
 }
 
 void copy_to_host(void* dst, const void* src, size_t bytes) {

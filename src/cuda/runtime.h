@@ -26,7 +26,8 @@ std::string device_description(int index);
 // freeing returns it to the pool in stream order, so a buffer freed right after the launches
 // that use it is safe. Fails with "[cuda] out of GPU memory ... for <what>".
 std::shared_ptr<void> allocate(size_t bytes, const char* what);
-// Copies on the engine's stream; copy_to_host waits for the data.
+// Copies on the engine's stream; copy_to_host waits for the data. copy_to_device returns without
+// waiting, and `src` may be freed or changed as soon as it does (it is staged in pinned memory).
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);

@@ -27,7 +27,6 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
     cuda::copy_to_device(dev_ids.get(), ids.data(), ids.size_bytes());
     cuda::embedding_forward(table.raw(), table.dtype(), d, static_cast<const int32_t*>(dev_ids.get()), n, out.data(),
                             l2_warm(warm));
-    cuda::synchronize();  // `ids` may go when this returns
 #else
     no_cuda_backend(__func__);
 #endif

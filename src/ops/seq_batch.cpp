@@ -35,7 +35,6 @@ SeqBatch::SeqBatch(std::span<const int64_t> lengths, std::span<const int64_t> sl
     for (const auto& kc : order) all.push_back(kc.second);
     device_arrays_ = cuda::allocate(all.size() * sizeof(int64_t), "sequence offsets");
     cuda::copy_to_device(device_arrays_.get(), all.data(), all.size() * sizeof(int64_t));
-    cuda::synchronize();  // `all` goes when this returns
   }
 }
 
