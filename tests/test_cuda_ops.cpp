@@ -67,6 +67,18 @@ TEST(CudaOps, AddRmsnormMatchesCpu) {
       ops::add_rmsnorm(MatView::of(res_gpu), MatView{}, to_gpu(w), MatView::of(out2), 1e-5f);
       ops::add_rmsnorm(MatView::of(res_cpu), MatView{}, w, MatView::of(out2_cpu), 1e-5f);
       EXPECT_LE(rel(to_cpu(out2), out2_cpu), out_dtype == DType::F32 ? kF32Tol : kRoundedOutputTol);
+      // Into `sum` (training keeps each layer's residual): the in-place bits, the residual untouched.
+      for (Device dev : {Device::CPU, Device::CUDA}) {
+        Tensor r = residual.to(dev, DType::F32), hh = h.to(dev, DType::F32), ww = w.to(dev, DType::F32);
+        const DType odt = dev == Device::CPU ? DType::F32 : out_dtype;
+        Tensor sum = Tensor::empty({n, d}, dev), o = Tensor::empty({n, d}, dev, odt);
+        Tensor r_in = residual.to(dev, DType::F32), o_in = Tensor::empty({n, d}, dev, odt);
+        ops::add_rmsnorm(MatView::of(r), MatView::of(hh), ww, MatView::of(o), 1e-5f, MatView::of(sum));
+        ops::add_rmsnorm(MatView::of(r_in), MatView::of(hh), ww, MatView::of(o_in), 1e-5f);
+        EXPECT_TRUE(test::same_bits(to_cpu(sum), to_cpu(r_in)) && test::same_bits(to_cpu(o), to_cpu(o_in)) &&
+                    test::same_bits(to_cpu(r), residual))
+            << device_name(dev);
+      }
     }
   }
 }
@@ -484,7 +496,7 @@ TEST(CudaOps, LaunchersRefuseTheWeightFormatsAsActivations) {
   const ops::SeqBatch seqs(std::vector<int64_t>{4}, std::vector<int64_t>{0}, 4, Device::CUDA);
   for (const DType dt : {DType::Q8_0, DType::Q4_0}) {
     const std::string tail = std::string(dtype_name(dt)) + ": the CUDA kernels take F32, BF16 or F16";
-    refused([&] { cuda::add_rmsnorm_forward(nullptr, nullptr, nullptr, nullptr, dt, 1, 8, 1e-5f); },
+    refused([&] { cuda::add_rmsnorm_forward(nullptr, nullptr, nullptr, nullptr, nullptr, dt, 1, 8, 1e-5f); },
             "[rmsnorm] " + tail);
     refused([&] { cuda::gated_rmsnorm_forward(nullptr, DType::F32, 8, nullptr, 8, nullptr, nullptr, dt, 8, 1, 8, 1,
                                                    1e-5f); },

@@ -165,11 +165,11 @@ TEST(GradOps, AddRmsnormWithResidual) {
   const Vec R = randn(size_t(n * d), rng), Rr = randn(size_t(n * d), rng);
   auto f = [&] {
     Vec r = res, out(size_t(n * d));
-    cpu::add_rmsnorm_forward(r.data(), h.data(), w.data(), out.data(), n, d, eps);
+    cpu::add_rmsnorm_forward(r.data(), h.data(), r.data(), w.data(), out.data(), n, d, eps);
     return dot(R, out) + dot(Rr, r);
   };
   Vec r = res, out(size_t(n * d));
-  cpu::add_rmsnorm_forward(r.data(), h.data(), w.data(), out.data(), n, d, eps);
+  cpu::add_rmsnorm_forward(r.data(), h.data(), r.data(), w.data(), out.data(), n, d, eps);
   Vec d_res = Rr;
   const Vec pre = randn(size_t(d), rng);
   Vec dw = pre;

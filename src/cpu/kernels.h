@@ -26,7 +26,7 @@ void embedding_backward(const int32_t* ids, int64_t n, const T* d_out, T* d_tabl
 // residual += h (h may be null: residual is then taken as is); out = rmsnorm(residual) * w.
 //   residual, h, out (n, d); w (d)
 template <class T>
-void add_rmsnorm_forward(T* residual, const T* h, const T* w, T* out, int64_t n, int64_t d, T eps);
+void add_rmsnorm_forward(const T* residual, const T* h, T* sum, const T* w, T* out, int64_t n, int64_t d, T eps);
 // residual: the updated residual (after the add); d_out: gradient of out. d_residual: on entry the
 // gradient of the updated residual from its later uses, on exit that of the residual before the
 // add (which is also that of h). d_w += .

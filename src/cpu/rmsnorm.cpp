@@ -18,14 +18,17 @@ constexpr int64_t kBand = 64;
 }
 
 template <class T>
-void add_rmsnorm_forward(T* residual, const T* h, const T* w, T* out, int64_t n, int64_t d, T eps) {
+void add_rmsnorm_forward(const T* residual, const T* h, T* sum, const T* w, T* out, int64_t n, int64_t d, T eps) {
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; ++t) {
-    T* r = residual + t * d;
+    const T* r0 = residual + t * d;
+    T* r = sum + t * d;
     if (h) {
       const T* ht = h + t * d;
 #pragma omp simd
-      for (int64_t i = 0; i < d; ++i) r[i] += ht[i];
+      for (int64_t i = 0; i < d; ++i) r[i] = r0[i] + ht[i];
+    } else if (r != r0) {
+      std::copy(r0, r0 + d, r);
     }
     T ss = 0;
 #pragma omp simd reduction(+ : ss)
@@ -148,7 +151,7 @@ void gated_rmsnorm_backward(const T* y, int64_t ldy, const T* z, int64_t ldz, co
 }
 
 #define MAMBA2_INSTANTIATE(T)                                                                                       \
-  template void add_rmsnorm_forward<T>(T*, const T*, const T*, T*, int64_t, int64_t, T);                          \
+  template void add_rmsnorm_forward<T>(const T*, const T*, T*, const T*, T*, int64_t, int64_t, T);              \
   template void add_rmsnorm_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, T);               \
   template void gated_rmsnorm_forward<T>(const T*, int64_t, const T*, int64_t, const T*, T*, int64_t, int64_t,     \
                                          int64_t, int64_t, T);                                                    \

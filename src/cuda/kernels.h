@@ -45,10 +45,10 @@ void embedding_forward(const void* table, DType table_dtype, int64_t d, const in
 //   ids (n) on the host; d_out (n, d), d_table (vocab, d) fp32
 void embedding_backward(const int32_t* ids, int64_t n, const float* d_out, float* d_table, int64_t d);
 
-// residual += h (h may be null); out = rmsnorm(residual) · w, stored in out_dtype.
-//   residual, h (n, d) fp32; w (d) fp32; out (n, d)
-void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
-                         int64_t d, float eps);
+// sum = residual + h (h may be null; sum may be residual: in place); out = rmsnorm(sum) · w, stored
+// in out_dtype.   residual, h, sum (n, d) fp32; w (d) fp32; out (n, d)
+void add_rmsnorm_forward(const float* residual, const float* h, float* sum, const float* w, void* out,
+                         DType out_dtype, int64_t n, int64_t d, float eps);
 // out = rmsnorm per group of d/ngroups channels (y · silu(z)) · w, stored in out_dtype.
 //   y (n, d) ld ldy and z (n, d) ld ldz in y_dtype (F32, or out_dtype: mixed-precision training's
 //   scan output and in_proj output, rounded); out (n, d) ld ldo

@@ -22,16 +22,16 @@ constexpr int kThreads = 256;
 constexpr int64_t kChunkRows = 16;
 
 template <class Out>
-__global__ void add_rmsnorm_kernel(float* residual, const float* h, const float* w, Out* out, int64_t d, float eps) {
-  float* r = residual + int64_t(blockIdx.x) * d;
+__global__ void add_rmsnorm_kernel(const float* residual, const float* h, float* sum, const float* w, Out* out,
+                                   int64_t d, float eps) {
+  const float* r0 = residual + int64_t(blockIdx.x) * d;
+  float* r = sum + int64_t(blockIdx.x) * d;
   const float* hr = h ? h + int64_t(blockIdx.x) * d : nullptr;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < d; i += kThreads) {
-    float v = r[i];
-    if (hr) {
-      v += hr[i];
-      r[i] = v;
-    }
+    float v = r0[i];
+    if (hr) v += hr[i];
+    if (hr || r != r0) r[i] = v;
     ss += v * v;
   }
   const float scale = rsqrtf(block_sum<kThreads>(ss) / float(d) + eps);
@@ -309,12 +309,12 @@ void add_norm_weight_grad(const A* a, int64_t lda, const A* z, int64_t ldz, cons
 
 }  // namespace
 
-void add_rmsnorm_forward(float* residual, const float* h, const float* w, void* out, DType out_dtype, int64_t n,
-                         int64_t d, float eps) {
+void add_rmsnorm_forward(const float* residual, const float* h, float* sum, const float* w, void* out,
+                         DType out_dtype, int64_t n, int64_t d, float eps) {
   if (n == 0) return;
   with_dtype(out_dtype, "rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    add_rmsnorm_kernel<T><<<unsigned(n), kThreads, 0, stream()>>>(residual, h, w, static_cast<T*>(out), d, eps);
+    add_rmsnorm_kernel<T><<<unsigned(n), kThreads, 0, stream()>>>(residual, h, sum, w, static_cast<T*>(out), d, eps);
   });
   check_launch("rmsnorm");
 }

@@ -7,7 +7,6 @@
 #include "model/mamba2_grad.h"
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -25,11 +24,6 @@ namespace {
 // on the CPU; 512 MiB on the GPU, where the head's weight-gradient product needs thousands of rows
 // a block to run at tensor-core speed (166 rows of a 50k vocabulary took 5× its time).
 constexpr int64_t kHeadBlockElementsCpu = int64_t(1) << 23, kHeadBlockElementsCuda = int64_t(1) << 27;
-
-void copy(const Tensor& from, Tensor& to) {
-  if (to.device() == Device::CUDA) cuda::copy_on_device(to.data(), from.data(), from.nbytes());
-  else std::memcpy(to.data(), from.data(), from.nbytes());
-}
 
 // The packed batch: sequence lengths, and the rows that predict (all but each sequence's last)
 // with their targets.
@@ -392,13 +386,17 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
         sv.gated.push_back(gated);
       }
     }
-    ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
+    // The sum into a buffer of its own where the backward keeps each layer's (no copy of it).
+    if (g && li > 0) {
+      Tensor sum = Tensor::empty({T, D}, dev);
+      ops::add_rmsnorm(MatView::of(residual), MatView::of(h), l.norm, MatView::of(u), eps, MatView::of(sum));
+      residual = sum;
+    } else {
+      ops::add_rmsnorm(MatView::of(residual), li == 0 ? MatView{} : MatView::of(h), l.norm, MatView::of(u), eps);
+    }
     InProj in = g ? InProj::empty(c, T, dev, cdt) : in_one;
     Tensor y = g ? Tensor::empty({T, c.d_inner()}, dev, y_dtype) : m1_narrow ? gated : y_one;
-    if (g) {
-      sv.residual.push_back(Tensor::empty({T, D}, dev));
-      copy(residual, sv.residual.back());
-    }
+    if (g) sv.residual.push_back(residual);
     in.forward(MatView::of(u), l.in_proj, bias(l.in_proj_b));
     if (m1) {
       m1->forward(l, MatView::of(in.zxbcdt), MatView::of(xbc), MatView::of(y));
@@ -416,8 +414,9 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     }
   }
   sv.normed_f = Tensor::empty({T, D}, dev, cdt);
-  ops::add_rmsnorm(MatView::of(residual), MatView::of(h), w.norm_f, MatView::of(sv.normed_f), eps);
-  sv.residual_f = residual;
+  sv.residual_f = g ? Tensor::empty({T, D}, dev) : residual;
+  ops::add_rmsnorm(MatView::of(residual), MatView::of(h), w.norm_f, MatView::of(sv.normed_f), eps,
+                   MatView::of(sv.residual_f));
 
   // Head and loss over the predicting rows, in blocks; d_normed_f gets the head's gradient.
   const int64_t npred = int64_t(b.pred_rows.size());

@@ -23,8 +23,9 @@ void embedding(const Tensor& table, std::span<const int32_t> ids, MatView out, c
 // embedding: d_table[ids[t]] += d_out[t] (a tied head adds its part to the same tensor).
 void embedding_backward(std::span<const int32_t> ids, MatView d_out, Tensor& d_table);
 
-// rmsnorm: residual += h (h.ptr may be null); out = rmsnorm(residual) * w.
-void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps);
+// rmsnorm: residual += h (h.ptr may be null), or with `sum` sum = residual + h and residual left as
+// it is (training keeps every layer's); out = rmsnorm of it * w.
+void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps, MatView sum = {});
 // rmsnorm: out = rmsnorm per group (y * silu(z)) * w; y fp32, or on the GPU in out's dtype.
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps);
 // rmsnorm backward. residual: the updated residual (after the add); d_out: the gradient of out.

@@ -7,7 +7,7 @@
 
 namespace mamba2::ops {
 
-void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps) {
+void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, float eps, MatView sum) {
   const int64_t n = residual.rows, d = residual.cols;
   const Device dev = residual.device;
   check_shape("rmsnorm", "residual", residual, n, d, dev);
@@ -18,16 +18,24 @@ void add_rmsnorm(MatView residual, MatView h, const Tensor& w, MatView out, floa
     check_shape("rmsnorm", "h", h, n, d, dev);
     check_dtype("rmsnorm", "h", h.dtype, DType::F32);
   }
-  if (residual.ld != d || out.ld != d || (h.ptr && h.ld != d)) fail("[rmsnorm] operands must be contiguous");
+  if (sum.ptr) {
+    check_shape("rmsnorm", "sum", sum, n, d, dev);
+    check_dtype("rmsnorm", "sum", sum.dtype, DType::F32);
+  } else {
+    sum = residual;
+  }
+  if (residual.ld != d || out.ld != d || (h.ptr && h.ld != d) || sum.ld != d)
+    fail("[rmsnorm] operands must be contiguous");
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
-    cuda::add_rmsnorm_forward(residual.data(), h.ptr ? h.data() : nullptr, w.data(), out.ptr, out.dtype, n, d, eps);
+    cuda::add_rmsnorm_forward(residual.data(), h.ptr ? h.data() : nullptr, sum.data(), w.data(), out.ptr, out.dtype, n,
+                              d, eps);
 #else
     no_cuda_backend(__func__);
 #endif
     return;
   }
-  cpu::add_rmsnorm_forward(residual.data(), h.data(), w.data(), out.data(), n, d, eps);
+  cpu::add_rmsnorm_forward(residual.data(), h.data(), sum.data(), w.data(), out.data(), n, d, eps);
 }
 
 void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t ngroups, float eps) {
