@@ -362,6 +362,20 @@ __device__ V block_sum(V v) {
   return total;
 }
 
+// block_sum of a and of b, the same bits, with one pair of barriers for both.
+template <int kThreads>
+__device__ void block_sum2(float& a, float& b) {
+  __shared__ float partial[2][kThreads / 32];
+  a = warp_sum(a), b = warp_sum(b);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[0][warp] = a, partial[1][warp] = b;
+  __syncthreads();
+  float ta = 0.0f, tb = 0.0f;
+  for (int w = 0; w < kThreads / 32; ++w) ta += partial[0][w], tb += partial[1][w];
+  __syncthreads();
+  a = ta, b = tb;
+}
+
 // Calls f with a null pointer of the storage type of `dtype` (to pick a template instance); a
 // dtype the kernels do not take (the weight formats q8, q4) is an error of the op `op`.
 template <class F>
