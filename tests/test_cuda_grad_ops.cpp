@@ -294,7 +294,26 @@ TEST(CudaGradOps, CrossEntropyMatchesCpu) {
       }
       EXPECT_DOUBLE_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale),
                        ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale));
+      // Into a running total on the GPU, twice: the bits of the returned sums added on the host.
+      const double one = ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale);
+      Tensor total = Tensor::zeros({2}, Device::CUDA);  // a double's 8 bytes
+      auto* t = static_cast<double*>(total.raw());
+      EXPECT_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale, t), 0.0);
+      EXPECT_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale, t), 0.0);
+      double got_total = 0.0;
+      cuda::DeviceRead(t, sizeof(double)).into(&got_total);
+      EXPECT_EQ(got_total, 0.0 + one + one);
     }
+  // More rows than the total's kernel stages at once (4,096).
+  const int64_t n = 9000, V = 8;
+  std::vector<int32_t> targets(size_t(n), 3);
+  Both logits(random_tensor({n, V}, 25, -5.0f, 5.0f));
+  const double want = ops::cross_entropy(logits.g(), targets, MatView{}, 1.0f);
+  Tensor total = Tensor::zeros({2}, Device::CUDA);
+  ops::cross_entropy(logits.g(), targets, MatView{}, 1.0f, static_cast<double*>(total.raw()));
+  double got = 0.0;
+  cuda::DeviceRead(total.raw(), sizeof(double)).into(&got);
+  EXPECT_EQ(got, 0.0 + want);
 }
 
 // Mixed precision's head: cross-entropy writes its gradient rounded to bf16 / f16 (what the head's

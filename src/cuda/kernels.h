@@ -248,9 +248,10 @@ void selective_scan_backward(const SelectiveScanParams& p, const float* x, int64
 
 // As cpu::cross_entropy (fp32 logits, exp-sums in double; d_logits may alias logits, or be BF16 /
 // F16: the fp32 gradient rounded once); targets (n) on the host. Returns Σ_rows (logsumexp −
-// logit[target]), added on the host in row order.
+// logit[target]), added on the host in row order; or with `total` (on the GPU) adds it to *total,
+// in the same order, on the GPU, and returns 0 without waiting.
 double cross_entropy(const float* logits, int64_t ldl, const int32_t* targets, int64_t n, int64_t V, void* d_logits,
-                     DType d_dtype, int64_t lddl, float scale);
+                     DType d_dtype, int64_t lddl, float scale, double* total = nullptr);
 
 // As cpu::AdamWScalars<float> and cpu::adamw_step: one AdamW update, element by element.
 struct AdamWScalars {

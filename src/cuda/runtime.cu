@@ -173,6 +173,24 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
   check(cudaStreamSynchronize(stream()), "cuda copy");
 }
 
+DeviceRead::DeviceRead(const void* src, size_t bytes) : src_(src), bytes_(bytes) {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cuda read");
+  event_ = e;
+  check(cudaEventRecord(e, stream()), "cuda read");
+}
+
+DeviceRead::~DeviceRead() {
+  if (event_) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void DeviceRead::into(void* dst) {
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cuda read");
+  // The legacy default stream: the engine's stream is non-blocking, so this copy waits for nothing
+  // launched there after the mark.
+  check(cudaMemcpy(dst, src_, bytes_, cudaMemcpyDeviceToHost), "cuda read");
+}
+
 void copy_on_device(void* dst, const void* src, size_t bytes) {
   if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()), "cuda copy");
 }

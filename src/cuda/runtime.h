@@ -33,6 +33,22 @@ void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
 void fill_zero(void* dst, size_t bytes);
 void synchronize();
+// Device memory read back later without waiting for the whole stream: made, it marks the stream;
+// into(dst) waits only for the launches made before the mark, then copies `bytes` from `src`
+// (which nothing launched after the mark may change).
+class DeviceRead {
+ public:
+  DeviceRead(const void* src, size_t bytes);
+  ~DeviceRead();
+  DeviceRead(const DeviceRead&) = delete;
+  DeviceRead& operator=(const DeviceRead&) = delete;
+  void into(void* dst);
+
+ private:
+  [[maybe_unused]] const void* src_;
+  [[maybe_unused]] size_t bytes_;
+  [[maybe_unused]] void* event_ = nullptr;  // cudaEvent_t
+};
 // The pool's high-water mark of memory reserved from the GPU (0 when no GPU has been used).
 size_t peak_reserved_bytes();
 

@@ -27,6 +27,9 @@ void copy_on_device(void*, const void*, size_t) { no_backend(); }
 void fill_zero(void*, size_t) { no_backend(); }
 void synchronize() {}
 size_t peak_reserved_bytes() { return 0; }
+DeviceRead::DeviceRead(const void*, size_t) { no_backend(); }
+DeviceRead::~DeviceRead() = default;
+void DeviceRead::into(void*) { no_backend(); }
 Graph::Graph(const std::function<void()>&) { no_backend(); }
 Graph::~Graph() = default;
 void Graph::launch() { no_backend(); }

@@ -5,7 +5,7 @@
 
 namespace mamba2::ops {
 
-double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale) {
+double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale, double* total) {
   const int64_t n = logits.rows, V = logits.cols;
   const Device dev = logits.device;
   check_shape("cross_entropy", "logits", logits, int64_t(targets.size()), V, dev);
@@ -27,12 +27,16 @@ double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     return cuda::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.ptr, d_logits.dtype,
-                               d_logits.ld, scale);
+                               d_logits.ld, scale, total);
 #else
     no_cuda_backend(__func__);
 #endif
   }
-  return cpu::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.data(), d_logits.ld, scale);
+  const double sum =
+      cpu::cross_entropy(logits.data(), logits.ld, targets.data(), n, V, d_logits.data(), d_logits.ld, scale);
+  if (!total) return sum;
+  *total += sum;
+  return 0.0;
 }
 
 }  // namespace mamba2::ops

@@ -221,8 +221,11 @@ void selective_scan_backward(const SelectiveScanWeights& w, MatView x, MatView d
 
 // cross_entropy: Σ_rows −log softmax(logits[r])[targets[r]] (double), every target in [0, V);
 // when d_logits.ptr is set it receives scale·(softmax − onehot) (it may alias logits; on the GPU
-// it may be BF16 / F16, rounded once, apart from the logits).
-double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale);
+// it may be BF16 / F16, rounded once, apart from the logits). Returned; or, with `total` (a
+// double on the logits' device), added to *total in row order and 0 returned: on the GPU nothing
+// waits for it.
+double cross_entropy(MatView logits, std::span<const int32_t> targets, MatView d_logits, float scale,
+                     double* total = nullptr);
 
 // cast: dst = src (fp32) rounded to dst's dtype (F32, BF16 or F16; nearest even), same shape.
 void cast(MatView src, MatView dst);
