@@ -128,8 +128,8 @@ int64_t kept_bytes_a_layer(const ModelConfig& c, int64_t tokens, DType compute) 
 
 // Auto: keep on the GPU while all that the layers save, the kept tensors included, takes at most
 // half of its memory; the rest is left to the weights, their gradients and moments (24 GB for the
-// 1.3b) and the step's scratch. At 8 × 2048 tokens in bf16: the 130m 12 GB (3.2 of them kept),
-// mamba-130m 13 GB, the 1.3b 63 GB, mamba-1.4b 68 GB: all four keep on an H200 (141 GB), the
+// 1.3b) and the step's scratch. At 8 × 2048 tokens in bf16: the 130m 8.3 GB (3.2 of them kept),
+// mamba-130m 13 GB, the 1.3b 43 GB, mamba-1.4b 68 GB: all four keep on an H200 (141 GB), the
 // larger two recompute on an H100 (80 GB). Recompute on the CPU, where keeping measured no faster
 // (bench/RESULTS.md) and memory is tighter.
 bool within_budget(const ModelConfig& c, int64_t tokens, DType compute, double extra_a_layer = 0.0) {
