@@ -69,8 +69,8 @@ TEST(CudaGradOps, AddRmsnormBackwardMatchesCpu) {
 TEST(CudaGradOps, GatedRmsnormBackwardMatchesCpu) {
   MAMBA2_REQUIRE_GPU();
   // y and z are column slices of a wider buffer, as in in_proj's output. Groups of 24 … 4000
-  // channels run the rows kernels (4, 8, 12, 16 values a thread), 4100 and 8200 the row kernel.
-  for (auto [d, ld] : {std::pair<int64_t, int64_t>{96, 130}, {3000, 3010}, {4000, 4004}, {8200, 8206}})
+  // channels run the rows kernels (4, 6, 8, 12, 16 values a thread), 4100 and 8200 the row kernel.
+  for (auto [d, ld] : {std::pair<int64_t, int64_t>{96, 130}, {1536, 3352}, {3000, 3010}, {4000, 4004}, {8200, 8206}})
     for (int64_t groups : {1, 2, 4})
       for (int64_t n : {3, 64, 129}) {
         SCOPED_TRACE("d " + std::to_string(d) + " groups " + std::to_string(groups) + " n " + std::to_string(n));

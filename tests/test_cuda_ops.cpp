@@ -85,20 +85,23 @@ TEST(CudaOps, AddRmsnormMatchesCpu) {
 
 TEST(CudaOps, GatedRmsnormMatchesCpu) {
   MAMBA2_REQUIRE_GPU();
-  for (int64_t groups : {1, 2, 4}) {
-    for (DType out_dtype : {DType::F32, DType::BF16}) {
-      SCOPED_TRACE("groups " + std::to_string(groups));
-      const int64_t n = 5, d = 96, ld = 130;  // y and z are column slices of a wider buffer
-      const Tensor buf = random_tensor({n, ld}, 5, -3.0f, 3.0f), w = random_tensor({d}, 6);
-      Tensor buf_cpu = buf.to(Device::CPU, DType::F32), out_cpu = Tensor::empty({n, d});
-      ops::gated_rmsnorm(MatView::of(buf_cpu).cols_slice(0, d), MatView::of(buf_cpu).cols_slice(ld - d, d), w,
-                         MatView::of(out_cpu), groups, 1e-5f);
-      Tensor buf_gpu = to_gpu(buf), out_gpu = Tensor::empty({n, d}, Device::CUDA, out_dtype);
-      ops::gated_rmsnorm(MatView::of(buf_gpu).cols_slice(0, d), MatView::of(buf_gpu).cols_slice(ld - d, d), to_gpu(w),
-                         MatView::of(out_gpu), groups, 1e-5f);
-      EXPECT_LE(rel(to_cpu(out_gpu), out_cpu), out_dtype == DType::F32 ? kF32Tol : kRoundedOutputTol);
+  // y and z are column slices of a wider buffer. Groups of 24 … 1536 channels: 4 and 6 values a
+  // thread.
+  for (auto [d, ld] : {std::pair<int64_t, int64_t>{96, 130}, {1536, 3352}})
+    for (int64_t groups : {1, 2, 4}) {
+      for (DType out_dtype : {DType::F32, DType::BF16}) {
+        SCOPED_TRACE("d " + std::to_string(d) + " groups " + std::to_string(groups));
+        const int64_t n = 5;
+        const Tensor buf = random_tensor({n, ld}, 5, -3.0f, 3.0f), w = random_tensor({d}, 6);
+        Tensor buf_cpu = buf.to(Device::CPU, DType::F32), out_cpu = Tensor::empty({n, d});
+        ops::gated_rmsnorm(MatView::of(buf_cpu).cols_slice(0, d), MatView::of(buf_cpu).cols_slice(ld - d, d), w,
+                           MatView::of(out_cpu), groups, 1e-5f);
+        Tensor buf_gpu = to_gpu(buf), out_gpu = Tensor::empty({n, d}, Device::CUDA, out_dtype);
+        ops::gated_rmsnorm(MatView::of(buf_gpu).cols_slice(0, d), MatView::of(buf_gpu).cols_slice(ld - d, d), to_gpu(w),
+                           MatView::of(out_gpu), groups, 1e-5f);
+        EXPECT_LE(rel(to_cpu(out_gpu), out_cpu), out_dtype == DType::F32 ? kF32Tol : kRoundedOutputTol);
+      }
     }
-  }
 }
 
 TEST(CudaOps, LinearMatchesCpuInEveryDtype) {

@@ -213,14 +213,15 @@ __global__ void norm_weight_partials_kernel(const A* a, int64_t lda, const A* z,
 // order, in double. y, z and go are held in registers between the sums and the outputs (as the
 // forward); the sums' order is that of the H = 0 kernel. d_y in Dy and d_z in Dz: fp32, or rounded
 // once to the compute dtype where only a product (d_z: in_proj's backward) or the SSD backward,
-// which rounds its operands to it, reads them.
+// which rounds its operands to it, reads them. Up to 6 values a thread (the 130m's 1536 channels)
+// it runs 4 blocks an SM in 64 registers: the rows loop waits on its loads, and 3 blocks took 7 %
+// longer (H100, bench/RESULTS.md).
 template <int H, class Dy, class Dz, class Y>
-__global__ void gated_rmsnorm_backward_rows_kernel(const Y* __restrict__ y, int64_t ldy,
-                                                   const Y* __restrict__ z, int64_t ldz,
-                                                   const float* __restrict__ w, const Y* __restrict__ d_out,
-                                                   int64_t ldd, Dy* __restrict__ d_y, int64_t lddy,
-                                                   Dz* __restrict__ d_z, int64_t lddz, double* __restrict__ partial,
-                                                   int64_t n, int64_t gs, float eps) {
+__global__ void __launch_bounds__(kThreads, H <= 6 ? 4 : 1)
+    gated_rmsnorm_backward_rows_kernel(const Y* __restrict__ y, int64_t ldy, const Y* __restrict__ z, int64_t ldz,
+                                       const float* __restrict__ w, const Y* __restrict__ d_out, int64_t ldd,
+                                       Dy* __restrict__ d_y, int64_t lddy, Dz* __restrict__ d_z, int64_t lddz,
+                                       double* __restrict__ partial, int64_t n, int64_t gs, float eps) {
   const int64_t chunk = blockIdx.x, c0 = int64_t(blockIdx.y) * gs, r1 = min(n, (chunk + 1) * kChunkRows);
   const int64_t d = gs * gridDim.y;
   float wv[H];
@@ -354,6 +355,7 @@ void gated_rmsnorm_forward(const void* y, DType y_dtype, int64_t ldy, const void
         kernel<<<grid, kThreads, 0, stream()>>>(yt, ldy, z, ldz, w, static_cast<T*>(out), ldo, gs, eps);
       };
       if (gs <= 4 * kThreads) run(gated_rmsnorm_kernel<4, T, Y>);
+      else if (gs <= 6 * kThreads) run(gated_rmsnorm_kernel<6, T, Y>);
       else if (gs <= 8 * kThreads) run(gated_rmsnorm_kernel<8, T, Y>);
       else if (gs <= 16 * kThreads) run(gated_rmsnorm_kernel<16, T, Y>);
       else run(gated_rmsnorm_kernel<0, T, Y>);
@@ -413,6 +415,7 @@ void gated_rmsnorm_backward(const void* y_in, DType y_dtype, int64_t ldy, const 
                                                                              dz, lddz, partial, n, gs, eps);
         };
         if (gs <= 4 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<4, Dy, Dz, Y>);
+        else if (gs <= 6 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<6, Dy, Dz, Y>);
         else if (gs <= 8 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<8, Dy, Dz, Y>);
         else if (gs <= 12 * kThreads) launch(gated_rmsnorm_backward_rows_kernel<12, Dy, Dz, Y>);
         else launch(gated_rmsnorm_backward_rows_kernel<16, Dy, Dz, Y>);
