@@ -294,26 +294,34 @@ TEST(CudaGradOps, CrossEntropyMatchesCpu) {
       }
       EXPECT_DOUBLE_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale),
                        ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale));
-      // Into a running total on the GPU, twice: the bits of the returned sums added on the host.
-      const double one = ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale);
-      Tensor total = Tensor::zeros({2}, Device::CUDA);  // a double's 8 bytes
-      auto* t = static_cast<double*>(total.raw());
-      EXPECT_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale, t), 0.0);
-      EXPECT_EQ(ops::cross_entropy(Both(random_tensor({n, V}, 24)).g(), targets, MatView{}, scale, t), 0.0);
-      double got_total = 0.0;
-      cuda::DeviceRead(t, sizeof(double)).into(&got_total);
-      EXPECT_EQ(got_total, 0.0 + one + one);
     }
-  // More rows than the total's kernel stages at once (4,096).
-  const int64_t n = 9000, V = 8;
-  std::vector<int32_t> targets(size_t(n), 3);
-  Both logits(random_tensor({n, V}, 25, -5.0f, 5.0f));
-  const double want = ops::cross_entropy(logits.g(), targets, MatView{}, 1.0f);
-  Tensor total = Tensor::zeros({2}, Device::CUDA);
-  ops::cross_entropy(logits.g(), targets, MatView{}, 1.0f, static_cast<double*>(total.raw()));
-  double got = 0.0;
-  cuda::DeviceRead(total.raw(), sizeof(double)).into(&got);
-  EXPECT_EQ(got, 0.0 + want);
+}
+
+// Into a running total (training's head), twice: the bits of the returned sums added on the host
+// in order, and 0 returned. On the CPU (a host double), and on the GPU when there is one (a double
+// in GPU memory), there also with more rows than its kernel stages at once (4,096).
+TEST(CudaGradOps, CrossEntropyAddsIntoARunningTotal) {
+  for (int64_t n : {5, 9000}) {
+    const int64_t V = 1000;
+    SCOPED_TRACE("n " + std::to_string(n));
+    std::vector<int32_t> targets;
+    for (int64_t r = 0; r < n; ++r) targets.push_back(int32_t((r * 7919) % V));
+    Tensor logits = random_tensor({n, V}, 24, -5.0f, 5.0f);
+    const double cpu_one = ops::cross_entropy(MatView::of(logits), targets, MatView{}, 0.5f);
+    double cpu_total = 0.0;
+    EXPECT_EQ(ops::cross_entropy(MatView::of(logits), targets, MatView{}, 0.5f, &cpu_total), 0.0);
+    EXPECT_EQ(ops::cross_entropy(MatView::of(logits), targets, MatView{}, 0.5f, &cpu_total), 0.0);
+    EXPECT_EQ(cpu_total, 0.0 + cpu_one + cpu_one);
+    if (cuda::device_count() == 0) continue;
+    Tensor lg = to_gpu(logits), total = Tensor::zeros({2}, Device::CUDA);  // a double's 8 bytes
+    const double one = ops::cross_entropy(MatView::of(lg), targets, MatView{}, 0.5f);
+    auto* t = static_cast<double*>(total.raw());
+    EXPECT_EQ(ops::cross_entropy(MatView::of(lg), targets, MatView{}, 0.5f, t), 0.0);
+    EXPECT_EQ(ops::cross_entropy(MatView::of(lg), targets, MatView{}, 0.5f, t), 0.0);
+    double got = 0.0;
+    cuda::DeviceRead(t, sizeof(double)).into(&got);
+    EXPECT_EQ(got, 0.0 + one + one);
+  }
 }
 
 // Mixed precision's head: cross-entropy writes its gradient rounded to bf16 / f16 (what the head's
