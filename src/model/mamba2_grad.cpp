@@ -518,8 +518,7 @@ double run(const ModelConfig& c, const ModelWeights& w, std::span<const int32_t>
     const ops::SsdWeights sw = ssd_weights(l, c);
     const ConvOut v = split_conv(MatView::of(xbc), c), dv = split_conv(MatView::of(d_xbc), c);
     const ops::SsdGrads sg{dv.x, dv.B, dv.C, dpr.dt, MatView{}, gl.dt_bias, gl.A_log, gl.D};
-    ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt, MatView{}, MatView::of(d_y), MatView{}, sg, seqs,
-                           cdt);
+    ops::ssd_scan_backward(sw, v.x, v.B, v.C, pr.dt, MatView{}, MatView::of(d_y), MatView{}, sg, seqs, cdt);
     ops::causal_conv1d_backward(pr.xBC, l.conv_w, l.conv_b, MatView{}, MatView::of(d_xbc), dpr.xBC, gl.conv_w,
                                 gl.conv_b, seqs);
     ops::linear_backward(MatView::of(u), l.in_proj, MatView::of(d_zxbcdt), MatView::of(d_u), gl.in_proj);

@@ -28,9 +28,7 @@ void check_forward(MatView in, MatView out, MatView states, const SeqBatch& seqs
   if (!(reduced_out && dev == Device::CUDA && (out.dtype == DType::BF16 || out.dtype == DType::F16)))
     check_dtype("causal_conv1d", "out", out.dtype, DType::F32);
   // in fp32, or (GPU) in out's dtype: mixed-precision training's in_proj output.
-  if (in.dtype != DType::F32 && !(reduced_out && dev == Device::CUDA && in.dtype == out.dtype))
-    fail("[causal_conv1d] in is {}, expected F32{}", dtype_name(in.dtype),
-         reduced_out && dev == Device::CUDA ? fmt::format(" or out's dtype, {}", dtype_name(out.dtype)) : "");
+  check_f32_or("causal_conv1d", "in", in.dtype, reduced_out && dev == Device::CUDA, "out", out.dtype);
   if (states.ld != (K - 1) * C) fail("[causal_conv1d] states must be contiguous");
   seqs.check("causal_conv1d", T, dev, states.rows);
 }
@@ -90,9 +88,7 @@ void causal_conv1d_backward(MatView in, const Tensor& w, const Tensor& bias, Mat
   }
   check_projection_operand_dtype("causal_conv1d", "d_in", d_in.dtype, dev);
   // in fp32, or (GPU) in d_in's dtype: mixed-precision training's in_proj output.
-  if (in.dtype != DType::F32 && !(dev == Device::CUDA && in.dtype == d_in.dtype))
-    fail("[causal_conv1d] in is {}, expected F32{}", dtype_name(in.dtype),
-         dev == Device::CUDA ? fmt::format(" or d_in's dtype, {}", dtype_name(d_in.dtype)) : "");
+  check_f32_or("causal_conv1d", "in", in.dtype, dev == Device::CUDA, "d_in", d_in.dtype);
   if (d_w.shape() != w.shape())
     fail("[causal_conv1d] d_weight is {}, expected {}", shape_str(d_w.shape()), shape_str(w.shape()));
   check_len("causal_conv1d", "d_weight", d_w, w.numel(), dev);

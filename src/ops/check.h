@@ -21,6 +21,15 @@ inline void check_dtype(const char* op, const char* what, DType got, DType want)
   if (got != want) fail("[{}] {} is {}, expected {}", op, what, dtype_name(got), dtype_name(want));
 }
 
+// fp32, or where `narrow` (a GPU path of mixed-precision training) also the dtype of `other_name`,
+// `other`: an activation some ops take rounded once.
+inline void check_f32_or(const char* op, const char* what, DType got, bool narrow, const char* other_name,
+                         DType other) {
+  if (got == DType::F32 || (narrow && got == other)) return;
+  fail("[{}] {} is {}, expected F32{}", op, what, dtype_name(got),
+       narrow ? fmt::format(" or {}'s dtype, {}", other_name, dtype_name(other)) : "");
+}
+
 // An output that only feeds a projection (a gradient for its backward, as in_proj's d_zxbcdt or
 // the head's d_logits, or its input, as the Mamba-1 scan's y): fp32, or on the GPU already in the
 // projection's BF16 / F16, rounded once by the op that writes it.

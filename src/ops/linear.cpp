@@ -98,9 +98,7 @@ void linear(MatView x, const Tensor& W, MatView y, LinearKernel kernel, const Te
   check_shape("linear", "y", y, x.rows, n, dev);
   // y fp32, or a training product's on the GPU rounded to W's dtype (without a bias).
   const bool training = kernel == LinearKernel::Training || kernel == LinearKernel::TrainingTf32;
-  if (y.dtype != DType::F32 && !(dev == Device::CUDA && training && y.dtype == W.dtype() && !bias))
-    fail("[linear] y is {}, expected F32{}", dtype_name(y.dtype),
-         dev == Device::CUDA && training && !bias ? fmt::format(" or W's dtype, {}", dtype_name(W.dtype())) : "");
+  check_f32_or("linear", "y", y.dtype, dev == Device::CUDA && training && !bias, "W", W.dtype());
   if (bias) check_len("linear", "bias", *bias, n, dev);
   linear_product(x, W, y, kernel);
   if (!bias) return;
@@ -273,9 +271,7 @@ void linear_backward(MatView x, const Tensor& W, MatView d_y, MatView d_x, Tenso
   // d_y fp32, or already rounded to W's dtype (cross_entropy writes the head's so).
   if (d_y.dtype != W.dtype()) check_dtype("linear", "d_y", d_y.dtype, DType::F32);
   // d_x fp32, or written (not added) rounded to W's dtype on the GPU, where only a narrow reader takes it.
-  if (d_x.ptr && d_x.dtype != DType::F32 && !(dev == Device::CUDA && d_x.dtype == W.dtype() && !add_dx))
-    fail("[linear] d_x is {}, expected F32{}", dtype_name(d_x.dtype),
-         dev == Device::CUDA && !add_dx ? fmt::format(" or W's dtype, {}", dtype_name(W.dtype())) : "");
+  if (d_x.ptr) check_f32_or("linear", "d_x", d_x.dtype, dev == Device::CUDA && !add_dx, "W", W.dtype());
   if (dev == Device::CUDA) {
 #if MAMBA2_HAVE_CUDA
     cuda::linear_backward(x.ptr, x.ld, W.raw(), W.dtype(), d_y.ptr, d_y.dtype, d_y.ld, d_x.ptr, d_x.dtype, d_x.ld,
