@@ -235,17 +235,6 @@ void check_taps(int64_t K) {
   if (K < 1 || K > kMaxTaps) raise(cat("[causal_conv1d] ", K, " taps: the CUDA kernel takes 1 to ", kMaxTaps));
 }
 
-// The input in F32 or in `Out`'s dtype (the kernels' In): f with `in` typed as that.
-template <class Out, class F>
-void with_input(const void* in, DType in_dtype, F&& f) {
-  if (in_dtype == DType::F32) return f(static_cast<const float*>(in));
-  const DType out = std::is_same_v<Out, float> ? DType::F32 : std::is_same_v<Out, __half> ? DType::F16 : DType::BF16;
-  if (in_dtype != out)
-    raise(cat("[causal_conv1d] the input is ", dtype_name(in_dtype), ", expected F32 or ", dtype_name(out),
-              " (the output's dtype)"));
-  if constexpr (!std::is_same_v<Out, float>) f(static_cast<const Out*>(in));
-}
-
 }  // namespace
 
 void causal_conv1d_forward(const void* in, DType in_dtype, int64_t ldin, const float* w, const float* bias, void* out,
@@ -268,7 +257,7 @@ void causal_conv1d_forward(const void* in, DType in_dtype, int64_t ldin, const f
   };
   with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) {
     using Out = std::remove_pointer_t<decltype(tag)>;
-    with_input<Out>(in, in_dtype, [&](auto* x) { run(static_cast<Out*>(out), x); });
+    with_f32_or<Out>(in, in_dtype, "causal_conv1d", "the input", [&](auto* x) { run(static_cast<Out*>(out), x); });
   });
 }
 
@@ -291,7 +280,7 @@ void causal_conv1d_backward(const void* in, DType in_dtype, int64_t ldin, const 
   auto* p = static_cast<double*>(partial.get());
   with_dtype(din_dtype, "causal_conv1d", [&](auto* tag) {
     using Din = std::remove_pointer_t<decltype(tag)>;
-    with_input<Din>(in, in_dtype, [&](auto* x) {
+    with_f32_or<Din>(in, in_dtype, "causal_conv1d", "the input", [&](auto* x) {
       using In = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
       auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps, Din, In> : conv_backward_kernel<0, Din, In>;
       kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(

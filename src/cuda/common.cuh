@@ -389,4 +389,15 @@ void with_dtype(DType dtype, const char* op, F&& f) {
   raise(cat("[", op, "] ", dtype_name(dtype), ": the CUDA kernels take F32, BF16 or F16"));
 }
 
+// An activation in F32 or in `Out`'s dtype (mixed-precision paths keep it narrow): f with `p` typed as that.
+template <class Out, class F>
+void with_f32_or(const void* p, DType dtype, const char* op, const char* what, F&& f) {
+  if (dtype == DType::F32) return f(static_cast<const float*>(p));
+  const DType out = std::is_same_v<Out, float> ? DType::F32 : std::is_same_v<Out, __half> ? DType::F16 : DType::BF16;
+  if (dtype != out)
+    raise(cat("[", op, "] ", what, " is ", dtype_name(dtype), ", expected F32 or ", dtype_name(out),
+              " (the output's dtype)"));
+  if constexpr (!std::is_same_v<Out, float>) f(static_cast<const Out*>(p));
+}
+
 }  // namespace mamba2::cuda

@@ -331,23 +331,13 @@ void add_rmsnorm_forward(const float* residual, const float* h, float* sum, cons
   check_launch("rmsnorm");
 }
 
-// y in F32 or in `Out`'s dtype (the kernels' Y): the function with `y` typed as that.
-template <class Out, class F>
-void with_y(const void* y, DType y_dtype, const char* op, F&& f) {
-  if (y_dtype == DType::F32) return f(static_cast<const float*>(y));
-  const DType out = std::is_same_v<Out, float> ? DType::F32 : std::is_same_v<Out, __half> ? DType::F16 : DType::BF16;
-  if (y_dtype != out)
-    raise(cat("[", op, "] y is ", dtype_name(y_dtype), ", expected F32 or ", dtype_name(out), " (the output's dtype)"));
-  if constexpr (!std::is_same_v<Out, float>) f(static_cast<const Out*>(y));
-}
-
 void gated_rmsnorm_forward(const void* y, DType y_dtype, int64_t ldy, const void* z_in, int64_t ldz, const float* w,
                            void* out, DType out_dtype, int64_t ldo, int64_t n, int64_t d, int64_t ngroups, float eps) {
   if (n == 0) return;
   dim3 grid{unsigned(n), unsigned(ngroups), 1u};
   with_dtype(out_dtype, "gated_rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    with_y<T>(y, y_dtype, "gated_rmsnorm", [&](auto* yt) {
+    with_f32_or<T>(y, y_dtype, "gated_rmsnorm", "y", [&](auto* yt) {
       using Y = std::remove_const_t<std::remove_pointer_t<decltype(yt)>>;
       const Y* z = static_cast<const Y*>(z_in);
       const int64_t gs = d / ngroups;
@@ -431,7 +421,7 @@ void gated_rmsnorm_backward(const void* y_in, DType y_dtype, int64_t ldy, const 
   };
   with_dtype(dy_dtype, "gated_rmsnorm", [&](auto* ytag) {
     using Dy = std::remove_pointer_t<decltype(ytag)>;
-    with_y<Dy>(y_in, y_dtype, "gated_rmsnorm", [&](auto* y) {
+    with_f32_or<Dy>(y_in, y_dtype, "gated_rmsnorm", "y", [&](auto* y) {
       with_dtype(dz_dtype, "gated_rmsnorm",
                  [&](auto* ztag) { run(static_cast<Dy*>(d_y), y, static_cast<decltype(ztag)>(d_z)); });
     });

@@ -45,9 +45,7 @@ void gated_rmsnorm(MatView y, MatView z, const Tensor& w, MatView out, int64_t n
   check_shape("gated_rmsnorm", "z", z, n, d, dev);
   // y and z in fp32, or on the GPU both in out's dtype (mixed-precision training's scan output
   // and in_proj output).
-  if (y.dtype != DType::F32 && !(dev == Device::CUDA && y.dtype == out.dtype))
-    fail("[gated_rmsnorm] y is {}, expected F32 or (on the GPU) out's dtype, {}", dtype_name(y.dtype),
-         dtype_name(out.dtype));
+  check_f32_or("gated_rmsnorm", "y", y.dtype, dev == Device::CUDA, "out", out.dtype);
   if (z.dtype != y.dtype) fail("[gated_rmsnorm] z is {}, expected y's dtype, {}", dtype_name(z.dtype), dtype_name(y.dtype));
   check_shape("gated_rmsnorm", "out", out, n, d, dev);
   check_len("gated_rmsnorm", "weight", w, d, dev);
@@ -95,9 +93,7 @@ void gated_rmsnorm_backward(MatView y, MatView z, const Tensor& w, MatView d_out
   }
   // y, z and d_out in fp32, or on the GPU all in d_y's dtype (mixed-precision training's scan
   // output, in_proj output and out_proj's rounded gradient).
-  if (y.dtype != DType::F32 && !(dev == Device::CUDA && y.dtype == d_y.dtype))
-    fail("[gated_rmsnorm] y is {}, expected F32 or (on the GPU) d_y's dtype, {}", dtype_name(y.dtype),
-         dtype_name(d_y.dtype));
+  check_f32_or("gated_rmsnorm", "y", y.dtype, dev == Device::CUDA, "d_y", d_y.dtype);
   for (auto [m, what] : {std::pair{&z, "z"}, {&d_out, "d_out"}})
     if (m->dtype != y.dtype) fail("[gated_rmsnorm] {} is {}, expected y's dtype, {}", what, dtype_name(m->dtype),
                                   dtype_name(y.dtype));
