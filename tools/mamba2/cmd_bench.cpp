@@ -64,7 +64,9 @@ double median_ms(Device dev, int64_t rounds, const std::function<void()>& f) {
 // median of `repeats` timed runs after a warm-up. x, B and C in the dtype the model gives the scan
 // (the compute dtype on the GPU, as mamba_ssm's scan takes them), dt and y in fp32.
 // With `grad`, the backward too and the fp32 forward and backward beside them: x, B, C and d_y in
-// the products' dtype, as training runs them (and as mamba_ssm's bf16 backward takes them).
+// the products' dtype and y and d_dt written in it, as training runs them (and as mamba_ssm's
+// bf16 forward and backward take and give them; d_x, d_B and d_C stay fp32, as training's conv
+// backward reads them).
 void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t repeats, bool grad) {
   const int64_t b = d[0], L = d[1], H = d[2], P = d[3], N = d[4], T = b * L;
   const DType in = dev == Device::CUDA ? dtype : DType::F32;  // the CPU's scan is fp32 throughout
@@ -85,28 +87,30 @@ void bench_ssd(const std::vector<int64_t>& d, Device dev, DType dtype, int64_t r
   const ops::SeqBatch seqs(lengths, slots, 256, dev);
   const int64_t rounds = std::max<int64_t>(repeats, 5);
   auto median = [&](const std::function<void()>& f) { return median_ms(dev, rounds, f); };
-  auto forward = [&](const Tensor& xs, const Tensor& Bs, const Tensor& Cs, DType compute) {
+  auto forward = [&](const Tensor& xs, const Tensor& Bs, const Tensor& Cs, Tensor& ys, DType compute) {
     return [&, compute] {
       ops::ssd_scan(w, MatView::of(const_cast<Tensor&>(xs)), MatView::of(const_cast<Tensor&>(Bs)),
-                    MatView::of(const_cast<Tensor&>(Cs)), MatView::of(dt), MatView::of(y), MatView::of(states), seqs,
+                    MatView::of(const_cast<Tensor&>(Cs)), MatView::of(dt), MatView::of(ys), MatView::of(states), seqs,
                     compute);
     };
   };
   fmt::print("ssd scan b{} L{} H{} P{} N{} (x, B, C in {}, y fp32, {} products, chunks of 256): {:.3f} ms (median of {})\n",
-             b, L, H, P, N, dtype_name(in), dtype_name(in), median(forward(x, B, C, dtype)), rounds);
+             b, L, H, P, N, dtype_name(in), dtype_name(in), median(forward(x, B, C, y, dtype)), rounds);
   if (!grad) return;
   const Tensor x32 = x.to(dev, DType::F32), B32 = B.to(dev, DType::F32), C32 = C.to(dev, DType::F32);
   Tensor d_y = random({T, H * P}, -1, 1), d_x = Tensor::empty({T, H * P}, dev), d_B = Tensor::empty({T, N}, dev);
-  Tensor d_C = Tensor::empty({T, N}, dev), d_dt = Tensor::empty({T, H}, dev), d_bias = Tensor::zeros({H}, dev);
+  Tensor d_C = Tensor::empty({T, N}, dev), d_bias = Tensor::zeros({H}, dev);
   Tensor d_A = Tensor::zeros({H}, dev), d_D = Tensor::zeros({H}, dev);
-  const ops::SsdGrads g{MatView::of(d_x), MatView::of(d_B), MatView::of(d_C), MatView::of(d_dt), MatView{}, d_bias, d_A,
-                        d_D};
   const Tensor d_y_in = d_y.to(dev, in);
-  // As training runs them: the products in fp32, or (GPU) in the compute dtype with x, B, C and d_y in it.
+  // As training runs them: the products in fp32, or (GPU) in the compute dtype with x, B, C and d_y
+  // in it, and y and d_dt written in it (the gated norm and in_proj's backward read them so).
   auto both = [&](DType compute) {
     const bool f32 = compute == DType::F32;
     const Tensor &xs = f32 ? x32 : x, &Bs = f32 ? B32 : B, &Cs = f32 ? C32 : C, &dys = f32 ? d_y : d_y_in;
-    const double fwd = median(forward(xs, Bs, Cs, compute)), bwd = median([&] {
+    Tensor ys = Tensor::empty({T, H * P}, dev, compute), d_dt = Tensor::empty({T, H}, dev, compute);
+    const ops::SsdGrads g{MatView::of(d_x), MatView::of(d_B), MatView::of(d_C), MatView::of(d_dt), MatView{},
+                          d_bias, d_A, d_D};
+    const double fwd = median(forward(xs, Bs, Cs, ys, compute)), bwd = median([&] {
       ops::ssd_scan_backward(w, MatView::of(const_cast<Tensor&>(xs)), MatView::of(const_cast<Tensor&>(Bs)),
                              MatView::of(const_cast<Tensor&>(Cs)), MatView::of(dt), MatView{},
                              MatView::of(const_cast<Tensor&>(dys)), MatView{}, g, seqs, compute);
