@@ -165,6 +165,17 @@ void halves_to_f32(const unsigned char* bytes, float* dst, size_t n, ToF32 to_f3
   }
 }
 
+// On several threads when many, as halves_to_f32: placing a model's weights converts gigabytes,
+// and the first touch of each destination page (the kernel clearing it) then spreads too.
+template <class FromF32>
+void f32_to_halves(const float* src, unsigned char* bytes, size_t n, FromF32 from_f32) {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t b = from_f32(src[i]);
+    std::memcpy(bytes + 2 * i, &b, 2);
+  }
+}
+
 // n elements (whole blocks of 32) dequantized in batches of blocks, on several threads when many.
 template <class Block>
 void blocks_to_f32(const Block* src, float* dst, size_t n, void (*dequantize)(const Block*, float*, size_t)) {
@@ -220,16 +231,10 @@ void convert_from_f32(DType dtype, const float* src, void* dst, size_t n) {
       std::memcpy(dst, src, n * 4);
       return;
     case DType::BF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t b = f32_to_bf16(src[i]);
-        std::memcpy(bytes + 2 * i, &b, 2);
-      }
+      f32_to_halves(src, bytes, n, f32_to_bf16);
       return;
     case DType::F16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t b = f32_to_f16(src[i]);
-        std::memcpy(bytes + 2 * i, &b, 2);
-      }
+      f32_to_halves(src, bytes, n, f32_to_f16);
       return;
     case DType::Q8_0:
       f32_to_blocks(src, dst, n, quantize_q8_block);
