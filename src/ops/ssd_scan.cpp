@@ -30,6 +30,14 @@ cpu::SsdParams params(const SsdWeights& w, MatView x, MatView B, MatView C, MatV
           float(w.dt_max)};
 }
 
+// The backward's x (with B, C and d_y) and d_dt: fp32, or on the GPU the compute dtype (the
+// operands as the forward's products rounded them; d_dt as in_proj's backward takes it).
+void check_f32_or_compute(const char* what, DType got, Device dev, DType compute) {
+  if (got != DType::F32 && !(dev == Device::CUDA && got == compute))
+    fail("[ssd_scan] {} is {}, expected F32 or (on the GPU) the compute dtype, {}", what, dtype_name(got),
+         dtype_name(compute));
+}
+
 // The output and the states of a forward over `seqs`; y in fp32 unless narrow_y (checked by the caller).
 void check_forward(const cpu::SsdParams& p, MatView x, MatView y, MatView states, const SeqBatch& seqs,
                    bool narrow_y = false) {
@@ -127,9 +135,7 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
   // x, B, C and d_y in one dtype: F32, or on the GPU the compute dtype (the operands as rounded for
   // the forward's products, and d_y as its producer rounded it).
   const DType inputs = x.dtype;
-  if (inputs != DType::F32 && !(dev == Device::CUDA && inputs == compute))
-    fail("[ssd_scan] the backward's x is {}, expected F32 or (on the GPU) the compute dtype, {}", dtype_name(inputs),
-         dtype_name(compute));
+  check_f32_or_compute("the backward's x", inputs, dev, compute);
   using Operand = std::tuple<const char*, const MatView*, int64_t>;
   for (auto [what, m, cols] : {Operand{"d_y", &d_y, x.cols}, Operand{"d_x", &g.x, x.cols}, Operand{"d_B", &g.B, B.cols},
                                Operand{"d_C", &g.C, C.cols}, Operand{"d_dt", &g.dt, dt.cols}}) {
@@ -137,10 +143,7 @@ void ssd_scan_backward(const SsdWeights& w, MatView x, MatView B, MatView C, Mat
     if (m == &d_y) check_dtype("ssd_scan", what, m->dtype, inputs);
     else if (m != &g.dt) check_dtype("ssd_scan", what, m->dtype, DType::F32);
   }
-  // d_dt in fp32, or on the GPU rounded to the compute dtype (in_proj's backward operand).
-  if (g.dt.dtype != DType::F32 && !(dev == Device::CUDA && g.dt.dtype == compute))
-    fail("[ssd_scan] d_dt is {}, expected F32 or (on the GPU) the compute dtype, {}", dtype_name(g.dt.dtype),
-         dtype_name(compute));
+  check_f32_or_compute("d_dt", g.dt.dtype, dev, compute);
   int64_t rows = INT64_MAX;  // slots index the state rows given, if any
   for (const auto& [what, m] : {std::pair{"states0", states0}, {"d_states_final", d_states_final}, {"d_state0", g.state0}}) {
     if (!m.ptr) continue;
