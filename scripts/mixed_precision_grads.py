@@ -3,7 +3,7 @@
 
 make_grad_fixtures.py's float64 oracle rerun with bf16 rounding (through fp32, nearest even) where
 the GPU's mixed-precision training pass rounds, values in the forward and gradients in the
-backward, everything else float64. Two placements:
+backward, everything else float64. Three placements:
 
   main    the projections' operands (the bf16 weight copies, their inputs), the conv output (the
           scan's x, B, C), and the gradients d_zxbcdt, d_y and d_logits;
