@@ -308,6 +308,22 @@ TEST(CudaCli, GreedyTextOnTheGpuEqualsTheCpus) {
   EXPECT_EQ(gpu.out, cpu.out);
 }
 
+// A BF16 checkpoint placed in BF16 as tools' load_model places it on the GPU (kept as the file
+// holds it, uploaded without an fp32 copy): the bits of the widened model's placement.
+TEST(CudaModel, Bf16CheckpointUploadedAsStoredGivesTheSameBits) {
+  MAMBA2_REQUIRE_GPU();
+  for (const std::string name : {"hf_bf16_sharded", "m1_hf_bf16_sharded"}) {
+    const GoldenCase g = test::load_golden_case(name);
+    const Model a = Model::load(g.dir / "model").to(Device::CUDA, DType::BF16);
+    const Model b = Model::load(g.dir / "model", true).to(Device::CUDA, DType::BF16);
+    std::vector<float> la, lb;
+    a.prefill(g.ids, g.lengths, nullptr, true, la);
+    b.prefill(g.ids, g.lengths, nullptr, true, lb);
+    ASSERT_EQ(la.size(), lb.size()) << name;
+    EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)), 0) << name;
+  }
+}
+
 TEST(CudaModel, GreedyIdsAreTheArgmaxOfTheLogits) {
   MAMBA2_REQUIRE_GPU();
   const Model gpu = tiny_models(DType::BF16).gpu;

@@ -154,6 +154,24 @@ INSTANTIATE_TEST_SUITE_P(ModelGolden, ModelGolden,
                                            "official_fp16_g4"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
+// A BF16 checkpoint kept as the file holds it (keep_bf16: the GPU's load, tools/mamba2 load_model)
+// is the model widened to fp32: its projections BF16, the same fingerprint, and placed in fp32 the
+// same bits (each widened value is the file's, exactly).
+TEST(ModelGoldenBf16File, KeptInPlaceIsTheWidenedModel) {
+  for (const std::string name : {"hf_bf16_sharded", "m1_hf_bf16_sharded"}) {
+    const GoldenCase g = test::load_golden_case(name);
+    const Model widened = Model::load(g.dir / "model"), kept = Model::load(g.dir / "model", true);
+    EXPECT_EQ(widened.dtype(), DType::F32) << name;
+    EXPECT_EQ(kept.dtype(), DType::BF16) << name;
+    EXPECT_EQ(kept.fingerprint(), widened.fingerprint()) << name;
+    std::vector<float> a, b;
+    widened.prefill(g.ids, g.lengths, nullptr, true, a);
+    kept.to(Device::CPU, DType::F32).prefill(g.ids, g.lengths, nullptr, true, b);
+    ASSERT_EQ(a.size(), b.size()) << name;
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << name;
+  }
+}
+
 TEST(ModelGoldenCli, LogitsPrefillAndDecodeMatchOracle) {
   for (const std::string name : {"hf_fp32_g2_dtlimit", "official_fp16_g4"}) {
     const GoldenCase g = test::load_golden_case(name);

@@ -36,8 +36,11 @@ struct DecodeCandidates {
 class Model {
  public:
   // Reads config.json and the weights of a model folder (either layout), or a llama.cpp Mamba2
-  // GGUF file (model/gguf_import.h).
-  static Model load(const std::filesystem::path& path);
+  // GGUF file (model/gguf_import.h). keep_bf16: BF16 projection matrices stay as the file holds
+  // them (mapped), the model then in BF16 on the CPU: for a placement in BF16 (the GPU's), which
+  // then needs no fp32 copy of them. Otherwise a plain BF16 checkpoint is widened to fp32 (the
+  // CPU computes it so), as are F16 ones.
+  static Model load(const std::filesystem::path& path, bool keep_bf16 = false);
   Model(ModelConfig config, std::shared_ptr<const ModelWeights> weights, Device device = Device::CPU,
         DType dtype = DType::F32);
   // This model on `device`, its projections and their inputs in `dtype`; everything else, the

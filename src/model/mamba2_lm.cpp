@@ -38,10 +38,10 @@ void check_placement(const ModelConfig& c, Device device, DType dtype) {
 
 }  // namespace
 
-Model Model::load(const std::filesystem::path& path) {
+Model Model::load(const std::filesystem::path& path, bool keep_bf16) {
   Checkpoint ck = open_model(path);
   auto archive = std::make_shared<const TensorArchive>(std::move(ck.archive));
-  auto weights = std::make_shared<const ModelWeights>(load_weights(std::move(archive), ck.config));
+  auto weights = std::make_shared<const ModelWeights>(load_weights(std::move(archive), ck.config, keep_bf16));
   const DType dtype = stored_matrix_dtype(*weights);
   // A GGUF file of q8_0/q4_0 matrices may hold others as k-quants, read as fp32 (llama.cpp's q4_0
   // keeps the embedding in Q6_K): those are placed in the file's format as `mamba2 quantize`

@@ -20,15 +20,15 @@ namespace {
 
 class Loader {
  public:
-  explicit Loader(std::shared_ptr<const TensorArchive> archive) : archive_(*archive), owner_(std::move(archive)) {
+  Loader(std::shared_ptr<const TensorArchive> archive, bool keep_bf16) : archive_(*archive), owner_(std::move(archive)) {
     const auto q = archive_.metadata.find(kQuantizationKey);
-    bf16_in_place_ = q != archive_.metadata.end() && q->second == "bf16";
+    bf16_in_place_ = keep_bf16 || (q != archive_.metadata.end() && q->second == "bf16");
   }
 
   // Accepts the first of `names` present; checks the element count against `shape`. Only a
   // projection matrix (`matrix`) may be stored block-quantized: it is then used in place, as are
-  // the BF16 matrices of a file `mamba2 quantize --type bf16` wrote (io/safetensors.h); other
-  // tensors are read as fp32.
+  // the BF16 matrices of a file `mamba2 quantize --type bf16` wrote (io/safetensors.h) or, asked
+  // (keep_bf16), of any file; other tensors are read as fp32.
   Tensor take(std::initializer_list<std::string> names, const Shape& shape, const Shape& stored_shape,
               bool matrix = false) {
     const StoredTensor* t = nullptr;
@@ -79,9 +79,9 @@ class Loader {
 
 }  // namespace
 
-ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, const ModelConfig& c) {
+ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive_ptr, const ModelConfig& c, bool keep_bf16) {
   const TensorArchive& archive = *archive_ptr;
-  Loader ld(std::move(archive_ptr));
+  Loader ld(std::move(archive_ptr), keep_bf16);
   ModelWeights w;
   const int64_t V = c.vocab_padded(), D = c.d_model;
   w.embedding = ld.take_matrix({"backbone.embedding.weight", "backbone.embeddings.weight"}, {V, D});

@@ -76,8 +76,10 @@ struct ModelWeights {
 // Every tensor the model needs must be present with the right shape, and nothing else
 // may be (an unexpected name means the config and the weights disagree). fp32 tensors are used
 // in place (the archive's mappings stay alive with them), and so are block-quantized projection
-// matrices (Q8_0, Q4_0: `mamba2 quantize`); other dtypes are converted to fp32.
-ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const ModelConfig& config);
+// matrices (Q8_0, Q4_0: `mamba2 quantize`) and BF16 ones where the file is a `mamba2 quantize
+// --type bf16` folder's or keep_bf16 asks; other dtypes are converted to fp32.
+ModelWeights load_weights(std::shared_ptr<const TensorArchive> archive, const ModelConfig& config,
+                          bool keep_bf16 = false);
 
 // The weights on `device`, converted once: the projection matrices (embedding, in_proj,
 // out_proj, the head) in `dtype`, every other tensor fp32 (norms, conv, dt_bias, A_log, D). A

@@ -70,6 +70,12 @@ Tokenizer load_tokenizer(const std::string& model_dir, const std::string& path) 
 
 Model load_model(const std::string& dir, const Placement& p) {
   const Device dev = placement_device(p);
+  if (dev == Device::CUDA) {
+    // The GPU's dtype does not follow the stored format; a BF16 file placed in BF16 goes up as
+    // the file holds it, without the fp32 copy the CPU would compute on.
+    const DType dtype = placement_dtype(p, dev, DType::F32);
+    return Model::load(dir, dtype == DType::BF16).to(dev, dtype);
+  }
   const Model stored = Model::load(dir);
   return stored.to(dev, placement_dtype(p, dev, stored.dtype()));
 }
