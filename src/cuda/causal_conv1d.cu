@@ -257,7 +257,8 @@ void causal_conv1d_forward(const void* in, DType in_dtype, int64_t ldin, const f
   };
   with_dtype(out_dtype, "causal_conv1d", [&](auto* tag) {
     using Out = std::remove_pointer_t<decltype(tag)>;
-    with_f32_or<Out>(in, in_dtype, "causal_conv1d", "the input", [&](auto* x) { run(static_cast<Out*>(out), x); });
+    with_f32_or<Out>(in, in_dtype, "causal_conv1d", "the input", "the output's dtype",
+                     [&](auto* x) { run(static_cast<Out*>(out), x); });
   });
 }
 
@@ -280,7 +281,7 @@ void causal_conv1d_backward(const void* in, DType in_dtype, int64_t ldin, const 
   auto* p = static_cast<double*>(partial.get());
   with_dtype(din_dtype, "causal_conv1d", [&](auto* tag) {
     using Din = std::remove_pointer_t<decltype(tag)>;
-    with_f32_or<Din>(in, in_dtype, "causal_conv1d", "the input", [&](auto* x) {
+    with_f32_or<Din>(in, in_dtype, "causal_conv1d", "the input", "the output's dtype", [&](auto* x) {
       using In = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
       auto* kernel = K == kCommonTaps ? conv_backward_kernel<kCommonTaps, Din, In> : conv_backward_kernel<0, Din, In>;
       kernel<<<dim3(unsigned(ceil_div(C, kConvThreads)), unsigned(chunks)), kConvThreads, 0, stream()>>>(

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "core/dtype.h"
@@ -15,8 +16,35 @@
 
 namespace mamba2::cuda {
 
-// Every launch and copy of the engine goes to this stream (one per process and device).
+// Every launch and copy of the engine goes to this stream (one per process and device), except
+// inside an Overlap's side(), where it is the engine's second stream.
 cudaStream_t stream();
+bool on_side_stream();  // inside an Overlap's side()
+// Two chains of launches of one op with no data between them, run side by side: the launches made
+// inside side(body) go to the engine's second stream, after everything launched before the
+// Overlap was made; join() (or the destructor) makes the engine's stream wait for them. Each
+// kernel's arithmetic is its own, so the bits do not change. Scratch memory comes from the engine's
+// stream (allocate) before the Overlap and is freed after the join. One Overlap at a time.
+class Overlap {
+ public:
+  Overlap();
+  ~Overlap();
+  Overlap(const Overlap&) = delete;
+  Overlap& operator=(const Overlap&) = delete;
+  template <class F>
+  void side(F&& body) {
+    struct Guard {
+      Guard() { enter_side(true); }
+      ~Guard() { enter_side(false); }
+    } guard;
+    body();
+  }
+  void join();
+
+ private:
+  static void enter_side(bool on);
+  bool joined_ = false;
+};
 // The device's compute capability (major) and SM count.
 int compute_major();
 int sm_count();
@@ -389,15 +417,16 @@ void with_dtype(DType dtype, const char* op, F&& f) {
   raise(cat("[", op, "] ", dtype_name(dtype), ": the CUDA kernels take F32, BF16 or F16"));
 }
 
-// An activation in F32 or in `Out`'s dtype (mixed-precision paths keep it narrow): f with `p` typed as that.
-template <class Out, class F>
-void with_f32_or(const void* p, DType dtype, const char* op, const char* what, F&& f) {
-  if (dtype == DType::F32) return f(static_cast<const float*>(p));
-  const DType out = std::is_same_v<Out, float> ? DType::F32 : std::is_same_v<Out, __half> ? DType::F16 : DType::BF16;
-  if (dtype != out)
-    raise(cat("[", op, "] ", what, " is ", dtype_name(dtype), ", expected F32 or ", dtype_name(out),
-              " (the output's dtype)"));
-  if constexpr (!std::is_same_v<Out, float>) f(static_cast<const Out*>(p));
+// A tensor in F32 or in `Other`'s dtype (mixed-precision paths keep activations narrow): f with `p`
+// typed as that, const kept. `other` names that dtype's role in the message ("the output's dtype").
+template <class Other, class V, class F>
+void with_f32_or(V* p, DType dtype, const char* op, const char* what, const char* other, F&& f) {
+  constexpr bool ro = std::is_const_v<V>;
+  if (dtype == DType::F32) return f(static_cast<std::conditional_t<ro, const float, float>*>(p));
+  const DType want = std::is_same_v<Other, float> ? DType::F32 : std::is_same_v<Other, __half> ? DType::F16 : DType::BF16;
+  if (dtype != want)
+    raise(cat("[", op, "] ", what, " is ", dtype_name(dtype), ", expected F32 or ", dtype_name(want), " (", other, ")"));
+  if constexpr (!std::is_same_v<Other, float>) f(static_cast<std::conditional_t<ro, const Other, Other>*>(p));
 }
 
 }  // namespace mamba2::cuda

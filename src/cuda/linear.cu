@@ -57,6 +57,7 @@ struct Plan {
 struct Blas {
   cublasLtHandle_t handle = nullptr;
   std::shared_ptr<void> workspace;
+  std::shared_ptr<void> side_workspace;  // an Overlap's side stream's: products may run on both at once
   // n, k, dtype, align, rows, tf32, y's dtype
   std::map<std::tuple<int64_t, int64_t, int, uint32_t, int64_t, bool, int>, Plan> plans;
   std::mutex mutex;
@@ -67,10 +68,14 @@ Blas& blas() {
     auto* p = new Blas;  // lives as long as the process (freed buffers outlive static destruction)
     check_blas(cublasLtCreate(&p->handle), "create");
     p->workspace = allocate(kWorkspaceBytes, "cuBLASLt workspace");
+    p->side_workspace = allocate(kWorkspaceBytes, "cuBLASLt workspace");
     return p;
   }();
   return *b;
 }
+
+// The workspace of the stream the product runs on.
+void* workspace(Blas& bl) { return (on_side_stream() ? bl.side_workspace : bl.workspace).get(); }
 
 // Column-major view of the row-major product: yᵀ (n × m) = W (k × n, transposed) · xᵀ (k × m).
 struct Layouts {
@@ -861,7 +866,7 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, void
     const void* xr = static_cast<const char*>(x) + uint64_t(r0 * ldx) * es;
     void* yr = static_cast<char*>(y_out) + uint64_t(r0 * ldy) * ys;
     const cublasStatus_t st = cublasLtMatmul(bl.handle, plan->desc, &one, W, l.a, xr, l.b, &zero, yr, l.c, yr, l.c,
-                                             &plan->algo, bl.workspace.get(), kWorkspaceBytes, stream());
+                                             &plan->algo, workspace(bl), kWorkspaceBytes, stream());
     if (st != CUBLAS_STATUS_SUCCESS)
       raise(cat("[linear] cuBLASLt matmul (", rows, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
                 decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
@@ -988,7 +993,7 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   Blas& bl = blas();
   const float one = 1.0f;
   const cublasStatus_t st = cublasLtMatmul(bl.handle, p.desc, &one, b.p, p.a, a.p, p.b, &beta, c, p.c, c, p.c, &p.algo,
-                                           bl.workspace.get(), kWorkspaceBytes, stream());
+                                           workspace(bl), kWorkspaceBytes, stream());
   if (st != CUBLAS_STATUS_SUCCESS)
     raise(cat("[", op, "] cuBLASLt product (", m, " x ", n, " x ", k, ", batch ", batch, "): status ", int(st)));
 }

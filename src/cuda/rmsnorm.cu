@@ -337,7 +337,7 @@ void gated_rmsnorm_forward(const void* y, DType y_dtype, int64_t ldy, const void
   dim3 grid{unsigned(n), unsigned(ngroups), 1u};
   with_dtype(out_dtype, "gated_rmsnorm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    with_f32_or<T>(y, y_dtype, "gated_rmsnorm", "y", [&](auto* yt) {
+    with_f32_or<T>(y, y_dtype, "gated_rmsnorm", "y", "the output's dtype", [&](auto* yt) {
       using Y = std::remove_const_t<std::remove_pointer_t<decltype(yt)>>;
       const Y* z = static_cast<const Y*>(z_in);
       const int64_t gs = d / ngroups;
@@ -421,7 +421,7 @@ void gated_rmsnorm_backward(const void* y_in, DType y_dtype, int64_t ldy, const 
   };
   with_dtype(dy_dtype, "gated_rmsnorm", [&](auto* ytag) {
     using Dy = std::remove_pointer_t<decltype(ytag)>;
-    with_f32_or<Dy>(y_in, y_dtype, "gated_rmsnorm", "y", [&](auto* y) {
+    with_f32_or<Dy>(y_in, y_dtype, "gated_rmsnorm", "y", "the output's dtype", [&](auto* y) {
       with_dtype(dz_dtype, "gated_rmsnorm",
                  [&](auto* ztag) { run(static_cast<Dy*>(d_y), y, static_cast<decltype(ztag)>(d_z)); });
     });

@@ -15,6 +15,8 @@ namespace {
 struct Runtime {
   int device = -1;
   cudaStream_t stream = nullptr;
+  cudaStream_t side = nullptr;                         // an Overlap's second stream
+  cudaEvent_t forked = nullptr, side_done = nullptr;  // an Overlap's hand-offs
   cudaMemPool_t pool = nullptr;
   uint64_t l2_bytes = 0;
   int major = 0, sms = 0;  // compute capability, SM count
@@ -45,6 +47,9 @@ void init_device(int index) {
   // Stream and pool live as long as the process: buffers freed during static destruction
   // still find them.
   check(cudaStreamCreateWithFlags(&g_rt.stream, cudaStreamNonBlocking), "cuda");
+  check(cudaStreamCreateWithFlags(&g_rt.side, cudaStreamNonBlocking), "cuda");
+  check(cudaEventCreateWithFlags(&g_rt.forked, cudaEventDisableTiming), "cuda");
+  check(cudaEventCreateWithFlags(&g_rt.side_done, cudaEventDisableTiming), "cuda");
   check(cudaDeviceGetDefaultMemPool(&g_rt.pool, index), "cuda");
   // Keep freed memory in the pool instead of returning it at every synchronisation.
   uint64_t keep = UINT64_MAX;
@@ -70,7 +75,43 @@ Runtime& runtime() {
 
 }  // namespace
 
-cudaStream_t stream() { return runtime().stream; }
+thread_local bool t_in_overlap = false, t_on_side = false;
+
+cudaStream_t stream() {
+  Runtime& rt = runtime();
+  return t_on_side ? rt.side : rt.stream;
+}
+bool on_side_stream() { return t_on_side; }
+
+// The second stream starts from the engine's stream's position (an event, so a graph being captured
+// gains the side stream's launches as a branch).
+Overlap::Overlap() {
+  if (t_in_overlap) raise("[cuda] an Overlap inside another");
+  Runtime& rt = runtime();
+  check(cudaEventRecord(rt.forked, rt.stream), "cuda overlap");
+  check(cudaStreamWaitEvent(rt.side, rt.forked, 0), "cuda overlap");
+  t_in_overlap = true;
+}
+
+void Overlap::enter_side(bool on) { t_on_side = on; }
+
+void Overlap::join() {
+  if (joined_) return;
+  joined_ = true;
+  t_in_overlap = false;
+  Runtime& rt = runtime();
+  check(cudaEventRecord(rt.side_done, rt.side), "cuda overlap");
+  check(cudaStreamWaitEvent(rt.stream, rt.side_done, 0), "cuda overlap");
+}
+
+// Joined even when an op fails between: the scratch freed after it is then still in stream order.
+Overlap::~Overlap() {
+  if (joined_) return;
+  t_in_overlap = false;
+  Runtime& rt = runtime();
+  cudaEventRecord(rt.side_done, rt.side);
+  cudaStreamWaitEvent(rt.stream, rt.side_done, 0);
+}
 int compute_major() { return runtime().major; }
 int sm_count() { return runtime().sms; }
 

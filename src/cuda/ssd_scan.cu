@@ -2518,26 +2518,32 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
   (wide ? bwd_prep_kernel<T, In, true> : bwd_prep_kernel<T, In, false>)<<<units, kThreads, 0, stream()>>>(
       p, x, ldx, B, ldb, C, ldc, dt_raw, lddt, d_y, lddy, seqs, d, dtp, ap, Xh, dYh, XW, DYs, Bp, Cp);
   check_launch(op);
-  for (int64_t gi = 0; gi < G; ++gi) {
-    const int64_t h0 = gi * hpg;
-    // The chunks' own end states S_c = (w∘X)ᵀ B and dS_c = (exp(a)∘dY)ᵀ C, the group's heads'
-    // (P × N) blocks one under the other; C Bᵀ (Q × Q).
-    gemm(hpg * P, N, Q, opd(XW + h0 * P, HP, Q * HP, true), opd(Bp + gi * N, GN, Q * GN, false), Sc + h0 * PN, N,
-         H * PN, NC, 0.0f, op);
-    gemm(hpg * P, N, Q, opd(DYs + h0 * P, HP, Q * HP, true), opd(Cp + gi * N, GN, Q * GN, false), dSc + h0 * PN, N,
-         H * PN, NC, 0.0f, op);
+  // Two chains with no data between them run side by side: the states' (S_c, dS_c, then their
+  // walks) and the pairs' (C Bᵀ, then the pairs kernel).
+  Overlap states_beside_pairs;
+  states_beside_pairs.side([&] {
+    for (int64_t gi = 0; gi < G; ++gi) {
+      const int64_t h0 = gi * hpg;
+      // The chunks' own end states S_c = (w∘X)ᵀ B and dS_c = (exp(a)∘dY)ᵀ C, the group's heads'
+      // (P × N) blocks one under the other.
+      gemm(hpg * P, N, Q, opd(XW + h0 * P, HP, Q * HP, true), opd(Bp + gi * N, GN, Q * GN, false), Sc + h0 * PN, N,
+           H * PN, NC, 0.0f, op);
+      gemm(hpg * P, N, Q, opd(DYs + h0 * P, HP, Q * HP, true), opd(Cp + gi * N, GN, Q * GN, false), dSc + h0 * PN,
+           N, H * PN, NC, 0.0f, op);
+    }
+    const auto states = [&](auto regs) {
+      bwd_states_kernel<T, decltype(regs)::value>
+          <<<dim3(unsigned(seqs.count), unsigned(H), unsigned(state_blocks(d))), kThreads, 0, stream()>>>(
+              seqs, d, ap, state0, d_final, Sc, dSc, S0, S0t, dSendt, g.state0, dots);
+    };
+    if (most_chunks <= 4) states(std::integral_constant<int, 4>{});
+    else if (most_chunks <= 8) states(std::integral_constant<int, 8>{});
+    else states(std::integral_constant<int, kMaxStateRegs>{});
+    check_launch(op);
+  });
+  for (int64_t gi = 0; gi < G; ++gi)  // C Bᵀ (Q × Q)
     gemm(Q, Q, N, opd(Cp + gi * N, GN, Q * GN, false), opd(Bp + gi * N, GN, Q * GN, true), CB + gi * QQ, Q, G * QQ,
          NC, 0.0f, op);
-  }
-  const auto states = [&](auto regs) {
-    bwd_states_kernel<T, decltype(regs)::value>
-        <<<dim3(unsigned(seqs.count), unsigned(H), unsigned(state_blocks(d))), kThreads, 0, stream()>>>(
-            seqs, d, ap, state0, d_final, Sc, dSc, S0, S0t, dSendt, g.state0, dots);
-  };
-  if (most_chunks <= 4) states(std::integral_constant<int, 4>{});
-  else if (most_chunks <= 8) states(std::integral_constant<int, 8>{});
-  else states(std::integral_constant<int, kMaxStateRegs>{});
-  check_launch(op);
   const dim3 pair_grid{unsigned(NC), unsigned(G), unsigned(NT * NT)};
   if (pairs_tc) {
     const size_t smem = 4 * size_t(kTile) * pair_stride(P) * sizeof(T);
@@ -2554,6 +2560,7 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
     bwd_pairs_kernel<T><<<pair_grid, kThreads, 0, stream()>>>(d, dtp, ap, CB, dM, M, dCB, row_m, col_c, col_m);
   }
   check_launch(op);
+  states_beside_pairs.join();
   if (!rows_tc) {
     // Mᵀ dY (Q × P) per (chunk, head); Z = C S_startᵀ and Z2 = B dS_endᵀ (Q × P a head, the
     // group's heads side by side).
@@ -2566,28 +2573,25 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
            HP, Q * HP, NC, 0.0f, op);
     }
   }
-  for (int64_t gi = 0; gi < G; ++gi) {
-    const int64_t h0 = gi * hpg;
-    // dC = dCB B + Σ_heads (exp(a)∘dY) S_start; dB = dCBᵀ C + Σ_heads (w∘X) dS_end.
-    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, false), opd(Bp + gi * N, GN, Q * GN, false), dCp + gi * N, lddc,
-         Q * lddc, NC, 0.0f, op);
-    gemm(Q, N, hpg * P, opd(DYs + h0 * P, HP, Q * HP, false), opd(S0t + h0 * PN, N, H * PN, false), dCp + gi * N,
-         lddc, Q * lddc, NC, 1.0f, op);
-    gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, true), opd(Cp + gi * N, GN, Q * GN, false), dBp + gi * N, lddb,
-         Q * lddb, NC, 0.0f, op);
-    gemm(Q, N, hpg * P, opd(XW + h0 * P, HP, Q * HP, false), opd(dSendt + h0 * PN, N, H * PN, false), dBp + gi * N,
-         lddb, Q * lddb, NC, 1.0f, op);
-  }
+  // d_B and d_C beside the rows kernel, which reads neither.
+  Overlap grads_beside_rows;
+  grads_beside_rows.side([&] {
+    for (int64_t gi = 0; gi < G; ++gi) {
+      const int64_t h0 = gi * hpg;
+      // dC = dCB B + Σ_heads (exp(a)∘dY) S_start; dB = dCBᵀ C + Σ_heads (w∘X) dS_end.
+      gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, false), opd(Bp + gi * N, GN, Q * GN, false), dCp + gi * N, lddc,
+           Q * lddc, NC, 0.0f, op);
+      gemm(Q, N, hpg * P, opd(DYs + h0 * P, HP, Q * HP, false), opd(S0t + h0 * PN, N, H * PN, false), dCp + gi * N,
+           lddc, Q * lddc, NC, 1.0f, op);
+      gemm(Q, N, Q, opd(dCB + gi * QQ, Q, G * QQ, true), opd(Cp + gi * N, GN, Q * GN, false), dBp + gi * N, lddb,
+           Q * lddb, NC, 0.0f, op);
+      gemm(Q, N, hpg * P, opd(XW + h0 * P, HP, Q * HP, false), opd(dSendt + h0 * PN, N, H * PN, false),
+           dBp + gi * N, lddb, Q * lddb, NC, 1.0f, op);
+    }
+  });
   // d_dt in fp32 or the compute dtype (the kernels are instantiated for those two alone).
-  const auto with_ddt = [&](auto&& f) {
-    if (g.dt_dtype == DType::F32) return f(static_cast<float*>(nullptr));
-    if (g.dt_dtype != dtype)
-      raise(cat("[ssd_scan] d_dt is ", dtype_name(g.dt_dtype), ", expected F32 or the compute dtype, ",
-                dtype_name(dtype)));
-    if constexpr (!std::is_same_v<T, float>) f(static_cast<T*>(nullptr));
-  };
-  with_ddt([&](auto* tag) {
-    using Ddt = std::remove_pointer_t<decltype(tag)>;
+  with_f32_or<T>(g.dt, g.dt_dtype, op, "d_dt", "the compute dtype", [&](auto* ddt) {
+    using Ddt = std::remove_pointer_t<decltype(ddt)>;
     if constexpr (!std::is_same_v<T, float>) {
       if (rows_tc) {
         const bool vec = pairs && g.ldx % 2 == 0 && reinterpret_cast<uintptr_t>(g.x) % 8 == 0;
@@ -2598,7 +2602,7 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), op);
           kernel<<<units, kThreads, smem, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, vec, dt_raw, lddt, CB, dYh, Bp, Cp,
                                                       S0t, dSendt, dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
-                                                      static_cast<Ddt*>(g.dt), g.lddt, partials);
+                                                      ddt, g.lddt, partials);
         };
         if (N <= 64) launch(std::integral_constant<int, 64>{});
         else launch(std::integral_constant<int, 128>{});
@@ -2607,9 +2611,10 @@ void backward(const SsdParams& p, const In* x, int64_t ldx, const In* B, int64_t
     }
     bwd_rows_kernel<Ddt, In><<<units, kThreads, 0, stream()>>>(p, seqs, d, x, ldx, d_y, lddy, dt_raw, lddt, dXh, Z, Z2,
                                                            dots, dtp, ap, row_m, col_c, col_m, g.x, g.ldx,
-                                                           static_cast<Ddt*>(g.dt), g.lddt, partials);
+                                                           ddt, g.lddt, partials);
   });
   check_launch(op);
+  grads_beside_rows.join();
   if (!whole) {
     bwd_scatter_kernel<<<dim3(unsigned(NC), unsigned(Q)), kThreads, 0, stream()>>>(seqs, d, dBp, dCp, g.B, g.ldb,
                                                                                    g.C, g.ldc);
