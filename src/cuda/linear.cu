@@ -1017,10 +1017,15 @@ void linear_backward(const void* x, int64_t ldx, const void* W, DType dtype, con
     cast_rows(static_cast<const float*>(d_y), lddy, rounded.get(), dtype, n, m, n);
     dy = rounded.get(), ld = n;
   }
+  // The two products side by side: neither reads what the other writes.
+  Overlap weight_beside_input;
+  weight_beside_input.side([&] {  // d_yᵀ·x, added
+    gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear", tf32);
+  });
   if (d_x)  // d_y·W
     gemm(m, k, n, {dy, ld, 0, false, dtype}, {W, k, 0, false, dtype}, d_x, lddx, 0, 1, add_dx ? 1.0f : 0.0f, "linear",
          tf32, dx_dtype);
-  gemm(n, k, m, {dy, ld, 0, true, dtype}, {x, ldx, 0, false, dtype}, d_W, k, 0, 1, 1.0f, "linear", tf32);  // d_yᵀ·x, added
+  weight_beside_input.join();
 }
 
 void linear_decode_normed(const float* src, int64_t ld, const RowNorm& norm, const void* W, DType dtype, float* y,

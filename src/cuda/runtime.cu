@@ -73,9 +73,10 @@ Runtime& runtime() {
   return g_rt;
 }
 
-}  // namespace
-
+// This thread's Overlap: one is open; its side() is running.
 thread_local bool t_in_overlap = false, t_on_side = false;
+
+}  // namespace
 
 cudaStream_t stream() {
   Runtime& rt = runtime();
@@ -106,12 +107,12 @@ void Overlap::join() {
 
 // Joined even when an op fails between: the scratch freed after it is then still in stream order.
 Overlap::~Overlap() {
-  if (joined_) return;
-  t_in_overlap = false;
-  Runtime& rt = runtime();
-  cudaEventRecord(rt.side_done, rt.side);
-  cudaStreamWaitEvent(rt.stream, rt.side_done, 0);
+  try {
+    join();
+  } catch (...) {  // a broken stream: the error reaches the caller from the op that broke it
+  }
 }
+
 int compute_major() { return runtime().major; }
 int sm_count() { return runtime().sms; }
 
