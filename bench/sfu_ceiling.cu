@@ -27,7 +27,8 @@ constexpr int kChains = 8, kIters = 4096, kThreads = 256;
 
 // kChains independent chains a thread, each op feeding the next of its chain (ex2 of a value ≤ 0
 // stays in (0, 1]; sin and cos of values in [−1, 1] stay there): the SFU is the only busy pipe
-// beside one FMUL a step that keeps the chains from being folded.
+// beside the FMULs of sin and cos (their range scaling and the 0.999 that keeps the chains from
+// being folded); ex2's negation folds into its operand.
 template <int Op>
 __global__ void sfu_kernel(float* out, float seed) {
   float v[kChains];
@@ -73,6 +74,8 @@ double rate(int sms) {
     check(cudaEventElapsedTime(&ms, a, b), "elapsed");
     if (ms < best) best = ms;
   }
+  check(cudaEventDestroy(a), "event");
+  check(cudaEventDestroy(b), "event");
   check(cudaFree(out), "cudaFree");
   return double(blocks) * kThreads * kChains * kIters / (best * 1e-3);
 }
@@ -92,11 +95,11 @@ Ops scan_sfu_ops(double b, double D, double L, double N, double S, bool complex)
 }  // namespace
 
 int main() {
-  int dev = 0, sms = 0;
+  int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "properties");
+  const int sms = prop.multiProcessorCount;
   const double ex2 = rate<0>(sms), sin = rate<1>(sms), cos = rate<2>(sms);
   std::printf("%s, %d SMs\n", prop.name, sms);
   std::printf("SFU: ex2 %.3g /s, sin %.3g /s, cos %.3g /s\n", ex2, sin, cos);
