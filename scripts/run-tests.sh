@@ -37,6 +37,14 @@ if ! nvidia-smi -L > /dev/null 2>&1; then
 fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_UNITY_BUILD=ON "${cuda_flags[@]}"
 cmake --build build -j"$jobs"
+# The instruction-set kernel files run only when chosen, but code of theirs that runs at load (a
+# dynamic initializer) runs on every CPU: GCC once vectorised the row kernels' table with zmm
+# registers, and the portable build died at start on AVX2-only machines. Their tables are constexpr.
+at_load="$(find build/src -path '*/cpu/simd/*_avx*.o' -exec sh -c 'objdump -h "$1" | grep -q init_array && echo "$1"' _ {} \;)"
+if [ -n "$at_load" ]; then
+  echo "instruction-set kernel objects with code that runs at load: $at_load" >&2
+  exit 1
+fi
 # The official openai Python package, the server test's second client, from PyPI into a venv;
 # without it (no network) that test skips and says so.
 if ! build/venv/bin/python -c "import openai" 2> /dev/null; then

@@ -90,7 +90,7 @@ void rows(const uint16_t* x, int64_t ldx, const uint16_t* W, float* y, int64_t l
 // out-of-order core overlaps the next rows' chains. Prefill sums eight rows of x against a band
 // of W in cache: three rows of W a pass (24 accumulators) load less per product, 512 × 3352 × 768
 // in 7.5–8.9 ms against 8.8–10.4 ms one row a pass (`mamba2 bench --linear`, 2 threads).
-const Bf16Kernels kKernels{"avx512bf16", true, {rows<1, 1>, rows<2, 1>, rows<4, 1>, rows<8, 1>}, rows<8, 3>};
+constexpr Bf16Kernels kKernels{"avx512bf16", true, {rows<1, 1>, rows<2, 1>, rows<4, 1>, rows<8, 1>}, rows<8, 3>};
 
 }  // namespace
 

@@ -247,7 +247,7 @@ void gemm(const ActBlock* x, int64_t ldx, int64_t rows, const Block* W, int64_t 
 // in_proj (3352 × 768), rows kernel against GEMM, µs: 8 rows 160 / 300 (Q8_0), 186 / 421 (Q4_0);
 // 16 rows 368 / 387, 342 / 492; 20 rows (Q8_0) 428 / 412; 24 rows (Q8_0) 529 / 419; 32 rows
 // 719 / 552, 711 / 667; 64 rows (Q4_0) 1,402 / 984.
-const Int8Kernels kKernels{
+constexpr Int8Kernels kKernels{
     "avx512vnni",
     {true, {rows<Q8Block, 1>, rows<Q8Block, 2>, rows<Q8Block, 4>, rows<Q8Block, 8>}, gemm<Q8Block>, MR, NC,
      kScratchBytes, 20},

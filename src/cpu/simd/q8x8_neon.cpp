@@ -55,7 +55,7 @@ void rows(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy,
   }
 }
 
-const Int8Kernels kKernels{
+constexpr Int8Kernels kKernels{
     "neon",
     {false, {rows<Q8Block, 1>, rows<Q8Block, 2>, rows<Q8Block, 4>, rows<Q8Block, 8>}, nullptr, 0, 0, 0, 0},
     {false, {rows<Q4Block, 1>, rows<Q4Block, 2>, rows<Q4Block, 4>, rows<Q4Block, 8>}, nullptr, 0, 0, 0, 0}};

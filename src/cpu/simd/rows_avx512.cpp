@@ -56,7 +56,7 @@ struct V {
 
 #include "cpu/simd/rows_impl.h"
 
-const RowKernels kKernels = make_row_kernels(Isa::Avx512);
+constexpr RowKernels kKernels = make_row_kernels(Isa::Avx512);
 
 }  // namespace
 

@@ -119,7 +119,7 @@ constexpr RowsFn<Wt> band_eight() {
   else return band_two_fours<Wt>;
 }
 
-RowKernels make_row_kernels(Isa isa) {
+constexpr RowKernels make_row_kernels(Isa isa) {
   return RowKernels{isa,
                     {band<1, float>, band<2, float>, band<4, float>, band_eight<float>()},
                     {band<1, uint16_t>, band<2, uint16_t>, band<4, uint16_t>, band_eight<uint16_t>()},

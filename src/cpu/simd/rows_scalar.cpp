@@ -55,7 +55,7 @@ struct V {
 
 #include "cpu/simd/rows_impl.h"
 
-const RowKernels kKernels = make_row_kernels(Isa::Scalar);
+constexpr RowKernels kKernels = make_row_kernels(Isa::Scalar);
 
 }  // namespace
 

@@ -40,7 +40,7 @@ void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, boo
   }
 }
 
-const TileKernel kKernel{Isa::Avx2, MR, NR, {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>}};
+constexpr TileKernel kKernel{Isa::Avx2, MR, NR, {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>}};
 
 }  // namespace
 

@@ -29,7 +29,7 @@ void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, boo
     for (int v = 0; v < 3; ++v) vst1q_f32(c + i * ldc + 4 * v, acc[i][v]);
 }
 
-const TileKernel kKernel{Isa::Neon, MR, NR,
+constexpr TileKernel kKernel{Isa::Neon, MR, NR,
                          {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>, tile<7>, tile<8>}};
 
 }  // namespace

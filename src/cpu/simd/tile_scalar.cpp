@@ -22,7 +22,7 @@ void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, boo
     for (int j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
 }
 
-const TileKernel kKernel{Isa::Scalar, MR, NR, {nullptr, tile<1>, tile<2>, tile<3>, tile<4>}};
+constexpr TileKernel kKernel{Isa::Scalar, MR, NR, {nullptr, tile<1>, tile<2>, tile<3>, tile<4>}};
 
 }  // namespace
 
