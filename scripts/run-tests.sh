@@ -35,8 +35,10 @@ cuda_flags=(-UCMAKE_CUDA_ARCHITECTURES -DCMAKE_CUDA_FLAGS=)
 if ! nvidia-smi -L > /dev/null 2>&1; then
   cuda_flags=(-DCMAKE_CUDA_ARCHITECTURES=90a-virtual "-DCMAKE_CUDA_FLAGS=-Xcicc -O1")
 fi
+# The benchmark programs are left out (~60 CPU-seconds: no test runs them); package-portable.sh and
+# run-gpu-tests.sh build every target.
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_UNITY_BUILD=ON "${cuda_flags[@]}"
-cmake --build build -j"$jobs"
+cmake --build build -j"$jobs" --target mamba2 mamba2_tests
 # The instruction-set kernel files run only when chosen, but code of theirs that runs at load (a
 # dynamic initializer) runs on every CPU: GCC once vectorised the row kernels' table with zmm
 # registers, and the portable build died at start on AVX2-only machines. Their tables are constexpr.
