@@ -99,10 +99,10 @@ void rows(const ActBlock* x, int64_t ldx, const Block* W, float* y, int64_t ldy,
 // batch 1, has measured as fast as fp32 activations at batch 1 and prefill and 1.2–1.4× at batch 8
 // since the prefetch fix (bench/RESULTS.md, 2026-12-02).
 constexpr Int8Kernels kKernels{"avx2",
-                           {true, {rows<Q8Weights, 1>, rows<Q8Weights, 2>, rows<Q8Weights, 4>, rows<Q8Weights, 8>},
-                            nullptr, 0, 0, 0, 0},
-                           {true, {rows<Q4Weights, 1>, rows<Q4Weights, 2>, rows<Q4Weights, 4>, rows<Q4Weights, 8>},
-                            nullptr, 0, 0, 0, 0}};
+                               {true, {rows<Q8Weights, 1>, rows<Q8Weights, 2>, rows<Q8Weights, 4>, rows<Q8Weights, 8>},
+                                nullptr, 0, 0, 0, 0},
+                               {true, {rows<Q4Weights, 1>, rows<Q4Weights, 2>, rows<Q4Weights, 4>, rows<Q4Weights, 8>},
+                                nullptr, 0, 0, 0, 0}};
 
 }  // namespace
 

@@ -41,8 +41,8 @@ void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, boo
 }
 
 constexpr TileKernel kKernel{Isa::Avx512, MR, NR,
-                         {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>, tile<7>, tile<8>, tile<9>,
-                          tile<10>, tile<11>, tile<12>}};
+                             {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>, tile<7>, tile<8>, tile<9>,
+                              tile<10>, tile<11>, tile<12>}};
 
 }  // namespace
 

@@ -30,7 +30,7 @@ void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, boo
 }
 
 constexpr TileKernel kKernel{Isa::Neon, MR, NR,
-                         {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>, tile<7>, tile<8>}};
+                             {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>, tile<7>, tile<8>}};
 
 }  // namespace
 
