@@ -24,16 +24,18 @@ blas_of() { env "$@" --version | sed -n 's/^blas: .*, \([A-Za-z0-9]*\) kernels.*
 # Unity builds of the tests and the CLI (CMake's CMAKE_UNITY_BUILD; the library opts out): their
 # files share the heavy templates (GoogleTest, nlohmann-json, CLI11, fmt), which then compile once
 # per batch: 45% less compile time for those targets, and CI compiles everything twice.
-# Without a GPU (CI's machines) the .cu files compile to sm_90a PTX only, and NVVM optimises them
-# at -O1: every kernel and its sm_90 paths still go through nvcc's front end and NVVM, without the
-# machine code no test here runs (ptxas for sm_90a and the compute_80 PTX: ~45 s of the build's
-# critical path) and without the -O3 unrolling: the .cu objects took 149-154 CPU-seconds to PTX at
-# -O3 and 60 at -O1 (bench/RESULTS.md; causal_conv1d.cu's unrolled tap loops most). On a GPU machine the
-# default targets at -O3 (whatever a run without one left in build/'s cache); scripts/run-gpu-tests.sh
-# builds those too.
-cuda_flags=(-UCMAKE_CUDA_ARCHITECTURES -DCMAKE_CUDA_FLAGS=)
+# Without a GPU (CI's machines) the .cu files compile to sm_90a PTX only and unoptimised (NVVM and
+# the host compiler at -O0): every kernel and its sm_90 paths still go through nvcc's front end and
+# NVVM, without the machine code no test here runs (ptxas for sm_90a and the compute_80 PTX: ~45 s
+# of the build's critical path) and without the optimisers' time: the .cu objects took 149-154
+# CPU-seconds to PTX at -O3, 60 at NVVM's -O1 (bench/RESULTS.md; causal_conv1d.cu's unrolled tap
+# loops most), and ssd_scan.cu alone 17.6 s at -O1, 7.7 s at -O0. On a GPU machine the default
+# targets at -O3 (whatever a run without one left in build/'s cache); scripts/run-gpu-tests.sh builds
+# those too.
+cuda_flags=(-UCMAKE_CUDA_ARCHITECTURES -DCMAKE_CUDA_FLAGS= -UCMAKE_CUDA_FLAGS_RELEASE)
 if ! nvidia-smi -L > /dev/null 2>&1; then
-  cuda_flags=(-DCMAKE_CUDA_ARCHITECTURES=90a-virtual "-DCMAKE_CUDA_FLAGS=-Xcicc -O1")
+  cuda_flags=(-DCMAKE_CUDA_ARCHITECTURES=90a-virtual "-DCMAKE_CUDA_FLAGS=-Xcicc -O0"
+              "-DCMAKE_CUDA_FLAGS_RELEASE=-O0 -DNDEBUG")
 fi
 # The benchmark programs are left out (~60 CPU-seconds: no test runs them); package-portable.sh and
 # run-gpu-tests.sh build every target.
@@ -82,7 +84,11 @@ JOBS="$jobs" scripts/test-arm64.sh
 covered+=("arm64 cross build (Debian's aarch64 toolchain) under qemu-aarch64, kernel tests (tests/test_linear.cpp): our kernels $(cat build-arm64/tested-isas)")
 
 scripts/configure-sanitizer-build.sh build-asan
-cmake --build build-asan -j"$jobs" --target mamba2 mamba2_tests  # (the benchmarks need no sanitizer)
+# The fuzz targets (step 4) are built here too: their small files fill the core that the last test
+# batches leave idle. (The benchmarks need no sanitizer.)
+fuzz_targets=()
+for f in fuzz/fuzz_*.cpp; do fuzz_targets+=("$(basename "$f" .cpp)"); done
+cmake --build build-asan -j"$jobs" --target mamba2 mamba2_tests "${fuzz_targets[@]}"
 asan_env=()
 if has avx2 fma; then
   stray="$(find build-asan/src -name '*.o' ! -name 'tile_avx512.cpp.o' ! -name 'rows_avx512.cpp.o' ! -name 'q8x8_avx512vnni.cpp.o' \
