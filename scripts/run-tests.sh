@@ -86,9 +86,7 @@ covered+=("arm64 cross build (Debian's aarch64 toolchain) under qemu-aarch64, ke
 scripts/configure-sanitizer-build.sh build-asan
 # The fuzz targets (step 4) are built here too: their small files fill the core that the last test
 # batches leave idle. (The benchmarks need no sanitizer.)
-fuzz_targets=()
-for f in fuzz/fuzz_*.cpp; do fuzz_targets+=("$(basename "$f" .cpp)"); done
-cmake --build build-asan -j"$jobs" --target mamba2 mamba2_tests "${fuzz_targets[@]}"
+cmake --build build-asan -j"$jobs" --target mamba2 mamba2_tests fuzz_all
 asan_env=()
 if has avx2 fma; then
   stray="$(find build-asan/src -name '*.o' ! -name 'tile_avx512.cpp.o' ! -name 'rows_avx512.cpp.o' ! -name 'q8x8_avx512vnni.cpp.o' \
