@@ -4,8 +4,9 @@
 #   scripts/package-portable.sh [OUT]        (default OUT: dist/mamba2-portable)
 # It builds without -march=native (the SIMD kernels are still chosen at run time), with the CUDA
 # backend when nvcc is here, and copies next to the binaries every shared library they need
-# except the C runtime (glibc, libstdc++, libgcc_s: every Linux has them) and cuBLASLt (500 MB:
-# from the machine's CUDA installation). The binaries find lib/ through their rpath
+# except the C runtime (glibc, libstdc++, libgcc_s: every Linux has them). cuBLASLt (500 MB) is
+# not among them: the binaries open it when they first use the GPU (cuda/linear.cu), from the
+# machine's CUDA installation, and run on the CPU without it. They find lib/ through their rpath
 # ($ORIGIN/../lib), then /usr/local/cuda/lib64 for cuBLASLt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ for bin in "$out"/bin/*; do
   ldd "$bin" | awk '/=> \// {print $3}'
 done | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
-    libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libstdc++.so*|libgcc_s.so*|libcublas*|libcuda.so*) ;;
+    libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libstdc++.so*|libgcc_s.so*|libcuda.so*) ;;
     *) cp -L "$lib" "$out/lib/" ;;
   esac
 done

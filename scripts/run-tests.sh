@@ -49,6 +49,12 @@ if [ -n "$at_load" ]; then
   echo "instruction-set kernel objects with code that runs at load: $at_load" >&2
   exit 1
 fi
+# cuBLASLt is opened at the first product on a GPU (cuda/linear.cu): linked, its 500 MB were loaded
+# and relocated at every start (0.1 s a process: a third of this suite's time, CPU-only runs too).
+if readelf -d build/bin/mamba2 build/bin/mamba2_tests | grep -q 'NEEDED.*libcublas'; then
+  echo "the binaries link cuBLAS: it must be opened at run time (cuda/linear.cu)" >&2
+  exit 1
+fi
 # The official openai Python package, the server test's second client, from PyPI into a venv;
 # without it (no network) that test skips and says so.
 if ! build/venv/bin/python -c "import openai" 2> /dev/null; then

@@ -12,6 +12,7 @@
 // row's sum runs in an order fixed by k alone, so no choice depends on m.
 #include <cooperative_groups.h>
 #include <cublasLt.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,67 @@
 namespace mamba2::cuda {
 
 namespace {
+
+// cuBLASLt through dlopen, once, at the first product on the GPU: linking it made every process
+// load its 500 MB and relocate it at start (~0.1 s, CPU-only runs included), and a build with the
+// CUDA backend would not start at all on a machine without it. The soname first (LD_LIBRARY_PATH,
+// the binary's rpath, the loader's cache), then the toolkit this was built with.
+struct Lt {
+  decltype(&cublasLtCreate) create;
+  decltype(&cublasLtMatmul) matmul;
+  decltype(&cublasLtMatmulAlgoCheck) algo_check;
+  decltype(&cublasLtMatmulAlgoConfigSetAttribute) algo_config_set;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) algo_get_heuristic;
+  decltype(&cublasLtMatmulDescCreate) desc_create;
+  decltype(&cublasLtMatmulDescSetAttribute) desc_set;
+  decltype(&cublasLtMatmulPreferenceCreate) preference_create;
+  decltype(&cublasLtMatmulPreferenceDestroy) preference_destroy;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) preference_set;
+  decltype(&cublasLtMatrixLayoutCreate) layout_create;
+  decltype(&cublasLtMatrixLayoutDestroy) layout_destroy;
+  decltype(&cublasLtMatrixLayoutSetAttribute) layout_set;
+};
+
+const Lt& lt() {
+  static Lt t;
+  static std::once_flag once;
+  static std::string error;
+  std::call_once(once, [] {
+    const std::string soname = cat("libcublasLt.so.", CUBLAS_VER_MAJOR);
+    void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      const char* why = dlerror();
+      const std::string first = why ? why : "?";
+      const std::string beside = cat(MAMBA2_CUDA_LIBRARY_DIR, "/", soname);
+      lib = dlopen(beside.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!lib) {
+        error = cat("[linear] cannot load ", soname, " (", first, "; nor ", beside,
+                    "): the CUDA backend needs cuBLASLt ", CUBLAS_VER_MAJOR,
+                    " on the library path (LD_LIBRARY_PATH), e.g. the CUDA toolkit's or pip's nvidia-cublas");
+        return;
+      }
+    }
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (!fn && error.empty()) error = cat("[linear] ", soname, " has no ", name);
+    };
+    sym(t.create, "cublasLtCreate");
+    sym(t.matmul, "cublasLtMatmul");
+    sym(t.algo_check, "cublasLtMatmulAlgoCheck");
+    sym(t.algo_config_set, "cublasLtMatmulAlgoConfigSetAttribute");
+    sym(t.algo_get_heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    sym(t.desc_create, "cublasLtMatmulDescCreate");
+    sym(t.desc_set, "cublasLtMatmulDescSetAttribute");
+    sym(t.preference_create, "cublasLtMatmulPreferenceCreate");
+    sym(t.preference_destroy, "cublasLtMatmulPreferenceDestroy");
+    sym(t.preference_set, "cublasLtMatmulPreferenceSetAttribute");
+    sym(t.layout_create, "cublasLtMatrixLayoutCreate");
+    sym(t.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    sym(t.layout_set, "cublasLtMatrixLayoutSetAttribute");
+  });
+  if (!error.empty()) raise(error);
+  return t;
+}
 
 void check_blas(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) raise(cat("[linear] cuBLASLt ", what, ": status ", int(st)));
@@ -66,7 +129,7 @@ struct Blas {
 Blas& blas() {
   static Blas* b = [] {
     auto* p = new Blas;  // lives as long as the process (freed buffers outlive static destruction)
-    check_blas(cublasLtCreate(&p->handle), "create");
+    check_blas(lt().create(&p->handle), "create");
     p->workspace = allocate(kWorkspaceBytes, "cuBLASLt workspace");
     p->side_workspace = allocate(kWorkspaceBytes, "cuBLASLt workspace");
     return p;
@@ -81,14 +144,14 @@ void* workspace(Blas& bl) { return (on_side_stream() ? bl.side_workspace : bl.wo
 struct Layouts {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   Layouts(DType dtype, int64_t m, int64_t n, int64_t k, int64_t ldx, int64_t ldy, DType y_dtype) {
-    check_blas(cublasLtMatrixLayoutCreate(&a, cuda_type(dtype), uint64_t(k), uint64_t(n), k), "layout");
-    check_blas(cublasLtMatrixLayoutCreate(&b, cuda_type(dtype), uint64_t(k), uint64_t(m), ldx), "layout");
-    check_blas(cublasLtMatrixLayoutCreate(&c, cuda_type(y_dtype), uint64_t(n), uint64_t(m), ldy), "layout");
+    check_blas(lt().layout_create(&a, cuda_type(dtype), uint64_t(k), uint64_t(n), k), "layout");
+    check_blas(lt().layout_create(&b, cuda_type(dtype), uint64_t(k), uint64_t(m), ldx), "layout");
+    check_blas(lt().layout_create(&c, cuda_type(y_dtype), uint64_t(n), uint64_t(m), ldy), "layout");
   }
   ~Layouts() {
-    cublasLtMatrixLayoutDestroy(a);
-    cublasLtMatrixLayoutDestroy(b);
-    cublasLtMatrixLayoutDestroy(c);
+    lt().layout_destroy(a);
+    lt().layout_destroy(b);
+    lt().layout_destroy(c);
   }
 };
 
@@ -113,9 +176,9 @@ cublasComputeType_t compute_type(DType dtype, bool tf32) {
 
 // algo with k in `split` pieces and that reduction scheme; false where cuBLASLt refuses either.
 bool set_split(cublasLtMatmulAlgo_t& algo, int32_t split, uint32_t reduction) {
-  return cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split)) ==
+  return lt().algo_config_set(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split)) ==
              CUBLAS_STATUS_SUCCESS &&
-         cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
+         lt().algo_config_set(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
                                               sizeof(reduction)) == CUBLAS_STATUS_SUCCESS;
 }
 
@@ -125,7 +188,7 @@ bool runs_at_every_row_count(Blas& bl, const Plan& plan, const cublasLtMatmulAlg
   for (int64_t rows : kCheckRows) {
     Layouts lr(dtype, rows, n, k, k, n, y_dtype);
     cublasLtMatmulHeuristicResult_t checked{};
-    if (cublasLtMatmulAlgoCheck(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
+    if (lt().algo_check(bl.handle, plan.desc, lr.a, lr.b, lr.c, lr.c, &algo, &checked) !=
             CUBLAS_STATUS_SUCCESS ||
         checked.workspaceSize > kWorkspaceBytes)
       return false;
@@ -155,25 +218,25 @@ void split_few_columns(Blas& bl, Plan& plan, DType dtype, int64_t n, int64_t k) 
 // tf32: an f32 product on TF32 tensor cores. y in y_dtype: F32, or the operands' (rounded once).
 Plan make_plan(Blas& bl, DType dtype, int64_t n, int64_t k, uint32_t align, int64_t rows, bool tf32, DType y_dtype) {
   Plan plan;
-  check_blas(cublasLtMatmulDescCreate(&plan.desc, compute_type(dtype, tf32), CUDA_R_32F), "descriptor");
+  check_blas(lt().desc_create(&plan.desc, compute_type(dtype, tf32), CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
-  check_blas(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
+  check_blas(lt().desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
+  check_blas(lt().desc_set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
   Layouts l(dtype, rows > 0 ? rows : kPlanRows, n, k, k, n, y_dtype);
   cublasLtMatmulPreference_t pref = nullptr;
-  check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  check_blas(lt().preference_create(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
-  check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+  check_blas(lt().preference_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
              "preference");
   for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-    check_blas(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align)), "preference");
+    check_blas(lt().preference_set(pref, attr, &align, sizeof(align)), "preference");
   constexpr int kWanted = 32;
   cublasLtMatmulHeuristicResult_t results[kWanted];
   int found = 0;
-  check_blas(cublasLtMatmulAlgoGetHeuristic(bl.handle, plan.desc, l.a, l.b, l.c, l.c, pref, kWanted, results, &found),
+  check_blas(lt().algo_get_heuristic(bl.handle, plan.desc, l.a, l.b, l.c, l.c, pref, kWanted, results, &found),
              "heuristic");
-  cublasLtMatmulPreferenceDestroy(pref);
+  lt().preference_destroy(pref);
   if (rows > 0 && found > 0 && results[0].workspaceSize <= kWorkspaceBytes) {
     plan.algo = results[0].algo;
     return plan;
@@ -865,7 +928,7 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, void
     const float one = 1.0f, zero = 0.0f;
     const void* xr = static_cast<const char*>(x) + uint64_t(r0 * ldx) * es;
     void* yr = static_cast<char*>(y_out) + uint64_t(r0 * ldy) * ys;
-    const cublasStatus_t st = cublasLtMatmul(bl.handle, plan->desc, &one, W, l.a, xr, l.b, &zero, yr, l.c, yr, l.c,
+    const cublasStatus_t st = lt().matmul(bl.handle, plan->desc, &one, W, l.a, xr, l.b, &zero, yr, l.c, yr, l.c,
                                              &plan->algo, workspace(bl), kWorkspaceBytes, stream());
     if (st != CUBLAS_STATUS_SUCCESS)
       raise(cat("[linear] cuBLASLt matmul (", rows, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
@@ -909,11 +972,11 @@ struct GemmPlan {
 cublasLtMatrixLayout_t gemm_layout(DType dtype, uint64_t rows, uint64_t cols, int64_t ld, int64_t batch,
                                    int64_t stride) {
   cublasLtMatrixLayout_t l = nullptr;
-  check_blas(cublasLtMatrixLayoutCreate(&l, cuda_type(dtype), rows, cols, ld), "layout");
+  check_blas(lt().layout_create(&l, cuda_type(dtype), rows, cols, ld), "layout");
   if (batch > 1) {
     const int32_t count = int32_t(batch);
-    check_blas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)), "layout");
-    check_blas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)),
+    check_blas(lt().layout_set(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)), "layout");
+    check_blas(lt().layout_set(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)),
                "layout");
   }
   return l;
@@ -927,10 +990,10 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   if (it != plans.end()) return it->second;
   Blas& bl = blas();
   GemmPlan p;
-  check_blas(cublasLtMatmulDescCreate(&p.desc, compute_type(key.dtype, key.tf32), CUDA_R_32F), "descriptor");
+  check_blas(lt().desc_create(&p.desc, compute_type(key.dtype, key.tf32), CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  check_blas(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
-  check_blas(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
+  check_blas(lt().desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "descriptor");
+  check_blas(lt().desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "descriptor");
   // Stored shapes: A is rows × inner (inner × rows when transposed), B inner × cols (cols × inner).
   const uint64_t ar = key.ta ? key.inner : key.rows, ac = key.ta ? key.rows : key.inner;
   const uint64_t br = key.tb ? key.cols : key.inner, bc = key.tb ? key.inner : key.cols;
@@ -938,13 +1001,13 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
   p.b = gemm_layout(key.dtype, br, bc, key.ldb, key.batch, key.sb);
   p.c = gemm_layout(key.c_dtype, uint64_t(key.rows), uint64_t(key.cols), key.ldc, key.batch, key.sc);
   cublasLtMatmulPreference_t pref = nullptr;
-  check_blas(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  check_blas(lt().preference_create(&pref), "preference");
   const uint64_t ws = kWorkspaceBytes;
   const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
                            CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
-  check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+  check_blas(lt().preference_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
              "preference");
-  check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+  check_blas(lt().preference_set(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
                                                   sizeof(schemes)),
              "preference");
   // The heuristic assumes 256-byte aligned buffers unless told (column slices and per-head
@@ -954,12 +1017,12 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
                              Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
                              Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c},
                              Align{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c}})
-    check_blas(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(bytes)), "preference");
+    check_blas(lt().preference_set(pref, attr, &bytes, sizeof(bytes)), "preference");
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  check_blas(cublasLtMatmulAlgoGetHeuristic(bl.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found),
+  check_blas(lt().algo_get_heuristic(bl.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found),
              "heuristic");
-  cublasLtMatmulPreferenceDestroy(pref);
+  lt().preference_destroy(pref);
   if (found == 0)
     raise(cat("[linear] cuBLASLt has no algorithm for the ", dtype_name(key.dtype), " product (", key.rows, " x ",
               key.cols, " x ", key.inner, ", batch ", key.batch, ")"));
@@ -992,7 +1055,7 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   const GemmPlan& p = gemm_plan(key);
   Blas& bl = blas();
   const float one = 1.0f;
-  const cublasStatus_t st = cublasLtMatmul(bl.handle, p.desc, &one, b.p, p.a, a.p, p.b, &beta, c, p.c, c, p.c, &p.algo,
+  const cublasStatus_t st = lt().matmul(bl.handle, p.desc, &one, b.p, p.a, a.p, p.b, &beta, c, p.c, c, p.c, &p.algo,
                                            workspace(bl), kWorkspaceBytes, stream());
   if (st != CUBLAS_STATUS_SUCCESS)
     raise(cat("[", op, "] cuBLASLt product (", m, " x ", n, " x ", k, ", batch ", batch, "): status ", int(st)));
