@@ -178,8 +178,8 @@ cublasComputeType_t compute_type(DType dtype, bool tf32) {
 bool set_split(cublasLtMatmulAlgo_t& algo, int32_t split, uint32_t reduction) {
   return lt().algo_config_set(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split)) ==
              CUBLAS_STATUS_SUCCESS &&
-         lt().algo_config_set(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
-                                              sizeof(reduction)) == CUBLAS_STATUS_SUCCESS;
+         lt().algo_config_set(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction)) ==
+             CUBLAS_STATUS_SUCCESS;
 }
 
 // Whether algo runs at every row count of kCheckRows within the workspace.
@@ -929,7 +929,7 @@ void linear_forward(const void* x, int64_t ldx, const void* W, DType dtype, void
     const void* xr = static_cast<const char*>(x) + uint64_t(r0 * ldx) * es;
     void* yr = static_cast<char*>(y_out) + uint64_t(r0 * ldy) * ys;
     const cublasStatus_t st = lt().matmul(bl.handle, plan->desc, &one, W, l.a, xr, l.b, &zero, yr, l.c, yr, l.c,
-                                             &plan->algo, workspace(bl), kWorkspaceBytes, stream());
+                                          &plan->algo, workspace(bl), kWorkspaceBytes, stream());
     if (st != CUBLAS_STATUS_SUCCESS)
       raise(cat("[linear] cuBLASLt matmul (", rows, " x ", n, " x ", k, ", ", dtype_name(dtype), ", ",
                 decode ? "decode" : "prefill", " plan, ", align, "-byte aligned): status ", int(st)));
@@ -1007,8 +1007,7 @@ const GemmPlan& gemm_plan(const GemmKey& key) {
                            CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
   check_blas(lt().preference_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
              "preference");
-  check_blas(lt().preference_set(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
-                                                  sizeof(schemes)),
+  check_blas(lt().preference_set(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof(schemes)),
              "preference");
   // The heuristic assumes 256-byte aligned buffers unless told (column slices and per-head
   // offsets are less aligned).
@@ -1056,7 +1055,7 @@ void gemm(int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOpera
   Blas& bl = blas();
   const float one = 1.0f;
   const cublasStatus_t st = lt().matmul(bl.handle, p.desc, &one, b.p, p.a, a.p, p.b, &beta, c, p.c, c, p.c, &p.algo,
-                                           workspace(bl), kWorkspaceBytes, stream());
+                                        workspace(bl), kWorkspaceBytes, stream());
   if (st != CUBLAS_STATUS_SUCCESS)
     raise(cat("[", op, "] cuBLASLt product (", m, " x ", n, " x ", k, ", batch ", batch, "): status ", int(st)));
 }
