@@ -1,13 +1,11 @@
 // NCCL through dlopen: the functions are looked up in libnccl.so.2 once, when the first id or
 // communicator is made.
-#include <dlfcn.h>
 #include <nccl.h>
 
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <type_traits>
 
+#include "core/dynamic_library.h"
 #include "cuda/collectives.h"
 #include "cuda/common.cuh"
 #include "cuda/runtime.h"
@@ -33,23 +31,20 @@ struct Nccl {
 
 const Nccl& nccl() {
   static Nccl n;
-  static std::once_flag once;
-  static std::string error;
-  std::call_once(once, [] {
+  static const std::string error = [] {  // bound once (a thread-safe static); a failure is kept
     // Multicast objects on a shared host can put its GPUs out of service (KINDS.md of the test
     // machines; the issue asks it off), so it stays off whatever the environment says.
     setenv("NCCL_NVLS_ENABLE", "0", 1);
-    void* lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-      const char* why = dlerror();
-      error = cat("[nccl] cannot load libnccl.so.2 (", why ? why : "?",
-                  "): training on several GPUs needs NCCL 2.12 or newer on the library path (LD_LIBRARY_PATH), "
-                  "e.g. Debian's libnccl2 or pip's nvidia-nccl-cu13");
-      return;
-    }
+    std::string why;
+    void* lib = open_library({"libnccl.so.2"}, why);
+    if (!lib)
+      return cat("[nccl] cannot load libnccl.so.2 (", why,
+                 "): training on several GPUs needs NCCL 2.12 or newer on the library path (LD_LIBRARY_PATH), "
+                 "e.g. Debian's libnccl2 or pip's nvidia-nccl-cu13");
+    std::string missing;
     auto sym = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-      if (!fn && error.empty()) error = cat("[nccl] libnccl.so.2 has no ", name, " (NCCL 2.12 or newer is needed)");
+      if (!bind_symbol(lib, fn, name) && missing.empty())
+        missing = cat("[nccl] libnccl.so.2 has no ", name, " (NCCL 2.12 or newer is needed)");
     };
     sym(n.get_unique_id, "ncclGetUniqueId");
     sym(n.comm_init_rank, "ncclCommInitRank");
@@ -63,7 +58,8 @@ const Nccl& nccl() {
     sym(n.premul_sum_create, "ncclRedOpCreatePreMulSum");
     sym(n.red_op_destroy, "ncclRedOpDestroy");
     sym(n.error_string, "ncclGetErrorString");
-  });
+    return missing;
+  }();
   if (!error.empty()) raise(error);
   return n;
 }

@@ -12,7 +12,6 @@
 // row's sum runs in an order fixed by k alone, so no choice depends on m.
 #include <cooperative_groups.h>
 #include <cublasLt.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -24,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/dynamic_library.h"
 #include "cuda/causal_conv1d.cuh"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
@@ -56,26 +56,16 @@ struct Lt {
 
 const Lt& lt() {
   static Lt t;
-  static std::once_flag once;
-  static std::string error;
-  std::call_once(once, [] {
+  static const std::string error = [] {  // bound once (a thread-safe static); a failure is kept
     const std::string soname = cat("libcublasLt.so.", CUBLAS_VER_MAJOR);
-    void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-      const char* why = dlerror();
-      const std::string first = why ? why : "?";
-      const std::string beside = cat(MAMBA2_CUDA_LIBRARY_DIR, "/", soname);
-      lib = dlopen(beside.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (!lib) {
-        error = cat("[linear] cannot load ", soname, " (", first, "; nor ", beside,
-                    "): the CUDA backend needs cuBLASLt ", CUBLAS_VER_MAJOR,
-                    " on the library path (LD_LIBRARY_PATH), e.g. the CUDA toolkit's or pip's nvidia-cublas");
-        return;
-      }
-    }
+    std::string why;
+    void* lib = open_library({soname, cat(MAMBA2_CUDA_LIBRARY_DIR, "/", soname)}, why);
+    if (!lib)
+      return cat("[linear] cannot load ", soname, " (", why, "): the CUDA backend needs cuBLASLt ", CUBLAS_VER_MAJOR,
+                 " on the library path (LD_LIBRARY_PATH), e.g. the CUDA toolkit's or pip's nvidia-cublas");
+    std::string missing;
     auto sym = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-      if (!fn && error.empty()) error = cat("[linear] ", soname, " has no ", name);
+      if (!bind_symbol(lib, fn, name) && missing.empty()) missing = cat("[linear] ", soname, " has no ", name);
     };
     sym(t.create, "cublasLtCreate");
     sym(t.matmul, "cublasLtMatmul");
@@ -90,7 +80,8 @@ const Lt& lt() {
     sym(t.layout_create, "cublasLtMatrixLayoutCreate");
     sym(t.layout_destroy, "cublasLtMatrixLayoutDestroy");
     sym(t.layout_set, "cublasLtMatrixLayoutSetAttribute");
-  });
+    return missing;
+  }();
   if (!error.empty()) raise(error);
   return t;
 }
