@@ -12,6 +12,8 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 #include "cpu/kernels.h"
@@ -193,12 +195,19 @@ std::vector<std::pair<Isa, ops::LinearKernel>> every_path() {
   return paths;
 }
 
+// The row-count sweeps below run at a small width and, as tests of their own, at the 130m model's
+// projection widths (in_proj, out_proj), which take ~40 s under qemu and ~120 CPU-seconds under the
+// sanitizer: those runs leave them to the optimised build (scripts/test-arm64.sh, run-tests.sh).
+using Widths = std::vector<std::pair<int64_t, int64_t>>;  // (n, k)
+const Widths kSmallWidths{{296, 64}};
+const Widths k130mWidths{{3352, 768}, {768, 1536}};
+
 // Batch invariance rests on this: each row of an inference linear is summed the same way
 // whatever the number of rows and their offset in the call, bitwise, under every instruction
-// set, for both kernels; at the 130m projection sizes and a small one.
-TEST(LinearRows, DoNotDependOnTheRowCount) {
+// set, for both kernels.
+void expect_rows_do_not_depend_on_the_row_count(const Widths& widths) {
   IsaScope scope;
-  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
+  for (const auto& [n, k] : widths) {
     const int64_t M = 70;
     Tensor W = randn_matrix(n, k, 7), x = randn_matrix(M, k, 8);
     for (const auto& [isa, kernel] : every_path()) {
@@ -219,6 +228,9 @@ TEST(LinearRows, DoNotDependOnTheRowCount) {
     }
   }
 }
+
+TEST(LinearRows, DoNotDependOnTheRowCount) { expect_rows_do_not_depend_on_the_row_count(kSmallWidths); }
+TEST(LinearRows, DoNotDependOnTheRowCountAt130mWidths) { expect_rows_do_not_depend_on_the_row_count(k130mWidths); }
 
 // Inference on narrow weights (bf16, Q8_0) is exactly the fp32 kernel on `widened` (the weights
 // rounded or dequantized): both kernels, every instruction set, 1, 3 and all of x's rows; training
@@ -588,15 +600,15 @@ void expect_non_finite_activations_give_nan(DType dtype) {
 TEST(LinearQ8x8, NonFiniteActivationsGiveNaN) { expect_non_finite_activations_give_nan<Q8Block>(DType::Q8_0); }
 TEST(LinearQ4x8, NonFiniteActivationsGiveNaN) { expect_non_finite_activations_give_nan<Q4Block>(DType::Q4_0); }
 
-// Batch invariance through the op (int8 activations), at the 130m projection widths and a small
-// one: each row's bits do not depend on the rows that share the call, under every instruction set;
-// prefill and decode give the same bits (one definition), and so does every instruction set: those
-// of the kernels the test above holds to the definition.
+// Batch invariance through the op (int8 activations): each row's bits do not depend on the rows
+// that share the call, under every instruction set; prefill and decode give the same bits (one
+// definition), and so does every instruction set: those of the kernels the test above holds to the
+// definition.
 template <class Block>
-void expect_int8_rows_do_not_depend_on_the_row_count(DType dtype) {
+void expect_int8_rows_do_not_depend_on_the_row_count(DType dtype, const Widths& widths) {
   IsaScope scope;
   const test::Q8ActivationsAs act(ops::Q8Activations::Int8);
-  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{3352, 768}, {768, 1536}, {296, 64}}) {
+  for (const auto& [n, k] : widths) {
     const int64_t M = 70;
     Tensor W = randn_matrix(n, k, 71), x = randn_matrix(M, k, 72);
     const Tensor q = W.to(Device::CPU, dtype);
@@ -626,10 +638,16 @@ void expect_int8_rows_do_not_depend_on_the_row_count(DType dtype) {
 }
 
 TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
-  expect_int8_rows_do_not_depend_on_the_row_count<Q8Block>(DType::Q8_0);
+  expect_int8_rows_do_not_depend_on_the_row_count<Q8Block>(DType::Q8_0, kSmallWidths);
+}
+TEST(LinearQ8x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecodeAt130mWidths) {
+  expect_int8_rows_do_not_depend_on_the_row_count<Q8Block>(DType::Q8_0, k130mWidths);
 }
 TEST(LinearQ4x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecode) {
-  expect_int8_rows_do_not_depend_on_the_row_count<Q4Block>(DType::Q4_0);
+  expect_int8_rows_do_not_depend_on_the_row_count<Q4Block>(DType::Q4_0, kSmallWidths);
+}
+TEST(LinearQ4x8, RowsDoNotDependOnTheRowCountAndPrefillIsDecodeAt130mWidths) {
+  expect_int8_rows_do_not_depend_on_the_row_count<Q4Block>(DType::Q4_0, k130mWidths);
 }
 
 // ---- bf16 weights × bf16 activations (cpu/simd/bf16xbf16.h) ----
