@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build
       libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev
       pkg-config libpcre2-dev libutf8proc-dev libcpp-httplib-dev curl python3-venv
-      clang libomp-dev libclang-rt-dev  # the sanitizer and fuzz build
+      clang libomp-dev libclang-rt-dev llvm  # the sanitizer and fuzz build; llvm-objdump checks its objects
       # The arm64 cross build (cmake/aarch64-linux-gnu.cmake) run under qemu: Debian's cross
       # toolchain and the multiarch arm64 libraries of the kernel tests.
       g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libopenblas-openmp-dev:arm64 libgtest-dev:arm64)
