@@ -14,7 +14,7 @@
 namespace mamba2::cpu {
 
 namespace {
-constexpr int64_t kBand = 64;
+constexpr int64_t kColumnBand = 64;  // columns a thread sums the weight gradient of
 }
 
 template <class T>
@@ -62,9 +62,9 @@ void add_rmsnorm_backward(const T* residual, const T* w, const T* d_out, T* d_re
     for (int64_t i = 0; i < d; ++i) dr[i] += s * go[i] * w[i] - r[i] * k;
   }
 #pragma omp parallel for schedule(static)
-  for (int64_t c0 = 0; c0 < d; c0 += kBand) {
-    const int64_t c1 = std::min(d, c0 + kBand);
-    double acc[kBand] = {};
+  for (int64_t c0 = 0; c0 < d; c0 += kColumnBand) {
+    const int64_t c1 = std::min(d, c0 + kColumnBand);
+    double acc[kColumnBand] = {};
     for (int64_t t = 0; t < n; ++t) {
       const T* r = residual + t * d;
       const T* go = d_out + t * d;
@@ -136,9 +136,9 @@ void gated_rmsnorm_backward(const T* y, int64_t ldy, const T* z, int64_t ldz, co
     }
   }
 #pragma omp parallel for schedule(static)
-  for (int64_t c0 = 0; c0 < d; c0 += kBand) {
-    const int64_t c1 = std::min(d, c0 + kBand);
-    double acc[kBand] = {};
+  for (int64_t c0 = 0; c0 < d; c0 += kColumnBand) {
+    const int64_t c1 = std::min(d, c0 + kColumnBand);
+    double acc[kColumnBand] = {};
     for (int64_t t = 0; t < n; ++t) {
       const T* yt = y + t * ldy;
       const T* zt = z + t * ldz;
