@@ -196,7 +196,7 @@ std::vector<std::pair<Isa, ops::LinearKernel>> every_path() {
 }
 
 // The row-count sweeps below run at a small width and, as tests of their own, at the 130m model's
-// projection widths (in_proj, out_proj), which take ~40 s under qemu and ~120 CPU-seconds under the
+// projection widths (in_proj, out_proj), which take ~70 s under qemu and ~120 CPU-seconds under the
 // sanitizer: those runs leave them to the optimised build (scripts/test-arm64.sh, run-tests.sh).
 using Widths = std::vector<std::pair<int64_t, int64_t>>;  // (n, k)
 const Widths kSmallWidths{{296, 64}};

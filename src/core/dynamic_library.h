@@ -13,8 +13,9 @@ namespace mamba2 {
 // joined by "; ".
 void* open_library(const std::vector<std::string>& candidates, std::string& why);
 
-// `name` in `library` as `fn`'s function type; false (and fn null) where the library has no such symbol.
+// `name` in `library` (dlsym); nullptr where the library has no such symbol.
 void* library_symbol(void* library, const char* name);
+// `name` in `library` as `fn`'s function type; false (and fn null) where the library has no such symbol.
 template <class Fn>
 bool bind_symbol(void* library, Fn*& fn, const char* name) {
   fn = reinterpret_cast<Fn*>(library_symbol(library, name));
